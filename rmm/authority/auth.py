@@ -1,0 +1,21 @@
+from rest_framework import authentication, exceptions
+
+from rmm.authority.services import authenticate_token
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer rmm_…`` for people and service accounts."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header.startswith(self.keyword + " "):
+            return None
+        user = authenticate_token(header[len(self.keyword) + 1 :].strip())
+        if user is None:
+            raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
+        return (user, None)
+
+    def authenticate_header(self, request):
+        return self.keyword

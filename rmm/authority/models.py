@@ -1,0 +1,65 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from rmm.inventory.models import Site
+
+
+class AuthorityStatus(models.TextChoices):
+    OPEN = "open"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    CLOSED = "closed"
+
+
+class PsaCase(models.Model):
+    """A mirror of the PSA's case; its id is the PSA's own UUID."""
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    title = models.CharField(max_length=500)
+    status = models.CharField(max_length=20, choices=AuthorityStatus.choices)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="psa_cases")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "PSA case"
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status})"
+
+
+class PsaTask(models.Model):
+    """A mirror of a task of a PSA case; jobs cite it as their authority."""
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    case = models.ForeignKey(PsaCase, on_delete=models.PROTECT, related_name="tasks")
+    title = models.CharField(max_length=500)
+    status = models.CharField(max_length=20, choices=AuthorityStatus.choices)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "PSA task"
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status})"
+
+
+class ApiToken(models.Model):
+    """A bearer token for a person or service account; only its hash is stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

@@ -1,0 +1,177 @@
+"""Upstream authority (PSA cases and tasks) and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+from django.utils import timezone
+from guardian.shortcuts import assign_perm
+
+from rmm import access
+from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask
+from rmm.errors import Forbidden, InvalidInput
+from rmm.history import services as history
+from rmm.inventory.models import Asset, Site
+
+STATUSES = {s.value for s in AuthorityStatus}
+
+
+def _require(user, capability: str, action: str) -> None:
+    if not access.can(user, capability):
+        history.record_refusal(user, action, reason=f"role may not {capability.replace('_', ' ')}")
+        raise Forbidden(f"Your role may not {capability.replace('_', ' ')}.")
+
+
+def _status(value, field="status") -> str:
+    if value not in STATUSES:
+        raise InvalidInput(f"Must be one of: {', '.join(sorted(STATUSES))}.", field=field)
+    return value
+
+
+def upsert_case(user, case_id: uuid.UUID, *, title: str, status: str, site_name: str, expires_at=None) -> PsaCase:
+    _require(user, "manage_authority", "psa_case.upsert")
+    _status(status)
+    if not title:
+        raise InvalidInput("This field is required.", field="title")
+    site = access.visible_sites(user).filter(name=site_name).first()
+    if site is None:
+        raise InvalidInput(f"No site named {site_name!r} that you may use.", field="site")
+    with transaction.atomic():
+        case = PsaCase.objects.select_for_update().filter(pk=case_id).first()
+        if case is not None and not access.may_see_site(user, case.site_id):
+            raise InvalidInput("This case belongs to a site you may not use.", field="site")
+        before = None if case is None else {"status": case.status, "site": case.site.name, "title": case.title}
+        if case is None:
+            case = PsaCase(id=case_id)
+        case.title, case.status, case.site, case.expires_at = title, status, site, expires_at
+        case.save()
+        history.append(
+            user,
+            "psa_case.created" if before is None else "psa_case.updated",
+            case,
+            site_id=site.pk,
+            payload={"before": before, "after": {"status": status, "site": site.name, "title": title}},
+        )
+    return case
+
+
+def upsert_task(user, task_id: uuid.UUID, *, case_id, title: str, status: str, expires_at=None) -> PsaTask:
+    _require(user, "manage_authority", "psa_task.upsert")
+    _status(status)
+    if not title:
+        raise InvalidInput("This field is required.", field="title")
+    case = PsaCase.objects.filter(pk=case_id, site__in=access.visible_sites(user)).first()
+    if case is None:
+        raise InvalidInput("No such PSA case.", field="case")
+    with transaction.atomic():
+        task = PsaTask.objects.select_for_update().filter(pk=task_id).first()
+        if task is not None and task.case_id != case.pk:
+            raise InvalidInput("A task cannot move to another case.", field="case")
+        before = None if task is None else {"status": task.status, "title": task.title}
+        if task is None:
+            task = PsaTask(id=task_id, case=case)
+        task.title, task.status, task.expires_at = title, status, expires_at
+        task.save()
+        history.append(
+            user,
+            "psa_task.created" if before is None else "psa_task.updated",
+            task,
+            site_id=case.site_id,
+            payload={"case": str(case.pk), "before": before, "after": {"status": status, "title": title}},
+        )
+    return task
+
+
+def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | None:
+    """Why this task does not authorise work on this asset, or None when it does.
+
+    Law 1: every job-creating service calls this before it writes a job row.
+    """
+    now = now or timezone.now()
+    if task is None:
+        return "no PSA task given"
+    case = task.case
+    if case.status != AuthorityStatus.APPROVED:
+        return f"PSA case is {case.status}, not approved"
+    if task.status != AuthorityStatus.APPROVED:
+        return f"PSA task is {task.status}, not approved"
+    for label, expires in (("case", case.expires_at), ("task", task.expires_at)):
+        if expires is not None and expires <= now:
+            return f"PSA {label} authority expired at {expires.isoformat()}"
+    if case.site_id != asset.site_id:
+        return "the asset is outside the PSA case's site"
+    return None
+
+
+# --- API tokens -------------------------------------------------------------------------
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(user, name: str = "", actor=None) -> str:
+    """Create a token for ``user`` and return it; only its hash is kept."""
+    prefix = secrets.token_hex(6)
+    token = f"rmm_{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        row = ApiToken.objects.create(user=user, name=name, prefix=prefix, token_hash=_hash(token))
+        history.append(actor, "api_token.issued", row, payload={"user": user.get_username(), "name": name})
+    return token
+
+
+def authenticate_token(token: str):
+    """``rmm_<prefix>_<secret>`` → its user in one query, or None."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != "rmm":
+        return None
+    row = ApiToken.objects.select_related("user").filter(prefix=parts[1]).first()
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, _hash(token)):
+        return None
+    if row.expires_at is not None and row.expires_at <= timezone.now():
+        return None
+    if not row.user.is_active:
+        return None
+    return row.user
+
+
+def ensure_user_with_role(username: str, role: str, actor=None):
+    """Create the user if needed and put it in ``role`` (a group)."""
+    if role not in access.ROLES:
+        raise InvalidInput(f"Unknown role; choose one of {', '.join(access.ROLES)}.", field="role")
+    access.ensure_role_groups()
+    User = get_user_model()
+    with transaction.atomic():
+        user, created = User.objects.get_or_create(username=username)
+        if created:
+            user.set_unusable_password()
+        # Approvers and admins work in the Django admin approval queue.
+        if role in {"admin", "approver"} and not user.is_staff:
+            user.is_staff = True
+        user.save()
+        user.groups.add(Group.objects.get(name=role))
+        history.append(actor, "user.role_granted", user, payload={"username": username, "role": role})
+    return user
+
+
+def grant_site(user, site: Site | None, actor=None) -> None:
+    """Grant ``user`` one site (guardian object permission) or, with None, every site."""
+    with transaction.atomic():
+        if site is None:
+            perm = Permission.objects.get(codename="access_site", content_type__app_label="inventory")
+            user.user_permissions.add(perm)
+        else:
+            assign_perm(access.SITE_PERMISSION, user, site)
+        history.append(
+            actor,
+            "access.site_granted",
+            user,
+            site_id=site.pk if site else None,
+            payload={"username": user.get_username(), "site": site.name if site else "*"},
+        )

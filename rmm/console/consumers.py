@@ -1,0 +1,31 @@
+"""Live job events for the console: a user joins only the groups of the sites it may see."""
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from rmm import access
+from rmm.engine.events import site_group
+
+
+@database_sync_to_async
+def _site_groups(user) -> list[str]:
+    return [site_group(pk) for pk in access.visible_sites(user).values_list("pk", flat=True)]
+
+
+class ConsoleConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.groups_joined = await _site_groups(user)
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def rmm_event(self, message):
+        await self.send_json(message["event"])

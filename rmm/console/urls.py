@@ -1,0 +1,12 @@
+from django.urls import path
+from django.views.generic import RedirectView
+
+from rmm.console import views
+
+app_name = "console"
+urlpatterns = [
+    path("", RedirectView.as_view(url="/console/", permanent=False)),
+    path("console/", views.job_list, name="jobs"),
+    path("console/jobs/<str:kind>/<uuid:job_id>/", views.job_detail, name="job"),
+    path("console/jobs/<str:kind>/<uuid:job_id>/fragment/", views.job_fragment, name="job-fragment"),
+]

@@ -1,0 +1,68 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from rmm.engine.states import JobStatus
+from rmm.inventory.models import Agent, Asset, Site
+
+
+class JobBase(models.Model):
+    """What every kind of job shares: status, requester, site and the approval decision.
+
+    Domain apps subclass it and add their seed fields; the engine drives the status.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, db_index=True)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.TextField(blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Instruction(models.Model):
+    """One asset, one fully rendered step, signed by the server and leased by its agent."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job_kind = models.CharField(max_length=50)
+    job_id = models.UUIDField(db_index=True)
+    step = models.PositiveIntegerField(default=0)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="instructions")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="instructions")
+    interpreter = models.CharField(max_length=20)
+    content = models.TextField()
+    content_sha256 = models.CharField(max_length=64)
+    arguments = models.JSONField(default=list)
+    timeout_seconds = models.PositiveIntegerField()
+    privileged = models.BooleanField(default=False)
+    issued_at = models.DateTimeField()
+    not_after = models.DateTimeField()
+    payload = models.TextField(help_text="The exact canonical JSON that was signed.")
+    signature = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    leased_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    result_hash = models.CharField(max_length=64, blank=True)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["agent", "status", "issued_at"], name="instr_lease_idx"),
+            models.Index(fields=["status", "lease_expires_at"], name="instr_sweep_idx"),
+            models.Index(fields=["job_kind", "job_id", "step"], name="instr_job_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_kind}:{self.job_id}#{self.step} on {self.asset_id}"

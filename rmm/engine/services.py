@@ -1,0 +1,359 @@
+"""Dispatch for every kind of job: queue, sign, lease, ingest results, decide approvals, sweep.
+
+The engine knows job kinds only through :mod:`rmm.engine.registry`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from rmm.engine import events, registry, signing
+from rmm.engine.models import Instruction
+from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
+from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.history import services as history
+from rmm.inventory.models import Agent
+from rmm_agent.protocol import INTERPRETERS, OUTCOMES, canonical_json, iso_utc, result_hash
+
+S = JobStatus
+
+
+# --- job status ---------------------------------------------------------------------------
+
+
+def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
+    """Move a job to ``to`` with a conditional update: a stale or racing caller gets 409."""
+    now = timezone.now()
+    if to == S.RUNNING and hasattr(job, "started_at"):
+        fields.setdefault("started_at", now)
+    if to in FINAL and hasattr(job, "completed_at"):
+        fields.setdefault("completed_at", now)
+    if reason:
+        fields["status_reason"] = reason
+    model = type(job)
+    updated = model.objects.filter(pk=job.pk, status__in=sources_of(to)).update(status=to, **fields)
+    if not updated:
+        current = model.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+        raise Conflict(f"The job is {current}; it cannot become {to}.")
+    before = job.status
+    job.status = to
+    for name, value in fields.items():
+        setattr(job, name, value)
+    kind = registry.kind_of(job)
+    history.append(
+        actor,
+        f"job.{to}",
+        job,
+        site_id=job.site_id,
+        payload={"kind": kind.name, "from": before, "to": to, "reason": reason},
+    )
+    events.publish(job.site_id, job_event(job))
+
+
+def job_event(job) -> dict:
+    kind = registry.kind_of(job)
+    event = {
+        "type": "job",
+        "kind": kind.name,
+        "id": str(job.pk),
+        "status": job.status,
+        "description": kind.describe(job),
+        "site": str(job.site_id),
+    }
+    for name in ("created_at", "started_at", "completed_at"):
+        value = getattr(job, name, None)
+        event[name] = value.isoformat() if value else None
+    return event
+
+
+def check_four_eyes(obj, user, *, author_field: str, action: str) -> None:
+    """Law 8: whoever wrote or requested something never decides it, by any path."""
+    if getattr(obj, f"{author_field}_id") == user.pk:
+        history.record_refusal(user, action, obj, reason="self-approval", site_id=getattr(obj, "site_id", None))
+        raise Forbidden("You may not approve or reject your own work.")
+
+
+def approve_job(job, user) -> None:
+    """A second person lets a job that needs approval run."""
+    check_four_eyes(job, user, author_field="requested_by", action="job.approve")
+    queue_job(job, user, decided_by=user, decided_at=timezone.now())
+
+
+def reject_job(job, user, reason: str) -> None:
+    check_four_eyes(job, user, author_field="requested_by", action="job.reject")
+    if not (reason or "").strip():
+        raise InvalidInput("A rejection needs a reason.", field="reason")
+    with transaction.atomic():
+        transition_job(job, S.REJECTED, user, reason=reason.strip(), decided_by=user, decided_at=timezone.now())
+
+
+# --- queueing ------------------------------------------------------------------------------
+
+
+def issue_instructions(job, actor) -> list[Instruction]:
+    """Render the job through its kind, sign one instruction per asset and step, queue them."""
+    kind = registry.kind_of(job)
+    specs = kind.render(job)
+    now = timezone.now()
+    not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
+    rows = []
+    for spec in specs:
+        agent = Agent.objects.filter(asset=spec.asset, revoked_at__isnull=True).first()
+        if agent is None:
+            raise InvalidInput("The asset has no enrolled agent.", field="asset")
+        if spec.interpreter not in INTERPRETERS:
+            raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
+        inst = Instruction(
+            job_kind=kind.name,
+            job_id=job.pk,
+            step=spec.step,
+            site_id=spec.asset.site_id,
+            asset=spec.asset,
+            agent=agent,
+            interpreter=spec.interpreter,
+            content=spec.content,
+            content_sha256=hashlib.sha256(spec.content.encode()).hexdigest(),
+            arguments=list(spec.arguments),
+            timeout_seconds=spec.timeout_seconds,
+            privileged=spec.privileged,
+            issued_at=now,
+            not_after=not_after,
+        )
+        inst.payload = canonical_json(
+            {
+                "instruction_id": str(inst.id),
+                "agent_id": str(agent.pk),
+                "asset_id": str(spec.asset.pk),
+                "job_kind": kind.name,
+                "job_id": str(job.pk),
+                "step": spec.step,
+                "interpreter": spec.interpreter,
+                "content": spec.content,
+                "content_sha256": inst.content_sha256,
+                "arguments": inst.arguments,
+                "timeout_seconds": spec.timeout_seconds,
+                "privileged": spec.privileged,
+                "issued_at": iso_utc(now),
+                "not_after": iso_utc(not_after),
+            }
+        ).decode()
+        inst.signature = signing.sign(inst.payload.encode())
+        rows.append(inst)
+    Instruction.objects.bulk_create(rows)
+    history.append_many(
+        history.Event(
+            history.actor_of(actor),
+            "instruction.issued",
+            "engine.instruction",
+            str(inst.pk),
+            inst.site_id,
+            {
+                "job_kind": kind.name,
+                "job_id": str(job.pk),
+                "asset_id": str(inst.asset_id),
+                "content_sha256": inst.content_sha256,
+            },
+        )
+        for inst in rows
+    )
+    return rows
+
+
+def queue_job(job, actor, **fields) -> None:
+    """awaiting_approval (or new) → queued, with its signed instructions."""
+    with transaction.atomic():
+        transition_job(job, S.QUEUED, actor, **fields)
+        issue_instructions(job, actor)
+
+
+def job_instructions(job):
+    return Instruction.objects.filter(job_kind=registry.kind_of(job).name, job_id=job.pk)
+
+
+# --- the agent's hot path -----------------------------------------------------------------
+
+
+def lease(agent: Agent, capacity: int, now: datetime) -> list[Instruction]:
+    """Lease up to ``capacity`` queued instructions of this agent (SKIP LOCKED on PostgreSQL)."""
+    capacity = max(0, min(int(capacity), settings.RMM_MAX_LEASE_PER_HEARTBEAT))
+    if capacity == 0:
+        return []
+    with transaction.atomic():
+        rows = list(
+            Instruction.objects.select_for_update(skip_locked=True)
+            .filter(agent=agent, status=S.QUEUED, not_after__gt=now)
+            .order_by("issued_at")[:capacity]
+        )
+        if not rows:
+            return []
+        grace = timedelta(seconds=settings.RMM_LEASE_GRACE_SECONDS)
+        for inst in rows:
+            inst.status = S.RUNNING
+            inst.leased_at = now
+            inst.lease_expires_at = now + timedelta(seconds=inst.timeout_seconds) + grace
+        Instruction.objects.bulk_update(rows, ["status", "leased_at", "lease_expires_at"])
+        by_kind: dict[str, list[Instruction]] = {}
+        for inst in rows:
+            by_kind.setdefault(inst.job_kind, []).append(inst)
+        for kind_name, insts in by_kind.items():
+            _start_jobs(registry.get(kind_name), insts, agent, now)
+        history.append_many(
+            history.Event(
+                history.actor_of(agent),
+                "instruction.leased",
+                "engine.instruction",
+                str(inst.pk),
+                inst.site_id,
+                {"lease_expires_at": inst.lease_expires_at.isoformat()},
+            )
+            for inst in rows
+        )
+    return rows
+
+
+def _start_jobs(kind, insts, agent, now) -> None:
+    """Jobs whose first instruction was leased become running (one UPDATE per kind)."""
+    job_ids = {inst.job_id for inst in insts}
+    fields = {"status": S.RUNNING}
+    if any(f.name == "started_at" for f in kind.model._meta.get_fields()):
+        fields["started_at"] = now
+    kind.model.objects.filter(pk__in=job_ids, status=S.QUEUED).update(**fields)
+    for job in kind.model.objects.filter(pk__in=job_ids, status=S.RUNNING):
+        events.publish(job.site_id, job_event(job))
+
+
+def envelope(inst: Instruction) -> dict:
+    return {"payload": inst.payload, "signature": inst.signature}
+
+
+def aborted_among(agent: Agent, running_ids: list) -> list[str]:
+    """Of the instructions the agent says it is running, those the server has ended."""
+    if not running_ids:
+        return []
+    ids = [str(i) for i in running_ids][:100]
+    return [
+        str(pk)
+        for pk in Instruction.objects.filter(agent=agent, pk__in=ids, status__in=FINAL).values_list("pk", flat=True)
+    ]
+
+
+RESULT_FIELDS = ("instruction_id", "outcome", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated")
+
+
+def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
+    """Accept a result once, by instruction id. Returns (http status, answer)."""
+    problems = {name: ["This field is required."] for name in RESULT_FIELDS if name not in body}
+    if body.get("outcome") not in OUTCOMES:
+        problems["outcome"] = [f"Must be one of: {', '.join(OUTCOMES)}."]
+    if body.get("exit_code") is not None and not isinstance(body.get("exit_code"), int):
+        problems["exit_code"] = ["Must be an integer or null."]
+    for name in ("stdout", "stderr"):
+        if not isinstance(body.get(name, ""), str):
+            problems[name] = ["Must be a string."]
+    if problems:
+        return 400, problems
+    inst = Instruction.objects.filter(pk=_uuid_or_none(body.get("instruction_id")), agent=agent).first()
+    if inst is None:
+        history.record_refusal(
+            agent,
+            "result",
+            reason="result for an instruction that is not this agent's",
+            site_id=agent.asset.site_id,
+            payload={"instruction_id": str(body.get("instruction_id"))[:64]},
+        )
+        return 404, {"detail": "No such instruction for this agent."}
+    claimed = body.get("hash", "")
+    if claimed != result_hash(body):
+        history.record_refusal(
+            agent, "result", inst, reason="result hash does not match its content", site_id=inst.site_id
+        )
+        return 400, {"hash": ["Does not match the result's content."]}
+    if inst.result_hash:
+        if inst.result_hash == claimed:
+            return 200, {"status": "already_received"}
+        return 409, {"status": "conflict", "detail": "A different result was already received."}
+    to = status_for_outcome(body["outcome"], body.get("exit_code"))
+    now = timezone.now()
+    reason = str(body.get("reason") or "")[:2000]
+    if body["outcome"] == "refused":
+        reason = f"agent refused the instruction: {reason}"
+    with transaction.atomic():
+        updated = Instruction.objects.filter(pk=inst.pk, status=S.RUNNING, result_hash="").update(
+            status=to,
+            outcome=body["outcome"],
+            exit_code=body.get("exit_code"),
+            result_hash=claimed,
+            finished_at=now,
+            reason=reason,
+        )
+        if not updated:
+            current = Instruction.objects.get(pk=inst.pk)
+            if current.result_hash == claimed:
+                return 200, {"status": "already_received"}
+            history.append(
+                agent, "instruction.late_result", inst, site_id=inst.site_id, payload={"status": current.status}
+            )
+            return 409, {"status": "conflict", "detail": f"The instruction is already {current.status}."}
+        inst.status, inst.outcome, inst.exit_code, inst.result_hash, inst.finished_at, inst.reason = (
+            to,
+            body["outcome"],
+            body.get("exit_code"),
+            claimed,
+            now,
+            reason,
+        )
+        history.append(
+            agent,
+            "instruction.result",
+            inst,
+            site_id=inst.site_id,
+            payload={
+                "outcome": inst.outcome,
+                "exit_code": inst.exit_code,
+                "status": to,
+                "result_hash": claimed,
+                "reason": reason,
+            },
+        )
+        _finish_job(inst, agent, body)
+    return 201, {"status": "accepted"}
+
+
+def _finish_job(inst: Instruction, actor, result: dict) -> None:
+    kind = registry.get(inst.job_kind)
+    job = kind.model.objects.select_for_update().get(pk=inst.job_id)
+    kind.on_finished(job, inst, result, actor)
+
+
+def _uuid_or_none(value):
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError):
+        return None
+
+
+def sweep(now: datetime | None = None) -> int:
+    """Instructions whose lease ran out, or that no agent leased in time, become lost. Never re-run."""
+    now = now or timezone.now()
+    count = 0
+    overdue = Instruction.objects.filter(status=S.RUNNING, lease_expires_at__lt=now) | Instruction.objects.filter(
+        status=S.QUEUED, not_after__lt=now
+    )
+    for inst in overdue.select_related("agent")[:1000]:
+        reason = "agent never reported within its lease" if inst.status == S.RUNNING else "no agent leased it in time"
+        with transaction.atomic():
+            if not Instruction.objects.filter(pk=inst.pk, status=inst.status).update(
+                status=S.LOST, finished_at=now, reason=reason
+            ):
+                continue
+            inst.status, inst.reason = S.LOST, reason
+            history.append("system", "instruction.lost", inst, site_id=inst.site_id, payload={"reason": reason})
+            _finish_job(inst, "system", {"outcome": "lost", "reason": reason})
+        count += 1
+    return count

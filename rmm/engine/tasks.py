@@ -1,0 +1,8 @@
+"""Scheduled engine work (django-q2)."""
+
+from rmm.engine import services
+
+
+def sweep() -> int:
+    """Mark instructions whose lease ran out, or that were never leased in time, as lost."""
+    return services.sweep()

@@ -1,0 +1,165 @@
+"""Appending to and verifying the execution history.
+
+Every event's hash covers its content and the previous event's hash, so rewriting or
+removing any event breaks every hash after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.utils import timezone
+
+from rmm.history.models import HistoryEvent
+from rmm_agent.protocol import canonical_json
+
+GENESIS_HASH = "0" * 64
+_PG_LOCK_KEY = 0x524D4D48  # "RMMH": serialises appends across workers on PostgreSQL
+
+
+@dataclass
+class Event:
+    actor: str
+    action: str
+    subject_type: str = ""
+    subject_id: str = ""
+    site_id: object | None = None
+    payload: dict = field(default_factory=dict)
+
+
+def actor_of(user_or_agent) -> str:
+    """A stable, readable actor name for people, service accounts, agents and the system."""
+    if user_or_agent is None:
+        return "system"
+    if isinstance(user_or_agent, str):
+        return user_or_agent
+    if hasattr(user_or_agent, "secret_hash"):
+        return f"agent:{user_or_agent.pk}"
+    return f"user:{user_or_agent.get_username()}"
+
+
+def event_hash(prev_hash: str, sequence: int, created_at, actor, action, subject_type, subject_id, site_id, payload):
+    body = canonical_json(
+        {
+            "sequence": sequence,
+            "created_at": created_at.isoformat(),
+            "actor": actor,
+            "action": action,
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "site_id": str(site_id) if site_id else None,
+            "payload": payload,
+        }
+    )
+    return hashlib.sha256(prev_hash.encode() + body).hexdigest()
+
+
+def _json_safe(payload: dict) -> dict:
+    """Round-trip through canonical JSON so the stored payload hashes the same when read back."""
+    return json.loads(json.dumps(payload, cls=DjangoJSONEncoder))
+
+
+def append_many(events: Iterable[Event]) -> list[HistoryEvent]:
+    """Append events in order under one lock: one head read and one insert, whatever the count."""
+    events = list(events)
+    if not events:
+        return []
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_LOCK_KEY])
+        head = HistoryEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
+        sequence, prev_hash = head if head else (0, GENESIS_HASH)
+        now = timezone.now()
+        rows = []
+        for ev in events:
+            sequence += 1
+            payload = _json_safe(ev.payload)
+            site_id = str(ev.site_id) if ev.site_id else None
+            digest = event_hash(
+                prev_hash, sequence, now, ev.actor, ev.action, ev.subject_type, str(ev.subject_id), site_id, payload
+            )
+            rows.append(
+                HistoryEvent(
+                    sequence=sequence,
+                    created_at=now,
+                    actor=ev.actor,
+                    action=ev.action,
+                    subject_type=ev.subject_type,
+                    subject_id=str(ev.subject_id),
+                    site_id=site_id,
+                    payload=payload,
+                    prev_hash=prev_hash,
+                    hash=digest,
+                )
+            )
+            prev_hash = digest
+        return HistoryEvent.objects.bulk_create(rows)
+
+
+def append(actor, action: str, subject=None, *, site_id=None, payload: dict | None = None, subject_type: str = ""):
+    """Append one event. ``subject`` is a model instance (type and id are taken from it)."""
+    subject_id = ""
+    if subject is not None:
+        subject_type = subject_type or subject._meta.label_lower
+        subject_id = str(subject.pk)
+    return append_many([Event(actor_of(actor), action, subject_type, subject_id, site_id, payload or {})])[0]
+
+
+def record_refusal(actor, action: str, subject=None, *, reason: str, site_id=None, payload: dict | None = None):
+    """A refusal is evidence too: commit it on its own, even if the caller's work rolls back."""
+    data = dict(payload or {})
+    data["reason"] = reason
+    return append(actor, f"refused.{action}", subject, site_id=site_id, payload=data)
+
+
+@dataclass
+class VerifyReport:
+    checked: int
+    ok: bool
+    first_bad: int | None = None
+    problem: str = ""
+
+
+def iter_events(batch: int = 2000) -> Iterator[HistoryEvent]:
+    last = 0
+    while True:
+        chunk = list(HistoryEvent.objects.filter(sequence__gt=last).order_by("sequence")[:batch])
+        if not chunk:
+            return
+        yield from chunk
+        last = chunk[-1].sequence
+
+
+def verify_chain() -> VerifyReport:
+    """Walk the chain from the genesis hash; name the first event that does not verify."""
+    prev_hash = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    for ev in iter_events():
+        if ev.sequence != expected_seq:
+            return VerifyReport(checked, False, expected_seq, f"event {expected_seq} is missing")
+        if ev.prev_hash != prev_hash:
+            return VerifyReport(checked, False, ev.sequence, "previous hash does not match the chain")
+        digest = event_hash(
+            ev.prev_hash,
+            ev.sequence,
+            ev.created_at,
+            ev.actor,
+            ev.action,
+            ev.subject_type,
+            ev.subject_id,
+            ev.site_id,
+            ev.payload,
+        )
+        if digest != ev.hash:
+            return VerifyReport(checked, False, ev.sequence, "content does not match its hash")
+        prev_hash = ev.hash
+        expected_seq += 1
+        checked += 1
+    return VerifyReport(checked, True)

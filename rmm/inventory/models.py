@@ -1,0 +1,76 @@
+import uuid
+
+from django.db import models
+
+
+class Site(models.Model):
+    """The unit of access: every grant, selector and websocket group is per site."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("access_site", "May see and operate this site")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Asset(models.Model):
+    """A managed endpoint. Identity fields are filled from the agent's reports."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="assets")
+    hostname = models.CharField(max_length=255, db_index=True)
+    os = models.CharField(max_length=100, blank=True)
+    architecture = models.CharField(max_length=50, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class AssetFacts(models.Model):
+    """Actual state, as last reported by the asset's agent. Written only by agent reports."""
+
+    asset = models.OneToOneField(Asset, on_delete=models.CASCADE, primary_key=True, related_name="facts")
+    facts = models.JSONField(default=dict)
+    facts_hash = models.CharField(max_length=64)
+    reported_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "asset facts"
+
+
+class EnrollmentToken(models.Model):
+    """A per-site, expiring, use-limited secret that lets a new agent enroll."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="enrollment_tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    expires_at = models.DateTimeField()
+    max_uses = models.PositiveIntegerField()
+    use_count = models.PositiveIntegerField(default=0)
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+
+class Agent(models.Model):
+    """The endpoint agent of one asset. Its secret is stored hashed and shown once."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    asset = models.OneToOneField(Asset, on_delete=models.PROTECT, related_name="agent")
+    secret_hash = models.CharField(max_length=64)
+    version = models.CharField(max_length=50, blank=True)
+    enrolled_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"agent of {self.asset_id}"

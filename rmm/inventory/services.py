@@ -1,0 +1,153 @@
+"""Sites, enrollment and the agent's reports of actual state."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from rmm.errors import Forbidden, InvalidInput
+from rmm.history import services as history
+from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, Site
+from rmm_agent.protocol import facts_hash as compute_facts_hash
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def get_or_create_site(name: str, actor=None) -> Site:
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("A site needs a name.", field="site")
+    with transaction.atomic():
+        site, created = Site.objects.get_or_create(name=name)
+        if created:
+            history.append(actor, "site.created", site, site_id=site.pk, payload={"name": name})
+    return site
+
+
+def create_enrollment_token(
+    site: Site, actor=None, *, ttl_hours: int | None = None, max_uses: int | None = None
+) -> tuple[EnrollmentToken, str]:
+    """Return the token row and its secret; only the hash is kept."""
+    secret = "enr_" + secrets.token_urlsafe(32)
+    ttl = ttl_hours if ttl_hours is not None else settings.RMM_ENROLLMENT_TOKEN_TTL_HOURS
+    with transaction.atomic():
+        token = EnrollmentToken.objects.create(
+            site=site,
+            token_hash=hash_secret(secret),
+            expires_at=timezone.now() + timedelta(hours=ttl),
+            max_uses=max_uses if max_uses is not None else settings.RMM_ENROLLMENT_TOKEN_USES,
+            created_by=history.actor_of(actor),
+        )
+        history.append(
+            actor,
+            "enrollment_token.created",
+            token,
+            site_id=site.pk,
+            payload={"expires_at": token.expires_at.isoformat(), "max_uses": token.max_uses},
+        )
+    return token, secret
+
+
+def _clean_facts(facts) -> dict:
+    if not isinstance(facts, dict):
+        raise InvalidInput("Facts must be a JSON object.", field="facts")
+    return facts
+
+
+def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
+    """Consume one use of an enrollment token; create the asset and its agent."""
+    facts = _clean_facts(facts)
+    hostname = str(facts.get("hostname") or "").strip()[:255]
+    if not hostname:
+        raise InvalidInput("Facts must include the hostname.", field="facts")
+    now = timezone.now()
+    token_hash = hash_secret(token_secret or "")
+    # Conditional update: two agents racing for the last use cannot both get it.
+    with transaction.atomic():
+        used = EnrollmentToken.objects.filter(
+            token_hash=token_hash, revoked_at__isnull=True, expires_at__gt=now, use_count__lt=F("max_uses")
+        ).update(use_count=F("use_count") + 1)
+        if not used:
+            token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
+            reason = "unknown enrollment token"
+            if token is not None:
+                reason = "enrollment token expired, revoked or used up"
+        else:
+            token = EnrollmentToken.objects.select_related("site").get(token_hash=token_hash)
+    if not used:
+        history.record_refusal(
+            "anonymous",
+            "agent.enroll",
+            token,
+            reason=reason,
+            site_id=token.site_id if token else None,
+            payload={"hostname": hostname},
+        )
+        raise Forbidden(f"Enrollment refused: {reason}.")
+    secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        asset = Asset.objects.create(
+            site=token.site,
+            hostname=hostname,
+            os=str(facts.get("os", ""))[:100],
+            architecture=str(facts.get("architecture", ""))[:50],
+        )
+        agent = Agent.objects.create(
+            asset=asset, secret_hash=hash_secret(secret), version=str(facts.get("agent_version", ""))[:50]
+        )
+        AssetFacts.objects.create(asset=asset, facts=facts, facts_hash=compute_facts_hash(facts), reported_at=now)
+        history.append(
+            history.actor_of(agent),
+            "agent.enrolled",
+            agent,
+            site_id=token.site_id,
+            payload={"asset_id": str(asset.pk), "hostname": hostname, "enrollment_token": str(token.pk)},
+        )
+    return agent, secret
+
+
+def authenticate_agent(header: str) -> Agent | None:
+    """``Agent <id>:<secret>`` → the agent, in one query; None when unknown, wrong or revoked."""
+    if not header or not header.startswith("Agent "):
+        return None
+    agent_id, _, secret = header[6:].strip().partition(":")
+    try:
+        agent = Agent.objects.select_related("asset").get(pk=agent_id)
+    except (Agent.DoesNotExist, ValidationError, ValueError):
+        return None
+    if agent.revoked_at is not None or not hmac.compare_digest(agent.secret_hash, hash_secret(secret)):
+        return None
+    return agent
+
+
+def record_facts(agent: Agent, facts: dict, now) -> None:
+    """Actual state from the agent's report: the only writer of AssetFacts."""
+    facts = _clean_facts(facts)
+    digest = compute_facts_hash(facts)
+    AssetFacts.objects.update_or_create(
+        asset_id=agent.asset_id, defaults={"facts": facts, "facts_hash": digest, "reported_at": now}
+    )
+    changes = {}
+    for field, key, size in (("hostname", "hostname", 255), ("os", "os", 100), ("architecture", "architecture", 50)):
+        value = str(facts.get(key) or "")[:size]
+        if value and getattr(agent.asset, field) != value:
+            changes[field] = value
+    if changes:
+        Asset.objects.filter(pk=agent.asset_id).update(**changes)
+    history.append(
+        history.actor_of(agent),
+        "asset.facts_reported",
+        agent.asset,
+        site_id=agent.asset.site_id,
+        payload={"facts_hash": digest, "changed": sorted(changes)},
+    )

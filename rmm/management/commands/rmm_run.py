@@ -1,0 +1,125 @@
+"""``make run``: migrate, a demo admin, a local agent, then the ASGI server, the task cluster
+and that agent, until Ctrl-C stops all three."""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from rmm.authority import services as authority
+from rmm.inventory import services as inventory
+
+
+class Command(BaseCommand):
+    help = "Run the product on this machine: server, task cluster and a local agent."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--site", default="local", help="the site of this machine's own agent")
+
+    def handle(self, *args, host, port, site, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        username, password = self._demo_admin()
+        url = f"http://{host}:{port}"
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="rmm.settings", PYTHONUNBUFFERED="1")
+        procs = []
+
+        def stop(*_):
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            for proc in procs:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+        signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+        try:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "rmm.asgi:application"], env=env
+                )
+            )
+            procs.append(subprocess.Popen([sys.executable, "manage.py", "qcluster"], env=env))
+            self._wait_for(url)
+            state_dir = Path(settings.VAR_DIR) / "agent"
+            if not (state_dir / "config.json").exists():
+                token = inventory.create_enrollment_token(
+                    inventory.get_or_create_site(site, actor="cli:rmm_run"), actor="cli:rmm_run", max_uses=1
+                )[1]
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "rmm_agent",
+                        "enroll",
+                        "--server",
+                        url,
+                        "--token",
+                        token,
+                        "--state-dir",
+                        str(state_dir),
+                    ],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+            procs.append(
+                subprocess.Popen([sys.executable, "-m", "rmm_agent", "run", "--state-dir", str(state_dir)], env=env)
+            )
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"\nRMM is running.\n  Console: {url}/console/   Admin: {url}/admin/   API docs: {url}/api/docs/\n"
+                    f"  Demo admin login: {username} / {password}\n"
+                    f"  Local agent state: {state_dir} (site {site!r})\n  Ctrl-C stops the server, the task cluster and the agent.\n"
+                )
+            )
+            while all(proc.poll() is None for proc in procs):
+                time.sleep(0.5)
+            self.stderr.write("A component stopped; shutting down the rest.")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop()
+
+    def _demo_admin(self) -> tuple[str, str]:
+        """A superuser for the console and admin; its password lives in var/, shown here only."""
+        path = Path(settings.VAR_DIR) / "demo_admin.json"
+        User = get_user_model()
+        if path.exists():
+            data = json.loads(path.read_text())
+            if User.objects.filter(username=data["username"]).exists():
+                return data["username"], data["password"]
+        username, password = "admin", secrets.token_urlsafe(12)
+        user = authority.ensure_user_with_role(username, "admin", actor="cli:rmm_run")
+        user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"username": username, "password": password}, fh)
+        return username, password
+
+    def _wait_for(self, url: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url + "/accounts/login/", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"The server did not answer at {url}")

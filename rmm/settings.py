@@ -1,0 +1,182 @@
+"""Settings for the RMM execution engine.
+
+Everything has an embedded default (SQLite, in-memory channel layer, django-q2's ORM
+broker, keys generated into ``var/``); environment variables switch to production parts.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from rmm.keys import load_or_create_secret_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("RMM_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("RMM_DEBUG", False)
+SECRET_KEY = os.environ.get("RMM_SECRET_KEY") or load_or_create_secret_key(VAR_DIR)
+ALLOWED_HOSTS = env_list("RMM_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("RMM_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_filters",
+    "guardian",
+    "django_q",
+    "channels",
+    "rmm",
+    "rmm.history",
+    "rmm.inventory",
+    "rmm.authority",
+    "rmm.engine",
+    "rmm.console",
+    "evidence",
+    "scripting",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "rmm.urls"
+ASGI_APPLICATION = "rmm.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("RMM_SQLITE_PATH", str(VAR_DIR / "rmm.sqlite3")),
+            # IMMEDIATE takes the write lock at BEGIN, so read-then-append (the history
+            # chain head) cannot interleave between two writers.
+            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 30, "init_command": "PRAGMA journal_mode=WAL;"},
+        }
+    }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("TEST", {"NAME": ""})
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous callers see nothing
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/console/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves from here after collectstatic
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": os.environ.get("RMM_EVIDENCE_ROOT", str(VAR_DIR / "evidence"))},
+    },
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    Q_CLUSTER = {"name": "rmm", "redis": REDIS_URL, "workers": 2, "timeout": 300, "retry": 600}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    Q_CLUSTER = {"name": "rmm", "orm": "default", "workers": 2, "timeout": 300, "retry": 600, "poll": 1}
+Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1})
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rmm.authority.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "rmm.api.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "RMM execution engine API",
+    "DESCRIPTION": "Authority in, signed execution out, evidence back.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Served from the installed sidecar package, never from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+# Engine
+RMM_SIGNING_KEY_FILE = os.environ.get("RMM_SIGNING_KEY_FILE", str(VAR_DIR / "keys" / "server_ed25519.pem"))
+RMM_HEARTBEAT_INTERVAL = int(os.environ.get("RMM_HEARTBEAT_INTERVAL", "30"))
+RMM_LEASE_GRACE_SECONDS = int(os.environ.get("RMM_LEASE_GRACE_SECONDS", "60"))
+RMM_INSTRUCTION_TTL_SECONDS = int(os.environ.get("RMM_INSTRUCTION_TTL_SECONDS", str(24 * 3600)))
+RMM_DEFAULT_TIMEOUT_SECONDS = int(os.environ.get("RMM_DEFAULT_TIMEOUT_SECONDS", "300"))
+RMM_MAX_LEASE_PER_HEARTBEAT = int(os.environ.get("RMM_MAX_LEASE_PER_HEARTBEAT", "4"))
+RMM_ENROLLMENT_TOKEN_TTL_HOURS = int(os.environ.get("RMM_ENROLLMENT_TOKEN_TTL_HOURS", "24"))
+RMM_ENROLLMENT_TOKEN_USES = int(os.environ.get("RMM_ENROLLMENT_TOKEN_USES", "100"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("RMM_LOG_LEVEL", "WARNING")},
+}

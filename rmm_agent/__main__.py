@@ -1,0 +1,154 @@
+"""Command line: ``python -m rmm_agent enroll|run``.
+
+Exit codes: 0 ok, 1 server unreachable, 2 usage / enrollment refused / not enrolled,
+3 agent revoked or unknown (HTTP 401).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent
+from .client import Client, TransportError
+from .facts import collect_facts
+from .protocol import iso_utc
+from .runner import DEFAULT_RUN_AS, now_utc
+from .state import NotEnrolled, StateDir
+
+EXIT_USAGE = 2
+
+log = logging.getLogger("rmm_agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmm_agent", description="RMM endpoint agent")
+    parser.add_argument("--version", action="version", version=f"rmm_agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    enroll = commands.add_parser("enroll", help="exchange an enrollment token for an identity")
+    enroll.add_argument("--server", required=True, help="server URL, e.g. https://rmm.example")
+    enroll.add_argument("--token", required=True, help="one-time enrollment token")
+    enroll.add_argument("--state-dir", required=True, help="directory for config and spool")
+    enroll.add_argument("--hostname", help="report this hostname instead of the real one")
+    enroll.add_argument(
+        "--run-as",
+        default=DEFAULT_RUN_AS,
+        help="account for unprivileged instructions when running as root (default: nobody)",
+    )
+    enroll.add_argument("--ca-file", help="PEM bundle to trust for an https server")
+
+    run = commands.add_parser("run", help="heartbeat and run signed instructions")
+    run.add_argument("--state-dir", required=True, help="directory given to enroll")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="one heartbeat, run what was leased, then exit",
+    )
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"rmm_agent: {message}", file=sys.stderr)
+    return code
+
+
+def enroll(args: argparse.Namespace) -> int:
+    """Enroll with the server and write the identity to the state dir."""
+    server = args.server.rstrip("/")
+    if not server.startswith(("http://", "https://")):
+        return _fail(f"--server must be an http:// or https:// URL, not {server!r}", EXIT_USAGE)
+    ca_file = os.path.abspath(args.ca_file) if args.ca_file else None
+    if ca_file and not os.path.isfile(ca_file):
+        return _fail(f"CA file {ca_file} does not exist", EXIT_USAGE)
+    facts = collect_facts(hostname=args.hostname)
+    try:
+        answer = Client(server, ca_file=ca_file).enroll(args.token, facts)
+    except TransportError as exc:
+        return _fail(f"cannot reach server: {exc}", EXIT_UNREACHABLE)
+    if not 200 <= answer.status < 300:
+        return _fail(f"enrollment refused (HTTP {answer.status}): {answer.detail}", EXIT_USAGE)
+    body = answer.body if isinstance(answer.body, dict) else {}
+    missing = [
+        key
+        for key in (
+            "agent_id",
+            "asset_id",
+            "secret",
+            "server_public_key",
+            "heartbeat_interval",
+        )
+        if body.get(key) in (None, "")
+    ]
+    if missing:
+        return _fail(f"enrollment answer lacks {', '.join(missing)}", EXIT_USAGE)
+    try:
+        key = base64.b64decode(body["server_public_key"], validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        key = b""
+    if len(key) != 32:
+        return _fail("enrollment answer has an invalid server_public_key", EXIT_USAGE)
+
+    state = StateDir(args.state_dir)
+    if state.config_path.exists():
+        log.warning("replacing the existing enrollment in %s", state.root)
+    state.save_config(
+        {
+            "server": server,
+            "agent_id": str(body["agent_id"]),
+            "asset_id": body["asset_id"],
+            "secret": body["secret"],
+            "server_public_key": body["server_public_key"],
+            "heartbeat_interval": body["heartbeat_interval"],
+            "run_as": args.run_as,
+            "ca_file": ca_file,
+            "hostname": args.hostname,
+            "enrolled_at": iso_utc(now_utc()),
+        }
+    )
+    # A new identity: the server has acknowledged no facts for it through a heartbeat yet.
+    state.save_state({})
+    print(body["agent_id"])
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent loop (or a single pass with --once)."""
+    state = StateDir(args.state_dir)
+    try:
+        config = state.load_config()
+        state.ensure()
+        agent = Agent(state, config)
+    except (NotEnrolled, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    agent.install_signal_handlers()
+    code = agent.run_once() if args.once else agent.run_forever()
+    if code == EXIT_UNAUTHORIZED:
+        _fail(
+            f"agent {config['agent_id']} was rejected by the server (revoked or unknown); enroll again",
+            code,
+        )
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s rmm_agent %(levelname)s %(message)s",
+    )
+    args = _parser().parse_args(argv)
+    if args.command == "enroll":
+        return enroll(args)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

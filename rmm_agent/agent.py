@@ -1,0 +1,388 @@
+"""The agent's loop: heartbeat, verify, run concurrently, spool and deliver results.
+
+The agent makes no decisions of its own: it runs what the server signed, for this agent,
+unexpired, with the privilege the payload asks for, and reports every outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+from . import __version__
+from .client import Client, Response, TransportError
+from .facts import collect_facts
+from .protocol import InstructionRefused, facts_hash, verify_instruction
+from .runner import (
+    DEFAULT_RUN_AS,
+    AbortSignal,
+    make_result,
+    now_utc,
+    refused_result,
+    run_instruction,
+)
+from .state import StateDir
+
+log = logging.getLogger("rmm_agent")
+
+MAX_CONCURRENT = 4
+MIN_INTERVAL = 1
+MAX_INTERVAL = 3600
+ONCE_HEARTBEAT_ATTEMPTS = 3
+ONCE_MAX_RETRY_AFTER = 60.0
+SHUTDOWN_FLUSH_TIMEOUT = 5.0
+DEFINITIVE_RESULT_STATUSES = (200, 201, 400, 404, 409)
+
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
+EXIT_UNAUTHORIZED = 3
+
+
+class Unauthorized(Exception):
+    """The server answered 401: this agent is revoked or unknown."""
+
+
+@dataclass
+class HeartbeatAnswer:
+    """What one heartbeat produced (``ok`` False: unreachable, throttled or failed)."""
+
+    ok: bool
+    instructions: list = field(default_factory=list)
+    abort: list = field(default_factory=list)
+    retry_after: float | None = None
+
+
+@dataclass
+class _Running:
+    thread: threading.Thread
+    abort: AbortSignal
+
+
+def _one_line(text: str) -> str:
+    """Keep log output one line per event, whatever the server sent."""
+    return " ".join(str(text).split())
+
+
+class Agent:
+    """One enrolled agent bound to its state directory."""
+
+    def __init__(self, state: StateDir, config: dict, client: Client | None = None) -> None:
+        self.state = state
+        self.config = config
+        self.agent_id: str = config["agent_id"]
+        self.run_as: str = config.get("run_as") or DEFAULT_RUN_AS
+        self.client = client or Client(
+            config["server"],
+            agent_id=config["agent_id"],
+            secret=config["secret"],
+            ca_file=config.get("ca_file"),
+        )
+        try:
+            self.server_key = base64.b64decode(config["server_public_key"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("config server_public_key is not valid base64") from exc
+        self.interval = self._clamp_interval(config.get("heartbeat_interval"), 30)
+        self.running: dict[str, _Running] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.unreachable = False
+        self.results_blocked_until = 0.0
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _note_unreachable(self, message: str) -> None:
+        """Log a connectivity failure once, not on every retry."""
+        if not self.unreachable:
+            log.warning("server unreachable: %s", _one_line(message))
+        self.unreachable = True
+
+    def _note_reachable(self) -> None:
+        if self.unreachable:
+            log.info("server reachable again")
+        self.unreachable = False
+
+    @staticmethod
+    def _clamp_interval(value: object, default: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return default
+        return max(MIN_INTERVAL, min(MAX_INTERVAL, value))
+
+    # -- results ------------------------------------------------------------------------------
+
+    def flush_spool(self, timeout: float | None = None) -> bool:
+        """Send spooled results; True when nothing is left waiting.
+
+        Results leave the spool only on a definitive answer, so a crash, an outage or a
+        throttled server never loses one.
+        """
+        if time.monotonic() < self.results_blocked_until:
+            return not self.state.spooled_results()
+        left = False
+        for result in self.state.spooled_results():
+            instruction_id = result["instruction_id"]
+            try:
+                answer = self.client.post_result(result, timeout=timeout)
+            except TransportError as exc:
+                self._note_unreachable(str(exc))
+                return False
+            self._note_reachable()
+            if answer.status in DEFINITIVE_RESULT_STATUSES:
+                if answer.status >= 400:
+                    log.error(
+                        "server refused result %s (HTTP %s): %s",
+                        instruction_id,
+                        answer.status,
+                        _one_line(answer.detail),
+                    )
+                self.state.discard_spooled(instruction_id)
+            elif answer.status == 401:
+                raise Unauthorized(answer.detail)
+            elif answer.status == 429:
+                self.results_blocked_until = time.monotonic() + answer.retry_after()
+                return False
+            elif answer.status >= 500:
+                log.warning(
+                    "result %s not accepted (HTTP %s), kept in spool",
+                    instruction_id,
+                    answer.status,
+                )
+                return False
+            else:
+                log.error(
+                    "result %s not accepted (HTTP %s): %s; kept in spool",
+                    instruction_id,
+                    answer.status,
+                    _one_line(answer.detail),
+                )
+                left = True
+        return not left
+
+    def _spool(self, result: dict) -> None:
+        """Persist a result before anything else happens to it."""
+        self.state.spool_result(result)
+        instruction_id, outcome = result["instruction_id"], result["outcome"]
+        if outcome == "completed" and result["exit_code"] == 0:
+            log.info("ran %s exit=0", instruction_id)
+        elif outcome == "completed":
+            log.warning("ran %s exit=%s", instruction_id, result["exit_code"])
+        else:
+            log.warning("%s %s: %s", outcome, instruction_id, _one_line(result["reason"] or ""))
+
+    # -- heartbeat ----------------------------------------------------------------------------
+
+    def running_ids(self) -> list[str]:
+        """Instructions currently executing (reported so the server can keep their leases)."""
+        with self.lock:
+            return sorted(self.running)
+
+    def heartbeat(self) -> HeartbeatAnswer:
+        """Check in once; raises :class:`Unauthorized` on 401."""
+        facts = collect_facts(hostname=self.config.get("hostname"))
+        current_hash = facts_hash(facts)
+        running = self.running_ids()
+        body: dict = {
+            "agent_version": __version__,
+            "facts_hash": current_hash,
+            "running": running,
+            "capacity": max(0, MAX_CONCURRENT - len(running)),
+        }
+        send_facts = self.state.acked_facts_hash() != current_hash
+        if send_facts:
+            body["facts"] = facts
+        try:
+            answer = self.client.heartbeat(body)
+        except TransportError as exc:
+            self._note_unreachable(str(exc))
+            return HeartbeatAnswer(ok=False)
+        self._note_reachable()
+        if answer.status == 401:
+            raise Unauthorized(answer.detail)
+        if answer.status == 429:
+            return HeartbeatAnswer(ok=False, retry_after=answer.retry_after())
+        if answer.status != 200 or not isinstance(answer.body, dict):
+            log.warning(
+                "heartbeat failed (HTTP %s): %s",
+                answer.status,
+                _one_line(answer.detail),
+            )
+            return HeartbeatAnswer(ok=False)
+        return self._accept_heartbeat(answer, current_hash if send_facts else None)
+
+    def _accept_heartbeat(self, answer: Response, sent_hash: str | None) -> HeartbeatAnswer:
+        body = answer.body
+        if sent_hash is not None:
+            self.state.set_acked_facts_hash(sent_hash)
+        if body.get("facts_required") is True:
+            self.state.set_acked_facts_hash(None)
+        self.interval = self._clamp_interval(body.get("interval"), self.interval)
+        instructions = body.get("instructions") or []
+        abort = body.get("abort") or []
+        return HeartbeatAnswer(
+            ok=True,
+            instructions=[item for item in instructions if isinstance(item, dict)]
+            if isinstance(instructions, list)
+            else [],
+            abort=[item for item in abort if isinstance(item, str)] if isinstance(abort, list) else [],
+        )
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def handle(self, answer: HeartbeatAnswer) -> None:
+        """Apply aborts, then verify and start (or refuse) each leased instruction."""
+        for instruction_id in answer.abort:
+            with self.lock:
+                running = self.running.get(instruction_id)
+            if running is not None:
+                running.abort.set("aborted by server")
+        for envelope in answer.instructions:
+            self._dispatch(envelope, set(answer.abort))
+
+    def _already_handled(self, instruction_id: str) -> bool:
+        """A re-leased instruction that is running or awaiting delivery is not run twice."""
+        with self.lock:
+            if instruction_id in self.running:
+                return True
+        return self.state.is_spooled(instruction_id)
+
+    def _dispatch(self, envelope: dict, aborted: set[str]) -> None:
+        try:
+            payload = verify_instruction(envelope, self.server_key, self.agent_id, now_utc())
+        except InstructionRefused as refusal:
+            if refusal.instruction_id is None:
+                log.error("refused an instruction without a usable id: %s", refusal.reason)
+            elif not self._already_handled(refusal.instruction_id):
+                self._spool(refused_result(refusal.instruction_id, refusal.reason))
+                self.wake.set()
+            return
+        instruction_id = payload["instruction_id"]
+        if self._already_handled(instruction_id):
+            return
+        if instruction_id in aborted:
+            self._spool(make_result(instruction_id, "aborted", reason="aborted by server"))
+            self.wake.set()
+            return
+        abort = AbortSignal()
+        thread = threading.Thread(
+            target=self._execute,
+            args=(payload, abort),
+            name=f"instruction-{instruction_id}",
+            daemon=True,
+        )
+        with self.lock:
+            self.running[instruction_id] = _Running(thread=thread, abort=abort)
+        if self.stop.is_set():
+            abort.set("agent stopped")
+        thread.start()
+
+    def _execute(self, payload: dict, abort: AbortSignal) -> None:
+        instruction_id = payload["instruction_id"]
+        try:
+            result = run_instruction(payload, self.state.work_dir, run_as=self.run_as, abort=abort)
+        except Exception as exc:  # every leased instruction must still yield a result
+            log.exception("agent failure while running %s", instruction_id)
+            result = make_result(instruction_id, "error", reason=f"agent error: {exc}")
+        try:
+            self._spool(result)
+        finally:
+            with self.lock:
+                self.running.pop(instruction_id, None)
+            self.wake.set()
+
+    def abort_all(self, reason: str) -> None:
+        """Kill every running process group and wait until their results are spooled."""
+        with self.lock:
+            running = list(self.running.values())
+        for item in running:
+            item.abort.set(reason)
+        for item in running:
+            item.thread.join()
+
+    # -- modes --------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM end the agent cleanly instead of killing it mid-write."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stop.set()
+            self.wake.set()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def _shutdown(self, reason: str, *, flush: bool) -> None:
+        self.abort_all(reason)
+        if flush:
+            with contextlib.suppress(Unauthorized):
+                self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
+
+    def run_forever(self) -> int:
+        """Heartbeat at the server's interval until stopped; returns the exit code."""
+        next_heartbeat = 0.0
+        try:
+            while not self.stop.is_set():
+                self.wake.clear()
+                self.flush_spool()
+                if time.monotonic() >= next_heartbeat and not self.stop.is_set():
+                    answer = self.heartbeat()
+                    delay = answer.retry_after if answer.retry_after is not None else self.interval
+                    next_heartbeat = time.monotonic() + delay
+                    if answer.ok:
+                        self.handle(answer)
+                self.wake.wait(max(0.0, next_heartbeat - time.monotonic()))
+        except Unauthorized as exc:
+            log.error(
+                "server rejected this agent (HTTP 401: %s); stopping",
+                _one_line(str(exc)),
+            )
+            self._shutdown("agent revoked", flush=False)
+            return EXIT_UNAUTHORIZED
+        self._shutdown("agent stopped", flush=True)
+        return EXIT_OK
+
+    def run_once(self) -> int:
+        """Flush, heartbeat once, run what was leased to completion, deliver; exit code."""
+        try:
+            self.flush_spool()
+            answer = HeartbeatAnswer(ok=False)
+            for _attempt in range(ONCE_HEARTBEAT_ATTEMPTS):
+                if self.stop.is_set():
+                    break
+                answer = self.heartbeat()
+                if answer.ok or answer.retry_after is None:
+                    break
+                self.stop.wait(min(answer.retry_after, ONCE_MAX_RETRY_AFTER))
+            if not answer.ok:
+                if not self.stop.is_set():
+                    log.error("heartbeat failed; results stay spooled")
+                    return EXIT_UNREACHABLE
+                return EXIT_OK
+            self.handle(answer)
+            while self.running_ids():
+                if self.stop.is_set():
+                    self.abort_all("agent stopped")
+                    break
+                self.wake.wait(0.5)
+                self.wake.clear()
+                self.flush_spool()
+            if self.stop.is_set():
+                self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
+                return EXIT_OK
+            if not self.flush_spool():
+                log.error("some results could not be delivered; they stay spooled")
+                return EXIT_UNREACHABLE
+            return EXIT_OK
+        except Unauthorized as exc:
+            log.error(
+                "server rejected this agent (HTTP 401: %s); stopping",
+                _one_line(str(exc)),
+            )
+            self._shutdown("agent revoked", flush=False)
+            return EXIT_UNAUTHORIZED

@@ -1,0 +1,146 @@
+"""HTTP transport to the server: JSON POSTs over urllib, with timeouts and optional CA file."""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+
+DEFAULT_TIMEOUT = 30.0
+ENROLL_PATH = "/api/v1/agent/enroll/"
+HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
+RESULTS_PATH = "/api/v1/agent/results/"
+
+
+class TransportError(Exception):
+    """The server could not be reached or did not answer (the request may be retried)."""
+
+
+@dataclass
+class Response:
+    """A server answer: status, parsed JSON body (or None) and headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def detail(self) -> str:
+        """The server's human-readable error, for messages."""
+        if isinstance(self.body, dict) and self.body.get("detail"):
+            return str(self.body["detail"])
+        if self.body not in (None, "", {}):
+            return json.dumps(self.body)[:500]
+        return f"HTTP {self.status}"
+
+    def retry_after(self, default: float = 30.0, maximum: float = 3600.0) -> float:
+        """Seconds to wait before asking again, from Retry-After (seconds or HTTP date)."""
+        value = self.headers.get("retry-after", "").strip()
+        seconds = default
+        if value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                try:
+                    when = email.utils.parsedate_to_datetime(value)
+                    seconds = when.timestamp() - time.time()
+                except (TypeError, ValueError):
+                    seconds = default
+        return max(0.0, min(seconds, maximum))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow redirects: a redirected POST would silently lose its body."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class Client:
+    """Posts JSON to one server, authenticated once the agent has credentials."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        agent_id: str | None = None,
+        secret: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not server.startswith(("http://", "https://")):
+            raise ValueError(f"server URL must be http:// or https://, not {server!r}")
+        self.server = server.rstrip("/")
+        self.agent_id = agent_id
+        self.secret = secret
+        self.timeout = timeout
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if self.server.startswith("https://"):
+            context = ssl.create_default_context(cafile=ca_file)
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def post(self, path: str, body: dict, *, timeout: float | None = None) -> Response:
+        """POST ``body`` as JSON; HTTP errors are returned, transport failures raised."""
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"rmm-agent/{__version__}",
+        }
+        if self.agent_id and self.secret:
+            headers["Authorization"] = f"Agent {self.agent_id}:{self.secret}"
+        # The scheme is restricted to http(s) in __init__, so no file:// or custom schemes.
+        request = urllib.request.Request(  # noqa: S310
+            self.server + path,
+            data=json.dumps(body).encode("utf-8"),
+            headers=headers,
+            method="POST",
+        )
+        try:
+            with self._opener.open(request, timeout=timeout or self.timeout) as answer:
+                return _response(answer.status, answer.read(), answer.headers)
+        except urllib.error.HTTPError as error:
+            try:
+                raw = error.read()
+            except (OSError, http.client.HTTPException):
+                raw = b""
+            return _response(error.code, raw, error.headers)
+        except (
+            TimeoutError,
+            urllib.error.URLError,
+            http.client.HTTPException,
+            ssl.SSLError,
+            OSError,
+        ) as error:
+            reason = getattr(error, "reason", error)
+            raise TransportError(f"{self.server}{path}: {reason}") from error
+
+    def enroll(self, token: str, facts: dict) -> Response:
+        """Exchange a one-time enrollment token for an identity."""
+        return self.post(ENROLL_PATH, {"token": token, "facts": facts})
+
+    def heartbeat(self, body: dict) -> Response:
+        """Check in: report running work, lease new instructions, learn what to abort."""
+        return self.post(HEARTBEAT_PATH, body)
+
+    def post_result(self, result: dict, *, timeout: float | None = None) -> Response:
+        """Deliver one result (the server deduplicates by instruction id)."""
+        return self.post(RESULTS_PATH, result, timeout=timeout)
+
+
+def _response(status: int, raw: bytes, headers: Any) -> Response:
+    """Build a :class:`Response`, tolerating non-JSON bodies from proxies and error pages."""
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        body = {"detail": raw.decode("utf-8", "replace")[:500]}
+    lowered = {key.lower(): value for key, value in (headers or {}).items()}
+    return Response(status=status, body=body, headers=lowered)

@@ -1,0 +1,187 @@
+"""The agent/server wire contract, shared by both sides.
+
+The server imports this module too, so hashing and verification are defined exactly once.
+Only ``hashlib``/``json`` at import time; ``cryptography`` is imported lazily by
+:func:`verify_instruction` so the hashing helpers stay importable anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
+INTERPRETERS = ("sh", "bash", "python", "powershell")
+MAX_STREAM_BYTES = 1024 * 1024
+
+# The result fields covered by the result hash, in the contract's words.
+RESULT_HASH_FIELDS = (
+    "instruction_id",
+    "outcome",
+    "exit_code",
+    "stdout",
+    "stderr",
+    "stdout_truncated",
+    "stderr_truncated",
+)
+
+# Instruction ids become file names (spool, work dir), so only safe characters are accepted.
+INSTRUCTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# Refusal reasons produced by verify_instruction (in check order).
+REASON_BAD_SIGNATURE = "bad_signature"
+REASON_MALFORMED = "malformed_payload"
+REASON_WRONG_AGENT = "wrong_agent"
+REASON_HASH_MISMATCH = "hash_mismatch"
+REASON_EXPIRED = "expired"
+REASON_UNSUPPORTED_INTERPRETER = "unsupported_interpreter"
+
+
+class InstructionRefused(Exception):
+    """An instruction failed verification; it must be reported as refused, never run."""
+
+    def __init__(self, reason: str, instruction_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.instruction_id = instruction_id
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Serialise deterministically so both sides hash byte-identical input."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256, the one digest used across the protocol."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def facts_hash(facts: dict) -> str:
+    """Hash of the facts, so heartbeats only carry facts when they changed."""
+    return sha256_hex(canonical_json(facts))
+
+
+def result_hash(result: dict) -> str:
+    """Hash over the result's evidence fields, so the server can check what it stores."""
+    return sha256_hex(canonical_json({key: result[key] for key in RESULT_HASH_FIELDS}))
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` suffix (naive datetimes are taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(value: str) -> datetime:
+    """Parse ISO 8601 (``Z`` allowed) to an aware datetime; naive values are taken as UTC."""
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _unverified_instruction_id(payload: Any) -> str | None:
+    """Best-effort id from a payload we could not trust, so the refusal can be reported."""
+    if not isinstance(payload, str):
+        return None
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("instruction_id"), str):
+        return data["instruction_id"]
+    return None
+
+
+def _check_signature(envelope: Any, server_public_key: bytes) -> str:
+    """Return the payload text if its Ed25519 signature is valid, else raise bad_signature."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    payload = envelope.get("payload") if isinstance(envelope, dict) else None
+    signature = envelope.get("signature") if isinstance(envelope, dict) else None
+    instruction_id = _unverified_instruction_id(payload)
+    if not isinstance(payload, str) or not isinstance(signature, str):
+        raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id)
+    try:
+        raw_signature = base64.b64decode(signature, validate=True)
+        key = Ed25519PublicKey.from_public_bytes(bytes(server_public_key))
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id) from exc
+    if len(raw_signature) != 64:
+        raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id)
+    try:
+        key.verify(raw_signature, payload.encode("utf-8"))
+    except InvalidSignature as exc:
+        raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id) from exc
+    return payload
+
+
+def verify_instruction(envelope: dict, server_public_key: bytes, agent_id: str, now: datetime) -> dict:
+    """Return the payload of a signed instruction, or raise :class:`InstructionRefused`.
+
+    Checks, in order: signature, addressee, content hash, expiry, interpreter, then the shape
+    of the remaining fields. Only what passes every check may ever be executed.
+    """
+    text = _check_signature(envelope, server_public_key)
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise InstructionRefused(REASON_MALFORMED, None) from exc
+    if not isinstance(payload, dict):
+        raise InstructionRefused(REASON_MALFORMED, None)
+    raw_id = payload.get("instruction_id")
+    instruction_id = raw_id if isinstance(raw_id, str) and raw_id else None
+
+    if payload.get("agent_id") != agent_id:
+        raise InstructionRefused(REASON_WRONG_AGENT, instruction_id)
+
+    content = payload.get("content")
+    if not isinstance(content, str):
+        raise InstructionRefused(REASON_MALFORMED, instruction_id)
+    if sha256_hex(content.encode("utf-8")) != payload.get("content_sha256"):
+        raise InstructionRefused(REASON_HASH_MISMATCH, instruction_id)
+
+    try:
+        not_after = parse_iso(payload.get("not_after"))
+    except (TypeError, ValueError) as exc:
+        raise InstructionRefused(REASON_MALFORMED, instruction_id) from exc
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    if not not_after > now:
+        raise InstructionRefused(REASON_EXPIRED, instruction_id)
+
+    if payload.get("interpreter") not in INTERPRETERS:
+        raise InstructionRefused(REASON_UNSUPPORTED_INTERPRETER, instruction_id)
+
+    _check_shape(payload, instruction_id)
+    return payload
+
+
+def _check_shape(payload: dict, instruction_id: str | None) -> None:
+    """Refuse signed payloads whose fields the runner could not use as intended."""
+    timeout = payload.get("timeout_seconds")
+    arguments = payload.get("arguments", [])
+    privileged = payload.get("privileged", False)
+    if (
+        instruction_id is None
+        or not INSTRUCTION_ID_RE.fullmatch(instruction_id)
+        or isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or timeout <= 0
+        or not isinstance(arguments, list)
+        or not all(isinstance(arg, str) for arg in arguments)
+        or not isinstance(privileged, bool)
+    ):
+        raise InstructionRefused(REASON_MALFORMED, instruction_id)

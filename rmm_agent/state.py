@@ -1,0 +1,186 @@
+"""The agent's state directory: config (identity and secret), small state, and the spool.
+
+Layout::
+
+    DIR/config.json     identity, secret, server key (0600)
+    DIR/state.json      what the server acknowledged (facts hash)
+    DIR/spool/<id>.json results not yet accepted by the server
+    DIR/work/<id>/      an instruction's script while it runs
+
+Everything is written atomically (temp file, fsync, rename) so a crash or power loss never
+leaves a half-written secret or a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rmm_agent")
+
+CONFIG_KEYS = (
+    "server",
+    "agent_id",
+    "asset_id",
+    "secret",
+    "server_public_key",
+    "heartbeat_interval",
+)
+
+
+class NotEnrolled(Exception):
+    """The state directory holds no usable enrollment."""
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
+    """Write JSON so readers see either the old file or the complete new one."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, ensure_ascii=False, sort_keys=True, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; best effort on platforms that cannot open directories."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, or 0 for a file that vanished meanwhile."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class StateDir:
+    """Paths and persistence for one agent identity."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.config_path = self.root / "config.json"
+        self.state_path = self.root / "state.json"
+        self.spool_dir = self.root / "spool"
+        self.work_dir = self.root / "work"
+
+    def ensure(self, *, tighten: bool = False) -> None:
+        """Create the directories; with ``tighten`` force the root to 0700 (it holds a secret)."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if tighten:
+            os.chmod(self.root, 0o700)
+        self.spool_dir.mkdir(mode=0o700, exist_ok=True)
+        self.work_dir.mkdir(mode=0o700, exist_ok=True)
+
+    # -- config -------------------------------------------------------------------------------
+
+    def load_config(self) -> dict:
+        """Return the enrollment config or raise :class:`NotEnrolled`."""
+        try:
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise NotEnrolled(f"not enrolled: {self.config_path} does not exist") from exc
+        except (OSError, ValueError) as exc:
+            raise NotEnrolled(f"unreadable config {self.config_path}: {exc}") from exc
+        missing = [key for key in CONFIG_KEYS if key not in config]
+        if missing:
+            raise NotEnrolled(f"config {self.config_path} lacks {', '.join(missing)}")
+        return config
+
+    def save_config(self, config: dict) -> None:
+        """Persist the config with owner-only permissions."""
+        self.ensure(tighten=True)
+        atomic_write_json(self.config_path, config, mode=0o600)
+
+    # -- small mutable state ------------------------------------------------------------------
+
+    def load_state(self) -> dict:
+        """Return state.json, or an empty state if it is missing or damaged (it is a cache)."""
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def save_state(self, state: dict) -> None:
+        """Persist state.json."""
+        atomic_write_json(self.state_path, state, mode=0o600)
+
+    def acked_facts_hash(self) -> str | None:
+        """The facts hash the server last acknowledged, if any."""
+        value = self.load_state().get("acked_facts_hash")
+        return value if isinstance(value, str) else None
+
+    def set_acked_facts_hash(self, value: str | None) -> None:
+        """Record (or forget, with None) the acknowledged facts hash."""
+        state = self.load_state()
+        if state.get("acked_facts_hash") == value:
+            return
+        state["acked_facts_hash"] = value
+        self.save_state(state)
+
+    # -- spool --------------------------------------------------------------------------------
+
+    def spool_path(self, instruction_id: str) -> Path:
+        """Where the result for ``instruction_id`` waits until the server accepts it."""
+        return self.spool_dir / f"{instruction_id}.json"
+
+    def spool_result(self, result: dict) -> Path:
+        """Durably store a result before any attempt to send it."""
+        self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.spool_path(result["instruction_id"])
+        atomic_write_json(path, result, mode=0o600)
+        return path
+
+    def is_spooled(self, instruction_id: str) -> bool:
+        """True while a result for this instruction is still waiting to be delivered."""
+        return self.spool_path(instruction_id).exists()
+
+    def spooled_results(self) -> list[dict]:
+        """All spooled results, oldest first; unreadable files are set aside, not resent."""
+        try:
+            paths = [path for path in self.spool_dir.iterdir() if path.suffix == ".json"]
+        except FileNotFoundError:
+            return []
+        paths.sort(key=lambda path: (_mtime(path), path.name))
+        results = []
+        for path in paths:
+            try:
+                result = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(result, dict) or "instruction_id" not in result:
+                    raise ValueError("not a result")
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                log.error("spool file %s is unreadable (%s); moved aside", path.name, exc)
+                os.replace(path, path.with_suffix(".corrupt"))
+                continue
+            results.append(result)
+        return results
+
+    def discard_spooled(self, instruction_id: str) -> None:
+        """Forget a result once the server has given a definitive answer."""
+        with contextlib.suppress(FileNotFoundError):
+            self.spool_path(instruction_id).unlink()

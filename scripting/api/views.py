@@ -1,0 +1,164 @@
+import django_filters
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from evidence.models import RmmEvidence
+from rmm import access
+from scripting import services
+from scripting.models import Language, Script, ScriptJob
+
+ReasonSerializer = inline_serializer("Reason", {"reason": serializers.CharField(required=False)})
+
+
+class ScriptSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.username", read_only=True)
+    decided_by = serializers.CharField(source="decided_by.username", read_only=True, default=None)
+    language = serializers.ChoiceField(choices=Language.choices)
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=86400, default=300)
+    content = serializers.CharField(trim_whitespace=False, help_text="Exact script text; its sha256 names it.")
+
+    class Meta:
+        model = Script
+        fields = [
+            "id",
+            "name",
+            "version",
+            "language",
+            "content",
+            "sha256",
+            "requires_approval",
+            "timeout_seconds",
+            "created_at",
+            "author",
+            "approval_status",
+            "decided_by",
+            "decided_at",
+            "decision_reason",
+        ]
+        read_only_fields = ["version", "sha256", "created_at", "approval_status", "decided_at", "decision_reason"]
+
+
+class ScriptViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Scripts are immutable versions: POST with an existing name makes the next version."""
+
+    serializer_class = ScriptSerializer
+    queryset = Script.objects.select_related("author", "decided_by").all()
+    filterset_fields = ["name", "approval_status", "language"]
+
+    def create(self, request, *args, **kwargs):
+        ser = self.get_serializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        script = services.create_script(request.user, **ser.validated_data)
+        return Response(self.get_serializer(script).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=ScriptSerializer)
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        script = services.approve_script(self.get_object(), request.user)
+        return Response(self.get_serializer(script).data)
+
+    @extend_schema(request=ReasonSerializer, responses=ScriptSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        script = services.reject_script(self.get_object(), request.user, str(request.data.get("reason", "")))
+        return Response(self.get_serializer(script).data)
+
+
+class ScriptResultSerializer(serializers.Serializer):
+    stdout = serializers.CharField()
+    stderr = serializers.CharField()
+    exit_code = serializers.IntegerField(allow_null=True)
+    hash = serializers.CharField()
+    stdout_truncated = serializers.BooleanField()
+    stderr_truncated = serializers.BooleanField()
+
+
+class ScriptJobSerializer(serializers.ModelSerializer):
+    script = serializers.UUIDField(source="script_id")
+    asset = serializers.UUIDField(source="asset_id")
+    psa_task_id = serializers.UUIDField()
+    site = serializers.CharField(source="site.name", read_only=True)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    decided_by = serializers.CharField(source="decided_by.username", read_only=True, default=None)
+    result = serializers.SerializerMethodField()
+    evidence = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ScriptJob
+        fields = [
+            "id",
+            "script",
+            "asset",
+            "psa_task_id",
+            "status",
+            "status_reason",
+            "site",
+            "requested_by",
+            "decided_by",
+            "decided_at",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "result",
+            "evidence",
+        ]
+        read_only_fields = ["status", "status_reason", "decided_at", "created_at", "started_at", "completed_at"]
+
+    def get_result(self, obj) -> dict | None:
+        result = getattr(obj, "result", None)
+        return ScriptResultSerializer(result).data if result is not None else None
+
+    def get_evidence(self, obj) -> list[str]:
+        return [
+            str(pk)
+            for pk in RmmEvidence.objects.filter(related_entity="script_job", related_id=obj.pk).values_list(
+                "pk", flat=True
+            )
+        ]
+
+
+class ScriptJobFilter(django_filters.FilterSet):
+    class Meta:
+        model = ScriptJob
+        fields = ["status", "asset", "script", "psa_task"]
+
+
+class ScriptJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Script jobs of the sites you may see."""
+
+    serializer_class = ScriptJobSerializer
+    filterset_class = ScriptJobFilter
+
+    def get_queryset(self):
+        return (
+            ScriptJob.objects.filter(site__in=access.visible_sites(self.request.user))
+            .select_related("site", "requested_by", "decided_by", "result", "script", "asset")
+            .order_by("-created_at")
+        )
+
+    def create(self, request, *args, **kwargs):
+        ser = self.get_serializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        job = services.create_script_job(
+            request.user,
+            script_id=ser.validated_data["script_id"],
+            asset_id=ser.validated_data["asset_id"],
+            psa_task_id=ser.validated_data["psa_task_id"],
+        )
+        return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=ScriptJobSerializer)
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        job = self.get_object()
+        services.approve_script_job(job, request.user)
+        return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data)
+
+    @extend_schema(request=ReasonSerializer, responses=ScriptJobSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        job = self.get_object()
+        services.reject_script_job(job, request.user, str(request.data.get("reason", "")))
+        return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data)

@@ -1,0 +1,167 @@
+"""Scripts as controlled artefacts, and script jobs on upstream authority."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from rmm import access
+from rmm.authority.models import PsaTask
+from rmm.authority.services import authority_problem
+from rmm.engine import services as engine
+from rmm.engine.states import JobStatus
+from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.history import services as history
+from rmm.inventory.models import Asset
+from scripting.models import ApprovalStatus, Language, Script, ScriptJob
+
+LANGUAGES = {choice.value for choice in Language}
+MAX_SCRIPT_BYTES = 256 * 1024
+
+
+def _require(user, capability: str, action: str, subject=None) -> None:
+    if not access.can(user, capability):
+        history.record_refusal(user, action, subject, reason=f"role may not {capability.replace('_', ' ')}")
+        raise Forbidden(f"Your role may not {capability.replace('_', ' ')}.")
+
+
+def create_script(
+    user, *, name: str, language: str, content: str, requires_approval: bool = False, timeout_seconds: int = 300
+) -> Script:
+    """A new version of ``name``: content never changes once written; new content, new version."""
+    _require(user, "author_scripts", "script.create")
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("This field is required.", field="name")
+    if language not in LANGUAGES:
+        raise InvalidInput(f"Must be one of: {', '.join(sorted(LANGUAGES))}.", field="language")
+    if not content or not content.strip():
+        raise InvalidInput("A script needs content.", field="content")
+    if len(content.encode()) > MAX_SCRIPT_BYTES:
+        raise InvalidInput(f"At most {MAX_SCRIPT_BYTES} bytes.", field="content")
+    if not 1 <= int(timeout_seconds) <= 24 * 3600:
+        raise InvalidInput("Between 1 second and 24 hours.", field="timeout_seconds")
+    for _attempt in range(5):
+        try:
+            with transaction.atomic():
+                latest = Script.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
+                script = Script.objects.create(
+                    name=name,
+                    version=latest + 1,
+                    language=language,
+                    content=content,
+                    sha256=hashlib.sha256(content.encode()).hexdigest(),
+                    requires_approval=bool(requires_approval),
+                    timeout_seconds=int(timeout_seconds),
+                    author=user,
+                )
+                history.append(
+                    user,
+                    "script.created",
+                    script,
+                    payload={"name": name, "version": script.version, "sha256": script.sha256, "language": language},
+                )
+                return script
+        except IntegrityError:
+            continue  # another author took this version number; take the next
+    raise Conflict("Too many concurrent versions of this script; try again.")
+
+
+def _decide_script(script: Script, user, *, approve: bool, reason: str = "") -> Script:
+    action = "script.approve" if approve else "script.reject"
+    _require(user, "approve", action, script)
+    engine.check_four_eyes(script, user, author_field="author", action=action)
+    if not approve and not (reason or "").strip():
+        raise InvalidInput("A rejection needs a reason.", field="reason")
+    to = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+    now = timezone.now()
+    with transaction.atomic():
+        # Conditional update: of two approvers acting at once, exactly one decision stands.
+        won = Script.objects.filter(pk=script.pk, approval_status=ApprovalStatus.PENDING).update(
+            approval_status=to, decided_by=user, decided_at=now, decision_reason=(reason or "").strip()
+        )
+        if not won:
+            current = Script.objects.values_list("approval_status", flat=True).get(pk=script.pk)
+            raise Conflict(f"This script version is already {current}.")
+        history.append(
+            user, f"script.{to}", script, payload={"name": script.name, "version": script.version, "reason": reason}
+        )
+    script.refresh_from_db()
+    return script
+
+
+def approve_script(script: Script, user) -> Script:
+    return _decide_script(script, user, approve=True)
+
+
+def reject_script(script: Script, user, reason: str) -> Script:
+    return _decide_script(script, user, approve=False, reason=reason)
+
+
+def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
+    """Law 1 lives here: no job row without approved, unexpired authority covering the asset."""
+    _require(user, "request_jobs", "script_job.create")
+    script = Script.objects.filter(pk=script_id).first() if script_id else None
+    if script is None:
+        raise InvalidInput("No such script.", field="script")
+    if script.approval_status != ApprovalStatus.APPROVED:
+        raise InvalidInput(f"This script version is {script.approval_status}, not approved.", field="script")
+    sites = access.visible_sites(user)
+    asset = Asset.objects.filter(pk=asset_id, site__in=sites).select_related("site").first() if asset_id else None
+    if asset is None:
+        raise InvalidInput("No such asset.", field="asset")
+    task = (
+        PsaTask.objects.select_related("case").filter(pk=psa_task_id, case__site__in=sites).first()
+        if psa_task_id
+        else None
+    )
+    if psa_task_id and task is None and PsaTask.objects.filter(pk=psa_task_id).exists():
+        problem = "the asset is outside the PSA case's site"
+    else:
+        problem = authority_problem(task, asset) if task else "no such PSA task"
+    if problem:
+        history.record_refusal(
+            user,
+            "script_job.create",
+            reason=f"no authority: {problem}",
+            site_id=asset.site_id,
+            payload={"script": str(script.pk), "asset": str(asset.pk), "psa_task_id": str(psa_task_id)},
+        )
+        raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
+    status = JobStatus.AWAITING_APPROVAL if script.requires_approval else JobStatus.QUEUED
+    with transaction.atomic():
+        job = ScriptJob.objects.create(
+            script=script, asset=asset, psa_task=task, site=asset.site, status=status, requested_by=user
+        )
+        history.append(
+            user,
+            "job.created",
+            job,
+            site_id=asset.site_id,
+            payload={
+                "kind": "script",
+                "status": status,
+                "script": str(script.pk),
+                "script_sha256": script.sha256,
+                "asset": str(asset.pk),
+                "psa_task_id": str(task.pk),
+                "psa_case_id": str(task.case_id),
+            },
+        )
+        if status == JobStatus.QUEUED:
+            engine.issue_instructions(job, user)
+        engine.events.publish(job.site_id, engine.job_event(job))
+    return job
+
+
+def approve_script_job(job: ScriptJob, user) -> None:
+    _require(user, "approve", "job.approve", job)
+    engine.approve_job(job, user)
+
+
+def reject_script_job(job: ScriptJob, user, reason: str) -> None:
+    _require(user, "approve", "job.reject", job)
+    engine.reject_job(job, user, reason)

@@ -1,0 +1,174 @@
+"""Shared fixtures for agent tests: a signing key, instruction builders, a fake server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from rmm_agent.protocol import canonical_json, result_hash, sha256_hex
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AGENT_ID = "7f9c2b1e-0000-4000-8000-000000000001"
+SECRET = "agent-secret-value"
+TOKEN = "enroll-me"
+
+
+def raw_public_key(private_key: Ed25519PrivateKey) -> bytes:
+    """The 32 raw bytes the agent is given at enrollment."""
+    return private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def make_payload(content: str = "echo hello\n", **overrides: object) -> dict:
+    """A well-formed instruction payload for AGENT_ID, valid for an hour."""
+    payload = {
+        "instruction_id": str(uuid.uuid4()),
+        "agent_id": AGENT_ID,
+        "interpreter": "sh",
+        "content": content,
+        "content_sha256": sha256_hex(content.encode("utf-8")),
+        "arguments": [],
+        "timeout_seconds": 30,
+        "privileged": False,
+        "not_after": (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+    }
+    payload.update(overrides)
+    return payload
+
+
+def sign(payload: dict | str, private_key: Ed25519PrivateKey) -> dict:
+    """An envelope as the server sends it: payload text plus base64 signature."""
+    text = payload if isinstance(payload, str) else canonical_json(payload).decode()
+    signature = private_key.sign(text.encode("utf-8"))
+    return {"payload": text, "signature": base64.b64encode(signature).decode()}
+
+
+@pytest.fixture(scope="session")
+def server_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def agent_env() -> dict[str, str]:
+    """Environment for running ``python -m rmm_agent`` from the repository."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+AGENT_CMD = [sys.executable, "-m", "rmm_agent"]
+
+
+@dataclass
+class FakeServer:
+    """Just enough of the server's agent API to drive the real agent end to end."""
+
+    private_key: Ed25519PrivateKey
+    interval: int = 1
+    url: str = ""
+    requests: list = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    pending: list = field(default_factory=list)
+    abort: list = field(default_factory=list)
+    facts_required: bool = False
+    # path -> (status, body, headers) to answer instead of the normal behaviour
+    override: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def heartbeats(self) -> list[dict]:
+        with self.lock:
+            return [body for path, _, body in self.requests if path.endswith("/heartbeat/")]
+
+    def answer(self, path: str, headers: dict, body: dict) -> tuple[int, dict, dict]:
+        with self.lock:
+            self.requests.append((path, headers, body))
+            if path in self.override:
+                return self.override[path]
+            if path == "/api/v1/agent/enroll/":
+                if body.get("token") != TOKEN:
+                    return 400, {"detail": "invalid or used token"}, {}
+                public = base64.b64encode(raw_public_key(self.private_key)).decode()
+                return (
+                    201,
+                    {
+                        "agent_id": AGENT_ID,
+                        "asset_id": 42,
+                        "secret": SECRET,
+                        "server_public_key": public,
+                        "heartbeat_interval": self.interval,
+                    },
+                    {},
+                )
+            if headers.get("authorization") != f"Agent {AGENT_ID}:{SECRET}":
+                return 401, {"detail": "unknown agent"}, {}
+            if path == "/api/v1/agent/heartbeat/":
+                instructions, self.pending = self.pending, []
+                return (
+                    200,
+                    {
+                        "interval": self.interval,
+                        "instructions": instructions,
+                        "abort": list(self.abort),
+                        "facts_required": self.facts_required,
+                    },
+                    {},
+                )
+            if path == "/api/v1/agent/results/":
+                if body.get("hash") != result_hash(body):
+                    return 400, {"detail": "hash mismatch"}, {}
+                if body["instruction_id"] in self.results:
+                    return 200, {"detail": "already received"}, {}
+                self.results[body["instruction_id"]] = body
+                return 201, {"detail": "accepted"}, {}
+            return 404, {"detail": "not found"}, {}
+
+
+@pytest.fixture
+def fake_server(server_key: Ed25519PrivateKey):
+    """A running FakeServer on 127.0.0.1; stopped after the test."""
+    server_state = FakeServer(private_key=server_key)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            headers = {key.lower(): value for key, value in self.headers.items()}
+            status, answer, extra = server_state.answer(self.path, headers, body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    server_state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield server_state
+    httpd.shutdown()
+    httpd.server_close()

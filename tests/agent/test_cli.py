@@ -1,0 +1,213 @@
+"""The CLI contract end to end: a real agent process against a small fake server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from rmm_agent.protocol import facts_hash
+
+from .conftest import AGENT_CMD, AGENT_ID, TOKEN, FakeServer, agent_env, closed_port, make_payload, sign
+from .test_runner import pid_alive
+
+HEARTBEAT = "/api/v1/agent/heartbeat/"
+
+
+def agent(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*AGENT_CMD, *args], env=agent_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def enroll(server: FakeServer, state_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return agent(
+        "enroll",
+        "--server",
+        server.url + "/",
+        "--token",
+        TOKEN,
+        "--state-dir",
+        str(state_dir),
+        "--hostname",
+        "host-under-test",
+        *extra,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_enroll_writes_a_private_config(tmp_path: Path, fake_server: FakeServer) -> None:
+    state_dir = tmp_path / "agent"
+    done = enroll(fake_server, state_dir, "--run-as", "daemon")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == AGENT_ID
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    config_path = state_dir / "config.json"
+    assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+    config = json.loads(config_path.read_text())
+    assert config["server"] == fake_server.url
+    assert config["agent_id"] == AGENT_ID
+    assert config["run_as"] == "daemon"
+    assert config["heartbeat_interval"] == 1
+    _, _, body = fake_server.requests[0]
+    assert body["token"] == TOKEN
+    assert body["facts"]["hostname"] == "host-under-test"
+    assert set(body["facts"]) == {
+        "hostname",
+        "os",
+        "os_version",
+        "kernel",
+        "architecture",
+        "addresses",
+        "boot_time",
+        "agent_version",
+    }
+
+
+def test_refused_enrollment_prints_the_detail_and_exits_2(tmp_path: Path, fake_server: FakeServer) -> None:
+    done = agent("enroll", "--server", fake_server.url, "--token", "wrong", "--state-dir", str(tmp_path / "a"))
+    assert done.returncode == 2
+    assert "invalid or used token" in done.stderr
+    assert not (tmp_path / "a" / "config.json").exists()
+
+
+def test_run_once_verifies_runs_and_reports(
+    tmp_path: Path, fake_server: FakeServer, server_key: Ed25519PrivateKey
+) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    good = make_payload("echo hello from $RMM_INSTRUCTION_ID\nexit 4\n")
+    forged = make_payload("echo forged\n")
+    forged_envelope = sign(forged, server_key)
+    forged_envelope["payload"] = forged_envelope["payload"].replace("forged", "FORGED")
+    fake_server.pending = [sign(good, server_key), forged_envelope]
+
+    done = agent("run", "--state-dir", str(state_dir), "--once")
+    assert done.returncode == 0, done.stderr
+
+    ran = fake_server.results[good["instruction_id"]]
+    assert (ran["outcome"], ran["exit_code"]) == ("completed", 4)
+    assert ran["stdout"] == f"hello from {good['instruction_id']}\n"
+    refused = fake_server.results[forged["instruction_id"]]
+    assert (refused["outcome"], refused["reason"], refused["exit_code"]) == ("refused", "bad_signature", None)
+    assert f"ran {good['instruction_id']} exit=4" in done.stderr
+    assert not list((state_dir / "spool").iterdir())
+
+    beat = fake_server.heartbeats()[0]
+    assert beat["running"] == []
+    assert beat["capacity"] == 4
+    assert beat["agent_version"] == "0.1.0"
+    assert beat["facts"]["hostname"] == "host-under-test"
+    assert beat["facts_hash"] == facts_hash(beat["facts"])
+
+
+def test_facts_are_sent_only_until_acknowledged_or_when_required(tmp_path: Path, fake_server: FakeServer) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    for _ in range(2):
+        assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    fake_server.facts_required = True
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    fake_server.facts_required = False
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    sent = ["facts" in beat for beat in fake_server.heartbeats()]
+    assert sent == [True, False, False, True]
+
+
+def test_unreachable_server_exits_1_and_keeps_results(tmp_path: Path, fake_server: FakeServer) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    config = json.loads((state_dir / "config.json").read_text())
+    config["server"] = f"http://127.0.0.1:{closed_port()}"
+    (state_dir / "config.json").write_text(json.dumps(config))
+    spooled = state_dir / "spool" / "pending-1.json"
+    spooled.write_text(json.dumps({"instruction_id": "pending-1", "outcome": "completed"}))
+
+    done = agent("run", "--state-dir", str(state_dir), "--once")
+    assert done.returncode == 1
+    assert "unreachable" in done.stderr
+    assert spooled.exists()
+
+
+def test_revoked_agent_exits_3(tmp_path: Path, fake_server: FakeServer) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    fake_server.override[HEARTBEAT] = (401, {"detail": "agent revoked"}, {})
+    done = agent("run", "--state-dir", str(state_dir), "--once")
+    assert done.returncode == 3
+    assert "revoked" in done.stderr
+
+
+def test_throttled_heartbeat_waits_retry_after_then_gives_up(tmp_path: Path, fake_server: FakeServer) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    fake_server.override[HEARTBEAT] = (429, {"detail": "slow down"}, {"Retry-After": "0.2"})
+    started = time.monotonic()
+    done = agent("run", "--state-dir", str(state_dir), "--once")
+    assert done.returncode == 1
+    assert len(fake_server.heartbeats()) == 3
+    assert time.monotonic() - started >= 0.4
+
+
+def test_not_enrolled_exits_2(tmp_path: Path) -> None:
+    done = agent("run", "--state-dir", str(tmp_path / "nothing"), "--once")
+    assert done.returncode == 2
+    assert "not enrolled" in done.stderr
+
+
+def start_loop(state_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*AGENT_CMD, "run", "--state-dir", str(state_dir)],
+        env=agent_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_server_abort_and_sigterm_in_the_loop(
+    tmp_path: Path, fake_server: FakeServer, server_key: Ed25519PrivateKey
+) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    aborted = make_payload("sleep 30 &\necho $!\nsleep 30\n")
+    interrupted = make_payload("sleep 30 &\necho $!\nsleep 30\n")
+    fake_server.pending = [sign(aborted, server_key), sign(interrupted, server_key)]
+    running = sorted([aborted["instruction_id"], interrupted["instruction_id"]])
+
+    proc = start_loop(state_dir)
+    try:
+        wait_for(lambda: any(beat["running"] == running for beat in fake_server.heartbeats()))
+        assert fake_server.heartbeats()[-1]["capacity"] == 2
+        fake_server.abort = [aborted["instruction_id"]]
+        wait_for(lambda: aborted["instruction_id"] in fake_server.results)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    by_server = fake_server.results[aborted["instruction_id"]]
+    assert (by_server["outcome"], by_server["reason"]) == ("aborted", "aborted by server")
+    by_signal = fake_server.results.get(interrupted["instruction_id"])
+    if by_signal is None:  # delivery at shutdown is best effort; the spool must hold it then
+        by_signal = json.loads((state_dir / "spool" / f"{interrupted['instruction_id']}.json").read_text())
+    assert by_signal["outcome"] == "aborted"
+    assert by_signal["exit_code"] is None
+    for result in (by_server, by_signal):
+        assert not pid_alive(int(result["stdout"].split()[0]))
+    assert os.listdir(state_dir / "work") == []

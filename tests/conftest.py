@@ -1,0 +1,55 @@
+"""Shared fixtures: API clients per role, enrolled agents, and a real server in a subprocess."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from rmm.authority import services as authority
+from rmm.inventory import services as inventory
+from tests.helpers import approved_authority, make_agent  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _var_dir(settings, tmp_path):
+    """Each test stores evidence under its own folder."""
+    settings.STORAGES = {**settings.STORAGES, "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}}}
+
+
+class Caller:
+    """A user in a role with an API client that sends its bearer token."""
+
+    def __init__(self, username: str, role: str, sites=None):
+        self.user = authority.ensure_user_with_role(username, role)
+        if sites is None:
+            authority.grant_site(self.user, None)
+        for site in sites or []:
+            authority.grant_site(self.user, site)
+        self.token = authority.issue_token(self.user)
+        self.client = APIClient()
+        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token}")
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def caller(db):
+    made = {}
+
+    def make(username: str, role: str, sites=None) -> Caller:
+        if username not in made:
+            made[username] = Caller(username, role, sites)
+        return made[username]
+
+    return make
+
+
+@pytest.fixture
+def site(db):
+    return inventory.get_or_create_site("alpha")
+
+
+@pytest.fixture
+def other_site(db):
+    return inventory.get_or_create_site("beta")

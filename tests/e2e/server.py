@@ -1,0 +1,141 @@
+"""A real server in a subprocess: its own database, ASGI server (daphne) on a free port.
+
+End-to-end tests talk to it only as users do: over HTTP, through ``manage.py`` commands
+and through the real agent as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Response:
+    def __init__(self, status: int, body: bytes, headers):
+        self.status, self.body, self.headers = status, body, headers
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Server:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        self.env.update(
+            DJANGO_SETTINGS_MODULE="rmm.settings",
+            RMM_VAR_DIR=str(tmp / "var"),
+            RMM_HEARTBEAT_INTERVAL="1",
+            PYTHONUNBUFFERED="1",
+        )
+        self.pg_admin_url = None
+        base = os.environ.get("DATABASE_URL", "")
+        if base.startswith("postgres"):
+            self.dbname = f"rmm_e2e_{uuid.uuid4().hex[:10]}"
+            self.pg_admin_url = base.rsplit("/", 1)[0] + "/postgres"
+            self._pg(f'CREATE DATABASE "{self.dbname}"')
+            self.env["DATABASE_URL"] = base.rsplit("/", 1)[0] + "/" + self.dbname
+        else:
+            self.env.pop("DATABASE_URL", None)
+            self.env["RMM_SQLITE_PATH"] = str(tmp / "e2e.sqlite3")
+        self.proc = None
+        self.log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+
+    def _pg(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.pg_admin_url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def db(self):
+        """A direct connection to the server's database (for tests that play a database owner)."""
+        if self.pg_admin_url:
+            import psycopg
+
+            return psycopg.connect(self.env["DATABASE_URL"], autocommit=True)
+        import sqlite3
+
+        return sqlite3.connect(self.env["RMM_SQLITE_PATH"], isolation_level=None)
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            check=check, timeout=120,
+        )
+
+    def start(self) -> Server:
+        self.manage("migrate", "--noinput")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "rmm.asgi:application"],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.tmp / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/accounts/login/", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        if self.pg_admin_url:
+            self._pg(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+
+    def request(self, method: str, path: str, data=None, token: str | None = None, headers=None) -> Response:
+        body = None if data is None else json.dumps(data).encode()
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", token if token.startswith("Agent ") else f"Bearer {token}")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return Response(resp.status, resp.read(), resp.headers)
+        except urllib.error.HTTPError as err:
+            return Response(err.code, err.read(), err.headers)
+
+    def token(self, username: str, role: str) -> str:
+        return self.manage("rmm_token", username, "--role", role).stdout.strip()
+
+    def agent(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "rmm_agent", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )
+
+    def enroll(self, site: str, hostname: str) -> tuple[Path, dict]:
+        token = self.manage("rmm_enrollment_token", "--site", site).stdout.strip()
+        state = self.tmp / f"agent-{hostname}"
+        done = self.agent(["enroll", "--server", self.url, "--token", token, "--state-dir", str(state),
+                           "--hostname", hostname])
+        assert done.returncode == 0, done.stderr
+        return state, json.loads((state / "config.json").read_text())

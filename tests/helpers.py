@@ -1,0 +1,28 @@
+"""Builders for the objects most tests need, made through the services as a user would."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from rmm.authority import services as authority
+from rmm.inventory import services as inventory
+
+
+def make_agent(site, hostname: str | None = None):
+    """Enroll an agent the way the real one does; returns (agent, Authorization header)."""
+    _, secret = inventory.create_enrollment_token(site)
+    facts = {"hostname": hostname or f"host-{uuid.uuid4().hex[:8]}", "os": "Linux", "architecture": "x86_64"}
+    agent, agent_secret = inventory.enroll_agent(secret, facts)
+    return agent, f"Agent {agent.pk}:{agent_secret}"
+
+
+def approved_authority(site, psa_user, *, case_status="approved", task_status="approved", expires_at=None):
+    case = authority.upsert_case(
+        psa_user, uuid.uuid4(), title="Patch Tuesday", status=case_status, site_name=site.name, expires_at=expires_at
+    )
+    return authority.upsert_task(psa_user, uuid.uuid4(), case_id=case.pk, title="Run fix", status=task_status)
+
+
+def post_json(client, path, data, **extra):
+    return client.post(path, data=json.dumps(data), content_type="application/json", **extra)
