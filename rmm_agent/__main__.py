@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = state.load_config()
         state.ensure()
+        state.clear_work()
         agent = Agent(state, config)
     except (NotEnrolled, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,12 @@ class StateDir:
             os.chmod(self.root, 0o700)
         self.spool_dir.mkdir(mode=0o700, exist_ok=True)
         self.work_dir.mkdir(mode=0o700, exist_ok=True)
+
+    def clear_work(self) -> None:
+        """Remove work dirs left by a crash; their instructions are lost, not resumed."""
+        if self.work_dir.is_dir():
+            for child in self.work_dir.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
 
     # -- config -------------------------------------------------------------------------------
 

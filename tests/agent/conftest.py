@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import uuid
@@ -15,8 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 
 from rmm_agent.protocol import canonical_json, result_hash, sha256_hex
 
@@ -92,6 +98,7 @@ class FakeServer:
     # path -> (status, body, headers) to answer instead of the normal behaviour
     override: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ca_file: str | None = None
 
     def heartbeats(self) -> list[dict]:
         with self.lock:
@@ -141,10 +148,8 @@ class FakeServer:
             return 404, {"detail": "not found"}, {}
 
 
-@pytest.fixture
-def fake_server(server_key: Ed25519PrivateKey):
-    """A running FakeServer on 127.0.0.1; stopped after the test."""
-    server_state = FakeServer(private_key=server_key)
+def _serve(server_state: FakeServer, ssl_context: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+    """Start an HTTP(S) server in a thread that answers through ``server_state``."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -166,9 +171,59 @@ def fake_server(server_key: Ed25519PrivateKey):
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    server_state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    scheme = "http"
+    if ssl_context is not None:
+        httpd.socket = ssl_context.wrap_socket(httpd.socket, server_side=True)
+        scheme = "https"
+    server_state.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture
+def fake_server(server_key: Ed25519PrivateKey):
+    """A running plain-HTTP FakeServer on 127.0.0.1; stopped after the test."""
+    server_state = FakeServer(private_key=server_key)
+    httpd = _serve(server_state)
+    yield server_state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rmm-test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def https_fake_server(server_key: Ed25519PrivateKey, tmp_path: Path):
+    """A FakeServer behind TLS with a self-signed certificate; ``ca_file`` is its PEM."""
+    cert_path, key_path = self_signed_cert(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server_state = FakeServer(private_key=server_key)
+    server_state.ca_file = str(cert_path)
+    httpd = _serve(server_state, context)
     yield server_state
     httpd.shutdown()
     httpd.server_close()

@@ -93,7 +93,8 @@ def test_run_once_verifies_runs_and_reports(
     forged = make_payload("echo forged\n")
     forged_envelope = sign(forged, server_key)
     forged_envelope["payload"] = forged_envelope["payload"].replace("forged", "FORGED")
-    fake_server.pending = [sign(good, server_key), forged_envelope]
+    # The same lease twice in one answer must run once.
+    fake_server.pending = [sign(good, server_key), forged_envelope, sign(good, server_key)]
 
     done = agent("run", "--state-dir", str(state_dir), "--once")
     assert done.returncode == 0, done.stderr
@@ -103,7 +104,7 @@ def test_run_once_verifies_runs_and_reports(
     assert ran["stdout"] == f"hello from {good['instruction_id']}\n"
     refused = fake_server.results[forged["instruction_id"]]
     assert (refused["outcome"], refused["reason"], refused["exit_code"]) == ("refused", "bad_signature", None)
-    assert f"ran {good['instruction_id']} exit=4" in done.stderr
+    assert done.stderr.count(f"ran {good['instruction_id']} exit=4") == 1
     assert not list((state_dir / "spool").iterdir())
 
     beat = fake_server.heartbeats()[0]
@@ -160,6 +161,18 @@ def test_throttled_heartbeat_waits_retry_after_then_gives_up(tmp_path: Path, fak
     assert done.returncode == 1
     assert len(fake_server.heartbeats()) == 3
     assert time.monotonic() - started >= 0.4
+
+
+def test_https_with_a_ca_file(tmp_path: Path, https_fake_server: FakeServer, server_key: Ed25519PrivateKey) -> None:
+    state_dir = tmp_path / "agent"
+    untrusted = enroll(https_fake_server, state_dir)
+    assert untrusted.returncode == 1, "a self-signed server must not be trusted by default"
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    assert enroll(https_fake_server, state_dir, "--ca-file", https_fake_server.ca_file).returncode == 0
+    payload = make_payload("echo over tls\n")
+    https_fake_server.pending = [sign(payload, server_key)]
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    assert https_fake_server.results[payload["instruction_id"]]["stdout"] == "over tls\n"
 
 
 def test_not_enrolled_exits_2(tmp_path: Path) -> None:
