@@ -174,6 +174,12 @@ RMM_MAX_LEASE_PER_HEARTBEAT = int(os.environ.get("RMM_MAX_LEASE_PER_HEARTBEAT", 
 RMM_ENROLLMENT_TOKEN_TTL_HOURS = int(os.environ.get("RMM_ENROLLMENT_TOKEN_TTL_HOURS", "24"))
 RMM_ENROLLMENT_TOKEN_USES = int(os.environ.get("RMM_ENROLLMENT_TOKEN_USES", "100"))
 
+# The PSA is told when a job ends (a django-q2 task POSTs there, HMAC-signed). Empty: off.
+RMM_PSA_WEBHOOK_URL = os.environ.get("RMM_PSA_WEBHOOK_URL", "")
+RMM_PSA_WEBHOOK_SECRET = os.environ.get("RMM_PSA_WEBHOOK_SECRET", "")
+# Run background tasks inline instead of through the cluster (tests, single-process tools).
+RMM_TASKS_SYNC = env_bool("RMM_TASKS_SYNC", False)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

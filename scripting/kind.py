@@ -108,6 +108,7 @@ registry.register(
         render=render,
         on_finished=on_finished,
         describe=describe,
+        authority=lambda job: {"psa_case_id": str(job.psa_task.case_id), "psa_task_id": str(job.psa_task_id)},
         select_related=("script", "asset", "site", "result", "psa_task__case", "requested_by", "decided_by"),
         detail_template="scripting/job_detail.html",
     )

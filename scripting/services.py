@@ -120,15 +120,21 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
     )
     if psa_task_id and task is None and PsaTask.objects.filter(pk=psa_task_id).exists():
         problem = "the asset is outside the PSA case's site"
+    elif psa_task_id and task is None:
+        problem = "no such PSA task"
     else:
-        problem = authority_problem(task, asset) if task else "no such PSA task"
+        problem = authority_problem(task, asset)  # "no PSA task given" when there is none
     if problem:
         history.record_refusal(
             user,
             "script_job.create",
             reason=f"no authority: {problem}",
             site_id=asset.site_id,
-            payload={"script": str(script.pk), "asset": str(asset.pk), "psa_task_id": str(psa_task_id)},
+            payload={
+                "script": str(script.pk),
+                "asset": str(asset.pk),
+                "psa_task_id": str(psa_task_id) if psa_task_id else None,
+            },
         )
         raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
     status = JobStatus.AWAITING_APPROVAL if script.requires_approval else JobStatus.QUEUED

@@ -26,3 +26,13 @@ def approved_authority(site, psa_user, *, case_status="approved", task_status="a
 
 def post_json(client, path, data, **extra):
     return client.post(path, data=json.dumps(data), content_type="application/json", **extra)
+
+
+def approved_script(author, approver, *, name="hello", content="echo hello\n", language="sh", requires_approval=False):
+    """A script version written by ``author`` and approved by ``approver`` (two different users)."""
+    from scripting import services as scripting
+
+    script = scripting.create_script(
+        author, name=name, language=language, content=content, requires_approval=requires_approval
+    )
+    return scripting.approve_script(script, approver)

@@ -36,6 +36,8 @@ class JobKind:
     on_finished: Callable[[Any, Any, dict, Any], None]
     # job -> a short human description for the console and events
     describe: Callable[[Any], str]
+    # job -> {"psa_case_id": ..., "psa_task_id": ...}: the upstream authority to tell when it ends
+    authority: Callable[[Any], dict]
     # relations the console and API load with each job (for describe and detail)
     select_related: tuple[str, ...] = ()
     # template included on the console's job page, rendered with ``job``

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from rmm import tasks
 from rmm.engine import events, registry, signing
 from rmm.engine.models import Instruction
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
@@ -54,6 +55,8 @@ def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
         payload={"kind": kind.name, "from": before, "to": to, "reason": reason},
     )
     events.publish(job.site_id, job_event(job))
+    if to in FINAL and settings.RMM_PSA_WEBHOOK_URL:
+        tasks.enqueue_on_commit("rmm.authority.tasks.notify_psa", kind.name, str(job.pk))
 
 
 def job_event(job) -> dict:

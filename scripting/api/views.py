@@ -78,7 +78,11 @@ class ScriptResultSerializer(serializers.Serializer):
 class ScriptJobSerializer(serializers.ModelSerializer):
     script = serializers.UUIDField(source="script_id")
     asset = serializers.UUIDField(source="asset_id")
-    psa_task_id = serializers.UUIDField()
+    # Not required here on purpose: a job without authority is refused by the service (Law 1),
+    # which records the refusal in the history; a serializer error would leave no trace.
+    psa_task_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="The approved PSA task that authorises this job."
+    )
     site = serializers.CharField(source="site.name", read_only=True)
     requested_by = serializers.CharField(source="requested_by.username", read_only=True)
     decided_by = serializers.CharField(source="decided_by.username", read_only=True, default=None)
@@ -145,7 +149,7 @@ class ScriptJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             request.user,
             script_id=ser.validated_data["script_id"],
             asset_id=ser.validated_data["asset_id"],
-            psa_task_id=ser.validated_data["psa_task_id"],
+            psa_task_id=ser.validated_data.get("psa_task_id"),
         )
         return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data, status=status.HTTP_201_CREATED)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +36,7 @@ class Response:
 
 
 class Server:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, extra_env: dict | None = None):
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,6 +46,7 @@ class Server:
             RMM_VAR_DIR=str(tmp / "var"),
             RMM_HEARTBEAT_INTERVAL="1",
             PYTHONUNBUFFERED="1",
+            **(extra_env or {}),
         )
         self.pg_admin_url = None
         base = os.environ.get("DATABASE_URL", "")
@@ -57,6 +59,7 @@ class Server:
             self.env.pop("DATABASE_URL", None)
             self.env["RMM_SQLITE_PATH"] = str(tmp / "e2e.sqlite3")
         self.proc = None
+        self.cluster = None
         self.log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
 
     def _pg(self, sql: str) -> None:
@@ -87,6 +90,11 @@ class Server:
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "rmm.asgi:application"],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )
+        # The django-q2 cluster runs background work (telling the PSA), as in production.
+        self.cluster = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=self.env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,6 +107,9 @@ class Server:
         raise RuntimeError("server did not start")
 
     def stop(self) -> None:
+        if self.cluster and self.cluster.poll() is None:
+            os.killpg(self.cluster.pid, signal.SIGKILL)
+            self.cluster.wait(10)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:

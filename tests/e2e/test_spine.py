@@ -7,53 +7,16 @@ import uuid
 
 import pytest
 
+from tests.e2e.flows import agent_once, make_world, publish, run_job
+
 
 @pytest.fixture(scope="module")
 def world(server):
     """Three people in their roles, one site with one enrolled agent, approved authority."""
-    site = f"site-{uuid.uuid4().hex[:6]}"
-    hostname = f"e2e-{uuid.uuid4().hex[:6]}"
-    psa, tech, approver = (server.token(f"{n}-{site}", r) for n, r in
-                           (("psa", "psa"), ("tech", "technician"), ("approver", "approver")))
-    state, config = server.enroll(site, hostname)
-    case_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-    r = server.request("PUT", f"/api/v1/psa/cases/{case_id}/", {"title": "CVE fix", "status": "approved", "site": site},
-                       psa)
-    assert r.status == 201, r.body
-    r = server.request("PUT", f"/api/v1/psa/tasks/{task_id}/", {"case": case_id, "title": "Run the fix",
-                                                                 "status": "approved"}, psa)
-    assert r.status == 201, r.body
-    assets = server.request("GET", f"/api/v1/assets/?hostname={hostname}", token=tech).json()["results"]
-    assert len(assets) == 1
-    return {"site": site, "psa": psa, "tech": tech, "approver": approver, "state": state, "config": config,
-            "asset": assets[0]["id"], "task": task_id, "case": case_id, "hostname": hostname}
+    return make_world(server)
 
 
-def publish(server, w, content, **extra):
-    r = server.request("POST", "/api/v1/scripts/", {"name": f"s-{uuid.uuid4().hex[:6]}", "language": "sh",
-                                                    "content": content, "requires_approval": False, **extra},
-                       w["tech"])
-    assert r.status == 201, r.body
-    script = r.json()
-    r = server.request("POST", f"/api/v1/scripts/{script['id']}/approve/", token=w["approver"])
-    assert r.status == 200, r.body
-    return script
-
-
-def run_job(server, w, script_id):
-    r = server.request("POST", "/api/v1/script-jobs/", {"script": script_id, "asset": w["asset"],
-                                                        "psa_task_id": w["task"]}, w["psa"])
-    assert r.status == 201, r.body
-    return r.json()
-
-
-def agent_once(server, w):
-    done = server.agent(["run", "--state-dir", str(w["state"]), "--once"])
-    assert done.returncode == 0, done.stderr
-    return done
-
-
-def test_psa_authorised_script_runs_on_the_real_agent(server, world):
+def test_psa_authorised_script_runs_on_the_real_agent(server, world, psa_receiver):
     w = world
     script = publish(server, w, "echo hello from $(hostname)\necho oops >&2\nexit 0\n")
     job = run_job(server, w, script["id"])
@@ -75,6 +38,12 @@ def test_psa_authorised_script_runs_on_the_real_agent(server, world):
     assert document["script"]["sha256"] == script["sha256"]
     assert document["authority"]["psa_case_id"] == w["case"]
     assert document["asset"]["hostname"] == w["hostname"]
+
+    told = psa_receiver.wait_for(job["id"])
+    assert told["signed"]
+    assert told["body"]["status"] == "succeeded"
+    assert told["body"]["psa_task_id"] == w["task"]
+    assert told["body"]["evidence"] == [{"id": evidence_id, "type": "script_result", "hash": record["hash"]}]
 
     verified = server.manage("verify_history")
     assert verified.returncode == 0

@@ -35,25 +35,39 @@ class Command(BaseCommand):
         env = dict(os.environ, DJANGO_SETTINGS_MODULE="rmm.settings", PYTHONUNBUFFERED="1")
         procs = []
 
+        def start(cmd):
+            # Each component leads its own process group, so stopping it stops its workers too.
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+
         def stop(*_):
             for proc in procs:
                 if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
+                    os.killpg(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             for proc in procs:
                 try:
                     proc.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
 
         signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
         try:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "rmm.asgi:application"], env=env
-                )
+            access_log = Path(settings.VAR_DIR) / "access.log"
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    host,
+                    "-p",
+                    str(port),
+                    "--access-log",
+                    str(access_log),
+                    "rmm.asgi:application",
+                ]
             )
-            procs.append(subprocess.Popen([sys.executable, "manage.py", "qcluster"], env=env))
+            start([sys.executable, "manage.py", "qcluster"])
             self._wait_for(url)
             state_dir = Path(settings.VAR_DIR) / "agent"
             if not (state_dir / "config.json").exists():
@@ -77,14 +91,13 @@ class Command(BaseCommand):
                     check=True,
                     stdout=subprocess.DEVNULL,
                 )
-            procs.append(
-                subprocess.Popen([sys.executable, "-m", "rmm_agent", "run", "--state-dir", str(state_dir)], env=env)
-            )
+            start([sys.executable, "-m", "rmm_agent", "run", "--state-dir", str(state_dir)])
             self.stdout.write(
                 self.style.SUCCESS(
                     f"\nRMM is running.\n  Console: {url}/console/   Admin: {url}/admin/   API docs: {url}/api/docs/\n"
                     f"  Demo admin login: {username} / {password}\n"
-                    f"  Local agent state: {state_dir} (site {site!r})\n  Ctrl-C stops the server, the task cluster and the agent.\n"
+                    f"  Local agent state: {state_dir} (site {site!r}); access log: {access_log}\n"
+                    "  Ctrl-C stops the server, the task cluster and the agent.\n"
                 )
             )
             while all(proc.poll() is None for proc in procs):

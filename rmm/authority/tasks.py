@@ -1,0 +1,52 @@
+"""Telling the PSA: when a job ends, POST its outcome and evidence to the PSA's webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import urllib.error
+import urllib.request
+
+from django.conf import settings
+
+from evidence.models import RmmEvidence
+from rmm.engine import registry
+from rmm.history import services as history
+
+
+def notify_psa(kind_name: str, job_id: str) -> int | None:
+    """One signed POST per finished job. A failure is loud: recorded in the history and raised."""
+    url = settings.RMM_PSA_WEBHOOK_URL
+    if not url:
+        return None
+    kind = registry.get(kind_name)
+    job = kind.model.objects.get(pk=job_id)
+    evidence = RmmEvidence.objects.filter(related_id=job.pk).order_by("captured_at")
+    body = json.dumps(
+        {
+            "event": "job.finished",
+            "kind": kind.name,
+            "job_id": str(job.pk),
+            "status": job.status,
+            "status_reason": job.status_reason,
+            **kind.authority(job),
+            "evidence": [{"id": str(e.pk), "type": e.evidence_type, "hash": e.hash} for e in evidence],
+        },
+        sort_keys=True,
+    ).encode()
+    signature = hmac.new(settings.RMM_PSA_WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "X-RMM-Signature": f"sha256={signature}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310 - operator-configured URL
+            status = response.status
+    except (urllib.error.URLError, OSError) as exc:
+        history.append("system", "psa.notify_failed", job, site_id=job.site_id, payload={"error": str(exc)[:500]})
+        raise
+    history.append("system", "psa.notified", job, site_id=job.site_id, payload={"http_status": status})
+    return status

@@ -1,0 +1,13 @@
+"""Background work goes through django-q2, and only after the transaction that caused it commits."""
+
+from django.conf import settings
+from django.db import transaction
+
+
+def enqueue_on_commit(func: str, *args) -> None:
+    def send():
+        from django_q.tasks import async_task
+
+        async_task(func, *args, sync=settings.RMM_TASKS_SYNC)
+
+    transaction.on_commit(send)

@@ -1,0 +1,132 @@
+"""What people and systems do to a running server, shared by the end-to-end tests.
+
+Every step goes through a public door: ``manage.py`` commands, the REST API, the real agent,
+and the login form and websocket a browser uses.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+_STAFF: dict[str, dict[str, str]] = {}
+
+
+def staff(server) -> dict[str, str]:
+    """API tokens of a PSA, a technician and an approver granted every site (made once per server)."""
+    if server.url not in _STAFF:
+        tag = uuid.uuid4().hex[:6]
+        roles = {"psa": "psa", "tech": "technician", "approver": "approver"}
+        _STAFF[server.url] = dict(zip(roles, tokens(server, {f"{key}-{tag}": role for key, role in roles.items()}),
+                                      strict=True))
+    return _STAFF[server.url]
+
+
+def tokens(server, users: dict[str, str]) -> list[str]:
+    """``rmm_token USER --role ROLE`` for each of ``{username: role}``, in one process; the tokens in order."""
+    lines = ["from django.core.management import call_command"]
+    lines += [f"call_command('rmm_token', {username!r}, role={role!r})" for username, role in users.items()]
+    out = server.manage("shell", "-c", "\n".join(lines)).stdout.split()
+    assert len(out) == len(users), out
+    return out
+
+
+def make_world(server, site: str | None = None) -> dict:
+    """One site with one enrolled real agent, approved PSA authority, and the staff's tokens."""
+    site = site or f"site-{uuid.uuid4().hex[:6]}"
+    hostname = f"e2e-{uuid.uuid4().hex[:6]}"
+    people = staff(server)
+    state, config = server.enroll(site, hostname)
+    case_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    r = server.request(
+        "PUT", f"/api/v1/psa/cases/{case_id}/", {"title": "CVE fix", "status": "approved", "site": site}, people["psa"]
+    )
+    assert r.status == 201, r.body
+    r = server.request(
+        "PUT", f"/api/v1/psa/tasks/{task_id}/", {"case": case_id, "title": "Run the fix", "status": "approved"},
+        people["psa"],
+    )
+    assert r.status == 201, r.body
+    assets = server.request("GET", f"/api/v1/assets/?hostname={hostname}", token=people["tech"]).json()["results"]
+    assert len(assets) == 1
+    return {"site": site, **people, "state": state, "config": config, "asset": assets[0]["id"], "task": task_id,
+            "case": case_id, "hostname": hostname}
+
+
+def publish(server, w, content, **extra):
+    """A technician writes a script; an approver approves it."""
+    r = server.request("POST", "/api/v1/scripts/", {"name": f"s-{uuid.uuid4().hex[:6]}", "language": "sh",
+                                                    "content": content, "requires_approval": False, **extra},
+                       w["tech"])
+    assert r.status == 201, r.body
+    script = r.json()
+    r = server.request("POST", f"/api/v1/scripts/{script['id']}/approve/", token=w["approver"])
+    assert r.status == 200, r.body
+    return script
+
+
+def run_job(server, w, script_id):
+    """The PSA asks for the script to run on the world's asset under its task."""
+    r = server.request("POST", "/api/v1/script-jobs/", {"script": script_id, "asset": w["asset"],
+                                                        "psa_task_id": w["task"]}, w["psa"])
+    assert r.status == 201, r.body
+    return r.json()
+
+
+def agent_once(server, w):
+    done = server.agent(["run", "--state-dir", str(w["state"]), "--once"])
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def console_users(server, users: dict[str, tuple[str, list[str]]], password: str) -> None:
+    """Create console users ``{username: (role, [site, ...])}`` with ``password``, in one process.
+
+    Users are made by ``rmm_token`` (no sites listed: every site is granted), then given a password.
+    """
+    lines = ["from django.core.management import call_command", "from django.contrib.auth import get_user_model"]
+    for username, (role, sites) in users.items():
+        lines += [
+            f"call_command('rmm_token', {username!r}, role={role!r}, site={list(sites)!r}, stdout=open('/dev/null', 'w'))",
+            f"u = get_user_model().objects.get(username={username!r}); u.set_password({password!r}); u.save()",
+        ]
+    server.manage("shell", "-c", "\n".join(lines))
+
+
+class Session:
+    """A browser-like HTTP client: keeps cookies, logs in through the login form."""
+
+    def __init__(self, server):
+        self.server = server
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def cookie(self, name: str) -> str | None:
+        return next((c.value for c in self.jar if c.name == name), None)
+
+    @property
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
+
+    def open(self, path: str, form: dict | None = None) -> tuple[int, str, str]:
+        """(status, final url, body) of a GET, or a form POST when ``form`` is given."""
+        data = None if form is None else urllib.parse.urlencode(form).encode()
+        try:
+            with self.opener.open(self.server.url + path, data=data, timeout=30) as resp:
+                return resp.status, resp.url, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.url, err.read().decode()
+
+    def login(self, username: str, password: str) -> Session:
+        status, _url, _body = self.open("/accounts/login/")
+        assert status == 200
+        status, url, body = self.open(
+            "/accounts/login/",
+            {"username": username, "password": password, "csrfmiddlewaretoken": self.cookie("csrftoken")},
+        )
+        assert status == 200 and url.endswith("/console/"), (status, url, body[:500])
+        assert self.cookie("sessionid")
+        return self
