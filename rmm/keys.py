@@ -1,5 +1,6 @@
 """Dev-default secrets: generated on first use into the ignored ``var/`` folder."""
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -15,10 +16,8 @@ def _write_private(path: Path, data: bytes) -> None:
 def load_or_create_secret_key(var_dir: Path) -> str:
     path = Path(var_dir) / "keys" / "django_secret_key"
     if not path.exists():
-        try:
+        with contextlib.suppress(FileExistsError):  # another process created it first
             _write_private(path, secrets.token_urlsafe(50).encode())
-        except FileExistsError:
-            pass  # another process created it first
     return path.read_text().strip()
 
 
@@ -33,8 +32,6 @@ def load_or_create_signing_key(path: str | Path):
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        try:
+        with contextlib.suppress(FileExistsError):
             _write_private(path, pem)
-        except FileExistsError:
-            pass
     return serialization.load_pem_private_key(path.read_bytes(), password=None)

@@ -82,3 +82,6 @@ class ScriptResult(models.Model):
     stdout_truncated = models.BooleanField(default=False)
     stderr_truncated = models.BooleanField(default=False)
     received_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"result of {self.job_id}: exit {self.exit_code}"

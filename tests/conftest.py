@@ -13,7 +13,10 @@ from tests.helpers import approved_authority, make_agent  # noqa: F401
 @pytest.fixture(autouse=True)
 def _var_dir(settings, tmp_path):
     """Each test stores evidence under its own folder."""
-    settings.STORAGES = {**settings.STORAGES, "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}},
+    }
 
 
 class Caller:

@@ -36,14 +36,16 @@ def notify_psa(kind_name: str, job_id: str) -> int | None:
         sort_keys=True,
     ).encode()
     signature = hmac.new(settings.RMM_PSA_WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    request = urllib.request.Request(
+    if not url.startswith(("https://", "http://")):
+        raise ValueError("RMM_PSA_WEBHOOK_URL must be an http(s) URL")
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
         url,
         data=body,
         method="POST",
         headers={"Content-Type": "application/json", "X-RMM-Signature": f"sha256={signature}"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310 - operator-configured URL
+        with urllib.request.urlopen(request, timeout=15) as response:
             status = response.status
     except (urllib.error.URLError, OSError) as exc:
         history.append("system", "psa.notify_failed", job, site_id=job.site_id, payload={"error": str(exc)[:500]})

@@ -46,6 +46,9 @@ class AssetFacts(models.Model):
     class Meta:
         verbose_name_plural = "asset facts"
 
+    def __str__(self) -> str:
+        return f"facts of {self.asset_id} at {self.reported_at:%Y-%m-%d %H:%M}"
+
 
 class EnrollmentToken(models.Model):
     """A per-site, expiring, use-limited secret that lets a new agent enroll."""
@@ -59,6 +62,9 @@ class EnrollmentToken(models.Model):
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"enrollment token for {self.site_id}, {self.use_count}/{self.max_uses} used"
 
 
 class Agent(models.Model):
