@@ -45,7 +45,7 @@ def notify_psa(kind_name: str, job_id: str) -> int | None:
         headers={"Content-Type": "application/json", "X-RMM-Signature": f"sha256={signature}"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
             status = response.status
     except (urllib.error.URLError, OSError) as exc:
         history.append("system", "psa.notify_failed", job, site_id=job.site_id, payload={"error": str(exc)[:500]})
