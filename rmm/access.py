@@ -24,6 +24,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "approve": frozenset({"admin", "approver"}),
     "request_jobs": frozenset({"admin", "technician", "psa", "edr", "scanner"}),
     "view_evidence": ALL,
+    # anyone who may operate a site may stop it
+    "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"
 
@@ -53,6 +55,13 @@ def visible_sites(user) -> QuerySet[Site]:
     if user.is_superuser:
         return Site.objects.all()
     return get_objects_for_user(user, SITE_PERMISSION, klass=Site, accept_global_perms=True)
+
+
+def sees_all_sites(user) -> bool:
+    """Superusers and holders of the all-sites grant (the model-wide permission)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    return user.is_superuser or user.has_perm(SITE_PERMISSION)
 
 
 def may_see_site(user, site_id) -> bool:

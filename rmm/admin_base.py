@@ -46,20 +46,22 @@ def run_decisions(modeladmin, request, queryset, decide, verb: str) -> None:
         modeladmin.message_user(request, f"{verb} {done} item(s).", messages.SUCCESS)
 
 
-def reject_with_reason(modeladmin, request, queryset, reject):
-    """Ask for the reason first (an intermediate page), then reject each selected object."""
+def reject_with_reason(
+    modeladmin, request, queryset, reject, verb: str = "Rejected", title: str = "Reject with a reason"
+):
+    """Ask for the reason first (an intermediate page), then apply ``reject(obj, user, reason)``."""
     reason = request.POST.get("reason", "").strip()
     if request.POST.get("confirm") and reason:
-        run_decisions(modeladmin, request, queryset, lambda obj: reject(obj, request.user, reason), "Rejected")
+        run_decisions(modeladmin, request, queryset, lambda obj: reject(obj, request.user, reason), verb)
         return None
     if request.POST.get("confirm"):
-        modeladmin.message_user(request, "A rejection needs a reason.", messages.ERROR)
+        modeladmin.message_user(request, "A reason is required.", messages.ERROR)
     return TemplateResponse(
         request,
         "admin/rmm/reject_reason.html",
         {
             **modeladmin.admin_site.each_context(request),
-            "title": "Reject with a reason",
+            "title": title,
             "objects": queryset,
             "action": request.POST.get("action"),
             "opts": modeladmin.model._meta,

@@ -77,6 +77,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "rmm.console.context.engaged_kill_switches",
             ],
         },
     },
@@ -171,6 +172,17 @@ RMM_LEASE_GRACE_SECONDS = int(os.environ.get("RMM_LEASE_GRACE_SECONDS", "60"))
 RMM_INSTRUCTION_TTL_SECONDS = int(os.environ.get("RMM_INSTRUCTION_TTL_SECONDS", str(24 * 3600)))
 RMM_DEFAULT_TIMEOUT_SECONDS = int(os.environ.get("RMM_DEFAULT_TIMEOUT_SECONDS", "300"))
 RMM_MAX_LEASE_PER_HEARTBEAT = int(os.environ.get("RMM_MAX_LEASE_PER_HEARTBEAT", "4"))
+# Throttles: at most this many running instructions per asset, per site and in all (0: no ceiling);
+# jobs over many assets are released in waves of RMM_WAVE_SIZE every RMM_WAVE_INTERVAL_SECONDS.
+RMM_MAX_RUNNING_PER_ASSET = int(os.environ.get("RMM_MAX_RUNNING_PER_ASSET", "1"))
+RMM_MAX_RUNNING_PER_SITE = int(os.environ.get("RMM_MAX_RUNNING_PER_SITE", "0"))
+RMM_MAX_RUNNING_TOTAL = int(os.environ.get("RMM_MAX_RUNNING_TOTAL", "0"))
+RMM_WAVE_SIZE = int(os.environ.get("RMM_WAVE_SIZE", "50"))
+RMM_WAVE_INTERVAL_SECONDS = int(os.environ.get("RMM_WAVE_INTERVAL_SECONDS", "60"))
+# An agent calling faster than this is told to slow down (429 with Retry-After).
+RMM_HEARTBEAT_MIN_SPACING_SECONDS = float(os.environ.get("RMM_HEARTBEAT_MIN_SPACING_SECONDS", "1"))
+# Pending approvals (script versions, jobs) expire after this long and are rejected.
+RMM_APPROVAL_TTL_HOURS = int(os.environ.get("RMM_APPROVAL_TTL_HOURS", "72"))
 RMM_ENROLLMENT_TOKEN_TTL_HOURS = int(os.environ.get("RMM_ENROLLMENT_TOKEN_TTL_HOURS", "24"))
 RMM_ENROLLMENT_TOKEN_USES = int(os.environ.get("RMM_ENROLLMENT_TOKEN_USES", "100"))
 

@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 from evidence.api.views import EvidenceViewSet
 from rmm.authority.api import views as authority_views
 from rmm.engine import agent_views
+from rmm.engine.api.views import KillSwitchViewSet
 from rmm.inventory.api.views import AssetViewSet, SiteViewSet
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
 
@@ -15,6 +16,7 @@ router.register("assets", AssetViewSet, basename="asset")
 router.register("scripts", ScriptViewSet, basename="script")
 router.register("script-jobs", ScriptJobViewSet, basename="script-job")
 router.register("evidence", EvidenceViewSet, basename="evidence")
+router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
 
 urlpatterns = [
     path("api/v1/agent/enroll/", agent_views.enroll, name="agent-enroll"),

@@ -17,6 +17,7 @@ def render(job: ScriptJob) -> list[registry.InstructionSpec]:
             interpreter=script.language,
             content=script.content,
             timeout_seconds=script.timeout_seconds,
+            privileged=script.privileged,
         )
     ]
 
@@ -24,7 +25,7 @@ def render(job: ScriptJob) -> list[registry.InstructionSpec]:
 def on_finished(job: ScriptJob, inst, result: dict, actor) -> None:
     engine.transition_job(job, inst.status, actor, reason=inst.reason)
     stored = None
-    if result.get("outcome") in {"completed", "timed_out", "aborted", "error", "refused"}:
+    if inst.result_hash:  # the agent reported: keep what it said
         stored = ScriptResult.objects.create(
             job=job,
             stdout=result.get("stdout", ""),
@@ -65,6 +66,7 @@ def evidence_document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict
             "version": script.version,
             "language": script.language,
             "sha256": script.sha256,
+            "privileged": script.privileged,
             "author": script.author.get_username(),
             "approved_by": script.decided_by.get_username() if script.decided_by_id else None,
             "approved_at": script.decided_at,

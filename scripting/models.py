@@ -35,6 +35,9 @@ class Script(models.Model):
     content = models.TextField()
     sha256 = models.CharField(max_length=64)
     requires_approval = models.BooleanField(default=False, help_text="Each job of this version needs approval too.")
+    privileged = models.BooleanField(
+        default=False, help_text="Runs as root/SYSTEM; approving it needs the privileged-approval permission."
+    )
     timeout_seconds = models.PositiveIntegerField(default=300)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -50,6 +53,7 @@ class Script(models.Model):
     class Meta:
         ordering = ["name", "-version"]
         constraints = [models.UniqueConstraint(fields=["name", "version"], name="script_name_version_unique")]
+        permissions = [("approve_privileged", "May approve script versions that run privileged")]
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -12,6 +14,7 @@ from rmm import access
 from rmm.authority.models import PsaTask
 from rmm.authority.services import authority_problem
 from rmm.engine import services as engine
+from rmm.engine.services import kill_switches
 from rmm.engine.states import JobStatus
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -29,7 +32,14 @@ def _require(user, capability: str, action: str, subject=None) -> None:
 
 
 def create_script(
-    user, *, name: str, language: str, content: str, requires_approval: bool = False, timeout_seconds: int = 300
+    user,
+    *,
+    name: str,
+    language: str,
+    content: str,
+    requires_approval: bool = False,
+    timeout_seconds: int = 300,
+    privileged: bool = False,
 ) -> Script:
     """A new version of ``name``: content never changes once written; new content, new version."""
     _require(user, "author_scripts", "script.create")
@@ -55,6 +65,7 @@ def create_script(
                     content=content,
                     sha256=hashlib.sha256(content.encode()).hexdigest(),
                     requires_approval=bool(requires_approval),
+                    privileged=bool(privileged),
                     timeout_seconds=int(timeout_seconds),
                     author=user,
                 )
@@ -62,7 +73,13 @@ def create_script(
                     user,
                     "script.created",
                     script,
-                    payload={"name": name, "version": script.version, "sha256": script.sha256, "language": language},
+                    payload={
+                        "name": name,
+                        "version": script.version,
+                        "sha256": script.sha256,
+                        "language": language,
+                        "privileged": script.privileged,
+                    },
                 )
                 return script
         except IntegrityError:
@@ -74,6 +91,9 @@ def _decide_script(script: Script, user, *, approve: bool, reason: str = "") -> 
     action = "script.approve" if approve else "script.reject"
     _require(user, "approve", action, script)
     engine.check_four_eyes(script, user, author_field="author", action=action)
+    if approve and script.privileged and not user.has_perm("scripting.approve_privileged"):
+        history.record_refusal(user, action, script, reason="privileged version needs the privileged-approval permission")
+        raise Forbidden("Approving a privileged script version needs the privileged-approval permission.")
     if not approve and not (reason or "").strip():
         raise InvalidInput("A rejection needs a reason.", field="reason")
     to = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
@@ -137,6 +157,7 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
             },
         )
         raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
+    kill_switches.refuse_if_engaged(asset, user, "script_job.create")
     status = JobStatus.AWAITING_APPROVAL if script.requires_approval else JobStatus.QUEUED
     with transaction.atomic():
         job = ScriptJob.objects.create(
@@ -165,9 +186,37 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
 
 def approve_script_job(job: ScriptJob, user) -> None:
     _require(user, "approve", "job.approve", job)
+    # Law 1 holds when the work becomes executable too: the PSA may have withdrawn it meanwhile.
+    problem = authority_problem(job.psa_task, job.asset)
+    if problem:
+        history.record_refusal(
+            user,
+            "job.approve",
+            job,
+            reason=f"no authority: {problem}",
+            site_id=job.site_id,
+            payload={"psa_task_id": str(job.psa_task_id)},
+        )
+        raise Conflict(f"No authority: {problem}.", field="psa_task_id")
     engine.approve_job(job, user)
 
 
 def reject_script_job(job: ScriptJob, user, reason: str) -> None:
     _require(user, "approve", "job.reject", job)
     engine.reject_job(job, user, reason)
+
+
+def expire_pending_versions(now=None) -> int:
+    """Versions left pending past the approval TTL are rejected, with the reason, by the system."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.RMM_APPROVAL_TTL_HOURS)
+    count = 0
+    for script in Script.objects.filter(approval_status=ApprovalStatus.PENDING, created_at__lt=cutoff):
+        reason = f"approval expired after {settings.RMM_APPROVAL_TTL_HOURS} h"
+        with transaction.atomic():
+            if Script.objects.filter(pk=script.pk, approval_status=ApprovalStatus.PENDING).update(
+                approval_status=ApprovalStatus.REJECTED, decided_at=now, decision_reason=reason
+            ):
+                history.append("system", "script.rejected", script, payload={"reason": reason})
+                count += 1
+    return count

@@ -11,8 +11,9 @@ from tests.helpers import approved_authority, make_agent  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
-def _var_dir(settings, tmp_path):
-    """Each test stores evidence under its own folder."""
+def _test_settings(settings, tmp_path):
+    """Each test stores evidence under its own folder; agents may call as fast as tests drive them."""
+    settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}},

@@ -4,12 +4,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from rmm import access
-from rmm.engine.events import site_group
+from rmm.engine.events import ALL_GROUP, site_group
 
 
 @database_sync_to_async
 def _site_groups(user) -> list[str]:
-    return [site_group(pk) for pk in access.visible_sites(user).values_list("pk", flat=True)]
+    return [ALL_GROUP] + [site_group(pk) for pk in access.visible_sites(user).values_list("pk", flat=True)]
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):

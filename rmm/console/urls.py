@@ -9,4 +9,7 @@ urlpatterns = [
     path("console/", views.job_list, name="jobs"),
     path("console/jobs/<str:kind>/<uuid:job_id>/", views.job_detail, name="job"),
     path("console/jobs/<str:kind>/<uuid:job_id>/fragment/", views.job_fragment, name="job-fragment"),
+    path("console/kill-switches/", views.kill_switch_page, name="kill-switches"),
+    path("console/kill-switches/banner/", views.kill_banner, name="kill-banner"),
+    path("console/kill-switches/<uuid:switch_id>/release/", views.kill_switch_release, name="kill-switch-release"),
 ]

@@ -3,13 +3,19 @@
 from heapq import merge
 from itertools import islice
 
+from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
 from rmm import access
 from rmm.engine import registry
+from rmm.engine.models import KillSwitchScope
+from rmm.engine.services import kill_switches
 from rmm.engine.states import ACTIVE, FINAL
+from rmm.errors import ServiceError
 
 PAGE = 100
 
@@ -64,3 +70,60 @@ def job_detail(request, kind, job_id):
 def job_fragment(request, kind, job_id):
     """The job's detail block alone, fetched by the page when a live event says it changed."""
     return render(request, "console/job_fragment.html", _context(request, kind, job_id))
+
+
+class EngageForm(forms.Form):
+    scope = forms.ChoiceField(choices=KillSwitchScope.choices)
+    target = forms.CharField(required=False, help_text="The site's name or the asset's id; empty for global.")
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class ReleaseForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
+
+
+@login_required
+def kill_switch_page(request):
+    """Engage a kill switch (anyone who may operate the site) and see the engaged ones."""
+    form = EngageForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            switch = kill_switches.engage(
+                request.user,
+                scope=form.cleaned_data["scope"],
+                target=form.cleaned_data["target"] or None,
+                reason=form.cleaned_data["reason"],
+            )
+        except ServiceError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.detail)
+        else:
+            messages.success(request, f"Kill switch engaged on {switch.target_label}.")
+            return redirect("console:kill-switches")
+    return render(
+        request,
+        "console/kill_switches.html",
+        {"form": form, "release_form": ReleaseForm(), "may_release": access.can(request.user, "approve")},
+    )
+
+
+@login_required
+@require_POST
+def kill_switch_release(request, switch_id):
+    switch = kill_switches.engaged_visible_to(request.user).filter(pk=switch_id).first()
+    if switch is None:
+        raise Http404
+    form = ReleaseForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Releasing a kill switch needs a reason.")
+        return redirect("console:kill-switches")
+    try:
+        kill_switches.release(request.user, switch, form.cleaned_data["reason"])
+        messages.success(request, f"Kill switch on {switch.target_label} released.")
+    except ServiceError as exc:
+        messages.error(request, exc.detail)
+    return redirect("console:kill-switches")
+
+
+@login_required
+def kill_banner(request):
+    return render(request, "console/kill_banner.html")

@@ -7,6 +7,7 @@ it needs a constant, small number of queries per call.
 from __future__ import annotations
 
 import json
+import math
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
@@ -16,6 +17,7 @@ from django.views.decorators.http import require_POST
 
 from rmm.engine import services as engine
 from rmm.engine import signing
+from rmm.engine.services import kill_switches
 from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
@@ -85,6 +87,15 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
     if data is None:
         return _bad_json()
     now = timezone.now()
+    spacing = settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS
+    if agent.last_seen_at and (now - agent.last_seen_at).total_seconds() < spacing:
+        history.record_refusal(
+            agent, "heartbeat", reason="heartbeat faster than the server allows", site_id=agent.asset.site_id
+        )
+        response = JsonResponse({"detail": "Too many heartbeats; slow down.", "interval": settings.RMM_HEARTBEAT_INTERVAL},
+                                status=429)
+        response["Retry-After"] = str(max(1, math.ceil(spacing)))
+        return response
     version = str(data.get("agent_version") or "")[:50]
     type(agent).objects.filter(pk=agent.pk).update(last_seen_at=now, version=version)
     facts_required = False
@@ -102,12 +113,13 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
         capacity = int(data.get("capacity", 1))
     except (TypeError, ValueError):
         capacity = 1
-    leased = engine.lease(agent, capacity, now)
+    switch = kill_switches.active_for(agent.asset.site_id, agent.asset_id)
+    leased = engine.lease(agent, capacity, now, switch)
     return JsonResponse(
         {
             "interval": settings.RMM_HEARTBEAT_INTERVAL,
             "instructions": [engine.envelope(inst) for inst in leased],
-            "abort": engine.aborted_among(agent, running),
+            "abort": engine.to_abort(agent, running, switch),
             "facts_required": facts_required,
         }
     )

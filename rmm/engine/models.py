@@ -45,6 +45,7 @@ class Instruction(models.Model):
     timeout_seconds = models.PositiveIntegerField()
     privileged = models.BooleanField(default=False)
     issued_at = models.DateTimeField()
+    release_at = models.DateTimeField(help_text="Not leased before this time (waves of a large job).")
     not_after = models.DateTimeField()
     payload = models.TextField(help_text="The exact canonical JSON that was signed.")
     signature = models.CharField(max_length=200)
@@ -61,8 +62,61 @@ class Instruction(models.Model):
         indexes = [
             models.Index(fields=["agent", "status", "issued_at"], name="instr_lease_idx"),
             models.Index(fields=["status", "lease_expires_at"], name="instr_sweep_idx"),
+            models.Index(fields=["status", "site"], name="instr_site_status_idx"),
             models.Index(fields=["job_kind", "job_id", "step"], name="instr_job_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.job_kind}:{self.job_id}#{self.step} on {self.asset_id}"
+
+
+class KillSwitchScope(models.TextChoices):
+    GLOBAL = "global"
+    SITE = "site"
+    ASSET = "asset"
+
+
+class KillSwitch(models.Model):
+    """While engaged, nothing new runs in its scope and running work there is aborted."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    scope = models.CharField(max_length=10, choices=KillSwitchScope.choices)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    reason = models.TextField()
+    engaged_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    engaged_at = models.DateTimeField(auto_now_add=True)
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    released_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    release_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-engaged_at"]
+        constraints = [
+            models.CheckConstraint(
+                name="kill_switch_target_matches_scope",
+                condition=(
+                    models.Q(scope="global", site__isnull=True, asset__isnull=True)
+                    | models.Q(scope="site", site__isnull=False, asset__isnull=True)
+                    | models.Q(scope="asset", asset__isnull=False)
+                ),
+            )
+        ]
+
+    @property
+    def engaged(self) -> bool:
+        return self.released_at is None
+
+    @property
+    def target_label(self) -> str:
+        if self.scope == KillSwitchScope.SITE:
+            return f"site {self.site.name}"
+        if self.scope == KillSwitchScope.ASSET:
+            return f"asset {self.asset.hostname}"
+        return "everything"
+
+    def __str__(self) -> str:
+        state = "engaged" if self.engaged else "released"
+        return f"kill switch on {self.target_label} ({state})"

@@ -45,6 +45,7 @@ class Server:
             DJANGO_SETTINGS_MODULE="rmm.settings",
             RMM_VAR_DIR=str(tmp / "var"),
             RMM_HEARTBEAT_INTERVAL="1",
+            RMM_HEARTBEAT_MIN_SPACING_SECONDS="0",
             PYTHONUNBUFFERED="1",
             **(extra_env or {}),
         )

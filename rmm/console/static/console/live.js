@@ -21,7 +21,16 @@
       .then(function (html) { if (html !== null) container.innerHTML = html; });
   }
 
+  function refreshBanner() {
+    var banner = document.getElementById("kill-banner");
+    if (!banner) return;
+    fetch("/console/kill-switches/banner/", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) { if (html !== null) banner.innerHTML = html; });
+  }
+
   function onEvent(ev) {
+    if (ev.type === "kill_switch") { refreshBanner(); return; }
     if (ev.type !== "job") return;
     var row = document.querySelector('#jobs tr[data-job-id="' + ev.id + '"]');
     if (row) {

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from rmm import tasks
 from rmm.engine import events, registry, signing
+from rmm.engine.services import kill_switches, throttles
 from rmm.engine.models import Instruction
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
@@ -85,6 +86,8 @@ def check_four_eyes(obj, user, *, author_field: str, action: str) -> None:
 def approve_job(job, user) -> None:
     """A second person lets a job that needs approval run."""
     check_four_eyes(job, user, author_field="requested_by", action="job.approve")
+    for spec in registry.kind_of(job).render(job):
+        kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job)
     queue_job(job, user, decided_by=user, decided_at=timezone.now())
 
 
@@ -99,14 +102,18 @@ def reject_job(job, user, reason: str) -> None:
 # --- queueing ------------------------------------------------------------------------------
 
 
-def issue_instructions(job, actor) -> list[Instruction]:
-    """Render the job through its kind, sign one instruction per asset and step, queue them."""
+def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]:
+    """Render the job through its kind, sign one instruction per asset and step, queue them.
+
+    Instructions are released in waves by their position (``wave_offset`` places this job's
+    first instruction within a larger batch of jobs).
+    """
     kind = registry.kind_of(job)
     specs = kind.render(job)
     now = timezone.now()
     not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
     rows = []
-    for spec in specs:
+    for position, spec in enumerate(specs, start=wave_offset):
         agent = Agent.objects.filter(asset=spec.asset, revoked_at__isnull=True).first()
         if agent is None:
             raise InvalidInput("The asset has no enrolled agent.", field="asset")
@@ -126,6 +133,7 @@ def issue_instructions(job, actor) -> list[Instruction]:
             timeout_seconds=spec.timeout_seconds,
             privileged=spec.privileged,
             issued_at=now,
+            release_at=throttles.release_time(position, now),
             not_after=not_after,
         )
         inst.payload = canonical_json(
@@ -182,19 +190,39 @@ def job_instructions(job):
 # --- the agent's hot path -----------------------------------------------------------------
 
 
-def lease(agent: Agent, capacity: int, now: datetime) -> list[Instruction]:
-    """Lease up to ``capacity`` queued instructions of this agent (SKIP LOCKED on PostgreSQL)."""
+def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instruction]:
+    """Lease this agent's next queued instructions, under the kill switch and the throttles.
+
+    SKIP LOCKED on PostgreSQL lets any number of web workers serve agents. A constant
+    number of queries whatever the fleet size.
+    """
     capacity = max(0, min(int(capacity), settings.RMM_MAX_LEASE_PER_HEARTBEAT))
     if capacity == 0:
         return []
     with transaction.atomic():
+        if settings.RMM_MAX_RUNNING_PER_ASSET:
+            running_here = Instruction.objects.filter(agent=agent, status=S.RUNNING).count()
+            # One at a time per asset (by default): the rest wait, in order.
+            capacity = min(capacity, settings.RMM_MAX_RUNNING_PER_ASSET - running_here)
+            if capacity <= 0:
+                return []
         rows = list(
             Instruction.objects.select_for_update(skip_locked=True)
-            .filter(agent=agent, status=S.QUEUED, not_after__gt=now)
-            .order_by("issued_at")[:capacity]
+            .filter(agent=agent, status=S.QUEUED, not_after__gt=now, release_at__lte=now)
+            .order_by("issued_at", "step")[:capacity]
         )
         if not rows:
             return []
+        room, held = throttles.room_under_ceilings(rows[0].site_id)
+        if switch is not None:
+            held = "kill switch engaged on " + switch.target_label
+        if held:
+            history.record_refusal(
+                agent, "lease", reason=held, site_id=rows[0].site_id,
+                payload={"held_instructions": [str(inst.pk) for inst in rows]},
+            )
+            return []
+        rows = rows[:room]
         grace = timedelta(seconds=settings.RMM_LEASE_GRACE_SECONDS)
         for inst in rows:
             inst.status = S.RUNNING
@@ -227,7 +255,8 @@ def _start_jobs(kind, insts, agent, now) -> None:
     if any(f.name == "started_at" for f in kind.model._meta.get_fields()):
         fields["started_at"] = now
     kind.model.objects.filter(pk__in=job_ids, status=S.QUEUED).update(**fields)
-    for job in kind.model.objects.filter(pk__in=job_ids, status=S.RUNNING):
+    # The kind's relations come in the same query: describe() must not cost queries per job.
+    for job in kind.model.objects.filter(pk__in=job_ids, status=S.RUNNING).select_related(*kind.select_related):
         events.publish(job.site_id, job_event(job))
 
 
@@ -235,14 +264,16 @@ def envelope(inst: Instruction) -> dict:
     return {"payload": inst.payload, "signature": inst.signature}
 
 
-def aborted_among(agent: Agent, running_ids: list) -> list[str]:
-    """Of the instructions the agent says it is running, those the server has ended."""
+def to_abort(agent: Agent, running_ids: list, switch=None) -> list[str]:
+    """Of the instructions the agent says it is running, those it must kill now: all of them
+    under an engaged kill switch, otherwise those the server has already ended."""
     if not running_ids:
         return []
-    ids = [str(i) for i in running_ids][:100]
+    ids = [pk for pk in (_uuid_or_none(i) for i in running_ids[:100]) if pk]
+    wanted = [S.RUNNING, *FINAL] if switch is not None else list(FINAL)
     return [
         str(pk)
-        for pk in Instruction.objects.filter(agent=agent, pk__in=ids, status__in=FINAL).values_list("pk", flat=True)
+        for pk in Instruction.objects.filter(agent=agent, pk__in=ids, status__in=wanted).values_list("pk", flat=True)
     ]
 
 
@@ -341,22 +372,45 @@ def _uuid_or_none(value):
         return None
 
 
+def expire_approvals(now: datetime | None = None) -> int:
+    """Jobs left awaiting approval past the TTL become rejected, with the reason, by the system."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.RMM_APPROVAL_TTL_HOURS)
+    reason = f"approval expired after {settings.RMM_APPROVAL_TTL_HOURS} h"
+    count = 0
+    for kind in registry.all_kinds():
+        for job in kind.model.objects.filter(status=S.AWAITING_APPROVAL, created_at__lt=cutoff)[:1000]:
+            try:
+                with transaction.atomic():
+                    transition_job(job, S.REJECTED, "system", reason=reason, decided_at=now)
+                count += 1
+            except Conflict:
+                continue  # decided meanwhile
+    return count
+
+
+def end_instruction(inst: Instruction, from_status: str, to: str, actor, reason: str) -> bool:
+    """End an instruction the agent did not report on (lost, or aborted before it started)."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not Instruction.objects.filter(pk=inst.pk, status=from_status).update(
+            status=to, finished_at=now, reason=reason
+        ):
+            return False
+        inst.status, inst.reason, inst.finished_at = to, reason, now
+        history.append(actor, f"instruction.{to}", inst, site_id=inst.site_id, payload={"reason": reason})
+        _finish_job(inst, actor, {"outcome": to, "reason": reason})
+    return True
+
+
 def sweep(now: datetime | None = None) -> int:
     """Instructions whose lease ran out, or that no agent leased in time, become lost. Never re-run."""
     now = now or timezone.now()
-    count = 0
     overdue = Instruction.objects.filter(status=S.RUNNING, lease_expires_at__lt=now) | Instruction.objects.filter(
         status=S.QUEUED, not_after__lt=now
     )
-    for inst in overdue.select_related("agent")[:1000]:
+    count = 0
+    for inst in overdue[:1000]:
         reason = "agent never reported within its lease" if inst.status == S.RUNNING else "no agent leased it in time"
-        with transaction.atomic():
-            if not Instruction.objects.filter(pk=inst.pk, status=inst.status).update(
-                status=S.LOST, finished_at=now, reason=reason
-            ):
-                continue
-            inst.status, inst.reason = S.LOST, reason
-            history.append("system", "instruction.lost", inst, site_id=inst.site_id, payload={"reason": reason})
-            _finish_job(inst, "system", {"outcome": "lost", "reason": reason})
-        count += 1
+        count += end_instruction(inst, inst.status, S.LOST, "system", reason)
     return count

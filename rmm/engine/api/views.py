@@ -1,0 +1,62 @@
+from django.db.models import Q
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from rmm import access
+from rmm.engine.models import KillSwitch, KillSwitchScope
+from rmm.engine.services import kill_switches
+
+
+class KillSwitchSerializer(serializers.ModelSerializer):
+    scope = serializers.ChoiceField(choices=KillSwitchScope.choices)
+    target = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, write_only=True,
+        help_text="The site's name or the asset's id; none for global.",
+    )
+    site = serializers.CharField(source="site.name", read_only=True, default=None)
+    asset = serializers.UUIDField(source="asset_id", read_only=True)
+    engaged = serializers.BooleanField(read_only=True)
+    engaged_by = serializers.CharField(source="engaged_by.username", read_only=True)
+    released_by = serializers.CharField(source="released_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = KillSwitch
+        fields = [
+            "id", "scope", "target", "site", "asset", "reason", "engaged", "engaged_by", "engaged_at",
+            "released_by", "released_at", "release_reason",
+        ]
+        read_only_fields = ["engaged_at", "released_at", "release_reason"]
+
+
+ReleaseSerializer = inline_serializer("KillSwitchRelease", {"reason": serializers.CharField()})
+
+
+class KillSwitchViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Kill switches at global, site or asset scope: engage (POST) and release."""
+
+    serializer_class = KillSwitchSerializer
+    filterset_fields = ["scope"]
+
+    def get_queryset(self):
+        return KillSwitch.objects.filter(
+            Q(scope=KillSwitchScope.GLOBAL) | Q(site__in=access.visible_sites(self.request.user))
+        ).select_related("site", "asset", "engaged_by", "released_by")
+
+    def create(self, request, *args, **kwargs):
+        ser = self.get_serializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        switch = kill_switches.engage(
+            request.user,
+            scope=ser.validated_data["scope"],
+            target=ser.validated_data.get("target") or None,
+            reason=ser.validated_data["reason"],
+        )
+        return Response(self.get_serializer(switch).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ReleaseSerializer, responses=KillSwitchSerializer)
+    @action(detail=True, methods=["post"])
+    def release(self, request, pk=None):
+        switch = kill_switches.release(request.user, self.get_object(), str(request.data.get("reason", "")))
+        return Response(self.get_serializer(switch).data)

@@ -1,0 +1,169 @@
+"""The kill switch wins (Law 6): checked at job creation, approval, lease and every heartbeat."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from rmm import access
+from rmm.engine import events
+from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
+from rmm.engine.states import JobStatus
+from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.history import services as history
+from rmm.inventory.models import Asset
+
+SCOPES = {choice.value for choice in KillSwitchScope}
+
+
+def active_for(site_id, asset_id) -> KillSwitch | None:
+    """The engaged switch covering this asset, if any (one query)."""
+    return (
+        KillSwitch.objects.filter(released_at__isnull=True)
+        .filter(
+            Q(scope=KillSwitchScope.GLOBAL)
+            | Q(scope=KillSwitchScope.SITE, site_id=site_id)
+            | Q(scope=KillSwitchScope.ASSET, asset_id=asset_id)
+        )
+        .order_by("engaged_at")
+        .first()
+    )
+
+
+def engaged_visible_to(user):
+    """Engaged switches the user should be warned about: global ones and those of its sites."""
+    sites = access.visible_sites(user)
+    return (
+        KillSwitch.objects.filter(released_at__isnull=True)
+        .filter(Q(scope=KillSwitchScope.GLOBAL) | Q(site__in=sites))
+        .select_related("site", "asset", "engaged_by")
+    )
+
+
+def refuse_if_engaged(asset: Asset, actor, action: str, subject=None) -> None:
+    """Refuse new work on an asset under an engaged switch, and record the refusal."""
+    switch = active_for(asset.site_id, asset.pk)
+    if switch is not None:
+        history.record_refusal(
+            actor,
+            action,
+            subject,
+            reason=f"kill switch engaged on {switch.target_label}",
+            site_id=asset.site_id,
+            payload={"kill_switch": str(switch.pk), "asset": str(asset.pk)},
+        )
+        raise Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}")
+
+
+def _in_scope(switch: KillSwitch):
+    qs = Instruction.objects.all()
+    if switch.scope == KillSwitchScope.SITE:
+        qs = qs.filter(site_id=switch.site_id)
+    elif switch.scope == KillSwitchScope.ASSET:
+        qs = qs.filter(asset_id=switch.asset_id)
+    return qs
+
+
+def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
+    """Anyone who may operate a site may stop it; global needs access to every site."""
+    if not access.can(user, "engage_kill_switch"):
+        history.record_refusal(user, "kill_switch.engage", reason="role may not engage a kill switch")
+        raise Forbidden("Your role may not engage a kill switch.")
+    if scope not in SCOPES:
+        raise InvalidInput(f"Must be one of: {', '.join(sorted(SCOPES))}.", field="scope")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Say why the kill switch is engaged.", field="reason")
+    sites = access.visible_sites(user)
+    site = asset = None
+    if scope == KillSwitchScope.GLOBAL:
+        if target:
+            raise InvalidInput("A global kill switch has no target.", field="target")
+        if not access.sees_all_sites(user):
+            history.record_refusal(user, "kill_switch.engage", reason="global scope needs access to every site")
+            raise Forbidden("A global kill switch needs access to every site.")
+    elif scope == KillSwitchScope.SITE:
+        site = sites.filter(name=target or "").first()
+        if site is None:
+            raise InvalidInput("No site of that name that you may operate.", field="target")
+    else:
+        asset = Asset.objects.filter(pk=_uuid(target), site__in=sites).select_related("site").first()
+        if asset is None:
+            raise InvalidInput("No asset with that id that you may operate.", field="target")
+        site = asset.site
+    with transaction.atomic():
+        switch = KillSwitch.objects.create(scope=scope, site=site, asset=asset, reason=reason, engaged_by=user)
+        history.append(
+            user,
+            "kill_switch.engaged",
+            switch,
+            site_id=site.pk if site else None,
+            payload={"scope": scope, "target": switch.target_label, "reason": reason},
+        )
+        _announce(switch)
+    aborted = abort_queued(switch, user)
+    history.append(user, "kill_switch.queued_aborted", switch, site_id=site.pk if site else None,
+                   payload={"aborted_instructions": aborted})
+    return switch
+
+
+def abort_queued(switch: KillSwitch, actor) -> int:
+    """Queued work in scope never starts: it ends aborted (running work is killed at the next heartbeat)."""
+    from rmm.engine import services as dispatch
+
+    count = 0
+    reason = f"kill switch engaged on {switch.target_label}: {switch.reason}"
+    for inst in _in_scope(switch).filter(status=JobStatus.QUEUED).iterator():
+        if dispatch.end_instruction(inst, JobStatus.QUEUED, JobStatus.ABORTED, actor, reason):
+            count += 1
+    return count
+
+
+def release(user, switch: KillSwitch, reason: str) -> KillSwitch:
+    """Releasing needs an approver and a reason; of two releases at once, one wins."""
+    if not access.can(user, "approve"):
+        history.record_refusal(user, "kill_switch.release", switch, reason="releasing needs the approver role")
+        raise Forbidden("Releasing a kill switch needs the approver role.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Say why the kill switch may be released.", field="reason")
+    with transaction.atomic():
+        won = KillSwitch.objects.filter(pk=switch.pk, released_at__isnull=True).update(
+            released_at=timezone.now(), released_by=user, release_reason=reason
+        )
+        if not won:
+            raise Conflict("This kill switch is already released.")
+        switch.refresh_from_db()
+        history.append(
+            user,
+            "kill_switch.released",
+            switch,
+            site_id=switch.site_id,
+            payload={"target": switch.target_label, "reason": reason},
+        )
+        _announce(switch)
+    return switch
+
+
+def _announce(switch: KillSwitch) -> None:
+    event = {
+        "type": "kill_switch",
+        "id": str(switch.pk),
+        "engaged": switch.engaged,
+        "target": switch.target_label,
+        "reason": switch.reason,
+    }
+    if switch.site_id:
+        events.publish(switch.site_id, event)
+    else:
+        events.publish_all(event)
+
+
+def _uuid(value):
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        return None
