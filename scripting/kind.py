@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from evidence import services as evidence
 from evidence.models import EvidenceType
+from rmm.authority.services import authority_problem
 from rmm.engine import registry
 from rmm.engine import services as engine
 from scripting.models import ScriptJob, ScriptResult
@@ -110,7 +111,9 @@ registry.register(
         render=render,
         on_finished=on_finished,
         describe=describe,
-        authority=lambda job: {"psa_case_id": str(job.psa_task.case_id), "psa_task_id": str(job.psa_task_id)},
+        authority=lambda job: {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id},
+        authority_problem=lambda job: authority_problem(job.psa_task, job.asset),
+        authority_field="psa_task_id",
         select_related=("script", "asset", "site", "result", "psa_task__case", "requested_by", "decided_by"),
         detail_template="scripting/job_detail.html",
     )

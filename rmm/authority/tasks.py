@@ -30,7 +30,7 @@ def notify_psa(kind_name: str, job_id: str) -> int | None:
             "job_id": str(job.pk),
             "status": job.status,
             "status_reason": job.status_reason,
-            **kind.authority(job),
+            **{key: str(value) for key, value in kind.authority(job).items()},
             "evidence": [{"id": str(e.pk), "type": e.evidence_type, "hash": e.hash} for e in evidence],
         },
         sort_keys=True,

@@ -24,12 +24,15 @@ class EngageForm(forms.ModelForm):
         data = super().clean()
         try:
             self.engaged = kill_switches.engage(
-                self.request.user, scope=data.get("scope"), target=data.get("target") or None,
+                self.request.user,
+                scope=data.get("scope"),
+                target=data.get("target") or None,
                 reason=data.get("reason", ""),
             )
         except ServiceError as exc:
-            raise forms.ValidationError({exc.field or "__all__": exc.detail} if exc.field in self.fields
-                                        else exc.detail) from exc
+            raise forms.ValidationError(
+                {exc.field or "__all__": exc.detail} if exc.field in self.fields else exc.detail
+            ) from exc
         return data
 
     def _post_clean(self):
@@ -79,7 +82,10 @@ class KillSwitchAdmin(ReadOnlyAdmin):
     @admin.action(description="Release selected kill switches (asks for a reason)")
     def release(self, request, queryset):
         return reject_with_reason(
-            self, request, queryset, lambda switch, user, reason: kill_switches.release(user, switch, reason),
+            self,
+            request,
+            queryset,
+            lambda switch, user, reason: kill_switches.release(user, switch, reason),
             "Released",
             "Release with a reason",
         )

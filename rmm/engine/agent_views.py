@@ -92,8 +92,9 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
         history.record_refusal(
             agent, "heartbeat", reason="heartbeat faster than the server allows", site_id=agent.asset.site_id
         )
-        response = JsonResponse({"detail": "Too many heartbeats; slow down.", "interval": settings.RMM_HEARTBEAT_INTERVAL},
-                                status=429)
+        response = JsonResponse(
+            {"detail": "Too many heartbeats; slow down.", "interval": settings.RMM_HEARTBEAT_INTERVAL}, status=429
+        )
         response["Retry-After"] = str(max(1, math.ceil(spacing)))
         return response
     version = str(data.get("agent_version") or "")[:50]

@@ -4,7 +4,6 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-
 ALL_GROUP = "all"  # every console user: global announcements (a global kill switch)
 
 

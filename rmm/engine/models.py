@@ -44,6 +44,8 @@ class Instruction(models.Model):
     arguments = models.JSONField(default=list)
     timeout_seconds = models.PositiveIntegerField()
     privileged = models.BooleanField(default=False)
+    psa_case_id = models.UUIDField(null=True, blank=True, db_index=True, help_text="The authority it runs on.")
+    psa_task_id = models.UUIDField(null=True, blank=True, db_index=True)
     issued_at = models.DateTimeField()
     release_at = models.DateTimeField(help_text="Not leased before this time (waves of a large job).")
     not_after = models.DateTimeField()
@@ -57,6 +59,9 @@ class Instruction(models.Model):
     exit_code = models.IntegerField(null=True, blank=True)
     result_hash = models.CharField(max_length=64, blank=True)
     reason = models.TextField(blank=True)
+    abort_reason = models.TextField(
+        blank=True, help_text="Set while running: its agent kills it at the next heartbeat."
+    )
 
     class Meta:
         indexes = [
@@ -105,6 +110,10 @@ class KillSwitch(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        state = "engaged" if self.engaged else "released"
+        return f"kill switch on {self.target_label} ({state})"
+
     @property
     def engaged(self) -> bool:
         return self.released_at is None
@@ -116,7 +125,3 @@ class KillSwitch(models.Model):
         if self.scope == KillSwitchScope.ASSET:
             return f"asset {self.asset.hostname}"
         return "everything"
-
-    def __str__(self) -> str:
-        state = "engaged" if self.engaged else "released"
-        return f"kill switch on {self.target_label} ({state})"

@@ -38,6 +38,10 @@ class JobKind:
     describe: Callable[[Any], str]
     # job -> {"psa_case_id": ..., "psa_task_id": ...}: the upstream authority to tell when it ends
     authority: Callable[[Any], dict]
+    # job -> why its authority no longer covers it, or None (re-checked when it is approved)
+    authority_problem: Callable[[Any], str | None]
+    # the API field that names the job's authority, for refusals
+    authority_field: str
     # relations the console and API load with each job (for describe and detail)
     select_related: tuple[str, ...] = ()
     # template included on the console's job page, rendered with ``job``

@@ -20,8 +20,9 @@ def staff(server) -> dict[str, str]:
     if server.url not in _STAFF:
         tag = uuid.uuid4().hex[:6]
         roles = {"psa": "psa", "tech": "technician", "approver": "approver"}
-        _STAFF[server.url] = dict(zip(roles, tokens(server, {f"{key}-{tag}": role for key, role in roles.items()}),
-                                      strict=True))
+        _STAFF[server.url] = dict(
+            zip(roles, tokens(server, {f"{key}-{tag}": role for key, role in roles.items()}), strict=True)
+        )
     return _STAFF[server.url]
 
 
@@ -29,7 +30,7 @@ def tokens(server, users: dict[str, str]) -> list[str]:
     """``rmm_token USER --role ROLE`` for each of ``{username: role}``, in one process; the tokens in order."""
     lines = ["from django.core.management import call_command"]
     lines += [f"call_command('rmm_token', {username!r}, role={role!r})" for username, role in users.items()]
-    out = server.manage("shell", "-c", "\n".join(lines)).stdout.split()
+    out = server.manage("shell", "--verbosity", "0", "-c", "\n".join(lines)).stdout.split()
     assert len(out) == len(users), out
     return out
 
@@ -46,21 +47,40 @@ def make_world(server, site: str | None = None) -> dict:
     )
     assert r.status == 201, r.body
     r = server.request(
-        "PUT", f"/api/v1/psa/tasks/{task_id}/", {"case": case_id, "title": "Run the fix", "status": "approved"},
+        "PUT",
+        f"/api/v1/psa/tasks/{task_id}/",
+        {"case": case_id, "title": "Run the fix", "status": "approved"},
         people["psa"],
     )
     assert r.status == 201, r.body
     assets = server.request("GET", f"/api/v1/assets/?hostname={hostname}", token=people["tech"]).json()["results"]
     assert len(assets) == 1
-    return {"site": site, **people, "state": state, "config": config, "asset": assets[0]["id"], "task": task_id,
-            "case": case_id, "hostname": hostname}
+    return {
+        "site": site,
+        **people,
+        "state": state,
+        "config": config,
+        "asset": assets[0]["id"],
+        "task": task_id,
+        "case": case_id,
+        "hostname": hostname,
+    }
 
 
 def publish(server, w, content, **extra):
     """A technician writes a script; an approver approves it."""
-    r = server.request("POST", "/api/v1/scripts/", {"name": f"s-{uuid.uuid4().hex[:6]}", "language": "sh",
-                                                    "content": content, "requires_approval": False, **extra},
-                       w["tech"])
+    r = server.request(
+        "POST",
+        "/api/v1/scripts/",
+        {
+            "name": f"s-{uuid.uuid4().hex[:6]}",
+            "language": "sh",
+            "content": content,
+            "requires_approval": False,
+            **extra,
+        },
+        w["tech"],
+    )
     assert r.status == 201, r.body
     script = r.json()
     r = server.request("POST", f"/api/v1/scripts/{script['id']}/approve/", token=w["approver"])
@@ -70,8 +90,9 @@ def publish(server, w, content, **extra):
 
 def run_job(server, w, script_id):
     """The PSA asks for the script to run on the world's asset under its task."""
-    r = server.request("POST", "/api/v1/script-jobs/", {"script": script_id, "asset": w["asset"],
-                                                        "psa_task_id": w["task"]}, w["psa"])
+    r = server.request(
+        "POST", "/api/v1/script-jobs/", {"script": script_id, "asset": w["asset"], "psa_task_id": w["task"]}, w["psa"]
+    )
     assert r.status == 201, r.body
     return r.json()
 
@@ -87,13 +108,17 @@ def console_users(server, users: dict[str, tuple[str, list[str]]], password: str
 
     Users are made by ``rmm_token`` (no sites listed: every site is granted), then given a password.
     """
-    lines = ["from django.core.management import call_command", "from django.contrib.auth import get_user_model"]
+    lines = [
+        "import io",
+        "from django.core.management import call_command",
+        "from django.contrib.auth import get_user_model",
+    ]
     for username, (role, sites) in users.items():
         lines += [
-            f"call_command('rmm_token', {username!r}, role={role!r}, site={list(sites)!r}, stdout=open('/dev/null', 'w'))",
+            f"call_command('rmm_token', {username!r}, role={role!r}, site={list(sites)!r}, stdout=io.StringIO())",
             f"u = get_user_model().objects.get(username={username!r}); u.set_password({password!r}); u.save()",
         ]
-    server.manage("shell", "-c", "\n".join(lines))
+    server.manage("shell", "--verbosity", "0", "-c", "\n".join(lines))
 
 
 class Session:

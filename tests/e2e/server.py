@@ -81,20 +81,32 @@ class Server:
 
     def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-            check=check, timeout=120,
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
         )
 
     def start(self) -> Server:
         self.manage("migrate", "--noinput")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "rmm.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         # The django-q2 cluster runs background work (telling the PSA), as in production.
         self.cluster = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=self.env, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -140,14 +152,19 @@ class Server:
 
     def agent(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "rmm_agent", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            [sys.executable, "-m", "rmm_agent", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 
     def enroll(self, site: str, hostname: str) -> tuple[Path, dict]:
         token = self.manage("rmm_enrollment_token", "--site", site).stdout.strip()
         state = self.tmp / f"agent-{hostname}"
-        done = self.agent(["enroll", "--server", self.url, "--token", token, "--state-dir", str(state),
-                           "--hostname", hostname])
+        done = self.agent(
+            ["enroll", "--server", self.url, "--token", token, "--state-dir", str(state), "--hostname", hostname]
+        )
         assert done.returncode == 0, done.stderr
         return state, json.loads((state / "config.json").read_text())

@@ -67,9 +67,18 @@ def test_failing_script_and_repeated_result(server, world):
             "SELECT id FROM engine_instruction WHERE job_id = " + ("%s" if server.pg_admin_url else "?"),
             (job["id"] if server.pg_admin_url else job["id"].replace("-", ""),),
         ).fetchone()[0]
-    result = {"instruction_id": str(uuid.UUID(str(instruction_id))), "outcome": "completed", "exit_code": 7,
-              "stdout": "bad\n", "stderr": "", "stdout_truncated": False, "stderr_truncated": False,
-              "reason": None, "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z"}
+    result = {
+        "instruction_id": str(uuid.UUID(str(instruction_id))),
+        "outcome": "completed",
+        "exit_code": 7,
+        "stdout": "bad\n",
+        "stderr": "",
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "reason": None,
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:00:01Z",
+    }
     result["hash"] = result_hash(result)
     auth = f"Agent {w['config']['agent_id']}:{w['config']['secret']}"
     again = server.request("POST", "/api/v1/agent/results/", result, auth)
@@ -87,7 +96,8 @@ def test_tampered_instruction_is_refused_by_the_agent_and_never_runs(server, wor
     placeholder = "%s" if server.pg_admin_url else "?"
     job_key = job["id"] if server.pg_admin_url else job["id"].replace("-", "")
     with server.db() as conn:
-        row = conn.execute(f"SELECT payload FROM engine_instruction WHERE job_id = {placeholder}", (job_key,)).fetchone()
+        query = f"SELECT payload FROM engine_instruction WHERE job_id = {placeholder}"
+        row = conn.execute(query, (job_key,)).fetchone()
         payload = json.loads(row[0])
         payload["content"] = evil
         payload["content_sha256"] = hashlib.sha256(evil.encode()).hexdigest()

@@ -57,8 +57,9 @@ def assert_refused(psa, agent, script, psa_task_id, problem, *, omit_task=False)
 def test_control_an_approved_unexpired_task_covering_the_asset_creates_the_job(world, site):
     psa, agent, script = world
     task = approved_authority(site, psa.user, expires_at=timezone.now() + timedelta(hours=1))
-    r = psa.post(JOBS, {"script": str(script.pk), "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
-                 format="json")
+    r = psa.post(
+        JOBS, {"script": str(script.pk), "asset": str(agent.asset_id), "psa_task_id": str(task.pk)}, format="json"
+    )
     assert r.status_code == 201, r.content
     assert r.json()["psa_task_id"] == str(task.pk)
     assert ScriptJob.objects.count() == 1
@@ -100,8 +101,9 @@ def test_a_task_whose_case_was_closed_after_approval_gives_no_authority(world, s
     psa, agent, script = world
     task = approved_authority(site, psa.user)
     case = task.case
-    r = psa.put(f"/api/v1/psa/cases/{case.pk}/", {"title": case.title, "status": "closed", "site": site.name},
-                format="json")
+    r = psa.put(
+        f"/api/v1/psa/cases/{case.pk}/", {"title": case.title, "status": "closed", "site": site.name}, format="json"
+    )
     assert r.status_code == 200, r.content
     assert_refused(psa, agent, script, task.pk, "PSA case is closed, not approved")
 
@@ -137,8 +139,9 @@ def test_a_case_on_a_site_the_caller_may_not_see_does_not_cover_the_asset(caller
     agent, _ = make_agent(site, "web-01")
     script = approved_script(tech.user, boss.user)
     task = approved_authority(other_site, psa_all.user)
-    r = scoped.post(JOBS, {"script": str(script.pk), "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
-                    format="json")
+    r = scoped.post(
+        JOBS, {"script": str(script.pk), "asset": str(agent.asset_id), "psa_task_id": str(task.pk)}, format="json"
+    )
     assert r.status_code == 400
     assert r.json() == {"psa_task_id": ["No authority: the asset is outside the PSA case's site."]}
     assert ScriptJob.objects.count() == 0 and Instruction.objects.count() == 0
@@ -240,8 +243,9 @@ def test_a_technician_may_not_upsert_authority(caller, site):
     assert r.status_code == 403
     assert PsaCase.objects.get(pk=case_id).status == "open"
 
-    r = tech.put(f"/api/v1/psa/tasks/{uuid.uuid4()}/", {"case": str(case_id), "title": "t", "status": "approved"},
-                 format="json")
+    r = tech.put(
+        f"/api/v1/psa/tasks/{uuid.uuid4()}/", {"case": str(case_id), "title": "t", "status": "approved"}, format="json"
+    )
     assert r.status_code == 403
     assert not PsaTask.objects.exists()
     assert HistoryEvent.objects.filter(action="refused.psa_task.upsert", actor="user:tech").count() == 1
@@ -249,8 +253,11 @@ def test_a_technician_may_not_upsert_authority(caller, site):
 
 def test_a_task_for_an_unknown_case_is_refused(caller):
     psa = caller("psa", "psa")
-    r = psa.put(f"/api/v1/psa/tasks/{uuid.uuid4()}/", {"case": str(uuid.uuid4()), "title": "t", "status": "approved"},
-                format="json")
+    r = psa.put(
+        f"/api/v1/psa/tasks/{uuid.uuid4()}/",
+        {"case": str(uuid.uuid4()), "title": "t", "status": "approved"},
+        format="json",
+    )
     assert r.status_code == 400
     assert r.json() == {"case": ["No such PSA case."]}
     assert not PsaTask.objects.exists()
@@ -260,8 +267,52 @@ def test_a_task_cannot_move_to_another_case(caller, site):
     psa = caller("psa", "psa")
     task = approved_authority(site, psa.user)
     other = approved_authority(site, psa.user).case
-    r = psa.put(f"/api/v1/psa/tasks/{task.pk}/", {"case": str(other.pk), "title": "t", "status": "approved"},
-                format="json")
+    r = psa.put(
+        f"/api/v1/psa/tasks/{task.pk}/", {"case": str(other.pk), "title": "t", "status": "approved"}, format="json"
+    )
     assert r.status_code == 400
     assert r.json() == {"case": ["A task cannot move to another case."]}
     assert PsaTask.objects.get(pk=task.pk).case_id == task.case_id
+
+
+# --- authority must still hold when a waiting job is approved ------------------------------
+
+
+@pytest.mark.parametrize("withdraw", ["task closed", "case rejected", "task expired"])
+def test_approving_a_job_whose_authority_was_withdrawn_issues_nothing(caller, site, withdraw):
+    """Law 1 at the moment work becomes executable: no signed instruction on withdrawn authority."""
+    psa = caller("psa", "psa")
+    tech = caller("tech", "technician")
+    boss = caller("boss", "approver")
+    agent, _ = make_agent(site, "web-01")
+    script = approved_script(tech.user, boss.user, requires_approval=True)
+    task = approved_authority(site, psa.user)
+    r = tech.post(
+        JOBS, {"script": str(script.pk), "asset": str(agent.asset_id), "psa_task_id": str(task.pk)}, format="json"
+    )
+    assert r.status_code == 201 and r.json()["status"] == "awaiting_approval"
+    job_id = r.json()["id"]
+
+    if withdraw == "task closed":
+        authority.upsert_task(psa.user, task.pk, case_id=task.case_id, title=task.title, status="closed")
+        problem = "PSA task is closed, not approved"
+    elif withdraw == "case rejected":
+        case = task.case
+        authority.upsert_case(psa.user, case.pk, title=case.title, status="rejected", site_name=site.name)
+        problem = "PSA case is rejected, not approved"
+    else:
+        expired = timezone.now() - timedelta(seconds=1)
+        authority.upsert_task(
+            psa.user, task.pk, case_id=task.case_id, title=task.title, status="approved", expires_at=expired
+        )
+        problem = f"PSA task authority expired at {expired.isoformat()}"
+
+    r = boss.post(f"{JOBS}{job_id}/approve/")
+    assert r.status_code == 409, r.content
+    assert r.json() == {"psa_task_id": [f"No authority: {problem}."]}
+    job = ScriptJob.objects.get(pk=job_id)
+    assert job.status == "awaiting_approval" and job.decided_by_id is None
+    assert Instruction.objects.count() == 0
+    refusal = HistoryEvent.objects.get(action="refused.job.approve")
+    assert refusal.actor == "user:boss"
+    assert refusal.payload["reason"] == f"no authority: {problem}"

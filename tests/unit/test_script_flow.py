@@ -29,8 +29,11 @@ def setup(caller, site):
 
 
 def publish(tech, approver, content="echo hello\n", requires_approval=False):
-    r = tech.post("/api/v1/scripts/", {"name": "hello", "language": "sh", "content": content,
-                                       "requires_approval": requires_approval}, format="json")
+    r = tech.post(
+        "/api/v1/scripts/",
+        {"name": "hello", "language": "sh", "content": content, "requires_approval": requires_approval},
+        format="json",
+    )
     assert r.status_code == 201, r.content
     script = r.json()
     assert script["approval_status"] == "pending"
@@ -49,9 +52,18 @@ def heartbeat(auth, **body):
 
 
 def report(auth, instruction_id, stdout="hello\n", exit_code=0, outcome="completed", **extra):
-    body = {"instruction_id": instruction_id, "outcome": outcome, "exit_code": exit_code, "stdout": stdout,
-            "stderr": "", "stdout_truncated": False, "stderr_truncated": False, "reason": None,
-            "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z"}
+    body = {
+        "instruction_id": instruction_id,
+        "outcome": outcome,
+        "exit_code": exit_code,
+        "stdout": stdout,
+        "stderr": "",
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "reason": None,
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:00:01Z",
+    }
     body["hash"] = result_hash(body)
     body.update(extra)
     return post_json(Client(), "/api/v1/agent/results/", body, HTTP_AUTHORIZATION=auth)
@@ -60,8 +72,11 @@ def report(auth, instruction_id, stdout="hello\n", exit_code=0, outcome="complet
 def test_psa_authorised_script_runs_and_yields_evidence(setup):
     psa, tech, approver, agent, auth, task = setup
     script = publish(tech, approver)
-    r = psa.post("/api/v1/script-jobs/", {"script": script["id"], "asset": str(agent.asset_id),
-                                          "psa_task_id": str(task.pk)}, format="json")
+    r = psa.post(
+        "/api/v1/script-jobs/",
+        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
+        format="json",
+    )
     assert r.status_code == 201, r.content
     job = r.json()
     assert job["status"] == "queued"
@@ -104,8 +119,11 @@ def test_psa_authorised_script_runs_and_yields_evidence(setup):
 def test_non_zero_exit_fails_the_job(setup):
     psa, tech, approver, agent, auth, task = setup
     script = publish(tech, approver, content="exit 3\n")
-    job = psa.post("/api/v1/script-jobs/", {"script": script["id"], "asset": str(agent.asset_id),
-                                            "psa_task_id": str(task.pk)}, format="json").json()
+    job = psa.post(
+        "/api/v1/script-jobs/",
+        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
+        format="json",
+    ).json()
     inst = json.loads(heartbeat(auth)["instructions"][0]["payload"])
     assert report(auth, inst["instruction_id"], stdout="", exit_code=3).status_code == 201
     body = psa.get(f"/api/v1/script-jobs/{job['id']}/").json()
@@ -116,8 +134,11 @@ def test_non_zero_exit_fails_the_job(setup):
 def test_a_repeated_result_is_accepted_once(setup):
     psa, tech, approver, agent, auth, task = setup
     script = publish(tech, approver)
-    psa.post("/api/v1/script-jobs/", {"script": script["id"], "asset": str(agent.asset_id),
-                                      "psa_task_id": str(task.pk)}, format="json")
+    psa.post(
+        "/api/v1/script-jobs/",
+        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
+        format="json",
+    )
     inst = json.loads(heartbeat(auth)["instructions"][0]["payload"])
     assert report(auth, inst["instruction_id"]).status_code == 201
     again = report(auth, inst["instruction_id"])
@@ -132,8 +153,11 @@ def test_a_repeated_result_is_accepted_once(setup):
 def test_a_result_whose_hash_does_not_match_is_refused(setup):
     psa, tech, approver, agent, auth, task = setup
     script = publish(tech, approver)
-    psa.post("/api/v1/script-jobs/", {"script": script["id"], "asset": str(agent.asset_id),
-                                      "psa_task_id": str(task.pk)}, format="json")
+    psa.post(
+        "/api/v1/script-jobs/",
+        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
+        format="json",
+    )
     inst = json.loads(heartbeat(auth)["instructions"][0]["payload"])
     r = report(auth, inst["instruction_id"], hash="0" * 64)
     assert r.status_code == 400
@@ -146,8 +170,11 @@ def test_an_agent_never_gets_or_reports_another_agents_instruction(setup, site):
     psa, tech, approver, agent, auth, task = setup
     _other, other_auth = make_agent(site, "web-02")
     script = publish(tech, approver)
-    psa.post("/api/v1/script-jobs/", {"script": script["id"], "asset": str(agent.asset_id),
-                                      "psa_task_id": str(task.pk)}, format="json")
+    psa.post(
+        "/api/v1/script-jobs/",
+        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
+        format="json",
+    )
     assert heartbeat(other_auth)["instructions"] == []
     inst = Instruction.objects.get()
     r = report(other_auth, str(inst.pk))
@@ -167,8 +194,11 @@ def test_unknown_or_wrong_agent_credentials_get_401(setup):
 def test_job_needing_approval_waits_for_a_second_person(setup):
     psa, tech, approver, agent, auth, task = setup
     script = publish(tech, approver, requires_approval=True)
-    r = tech.post("/api/v1/script-jobs/", {"script": script["id"], "asset": str(agent.asset_id),
-                                           "psa_task_id": str(task.pk)}, format="json")
+    r = tech.post(
+        "/api/v1/script-jobs/",
+        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
+        format="json",
+    )
     job = r.json()
     assert job["status"] == "awaiting_approval"
     assert heartbeat(auth)["instructions"] == []
@@ -185,11 +215,13 @@ def test_job_needing_approval_waits_for_a_second_person(setup):
 def test_rejected_job_never_runs(setup):
     psa, tech, approver, agent, auth, task = setup
     script = publish(tech, approver, requires_approval=True)
-    job = tech.post("/api/v1/script-jobs/", {"script": script["id"], "asset": str(agent.asset_id),
-                                             "psa_task_id": str(task.pk)}, format="json").json()
+    job = tech.post(
+        "/api/v1/script-jobs/",
+        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
+        format="json",
+    ).json()
     assert approver.post(f"/api/v1/script-jobs/{job['id']}/reject/", {}, format="json").status_code == 400
-    r = approver.post(f"/api/v1/script-jobs/{job['id']}/reject/", {"reason": "not in the change window"},
-                      format="json")
+    r = approver.post(f"/api/v1/script-jobs/{job['id']}/reject/", {"reason": "not in the change window"}, format="json")
     assert r.status_code == 200
     assert r.json()["status"] == "rejected"
     assert r.json()["status_reason"] == "not in the change window"

@@ -12,7 +12,10 @@ from rmm.engine.services import kill_switches
 class KillSwitchSerializer(serializers.ModelSerializer):
     scope = serializers.ChoiceField(choices=KillSwitchScope.choices)
     target = serializers.CharField(
-        required=False, allow_blank=True, allow_null=True, write_only=True,
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        write_only=True,
         help_text="The site's name or the asset's id; none for global.",
     )
     site = serializers.CharField(source="site.name", read_only=True, default=None)
@@ -24,8 +27,18 @@ class KillSwitchSerializer(serializers.ModelSerializer):
     class Meta:
         model = KillSwitch
         fields = [
-            "id", "scope", "target", "site", "asset", "reason", "engaged", "engaged_by", "engaged_at",
-            "released_by", "released_at", "release_reason",
+            "id",
+            "scope",
+            "target",
+            "site",
+            "asset",
+            "reason",
+            "engaged",
+            "engaged_by",
+            "engaged_at",
+            "released_by",
+            "released_at",
+            "release_reason",
         ]
         read_only_fields = ["engaged_at", "released_at", "release_reason"]
 

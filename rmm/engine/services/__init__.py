@@ -11,12 +11,14 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from rmm import tasks
+from rmm.authority.models import PsaCase, PsaTask
 from rmm.engine import events, registry, signing
-from rmm.engine.services import kill_switches, throttles
 from rmm.engine.models import Instruction
+from rmm.engine.services import kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -86,7 +88,20 @@ def check_four_eyes(obj, user, *, author_field: str, action: str) -> None:
 def approve_job(job, user) -> None:
     """A second person lets a job that needs approval run."""
     check_four_eyes(job, user, author_field="requested_by", action="job.approve")
-    for spec in registry.kind_of(job).render(job):
+    kind = registry.kind_of(job)
+    # Law 1 holds when the work becomes executable too: the PSA may have withdrawn it meanwhile.
+    problem = kind.authority_problem(job)
+    if problem:
+        history.record_refusal(
+            user,
+            "job.approve",
+            job,
+            reason=f"no authority: {problem}",
+            site_id=job.site_id,
+            payload={"authority": {k: str(v) for k, v in kind.authority(job).items()}},
+        )
+        raise Conflict(f"No authority: {problem}.", field=kind.authority_field)
+    for spec in kind.render(job):
         kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job)
     queue_job(job, user, decided_by=user, decided_at=timezone.now())
 
@@ -110,6 +125,7 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
     """
     kind = registry.kind_of(job)
     specs = kind.render(job)
+    authority = kind.authority(job)
     now = timezone.now()
     not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
     rows = []
@@ -132,6 +148,8 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
             arguments=list(spec.arguments),
             timeout_seconds=spec.timeout_seconds,
             privileged=spec.privileged,
+            psa_case_id=authority.get("psa_case_id"),
+            psa_task_id=authority.get("psa_task_id"),
             issued_at=now,
             release_at=throttles.release_time(position, now),
             not_after=not_after,
@@ -150,6 +168,7 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
                 "arguments": inst.arguments,
                 "timeout_seconds": spec.timeout_seconds,
                 "privileged": spec.privileged,
+                "authority": {key: str(value) if value else None for key, value in sorted(authority.items())},
                 "issued_at": iso_utc(now),
                 "not_after": iso_utc(not_after),
             }
@@ -218,7 +237,10 @@ def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instr
             held = "kill switch engaged on " + switch.target_label
         if held:
             history.record_refusal(
-                agent, "lease", reason=held, site_id=rows[0].site_id,
+                agent,
+                "lease",
+                reason=held,
+                site_id=rows[0].site_id,
                 payload={"held_instructions": [str(inst.pk) for inst in rows]},
             )
             return []
@@ -270,11 +292,10 @@ def to_abort(agent: Agent, running_ids: list, switch=None) -> list[str]:
     if not running_ids:
         return []
     ids = [pk for pk in (_uuid_or_none(i) for i in running_ids[:100]) if pk]
-    wanted = [S.RUNNING, *FINAL] if switch is not None else list(FINAL)
-    return [
-        str(pk)
-        for pk in Instruction.objects.filter(agent=agent, pk__in=ids, status__in=wanted).values_list("pk", flat=True)
-    ]
+    wanted = Q(status__in=FINAL) | Q(status=S.RUNNING, abort_reason__gt="")
+    if switch is not None:
+        wanted |= Q(status=S.RUNNING)
+    return [str(pk) for pk in Instruction.objects.filter(wanted, agent=agent, pk__in=ids).values_list("pk", flat=True)]
 
 
 RESULT_FIELDS = ("instruction_id", "outcome", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated")
@@ -317,6 +338,8 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
     reason = str(body.get("reason") or "")[:2000]
     if body["outcome"] == "refused":
         reason = f"agent refused the instruction: {reason}"
+    elif body["outcome"] == "aborted" and inst.abort_reason:
+        reason = inst.abort_reason
     with transaction.atomic():
         updated = Instruction.objects.filter(pk=inst.pk, status=S.RUNNING, result_hash="").update(
             status=to,
@@ -403,6 +426,67 @@ def end_instruction(inst: Instruction, from_status: str, to: str, actor, reason:
     return True
 
 
+def stop_instructions(instructions, actor, reason: str) -> int:
+    """Stop work: queued instructions end aborted now; running ones are marked, and their agent
+    kills them at its next heartbeat and reports what they printed until then."""
+    count = 0
+    for inst in instructions.filter(status=S.QUEUED).iterator():
+        count += end_instruction(inst, S.QUEUED, S.ABORTED, actor, reason)
+    running = list(instructions.filter(status=S.RUNNING, abort_reason="").values_list("pk", "site_id"))
+    if running:
+        with transaction.atomic():
+            Instruction.objects.filter(pk__in=[pk for pk, _ in running], status=S.RUNNING).update(
+                abort_reason=reason[:2000]
+            )
+            history.append_many(
+                history.Event(
+                    history.actor_of(actor),
+                    "instruction.abort_requested",
+                    "engine.instruction",
+                    str(pk),
+                    site_id,
+                    {"reason": reason},
+                )
+                for pk, site_id in running
+            )
+    return count + len(running)
+
+
+def withdraw_authority(actor, reason: str, *, case_id=None, task_id=None) -> int:
+    """Upstream authority was withdrawn or expired: the work it covered stops (Law 1 holds after creation too)."""
+    active = Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING])
+    if task_id is not None:
+        active = active.filter(psa_task_id=task_id)
+    elif case_id is not None:
+        active = active.filter(psa_case_id=case_id)
+    else:
+        raise ValueError("name a case or a task")
+    return stop_instructions(active, actor, f"authority withdrawn: {reason}")
+
+
+def withdraw_expired_authority(now: datetime | None = None) -> int:
+    """Stop work whose PSA case or task expired since it was queued."""
+    now = now or timezone.now()
+    count = 0
+    for case_id in (
+        PsaCase.objects.filter(expires_at__lt=now)
+        .filter(
+            pk__in=Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING], abort_reason="").values("psa_case_id")
+        )
+        .values_list("pk", flat=True)
+    ):
+        count += withdraw_authority("system", "PSA case expired", case_id=case_id)
+    for task_id in (
+        PsaTask.objects.filter(expires_at__lt=now)
+        .filter(
+            pk__in=Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING], abort_reason="").values("psa_task_id")
+        )
+        .values_list("pk", flat=True)
+    ):
+        count += withdraw_authority("system", "PSA task expired", task_id=task_id)
+    return count
+
+
 def sweep(now: datetime | None = None) -> int:
     """Instructions whose lease ran out, or that no agent leased in time, become lost. Never re-run."""
     now = now or timezone.now()
@@ -413,4 +497,4 @@ def sweep(now: datetime | None = None) -> int:
     for inst in overdue[:1000]:
         reason = "agent never reported within its lease" if inst.status == S.RUNNING else "no agent leased it in time"
         count += end_instruction(inst, inst.status, S.LOST, "system", reason)
-    return count
+    return count + withdraw_expired_authority(now)

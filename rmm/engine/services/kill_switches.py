@@ -11,7 +11,6 @@ from django.utils import timezone
 from rmm import access
 from rmm.engine import events
 from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
-from rmm.engine.states import JobStatus
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Asset
@@ -104,22 +103,24 @@ def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
             payload={"scope": scope, "target": switch.target_label, "reason": reason},
         )
         _announce(switch)
-    aborted = abort_queued(switch, user)
-    history.append(user, "kill_switch.queued_aborted", switch, site_id=site.pk if site else None,
-                   payload={"aborted_instructions": aborted})
+    aborted = abort_in_scope(switch, user)
+    history.append(
+        user,
+        "kill_switch.queued_aborted",
+        switch,
+        site_id=site.pk if site else None,
+        payload={"aborted_instructions": aborted},
+    )
     return switch
 
 
-def abort_queued(switch: KillSwitch, actor) -> int:
-    """Queued work in scope never starts: it ends aborted (running work is killed at the next heartbeat)."""
+def abort_in_scope(switch: KillSwitch, actor) -> int:
+    """Queued work in scope never starts; running work is killed at its agent's next heartbeat."""
     from rmm.engine import services as dispatch
 
-    count = 0
-    reason = f"kill switch engaged on {switch.target_label}: {switch.reason}"
-    for inst in _in_scope(switch).filter(status=JobStatus.QUEUED).iterator():
-        if dispatch.end_instruction(inst, JobStatus.QUEUED, JobStatus.ABORTED, actor, reason):
-            count += 1
-    return count
+    return dispatch.stop_instructions(
+        _in_scope(switch), actor, f"kill switch engaged on {switch.target_label}: {switch.reason}"
+    )
 
 
 def release(user, switch: KillSwitch, reason: str) -> KillSwitch:

@@ -15,10 +15,13 @@
     el.className = "status status-" + status;
   }
 
+  var fragmentRequest = 0;
   function refreshJob(container) {
+    // Only the newest request may write: an older answer arriving late must not undo a newer one.
+    var mine = ++fragmentRequest;
     fetch(container.dataset.fragmentUrl, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (html) { if (html !== null) container.innerHTML = html; });
+      .then(function (html) { if (html !== null && mine === fragmentRequest) container.innerHTML = html; });
   }
 
   function refreshBanner() {

@@ -1,0 +1,132 @@
+"""The agent's hot path costs a constant number of queries, whatever the size of the fleet."""
+
+import json
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from rmm.engine.models import Instruction
+from rmm_agent.protocol import result_hash
+from scripting import services as scripting
+from tests.helpers import approved_authority, approved_script, make_agent
+
+# Upper bounds observed on SQLite and PostgreSQL (savepoints and advisory locks included; the
+# leasing bound is with throttle ceilings on). Raise them only on purpose.
+MAX_IDLE_HEARTBEAT = 7
+MAX_LEASING_HEARTBEAT = 18
+MAX_RESULT = 32
+
+
+@pytest.fixture
+def world(caller, site, settings):
+    settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0  # these tests call back to back on purpose
+    psa = caller("psa", "psa")
+    tech = caller("tech", "technician")
+    boss = caller("boss", "approver")
+    task = approved_authority(site, psa.user)
+    script = approved_script(tech.user, boss.user)
+    return psa, task, script
+
+
+def queue_one(psa, task, script, agent):
+    return scripting.create_script_job(psa.user, script_id=script.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
+
+
+def measure(path, body, auth, expect):
+    client = Client()
+    raw = json.dumps(body)
+    with CaptureQueriesContext(connection) as ctx:
+        r = client.post(path, data=raw, content_type="application/json", HTTP_AUTHORIZATION=auth)
+    assert r.status_code == expect, r.content
+    return len(ctx.captured_queries), r.json(), [q["sql"] for q in ctx.captured_queries]
+
+
+def result_body(instruction_id):
+    body = {
+        "instruction_id": instruction_id,
+        "outcome": "completed",
+        "exit_code": 0,
+        "stdout": "hello\n",
+        "stderr": "",
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "reason": None,
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:00:01Z",
+    }
+    body["hash"] = result_hash(body)
+    return body
+
+
+def one_agents_round(site, psa, task, script, hostname):
+    """Idle heartbeat, a heartbeat that leases one instruction, and its result: three query counts."""
+    agent, auth = make_agent(site, hostname)
+    idle, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": []}, auth, 200)
+    assert answer["instructions"] == []
+    queue_one(psa, task, script, agent)
+    leasing, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": []}, auth, 200)
+    assert len(answer["instructions"]) == 1
+    inst_id = json.loads(answer["instructions"][0]["payload"])["instruction_id"]
+    running, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": [inst_id]}, auth, 200)
+    assert answer["instructions"] == [] and answer["abort"] == []
+    result, answer, _ = measure("/api/v1/agent/results/", result_body(inst_id), auth, 201)
+    assert answer == {"status": "accepted"}
+    return {"idle": idle, "leasing": leasing, "running": running, "result": result}
+
+
+@pytest.mark.parametrize("ceilings", [False, True], ids=["no-ceilings", "site-and-total-ceilings"])
+def test_hot_path_queries_do_not_grow_with_the_fleet(world, site, other_site, settings, ceilings):
+    if ceilings:  # the throttles count running work inside the lease; still a constant number of queries
+        settings.RMM_MAX_RUNNING_PER_SITE = 1000
+        settings.RMM_MAX_RUNNING_TOTAL = 1000
+    psa, task, script = world
+    # Warm any per-process caches (content types, signing key) so both rounds start equal.
+    one_agents_round(site, psa, task, script, "warm-up")
+
+    alone = one_agents_round(site, psa, task, script, "first")
+
+    # Fifty more agents, each with queued work of its own, in both sites.
+    other_task = approved_authority(other_site, psa.user)
+    for n in range(50):
+        where, authority = (site, task) if n % 2 else (other_site, other_task)
+        agent, _ = make_agent(where, f"fleet-{n:02d}")
+        queue_one(psa, authority, script, agent)
+    assert Instruction.objects.filter(status="queued").count() == 50
+
+    crowded = one_agents_round(site, psa, task, script, "last")
+
+    assert crowded == alone
+    assert alone["idle"] <= MAX_IDLE_HEARTBEAT, alone
+    assert alone["running"] <= MAX_IDLE_HEARTBEAT, alone
+    assert alone["leasing"] <= MAX_LEASING_HEARTBEAT, alone
+    assert alone["result"] <= MAX_RESULT, alone
+    # Nobody else's work was touched by our agent's calls.
+    assert Instruction.objects.filter(status="queued").count() == 50
+
+
+def test_leasing_several_costs_the_same_as_leasing_one(world, site, settings):
+    """Capacity 4 with 4 queued instructions: the lease is batched, not one round trip per row."""
+    settings.RMM_MAX_RUNNING_PER_ASSET = 4
+    psa, task, script = world
+    one_agents_round(site, psa, task, script, "warm-up")
+    counts = {}
+    for n in (1, 4):
+        agent, auth = make_agent(site, f"batch-{n}")
+        for _ in range(n):
+            queue_one(psa, task, script, agent)
+        counts[n], answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4}, auth, 200)
+        assert len(answer["instructions"]) == n
+    assert counts[4] == counts[1]
+
+
+def test_a_heartbeat_with_unchanged_facts_hash_stays_cheap(world, site):
+    agent, auth = make_agent(site, "hash-01")
+    baseline, _, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4}, auth, 200)
+    stored = agent.asset.facts.facts_hash
+    with_hash, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "facts_hash": stored}, auth, 200)
+    assert answer["facts_required"] is False
+    assert with_hash == baseline + 1  # one look-up of the stored hash, nothing else
+    _, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "facts_hash": "0" * 64}, auth, 200)
+    assert answer["facts_required"] is True
