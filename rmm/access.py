@@ -25,6 +25,7 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "request_jobs": frozenset({"admin", "technician", "psa", "edr", "scanner"}),
     "view_evidence": ALL,
     # anyone who may operate a site may stop it
+    "manage_agents": frozenset({"admin"}),
     "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"

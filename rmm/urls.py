@@ -7,12 +7,13 @@ from evidence.api.views import EvidenceViewSet
 from rmm.authority.api import views as authority_views
 from rmm.engine import agent_views
 from rmm.engine.api.views import KillSwitchViewSet
-from rmm.inventory.api.views import AssetViewSet, SiteViewSet
+from rmm.inventory.api.views import AgentViewSet, AssetViewSet, SiteViewSet
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
 
 router = DefaultRouter()
 router.register("sites", SiteViewSet, basename="site")
 router.register("assets", AssetViewSet, basename="asset")
+router.register("agents", AgentViewSet, basename="agent")
 router.register("scripts", ScriptViewSet, basename="script")
 router.register("script-jobs", ScriptJobViewSet, basename="script-job")
 router.register("evidence", EvidenceViewSet, basename="evidence")

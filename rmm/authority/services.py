@@ -15,6 +15,7 @@ from guardian.shortcuts import assign_perm
 
 from rmm import access
 from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask
+from rmm.engine import services as engine
 from rmm.errors import Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Asset, Site
@@ -58,6 +59,8 @@ def upsert_case(user, case_id: uuid.UUID, *, title: str, status: str, site_name:
             site_id=site.pk,
             payload={"before": before, "after": {"status": status, "site": site.name, "title": title}},
         )
+    if before is not None and _withdrawn(before, status, expires_at, site_changed=before["site"] != site.name):
+        engine.withdraw_authority(user, f"PSA case is {status}", case_id=case.pk)
     return case
 
 
@@ -85,7 +88,15 @@ def upsert_task(user, task_id: uuid.UUID, *, case_id, title: str, status: str, e
             site_id=case.site_id,
             payload={"case": str(case.pk), "before": before, "after": {"status": status, "title": title}},
         )
+    if before is not None and _withdrawn(before, status, expires_at):
+        engine.withdraw_authority(user, f"PSA task is {status}", task_id=task.pk)
     return task
+
+
+def _withdrawn(before: dict, status: str, expires_at, site_changed: bool = False) -> bool:
+    """Did this update take away authority that work may already be running on?"""
+    expired = expires_at is not None and expires_at <= timezone.now()
+    return status != AuthorityStatus.APPROVED or expired or site_changed
 
 
 def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | None:

@@ -116,14 +116,16 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
         capacity = 1
     switch = kill_switches.active_for(agent.asset.site_id, agent.asset_id)
     leased = engine.lease(agent, capacity, now, switch)
-    return JsonResponse(
-        {
-            "interval": settings.RMM_HEARTBEAT_INTERVAL,
-            "instructions": [engine.envelope(inst) for inst in leased],
-            "abort": engine.to_abort(agent, running, switch),
-            "facts_required": facts_required,
-        }
-    )
+    answer = {
+        "interval": settings.RMM_HEARTBEAT_INTERVAL,
+        "instructions": [engine.envelope(inst) for inst in leased],
+        "abort": engine.to_abort(agent, running, switch),
+        "facts_required": facts_required,
+    }
+    new_secret = inventory.issue_rotated_secret(agent)
+    if new_secret:
+        answer["new_secret"] = new_secret
+    return JsonResponse(answer)
 
 
 @csrf_exempt

@@ -73,10 +73,14 @@ class Agent(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     asset = models.OneToOneField(Asset, on_delete=models.PROTECT, related_name="agent")
     secret_hash = models.CharField(max_length=64)
+    # Rotation: the new secret's hash waits here until the agent first uses it.
+    pending_secret_hash = models.CharField(max_length=64, blank=True)
+    rotation_requested_at = models.DateTimeField(null=True, blank=True)
     version = models.CharField(max_length=50, blank=True)
     enrolled_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.TextField(blank=True)
 
     def __str__(self) -> str:
         return f"agent of {self.asset_id}"

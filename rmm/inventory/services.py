@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from rmm.errors import Forbidden, InvalidInput
+from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, Site
 from rmm_agent.protocol import facts_hash as compute_facts_hash
@@ -117,7 +117,11 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
 
 
 def authenticate_agent(header: str) -> Agent | None:
-    """``Agent <id>:<secret>`` → the agent, in one query; None when unknown, wrong or revoked."""
+    """``Agent <id>:<secret>`` → the agent, in one query; None when unknown, wrong or revoked.
+
+    During a rotation both secrets work until the agent first uses the new one, which then
+    replaces the old (so a lost answer cannot lock an agent out).
+    """
     if not header or not header.startswith("Agent "):
         return None
     agent_id, _, secret = header[6:].strip().partition(":")
@@ -125,9 +129,59 @@ def authenticate_agent(header: str) -> Agent | None:
         agent = Agent.objects.select_related("asset").get(pk=agent_id)
     except (Agent.DoesNotExist, ValidationError, ValueError):
         return None
-    if agent.revoked_at is not None or not hmac.compare_digest(agent.secret_hash, hash_secret(secret)):
+    if agent.revoked_at is not None:
         return None
-    return agent
+    digest = hash_secret(secret)
+    if hmac.compare_digest(agent.secret_hash, digest):
+        return agent
+    if agent.pending_secret_hash and hmac.compare_digest(agent.pending_secret_hash, digest):
+        with transaction.atomic():
+            Agent.objects.filter(pk=agent.pk, pending_secret_hash=digest).update(
+                secret_hash=digest, pending_secret_hash="", rotation_requested_at=None
+            )
+            history.append(history.actor_of(agent), "agent.secret_rotated", agent, site_id=agent.asset.site_id)
+        agent.secret_hash, agent.pending_secret_hash, agent.rotation_requested_at = digest, "", None
+        return agent
+    return None
+
+
+def issue_rotated_secret(agent: Agent) -> str | None:
+    """When a rotation was asked for, hand the agent a fresh secret (on every call until it uses one)."""
+    if agent.rotation_requested_at is None:
+        return None
+    secret = secrets.token_urlsafe(32)
+    Agent.objects.filter(pk=agent.pk).update(pending_secret_hash=hash_secret(secret))
+    return secret
+
+
+def _require_admin(user, action: str, agent: Agent) -> None:
+    from rmm import access
+
+    if not access.can(user, "manage_agents") or not access.may_see_site(user, agent.asset.site_id):
+        history.record_refusal(user, action, agent, reason="role may not manage agents", site_id=agent.asset.site_id)
+        raise Forbidden("Your role may not manage agents.")
+
+
+def request_rotation(user, agent: Agent) -> None:
+    """The agent gets a new secret at its next heartbeat; the old one works until it uses it."""
+    _require_admin(user, "agent.rotate", agent)
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(rotation_requested_at=timezone.now())
+        history.append(user, "agent.rotation_requested", agent, site_id=agent.asset.site_id)
+
+
+def revoke_agent(user, agent: Agent, reason: str) -> None:
+    """A revoked agent's next call gets 401 and nothing more."""
+    _require_admin(user, "agent.revoke", agent)
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Say why the agent is revoked.", field="reason")
+    with transaction.atomic():
+        if not Agent.objects.filter(pk=agent.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now(), revoked_reason=reason
+        ):
+            raise Conflict("This agent is already revoked.")
+        history.append(user, "agent.revoked", agent, site_id=agent.asset.site_id, payload={"reason": reason})
 
 
 def record_facts(agent: Agent, facts: dict, now) -> None:

@@ -1,8 +1,12 @@
 import django_filters
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from rmm import access
-from rmm.inventory.models import Asset, Site
+from rmm.inventory import services
+from rmm.inventory.models import Agent, Asset, Site
 
 
 class AssetSerializer(serializers.ModelSerializer):
@@ -66,3 +70,50 @@ class SiteViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         return access.visible_sites(self.request.user).order_by("name")
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    asset = serializers.UUIDField(source="asset_id", read_only=True)
+    hostname = serializers.CharField(source="asset.hostname", read_only=True)
+    site = serializers.CharField(source="asset.site.name", read_only=True)
+    revoked = serializers.SerializerMethodField()
+    rotation_pending = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Agent
+        fields = [
+            "id", "asset", "hostname", "site", "version", "enrolled_at", "last_seen_at", "revoked", "revoked_at",
+            "revoked_reason", "rotation_pending",
+        ]
+
+    def get_revoked(self, obj) -> bool:
+        return obj.revoked_at is not None
+
+    def get_rotation_pending(self, obj) -> bool:
+        return obj.rotation_requested_at is not None
+
+
+class AgentViewSet(viewsets.ReadOnlyModelViewSet):
+    """Agents of the sites you may see; admins may revoke them or rotate their secret."""
+
+    serializer_class = AgentSerializer
+
+    def get_queryset(self):
+        return Agent.objects.filter(asset__site__in=access.visible_sites(self.request.user)).select_related(
+            "asset__site"
+        )
+
+    @extend_schema(request=inline_serializer("AgentRevoke", {"reason": serializers.CharField()}),
+                   responses=AgentSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, pk=None):
+        agent = self.get_object()
+        services.revoke_agent(request.user, agent, str(request.data.get("reason", "")))
+        return Response(self.get_serializer(self.get_queryset().get(pk=agent.pk)).data)
+
+    @extend_schema(request=None, responses=AgentSerializer)
+    @action(detail=True, methods=["post"])
+    def rotate(self, request, pk=None):
+        agent = self.get_object()
+        services.request_rotation(request.user, agent)
+        return Response(self.get_serializer(self.get_queryset().get(pk=agent.pk)).data)
