@@ -26,6 +26,7 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "view_evidence": ALL,
     # anyone who may operate a site may stop it
     "manage_agents": frozenset({"admin"}),
+    "manage_access": frozenset({"admin"}),
     "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from rmm.authority import services as authority
@@ -14,6 +15,7 @@ from tests.helpers import approved_authority, make_agent  # noqa: F401
 def _test_settings(settings, tmp_path):
     """Each test stores evidence under its own folder; agents may call as fast as tests drive them."""
     settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0
+    cache.clear()  # API rate-limit counters start afresh
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}},

@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from evidence import services
 from evidence.models import RmmEvidence
 from rmm import access
+from rmm.api import SiteScopedMixin
 
 
 class EvidenceSerializer(serializers.ModelSerializer):
@@ -26,7 +27,7 @@ class EvidenceSerializer(serializers.ModelSerializer):
         ]
 
 
-class EvidenceViewSet(viewsets.ReadOnlyModelViewSet):
+class EvidenceViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
     """Evidence records (seed G) of the sites you may see; ``content`` serves the blob."""
 
     serializer_class = EvidenceSerializer

@@ -12,10 +12,10 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header.startswith(self.keyword + " "):
             return None
-        user = authenticate_token(header[len(self.keyword) + 1 :].strip())
-        if user is None:
+        found = authenticate_token(header[len(self.keyword) + 1 :].strip())
+        if found is None:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
-        return (user, None)
+        return found
 
     def authenticate_header(self, request):
         return self.keyword

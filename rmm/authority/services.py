@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 from django.utils import timezone
-from guardian.shortcuts import assign_perm
+from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
 
 from rmm import access
 from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask
@@ -137,8 +137,8 @@ def issue_token(user, name: str = "", actor=None) -> str:
     return token
 
 
-def authenticate_token(token: str):
-    """``rmm_<prefix>_<secret>`` → its user in one query, or None."""
+def authenticate_token(token: str) -> tuple | None:
+    """``rmm_<prefix>_<secret>`` → (its user, the token row) in one query, or None."""
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != "rmm":
         return None
@@ -149,7 +149,7 @@ def authenticate_token(token: str):
         return None
     if not row.user.is_active:
         return None
-    return row.user
+    return row.user, row
 
 
 def ensure_user_with_role(username: str, role: str, actor=None):
@@ -171,12 +171,15 @@ def ensure_user_with_role(username: str, role: str, actor=None):
     return user
 
 
+def _site_permission() -> Permission:
+    return Permission.objects.get(codename="access_site", content_type__app_label="inventory")
+
+
 def grant_site(user, site: Site | None, actor=None) -> None:
     """Grant ``user`` one site (guardian object permission) or, with None, every site."""
     with transaction.atomic():
         if site is None:
-            perm = Permission.objects.get(codename="access_site", content_type__app_label="inventory")
-            user.user_permissions.add(perm)
+            user.user_permissions.add(_site_permission())
         else:
             assign_perm(access.SITE_PERMISSION, user, site)
         history.append(
@@ -186,3 +189,24 @@ def grant_site(user, site: Site | None, actor=None) -> None:
             site_id=site.pk if site else None,
             payload={"username": user.get_username(), "site": site.name if site else "*"},
         )
+
+
+def revoke_site(user, site: Site | None, actor=None) -> None:
+    """Take back one site's grant (or, with None, the every-site grant)."""
+    with transaction.atomic():
+        if site is None:
+            user.user_permissions.remove(_site_permission())
+        else:
+            remove_perm(access.SITE_PERMISSION, user, site)
+        history.append(
+            actor,
+            "access.site_revoked",
+            user,
+            site_id=site.pk if site else None,
+            payload={"username": user.get_username(), "site": site.name if site else "*"},
+        )
+
+
+def site_grantees(site: Site):
+    """Users granted this site, one by one (every-site holders are listed apart)."""
+    return get_users_with_perms(site, only_with_perms_in=["access_site"], with_group_users=True)

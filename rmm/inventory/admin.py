@@ -1,16 +1,83 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from rmm import access
+from rmm.authority import services
+from rmm.history import services as history
 from rmm.admin_base import ReadOnlyAdmin
 from rmm.inventory.models import Agent, Asset, Site
 
 
+class GrantForm(forms.Form):
+    username = forms.CharField()
+    action = forms.ChoiceField(choices=[("grant", "Grant this site"), ("revoke", "Revoke this site")])
+
+
 @admin.register(Site)
 class SiteAdmin(ReadOnlyAdmin):
-    list_display = ["name", "created_at"]
+    """Sites, with a page per site to grant and revoke access (every change is in the history)."""
+
+    list_display = ["name", "created_at", "access_link"]
+    change_form_template = "admin/inventory/site/change_form.html"
 
     def get_queryset(self, request):
         return access.visible_sites(request.user)
+
+    @admin.display(description="access")
+    def access_link(self, obj):
+        return format_html('<a href="{}">grants</a>', reverse("admin:inventory_site_access", args=[obj.pk]))
+
+    def get_urls(self):
+        extra = [
+            path(
+                "<uuid:site_id>/access/",
+                self.admin_site.admin_view(self.access_view),
+                name="inventory_site_access",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def access_view(self, request, site_id):
+        site = self.get_queryset(request).filter(pk=site_id).first()
+        if site is None:
+            raise Http404
+        may_manage = access.can(request.user, "manage_access")
+        form = GrantForm(request.POST or None)
+        if request.method == "POST":
+            if not may_manage:
+                history.record_refusal(
+                    request.user, "access.change", site, reason="role may not manage access", site_id=site.pk
+                )
+                raise PermissionDenied
+            if form.is_valid():
+                user = get_user_model().objects.filter(username=form.cleaned_data["username"]).first()
+                if user is None:
+                    form.add_error("username", "No such user.")
+                else:
+                    change = services.grant_site if form.cleaned_data["action"] == "grant" else services.revoke_site
+                    change(user, site, actor=request.user)
+                    messages.success(request, f"{form.cleaned_data['action'].title()}ed {site} for {user}.")
+                    return redirect("admin:inventory_site_access", site_id=site.pk)
+        return TemplateResponse(
+            request,
+            "admin/inventory/site/access.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Access to {site}",
+                "site_obj": site,
+                "grantees": services.site_grantees(site),
+                "form": form,
+                "may_manage": may_manage,
+                "opts": self.model._meta,
+            },
+        )
 
 
 @admin.register(Asset)

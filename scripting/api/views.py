@@ -6,6 +6,7 @@ from rest_framework.response import Response
 
 from evidence.models import RmmEvidence
 from rmm import access
+from rmm.api import SiteScopedMixin
 from scripting import services
 from scripting.models import Language, Script, ScriptJob
 
@@ -129,7 +130,7 @@ class ScriptJobFilter(django_filters.FilterSet):
         fields = ["status", "asset", "script", "psa_task"]
 
 
-class ScriptJobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+class ScriptJobViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Script jobs of the sites you may see."""
 
     serializer_class = ScriptJobSerializer

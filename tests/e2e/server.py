@@ -46,6 +46,7 @@ class Server:
             RMM_VAR_DIR=str(tmp / "var"),
             RMM_HEARTBEAT_INTERVAL="1",
             RMM_HEARTBEAT_MIN_SPACING_SECONDS="0",
+            RMM_API_RATE="100000/min",
             PYTHONUNBUFFERED="1",
             **(extra_env or {}),
         )

@@ -325,3 +325,58 @@ def test_unknown_uuid_targets_are_clear_errors(people):
     assert r.status_code == 400 and "target" in r.json()
     r = engage(people["tech"], scope="asset", target="not-a-uuid", reason="x")
     assert r.status_code == 400 and "target" in r.json()
+
+
+# --- API rate limits and site boundaries ---------------------------------------------------------
+
+
+def test_api_calls_are_rate_limited_per_token(people, settings):
+    from rest_framework.settings import api_settings
+    from rest_framework.throttling import SimpleRateThrottle
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token": "3/min"}}
+    api_settings.reload()
+    SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    try:
+        codes = [people["tech"].get("/api/v1/sites/").status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        limited = people["tech"].get("/api/v1/sites/")
+        assert int(limited["Retry-After"]) > 0
+        assert people["boss"].get("/api/v1/sites/").status_code == 200  # another token, its own budget
+    finally:
+        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token": "600/min"}}
+        api_settings.reload()
+        SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+
+
+def test_reaching_into_another_site_is_a_404_and_recorded(people, fleet, other_site, caller):
+    agents = fleet[0]
+    local = caller("local", "technician", sites=[other_site])
+    job = new_job(people, fleet, 0)
+    for path in (
+        f"/api/v1/assets/{agents[0][0].asset_id}/",
+        f"/api/v1/script-jobs/{job.pk}/",
+        f"/api/v1/agents/{agents[0][0].pk}/",
+    ):
+        assert local.get(path).status_code == 404
+    refusals = HistoryEvent.objects.filter(action="refused.access", actor="user:local")
+    assert refusals.count() == 3
+    assert local.get(f"/api/v1/assets/{uuid.uuid4()}/").status_code == 404
+    assert HistoryEvent.objects.filter(action="refused.access", actor="user:local").count() == 3  # unknown: nothing
+
+
+def test_site_grants_and_revocations_are_recorded(people, site):
+    from django.core.management import call_command
+
+    user = authority.ensure_user_with_role("newbie", "technician")
+    call_command("rmm_grant", "newbie", "--site", site.name)
+    from rmm import access
+
+    assert list(access.visible_sites(user)) == [site]
+    call_command("rmm_grant", "newbie", "--site", site.name, "--revoke")
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.get(pk=user.pk)
+    assert list(access.visible_sites(user)) == []
+    actions = list(HistoryEvent.objects.filter(subject_id=str(user.pk)).values_list("action", flat=True))
+    assert "access.site_granted" in actions and "access.site_revoked" in actions

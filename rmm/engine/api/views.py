@@ -5,6 +5,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from rmm import access
+from rmm.api import SiteScopedMixin
 from rmm.engine.models import KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches
 
@@ -46,7 +47,7 @@ class KillSwitchSerializer(serializers.ModelSerializer):
 ReleaseSerializer = inline_serializer("KillSwitchRelease", {"reason": serializers.CharField()})
 
 
-class KillSwitchViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+class KillSwitchViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Kill switches at global, site or asset scope: engage (POST) and release."""
 
     serializer_class = KillSwitchSerializer

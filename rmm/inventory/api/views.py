@@ -5,6 +5,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from rmm import access
+from rmm.api import SiteScopedMixin
 from rmm.inventory import services
 from rmm.inventory.models import Agent, Asset, Site
 
@@ -45,7 +46,7 @@ class AssetFilter(django_filters.FilterSet):
         fields = ["hostname", "site"]
 
 
-class AssetViewSet(viewsets.ReadOnlyModelViewSet):
+class AssetViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
     """Assets of the sites you may see. Read-only: actual state is written only by agents."""
 
     serializer_class = AssetSerializer
@@ -65,7 +66,7 @@ class SiteSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "created_at"]
 
 
-class SiteViewSet(viewsets.ReadOnlyModelViewSet):
+class SiteViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = SiteSerializer
 
     def get_queryset(self):
@@ -82,8 +83,17 @@ class AgentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Agent
         fields = [
-            "id", "asset", "hostname", "site", "version", "enrolled_at", "last_seen_at", "revoked", "revoked_at",
-            "revoked_reason", "rotation_pending",
+            "id",
+            "asset",
+            "hostname",
+            "site",
+            "version",
+            "enrolled_at",
+            "last_seen_at",
+            "revoked",
+            "revoked_at",
+            "revoked_reason",
+            "rotation_pending",
         ]
 
     def get_revoked(self, obj) -> bool:
@@ -93,7 +103,7 @@ class AgentSerializer(serializers.ModelSerializer):
         return obj.rotation_requested_at is not None
 
 
-class AgentViewSet(viewsets.ReadOnlyModelViewSet):
+class AgentViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
     """Agents of the sites you may see; admins may revoke them or rotate their secret."""
 
     serializer_class = AgentSerializer
@@ -103,8 +113,9 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet):
             "asset__site"
         )
 
-    @extend_schema(request=inline_serializer("AgentRevoke", {"reason": serializers.CharField()}),
-                   responses=AgentSerializer)
+    @extend_schema(
+        request=inline_serializer("AgentRevoke", {"reason": serializers.CharField()}), responses=AgentSerializer
+    )
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
         agent = self.get_object()
