@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -19,7 +21,14 @@ from types import FrameType
 from . import __version__
 from .client import Client, Response, TransportError
 from .facts import collect_facts
-from .protocol import InstructionRefused, facts_hash, verify_instruction
+from .protocol import (
+    REASON_BAD_SIGNATURE,
+    REASON_REPLAYED,
+    InstructionRefused,
+    facts_hash,
+    parse_iso,
+    verify_instruction,
+)
 from .runner import (
     DEFAULT_RUN_AS,
     AbortSignal,
@@ -39,6 +48,9 @@ ONCE_HEARTBEAT_ATTEMPTS = 3
 ONCE_MAX_RETRY_AFTER = 60.0
 SHUTDOWN_FLUSH_TIMEOUT = 5.0
 DEFINITIVE_RESULT_STATUSES = (200, 201, 400, 404, 409)
+
+# A rotated secret goes into an HTTP header: visible ASCII only, so no header can be injected.
+SECRET_RE = re.compile(r"[\x21-\x7e]{16,512}")
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -63,6 +75,15 @@ class HeartbeatAnswer:
 class _Running:
     thread: threading.Thread
     abort: AbortSignal
+
+
+def _signed_field(envelope: dict, name: str) -> object:
+    """A field of a payload whose signature verified (only called for such payloads)."""
+    try:
+        payload = json.loads(envelope["payload"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return payload.get(name) if isinstance(payload, dict) else None
 
 
 def _one_line(text: str) -> str:
@@ -218,6 +239,8 @@ class Agent:
 
     def _accept_heartbeat(self, answer: Response, sent_hash: str | None) -> HeartbeatAnswer:
         body = answer.body
+        if "new_secret" in body:
+            self._rotate_secret(body["new_secret"])
         if sent_hash is not None:
             self.state.set_acked_facts_hash(sent_hash)
         if body.get("facts_required") is True:
@@ -233,6 +256,26 @@ class Agent:
             abort=[item for item in abort if isinstance(item, str)] if isinstance(abort, list) else [],
         )
 
+    def _rotate_secret(self, new_secret: object) -> None:
+        """Adopt a secret the server rotated, but only once it is durably in config.json.
+
+        The server accepts the old secret until the agent first calls with the new one, and
+        answers every call made with the old one with a fresh secret. So if writing fails (or
+        the agent dies first), the old secret still works and the next heartbeat offers a new one.
+        """
+        if new_secret in (None, self.config.get("secret")):
+            return
+        if not isinstance(new_secret, str) or not SECRET_RE.fullmatch(new_secret):
+            log.error("server sent an unusable new secret; keeping the current one")
+            return
+        try:
+            self.config = self.state.save_secret(self.config, new_secret)
+        except OSError as exc:
+            log.error("could not store the rotated secret (%s); keeping the current one", _one_line(str(exc)))
+            return
+        self.client.secret = new_secret
+        log.info("agent secret rotated")
+
     # -- execution ----------------------------------------------------------------------------
 
     def handle(self, answer: HeartbeatAnswer) -> None:
@@ -245,29 +288,51 @@ class Agent:
         for envelope in answer.instructions:
             self._dispatch(envelope, set(answer.abort))
 
-    def _already_handled(self, instruction_id: str) -> bool:
-        """A re-leased instruction that is running or awaiting delivery is not run twice."""
+    def _in_flight(self, instruction_id: str) -> bool:
+        """Running, or its result still awaits delivery: a re-lease is ignored, not reported."""
         with self.lock:
             if instruction_id in self.running:
                 return True
         return self.state.is_spooled(instruction_id)
 
+    def _report(self, result: dict) -> None:
+        self._spool(result)
+        self.wake.set()
+
+    def _remember(self, instruction_id: str, not_after: object) -> bool:
+        """Record a signed instruction in the replay ledger; False if that failed.
+
+        Recorded before it runs, so a crash mid-run cannot make it run twice either.
+        """
+        try:
+            moment = parse_iso(not_after)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return True  # never valid: verification refuses it again, whenever it comes back
+        try:
+            self.state.mark_handled(instruction_id, moment, now_utc())
+        except OSError as exc:
+            log.error("could not record %s in the replay ledger: %s", instruction_id, _one_line(str(exc)))
+            return False
+        return True
+
     def _dispatch(self, envelope: dict, aborted: set[str]) -> None:
         try:
             payload = verify_instruction(envelope, self.server_key, self.agent_id, now_utc())
         except InstructionRefused as refusal:
-            if refusal.instruction_id is None:
-                log.error("refused an instruction without a usable id: %s", refusal.reason)
-            elif not self._already_handled(refusal.instruction_id):
-                self._spool(refused_result(refusal.instruction_id, refusal.reason))
-                self.wake.set()
+            self._refuse(envelope, refusal)
             return
         instruction_id = payload["instruction_id"]
-        if self._already_handled(instruction_id):
+        if self._in_flight(instruction_id):
+            return
+        if self.state.is_handled(instruction_id):
+            self._report(refused_result(instruction_id, REASON_REPLAYED))
+            return
+        if not self._remember(instruction_id, payload["not_after"]):
+            # Without a ledger entry it could be replayed later: do not run it at all.
+            self._report(make_result(instruction_id, "error", reason="agent could not record it as handled"))
             return
         if instruction_id in aborted:
-            self._spool(make_result(instruction_id, "aborted", reason="aborted by server"))
-            self.wake.set()
+            self._report(make_result(instruction_id, "aborted", reason="aborted by server"))
             return
         abort = AbortSignal()
         thread = threading.Thread(
@@ -281,6 +346,24 @@ class Agent:
         if self.stop.is_set():
             abort.set("agent stopped")
         thread.start()
+
+    def _refuse(self, envelope: dict, refusal: InstructionRefused) -> None:
+        """Report a refusal once; a signed one is also remembered, so a replay is named as such."""
+        instruction_id = refusal.instruction_id
+        if instruction_id is None:
+            log.error("refused an instruction without a usable id: %s", refusal.reason)
+            return
+        if self._in_flight(instruction_id):
+            return
+        if refusal.reason == REASON_BAD_SIGNATURE:
+            # Nothing in an unsigned payload is trusted, so it is neither looked up nor recorded.
+            self._report(refused_result(instruction_id, refusal.reason))
+            return
+        if self.state.is_handled(instruction_id):
+            self._report(refused_result(instruction_id, REASON_REPLAYED))
+            return
+        self._remember(instruction_id, _signed_field(envelope, "not_after"))
+        self._report(refused_result(instruction_id, refusal.reason))
 
     def _execute(self, payload: dict, abort: AbortSignal) -> None:
         instruction_id = payload["instruction_id"]

@@ -40,6 +40,8 @@ REASON_WRONG_AGENT = "wrong_agent"
 REASON_HASH_MISMATCH = "hash_mismatch"
 REASON_EXPIRED = "expired"
 REASON_UNSUPPORTED_INTERPRETER = "unsupported_interpreter"
+# Refused by the agent after verification: the instruction was already run or refused.
+REASON_REPLAYED = "replayed"
 
 
 class InstructionRefused(Exception):
@@ -99,9 +101,12 @@ def _unverified_instruction_id(payload: Any) -> str | None:
         data = json.loads(payload)
     except ValueError:
         return None
-    if isinstance(data, dict) and isinstance(data.get("instruction_id"), str):
-        return data["instruction_id"]
-    return None
+    return _usable_id(data.get("instruction_id")) if isinstance(data, dict) else None
+
+
+def _usable_id(value: Any) -> str | None:
+    """The id if it is safe to use as a file name (spool, ledger), else None."""
+    return value if isinstance(value, str) and INSTRUCTION_ID_RE.fullmatch(value) else None
 
 
 def _check_signature(envelope: Any, server_public_key: bytes) -> str:
@@ -141,8 +146,7 @@ def verify_instruction(envelope: dict, server_public_key: bytes, agent_id: str, 
         raise InstructionRefused(REASON_MALFORMED, None) from exc
     if not isinstance(payload, dict):
         raise InstructionRefused(REASON_MALFORMED, None)
-    raw_id = payload.get("instruction_id")
-    instruction_id = raw_id if isinstance(raw_id, str) and raw_id else None
+    instruction_id = _usable_id(payload.get("instruction_id"))
 
     if payload.get("agent_id") != agent_id:
         raise InstructionRefused(REASON_WRONG_AGENT, instruction_id)
@@ -176,7 +180,6 @@ def _check_shape(payload: dict, instruction_id: str | None) -> None:
     privileged = payload.get("privileged", False)
     if (
         instruction_id is None
-        or not INSTRUCTION_ID_RE.fullmatch(instruction_id)
         or isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))
         or timeout <= 0

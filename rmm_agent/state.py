@@ -4,6 +4,7 @@ Layout::
 
     DIR/config.json     identity, secret, server key (0600)
     DIR/state.json      what the server acknowledged (facts hash)
+    DIR/handled.json    ids of instructions already run or refused (replay ledger)
     DIR/spool/<id>.json results not yet accepted by the server
     DIR/work/<id>/      an instruction's script while it runs
 
@@ -19,8 +20,11 @@ import logging
 import os
 import shutil
 import tempfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from .protocol import iso_utc, parse_iso
 
 log = logging.getLogger("rmm_agent")
 
@@ -32,6 +36,11 @@ CONFIG_KEYS = (
     "server_public_key",
     "heartbeat_interval",
 )
+
+
+# A handled instruction is forgotten this long after its not_after: verification refuses it as
+# expired by then, and the margin covers the clock being stepped back (e.g. by NTP at boot).
+LEDGER_GRACE = timedelta(hours=1)
 
 
 class NotEnrolled(Exception):
@@ -84,6 +93,7 @@ class StateDir:
         self.root = Path(root).absolute()
         self.config_path = self.root / "config.json"
         self.state_path = self.root / "state.json"
+        self.ledger_path = self.root / "handled.json"
         self.spool_dir = self.root / "spool"
         self.work_dir = self.root / "work"
 
@@ -121,6 +131,15 @@ class StateDir:
         self.ensure(tighten=True)
         atomic_write_json(self.config_path, config, mode=0o600)
 
+    def save_secret(self, config: dict, secret: str) -> dict:
+        """Durably store a rotated secret; returns the new config (``config`` is left as is).
+
+        Raises OSError when it could not be written: the caller must then keep the old secret.
+        """
+        updated = {**config, "secret": secret}
+        self.save_config(updated)
+        return updated
+
     # -- small mutable state ------------------------------------------------------------------
 
     def load_state(self) -> dict:
@@ -147,6 +166,46 @@ class StateDir:
             return
         state["acked_facts_hash"] = value
         self.save_state(state)
+
+    # -- replay ledger ------------------------------------------------------------------------
+
+    def load_ledger(self) -> dict[str, str]:
+        """``{instruction_id: not_after}`` of instructions already run or refused.
+
+        A damaged ledger is set aside (and logged), so the agent keeps working; it is written
+        atomically, so that takes more than a crash.
+        """
+        try:
+            ledger = json.loads(self.ledger_path.read_text(encoding="utf-8"))
+            if not isinstance(ledger, dict):
+                raise ValueError("not an object")
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("replay ledger %s is unreadable (%s); moved aside", self.ledger_path.name, exc)
+            with contextlib.suppress(OSError):
+                os.replace(self.ledger_path, self.ledger_path.with_suffix(".corrupt"))
+            return {}
+        return {key: value for key, value in ledger.items() if isinstance(key, str) and isinstance(value, str)}
+
+    def is_handled(self, instruction_id: str) -> bool:
+        """True if this instruction was already run or refused (and has not long expired)."""
+        return instruction_id in self.load_ledger()
+
+    def mark_handled(self, instruction_id: str, not_after: datetime, now: datetime) -> None:
+        """Durably remember an instruction before it runs; prunes entries long expired.
+
+        Raises OSError when the ledger cannot be written: the caller must not run it then.
+        """
+        ledger = {}
+        for key, value in self.load_ledger().items():
+            try:
+                if parse_iso(value) + LEDGER_GRACE > now:
+                    ledger[key] = value
+            except (TypeError, ValueError):
+                continue
+        ledger[instruction_id] = iso_utc(not_after)
+        atomic_write_json(self.ledger_path, ledger, mode=0o600)
 
     # -- spool --------------------------------------------------------------------------------
 

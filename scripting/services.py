@@ -38,7 +38,7 @@ def create_script(
     language: str,
     content: str,
     requires_approval: bool = False,
-    timeout_seconds: int = 300,
+    timeout_seconds: int | None = None,
     privileged: bool = False,
 ) -> Script:
     """A new version of ``name``: content never changes once written; new content, new version."""
@@ -52,6 +52,8 @@ def create_script(
         raise InvalidInput("A script needs content.", field="content")
     if len(content.encode()) > MAX_SCRIPT_BYTES:
         raise InvalidInput(f"At most {MAX_SCRIPT_BYTES} bytes.", field="content")
+    if timeout_seconds is None:
+        timeout_seconds = settings.RMM_DEFAULT_TIMEOUT_SECONDS
     if not 1 <= int(timeout_seconds) <= 24 * 3600:
         raise InvalidInput("Between 1 second and 24 hours.", field="timeout_seconds")
     for _attempt in range(5):

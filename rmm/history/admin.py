@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from rmm import access
 from rmm.admin_base import ReadOnlyAdmin
 from rmm.history.models import HistoryEvent
 
@@ -10,3 +11,10 @@ class HistoryEventAdmin(ReadOnlyAdmin):
     list_display = ["sequence", "created_at", "actor", "action", "subject_type", "subject_id"]
     list_filter = ["action"]
     search_fields = ["actor", "subject_id", "action"]
+
+    def get_queryset(self, request):
+        """Events of the caller's sites; site-less events (grants, global switches) only for all-site holders."""
+        qs = super().get_queryset(request)
+        if access.sees_all_sites(request.user):
+            return qs
+        return qs.filter(site_id__in=access.visible_sites(request.user).values("pk"))

@@ -112,7 +112,8 @@ def append(actor, action: str, subject=None, *, site_id=None, payload: dict | No
 
 
 def record_refusal(actor, action: str, subject=None, *, reason: str, site_id=None, payload: dict | None = None):
-    """A refusal is evidence too: commit it on its own, even if the caller's work rolls back."""
+    """A refusal is evidence too. Call it outside the caller's transaction (services check before
+    they open one), so that the refusal commits even though the refused work never happens."""
     data = dict(payload or {})
     data["reason"] = reason
     return append(actor, f"refused.{action}", subject, site_id=site_id, payload=data)

@@ -17,7 +17,9 @@ class ScriptSerializer(serializers.ModelSerializer):
     author = serializers.CharField(source="author.username", read_only=True)
     decided_by = serializers.CharField(source="decided_by.username", read_only=True, default=None)
     language = serializers.ChoiceField(choices=Language.choices)
-    timeout_seconds = serializers.IntegerField(min_value=1, max_value=86400, default=300)
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=86400, required=False, help_text="Default: RMM_DEFAULT_TIMEOUT_SECONDS (300)."
+    )
     content = serializers.CharField(trim_whitespace=False, help_text="Exact script text; its sha256 names it.")
 
     class Meta:
@@ -30,6 +32,7 @@ class ScriptSerializer(serializers.ModelSerializer):
             "content",
             "sha256",
             "requires_approval",
+            "privileged",
             "timeout_seconds",
             "created_at",
             "author",

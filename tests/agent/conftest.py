@@ -99,10 +99,36 @@ class FakeServer:
     override: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ca_file: str | None = None
+    # Secret rotation as the real server does it: while ``rotate`` is set, every heartbeat made
+    # with the current secret is answered with a fresh ``new_secret`` (the latest becomes
+    # ``pending_secret``); both work until the agent first calls with the pending one.
+    secret: str = SECRET
+    rotate: bool = False
+    pending_secret: str | None = None
+    issued_secrets: list = field(default_factory=list)
 
     def heartbeats(self) -> list[dict]:
         with self.lock:
             return [body for path, _, body in self.requests if path.endswith("/heartbeat/")]
+
+    def calls(self, path_suffix: str = "") -> list[tuple[str, str, dict]]:
+        """(path, secret used, body) of each authenticated call, in order."""
+        with self.lock:
+            return [
+                (path, headers.get("authorization", "").partition(":")[2], body)
+                for path, headers, body in self.requests
+                if path.endswith(path_suffix) and path != "/api/v1/agent/enroll/"
+            ]
+
+    def _authenticate(self, headers: dict) -> bool:
+        """Like the server: the current secret, or the pending one, which then replaces it."""
+        header = headers.get("authorization", "")
+        if header == f"Agent {AGENT_ID}:{self.secret}":
+            return True
+        if self.pending_secret and header == f"Agent {AGENT_ID}:{self.pending_secret}":
+            self.secret, self.pending_secret, self.rotate = self.pending_secret, None, False
+            return True
+        return False
 
     def answer(self, path: str, headers: dict, body: dict) -> tuple[int, dict, dict]:
         with self.lock:
@@ -124,20 +150,21 @@ class FakeServer:
                     },
                     {},
                 )
-            if headers.get("authorization") != f"Agent {AGENT_ID}:{SECRET}":
+            if not self._authenticate(headers):
                 return 401, {"detail": "unknown agent"}, {}
             if path == "/api/v1/agent/heartbeat/":
                 instructions, self.pending = self.pending, []
-                return (
-                    200,
-                    {
-                        "interval": self.interval,
-                        "instructions": instructions,
-                        "abort": list(self.abort),
-                        "facts_required": self.facts_required,
-                    },
-                    {},
-                )
+                answer = {
+                    "interval": self.interval,
+                    "instructions": instructions,
+                    "abort": list(self.abort),
+                    "facts_required": self.facts_required,
+                }
+                if self.rotate:
+                    self.pending_secret = f"rotated-{uuid.uuid4().hex}"
+                    self.issued_secrets.append(self.pending_secret)
+                    answer["new_secret"] = self.pending_secret
+                return 200, answer, {}
             if path == "/api/v1/agent/results/":
                 if body.get("hash") != result_hash(body):
                     return 400, {"detail": "hash mismatch"}, {}

@@ -35,6 +35,7 @@ def drop_triggers():
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(f"DROP TRIGGER history_no_update_delete ON {TABLE}")
+            cursor.execute(f"DROP TRIGGER history_no_truncate ON {TABLE}")
         else:
             cursor.execute("DROP TRIGGER history_no_update")
             cursor.execute("DROP TRIGGER history_no_delete")
@@ -51,6 +52,15 @@ def test_raw_sql_update_is_refused_by_the_database(events):
         cursor.execute(f"UPDATE {TABLE} SET action = %s WHERE sequence = %s", ["forged", target])
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"UPDATE {TABLE} SET actor = %s", ["nobody"])
+    assert snapshot() == before
+
+
+def test_emptying_the_table_at_once_is_refused(events):
+    """TRUNCATE on PostgreSQL (a statement trigger); an unqualified DELETE on SQLite."""
+    before = snapshot()
+    statement = f"TRUNCATE {TABLE}" if connection.vendor == "postgresql" else f"DELETE FROM {TABLE}"
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement)
     assert snapshot() == before
 
 

@@ -430,7 +430,8 @@ def stop_instructions(instructions, actor, reason: str) -> int:
     """Stop work: queued instructions end aborted now; running ones are marked, and their agent
     kills them at its next heartbeat and reports what they printed until then."""
     count = 0
-    for inst in instructions.filter(status=S.QUEUED).iterator():
+    # A list, not a cursor: a task enqueued on commit may close the connection under an open cursor.
+    for inst in list(instructions.filter(status=S.QUEUED)):
         count += end_instruction(inst, S.QUEUED, S.ABORTED, actor, reason)
     running = list(instructions.filter(status=S.RUNNING, abort_reason="").values_list("pk", "site_id"))
     if running:

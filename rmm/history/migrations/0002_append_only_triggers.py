@@ -17,8 +17,11 @@ POSTGRES = [
        BEGIN RAISE EXCEPTION 'execution history is append-only'; END; $$ LANGUAGE plpgsql;""",
     f"""CREATE TRIGGER history_no_update_delete BEFORE UPDATE OR DELETE ON {TABLE}
         FOR EACH ROW EXECUTE FUNCTION history_refuse_change();""",
+    f"""CREATE TRIGGER history_no_truncate BEFORE TRUNCATE ON {TABLE}
+        FOR EACH STATEMENT EXECUTE FUNCTION history_refuse_change();""",
 ]
 POSTGRES_REVERSE = [
+    f"DROP TRIGGER IF EXISTS history_no_truncate ON {TABLE};",
     f"DROP TRIGGER IF EXISTS history_no_update_delete ON {TABLE};",
     "DROP FUNCTION IF EXISTS history_refuse_change();",
 ]
