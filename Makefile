@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean bench-export
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The compliance-export benchmark (docs/evidence.md): 100,000 items by default, e.g. BENCH_ARGS="--items 20000".
+bench-export: install
+	$(BIN)/python bench/export_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

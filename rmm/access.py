@@ -24,6 +24,9 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "approve": frozenset({"admin", "approver"}),
     "request_jobs": frozenset({"admin", "technician", "psa", "edr", "scanner"}),
     "view_evidence": ALL,
+    # compliance exports and legal holds (docs/evidence.md); retention itself runs as the system
+    "export_evidence": frozenset({"admin", "compliance"}),
+    "manage_legal_holds": frozenset({"admin", "compliance"}),
     # anyone who may operate a site may stop it
     "manage_agents": frozenset({"admin"}),
     "manage_access": frozenset({"admin"}),

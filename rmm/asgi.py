@@ -3,6 +3,7 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rmm.settings")
+os.environ.setdefault("RMM_DB_POOL", "1")  # a connection pool per ASGI process (see rmm/settings.py)
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack

@@ -5,9 +5,11 @@ broker, keys generated into ``var/``); environment variables switch to productio
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from rmm.keys import load_or_create_secret_key
 
@@ -43,6 +45,10 @@ INSTALLED_APPS = [
     "guardian",
     "django_q",
     "channels",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "axes",
+    "csp",
     "rmm",
     "rmm.history",
     "rmm.inventory",
@@ -51,17 +57,23 @@ INSTALLED_APPS = [
     "rmm.console",
     "evidence",
     "scripting",
+    "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "rmm.middleware.AsyncWhiteNoiseMiddleware",  # WhiteNoise without a thread per request under ASGI
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    # admins, approvers and superusers act in the console and the admin only with a verified TOTP device
+    "rmm.signin.middleware.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into the lockout page
 ]
 
 ROOT_URLCONF = "rmm.urls"
@@ -84,8 +96,19 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+# Under ASGI each request runs in a context of its own, so a persistent connection (CONN_MAX_AGE)
+# is one new PostgreSQL connection per request, left open until garbage-collected. The ASGI
+# server (rmm/asgi.py sets RMM_DB_POOL=1) shares a psycopg pool per process instead. Other
+# processes keep plain connections: django-q2 forks its workers, which must not inherit a pool.
+RMM_DB_POOL = env_bool("RMM_DB_POOL", False)
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if RMM_DB_POOL else 60)}
+    if RMM_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": int(os.environ.get("RMM_DB_POOL_SIZE", "10")),
+            "timeout": 30,
+        }
 else:
     DATABASES = {
         "default": {
@@ -102,6 +125,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out username and address
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -114,6 +138,52 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/console/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# Sign-in (rmm/signin, docs/security.md "Sign-in"). People in the admin or approver role and
+# superusers need a verified TOTP device (django-otp) in their session to act in the console or
+# the admin. Failed passwords lock a username out from one address (django-axes); API bearer
+# tokens and the agent protocol do not sign in and are not affected.
+OTP_TOTP_ISSUER = "RMM"
+AXES_FAILURE_LIMIT = int(os.environ.get("RMM_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("RMM_LOGIN_COOLOFF_MINUTES", "60")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Attempts while locked out are refused (and recorded) but do not extend the cool-off.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "rmm.signin.views.locked_out"  # the page says for how long
+AXES_ENABLE_ADMIN = False  # the admin stays read-only; unlock with `manage.py axes_reset_username`
+
+# Browser hardening. RMM_HTTPS=1 when a TLS-terminating proxy is in front that sets
+# X-Forwarded-Proto (and overwrites one sent by the client); the embedded default is plain
+# http on 127.0.0.1.
+RMM_HTTPS = env_bool("RMM_HTTPS", False)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if RMM_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# No inline script or style anywhere: the console, the admin, the sign-in pages and the API docs
+# load theirs from static files. The console's live updates use a websocket.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'", "wss:"] if RMM_HTTPS else ["'self'", "ws:", "wss:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -129,6 +199,33 @@ STORAGES = {
         "OPTIONS": {"location": os.environ.get("RMM_EVIDENCE_ROOT", str(VAR_DIR / "evidence"))},
     },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Evidence blobs, anchors and export bundles (docs/evidence.md): the filesystem above, or any
+# S3-compatible store through django-storages. Blobs are named by their sha256 and never overwritten.
+RMM_EVIDENCE_STORAGE = os.environ.get("RMM_EVIDENCE_STORAGE", "filesystem").strip().lower()
+if RMM_EVIDENCE_STORAGE == "s3":
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ.get("RMM_EVIDENCE_S3_BUCKET", ""),
+            "location": os.environ.get("RMM_EVIDENCE_S3_PREFIX", ""),
+            "endpoint_url": os.environ.get("RMM_EVIDENCE_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("RMM_EVIDENCE_S3_REGION") or None,
+            # Empty: boto3's own chain (AWS_* variables, instance profile).
+            "access_key": os.environ.get("RMM_EVIDENCE_S3_ACCESS_KEY_ID") or None,
+            "secret_key": os.environ.get("RMM_EVIDENCE_S3_SECRET_ACCESS_KEY") or None,
+            "file_overwrite": False,
+            "default_acl": None,
+        },
+    }
+    if not STORAGES["default"]["OPTIONS"]["bucket_name"]:
+        raise ImproperlyConfigured("RMM_EVIDENCE_STORAGE=s3 needs RMM_EVIDENCE_S3_BUCKET")
+elif RMM_EVIDENCE_STORAGE != "filesystem":
+    raise ImproperlyConfigured("RMM_EVIDENCE_STORAGE must be 'filesystem' or 's3'")
+# Days to keep each evidence type, e.g. "script_result=400,session_recording=90"; others are kept forever.
+RMM_EVIDENCE_RETENTION_DAYS = {
+    name.strip(): int(days)
+    for name, _, days in (item.partition("=") for item in env_list("RMM_EVIDENCE_RETENTION_DAYS", ""))
 }
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
@@ -170,6 +267,14 @@ SPECTACULAR_SETTINGS = {
     # Served from the installed sidecar package, never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # The schema and the docs are for signed-in callers only (a session or a bearer token).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Several models have a "status" field with different choices: name each set once.
+    "ENUM_NAME_OVERRIDES": {
+        "AuthorityStatusEnum": "rmm.authority.models.AuthorityStatus",
+        "ApprovalStatusEnum": "scripting.models.ApprovalStatus",
+        "JobStatusEnum": "rmm.engine.states.JobStatus",
+    },
 }
 
 # Engine
@@ -198,6 +303,12 @@ RMM_PSA_WEBHOOK_URL = os.environ.get("RMM_PSA_WEBHOOK_URL", "")
 RMM_PSA_WEBHOOK_SECRET = os.environ.get("RMM_PSA_WEBHOOK_SECRET", "")
 # Run background tasks inline instead of through the cluster (tests, single-process tools).
 RMM_TASKS_SYNC = env_bool("RMM_TASKS_SYNC", False)
+
+# Bench only (bench/, docs/performance.md): per-endpoint query counts and a bare endpoint.
+# Never on by default.
+RMM_BENCH = env_bool("RMM_BENCH", False)
+if RMM_BENCH:
+    MIDDLEWARE.insert(0, "bench.hooks.QueryCountMiddleware")
 
 LOGGING = {
     "version": 1,

@@ -1,9 +1,13 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from evidence.api.views import EvidenceViewSet
+from evidence.api import views as evidence_views
+from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
+from rmm.api_docs import ApiDocsView
+from rmm.approval_queue import approval_queue
 from rmm.authority.api import views as authority_views
 from rmm.engine import agent_views
 from rmm.engine.api.views import KillSwitchViewSet
@@ -16,6 +20,8 @@ router.register("assets", AssetViewSet, basename="asset")
 router.register("agents", AgentViewSet, basename="agent")
 router.register("scripts", ScriptViewSet, basename="script")
 router.register("script-jobs", ScriptJobViewSet, basename="script-job")
+router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
+router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
 
@@ -23,13 +29,32 @@ urlpatterns = [
     path("api/v1/agent/enroll/", agent_views.enroll, name="agent-enroll"),
     path("api/v1/agent/heartbeat/", agent_views.heartbeat, name="agent-heartbeat"),
     path("api/v1/agent/results/", agent_views.result, name="agent-result"),
+    path("api/v1/agent/wait/", agent_views.wait, name="agent-wait"),
     path("api/v1/psa/cases/<uuid:case_id>/", authority_views.psa_case, name="psa-case"),
     path("api/v1/psa/tasks/<uuid:task_id>/", authority_views.psa_task, name="psa-task"),
+    path(
+        "api/v1/psa/cases/<uuid:case_id>/evidence/",
+        evidence_views.CaseEvidenceView.as_view(),
+        name="psa-case-evidence",
+    ),
+    path("api/v1/evidence/signing-key/", evidence_views.signing_key, name="evidence-signing-key"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", ApiDocsView.as_view(url_name="schema"), name="api-docs"),
+    path(
+        "admin/approvals/",
+        admin.site.admin_view(lambda request: approval_queue(request, admin.site)),
+        name="approval-queue",
+    ),
     path("admin/", admin.site.urls),
+    path("accounts/otp/", include("rmm.signin.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("console/scripts/", include("scripting.urls")),
+    path("console/evidence/", include("evidence.urls")),
     path("", include("rmm.console.urls")),
 ]
+
+if settings.RMM_BENCH:  # bench-only endpoints (bench/hooks.py), never on by default
+    from bench.hooks import urlpatterns as bench_urlpatterns
+
+    urlpatterns = bench_urlpatterns + urlpatterns

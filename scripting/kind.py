@@ -42,6 +42,8 @@ def on_finished(job: ScriptJob, inst, result: dict, actor) -> None:
         related_entity="script_job",
         related_id=job.pk,
         site_id=job.site_id,
+        psa_case_id=job.psa_task.case_id,
+        psa_task_id=job.psa_task_id,
         document=evidence_document(job, inst, stored),
     )
 

@@ -188,6 +188,111 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
     return job
 
 
+MAX_BATCH_ASSETS = 50_000
+
+
+def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_name=None) -> list[ScriptJob]:
+    """One script on many assets (the listed ones, or every asset of a site): one job per asset.
+
+    The rules of :func:`create_script_job`, checked once for the batch: approved script, one PSA
+    task whose case's site holds every asset, no engaged kill switch. All jobs, their signed
+    instructions and their history are written in one transaction; the instructions are released
+    in waves (``RMM_WAVE_SIZE`` every ``RMM_WAVE_INTERVAL_SECONDS``).
+    """
+    _require(user, "request_jobs", "script_job.create")
+    script = Script.objects.filter(pk=script_id).first() if script_id else None
+    if script is None:
+        raise InvalidInput("No such script.", field="script")
+    if script.approval_status != ApprovalStatus.APPROVED:
+        raise InvalidInput(f"This script version is {script.approval_status}, not approved.", field="script")
+    sites = access.visible_sites(user)
+    if asset_ids is not None:
+        wanted = set(asset_ids)
+        assets = list(Asset.objects.filter(pk__in=wanted, site__in=sites).select_related("site"))
+        if len(assets) != len(wanted):
+            raise InvalidInput(f"{len(wanted) - len(assets)} of the assets do not exist.", field="assets")
+    elif site_name:
+        assets = list(Asset.objects.filter(site__name=site_name, site__in=sites).select_related("site"))
+        if not assets:
+            raise InvalidInput("No site of that name with assets that you may see.", field="site")
+    else:
+        raise InvalidInput("Name the assets or a site.", field="assets")
+    if len(assets) > MAX_BATCH_ASSETS:
+        raise InvalidInput(f"At most {MAX_BATCH_ASSETS} assets in one batch.", field="assets")
+    task = (
+        PsaTask.objects.select_related("case").filter(pk=psa_task_id, case__site__in=sites).first()
+        if psa_task_id
+        else None
+    )
+    outside = [asset for asset in assets if task is not None and asset.site_id != task.case.site_id]
+    if psa_task_id and task is None:
+        exists = PsaTask.objects.filter(pk=psa_task_id).exists()
+        problem = "the asset is outside the PSA case's site" if exists else "no such PSA task"
+    elif outside:
+        problem = "the asset is outside the PSA case's site"
+    else:
+        problem = authority_problem(task, assets[0])  # status and expiry: the same for every asset
+    if problem:
+        history.record_refusal(
+            user,
+            "script_job.create",
+            reason=f"no authority: {problem}",
+            site_id=assets[0].site_id,
+            payload={
+                "script": str(script.pk),
+                "assets": len(assets),
+                "outside": [str(asset.pk) for asset in outside[:20]],
+                "psa_task_id": str(psa_task_id) if psa_task_id else None,
+            },
+        )
+        raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
+    site = task.case.site
+    switch = kill_switches.active_for_any(site.pk, [asset.pk for asset in assets])
+    if switch is not None:
+        history.record_refusal(
+            user,
+            "script_job.create",
+            reason=f"kill switch engaged on {switch.target_label}",
+            site_id=site.pk,
+            payload={"kill_switch": str(switch.pk), "assets": len(assets)},
+        )
+        raise Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}")
+    status = JobStatus.AWAITING_APPROVAL if script.requires_approval else JobStatus.QUEUED
+    jobs = [
+        ScriptJob(script=script, asset=asset, psa_task=task, site=site, status=status, requested_by=user)
+        for asset in assets
+    ]
+    with transaction.atomic():
+        ScriptJob.objects.bulk_create(jobs, batch_size=2000)
+        history.append_many(
+            history.Event(
+                history.actor_of(user),
+                "job.created",
+                "scripting.scriptjob",
+                str(job.pk),
+                site.pk,
+                {
+                    "kind": "script",
+                    "status": status,
+                    "script": str(script.pk),
+                    "script_sha256": script.sha256,
+                    "asset": str(job.asset_id),
+                    "psa_task_id": str(task.pk),
+                    "psa_case_id": str(task.case_id),
+                },
+            )
+            for job in jobs
+        )
+        if status == JobStatus.QUEUED:
+            engine.issue_instructions_for(jobs, user)
+        # One console event for the batch, not one per job.
+        engine.events.publish(
+            site.pk,
+            {"type": "job_batch", "kind": "script", "count": len(jobs), "status": status, "site": str(site.pk)},
+        )
+    return jobs
+
+
 def approve_script_job(job: ScriptJob, user) -> None:
     _require(user, "approve", "job.approve", job)
     engine.approve_job(job, user)

@@ -36,3 +36,22 @@ def approved_script(author, approver, *, name="hello", content="echo hello\n", l
         author, name=name, language=language, content=content, requires_approval=requires_approval
     )
     return scripting.approve_script(script, approver)
+
+
+def otp_login(client, user):
+    """Sign ``user`` in on a test client with a verified second factor, as the TOTP page would.
+
+    Admins, approvers and superusers are sent to the second-factor pages without one. This makes a
+    confirmed TOTP device and marks the session verified the way ``django_otp.login`` does.
+    """
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
+    client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client

@@ -1,47 +1,264 @@
-from django.http import HttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, viewsets
-from rest_framework.decorators import action
+import base64
 
-from evidence import services
-from evidence.models import RmmEvidence
+from django.http import FileResponse, Http404, HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action, api_view
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+
+from evidence import exports, services
+from evidence.models import EvidenceExport, LegalHold, RmmEvidence
 from rmm import access
 from rmm.api import SiteScopedMixin
+from rmm.authority.models import PsaCase
+from rmm.history import anchors
+from rmm.history import services as history
+
+UUID_REGEX = r"[0-9a-fA-F-]{32,36}"
 
 
 class EvidenceSerializer(serializers.ModelSerializer):
     asset_id = serializers.UUIDField(read_only=True)
+    site = serializers.CharField(source="site.name", read_only=True, default=None)
+    psa_case_id = serializers.UUIDField(read_only=True)
+    psa_task_id = serializers.UUIDField(read_only=True)
 
     class Meta:
         model = RmmEvidence
         fields = [
             "id",
             "asset_id",
+            "site",
             "evidence_type",
             "related_entity",
             "related_id",
+            "psa_case_id",
+            "psa_task_id",
             "storage_uri",
             "hash",
             "captured_at",
+            "history_sequence",
         ]
 
 
 class EvidenceViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
-    """Evidence records (seed G) of the sites you may see; ``content`` serves the blob."""
+    """Evidence records (seed G) of the sites you may see; ``content`` serves the blob, rechecked."""
 
     serializer_class = EvidenceSerializer
-    filterset_fields = ["evidence_type", "related_entity", "related_id", "asset"]
+    filterset_fields = ["evidence_type", "related_entity", "related_id", "asset", "psa_case", "psa_task"]
+    lookup_value_regex = UUID_REGEX  # leaves evidence/exports/ and evidence/legal-holds/ to their views
 
     def get_queryset(self):
-        if not access.can(self.request.user, "view_evidence"):
-            return RmmEvidence.objects.none()
-        return RmmEvidence.objects.filter(asset__site__in=access.visible_sites(self.request.user))
+        return services.visible_evidence(self.request.user).select_related("site").order_by("-captured_at", "id")
 
-    @extend_schema(responses={(200, "application/json"): OpenApiTypes.BINARY})
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"])
     def content(self, request, pk=None):
         row = self.get_object()
-        response = HttpResponse(services.read_blob(row), content_type="application/json")
+        media = "application/json" if services.blob_extension(row) == "json" else "application/octet-stream"
+        response = HttpResponse(services.read_blob(row), content_type=media)
         response["X-Content-SHA256"] = row.hash
         return response
+
+
+class CaseEvidenceView(ListAPIView):
+    """The evidence gathered under one PSA case, for the PSA to attach when it closes the case."""
+
+    serializer_class = EvidenceSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return RmmEvidence.objects.none()
+        case_id = self.kwargs["case_id"]
+        if not PsaCase.objects.filter(pk=case_id, site__in=access.visible_sites(self.request.user)).exists():
+            if PsaCase.objects.filter(pk=case_id).exists():
+                history.record_refusal(
+                    self.request.user,
+                    "access",
+                    reason="object outside the caller's sites",
+                    payload={"object": f"authority.psacase:{case_id}", "path": self.request.path},
+                )
+            raise Http404
+        return (
+            services.visible_evidence(self.request.user)
+            .filter(psa_case_id=case_id)
+            .select_related("site")
+            .order_by("captured_at", "id")
+        )
+
+
+class ExportRequestSerializer(serializers.Serializer):
+    site = serializers.CharField(required=False, allow_blank=True, help_text="A site's name or id")
+    assets = serializers.ListField(child=serializers.CharField(), required=False, help_text="Asset ids or hostnames")
+    psa_case = serializers.UUIDField(required=False, allow_null=True)
+    evidence_types = serializers.ListField(
+        child=serializers.ChoiceField(choices=exports.EXPORTABLE_TYPES), required=False
+    )
+    since = serializers.DateTimeField(required=False, allow_null=True)
+    until = serializers.DateTimeField(required=False, allow_null=True, help_text="Exclusive")
+
+
+class EvidenceExportSerializer(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.get_username", read_only=True)
+    download = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EvidenceExport
+        fields = [
+            "id",
+            "status",
+            "progress",
+            "item_count",
+            "filters",
+            "requested_by",
+            "requested_at",
+            "started_at",
+            "finished_at",
+            "file_hash",
+            "file_size",
+            "anchor_sequence",
+            "error",
+            "download",
+        ]
+
+    def get_download(self, obj) -> str | None:
+        return f"/api/v1/evidence/exports/{obj.pk}/download/" if obj.status == "done" else None
+
+
+class EvidenceExportViewSet(
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Compliance exports: request one (202), watch its status and progress, download the ZIP."""
+
+    serializer_class = EvidenceExportSerializer
+
+    def get_queryset(self):
+        return exports.visible_exports(self.request.user)
+
+    @extend_schema(request=ExportRequestSerializer, responses={202: EvidenceExportSerializer})
+    def create(self, request, *args, **kwargs):
+        ser = ExportRequestSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        data = ser.validated_data
+        export = exports.request_export(
+            request.user,
+            site=data.get("site") or None,
+            assets=data.get("assets") or None,
+            psa_case=data.get("psa_case"),
+            evidence_types=data.get("evidence_types") or None,
+            since=data.get("since"),
+            until=data.get("until"),
+        )
+        response = Response(EvidenceExportSerializer(export).data, status=status.HTTP_202_ACCEPTED)
+        response["Location"] = f"/api/v1/evidence/exports/{export.pk}/"
+        return response
+
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        export = self.get_object()
+        response = FileResponse(
+            exports.open_bundle(request.user, export),
+            as_attachment=True,
+            filename=f"rmm-evidence-{export.pk}.zip",
+            content_type="application/zip",
+        )
+        response["X-Content-SHA256"] = export.file_hash
+        return response
+
+
+class LegalHoldSerializer(serializers.ModelSerializer):
+    site = serializers.CharField(source="site.name", read_only=True, default=None)
+    psa_case = serializers.UUIDField(source="psa_case_id", read_only=True)
+    placed_by = serializers.CharField(source="placed_by.get_username", read_only=True)
+    released_by = serializers.CharField(source="released_by.get_username", read_only=True, default=None)
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LegalHold
+        fields = [
+            "id",
+            "site",
+            "psa_case",
+            "reason",
+            "placed_by",
+            "placed_at",
+            "active",
+            "released_by",
+            "released_at",
+            "release_reason",
+        ]
+
+    def get_active(self, obj) -> bool:
+        return obj.released_at is None
+
+
+class PlaceHoldSerializer(serializers.Serializer):
+    site = serializers.CharField(required=False, allow_blank=True, help_text="A site's name or id")
+    psa_case = serializers.UUIDField(required=False, allow_null=True)
+    reason = serializers.CharField()
+
+
+class ReleaseHoldSerializer(serializers.Serializer):
+    reason = serializers.CharField()
+
+
+class LegalHoldViewSet(
+    SiteScopedMixin, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Legal holds: while one is active, retention deletes nothing of its site or PSA case."""
+
+    serializer_class = LegalHoldSerializer
+    lookup_value_regex = UUID_REGEX
+
+    def get_queryset(self):
+        return services.visible_holds(self.request.user)
+
+    @extend_schema(request=PlaceHoldSerializer, responses={201: LegalHoldSerializer})
+    def create(self, request, *args, **kwargs):
+        ser = PlaceHoldSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        hold = services.place_hold(
+            request.user,
+            site_ref=ser.validated_data.get("site") or None,
+            psa_case_id=ser.validated_data.get("psa_case"),
+            reason=ser.validated_data["reason"],
+        )
+        return Response(LegalHoldSerializer(hold).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ReleaseHoldSerializer, responses=LegalHoldSerializer)
+    @action(detail=True, methods=["post"])
+    def release(self, request, pk=None):
+        hold = self.get_object()
+        ser = ReleaseHoldSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        hold = services.release_hold(request.user, hold, ser.validated_data["reason"])
+        return Response(LegalHoldSerializer(hold).data)
+
+
+@extend_schema(
+    responses=inline_serializer(
+        "SigningKey",
+        {
+            "algorithm": serializers.CharField(),
+            "public_key": serializers.CharField(),
+            "fingerprint": serializers.CharField(),
+        },
+    )
+)
+@api_view(["GET"])
+def signing_key(request):
+    """The server's public key that signs instructions, history anchors and evidence bundles.
+
+    An auditor compares its fingerprint with the one printed by a bundle's verify.py.
+    """
+    key = anchors.server_public_key()
+    return Response(
+        {
+            "algorithm": "Ed25519",
+            "public_key": base64.b64encode(key).decode(),
+            "fingerprint": anchors.key_fingerprint(key),
+        }
+    )

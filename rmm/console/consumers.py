@@ -4,12 +4,19 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from rmm import access
-from rmm.engine.events import ALL_GROUP, site_group
+from rmm.engine.events import ALL_GROUP, site_group, user_group
+from rmm.signin.policy import needs_second_factor, session_verified
 
 
 @database_sync_to_async
 def _site_groups(user) -> list[str]:
-    return [ALL_GROUP] + [site_group(pk) for pk in access.visible_sites(user).values_list("pk", flat=True)]
+    sites = [site_group(pk) for pk in access.visible_sites(user).values_list("pk", flat=True)]
+    return [ALL_GROUP, user_group(user.pk), *sites]  # the user's own group: progress of its exports
+
+
+@database_sync_to_async
+def _lacks_second_factor(user, session) -> bool:
+    return needs_second_factor(user) and not session_verified(user, session)
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
@@ -17,6 +24,9 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
+            return
+        if await _lacks_second_factor(user, self.scope.get("session")):
+            await self.close(code=4403)  # the same rule as the pages: admins and approvers need a second factor
             return
         self.groups_joined = await _site_groups(user)
         for group in self.groups_joined:

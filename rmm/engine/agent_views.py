@@ -1,4 +1,4 @@
-"""The agent protocol: enroll, heartbeat (with lease), result. See docs/agent.md.
+"""The agent protocol: enroll, heartbeat (with lease), result, and the wake-up long-poll. See docs/agent.md.
 
 Plain Django views rather than DRF: this is the hot path every agent calls forever, and
 it needs a constant, small number of queries per call.
@@ -6,17 +6,21 @@ it needs a constant, small number of queries per call.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from rmm.engine import events, signing
 from rmm.engine import services as engine
-from rmm.engine import signing
 from rmm.engine.services import kill_switches
 from rmm.errors import ServiceError
 from rmm.history import services as history
@@ -139,3 +143,50 @@ def result(request: HttpRequest) -> JsonResponse:
         return _bad_json()
     status, answer = engine.ingest_result(agent, data)
     return JsonResponse(answer, status=status)
+
+
+def _authenticate_then_release(header: str):
+    """Authenticate, then give the database connection back: a long-poll must not hold one."""
+    try:
+        return inventory.authenticate_agent(header)
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+def _wait_seconds(value) -> float:
+    """The agent asks how long to wait; at most one heartbeat interval, at least 1 s."""
+    longest = max(1.0, float(settings.RMM_HEARTBEAT_INTERVAL))
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return longest
+    return min(longest, max(1.0, float(value)))
+
+
+@csrf_exempt
+@require_POST
+async def wait(request: HttpRequest) -> JsonResponse:
+    """Long-poll between heartbeats: ``{"wake": true}`` as soon as the server has something for
+    this agent, ``{"wake": false}`` after ``timeout`` seconds. Async: while it waits it holds no
+    thread and no database connection, only a subscription to the agent's Channels group."""
+    agent = await sync_to_async(_authenticate_then_release)(request.headers.get("Authorization", ""))
+    if agent is None:
+        return await sync_to_async(_unauthorized)(request)
+    data = _body(request)
+    if data is None:
+        return _bad_json()
+    seconds = _wait_seconds(data.get("timeout"))
+    layer = get_channel_layer()
+    if layer is None:  # no channel layer configured: nothing can wake it
+        await asyncio.sleep(seconds)
+        return JsonResponse({"wake": False})
+    channel = await layer.new_channel()
+    group = events.agent_group(agent.pk)
+    await layer.group_add(group, channel)
+    try:
+        await asyncio.wait_for(layer.receive(channel), seconds)
+        woke = True
+    except TimeoutError:
+        woke = False
+    finally:
+        await layer.group_discard(group, channel)
+    return JsonResponse({"wake": woke})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -43,8 +43,9 @@ def actor_of(user_or_agent) -> str:
     return f"user:{user_or_agent.get_username()}"
 
 
-def event_hash(prev_hash: str, sequence: int, created_at, actor, action, subject_type, subject_id, site_id, payload):
-    body = canonical_json(
+def event_body(sequence: int, created_at, actor, action, subject_type, subject_id, site_id, payload) -> bytes:
+    """The canonical JSON of an event's content: what its hash commits to."""
+    return canonical_json(
         {
             "sequence": sequence,
             "created_at": created_at.isoformat(),
@@ -56,6 +57,25 @@ def event_hash(prev_hash: str, sequence: int, created_at, actor, action, subject
             "payload": payload,
         }
     )
+
+
+def link_hash(prev_hash: str, body_sha256: str) -> str:
+    """Version 2 of the chain: sha256(previous hash + sha256 of the body), both in hex.
+
+    Chaining the body's digest rather than the body lets an export show an event of another
+    site as its digest alone and still prove every link (evidence exports withhold them).
+    """
+    return hashlib.sha256((prev_hash + body_sha256).encode()).hexdigest()
+
+
+def event_hash(prev_hash: str, sequence: int, created_at, actor, action, subject_type, subject_id, site_id, payload):
+    body = event_body(sequence, created_at, actor, action, subject_type, subject_id, site_id, payload)
+    return link_hash(prev_hash, hashlib.sha256(body).hexdigest())
+
+
+def event_hash_v1(prev_hash: str, sequence: int, created_at, actor, action, subject_type, subject_id, site_id, payload):
+    """Version 1, used before version 2: sha256(previous hash + body). Older events keep it."""
+    body = event_body(sequence, created_at, actor, action, subject_type, subject_id, site_id, payload)
     return hashlib.sha256(prev_hash.encode() + body).hexdigest()
 
 
@@ -137,8 +157,15 @@ def iter_events(batch: int = 2000) -> Iterator[HistoryEvent]:
         last = chunk[-1].sequence
 
 
-def verify_chain() -> VerifyReport:
-    """Walk the chain from the genesis hash; name the first event that does not verify."""
+def verify_chain(anchored: Mapping[int, list[tuple[str, str]]] | None = None) -> VerifyReport:
+    """Walk the chain from the genesis hash; name the first event that does not verify.
+
+    ``anchored`` maps a sequence to the (hash, label) of signed anchors kept outside the
+    database: a rebuilt chain no longer has the anchored hash there, and a chain cut short no
+    longer reaches the newest anchored sequence.
+    """
+    anchored = anchored or {}
+    version_2 = False
     prev_hash = GENESIS_HASH
     expected_seq = 1
     checked = 0
@@ -147,7 +174,7 @@ def verify_chain() -> VerifyReport:
             return VerifyReport(checked, False, expected_seq, f"event {expected_seq} is missing")
         if ev.prev_hash != prev_hash:
             return VerifyReport(checked, False, ev.sequence, "previous hash does not match the chain")
-        digest = event_hash(
+        fields = (
             ev.prev_hash,
             ev.sequence,
             ev.created_at,
@@ -158,9 +185,22 @@ def verify_chain() -> VerifyReport:
             ev.site_id,
             ev.payload,
         )
-        if digest != ev.hash:
+        if event_hash(*fields) == ev.hash:
+            version_2 = True
+        elif version_2 or event_hash_v1(*fields) != ev.hash:  # version 1 only before any version 2 event
             return VerifyReport(checked, False, ev.sequence, "content does not match its hash")
+        for anchored_hash, label in anchored.get(ev.sequence, ()):
+            if anchored_hash != ev.hash:
+                return VerifyReport(checked, False, ev.sequence, f"its hash does not match {label}")
         prev_hash = ev.hash
         expected_seq += 1
         checked += 1
+    if anchored and max(anchored) >= expected_seq:
+        newest = max(anchored)
+        return VerifyReport(
+            checked,
+            False,
+            expected_seq,
+            f"the chain ends at event {expected_seq - 1}, but {anchored[newest][-1][1]} covers event {newest}",
+        )
     return VerifyReport(checked, True)

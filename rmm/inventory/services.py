@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from rmm.engine import events
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, Site
@@ -168,6 +169,7 @@ def request_rotation(user, agent: Agent) -> None:
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(rotation_requested_at=timezone.now())
         history.append(user, "agent.rotation_requested", agent, site_id=agent.asset.site_id)
+        events.wake_agents([agent.pk])  # its next heartbeat, now, brings the new secret
 
 
 def revoke_agent(user, agent: Agent, reason: str) -> None:

@@ -127,6 +127,29 @@ class ScriptJobSerializer(serializers.ModelSerializer):
         ]
 
 
+class ScriptJobBatchSerializer(serializers.Serializer):
+    script = serializers.UUIDField()
+    assets = serializers.ListField(
+        child=serializers.UUIDField(), required=False, allow_empty=False, help_text="The assets; or give site."
+    )
+    site = serializers.CharField(required=False, help_text="Every asset of this site, instead of assets.")
+    psa_task_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="The approved PSA task that authorises these jobs."
+    )
+
+
+ScriptJobBatchAnswer = inline_serializer(
+    "ScriptJobBatch",
+    {
+        "count": serializers.IntegerField(),
+        "status": serializers.CharField(),
+        "jobs": inline_serializer(
+            "ScriptJobBatchJob", {"id": serializers.UUIDField(), "asset": serializers.UUIDField()}, many=True
+        ),
+    },
+)
+
+
 class ScriptJobFilter(django_filters.FilterSet):
     class Meta:
         model = ScriptJob
@@ -156,6 +179,28 @@ class ScriptJobViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOn
             psa_task_id=ser.validated_data.get("psa_task_id"),
         )
         return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ScriptJobBatchSerializer, responses={201: ScriptJobBatchAnswer})
+    @action(detail=False, methods=["post"])
+    def batch(self, request):
+        """One script on many assets, one job each, released in waves."""
+        ser = ScriptJobBatchSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        jobs = services.create_script_jobs(
+            request.user,
+            script_id=ser.validated_data["script"],
+            psa_task_id=ser.validated_data.get("psa_task_id"),
+            asset_ids=ser.validated_data.get("assets"),
+            site_name=ser.validated_data.get("site"),
+        )
+        return Response(
+            {
+                "count": len(jobs),
+                "status": jobs[0].status,
+                "jobs": [{"id": str(job.pk), "asset": str(job.asset_id)} for job in jobs],
+            },
+            status=status.HTTP_201_CREATED,
+        )
 
     @extend_schema(request=None, responses=ScriptJobSerializer)
     @action(detail=True, methods=["post"])

@@ -120,7 +120,31 @@ class Server:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
 
+    def second_worker(self) -> str:
+        """Another ASGI worker process on the same database, as production runs several: its URL."""
+        if getattr(self, "worker", None) is None:
+            port = free_port()
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "rmm.asgi:application"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+            self.worker_url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(self.worker_url + "/accounts/login/", timeout=2).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+        return self.worker_url
+
     def stop(self) -> None:
+        if getattr(self, "worker", None) is not None and self.worker.poll() is None:
+            self.worker.terminate()
+            self.worker.wait(10)
         if self.cluster and self.cluster.poll() is None:
             os.killpg(self.cluster.pid, signal.SIGKILL)
             self.cluster.wait(10)
@@ -134,9 +158,11 @@ class Server:
         if self.pg_admin_url:
             self._pg(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
 
-    def request(self, method: str, path: str, data=None, token: str | None = None, headers=None) -> Response:
+    def request(
+        self, method: str, path: str, data=None, token: str | None = None, headers=None, base: str | None = None
+    ) -> Response:
         body = None if data is None else json.dumps(data).encode()
-        req = urllib.request.Request(self.url + path, data=body, method=method)
+        req = urllib.request.Request((base or self.url) + path, data=body, method=method)
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", token if token.startswith("Agent ") else f"Bearer {token}")

@@ -13,7 +13,7 @@ from rmm.errors import Conflict
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
-from tests.helpers import approved_authority, approved_script, make_agent
+from tests.helpers import approved_authority, approved_script, make_agent, otp_login
 
 SELF = {"detail": "You may not approve or reject your own work."}
 NO_REASON = {"reason": ["A rejection needs a reason."]}
@@ -285,9 +285,7 @@ JOBS_ADMIN = "/admin/scripting/scriptjob/"
 
 def admin_client(user):
     assert user.is_staff
-    client = Client()
-    client.force_login(user)
-    return client
+    return otp_login(Client(), user)  # approvers act in the admin with a verified second factor
 
 
 def act(client, url, action, obj, **extra):

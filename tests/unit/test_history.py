@@ -6,6 +6,8 @@ import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
+from evidence import services as evidence
+from rmm.history import anchors
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 
@@ -88,13 +90,13 @@ def test_the_orm_cannot_change_or_delete_history_either(events):
 def test_verify_history_passes_a_good_chain_and_counts_it(events):
     code, out, err = verify()
     assert code == 0
-    assert out == f"OK: {HistoryEvent.objects.count()} events verified\n"
+    assert out == f"OK: {HistoryEvent.objects.count()} events verified; no anchors yet\n"
     assert err == ""
     # Appending more keeps it good, and the count follows.
     history.append("user:tester", "test.event", payload={"n": "more"})
     code, out, _ = verify()
     assert code == 0
-    assert out == f"OK: {HistoryEvent.objects.count()} events verified\n"
+    assert out == f"OK: {HistoryEvent.objects.count()} events verified; no anchors yet\n"
 
 
 def test_each_event_chains_to_the_one_before(events):
@@ -163,16 +165,22 @@ def test_rewriting_an_event_with_a_fresh_hash_breaks_the_next_link(events):
     )
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: removing the newest events needs an external anchor to detect")
 def test_a_truncated_tail_is_detected(events):
-    """Deleting the newest events leaves a shorter chain that still verifies from genesis.
-
-    Strict xfail: when an anchor (e.g. the head hash carried in evidence) is added, this
-    starts passing and the marker must go.
-    """
+    """Deleting the newest events leaves a shorter chain that still verifies from genesis; the
+    signed anchor of the head, kept in the evidence store outside the database, catches it."""
+    anchor = anchors.anchor_history("user:tester")
+    name = evidence.storage_name(anchor)
     drop_triggers()
-    HistoryEvent.objects.filter(sequence=events[-1].sequence).delete()
-    assert verify()[0] == 1
+    # The database owner removes the anchored head and everything after it (the anchor's own event).
+    HistoryEvent.objects.filter(sequence__gte=events[-1].sequence).delete()
+    code, out, err = verify()
+    assert code == 1
+    assert out == ""
+    last = events[-1].sequence
+    assert err.startswith(f"FAILED at event {last}: the chain ends at event {last - 1}, but anchor {name} (signed "), (
+        err
+    )
+    assert err.endswith(f") covers event {last} ({last - 1} events verified before it)\n")
 
 
 def test_the_triggers_are_back_after_a_tampering_test(events):

@@ -123,25 +123,41 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
     Instructions are released in waves by their position (``wave_offset`` places this job's
     first instruction within a larger batch of jobs).
     """
-    kind = registry.kind_of(job)
-    specs = kind.render(job)
-    authority = kind.authority(job)
+    return issue_instructions_for([job], actor, wave_offset=wave_offset)
+
+
+def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[Instruction]:
+    """:func:`issue_instructions` for many jobs of one kind at once: one agent look-up, one
+    insert and one history append whatever their number; agents of the instructions released
+    now are woken once the transaction commits. Each job's relations used by ``render`` and
+    ``authority`` must already be loaded."""
+    if not jobs:
+        return []
+    kind = registry.kind_of(jobs[0])
+    rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
+    agents = dict(
+        Agent.objects.filter(asset_id__in={spec.asset.pk for _, spec in rendered}, revoked_at__isnull=True).values_list(
+            "asset_id", "pk"
+        )
+    )
     now = timezone.now()
     not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
+    stamps = {"issued_at": iso_utc(now), "not_after": iso_utc(not_after)}
     rows = []
-    for position, spec in enumerate(specs, start=wave_offset):
-        agent = Agent.objects.filter(asset=spec.asset, revoked_at__isnull=True).first()
-        if agent is None:
+    for position, (job, spec) in enumerate(rendered, start=wave_offset):
+        agent_id = agents.get(spec.asset.pk)
+        if agent_id is None:
             raise InvalidInput("The asset has no enrolled agent.", field="asset")
         if spec.interpreter not in INTERPRETERS:
             raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
+        authority = kind.authority(job)
         inst = Instruction(
             job_kind=kind.name,
             job_id=job.pk,
             step=spec.step,
             site_id=spec.asset.site_id,
-            asset=spec.asset,
-            agent=agent,
+            asset_id=spec.asset.pk,
+            agent_id=agent_id,
             interpreter=spec.interpreter,
             content=spec.content,
             content_sha256=hashlib.sha256(spec.content.encode()).hexdigest(),
@@ -157,7 +173,7 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
         inst.payload = canonical_json(
             {
                 "instruction_id": str(inst.id),
-                "agent_id": str(agent.pk),
+                "agent_id": str(agent_id),
                 "asset_id": str(spec.asset.pk),
                 "job_kind": kind.name,
                 "job_id": str(job.pk),
@@ -169,13 +185,12 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
                 "timeout_seconds": spec.timeout_seconds,
                 "privileged": spec.privileged,
                 "authority": {key: str(value) if value else None for key, value in sorted(authority.items())},
-                "issued_at": iso_utc(now),
-                "not_after": iso_utc(not_after),
+                **stamps,
             }
         ).decode()
         inst.signature = signing.sign(inst.payload.encode())
         rows.append(inst)
-    Instruction.objects.bulk_create(rows)
+    Instruction.objects.bulk_create(rows, batch_size=2000)
     history.append_many(
         history.Event(
             history.actor_of(actor),
@@ -185,13 +200,14 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
             inst.site_id,
             {
                 "job_kind": kind.name,
-                "job_id": str(job.pk),
+                "job_id": str(inst.job_id),
                 "asset_id": str(inst.asset_id),
                 "content_sha256": inst.content_sha256,
             },
         )
         for inst in rows
     )
+    events.wake_agents(inst.agent_id for inst in rows if inst.release_at <= now)
     return rows
 
 
@@ -427,16 +443,16 @@ def end_instruction(inst: Instruction, from_status: str, to: str, actor, reason:
 
 
 def stop_instructions(instructions, actor, reason: str) -> int:
-    """Stop work: queued instructions end aborted now; running ones are marked, and their agent
-    kills them at its next heartbeat and reports what they printed until then."""
+    """Stop work: queued instructions end aborted now; running ones are marked, and their agent,
+    woken, kills them at its next heartbeat and reports what they printed until then."""
     count = 0
     # A list, not a cursor: a task enqueued on commit may close the connection under an open cursor.
     for inst in list(instructions.filter(status=S.QUEUED)):
         count += end_instruction(inst, S.QUEUED, S.ABORTED, actor, reason)
-    running = list(instructions.filter(status=S.RUNNING, abort_reason="").values_list("pk", "site_id"))
+    running = list(instructions.filter(status=S.RUNNING, abort_reason="").values_list("pk", "site_id", "agent_id"))
     if running:
         with transaction.atomic():
-            Instruction.objects.filter(pk__in=[pk for pk, _ in running], status=S.RUNNING).update(
+            Instruction.objects.filter(pk__in=[pk for pk, _, _ in running], status=S.RUNNING).update(
                 abort_reason=reason[:2000]
             )
             history.append_many(
@@ -448,8 +464,9 @@ def stop_instructions(instructions, actor, reason: str) -> int:
                     site_id,
                     {"reason": reason},
                 )
-                for pk, site_id in running
+                for pk, site_id, _ in running
             )
+            events.wake_agents(agent_id for _, _, agent_id in running)  # killed now, not at the next heartbeat
     return count + len(running)
 
 

@@ -32,6 +32,20 @@ def active_for(site_id, asset_id) -> KillSwitch | None:
     )
 
 
+def active_for_any(site_id, asset_ids) -> KillSwitch | None:
+    """The engaged switch covering any of these assets of one site, if any (one query)."""
+    asset_ids = set(asset_ids)
+    for switch in (
+        KillSwitch.objects.filter(released_at__isnull=True)
+        .filter(Q(scope=KillSwitchScope.GLOBAL) | Q(site_id=site_id))
+        .select_related("site", "asset")
+        .order_by("engaged_at")
+    ):
+        if switch.scope != KillSwitchScope.ASSET or switch.asset_id in asset_ids:
+            return switch
+    return None
+
+
 def engaged_visible_to(user):
     """Engaged switches the user should be warned about: global ones and those of its sites."""
     sites = access.visible_sites(user)

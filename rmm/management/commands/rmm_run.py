@@ -96,6 +96,9 @@ class Command(BaseCommand):
                 self.style.SUCCESS(
                     f"\nRMM is running.\n  Console: {url}/console/   Admin: {url}/admin/   API docs: {url}/api/docs/\n"
                     f"  Demo admin login: {username} / {password}\n"
+                    "  It is a superuser: its first sign-in sets up a second factor (TOTP) with an authenticator\n"
+                    "  app (scan the QR code shown); later sign-ins ask for its code.\n"
+                    f"  Lost the device: manage.py rmm_otp_reset {username}\n"
                     f"  Local agent state: {state_dir} (site {site!r}); access log: {access_log}\n"
                     "  Ctrl-C stops the server, the task cluster and the agent.\n"
                 )

@@ -33,6 +33,8 @@
   }
 
   function onEvent(ev) {
+    // Page scripts (e.g. evidence exports) listen for every event without a socket of their own.
+    document.dispatchEvent(new CustomEvent("rmm:event", { detail: ev }));
     if (ev.type === "kill_switch") { refreshBanner(); return; }
     if (ev.type !== "job") return;
     var row = document.querySelector('#jobs tr[data-job-id="' + ev.id + '"]');

@@ -2,18 +2,29 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from rmm.history.services import verify_chain
+from rmm.history.anchors import verify_history
 
 
 class Command(BaseCommand):
-    help = "Walk the execution history's hash chain; exit 1 naming the first event that does not verify."
+    help = (
+        "Walk the execution history's hash chain and check it against every signed anchor in the evidence "
+        "store; exit 1 naming the first event that does not verify, or the anchor that is wrong."
+    )
 
     def handle(self, *args, **options):
-        report = verify_chain()
-        if report.ok:
-            self.stdout.write(f"OK: {report.checked} events verified")
-            return
-        self.stderr.write(
-            f"FAILED at event {report.first_bad}: {report.problem} ({report.checked} events verified before it)"
-        )
-        sys.exit(1)
+        report = verify_history()
+        chain = report.chain
+        for problem in report.problems:
+            self.stderr.write(f"FAILED: {problem}")
+        if not chain.ok:
+            self.stderr.write(
+                f"FAILED at event {chain.first_bad}: {chain.problem} ({chain.checked} events verified before it)"
+            )
+        if not report.ok:
+            sys.exit(1)
+        if report.anchors:
+            newest = report.anchors[-1]
+            anchors = f"{len(report.anchors)} anchors checked, the newest at event {newest.sequence} ({newest.time})"
+        else:
+            anchors = "no anchors yet"
+        self.stdout.write(f"OK: {chain.checked} events verified; {anchors}")

@@ -1,0 +1,239 @@
+"""The server under test, started the way the README's production section says.
+
+Its own PostgreSQL database (created and dropped here), its own Redis database, several daphne
+ASGI workers (one port each, as behind a proxy) and ``manage.py qcluster``, all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of one process."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@dataclass
+class Cluster:
+    """``workers`` daphne processes and one task cluster on a fresh database."""
+
+    workers: int = 2
+    interval: int = 30
+    pg_url: str = "postgres://postgres@127.0.0.1:5432"
+    redis_url: str = "redis://127.0.0.1:6379/11"
+    extra_env: dict = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    ports: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="rmm-bench-"))
+        self.dbname = f"rmm_bench_{uuid.uuid4().hex[:8]}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RMM_"))}
+        self.env.update(
+            DJANGO_SETTINGS_MODULE="rmm.settings",
+            DATABASE_URL=f"{self.pg_url}/{self.dbname}",
+            REDIS_URL=self.redis_url,
+            RMM_VAR_DIR=str(self.tmp / "var"),
+            RMM_BENCH="1",
+            RMM_HEARTBEAT_INTERVAL=str(self.interval),
+            RMM_API_RATE="1000000/min",
+            PYTHONUNBUFFERED="1",
+            **self.extra_env,
+        )
+        self.log = open(self.tmp / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    def _pg(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{self.pg_url}/postgres", autocommit=True) as conn:
+            conn.execute(sql)
+
+    def _redis_flush(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.redis_url).flushdb()
+
+    def manage(self, *args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+        return done.stdout
+
+    def shell(self, code: str) -> dict:
+        """Run Django code in a ``manage.py shell``; it prints one JSON line, which is returned."""
+        return json.loads(self.manage("shell", "--verbosity", "0", "-c", code).strip().splitlines()[-1])
+
+    def start(self) -> Cluster:
+        self._pg(f'CREATE DATABASE "{self.dbname}"')
+        self._redis_flush()
+        self.manage("migrate", "--noinput", "-v", "0")
+        # One signing key for every worker, made before any of them starts (README: Keys).
+        self.shell("import json; from rmm.engine import signing; print(json.dumps(signing.public_key_b64()))")
+        for n in range(self.workers):
+            port = free_port()
+            self.ports.append(port)
+            self.procs[f"daphne-{n + 1}"] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "--access-log",
+                    str(self.tmp / f"access-{n + 1}.log"),
+                    "rmm.asgi:application",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs["qcluster"] = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for url in self.urls:
+            self._wait_ready(url)
+        return self
+
+    def _wait_ready(self, url: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited:\n{(self.tmp / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url + "/api/v1/agent/bench/stats/", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{url} did not start")
+
+    def stats(self, reset: bool = False) -> list[dict]:
+        """Each worker's own figures (query counts per endpoint, CPU, peak memory)."""
+        found = []
+        for url in self.urls:
+            request = urllib.request.Request(
+                url + "/api/v1/agent/bench/stats/", method="POST" if reset else "GET", data=b"" if reset else None
+            )
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                found.append(json.loads(answer.read()))
+        return found
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: each worker, the task cluster (all its processes), PostgreSQL, Redis."""
+        figures = {name: cpu_seconds(proc.pid) for name, proc in self.procs.items() if name != "qcluster"}
+        figures["qcluster"] = sum(cpu_seconds(pid) for pid in tree(self.procs["qcluster"].pid))
+        figures["postgres"] = sum(cpu_seconds(pid) for pid in pids_named("postgres"))
+        figures["redis"] = sum(cpu_seconds(pid) for pid in pids_named("redis-server"))
+        return figures
+
+    def memory(self) -> dict[str, float]:
+        """Peak resident memory (MiB) of each server process; the task cluster's largest process."""
+        figures = {name: peak_rss_mib(proc.pid) for name, proc in self.procs.items() if name != "qcluster"}
+        figures["qcluster"] = max(peak_rss_mib(pid) for pid in tree(self.procs["qcluster"].pid))
+        return figures
+
+    def stop(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                if name == "qcluster":
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.terminate()
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                if name == "qcluster":
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+                proc.wait(5)
+        self.log.close()
+        self._pg(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+        self._redis_flush()

@@ -1,0 +1,357 @@
+"""Simulated agents: many per asyncio process, speaking the real agent protocol over HTTP.
+
+Each simulated agent enrolls, heartbeats at the server's interval (with jitter) carrying its
+facts hash (full facts the first time and whenever they change), long-polls
+``/api/v1/agent/wait/`` between heartbeats and heartbeats at once when woken, verifies every
+leased instruction's Ed25519 signature and content hash exactly as ``rmm_agent`` does, "runs"
+it for a moment and posts a result whose hash the server checks.
+
+A worker process is driven by the coordinator over a pipe: ``enroll``, ``fleet_start``,
+``fleet_stop``, ``saturate``, ``exit``. It answers with raw, timestamped records; the
+coordinator computes every figure from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+
+import aiohttp
+
+from rmm_agent.protocol import InstructionRefused, facts_hash, result_hash, verify_instruction
+
+AGENT = "/api/v1/agent/"
+USER_AGENT = "rmm-bench/1"
+
+
+def make_facts(hostname: str, rng: random.Random) -> dict:
+    """Facts shaped like those the real agent collects."""
+    return {
+        "hostname": hostname,
+        "os": "Linux",
+        "os_version": "Debian GNU/Linux 13 (trixie)",
+        "kernel": "6.12.0-bench",
+        "architecture": "x86_64",
+        "addresses": [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"],
+        "boot_time": "2026-11-01T00:00:00Z",
+        "agent_version": "0.1.0",
+    }
+
+
+@dataclass
+class Records:
+    """Everything one worker saw, each entry stamped with wall-clock time."""
+
+    heartbeats: list[tuple[float, float, str, int]] = field(default_factory=list)  # start, seconds, outcome, leased
+    waits: list[tuple[float, float, str]] = field(default_factory=list)  # start, seconds, outcome
+    results: list[tuple[float, float, str]] = field(default_factory=list)  # start, seconds, outcome
+    leases: list[tuple[str, float]] = field(default_factory=list)  # job id, wall time it arrived
+    errors: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)  # one message per error kind
+
+    def error(self, kind: str, message: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.samples.setdefault(kind, message[:300])
+
+
+async def _json(answer: aiohttp.ClientResponse) -> dict:
+    """The answer's JSON object, or the start of whatever else came back (an error page)."""
+    raw = await answer.read()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {"detail": raw[:200].decode("utf-8", "replace")}
+    return data if isinstance(data, dict) else {}
+
+
+class SimAgent:
+    """One enrolled agent and its loop."""
+
+    def __init__(self, sim: Simulator, url: str, identity: dict, facts: dict) -> None:
+        self.sim, self.url = sim, url
+        self.agent_id = identity["agent_id"]
+        self.asset_id = identity["asset_id"]
+        self.auth = f"Agent {identity['agent_id']}:{identity['secret']}"
+        self.key = base64.b64decode(identity["server_public_key"])
+        self.facts = facts
+        self.acked = ""  # like the real agent: full facts until the server acknowledged a hash
+        self.running: set[str] = set()
+        self.next_heartbeat = 0.0
+
+    async def post(self, path: str, body: dict, timeout: float) -> tuple[int, dict, float]:
+        headers = {"Authorization": self.auth, "User-Agent": USER_AGENT}
+        async with self.sim.session.post(
+            self.url + path, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as answer:
+            data = await _json(answer)
+            retry = float(answer.headers.get("Retry-After", "0") or 0)
+            return answer.status, data, retry
+
+    async def heartbeat(self, record: bool = True) -> float:
+        """One heartbeat; returns the seconds until the next one."""
+        sim, rec = self.sim, self.sim.records
+        if sim.facts_change and sim.rng.random() < sim.facts_change:
+            self.facts = dict(self.facts, addresses=[f"10.0.{sim.rng.randrange(256)}.{sim.rng.randrange(1, 255)}"])
+        current = facts_hash(self.facts)
+        body: dict = {
+            "agent_version": "0.1.0",
+            "facts_hash": current,
+            "running": sorted(self.running),
+            "capacity": max(0, 4 - len(self.running)),
+        }
+        if self.acked != current:
+            body["facts"] = self.facts
+        started, wall = time.perf_counter(), time.time()
+        try:
+            status, answer, retry = await self.post(AGENT + "heartbeat/", body, 30)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            rec.heartbeats.append((wall, time.perf_counter() - started, "error", 0))
+            rec.error("heartbeat transport", repr(exc))
+            return sim.interval
+        elapsed = time.perf_counter() - started
+        if status != 200:
+            rec.heartbeats.append((wall, elapsed, str(status), 0))
+            rec.error(f"heartbeat HTTP {status}", str(answer))
+            return retry or sim.interval
+        leased = answer.get("instructions") or []
+        if record:
+            rec.heartbeats.append((wall, elapsed, "ok", len(leased)))
+        if "facts" in body:
+            self.acked = current
+        if answer.get("facts_required"):
+            self.acked = ""
+        now = datetime.now(UTC)
+        for envelope in leased:
+            try:
+                payload = verify_instruction(envelope, self.key, self.agent_id, now)
+            except InstructionRefused as refusal:
+                rec.error("instruction refused", refusal.reason)
+                continue
+            rec.leases.append((payload["job_id"], time.time()))
+            self.running.add(payload["instruction_id"])
+            sim.spawn(self.execute(payload["instruction_id"]))
+        return sim.interval * sim.rng.uniform(0.95, 1.05)
+
+    async def execute(self, instruction_id: str) -> None:
+        """'Run' the instruction for a moment, then deliver its result (retrying like the spool)."""
+        sim, rec = self.sim, self.sim.records
+        await asyncio.sleep(sim.rng.uniform(0.05, 0.3))
+        result = {
+            "instruction_id": instruction_id,
+            "outcome": "completed",
+            "exit_code": 0,
+            "stdout": f"ok from {self.facts['hostname']}\n",
+            "stderr": "",
+            "stdout_truncated": False,
+            "stderr_truncated": False,
+            "reason": None,
+            "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:01Z",
+        }
+        result["hash"] = result_hash(result)
+        for _attempt in range(5):
+            started, wall = time.perf_counter(), time.time()
+            try:
+                status, answer, _ = await self.post(AGENT + "results/", result, 60)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                rec.results.append((wall, time.perf_counter() - started, "error"))
+                rec.error("result transport", repr(exc))
+                await asyncio.sleep(1)
+                continue
+            rec.results.append((wall, time.perf_counter() - started, "ok" if status in (200, 201) else str(status)))
+            if status not in (200, 201):
+                rec.error(f"result HTTP {status}", str(answer))
+            break
+        self.running.discard(instruction_id)
+
+    async def wait(self, seconds: float) -> bool:
+        """Long-poll until woken (True) or ``seconds`` passed (False)."""
+        rec = self.sim.records
+        started, wall = time.perf_counter(), time.time()
+        try:
+            status, answer, _ = await self.post(AGENT + "wait/", {"timeout": seconds}, seconds + 30)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            rec.waits.append((wall, time.perf_counter() - started, "error"))
+            rec.error("wait transport", repr(exc))
+            await asyncio.sleep(max(0.0, seconds - (time.perf_counter() - started)))
+            return False
+        elapsed = time.perf_counter() - started
+        if status != 200:
+            rec.waits.append((wall, elapsed, str(status)))
+            rec.error(f"wait HTTP {status}", str(answer))
+            await asyncio.sleep(max(0.0, seconds - elapsed))
+            return False
+        woke = answer.get("wake") is True
+        rec.waits.append((wall, elapsed, "wake" if woke else "timeout"))
+        return woke
+
+    async def life(self, stop: asyncio.Event) -> None:
+        """Heartbeat, then wait for a wake-up or the next heartbeat; start at a random offset."""
+        sim = self.sim
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), sim.rng.uniform(0, sim.interval))
+            return
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            self.next_heartbeat = loop.time() + await self.heartbeat()
+            while not stop.is_set():
+                left = self.next_heartbeat - loop.time()
+                if left < 0.5:
+                    await asyncio.sleep(max(0.0, left))
+                    break
+                if sim.long_poll:
+                    if await self.wait(left):
+                        break
+                else:
+                    await asyncio.sleep(left)
+
+
+class Simulator:
+    """One worker process's share of the fleet."""
+
+    def __init__(self, urls: list[str], seed: int) -> None:
+        self.urls = urls
+        self.rng = random.Random(seed)
+        self.agents: list[SimAgent] = []
+        self.records = Records()
+        self.tasks: set[asyncio.Task] = set()
+        self.interval = 30.0
+        self.facts_change = 0.0
+        self.long_poll = True
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=120)
+        self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=["Accept-Encoding"])
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def enroll(self, token: str, names: list[str], concurrency: int) -> dict:
+        """Enroll ``names`` through the real endpoint; returns identities and latencies."""
+        latencies: list[float] = []
+        queue = list(enumerate(names))
+
+        async def one(index: int, hostname: str) -> None:
+            url = self.urls[index % len(self.urls)]
+            facts = make_facts(hostname, self.rng)
+            for _attempt in range(5):
+                started = time.perf_counter()
+                try:
+                    async with self.session.post(
+                        url + AGENT + "enroll/",
+                        json={"token": token, "facts": facts},
+                        timeout=aiohttp.ClientTimeout(60),
+                    ) as answer:
+                        body = await _json(answer)
+                        status = answer.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self.records.error("enroll transport", repr(exc))
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if status == 201:
+                    self.agents.append(SimAgent(self, url, body, facts))
+                    return
+                self.records.error(f"enroll HTTP {status}", str(body))
+                return
+
+        async def runner() -> None:
+            while queue:
+                index, hostname = queue.pop()
+                await one(index, hostname)
+
+        await asyncio.gather(*(runner() for _ in range(concurrency)))
+        return {
+            "agents": [(a.agent_id, a.asset_id) for a in self.agents],
+            "latencies": latencies,
+            "errors": dict(self.records.errors),
+        }
+
+    def fleet_start(self, interval: float, facts_change: float, long_poll: bool) -> asyncio.Event:
+        self.interval, self.facts_change, self.long_poll = interval, facts_change, long_poll
+        self.records = Records()
+        stop = asyncio.Event()
+        for agent in self.agents:
+            self.spawn(agent.life(stop))
+        return stop
+
+    async def fleet_stop(self, stop: asyncio.Event) -> Records:
+        stop.set()
+        await asyncio.sleep(0.5)
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        return self.records
+
+    async def saturate(self, path: str, concurrency: int, seconds: float) -> list[tuple[float, float, str]]:
+        """Closed loop: ``concurrency`` callers, each agent in turn, as fast as the server answers."""
+        samples: list[tuple[float, float, str]] = []
+        body_of = {
+            "heartbeat/": lambda a: {
+                "agent_version": "0.1.0",
+                "facts_hash": facts_hash(a.facts),
+                "running": [],
+                "capacity": 4,
+            },
+            "bench/bare/": lambda a: {},
+        }[path]
+        end = time.perf_counter() + seconds
+        turn = iter(range(10**12))
+
+        async def caller() -> None:
+            while time.perf_counter() < end:
+                agent = self.agents[next(turn) % len(self.agents)]
+                started, wall = time.perf_counter(), time.time()
+                try:
+                    status, _, _ = await agent.post(AGENT + path, body_of(agent), 30)
+                    outcome = "ok" if status == 200 else str(status)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    outcome = "error"
+                    self.records.error(f"saturate {path} transport", repr(exc))
+                samples.append((wall, time.perf_counter() - started, outcome))
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return samples
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def worker(conn: Connection, urls: list[str], seed: int) -> None:
+    """A simulator process: obey the coordinator's commands until ``exit``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    async def main() -> None:
+        sim = Simulator(urls, seed)
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Event | None = None
+        try:
+            while True:
+                command, args = await loop.run_in_executor(None, conn.recv)
+                if command == "enroll":
+                    conn.send(await sim.enroll(**args))
+                elif command == "fleet_start":
+                    stop = sim.fleet_start(**args)
+                    conn.send({"cpu": _cpu()})
+                elif command == "fleet_stop" and stop is not None:
+                    records = await sim.fleet_stop(stop)
+                    conn.send({"records": records.__dict__, "cpu": _cpu()})
+                elif command == "saturate":
+                    samples = await sim.saturate(**args)
+                    conn.send({"samples": samples, "errors": dict(sim.records.errors), "cpu": _cpu()})
+                elif command == "exit":
+                    return
+        finally:
+            await sim.session.close()
+
+    asyncio.run(main())

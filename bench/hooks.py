@@ -1,0 +1,137 @@
+"""Server-side hooks for the fleet benchmark, loaded only when ``RMM_BENCH=1`` (never by default).
+
+- :class:`QueryCountMiddleware` counts the database queries each request makes, per endpoint
+  (the heartbeat is split into idle heartbeats and those that leased work);
+- ``/api/v1/agent/bench/bare/`` is the bare endpoint: the same stack as the heartbeat (same
+  middleware, same agent authentication, a sync view) answering a constant;
+- ``/api/v1/agent/bench/stats/`` gives this process's counts, CPU time and peak memory, and
+  ``POST`` to it resets the counts.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import resource
+import threading
+import time
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db.backends.signals import connection_created
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+
+from rmm.inventory import services as inventory
+
+_queries: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("bench_queries", default=None)
+_lock = threading.Lock()
+_totals: dict[str, list[float]] = {}  # label -> [requests, queries, seconds]
+
+
+def _count(execute, sql, params, many, context):
+    box = _queries.get()
+    if box is not None:
+        box[0] += 1
+    return execute(sql, params, many, context)
+
+
+def _install(sender, connection, **kwargs) -> None:
+    """Every connection of this process counts into the request that uses it."""
+    if _count not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_count)
+
+
+connection_created.connect(_install)
+
+
+def _label(request: HttpRequest, response: HttpResponse) -> str:
+    label = request.path
+    if label == "/api/v1/agent/heartbeat/" and response.status_code == 200:
+        label += " (idle)" if b'"instructions": []' in response.content else " (lease)"
+    elif response.status_code >= 400:
+        label += f" ({response.status_code})"
+    return label
+
+
+def _record(request: HttpRequest, response: HttpResponse, queries: int, seconds: float) -> None:
+    label = _label(request, response)
+    with _lock:
+        row = _totals.setdefault(label, [0, 0, 0.0])
+        row[0] += 1
+        row[1] += queries
+        row[2] += seconds
+
+
+class QueryCountMiddleware:
+    """Outermost middleware: the queries of the whole request, middleware included."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
+        box = [0]
+        token = _queries.set(box)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+        finally:
+            _queries.reset(token)
+        _record(request, response, box[0], time.perf_counter() - started)
+        return response
+
+    async def __acall__(self, request):
+        box = [0]
+        token = _queries.set(box)
+        started = time.perf_counter()
+        try:
+            response = await self.get_response(request)
+        finally:
+            _queries.reset(token)
+        _record(request, response, box[0], time.perf_counter() - started)
+        return response
+
+
+@csrf_exempt
+def bare(request: HttpRequest) -> JsonResponse:
+    """The heartbeat's stack without its work: authenticate the agent, answer a constant."""
+    if request.method != "POST":
+        return JsonResponse({"detail": "POST only."}, status=405)
+    if inventory.authenticate_agent(request.headers.get("Authorization", "")) is None:
+        return JsonResponse({"detail": "Agent credential missing, wrong or revoked."}, status=401)
+    return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+def stats(request: HttpRequest) -> JsonResponse:
+    """GET: this process's figures since the last reset; POST: reset the counts."""
+    with _lock:
+        if request.method == "POST":
+            _totals.clear()
+        endpoints = {
+            label: {"requests": int(n), "queries": int(q), "seconds": round(s, 6)}
+            for label, (n, q, s) in _totals.items()
+        }
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "max_rss_kib": usage.ru_maxrss,
+            "endpoints": endpoints,
+        }
+    )
+
+
+urlpatterns = [
+    path("api/v1/agent/bench/bare/", bare, name="bench-bare"),
+    path("api/v1/agent/bench/stats/", stats, name="bench-stats"),
+]

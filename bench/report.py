@@ -1,0 +1,64 @@
+"""The benchmark report as a plain-text table (the JSON holds the same figures and more)."""
+
+from __future__ import annotations
+
+
+def _row(label: str, value) -> str:
+    return f"  {label:<52} {value}"
+
+
+def table(r: dict) -> str:
+    m, o, s, f, sat = r["machine"], r["options"], r["steady"], r["fanout"], r["saturation"]
+    lines = [
+        f"RMM fleet benchmark — {m['date']}",
+        f"machine: {m['cpus']} × {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}",
+        f"server: {o['workers']} daphne workers + qcluster, PostgreSQL, Redis; simulator: {o['sim']} processes",
+        "",
+        "enrollment",
+        _row(
+            "agents enrolled (real protocol)",
+            f"{r['enroll']['agents']} in {r['enroll']['seconds']} s "
+            f"({r['enroll']['per_second']}/s, p99 {r['enroll']['p99_ms']} ms)",
+        ),
+        "",
+        f"steady state: {s['agents']} agents, {s['interval_seconds']} s interval, {s['window_seconds']} s measured",
+        _row("heartbeats per second", s["heartbeats_per_second"]),
+        _row(
+            "heartbeat latency p50 / p95 / p99 / max (ms)",
+            f"{s['heartbeat_p50_ms']} / {s['heartbeat_p95_ms']} / {s['heartbeat_p99_ms']} / {s['heartbeat_max_ms']}",
+        ),
+        _row("heartbeat errors", s["heartbeat_errors"]),
+        _row("long-polls per second (errors)", f"{s['waits_per_second']} ({s['wait_errors']})"),
+        _row("server CPU s per 1,000 heartbeats (daphne workers)", s["server_cpu_seconds_per_1000_heartbeats"]),
+        _row("CPU, share of one core", ", ".join(f"{k} {v}" for k, v in s["cpu_share_of_one_core"].items())),
+        _row(
+            "dispatch latency p50 / p95 / max (ms)",
+            f"{s['dispatch_p50_ms']} / {s['dispatch_p95_ms']} / {s['dispatch_max_ms']} "
+            f"({s['dispatch_leased']}/{s['dispatch_probes']} jobs)",
+        ),
+        "",
+        f"fan-out: one script job across {f['assets']} assets",
+        _row("created and queued in (s)", f["queue_seconds"]),
+        _row("first wave leased / results accepted", f"{f['leased']} / {f['results_accepted']} of {f['first_wave']}"),
+        _row("all of the first wave leased after (s)", f["all_leased_after_queued_s"]),
+        _row("results ingested per second", f["results_per_second"]),
+        "",
+        "queries per call (all workers)",
+        *(_row(label, f"{q['queries_per_call']}  ({q['calls']} calls)") for label, q in r["queries_per_call"].items()),
+        "",
+        f"saturation: {o['concurrency']} closed-loop callers, {o['saturate']} s each",
+        *(
+            _row(
+                f"{name} requests/s, p50 / p99 (ms)",
+                f"{x['requests_per_second']}, {x['p50_ms']} / {x['p99_ms']}  "
+                f"(errors {x['errors']}, {x['server_cpu_ms_per_request']} ms worker CPU per call)",
+            )
+            for name, x in ((k, sat[k]) for k in ("heartbeat", "bare"))
+        ),
+        _row("heartbeat throughput as a share of the bare endpoint", f"{sat['heartbeat_share_of_bare']:.0%}"),
+        "",
+        _row("simulator CPU s (fleet phase)", r["simulator_cpu_seconds_fleet_phase"]),
+        _row("server peak memory (MiB)", ", ".join(f"{k} {v}" for k, v in r["server_peak_memory_mib"].items())),
+        _row("errors", r["errors"] or "none"),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,13 @@
+"""Background evidence work (django-q2)."""
+
+from evidence import exports, retention
+
+
+def run_export(export_id: str) -> str | None:
+    """Build a requested compliance export (queued by exports.request_export on commit)."""
+    return exports.run_export(export_id)
+
+
+def retention_run() -> int:
+    """Apply the retention policy (daily schedule, migration evidence/0005); the number deleted."""
+    return retention.run_retention("system").deleted_count

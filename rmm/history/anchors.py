@@ -1,0 +1,185 @@
+"""History anchors: the head of the chain (sequence, hash, time) signed with the server's key
+and kept as a ``history_anchor`` evidence blob, outside the database.
+
+The chain alone proves that no event was changed or removed *before* its head; anyone with
+database rights can still cut the newest events off, or rebuild the whole chain. An anchor
+cannot be rewritten without the signing key, so ``verify_history`` checks the chain against
+every anchor in the evidence store: a rebuilt event no longer has the anchored hash, and a
+truncated tail no longer reaches the newest anchored sequence.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from rmm.engine import signing
+from rmm.history import services as history
+from rmm.history.models import HistoryEvent
+from rmm_agent.protocol import canonical_json
+
+PURPOSE = "rmm.history_anchor"  # signed with the statement, so no other signed thing passes for an anchor
+ANCHORED = "history.anchored"
+
+
+def key_fingerprint(raw_public_key: bytes) -> str:
+    """What an auditor compares with the fingerprint obtained out of band."""
+    return "SHA256:" + hashlib.sha256(raw_public_key).hexdigest()
+
+
+def server_public_key() -> bytes:
+    return base64.b64decode(signing.public_key_b64())
+
+
+@dataclass
+class Anchor:
+    name: str
+    sequence: int
+    hash: str
+    time: str
+
+    @property
+    def label(self) -> str:
+        return f"anchor {self.name} (signed {self.time})"
+
+
+class AnchorProblem(Exception):
+    pass
+
+
+def statement(sequence: int, digest: str, time: str) -> dict:
+    return {"purpose": PURPOSE, "sequence": sequence, "hash": digest, "time": time}
+
+
+def anchor_history(actor="system", *, only_if_changed: bool = False):
+    """Sign the current head and store it as a history_anchor record; its own history event
+    comes after the head it anchors. With ``only_if_changed`` (the schedule), a head that is
+    itself the previous anchor's event is not anchored again."""
+    from evidence import services as evidence
+    from evidence.models import EvidenceType
+
+    head = HistoryEvent.objects.order_by("-sequence").values_list("sequence", "hash", "action").first()
+    if head is None:
+        return None
+    sequence, digest, action = head
+    if only_if_changed and action == ANCHORED:
+        return None
+    signed = statement(sequence, digest, timezone.now().isoformat())
+    public_key = server_public_key()
+    blob = canonical_json(
+        {
+            "anchor": signed,
+            "signature": signing.sign(canonical_json(signed)),
+            "public_key": base64.b64encode(public_key).decode(),
+            "key_fingerprint": key_fingerprint(public_key),
+        }
+    )
+    blob_hash = hashlib.sha256(blob).hexdigest()
+    name = evidence.anchor_name(sequence, blob_hash)
+    evidence.put_blob(name, blob, blob_hash)
+    return evidence.record(
+        asset=None,
+        evidence_type=EvidenceType.HISTORY_ANCHOR,
+        related_entity="history_event",
+        related_id=uuid.UUID(int=sequence),  # the anchored sequence, as the record's related id
+        actor=actor,
+        action=ANCHORED,
+        payload={"sequence": sequence, "anchored_hash": digest, "time": signed["time"]},
+        stored=(blob_hash, f"{evidence.store_label()}/{name}"),
+    )
+
+
+def parse_anchor(name: str, data: bytes, public_key: bytes) -> Anchor:
+    """Check one anchor blob: its name's hash, its shape, its key and its signature."""
+    filename = name.rsplit("/", 1)[-1]
+    if not filename.endswith(f"-{hashlib.sha256(data).hexdigest()}.json"):
+        raise AnchorProblem("its content does not match the hash in its name")
+    try:
+        doc = json.loads(data)
+        signed = doc["anchor"]
+        sequence, digest, time = signed["sequence"], signed["hash"], signed["time"]
+        signature = base64.b64decode(doc["signature"], validate=True)
+        key = base64.b64decode(doc["public_key"], validate=True)
+    except (ValueError, KeyError, TypeError):
+        raise AnchorProblem("it is not a well-formed anchor") from None
+    if set(signed) != {"purpose", "sequence", "hash", "time"} or signed["purpose"] != PURPOSE:
+        raise AnchorProblem("it is not a well-formed anchor")
+    if key != public_key:
+        raise AnchorProblem(f"it is signed by another key ({key_fingerprint(key)})")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, canonical_json(signed))
+    except InvalidSignature:
+        raise AnchorProblem("its signature does not verify") from None
+    if not filename.startswith(f"{sequence:012d}-"):
+        raise AnchorProblem("its name does not match the sequence it signs")
+    return Anchor(name=name, sequence=sequence, hash=digest, time=time)
+
+
+def stored_anchor_names() -> list[str]:
+    from evidence.services import ANCHOR_DIR
+
+    try:
+        _dirs, files = default_storage.listdir(ANCHOR_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(f"{ANCHOR_DIR}/{name}" for name in files if name.endswith(".json"))
+
+
+@dataclass
+class HistoryReport:
+    chain: history.VerifyReport
+    anchors: list[Anchor] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # anchors that are themselves wrong
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok and not self.problems
+
+
+def load_anchors() -> tuple[list[Anchor], list[str]]:
+    """Every anchor in the evidence store (the listing, not the database, is the source), and the
+    problems found: bad anchors, anchors without records, records without anchors."""
+    from evidence import services as evidence
+    from evidence.models import EvidenceType, RmmEvidence
+
+    public_key = server_public_key()
+    anchors, problems = [], []
+    names = stored_anchor_names()
+    for name in names:
+        with default_storage.open(name, "rb") as fh:
+            data = fh.read()
+        try:
+            anchors.append(parse_anchor(name, data, public_key))
+        except AnchorProblem as exc:
+            problems.append(f"anchor {name}: {exc}")
+    recorded = set()
+    for row in RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).only(
+        "id", "hash", "storage_uri", "evidence_type"
+    ):
+        name = evidence.storage_name(row)
+        recorded.add(name)
+        if name not in names:
+            problems.append(
+                f"anchor {name}: its evidence record {row.pk} exists but the blob is missing from the store"
+            )
+    for name in names:
+        if name not in recorded:
+            problems.append(f"anchor {name}: it has no evidence record (deleted from the database?)")
+    return anchors, problems
+
+
+def verify_history() -> HistoryReport:
+    """Walk the chain from genesis, checking it against every stored anchor."""
+    anchors, problems = load_anchors()
+    expected: dict[int, list[tuple[str, str]]] = {}
+    for anchor in anchors:
+        expected.setdefault(anchor.sequence, []).append((anchor.hash, anchor.label))
+    return HistoryReport(chain=history.verify_chain(expected), anchors=anchors, problems=problems)

@@ -1,0 +1,233 @@
+"""History anchors: the signed head of the chain, kept in the evidence store, catch what a
+database owner can do to the history: cut its tail, or rebuild it."""
+
+import base64
+import io
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.core.files.storage import default_storage
+from django.core.management import call_command
+from django.db import connection
+from django_q.models import Schedule
+
+from evidence import services as evidence
+from evidence.models import EvidenceType, RmmEvidence
+from rmm.history import anchors, tasks
+from rmm.history import services as history
+from rmm.history.models import HistoryEvent
+from rmm_agent.protocol import canonical_json
+
+TABLE = "history_historyevent"
+
+
+@pytest.fixture
+def events(db):
+    for n in range(5):
+        history.append("user:tester", "test.event", payload={"n": n})
+    return list(HistoryEvent.objects.order_by("sequence"))
+
+
+def verify():
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("verify_history", stdout=out, stderr=err)
+    except SystemExit as exc:
+        return exc.code, out.getvalue(), err.getvalue()
+    return 0, out.getvalue(), err.getvalue()
+
+
+def drop_triggers():
+    """A database owner's first step (rolled back with the test's transaction)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"DROP TRIGGER history_no_update_delete ON {TABLE}")
+            cursor.execute(f"DROP TRIGGER history_no_truncate ON {TABLE}")
+        else:
+            cursor.execute("DROP TRIGGER history_no_update")
+            cursor.execute("DROP TRIGGER history_no_delete")
+
+
+def test_an_anchor_signs_the_head_and_its_own_event_comes_after_it(events):
+    head = events[-1]
+    row = anchors.anchor_history("user:tester")
+    assert (row.evidence_type, row.related_entity, row.related_id.int) == (
+        "history_anchor",
+        "history_event",
+        head.sequence,
+    )
+    assert row.site_id is None and row.asset_id is None
+    blob = json.loads(evidence.read_blob(row))
+    signed = blob["anchor"]
+    assert signed == {
+        "purpose": "rmm.history_anchor",
+        "sequence": head.sequence,
+        "hash": head.hash,
+        "time": signed["time"],
+    }
+    public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(blob["public_key"]))
+    public_key.verify(base64.b64decode(blob["signature"]), canonical_json(signed))  # raises if it does not verify
+    assert blob["key_fingerprint"] == anchors.key_fingerprint(anchors.server_public_key())
+    own = HistoryEvent.objects.get(sequence=row.history_sequence)
+    assert own.sequence > head.sequence
+    assert (own.action, own.payload["sequence"], own.payload["anchored_hash"]) == (
+        "history.anchored",
+        head.sequence,
+        head.hash,
+    )
+    assert evidence.storage_name(row) == f"evidence/anchors/{head.sequence:012d}-{row.hash}.json"
+    code, out, _ = verify()
+    assert code == 0
+    assert out.startswith(
+        f"OK: {HistoryEvent.objects.count()} events verified; 1 anchors checked, the newest at event {head.sequence} ("
+    )
+
+
+def test_deleting_the_tail_with_the_triggers_dropped_is_reported_through_the_anchor(events):
+    """The database owner cuts the newest events and the anchor records too; the store still has the anchor."""
+    history.append("user:tester", "test.event", payload={"n": "before the anchor"})
+    row = anchors.anchor_history("user:tester")
+    anchored = row.related_id.int
+    name = evidence.storage_name(row)
+    drop_triggers()
+    HistoryEvent.objects.filter(sequence__gte=anchored - 1).delete()
+    with connection.cursor() as cursor:  # the evidence table's triggers go too
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP TRIGGER evidence_no_update_delete ON evidence_rmmevidence")
+        else:
+            cursor.execute("DROP TRIGGER evidence_delete_needs_tombstone")
+    RmmEvidence.objects.filter(pk=row.pk).delete()
+    code, out, err = verify()
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert f"FAILED: anchor {name}: it has no evidence record (deleted from the database?)" in lines
+    assert lines[-1].startswith(
+        f"FAILED at event {anchored - 1}: the chain ends at event {anchored - 2}, but anchor {name} (signed "
+    )
+    assert lines[-1].endswith(f") covers event {anchored} ({anchored - 2} events verified before it)")
+
+
+def test_a_rebuilt_history_no_longer_matches_its_anchor(events):
+    """Rewriting an event and recomputing every later hash makes a chain that verifies on its own."""
+    row = anchors.anchor_history("user:tester")
+    anchored = row.related_id.int
+    target = events[1]
+    drop_triggers()
+    rows = list(HistoryEvent.objects.filter(sequence__gte=target.sequence).order_by("sequence"))
+    prev = target.prev_hash
+    for ev in rows:
+        payload = {"n": "forged"} if ev.sequence == target.sequence else ev.payload
+        digest = history.event_hash(
+            prev, ev.sequence, ev.created_at, ev.actor, ev.action, ev.subject_type, ev.subject_id, ev.site_id, payload
+        )
+        HistoryEvent.objects.filter(sequence=ev.sequence).update(payload=payload, prev_hash=prev, hash=digest)
+        prev = digest
+    assert history.verify_chain().ok  # the chain alone cannot tell
+    code, _out, err = verify()
+    assert code == 1
+    assert err.startswith(
+        f"FAILED at event {anchored}: its hash does not match anchor {evidence.storage_name(row)} (signed "
+    )
+
+
+def test_an_altered_or_foreign_anchor_is_named(events):
+    row = anchors.anchor_history("user:tester")
+    name = evidence.storage_name(row)
+    path = default_storage.path(name)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(data.replace(b'"sequence":', b'"sequence": '))
+    code, _, err = verify()
+    assert code == 1
+    assert f"FAILED: anchor {name}: its content does not match the hash in its name" in err
+    # A well-formed anchor signed with another key, placed in the store by someone without ours.
+    with open(path, "wb") as fh:
+        fh.write(data)
+    forger = Ed25519PrivateKey.generate()
+    signed = json.loads(data)["anchor"]
+    from cryptography.hazmat.primitives import serialization
+
+    raw = forger.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    blob = canonical_json(
+        {
+            "anchor": signed,
+            "signature": base64.b64encode(forger.sign(canonical_json(signed))).decode(),
+            "public_key": base64.b64encode(raw).decode(),
+            "key_fingerprint": anchors.key_fingerprint(raw),
+        }
+    )
+    import hashlib
+
+    forged_name = evidence.anchor_name(signed["sequence"], hashlib.sha256(blob).hexdigest())
+    default_storage.save(forged_name, io.BytesIO(blob))
+    code, _, err = verify()
+    assert code == 1
+    assert f"FAILED: anchor {forged_name}: it is signed by another key ({anchors.key_fingerprint(raw)})" in err
+
+
+def test_an_anchor_blob_missing_from_the_store_is_named(events):
+    row = anchors.anchor_history("user:tester")
+    default_storage.delete(evidence.storage_name(row))
+    code, _, err = verify()
+    assert code == 1
+    assert f"its evidence record {row.pk} exists but the blob is missing from the store" in err
+
+
+def test_the_schedule_anchors_hourly_and_only_when_the_head_moved(events):
+    schedule = Schedule.objects.get(name="rmm.history.anchor")
+    assert (schedule.func, schedule.schedule_type, schedule.minutes) == ("rmm.history.tasks.anchor_history", "I", 60)
+    assert tasks.anchor_history() == events[-1].sequence
+    assert tasks.anchor_history() is None  # the head is the last anchor's own event: nothing new
+    history.append("user:tester", "test.event", payload={"n": "new"})
+    assert tasks.anchor_history() == HistoryEvent.objects.order_by("-sequence").first().sequence - 1
+    assert RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).count() == 2
+
+
+def test_the_commands_anchor_on_demand_and_print_the_key(events):
+    out = io.StringIO()
+    call_command("anchor_history", stdout=out)
+    fingerprint = anchors.key_fingerprint(anchors.server_public_key())
+    assert out.getvalue().startswith(f"Anchored event {events[-1].sequence} in storage://default/evidence/anchors/")
+    assert out.getvalue().strip().endswith(f"key {fingerprint}")
+    out = io.StringIO()
+    call_command("evidence_signing_key", stdout=out)
+    assert out.getvalue().strip() == fingerprint
+
+
+def test_older_version_1_events_still_verify_before_version_2_ones(events):
+    """Events written before version 2 of the chain keep their hashes; after a version 2 event, only
+    version 2 passes (so nobody can fall back to the older form to slip a change through)."""
+    switch = events[1].sequence
+    drop_triggers()
+    prev = history.GENESIS_HASH
+    for ev in HistoryEvent.objects.order_by("sequence"):  # as a server upgraded after event `switch` wrote it
+        fields = (
+            ev.sequence,
+            ev.created_at,
+            ev.actor,
+            ev.action,
+            ev.subject_type,
+            ev.subject_id,
+            ev.site_id,
+            ev.payload,
+        )
+        digest = history.event_hash_v1(prev, *fields) if ev.sequence <= switch else history.event_hash(prev, *fields)
+        HistoryEvent.objects.filter(sequence=ev.sequence).update(prev_hash=prev, hash=digest)
+        prev = digest
+    assert history.verify_chain().ok
+    last = HistoryEvent.objects.order_by("-sequence").first()
+    fields = (
+        last.sequence,
+        last.created_at,
+        last.actor,
+        last.action,
+        last.subject_type,
+        last.subject_id,
+        last.site_id,
+        last.payload,
+    )
+    HistoryEvent.objects.filter(sequence=last.sequence).update(hash=history.event_hash_v1(last.prev_hash, *fields))
+    report = history.verify_chain()
+    assert (report.ok, report.first_bad, report.problem) == (False, last.sequence, "content does not match its hash")
