@@ -29,6 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 5000
+# Run as a script, this folder would come first on sys.path and its modules (report.py, run.py …)
+# would shadow top-level names; the project root replaces it.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(ROOT)
 
 
 def rss_mb() -> float:
@@ -36,7 +40,6 @@ def rss_mb() -> float:
 
 
 def django_setup() -> None:
-    sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rmm.settings")
     import django
 
@@ -203,7 +206,7 @@ def main() -> None:
         if base.startswith("postgres"):
             import psycopg
 
-            dbname = f"rmm_bench_{uuid.uuid4().hex[:10]}"
+            dbname = f"rmm_exportbench_{uuid.uuid4().hex[:10]}"
             pg_admin = base.rsplit("/", 1)[0] + "/postgres"
             with psycopg.connect(pg_admin, autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{dbname}"')

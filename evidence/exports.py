@@ -37,7 +37,7 @@ from evidence.pdf import StreamingPdf
 from rmm import access
 from rmm.authority.models import PsaCase
 from rmm.engine import events, signing
-from rmm.errors import Conflict, InvalidInput
+from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import anchors as history_anchors
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
@@ -231,6 +231,7 @@ def run_export(export_id: str) -> str | None:
             file_hash=result["sha256"],
             file_size=result["size"],
             anchor_sequence=result["anchor_sequence"],
+            site_ids=result["site_ids"],
             error=result["warning"],
             finished_at=timezone.now(),
         )
@@ -532,6 +533,7 @@ class Builder:
             "file_name": name,
             "anchor_sequence": head,
             "warning": warning,
+            "site_ids": sorted(str(pk) for pk in site_ids),
         }
 
     def write_items(self, zf, tmp: Path, items, total: int, anchors, facts):
@@ -765,6 +767,10 @@ def open_bundle(user, export: EvidenceExport):
     """The finished bundle, rechecked against the hash recorded when it was made."""
     if export.status != ExportStatus.DONE:
         raise Conflict(f"This export is {export.status}, not done.")
+    visible = {str(pk) for pk in access.visible_sites(user).values_list("pk", flat=True)}
+    if not set(export.site_ids) <= visible:
+        history.record_refusal(user, "evidence_export.download", export, reason="covers sites the caller may not see")
+        raise Forbidden("This export covers sites you may no longer see.")
     sha = hashlib.sha256()
     try:
         with default_storage.open(export.file_name, "rb") as fh:

@@ -69,6 +69,8 @@ class EvidenceExport(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     filters = models.JSONField(default=dict)
+    # The sites the bundle covers; downloading it needs them all still visible to the caller.
+    site_ids = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0)
     item_count = models.PositiveIntegerField(default=0)

@@ -154,7 +154,7 @@ def record(
     )
     event_payload = {"evidence_type": evidence_type, "related": f"{related_entity}:{related_id}", "hash": digest}
     event_payload.update(payload or {})
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # inside the caller's transaction: no extra round trips
         event = history.append(actor, action, row, site_id=site_id, payload=event_payload)
         row.history_sequence = event.sequence
         row.save(force_insert=True)

@@ -1,5 +1,6 @@
 import base64
 
+import django_filters
 from django.http import FileResponse, Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -43,11 +44,23 @@ class EvidenceSerializer(serializers.ModelSerializer):
         ]
 
 
+class EvidenceFilter(django_filters.FilterSet):
+    # Plain UUIDs, not model choices: a choice filter would answer 400 for an id that does not
+    # exist and 200 for one in another site, telling the caller what exists elsewhere.
+    asset = django_filters.UUIDFilter(field_name="asset_id")
+    psa_case = django_filters.UUIDFilter(field_name="psa_case_id")
+    psa_task = django_filters.UUIDFilter(field_name="psa_task_id")
+
+    class Meta:
+        model = RmmEvidence
+        fields = ["evidence_type", "related_entity", "related_id", "asset", "psa_case", "psa_task"]
+
+
 class EvidenceViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
     """Evidence records (seed G) of the sites you may see; ``content`` serves the blob, rechecked."""
 
     serializer_class = EvidenceSerializer
-    filterset_fields = ["evidence_type", "related_entity", "related_id", "asset", "psa_case", "psa_task"]
+    filterset_class = EvidenceFilter
     lookup_value_regex = UUID_REGEX  # leaves evidence/exports/ and evidence/legal-holds/ to their views
 
     def get_queryset(self):

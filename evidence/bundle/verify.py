@@ -236,7 +236,8 @@ class Verifier:
         doc = self.read_json("server_key.json")
         try:
             self.key = base64.b64decode(doc["public_key"], validate=True)
-            assert len(self.key) == 32
+            if len(self.key) != 32:
+                raise ValueError("not an Ed25519 key")
         except Exception:  # noqa: BLE001 - any malformation is the same finding
             self.fail("server_key.json", "does not hold an Ed25519 public key")
             return False

@@ -346,3 +346,15 @@ def test_the_builtin_ed25519_verifier_passes_rfc_8032_test_vectors():
     q = 2**252 + 27742317777372353535851937790883648493
     s = int.from_bytes(signature[32:], "little") + q
     assert not verify(public, bytes.fromhex("72"), signature[:32] + s.to_bytes(32, "little"))
+
+
+def test_a_bundle_is_refused_once_its_sites_are_no_longer_visible(bundle, compliance, site):
+    from guardian.shortcuts import remove_perm
+
+    export_id, _data, _folder = bundle
+    assert EvidenceExport.objects.get(pk=export_id).site_ids == [str(site.pk)]
+    remove_perm("inventory.access_site", compliance.user, site)
+    response = compliance.get(f"/api/v1/evidence/exports/{export_id}/download/")
+    assert response.status_code == 403
+    assert response.json() == {"detail": "This export covers sites you may no longer see."}
+    assert HistoryEvent.objects.filter(action="refused.evidence_export.download", subject_id=export_id).exists()
