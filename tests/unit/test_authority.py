@@ -143,9 +143,11 @@ def test_a_case_on_a_site_the_caller_may_not_see_does_not_cover_the_asset(caller
         JOBS, {"script": str(script.pk), "asset": str(agent.asset_id), "psa_task_id": str(task.pk)}, format="json"
     )
     assert r.status_code == 400
-    assert r.json() == {"psa_task_id": ["No authority: the asset is outside the PSA case's site."]}
+    # Told as if the task did not exist (Law 7); the history keeps the real reason.
+    assert r.json() == {"psa_task_id": ["No authority: no such PSA task."]}
     assert ScriptJob.objects.count() == 0 and Instruction.objects.count() == 0
     assert refusals()[-1].actor == "user:psa-alpha"
+    assert refusals()[-1].payload["reason"] == "no authority: the asset is outside the PSA case's site"
 
 
 def test_the_service_itself_refuses_without_authority(world):
