@@ -17,6 +17,7 @@ from rmm.engine import registry
 from rmm.engine import services as engine
 from rmm.engine.states import JobStatus
 from rmm.errors import ServiceError
+from rmm.history import services as history
 from scripting import services as scripting
 from scripting.models import ApprovalStatus, Script
 
@@ -62,8 +63,13 @@ def _pending(user, kind: str, site: str, age: str) -> list[dict]:
         if cutoff:
             jobs = jobs.filter(created_at__lte=cutoff)
         items += [
-            {"kind": job_kind.name, "obj": j, "created_at": j.created_at, "requester": j.requested_by,
-             "description": job_kind.describe(j)}
+            {
+                "kind": job_kind.name,
+                "obj": j,
+                "created_at": j.created_at,
+                "requester": j.requested_by,
+                "description": job_kind.describe(j),
+            }
             for j in jobs.order_by("created_at")[:200]
         ]
     return sorted(items, key=lambda item: item["created_at"])
@@ -89,6 +95,7 @@ def _decide(request) -> None:
     if job is None:
         raise ServiceError("No such job.")
     if not access.can(request.user, "approve"):
+        history.record_refusal(request.user, "job.decide", job, reason="role may not approve", site_id=job.site_id)
         raise PermissionDenied
     if decision == "approve":
         engine.approve_job(job, request.user)

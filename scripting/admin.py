@@ -12,8 +12,17 @@ from scripting.models import Script, ScriptJob
 @admin.register(Script)
 class ScriptAdmin(RoleAdmin):
     capability = "view"
-    list_display = ["name", "version", "language", "approval_status", "requires_approval", "author", "created_at"]
-    list_filter = ["approval_status", "language", "requires_approval"]
+    list_display = [
+        "name",
+        "version",
+        "language",
+        "approval_status",
+        "privileged",
+        "requires_approval",
+        "author",
+        "created_at",
+    ]
+    list_filter = ["approval_status", "language", "privileged", "requires_approval"]
     search_fields = ["name", "sha256"]
     actions = ["approve", "reject"]
     readonly_fields = [

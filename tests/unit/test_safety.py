@@ -380,3 +380,12 @@ def test_site_grants_and_revocations_are_recorded(people, site):
     assert list(access.visible_sites(user)) == []
     actions = list(HistoryEvent.objects.filter(subject_id=str(user.pk)).values_list("action", flat=True))
     assert "access.site_granted" in actions and "access.site_revoked" in actions
+
+
+def test_a_site_scoped_approver_cannot_release_a_global_switch(people, other_site, caller):
+    r = engage(people["root"], scope="global", reason="incident")
+    local_boss = caller("local-boss", "approver", sites=[other_site])
+    refused = local_boss.post(f"/api/v1/kill-switches/{r.json()['id']}/release/", {"reason": "mine"}, format="json")
+    assert refused.status_code == 403
+    assert KillSwitch.objects.get(pk=r.json()["id"]).engaged
+    assert HistoryEvent.objects.filter(action="refused.kill_switch.release", actor="user:local-boss").exists()

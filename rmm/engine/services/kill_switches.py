@@ -142,6 +142,18 @@ def release(user, switch: KillSwitch, reason: str) -> KillSwitch:
     if not access.can(user, "approve"):
         history.record_refusal(user, "kill_switch.release", switch, reason="releasing needs the approver role")
         raise Forbidden("Releasing a kill switch needs the approver role.")
+    covers_all = switch.scope == KillSwitchScope.GLOBAL
+    if (covers_all and not access.sees_all_sites(user)) or (
+        not covers_all and not access.may_see_site(user, switch.site_id)
+    ):
+        history.record_refusal(
+            user,
+            "kill_switch.release",
+            switch,
+            reason="the switch covers sites the caller may not operate",
+            site_id=switch.site_id,
+        )
+        raise Forbidden("Releasing this kill switch needs access to every site it covers.")
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("Say why the kill switch may be released.", field="reason")
