@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint format clean bench-export
+.PHONY: install run test lint format clean bench bench-export
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,19 @@ run: install
 test: install
 	@sh scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fleet benchmark (docs/performance.md): a short profile by default, e.g.
+# `make bench FLEET=10000 INTERVAL=30 DURATION=120` for the goal. Needs PostgreSQL and Redis on 127.0.0.1.
+FLEET ?= 3000
+INTERVAL ?= 10
+DURATION ?= 45
+WORKERS ?= 2
+SIM ?= 2
+FANOUT ?= 10000
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m bench --fleet $(FLEET) --interval $(INTERVAL) --duration $(DURATION) \
+		--workers $(WORKERS) --sim $(SIM) --fanout $(FANOUT) $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

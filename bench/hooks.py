@@ -17,11 +17,13 @@ import threading
 import time
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db import connections
 from django.db.backends.signals import connection_created
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from rmm.engine.agent_views import run_sync
 from rmm.inventory import services as inventory
 
 _queries: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("bench_queries", default=None)
@@ -96,13 +98,18 @@ class QueryCountMiddleware:
             response = await self.get_response(request)
         finally:
             _queries.reset(token)
+
         _record(request, response, box[0], time.perf_counter() - started)
         return response
 
 
 @csrf_exempt
-def bare(request: HttpRequest) -> JsonResponse:
+async def bare(request: HttpRequest) -> JsonResponse:
     """The heartbeat's stack without its work: authenticate the agent, answer a constant."""
+    return await run_sync(_bare, request)
+
+
+def _bare(request: HttpRequest) -> JsonResponse:
     if request.method != "POST":
         return JsonResponse({"detail": "POST only."}, status=405)
     if inventory.authenticate_agent(request.headers.get("Authorization", "")) is None:
@@ -121,11 +128,14 @@ def stats(request: HttpRequest) -> JsonResponse:
             for label, (n, q, s) in _totals.items()
         }
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    pool = getattr(connections["default"], "pool", None)
     return JsonResponse(
         {
             "pid": os.getpid(),
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "max_rss_kib": usage.ru_maxrss,
+            "threads": threading.active_count(),
+            "db_pool": pool.get_stats() if pool is not None else None,
             "endpoints": endpoints,
         }
     )

@@ -31,6 +31,7 @@ def table(r: dict) -> str:
         _row("long-polls per second (errors)", f"{s['waits_per_second']} ({s['wait_errors']})"),
         _row("server CPU s per 1,000 heartbeats (daphne workers)", s["server_cpu_seconds_per_1000_heartbeats"]),
         _row("CPU, share of one core", ", ".join(f"{k} {v}" for k, v in s["cpu_share_of_one_core"].items())),
+        _row("other processes on the machine (share of one core)", s["other_processes_share_of_one_core"]),
         _row(
             "dispatch latency p50 / p95 / max (ms)",
             f"{s['dispatch_p50_ms']} / {s['dispatch_p95_ms']} / {s['dispatch_max_ms']} "

@@ -15,8 +15,10 @@ Phases, in order:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import os
 import platform
 import random
 import resource
@@ -30,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import fleet
-from bench.cluster import Cluster
+from bench.cluster import Cluster, cpu_seconds
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Options:
     workers: int = 2
     sim: int = 2
     fanout: int = 10_000
-    wave: int = 0  # 0: one wave as large as the online fleet
+    wave: int = 500  # RMM_WAVE_SIZE: the first wave of the fan-out, all online agents, runs at once
     saturate: int = 10
     concurrency: int = 64
     facts_change: float = 0.01
@@ -116,6 +118,13 @@ print(json.dumps([str(a.pk) for a in assets]))
 """
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict:
     cpu = next(
         (
@@ -143,7 +152,7 @@ class Bench:
         self.report: dict = {"options": options.__dict__, "machine": machine()}
         self.pipes: list = []
         self.procs: list[multiprocessing.Process] = []
-        self.wave = options.wave or max(1, min(options.fleet, options.fanout))
+        self.wave = max(1, min(options.wave, options.fleet, options.fanout))
 
     # -- simulator processes ------------------------------------------------------------------
 
@@ -155,6 +164,9 @@ class Bench:
             proc.start()
             self.pipes.append(ours)
             self.procs.append(proc)
+
+    def _sim_cpu(self) -> float:
+        return sum(cpu_seconds(proc.pid) for proc in self.procs)
 
     def _all(self, command: str, args_of) -> list:
         for n, pipe in enumerate(self.pipes):
@@ -181,10 +193,8 @@ class Bench:
             self._run(cluster)
         finally:
             for pipe in self.pipes:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.send(("exit", {}))
-                except OSError:
-                    pass
             for proc in self.procs:
                 proc.join(10)
             self.report["server_peak_memory_mib"] = {k: round(v, 1) for k, v in cluster.memory().items()}
@@ -250,10 +260,10 @@ class Bench:
         time.sleep(o.interval)
         cluster.stats(reset=True)
         window = (time.time(), 0.0)
-        server_cpu0 = cluster.cpu()
+        server_cpu0 = cluster.cpu() | {"machine": machine_busy_seconds(), "simulator": self._sim_cpu()}
         probes = self._probe(api, tokens["psa"], script["id"], task_id, online, o.duration)
         window = (window[0], time.time())
-        server_cpu1 = cluster.cpu()
+        server_cpu1 = cluster.cpu() | {"machine": machine_busy_seconds(), "simulator": self._sim_cpu()}
         steady_stats = cluster.stats()
 
         # 3. fan-out, with the fleet running
@@ -270,7 +280,7 @@ class Bench:
         fan_seconds = time.monotonic() - began
         fan_start = time.time()
         expected = min(len(online), o.fanout, self.wave)
-        self._await_results(cluster, batch, expected, timeout=max(60, 4 * o.interval))
+        self._await_results(cluster, batch, expected, timeout=max(120, 2 * o.interval))
         fan_end = time.time()
         storm_stats = cluster.stats()
         replies = self._all("fleet_stop", lambda n: {})
@@ -292,16 +302,24 @@ class Bench:
             cpu_before = cluster.cpu()
             replies = self._all(
                 "saturate",
-                lambda n: {"path": path, "concurrency": max(1, o.concurrency // o.sim), "seconds": o.saturate},
+                lambda n, path=path: {
+                    "path": path,
+                    "concurrency": max(1, o.concurrency // o.sim),
+                    "seconds": o.saturate,
+                },
             )
             cpu_after = cluster.cpu()
             samples = [s for reply in replies for s in reply["samples"]]
             ok = [s for s in samples if s[2] == "ok"]
             span = (max(s[0] + s[1] for s in samples) - min(s[0] for s in samples)) if samples else 1
             workers_cpu = sum(cpu_after[k] - cpu_before[k] for k in cpu_after if k.startswith("daphne"))
+            outcomes: dict[str, int] = {}
+            for sample in samples:
+                outcomes[sample[2]] = outcomes.get(sample[2], 0) + 1
             self.report["saturation"][label] = {
                 "requests_per_second": round(len(ok) / span, 1),
                 "errors": len(samples) - len(ok),
+                "outcomes": outcomes,
                 **ms([s[1] for s in ok]),
                 "server_cpu_ms_per_request": round(1000 * workers_cpu / max(1, len(ok)), 2),
                 "postgres_cpu_ms_per_request": round(
@@ -310,7 +328,7 @@ class Bench:
             }
         sat = self.report["saturation"]
         sat["heartbeat_share_of_bare"] = round(
-            sat["heartbeat"]["requests_per_second"] / sat["bare"]["requests_per_second"], 3
+            sat["heartbeat"]["requests_per_second"] / max(0.1, sat["bare"]["requests_per_second"]), 3
         )
 
     def _probe(self, api: Api, token: str, script_id: str, task_id: str, online: list[str], seconds: float) -> dict:
@@ -374,6 +392,11 @@ class Bench:
             "server_cpu_seconds_per_1000_heartbeats": round(1000 * workers_cpu / max(1, len(ok)), 2),
             "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
             "cpu_share_of_one_core": {k: round((cpu1[k] - cpu0[k]) / span, 2) for k in cpu1},
+            # Whatever else ran on the machine meanwhile (it is shared): busy CPU not ours.
+            "other_processes_share_of_one_core": round(
+                ((cpu1["machine"] - cpu0["machine"]) - sum(cpu1[k] - cpu0[k] for k in cpu1 if k != "machine")) / span, 2
+            ),
+            "load_average": Path("/proc/loadavg").read_text().split()[:3],
             "dispatch_probes": len(probes),
             "dispatch_leased": len(dispatch),
             **{f"dispatch_{k}": v for k, v in ms(dispatch).items()},

@@ -1,20 +1,112 @@
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rmm.settings")
 os.environ.setdefault("RMM_DB_POOL", "1")  # a connection pool per ASGI process (see rmm/settings.py)
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
 
+from asgiref.sync import markcoroutinefunction, sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
+from django.db import connections
+from django.middleware.security import SecurityMiddleware
 
 from rmm.console.routing import websocket_urlpatterns
+from rmm.engine import agent_views
+
+AGENT_PREFIX = "/api/v1/agent/"
+AGENT_SYNC_THREADS = 4  # enough to overlap database round trips; the GIL allows no more work than one
+
+
+class PooledASGIHandler(ASGIHandler):
+    """Django's ASGI handler that gives a killed request's database connection back to the pool.
+
+    When a client goes away and the view outlives the server's patience, the server cancels the
+    request; Django then never signals its end, and the pool would lose that connection for good.
+    """
+
+    async def handle(self, scope, receive, send) -> None:
+        try:
+            await super().handle(scope, receive, send)
+        except asyncio.CancelledError:
+            await sync_to_async(connections.close_all)()  # after the view, in the request's own thread
+            raise
+
+
+class AgentEdgeMiddleware:
+    """What the agent protocol keeps of the site's middleware, run on the event loop:
+    ALLOWED_HOSTS (as CommonMiddleware checks it), SecurityMiddleware's HTTPS redirect and
+    headers, and a Content-Length."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.security = SecurityMiddleware(get_response)  # its two hooks are pure: called inline
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        request.get_host()  # DisallowedHost, answered 400, outside ALLOWED_HOSTS
+        response = self.security.process_request(request) or await self.get_response(request)
+        response = self.security.process_response(request, response)
+        if not response.streaming and not response.has_header("Content-Length"):
+            response.headers["Content-Length"] = str(len(response.content))
+        return response
+
+
+class AgentProtocolHandler(ASGIHandler):
+    """Django for the agent protocol, the path every agent calls forever: the same settings,
+    URLs and views as the rest of the site, with only :class:`AgentEdgeMiddleware`.
+
+    Under ASGI each of Django's sync middleware costs two thread hops per request, which the
+    fleet benchmark measured as most of a heartbeat's CPU (docs/performance.md). An agent uses no
+    session, cookie, CSRF token, login or second factor, and gets JSON, not pages.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executor = ThreadPoolExecutor(max_workers=AGENT_SYNC_THREADS, thread_name_prefix="agent-sync")
+
+    async def __call__(self, scope, receive, send) -> None:
+        # Django would start a thread for each request's sync code, from the event loop, and keep
+        # it, idle, as long as a long-poll waits. Agent views run theirs in this handler's few
+        # threads instead (agent_views.run_sync); what little Django itself does in sync code
+        # (its request signals) runs in the process's one shared sync thread.
+        token = agent_views.sync_executor.set(self.executor)
+        try:
+            await self.handle(scope, receive, send)
+        finally:
+            agent_views.sync_executor.reset(token)
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
+        handler = convert_exception_to_response(self._get_response_async)
+        handler = convert_exception_to_response(AgentEdgeMiddleware(handler))
+        if settings.RMM_BENCH:  # bench-only query counts (bench/hooks.py), never on by default
+            from bench.hooks import QueryCountMiddleware
+
+            handler = convert_exception_to_response(QueryCountMiddleware(handler))
+        self._middleware_chain = handler
+
+
+django_asgi_app = PooledASGIHandler()
+agent_asgi_app = AgentProtocolHandler()
+
+
+async def http_app(scope, receive, send) -> None:
+    """Agents to their handler; people, the PSA and the API to the full site."""
+    app = agent_asgi_app if scope["path"].startswith(AGENT_PREFIX) else django_asgi_app
+    await app(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

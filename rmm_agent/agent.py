@@ -114,6 +114,7 @@ class Agent:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stop = threading.Event()
+        self.nudged = threading.Event()  # the server woke us: heartbeat now
         self.unreachable = False
         self.results_blocked_until = 0.0
 
@@ -406,14 +407,39 @@ class Agent:
             with contextlib.suppress(Unauthorized):
                 self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
 
+    def listen_for_wakeups(self) -> None:
+        """Long-poll the server between heartbeats (a thread of its own): when it says it has
+        work, the main loop heartbeats at once and leases as usual. A server without wake-ups
+        (404) leaves the agent polling at its interval; every other failure is retried after one
+        interval, and the heartbeat is what reports it."""
+        while not self.stop.is_set():
+            try:
+                answer = self.client.wait(float(self.interval))
+            except TransportError:
+                self.stop.wait(self.interval)
+                continue
+            if answer.status == 200 and isinstance(answer.body, dict):
+                if answer.body.get("wake") is True:
+                    self.nudged.set()
+                    self.wake.set()
+            elif answer.status == 404:
+                log.info("the server sends no wake-ups; checking in every %s s", self.interval)
+                return
+            else:
+                self.stop.wait(self.interval)
+
     def run_forever(self) -> int:
-        """Heartbeat at the server's interval until stopped; returns the exit code."""
+        """Heartbeat at the server's interval, and at once when it wakes us, until stopped;
+        returns the exit code."""
         next_heartbeat = 0.0
+        threading.Thread(target=self.listen_for_wakeups, name="wake-ups", daemon=True).start()
         try:
             while not self.stop.is_set():
                 self.wake.clear()
                 self.flush_spool()
-                if time.monotonic() >= next_heartbeat and not self.stop.is_set():
+                due = time.monotonic() >= next_heartbeat or self.nudged.is_set()
+                if due and not self.stop.is_set():
+                    self.nudged.clear()
                     answer = self.heartbeat()
                     delay = answer.retry_after if answer.retry_after is not None else self.interval
                     next_heartbeat = time.monotonic() + delay

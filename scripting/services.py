@@ -14,7 +14,7 @@ from rmm import access
 from rmm.authority.models import PsaTask
 from rmm.authority.services import authority_problem
 from rmm.engine import services as engine
-from rmm.engine.services import kill_switches
+from rmm.engine.services import bulk, kill_switches
 from rmm.engine.states import JobStatus
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -142,8 +142,10 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
         if psa_task_id
         else None
     )
+    # A task of a site the caller may not see is told as missing (Law 7); the history says which.
+    told = None
     if psa_task_id and task is None and PsaTask.objects.filter(pk=psa_task_id).exists():
-        problem = "the asset is outside the PSA case's site"
+        problem, told = "the asset is outside the PSA case's site", "no such PSA task"
     elif psa_task_id and task is None:
         problem = "no such PSA task"
     else:
@@ -160,7 +162,7 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
                 "psa_task_id": str(psa_task_id) if psa_task_id else None,
             },
         )
-        raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
+        raise InvalidInput(f"No authority: {told or problem}.", field="psa_task_id")
     kill_switches.refuse_if_engaged(asset, user, "script_job.create")
     status = JobStatus.AWAITING_APPROVAL if script.requires_approval else JobStatus.QUEUED
     with transaction.atomic():
@@ -225,9 +227,11 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
         else None
     )
     outside = [asset for asset in assets if task is not None and asset.site_id != task.case.site_id]
+    told = None  # as in create_script_job: a task the caller may not see is told as missing
     if psa_task_id and task is None:
         exists = PsaTask.objects.filter(pk=psa_task_id).exists()
         problem = "the asset is outside the PSA case's site" if exists else "no such PSA task"
+        told = "no such PSA task"
     elif outside:
         problem = "the asset is outside the PSA case's site"
     else:
@@ -245,7 +249,7 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
                 "psa_task_id": str(psa_task_id) if psa_task_id else None,
             },
         )
-        raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
+        raise InvalidInput(f"No authority: {told or problem}.", field="psa_task_id")
     site = task.case.site
     switch = kill_switches.active_for_any(site.pk, [asset.pk for asset in assets])
     if switch is not None:
@@ -263,7 +267,7 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
         for asset in assets
     ]
     with transaction.atomic():
-        ScriptJob.objects.bulk_create(jobs, batch_size=2000)
+        bulk.insert_many(jobs)
         history.append_many(
             history.Event(
                 history.actor_of(user),

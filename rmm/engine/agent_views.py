@@ -7,8 +7,13 @@ it needs a constant, small number of queries per call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
+import logging
 import math
+import weakref
+from concurrent.futures import Executor
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -21,13 +26,12 @@ from django.views.decorators.http import require_POST
 
 from rmm.engine import events, signing
 from rmm.engine import services as engine
-from rmm.engine.services import kill_switches
 from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
-from rmm.inventory.models import AssetFacts
 
 MAX_BODY = 8 * 1024 * 1024
+logger = logging.getLogger(__name__)
 
 
 def _body(request: HttpRequest) -> dict | None:
@@ -59,9 +63,39 @@ def _unauthorized(request: HttpRequest) -> JsonResponse:
     return response
 
 
+# Set by the agent protocol's ASGI handler (rmm/asgi.py): a few long-lived threads for the sync
+# part of every agent call. Unset (the test client, the rest of the site): Django's own threads.
+sync_executor: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("agent_sync_executor", default=None)
+
+
+async def run_sync(func, *args):
+    """Run the sync part of an agent call and give its database connection back before leaving
+    the thread. The connection then spends no time idle across the event loop's hops, and no
+    thread is started per request (docs/performance.md)."""
+    executor = sync_executor.get()
+    if executor is None:
+        return await sync_to_async(func)(*args)
+    return await sync_to_async(_closing(func), thread_sensitive=False, executor=executor)(*args)
+
+
+def _closing(func):
+    @functools.wraps(func)
+    def call(*args):
+        try:
+            return func(*args)
+        finally:
+            connection.close()
+
+    return call
+
+
 @csrf_exempt
 @require_POST
-def enroll(request: HttpRequest) -> JsonResponse:
+async def enroll(request: HttpRequest) -> JsonResponse:
+    return await run_sync(_enroll, request)
+
+
+def _enroll(request: HttpRequest) -> JsonResponse:
     data = _body(request)
     if data is None:
         return _bad_json()
@@ -83,7 +117,11 @@ def enroll(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
-def heartbeat(request: HttpRequest) -> JsonResponse:
+async def heartbeat(request: HttpRequest) -> JsonResponse:
+    return await run_sync(_heartbeat, request)
+
+
+def _heartbeat(request: HttpRequest) -> JsonResponse:
     agent = inventory.authenticate_agent(request.headers.get("Authorization", ""))
     if agent is None:
         return _unauthorized(request)
@@ -101,16 +139,14 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
         )
         response["Retry-After"] = str(max(1, math.ceil(spacing)))
         return response
-    version = str(data.get("agent_version") or "")[:50]
-    type(agent).objects.filter(pk=agent.pk).update(last_seen_at=now, version=version)
+    seen = engine.check_in(agent, now, str(data.get("agent_version") or "")[:50])
     facts_required = False
     facts = data.get("facts")
     try:
         if isinstance(facts, dict):
             inventory.record_facts(agent, facts, now)
         elif data.get("facts_hash"):
-            stored = AssetFacts.objects.filter(asset_id=agent.asset_id).values_list("facts_hash", flat=True).first()
-            facts_required = stored != data["facts_hash"]
+            facts_required = seen.facts_hash != data["facts_hash"]
     except ServiceError as exc:
         return JsonResponse(exc.as_dict(), status=exc.status_code)
     running = data.get("running") if isinstance(data.get("running"), list) else []
@@ -118,12 +154,11 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
         capacity = int(data.get("capacity", 1))
     except (TypeError, ValueError):
         capacity = 1
-    switch = kill_switches.active_for(agent.asset.site_id, agent.asset_id)
-    leased = engine.lease(agent, capacity, now, switch)
+    leased = engine.lease(agent, capacity, now, seen.switch) if seen.work_waiting else []
     answer = {
         "interval": settings.RMM_HEARTBEAT_INTERVAL,
         "instructions": [engine.envelope(inst) for inst in leased],
-        "abort": engine.to_abort(agent, running, switch),
+        "abort": engine.to_abort(agent, running, seen.switch),
         "facts_required": facts_required,
     }
     new_secret = inventory.issue_rotated_secret(agent)
@@ -134,7 +169,11 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
-def result(request: HttpRequest) -> JsonResponse:
+async def result(request: HttpRequest) -> JsonResponse:
+    return await run_sync(_result, request)
+
+
+def _result(request: HttpRequest) -> JsonResponse:
     agent = inventory.authenticate_agent(request.headers.get("Authorization", ""))
     if agent is None:
         return _unauthorized(request)
@@ -145,12 +184,12 @@ def result(request: HttpRequest) -> JsonResponse:
     return JsonResponse(answer, status=status)
 
 
-def _authenticate_then_release(header: str):
+def _authenticate_briefly(header: str):
     """Authenticate, then give the database connection back: a long-poll must not hold one."""
     try:
         return inventory.authenticate_agent(header)
     finally:
-        if not connection.in_atomic_block:
+        if not connection.in_atomic_block:  # a test's transaction, never a request's
             connection.close()
 
 
@@ -162,31 +201,56 @@ def _wait_seconds(value) -> float:
     return min(longest, max(1.0, float(value)))
 
 
+# Redis operations of waiting agents in flight at once, per process and event loop: under the
+# client's connection pool (100), so a burst of thousands of long-polls queues instead of failing.
+_LAYER_OPS = 50
+_layer_ops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layer_slot() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _layer_ops:
+        _layer_ops[loop] = asyncio.Semaphore(_LAYER_OPS)
+    return _layer_ops[loop]
+
+
 @csrf_exempt
 @require_POST
 async def wait(request: HttpRequest) -> JsonResponse:
     """Long-poll between heartbeats: ``{"wake": true}`` as soon as the server has something for
     this agent, ``{"wake": false}`` after ``timeout`` seconds. Async: while it waits it holds no
     thread and no database connection, only a subscription to the agent's Channels group."""
-    agent = await sync_to_async(_authenticate_then_release)(request.headers.get("Authorization", ""))
+    agent = await run_sync(_authenticate_briefly, request.headers.get("Authorization", ""))
     if agent is None:
-        return await sync_to_async(_unauthorized)(request)
+        return await run_sync(_unauthorized, request)
     data = _body(request)
     if data is None:
         return _bad_json()
-    seconds = _wait_seconds(data.get("timeout"))
+    return JsonResponse(
+        {"wake": await _wait_for_wake(events.agent_group(agent.pk), _wait_seconds(data.get("timeout")))}
+    )
+
+
+async def _wait_for_wake(group: str, seconds: float) -> bool:
+    """Subscribe, wait, unsubscribe. A wake-up is a hint: without a channel layer, or should it
+    fail, the agent waits out its time and finds its work at its next heartbeat."""
+    deadline = asyncio.get_running_loop().time() + seconds
     layer = get_channel_layer()
-    if layer is None:  # no channel layer configured: nothing can wake it
-        await asyncio.sleep(seconds)
-        return JsonResponse({"wake": False})
-    channel = await layer.new_channel()
-    group = events.agent_group(agent.pk)
-    await layer.group_add(group, channel)
     try:
-        await asyncio.wait_for(layer.receive(channel), seconds)
-        woke = True
-    except TimeoutError:
-        woke = False
-    finally:
-        await layer.group_discard(group, channel)
-    return JsonResponse({"wake": woke})
+        if layer is None:
+            raise RuntimeError("no channel layer is configured")
+        channel = await layer.new_channel()
+        async with _layer_slot():
+            await layer.group_add(group, channel)
+        try:
+            await asyncio.wait_for(layer.receive(channel), seconds)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            async with _layer_slot():
+                await layer.group_discard(group, channel)
+    except Exception:  # the layer, e.g. Redis, failed: not this agent's problem
+        logger.warning("agent wake-up unavailable: channel layer error", exc_info=True)
+        await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
+        return False

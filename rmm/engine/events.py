@@ -26,7 +26,7 @@ def agent_group(agent_id) -> str:
 
 
 WAKE = {"type": "agent.wake"}
-_WAKE_BATCH = 500  # group sends in flight at once
+_WAKE_BATCH = 50  # group sends in flight at once, well under the Redis client's pool of 100
 
 
 def _send_on_commit(group: str, event: dict) -> None:

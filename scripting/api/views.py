@@ -139,7 +139,7 @@ class ScriptJobBatchSerializer(serializers.Serializer):
 
 
 ScriptJobBatchAnswer = inline_serializer(
-    "ScriptJobBatch",
+    "ScriptJobBatchResult",
     {
         "count": serializers.IntegerField(),
         "status": serializers.CharField(),
@@ -151,6 +151,11 @@ ScriptJobBatchAnswer = inline_serializer(
 
 
 class ScriptJobFilter(django_filters.FilterSet):
+    # Plain UUIDs, not model choices: a choice filter would answer 400 for an id that does not
+    # exist and 200 for one in another site, telling the caller what exists elsewhere.
+    asset = django_filters.UUIDFilter(field_name="asset_id")
+    psa_task = django_filters.UUIDFilter(field_name="psa_task_id")
+
     class Meta:
         model = ScriptJob
         fields = ["status", "asset", "script", "psa_task"]

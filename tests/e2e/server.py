@@ -48,8 +48,8 @@ class Server:
             RMM_HEARTBEAT_MIN_SPACING_SECONDS="0",
             RMM_API_RATE="100000/min",
             PYTHONUNBUFFERED="1",
-            **(extra_env or {}),
         )
+        self.env.update(extra_env or {})  # may override the defaults above
         self.pg_admin_url = None
         base = os.environ.get("DATABASE_URL", "")
         if base.startswith("postgres"):

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from rmm import tasks
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.engine import events, registry, signing
-from rmm.engine.models import Instruction
-from rmm.engine.services import kill_switches, throttles
+from rmm.engine.models import Instruction, KillSwitch
+from rmm.engine.services import bulk, kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -190,7 +191,7 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
         ).decode()
         inst.signature = signing.sign(inst.payload.encode())
         rows.append(inst)
-    Instruction.objects.bulk_create(rows, batch_size=2000)
+    bulk.insert_many(rows)
     history.append_many(
         history.Event(
             history.actor_of(actor),
@@ -223,6 +224,45 @@ def job_instructions(job):
 
 
 # --- the agent's hot path -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    """What every heartbeat needs to know besides the agent itself."""
+
+    facts_hash: str | None  # the stored hash of the asset's facts
+    switch: KillSwitch | None  # the engaged kill switch covering the asset
+    work_waiting: bool  # queued, released, unexpired instructions for this agent
+
+
+def check_in(agent: Agent, now: datetime, version: str) -> CheckIn:
+    """Record that the agent was seen and learn what its heartbeat needs: two statements.
+
+    Every agent calls this forever, so its SQL is written once here rather than built through
+    the ORM on every call, which cost most of a heartbeat's CPU (docs/performance.md).
+    """
+    agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
+    moment = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(_SEEN_SQL, [moment, version, agent_id])
+        cursor.execute(_CHECK_IN_SQL, [asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment])
+        facts_hash, switch_id, waiting = cursor.fetchone()
+    switch = KillSwitch.objects.select_related("site", "asset").get(pk=switch_id) if switch_id else None
+    return CheckIn(facts_hash, switch, bool(waiting))
+
+
+def _uuid_param(value):
+    return Agent._meta.pk.get_db_prep_value(value, connection)
+
+
+_SEEN_SQL = "UPDATE inventory_agent SET last_seen_at = %s, version = %s WHERE id = %s"
+_CHECK_IN_SQL = (
+    "SELECT (SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s),"
+    " (SELECT id FROM engine_killswitch WHERE released_at IS NULL AND (scope = 'global'"
+    " OR (scope = 'site' AND site_id = %s) OR (scope = 'asset' AND asset_id = %s)) ORDER BY engaged_at LIMIT 1),"
+    " EXISTS (SELECT 1 FROM engine_instruction WHERE agent_id = %s AND status = %s"
+    " AND not_after > %s AND release_at <= %s)"
+)
 
 
 def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instruction]:
