@@ -9,9 +9,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from rmm import access
+from rmm.admin_base import ReadOnlyAdmin
 from rmm.authority import services
 from rmm.history import services as history
-from rmm.admin_base import ReadOnlyAdmin
 from rmm.inventory.models import Agent, Asset, Site
 
 

@@ -21,8 +21,9 @@ def queue(caller, site, other_site):
     for s in (site, other_site):
         agent, _ = make_agent(s)
         task = approved_authority(s, psa.user)
-        jobs.append(scripting.create_script_job(tech.user, script_id=careful.pk, asset_id=agent.asset_id,
-                                                psa_task_id=task.pk))
+        jobs.append(
+            scripting.create_script_job(tech.user, script_id=careful.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
+        )
     client = otp_login(Client(), boss.user)  # approvers act in the admin with a second factor
     return {"client": client, "v1": v1, "v2": v2, "jobs": jobs, "tech": tech, "boss": boss}
 
