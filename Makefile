@@ -25,7 +25,7 @@ test: install
 # The fleet benchmark (docs/performance.md): a short profile by default, e.g.
 # `make bench FLEET=10000 INTERVAL=30 DURATION=120` for the goal. Needs PostgreSQL and Redis on 127.0.0.1.
 FLEET ?= 3000
-INTERVAL ?= 10
+INTERVAL ?= 30
 DURATION ?= 45
 WORKERS ?= 2
 SIM ?= 2

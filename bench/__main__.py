@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, default=defaults.interval, help="heartbeat interval (s)")
     parser.add_argument("--duration", type=int, default=defaults.duration, help="measured steady window (s)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="daphne worker processes")
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default=defaults.server, help="ASGI server")
     parser.add_argument("--sim", type=int, default=defaults.sim, help="simulator processes")
     parser.add_argument("--fanout", type=int, default=defaults.fanout, help="assets in the fan-out job")
     parser.add_argument("--wave", type=int, default=defaults.wave, help="RMM_WAVE_SIZE (0: the online fleet)")

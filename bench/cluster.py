@@ -85,6 +85,7 @@ class Cluster:
 
     workers: int = 2
     interval: int = 30
+    server: str = "daphne"  # or "uvicorn" (httptools and uvloop), for comparison
     pg_url: str = "postgres://postgres@127.0.0.1:5432"
     redis_url: str = "redis://127.0.0.1:6379/11"
     extra_env: dict = field(default_factory=dict)
@@ -150,19 +151,8 @@ class Cluster:
         for n in range(self.workers):
             port = free_port()
             self.ports.append(port)
-            self.procs[f"daphne-{n + 1}"] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "--access-log",
-                    str(self.tmp / f"access-{n + 1}.log"),
-                    "rmm.asgi:application",
-                ],
+            self.procs[f"worker-{n + 1}"] = subprocess.Popen(
+                self._server_command(port, n + 1),
                 cwd=ROOT,
                 env=self.env,
                 stdout=self.log,
@@ -179,6 +169,14 @@ class Cluster:
         for url in self.urls:
             self._wait_ready(url)
         return self
+
+    def _server_command(self, port: int, n: int) -> list[str]:
+        """The README's daphne command (with its access log), or uvicorn."""
+        if self.server == "uvicorn":
+            listen = ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+            return [sys.executable, "-m", "uvicorn", *listen, "rmm.asgi:application"]
+        access = ["--access-log", str(self.tmp / f"access-{n}.log")]
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *access, "rmm.asgi:application"]
 
     def _wait_ready(self, url: str) -> None:
         deadline = time.monotonic() + 60

@@ -12,7 +12,7 @@ def table(r: dict) -> str:
     lines = [
         f"RMM fleet benchmark — {m['date']}",
         f"machine: {m['cpus']} × {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}",
-        f"server: {o['workers']} daphne workers + qcluster, PostgreSQL, Redis; simulator: {o['sim']} processes",
+        f"server: {o['workers']} {o['server']} workers + qcluster, PostgreSQL, Redis; simulator: {o['sim']} processes",
         "",
         "enrollment",
         _row(
@@ -29,7 +29,7 @@ def table(r: dict) -> str:
         ),
         _row("heartbeat errors", s["heartbeat_errors"]),
         _row("long-polls per second (errors)", f"{s['waits_per_second']} ({s['wait_errors']})"),
-        _row("server CPU s per 1,000 heartbeats (daphne workers)", s["server_cpu_seconds_per_1000_heartbeats"]),
+        _row("server CPU s per 1,000 heartbeats (ASGI workers)", s["server_cpu_seconds_per_1000_heartbeats"]),
         _row("CPU, share of one core", ", ".join(f"{k} {v}" for k, v in s["cpu_share_of_one_core"].items())),
         _row("other processes on the machine (share of one core)", s["other_processes_share_of_one_core"]),
         _row(

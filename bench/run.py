@@ -38,9 +38,10 @@ from bench.cluster import Cluster, cpu_seconds
 @dataclass
 class Options:
     fleet: int = 3000
-    interval: int = 10
+    interval: int = 30
     duration: int = 45
     workers: int = 2
+    server: str = "daphne"
     sim: int = 2
     fanout: int = 10_000
     wave: int = 500  # RMM_WAVE_SIZE: the first wave of the fan-out, all online agents, runs at once
@@ -181,10 +182,11 @@ class Bench:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # servers and simulators inherit it
         cluster = Cluster(
             workers=o.workers,
+            server=o.server,
             interval=o.interval,
             extra_env={"RMM_WAVE_SIZE": str(self.wave), "RMM_ENROLLMENT_TOKEN_USES": str(o.fleet)},
         )
-        print(f"starting {o.workers} daphne workers, qcluster, database {cluster.dbname} ...", flush=True)
+        print(f"starting {o.workers} {o.server} workers, qcluster, database {cluster.dbname} ...", flush=True)
         started = time.monotonic()
         cluster.start()
         try:
@@ -312,7 +314,7 @@ class Bench:
             samples = [s for reply in replies for s in reply["samples"]]
             ok = [s for s in samples if s[2] == "ok"]
             span = (max(s[0] + s[1] for s in samples) - min(s[0] for s in samples)) if samples else 1
-            workers_cpu = sum(cpu_after[k] - cpu_before[k] for k in cpu_after if k.startswith("daphne"))
+            workers_cpu = sum(cpu_after[k] - cpu_before[k] for k in cpu_after if k.startswith("worker"))
             outcomes: dict[str, int] = {}
             for sample in samples:
                 outcomes[sample[2]] = outcomes.get(sample[2], 0) + 1
@@ -378,7 +380,7 @@ class Bench:
             for job_id, at in r["leases"]:
                 leased_at.setdefault(job_id, at)
         dispatch = [leased_at[job] - at for job, at in probes.items() if job in leased_at]
-        workers_cpu = sum(cpu1[k] - cpu0[k] for k in cpu1 if k.startswith("daphne"))
+        workers_cpu = sum(cpu1[k] - cpu0[k] for k in cpu1 if k.startswith("worker"))
         self.report["steady"] = {
             "window_seconds": round(span, 1),
             "agents": self.o.fleet,

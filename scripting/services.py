@@ -209,8 +209,11 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
         raise InvalidInput(f"This script version is {script.approval_status}, not approved.", field="script")
     sites = access.visible_sites(user)
     if asset_ids is not None:
-        wanted = set(asset_ids)
-        assets = list(Asset.objects.filter(pk__in=wanted, site__in=sites).select_related("site"))
+        wanted = list(dict.fromkeys(asset_ids))  # the caller's order is the order of the waves
+        found = {
+            asset.pk: asset for asset in Asset.objects.filter(pk__in=wanted, site__in=sites).select_related("site")
+        }
+        assets = [found[pk] for pk in wanted if pk in found]
         if len(assets) != len(wanted):
             raise InvalidInput(f"{len(wanted) - len(assets)} of the assets do not exist.", field="assets")
     elif site_name:

@@ -1,6 +1,8 @@
 """One script across many assets: POST /api/v1/script-jobs/batch/ makes one job per asset, under
 the same rules as a single job, checked once, at a cost that does not grow with the batch."""
 
+import json
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -14,13 +16,15 @@ from tests.helpers import approved_authority, approved_script, make_agent
 @pytest.fixture
 def world(caller, site, other_site):
     psa, tech, boss = caller("psa", "psa"), caller("tech", "technician"), caller("boss", "approver")
-    return {
+    world = {
         "psa": psa,
         "task": approved_authority(site, psa.user),
         "script": approved_script(tech.user, boss.user),
-        "assets": [str(make_agent(site, f"b{n:02d}")[0].asset_id) for n in range(12)],
+        "agents": [make_agent(site, f"b{n:02d}") for n in range(12)],
         "elsewhere": str(make_agent(other_site, "far")[0].asset_id),
     }
+    world["assets"] = [str(agent.asset_id) for agent, _ in world["agents"]]
+    return world
 
 
 def batch(w, **body):
@@ -77,3 +81,19 @@ def test_a_batch_costs_the_same_number_of_queries_whatever_its_size(world):
             assert batch(world, assets=assets).status_code == 201
         counts.append(len(ctx.captured_queries))
     assert counts[0] == counts[1], counts
+
+
+def test_the_first_wave_is_leased_at_once_in_the_order_asked(world, settings, client):
+    settings.RMM_WAVE_SIZE = 5
+    order = world["assets"][::-1]
+    assert batch(world, assets=order).status_code == 201
+    for index, leased in ((0, 1), (4, 1), (5, 0)):  # the 5th asked for is in the first wave, the 6th is not
+        agent, auth = next(pair for pair in world["agents"] if str(pair[0].asset_id) == order[index])
+        r = client.post(
+            "/api/v1/agent/heartbeat/",
+            data=json.dumps({"capacity": 4}),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=auth,
+        )
+        assert r.status_code == 200, r.content
+        assert len(r.json()["instructions"]) == leased, index
