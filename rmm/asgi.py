@@ -1,3 +1,6 @@
+"""The ASGI application: the agent protocol to its own lean handler, the rest of the site to
+Django's, websockets to Channels."""
+
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
