@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.psa import PsaReceiver
@@ -19,3 +22,32 @@ def server(tmp_path_factory, psa_receiver):
     ).start()
     yield srv
     srv.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, never a downloaded browser
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Playwright driving Debian's chromium; missing chromium fails in CI and skips elsewhere."""
+    if not CHROMIUM.exists():
+        reason = "Debian's chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

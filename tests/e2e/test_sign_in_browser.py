@@ -5,14 +5,12 @@ Playwright drives Debian's chromium; every CSP violation the browser reports fai
 """
 
 import base64
-import os
 import uuid
 
 import pytest
 from django_otp.oath import totp
 
 from tests.e2e.flows import console_users, staff
-from tests.e2e.test_console_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -20,27 +18,12 @@ PASSWORD = "correct horse battery staple"
 WAIT = 15_000  # ms
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        reason = "Debian's chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 def code_for(secret: str) -> str:
     """What the authenticator app shows for the base32 secret on the set-up page."""
     return f"{totp(base64.b32decode(secret)):06d}"
 
 
-def test_an_approver_sets_up_totp_and_works_in_the_admin_docs_and_console_under_the_csp(server, chromium):
+def test_an_approver_sets_up_totp_and_works_in_the_admin_docs_and_console_under_the_csp(server, browser):
     from playwright.sync_api import expect
 
     approver = f"approver-browser-{uuid.uuid4().hex[:6]}"
@@ -54,7 +37,7 @@ def test_an_approver_sets_up_totp_and_works_in_the_admin_docs_and_console_under_
     assert r.status == 201, r.body
     script = r.json()
 
-    context = chromium.new_context(base_url=server.url)
+    context = browser.new_context(base_url=server.url)
     violations: list[str] = []
     try:
         page = context.new_page()
