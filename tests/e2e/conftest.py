@@ -37,9 +37,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Playwright driving Debian's chromium; missing chromium fails in CI and skips elsewhere."""
+    """Playwright driving Debian's chromium; missing chromium fails in CI and skips elsewhere.
+
+    Module scope: Playwright's sync API keeps an event loop running in this thread while it is
+    open, and Django refuses database calls from a thread with a running loop.
+    """
     if not CHROMIUM.exists():
         reason = "Debian's chromium is not installed (apt-get install chromium)"
         if os.environ.get("CI"):
