@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--facts-change", type=float, default=defaults.facts_change, help="share of heartbeats with new facts"
     )
-    parser.add_argument("--no-long-poll", dest="long_poll", action="store_false", help="plain polling, no wake-ups")
+    parser.add_argument("--no-hold", dest="hold", action="store_false", help="heartbeats answered at once, no wake-ups")
     parser.add_argument("--out", default="", help="JSON report path (default var/bench/<time>.json)")
     options = Options(**vars(parser.parse_args(argv)))
     report = Bench(options).run()

@@ -1,8 +1,8 @@
 """Simulated agents: many per asyncio process, speaking the real agent protocol over HTTP.
 
-Each simulated agent enrolls, heartbeats at the server's interval (with jitter) carrying its
-facts hash (full facts the first time and whenever they change), long-polls
-``/api/v1/agent/wait/`` between heartbeats and heartbeats at once when woken, verifies every
+Each simulated agent enrolls, then heartbeats back to back as ``rmm_agent`` does, each heartbeat
+held by the server for up to one interval (with jitter) while it has nothing for the agent,
+carrying its facts hash (full facts the first time and whenever they change); it verifies every
 leased instruction's Ed25519 signature and content hash exactly as ``rmm_agent`` does, "runs"
 it for a moment and posts a result whose hash the server checks.
 
@@ -50,8 +50,8 @@ def make_facts(hostname: str, rng: random.Random) -> dict:
 class Records:
     """Everything one worker saw, each entry stamped with wall-clock time."""
 
-    heartbeats: list[tuple[float, float, str, int]] = field(default_factory=list)  # start, seconds, outcome, leased
-    waits: list[tuple[float, float, str]] = field(default_factory=list)  # start, seconds, outcome
+    # start, seconds the server took beyond its hold, outcome ("ok", "woken": answered early), leased
+    heartbeats: list[tuple[float, float, str, int]] = field(default_factory=list)
     results: list[tuple[float, float, str]] = field(default_factory=list)  # start, seconds, outcome
     leases: list[tuple[str, float]] = field(default_factory=list)  # job id, wall time it arrived
     errors: dict[str, int] = field(default_factory=dict)
@@ -95,8 +95,9 @@ class SimAgent:
             retry = float(answer.headers.get("Retry-After", "0") or 0)
             return answer.status, data, retry
 
-    async def heartbeat(self, record: bool = True) -> float:
-        """One heartbeat; returns the seconds until the next one."""
+    async def heartbeat(self, hold: float) -> float:
+        """One heartbeat, held by the server up to ``hold`` seconds; returns the seconds until the
+        next one (like ``rmm_agent``: at once after a full hold, 1 s after an early answer)."""
         sim, rec = self.sim, self.sim.records
         if sim.facts_change and sim.rng.random() < sim.facts_change:
             self.facts = dict(self.facts, addresses=[f"10.0.{sim.rng.randrange(256)}.{sim.rng.randrange(1, 255)}"])
@@ -107,23 +108,28 @@ class SimAgent:
             "running": sorted(self.running),
             "capacity": max(0, 4 - len(self.running)),
         }
+        if hold:
+            body["wait"] = hold
         if self.acked != current:
             body["facts"] = self.facts
         started, wall = time.perf_counter(), time.time()
         try:
-            status, answer, retry = await self.post(AGENT + "heartbeat/", body, 30)
+            status, answer, retry = await self.post(AGENT + "heartbeat/", body, 30 + hold)
         except (aiohttp.ClientError, TimeoutError) as exc:
             rec.heartbeats.append((wall, time.perf_counter() - started, "error", 0))
             rec.error("heartbeat transport", repr(exc))
-            return sim.interval
+            return max(0.0, sim.interval - (time.perf_counter() - started))
         elapsed = time.perf_counter() - started
         if status != 200:
             rec.heartbeats.append((wall, elapsed, str(status), 0))
             rec.error(f"heartbeat HTTP {status}", str(answer))
             return retry or sim.interval
         leased = answer.get("instructions") or []
-        if record:
-            rec.heartbeats.append((wall, elapsed, "ok", len(leased)))
+        early = bool(leased or answer.get("abort") or answer.get("facts_required"))
+        if early and hold:  # woken, or work at once: how long it waited is not the server's delay
+            rec.heartbeats.append((wall, float("nan"), "woken", len(leased)))
+        else:  # answered when its hold was up: what came on top is the server's delay
+            rec.heartbeats.append((wall, max(0.0, elapsed - hold), "ok", len(leased)))
         if "facts" in body:
             self.acked = current
         if answer.get("facts_required"):
@@ -138,7 +144,9 @@ class SimAgent:
             rec.leases.append((payload["job_id"], time.time()))
             self.running.add(payload["instruction_id"])
             sim.spawn(self.execute(payload["instruction_id"]))
-        return sim.interval * sim.rng.uniform(0.95, 1.05)
+        if early:
+            return max(0.0, 1.0 - elapsed)
+        return max(0.0, (hold or sim.interval) - elapsed)
 
     async def execute(self, instruction_id: str) -> None:
         """'Run' the instruction for a moment, then deliver its result (retrying like the spool)."""
@@ -172,46 +180,18 @@ class SimAgent:
             break
         self.running.discard(instruction_id)
 
-    async def wait(self, seconds: float) -> bool:
-        """Long-poll until woken (True) or ``seconds`` passed (False)."""
-        rec = self.sim.records
-        started, wall = time.perf_counter(), time.time()
-        try:
-            status, answer, _ = await self.post(AGENT + "wait/", {"timeout": seconds}, seconds + 30)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            rec.waits.append((wall, time.perf_counter() - started, "error"))
-            rec.error("wait transport", repr(exc))
-            await asyncio.sleep(max(0.0, seconds - (time.perf_counter() - started)))
-            return False
-        elapsed = time.perf_counter() - started
-        if status != 200:
-            rec.waits.append((wall, elapsed, str(status)))
-            rec.error(f"wait HTTP {status}", str(answer))
-            await asyncio.sleep(max(0.0, seconds - elapsed))
-            return False
-        woke = answer.get("wake") is True
-        rec.waits.append((wall, elapsed, "wake" if woke else "timeout"))
-        return woke
-
     async def life(self, stop: asyncio.Event) -> None:
-        """Heartbeat, then wait for a wake-up or the next heartbeat; start at a random offset."""
+        """Heartbeat back to back (or every interval without holds), from a random offset."""
         sim = self.sim
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), sim.rng.uniform(0, sim.interval))
             return
-        loop = asyncio.get_running_loop()
         while not stop.is_set():
-            self.next_heartbeat = loop.time() + await self.heartbeat()
-            while not stop.is_set():
-                left = self.next_heartbeat - loop.time()
-                if left < 0.5:
-                    await asyncio.sleep(max(0.0, left))
-                    break
-                if sim.long_poll:
-                    if await self.wait(left):
-                        break
-                else:
-                    await asyncio.sleep(left)
+            hold = sim.interval * sim.rng.uniform(0.95, 1.05) if sim.hold else 0.0
+            delay = await self.heartbeat(hold)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
 
 
 class Simulator:
@@ -225,7 +205,7 @@ class Simulator:
         self.tasks: set[asyncio.Task] = set()
         self.interval = 30.0
         self.facts_change = 0.0
-        self.long_poll = True
+        self.hold = True
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=120)
         self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=["Accept-Encoding"])
 
@@ -274,8 +254,8 @@ class Simulator:
             "errors": dict(self.records.errors),
         }
 
-    def fleet_start(self, interval: float, facts_change: float, long_poll: bool) -> asyncio.Event:
-        self.interval, self.facts_change, self.long_poll = interval, facts_change, long_poll
+    def fleet_start(self, interval: float, facts_change: float, hold: bool) -> asyncio.Event:
+        self.interval, self.facts_change, self.hold = interval, facts_change, hold
         self.records = Records()
         stop = asyncio.Event()
         for agent in self.agents:

@@ -4,9 +4,10 @@ Phases, in order:
 
 1. **enroll**: the online fleet enrolls through the real endpoint; offline assets, needed only
    to make the fan-out as wide as asked, are seeded straight into the database.
-2. **steady**: every agent heartbeats at the interval (random start offsets, ±5 % jitter) and
-   long-polls between heartbeats. After one interval of warm-up the window is measured; during
-   it one single-asset job a second is created for a random online agent (dispatch latency).
+2. **steady**: every agent heartbeats back to back from a random start offset, each heartbeat
+   held by the server for up to one interval (±5 % jitter) while it has nothing for the agent.
+   After one interval of warm-up the window is measured; during it one single-asset job a
+   second is created for a random online agent (dispatch latency).
 3. **fan-out**: one script job across ``fanout`` assets through the batch endpoint, while the
    fleet runs; the online agents in the first wave lease, run and report (results per second).
 4. **saturation**: the fleet stops; closed-loop callers then hammer the heartbeat and the bare
@@ -48,7 +49,7 @@ class Options:
     saturate: int = 10
     concurrency: int = 64
     facts_change: float = 0.01
-    long_poll: bool = True
+    hold: bool = True
     out: str = ""
 
 
@@ -256,7 +257,7 @@ class Bench:
             reply["cpu"]
             for reply in self._all(
                 "fleet_start",
-                lambda n: {"interval": o.interval, "facts_change": o.facts_change, "long_poll": o.long_poll},
+                lambda n: {"interval": o.interval, "facts_change": o.facts_change, "hold": o.hold},
             )
         )
         time.sleep(o.interval)
@@ -373,8 +374,8 @@ class Bench:
         start, end = window
         span = end - start
         beats = [b for r in records for b in r["heartbeats"] if start <= b[0] < end]
-        ok = [b for b in beats if b[2] == "ok"]
-        waits = [w for r in records for w in r["waits"] if start <= w[0] < end]
+        ok = [b for b in beats if b[2] in ("ok", "woken")]
+        timed = [b[1] for b in ok if b[2] == "ok"]  # answered when their hold was up: the server's delay
         leased_at: dict[str, float] = {}
         for r in records:
             for job_id, at in r["leases"]:
@@ -388,9 +389,8 @@ class Bench:
             "heartbeats": len(beats),
             "heartbeats_per_second": round(len(ok) / span, 1),
             "heartbeat_errors": len(beats) - len(ok),
-            **{f"heartbeat_{k}": v for k, v in ms([b[1] for b in ok]).items()},
-            "waits_per_second": round(len(waits) / span, 1),
-            "wait_errors": sum(1 for w in waits if w[2] not in ("wake", "timeout")),
+            **{f"heartbeat_{k}": v for k, v in ms(timed).items()},
+            "heartbeats_woken": sum(1 for b in ok if b[2] == "woken"),
             "server_cpu_seconds_per_1000_heartbeats": round(1000 * workers_cpu / max(1, len(ok)), 2),
             "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
             "cpu_share_of_one_core": {k: round((cpu1[k] - cpu0[k]) / span, 2) for k in cpu1},

@@ -29,7 +29,6 @@ urlpatterns = [
     path("api/v1/agent/enroll/", agent_views.enroll, name="agent-enroll"),
     path("api/v1/agent/heartbeat/", agent_views.heartbeat, name="agent-heartbeat"),
     path("api/v1/agent/results/", agent_views.result, name="agent-result"),
-    path("api/v1/agent/wait/", agent_views.wait, name="agent-wait"),
     path("api/v1/psa/cases/<uuid:case_id>/", authority_views.psa_case, name="psa-case"),
     path("api/v1/psa/tasks/<uuid:task_id>/", authority_views.psa_task, name="psa-task"),
     path(

@@ -42,6 +42,7 @@ from .state import StateDir
 log = logging.getLogger("rmm_agent")
 
 MAX_CONCURRENT = 4
+HEARTBEAT_SPACING = 1.0  # seconds between two heartbeats' starts, at least (the server's default)
 MIN_INTERVAL = 1
 MAX_INTERVAL = 3600
 ONCE_HEARTBEAT_ATTEMPTS = 3
@@ -66,6 +67,7 @@ class HeartbeatAnswer:
     """What one heartbeat produced (``ok`` False: unreachable, throttled or failed)."""
 
     ok: bool
+    early: bool = False  # the server had something to say: check in again soon, not after an interval
     instructions: list = field(default_factory=list)
     abort: list = field(default_factory=list)
     retry_after: float | None = None
@@ -112,9 +114,10 @@ class Agent:
         self.interval = self._clamp_interval(config.get("heartbeat_interval"), 30)
         self.running: dict[str, _Running] = {}
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # a result waits to be delivered, or the agent is stopping
         self.stop = threading.Event()
-        self.nudged = threading.Event()  # the server woke us: heartbeat now
+        self.dispatching = threading.Lock()  # held while leased instructions are being started
+        self.revoked: str | None = None  # the server's 401, seen by any thread
         self.unreachable = False
         self.results_blocked_until = 0.0
 
@@ -205,8 +208,9 @@ class Agent:
         with self.lock:
             return sorted(self.running)
 
-    def heartbeat(self) -> HeartbeatAnswer:
-        """Check in once; raises :class:`Unauthorized` on 401."""
+    def heartbeat(self, hold: float = 0) -> HeartbeatAnswer:
+        """Check in once, letting the server hold the answer up to ``hold`` seconds while it has
+        nothing for us; raises :class:`Unauthorized` on 401."""
         facts = collect_facts(hostname=self.config.get("hostname"))
         current_hash = facts_hash(facts)
         running = self.running_ids()
@@ -219,6 +223,8 @@ class Agent:
         send_facts = self.state.acked_facts_hash() != current_hash
         if send_facts:
             body["facts"] = facts
+        if hold:
+            body["wait"] = hold
         try:
             answer = self.client.heartbeat(body)
         except TransportError as exc:
@@ -251,6 +257,7 @@ class Agent:
         abort = body.get("abort") or []
         return HeartbeatAnswer(
             ok=True,
+            early=bool(instructions or abort or "new_secret" in body or body.get("facts_required") is True),
             instructions=[item for item in instructions if isinstance(item, dict)]
             if isinstance(instructions, list)
             else [],
@@ -281,6 +288,11 @@ class Agent:
 
     def handle(self, answer: HeartbeatAnswer) -> None:
         """Apply aborts, then verify and start (or refuse) each leased instruction."""
+        with self.dispatching:
+            if not self.stop.is_set():
+                self._handle(answer)
+
+    def _handle(self, answer: HeartbeatAnswer) -> None:
         for instruction_id in answer.abort:
             with self.lock:
                 running = self.running.get(instruction_id)
@@ -382,7 +394,7 @@ class Agent:
 
     def abort_all(self, reason: str) -> None:
         """Kill every running process group and wait until their results are spooled."""
-        with self.lock:
+        with self.dispatching, self.lock:  # nothing is being started meanwhile
             running = list(self.running.values())
         for item in running:
             item.abort.set(reason)
@@ -407,50 +419,42 @@ class Agent:
             with contextlib.suppress(Unauthorized):
                 self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
 
-    def listen_for_wakeups(self) -> None:
-        """Long-poll the server between heartbeats (a thread of its own): when it says it has
-        work, the main loop heartbeats at once and leases as usual. A server without wake-ups
-        (404) leaves the agent polling at its interval; every other failure is retried after one
-        interval, and the heartbeat is what reports it."""
-        while not self.stop.is_set():
-            try:
-                answer = self.client.wait(float(self.interval))
-            except TransportError:
-                self.stop.wait(self.interval)
-                continue
-            if answer.status == 200 and isinstance(answer.body, dict):
-                if answer.body.get("wake") is True:
-                    self.nudged.set()
-                    self.wake.set()
-            elif answer.status == 404:
-                log.info("the server sends no wake-ups; checking in every %s s", self.interval)
-                return
-            else:
-                self.stop.wait(self.interval)
-
-    def run_forever(self) -> int:
-        """Heartbeat at the server's interval, and at once when it wakes us, until stopped;
-        returns the exit code."""
-        next_heartbeat = 0.0
-        threading.Thread(target=self.listen_for_wakeups, name="wake-ups", daemon=True).start()
+    def check_in_forever(self) -> None:
+        """The check-in thread: heartbeats back to back, each held by the server until it has
+        something for us or an interval has passed. So new work and aborts arrive at once, with
+        one request per interval (docs/agent.md). A server that answers at once with nothing is
+        asked again after an interval, one that asks us to slow down after its Retry-After."""
         try:
             while not self.stop.is_set():
-                self.wake.clear()
-                self.flush_spool()
-                due = time.monotonic() >= next_heartbeat or self.nudged.is_set()
-                if due and not self.stop.is_set():
-                    self.nudged.clear()
-                    answer = self.heartbeat()
-                    delay = answer.retry_after if answer.retry_after is not None else self.interval
-                    next_heartbeat = time.monotonic() + delay
-                    if answer.ok:
-                        self.handle(answer)
-                self.wake.wait(max(0.0, next_heartbeat - time.monotonic()))
+                started = time.monotonic()
+                answer = self.heartbeat(hold=float(self.interval))
+                if answer.ok:
+                    self.handle(answer)
+                    delay = HEARTBEAT_SPACING if answer.early else float(self.interval)
+                else:
+                    delay = answer.retry_after if answer.retry_after is not None else float(self.interval)
+                self.stop.wait(max(0.0, started + delay - time.monotonic()))
         except Unauthorized as exc:
-            log.error(
-                "server rejected this agent (HTTP 401: %s); stopping",
-                _one_line(str(exc)),
-            )
+            self._revoked(exc)
+
+    def _revoked(self, exc: Unauthorized) -> None:
+        self.revoked = self.revoked or str(exc)
+        self.stop.set()
+        self.wake.set()
+
+    def run_forever(self) -> int:
+        """Check in from a thread of its own (:meth:`check_in_forever`) and deliver results from
+        this one, until stopped or revoked; returns the exit code."""
+        threading.Thread(target=self.check_in_forever, name="check-in", daemon=True).start()
+        while not self.stop.is_set():
+            self.wake.wait(self.interval)  # a result to deliver, a stop, or a retry of the spool
+            self.wake.clear()
+            try:
+                self.flush_spool()
+            except Unauthorized as exc:
+                self._revoked(exc)
+        if self.revoked is not None:
+            log.error("server rejected this agent (HTTP 401: %s); stopping", _one_line(self.revoked))
             self._shutdown("agent revoked", flush=False)
             return EXIT_UNAUTHORIZED
         self._shutdown("agent stopped", flush=True)

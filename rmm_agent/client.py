@@ -18,8 +18,6 @@ DEFAULT_TIMEOUT = 30.0
 ENROLL_PATH = "/api/v1/agent/enroll/"
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
 RESULTS_PATH = "/api/v1/agent/results/"
-WAIT_PATH = "/api/v1/agent/wait/"
-WAIT_MARGIN = 15.0  # on top of the long-poll's own time, before the request counts as failed
 
 
 class TransportError(Exception):
@@ -130,12 +128,10 @@ class Client:
         return self.post(ENROLL_PATH, {"token": token, "facts": facts})
 
     def heartbeat(self, body: dict) -> Response:
-        """Check in: report running work, lease new instructions, learn what to abort."""
-        return self.post(HEARTBEAT_PATH, body)
-
-    def wait(self, seconds: float) -> Response:
-        """Long-poll: answered ``{"wake": true}`` as soon as the server has work, else after ``seconds``."""
-        return self.post(WAIT_PATH, {"timeout": seconds}, timeout=seconds + WAIT_MARGIN)
+        """Check in: report running work, lease new instructions, learn what to abort. With
+        ``wait`` in the body the server may hold the answer that long while it has nothing."""
+        hold = body.get("wait") or 0
+        return self.post(HEARTBEAT_PATH, body, timeout=(self.timeout + hold) if hold else None)
 
     def post_result(self, result: dict, *, timeout: float | None = None) -> Response:
         """Deliver one result (the server deduplicates by instruction id)."""

@@ -1,4 +1,4 @@
-"""The agent protocol: enroll, heartbeat (with lease), result, and the wake-up long-poll. See docs/agent.md.
+"""The agent protocol: enroll, heartbeat (with lease, held while idle), result. See docs/agent.md.
 
 Plain Django views rather than DRF: this is the hot path every agent calls forever, and
 it needs a constant, small number of queries per call.
@@ -10,13 +10,10 @@ import asyncio
 import contextvars
 import functools
 import json
-import logging
 import math
-import weakref
 from concurrent.futures import Executor
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -24,14 +21,13 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from rmm.engine import events, signing
 from rmm.engine import services as engine
+from rmm.engine import signing, wakeups
 from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 
 MAX_BODY = 8 * 1024 * 1024
-logger = logging.getLogger(__name__)
 
 
 def _body(request: HttpRequest) -> dict | None:
@@ -118,14 +114,40 @@ def _enroll(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 @require_POST
 async def heartbeat(request: HttpRequest) -> JsonResponse:
-    return await run_sync(_heartbeat, request)
+    """Check in, lease, learn what to abort. With ``wait`` (seconds), an agent with nothing to
+    do is answered only when the server has something for it or the time is up: one request per
+    interval does both the check-in and the wake-up (docs/agent.md). While held, it holds no
+    thread and no database connection, only an entry in :mod:`rmm.engine.wakeups`."""
+    data = _body(request)
+    if data is None:
+        return await run_sync(_heartbeat, request, None)
+    hold = _hold_seconds(data.get("wait"))
+    if not hold:
+        return await run_sync(_heartbeat, request, data)
+    loop = asyncio.get_running_loop()
+    async with wakeups.listening(_claimed_agent_id(request)) as waiter:
+        # Listening before the first look for work: a wake-up sent after that look is not missed.
+        response = await run_sync(_heartbeat, request, data)
+        held = getattr(response, "held", None)
+        deadline = loop.time() + hold
+        while held is not None and await waiter.wait(deadline - loop.time()):
+            answer = await run_sync(_look_again, held)
+            if answer is not None:
+                return JsonResponse(answer)
+        return response
 
 
-def _heartbeat(request: HttpRequest) -> JsonResponse:
+class _Held:
+    """What a held heartbeat needs to look for work again when woken."""
+
+    def __init__(self, agent, running: list, capacity: int, answer: dict) -> None:
+        self.agent, self.running, self.capacity, self.answer = agent, running, capacity, answer
+
+
+def _heartbeat(request: HttpRequest, data: dict | None) -> JsonResponse:
     agent = inventory.authenticate_agent(request.headers.get("Authorization", ""))
     if agent is None:
         return _unauthorized(request)
-    data = _body(request)
     if data is None:
         return _bad_json()
     now = timezone.now()
@@ -144,7 +166,7 @@ def _heartbeat(request: HttpRequest) -> JsonResponse:
     facts = data.get("facts")
     try:
         if isinstance(facts, dict):
-            inventory.record_facts(agent, facts, now)
+            inventory.record_facts(agent, facts, now, seen.facts_hash)
         elif data.get("facts_hash"):
             facts_required = seen.facts_hash != data["facts_hash"]
     except ServiceError as exc:
@@ -164,7 +186,35 @@ def _heartbeat(request: HttpRequest) -> JsonResponse:
     new_secret = inventory.issue_rotated_secret(agent)
     if new_secret:
         answer["new_secret"] = new_secret
-    return JsonResponse(answer)
+    response = JsonResponse(answer)
+    if not (leased or answer["abort"] or facts_required or new_secret):
+        response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait
+    return response
+
+
+def _look_again(held: _Held) -> dict | None:
+    """Woken: the heartbeat's answer if there is now work or an abort for it, else None."""
+    now = timezone.now()
+    switch, waiting = engine.look_for_work(held.agent, now)
+    leased = engine.lease(held.agent, held.capacity, now, switch) if waiting else []
+    abort = engine.to_abort(held.agent, held.running, switch)
+    if not (leased or abort):
+        return None
+    return dict(held.answer, instructions=[engine.envelope(inst) for inst in leased], abort=abort)
+
+
+def _claimed_agent_id(request: HttpRequest) -> str:
+    """The agent id the caller claims (authenticated afterwards, before anything is answered)."""
+    header = request.headers.get("Authorization", "")
+    return header[6:].partition(":")[0][:64] if header.startswith("Agent ") else ""
+
+
+def _hold_seconds(value) -> float:
+    """How long an idle heartbeat may be held: what the agent asks, at most one heartbeat
+    interval, at least 1 s; 0 (answer at once) when it asks for nothing usable."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return 0.0
+    return min(max(1.0, float(settings.RMM_HEARTBEAT_INTERVAL)), max(1.0, float(value)))
 
 
 @csrf_exempt
@@ -182,75 +232,3 @@ def _result(request: HttpRequest) -> JsonResponse:
         return _bad_json()
     status, answer = engine.ingest_result(agent, data)
     return JsonResponse(answer, status=status)
-
-
-def _authenticate_briefly(header: str):
-    """Authenticate, then give the database connection back: a long-poll must not hold one."""
-    try:
-        return inventory.authenticate_agent(header)
-    finally:
-        if not connection.in_atomic_block:  # a test's transaction, never a request's
-            connection.close()
-
-
-def _wait_seconds(value) -> float:
-    """The agent asks how long to wait; at most one heartbeat interval, at least 1 s."""
-    longest = max(1.0, float(settings.RMM_HEARTBEAT_INTERVAL))
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return longest
-    return min(longest, max(1.0, float(value)))
-
-
-# Redis operations of waiting agents in flight at once, per process and event loop: under the
-# client's connection pool (100), so a burst of thousands of long-polls queues instead of failing.
-_LAYER_OPS = 50
-_layer_ops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _layer_slot() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    if loop not in _layer_ops:
-        _layer_ops[loop] = asyncio.Semaphore(_LAYER_OPS)
-    return _layer_ops[loop]
-
-
-@csrf_exempt
-@require_POST
-async def wait(request: HttpRequest) -> JsonResponse:
-    """Long-poll between heartbeats: ``{"wake": true}`` as soon as the server has something for
-    this agent, ``{"wake": false}`` after ``timeout`` seconds. Async: while it waits it holds no
-    thread and no database connection, only a subscription to the agent's Channels group."""
-    agent = await run_sync(_authenticate_briefly, request.headers.get("Authorization", ""))
-    if agent is None:
-        return await run_sync(_unauthorized, request)
-    data = _body(request)
-    if data is None:
-        return _bad_json()
-    return JsonResponse(
-        {"wake": await _wait_for_wake(events.agent_group(agent.pk), _wait_seconds(data.get("timeout")))}
-    )
-
-
-async def _wait_for_wake(group: str, seconds: float) -> bool:
-    """Subscribe, wait, unsubscribe. A wake-up is a hint: without a channel layer, or should it
-    fail, the agent waits out its time and finds its work at its next heartbeat."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    layer = get_channel_layer()
-    try:
-        if layer is None:
-            raise RuntimeError("no channel layer is configured")
-        channel = await layer.new_channel()
-        async with _layer_slot():
-            await layer.group_add(group, channel)
-        try:
-            await asyncio.wait_for(layer.receive(channel), seconds)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            async with _layer_slot():
-                await layer.group_discard(group, channel)
-    except Exception:  # the layer, e.g. Redis, failed: not this agent's problem
-        logger.warning("agent wake-up unavailable: channel layer error", exc_info=True)
-        await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
-        return False

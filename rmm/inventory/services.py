@@ -186,10 +186,16 @@ def revoke_agent(user, agent: Agent, reason: str) -> None:
         history.append(user, "agent.revoked", agent, site_id=agent.asset.site_id, payload={"reason": reason})
 
 
-def record_facts(agent: Agent, facts: dict, now) -> None:
-    """Actual state from the agent's report: the only writer of AssetFacts."""
+def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None) -> None:
+    """Actual state from the agent's report: the only writer of AssetFacts.
+
+    Facts identical to those stored (``stored_hash``, as the check-in read it) change nothing and
+    record nothing: an agent resends its facts whenever it lacks the server's acknowledgement.
+    """
     facts = _clean_facts(facts)
     digest = compute_facts_hash(facts)
+    if digest == stored_hash:
+        return
     AssetFacts.objects.update_or_create(
         asset_id=agent.asset_id, defaults={"facts": facts, "facts_hash": digest, "reported_at": now}
     )

@@ -411,7 +411,7 @@ ROWS = [
     # --- the agent protocol: a role's token is no agent credential
     api("POST", "/api/v1/agent/heartbeat/", 401, body={"capacity": 1}),
     api("POST", "/api/v1/agent/results/", 401, body={"instruction_id": "{new_id}"}),
-    api("POST", "/api/v1/agent/wait/", 401, body={"timeout": 1}),
+    api("POST", "/api/v1/agent/heartbeat/", 401, body={"capacity": 1, "wait": 1}, label="held"),
     page("POST", "/api/v1/agent/heartbeat/", 401, anon=401, body={"capacity": 1}, label="session"),
     # Enrolment is authorised by an enrolment token alone, never by a role.
     api("POST", "/api/v1/agent/enroll/", 403, anon=403, body={"token": "enr_nope", "facts": {"hostname": "x"}}),
@@ -722,7 +722,8 @@ def test_an_agent_credential_is_what_the_agent_protocol_takes(world, db):
         unknown = client.post("/api/v1/agent/results/", json.dumps({"instruction_id": str(uuid.uuid4())}), **auth)
         assert unknown.status_code in (400, 404), unknown.content  # authenticated: judged on the body
     with rolled_back():
-        assert client.post("/api/v1/agent/wait/", json.dumps({"timeout": 1}), **auth).json() == {"wake": False}
+        held = client.post("/api/v1/agent/heartbeat/", json.dumps({"capacity": 1, "wait": 1}), **auth)
+        assert (held.status_code, held.json()["instructions"]) == (200, [])
 
 
 def test_role_groups_match_access():

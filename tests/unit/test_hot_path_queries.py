@@ -132,15 +132,38 @@ def test_a_heartbeat_with_unchanged_facts_hash_stays_cheap(world, site):
     assert answer["facts_required"] is True
 
 
-def test_a_wait_costs_one_query_whatever_the_fleet(world, site, settings):
-    """The wake-up long-poll authenticates, then holds nothing of the database while it waits."""
+def test_a_held_heartbeat_costs_what_an_idle_one_does_and_a_wake_up_a_constant_more(world, site, settings):
+    """Held, a heartbeat makes its queries up front and none while it waits; woken, it looks again
+    with a constant number, whatever the fleet."""
     settings.RMM_HEARTBEAT_INTERVAL = 1
     psa, task, script = world
     agent, auth = make_agent(site, "waiting")
-    alone, answer, _ = measure("/api/v1/agent/wait/", {"timeout": 1}, auth, 200)
-    assert answer == {"wake": False}
+    idle, _, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4}, auth, 200)
+    held, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "wait": 1}, auth, 200)
+    assert answer["instructions"] == []
+    assert held == idle <= MAX_IDLE_HEARTBEAT
     for n in range(20):
         other, _ = make_agent(site, f"busy-{n:02d}")
         queue_one(psa, task, script, other)
-    crowded, _, _ = measure("/api/v1/agent/wait/", {"timeout": 1}, auth, 200)
-    assert alone == crowded == 1
+    crowded, _, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "wait": 1}, auth, 200)
+    assert crowded == held
+
+
+def test_looking_again_when_woken_costs_the_same_whatever_the_fleet(world, site):
+    from rmm.engine.agent_views import _Held, _look_again
+
+    psa, task, script = world
+    counts = []
+    for hostname, others in (("woken-1", 0), ("woken-2", 20)):
+        for n in range(others):
+            other, _ = make_agent(site, f"{hostname}-busy-{n:02d}")
+            queue_one(psa, task, script, other)
+        agent, _ = make_agent(site, hostname)
+        with CaptureQueriesContext(connection) as nothing:
+            assert _look_again(_Held(agent, [], 4, {})) is None
+        queue_one(psa, task, script, agent)
+        with CaptureQueriesContext(connection) as leasing:
+            assert len(_look_again(_Held(agent, [], 4, {}))["instructions"]) == 1
+        counts.append((len(nothing), len(leasing)))
+    assert counts[0] == counts[1]
+    assert counts[0][0] == 1 and counts[0][1] <= MAX_LEASING_HEARTBEAT

@@ -1,69 +1,148 @@
-"""The wake-up long-poll: an agent waiting in POST /api/v1/agent/wait/ is told at once when the
-server has something for it, and otherwise after its timeout."""
+"""The held heartbeat: an idle agent's heartbeat with ``wait`` is answered as soon as the server has
+something for it (new work, an abort), and otherwise after its wait. Through Redis when
+REDIS_URL is set (each process's one subscription), in process otherwise."""
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient, Client
 
-from rmm.engine import events
+from rmm.engine import events, wakeups
+from rmm.engine.services import kill_switches
 from rmm.inventory import services as inventory
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent
 
+HEARTBEAT = "/api/v1/agent/heartbeat/"
+
 
 @pytest.fixture
 def agent(site, settings):
-    settings.RMM_HEARTBEAT_INTERVAL = 1  # the longest a wait lasts
+    settings.RMM_HEARTBEAT_INTERVAL = 30
+    settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0  # these tests call back to back on purpose
     return make_agent(site, "waiter")
 
 
-def wait(auth, body=None):
-    return Client().post(
-        "/api/v1/agent/wait/", data=json.dumps(body or {}), content_type="application/json", HTTP_AUTHORIZATION=auth
-    )
+@pytest.fixture
+def job_for(caller, site):
+    psa, tech, boss = caller("psa", "psa"), caller("tech", "technician"), caller("boss", "approver")
+    task = approved_authority(site, psa.user)
+    script = approved_script(tech.user, boss.user)
+
+    def queue(agent):
+        return scripting.create_script_job(psa.user, script_id=script.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
+
+    return queue
 
 
-def test_without_work_the_wait_ends_after_its_timeout(agent):
+def beat(auth, body):
+    r = Client().post(HEARTBEAT, data=json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=auth)
+    return r
+
+
+def held(agent_row, auth, body, while_held):
+    """Send a held heartbeat; once the server holds it, run ``while_held`` (sync, with the
+    database); returns the response and how long it was held after ``while_held`` ran."""
+
+    async def scenario():
+        waiting = asyncio.ensure_future(
+            AsyncClient().post(HEARTBEAT, data=body, content_type="application/json", AUTHORIZATION=auth)
+        )
+        deadline = time.monotonic() + 10
+        while str(agent_row.pk) not in wakeups._waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # past its first look for work: now it is held
+        assert not waiting.done(), "the heartbeat was not held"
+        await sync_to_async(while_held)()
+        started = time.monotonic()
+        response = await waiting
+        return response, time.monotonic() - started
+
+    return async_to_sync(scenario)()
+
+
+def test_without_anything_to_say_the_heartbeat_is_answered_after_its_wait(agent, settings):
+    settings.RMM_HEARTBEAT_INTERVAL = 1  # the longest a heartbeat is held
     _, auth = agent
     started = time.monotonic()
-    r = wait(auth, {"timeout": 30})  # capped at the heartbeat interval
+    r = beat(auth, {"capacity": 4, "wait": 30})
     assert r.status_code == 200
-    assert r.json() == {"wake": False}
+    assert (r.json()["instructions"], r.json()["abort"]) == ([], [])
     assert 0.9 <= time.monotonic() - started < 5
 
 
-def test_a_message_to_the_agents_group_wakes_it_at_once(agent, settings):
-    settings.RMM_HEARTBEAT_INTERVAL = 30
+def test_without_wait_the_heartbeat_is_answered_at_once(agent):
+    _, auth = agent
+    started = time.monotonic()
+    for wait in (None, 0, -5, "30", True, float("nan")):
+        body = {"capacity": 4} if wait is None else {"capacity": 4, "wait": wait}
+        r = Client().post(
+            HEARTBEAT, data=json.dumps(body, allow_nan=True), content_type="application/json", HTTP_AUTHORIZATION=auth
+        )
+        assert r.status_code == 200, (wait, r.content)
+    assert time.monotonic() - started < 3
+
+
+def test_new_work_ends_the_hold_with_the_instruction(agent, job_for):
     row, auth = agent
 
-    async def scenario():
-        layer = get_channel_layer()
-        waiting = asyncio.ensure_future(
-            AsyncClient().post(
-                "/api/v1/agent/wait/", data={"timeout": 30}, content_type="application/json", AUTHORIZATION=auth
-            )
-        )
-        started = time.monotonic()
-        while not waiting.done() and time.monotonic() - started < 10:
-            await layer.group_send(events.agent_group(row.pk), events.WAKE)
-            await asyncio.sleep(0.05)
-        return await waiting, time.monotonic() - started
+    def new_job():
+        job_for(row)
+        wakeups.wake([row.pk])  # what the commit of the job does (tests run inside a transaction)
 
-    response, took = async_to_sync(scenario)()
+    response, took = held(row, auth, {"capacity": 4, "wait": 30}, new_job)
     assert response.status_code == 200
-    assert response.json() == {"wake": True}
+    assert len(response.json()["instructions"]) == 1
     assert took < 5
 
 
-def test_an_unknown_agent_may_not_wait(db):
-    r = wait("Agent 00000000-0000-0000-0000-000000000000:nope")
+def test_an_abort_ends_the_hold_of_an_agent_with_running_work(agent, job_for, caller):
+    row, auth = agent
+    job_for(row)
+    first = beat(auth, {"capacity": 4}).json()["instructions"]
+    running = [json.loads(first[0]["payload"])["instruction_id"]]
+    boss = caller("boss2", "admin")
+
+    def engage():
+        kill_switches.engage(boss.user, scope="asset", target=str(row.asset_id), reason="stop it")
+        wakeups.wake([row.pk])
+
+    response, took = held(row, auth, {"capacity": 3, "running": running, "wait": 30}, engage)
+    assert response.json()["abort"] == running
+    assert took < 5
+
+
+def test_a_wake_up_with_nothing_new_keeps_the_heartbeat_held(agent, settings):
+    """A wake-up is a hint: the server looks again and, finding nothing, goes on waiting."""
+    settings.RMM_HEARTBEAT_INTERVAL = 2
+    row, auth = agent
+    response, took = held(row, auth, {"capacity": 4, "wait": 2}, lambda: wakeups.wake([row.pk, "someone-else"]))
+    assert response.status_code == 200 and response.json()["instructions"] == []
+    assert took >= 1.0  # the rest of its two seconds
+
+
+def test_an_unknown_agent_is_refused_at_once_not_held(db):
+    started = time.monotonic()
+    r = beat("Agent 00000000-0000-0000-0000-000000000000:nope", {"wait": 30})
     assert r.status_code == 401
     assert r["WWW-Authenticate"] == "Agent"
+    assert time.monotonic() - started < 3
+    assert wakeups._waiting == {}
+
+
+def test_a_wake_up_that_cannot_be_sent_is_logged_never_raised(settings, caplog):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    wakeups._publisher = None
+    try:
+        with caplog.at_level(logging.WARNING, logger="rmm.engine.wakeups"):
+            wakeups.wake(["some-agent"])
+    finally:
+        wakeups._publisher = None
+    assert "agent wake-up not sent" in caplog.text
 
 
 def test_new_work_rotation_and_aborts_wake_the_agent(
@@ -84,9 +163,3 @@ def test_new_work_rotation_and_aborts_wake_the_agent(
     assert woken == [[str(row.pk)]]  # queued work
     inventory.request_rotation(root.user, row)
     assert woken[-1] == [str(row.pk)]  # its next heartbeat brings the new secret
-
-
-def test_the_wait_holds_no_database_connection(agent, django_assert_max_num_queries):
-    _, auth = agent
-    with django_assert_max_num_queries(1):  # the agent's authentication, and nothing while it waits
-        assert wait(auth).status_code == 200

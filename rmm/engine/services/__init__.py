@@ -255,14 +255,31 @@ def _uuid_param(value):
     return Agent._meta.pk.get_db_prep_value(value, connection)
 
 
+def look_for_work(agent: Agent, now: datetime) -> tuple[KillSwitch | None, bool]:
+    """For a held heartbeat that was woken: the engaged kill switch over this agent, if any, and
+    whether released work waits for it. One statement (two with a switch engaged)."""
+    asset_id, site_id = _uuid_param(agent.asset_id), _uuid_param(agent.asset.site_id)
+    moment = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(_LOOK_SQL, [site_id, asset_id, _uuid_param(agent.pk), S.QUEUED, moment, moment])
+        switch_id, waiting = cursor.fetchone()
+    switch = KillSwitch.objects.select_related("site", "asset").get(pk=switch_id) if switch_id else None
+    return switch, bool(waiting)
+
+
 _SEEN_SQL = "UPDATE inventory_agent SET last_seen_at = %s, version = %s WHERE id = %s"
-_CHECK_IN_SQL = (
-    "SELECT (SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s),"
-    " (SELECT id FROM engine_killswitch WHERE released_at IS NULL AND (scope = 'global'"
-    " OR (scope = 'site' AND site_id = %s) OR (scope = 'asset' AND asset_id = %s)) ORDER BY engaged_at LIMIT 1),"
-    " EXISTS (SELECT 1 FROM engine_instruction WHERE agent_id = %s AND status = %s"
+_SWITCH_SQL = (
+    "(SELECT id FROM engine_killswitch WHERE released_at IS NULL AND (scope = 'global'"
+    " OR (scope = 'site' AND site_id = %s) OR (scope = 'asset' AND asset_id = %s)) ORDER BY engaged_at LIMIT 1)"
+)
+_WAITING_SQL = (
+    "EXISTS (SELECT 1 FROM engine_instruction WHERE agent_id = %s AND status = %s"
     " AND not_after > %s AND release_at <= %s)"
 )
+# Built from the constants above only; every value is a parameter.
+_FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
+_CHECK_IN_SQL = f"SELECT {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}"  # noqa: S608
+_LOOK_SQL = f"SELECT {_SWITCH_SQL}, {_WAITING_SQL}"  # noqa: S608
 
 
 def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instruction]:
