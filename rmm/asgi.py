@@ -2,6 +2,7 @@
 Django's, websockets to Channels."""
 
 import asyncio
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,10 +17,12 @@ from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.db import connections
 from django.middleware.security import SecurityMiddleware
+from django.urls import set_script_prefix
 
 from rmm.console.routing import websocket_urlpatterns
 from rmm.engine import agent_views
@@ -85,6 +88,45 @@ class AgentProtocolHandler(ASGIHandler):
             await self.handle(scope, receive, send)
         finally:
             agent_views.sync_executor.reset(token)
+
+    async def handle(self, scope, receive, send) -> None:
+        """Django's ``ASGIHandler.handle`` without its request_started and request_finished
+        signals, each a hop to the process's one shared sync thread for every call. Their work
+        here is done by the views: ``agent_views.run_sync`` gives the database connection back
+        as each call's sync part ends. The client's disconnect is still watched, so a held
+        heartbeat whose agent has gone is cancelled rather than handed work nobody receives."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            return
+
+        async def process_request() -> None:
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):  # the client left during the send
+                await self.send_response(response, send)
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done():
+                    with contextlib.suppress(RequestAborted):
+                        task.result()
+                else:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            body_file.close()
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
