@@ -14,7 +14,7 @@ from tests.helpers import approved_authority, approved_script, make_agent
 
 # Upper bounds observed on SQLite and PostgreSQL (savepoints and advisory locks included; the
 # leasing bound is with throttle ceilings on). Raise them only on purpose.
-MAX_IDLE_HEARTBEAT = 4  # 3 idle: authenticate, check in (seen, facts hash, kill switch, work); +1 with running ids
+MAX_IDLE_HEARTBEAT = 3  # 2 idle: authenticate, check in (seen, facts hash, kill switch, work); +1 with running ids
 MAX_LEASING_HEARTBEAT = 18
 MAX_RESULT = 26
 

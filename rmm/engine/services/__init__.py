@@ -236,7 +236,7 @@ class CheckIn:
 
 
 def check_in(agent: Agent, now: datetime, version: str) -> CheckIn:
-    """Record that the agent was seen and learn what its heartbeat needs: two statements.
+    """Record that the agent was seen and learn what its heartbeat needs: one statement.
 
     Every agent calls this forever, so its SQL is written once here rather than built through
     the ORM on every call, which cost most of a heartbeat's CPU (docs/performance.md).
@@ -244,8 +244,8 @@ def check_in(agent: Agent, now: datetime, version: str) -> CheckIn:
     agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        cursor.execute(_SEEN_SQL, [moment, version, agent_id])
-        cursor.execute(_CHECK_IN_SQL, [asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment])
+        params = [moment, version, agent_id, asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
+        cursor.execute(_CHECK_IN_SQL, params)
         facts_hash, switch_id, waiting = cursor.fetchone()
     switch = KillSwitch.objects.select_related("site", "asset").get(pk=switch_id) if switch_id else None
     return CheckIn(facts_hash, switch, bool(waiting))
@@ -267,7 +267,6 @@ def look_for_work(agent: Agent, now: datetime) -> tuple[KillSwitch | None, bool]
     return switch, bool(waiting)
 
 
-_SEEN_SQL = "UPDATE inventory_agent SET last_seen_at = %s, version = %s WHERE id = %s"
 _SWITCH_SQL = (
     "(SELECT id FROM engine_killswitch WHERE released_at IS NULL AND (scope = 'global'"
     " OR (scope = 'site' AND site_id = %s) OR (scope = 'asset' AND asset_id = %s)) ORDER BY engaged_at LIMIT 1)"
@@ -278,7 +277,12 @@ _WAITING_SQL = (
 )
 # Built from the constants above only; every value is a parameter.
 _FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
-_CHECK_IN_SQL = f"SELECT {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}"  # noqa: S608
+# One round trip: the agent is seen, and learns what its heartbeat needs (RETURNING, PostgreSQL
+# and SQLite 3.35+).
+_CHECK_IN_SQL = (
+    "UPDATE inventory_agent SET last_seen_at = %s, version = %s WHERE id = %s"  # noqa: S608
+    f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}"
+)
 _LOOK_SQL = f"SELECT {_SWITCH_SQL}, {_WAITING_SQL}"  # noqa: S608
 
 
