@@ -4,13 +4,14 @@
   (the heartbeat is split into idle heartbeats and those that leased work);
 - ``/api/v1/agent/bench/bare/`` is the bare endpoint: the same stack as the heartbeat (same
   middleware, same agent authentication, a sync view) answering a constant;
-- ``/api/v1/agent/bench/stats/`` gives this process's counts, CPU time and peak memory, and
-  ``POST`` to it resets the counts.
+- ``/api/v1/agent/bench/stats/`` gives this process's counts, CPU time, peak memory and
+  garbage-collector pauses per generation, and ``POST`` to it resets the counts and pauses.
 """
 
 from __future__ import annotations
 
 import contextvars
+import gc
 import os
 import resource
 import threading
@@ -45,6 +46,24 @@ def _install(sender, connection, **kwargs) -> None:
 
 
 connection_created.connect(_install)
+
+_gc_started = [0.0]
+_gc: dict[int, list[float]] = {}  # generation -> [collections, seconds, longest]
+
+
+def _gc_timer(phase: str, info: dict) -> None:
+    """How long each collection stops the process (every thread: it holds the GIL)."""
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started[0]
+    row = _gc.setdefault(info["generation"], [0, 0.0, 0.0])
+    row[0] += 1
+    row[1] += took
+    row[2] = max(row[2], took)
+
+
+gc.callbacks.append(_gc_timer)
 
 
 def _label(request: HttpRequest, response: HttpResponse) -> str:
@@ -123,6 +142,7 @@ def stats(request: HttpRequest) -> JsonResponse:
     with _lock:
         if request.method == "POST":
             _totals.clear()
+            _gc.clear()
         endpoints = {
             label: {"requests": int(n), "queries": int(q), "seconds": round(s, 6)}
             for label, (n, q, s) in _totals.items()
@@ -137,6 +157,11 @@ def stats(request: HttpRequest) -> JsonResponse:
             "threads": threading.active_count(),
             "db_pool": pool.get_stats() if pool is not None else None,
             "endpoints": endpoints,
+            "gc_objects": [len(gc.get_objects(generation)) for generation in range(3)] + [gc.get_freeze_count()],
+            "gc": {
+                str(gen): {"collections": int(n), "seconds": round(total, 4), "longest_ms": round(1000 * most, 1)}
+                for gen, (n, total, most) in sorted(_gc.items())
+            },
         }
     )
 

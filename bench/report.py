@@ -47,6 +47,12 @@ def table(r: dict) -> str:
         "queries per call (all workers)",
         *(_row(label, f"{q['queries_per_call']}  ({q['calls']} calls)") for label, q in r["queries_per_call"].items()),
         "",
+        "garbage-collector pauses of the workers, steady window",
+        *(
+            _row(f"generation {gen}", f"{g['collections']} collections, {g['seconds']} s, longest {g['longest_ms']} ms")
+            for gen, g in r.get("gc_pauses_steady", {}).items()
+        ),
+        "",
         f"saturation: {o['concurrency']} closed-loop callers, {o['saturate']} s each",
         *(
             _row(

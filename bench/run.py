@@ -294,6 +294,7 @@ class Bench:
         fan_jobs = {job["id"] for job in batch["jobs"]}
         self._fanout_report(records, fan_jobs, fan_seconds, fan_start, fan_end, len(fan_assets), expected)
         self.report["queries_per_call"] = _queries(storm_stats)
+        self.report["gc_pauses_steady"] = _gc_pauses(steady_stats)
         self.report["simulator_cpu_seconds_fleet_phase"] = round(sim_cpu, 1)
         self.report["errors"] = _merge(r["errors"] for r in records)
         self.report["error_samples"] = {k: v for r in records for k, v in r["samples"].items()}
@@ -434,6 +435,18 @@ def _merge(dicts) -> dict:
     for d in dicts:
         for key, value in d.items():
             merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+def _gc_pauses(snapshot: list[dict]) -> dict:
+    """Garbage-collector pauses of the workers in the steady window, per generation."""
+    merged: dict[str, dict] = {}
+    for worker in snapshot:
+        for gen, row in worker.get("gc", {}).items():
+            total = merged.setdefault(gen, {"collections": 0, "seconds": 0.0, "longest_ms": 0.0})
+            total["collections"] += row["collections"]
+            total["seconds"] = round(total["seconds"] + row["seconds"], 4)
+            total["longest_ms"] = max(total["longest_ms"], row["longest_ms"])
     return merged
 
 

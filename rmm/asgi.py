@@ -3,6 +3,7 @@ Django's, websockets to Channels."""
 
 import asyncio
 import contextlib
+import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -161,6 +162,17 @@ def skip_twisted_form_parsing() -> None:
     WebRequest.rmm_form_parsing_skipped = True
 
 
+def tune_garbage_collector() -> None:
+    """A worker holding thousands of agents' heartbeats has about a million live objects, and
+    with CPython's default thresholds it scanned all of them every few seconds: the fleet
+    benchmark measured full collections of about a second each, half of the workers' CPU and
+    every heartbeat's worst latency (docs/performance.md). The objects made while starting are
+    frozen out of every scan, and the thresholds (``RMM_GC_THRESHOLDS``) make young collections
+    less frequent and full ones rare; short-lived cycles still go in young collections."""
+    gc.freeze()
+    gc.set_threshold(*settings.RMM_GC_THRESHOLDS)
+
+
 skip_twisted_form_parsing()
 django_asgi_app = PooledASGIHandler()
 agent_asgi_app = AgentProtocolHandler()
@@ -172,6 +184,7 @@ async def http_app(scope, receive, send) -> None:
     await app(scope, receive, send)
 
 
+tune_garbage_collector()  # last: what was made while starting is frozen
 application = ProtocolTypeRouter(
     {
         "http": http_app,
