@@ -2,7 +2,6 @@
 Django's, websockets to Channels."""
 
 import asyncio
-import contextlib
 import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +65,14 @@ class AgentEdgeMiddleware:
         return response
 
 
+async def _until_disconnect(receive, gone: asyncio.Future) -> None:
+    """Read the client's messages until ``http.disconnect``, then resolve ``gone``."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    if not gone.done():
+        gone.set_result(True)
+
+
 class AgentProtocolHandler(ASGIHandler):
     """Django for the agent protocol, the path every agent calls forever: the same settings,
     URLs and views as the rest of the site, with only :class:`AgentEdgeMiddleware`.
@@ -78,6 +85,7 @@ class AgentProtocolHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.executor = ThreadPoolExecutor(max_workers=AGENT_SYNC_THREADS, thread_name_prefix="agent-sync")
+        self.watchers: set[asyncio.Task] = set()
 
     async def __call__(self, scope, receive, send) -> None:
         # Django would start a thread for each request's sync code, from the event loop, and keep
@@ -91,11 +99,19 @@ class AgentProtocolHandler(ASGIHandler):
             agent_views.sync_executor.reset(token)
 
     async def handle(self, scope, receive, send) -> None:
-        """Django's ``ASGIHandler.handle`` without its request_started and request_finished
-        signals, each a hop to the process's one shared sync thread for every call. Their work
-        here is done by the views: ``agent_views.run_sync`` gives the database connection back
-        as each call's sync part ends. The client's disconnect is still watched, so a held
-        heartbeat whose agent has gone is cancelled rather than handed work nobody receives."""
+        """Django's ``ASGIHandler.handle``, leaner where every agent call pays for it:
+
+        - without the request_started and request_finished signals, each a hop to the process's
+          one shared sync thread; their work is done by ``agent_views.run_sync``, which gives the
+          database connection back as each call's sync part ends;
+        - without cancelling anything when a call ends normally. Django runs the view in a task
+          and cancels its disconnect listener; each cancellation leaves an exception whose
+          traceback ties the request into a reference cycle, which for a held heartbeat only a
+          full collection frees (docs/performance.md). Here the view runs inline and the
+          listener ends by itself: both daphne and uvicorn send ``http.disconnect`` once the
+          response is complete. A held heartbeat whose client left stops holding through
+          ``agent_views.client_gone``.
+        """
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -106,28 +122,17 @@ class AgentProtocolHandler(ASGIHandler):
             body_file.close()
             await self.send_response(error_response, send)
             return
-
-        async def process_request() -> None:
-            response = await self.run_get_response(request)
-            with contextlib.suppress(asyncio.CancelledError):  # the client left during the send
-                await self.send_response(response, send)
-
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request()),
-        ]
+        gone = asyncio.get_running_loop().create_future()
+        watcher = asyncio.ensure_future(_until_disconnect(receive, gone))
+        token = agent_views.client_gone.set(gone)
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                if task.done():
-                    with contextlib.suppress(RequestAborted):
-                        task.result()
-                else:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            response = await self.run_get_response(request)
+            await self.send_response(response, send)
         finally:
+            agent_views.client_gone.reset(token)
             body_file.close()
+            self.watchers.add(watcher)  # kept until it ends, so it is never collected while pending
+            watcher.add_done_callback(self.watchers.discard)
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []

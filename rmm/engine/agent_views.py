@@ -64,6 +64,10 @@ def _unauthorized(request: HttpRequest) -> JsonResponse:
 sync_executor: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("agent_sync_executor", default=None)
 
 
+# Set by the same handler: resolved when the client has gone, so a held heartbeat stops holding.
+client_gone: contextvars.ContextVar[asyncio.Future | None] = contextvars.ContextVar("agent_client_gone", default=None)
+
+
 async def run_sync(func, *args):
     """Run the sync part of an agent call and give its database connection back before leaving
     the thread. The connection then spends no time idle across the event loop's hops, and no
@@ -130,7 +134,7 @@ async def heartbeat(request: HttpRequest) -> JsonResponse:
         response = await run_sync(_heartbeat, request, data)
         held = getattr(response, "held", None)
         deadline = loop.time() + hold
-        while held is not None and await waiter.wait(deadline - loop.time()):
+        while held is not None and await waiter.wait(deadline - loop.time(), client_gone.get()):
             answer = await run_sync(_look_again, held)
             if answer is not None:
                 return JsonResponse(answer)

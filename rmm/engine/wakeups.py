@@ -32,26 +32,47 @@ _READY_WAIT = 2.0  # seconds a first waiter waits for its process's subscription
 
 class Waiter:
     """One held heartbeat's ear: registered before the heartbeat looks for work, so a wake-up
-    sent after that look, however soon, is not missed."""
+    sent after that look, however soon, is not missed.
+
+    Built on a plain future and a timer rather than ``asyncio.wait_for``: a held heartbeat that
+    times out then leaves no cancelled task behind, whose exception and traceback would tie its
+    request into a reference cycle that only a full collection frees (docs/performance.md)."""
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.loop = asyncio.get_running_loop()
-        self.event = asyncio.Event()
+        self.woken = False  # a wake-up that came while nobody was waiting (during a look for work)
+        self.future: asyncio.Future | None = None
 
-    async def wait(self, seconds: float) -> bool:
-        """True when woken within ``seconds``; re-armed for the next wait either way."""
-        try:
-            await asyncio.wait_for(self.event.wait(), max(0.0, seconds))
+    async def wait(self, seconds: float, gone: asyncio.Future | None = None) -> bool:
+        """True when woken within ``seconds``; False when the time is up or the client has gone."""
+        if self.woken:
+            self.woken = False
             return True
-        except TimeoutError:
-            return False
+        future = self.future = self.loop.create_future()
+        timer = self.loop.call_later(max(0.0, seconds), _settle, future, False)
+        if gone is not None:
+            gone.add_done_callback(lambda _: _settle(future, False))
+        try:
+            return await future
         finally:
-            self.event.clear()
+            timer.cancel()
+            self.future = None
 
     def set(self) -> None:
         with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(self.event.set)
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self.future is None:
+            self.woken = True
+        else:
+            _settle(self.future, True)
+
+
+def _settle(future: asyncio.Future, value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 _lock = threading.Lock()

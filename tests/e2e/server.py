@@ -120,31 +120,41 @@ class Server:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
 
-    def second_worker(self) -> str:
-        """Another ASGI worker process on the same database, as production runs several: its URL."""
-        if getattr(self, "worker", None) is None:
+    def second_worker(self, kind: str = "daphne") -> str:
+        """Another ASGI worker process on the same database, as production runs several: its URL.
+        ``kind`` "uvicorn" is the agent tier that docs/performance.md measures."""
+        self.workers = getattr(self, "workers", {})
+        if kind not in self.workers:
             port = free_port()
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "rmm.asgi:application"],
+            command = {
+                "daphne": ["daphne", "-b", "127.0.0.1", "-p", str(port)],
+                "uvicorn": ["uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+            }[kind]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *command, "rmm.asgi:application"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=self.log,
                 stderr=subprocess.STDOUT,
             )
-            self.worker_url = f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{port}"
+            self.workers[kind] = (proc, url)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{kind} exited: {(self.tmp / 'server.log').read_text()[-3000:]}")
                 try:
-                    urllib.request.urlopen(self.worker_url + "/accounts/login/", timeout=2).read()
+                    urllib.request.urlopen(url + "/accounts/login/", timeout=2).read()
                     break
                 except OSError:
                     time.sleep(0.2)
-        return self.worker_url
+        return self.workers[kind][1]
 
     def stop(self) -> None:
-        if getattr(self, "worker", None) is not None and self.worker.poll() is None:
-            self.worker.terminate()
-            self.worker.wait(10)
+        for proc, _ in getattr(self, "workers", {}).values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
         if self.cluster and self.cluster.poll() is None:
             os.killpg(self.cluster.pid, signal.SIGKILL)
             self.cluster.wait(10)
