@@ -145,7 +145,7 @@ class SimAgent:
             self.running.add(payload["instruction_id"])
             sim.spawn(self.execute(payload["instruction_id"]))
         if early:
-            return max(0.0, 1.0 - elapsed)
+            return 1.0  # from the answer, like rmm_agent: the server counts from its check-in
         return max(0.0, (hold or sim.interval) - elapsed)
 
     async def execute(self, instruction_id: str) -> None:

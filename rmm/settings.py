@@ -314,7 +314,7 @@ RMM_TASKS_SYNC = env_bool("RMM_TASKS_SYNC", False)
 # Bench only (bench/, docs/performance.md): per-endpoint query counts and a bare endpoint.
 # Never on by default.
 # The ASGI server's garbage-collector thresholds (rmm/asgi.py, docs/performance.md): three integers.
-RMM_GC_THRESHOLDS = tuple(int(n) for n in env_list("RMM_GC_THRESHOLDS", "10000,10,100"))
+RMM_GC_THRESHOLDS = tuple(int(n) for n in env_list("RMM_GC_THRESHOLDS", "700,10,10000"))
 RMM_BENCH = env_bool("RMM_BENCH", False)
 if RMM_BENCH:
     MIDDLEWARE.insert(0, "bench.hooks.QueryCountMiddleware")

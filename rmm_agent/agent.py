@@ -430,9 +430,10 @@ class Agent:
                 answer = self.heartbeat(hold=float(self.interval))
                 if answer.ok:
                     self.handle(answer)
-                    delay = HEARTBEAT_SPACING if answer.early else float(self.interval)
-                else:
-                    delay = answer.retry_after if answer.retry_after is not None else float(self.interval)
+                if answer.ok and answer.early:  # spaced from the answer: the server counts from its check-in
+                    self.stop.wait(HEARTBEAT_SPACING)
+                    continue
+                delay = answer.retry_after if answer.retry_after is not None else float(self.interval)
                 self.stop.wait(max(0.0, started + delay - time.monotonic()))
         except Unauthorized as exc:
             self._revoked(exc)
