@@ -23,17 +23,19 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fleet benchmark (docs/performance.md): a short profile by default, e.g.
-# `make bench FLEET=10000 INTERVAL=30 DURATION=120` for the goal. Needs PostgreSQL and Redis on 127.0.0.1.
+# `make bench FLEET=10000 DURATION=60` for the goal, SERVER=daphne for daphne workers.
+# Needs PostgreSQL and Redis on 127.0.0.1.
 FLEET ?= 3000
 INTERVAL ?= 30
 DURATION ?= 45
 WORKERS ?= 2
 SIM ?= 2
 FANOUT ?= 10000
+SERVER ?= uvicorn
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m bench --fleet $(FLEET) --interval $(INTERVAL) --duration $(DURATION) \
-		--workers $(WORKERS) --sim $(SIM) --fanout $(FANOUT) $(BENCH_ARGS)
+		--workers $(WORKERS) --sim $(SIM) --fanout $(FANOUT) --server $(SERVER) $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

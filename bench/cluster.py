@@ -85,7 +85,7 @@ class Cluster:
 
     workers: int = 2
     interval: int = 30
-    server: str = "daphne"  # or "uvicorn" (httptools and uvloop), for comparison
+    server: str = "uvicorn"  # the agent tier (httptools, uvloop); or "daphne"
     pg_url: str = "postgres://postgres@127.0.0.1:5432"
     redis_url: str = "redis://127.0.0.1:6379/11"
     extra_env: dict = field(default_factory=dict)
@@ -171,7 +171,7 @@ class Cluster:
         return self
 
     def _server_command(self, port: int, n: int) -> list[str]:
-        """The README's daphne command (with its access log), or uvicorn."""
+        """The README's agent-tier uvicorn command, or its daphne command (with its access log)."""
         if self.server == "uvicorn":
             listen = ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
             return [sys.executable, "-m", "uvicorn", *listen, "rmm.asgi:application"]

@@ -42,7 +42,7 @@ class Options:
     interval: int = 30
     duration: int = 45
     workers: int = 2
-    server: str = "daphne"
+    server: str = "uvicorn"  # the agent tier of the README's production section
     sim: int = 2
     fanout: int = 10_000
     wave: int = 500  # RMM_WAVE_SIZE: the first wave of the fan-out, all online agents, runs at once
