@@ -10,11 +10,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from rmm import access
+from rmm import access, bulk
 from rmm.authority.models import PsaTask
 from rmm.authority.services import authority_problem
 from rmm.engine import services as engine
-from rmm.engine.services import bulk, kill_switches
+from rmm.engine.services import kill_switches
 from rmm.engine.states import JobStatus
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history

@@ -15,6 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
+from rmm import bulk
 from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import canonical_json
 
@@ -119,7 +120,8 @@ def append_many(events: Iterable[Event]) -> list[HistoryEvent]:
                 )
             )
             prev_hash = digest
-        return HistoryEvent.objects.bulk_create(rows)
+        bulk.insert_many(rows)  # COPY on PostgreSQL: a 10,000-asset fan-out appends 20,000 events
+        return rows
 
 
 def append(actor, action: str, subject=None, *, site_id=None, payload: dict | None = None, subject_type: str = ""):

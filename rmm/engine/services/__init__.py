@@ -15,11 +15,11 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from rmm import tasks
+from rmm import bulk, tasks
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.engine import events, registry, signing
 from rmm.engine.models import Instruction, KillSwitch
-from rmm.engine.services import bulk, kill_switches, throttles
+from rmm.engine.services import kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
