@@ -45,14 +45,12 @@ def _bad_json() -> JsonResponse:
 
 
 def _unauthorized(request: HttpRequest) -> JsonResponse:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Agent "):
-        agent_id = header[6:].partition(":")[0][:64]
+    if request.headers.get("Authorization", "").startswith("Agent "):
         history.record_refusal(
             "anonymous",
             "agent.call",
             reason="unknown, revoked or wrong agent credential",
-            payload={"agent_id": agent_id, "path": request.path},
+            payload={"agent_id": _claimed_agent_id(request), "path": request.path},
         )
     response = JsonResponse({"detail": "Agent credential missing, wrong or revoked."}, status=401)
     response["WWW-Authenticate"] = "Agent"

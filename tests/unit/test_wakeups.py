@@ -125,6 +125,21 @@ def test_a_wake_up_with_nothing_new_keeps_the_heartbeat_held(agent, settings):
     assert took >= 1.0  # the rest of its two seconds
 
 
+def test_an_agent_revoked_while_held_is_handed_no_work(agent, job_for, caller, settings):
+    settings.RMM_HEARTBEAT_INTERVAL = 2
+    row, auth = agent
+    root = caller("root", "admin")
+
+    def queue_then_revoke():
+        job_for(row)
+        inventory.revoke_agent(root.user, row, "laptop stolen")
+        wakeups.wake([row.pk])
+
+    response, _ = held(row, auth, {"capacity": 4, "wait": 2}, queue_then_revoke)
+    assert response.json()["instructions"] == []
+    assert beat(auth, {"capacity": 4}).status_code == 401  # and its next call is refused
+
+
 def test_an_unknown_agent_is_refused_at_once_not_held(db):
     started = time.monotonic()
     r = beat("Agent 00000000-0000-0000-0000-000000000000:nope", {"wait": 30})

@@ -257,14 +257,15 @@ def _uuid_param(value):
 
 def look_for_work(agent: Agent, now: datetime) -> tuple[KillSwitch | None, bool]:
     """For a held heartbeat that was woken: the engaged kill switch over this agent, if any, and
-    whether released work waits for it. One statement (two with a switch engaged)."""
-    asset_id, site_id = _uuid_param(agent.asset_id), _uuid_param(agent.asset.site_id)
+    whether released work waits for it, unless the agent was revoked while its heartbeat was
+    held. One statement (two with a switch engaged)."""
+    agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        cursor.execute(_LOOK_SQL, [site_id, asset_id, _uuid_param(agent.pk), S.QUEUED, moment, moment])
-        switch_id, waiting = cursor.fetchone()
+        cursor.execute(_LOOK_SQL, [site_id, asset_id, agent_id, S.QUEUED, moment, moment, agent_id])
+        switch_id, waiting, active = cursor.fetchone()
     switch = KillSwitch.objects.select_related("site", "asset").get(pk=switch_id) if switch_id else None
-    return switch, bool(waiting)
+    return switch, bool(waiting) and bool(active)
 
 
 _SWITCH_SQL = (
@@ -283,7 +284,10 @@ _CHECK_IN_SQL = (
     "UPDATE inventory_agent SET last_seen_at = %s, version = %s WHERE id = %s"  # noqa: S608
     f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}"
 )
-_LOOK_SQL = f"SELECT {_SWITCH_SQL}, {_WAITING_SQL}"  # noqa: S608
+_LOOK_SQL = (
+    f"SELECT {_SWITCH_SQL}, {_WAITING_SQL},"  # noqa: S608
+    " EXISTS (SELECT 1 FROM inventory_agent WHERE id = %s AND revoked_at IS NULL)"
+)
 
 
 def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instruction]:
