@@ -172,8 +172,9 @@ def tune_garbage_collector() -> None:
     with CPython's default thresholds it scanned all of them every few seconds: the fleet
     benchmark measured full collections of about a second each, half of the workers' CPU and
     every heartbeat's worst latency (docs/performance.md). The objects made while starting are
-    frozen out of every scan, and the thresholds (``RMM_GC_THRESHOLDS``) make young collections
-    less frequent and full ones rare; short-lived cycles still go in young collections."""
+    frozen out of every scan, and the thresholds (``RMM_GC_THRESHOLDS``, by default CPython's
+    young thresholds with a far larger third) make full collections rare; agent calls leave no
+    cyclic garbage, and other short-lived cycles still go in young collections."""
     gc.freeze()
     gc.set_threshold(*settings.RMM_GC_THRESHOLDS)
 

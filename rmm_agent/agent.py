@@ -42,7 +42,7 @@ from .state import StateDir
 log = logging.getLogger("rmm_agent")
 
 MAX_CONCURRENT = 4
-HEARTBEAT_SPACING = 1.0  # seconds between two heartbeats' starts, at least (the server's default)
+HEARTBEAT_SPACING = 1.0  # seconds from an early answer to the next heartbeat (the server's default spacing)
 MIN_INTERVAL = 1
 MAX_INTERVAL = 3600
 ONCE_HEARTBEAT_ATTEMPTS = 3

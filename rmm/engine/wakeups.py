@@ -100,13 +100,12 @@ async def listening(agent_id):
                     del _waiting[waiter.key]
 
 
-def wake_local(agent_ids: Iterable) -> int:
-    """Wake the heartbeats these agents hold in this process; returns how many were woken."""
+def wake_local(agent_ids: Iterable) -> None:
+    """Wake the heartbeats these agents hold in this process."""
     with _lock:
         targets = [waiter for key in {str(pk) for pk in agent_ids} for waiter in _waiting.get(key, ())]
     for waiter in targets:
         waiter.set()
-    return len(targets)
 
 
 def wake(agent_ids: Iterable) -> None:

@@ -247,8 +247,7 @@ def check_in(agent: Agent, now: datetime, version: str) -> CheckIn:
         params = [moment, version, agent_id, asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
         cursor.execute(_CHECK_IN_SQL, params)
         facts_hash, switch_id, waiting = cursor.fetchone()
-    switch = KillSwitch.objects.select_related("site", "asset").get(pk=switch_id) if switch_id else None
-    return CheckIn(facts_hash, switch, bool(waiting))
+    return CheckIn(facts_hash, _engaged_switch(switch_id), bool(waiting))
 
 
 def _uuid_param(value):
@@ -264,8 +263,12 @@ def look_for_work(agent: Agent, now: datetime) -> tuple[KillSwitch | None, bool]
     with connection.cursor() as cursor:
         cursor.execute(_LOOK_SQL, [site_id, asset_id, agent_id, S.QUEUED, moment, moment, agent_id])
         switch_id, waiting, active = cursor.fetchone()
-    switch = KillSwitch.objects.select_related("site", "asset").get(pk=switch_id) if switch_id else None
-    return switch, bool(waiting) and bool(active)
+    return _engaged_switch(switch_id), bool(waiting) and bool(active)
+
+
+def _engaged_switch(switch_id) -> KillSwitch | None:
+    """The switch a check-in statement found (rare: a second query only while one is engaged)."""
+    return KillSwitch.objects.select_related("site", "asset").get(pk=switch_id) if switch_id else None
 
 
 _SWITCH_SQL = (
@@ -276,10 +279,10 @@ _WAITING_SQL = (
     "EXISTS (SELECT 1 FROM engine_instruction WHERE agent_id = %s AND status = %s"
     " AND not_after > %s AND release_at <= %s)"
 )
-# Built from the constants above only; every value is a parameter.
 _FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
-# One round trip: the agent is seen, and learns what its heartbeat needs (RETURNING, PostgreSQL
-# and SQLite 3.35+).
+# The statements below are built from the constants above only; every value is a parameter.
+# The check-in is one round trip: the agent is seen, and learns what its heartbeat needs
+# (RETURNING: PostgreSQL, and SQLite 3.35+).
 _CHECK_IN_SQL = (
     "UPDATE inventory_agent SET last_seen_at = %s, version = %s WHERE id = %s"  # noqa: S608
     f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}"
