@@ -5,7 +5,6 @@ import base64
 import io
 import json
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.core.files.storage import default_storage
 from django.core.management import call_command
@@ -18,35 +17,7 @@ from rmm.history import anchors, tasks
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import canonical_json
-
-TABLE = "history_historyevent"
-
-
-@pytest.fixture
-def events(db):
-    for n in range(5):
-        history.append("user:tester", "test.event", payload={"n": n})
-    return list(HistoryEvent.objects.order_by("sequence"))
-
-
-def verify():
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("verify_history", stdout=out, stderr=err)
-    except SystemExit as exc:
-        return exc.code, out.getvalue(), err.getvalue()
-    return 0, out.getvalue(), err.getvalue()
-
-
-def drop_triggers():
-    """A database owner's first step (rolled back with the test's transaction)."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"DROP TRIGGER history_no_update_delete ON {TABLE}")
-            cursor.execute(f"DROP TRIGGER history_no_truncate ON {TABLE}")
-        else:
-            cursor.execute("DROP TRIGGER history_no_update")
-            cursor.execute("DROP TRIGGER history_no_delete")
+from tests.unit.history_support import drop_triggers, verify
 
 
 def test_an_anchor_signs_the_head_and_its_own_event_comes_after_it(events):

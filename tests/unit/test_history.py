@@ -1,46 +1,13 @@
 """Law 5: the execution history is append-only and hash-chained; the database refuses change; a command verifies."""
 
-import io
-
 import pytest
-from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
 from evidence import services as evidence
 from rmm.history import anchors
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
-
-TABLE = "history_historyevent"
-
-
-@pytest.fixture
-def events(db):
-    """A few events of our own on top of whatever the database already holds."""
-    for n in range(5):
-        history.append("user:tester", "test.event", payload={"n": n})
-    return list(HistoryEvent.objects.order_by("sequence"))
-
-
-def verify():
-    """Run ``manage.py verify_history``; return (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("verify_history", stdout=out, stderr=err)
-    except SystemExit as exc:
-        return exc.code, out.getvalue(), err.getvalue()
-    return 0, out.getvalue(), err.getvalue()
-
-
-def drop_triggers():
-    """What an attacker with table rights would do first (rolled back with the test's transaction)."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"DROP TRIGGER history_no_update_delete ON {TABLE}")
-            cursor.execute(f"DROP TRIGGER history_no_truncate ON {TABLE}")
-        else:
-            cursor.execute("DROP TRIGGER history_no_update")
-            cursor.execute("DROP TRIGGER history_no_delete")
+from tests.unit.history_support import TABLE, drop_triggers, verify
 
 
 def snapshot():
