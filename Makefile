@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint format clean bench bench-export
+.PHONY: install run test lint format clean bench bench-export bench-fanout
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,13 +29,14 @@ FLEET ?= 3000
 INTERVAL ?= 30
 DURATION ?= 45
 WORKERS ?= 2
+API_WORKERS ?= 1
 SIM ?= 2
 FANOUT ?= 10000
 SERVER ?= uvicorn
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m bench --fleet $(FLEET) --interval $(INTERVAL) --duration $(DURATION) \
-		--workers $(WORKERS) --sim $(SIM) --fanout $(FANOUT) --server $(SERVER) $(BENCH_ARGS)
+		--workers $(WORKERS) --api-workers $(API_WORKERS) --sim $(SIM) --fanout $(FANOUT) --server $(SERVER) $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -48,6 +49,10 @@ format: install
 # The compliance-export benchmark (docs/evidence.md): 100,000 items by default, e.g. BENCH_ARGS="--items 20000".
 bench-export: install
 	$(BIN)/python bench/export_bench.py $(BENCH_ARGS)
+
+# The fan-out alone, in process, on PostgreSQL (docs/performance.md), e.g. BENCH_ARGS="--assets 2000 --content-kib 64".
+bench-fanout: install
+	$(BIN)/python bench/fanout_profile.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

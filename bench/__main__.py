@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", type=int, default=defaults.fleet, help="online simulated agents")
     parser.add_argument("--interval", type=int, default=defaults.interval, help="heartbeat interval (s)")
     parser.add_argument("--duration", type=int, default=defaults.duration, help="measured steady window (s)")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="daphne worker processes")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="agent-tier worker processes")
+    parser.add_argument(
+        "--api-workers", type=int, default=defaults.api_workers, help="daphne workers for the API (0: the agent tier)"
+    )
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default=defaults.server, help="ASGI server")
     parser.add_argument("--sim", type=int, default=defaults.sim, help="simulator processes")
     parser.add_argument("--fanout", type=int, default=defaults.fanout, help="assets in the fan-out job")

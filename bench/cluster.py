@@ -81,9 +81,12 @@ def pids_named(name: str) -> list[int]:
 
 @dataclass
 class Cluster:
-    """``workers`` daphne processes and one task cluster on a fresh database."""
+    """The README's production layout on a fresh database: an agent tier of ``workers`` ASGI
+    processes, ``api_workers`` daphne processes for the console and the REST API (0: the agent
+    tier serves the API too), and one task cluster."""
 
     workers: int = 2
+    api_workers: int = 1
     interval: int = 30
     server: str = "uvicorn"  # the agent tier (httptools, uvloop); or "daphne"
     pg_url: str = "postgres://postgres@127.0.0.1:5432"
@@ -91,6 +94,7 @@ class Cluster:
     extra_env: dict = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: list[int] = field(default_factory=list)
+    api_ports: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="rmm-bench-"))
@@ -112,6 +116,11 @@ class Cluster:
     @property
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Where the PSA's calls go: the API tier, or the agent tier when there is none."""
+        return [f"http://127.0.0.1:{port}" for port in self.api_ports] or self.urls
 
     def _pg(self, sql: str) -> None:
         import psycopg
@@ -158,6 +167,12 @@ class Cluster:
                 stdout=self.log,
                 stderr=subprocess.STDOUT,
             )
+        for n in range(self.api_workers):
+            port = free_port()
+            self.api_ports.append(port)
+            self.procs[f"api-{n + 1}"] = subprocess.Popen(
+                self._daphne(port, f"api-{n + 1}"), cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            )
         self.procs["qcluster"] = subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"],
             cwd=ROOT,
@@ -166,7 +181,7 @@ class Cluster:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        for url in self.urls:
+        for url in dict.fromkeys(self.urls + self.api_urls):
             self._wait_ready(url)
         return self
 
@@ -175,7 +190,10 @@ class Cluster:
         if self.server == "uvicorn":
             listen = ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
             return [sys.executable, "-m", "uvicorn", *listen, "rmm.asgi:application"]
-        access = ["--access-log", str(self.tmp / f"access-{n}.log")]
+        return self._daphne(port, str(n))
+
+    def _daphne(self, port: int, name: str) -> list[str]:
+        access = ["--access-log", str(self.tmp / f"access-{name}.log")]
         return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *access, "rmm.asgi:application"]
 
     def _wait_ready(self, url: str) -> None:

@@ -12,7 +12,8 @@ def table(r: dict) -> str:
     lines = [
         f"RMM fleet benchmark — {m['date']}",
         f"machine: {m['cpus']} × {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}",
-        f"server: {o['workers']} {o['server']} workers + qcluster, PostgreSQL, Redis; simulator: {o['sim']} processes",
+        f"server: {o['workers']} {o['server']} workers, {o.get('api_workers', 0)} daphne API workers + qcluster,"
+        f" PostgreSQL, Redis; simulator: {o['sim']} processes",
         "",
         "enrollment",
         _row(

@@ -42,6 +42,7 @@ class Options:
     interval: int = 30
     duration: int = 45
     workers: int = 2
+    api_workers: int = 1  # daphne, for the console and the REST API (the README's layout)
     server: str = "uvicorn"  # the agent tier of the README's production section
     sim: int = 2
     fanout: int = 10_000
@@ -183,11 +184,16 @@ class Bench:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # servers and simulators inherit it
         cluster = Cluster(
             workers=o.workers,
+            api_workers=o.api_workers,
             server=o.server,
             interval=o.interval,
             extra_env={"RMM_WAVE_SIZE": str(self.wave), "RMM_ENROLLMENT_TOKEN_USES": str(o.fleet)},
         )
-        print(f"starting {o.workers} {o.server} workers, qcluster, database {cluster.dbname} ...", flush=True)
+        print(
+            f"starting {o.workers} {o.server} workers, {o.api_workers} daphne API workers, qcluster,"
+            f" database {cluster.dbname} ...",
+            flush=True,
+        )
         started = time.monotonic()
         cluster.start()
         try:
@@ -208,7 +214,7 @@ class Bench:
         o = self.o
         seed = cluster.shell(SEED % {"uses": o.fleet})
         tokens = seed["tokens"]
-        api = Api(cluster.urls[0])
+        api = Api(cluster.api_urls[0])
         script = api.call(
             "POST", "/api/v1/scripts/", tokens["technician"], {"name": "bench", "language": "sh", "content": "true\n"}
         )

@@ -145,6 +145,7 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
     not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
     stamps = {"issued_at": iso_utc(now), "not_after": iso_utc(not_after)}
     rows = []
+    digests: dict[str, str] = {}  # a batch signs one content thousands of times: hash it once
     for position, (job, spec) in enumerate(rendered, start=wave_offset):
         agent_id = agents.get(spec.asset.pk)
         if agent_id is None:
@@ -152,6 +153,9 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
         if spec.interpreter not in INTERPRETERS:
             raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
         authority = kind.authority(job)
+        digest = digests.get(spec.content)
+        if digest is None:
+            digest = digests[spec.content] = hashlib.sha256(spec.content.encode()).hexdigest()
         inst = Instruction(
             job_kind=kind.name,
             job_id=job.pk,
@@ -161,7 +165,7 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
             agent_id=agent_id,
             interpreter=spec.interpreter,
             content=spec.content,
-            content_sha256=hashlib.sha256(spec.content.encode()).hexdigest(),
+            content_sha256=digest,
             arguments=list(spec.arguments),
             timeout_seconds=spec.timeout_seconds,
             privileged=spec.privileged,

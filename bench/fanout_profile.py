@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The fan-out alone: ``POST /api/v1/script-jobs/batch/`` over N assets, in process, no fleet.
+
+    .venv/bin/python bench/fanout_profile.py [--assets 10000] [--content-kib 0] [--runs 3]
+    make bench-fanout BENCH_ARGS="--assets 2000 --content-kib 64"
+
+The fleet benchmark measures the fan-out while 10,000 agents heartbeat; this measures what the
+batch itself costs, so that a change to it can be judged without the fleet's noise. It makes a
+new PostgreSQL database on 127.0.0.1 (dropped afterwards), N assets with agents, an approved
+script of the given size and PSA authority, then posts the batch ``--runs`` times through
+Django's test client (the whole request: authentication, validation, the service, the answer)
+and prints the wall and CPU seconds of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import io
+import json
+import os
+import secrets
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PG = "postgres://postgres@127.0.0.1:5432"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=int, default=10_000)
+    parser.add_argument("--content-kib", type=int, default=0, help="script size beyond one line")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    import psycopg
+
+    dbname = f"rmm_fanout_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="rmm.settings",
+        DATABASE_URL=f"{PG}/{dbname}",
+        RMM_ALLOWED_HOSTS="testserver",
+        RMM_API_RATE="1000000/min",
+    )
+    sys.path.insert(0, str(ROOT))
+    try:
+        for figures in _runs(args):
+            print(json.dumps(figures), flush=True)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _runs(args):
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.test import Client
+
+    from rmm.inventory import services as inventory
+    from rmm.inventory.models import Agent, Asset
+
+    call_command("migrate", verbosity=0)
+    site = inventory.get_or_create_site("bench", actor="cli:bench")
+    tokens = {}
+    for user, role in (("bench-psa", "psa"), ("bench-tech", "technician"), ("bench-approver", "approver")):
+        out = io.StringIO()
+        call_command("rmm_token", user, role=role, stdout=out)
+        tokens[role] = out.getvalue().strip()
+    assets = [
+        Asset(site=site, hostname=f"asset-{n:05d}", os="Linux", architecture="x86_64") for n in range(args.assets)
+    ]
+    Asset.objects.bulk_create(assets, batch_size=2000)
+    Agent.objects.bulk_create(
+        [Agent(asset=a, secret_hash=hashlib.sha256(secrets.token_bytes(16)).hexdigest()) for a in assets],
+        batch_size=2000,
+    )
+    client = Client()
+
+    def call(path: str, role: str, body: dict | None = None, method: str = "post") -> dict:
+        answer = getattr(client, method)(
+            path,
+            data=json.dumps(body or {}),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {tokens[role]}",
+        )
+        if answer.status_code >= 300:
+            raise RuntimeError(f"{path}: {answer.status_code} {answer.content[:500]!r}")
+        return answer.json()
+
+    content = "true\n" + "#" * 1024 * args.content_kib
+    script = call("/api/v1/scripts/", "technician", {"name": "bench", "language": "sh", "content": content})
+    call(f"/api/v1/scripts/{script['id']}/approve/", "approver")
+    case_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    call(f"/api/v1/psa/cases/{case_id}/", "psa", {"title": "bench", "status": "approved", "site": "bench"}, "put")
+    call(f"/api/v1/psa/tasks/{task_id}/", "psa", {"case": case_id, "title": "bench", "status": "approved"}, "put")
+    body = {"script": script["id"], "assets": [str(a.pk) for a in assets], "psa_task_id": task_id}
+    gc.freeze()  # as a worker does (rmm/asgi.py)
+    gc.set_threshold(*settings.RMM_GC_THRESHOLDS)
+    for run in range(args.runs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        answer = call("/api/v1/script-jobs/batch/", "psa", body)
+        yield {
+            "run": run,
+            "assets": answer["count"],
+            "content_kib": args.content_kib,
+            "wall_seconds": round(time.perf_counter() - wall, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2),
+        }
+
+
+if __name__ == "__main__":
+    main()
