@@ -209,10 +209,11 @@ class Cluster:
                 time.sleep(0.2)
         raise RuntimeError(f"{url} did not start")
 
-    def stats(self, reset: bool = False) -> list[dict]:
-        """Each worker's own figures (query counts per endpoint, CPU, peak memory)."""
+    def stats(self, reset: bool = False, api: bool = False) -> list[dict]:
+        """Each agent-tier worker's own figures (query counts per endpoint, collector pauses), and
+        the API tier's too with ``api``; a reset resets both."""
         found = []
-        for url in self.urls:
+        for url in dict.fromkeys(self.urls + (self.api_urls if api or reset else [])):
             request = urllib.request.Request(
                 url + "/api/v1/agent/bench/stats/", method="POST" if reset else "GET", data=b"" if reset else None
             )

@@ -291,7 +291,7 @@ class Bench:
         expected = min(len(online), o.fanout, self.wave)
         self._await_results(cluster, batch, expected, timeout=max(120, 2 * o.interval))
         fan_end = time.time()
-        storm_stats = cluster.stats()
+        storm_stats = cluster.stats(api=True)  # queries per call: the API's endpoints too
         replies = self._all("fleet_stop", lambda n: {})
         sim_cpu = sum(reply["cpu"] for reply in replies) - cpu0
         records = [reply["records"] for reply in replies]
