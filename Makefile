@@ -50,9 +50,9 @@ format: install
 bench-export: install
 	$(BIN)/python bench/export_bench.py $(BENCH_ARGS)
 
-# The fan-out alone, in process, on PostgreSQL (docs/performance.md), e.g. BENCH_ARGS="--assets 2000 --content-kib 64".
+# The fan-out alone, in process, on PostgreSQL (docs/performance.md), e.g. FANOUT=2000 BENCH_ARGS="--content-kib 64".
 bench-fanout: install
-	$(BIN)/python bench/fanout_profile.py $(BENCH_ARGS)
+	$(BIN)/python bench/fanout_profile.py --assets $(FANOUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -1,7 +1,8 @@
 """The server under test, started the way the README's production section says.
 
-Its own PostgreSQL database (created and dropped here), its own Redis database, several daphne
-ASGI workers (one port each, as behind a proxy) and ``manage.py qcluster``, all on 127.0.0.1.
+Its own PostgreSQL database (created and dropped here), its own Redis database, an agent tier of
+ASGI workers (uvicorn, or daphne; one port each, as behind a proxy), a daphne worker for the REST
+API and ``manage.py qcluster``, all on 127.0.0.1.
 """
 
 from __future__ import annotations

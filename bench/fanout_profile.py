@@ -2,7 +2,7 @@
 """The fan-out alone: ``POST /api/v1/script-jobs/batch/`` over N assets, in process, no fleet.
 
     .venv/bin/python bench/fanout_profile.py [--assets 10000] [--content-kib 0] [--runs 3]
-    make bench-fanout BENCH_ARGS="--assets 2000 --content-kib 64"
+    make bench-fanout FANOUT=2000 BENCH_ARGS="--content-kib 64"
 
 The fleet benchmark measures the fan-out while 10,000 agents heartbeat; this measures what the
 batch itself costs, so that a change to it can be judged without the fleet's noise. It makes a
@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,12 +40,18 @@ def main(argv: list[str] | None = None) -> None:
 
     import psycopg
 
+    # The caller's environment does not leak in (as bench/cluster.py): no RMM_* settings, no
+    # Redis (wake-ups and console events stay in process), keys in a folder of its own.
+    for name in [name for name in os.environ if name.startswith(("RMM_", "PYTEST")) or name == "REDIS_URL"]:
+        del os.environ[name]
+    var = tempfile.TemporaryDirectory(prefix="rmm-fanout-")
     dbname = f"rmm_fanout_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
     os.environ.update(
         DJANGO_SETTINGS_MODULE="rmm.settings",
         DATABASE_URL=f"{PG}/{dbname}",
+        RMM_VAR_DIR=var.name,
         RMM_ALLOWED_HOSTS="testserver",
         RMM_API_RATE="1000000/min",
     )
@@ -53,11 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         for figures in _runs(args):
             print(json.dumps(figures), flush=True)
     finally:
-        from django.db import connections
-
-        connections.close_all()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # FORCE: Django's connection too
+        var.cleanup()
 
 
 def _runs(args):

@@ -30,7 +30,7 @@ def table(r: dict) -> str:
         ),
         _row("heartbeat errors", s["heartbeat_errors"]),
         _row("heartbeats answered early (work, aborts)", s["heartbeats_woken"]),
-        _row("server CPU s per 1,000 heartbeats (ASGI workers)", s["server_cpu_seconds_per_1000_heartbeats"]),
+        _row("server CPU s per 1,000 heartbeats (agent-tier workers)", s["server_cpu_seconds_per_1000_heartbeats"]),
         _row("CPU, share of one core", ", ".join(f"{k} {v}" for k, v in s["cpu_share_of_one_core"].items())),
         _row("other processes on the machine (share of one core)", s["other_processes_share_of_one_core"]),
         _row(
