@@ -52,7 +52,7 @@ bench-export: install
 
 # The fan-out alone, in process, on PostgreSQL (docs/performance.md), e.g. FANOUT=2000 BENCH_ARGS="--content-kib 64".
 bench-fanout: install
-	$(BIN)/python bench/fanout_profile.py --assets $(FANOUT) $(BENCH_ARGS)
+	$(BIN)/python -m bench.fanout_profile --assets $(FANOUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The fan-out alone: ``POST /api/v1/script-jobs/batch/`` over N assets, in process, no fleet.
 
-    .venv/bin/python bench/fanout_profile.py [--assets 10000] [--content-kib 0] [--runs 3]
+    .venv/bin/python -m bench.fanout_profile [--assets 10000] [--content-kib 0] [--runs 3]
     make bench-fanout FANOUT=2000 BENCH_ARGS="--content-kib 64"
 
 The fleet benchmark measures the fan-out while 10,000 agents heartbeat; this measures what the
@@ -19,16 +19,11 @@ import gc
 import hashlib
 import io
 import json
-import os
 import secrets
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PG = "postgres://postgres@127.0.0.1:5432"
+from bench.scratch import scratch_database
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,31 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
 
-    import psycopg
-
-    # The caller's environment does not leak in (as bench/cluster.py): no RMM_* settings, no
-    # Redis (wake-ups and console events stay in process), keys in a folder of its own.
-    for name in [name for name in os.environ if name.startswith(("RMM_", "PYTEST")) or name == "REDIS_URL"]:
-        del os.environ[name]
-    var = tempfile.TemporaryDirectory(prefix="rmm-fanout-")
-    dbname = f"rmm_fanout_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="rmm.settings",
-        DATABASE_URL=f"{PG}/{dbname}",
-        RMM_VAR_DIR=var.name,
-        RMM_ALLOWED_HOSTS="testserver",
-        RMM_API_RATE="1000000/min",
-    )
-    sys.path.insert(0, str(ROOT))
-    try:
+    with scratch_database("rmm_fanout"):
         for figures in _runs(args):
             print(json.dumps(figures), flush=True)
-    finally:
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # FORCE: Django's connection too
-        var.cleanup()
 
 
 def _runs(args):
