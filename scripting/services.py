@@ -292,7 +292,7 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
             for job in jobs
         )
         if status == JobStatus.QUEUED:
-            engine.queue_in_waves(jobs, user)
+            engine.issue_instructions_for(jobs, user)
         # One console event for the batch, not one per job.
         engine.events.publish(
             site.pk,

@@ -18,7 +18,7 @@ from django.utils import timezone
 from rmm import bulk, tasks
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.engine import events, registry, signing
-from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
+from rmm.engine.models import Instruction, KillSwitch
 from rmm.engine.services import kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
@@ -127,14 +127,11 @@ def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]
     return issue_instructions_for([job], actor, wave_offset=wave_offset)
 
 
-def issue_instructions_for(
-    jobs: list, actor, *, wave_offset: int = 0, release_base: datetime | None = None
-) -> list[Instruction]:
+def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[Instruction]:
     """:func:`issue_instructions` for many jobs of one kind at once: one agent look-up, one
     insert and one history append whatever their number; agents of the instructions released
     now are woken once the transaction commits. Each job's relations used by ``render`` and
-    ``authority`` must already be loaded. Waves are counted from ``release_base`` (the moment
-    the batch was queued), by default now."""
+    ``authority`` must already be loaded."""
     if not jobs:
         return []
     kind = registry.kind_of(jobs[0])
@@ -175,7 +172,7 @@ def issue_instructions_for(
             psa_case_id=authority.get("psa_case_id"),
             psa_task_id=authority.get("psa_task_id"),
             issued_at=now,
-            release_at=throttles.release_time(position, release_base or now),
+            release_at=throttles.release_time(position, now),
             not_after=not_after,
         )
         inst.payload = canonical_json(
@@ -217,116 +214,6 @@ def issue_instructions_for(
     )
     events.wake_agents(inst.agent_id for inst in rows if inst.release_at <= now)
     return rows
-
-
-def queue_in_waves(jobs: list, actor) -> None:
-    """Sign a batch's first wave now, in the caller's transaction, and leave the later waves to
-    the task cluster, which signs them once this commits (:func:`issue_later_waves`), long
-    before they are due. The jobs are new rows of one kind, already queued.
-
-    A 10,000-asset batch spent most of its request signing and recording instructions that
-    would wait minutes for their wave (docs/performance.md). Every asset must have an enrolled
-    agent now, as when all were signed at once; the laws are checked again when the later
-    waves are signed."""
-    queued_at = timezone.now()
-    kind = registry.kind_of(jobs[0])
-    rendered = [(job, kind.render(job)) for job in jobs]
-    assets = {spec.asset.pk for _, specs in rendered for spec in specs}
-    if Agent.objects.filter(asset_id__in=assets, revoked_at__isnull=True).count() != len(assets):
-        raise InvalidInput("The asset has no enrolled agent.", field="asset")
-    size, first, position = max(1, settings.RMM_WAVE_SIZE), 0, 0
-    while first < len(rendered) and position < size:  # whole jobs, as many as start in the first wave
-        position += len(rendered[first][1])
-        first += 1
-    issue_instructions_for(jobs[:first], actor, release_base=queued_at)
-    if first < len(jobs):
-        tasks.enqueue_on_commit(
-            "rmm.engine.tasks.issue_later_waves",
-            kind.name,
-            [str(job.pk) for job in jobs[first:]],
-            history.actor_of(actor),
-            position,
-            queued_at.isoformat(),
-        )
-
-
-def issue_later_waves(
-    kind_name: str,
-    job_ids: list[str],
-    actor: str,
-    wave_offset: int,
-    queued_at: datetime,
-    release_base: datetime | None = None,
-) -> int:
-    """Sign the later waves of a batch queued at ``queued_at``, in the task cluster; their waves
-    are counted from ``release_base``, by default the moment the batch was queued.
-
-    Of the jobs still queued and not yet issued, those that a kill switch covered at any time
-    since they were queued, whose authority no longer holds, or whose agent was revoked end
-    aborted with the reason instead: issuing later must not let through what signing at once
-    would have stopped. Returns the number of instructions issued."""
-    kind = registry.get(kind_name)
-    with transaction.atomic():
-        locked = kind.model.objects.select_for_update(of=("self",)).select_related(*kind.select_related)
-        found = {str(job.pk): job for job in locked.filter(pk__in=job_ids, status=S.QUEUED)}
-        issued = Instruction.objects.filter(job_kind=kind.name, job_id__in=list(found)).values_list("job_id", flat=True)
-        for job_id in issued:
-            found.pop(str(job_id), None)
-        jobs = [found[pk] for pk in job_ids if pk in found]
-        if not jobs:
-            return 0
-        since = Q(released_at__isnull=True) | Q(released_at__gte=queued_at)  # engaged at some time since
-        switches = list(KillSwitch.objects.filter(since).select_related("site", "asset"))
-        agents = set(
-            Agent.objects.filter(asset_id__in={job.asset_id for job in jobs}, revoked_at__isnull=True).values_list(
-                "asset_id", flat=True
-            )
-        )
-        ready = []
-        for job in jobs:
-            reason = _why_not_issued(kind, job, switches, agents)
-            if reason:
-                transition_job(job, S.ABORTED, "system", reason=reason)
-            else:
-                ready.append(job)
-        return len(
-            issue_instructions_for(ready, actor, wave_offset=wave_offset, release_base=release_base or queued_at)
-        )
-
-
-def _why_not_issued(kind, job, switches: list[KillSwitch], agents: set) -> str:
-    for switch in switches:
-        if (
-            switch.scope == KillSwitchScope.GLOBAL
-            or (switch.scope == KillSwitchScope.SITE and switch.site_id == job.site_id)
-            or (switch.scope == KillSwitchScope.ASSET and switch.asset_id == job.asset_id)
-        ):
-            return f"kill switch engaged on {switch.target_label} while the job waited for its wave"
-    problem = kind.authority_problem(job)
-    if problem:
-        return f"no authority: {problem}"
-    if job.asset_id not in agents:
-        return "the asset's agent was revoked while the job waited for its wave"
-    return ""
-
-
-def issue_stranded(now: datetime, grace: timedelta = timedelta(minutes=5)) -> int:
-    """Jobs queued over ``grace`` ago that never got their instructions, because the task that
-    should have signed their wave was lost: signed now, under the same checks, in waves from now
-    (their own are past: released at once, they would all start together)."""
-    count = 0
-    for kind in registry.all_kinds():
-        issued = Instruction.objects.filter(job_kind=kind.name).values("job_id")
-        stranded = list(
-            kind.model.objects.filter(status=S.QUEUED, created_at__lt=now - grace)
-            .exclude(pk__in=issued)
-            .order_by("created_at")
-            .values_list("pk", "created_at")[:1000]
-        )
-        if stranded:
-            ids = [str(pk) for pk, _ in stranded]
-            count += issue_later_waves(kind.name, ids, "system", 0, stranded[0][1], release_base=now)
-    return count
 
 
 def queue_job(job, actor, **fields) -> None:
@@ -701,4 +588,4 @@ def sweep(now: datetime | None = None) -> int:
     for inst in overdue[:1000]:
         reason = "agent never reported within its lease" if inst.status == S.RUNNING else "no agent leased it in time"
         count += end_instruction(inst, inst.status, S.LOST, "system", reason)
-    return count + withdraw_expired_authority(now) + issue_stranded(now)
+    return count + withdraw_expired_authority(now)
