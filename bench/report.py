@@ -43,6 +43,7 @@ def table(r: dict) -> str:
         _row("created and queued in (s)", f["queue_seconds"]),
         _row("first wave leased / results accepted", f"{f['leased']} / {f['results_accepted']} of {f['first_wave']}"),
         _row("all of the first wave leased after (s)", f["all_leased_after_queued_s"]),
+        _row("every instruction signed after (s)", f.get("all_signed_after_s")),
         _row("results ingested per second", f["results_per_second"]),
         "",
         "queries per call (all workers)",

@@ -289,7 +289,7 @@ class Bench:
         fan_seconds = time.monotonic() - began
         fan_start = time.time()
         expected = min(len(online), o.fanout, self.wave)
-        self._await_results(cluster, batch, expected, timeout=max(120, 2 * o.interval))
+        signed_after = self._await_results(cluster, batch, expected, began, timeout=max(120, 2 * o.interval))
         fan_end = time.time()
         storm_stats = cluster.stats(api=True)  # queries per call: the API's endpoints too
         replies = self._all("fleet_stop", lambda n: {})
@@ -299,6 +299,7 @@ class Bench:
         self._steady_report(records, window, server_cpu0, server_cpu1, steady_stats, probes)
         fan_jobs = {job["id"] for job in batch["jobs"]}
         self._fanout_report(records, fan_jobs, fan_seconds, fan_start, fan_end, len(fan_assets), expected)
+        self.report["fanout"]["all_signed_after_s"] = round(signed_after, 2) if signed_after is not None else None
         self.report["queries_per_call"] = _queries(storm_stats)
         self.report["gc_pauses_steady"] = _gc_pauses(steady_stats)
         self.report["simulator_cpu_seconds_fleet_phase"] = round(sim_cpu, 1)
@@ -359,21 +360,31 @@ class Bench:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
         return asked
 
-    def _await_results(self, cluster: Cluster, batch: dict, expected: int, timeout: float) -> None:
-        """Until the first wave's results are all in (or the timeout)."""
+    def _await_results(
+        self, cluster: Cluster, batch: dict, expected: int, began: float, timeout: float
+    ) -> float | None:
+        """Until the first wave's results are all in and every instruction of the batch is signed
+        (the later waves by the task cluster), or the timeout; returns when the last was signed,
+        in seconds from the batch request."""
         import psycopg
 
         ids = [job["id"] for job in batch["jobs"]]
-        deadline = time.monotonic() + timeout
+        deadline, signed_after = time.monotonic() + timeout, None
         with psycopg.connect(cluster.env["DATABASE_URL"], autocommit=True) as conn:
             while time.monotonic() < deadline:
                 done = conn.execute(
                     "SELECT count(*) FROM scripting_scriptjob WHERE id = ANY(%s::uuid[]) AND status = 'succeeded'",
                     [ids],
                 ).fetchone()[0]
-                if done >= expected:
-                    return
+                if signed_after is None:
+                    signed = conn.execute(
+                        "SELECT count(*) FROM engine_instruction WHERE job_id = ANY(%s::uuid[])", [ids]
+                    ).fetchone()[0]
+                    signed_after = time.monotonic() - began if signed >= len(ids) else None
+                if done >= expected and signed_after is not None:
+                    break
                 time.sleep(0.5)
+        return signed_after
 
     # -- figures --------------------------------------------------------------------------------
 

@@ -116,6 +116,7 @@ registry.register(
         authority=lambda job: {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id},
         authority_problem=lambda job: authority_problem(job.psa_task, job.asset),
         authority_field="psa_task_id",
+        authority_lookups={"psa_case_id": "psa_task__case_id", "psa_task_id": "psa_task_id"},
         select_related=("script", "asset", "site", "result", "psa_task__case", "requested_by", "decided_by"),
         detail_template="scripting/job_detail.html",
     )

@@ -197,9 +197,10 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
     """One script on many assets (the listed ones, or every asset of a site): one job per asset.
 
     The rules of :func:`create_script_job`, checked once for the batch: approved script, one PSA
-    task whose case's site holds every asset, no engaged kill switch. All jobs, their signed
-    instructions and their history are written in one transaction; the instructions are released
-    in waves (``RMM_WAVE_SIZE`` every ``RMM_WAVE_INTERVAL_SECONDS``).
+    task whose case's site holds every asset, no engaged kill switch. All jobs and their history
+    are written in one transaction with the first wave's signed instructions; the task cluster
+    signs the later waves once it commits (:func:`rmm.engine.services.queue_in_waves`). Waves are
+    ``RMM_WAVE_SIZE`` instructions every ``RMM_WAVE_INTERVAL_SECONDS``.
     """
     _require(user, "request_jobs", "script_job.create")
     script = Script.objects.filter(pk=script_id).first() if script_id else None
@@ -292,7 +293,7 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
             for job in jobs
         )
         if status == JobStatus.QUEUED:
-            engine.issue_instructions_for(jobs, user)
+            engine.queue_in_waves(jobs, user)
         # One console event for the batch, not one per job.
         engine.events.publish(
             site.pk,

@@ -42,6 +42,9 @@ class JobKind:
     authority_problem: Callable[[Any], str | None]
     # the API field that names the job's authority, for refusals
     authority_field: str
+    # authority key ("psa_case_id", "psa_task_id") -> the job model's lookup for it: withdrawn
+    # authority aborts the kind's queued jobs whose instructions are not yet issued
+    authority_lookups: dict[str, str] = field(default_factory=dict)
     # relations the console and API load with each job (for describe and detail)
     select_related: tuple[str, ...] = ()
     # template included on the console's job page, rendered with ``job``

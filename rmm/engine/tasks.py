@@ -1,5 +1,7 @@
 """Scheduled engine work (django-q2)."""
 
+from datetime import datetime
+
 from rmm.engine import services
 
 
@@ -11,3 +13,8 @@ def sweep() -> int:
 def expire_approvals() -> int:
     """Reject jobs whose approval waited longer than RMM_APPROVAL_TTL_HOURS."""
     return services.expire_approvals()
+
+
+def issue_later_waves(kind_name: str, job_ids: list[str], actor: str, wave_offset: int, queued_at: str) -> int:
+    """Sign and store a batch's later waves once the request that queued it has committed."""
+    return services.issue_later_waves(kind_name, job_ids, actor, wave_offset, datetime.fromisoformat(queued_at))

@@ -85,15 +85,26 @@ def _json_safe(payload: dict) -> dict:
     return json.loads(json.dumps(payload, cls=DjangoJSONEncoder))
 
 
+def lock() -> None:
+    """Take the history's lock until the caller's transaction ends (call inside one).
+
+    Every change that work depends on (a kill switch engaged, authority withdrawn, an agent
+    revoked) appends its history in the transaction that makes it, so whoever holds this lock
+    sees each of them either committed or not yet begun: a check made under it cannot miss one
+    committing meanwhile. SQLite's IMMEDIATE transactions are serialised already.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_LOCK_KEY])
+
+
 def append_many(events: Iterable[Event]) -> list[HistoryEvent]:
     """Append events in order under one lock: one head read and one insert, whatever the count."""
     events = list(events)
     if not events:
         return []
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_LOCK_KEY])
+        lock()
         head = HistoryEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
         sequence, prev_hash = head if head else (0, GENESIS_HASH)
         now = timezone.now()

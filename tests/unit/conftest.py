@@ -1,6 +1,9 @@
 """Fixtures shared by the unit tests."""
 
+import importlib
+
 import pytest
+from django.db import connection
 
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
@@ -12,3 +15,35 @@ def events(db):
     for n in range(5):
         history.append("user:tester", "test.event", payload={"n": n})
     return list(HistoryEvent.objects.order_by("sequence"))
+
+
+APPEND_ONLY = ("rmm.history.migrations.0002_append_only_triggers", "evidence.migrations.0004_append_only_triggers")
+
+
+def _append_only_sql(forward: bool) -> list[str]:
+    """The statements of the migrations that make history and evidence append-only (or undo them)."""
+    suffix = "" if forward else "_REVERSE"
+    prefix = {"sqlite": "SQLITE", "postgresql": "POSTGRES"}[connection.vendor]
+    return [sql for name in APPEND_ONLY for sql in getattr(importlib.import_module(name), prefix + suffix)]
+
+
+@pytest.fixture
+def flushable_append_only(request, django_db_blocker):
+    """For tests with real transactions (``transaction=True``), which end by emptying every table:
+    the append-only triggers of history and evidence refuse that, so they are lifted for the flush
+    and put back once the test is torn down (:func:`pytest_runtest_teardown`)."""
+    yield
+    with connection.cursor() as cursor:
+        for sql in _append_only_sql(forward=False):
+            cursor.execute(sql)
+    request.node.append_only_lifted = django_db_blocker
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield  # every fixture is torn down, the flush included
+    blocker = getattr(item, "append_only_lifted", None)
+    if blocker is not None:
+        with blocker.unblock(), connection.cursor() as cursor:
+            for sql in _append_only_sql(forward=True):
+                cursor.execute(sql)

@@ -2,13 +2,18 @@
 the same rules as a single job, checked once, at a cost that does not grow with the batch."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
+from evidence.models import RmmEvidence
+from rmm.engine import services as engine
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
+from rmm.inventory import services as inventory
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent
 
@@ -32,22 +37,196 @@ def batch(w, **body):
     return w["psa"].post("/api/v1/script-jobs/batch/", body, format="json")
 
 
-def test_one_queued_job_and_one_signed_instruction_per_asset_released_in_waves(world, settings):
+def queue_batch(w, settings, capture, **body) -> dict:
+    """The batch, with its later waves' tasks held back: they are returned, to run when the test says."""
     settings.RMM_WAVE_SIZE = 5
-    r = batch(world, assets=world["assets"])
+    settings.RMM_TASKS_SYNC = True
+    with capture() as later_waves:
+        r = batch(w, **{"assets": w["assets"], **body})
     assert r.status_code == 201, r.content
-    body = r.json()
+    return r.json(), later_waves
+
+
+def run(later_waves) -> None:
+    for task in later_waves:
+        task()
+
+
+def instructions_of(body) -> list[Instruction]:
+    ids = [job["id"] for job in body["jobs"]]
+    return list(Instruction.objects.filter(job_id__in=ids).order_by("release_at", "issued_at"))
+
+
+def later_jobs(body):
+    """The jobs of the batch outside its first wave (5 of 12 assets are in it)."""
+    return ScriptJob.objects.filter(pk__in=[job["id"] for job in body["jobs"][5:]])
+
+
+def test_one_queued_job_and_one_signed_instruction_per_asset_released_in_waves(
+    world, settings, django_capture_on_commit_callbacks
+):
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
     assert body["count"] == 12 and body["status"] == "queued"
     assert sorted(job["asset"] for job in body["jobs"]) == sorted(world["assets"])
     jobs = ScriptJob.objects.filter(pk__in=[job["id"] for job in body["jobs"]])
     assert jobs.count() == 12 and set(jobs.values_list("status", flat=True)) == {"queued"}
-    insts = list(Instruction.objects.filter(job_id__in=[job["id"] for job in body["jobs"]]).order_by("release_at"))
+    # The answer comes with the first wave signed and leasable; the later ones follow from the cluster.
+    insts = instructions_of(body)
+    assert len(insts) == 5 and all(inst.release_at <= inst.issued_at for inst in insts)
+    run(later_waves)
+    insts = instructions_of(body)
     assert len(insts) == 12 and all(inst.signature for inst in insts)
-    issued = insts[0].issued_at
-    waves = sorted({round((inst.release_at - issued).total_seconds()) for inst in insts})
+    queued = insts[0].issued_at
+    waves = sorted({round((inst.release_at - queued).total_seconds()) for inst in insts})
     assert waves == [0, settings.RMM_WAVE_INTERVAL_SECONDS, 2 * settings.RMM_WAVE_INTERVAL_SECONDS]
     assert HistoryEvent.objects.filter(action="job.created").count() == 12
-    assert HistoryEvent.objects.filter(action="instruction.issued").count() == 12
+    issued = HistoryEvent.objects.filter(action="instruction.issued")
+    assert issued.count() == 12 and set(issued.values_list("actor", flat=True)) == {"user:psa"}
+    run(later_waves)  # a task delivered twice stores nothing twice
+    assert len(instructions_of(body)) == 12 and issued.count() == 12
+
+
+def test_a_task_that_runs_late_keeps_the_pace_of_the_waves(world, settings, django_capture_on_commit_callbacks):
+    body, _ = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    queued_at = instructions_of(body)[0].issued_at
+    late = queued_at + timedelta(seconds=5 * settings.RMM_WAVE_INTERVAL_SECONDS)
+    ids = [job["id"] for job in body["jobs"][5:]]
+    assert engine.issue_later_waves("script", ids, "user:psa", 5, queued_at, now=late) == 7
+    releases = sorted(inst.release_at for inst in instructions_of(body)[5:])
+    assert releases[0] == late  # not all released at once though every wave is past
+    assert releases[-1] == late + timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
+
+
+def test_a_lost_task_is_made_up_for_by_the_sweep_in_the_requesters_name(
+    world, settings, django_capture_on_commit_callbacks
+):
+    body, _ = queue_batch(world, settings, django_capture_on_commit_callbacks)  # its tasks never run
+    engine.sweep(timezone.now())  # not yet: the task may only be late
+    assert len(instructions_of(body)) == 5
+    later = timezone.now() + timedelta(minutes=11)
+    engine.sweep(later)
+    insts = instructions_of(body)
+    assert len(insts) == 12 and all(inst.signature for inst in insts)
+    interval = timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
+    releases = sorted(inst.release_at for inst in insts[5:])  # in waves, not all at once
+    assert releases[0] == later + interval and releases[-1] == later + 2 * interval
+    # The system only ends work (Law 4): what it issues is recorded as the requester's.
+    assert HistoryEvent.objects.filter(action="instruction.issued", actor="system").count() == 0
+    assert HistoryEvent.objects.filter(action="instruction.issued", actor="user:psa").count() == 12
+    engine.sweep(later)
+    assert len(instructions_of(body)) == 12
+
+
+def _switch(caller, scope: str, target: str | None, *, release: bool = False) -> None:
+    root = caller("root", "admin")
+    r = root.post("/api/v1/kill-switches/", {"scope": scope, "target": target, "reason": "stop"}, format="json")
+    assert r.status_code == 201, r.content
+    if release:
+        assert root.post(f"/api/v1/kill-switches/{r.json()['id']}/release/", {"reason": "ok"}).status_code == 200
+
+
+def _aborted_by_switch(body, label: str) -> None:
+    jobs = later_jobs(body)
+    assert set(jobs.values_list("status", flat=True)) == {"aborted"}
+    assert set(jobs.values_list("status_reason", flat=True)) == {
+        f"kill switch engaged on {label} while the job waited for its wave"
+    }
+    # As if they had been signed at once and aborted by the switch: an instruction, its history, evidence.
+    insts = [inst for inst in instructions_of(body) if str(inst.job_id) in {str(j.pk) for j in jobs}]
+    assert len(insts) == 7 and {inst.status for inst in insts} == {"aborted"}
+    assert RmmEvidence.objects.filter(related_id__in=[j.pk for j in jobs]).count() == 7
+
+
+@pytest.mark.parametrize("scope", ["site", "global", "asset"])
+def test_a_kill_switch_engaged_and_released_while_later_waves_wait_aborts_them(
+    world, caller, site, settings, django_capture_on_commit_callbacks, scope
+):
+    """Signed at once, they would have been aborted by the switch: signed later, not one may run."""
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    last = body["jobs"][-1]["asset"]
+    target = {"site": site.name, "global": None, "asset": last}[scope]
+    _switch(caller, scope, target, release=True)
+    run(later_waves)
+    if scope == "asset":
+        job = ScriptJob.objects.get(pk=body["jobs"][-1]["id"])
+        assert job.status == "aborted" and job.status_reason.startswith(
+            f"kill switch engaged on asset {job.asset.hostname}"
+        )
+        assert later_jobs(body).filter(status="queued").count() == 6  # the rest of the wave is not covered
+    else:
+        _aborted_by_switch(body, "site alpha" if scope == "site" else "everything")
+
+
+def test_a_switch_still_engaged_when_the_wave_is_signed_aborts_it(
+    world, caller, site, settings, django_capture_on_commit_callbacks
+):
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    _switch(caller, "site", site.name)
+    run(later_waves)
+    _aborted_by_switch(body, "site alpha")
+
+
+def test_switches_elsewhere_or_released_before_the_batch_stop_nothing(
+    world, caller, site, other_site, settings, django_capture_on_commit_callbacks
+):
+    _switch(caller, "site", site.name, release=True)  # before the batch: the batch was allowed
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    _switch(caller, "site", other_site.name)
+    run(later_waves)
+    assert set(later_jobs(body).values_list("status", flat=True)) == {"queued"}
+    assert {inst.status for inst in instructions_of(body)} == {"queued"} and len(instructions_of(body)) == 12
+
+
+@pytest.mark.parametrize("level", ["task", "case"])
+def test_authority_withdrawn_while_later_waves_wait_aborts_them_for_good(
+    world, settings, django_capture_on_commit_callbacks, level
+):
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    task = world["task"]
+
+    def put(status: str) -> None:
+        if level == "task":
+            path, data = f"/api/v1/psa/tasks/{task.pk}/", {"case": str(task.case_id), "title": "Run fix"}
+        else:
+            path, data = f"/api/v1/psa/cases/{task.case_id}/", {"title": "Patch Tuesday", "site": "alpha"}
+        r = world["psa"].put(path, {**data, "status": status}, format="json")
+        assert r.status_code == 200, r.content
+
+    put("closed")
+    put("approved")  # granted again before the task runs: what was withdrawn stays stopped
+    run(later_waves)
+    assert {inst.status for inst in instructions_of(body)} == {"aborted"} and len(instructions_of(body)) == 5
+    later = later_jobs(body)
+    assert set(later.values_list("status", flat=True)) == {"aborted"}
+    assert all(
+        r.startswith(f"authority withdrawn: PSA {level} is closed")
+        for r in later.values_list("status_reason", flat=True)
+    )
+
+
+def test_authority_that_expired_while_later_waves_wait_aborts_them(world, settings, django_capture_on_commit_callbacks):
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    type(world["task"]).objects.filter(pk=world["task"].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    run(later_waves)
+    later = later_jobs(body)
+    assert set(later.values_list("status", flat=True)) == {"aborted"}
+    assert all("PSA task authority expired" in r for r in later.values_list("status_reason", flat=True))
+
+
+def test_an_agent_revoked_while_its_wave_waits_gets_nothing_it_could_run(
+    world, caller, settings, django_capture_on_commit_callbacks
+):
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    last = ScriptJob.objects.get(pk=body["jobs"][-1]["id"])
+    agent = next(agent for agent, _ in world["agents"] if agent.asset_id == last.asset_id)
+    inventory.revoke_agent(caller("root", "admin").user, agent, "stolen laptop")
+    run(later_waves)
+    last.refresh_from_db()
+    assert (last.status, last.status_reason) == (
+        "aborted",
+        "the asset's agent was revoked while the job waited for its wave",
+    )
+    assert later_jobs(body).filter(status="queued").count() == 6
 
 
 def test_every_asset_of_a_site(world, site):

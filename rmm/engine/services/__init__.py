@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from rmm import bulk, tasks
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.engine import events, registry, signing
-from rmm.engine.models import Instruction, KillSwitch
+from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
@@ -136,20 +137,33 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
         return []
     kind = registry.kind_of(jobs[0])
     rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
-    agents = dict(
-        Agent.objects.filter(asset_id__in={spec.asset.pk for _, spec in rendered}, revoked_at__isnull=True).values_list(
-            "asset_id", "pk"
-        )
-    )
+    agents = _active_agents({spec.asset.pk for _, spec in rendered})
+    if len(agents) != len({spec.asset.pk for _, spec in rendered}):
+        raise InvalidInput("The asset has no enrolled agent.", field="asset")
+    rows = _sign(kind, rendered, agents, wave_offset)
+    _store(kind, rows, actor)
+    return rows
+
+
+def _active_agents(asset_ids) -> dict:
+    """asset id -> its enrolled, unrevoked agent's id (one query)."""
+    return dict(Agent.objects.filter(asset_id__in=asset_ids, revoked_at__isnull=True).values_list("asset_id", "pk"))
+
+
+def _sign(
+    kind, rendered: list, agents: dict, wave_offset: int, release_base: datetime | None = None
+) -> list[Instruction]:
+    """Build and sign one unsaved instruction per (job, spec), the n-th released in wave
+    n // ``RMM_WAVE_SIZE`` counted from ``release_base`` (by default now). Every asset must
+    have an agent."""
     now = timezone.now()
+    release_base = release_base or now
     not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
     stamps = {"issued_at": iso_utc(now), "not_after": iso_utc(not_after)}
     rows = []
     digests: dict[str, str] = {}  # a batch signs one content thousands of times: hash it once
     for position, (job, spec) in enumerate(rendered, start=wave_offset):
-        agent_id = agents.get(spec.asset.pk)
-        if agent_id is None:
-            raise InvalidInput("The asset has no enrolled agent.", field="asset")
+        agent_id = agents[spec.asset.pk]
         if spec.interpreter not in INTERPRETERS:
             raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
         authority = kind.authority(job)
@@ -172,7 +186,7 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
             psa_case_id=authority.get("psa_case_id"),
             psa_task_id=authority.get("psa_task_id"),
             issued_at=now,
-            release_at=throttles.release_time(position, now),
+            release_at=throttles.release_time(position, release_base),
             not_after=not_after,
         )
         inst.payload = canonical_json(
@@ -195,6 +209,11 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
         ).decode()
         inst.signature = signing.sign(inst.payload.encode())
         rows.append(inst)
+    return rows
+
+
+def _store(kind, rows: list[Instruction], actor) -> None:
+    """Insert signed instructions and their history; wake the agents of those released now."""
     bulk.insert_many(rows)
     history.append_many(
         history.Event(
@@ -212,8 +231,182 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
         )
         for inst in rows
     )
+    now = timezone.now()
     events.wake_agents(inst.agent_id for inst in rows if inst.release_at <= now)
-    return rows
+
+
+# --- batches: the first wave now, the later waves in the task cluster --------------------
+
+TASK_CHUNK = 2000  # job ids per task: a task's arguments are stored by the broker
+
+
+def queue_in_waves(jobs: list, actor) -> None:
+    """Sign a batch's first wave now, in the caller's transaction, and leave the later waves to
+    the task cluster, which signs them once this commits (:func:`issue_later_waves`), long
+    before they are due. The jobs are new, queued rows of one kind.
+
+    A 10,000-asset batch spent most of its request signing and recording instructions that
+    would wait minutes for their wave (docs/performance.md). Every asset must have an enrolled
+    agent now, as when all were signed at once; the laws are checked again, under the
+    history's lock, when the later waves are stored.
+    """
+    if not jobs:
+        return
+    queued_at = timezone.now()
+    kind = registry.kind_of(jobs[0])
+    rendered = [(job, kind.render(job)) for job in jobs]
+    assets = {spec.asset.pk for _, specs in rendered for spec in specs}
+    agents = _active_agents(assets)
+    if len(agents) != len(assets):
+        raise InvalidInput("The asset has no enrolled agent.", field="asset")
+    size = max(1, settings.RMM_WAVE_SIZE)
+    starts, position = [], 0  # the position of each job's first instruction in the batch
+    for _, specs in rendered:
+        starts.append(position)
+        position += len(specs)
+    first = next((n for n, start in enumerate(starts) if start >= size), len(jobs))  # whole jobs
+    now_rendered = [(job, spec) for job, specs in rendered[:first] for spec in specs]
+    _store(kind, _sign(kind, now_rendered, agents, 0, queued_at), actor)
+    for begin in range(first, len(jobs), TASK_CHUNK):
+        tasks.enqueue_on_commit(
+            "rmm.engine.tasks.issue_later_waves",
+            kind.name,
+            [str(job.pk) for job in jobs[begin : begin + TASK_CHUNK]],
+            history.actor_of(actor),
+            starts[begin],
+            queued_at.isoformat(),
+        )
+
+
+def issue_later_waves(
+    kind_name: str, job_ids: list, actor: str, wave_offset: int, queued_at: datetime, now: datetime | None = None
+) -> int:
+    """Sign and store the instructions of a batch's later waves (the jobs ``job_ids``, the
+    first at ``wave_offset`` in a batch queued at ``queued_at``). Returns how many were stored.
+
+    Signing takes seconds, so it happens first, outside any transaction; then, under the
+    history's lock (:func:`rmm.history.services.lock`), the jobs still queued and not yet issued
+    are stored, and those that a kill switch covered at any time since they were queued, whose
+    authority no longer holds or whose agent was revoked are aborted at once, with evidence, as
+    the switch, the PSA or the revocation would have aborted them had they been stored at once.
+    Running it twice stores nothing twice. A task that runs late keeps the waves' pace: its
+    first wave is released now, the next an interval later.
+    """
+    kind = registry.get(kind_name)
+    now = now or timezone.now()
+    order = {str(pk): n for n, pk in enumerate(job_ids)}
+    jobs = sorted(
+        _not_issued(kind).filter(pk__in=job_ids).select_related(*kind.select_related),
+        key=lambda job: order[str(job.pk)],
+    )
+    if not jobs:
+        return 0
+    rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
+    agents = _latest_agents({spec.asset.pk for _, spec in rendered})
+    orphans = [job for job, spec in rendered if spec.asset.pk not in agents]
+    rendered = [(job, spec) for job, spec in rendered if spec.asset.pk in agents]
+    lateness = now - throttles.release_time(wave_offset, queued_at)
+    release_base = queued_at + max(lateness, timedelta(0))
+    rows = _sign(kind, rendered, agents, wave_offset, release_base)
+    with transaction.atomic():
+        history.lock()  # from here, every switch, withdrawal and revocation is seen or follows us
+        still = {
+            job.pk: job
+            for job in _not_issued(kind)
+            .filter(pk__in=[job.pk for job in jobs])
+            .select_for_update(of=("self",))
+            .select_related(*kind.select_related)
+            .order_by("pk")
+        }
+        rows = [inst for inst in rows if inst.job_id in still]
+        _store(kind, rows, actor)
+        for job in {job.pk: job for job in orphans if job.pk in still}.values():
+            transition_job(job, S.ABORTED, "system", reason="the asset has no enrolled agent")
+        _abort_what_no_longer_holds(kind, rows, still)
+    return len(rows)
+
+
+def _not_issued(kind):
+    """Queued jobs of ``kind`` without an instruction yet: a batch's later waves."""
+    issued = Instruction.objects.filter(job_kind=kind.name, job_id=OuterRef("pk"))
+    return kind.model.objects.filter(status=S.QUEUED).filter(~Exists(issued))
+
+
+def _latest_agents(asset_ids) -> dict:
+    """asset id -> its agent: the unrevoked one, else the last revoked (its job is then aborted)."""
+    agents = {}
+    for asset_id, agent_id, revoked_at in (
+        Agent.objects.filter(asset_id__in=asset_ids).order_by("enrolled_at").values_list("asset_id", "pk", "revoked_at")
+    ):
+        if revoked_at is None or agents.get(asset_id, (None, True))[1] is not None:
+            agents[asset_id] = (agent_id, revoked_at)
+    return {asset_id: agent_id for asset_id, (agent_id, _) in agents.items()}
+
+
+def _abort_what_no_longer_holds(kind, rows: list[Instruction], jobs: dict) -> None:
+    """End at once, aborted, the stored instructions that may not run (call under the lock)."""
+    if not rows:
+        return
+    since = min(job.created_at for job in jobs.values())
+    switches = list(
+        KillSwitch.objects.filter(Q(released_at__isnull=True) | Q(released_at__gte=since)).select_related(
+            "site", "asset"
+        )
+    )
+    revoked = set(
+        Agent.objects.filter(pk__in={inst.agent_id for inst in rows}, revoked_at__isnull=False).values_list(
+            "pk", flat=True
+        )
+    )
+    for inst in rows:
+        job = jobs[inst.job_id]
+        reason = _why_not(kind, job, inst, switches, revoked)
+        if reason:
+            end_instruction(inst, S.QUEUED, S.ABORTED, "system", reason)
+
+
+def _why_not(kind, job, inst: Instruction, switches: list[KillSwitch], revoked: set) -> str:
+    for switch in switches:
+        covers = (
+            switch.scope == KillSwitchScope.GLOBAL
+            or (switch.scope == KillSwitchScope.SITE and switch.site_id == inst.site_id)
+            or (switch.scope == KillSwitchScope.ASSET and switch.asset_id == inst.asset_id)
+        )
+        if covers and (switch.released_at is None or switch.released_at >= job.created_at):
+            return f"kill switch engaged on {switch.target_label} while the job waited for its wave"
+    problem = kind.authority_problem(job)
+    if problem:
+        return f"authority withdrawn: {problem}"
+    if inst.agent_id in revoked:
+        return "the asset's agent was revoked while the job waited for its wave"
+    return ""
+
+
+def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
+    """Later waves whose task was lost (jobs queued over ``grace`` ago, default ten wave
+    intervals or five minutes, with no instruction): issued now by :func:`issue_later_waves`,
+    under the same checks, in the name of who requested them, in waves from one interval on.
+    """
+    interval = timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
+    grace = grace or max(timedelta(minutes=5), 10 * interval)
+    count = 0
+    for kind in registry.all_kinds():
+        stranded = list(
+            _not_issued(kind)
+            .filter(created_at__lt=now - grace)
+            .order_by("created_at", "pk")
+            .values_list("pk", "created_at", "requested_by")[:TASK_CHUNK]
+        )
+        by_requester: dict = {}
+        for pk, created_at, requester in stranded:
+            by_requester.setdefault(requester, []).append((pk, created_at))
+        users = get_user_model().objects.in_bulk(list(by_requester))
+        for requester, found in by_requester.items():
+            # Their own waves are past: from one interval on, so that they do not join one just released.
+            count += issue_later_waves(
+                kind.name, [pk for pk, _ in found], history.actor_of(users[requester]), 0, now + interval, now=now
+            )
+    return count
 
 
 def queue_job(job, actor, **fields) -> None:
@@ -552,7 +745,27 @@ def withdraw_authority(actor, reason: str, *, case_id=None, task_id=None) -> int
         active = active.filter(psa_case_id=case_id)
     else:
         raise ValueError("name a case or a task")
-    return stop_instructions(active, actor, f"authority withdrawn: {reason}")
+    reason = f"authority withdrawn: {reason}"
+    return stop_instructions(active, actor, reason) + _abort_not_issued(actor, reason, case_id, task_id)
+
+
+def _abort_not_issued(actor, reason: str, case_id, task_id) -> int:
+    """Queued jobs of the withdrawn authority whose wave is not signed yet end aborted now, so
+    that authority withdrawn and granted again before their task runs does not let them run."""
+    key, value = ("psa_task_id", task_id) if task_id is not None else ("psa_case_id", case_id)
+    count = 0
+    for kind in registry.all_kinds():
+        lookup = kind.authority_lookups.get(key)
+        if lookup is None:
+            continue
+        for job in _not_issued(kind).filter(**{lookup: value}).order_by("created_at"):
+            try:
+                with transaction.atomic():
+                    transition_job(job, S.ABORTED, actor, reason=reason)
+                count += 1
+            except Conflict:
+                continue  # issued or ended meanwhile: its instruction is stopped, or it was
+    return count
 
 
 def withdraw_expired_authority(now: datetime | None = None) -> int:
@@ -588,4 +801,4 @@ def sweep(now: datetime | None = None) -> int:
     for inst in overdue[:1000]:
         reason = "agent never reported within its lease" if inst.status == S.RUNNING else "no agent leased it in time"
         count += end_instruction(inst, inst.status, S.LOST, "system", reason)
-    return count + withdraw_expired_authority(now)
+    return count + withdraw_expired_authority(now) + issue_stranded(now)

@@ -1,0 +1,99 @@
+"""A batch's later waves are signed for seconds after the batch committed: a kill switch engaged
+in that time must stop them however the two interleave. Real threads, real connections."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from rmm.engine import services as engine
+from rmm.engine.models import Instruction
+from rmm.engine.services import kill_switches
+from scripting.models import ScriptJob
+from tests.helpers import approved_authority, approved_script, make_agent
+
+
+@pytest.fixture
+def world(caller, site, flushable_append_only):
+    psa, tech, boss = caller("psa", "psa"), caller("tech", "technician"), caller("boss", "approver")
+    agents = [make_agent(site, f"r{n:02d}") for n in range(12)]
+    return {
+        "psa": psa,
+        "root": caller("root", "admin").user,
+        "task": approved_authority(site, psa.user),
+        "script": approved_script(tech.user, boss.user),
+        "assets": [str(agent.asset_id) for agent, _ in agents],
+    }
+
+
+def batch(w, settings) -> dict:
+    settings.RMM_WAVE_SIZE = 5
+    settings.RMM_TASKS_SYNC = True  # the later waves' task runs as the batch commits
+    body = {"script": str(w["script"].pk), "psa_task_id": str(w["task"].pk), "assets": w["assets"]}
+    r = w["psa"].post("/api/v1/script-jobs/batch/", body, format="json")
+    assert r.status_code == 201, r.content
+    return r.json()
+
+
+def engage_elsewhere(w, site) -> threading.Thread:
+    """Engage a site switch from another thread, on its own database connection."""
+
+    def engage():
+        try:
+            kill_switches.engage(w["root"], scope="site", target=site.name, reason="incident")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=engage)
+    thread.start()
+    return thread
+
+
+def later_waves_all_stopped(body) -> None:
+    later = [job["id"] for job in body["jobs"][5:]]
+    insts = Instruction.objects.filter(job_id__in=later)
+    assert insts.count() == 7 and set(insts.values_list("status", flat=True)) == {"aborted"}
+    assert set(ScriptJob.objects.filter(pk__in=later).values_list("status", flat=True)) == {"aborted"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_switch_engaged_while_the_later_waves_are_signed_stops_them(world, site, settings, monkeypatch):
+    """The switch commits, and its scan of queued work finds nothing yet, while the task signs."""
+    sign = engine._sign
+
+    def sign_then_engage(*args, **kwargs):
+        rows = sign(*args, **kwargs)
+        if not connection.in_atomic_block:  # the task's signing, outside its transaction
+            engage_elsewhere(world, site).join()
+        return rows
+
+    monkeypatch.setattr(engine, "_sign", sign_then_engage)
+    later_waves_all_stopped(batch(world, settings))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="two transactions at once: SQLite serialises them at BEGIN IMMEDIATE, and its in-memory test "
+    "database refuses a second writer instead of waiting; the SQLite run covers the other order above",
+)
+def test_a_switch_engaged_while_the_later_waves_are_stored_waits_and_then_stops_them(
+    world, site, settings, monkeypatch
+):
+    """The switch's transaction waits for the history's lock that the task holds; its scan then
+    finds the instructions the task committed."""
+    store, calls, threads = engine._store, [], []
+
+    def store_while_engaging(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the later waves, under the history's lock
+            threads.append(engage_elsewhere(world, site))
+            time.sleep(0.5)
+            assert threads[0].is_alive()  # waiting for the lock, not past it
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_store", store_while_engaging)
+    body = batch(world, settings)
+    threads[0].join()
+    later_waves_all_stopped(body)
