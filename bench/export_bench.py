@@ -121,8 +121,8 @@ def phase_setup(items: int) -> dict:
                     {"evidence_type": "script_result", "related": f"script_job:{job_id}", "hash": digest},
                 )
             )
-        for row, event in zip(rows, history.append_many(events), strict=True):
-            row.history_sequence = event.sequence
+        for row, sequence in zip(rows, history.append_many(events), strict=True):
+            row.history_sequence = sequence
         RmmEvidence.objects.bulk_create(rows, batch_size=1000)
         made += count
     export = exports.request_export(user, site="bench")

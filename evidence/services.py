@@ -155,8 +155,7 @@ def record(
     event_payload = {"evidence_type": evidence_type, "related": f"{related_entity}:{related_id}", "hash": digest}
     event_payload.update(payload or {})
     with transaction.atomic(savepoint=False):  # inside the caller's transaction: no extra round trips
-        event = history.append(actor, action, row, site_id=site_id, payload=event_payload)
-        row.history_sequence = event.sequence
+        row.history_sequence = history.append(actor, action, row, site_id=site_id, payload=event_payload)
         row.save(force_insert=True)
     return row
 

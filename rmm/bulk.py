@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from django.db import connection, models
@@ -22,13 +22,19 @@ def insert_many(objs: Sequence[models.Model]) -> None:
     if connection.vendor != "postgresql":
         model.objects.bulk_create(objs, batch_size=2000)
         return
-    fields = model._meta.concrete_fields
+    getters = [_column_value(field) for field in model._meta.concrete_fields]
+    copy_rows(model, ([get(obj) for get in getters] for obj in objs))
+
+
+def copy_rows(model: type[models.Model], rows: Iterable[Sequence[Any]]) -> None:
+    """COPY rows of values, in the order of the model's concrete fields, into its table
+    (PostgreSQL only): for callers that build the values without instances."""
     quote = connection.ops.quote_name
-    sql = f"COPY {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) FROM STDIN"
-    getters = [_column_value(field) for field in fields]
+    columns = ", ".join(quote(field.column) for field in model._meta.concrete_fields)
+    sql = f"COPY {quote(model._meta.db_table)} ({columns}) FROM STDIN"
     with connection.cursor() as cursor, cursor.copy(sql) as copy:
-        for obj in objs:
-            copy.write_row([get(obj) for get in getters])
+        for row in rows:
+            copy.write_row(row)
 
 
 # Field types whose Python value psycopg adapts as is: for them the ORM's preparation (most of a

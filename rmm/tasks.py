@@ -10,4 +10,6 @@ def enqueue_on_commit(func: str, *args) -> None:
 
         async_task(func, *args, sync=settings.RMM_TASKS_SYNC)
 
-    transaction.on_commit(send)
+    # Robust: the caller's work has committed; a broker that fails now must not turn it into an
+    # error (Django logs the failure). Lost batch waves are made up for by the sweep.
+    transaction.on_commit(send, robust=True)

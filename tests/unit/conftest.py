@@ -33,17 +33,17 @@ def flushable_append_only(request, django_db_blocker):
     the append-only triggers of history and evidence refuse that, so they are lifted for the flush
     and put back once the test is torn down (:func:`pytest_runtest_teardown`)."""
     yield
+    request.node.append_only_lifted = django_db_blocker  # first: put back even if lifting fails midway
     with connection.cursor() as cursor:
         for sql in _append_only_sql(forward=False):
             cursor.execute(sql)
-    request.node.append_only_lifted = django_db_blocker
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item):
+def pytest_runtest_teardown(item, nextitem):
     yield  # every fixture is torn down, the flush included
     blocker = getattr(item, "append_only_lifted", None)
-    if blocker is not None:
+    if blocker is not None and nextitem is not None:  # after the last test the test database is gone
         with blocker.unblock(), connection.cursor() as cursor:
             for sql in _append_only_sql(forward=True):
                 cursor.execute(sql)

@@ -66,6 +66,30 @@ def test_verify_history_passes_a_good_chain_and_counts_it(events):
     assert out == f"OK: {HistoryEvent.objects.count()} events verified; no anchors yet\n"
 
 
+def test_every_kind_of_payload_reads_back_as_it_was_hashed(events):
+    """Flat payloads are serialised once when appended; the others are made JSON-safe first.
+    Either way the stored event, read back, must hash the same (the verifier re-serialises it)."""
+    import datetime
+    import uuid
+
+    moment = datetime.datetime(2026, 12, 3, 10, 0, 0, 123456, tzinfo=datetime.UTC)
+    payloads = [
+        {"plain": "text", "n": 3, "x": 1.5, "yes": True, "none": None},
+        {"ünïcode": "naïve — ✓", "quote": 'a "b" \\ c\ttab\nline'},
+        {"id": uuid.UUID(int=7), "at": moment},  # made JSON-safe: str and ISO (milliseconds)
+        {"nested": {"b": [1, 2, {"z": 1, "a": 2}], "a": None}},
+        {"keys": {2: "two", 10: "ten"}},  # non-string keys become strings, then are sorted
+        {},
+    ]
+    sequences = history.append_many(history.Event("user:tester", "test.payload", "", "", None, p) for p in payloads)
+    assert sequences == list(range(sequences[0], sequences[0] + len(payloads)))
+    stored = HistoryEvent.objects.get(sequence=sequences[2]).payload
+    assert stored == {"id": str(uuid.UUID(int=7)), "at": "2026-12-03T10:00:00.123Z"}
+    assert HistoryEvent.objects.get(sequence=sequences[4]).payload == {"keys": {"2": "two", "10": "ten"}}
+    assert verify()[0] == 0
+    assert history.verify_chain().ok
+
+
 def test_each_event_chains_to_the_one_before(events):
     for prev, ev in zip(events, events[1:], strict=False):
         assert ev.sequence == prev.sequence + 1

@@ -9,9 +9,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from evidence.models import RmmEvidence
 from rmm.engine import services as engine
-from rmm.engine.models import Instruction
+from rmm.engine.models import Instruction, KillSwitch
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from scripting.models import ScriptJob
@@ -113,8 +112,48 @@ def test_a_lost_task_is_made_up_for_by_the_sweep_in_the_requesters_name(
     # The system only ends work (Law 4): what it issues is recorded as the requester's.
     assert HistoryEvent.objects.filter(action="instruction.issued", actor="system").count() == 0
     assert HistoryEvent.objects.filter(action="instruction.issued", actor="user:psa").count() == 12
+    vias = [e.payload.get("via") for e in HistoryEvent.objects.filter(action="instruction.issued").order_by("sequence")]
+    assert vias == [None] * 5 + ["sweep"] * 7  # the record says they were issued late, and by what
     engine.sweep(later)
     assert len(instructions_of(body)) == 12
+
+
+def test_later_waves_in_many_tasks_keep_one_pace_even_when_late(
+    world, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setattr(engine, "TASK_CHUNK", 3)
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    tasks = [cb for cb in later_waves if cb.__qualname__.startswith("enqueue_on_commit")]
+    assert len(tasks) == 3  # 7 later jobs in tasks of 3, 3 and 1
+    queued_at = instructions_of(body)[0].issued_at
+    interval = timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
+    ids = [job["id"] for job in body["jobs"]]
+    # The cluster was 10 intervals late, and ran the three tasks a few seconds apart.
+    for n, (begin, end) in enumerate(((5, 8), (8, 11), (11, 12))):
+        late = queued_at + 10 * interval + timedelta(seconds=5 * n)
+        engine.issue_later_waves("script", ids[begin:end], "user:psa", begin, queued_at, now=late)
+    release = {str(inst.job_id): inst.release_at for inst in instructions_of(body)}
+    assert len(release) == 12
+    waves = [release[pk] for pk in ids]
+    assert waves == sorted(waves)  # in the order asked, never two waves on top of each other
+    for wave in (waves[5:10], waves[10:]):  # five per wave
+        assert max(wave) - min(wave) < interval
+    assert waves[10] - waves[9] >= interval
+
+
+def test_sweeps_one_after_another_follow_the_waves_already_queued(
+    world, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setattr(engine, "TASK_CHUNK", 5)
+    body, _ = queue_batch(world, settings, django_capture_on_commit_callbacks)  # its tasks never run
+    interval = timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
+    first = timezone.now() + timedelta(minutes=11)
+    assert engine.sweep(first) == 5
+    second = first + interval
+    assert engine.sweep(second) == 2
+    releases = sorted(inst.release_at for inst in instructions_of(body)[5:])
+    assert releases[:5] == [first + interval] * 5
+    assert releases[5:] == [first + 2 * interval] * 2  # after the first sweep's wave, not on top of it
 
 
 def _switch(caller, scope: str, target: str | None, *, release: bool = False) -> None:
@@ -126,15 +165,17 @@ def _switch(caller, scope: str, target: str | None, *, release: bool = False) ->
 
 
 def _aborted_by_switch(body, label: str) -> None:
+    """The first wave aborted by the switch's own scan; the later waves, never issued, by the task."""
+    first = [job["id"] for job in body["jobs"][:5]]
+    assert set(Instruction.objects.filter(job_id__in=first).values_list("status", flat=True)) == {"aborted"}
     jobs = later_jobs(body)
     assert set(jobs.values_list("status", flat=True)) == {"aborted"}
     assert set(jobs.values_list("status_reason", flat=True)) == {
         f"kill switch engaged on {label} while the job waited for its wave"
     }
-    # As if they had been signed at once and aborted by the switch: an instruction, its history, evidence.
-    insts = [inst for inst in instructions_of(body) if str(inst.job_id) in {str(j.pk) for j in jobs}]
-    assert len(insts) == 7 and {inst.status for inst in insts} == {"aborted"}
-    assert RmmEvidence.objects.filter(related_id__in=[j.pk for j in jobs]).count() == 7
+    assert not Instruction.objects.filter(job_id__in=[job.pk for job in jobs]).exists()  # nothing signed to run
+    aborted = HistoryEvent.objects.filter(action="job.aborted", subject_id__in=[str(job.pk) for job in jobs])
+    assert aborted.count() == 7 and set(aborted.values_list("actor", flat=True)) == {"system"}
 
 
 @pytest.mark.parametrize("scope", ["site", "global", "asset"])
@@ -170,6 +211,8 @@ def test_switches_elsewhere_or_released_before_the_batch_stop_nothing(
     world, caller, site, other_site, settings, django_capture_on_commit_callbacks
 ):
     _switch(caller, "site", site.name, release=True)  # before the batch: the batch was allowed
+    # A minute before: a switch released within engine.CLOCK_SLACK of the batch still counts.
+    KillSwitch.objects.update(released_at=timezone.now() - timedelta(minutes=1))
     body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
     _switch(caller, "site", other_site.name)
     run(later_waves)
@@ -204,6 +247,33 @@ def test_authority_withdrawn_while_later_waves_wait_aborts_them_for_good(
     )
 
 
+def test_authority_granted_again_before_the_withdrawal_ran_lets_nothing_run(
+    world, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    """The case is closed; before its withdrawal runs, the PSA approves it again and the later
+    waves' task signs them on the approved case. The withdrawal must still stop every one."""
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    task = world["task"]
+    path, data = f"/api/v1/psa/cases/{task.case_id}/", {"title": "Patch Tuesday", "site": "alpha"}
+    withdraw = engine.withdraw_authority
+
+    def reopened_first(*args, **kwargs):
+        monkeypatch.setattr(engine, "withdraw_authority", withdraw)
+        assert world["psa"].put(path, {**data, "status": "approved"}, format="json").status_code == 200
+        run(later_waves)
+        assert len(instructions_of(body)) == 12  # signed on the approved case
+        return withdraw(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "withdraw_authority", reopened_first)
+    assert world["psa"].put(path, {**data, "status": "closed"}, format="json").status_code == 200
+    insts = instructions_of(body)
+    assert len(insts) == 12 and {inst.status for inst in insts} == {"aborted"}
+    assert set(ScriptJob.objects.values_list("status", flat=True)) == {"aborted"}
+    agent, _ = world["agents"][-1]
+    assert engine.lease(agent, 4, timezone.now() + timedelta(minutes=5)) == []
+    engine.sweep(timezone.now() + timedelta(hours=1))  # nothing left half-ended for the sweep to trip on
+
+
 def test_authority_that_expired_while_later_waves_wait_aborts_them(world, settings, django_capture_on_commit_callbacks):
     body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
     type(world["task"]).objects.filter(pk=world["task"].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
@@ -211,6 +281,25 @@ def test_authority_that_expired_while_later_waves_wait_aborts_them(world, settin
     later = later_jobs(body)
     assert set(later.values_list("status", flat=True)) == {"aborted"}
     assert all("PSA task authority expired" in r for r in later.values_list("status_reason", flat=True))
+
+
+def test_the_sweep_stops_later_waves_whose_authority_expired_before_their_task_ran(
+    world, settings, django_capture_on_commit_callbacks
+):
+    """Expired, swept, then extended by the PSA: signed at once they would have been stopped by
+    that sweep; signed later, they must be too."""
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    task = type(world["task"]).objects.get(pk=world["task"].pk)
+    task.expires_at = timezone.now() - timedelta(seconds=1)
+    task.save()
+    engine.sweep(timezone.now())
+    task.expires_at = timezone.now() + timedelta(days=1)
+    task.save()
+    run(later_waves)
+    later = later_jobs(body)
+    assert set(later.values_list("status", flat=True)) == {"aborted"}
+    assert set(later.values_list("status_reason", flat=True)) == {"authority withdrawn: PSA task expired"}
+    assert not Instruction.objects.filter(job_id__in=[job.pk for job in later]).exists()
 
 
 def test_an_agent_revoked_while_its_wave_waits_gets_nothing_it_could_run(

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, Max, OuterRef, Q
 from django.utils import timezone
 
 from rmm import bulk, tasks
@@ -212,9 +212,11 @@ def _sign(
     return rows
 
 
-def _store(kind, rows: list[Instruction], actor) -> None:
-    """Insert signed instructions and their history; wake the agents of those released now."""
+def _store(kind, rows: list[Instruction], actor, via: str = "") -> None:
+    """Insert signed instructions and their history; wake the agents of those released now.
+    ``via`` names what issued them when it was not the actor's own request."""
     bulk.insert_many(rows)
+    extra = {"via": via} if via else {}
     history.append_many(
         history.Event(
             history.actor_of(actor),
@@ -227,6 +229,7 @@ def _store(kind, rows: list[Instruction], actor) -> None:
                 "job_id": str(inst.job_id),
                 "asset_id": str(inst.asset_id),
                 "content_sha256": inst.content_sha256,
+                **extra,
             },
         )
         for inst in rows
@@ -279,18 +282,24 @@ def queue_in_waves(jobs: list, actor) -> None:
 
 
 def issue_later_waves(
-    kind_name: str, job_ids: list, actor: str, wave_offset: int, queued_at: datetime, now: datetime | None = None
+    kind_name: str,
+    job_ids: list,
+    actor: str,
+    wave_offset: int,
+    queued_at: datetime,
+    now: datetime | None = None,
+    via: str = "batch task",
 ) -> int:
     """Sign and store the instructions of a batch's later waves (the jobs ``job_ids``, the
     first at ``wave_offset`` in a batch queued at ``queued_at``). Returns how many were stored.
 
     Signing takes seconds, so it happens first, outside any transaction; then, under the
     history's lock (:func:`rmm.history.services.lock`), the jobs still queued and not yet issued
-    are stored, and those that a kill switch covered at any time since they were queued, whose
-    authority no longer holds or whose agent was revoked are aborted at once, with evidence, as
-    the switch, the PSA or the revocation would have aborted them had they been stored at once.
-    Running it twice stores nothing twice. A task that runs late keeps the waves' pace: its
-    first wave is released now, the next an interval later.
+    are looked at again: those that a kill switch covered at any time since they were queued,
+    whose authority no longer holds, or whose agent was revoked end aborted, in bulk and without
+    an instruction; the others' instructions are stored. Running it twice stores nothing twice.
+    A task that runs late shifts the batch's later waves by its lateness: its first wave is
+    released now, the next an interval later.
     """
     kind = registry.get(kind_name)
     now = now or timezone.now()
@@ -303,11 +312,12 @@ def issue_later_waves(
         return 0
     rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
     agents = _latest_agents({spec.asset.pk for _, spec in rendered})
-    orphans = [job for job, spec in rendered if spec.asset.pk not in agents]
-    rendered = [(job, spec) for job, spec in rendered if spec.asset.pk in agents]
-    lateness = now - throttles.release_time(wave_offset, queued_at)
+    # Measured from the batch's second wave, the same for every chunk of it: a chunk that runs
+    # later is shifted further, never into the waves of one that ran before it.
+    lateness = now - throttles.release_time(max(1, settings.RMM_WAVE_SIZE), queued_at)
     release_base = queued_at + max(lateness, timedelta(0))
-    rows = _sign(kind, rendered, agents, wave_offset, release_base)
+    signable = [(job, spec) for job, spec in rendered if spec.asset.pk in agents]
+    signed = _sign(kind, signable, agents, wave_offset, release_base)
     with transaction.atomic():
         history.lock()  # from here, every switch, withdrawal and revocation is seen or follows us
         still = {
@@ -318,11 +328,10 @@ def issue_later_waves(
             .select_related(*kind.select_related)
             .order_by("pk")
         }
-        rows = [inst for inst in rows if inst.job_id in still]
-        _store(kind, rows, actor)
-        for job in {job.pk: job for job in orphans if job.pk in still}.values():
-            transition_job(job, S.ABORTED, "system", reason="the asset has no enrolled agent")
-        _abort_what_no_longer_holds(kind, rows, still)
+        reasons = _why_not(kind, still, rendered, agents)
+        _abort_unissued(kind, reasons, "system")
+        rows = [inst for inst in signed if inst.job_id in still and inst.job_id not in reasons]
+        _store(kind, rows, actor, via=via)
     return len(rows)
 
 
@@ -343,49 +352,102 @@ def _latest_agents(asset_ids) -> dict:
     return {asset_id: agent_id for asset_id, (agent_id, _) in agents.items()}
 
 
-def _abort_what_no_longer_holds(kind, rows: list[Instruction], jobs: dict) -> None:
-    """End at once, aborted, the stored instructions that may not run (call under the lock)."""
-    if not rows:
-        return
-    since = min(job.created_at for job in jobs.values())
+# Clocks of different server processes: a switch released this long before a job was created
+# still counts as covering it (stricter, never looser, than signing at once).
+CLOCK_SLACK = timedelta(seconds=5)
+
+
+def _why_not(kind, jobs: dict, rendered: list, agents: dict) -> dict:
+    """job id -> why it may no longer run, for the jobs that may not (call under the lock)."""
+    if not jobs:
+        return {}
+    since = min(job.created_at for job in jobs.values()) - CLOCK_SLACK
     switches = list(
         KillSwitch.objects.filter(Q(released_at__isnull=True) | Q(released_at__gte=since)).select_related(
             "site", "asset"
         )
     )
-    revoked = set(
-        Agent.objects.filter(pk__in={inst.agent_id for inst in rows}, revoked_at__isnull=False).values_list(
-            "pk", flat=True
-        )
+    active = set(
+        Agent.objects.filter(pk__in=set(agents.values()), revoked_at__isnull=True).values_list("pk", flat=True)
     )
-    for inst in rows:
-        job = jobs[inst.job_id]
-        reason = _why_not(kind, job, inst, switches, revoked)
+    reasons = {}
+    for rendered_job, spec in rendered:
+        job = jobs.get(rendered_job.pk)  # as read under the lock: its authority is current
+        if job is None or job.pk in reasons:
+            continue
+        reason = _switch_over(switches, job, spec.asset)
+        if not reason:
+            problem = kind.authority_problem(job)
+            reason = f"authority withdrawn: {problem}" if problem else ""
+        if not reason and spec.asset.pk not in agents:
+            reason = "the asset has no enrolled agent"
+        elif not reason and agents[spec.asset.pk] not in active:
+            reason = "the asset's agent was revoked while the job waited for its wave"
         if reason:
-            end_instruction(inst, S.QUEUED, S.ABORTED, "system", reason)
+            reasons[job.pk] = reason
+    return reasons
 
 
-def _why_not(kind, job, inst: Instruction, switches: list[KillSwitch], revoked: set) -> str:
+def _switch_over(switches: list[KillSwitch], job, asset) -> str:
     for switch in switches:
         covers = (
             switch.scope == KillSwitchScope.GLOBAL
-            or (switch.scope == KillSwitchScope.SITE and switch.site_id == inst.site_id)
-            or (switch.scope == KillSwitchScope.ASSET and switch.asset_id == inst.asset_id)
+            or (switch.scope == KillSwitchScope.SITE and switch.site_id == asset.site_id)
+            or (switch.scope == KillSwitchScope.ASSET and switch.asset_id == asset.pk)
         )
-        if covers and (switch.released_at is None or switch.released_at >= job.created_at):
+        if covers and (switch.released_at is None or switch.released_at >= job.created_at - CLOCK_SLACK):
             return f"kill switch engaged on {switch.target_label} while the job waited for its wave"
-    problem = kind.authority_problem(job)
-    if problem:
-        return f"authority withdrawn: {problem}"
-    if inst.agent_id in revoked:
-        return "the asset's agent was revoked while the job waited for its wave"
     return ""
+
+
+def _abort_unissued(kind, reasons: dict, actor) -> int:
+    """Queued jobs that got no instruction end aborted, with their reasons: one update per
+    reason and one history append. Call under the history's lock, which every issuing of a
+    later wave holds: none of them can be issued meanwhile. No instruction, so no evidence."""
+    if not reasons:
+        return 0
+    by_reason: dict[str, list] = {}
+    for pk, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(pk)
+    now = timezone.now()
+    stamps = {"completed_at": now} if any(f.name == "completed_at" for f in kind.model._meta.get_fields()) else {}
+    ended = []
+    for reason, ids in by_reason.items():
+        found = list(_not_issued(kind).filter(pk__in=ids).values_list("pk", "site_id"))
+        kind.model.objects.filter(pk__in=[pk for pk, _ in found], status=S.QUEUED).update(
+            status=S.ABORTED, status_reason=reason, **stamps
+        )
+        ended += [(pk, site_id, reason) for pk, site_id in found]
+    history.append_many(
+        history.Event(
+            history.actor_of(actor),
+            "job.aborted",
+            kind.model._meta.label_lower,
+            str(pk),
+            site_id,
+            {"kind": kind.name, "from": S.QUEUED, "to": S.ABORTED, "reason": reason},
+        )
+        for pk, site_id, reason in ended
+    )
+    per_site: dict = {}
+    for _, site_id, _ in ended:
+        per_site[site_id] = per_site.get(site_id, 0) + 1
+    for site_id, count in per_site.items():  # one console event per site, not one per job
+        events.publish(
+            site_id,
+            {"type": "job_batch", "kind": kind.name, "count": count, "status": S.ABORTED, "site": str(site_id)},
+        )
+    if settings.RMM_PSA_WEBHOOK_URL:
+        for pk, _, _ in ended:
+            tasks.enqueue_on_commit("rmm.authority.tasks.notify_psa", kind.name, str(pk))
+    return len(ended)
 
 
 def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
     """Later waves whose task was lost (jobs queued over ``grace`` ago, default ten wave
     intervals or five minutes, with no instruction): issued now by :func:`issue_later_waves`,
-    under the same checks, in the name of who requested them, in waves from one interval on.
+    under the same checks, in the name of who requested them, in waves that follow the last
+    wave already queued (never on top of it), at least one interval from now.
     """
     interval = timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
     grace = grace or max(timedelta(minutes=5), 10 * interval)
@@ -395,16 +457,17 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
             _not_issued(kind)
             .filter(created_at__lt=now - grace)
             .order_by("created_at", "pk")
-            .values_list("pk", "created_at", "requested_by")[:TASK_CHUNK]
+            .values_list("pk", "requested_by")[:TASK_CHUNK]
         )
         by_requester: dict = {}
-        for pk, created_at, requester in stranded:
-            by_requester.setdefault(requester, []).append((pk, created_at))
+        for pk, requester in stranded:
+            by_requester.setdefault(requester, []).append(pk)
         users = get_user_model().objects.in_bulk(list(by_requester))
-        for requester, found in by_requester.items():
-            # Their own waves are past: from one interval on, so that they do not join one just released.
+        for requester, ids in by_requester.items():
+            last = Instruction.objects.filter(status=S.QUEUED, release_at__gt=now).aggregate(last=Max("release_at"))
+            start = max(now, last["last"] or now) + interval
             count += issue_later_waves(
-                kind.name, [pk for pk, _ in found], history.actor_of(users[requester]), 0, now + interval, now=now
+                kind.name, ids, history.actor_of(users[requester]), 0, start, now=now, via="sweep"
             )
     return count
 
@@ -737,57 +800,41 @@ def stop_instructions(instructions, actor, reason: str) -> int:
 
 
 def withdraw_authority(actor, reason: str, *, case_id=None, task_id=None) -> int:
-    """Upstream authority was withdrawn or expired: the work it covered stops (Law 1 holds after creation too)."""
-    active = Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING])
-    if task_id is not None:
-        active = active.filter(psa_task_id=task_id)
-    elif case_id is not None:
-        active = active.filter(psa_case_id=case_id)
-    else:
+    """Upstream authority was withdrawn or expired: the work it covered stops (Law 1 holds after creation too).
+
+    Jobs of a batch's later waves with no instruction yet end aborted first, under the history's
+    lock, so that no later wave is issued on authority granted again before this ran; then the
+    instructions issued so far (including any issued just before) are stopped.
+    """
+    key, value = ("psa_task_id", task_id) if task_id is not None else ("psa_case_id", case_id)
+    if value is None:
         raise ValueError("name a case or a task")
     reason = f"authority withdrawn: {reason}"
-    return stop_instructions(active, actor, reason) + _abort_not_issued(actor, reason, case_id, task_id)
-
-
-def _abort_not_issued(actor, reason: str, case_id, task_id) -> int:
-    """Queued jobs of the withdrawn authority whose wave is not signed yet end aborted now, so
-    that authority withdrawn and granted again before their task runs does not let them run."""
-    key, value = ("psa_task_id", task_id) if task_id is not None else ("psa_case_id", case_id)
-    count = 0
+    aborted = 0
     for kind in registry.all_kinds():
         lookup = kind.authority_lookups.get(key)
         if lookup is None:
             continue
-        for job in _not_issued(kind).filter(**{lookup: value}).order_by("created_at"):
-            try:
-                with transaction.atomic():
-                    transition_job(job, S.ABORTED, actor, reason=reason)
-                count += 1
-            except Conflict:
-                continue  # issued or ended meanwhile: its instruction is stopped, or it was
-    return count
+        with transaction.atomic():
+            history.lock()
+            ids = _not_issued(kind).filter(**{lookup: value}).values_list("pk", flat=True)
+            aborted += _abort_unissued(kind, dict.fromkeys(ids, reason), actor)
+    active = Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING], **{key: value})
+    return aborted + stop_instructions(active, actor, reason)
 
 
 def withdraw_expired_authority(now: datetime | None = None) -> int:
-    """Stop work whose PSA case or task expired since it was queued."""
+    """Stop work whose PSA case or task expired since it was queued: its instructions, and the
+    jobs of later waves that have none yet."""
     now = now or timezone.now()
     count = 0
-    for case_id in (
-        PsaCase.objects.filter(expires_at__lt=now)
-        .filter(
-            pk__in=Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING], abort_reason="").values("psa_case_id")
-        )
-        .values_list("pk", flat=True)
-    ):
-        count += withdraw_authority("system", "PSA case expired", case_id=case_id)
-    for task_id in (
-        PsaTask.objects.filter(expires_at__lt=now)
-        .filter(
-            pk__in=Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING], abort_reason="").values("psa_task_id")
-        )
-        .values_list("pk", flat=True)
-    ):
-        count += withdraw_authority("system", "PSA task expired", task_id=task_id)
+    for model, key, name in ((PsaCase, "psa_case_id", "case"), (PsaTask, "psa_task_id", "task")):
+        covered = Q(pk__in=Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING], abort_reason="").values(key))
+        for kind in registry.all_kinds():
+            if key in kind.authority_lookups:
+                covered |= Q(pk__in=_not_issued(kind).values(kind.authority_lookups[key]))
+        for pk in model.objects.filter(covered, expires_at__lt=now).values_list("pk", flat=True):
+            count += withdraw_authority("system", f"PSA {name} expired", **{f"{name}_id": pk})
     return count
 
 
