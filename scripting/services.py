@@ -273,7 +273,7 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
     ]
     with transaction.atomic():
         bulk.insert_many(jobs)
-        history.append_many(
+        created = [
             history.Event(
                 history.actor_of(user),
                 "job.created",
@@ -291,9 +291,13 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
                 },
             )
             for job in jobs
-        )
+        ]
+        # The history last, in one append with the first wave's: every lease and result waits
+        # for the history's lock until this commits.
         if status == JobStatus.QUEUED:
-            engine.queue_in_waves(jobs, user)
+            engine.queue_in_waves(jobs, user, history_before=created)
+        else:
+            history.append_many(created)
         # One console event for the batch, not one per job.
         engine.events.publish(
             site.pk,

@@ -100,9 +100,26 @@ def lock() -> None:
 
 def append_many(events: Iterable[Event]) -> list[int]:
     """Append events in order under one lock: one head read and one insert, whatever the count.
-    Returns their sequence numbers."""
-    events = list(events)
-    if not events:
+    Returns their sequence numbers.
+
+    The lock is held until the caller's transaction ends, and every agent's lease and result
+    waits for it: what does not depend on the chain's head is prepared before it is taken, and
+    callers append last in their transactions.
+    """
+    prepared = []
+    for ev in events:
+        site_id = str(ev.site_id) if ev.site_id else None
+        subject_id = str(ev.subject_id)
+        payload = _payload_json(ev.payload)
+        # The canonical JSON of event_body, written out around the creation time and the
+        # sequence (known under the lock only): keys in sorted order, the payload serialised once.
+        before = f'{{"action":{_text(ev.action)},"actor":{_text(ev.actor)},"created_at":'
+        middle = f',"payload":{payload},"sequence":'
+        after = (
+            f',"site_id":{_text(site_id)},"subject_id":{_text(subject_id)},"subject_type":{_text(ev.subject_type)}}}'
+        )
+        prepared.append((ev, site_id, subject_id, payload, before, middle, after))
+    if not prepared:
         return []
     with transaction.atomic():
         lock()
@@ -111,18 +128,9 @@ def append_many(events: Iterable[Event]) -> list[int]:
         now = timezone.now()
         stamp = _text(now.isoformat())
         rows = []
-        for ev in events:
+        for ev, site_id, subject_id, payload, before, middle, after in prepared:
             sequence += 1
-            payload = _payload_json(ev.payload)
-            site_id = str(ev.site_id) if ev.site_id else None
-            subject_id = str(ev.subject_id)
-            # The canonical JSON of event_body, written out: keys in sorted order, the payload
-            # serialised once (a 10,000-asset fan-out appends 10,000 events in its request).
-            body = (
-                f'{{"action":{_text(ev.action)},"actor":{_text(ev.actor)},"created_at":{stamp},'
-                f'"payload":{payload},"sequence":{sequence},"site_id":{_text(site_id)},'
-                f'"subject_id":{_text(subject_id)},"subject_type":{_text(ev.subject_type)}}}'
-            )
+            body = f"{before}{stamp}{middle}{sequence}{after}"
             digest = link_hash(prev_hash, hashlib.sha256(body.encode()).hexdigest())
             row = (sequence, now, ev.actor, ev.action, ev.subject_type, subject_id, site_id, payload, prev_hash, digest)
             rows.append(row)

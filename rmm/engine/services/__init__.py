@@ -6,7 +6,9 @@ The engine knows job kinds only through :mod:`rmm.engine.registry`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -212,27 +214,34 @@ def _sign(
     return rows
 
 
-def _store(kind, rows: list[Instruction], actor, via: str = "") -> None:
+def _store(kind, rows: list[Instruction], actor, via: str = "", before: Iterable = ()) -> None:
     """Insert signed instructions and their history; wake the agents of those released now.
-    ``via`` names what issued them when it was not the actor's own request."""
+    ``via`` names what issued them when it was not the actor's own request; ``before`` are the
+    caller's events that come first in the same append (the history's lock is held from the
+    append to the commit, so the caller's transaction should end soon after)."""
     bulk.insert_many(rows)
     extra = {"via": via} if via else {}
     history.append_many(
-        history.Event(
-            history.actor_of(actor),
-            "instruction.issued",
-            "engine.instruction",
-            str(inst.pk),
-            inst.site_id,
-            {
-                "job_kind": kind.name,
-                "job_id": str(inst.job_id),
-                "asset_id": str(inst.asset_id),
-                "content_sha256": inst.content_sha256,
-                **extra,
-            },
+        itertools.chain(
+            before,
+            (
+                history.Event(
+                    history.actor_of(actor),
+                    "instruction.issued",
+                    "engine.instruction",
+                    str(inst.pk),
+                    inst.site_id,
+                    {
+                        "job_kind": kind.name,
+                        "job_id": str(inst.job_id),
+                        "asset_id": str(inst.asset_id),
+                        "content_sha256": inst.content_sha256,
+                        **extra,
+                    },
+                )
+                for inst in rows
+            ),
         )
-        for inst in rows
     )
     now = timezone.now()
     events.wake_agents(inst.agent_id for inst in rows if inst.release_at <= now)
@@ -240,10 +249,12 @@ def _store(kind, rows: list[Instruction], actor, via: str = "") -> None:
 
 # --- batches: the first wave now, the later waves in the task cluster --------------------
 
-TASK_CHUNK = 2000  # job ids per task: a task's arguments are stored by the broker
+# Job ids per task: the broker stores a task's arguments, and a task holds the history's lock
+# (every lease and result waits for it) while it stores its instructions.
+TASK_CHUNK = 1000
 
 
-def queue_in_waves(jobs: list, actor) -> None:
+def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     """Sign a batch's first wave now, in the caller's transaction, and leave the later waves to
     the task cluster, which signs them once this commits (:func:`issue_later_waves`), long
     before they are due. The jobs are new, queued rows of one kind.
@@ -251,7 +262,8 @@ def queue_in_waves(jobs: list, actor) -> None:
     A 10,000-asset batch spent most of its request signing and recording instructions that
     would wait minutes for their wave (docs/performance.md). Every asset must have an enrolled
     agent now, as when all were signed at once; the laws are checked again, under the
-    history's lock, when the later waves are stored.
+    history's lock, when the later waves are stored. ``history_before`` (the jobs' own events)
+    are appended first, with the first wave's, at the end of the work.
     """
     if not jobs:
         return
@@ -269,7 +281,7 @@ def queue_in_waves(jobs: list, actor) -> None:
         position += len(specs)
     first = next((n for n, start in enumerate(starts) if start >= size), len(jobs))  # whole jobs
     now_rendered = [(job, spec) for job, specs in rendered[:first] for spec in specs]
-    _store(kind, _sign(kind, now_rendered, agents, 0, queued_at), actor)
+    _store(kind, _sign(kind, now_rendered, agents, 0, queued_at), actor, before=history_before)
     for begin in range(first, len(jobs), TASK_CHUNK):
         tasks.enqueue_on_commit(
             "rmm.engine.tasks.issue_later_waves",
