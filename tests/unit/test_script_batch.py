@@ -118,6 +118,25 @@ def test_a_lost_task_is_made_up_for_by_the_sweep_in_the_requesters_name(
     assert len(instructions_of(body)) == 12
 
 
+def test_a_batch_that_cannot_be_issued_does_not_hold_up_the_others(
+    world, caller, settings, django_capture_on_commit_callbacks, monkeypatch, caplog
+):
+    first, _ = queue_batch(world, settings, django_capture_on_commit_callbacks)  # tasks lost
+    other = dict(world, psa=caller("psa2", "psa"))
+    second, _ = queue_batch(other, settings, django_capture_on_commit_callbacks)
+    issue = engine.issue_later_waves
+
+    def failing_for_the_first(kind_name, job_ids, actor, *args, **kwargs):
+        if actor == "user:psa":
+            raise RuntimeError("broken")
+        return issue(kind_name, job_ids, actor, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "issue_later_waves", failing_for_the_first)
+    engine.sweep(timezone.now() + timedelta(minutes=11))
+    assert len(instructions_of(first)) == 5 and len(instructions_of(second)) == 12
+    assert "issuing the later waves of 7 script jobs failed" in caplog.text
+
+
 def test_later_waves_in_many_tasks_keep_one_pace_even_when_late(
     world, settings, django_capture_on_commit_callbacks, monkeypatch
 ):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from rmm.inventory.models import Agent
 from rmm_agent.protocol import INTERPRETERS, OUTCOMES, canonical_json, iso_utc, result_hash
 
 S = JobStatus
+logger = logging.getLogger(__name__)
 
 
 # --- job status ---------------------------------------------------------------------------
@@ -478,9 +480,12 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
         for requester, ids in by_requester.items():
             last = Instruction.objects.filter(status=S.QUEUED, release_at__gt=now).aggregate(last=Max("release_at"))
             start = max(now, last["last"] or now) + interval
-            count += issue_later_waves(
-                kind.name, ids, history.actor_of(users[requester]), 0, start, now=now, via="sweep"
-            )
+            try:
+                count += issue_later_waves(
+                    kind.name, ids, history.actor_of(users[requester]), 0, start, now=now, via="sweep"
+                )
+            except Exception:  # loud, but the jobs of other requesters are not held up behind these
+                logger.exception("issuing the later waves of %d %s jobs failed", len(ids), kind.name)
     return count
 
 
