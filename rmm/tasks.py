@@ -10,6 +10,7 @@ def enqueue_on_commit(func: str, *args) -> None:
 
         async_task(func, *args, sync=settings.RMM_TASKS_SYNC)
 
-    # Robust: the caller's work has committed; a broker that fails now must not turn it into an
-    # error (Django logs the failure). Lost batch waves are made up for by the sweep.
+    # Robust: the caller's work has committed, and a broker that fails now must not answer it
+    # with an error (Django logs the failure). Lost batch waves are made up for by the sweep; a
+    # lost webhook or export task is not (docs/security.md, known limits).
     transaction.on_commit(send, robust=True)

@@ -98,6 +98,22 @@ def lock() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_LOCK_KEY])
 
 
+# A row's values, in the order of HistoryEvent's concrete fields (COPY and the positional
+# constructor both rely on it; a test compares them).
+ROW = (
+    "sequence",
+    "created_at",
+    "actor",
+    "action",
+    "subject_type",
+    "subject_id",
+    "site_id",
+    "payload",
+    "prev_hash",
+    "hash",
+)
+
+
 def append_many(events: Iterable[Event]) -> list[int]:
     """Append events in order under one lock: one head read and one insert, whatever the count.
     Returns their sequence numbers.

@@ -81,13 +81,22 @@ def test_every_kind_of_payload_reads_back_as_it_was_hashed(events):
         {"keys": {2: "two", 10: "ten"}},  # non-string keys become strings, then are sorted
         {},
     ]
-    sequences = history.append_many(history.Event("user:tester", "test.payload", "", "", None, p) for p in payloads)
+    site = uuid.UUID(int=99)  # a site and a subject, as most events have
+    sequences = history.append_many(
+        history.Event("user:tester", "test.payload", "engine.instruction", f"s-{n}", site, p)
+        for n, p in enumerate(payloads)
+    )
     assert sequences == list(range(sequences[0], sequences[0] + len(payloads)))
     stored = HistoryEvent.objects.get(sequence=sequences[2]).payload
     assert stored == {"id": str(uuid.UUID(int=7)), "at": "2026-12-03T10:00:00.123Z"}
     assert HistoryEvent.objects.get(sequence=sequences[4]).payload == {"keys": {"2": "two", "10": "ten"}}
     assert verify()[0] == 0
     assert history.verify_chain().ok
+
+
+def test_rows_are_built_in_the_order_of_the_tables_columns():
+    """append_many COPYs tuples (and builds instances from them on SQLite) in this order."""
+    assert tuple(f.attname for f in HistoryEvent._meta.concrete_fields) == history.ROW
 
 
 def test_each_event_chains_to_the_one_before(events):

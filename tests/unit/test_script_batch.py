@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction, KillSwitch
+from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from scripting.models import ScriptJob
@@ -135,6 +136,13 @@ def test_a_batch_that_cannot_be_issued_does_not_hold_up_the_others(
     engine.sweep(timezone.now() + timedelta(minutes=11))
     assert len(instructions_of(first)) == 5 and len(instructions_of(second)) == 12
     assert "issuing the later waves of 7 script jobs failed" in caplog.text
+    # Final and said: they are not picked first again at every sweep.
+    later = later_jobs(first)
+    assert set(later.values_list("status", flat=True)) == {"aborted"}
+    assert set(later.values_list("status_reason", flat=True)) == {
+        "its instruction could not be issued: RuntimeError('broken')"
+    }
+    assert history.verify_chain().ok
 
 
 def test_later_waves_in_many_tasks_keep_one_pace_even_when_late(
@@ -168,7 +176,7 @@ def test_sweeps_one_after_another_follow_the_waves_already_queued(
     interval = timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
     first = timezone.now() + timedelta(minutes=11)
     assert engine.sweep(first) == 5
-    second = first + interval
+    second = first + timedelta(seconds=1)  # the first sweep's wave is still to come
     assert engine.sweep(second) == 2
     releases = sorted(inst.release_at for inst in instructions_of(body)[5:])
     assert releases[:5] == [first + interval] * 5
@@ -239,6 +247,17 @@ def test_switches_elsewhere_or_released_before_the_batch_stop_nothing(
     assert {inst.status for inst in instructions_of(body)} == {"queued"} and len(instructions_of(body)) == 12
 
 
+def test_a_switch_released_just_before_the_batch_still_counts(
+    world, caller, site, settings, django_capture_on_commit_callbacks
+):
+    """Processes' clocks differ a little: a release within engine.CLOCK_SLACK of the batch counts."""
+    _switch(caller, "site", site.name, release=True)
+    KillSwitch.objects.update(released_at=timezone.now() - engine.CLOCK_SLACK / 2)
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
+    run(later_waves)
+    assert set(later_jobs(body).values_list("status", flat=True)) == {"aborted"}
+
+
 @pytest.mark.parametrize("level", ["task", "case"])
 def test_authority_withdrawn_while_later_waves_wait_aborts_them_for_good(
     world, settings, django_capture_on_commit_callbacks, level
@@ -291,6 +310,7 @@ def test_authority_granted_again_before_the_withdrawal_ran_lets_nothing_run(
     agent, _ = world["agents"][-1]
     assert engine.lease(agent, 4, timezone.now() + timedelta(minutes=5)) == []
     engine.sweep(timezone.now() + timedelta(hours=1))  # nothing left half-ended for the sweep to trip on
+    assert history.verify_chain().ok
 
 
 def test_authority_that_expired_while_later_waves_wait_aborts_them(world, settings, django_capture_on_commit_callbacks):
@@ -370,10 +390,13 @@ def test_a_batch_costs_the_same_number_of_queries_whatever_its_size(world):
     assert counts[0] == counts[1], counts
 
 
-def test_the_first_wave_is_leased_at_once_in_the_order_asked(world, settings, client):
-    settings.RMM_WAVE_SIZE = 5
+def test_the_first_wave_is_leased_at_once_in_the_order_asked(
+    world, settings, client, django_capture_on_commit_callbacks
+):
     order = world["assets"][::-1]
-    assert batch(world, assets=order).status_code == 201
+    body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks, assets=order)
+    run(later_waves)
+    assert len(instructions_of(body)) == 12  # the 6th's instruction exists, released with the next wave
     for index, leased in ((0, 1), (4, 1), (5, 0)):  # the 5th asked for is in the first wave, the 6th is not
         agent, auth = next(pair for pair in world["agents"] if str(pair[0].asset_id) == order[index])
         r = client.post(

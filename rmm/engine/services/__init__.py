@@ -326,8 +326,8 @@ def issue_later_waves(
         return 0
     rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
     agents = _latest_agents({spec.asset.pk for _, spec in rendered})
-    # Measured from the batch's second wave, the same for every chunk of it: a chunk that runs
-    # later is shifted further, never into the waves of one that ran before it.
+    # Measured from the batch's second wave, the same for every chunk of it: chunks that run in
+    # order, each later than the one before, are shifted further each and never overlap.
     lateness = now - throttles.release_time(max(1, settings.RMM_WAVE_SIZE), queued_at)
     release_base = queued_at + max(lateness, timedelta(0))
     signable = [(job, spec) for job, spec in rendered if spec.asset.pk in agents]
@@ -484,8 +484,12 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
                 count += issue_later_waves(
                     kind.name, ids, history.actor_of(users[requester]), 0, start, now=now, via="sweep"
                 )
-            except Exception:  # loud, but the jobs of other requesters are not held up behind these
+            except Exception as exc:  # loud, and final: they would be picked first at every sweep
                 logger.exception("issuing the later waves of %d %s jobs failed", len(ids), kind.name)
+                with transaction.atomic():
+                    history.lock()
+                    reason = f"its instruction could not be issued: {exc!r}"[:500]
+                    _abort_unissued(kind, dict.fromkeys(ids, reason), "system")
     return count
 
 
