@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -357,11 +358,12 @@ def _not_issued(kind):
 
 def _latest_agents(asset_ids) -> dict:
     """asset id -> its agent: the unrevoked one, else the last revoked (its job is then aborted)."""
-    agents = {}
+    agents: dict = {}
     for asset_id, agent_id, revoked_at in (
         Agent.objects.filter(asset_id__in=asset_ids).order_by("enrolled_at").values_list("asset_id", "pk", "revoked_at")
     ):
-        if revoked_at is None or agents.get(asset_id, (None, True))[1] is not None:
+        kept = agents.get(asset_id)
+        if kept is None or kept[1] is not None:  # an unrevoked agent, once found, stays
             agents[asset_id] = (agent_id, revoked_at)
     return {asset_id: agent_id for asset_id, (agent_id, _) in agents.items()}
 
@@ -443,10 +445,7 @@ def _abort_unissued(kind, reasons: dict, actor) -> int:
         )
         for pk, site_id, reason in ended
     )
-    per_site: dict = {}
-    for _, site_id, _ in ended:
-        per_site[site_id] = per_site.get(site_id, 0) + 1
-    for site_id, count in per_site.items():  # one console event per site, not one per job
+    for site_id, count in Counter(site_id for _, site_id, _ in ended).items():  # one event per site
         events.publish(
             site_id,
             {"type": "job_batch", "kind": kind.name, "count": count, "status": S.ABORTED, "site": str(site_id)},
