@@ -189,7 +189,7 @@ class Cluster:
     def _server_command(self, port: int, n: int) -> list[str]:
         """The README's agent-tier uvicorn command, or its daphne command (with its access log)."""
         if self.server == "uvicorn":
-            listen = ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+            listen = ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--timeout-keep-alive", "75"]
             return [sys.executable, "-m", "uvicorn", *listen, "rmm.asgi:application"]
         return self._daphne(port, str(n))
 

@@ -206,7 +206,10 @@ class Simulator:
         self.interval = 30.0
         self.facts_change = 0.0
         self.hold = True
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=120)
+        # One pool for thousands of agents, as a proxy keeps to its upstream: idle connections
+        # are dropped after 60 s (nginx's upstream default), before the agent tier's 75 s
+        # (the README's --timeout-keep-alive), so no request races the server closing one.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
         self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=["Accept-Encoding"])
 
     def spawn(self, coro) -> None:
