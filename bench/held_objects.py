@@ -60,7 +60,7 @@ async def _held(auths: list[str]) -> dict:
     gc.freeze()  # as a worker does after start-up (rmm/asgi.py)
     calls = [asyncio.create_task(_heartbeat(application, auth, leave)) for auth in auths]
     deadline = time.monotonic() + 120
-    while len(wakeups._waiting) < len(auths) and time.monotonic() < deadline:
+    while _holding(wakeups) < len(auths) and time.monotonic() < deadline:  # each past its look for work
         await asyncio.sleep(0.2)
     gc.collect()
     tracked = gc.get_objects()
@@ -77,6 +77,10 @@ async def _held(auths: list[str]) -> dict:
     leave.set()
     await asyncio.gather(*calls, return_exceptions=True)
     return figures
+
+
+def _holding(wakeups) -> int:
+    return sum(1 for group in list(wakeups._waiting.values()) for waiter in group if waiter.future is not None)
 
 
 async def _heartbeat(application, auth: str, leave: asyncio.Event) -> None:

@@ -75,8 +75,7 @@ def _label(request: HttpRequest, response: HttpResponse) -> str:
     return label
 
 
-def _record(request: HttpRequest, response: HttpResponse, queries: int, seconds: float) -> None:
-    label = _label(request, response)
+def _record(label: str, queries: int, seconds: float) -> None:
     with _lock:
         row = _totals.setdefault(label, [0, 0, 0.0])
         row[0] += 1
@@ -106,7 +105,7 @@ class QueryCountMiddleware:
             response = self.get_response(request)
         finally:
             _queries.reset(token)
-        _record(request, response, box[0], time.perf_counter() - started)
+        _record(_label(request, response), box[0], time.perf_counter() - started)
         return response
 
     async def __acall__(self, request):
@@ -117,9 +116,30 @@ class QueryCountMiddleware:
             response = await self.get_response(request)
         finally:
             _queries.reset(token)
-
-        _record(request, response, box[0], time.perf_counter() - started)
+        held = getattr(response, "to_hold", None)
+        if held is not None:  # the agent handler holds it after this returns: count it till the end
+            response.to_hold = _CountedHold(held, request.path, box, started)
+            return response
+        _record(_label(request, response), box[0], time.perf_counter() - started)
         return response
+
+
+class _CountedHold:
+    """A held heartbeat's wait (rmm/asgi.py holds it after the middleware), its queries counted
+    into its request's."""
+
+    def __init__(self, held, path: str, box: list[int], started: float) -> None:
+        self.held, self.path, self.box, self.started = held, path, box, started
+
+    async def wait(self) -> dict | None:
+        token = _queries.set(self.box)
+        try:
+            answer = await self.held.wait()
+        finally:
+            _queries.reset(token)
+        label = self.path + (" (lease)" if answer and answer["instructions"] else " (idle)")
+        _record(label, self.box[0], time.perf_counter() - self.started)
+        return answer
 
 
 @csrf_exempt

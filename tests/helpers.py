@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -55,3 +56,53 @@ def otp_login(client, user):
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id
     session.save()
     return client
+
+
+def _agent_scope(auth: str, body: bytes) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/agent/heartbeat/",
+        "raw_path": b"/api/v1/agent/heartbeat/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"authorization", auth.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def agent_call(auth: str, body: dict, leave_after: float | None = None) -> list[dict]:
+    """One heartbeat through the agent protocol's ASGI handler (rmm/asgi.py), as a server drives
+    it: its sync parts run in this test's thread, which holds the test's transaction; the client
+    disconnects after ``leave_after`` seconds, or once answered. Returns the messages sent."""
+    from rmm.asgi import agent_asgi_app
+
+    raw = json.dumps(body).encode()
+    sent, answered, first = [], asyncio.Event(), [True]
+
+    async def receive():
+        if first[0]:
+            first[0] = False
+            return {"type": "http.request", "body": raw, "more_body": False}
+        if leave_after is None:
+            await answered.wait()
+        else:
+            await asyncio.sleep(leave_after)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    await agent_asgi_app.handle(_agent_scope(auth, raw), receive, send)
+    return sent

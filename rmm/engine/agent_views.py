@@ -15,8 +15,9 @@ from concurrent.futures import Executor
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -63,6 +64,7 @@ sync_executor: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
 
 
 # Set by the same handler: resolved when the client has gone, so a held heartbeat stops holding.
+# Where it is set, the handler also finishes held heartbeats itself (finish_hold).
 client_gone: contextvars.ContextVar[asyncio.Future | None] = contextvars.ContextVar("agent_client_gone", default=None)
 
 
@@ -119,31 +121,67 @@ async def heartbeat(request: HttpRequest) -> JsonResponse:
     """Check in, lease, learn what to abort. With ``wait`` (seconds), an agent with nothing to
     do is answered only when the server has something for it or the time is up: one request per
     interval does both the check-in and the wake-up (docs/agent.md). While held, it holds no
-    thread and no database connection, only an entry in :mod:`rmm.engine.wakeups`."""
+    thread and no database connection, only an entry in :mod:`rmm.engine.wakeups`; under the
+    agent protocol's handler, not even the request (:func:`finish_hold`)."""
     data = _body(request)
     if data is None:
         return await run_sync(_heartbeat, request, None)
     hold = _hold_seconds(data.get("wait"))
     if not hold:
         return await run_sync(_heartbeat, request, data)
-    loop = asyncio.get_running_loop()
-    async with wakeups.listening(_claimed_agent_id(request)) as waiter:
-        # Listening before the first look for work: a wake-up sent after that look is not missed.
+    # Listening before the first look for work: a wake-up sent after that look is not missed.
+    waiter = await wakeups.listen(_claimed_agent_id(request))
+    try:
         response = await run_sync(_heartbeat, request, data)
-        held = getattr(response, "held", None)
-        deadline = loop.time() + hold
-        while held is not None and await waiter.wait(deadline - loop.time(), client_gone.get()):
-            answer = await run_sync(_look_again, held)
-            if answer is not None:
-                return JsonResponse(answer)
+    except BaseException:
+        waiter.close()
+        raise
+    held = getattr(response, "held", None)
+    if held is None:
+        waiter.close()
         return response
+    held.waiter, held.deadline = waiter, asyncio.get_running_loop().time() + hold
+    if client_gone.get() is not None:
+        response.to_hold = held  # the agent protocol's handler holds it, once the request is let go
+        return response
+    answer = await held.wait()
+    return response if answer is None else JsonResponse(answer)
+
+
+async def finish_hold(response: HttpResponse) -> HttpResponse:
+    """Hold a heartbeat that the view left held, after the request, its middleware and its view
+    have all returned: each held heartbeat then keeps far fewer objects alive, and thousands of
+    them are what the workers' young collections scan (docs/performance.md). Woken with work,
+    the answer is written into the same response, keeping the headers the middleware set."""
+    held, response.to_hold, response.held = response.to_hold, None, None
+    answer = await held.wait()
+    if answer is not None:
+        response.content = json.dumps(answer, cls=DjangoJSONEncoder)
+        response["Content-Length"] = str(len(response.content))
+    return response
 
 
 class _Held:
-    """What a held heartbeat needs to look for work again when woken."""
+    """A held heartbeat: what it needs to look for work again when woken, and its ear."""
+
+    __slots__ = ("agent", "running", "capacity", "answer", "waiter", "deadline")
 
     def __init__(self, agent, running: list, capacity: int, answer: dict) -> None:
         self.agent, self.running, self.capacity, self.answer = agent, running, capacity, answer
+        self.waiter: wakeups.Waiter | None = None
+        self.deadline = 0.0
+
+    async def wait(self) -> dict | None:
+        """Until woken with work for the agent (its answer) or the time is up (None)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while await self.waiter.wait(self.deadline - loop.time(), client_gone.get()):
+                answer = await run_sync(_look_again, self)
+                if answer is not None:
+                    return answer
+            return None
+        finally:
+            self.waiter.close()
 
 
 def _heartbeat(request: HttpRequest, data: dict | None) -> JsonResponse:

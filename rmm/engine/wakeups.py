@@ -59,6 +59,15 @@ class Waiter:
             timer.cancel()
             self.future = None
 
+    def close(self) -> None:
+        """Stop listening (idempotent)."""
+        with _lock:
+            group = _waiting.get(self.key)
+            if group is not None:
+                group.discard(self)
+                if not group:
+                    del _waiting[self.key]
+
     def set(self) -> None:
         with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting any more
             self.loop.call_soon_threadsafe(self._wake)
@@ -81,23 +90,15 @@ _listeners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loo
 _publisher = None
 
 
-@contextlib.asynccontextmanager
-async def listening(agent_id):
-    """Register a waiter for this agent for the duration of the block."""
+async def listen(agent_id) -> Waiter:
+    """Register a waiter for this agent; the caller must :meth:`Waiter.close` it. (The held
+    heartbeat's wait may end in the agent protocol's handler, outside the view that began it.)"""
     if settings.REDIS_URL:
         await _subscribed()
     waiter = Waiter(str(agent_id))
     with _lock:
         _waiting.setdefault(waiter.key, set()).add(waiter)
-    try:
-        yield waiter
-    finally:
-        with _lock:
-            group = _waiting.get(waiter.key)
-            if group is not None:
-                group.discard(waiter)
-                if not group:
-                    del _waiting[waiter.key]
+    return waiter
 
 
 def wake_local(agent_ids: Iterable) -> None:

@@ -15,7 +15,7 @@ from rmm.engine import events, wakeups
 from rmm.engine.services import kill_switches
 from rmm.inventory import services as inventory
 from scripting import services as scripting
-from tests.helpers import approved_authority, approved_script, make_agent
+from tests.helpers import agent_call, approved_authority, approved_script, make_agent
 
 HEARTBEAT = "/api/v1/agent/heartbeat/"
 
@@ -44,25 +44,55 @@ def beat(auth, body):
     return r
 
 
-def held(agent_row, auth, body, while_held):
+class Answer:
+    """A heartbeat's answer, however it was called."""
+
+    def __init__(self, status_code: int, body: bytes, headers: dict) -> None:
+        self.status_code, self.body, self.headers = status_code, body, headers
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+async def _through_django(auth: str, body: dict) -> Answer:
+    r = await AsyncClient().post(HEARTBEAT, data=body, content_type="application/json", AUTHORIZATION=auth)
+    return Answer(r.status_code, r.content, dict(r.headers))
+
+
+async def _through_agent_handler(auth: str, body: dict) -> Answer:
+    sent = await agent_call(auth, body)
+    headers = {k.decode().lower(): v.decode() for k, v in sent[0]["headers"]}
+    return Answer(sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), headers)
+
+
+AGENT_HANDLER = "the agent protocol's handler"
+
+
+@pytest.fixture(params=["Django's handler", AGENT_HANDLER])
+def held(request):
     """Send a held heartbeat; once the server holds it, run ``while_held`` (sync, with the
-    database); returns the response and how long it was held after ``while_held`` ran."""
+    database); returns the answer and how long it was held after ``while_held`` ran. Through
+    Django's ASGI handler (the view holds it) and through the agent protocol's own handler
+    (which holds it after the view has returned: rmm/asgi.py)."""
+    send = _through_django if request.param == "Django's handler" else _through_agent_handler
 
-    async def scenario():
-        waiting = asyncio.ensure_future(
-            AsyncClient().post(HEARTBEAT, data=body, content_type="application/json", AUTHORIZATION=auth)
-        )
-        deadline = time.monotonic() + 10
-        while str(agent_row.pk) not in wakeups._waiting and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.3)  # past its first look for work: now it is held
-        assert not waiting.done(), "the heartbeat was not held"
-        await sync_to_async(while_held)()
-        started = time.monotonic()
-        response = await waiting
-        return response, time.monotonic() - started
+    def hold(agent_row, auth, body, while_held):
+        async def scenario():
+            waiting = asyncio.ensure_future(send(auth, body))
+            deadline = time.monotonic() + 10
+            while str(agent_row.pk) not in wakeups._waiting and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # past its first look for work: now it is held
+            assert not waiting.done(), "the heartbeat was not held"
+            await sync_to_async(while_held)()
+            started = time.monotonic()
+            response = await waiting
+            return response, time.monotonic() - started
 
-    return async_to_sync(scenario)()
+        return async_to_sync(scenario)()
+
+    hold.via = request.param
+    return hold
 
 
 def test_without_anything_to_say_the_heartbeat_is_answered_after_its_wait(agent, settings):
@@ -87,7 +117,7 @@ def test_without_wait_the_heartbeat_is_answered_at_once(agent):
     assert time.monotonic() - started < 3
 
 
-def test_new_work_ends_the_hold_with_the_instruction(agent, job_for):
+def test_new_work_ends_the_hold_with_the_instruction(agent, job_for, held):
     row, auth = agent
 
     def new_job():
@@ -98,9 +128,12 @@ def test_new_work_ends_the_hold_with_the_instruction(agent, job_for):
     assert response.status_code == 200
     assert len(response.json()["instructions"]) == 1
     assert took < 5
+    if held.via == AGENT_HANDLER:  # written into the held response: the middleware's headers kept
+        assert int(response.headers["content-length"]) == len(response.body)
+        assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_an_abort_ends_the_hold_of_an_agent_with_running_work(agent, job_for, caller):
+def test_an_abort_ends_the_hold_of_an_agent_with_running_work(agent, job_for, caller, held):
     row, auth = agent
     job_for(row)
     first = beat(auth, {"capacity": 4}).json()["instructions"]
@@ -116,7 +149,7 @@ def test_an_abort_ends_the_hold_of_an_agent_with_running_work(agent, job_for, ca
     assert took < 5
 
 
-def test_a_wake_up_with_nothing_new_keeps_the_heartbeat_held(agent, settings):
+def test_a_wake_up_with_nothing_new_keeps_the_heartbeat_held(agent, settings, held):
     """A wake-up is a hint: the server looks again and, finding nothing, goes on waiting."""
     settings.RMM_HEARTBEAT_INTERVAL = 2
     row, auth = agent
@@ -125,7 +158,7 @@ def test_a_wake_up_with_nothing_new_keeps_the_heartbeat_held(agent, settings):
     assert took >= 1.0  # the rest of its two seconds
 
 
-def test_an_agent_revoked_while_held_is_handed_no_work(agent, job_for, caller, settings):
+def test_an_agent_revoked_while_held_is_handed_no_work(agent, job_for, caller, settings, held):
     settings.RMM_HEARTBEAT_INTERVAL = 2
     row, auth = agent
     root = caller("root", "admin")
