@@ -24,6 +24,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from rmm.engine import agent_views
 from rmm.engine.agent_views import run_sync
 from rmm.inventory import services as inventory
 
@@ -116,9 +117,9 @@ class QueryCountMiddleware:
             response = await self.get_response(request)
         finally:
             _queries.reset(token)
-        held = getattr(response, "to_hold", None)
-        if held is not None:  # the agent handler holds it after this returns: count it till the end
-            response.to_hold = _CountedHold(held, request.path, box, started)
+        call = agent_views.serving.get()
+        if call is not None and call.held is not None:  # held by the handler after this returns
+            call.held = _CountedHold(call.held, request.path, box, started)  # counted till the end
             return response
         _record(_label(request, response), box[0], time.perf_counter() - started)
         return response

@@ -110,7 +110,7 @@ class AgentProtocolHandler(ASGIHandler):
           full collection frees (docs/performance.md). Here the view runs inline and the
           listener ends by itself: both daphne and uvicorn send ``http.disconnect`` once the
           response is complete. A held heartbeat whose client left stops holding through
-          ``agent_views.client_gone``;
+          ``agent_views.serving``;
         - holding an idle heartbeat here (``agent_views.finish_hold``), once the request, the
           middleware and the view have returned, so that the thousands held at once keep few
           objects alive.
@@ -127,20 +127,21 @@ class AgentProtocolHandler(ASGIHandler):
             return
         gone = asyncio.get_running_loop().create_future()
         watcher = asyncio.ensure_future(_until_disconnect(receive, gone))
-        token = agent_views.client_gone.set(gone)
+        call = agent_views.Serving(gone)
+        token = agent_views.serving.set(call)
         try:
             response = await self.run_get_response(request)
-            if getattr(response, "to_hold", None) is not None:
+            if call.held is not None:
                 # Let the request and its body go while the heartbeat is held. This handler never
                 # calls response.close(), so the closer Django left on it (request.close, which
                 # keeps the request alive) would never run anyway.
                 response._resource_closers.clear()
                 body_file.close()
                 request = body_file = None
-                response = await agent_views.finish_hold(response)
+                response = await agent_views.finish_hold(response, call.held)
             await self.send_response(response, send)
         finally:
-            agent_views.client_gone.reset(token)
+            agent_views.serving.reset(token)
             if body_file is not None:
                 body_file.close()
             self.watchers.add(watcher)  # kept until it ends, so it is never collected while pending

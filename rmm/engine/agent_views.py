@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import logging
 import math
 from concurrent.futures import Executor
 
@@ -27,6 +28,8 @@ from rmm.engine import signing, wakeups
 from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
+
+logger = logging.getLogger("django.request")  # where Django logs a view's failure
 
 MAX_BODY = 8 * 1024 * 1024
 
@@ -63,9 +66,20 @@ def _unauthorized(request: HttpRequest) -> JsonResponse:
 sync_executor: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("agent_sync_executor", default=None)
 
 
-# Set by the same handler: resolved when the client has gone, so a held heartbeat stops holding.
-# Where it is set, the handler also finishes held heartbeats itself (finish_hold).
-client_gone: contextvars.ContextVar[asyncio.Future | None] = contextvars.ContextVar("agent_client_gone", default=None)
+class Serving:
+    """One agent call as the agent protocol's handler serves it: ``gone`` resolves when the
+    client has gone, so a held heartbeat stops holding; a held heartbeat's view leaves its hold
+    in ``held`` and returns, and the handler holds it once the request is let go
+    (:func:`finish_hold`)."""
+
+    __slots__ = ("gone", "held")
+
+    def __init__(self, gone: asyncio.Future) -> None:
+        self.gone, self.held = gone, None
+
+
+# Set by the same handler. Unset (the test client): the view holds a held heartbeat itself.
+serving: contextvars.ContextVar[Serving | None] = contextvars.ContextVar("agent_serving", default=None)
 
 
 async def run_sync(func, *args):
@@ -141,20 +155,25 @@ async def heartbeat(request: HttpRequest) -> JsonResponse:
         waiter.close()
         return response
     held.waiter, held.deadline = waiter, asyncio.get_running_loop().time() + hold
-    if client_gone.get() is not None:
-        response.to_hold = held  # the agent protocol's handler holds it, once the request is let go
+    call = serving.get()
+    if call is not None:
+        call.held = held  # the agent protocol's handler holds it, once the request is let go
         return response
     answer = await held.wait()
     return response if answer is None else JsonResponse(answer)
 
 
-async def finish_hold(response: HttpResponse) -> HttpResponse:
-    """Hold a heartbeat that the view left held, after the request, its middleware and its view
+async def finish_hold(response: HttpResponse, held: _Held) -> HttpResponse:
+    """Hold a heartbeat that the view handed over, after the request, its middleware and its view
     have all returned: each held heartbeat then keeps far fewer objects alive, and thousands of
     them are what the workers' young collections scan (docs/performance.md). Woken with work,
-    the answer is written into the same response, keeping the headers the middleware set."""
-    held, response.to_hold, response.held = response.to_hold, None, None
-    answer = await held.wait()
+    the answer is written into the same response, keeping the headers the middleware set; a
+    failure while looking for work is answered 500, logged as Django logs a view's."""
+    try:
+        answer = await held.wait()
+    except Exception:
+        logger.exception("Internal Server Error: a held heartbeat's look for work")
+        response.status_code, answer = 500, {"detail": "Server error."}
     if answer is not None:
         response.content = json.dumps(answer, cls=DjangoJSONEncoder)
         response["Content-Length"] = str(len(response.content))
@@ -174,8 +193,10 @@ class _Held:
     async def wait(self) -> dict | None:
         """Until woken with work for the agent (its answer) or the time is up (None)."""
         loop = asyncio.get_running_loop()
+        call = serving.get()
+        gone = call.gone if call is not None else None
         try:
-            while await self.waiter.wait(self.deadline - loop.time(), client_gone.get()):
+            while await self.waiter.wait(self.deadline - loop.time(), gone):
                 answer = await run_sync(_look_again, self)
                 if answer is not None:
                     return answer

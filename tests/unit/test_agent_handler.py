@@ -1,10 +1,15 @@
 """The agent protocol's own ASGI handler (rmm/asgi.py), driven as an ASGI server drives it."""
 
+import asyncio
 import gc
+import json
+import logging
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connection
 
 from rmm.engine import wakeups
 from tests.helpers import agent_call, make_agent
@@ -22,6 +27,59 @@ def test_a_held_heartbeat_whose_agent_left_stops_holding(agent):
     started = time.monotonic()
     async_to_sync(agent_call)(auth, {"capacity": 4, "wait": 30}, leave_after=0.5)
     assert time.monotonic() - started < 5  # not the 30 s it asked for
+    assert str(row.pk) not in wakeups._waiting
+
+
+async def _once_held(agent_id, call) -> None:
+    """Wait until the heartbeat ``call`` is held: past its first look for work, waiting."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert not call.done(), "the heartbeat was not held"
+        if any(waiter.future is not None for waiter in wakeups._waiting.get(str(agent_id), ())):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the heartbeat was not held within 10 s")
+
+
+def test_a_held_heartbeat_keeps_no_request_alive(agent):
+    """The handler holds it after the view has returned: the request and its body are let go
+    (thousands are held at once; docs/performance.md, item 19)."""
+    row, auth = agent
+
+    async def scenario():
+        call = asyncio.ensure_future(agent_call(auth, {"capacity": 4, "wait": 1}))
+        await _once_held(row.pk, call)
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, ASGIRequest)]
+        sent = await call
+        return alive, sent
+
+    alive, sent = async_to_sync(scenario)()
+    assert alive == []
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"])["instructions"] == []
+
+
+def test_a_held_heartbeat_whose_look_for_work_fails_is_answered_500_and_logged(agent, caplog):
+    row, auth = agent
+
+    def break_the_database():
+        with connection.cursor() as cursor:  # rolled back with the test's transaction
+            cursor.execute("ALTER TABLE engine_killswitch RENAME TO engine_killswitch_gone")
+        wakeups.wake([row.pk])
+
+    async def scenario():
+        call = asyncio.ensure_future(agent_call(auth, {"capacity": 4, "wait": 30}))
+        await _once_held(row.pk, call)
+        await sync_to_async(break_the_database)()
+        return await call
+
+    with caplog.at_level(logging.ERROR, logger="django.request"):
+        sent = async_to_sync(scenario)()
+    headers = {key.lower(): value for key, value in sent[0]["headers"]}
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"]) == {"detail": "Server error."}
+    assert int(headers[b"content-length"]) == len(sent[1]["body"])
+    assert "a held heartbeat's look for work" in caplog.text
     assert str(row.pk) not in wakeups._waiting
 
 

@@ -89,7 +89,9 @@ def held(request):
             response = await waiting
             return response, time.monotonic() - started
 
-        return async_to_sync(scenario)()
+        answer = async_to_sync(scenario)()
+        assert str(agent_row.pk) not in wakeups._waiting  # its ear closed with the answer
+        return answer
 
     hold.via = request.param
     return hold
