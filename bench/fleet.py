@@ -26,7 +26,8 @@ from multiprocessing.connection import Connection
 
 import aiohttp
 
-from rmm_agent.protocol import InstructionRefused, facts_hash, result_hash, verify_instruction
+from rmm_agent.protocol import InstructionRefused, facts_hash, verify_instruction
+from rmm_agent.runner import make_result
 
 AGENT = "/api/v1/agent/"
 USER_AGENT = "rmm-bench/1"
@@ -152,19 +153,7 @@ class SimAgent:
         """'Run' the instruction for a moment, then deliver its result (retrying like the spool)."""
         sim, rec = self.sim, self.sim.records
         await asyncio.sleep(sim.rng.uniform(0.05, 0.3))
-        result = {
-            "instruction_id": instruction_id,
-            "outcome": "completed",
-            "exit_code": 0,
-            "stdout": f"ok from {self.facts['hostname']}\n",
-            "stderr": "",
-            "stdout_truncated": False,
-            "stderr_truncated": False,
-            "reason": None,
-            "started_at": "2026-01-01T00:00:00Z",
-            "finished_at": "2026-01-01T00:00:01Z",
-        }
-        result["hash"] = result_hash(result)
+        result = make_result(instruction_id, "completed", exit_code=0, stdout=f"ok from {self.facts['hostname']}\n")
         for _attempt in range(5):
             started, wall = time.perf_counter(), time.time()
             try:

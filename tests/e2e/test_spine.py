@@ -60,26 +60,14 @@ def test_failing_script_and_repeated_result(server, world):
     assert body["result"]["exit_code"] == 7
 
     # The agent's own credential resends the same result: accepted once, answered as already received.
-    from rmm_agent.protocol import result_hash
+    from rmm_agent.runner import make_result
 
     with server.db() as conn:
         instruction_id = conn.execute(
             "SELECT id FROM engine_instruction WHERE job_id = " + ("%s" if server.pg_admin_url else "?"),
             (job["id"] if server.pg_admin_url else job["id"].replace("-", ""),),
         ).fetchone()[0]
-    result = {
-        "instruction_id": str(uuid.UUID(str(instruction_id))),
-        "outcome": "completed",
-        "exit_code": 7,
-        "stdout": "bad\n",
-        "stderr": "",
-        "stdout_truncated": False,
-        "stderr_truncated": False,
-        "reason": None,
-        "started_at": "2026-01-01T00:00:00Z",
-        "finished_at": "2026-01-01T00:00:01Z",
-    }
-    result["hash"] = result_hash(result)
+    result = make_result(str(uuid.UUID(str(instruction_id))), "completed", exit_code=7, stdout="bad\n")
     auth = f"Agent {w['config']['agent_id']}:{w['config']['secret']}"
     again = server.request("POST", "/api/v1/agent/results/", result, auth)
     assert again.status == 200, again.body

@@ -8,7 +8,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from rmm.engine.models import Instruction
-from rmm_agent.protocol import result_hash
+from rmm_agent.runner import make_result
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent
 
@@ -44,20 +44,7 @@ def measure(path, body, auth, expect):
 
 
 def result_body(instruction_id):
-    body = {
-        "instruction_id": instruction_id,
-        "outcome": "completed",
-        "exit_code": 0,
-        "stdout": "hello\n",
-        "stderr": "",
-        "stdout_truncated": False,
-        "stderr_truncated": False,
-        "reason": None,
-        "started_at": "2026-01-01T00:00:00Z",
-        "finished_at": "2026-01-01T00:00:01Z",
-    }
-    body["hash"] = result_hash(body)
-    return body
+    return make_result(instruction_id, "completed", exit_code=0, stdout="hello\n")
 
 
 def one_agents_round(site, psa, task, script, hostname):

@@ -13,7 +13,7 @@ from rmm.engine import signing
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
 from rmm.history.services import verify_chain
-from rmm_agent.protocol import result_hash
+from rmm_agent.runner import make_result
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, make_agent, post_json
 
@@ -52,19 +52,7 @@ def heartbeat(auth, **body):
 
 
 def report(auth, instruction_id, stdout="hello\n", exit_code=0, outcome="completed", **extra):
-    body = {
-        "instruction_id": instruction_id,
-        "outcome": outcome,
-        "exit_code": exit_code,
-        "stdout": stdout,
-        "stderr": "",
-        "stdout_truncated": False,
-        "stderr_truncated": False,
-        "reason": None,
-        "started_at": "2026-01-01T00:00:00Z",
-        "finished_at": "2026-01-01T00:00:01Z",
-    }
-    body["hash"] = result_hash(body)
+    body = make_result(instruction_id, outcome, exit_code=exit_code, stdout=stdout)
     body.update(extra)
     return post_json(Client(), "/api/v1/agent/results/", body, HTTP_AUTHORIZATION=auth)
 
