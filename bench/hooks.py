@@ -131,16 +131,18 @@ class _CountedHold:
 
     def __init__(self, held, path: str, box: list[int], started: float) -> None:
         self.held, self.path, self.box, self.started = held, path, box, started
+        self.waiter = held.waiter
 
     async def wait(self) -> dict | None:
         token = _queries.set(self.box)
+        label = self.path + " (500)"  # unless it ends
         try:
             answer = await self.held.wait()
+            label = self.path + (" (lease)" if answer and answer["instructions"] else " (idle)")
+            return answer
         finally:
             _queries.reset(token)
-        label = self.path + (" (lease)" if answer and answer["instructions"] else " (idle)")
-        _record(label, self.box[0], time.perf_counter() - self.started)
-        return answer
+            _record(label, self.box[0], time.perf_counter() - self.started)
 
 
 @csrf_exempt

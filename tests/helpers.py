@@ -7,6 +7,7 @@ import json
 import uuid
 
 from rmm.authority import services as authority
+from rmm.engine import wakeups
 from rmm.inventory import services as inventory
 
 
@@ -106,3 +107,15 @@ async def agent_call(auth: str, body: dict, leave_after: float | None = None) ->
 
     await agent_asgi_app.handle(_agent_scope(auth, raw), receive, send)
     return sent
+
+
+async def until_held(agent_id, call: asyncio.Future) -> None:
+    """Wait until the heartbeat ``call`` of this agent is held: past its first look for work,
+    waiting for a wake-up."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        assert not call.done(), "the heartbeat was not held"
+        if any(waiter.future is not None for waiter in wakeups._waiting.get(str(agent_id), ())):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the heartbeat was not held within 10 s")

@@ -169,6 +169,9 @@ async def finish_hold(response: HttpResponse, held: _Held) -> HttpResponse:
     them are what the workers' young collections scan (docs/performance.md). Woken with work,
     the answer is written into the same response, keeping the headers the middleware set; a
     failure while looking for work is answered 500, logged as Django logs a view's."""
+    if getattr(response, "held", None) is None:  # not the view's idle answer: a middleware's error
+        held.waiter.close()
+        return response
     try:
         answer = await held.wait()
     except Exception:

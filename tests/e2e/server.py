@@ -128,7 +128,16 @@ class Server:
             port = free_port()
             command = {
                 "daphne": ["daphne", "-b", "127.0.0.1", "-p", str(port)],
-                "uvicorn": ["uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+                "uvicorn": [
+                    "uvicorn",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--timeout-keep-alive",
+                    "75",
+                ],
             }[kind]
             proc = subprocess.Popen(
                 [sys.executable, "-m", *command, "rmm.asgi:application"],

@@ -15,7 +15,7 @@ from rmm.engine import events, wakeups
 from rmm.engine.services import kill_switches
 from rmm.inventory import services as inventory
 from scripting import services as scripting
-from tests.helpers import agent_call, approved_authority, approved_script, make_agent
+from tests.helpers import agent_call, approved_authority, approved_script, make_agent, until_held
 
 HEARTBEAT = "/api/v1/agent/heartbeat/"
 
@@ -79,11 +79,7 @@ def held(request):
     def hold(agent_row, auth, body, while_held):
         async def scenario():
             waiting = asyncio.ensure_future(send(auth, body))
-            deadline = time.monotonic() + 10
-            while str(agent_row.pk) not in wakeups._waiting and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)  # past its first look for work: now it is held
-            assert not waiting.done(), "the heartbeat was not held"
+            await until_held(agent_row.pk, waiting)
             await sync_to_async(while_held)()
             started = time.monotonic()
             response = await waiting
