@@ -118,6 +118,14 @@ class KillSwitch(models.Model):
     def engaged(self) -> bool:
         return self.released_at is None
 
+    def covers(self, site_id, asset_id) -> bool:
+        """Whether this switch's scope takes in that asset (engaged or not)."""
+        return (
+            self.scope == KillSwitchScope.GLOBAL
+            or (self.scope == KillSwitchScope.SITE and self.site_id == site_id)
+            or (self.scope == KillSwitchScope.ASSET and self.asset_id == asset_id)
+        )
+
     @property
     def target_label(self) -> str:
         if self.scope == KillSwitchScope.SITE:

@@ -23,7 +23,7 @@ from django.utils import timezone
 from rmm import bulk, tasks
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.engine import events, registry, signing
-from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
+from rmm.engine.models import Instruction, KillSwitch
 from rmm.engine.services import kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
@@ -143,16 +143,17 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
     kind = registry.kind_of(jobs[0])
     rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
     agents = _active_agents({spec.asset.pk for _, spec in rendered})
-    if len(agents) != len({spec.asset.pk for _, spec in rendered}):
-        raise InvalidInput("The asset has no enrolled agent.", field="asset")
     rows = _sign(kind, rendered, agents, wave_offset)
     _store(kind, rows, actor)
     return rows
 
 
-def _active_agents(asset_ids) -> dict:
-    """asset id -> its enrolled, unrevoked agent's id (one query)."""
-    return dict(Agent.objects.filter(asset_id__in=asset_ids, revoked_at__isnull=True).values_list("asset_id", "pk"))
+def _active_agents(asset_ids: set) -> dict:
+    """asset id -> its enrolled, unrevoked agent's id (one query); every asset must have one."""
+    agents = dict(Agent.objects.filter(asset_id__in=asset_ids, revoked_at__isnull=True).values_list("asset_id", "pk"))
+    if len(agents) != len(asset_ids):
+        raise InvalidInput("The asset has no enrolled agent.", field="asset")
+    return agents
 
 
 def _sign(
@@ -275,8 +276,6 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     rendered = [(job, kind.render(job)) for job in jobs]
     assets = {spec.asset.pk for _, specs in rendered for spec in specs}
     agents = _active_agents(assets)
-    if len(agents) != len(assets):
-        raise InvalidInput("The asset has no enrolled agent.", field="asset")
     size = max(1, settings.RMM_WAVE_SIZE)
     starts, position = [], 0  # the position of each job's first instruction in the batch
     for _, specs in rendered:
@@ -406,12 +405,9 @@ def _why_not(kind, jobs: dict, rendered: list, agents: dict) -> dict:
 
 def _switch_over(switches: list[KillSwitch], job, asset) -> str:
     for switch in switches:
-        covers = (
-            switch.scope == KillSwitchScope.GLOBAL
-            or (switch.scope == KillSwitchScope.SITE and switch.site_id == asset.site_id)
-            or (switch.scope == KillSwitchScope.ASSET and switch.asset_id == asset.pk)
-        )
-        if covers and (switch.released_at is None or switch.released_at >= job.created_at - CLOCK_SLACK):
+        if switch.covers(asset.site_id, asset.pk) and (
+            switch.released_at is None or switch.released_at >= job.created_at - CLOCK_SLACK
+        ):
             return f"kill switch engaged on {switch.target_label} while the job waited for its wave"
     return ""
 
@@ -426,7 +422,7 @@ def _abort_unissued(kind, reasons: dict, actor) -> int:
     for pk, reason in reasons.items():
         by_reason.setdefault(reason, []).append(pk)
     now = timezone.now()
-    stamps = {"completed_at": now} if any(f.name == "completed_at" for f in kind.model._meta.get_fields()) else {}
+    stamps = {"completed_at": now} if hasattr(kind.model, "completed_at") else {}
     ended = []
     for reason, ids in by_reason.items():
         found = list(_not_issued(kind).filter(pk__in=ids).values_list("pk", "site_id"))
