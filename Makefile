@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint format clean bench bench-export bench-fanout
+.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: install
 test: install
 	@sh scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# While working: everything but the slow end-to-end tests (tests/e2e/), on both cores.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 # The fleet benchmark (docs/performance.md): a short profile by default, e.g.
 # `make bench FLEET=10000 DURATION=60` for the goal, SERVER=daphne for daphne workers.

@@ -59,3 +59,10 @@ def site(db):
 @pytest.fixture
 def other_site(db):
     return inventory.get_or_create_site("beta")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every end-to-end test is slow: `make test-fast` (-m "not slow") leaves them out."""
+    for item in items:
+        if "/tests/e2e/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.slow)
