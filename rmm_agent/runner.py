@@ -83,8 +83,13 @@ def make_result(
     started_at: datetime | None = None,
     finished_at: datetime | None = None,
     reason: str | None = None,
+    containment: dict | None = None,
 ) -> dict:
-    """Build a result body exactly as the results endpoint expects, hash included."""
+    """Build a result body exactly as the results endpoint expects, hash included.
+
+    ``containment`` (what ended the instruction's processes, and which had to be killed) is
+    sent only for instructions that ran.
+    """
     finished = finished_at or now_utc()
     result = {
         "instruction_id": instruction_id,
@@ -98,6 +103,8 @@ def make_result(
         "finished_at": iso_utc(finished),
         "reason": reason,
     }
+    if containment is not None:
+        result["containment"] = containment
     result["hash"] = result_hash(result)
     return result
 
