@@ -52,7 +52,6 @@ class ProcessInfo:
     """One live process as /proc shows it."""
 
     pid: int
-    state: str
     pgid: int
     start: int  # clock ticks since boot
     uid: int
@@ -98,7 +97,7 @@ def process_info(pid: int) -> ProcessInfo | None:
     if len(fields) < 20 or fields[0] in ("Z", "X"):
         return None
     uid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), -1)
-    return ProcessInfo(pid=pid, state=fields[0], pgid=int(fields[2]), start=int(fields[19]), uid=uid)
+    return ProcessInfo(pid=pid, pgid=int(fields[2]), start=int(fields[19]), uid=uid)
 
 
 def all_processes() -> Iterable[ProcessInfo]:

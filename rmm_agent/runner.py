@@ -739,7 +739,7 @@ class Runner:
             method,
             since=int(record.get("since") or 0),
             cgroup=Cgroup(Path(record["cgroup"])) if method == CGROUP and record.get("cgroup") else None,
-            leader=ProcessInfo(leader[0], "", leader[0], leader[1], -1) if isinstance(leader, list) else None,
+            leader=ProcessInfo(leader[0], leader[0], leader[1], -1) if isinstance(leader, list) else None,
         )
         contained = self._end(launch, self.kill_grace)
         if launch.cgroup is not None:
