@@ -1,4 +1,4 @@
-"""Command line: ``python -m rmm_agent enroll|run``.
+"""Command line: ``python -m rmm_agent install-account|enroll|run``.
 
 Exit codes: 0 ok, 1 server unreachable, 2 usage / enrollment refused / not enrolled,
 3 agent revoked or unknown (HTTP 401).
@@ -11,6 +11,9 @@ import base64
 import binascii
 import logging
 import os
+import pwd
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -40,9 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument(
         "--run-as",
         default=DEFAULT_RUN_AS,
-        help="account for unprivileged instructions when running as root (default: nobody)",
+        help=f"account for unprivileged instructions when running as root (default: {DEFAULT_RUN_AS})",
     )
     enroll.add_argument("--ca-file", help="PEM bundle to trust for an https server")
+
+    install = commands.add_parser(
+        "install-account", help="create the locked system account unprivileged instructions run as"
+    )
+    install.add_argument("--name", default=DEFAULT_RUN_AS, help=f"account name (default: {DEFAULT_RUN_AS})")
 
     run = commands.add_parser("run", help="heartbeat and run signed instructions")
     run.add_argument("--state-dir", required=True, help="directory given to enroll")
@@ -59,8 +67,60 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+NOLOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
+
+
+def _run_as_problem(name: str) -> str | None:
+    """Why a root agent could not run unprivileged instructions as ``name``, or None."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return f"run-as account {name!r} does not exist; create it with: python -m rmm_agent install-account"
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        return f"run-as account {name!r} has uid or gid 0; it must be unprivileged"
+    return None
+
+
+def install_account(args: argparse.Namespace) -> int:
+    """Create the dedicated run-as account: a locked system account, no login shell, no home.
+
+    Idempotent: an existing unprivileged account of that name is kept as it is.
+    """
+    if os.geteuid() != 0:
+        return _fail("install-account must run as root", EXIT_USAGE)
+    if _run_as_problem(args.name) is None:
+        print(f"account {args.name} exists (uid {pwd.getpwnam(args.name).pw_uid})")
+        return 0
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    shell = next((path for path in NOLOGIN_SHELLS if os.path.exists(path)), "/bin/false")
+    command = [
+        useradd,
+        "--system",  # a system uid; no password, so the account is locked
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        shell,
+        "--comment",
+        "RMM agent unprivileged instructions",
+        args.name,
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        return _fail(f"cannot run useradd: {exc}", EXIT_USAGE)
+    problem = _run_as_problem(args.name)
+    if done.returncode != 0 or problem is not None:
+        return _fail(f"could not create account {args.name}: {done.stderr.strip() or problem}", EXIT_USAGE)
+    print(f"created system account {args.name} (uid {pwd.getpwnam(args.name).pw_uid})")
+    return 0
+
+
 def enroll(args: argparse.Namespace) -> int:
     """Enroll with the server and write the identity to the state dir."""
+    if os.geteuid() == 0 and (problem := _run_as_problem(args.run_as)) is not None:
+        return _fail(problem, EXIT_USAGE)  # before the token is used
     server = args.server.rstrip("/")
     if not server.startswith(("http://", "https://")):
         return _fail(f"--server must be an http:// or https:// URL, not {server!r}", EXIT_USAGE)
@@ -124,11 +184,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = state.load_config()
         state.ensure()
-        state.clear_work()
         agent = Agent(state, config)
     except (NotEnrolled, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
+    if os.geteuid() == 0 and (problem := _run_as_problem(agent.run_as)) is not None:
+        log.error("%s; unprivileged instructions will fail until it does", problem)
     agent.install_signal_handlers()
+    agent.recover()
     code = agent.run_once() if args.once else agent.run_forever()
     if code == EXIT_UNAUTHORIZED:
         _fail(
@@ -146,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s rmm_agent %(levelname)s %(message)s",
     )
     args = _parser().parse_args(argv)
+    if args.command == "install-account":
+        return install_account(args)
     if args.command == "enroll":
         return enroll(args)
     return run(args)

@@ -32,10 +32,10 @@ from .protocol import (
 from .runner import (
     DEFAULT_RUN_AS,
     AbortSignal,
+    Runner,
     make_result,
     now_utc,
     refused_result,
-    run_instruction,
 )
 from .state import StateDir
 
@@ -101,6 +101,7 @@ class Agent:
         self.config = config
         self.agent_id: str = config["agent_id"]
         self.run_as: str = config.get("run_as") or DEFAULT_RUN_AS
+        self.runner = Runner(state.work_dir, run_as=self.run_as, running_dir=state.running_dir)
         self.client = client or Client(
             config["server"],
             agent_id=config["agent_id"],
@@ -378,15 +379,26 @@ class Agent:
         self._remember(instruction_id, _signed_field(envelope, "not_after"))
         self._report(refused_result(instruction_id, refusal.reason))
 
+    def recover(self) -> None:
+        """At start: end what a previous run of the agent left running, spool a result for each
+        such instruction (so the server ends its job now, not when its lease runs out), and
+        clean the work dirs."""
+        log.info("instructions are contained by %s", self.runner.describe())
+        for result in self.runner.recover():
+            if not self.state.is_spooled(result["instruction_id"]):  # else its real result waits there
+                self._spool(result)
+            self.runner.finish(result["instruction_id"])
+
     def _execute(self, payload: dict, abort: AbortSignal) -> None:
         instruction_id = payload["instruction_id"]
         try:
-            result = run_instruction(payload, self.state.work_dir, run_as=self.run_as, abort=abort)
+            result = self.runner.run(payload, abort)
         except Exception as exc:  # every leased instruction must still yield a result
             log.exception("agent failure while running %s", instruction_id)
             result = make_result(instruction_id, "error", reason=f"agent error: {exc}")
         try:
             self._spool(result)
+            self.runner.finish(instruction_id)  # its record goes only once the result is safe
         finally:
             with self.lock:
                 self.running.pop(instruction_id, None)

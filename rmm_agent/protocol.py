@@ -29,6 +29,10 @@ RESULT_HASH_FIELDS = (
     "stdout_truncated",
     "stderr_truncated",
 )
+# Covered too when present; a result without them hashes as before.
+OPTIONAL_RESULT_HASH_FIELDS = ("containment",)
+# How an instruction's processes were ended (the result's optional ``containment.method``).
+CONTAINMENT_METHODS = ("cgroup", "account", "process_group")
 
 # Instruction ids become file names (spool, work dir), so only safe characters are accepted.
 INSTRUCTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -70,7 +74,9 @@ def facts_hash(facts: dict) -> str:
 
 def result_hash(result: dict) -> str:
     """Hash over the result's evidence fields, so the server can check what it stores."""
-    return sha256_hex(canonical_json({key: result[key] for key in RESULT_HASH_FIELDS}))
+    covered = {key: result[key] for key in RESULT_HASH_FIELDS}
+    covered.update({key: result[key] for key in OPTIONAL_RESULT_HASH_FIELDS if result.get(key) is not None})
+    return sha256_hex(canonical_json(covered))
 
 
 def iso_utc(moment: datetime) -> str:

@@ -1,20 +1,31 @@
-"""Running one verified instruction as a process group, with timeout, abort and capped output.
+"""Running one verified instruction: sealed script, private work dir, contained, with timeout,
+abort and capped output.
 
-Each instruction gets its own session/process group so that a timeout or an abort reaches
-everything the script started, not just the interpreter.
+- The signed bytes go into a sealed memfd, are hashed again there, and the interpreter reads
+  that descriptor (``/dev/fd/N``): nothing the run-as account can touch lies between the check
+  and the execution.
+- The work dir is made through descriptors (no symlink is followed) inside a work root that
+  belongs to the agent and that no one else can write, so the run-as account can neither
+  rename it nor make the agent act on a path it chose.
+- Everything the instruction starts is contained (rmm_agent/containment.py) and ended with it;
+  what had to be killed is named in the result's ``containment``.
+- A small record per running instruction (``running/<id>.json`` in the state dir) lets a
+  restarted agent end and report what a previous run left (:meth:`Runner.recover`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
+import logging
 import os
 import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,16 +34,37 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from .containment import (
+    ACCOUNT,
+    CGROUP,
+    ENV_TAG,
+    METHODS,
+    PROCESS_GROUP,
+    Cgroup,
+    ProcessInfo,
+    boot_id,
+    boot_ticks,
+    cgroup_parent,
+    environment_tag,
+    process_info,
+    report,
+    sweep,
+)
 from .protocol import MAX_STREAM_BYTES, iso_utc, result_hash
+from .state import atomic_write_json
+
+log = logging.getLogger("rmm_agent")
 
 KILL_GRACE_SECONDS = 3.0
 POLL_SECONDS = 0.05
 READER_JOIN_SECONDS = 5.0
-DEFAULT_RUN_AS = "nobody"
+DEFAULT_RUN_AS = "rmm-run"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_BIN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
 
-SCRIPT_EXTENSIONS = {"sh": "sh", "bash": "sh", "python": "py", "powershell": "ps1"}
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_REASON_PROCESSES = 10
 
 
 @dataclass(frozen=True)
@@ -83,8 +115,13 @@ def make_result(
     started_at: datetime | None = None,
     finished_at: datetime | None = None,
     reason: str | None = None,
+    containment: dict | None = None,
 ) -> dict:
-    """Build a result body exactly as the results endpoint expects, hash included."""
+    """Build a result body exactly as the results endpoint expects, hash included.
+
+    ``containment`` (what ended the instruction's processes, and which had to be killed) is
+    sent only for instructions that ran.
+    """
     finished = finished_at or now_utc()
     result = {
         "instruction_id": instruction_id,
@@ -98,6 +135,8 @@ def make_result(
         "finished_at": iso_utc(finished),
         "reason": reason,
     }
+    if containment is not None:
+        result["containment"] = containment
     result["hash"] = result_hash(result)
     return result
 
@@ -219,58 +258,6 @@ class _Capture:
         return bytes(self.data).decode("utf-8", errors="replace")
 
 
-def _group_members(pgid: int) -> list[int] | None:
-    """Live (non-zombie) pids in process group ``pgid``; None where /proc is unavailable.
-
-    Zombies do not count: in containers PID 1 may never reap orphans, and they hold nothing.
-    """
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        return None
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ..." -- comm may contain spaces and parentheses.
-        fields = raw[raw.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live process remains in the group."""
-    members = _group_members(pgid)
-    if members is not None:
-        return bool(members)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def kill_group(pgid: int, grace: float = KILL_GRACE_SECONDS) -> None:
-    """SIGTERM the whole group, then SIGKILL whatever is still there after ``grace`` seconds."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return
-        time.sleep(POLL_SECONDS)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 def _leader_exited(proc: subprocess.Popen) -> bool:
     """Whether the interpreter exited, without reaping it.
 
@@ -294,34 +281,36 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _prepare_workdir(instruction_id: str, work_root: Path, account: Account | None) -> Path:
-    """Create the instruction's private work dir, owned by whoever will run the script.
+class ScriptMismatch(Exception):
+    """The sealed copy of the script does not hash to the signed content_sha256."""
 
-    An unprivileged account cannot traverse the agent's 0700 state dir, so its work dir is
-    a fresh private directory in the system temp dir instead, handed over to that account.
+
+def sealed_script(payload: dict) -> int:
+    """A sealed memfd holding exactly the signed bytes, hashed again once sealed.
+
+    Sealed against writing, growing and shrinking (and against removing the seals), the
+    descriptor's content can no longer change, whoever holds it; the interpreter reads it as
+    ``/dev/fd/N``. Raises :class:`ScriptMismatch` if what is in it is not what was signed.
     """
-    if account is None:
-        work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        workdir = work_root / instruction_id
-        if workdir.exists():
-            shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(mode=0o700)
-        return workdir
-    workdir = Path(tempfile.mkdtemp(prefix=f"rmm-{instruction_id}-"))
-    os.chown(workdir, account.uid, account.gid)
-    os.chmod(workdir, 0o700)
-    return workdir
-
-
-def _write_script(workdir: Path, payload: dict, account: Account | None) -> Path:
-    """Write the exact signed bytes; only the account that runs it may read it."""
-    script = workdir / f"script.{SCRIPT_EXTENSIONS[payload['interpreter']]}"
-    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload["content"].encode("utf-8"))
-    if account is not None:
-        os.chown(script, account.uid, account.gid)
-    return script
+    data = payload["content"].encode("utf-8")
+    fd = os.memfd_create(f"rmm-{payload['instruction_id']}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
+            raise ScriptMismatch("the script could not be sealed")
+        digest, offset = hashlib.sha256(), 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+        if digest.hexdigest() != payload["content_sha256"]:
+            raise ScriptMismatch("the sealed script does not match content_sha256")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _environment(instruction_id: str, workdir: Path, account: Account | None) -> dict[str, str]:
@@ -331,8 +320,431 @@ def _environment(instruction_id: str, workdir: Path, account: Account | None) ->
         "PATH": os.environ.get("PATH", DEFAULT_PATH),
         "HOME": home,
         "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "RMM_INSTRUCTION_ID": instruction_id,
+        ENV_TAG: instruction_id,
     }
+
+
+def _enter(procs_fd: int | None, account: Account | None) -> Callable[[], None]:
+    """What the child does between fork and exec: join its cgroup, then drop to the account.
+
+    Joining before exec is what makes containment race-free: the script and everything it
+    starts are born inside. It is done first, while the child still has the agent's identity,
+    which owns the cgroup; only then are the groups, gid and uid dropped, for good. (Popen's
+    own ``user``/``group`` would drop them before this runs.)
+    """
+
+    def enter() -> None:
+        if procs_fd is not None:
+            os.write(procs_fd, b"0")
+        if account is not None:
+            os.setgroups([])
+            os.setresgid(account.gid, account.gid, account.gid)
+            os.setresuid(account.uid, account.uid, account.uid)
+
+    return enter
+
+
+def _killed_summary(killed: list[dict]) -> str:
+    """``pid (command)`` of the first few killed processes, for a reason line."""
+    named = ", ".join(f"{item['pid']} ({item['command'][:80]})" for item in killed[:MAX_REASON_PROCESSES])
+    more = len(killed) - MAX_REASON_PROCESSES
+    return named + (f" and {more} more" if more > 0 else "")
+
+
+@dataclass
+class _Launch:
+    """What one instruction holds while it runs, until it is ended and cleaned up."""
+
+    instruction_id: str
+    account: Account | None
+    method: str
+    since: int  # boot ticks when it began
+    cgroup: Cgroup | None = None
+    cgroup_created: bool = False
+    workdir: Path | None = None
+    leader: ProcessInfo | None = None
+    script_fd: int | None = None
+    procs_fd: int | None = None
+
+
+class Runner:
+    """Runs the verified instructions of one agent, each contained, and cleans up after them.
+
+    ``containment`` forces a method (``"cgroup"``, ``"account"``, ``"process_group"``); None
+    picks the best one available (rmm_agent/containment.py). ``running_dir`` (the state dir's
+    ``running/``) keeps a record of each instruction from before it starts until
+    :meth:`finish`, so :meth:`recover` can end and report what a killed agent left.
+    """
+
+    def __init__(
+        self,
+        work_root: str | os.PathLike[str],
+        *,
+        run_as: str | None = DEFAULT_RUN_AS,
+        running_dir: str | os.PathLike[str] | None = None,
+        containment: str | None = None,
+        kill_grace: float = KILL_GRACE_SECONDS,
+        max_stream_bytes: int = MAX_STREAM_BYTES,
+    ) -> None:
+        if containment not in (None, *METHODS):
+            raise ValueError(f"containment must be one of {', '.join(METHODS)}, not {containment!r}")
+        self.work_root = Path(work_root).absolute()
+        self.run_as = run_as
+        self.running_dir = Path(running_dir) if running_dir is not None else None
+        self.containment = containment
+        self.kill_grace = kill_grace
+        self.max_stream_bytes = max_stream_bytes
+        self.cgroup_parent = cgroup_parent() if containment in (None, CGROUP) else None
+        if containment == CGROUP and self.cgroup_parent is None:
+            raise ValueError("no cgroup v2 in which this agent may create cgroups")
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}  # running instruction -> boot ticks when it began
+
+    def describe(self) -> str:
+        """How instructions are contained, for the agent's start-up log."""
+        if self.cgroup_parent is not None:
+            return f"a cgroup v2 per instruction, under {self.cgroup_parent}"
+        by_group = "their process group and the processes carrying their RMM_INSTRUCTION_ID"
+        if self.containment == PROCESS_GROUP:
+            return f"{by_group} (forced)"
+        if os.geteuid() != 0:
+            return f"{by_group} (no usable cgroup v2)"
+        return (
+            "killing every process of the run-as account started since the instruction began "
+            f"(no usable cgroup v2; privileged instructions: {by_group})"
+        )
+
+    def _method(self, account: Account | None) -> str:
+        if self.cgroup_parent is not None:
+            return CGROUP
+        if account is not None and self.containment in (None, ACCOUNT):
+            return ACCOUNT
+        return PROCESS_GROUP
+
+    # -- the work dir -------------------------------------------------------------------------
+
+    def _open_work_root(self) -> int:
+        """The work root as a descriptor: a real directory (no link) of the agent's account
+        that no one else may write, so no other account can rename or add entries in it."""
+        self.work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.work_root, DIR_FLAGS)
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise OSError(f"{self.work_root} must belong to the agent's account and be writable by it alone")
+        return fd
+
+    def _make_workdir(self, instruction_id: str, account: Account | None) -> Path:
+        """A fresh private dir for one instruction, the cwd of its script.
+
+        Created and handed over through descriptors (``mkdir``/``open`` relative to the work
+        root's descriptor, ``O_NOFOLLOW``, ``fchown``): no path the run-as account controls
+        is ever followed. The account can use it only as its cwd when the state dir is
+        closed to it.
+        """
+        root_fd = self._open_work_root()
+        try:
+            os.mkdir(instruction_id, 0o700, dir_fd=root_fd)
+            fd = os.open(instruction_id, DIR_FLAGS, dir_fd=root_fd)
+            try:
+                os.fchmod(fd, 0o700)
+                if account is not None:
+                    os.fchown(fd, account.uid, account.gid)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(root_fd)
+        return self.work_root / instruction_id
+
+    def _remove_workdir(self, instruction_id: str) -> None:
+        """Remove a work dir without following any link the script left in it."""
+        try:
+            root_fd = os.open(self.work_root, DIR_FLAGS)
+        except OSError:
+            return
+        try:
+            shutil.rmtree(instruction_id, dir_fd=root_fd, ignore_errors=True)
+        finally:
+            os.close(root_fd)
+
+    # -- records of running instructions ------------------------------------------------------
+
+    def _record_path(self, instruction_id: str) -> Path | None:
+        return None if self.running_dir is None else self.running_dir / f"{instruction_id}.json"
+
+    def _save_record(self, launch: _Launch) -> None:
+        path = self._record_path(launch.instruction_id)
+        if path is None:
+            return
+        self.running_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # type: ignore[union-attr]
+        atomic_write_json(
+            path,
+            {
+                "instruction_id": launch.instruction_id,
+                "boot_id": boot_id(),
+                "since": launch.since,
+                "method": launch.method,
+                "uid": launch.account.uid if launch.account is not None else None,
+                "cgroup": str(launch.cgroup.path) if launch.cgroup is not None else None,
+                "leader": None if launch.leader is None else [launch.leader.pid, launch.leader.start],
+            },
+        )
+
+    def finish(self, instruction_id: str) -> None:
+        """Forget a running record once the instruction's result is safely spooled."""
+        path = self._record_path(instruction_id)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # -- ending an instruction ----------------------------------------------------------------
+
+    def _account_match(self, launch: _Launch) -> Callable[[ProcessInfo], bool]:
+        """The account method's rule: a process of the account carrying this instruction's id,
+        or started since it began, unless it carries the id of another running instruction that
+        began before it started (that one ends it). Every process the account starts during an
+        instruction is thus ended by the time the last instruction overlapping it ends."""
+        with self._lock:
+            others = {key: value for key, value in self._active.items() if key != launch.instruction_id}
+        uid = launch.account.uid if launch.account is not None else -1
+
+        def match(info: ProcessInfo) -> bool:
+            if info.uid != uid:
+                return False
+            tag = environment_tag(info.pid)
+            if tag == launch.instruction_id:
+                return True
+            if info.start < launch.since:
+                return False
+            owner_since = others.get(tag) if tag is not None else None
+            return owner_since is None or info.start < owner_since
+
+        return match
+
+    def _group_match(self, launch: _Launch) -> Callable[[ProcessInfo], bool]:
+        """The process-group method's rule: its process group, or carrying its id."""
+        uids = {os.geteuid()} | ({launch.account.uid} if launch.account is not None else set())
+        leader = launch.leader
+
+        def match(info: ProcessInfo) -> bool:
+            if info.uid not in uids:
+                return False
+            if leader is not None and info.pgid == leader.pid and info.start >= leader.start:
+                return True
+            return environment_tag(info.pid) == launch.instruction_id
+
+        return match
+
+    def _end(self, launch: _Launch, grace: float) -> dict:
+        """End everything the instruction started; its ``containment`` report."""
+        if launch.method == CGROUP and launch.cgroup is not None:
+            killed = launch.cgroup.end(grace)
+        elif launch.method == ACCOUNT:
+            killed = sweep(self._account_match(launch), grace)
+        else:
+            killed = sweep(self._group_match(launch), grace)
+        return report(launch.method, killed)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        payload: dict,
+        abort: AbortSignal | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> dict:
+        """Run a verified instruction to its end and return its result (never raises for it).
+
+        ``on_start`` (a callable taking the pid) lets callers observe the interpreter.
+        """
+        instruction_id = payload["instruction_id"]
+        started_at = now_utc()
+        abort = abort or AbortSignal()
+
+        def error(reason: str) -> dict:
+            return make_result(instruction_id, "error", started_at=started_at, reason=reason)
+
+        account_name = drop_to_account(payload, self.run_as)
+        account: Account | None = None
+        if account_name is not None:
+            try:
+                account = lookup_account(account_name)
+            except KeyError:
+                return error(
+                    f"run_as account {account_name!r} does not exist "
+                    "(create it with: python -m rmm_agent install-account)"
+                )
+            if account.uid == 0 or account.gid == 0:
+                return error(f"run_as account {account_name!r} is privileged (uid or gid 0)")
+
+        program = interpreter_command(payload["interpreter"], account)
+        if program is None:
+            return refused_result(instruction_id, "unsupported_interpreter")
+        if abort.is_set():
+            return make_result(instruction_id, "aborted", started_at=started_at, reason=abort.reason)
+
+        launch = _Launch(instruction_id, account, self._method(account), since=boot_ticks())
+        if launch.method == CGROUP:
+            launch.cgroup = Cgroup(self.cgroup_parent / instruction_id)  # type: ignore[operator]
+        try:
+            proc = self._start(launch, program, payload)
+        except ScriptMismatch as exc:
+            self._clean_up(launch)
+            return error(str(exc))
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            self._clean_up(launch)
+            return error(f"failed to start {program}: {exc}")
+        try:
+            return self._supervise(proc, launch, payload, abort, started_at, on_start)
+        finally:
+            self._clean_up(launch)
+
+    def _start(self, launch: _Launch, program: str, payload: dict) -> subprocess.Popen:
+        """Seal the script, record the instruction, make its work dir and cgroup, start it."""
+        instruction_id, account = launch.instruction_id, launch.account
+        launch.script_fd = sealed_script(payload)
+        self._save_record(launch)  # before anything exists that a restart must clean up
+        launch.workdir = self._make_workdir(instruction_id, account)
+        procs_fd = None
+        if launch.cgroup is not None:
+            launch.cgroup.create()
+            launch.cgroup_created = True
+            procs_fd = launch.procs_fd = launch.cgroup.open_procs()
+        with self._lock:
+            self._active[instruction_id] = launch.since
+        proc = subprocess.Popen(
+            [program, f"/dev/fd/{launch.script_fd}", *payload.get("arguments", [])],
+            cwd=launch.workdir,
+            env=_environment(instruction_id, launch.workdir, account),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(launch.script_fd,),
+            preexec_fn=_enter(procs_fd, account) if procs_fd is not None or account is not None else None,  # noqa: PLW1509 - syscalls only, see _enter
+        )
+        launch.leader = process_info(proc.pid)
+        if launch.method == PROCESS_GROUP:
+            self._save_record(launch)  # the group to kill after a restart
+        return proc
+
+    def _clean_up(self, launch: _Launch) -> None:
+        """Close its descriptors, remove its cgroup and its work dir (its processes are ended)."""
+        for fd in (launch.script_fd, launch.procs_fd):
+            if fd is not None:
+                os.close(fd)
+        if launch.cgroup is not None and launch.cgroup_created:
+            if launch.cgroup.populated():  # it failed to start after the child joined
+                launch.cgroup.kill()
+            launch.cgroup.remove()
+        if launch.workdir is not None:
+            self._remove_workdir(launch.instruction_id)
+        with self._lock:
+            self._active.pop(launch.instruction_id, None)
+
+    def _supervise(
+        self,
+        proc: subprocess.Popen,
+        launch: _Launch,
+        payload: dict,
+        abort: AbortSignal,
+        started_at: datetime,
+        on_start: Callable[[int], None] | None,
+    ) -> dict:
+        """Wait for exit, timeout or abort; then end everything the instruction started."""
+        out = _Capture(proc.stdout, self.max_stream_bytes)  # type: ignore[arg-type]
+        err = _Capture(proc.stderr, self.max_stream_bytes)  # type: ignore[arg-type]
+        if on_start is not None:
+            on_start(proc.pid)
+        timeout = float(payload["timeout_seconds"])
+        deadline = time.monotonic() + timeout
+        outcome, reason = "completed", None
+        while not _leader_exited(proc):
+            if abort.is_set():
+                outcome, reason = "aborted", abort.reason
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                outcome, reason = "timed_out", f"timed out after {timeout:g}s"
+                break
+            abort.wait(min(POLL_SECONDS, remaining))
+        # Also on normal exit: background children may not outlive the instruction.
+        contained = self._end(launch, self.kill_grace)
+        returncode = proc.wait()
+        out.thread.join(READER_JOIN_SECONDS)
+        err.thread.join(READER_JOIN_SECONDS)
+        exit_code: int | None = None
+        if outcome == "completed":
+            exit_code = returncode
+            if returncode < 0:
+                reason = f"killed by signal {_signal_name(-returncode)}"
+        return make_result(
+            payload["instruction_id"],
+            outcome,
+            exit_code=exit_code,
+            stdout=out.text(),
+            stderr=err.text(),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            started_at=started_at,
+            finished_at=now_utc(),
+            reason=reason,
+            containment=contained,
+        )
+
+    # -- after a restart ----------------------------------------------------------------------
+
+    def recover(self) -> list[dict]:
+        """End and clean up what a previous run of the agent left; a result for each
+        instruction it was running (outcome ``aborted``, reason naming what was killed).
+
+        Call it at start, before anything runs; spool each result, then :meth:`finish` it.
+        """
+        results = []
+        records = sorted(self.running_dir.glob("*.json")) if self.running_dir is not None else []
+        for path in records:
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+                instruction_id = record["instruction_id"]
+                if not isinstance(instruction_id, str) or path.stem != instruction_id:
+                    raise ValueError("not a record of this file's instruction")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("running record %s is unreadable (%s); moved aside", path.name, exc)
+                with contextlib.suppress(OSError):
+                    os.replace(path, path.with_suffix(".corrupt"))
+                continue
+            contained = self._end_leftover(record)
+            self._remove_workdir(instruction_id)
+            reason = "the agent restarted while this instruction ran"
+            if contained["killed"]:
+                reason += f"; killed {_killed_summary(contained['killed'])}"
+            log.warning("%s was running when the agent stopped; %s", instruction_id, reason)
+            results.append(make_result(instruction_id, "aborted", reason=reason, containment=contained))
+        if self.work_root.is_dir():  # work dirs without a record: nothing runs there any more
+            for child in self.work_root.iterdir():
+                self._remove_workdir(child.name)
+        return results
+
+    def _end_leftover(self, record: dict) -> dict:
+        """Kill what a recorded instruction left, by the method it ran under."""
+        method = record.get("method") if record.get("method") in METHODS else PROCESS_GROUP
+        if record.get("boot_id") != boot_id():
+            return report(method, [])  # a reboot ended everything of it
+        leader = record.get("leader")
+        uid = record.get("uid")
+        launch = _Launch(
+            record["instruction_id"],
+            Account("", uid, -1) if isinstance(uid, int) else None,
+            method,
+            since=int(record.get("since") or 0),
+            cgroup=Cgroup(Path(record["cgroup"])) if method == CGROUP and record.get("cgroup") else None,
+            leader=ProcessInfo(leader[0], leader[0], leader[1], -1) if isinstance(leader, list) else None,
+        )
+        contained = self._end(launch, self.kill_grace)
+        if launch.cgroup is not None:
+            launch.cgroup.remove()
+        return contained
 
 
 def run_instruction(
@@ -345,105 +757,6 @@ def run_instruction(
     kill_grace: float = KILL_GRACE_SECONDS,
     max_stream_bytes: int = MAX_STREAM_BYTES,
 ) -> dict:
-    """Run a verified instruction to its end and return its result (never raises for it).
-
-    ``on_start`` (a callable taking the pid) lets callers observe the process group.
-    """
-    instruction_id = payload["instruction_id"]
-    started_at = now_utc()
-    abort = abort or AbortSignal()
-
-    def error(reason: str) -> dict:
-        return make_result(instruction_id, "error", started_at=started_at, reason=reason)
-
-    account_name = drop_to_account(payload, run_as)
-    account: Account | None = None
-    if account_name is not None:
-        try:
-            account = lookup_account(account_name)
-        except KeyError:
-            return error(f"run_as account {account_name!r} does not exist")
-
-    program = interpreter_command(payload["interpreter"], account)
-    if program is None:
-        return refused_result(instruction_id, "unsupported_interpreter")
-    if abort.is_set():
-        return make_result(instruction_id, "aborted", started_at=started_at, reason=abort.reason)
-
-    workdir: Path | None = None
-    try:
-        workdir = _prepare_workdir(instruction_id, Path(work_root), account)
-        script = _write_script(workdir, payload, account)
-        extra: dict = {}
-        if account is not None:
-            extra = {"user": account.uid, "group": account.gid, "extra_groups": []}
-        try:
-            proc = subprocess.Popen(
-                [program, str(script), *payload.get("arguments", [])],
-                cwd=workdir,
-                env=_environment(instruction_id, workdir, account),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                close_fds=True,
-                **extra,
-            )
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            return error(f"failed to start {program}: {exc}")
-        return _supervise(proc, payload, abort, started_at, on_start, kill_grace, max_stream_bytes)
-    except OSError as exc:
-        return error(f"failed to prepare work dir: {exc}")
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _supervise(
-    proc: subprocess.Popen,
-    payload: dict,
-    abort: AbortSignal,
-    started_at: datetime,
-    on_start: Callable[[int], None] | None,
-    kill_grace: float,
-    max_stream_bytes: int,
-) -> dict:
-    """Wait for exit, timeout or abort; always leave no process of the group behind."""
-    out = _Capture(proc.stdout, max_stream_bytes)  # type: ignore[arg-type]
-    err = _Capture(proc.stderr, max_stream_bytes)  # type: ignore[arg-type]
-    if on_start is not None:
-        on_start(proc.pid)
-    timeout = float(payload["timeout_seconds"])
-    deadline = time.monotonic() + timeout
-    outcome, reason = "completed", None
-    while not _leader_exited(proc):
-        if abort.is_set():
-            outcome, reason = "aborted", abort.reason
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            outcome, reason = "timed_out", f"timed out after {timeout:g}s"
-            break
-        abort.wait(min(POLL_SECONDS, remaining))
-    # Also on normal exit: background children may not outlive the instruction.
-    kill_group(proc.pid, kill_grace)
-    returncode = proc.wait()
-    out.thread.join(READER_JOIN_SECONDS)
-    err.thread.join(READER_JOIN_SECONDS)
-    exit_code: int | None = None
-    if outcome == "completed":
-        exit_code = returncode
-        if returncode < 0:
-            reason = f"killed by signal {_signal_name(-returncode)}"
-    return make_result(
-        payload["instruction_id"],
-        outcome,
-        exit_code=exit_code,
-        stdout=out.text(),
-        stderr=err.text(),
-        stdout_truncated=out.truncated,
-        stderr_truncated=err.truncated,
-        started_at=started_at,
-        finished_at=now_utc(),
-        reason=reason,
-    )
+    """Run one instruction with a runner of its own (no running records)."""
+    runner = Runner(work_root, run_as=run_as, kill_grace=kill_grace, max_stream_bytes=max_stream_bytes)
+    return runner.run(payload, abort, on_start)

@@ -6,7 +6,8 @@ Layout::
     DIR/state.json      what the server acknowledged (facts hash)
     DIR/handled.json    ids of instructions already run or refused (replay ledger)
     DIR/spool/<id>.json results not yet accepted by the server
-    DIR/work/<id>/      an instruction's script while it runs
+    DIR/running/<id>.json a record of each running instruction (how to end it after a crash)
+    DIR/work/<id>/      an instruction's work dir (its cwd) while it runs
 
 Everything is written atomically (temp file, fsync, rename) so a crash or power loss never
 leaves a half-written secret or a half-written result behind.
@@ -18,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,6 +96,7 @@ class StateDir:
         self.ledger_path = self.root / "handled.json"
         self.spool_dir = self.root / "spool"
         self.work_dir = self.root / "work"
+        self.running_dir = self.root / "running"
 
     def ensure(self, *, tighten: bool = False) -> None:
         """Create the directories; with ``tighten`` force the root to 0700 (it holds a secret)."""
@@ -104,12 +105,7 @@ class StateDir:
             os.chmod(self.root, 0o700)
         self.spool_dir.mkdir(mode=0o700, exist_ok=True)
         self.work_dir.mkdir(mode=0o700, exist_ok=True)
-
-    def clear_work(self) -> None:
-        """Remove work dirs left by a crash; their instructions are lost, not resumed."""
-        if self.work_dir.is_dir():
-            for child in self.work_dir.iterdir():
-                shutil.rmtree(child, ignore_errors=True)
+        self.running_dir.mkdir(mode=0o700, exist_ok=True)
 
     # -- config -------------------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ def evidence_document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict
             "stderr": stored.stderr if stored else None,
             "stdout_truncated": stored.stdout_truncated if stored else False,
             "stderr_truncated": stored.stderr_truncated if stored else False,
+            "containment": inst.containment,
         },
     }
 

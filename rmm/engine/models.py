@@ -59,6 +59,12 @@ class Instruction(models.Model):
     exit_code = models.IntegerField(null=True, blank=True)
     result_hash = models.CharField(max_length=64, blank=True)
     reason = models.TextField(blank=True)
+    containment = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="What ended the instruction's processes on the endpoint, and which had to be killed "
+        '(the result\'s "containment"; null from agents that do not report it).',
+    )
     abort_reason = models.TextField(
         blank=True, help_text="Set while running: its agent kills it at the next heartbeat."
     )

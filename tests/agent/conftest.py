@@ -6,8 +6,10 @@ import base64
 import ipaddress
 import json
 import os
+import pwd
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import uuid
@@ -25,11 +27,59 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from rmm_agent.protocol import canonical_json, result_hash, sha256_hex
+from rmm_agent.runner import DEFAULT_RUN_AS, Account, lookup_account
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "7f9c2b1e-0000-4000-8000-000000000001"
 SECRET = "agent-secret-value"
 TOKEN = "enroll-me"
+
+
+def require_root(why: str) -> None:
+    """Skip without root, except under CI, where a test that cannot run is a failure."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} needs root (CI is set, so this may not be skipped)", pytrace=False)
+        pytest.skip(f"{why} needs root")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_as_account_installed() -> None:
+    """A root agent refuses to enroll without its run-as account: create it with the agent's
+    own install step, as an operator does."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam(DEFAULT_RUN_AS)
+    except KeyError:
+        done = subprocess.run(
+            [*AGENT_CMD, "install-account"], env=agent_env(), capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="session")
+def run_as_account() -> Account:
+    """The agent's dedicated run-as account (root only)."""
+    require_root("dropping to the run-as account")
+    return lookup_account(DEFAULT_RUN_AS)
+
+
+@pytest.fixture
+def own_account():
+    """A run-as account of this test alone, made by the agent's install step, removed after.
+
+    The account fallback kills every process of its account started since an instruction
+    began, so tests that use it (possibly in parallel) must not share one.
+    """
+    require_root("creating an account")
+    name = f"rmm-t{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [*AGENT_CMD, "install-account", "--name", name], env=agent_env(), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    yield lookup_account(name)
+    subprocess.run(["userdel", name], capture_output=True, check=False)
 
 
 def raw_public_key(private_key: Ed25519PrivateKey) -> bytes:

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import signal
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from rmm_agent.containment import cgroup_parent, environment_tag
 from rmm_agent.protocol import facts_hash
 
-from .conftest import AGENT_CMD, AGENT_ID, TOKEN, FakeServer, agent_env, closed_port, make_payload, sign
+from .conftest import (
+    AGENT_CMD,
+    AGENT_ID,
+    TOKEN,
+    FakeServer,
+    agent_env,
+    closed_port,
+    make_payload,
+    require_root,
+    sign,
+)
 from .test_runner import pid_alive
 
 HEARTBEAT = "/api/v1/agent/heartbeat/"
@@ -82,6 +96,46 @@ def test_refused_enrollment_prints_the_detail_and_exits_2(tmp_path: Path, fake_s
     assert done.returncode == 2
     assert "invalid or used token" in done.stderr
     assert not (tmp_path / "a" / "config.json").exists()
+
+
+def test_install_account_creates_a_locked_system_account_once() -> None:
+    require_root("creating an account")
+    name = f"rmm-t{uuid.uuid4().hex[:8]}"
+    try:
+        first = agent("install-account", "--name", name)
+        assert first.returncode == 0, first.stderr
+        entry = pwd.getpwnam(name)
+        assert f"created system account {name} (uid {entry.pw_uid})" in first.stdout
+        assert 0 < entry.pw_uid < 1000, "a system account"
+        assert grp.getgrgid(entry.pw_gid).gr_name == name, "with a group of its own"
+        assert entry.pw_shell.endswith(("/nologin", "/false"))
+        assert not os.path.exists(entry.pw_dir), "no home"
+        shadow = subprocess.run(["getent", "shadow", name], capture_output=True, text=True, check=True).stdout
+        assert shadow.split(":")[1].startswith(("!", "*")), "locked: no password can open it"
+
+        again = agent("install-account", "--name", name)
+        assert again.returncode == 0, again.stderr
+        assert f"account {name} exists (uid {entry.pw_uid})" in again.stdout
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+def test_a_root_agent_will_not_enroll_without_its_run_as_account(tmp_path: Path, fake_server: FakeServer) -> None:
+    require_root("dropping privileges")
+    done = enroll(fake_server, tmp_path / "a", "--run-as", "no-such-user-rmm")
+    assert done.returncode == 2
+    assert "'no-such-user-rmm' does not exist" in done.stderr
+    assert "python -m rmm_agent install-account" in done.stderr
+    assert fake_server.requests == [], "the enrollment token is not used"
+    assert not (tmp_path / "a" / "config.json").exists()
+    refused = enroll(fake_server, tmp_path / "a", "--run-as", "root")
+    assert (refused.returncode, fake_server.requests) == (2, [])
+    assert "must be unprivileged" in refused.stderr
+
+
+def test_enrollment_defaults_to_the_dedicated_run_as_account(tmp_path: Path, fake_server: FakeServer) -> None:
+    assert enroll(fake_server, tmp_path / "a").returncode == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["run_as"] == "rmm-run"
 
 
 def test_run_once_verifies_runs_and_reports(
@@ -224,3 +278,56 @@ def test_server_abort_and_sigterm_in_the_loop(
     for result in (by_server, by_signal):
         assert not pid_alive(int(result["stdout"].split()[0]))
     assert os.listdir(state_dir / "work") == []
+
+
+def tagged(instruction_id: str) -> list[int]:
+    """Live processes started for ``instruction_id`` (they carry its RMM_INSTRUCTION_ID)."""
+    return [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and pid_alive(int(entry)) and environment_tag(int(entry)) == instruction_id
+    ]
+
+
+def test_a_restarted_agent_ends_reports_and_cleans_what_a_killed_one_left(
+    tmp_path: Path, fake_server: FakeServer, server_key: Ed25519PrivateKey
+) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    payload = make_payload("setsid sleep 987 &\nsleep 600\n", timeout_seconds=900)
+    instruction_id = payload["instruction_id"]
+    fake_server.pending = [sign(payload, server_key)]
+
+    proc = start_loop(state_dir)
+    try:
+        wait_for(lambda: len(tagged(instruction_id)) >= 3)  # the shell, its sleep, the escaped sleep
+        left = tagged(instruction_id)
+        proc.kill()  # SIGKILL: the agent gets no chance to clean up
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert all(pid_alive(pid) for pid in left), "the script runs on, unsupervised"
+    assert instruction_id not in fake_server.results
+    assert (state_dir / "work" / instruction_id).is_dir()
+
+    done = agent("run", "--state-dir", str(state_dir), "--once")
+    assert done.returncode == 0, done.stderr
+
+    assert not [pid for pid in left if pid_alive(pid)], "the restarted agent left them running"
+    result = fake_server.results[instruction_id]
+    assert (result["outcome"], result["exit_code"]) == ("aborted", None)
+    assert result["reason"].startswith("the agent restarted while this instruction ran; killed ")
+    killed = {item["pid"]: item["command"] for item in result["containment"]["killed"]}
+    assert set(left) <= set(killed), result["containment"]
+    assert "sleep 987" in killed.values()
+    for pid in left:
+        assert f"{pid} (" in result["reason"]
+    assert f"{instruction_id} was running when the agent stopped" in done.stderr
+    assert os.listdir(state_dir / "work") == []
+    assert os.listdir(state_dir / "running") == []
+    assert os.listdir(state_dir / "spool") == []
+    if os.geteuid() == 0:
+        assert result["containment"]["method"] == "cgroup"
+        assert not (cgroup_parent() / instruction_id).exists()

@@ -177,6 +177,16 @@ def test_result_hash_is_stable_and_covers_each_field() -> None:
     assert result_hash({**base, "exit_code": None}) != expected
 
 
+def test_result_hash_covers_containment_only_when_present() -> None:
+    base = result_fields()
+    expected = sha256_hex(canonical_json(base))
+    assert result_hash({**base, "containment": None}) == expected, "absent or null: hashed as before"
+    killed = {"method": "cgroup", "killed": [{"pid": 7, "command": "sleep 987"}]}
+    with_it = result_hash({**base, "containment": killed})
+    assert with_it == sha256_hex(canonical_json({**base, "containment": killed}))
+    assert with_it != result_hash({**base, "containment": {"method": "cgroup", "killed": []}})
+
+
 def test_result_hash_requires_every_field() -> None:
     fields = result_fields()
     del fields["stderr"]

@@ -207,6 +207,9 @@ class Server:
         )
 
     def enroll(self, site: str, hostname: str) -> tuple[Path, dict]:
+        if os.geteuid() == 0:  # a root agent needs its run-as account, made by its install step
+            done = self.agent(["install-account"])
+            assert done.returncode == 0, done.stderr
         token = self.manage("rmm_enrollment_token", "--site", site).stdout.strip()
         state = self.tmp / f"agent-{hostname}"
         done = self.agent(

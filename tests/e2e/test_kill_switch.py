@@ -117,11 +117,13 @@ def test_asset_switch_kills_running_work_refuses_new_work_until_an_approver_rele
     agent = loop_agent(w)
     marker = f"started-{uuid.uuid4().hex[:8]}"
     duration = f"60.{random.randrange(10**6):06d}"  # a unique argument, to find this very sleep
-    long = publish(server, w, f"echo {marker}\nsleep {duration}\necho never\n")
+    escape = f"61.{random.randrange(10**6):06d}"  # a child that leaves the script's session
+    long = publish(server, w, f"echo {marker}\nsetsid sleep {escape} &\nsleep {duration}\necho never\n")
     long_job = run_job(server, w, long["id"])
 
     wait_for(lambda: job(server, w, long_job["id"])["status"] == "running", what="job running")
     [sleeper] = wait_for(lambda: processes_with(duration), what="sleep started")
+    [escaped] = wait_for(lambda: processes_with(escape), what="escaping sleep started")
 
     switch = engage(server, w["tech"], "asset", w["asset"], "suspicious activity on this host")
 
@@ -130,7 +132,13 @@ def test_asset_switch_kills_running_work_refuses_new_work_until_an_approver_rele
     assert aborted["result"]["stdout"] == f"{marker}\n"  # what it printed until it was killed
     assert aborted["result"]["exit_code"] is None
     wait_for(lambda: not processes_with(duration), timeout=5, what="sleep gone")
+    assert not processes_with(escape), "a setsid child survived the kill switch"
     assert agent.poll() is None, "the agent itself keeps running"
+    [evidence] = aborted["evidence"]
+    document = server.request("GET", f"/api/v1/evidence/{evidence}/content/", token=w["psa"]).json()
+    killed = {item["pid"]: item["command"] for item in document["result"]["containment"]["killed"]}
+    assert killed.get(escaped) == f"sleep {escape}", document["result"]["containment"]
+    assert killed.get(sleeper) == f"sleep {duration}"
 
     # While engaged, no new work on the asset, and the refusal is on the record.
     quick = publish(server, w, "echo back\n")

@@ -1,5 +1,6 @@
-"""Least privilege (Law 7) with a real root agent: scripts run as ``nobody`` unless their version
-is marked privileged, and approving such a version needs its own permission."""
+"""Least privilege (Law 7) with a real root agent: scripts run as the dedicated run-as account
+(``rmm-run``) unless their version is marked privileged, and approving such a version needs its
+own permission."""
 
 import os
 import pwd
@@ -28,14 +29,15 @@ def run_to_end(server, w, script_id) -> dict:
     return job
 
 
-def test_a_script_runs_as_nobody_unless_its_version_is_privileged(server, world):
+def test_a_script_runs_as_the_run_as_account_unless_its_version_is_privileged(server, world):
     w = world
-    assert w["config"]["run_as"] == "nobody"
-    nobody = pwd.getpwnam("nobody").pw_uid
-    assert nobody != 0
+    assert w["config"]["run_as"] == "rmm-run"
+    run_as = pwd.getpwnam("rmm-run")
+    assert run_as.pw_uid != 0
+    assert run_as.pw_shell.endswith(("nologin", "false")), "a system account no one logs in to"
 
     plain = publish(server, w, "id -u\n")
-    assert run_to_end(server, w, plain["id"])["result"]["stdout"] == f"{nobody}\n"
+    assert run_to_end(server, w, plain["id"])["result"]["stdout"] == f"{run_as.pw_uid}\n"
 
     r = server.request(
         "POST",

@@ -63,11 +63,15 @@ def test_failing_script_and_repeated_result(server, world):
     from rmm_agent.runner import make_result
 
     with server.db() as conn:
-        instruction_id = conn.execute(
-            "SELECT id FROM engine_instruction WHERE job_id = " + ("%s" if server.pg_admin_url else "?"),
+        instruction_id, containment = conn.execute(
+            "SELECT id, containment FROM engine_instruction WHERE job_id = " + ("%s" if server.pg_admin_url else "?"),
             (job["id"] if server.pg_admin_url else job["id"].replace("-", ""),),
-        ).fetchone()[0]
-    result = make_result(str(uuid.UUID(str(instruction_id))), "completed", exit_code=7, stdout="bad\n")
+        ).fetchone()
+    containment = json.loads(containment) if isinstance(containment, str) else containment
+    assert containment["killed"] == [], "nothing was left running"
+    result = make_result(
+        str(uuid.UUID(str(instruction_id))), "completed", exit_code=7, stdout="bad\n", containment=containment
+    )
     auth = f"Agent {w['config']['agent_id']}:{w['config']['secret']}"
     again = server.request("POST", "/api/v1/agent/results/", result, auth)
     assert again.status == 200, again.body

@@ -29,7 +29,7 @@ from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent
-from rmm_agent.protocol import INTERPRETERS, OUTCOMES, canonical_json, iso_utc, result_hash
+from rmm_agent.protocol import CONTAINMENT_METHODS, INTERPRETERS, OUTCOMES, canonical_json, iso_utc, result_hash
 
 S = JobStatus
 logger = logging.getLogger(__name__)
@@ -659,6 +659,47 @@ def to_abort(agent: Agent, running_ids: list, switch=None) -> list[str]:
 
 
 RESULT_FIELDS = ("instruction_id", "outcome", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated")
+MAX_KILLED_REPORTED = 1000
+MAX_COMMAND_CHARS = 1000
+
+
+def _storable(text: object, limit: int) -> bool:
+    """A string the database stores as is: bounded, no NUL, no lone surrogate."""
+    if not isinstance(text, str) or len(text) > limit or "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _containment_problem(value: object) -> str | None:
+    """Why a result's optional ``containment`` is unusable, or None (absent is fine)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("method") not in CONTAINMENT_METHODS:
+        return f"Must be an object whose method is one of: {', '.join(CONTAINMENT_METHODS)}."
+    if set(value) - {"method", "killed", "omitted"}:
+        return "Only method, killed and omitted are allowed."
+    killed = value.get("killed", [])
+    if not isinstance(killed, list) or len(killed) > MAX_KILLED_REPORTED:
+        return f"killed must be a list of at most {MAX_KILLED_REPORTED} processes."
+    for item in killed:
+        pid = item.get("pid") if isinstance(item, dict) else None
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"pid", "command"}
+            or isinstance(pid, bool)
+            or not isinstance(pid, int)
+            or not 0 < pid < 2**31
+            or not _storable(item["command"], MAX_COMMAND_CHARS)
+        ):
+            return "Each killed process must be {pid: positive integer, command: string}."
+    omitted = value.get("omitted", 0)
+    if isinstance(omitted, bool) or not isinstance(omitted, int) or not 0 <= omitted < 2**31:
+        return "omitted must be a non-negative integer."
+    return None
 
 
 def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
@@ -671,6 +712,8 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
     for name in ("stdout", "stderr"):
         if not isinstance(body.get(name, ""), str):
             problems[name] = ["Must be a string."]
+    if (problem := _containment_problem(body.get("containment"))) is not None:
+        problems["containment"] = [problem]
     if problems:
         return 400, problems
     inst = Instruction.objects.filter(pk=_uuid_or_none(body.get("instruction_id")), agent=agent).first()
@@ -708,6 +751,7 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
             result_hash=claimed,
             finished_at=now,
             reason=reason,
+            containment=body.get("containment"),
         )
         if not updated:
             current = Instruction.objects.get(pk=inst.pk)
@@ -725,19 +769,17 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
             now,
             reason,
         )
-        history.append(
-            agent,
-            "instruction.result",
-            inst,
-            site_id=inst.site_id,
-            payload={
-                "outcome": inst.outcome,
-                "exit_code": inst.exit_code,
-                "status": to,
-                "result_hash": claimed,
-                "reason": reason,
-            },
-        )
+        inst.containment = body.get("containment")
+        payload = {
+            "outcome": inst.outcome,
+            "exit_code": inst.exit_code,
+            "status": to,
+            "result_hash": claimed,
+            "reason": reason,
+        }
+        if inst.containment is not None:
+            payload["containment"] = inst.containment
+        history.append(agent, "instruction.result", inst, site_id=inst.site_id, payload=payload)
         _finish_job(inst, agent, body)
     return 201, {"status": "accepted"}
 

@@ -70,6 +70,8 @@ class Command(BaseCommand):
             start([sys.executable, "manage.py", "qcluster"])
             self._wait_for(url)
             state_dir = Path(settings.VAR_DIR) / "agent"
+            if os.geteuid() == 0:  # a root agent runs unprivileged scripts as its own locked account
+                subprocess.run([sys.executable, "-m", "rmm_agent", "install-account"], env=env, check=True)
             if not (state_dir / "config.json").exists():
                 token = inventory.create_enrollment_token(
                     inventory.get_or_create_site(site, actor="cli:rmm_run"), actor="cli:rmm_run", max_uses=1
