@@ -177,11 +177,20 @@ def test_result_hash_is_stable_and_covers_each_field() -> None:
     assert result_hash({**base, "exit_code": None}) != expected
 
 
-def test_result_hash_requires_every_field() -> None:
-    fields = result_fields()
-    del fields["stderr"]
-    with pytest.raises(KeyError):
-        result_hash(fields)
+def test_result_hash_covers_the_optional_fields_when_present() -> None:
+    base = result_fields()
+    expected = result_hash(base)
+    optional = {
+        "stdout_encoding": "utf-8",
+        "stderr_encoding": "base64",
+        "truncated_for_delivery": True,
+        "original_hash": "0" * 64,
+    }
+    for key, value in optional.items():
+        assert result_hash({**base, key: value}) != expected, key
+    # An absent field is left out (the server requires the first seven: tests/unit/test_agent_input.py).
+    del base["stderr"]
+    assert result_hash(base) == sha256_hex(canonical_json(base))
 
 
 def test_facts_hash_is_stable_and_changes_with_a_fact() -> None:
