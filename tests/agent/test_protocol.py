@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from rmm_agent.facts import collect_facts
 from rmm_agent.protocol import (
     INTERPRETERS,
     MAX_STREAM_BYTES,
@@ -199,3 +200,12 @@ def test_facts_hash_is_stable_and_changes_with_a_fact() -> None:
     assert facts_hash(facts) == facts_hash(same) == sha256_hex(canonical_json(facts))
     assert facts_hash({**facts, "hostname": "web-2"}) != facts_hash(facts)
     assert facts_hash({**facts, "addresses": ["10.0.0.3"]}) != facts_hash(facts)
+
+
+def test_facts_the_server_could_not_store_are_sent_escaped() -> None:
+    """A NUL or an undecodable name (a lone surrogate from the file system's decoding) in what
+    the agent detected is written as an escape, so its facts are never refused (docs/agent.md)."""
+    facts = collect_facts(hostname="web\x00\udcff")
+    assert facts["hostname"] == "web\\x00\\udcff"
+    assert "\x00" not in canonical_json(facts).decode()
+    assert len(facts_hash(facts)) == 64

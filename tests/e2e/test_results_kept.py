@@ -7,9 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +84,13 @@ def test_a_megabyte_of_any_bytes_is_stored_with_its_evidence(server, world, name
 
 def test_a_result_after_the_sweep_declared_it_lost_is_kept(server, psa_receiver, tmp_path):
     w = make_world(server)
-    script = publish(server, w, "sleep 4\necho finished anyway\n")
+    # The script ends once the test says so, after the sweep (a dir the run-as account can read).
+    gate = Path(tempfile.mkdtemp(prefix="rmm-gate-"))
+    gate.chmod(0o755)
+    go = gate / "go"
+    script = publish(
+        server, w, f"for i in $(seq 600); do [ -e {go} ] && break; sleep 0.1; done\necho finished anyway\n"
+    )
     job = run_job(server, w, script["id"])
     log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - closed below
     agent = subprocess.Popen(
@@ -109,12 +118,14 @@ def test_a_result_after_the_sweep_declared_it_lost_is_kept(server, psa_receiver,
         )
         assert int(swept.stdout.strip()) >= 1, swept.stderr
         assert server.request("GET", f"/api/v1/script-jobs/{job['id']}/", token=w["psa"]).json()["status"] == "lost"
+        go.touch()
         assert agent.wait(timeout=60) == 0  # the late result was answered definitively
     finally:
         if agent.poll() is None:
             agent.kill()
             agent.wait()
         log.close()
+        shutil.rmtree(gate)
     output = (tmp_path / "agent.log").read_text()
     assert "delivered late" in output, output
     assert not list((w["state"] / "spool").glob("*.json"))
