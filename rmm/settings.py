@@ -245,7 +245,15 @@ if REDIS_URL:
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
         }
     }
-    Q_CLUSTER = {"name": "rmm", "redis": REDIS_URL, "workers": 2, "timeout": 300, "retry": 600}
+    # The task list's name in Redis: deployments (or test servers) that share one Redis database
+    # need one each, or one's cluster takes the other's tasks.
+    Q_CLUSTER = {
+        "name": os.environ.get("RMM_TASK_QUEUE", "rmm"),
+        "redis": REDIS_URL,
+        "workers": 2,
+        "timeout": 300,
+        "retry": 600,
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     Q_CLUSTER = {"name": "rmm", "orm": "default", "workers": 2, "timeout": 300, "retry": 600, "poll": 1}

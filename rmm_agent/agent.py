@@ -36,6 +36,7 @@ from .runner import (
     make_result,
     now_utc,
     refused_result,
+    truncated_for_delivery,
 )
 from .state import StateDir
 
@@ -48,7 +49,6 @@ MAX_INTERVAL = 3600
 ONCE_HEARTBEAT_ATTEMPTS = 3
 ONCE_MAX_RETRY_AFTER = 60.0
 SHUTDOWN_FLUSH_TIMEOUT = 5.0
-DEFINITIVE_RESULT_STATUSES = (200, 201, 400, 404, 409)
 
 # A rotated secret goes into an HTTP header: visible ASCII only, so no header can be injected.
 SECRET_RE = re.compile(r"[\x21-\x7e]{16,512}")
@@ -146,50 +146,67 @@ class Agent:
     def flush_spool(self, timeout: float | None = None) -> bool:
         """Send spooled results; True when nothing is left waiting.
 
-        Results leave the spool only on a definitive answer, so a crash, an outage or a
-        throttled server never loses one.
+        Results leave the spool only once the server has them (200, 201) or has said it never
+        will (404: not this agent's; 409: it holds another result), so a crash, an outage or a
+        throttled server never loses one. A result it refuses (400, 413, any other 4xx) is
+        replaced in the spool by a smaller one and sent again (:func:`truncated_for_delivery`).
         """
         if time.monotonic() < self.results_blocked_until:
             return not self.state.spooled_results()
         left = False
         for result in self.state.spooled_results():
-            instruction_id = result["instruction_id"]
+            delivered = self._deliver(result, timeout)
+            if delivered is None:
+                return False
+            left = left or not delivered
+        return not left
+
+    def _deliver(self, result: dict, timeout: float | None) -> bool | None:
+        """Send one spooled result, smaller each time the server refuses it. True: it left the
+        spool; False: it stays; None: stop this pass (unreachable, throttled, server error)."""
+        instruction_id = result["instruction_id"]
+        while True:
             try:
                 answer = self.client.post_result(result, timeout=timeout)
             except TransportError as exc:
                 self._note_unreachable(str(exc))
-                return False
+                return None
             self._note_reachable()
-            if answer.status in DEFINITIVE_RESULT_STATUSES:
-                if answer.status >= 400:
+            status = answer.status
+            if status in (200, 201, 404, 409):
+                if status >= 400:
                     log.error(
-                        "server refused result %s (HTTP %s): %s",
-                        instruction_id,
-                        answer.status,
-                        _one_line(answer.detail),
+                        "server refused result %s (HTTP %s): %s", instruction_id, status, _one_line(answer.detail)
                     )
+                elif isinstance(answer.body, dict) and answer.body.get("status") == "accepted_late":
+                    log.warning("result %s delivered late: %s", instruction_id, _one_line(answer.detail))
                 self.state.discard_spooled(instruction_id)
-            elif answer.status == 401:
+                return True
+            if status == 401:
                 raise Unauthorized(answer.detail)
-            elif answer.status == 429:
+            if status == 429:
                 self.results_blocked_until = time.monotonic() + answer.retry_after()
-                return False
-            elif answer.status >= 500:
-                log.warning(
-                    "result %s not accepted (HTTP %s), kept in spool",
-                    instruction_id,
-                    answer.status,
-                )
-                return False
-            else:
+                return None
+            if status >= 500:
+                log.warning("result %s not accepted (HTTP %s), kept in spool", instruction_id, status)
+                return None
+            smaller = truncated_for_delivery(result) if 400 <= status < 500 else None
+            if smaller is None:
                 log.error(
                     "result %s not accepted (HTTP %s): %s; kept in spool",
                     instruction_id,
-                    answer.status,
+                    status,
                     _one_line(answer.detail),
                 )
-                left = True
-        return not left
+                return False
+            log.error(
+                "server refused result %s (HTTP %s): %s; resending it truncated",
+                instruction_id,
+                status,
+                _one_line(answer.detail),
+            )
+            self.state.spool_result(smaller)  # replaces it: a crash now resends the smaller one
+            result = smaller
 
     def _spool(self, result: dict) -> None:
         """Persist a result before anything else happens to it."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .protocol import encode_body
 
 DEFAULT_TIMEOUT = 30.0
 ENROLL_PATH = "/api/v1/agent/enroll/"
@@ -100,7 +101,7 @@ class Client:
         # The scheme is restricted to http(s) in __init__, so no file:// or custom schemes.
         request = urllib.request.Request(  # noqa: S310
             self.server + path,
-            data=json.dumps(body).encode("utf-8"),
+            data=encode_body(body),
             headers=headers,
             method="POST",
         )

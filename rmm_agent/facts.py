@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .protocol import iso_utc
+from .protocol import MAX_FACT_ADDRESSES, iso_utc, sendable_text
 
 PROC = Path("/proc")
 
@@ -25,24 +25,26 @@ _IFA_F_TENTATIVE = 0x40
 
 
 def collect_facts(hostname: str | None = None) -> dict:
-    """Gather the host's facts; ``hostname`` overrides the detected name."""
-    return {
+    """Gather the host's facts; ``hostname`` overrides the detected name. Strings the server
+    could not store (NUL, an undecodable name) are sent escaped (``sendable_text``)."""
+    facts = {
         "hostname": hostname or socket.gethostname(),
         "os": platform.system(),
         "os_version": os_version(),
         "kernel": platform.release(),
         "architecture": platform.machine(),
-        "addresses": local_addresses(),
+        "addresses": local_addresses()[:MAX_FACT_ADDRESSES],
         "boot_time": boot_time(),
         "agent_version": __version__,
     }
+    return {key: sendable_text(value, 1000) if isinstance(value, str) else value for key, value in facts.items()}
 
 
 def os_version() -> str:
     """PRETTY_NAME from os-release where there is one, else the platform's version string."""
     try:
         pretty = platform.freedesktop_os_release().get("PRETTY_NAME")
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         pretty = None
     return pretty or platform.version()
 

@@ -17,9 +17,28 @@ from typing import Any
 
 OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
 INTERPRETERS = ("sh", "bash", "python", "powershell")
+# The bytes of each output stream the agent keeps; the rest is read and discarded.
 MAX_STREAM_BYTES = 1024 * 1024
+# The largest body of any agent call, as sent (encoded JSON, in bytes). The agent builds every
+# result to fit; the server answers anything larger 413 without parsing it (docs/agent.md).
+MAX_BODY_BYTES = 5 * 1024 * 1024
+# Each stream of a result resent after the server refused it (docs/agent.md, Spool and resend).
+DELIVERY_STREAM_BYTES = 64 * 1024
+MAX_REASON_CHARS = 2000
+# Facts: their canonical JSON, how deep they nest, the hostname (as DNS allows) and the addresses
+# the agent lists. Facts beyond these are refused (400), never cut: they are the asset's identity.
+MAX_FACTS_BYTES = 64 * 1024
+MAX_FACTS_DEPTH = 8
+MAX_HOSTNAME_CHARS = 255
+MAX_FACT_ADDRESSES = 256
+EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)  # what the server stores (a 32-bit integer)
 
-# The result fields covered by the result hash, in the contract's words.
+# How a stream travels: "utf-8" (the text itself) or "base64" (of the exact bytes).
+STREAM_ENCODINGS = ("utf-8", "base64")
+
+# The result fields covered by the result hash, in the contract's words. A field that is absent
+# from a result is left out of its hash (the later ones are optional); the server requires the
+# first seven. Adding a field to the contract is adding it here.
 RESULT_HASH_FIELDS = (
     "instruction_id",
     "outcome",
@@ -28,9 +47,12 @@ RESULT_HASH_FIELDS = (
     "stderr",
     "stdout_truncated",
     "stderr_truncated",
+    "stdout_encoding",
+    "stderr_encoding",
+    "truncated_for_delivery",
+    "original_hash",
+    "containment",
 )
-# Covered too when present; a result without them hashes as before.
-OPTIONAL_RESULT_HASH_FIELDS = ("containment",)
 # How an instruction's processes were ended (the result's optional ``containment.method``).
 CONTAINMENT_METHODS = ("cgroup", "account", "process_group")
 
@@ -74,9 +96,50 @@ def facts_hash(facts: dict) -> str:
 
 def result_hash(result: dict) -> str:
     """Hash over the result's evidence fields, so the server can check what it stores."""
-    covered = {key: result[key] for key in RESULT_HASH_FIELDS}
-    covered.update({key: result[key] for key in OPTIONAL_RESULT_HASH_FIELDS if result.get(key) is not None})
-    return sha256_hex(canonical_json(covered))
+    return sha256_hex(canonical_json({key: result[key] for key in RESULT_HASH_FIELDS if key in result}))
+
+
+def encode_body(body: dict) -> bytes:
+    """A call's body exactly as the agent sends it; its length is what :data:`MAX_BODY_BYTES`
+    bounds. ASCII JSON, so any string the agent holds can be sent."""
+    return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+def sendable_text(text: str | None, limit: int = MAX_REASON_CHARS) -> str | None:
+    """A message as the server stores it: NUL and lone surrogates (an undecodable file name in
+    an error, say) written as escapes, at most ``limit`` characters."""
+    if text is None:
+        return None
+    safe = str(text).replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe[:limit]
+
+
+def encode_stream(data: bytes) -> tuple[str, str]:
+    """(value, encoding) of one output stream: its text when it is UTF-8 without NUL and, sent
+    as JSON, at most half again the size of its base64 (newlines and most scripts' text are);
+    else the base64 of the exact bytes. So a stream of n bytes is at most about 2n on the wire,
+    and two full streams fit :data:`MAX_BODY_BYTES`."""
+    encoded = base64.b64encode(data).decode("ascii")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return encoded, "base64"
+    if "\x00" not in text and len(json.dumps(text)) <= 3 * len(encoded) // 2 + 2:
+        return text, "utf-8"
+    return encoded, "base64"
+
+
+def decode_stream(value: str, encoding: str | None) -> bytes:
+    """The exact bytes of a stream as sent; raises ValueError when it does not decode (a text
+    with a lone surrogate, or base64 that is not)."""
+    if encoding in (None, "utf-8"):
+        return value.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+    if encoding == "base64":
+        try:
+            return base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise ValueError("not base64") from exc
+    raise ValueError(f"unknown encoding {encoding!r}")
 
 
 def iso_utc(moment: datetime) -> str:

@@ -50,7 +50,17 @@ from .containment import (
     report,
     sweep,
 )
-from .protocol import MAX_STREAM_BYTES, iso_utc, result_hash
+from .protocol import (
+    DELIVERY_STREAM_BYTES,
+    MAX_BODY_BYTES,
+    MAX_STREAM_BYTES,
+    decode_stream,
+    encode_body,
+    encode_stream,
+    iso_utc,
+    result_hash,
+    sendable_text,
+)
 from .state import atomic_write_json
 
 log = logging.getLogger("rmm_agent")
@@ -108,8 +118,8 @@ def make_result(
     outcome: str,
     *,
     exit_code: int | None = None,
-    stdout: str = "",
-    stderr: str = "",
+    stdout: bytes | str = b"",
+    stderr: bytes | str = b"",
     stdout_truncated: bool = False,
     stderr_truncated: bool = False,
     started_at: datetime | None = None,
@@ -119,6 +129,10 @@ def make_result(
 ) -> dict:
     """Build a result body exactly as the results endpoint expects, hash included.
 
+    The streams are the exact bytes the script printed (text is taken as its UTF-8); each is
+    sent as text or as base64 (:func:`~rmm_agent.protocol.encode_stream`), and cut until the
+    encoded body fits :data:`~rmm_agent.protocol.MAX_BODY_BYTES`.
+
     ``containment`` (what ended the instruction's processes, and which had to be killed) is
     sent only for instructions that ran.
     """
@@ -127,18 +141,68 @@ def make_result(
         "instruction_id": instruction_id,
         "outcome": outcome,
         "exit_code": exit_code,
-        "stdout": stdout,
-        "stderr": stderr,
         "stdout_truncated": stdout_truncated,
         "stderr_truncated": stderr_truncated,
         "started_at": iso_utc(started_at or finished),
         "finished_at": iso_utc(finished),
-        "reason": reason,
+        "reason": sendable_text(reason),
     }
     if containment is not None:
         result["containment"] = containment
-    result["hash"] = result_hash(result)
-    return result
+    return seal_result(result, {"stdout": _as_bytes(stdout), "stderr": _as_bytes(stderr)})
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+
+
+def seal_result(result: dict, streams: dict[str, bytes], limit: int = MAX_BODY_BYTES) -> dict:
+    """Encode ``streams`` into ``result`` and hash it, cutting the largest stream (and saying
+    so in its ``*_truncated``) until the body as sent is at most ``limit`` bytes."""
+    streams = dict(streams)
+    while True:
+        for name, data in streams.items():
+            result[name], result[f"{name}_encoding"] = encode_stream(data)
+        result.pop("hash", None)
+        result["hash"] = result_hash(result)
+        excess = len(encode_body(result)) - limit
+        if excess <= 0:
+            return result
+        name = max(streams, key=lambda key: len(result[key]))
+        data = streams[name]
+        if not data:
+            raise ValueError("the result does not fit the protocol's bound even without output")
+        per_char = len(data) / len(result[name])  # bytes of output per character sent
+        streams[name] = data[: max(0, len(data) - int(excess * per_char) - 1)]
+        result[f"{name}_truncated"] = True
+
+
+def truncated_for_delivery(result: dict) -> dict | None:
+    """The result to send instead of one the server refused (400, 413, …): the same result with
+    each stream cut to :data:`~rmm_agent.protocol.DELIVERY_STREAM_BYTES`, or, once that was
+    refused too, to nothing; ``truncated_for_delivery`` and the first result's ``original_hash``
+    say so, under the hash. None when nothing is left to cut."""
+    streams = {}
+    for name in ("stdout", "stderr"):
+        try:
+            streams[name] = decode_stream(str(result.get(name) or ""), result.get(f"{name}_encoding"))
+        except ValueError:
+            streams[name] = b""  # a stream that does not decode cannot be sent either
+    again = bool(result.get("truncated_for_delivery"))
+    if again and not any(streams.values()):
+        return None
+    keep = 0 if again else DELIVERY_STREAM_BYTES
+    smaller = {key: value for key, value in result.items() if key != "hash"}
+    for name, data in streams.items():
+        if len(data) > keep:
+            streams[name] = data[:keep]
+            smaller[f"{name}_truncated"] = True
+    original = result.get("original_hash") or result.get("hash")
+    if isinstance(original, str) and len(original) == 64:
+        smaller["original_hash"] = original
+    smaller["truncated_for_delivery"] = True
+    smaller["reason"] = sendable_text(result.get("reason"))
+    return seal_result(smaller, streams)
 
 
 def refused_result(instruction_id: str, reason: str) -> dict:
@@ -253,9 +317,9 @@ class _Capture:
             with contextlib.suppress(OSError):
                 stream.close()
 
-    def text(self) -> str:
-        """Captured bytes as text; invalid UTF-8 is replaced, never fatal."""
-        return bytes(self.data).decode("utf-8", errors="replace")
+    def captured(self) -> bytes:
+        """The exact bytes kept (the first ``limit``)."""
+        return bytes(self.data)
 
 
 def _leader_exited(proc: subprocess.Popen) -> bool:
@@ -683,8 +747,8 @@ class Runner:
             payload["instruction_id"],
             outcome,
             exit_code=exit_code,
-            stdout=out.text(),
-            stderr=err.text(),
+            stdout=out.captured(),
+            stderr=err.captured(),
             stdout_truncated=out.truncated,
             stderr_truncated=err.truncated,
             started_at=started_at,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from evidence import services as evidence
 from evidence.models import EvidenceType
 from rmm.authority.services import authority_problem
 from rmm.engine import registry
 from rmm.engine import services as engine
+from rmm.text import display_text
 from scripting.models import ScriptJob, ScriptResult
 
 
@@ -25,18 +28,48 @@ def render(job: ScriptJob) -> list[registry.InstructionSpec]:
 
 def on_finished(job: ScriptJob, inst, result: dict, actor) -> None:
     engine.transition_job(job, inst.status, actor, reason=inst.reason)
-    stored = None
-    if inst.result_hash:  # the agent reported: keep what it said
-        stored = ScriptResult.objects.create(
-            job=job,
-            stdout=result.get("stdout", ""),
-            stderr=result.get("stderr", ""),
-            exit_code=result.get("exit_code"),
-            hash=inst.result_hash,
-            stdout_truncated=bool(result.get("stdout_truncated")),
-            stderr_truncated=bool(result.get("stderr_truncated")),
+    stored = _store_result(job, inst, result) if inst.result_hash else None  # the agent reported
+    _record_evidence(job, inst, stored, result)
+
+
+def on_late_result(job: ScriptJob, inst, result: dict, actor):
+    """A result that arrived after the job ended (it stays as it is): kept as its result, with
+    evidence of its own."""
+    return _record_evidence(job, inst, _store_result(job, inst, result), result, late=True).pk
+
+
+def _store_result(job: ScriptJob, inst, result: dict) -> ScriptResult:
+    """What the agent said, the streams as display text (escaped reversibly where they are not
+    plain UTF-8 text: rmm/text.py)."""
+    stdout, stdout_escaped = display_text(result["stdout"])
+    stderr, stderr_escaped = display_text(result["stderr"])
+    return ScriptResult.objects.create(
+        job=job,
+        stdout=stdout,
+        stderr=stderr,
+        stdout_escaped=stdout_escaped,
+        stderr_escaped=stderr_escaped,
+        exit_code=result.get("exit_code"),
+        hash=inst.result_hash,
+        stdout_truncated=result.get("stdout_truncated") is True,
+        stderr_truncated=result.get("stderr_truncated") is True,
+    )
+
+
+def _record_evidence(job: ScriptJob, inst, stored: ScriptResult | None, result: dict, *, late: bool = False):
+    document = evidence_document(job, inst, stored)
+    if stored is not None:
+        document["result"].update(
+            {
+                f"{name}_{key}": value
+                for name in ("stdout", "stderr")
+                for key, value in (("sha256", hashlib.sha256(result[name]).hexdigest()), ("bytes", len(result[name])))
+            },
+            truncated_for_delivery=result.get("truncated_for_delivery") is True,
+            original_hash=result.get("original_hash"),
         )
-    evidence.record(
+    document["result"]["late"] = late
+    return evidence.record(
         asset=job.asset,
         evidence_type=EvidenceType.SCRIPT_RESULT,
         related_entity="script_job",
@@ -44,7 +77,7 @@ def on_finished(job: ScriptJob, inst, result: dict, actor) -> None:
         site_id=job.site_id,
         psa_case_id=job.psa_task.case_id,
         psa_task_id=job.psa_task_id,
-        document=evidence_document(job, inst, stored),
+        document=document,
     )
 
 
@@ -96,6 +129,8 @@ def evidence_document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict
             "hash": inst.result_hash or None,
             "stdout": stored.stdout if stored else None,
             "stderr": stored.stderr if stored else None,
+            "stdout_escaped": stored.stdout_escaped if stored else False,
+            "stderr_escaped": stored.stderr_escaped if stored else False,
             "stdout_truncated": stored.stdout_truncated if stored else False,
             "stderr_truncated": stored.stderr_truncated if stored else False,
             "containment": inst.containment,
@@ -113,6 +148,7 @@ registry.register(
         model=ScriptJob,
         render=render,
         on_finished=on_finished,
+        on_late_result=on_late_result,
         describe=describe,
         authority=lambda job: {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id},
         authority_problem=lambda job: authority_problem(job.psa_task, job.asset),

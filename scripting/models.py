@@ -79,8 +79,11 @@ class ScriptResult(models.Model):
     """Seed D ``script_results``: what came back, with the hash the agent computed (rechecked)."""
 
     job = models.OneToOneField(ScriptJob, on_delete=models.PROTECT, primary_key=True, related_name="result")
+    # Display text; where ``*_escaped``, reversibly escaped bytes (rmm/text.py, docs/evidence.md).
     stdout = models.TextField(blank=True)
     stderr = models.TextField(blank=True)
+    stdout_escaped = models.BooleanField(default=False)
+    stderr_escaped = models.BooleanField(default=False)
     exit_code = models.IntegerField(null=True, blank=True)
     hash = models.CharField(max_length=64)
     stdout_truncated = models.BooleanField(default=False)

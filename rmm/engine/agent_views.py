@@ -28,20 +28,35 @@ from rmm.engine import signing, wakeups
 from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
+from rmm.text import storable
+from rmm_agent.protocol import MAX_BODY_BYTES
 
 logger = logging.getLogger("django.request")  # where Django logs a view's failure
 
-MAX_BODY = 8 * 1024 * 1024
 
-
-def _body(request: HttpRequest) -> dict | None:
-    if len(request.body) > MAX_BODY:
-        return None
+def _body(request: HttpRequest) -> dict | JsonResponse:
+    """The call's JSON object, or the JSON error that answers it: 413 past the protocol's bound
+    (read from the stream here, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE does not apply), 400
+    for anything that is not one JSON object (nesting too deep for the parser included). Each
+    field is checked where it is used: a number may be infinite or NaN (1e400, Infinity)."""
     try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    raw = b"" if declared > MAX_BODY_BYTES else request.read(MAX_BODY_BYTES + 1)
+    if declared > MAX_BODY_BYTES or len(raw) > MAX_BODY_BYTES:
+        return JsonResponse(
+            {
+                "detail": f"The body is larger than the agent protocol allows ({MAX_BODY_BYTES} bytes).",
+                "max_bytes": MAX_BODY_BYTES,
+            },
+            status=413,
+        )
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        data = None
+    return data if isinstance(data, dict) else _bad_json()
 
 
 def _bad_json() -> JsonResponse:
@@ -111,8 +126,8 @@ async def enroll(request: HttpRequest) -> JsonResponse:
 
 def _enroll(request: HttpRequest) -> JsonResponse:
     data = _body(request)
-    if data is None:
-        return _bad_json()
+    if not isinstance(data, dict):
+        return data
     try:
         agent, secret = inventory.enroll_agent(str(data.get("token") or ""), data.get("facts") or {})
     except ServiceError as exc:
@@ -138,8 +153,8 @@ async def heartbeat(request: HttpRequest) -> JsonResponse:
     thread and no database connection, only an entry in :mod:`rmm.engine.wakeups`; under the
     agent protocol's handler, not even the request (:func:`finish_hold`)."""
     data = _body(request)
-    if data is None:
-        return await run_sync(_heartbeat, request, None)
+    if not isinstance(data, dict):
+        return await run_sync(_heartbeat, request, data)
     hold = _hold_seconds(data.get("wait"))
     if not hold:
         return await run_sync(_heartbeat, request, data)
@@ -208,12 +223,15 @@ class _Held:
             self.waiter.close()
 
 
-def _heartbeat(request: HttpRequest, data: dict | None) -> JsonResponse:
+def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     agent = inventory.authenticate_agent(request.headers.get("Authorization", ""))
     if agent is None:
         return _unauthorized(request)
-    if data is None:
-        return _bad_json()
+    if not isinstance(data, dict):
+        return data
+    problems = _heartbeat_problems(data)
+    if problems:
+        return JsonResponse(problems, status=400)
     now = timezone.now()
     spacing = settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS
     if agent.last_seen_at and (now - agent.last_seen_at).total_seconds() < spacing:
@@ -238,7 +256,7 @@ def _heartbeat(request: HttpRequest, data: dict | None) -> JsonResponse:
     running = data.get("running") if isinstance(data.get("running"), list) else []
     try:
         capacity = int(data.get("capacity", 1))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite number (1e400)
         capacity = 1
     leased = engine.lease(agent, capacity, now, seen.switch) if seen.work_waiting else []
     answer = {
@@ -254,6 +272,21 @@ def _heartbeat(request: HttpRequest, data: dict | None) -> JsonResponse:
     if not (leased or answer["abort"] or facts_required or new_secret):
         response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait
     return response
+
+
+def _heartbeat_problems(data: dict) -> dict:
+    """What in a heartbeat cannot be stored, by field (400, and nothing is changed). The other
+    fields are hints: one that is not usable counts as absent."""
+    problems = {}
+    if not storable(str(data.get("agent_version") or "")):
+        problems["agent_version"] = ["Must not contain NUL or lone surrogates."]
+    facts = data.get("facts")
+    if isinstance(facts, dict):  # anything else is ignored, as the other hints are
+        try:
+            inventory.clean_facts(facts)
+        except ServiceError as exc:
+            problems.update(exc.as_dict())
+    return problems
 
 
 def _look_again(held: _Held) -> dict | None:
@@ -292,7 +325,7 @@ def _result(request: HttpRequest) -> JsonResponse:
     if agent is None:
         return _unauthorized(request)
     data = _body(request)
-    if data is None:
-        return _bad_json()
+    if not isinstance(data, dict):
+        return data
     status, answer = engine.ingest_result(agent, data)
     return JsonResponse(answer, status=status)

@@ -34,6 +34,10 @@ class JobKind:
     # (job, instruction, result dict, actor) -> None: set the job status, store the domain
     # result and its evidence; called inside the engine's transaction.
     on_finished: Callable[[Any, Any, dict, Any], None]
+    # (job, instruction, result dict, actor) -> the evidence id: store the domain result and its
+    # evidence for a result that arrived after the instruction ended without one (the job's
+    # status stays); called inside the engine's transaction.
+    on_late_result: Callable[[Any, Any, dict, Any], Any]
     # job -> a short human description for the console and events
     describe: Callable[[Any], str]
     # job -> {"psa_case_id": ..., "psa_task_id": ...}: the upstream authority to tell when it ends

@@ -18,11 +18,13 @@ from rmm.engine import events
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, Site
+from rmm.text import unstorable
+from rmm_agent.protocol import MAX_FACTS_BYTES, MAX_FACTS_DEPTH, MAX_HOSTNAME_CHARS, canonical_json
 from rmm_agent.protocol import facts_hash as compute_facts_hash
 
 
 def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()  # any string a caller sends
 
 
 def get_or_create_site(name: str, actor=None) -> Site:
@@ -60,33 +62,50 @@ def create_enrollment_token(
     return token, secret
 
 
-def _clean_facts(facts) -> dict:
+def clean_facts(facts) -> dict:
+    """Facts as both databases can store them, or a 400 naming what is wrong: a JSON object of
+    at most MAX_FACTS_BYTES (canonical JSON), nested at most MAX_FACTS_DEPTH deep, with no NUL or
+    lone surrogate in any key or string, finite numbers, and a hostname (when there is one) of
+    at most MAX_HOSTNAME_CHARS characters. Refused, not cut: facts are the asset's identity."""
     if not isinstance(facts, dict):
         raise InvalidInput("Facts must be a JSON object.", field="facts")
+    problem = unstorable(facts, "facts", max_depth=MAX_FACTS_DEPTH)
+    if problem:
+        raise InvalidInput(f"Facts cannot be stored: {problem}.", field="facts")
+    hostname = facts.get("hostname")
+    if hostname is not None and not isinstance(hostname, str):
+        raise InvalidInput("Facts hostname must be a string.", field="facts")
+    if hostname is not None and len(hostname) > MAX_HOSTNAME_CHARS:
+        raise InvalidInput(f"Facts hostname is longer than {MAX_HOSTNAME_CHARS} characters.", field="facts")
+    if len(canonical_json(facts)) > MAX_FACTS_BYTES:
+        raise InvalidInput(f"Facts are larger than {MAX_FACTS_BYTES} bytes.", field="facts")
     return facts
 
 
 def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
-    """Consume one use of an enrollment token; create the asset and its agent."""
-    facts = _clean_facts(facts)
-    hostname = str(facts.get("hostname") or "").strip()[:255]
+    """Consume one use of an enrollment token; create the asset and its agent. In one
+    transaction: an enrollment that fails at any point uses nothing up."""
+    facts = clean_facts(facts)
+    hostname = (facts.get("hostname") or "").strip()
     if not hostname:
         raise InvalidInput("Facts must include the hostname.", field="facts")
     now = timezone.now()
     token_hash = hash_secret(token_secret or "")
-    # Conditional update: two agents racing for the last use cannot both get it.
+    secret = secrets.token_urlsafe(32)
     with transaction.atomic():
+        # Conditional update: two agents racing for the last use cannot both get it.
         used = EnrollmentToken.objects.filter(
             token_hash=token_hash, revoked_at__isnull=True, expires_at__gt=now, use_count__lt=F("max_uses")
         ).update(use_count=F("use_count") + 1)
-        if not used:
-            token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
-            reason = "unknown enrollment token"
-            if token is not None:
-                reason = "enrollment token expired, revoked or used up"
-        else:
-            token = EnrollmentToken.objects.select_related("site").get(token_hash=token_hash)
+        if used:
+            agent = _enroll(
+                EnrollmentToken.objects.select_related("site").get(token_hash=token_hash), facts, now, secret
+            )
     if not used:
+        token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
+        reason = "unknown enrollment token"
+        if token is not None:
+            reason = "enrollment token expired, revoked or used up"
         history.record_refusal(
             "anonymous",
             "agent.enroll",
@@ -96,26 +115,30 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
             payload={"hostname": hostname},
         )
         raise Forbidden(f"Enrollment refused: {reason}.")
-    secret = secrets.token_urlsafe(32)
-    with transaction.atomic():
-        asset = Asset.objects.create(
-            site=token.site,
-            hostname=hostname,
-            os=str(facts.get("os", ""))[:100],
-            architecture=str(facts.get("architecture", ""))[:50],
-        )
-        agent = Agent.objects.create(
-            asset=asset, secret_hash=hash_secret(secret), version=str(facts.get("agent_version", ""))[:50]
-        )
-        AssetFacts.objects.create(asset=asset, facts=facts, facts_hash=compute_facts_hash(facts), reported_at=now)
-        history.append(
-            history.actor_of(agent),
-            "agent.enrolled",
-            agent,
-            site_id=token.site_id,
-            payload={"asset_id": str(asset.pk), "hostname": hostname, "enrollment_token": str(token.pk)},
-        )
     return agent, secret
+
+
+def _enroll(token: EnrollmentToken, facts: dict, now, secret: str) -> Agent:
+    """The asset, its agent and its first facts, in the caller's transaction."""
+    hostname = facts["hostname"].strip()
+    asset = Asset.objects.create(
+        site=token.site,
+        hostname=hostname,
+        os=str(facts.get("os", ""))[:100],
+        architecture=str(facts.get("architecture", ""))[:50],
+    )
+    agent = Agent.objects.create(
+        asset=asset, secret_hash=hash_secret(secret), version=str(facts.get("agent_version", ""))[:50]
+    )
+    AssetFacts.objects.create(asset=asset, facts=facts, facts_hash=compute_facts_hash(facts), reported_at=now)
+    history.append(
+        history.actor_of(agent),
+        "agent.enrolled",
+        agent,
+        site_id=token.site_id,
+        payload={"asset_id": str(asset.pk), "hostname": hostname, "enrollment_token": str(token.pk)},
+    )
+    return agent
 
 
 def authenticate_agent(header: str) -> Agent | None:
@@ -235,7 +258,7 @@ def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None)
     Facts identical to those stored (``stored_hash``, as the check-in read it) change nothing and
     record nothing: an agent resends its facts whenever it lacks the server's acknowledgement.
     """
-    facts = _clean_facts(facts)
+    facts = clean_facts(facts)
     digest = compute_facts_hash(facts)
     if digest == stored_hash:
         return

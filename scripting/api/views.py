@@ -73,6 +73,10 @@ class ScriptViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 class ScriptResultSerializer(serializers.Serializer):
     stdout = serializers.CharField()
     stderr = serializers.CharField()
+    stdout_escaped = serializers.BooleanField(
+        help_text="stdout is escaped: each \\\\ is one backslash and each \\xNN one byte (docs/evidence.md)."
+    )
+    stderr_escaped = serializers.BooleanField(help_text="The same for stderr.")
     exit_code = serializers.IntegerField(allow_null=True)
     hash = serializers.CharField()
     stdout_truncated = serializers.BooleanField()

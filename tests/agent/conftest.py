@@ -156,6 +156,8 @@ class FakeServer:
     rotate: bool = False
     pending_secret: str | None = None
     issued_secrets: list = field(default_factory=list)
+    # Like a proxy's body limit: larger requests get 413 with an HTML page.
+    max_body: int | None = None
 
     def heartbeats(self) -> list[dict]:
         with self.lock:
@@ -231,6 +233,17 @@ def _serve(server_state: FakeServer, ssl_context: ssl.SSLContext | None = None) 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
+            if server_state.max_body is not None and length > server_state.max_body:
+                self.rfile.read(length)
+                with server_state.lock:
+                    server_state.requests.append((self.path, {}, {"refused_bytes": length}))
+                page = b"<html><body><h1>413 Request Entity Too Large</h1></body></html>"
+                self.send_response(413)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
             body = json.loads(self.rfile.read(length) or b"{}")
             headers = {key.lower(): value for key, value in self.headers.items()}
             status, answer, extra = server_state.answer(self.path, headers, body)

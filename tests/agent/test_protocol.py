@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from rmm_agent.facts import collect_facts
 from rmm_agent.protocol import (
     INTERPRETERS,
     MAX_STREAM_BYTES,
@@ -179,19 +180,27 @@ def test_result_hash_is_stable_and_covers_each_field() -> None:
 
 def test_result_hash_covers_containment_only_when_present() -> None:
     base = result_fields()
-    expected = sha256_hex(canonical_json(base))
-    assert result_hash({**base, "containment": None}) == expected, "absent or null: hashed as before"
+    assert result_hash(base) == sha256_hex(canonical_json(base)), "absent: hashed as before"
     killed = {"method": "cgroup", "killed": [{"pid": 7, "command": "sleep 987"}]}
     with_it = result_hash({**base, "containment": killed})
     assert with_it == sha256_hex(canonical_json({**base, "containment": killed}))
     assert with_it != result_hash({**base, "containment": {"method": "cgroup", "killed": []}})
 
 
-def test_result_hash_requires_every_field() -> None:
-    fields = result_fields()
-    del fields["stderr"]
-    with pytest.raises(KeyError):
-        result_hash(fields)
+def test_result_hash_covers_the_optional_fields_when_present() -> None:
+    base = result_fields()
+    expected = result_hash(base)
+    optional = {
+        "stdout_encoding": "utf-8",
+        "stderr_encoding": "base64",
+        "truncated_for_delivery": True,
+        "original_hash": "0" * 64,
+    }
+    for key, value in optional.items():
+        assert result_hash({**base, key: value}) != expected, key
+    # An absent field is left out (the server requires the first seven: tests/unit/test_agent_input.py).
+    del base["stderr"]
+    assert result_hash(base) == sha256_hex(canonical_json(base))
 
 
 def test_facts_hash_is_stable_and_changes_with_a_fact() -> None:
@@ -200,3 +209,12 @@ def test_facts_hash_is_stable_and_changes_with_a_fact() -> None:
     assert facts_hash(facts) == facts_hash(same) == sha256_hex(canonical_json(facts))
     assert facts_hash({**facts, "hostname": "web-2"}) != facts_hash(facts)
     assert facts_hash({**facts, "addresses": ["10.0.0.3"]}) != facts_hash(facts)
+
+
+def test_facts_the_server_could_not_store_are_sent_escaped() -> None:
+    """A NUL or an undecodable name (a lone surrogate from the file system's decoding) in what
+    the agent detected is written as an escape, so its facts are never refused (docs/agent.md)."""
+    facts = collect_facts(hostname="web\x00\udcff")
+    assert facts["hostname"] == "web\\x00\\udcff"
+    assert "\x00" not in canonical_json(facts).decode()
+    assert len(facts_hash(facts)) == 64

@@ -3,6 +3,7 @@ containment of everything an instruction starts."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -159,9 +160,11 @@ def test_output_at_the_cap_is_not_flagged(tmp_path: Path) -> None:
     assert result["stdout_truncated"] is False
 
 
-def test_invalid_utf8_is_replaced(tmp_path: Path) -> None:
-    result = run("printf 'caf\\351\\n'\n", tmp_path)
-    assert result["stdout"] == "caf\ufffd\n"
+def test_invalid_utf8_travels_as_the_exact_bytes(tmp_path: Path) -> None:
+    result = run("printf 'caf\\351\\000\\n'\n", tmp_path)
+    assert result["stdout_encoding"] == "base64"
+    assert base64.b64decode(result["stdout"]) == b"caf\xe9\x00\n"
+    assert result["hash"] == result_hash(result)
 
 
 def test_abort_kills_the_running_instruction(tmp_path: Path) -> None:

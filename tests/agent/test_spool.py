@@ -61,7 +61,7 @@ def test_spooled_result_is_delivered_then_deleted(
 
 @pytest.mark.parametrize(
     ("status", "kept"),
-    [(500, True), (503, True), (429, True), (400, False), (404, False), (409, False), (200, False)],
+    [(500, True), (503, True), (429, True), (400, True), (413, True), (404, False), (409, False), (200, False)],
 )
 def test_only_definitive_answers_remove_a_result(
     tmp_path: Path, server_key: Ed25519PrivateKey, fake_server: FakeServer, status: int, kept: bool

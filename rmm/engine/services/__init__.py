@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -29,7 +30,20 @@ from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent
-from rmm_agent.protocol import CONTAINMENT_METHODS, INTERPRETERS, OUTCOMES, canonical_json, iso_utc, result_hash
+from rmm.text import storable
+from rmm_agent.protocol import (
+    CONTAINMENT_METHODS,
+    EXIT_CODE_RANGE,
+    INTERPRETERS,
+    MAX_REASON_CHARS,
+    OUTCOMES,
+    STREAM_ENCODINGS,
+    canonical_json,
+    decode_stream,
+    iso_utc,
+    result_hash,
+    sendable_text,
+)
 
 S = JobStatus
 logger = logging.getLogger(__name__)
@@ -663,17 +677,6 @@ MAX_KILLED_REPORTED = 1000
 MAX_COMMAND_CHARS = 1000
 
 
-def _storable(text: object, limit: int) -> bool:
-    """A string the database stores as is: bounded, no NUL, no lone surrogate."""
-    if not isinstance(text, str) or len(text) > limit or "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _containment_problem(value: object) -> str | None:
     """Why a result's optional ``containment`` is unusable, or None (absent is fine)."""
     if value is None:
@@ -693,7 +696,9 @@ def _containment_problem(value: object) -> str | None:
             or isinstance(pid, bool)
             or not isinstance(pid, int)
             or not 0 < pid < 2**31
-            or not _storable(item["command"], MAX_COMMAND_CHARS)
+            or not isinstance(item["command"], str)
+            or len(item["command"]) > MAX_COMMAND_CHARS
+            or not storable(item["command"])
         ):
             return "Each killed process must be {pid: positive integer, command: string}."
     omitted = value.get("omitted", 0)
@@ -702,28 +707,65 @@ def _containment_problem(value: object) -> str | None:
     return None
 
 
-def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
-    """Accept a result once, by instruction id. Returns (http status, answer)."""
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_result(body: dict) -> tuple[dict, dict]:
+    """(what cannot be used, by field; the result as the kinds get it). Every field must be one
+    the databases can store, so that nothing an agent sends answers 500 (docs/agent.md). The
+    kinds get each stream as the exact bytes the script printed, however it travelled."""
     problems = {name: ["This field is required."] for name in RESULT_FIELDS if name not in body}
+    if not isinstance(body.get("instruction_id", ""), str):
+        problems["instruction_id"] = ["Must be a string."]
     if body.get("outcome") not in OUTCOMES:
         problems["outcome"] = [f"Must be one of: {', '.join(OUTCOMES)}."]
-    if body.get("exit_code") is not None and not isinstance(body.get("exit_code"), int):
-        problems["exit_code"] = ["Must be an integer or null."]
+    code, (low, high) = body.get("exit_code"), EXIT_CODE_RANGE
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int) or not low <= code <= high):
+        problems["exit_code"] = [f"Must be an integer from {low} to {high}, or null."]
+    streams = {}
     for name in ("stdout", "stderr"):
-        if not isinstance(body.get(name, ""), str):
-            problems[name] = ["Must be a string."]
+        encoding, value = body.get(f"{name}_encoding", "utf-8"), body.get(name, "")
+        if encoding not in STREAM_ENCODINGS:
+            problems[f"{name}_encoding"] = [f"Must be one of: {', '.join(STREAM_ENCODINGS)}."]
+            continue
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            streams[name] = decode_stream(value, encoding)
+        except ValueError:
+            problems[name] = [
+                "Must be base64."
+                if encoding == "base64"
+                else "Must be a string without lone surrogates "
+                f'(send other bytes as base64 with {name}_encoding "base64").'
+            ]
+    for name in ("stdout_truncated", "stderr_truncated", "truncated_for_delivery"):
+        if name in body and not isinstance(body[name], bool):
+            problems[name] = ["Must be true or false."]
+    original = body.get("original_hash")
+    if original is not None and not (isinstance(original, str) and _SHA256_HEX.fullmatch(original)):
+        problems["original_hash"] = ["Must be a sha256 in lowercase hex."]
+    reason = body.get("reason")
+    if reason is not None and not (isinstance(reason, str) and storable(reason)):
+        problems["reason"] = ["Must be a string without NUL or lone surrogates, or null."]
     if (problem := _containment_problem(body.get("containment"))) is not None:
         problems["containment"] = [problem]
+    return problems, {**body, **streams, "reason": reason[:MAX_REASON_CHARS] if isinstance(reason, str) else ""}
+
+
+def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
+    """Accept a result once, by instruction id. Returns (http status, answer)."""
+    problems, result = check_result(body)
     if problems:
         return 400, problems
-    inst = Instruction.objects.filter(pk=_uuid_or_none(body.get("instruction_id")), agent=agent).first()
+    inst = Instruction.objects.filter(pk=_uuid_or_none(body["instruction_id"]), agent=agent).first()
     if inst is None:
         history.record_refusal(
             agent,
             "result",
             reason="result for an instruction that is not this agent's",
             site_id=agent.asset.site_id,
-            payload={"instruction_id": str(body.get("instruction_id"))[:64]},
+            payload={"instruction_id": sendable_text(body["instruction_id"], 64)},
         )
         return 404, {"detail": "No such instruction for this agent."}
     claimed = body.get("hash", "")
@@ -736,9 +778,11 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
         if inst.result_hash == claimed:
             return 200, {"status": "already_received"}
         return 409, {"status": "conflict", "detail": "A different result was already received."}
+    if inst.status in FINAL:
+        return _late_result(agent, inst, result, claimed)
     to = status_for_outcome(body["outcome"], body.get("exit_code"))
     now = timezone.now()
-    reason = str(body.get("reason") or "")[:2000]
+    reason = result["reason"]
     if body["outcome"] == "refused":
         reason = f"agent refused the instruction: {reason}"
     elif body["outcome"] == "aborted" and inst.abort_reason:
@@ -757,9 +801,8 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
             current = Instruction.objects.get(pk=inst.pk)
             if current.result_hash == claimed:
                 return 200, {"status": "already_received"}
-            history.append(
-                agent, "instruction.late_result", inst, site_id=inst.site_id, payload={"status": current.status}
-            )
+            if current.status in FINAL and not current.result_hash:  # ended meanwhile (the sweep)
+                return _late_result(agent, current, result, claimed)
             return 409, {"status": "conflict", "detail": f"The instruction is already {current.status}."}
         inst.status, inst.outcome, inst.exit_code, inst.result_hash, inst.finished_at, inst.reason = (
             to,
@@ -780,15 +823,70 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
         if inst.containment is not None:
             payload["containment"] = inst.containment
         history.append(agent, "instruction.result", inst, site_id=inst.site_id, payload=payload)
-        _finish_job(inst, agent, body)
+        _finish_job(inst, agent, result)
     return 201, {"status": "accepted"}
 
 
-def _finish_job(inst: Instruction, actor, result: dict) -> None:
+def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) -> tuple[int, dict]:
+    """A result for an instruction that had already ended without one (the sweep found its lease
+    run out: an outage, say). Its status stays; what the endpoint did is kept all the same: the
+    result on the instruction, the kind's result and evidence, a history event, and the PSA is
+    told. Only an instruction its agent leased can have one."""
+    if inst.leased_at is None:
+        history.record_refusal(
+            agent,
+            "result",
+            inst,
+            reason=f"result for an instruction never leased ({inst.status})",
+            site_id=inst.site_id,
+        )
+        return 409, {"status": "conflict", "detail": f"The instruction is {inst.status}; it was never leased."}
+    with transaction.atomic():
+        if not Instruction.objects.filter(pk=inst.pk, status__in=FINAL, result_hash="").update(
+            outcome=result["outcome"],
+            exit_code=result["exit_code"],
+            result_hash=claimed,
+            containment=result.get("containment"),
+        ):
+            current = Instruction.objects.get(pk=inst.pk)
+            if current.result_hash == claimed:
+                return 200, {"status": "already_received"}
+            return 409, {"status": "conflict", "detail": "A different result was already received."}
+        inst.outcome, inst.exit_code, inst.result_hash = result["outcome"], result["exit_code"], claimed
+        inst.containment = result.get("containment")
+        history.append(
+            agent,
+            "instruction.late_result",
+            inst,
+            site_id=inst.site_id,
+            payload={
+                "status": inst.status,
+                "outcome": inst.outcome,
+                "exit_code": inst.exit_code,
+                "result_hash": claimed,
+                "reason": result["reason"],
+            },
+        )
+        kind = registry.get(inst.job_kind)
+        evidence_id = kind.on_late_result(_locked_job(inst), inst, result, agent)
+        if settings.RMM_PSA_WEBHOOK_URL:
+            late = {"instruction_id": str(inst.pk), "outcome": inst.outcome, "exit_code": inst.exit_code}
+            late.update(hash=claimed, evidence_id=str(evidence_id) if evidence_id else None)
+            tasks.enqueue_on_commit("rmm.authority.tasks.notify_psa", kind.name, str(inst.job_id), late)
+    return 201, {
+        "status": "accepted_late",
+        "detail": f"The instruction was already {inst.status}; the result is kept as a late result.",
+    }
+
+
+def _locked_job(inst: Instruction):
     kind = registry.get(inst.job_kind)
     # The kind's relations come with the locked row: its evidence reads them all (one query, not ten).
-    job = kind.model.objects.select_for_update(of=("self",)).select_related(*kind.select_related).get(pk=inst.job_id)
-    kind.on_finished(job, inst, result, actor)
+    return kind.model.objects.select_for_update(of=("self",)).select_related(*kind.select_related).get(pk=inst.job_id)
+
+
+def _finish_job(inst: Instruction, actor, result: dict) -> None:
+    registry.get(inst.job_kind).on_finished(_locked_job(inst), inst, result, actor)
 
 
 def _uuid_or_none(value):
