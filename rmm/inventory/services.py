@@ -18,6 +18,7 @@ from rmm.engine import events
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, Site
+from rmm.keys import keyset
 from rmm_agent.protocol import facts_hash as compute_facts_hash
 
 
@@ -73,6 +74,11 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
     if not hostname:
         raise InvalidInput("Facts must include the hostname.", field="facts")
     now = timezone.now()
+    # The agent will trust the instruction keys that are not retired, and is recorded as holding
+    # the newest (checked before the token is used: no key, no enrollment, the use not lost).
+    trusted = keyset.current().active(keyset.INSTRUCTIONS)
+    if not trusted:
+        raise keyset.KeyUnavailable("The server has no instruction-signing key yet; enrollment is not possible.")
     token_hash = hash_secret(token_secret or "")
     # Conditional update: two agents racing for the last use cannot both get it.
     with transaction.atomic():
@@ -105,7 +111,10 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
             architecture=str(facts.get("architecture", ""))[:50],
         )
         agent = Agent.objects.create(
-            asset=asset, secret_hash=hash_secret(secret), version=str(facts.get("agent_version", ""))[:50]
+            asset=asset,
+            secret_hash=hash_secret(secret),
+            version=str(facts.get("agent_version", ""))[:50],
+            signing_key_id=trusted[-1].key_id,
         )
         AssetFacts.objects.create(asset=asset, facts=facts, facts_hash=compute_facts_hash(facts), reported_at=now)
         history.append(
