@@ -188,9 +188,11 @@ def rotate(
     return row
 
 
-def retire(purpose: str, key_id: str, actor: str, *, force: bool = False) -> SigningKey:
+def retire(purpose: str, key_id: str, actor: str, *, force: bool = False) -> tuple[SigningKey, list]:
     """Stop signing with a key; agents stop trusting it. Old anchors and evidence signed with it
-    still verify (the registry keeps its public half and the statements that link it).
+    still verify (the registry keeps its public half and the statements that link it). Its
+    private key file is deleted from the key directory unless another purpose still uses the key;
+    returns the key and the files deleted.
 
     The newest key cannot be retired (rotate first). Retiring an instruction key that unrevoked
     agents have not yet moved past, or that signed instructions still queued or running, makes
@@ -216,7 +218,9 @@ def retire(purpose: str, key_id: str, actor: str, *, force: bool = False) -> Sig
             )
     with transaction.atomic():
         _retire(row, signer, keys.private[signer.key_id], actor)
-    return row
+    if SigningKey.objects.filter(key_id=key_id, retired_at__isnull=True).exists():
+        return row, []  # the same key still serves another purpose (a server upgraded from one key)
+    return row, store.discard(key_id)
 
 
 def relying_on(row: SigningKey) -> tuple[int, int]:

@@ -206,3 +206,21 @@ def initial_key(purpose: str) -> Ed25519PrivateKey:
     with contextlib.suppress(FileExistsError):  # made before, or by another process just now
         write_private(path, pem(Ed25519PrivateKey.generate()))
     return _file_keys(path)[0]
+
+
+def discard(key_id: str) -> list[Path]:
+    """Delete the key directory's files that hold this key and nothing else (a retired key's
+    private half is of no more use, only a risk). Files elsewhere, and the environment, are the
+    operator's to clean."""
+    if from_environment():
+        return []
+    removed = []
+    for path in _directory_files():
+        try:
+            ids = [keyring.key_id(raw_public(key)) for key in _file_keys(path)]
+        except KeyFileProblem:
+            continue
+        if ids == [key_id]:
+            path.unlink()
+            removed.append(path)
+    return removed

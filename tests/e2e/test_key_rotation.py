@@ -255,7 +255,10 @@ def test_evidence_signed_before_a_rotation_still_verifies(keyed_server, tmp_path
     assert new["key_id"] == new_id != old["key_id"]
     assert [k["key_id"] for k in new["keys"]][-2:] == [old["key_id"], new_id]
 
-    # Online: every anchor, signed by either key, still checks out.
+    # Retired, the old key's private half is deleted; online, every anchor, signed by either key,
+    # still checks out, the old ones through the rotation statement.
+    retired = server.manage("rmm_signing_key", "retire", "--purpose", "evidence", "--key-id", old["key_id"])
+    assert "Deleted its private key" in retired.stdout
     verified = server.manage("verify_history", check=False)
     assert verified.returncode == 0 and "anchors checked" in verified.stdout, verified.stdout + verified.stderr
 

@@ -164,13 +164,19 @@ def test_retiring_a_key(world, site, client):
     assert [k.key_id for k in keyset.current().active(keyset.INSTRUCTIONS)] == [k2]
 
 
-def test_anchors_signed_before_an_evidence_rotation_still_verify(events):
+def test_anchors_signed_before_an_evidence_rotation_still_verify(events, settings):
     before = anchors.anchor_history("user:tester")
     old = keyset.current().signer(keyset.EVIDENCE)
     new = rotate("evidence")
     after = anchors.anchor_history("user:tester")
     key_ids = [json.loads(evidence.read_blob(row))["key_id"] for row in (before, after)]
     assert key_ids == [old.key_id, new]
+    # Retired, the old key's private half is deleted: trust in it now comes from the rotation
+    # statement that the new key signed.
+    out = io.StringIO()
+    call_command("rmm_signing_key", "retire", "--purpose", "evidence", "--key-id", old.key_id, stdout=out)
+    assert f"Deleted its private key {settings.RMM_SIGNING_KEY_DIR}/initial-evidence.pem." in out.getvalue()
+    assert old.key_id not in keyset.current().private
     code, out, err = verify()
     assert (code, err) == (0, "")
     assert "2 anchors checked" in out

@@ -99,5 +99,9 @@ class Command(BaseCommand):
             )
 
     def do_retire(self, options):
-        row = services.retire(options["purpose"], options["key_id"], ACTOR, force=options["force"])
+        row, removed = services.retire(options["purpose"], options["key_id"], ACTOR, force=options["force"])
         self.stdout.write(f"Retired {row.purpose} key {row.key_id}.")
+        for path in removed:
+            self.stdout.write(f"Deleted its private key {path}.")
+        if store.from_environment():
+            self.stdout.write("Remove its private key from RMM_SIGNING_KEYS (and from any other copy).")
