@@ -157,7 +157,7 @@ class Cluster:
         self._redis_flush()
         self.manage("migrate", "--noinput", "-v", "0")
         # One signing key for every worker, made before any of them starts (README: Keys).
-        self.shell("import json; from rmm.engine import signing; print(json.dumps(signing.public_key_b64()))")
+        self.shell("import json; from rmm.keys import keyset; print(json.dumps(keyset.current().version))")
         for n in range(self.workers):
             port = free_port()
             self.ports.append(port)

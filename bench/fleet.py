@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 
 import aiohttp
 
+from rmm_agent import keyring
 from rmm_agent.protocol import InstructionRefused, facts_hash, verify_instruction
 from rmm_agent.runner import make_result
 
@@ -81,7 +82,8 @@ class SimAgent:
         self.agent_id = identity["agent_id"]
         self.asset_id = identity["asset_id"]
         self.auth = f"Agent {identity['agent_id']}:{identity['secret']}"
-        self.key = base64.b64decode(identity["server_public_key"])
+        pinned = base64.b64decode(identity["server_public_key"])
+        self.keys = {keyring.key_id(pinned): pinned}
         self.facts = facts
         self.acked = ""  # like the real agent: full facts until the server acknowledged a hash
         self.running: set[str] = set()
@@ -138,7 +140,7 @@ class SimAgent:
         now = datetime.now(UTC)
         for envelope in leased:
             try:
-                payload = verify_instruction(envelope, self.key, self.agent_id, now)
+                payload = verify_instruction(envelope, self.keys, self.agent_id, now)
             except InstructionRefused as refusal:
                 rec.error("instruction refused", refusal.reason)
                 continue

@@ -10,7 +10,6 @@ number of items (apart from the ZIP's own directory, a small record per file).
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import json
@@ -36,12 +35,13 @@ from evidence.models import EvidenceDisposal, EvidenceExport, EvidenceType, Expo
 from evidence.pdf import StreamingPdf
 from rmm import access
 from rmm.authority.models import PsaCase
-from rmm.engine import events, signing
+from rmm.engine import events
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import anchors as history_anchors
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Asset
+from rmm.keys import keyset
 from rmm.tasks import enqueue_on_commit
 from rmm_agent.protocol import canonical_json
 
@@ -75,7 +75,8 @@ operator's records); pass it as `python3 verify.py --fingerprint SHA256:...` to 
 What is here:
   manifest.json          every item: hash, type, related job, asset, authority, times
   signature.json         the server's Ed25519 signature over manifest.json
-  server_key.json        the server's public key
+  server_key.json        the server's public key, and any earlier keys of it that signed the
+                         anchors, with the rotation statements that link them
   blobs/                 the evidence documents, each named by its sha256
   index.csv              one row per item
   report.html, report.pdf   what ran where, on whose authority, approved by whom, with what result
@@ -83,6 +84,23 @@ What is here:
   history/anchors/       signed statements of the history's head, each ending a window
   verify.py              the checker (standard library only)
 """
+
+
+def server_key_document(keys: keyset.KeySet, signer: keyset.Key, anchors: dict) -> dict:
+    """server_key.json: the key that signs the manifest and, when the bundle's anchors were
+    signed by keys it succeeded, those keys and the rotation statements that link them (each
+    signed by the key before and the key after), so verify.py can follow the chain offline."""
+    used = {signer.key_id} | {anchor.key_id for anchor, _blob in anchors.values()}
+    rotations = keys.chain(keyset.EVIDENCE, used)
+    listed = [k for k in keys.keys(keyset.EVIDENCE) if k.key_id in used or k.rotation in rotations]
+    return {
+        "algorithm": "Ed25519",
+        "key_id": signer.key_id,
+        "public_key": signer.public_key_b64,
+        "fingerprint": signer.fingerprint,
+        "keys": [{"key_id": k.key_id, "public_key": k.public_key_b64, "fingerprint": k.fingerprint} for k in listed],
+        "rotations": rotations,
+    }
 
 
 # --- requesting -------------------------------------------------------------------------------
@@ -341,7 +359,7 @@ class Builder:
 
     def usable_anchors(self, lowest: int, head: int) -> list[tuple[history_anchors.Anchor, bytes]]:
         """Anchors from ``lowest`` up to the export's own, each rechecked (hash and signature)."""
-        public_key = history_anchors.server_public_key()
+        trusted = history_anchors.trusted_keys()
         rows = RmmEvidence.objects.filter(
             evidence_type=EvidenceType.HISTORY_ANCHOR,
             related_id__gte=uuid.UUID(int=lowest),
@@ -351,7 +369,7 @@ class Builder:
         for row in _chunked(rows, "history_sequence"):
             try:
                 data = services.read_blob(row)
-                usable.append((history_anchors.parse_anchor(services.storage_name(row), data, public_key), data))
+                usable.append((history_anchors.parse_anchor(services.storage_name(row), data, trusted), data))
             except (Conflict, history_anchors.AnchorProblem) as exc:
                 logger.warning("export %s skips anchor %s: %s", self.export.pk, row.pk, exc)
         return sorted(usable, key=lambda pair: pair[0].sequence)
@@ -438,7 +456,8 @@ class Builder:
         if not anchors or anchors[-1][0].sequence != head:
             raise Conflict("The export's own history anchor could not be read back.")
         full_siteless = access.sees_all_sites(self.user) and not self.export.filters.get("site")
-        key = history_anchors.server_public_key()
+        keys = keyset.current()
+        signer = keys.signer(keyset.EVIDENCE)
         started = timezone.now()
         facts = [
             ("Export", str(self.export.pk)),
@@ -448,7 +467,7 @@ class Builder:
             ("Sites", ", ".join(s.name for s in sites) or "(none)"),
             ("Filters", json.dumps(self.export.filters, sort_keys=True)),
             ("History covered up to event", str(head)),
-            ("Server key fingerprint", history_anchors.key_fingerprint(key)),
+            ("Server key fingerprint", signer.fingerprint),
         ]
         with tempfile.TemporaryDirectory(prefix="rmm-export-") as tmpdir:
             tmp = Path(tmpdir)
@@ -471,17 +490,7 @@ class Builder:
                 disposed = self.write_disposals(tmp, site_ids)
                 self.finish_reports(zf, tmp, facts, counts, problems, anchor_entries, segment, disposed)
                 self.add_bytes(zf, "README.txt", README.encode())
-                self.add_bytes(
-                    zf,
-                    "server_key.json",
-                    canonical_json(
-                        {
-                            "algorithm": "Ed25519",
-                            "public_key": base64.b64encode(key).decode(),
-                            "fingerprint": history_anchors.key_fingerprint(key),
-                        }
-                    ),
-                )
+                self.add_bytes(zf, "server_key.json", canonical_json(server_key_document(keys, signer, included)))
                 self.add_bytes(zf, "verify.py", VERIFY_PY.read_bytes())
                 header = {
                     "format": FORMAT,
@@ -493,7 +502,7 @@ class Builder:
                         "filters": self.export.filters,
                         "sites": [s.name for s in sites],
                     },
-                    "server_key": {"algorithm": "Ed25519", "fingerprint": history_anchors.key_fingerprint(key)},
+                    "server_key": {"algorithm": "Ed25519", "fingerprint": signer.fingerprint, "key_id": signer.key_id},
                     "history": segment,
                     "anchors": anchor_entries,
                     "counts": {"items": total, "by_type": counts, "problems": len(problems), "disposed": disposed[1]},
@@ -512,8 +521,9 @@ class Builder:
                     canonical_json(
                         {
                             **signed,
-                            "signature": signing.sign(canonical_json(signed)),
-                            "public_key": base64.b64encode(key).decode(),
+                            "key_id": signer.key_id,
+                            "signature": keys.sign_with(signer, canonical_json(signed)),
+                            "public_key": signer.public_key_b64,
                         }
                     ),
                     listed=False,

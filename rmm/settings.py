@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "rmm",
+    "rmm.keys",
     "rmm.history",
     "rmm.inventory",
     "rmm.authority",
@@ -257,7 +258,9 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     Q_CLUSTER = {"name": "rmm", "orm": "default", "workers": 2, "timeout": 300, "retry": 600, "poll": 1}
-Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1})
+# django-q2's Q_CLUSTER_NAME environment variable, when set, names the task queue, so that servers
+# sharing one Redis keep their tasks apart (the end-to-end tests run several); it needs ALT_CLUSTERS.
+Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1, "ALT_CLUSTERS": {}})
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -293,6 +296,11 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Engine
+# Signing keys (docs/security.md, Keys and credentials): private keys from RMM_SIGNING_KEYS (PEM, or
+# base64 of PEM) when set, else the *.pem files of RMM_SIGNING_KEY_DIR; RMM_SIGNING_KEY_FILE is the
+# single key of servers from before rotation, imported as the first key on upgrade.
+RMM_SIGNING_KEYS = os.environ.get("RMM_SIGNING_KEYS", "")
+RMM_SIGNING_KEY_DIR = os.environ.get("RMM_SIGNING_KEY_DIR", str(VAR_DIR / "keys" / "signing"))
 RMM_SIGNING_KEY_FILE = os.environ.get("RMM_SIGNING_KEY_FILE", str(VAR_DIR / "keys" / "server_ed25519.pem"))
 RMM_HEARTBEAT_INTERVAL = int(os.environ.get("RMM_HEARTBEAT_INTERVAL", "30"))
 RMM_LEASE_GRACE_SECONDS = int(os.environ.get("RMM_LEASE_GRACE_SECONDS", "60"))

@@ -7,8 +7,6 @@ Exit codes: 0 ok, 1 server unreachable, 2 usage / enrollment refused / not enrol
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import logging
 import os
 import pwd
@@ -17,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, keyring
 from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent
 from .client import Client, TransportError
 from .facts import collect_facts
@@ -149,11 +147,17 @@ def enroll(args: argparse.Namespace) -> int:
     if missing:
         return _fail(f"enrollment answer lacks {', '.join(missing)}", EXIT_USAGE)
     try:
-        key = base64.b64decode(body["server_public_key"], validate=True)
-    except (binascii.Error, ValueError, TypeError):
-        key = b""
-    if len(key) != 32:
+        pinned = keyring.decode_public_key(body["server_public_key"])
+    except ValueError:
         return _fail("enrollment answer has an invalid server_public_key", EXIT_USAGE)
+    # Every key the server signs instructions with now (during a rotation, the old one too).
+    try:
+        offered = body.get("server_keys") or {keyring.key_id(pinned): body["server_public_key"]}
+        server_keys = keyring.trusted_keys(offered)
+    except (ValueError, AttributeError):
+        return _fail("enrollment answer has invalid server_keys", EXIT_USAGE)
+    if server_keys.get(keyring.key_id(pinned)) != pinned:
+        return _fail("enrollment answer's server_keys lack its server_public_key", EXIT_USAGE)
 
     state = StateDir(args.state_dir)
     if state.config_path.exists():
@@ -165,6 +169,7 @@ def enroll(args: argparse.Namespace) -> int:
             "asset_id": body["asset_id"],
             "secret": body["secret"],
             "server_public_key": body["server_public_key"],
+            "server_keys": {kid: keyring.b64(raw) for kid, raw in server_keys.items()},
             "heartbeat_interval": body["heartbeat_interval"],
             "run_as": args.run_as,
             "ca_file": ca_file,

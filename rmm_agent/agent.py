@@ -6,8 +6,6 @@ unexpired, with the privilege the payload asks for, and reports every outcome.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -18,12 +16,13 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import __version__
+from . import __version__, keyring
 from .client import Client, Response, TransportError
 from .facts import collect_facts
 from .protocol import (
     REASON_BAD_SIGNATURE,
     REASON_REPLAYED,
+    REASON_UNKNOWN_KEY,
     InstructionRefused,
     facts_hash,
     parse_iso,
@@ -93,6 +92,17 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def server_keys_of(config: dict) -> dict[str, bytes]:
+    """The instruction-signing keys an agent trusts, by id: ``server_keys`` in its config, or (a
+    config written before keys had ids) the one ``server_public_key`` pinned at enrollment."""
+    if "server_keys" not in config:
+        pinned = keyring.decode_public_key(config["server_public_key"])
+        return {keyring.key_id(pinned): pinned}
+    if not isinstance(config["server_keys"], dict) or not config["server_keys"]:
+        raise ValueError("server_keys is not a non-empty object")
+    return keyring.trusted_keys(config["server_keys"])
+
+
 class Agent:
     """One enrolled agent bound to its state directory."""
 
@@ -109,9 +119,9 @@ class Agent:
             ca_file=config.get("ca_file"),
         )
         try:
-            self.server_key = base64.b64decode(config["server_public_key"], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError("config server_public_key is not valid base64") from exc
+            self.server_keys = server_keys_of(config)
+        except ValueError as exc:
+            raise ValueError(f"config server keys are unusable: {exc}") from exc
         self.interval = self._clamp_interval(config.get("heartbeat_interval"), 30)
         self.running: dict[str, _Running] = {}
         self.lock = threading.Lock()
@@ -237,6 +247,7 @@ class Agent:
             "facts_hash": current_hash,
             "running": running,
             "capacity": max(0, MAX_CONCURRENT - len(running)),
+            "key_ids": sorted(self.server_keys),
         }
         send_facts = self.state.acked_facts_hash() != current_hash
         if send_facts:
@@ -266,6 +277,8 @@ class Agent:
         body = answer.body
         if "new_secret" in body:
             self._rotate_secret(body["new_secret"])
+        if "signing_keys" in body:  # before this answer's instructions, which may be signed by a new key
+            self._update_keys(body["signing_keys"])
         if sent_hash is not None:
             self.state.set_acked_facts_hash(sent_hash)
         if body.get("facts_required") is True:
@@ -301,6 +314,31 @@ class Agent:
             return
         self.client.secret = new_secret
         log.info("agent secret rotated")
+
+    def _update_keys(self, update: object) -> None:
+        """Trust the instruction-signing keys a rotation introduced, and stop trusting retired ones,
+        once that is durably in config.json. Each new key must come in a statement signed by a key
+        this agent already trusts; anything else is refused and logged, and the keys stay as they
+        were. If writing fails, the server sends the statements again on the next heartbeat (this
+        agent reports the keys it holds), and signs with a key this agent holds until then."""
+        keys, refused = keyring.apply_update(self.server_keys, update, "instructions")
+        for problem in refused:
+            log.error("refused a signing key statement from the server: %s", _one_line(problem))
+        if keys == self.server_keys:
+            return
+        try:
+            self.config = self.state.save_server_keys(self.config, keys)
+        except OSError as exc:
+            log.error("could not store the server's signing keys (%s); keeping the current ones", _one_line(str(exc)))
+            return
+        added = sorted(set(keys) - set(self.server_keys))
+        dropped = sorted(set(self.server_keys) - set(keys))
+        self.server_keys = keys
+        log.info(
+            "server signing keys updated: trusting %s%s",
+            ", ".join(added) or "no new key",
+            f"; retired {', '.join(dropped)}" if dropped else "",
+        )
 
     # -- execution ----------------------------------------------------------------------------
 
@@ -348,7 +386,7 @@ class Agent:
 
     def _dispatch(self, envelope: dict, aborted: set[str]) -> None:
         try:
-            payload = verify_instruction(envelope, self.server_key, self.agent_id, now_utc())
+            payload = verify_instruction(envelope, self.server_keys, self.agent_id, now_utc())
         except InstructionRefused as refusal:
             self._refuse(envelope, refusal)
             return
@@ -386,7 +424,7 @@ class Agent:
             return
         if self._in_flight(instruction_id):
             return
-        if refusal.reason == REASON_BAD_SIGNATURE:
+        if refusal.reason in (REASON_BAD_SIGNATURE, REASON_UNKNOWN_KEY):
             # Nothing in an unsigned payload is trusted, so it is neither looked up nor recorded.
             self._report(refused_result(instruction_id, refusal.reason))
             return

@@ -12,8 +12,11 @@ import binascii
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from . import keyring
 
 OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
 INTERPRETERS = ("sh", "bash", "python", "powershell")
@@ -60,6 +63,7 @@ CONTAINMENT_METHODS = ("cgroup", "account", "process_group")
 INSTRUCTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 # Refusal reasons produced by verify_instruction (in check order).
+REASON_UNKNOWN_KEY = "unknown_key"  # no key_id, or one the agent does not trust (a missed rotation?)
 REASON_BAD_SIGNATURE = "bad_signature"
 REASON_MALFORMED = "malformed_payload"
 REASON_WRONG_AGENT = "wrong_agent"
@@ -178,37 +182,30 @@ def _usable_id(value: Any) -> str | None:
     return value if isinstance(value, str) and INSTRUCTION_ID_RE.fullmatch(value) else None
 
 
-def _check_signature(envelope: Any, server_public_key: bytes) -> str:
-    """Return the payload text if its Ed25519 signature is valid, else raise bad_signature."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+def _check_signature(envelope: Any, server_keys: Mapping[str, bytes]) -> str:
+    """Return the payload text if it is signed by the trusted key its ``key_id`` names, else
+    raise ``unknown_key`` (no such trusted key) or ``bad_signature``."""
     payload = envelope.get("payload") if isinstance(envelope, dict) else None
     signature = envelope.get("signature") if isinstance(envelope, dict) else None
+    signer = envelope.get("key_id") if isinstance(envelope, dict) else None
     instruction_id = _unverified_instruction_id(payload)
     if not isinstance(payload, str) or not isinstance(signature, str):
         raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id)
-    try:
-        raw_signature = base64.b64decode(signature, validate=True)
-        key = Ed25519PublicKey.from_public_bytes(bytes(server_public_key))
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id) from exc
-    if len(raw_signature) != 64:
+    if not isinstance(signer, str) or signer not in server_keys:
+        raise InstructionRefused(REASON_UNKNOWN_KEY, instruction_id)
+    if not keyring.verify(server_keys[signer], payload.encode("utf-8"), signature):
         raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id)
-    try:
-        key.verify(raw_signature, payload.encode("utf-8"))
-    except InvalidSignature as exc:
-        raise InstructionRefused(REASON_BAD_SIGNATURE, instruction_id) from exc
     return payload
 
 
-def verify_instruction(envelope: dict, server_public_key: bytes, agent_id: str, now: datetime) -> dict:
+def verify_instruction(envelope: dict, server_keys: Mapping[str, bytes], agent_id: str, now: datetime) -> dict:
     """Return the payload of a signed instruction, or raise :class:`InstructionRefused`.
 
-    Checks, in order: signature, addressee, content hash, expiry, interpreter, then the shape
+    ``server_keys`` are the trusted keys by id (:mod:`.keyring`). Checks, in order: signing key,
+    signature, addressee, content hash, expiry, interpreter, then the shape
     of the remaining fields. Only what passes every check may ever be executed.
     """
-    text = _check_signature(envelope, server_public_key)
+    text = _check_signature(envelope, server_keys)
     try:
         payload = json.loads(text)
     except ValueError as exc:

@@ -2,7 +2,7 @@
 
 Layout::
 
-    DIR/config.json     identity, secret, server key (0600)
+    DIR/config.json     identity, secret, the server's signing keys (0600)
     DIR/state.json      what the server acknowledged (facts hash)
     DIR/handled.json    ids of instructions already run or refused (replay ledger)
     DIR/spool/<id>.json results not yet accepted by the server
@@ -15,6 +15,7 @@ leaves a half-written secret or a half-written result behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -126,6 +127,14 @@ class StateDir:
         """Persist the config with owner-only permissions."""
         self.ensure(tighten=True)
         atomic_write_json(self.config_path, config, mode=0o600)
+
+    def save_server_keys(self, config: dict, keys: dict[str, bytes]) -> dict:
+        """Durably store the server's signing keys the agent now trusts (``{key id: raw public
+        key}``); returns the new config. Raises OSError when it could not be written: the caller
+        must then keep trusting the keys it had."""
+        updated = {**config, "server_keys": {kid: base64.b64encode(raw).decode() for kid, raw in keys.items()}}
+        self.save_config(updated)
+        return updated
 
     def save_secret(self, config: dict, secret: str) -> dict:
         """Durably store a rotated secret; returns the new config (``config`` is left as is).

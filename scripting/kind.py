@@ -111,6 +111,7 @@ def evidence_document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict
             "id": inst.pk,
             "payload": inst.payload,
             "signature": inst.signature,
+            "key_id": inst.key_id,
             "content_sha256": inst.content_sha256,
             "leased_at": inst.leased_at,
             "finished_at": inst.finished_at,

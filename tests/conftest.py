@@ -13,9 +13,13 @@ from tests.helpers import approved_authority, make_agent  # noqa: F401
 
 @pytest.fixture(autouse=True)
 def _test_settings(settings, tmp_path):
-    """Each test stores evidence under its own folder; agents may call as fast as tests drive them."""
+    """Each test stores evidence and signing keys under its own folder; agents may call as fast as
+    tests drive them."""
     settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0
     cache.clear()  # API rate-limit counters start afresh
+    # Signing keys of its own (generated on first use), and no key from before rotation to import.
+    settings.RMM_SIGNING_KEY_DIR = str(tmp_path / "signing-keys")
+    settings.RMM_SIGNING_KEY_FILE = str(tmp_path / "no-legacy-key.pem")
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}},

@@ -1,5 +1,3 @@
-import base64
-
 import django_filters
 from django.http import FileResponse, Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -14,8 +12,8 @@ from evidence.models import EvidenceExport, LegalHold, RmmEvidence
 from rmm import access
 from rmm.api import SiteScopedMixin
 from rmm.authority.models import PsaCase
-from rmm.history import anchors
 from rmm.history import services as history
+from rmm.keys import keyset
 
 UUID_REGEX = r"[0-9a-fA-F-]{32,36}"
 
@@ -256,22 +254,47 @@ class LegalHoldViewSet(
         "SigningKey",
         {
             "algorithm": serializers.CharField(),
+            "key_id": serializers.CharField(),
             "public_key": serializers.CharField(),
             "fingerprint": serializers.CharField(),
+            "keys": inline_serializer(
+                "EvidenceKey",
+                {
+                    "key_id": serializers.CharField(),
+                    "public_key": serializers.CharField(),
+                    "fingerprint": serializers.CharField(),
+                    "created_at": serializers.DateTimeField(),
+                    "retired_at": serializers.DateTimeField(allow_null=True),
+                },
+                many=True,
+            ),
         },
     )
 )
 @api_view(["GET"])
 def signing_key(request):
-    """The server's public key that signs instructions, history anchors and evidence bundles.
+    """The server's evidence key that signs history anchors and evidence bundles now, and every
+    evidence key that signed them before (a rotation keeps them verifiable).
 
     An auditor compares its fingerprint with the one printed by a bundle's verify.py.
     """
-    key = anchors.server_public_key()
+    keys = keyset.current()
+    signer = keys.signer(keyset.EVIDENCE)
     return Response(
         {
             "algorithm": "Ed25519",
-            "public_key": base64.b64encode(key).decode(),
-            "fingerprint": anchors.key_fingerprint(key),
+            "key_id": signer.key_id,
+            "public_key": signer.public_key_b64,
+            "fingerprint": signer.fingerprint,
+            "keys": [
+                {
+                    "key_id": key.key_id,
+                    "public_key": key.public_key_b64,
+                    "fingerprint": key.fingerprint,
+                    "created_at": key.created_at,
+                    "retired_at": key.retired_at,
+                }
+                for key in keys.keys(keyset.EVIDENCE)
+            ],
         }
     )

@@ -7,10 +7,13 @@ Run it in the unpacked folder of the bundle:
     python3 verify.py --fingerprint SHA256:...   # also insists on the server key you were given
 
 It rechecks:
-  1. the server's signature over manifest.json (Ed25519, with the key in server_key.json);
+  1. the server's signature over manifest.json (Ed25519, with the key in server_key.json that its
+     key id names);
   2. every file listed in the manifest against its sha256;
   3. every evidence blob against the hash recorded for it;
-  4. every history anchor: its signature, by the same key;
+  4. every history anchor: its signature, by the key its key id names, which must be the
+     manifest's key or one it succeeded (rotation statements in server_key.json, each signed by
+     the key before and the key after, link them);
   5. the history segment: each event's hash, each link to the event before it, and that each
      window of events ends exactly at a signed anchor;
   6. that every item was recorded in that history, with the same hash.
@@ -18,7 +21,8 @@ It rechecks:
 It exits 0 with "VERDICT: PASS" when all of that holds, and 1 with "VERDICT: FAIL" and every
 problem named otherwise. Compare the key fingerprint it prints with the one you obtained from
 the operator by another route (see docs/evidence.md): a bundle can only prove that the holder
-of that key produced it.
+of that key produced it. A fingerprint you were given before the server rotated its key is
+accepted when the rotation statements link it to the key that signed the bundle.
 
 Ed25519 is not in the standard library. When the `cryptography` package is importable it is
 used; otherwise (or with --pure-python) the signature is checked by the small verifier below,
@@ -39,6 +43,8 @@ import sys
 FORMAT = "rmm-evidence-export/1"
 EXPORT_PURPOSE = "rmm.evidence_export"
 ANCHOR_PURPOSE = "rmm.history_anchor"
+ROTATION_PURPOSE = "rmm.signing_key_rotation"
+KEY_PURPOSE = "evidence"
 GENESIS_HASH = "0" * 64
 MAX_LISTED = 50
 
@@ -162,6 +168,18 @@ def fingerprint(public_key: bytes) -> str:
     return "SHA256:" + hashlib.sha256(public_key).hexdigest()
 
 
+def key_id(public_key: bytes) -> str:
+    """The id a signature names its key by: the first 16 hex digits of the fingerprint's digest."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def decode_key(text) -> bytes:
+    key = base64.b64decode(text, validate=True)
+    if len(key) != 32:
+        raise ValueError("not an Ed25519 key")
+    return key
+
+
 def event_body_sha256(event: dict) -> str:
     body = canonical_json(
         {
@@ -210,6 +228,8 @@ class Verifier:
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.key = b""
+        self.key_id = ""
+        self.trusted: dict[str, bytes] = {}
 
     def fail(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
@@ -231,24 +251,67 @@ class Verifier:
             self.fail(relative, "is not valid JSON (altered?)")
         return None
 
-    # 1. the key and the manifest's signature
+    # 1. the keys and the manifest's signature
     def check_key(self) -> bool:
         doc = self.read_json("server_key.json")
         try:
-            self.key = base64.b64decode(doc["public_key"], validate=True)
-            if len(self.key) != 32:
-                raise ValueError("not an Ed25519 key")
+            self.key = decode_key(doc["public_key"])
         except Exception:  # noqa: BLE001 - any malformation is the same finding
             self.fail("server_key.json", "does not hold an Ed25519 public key")
             return False
-        print(f"Server key fingerprint: {fingerprint(self.key)}")
+        self.key_id = key_id(self.key)
+        self.trusted = {self.key_id: self.key}
+        self.follow_rotations(doc.get("rotations") if isinstance(doc.get("rotations"), list) else [])
+        print(f"Server key fingerprint: {fingerprint(self.key)} (key id {self.key_id})")
         print("  Compare it with the fingerprint the operator gave you by another route.")
+        if len(self.trusted) > 1:
+            older = ", ".join(sorted(kid for kid in self.trusted if kid != self.key_id))
+            print(f"  Earlier keys it succeeded, linked by signed rotation statements: {older}")
         if self.expected_fingerprint:
-            if self.expected_fingerprint.strip() != fingerprint(self.key):
+            expected = self.expected_fingerprint.strip()
+            if expected == fingerprint(self.key):
+                self.ok("the server key is the one you expected")
+            elif expected in {fingerprint(key) for key in self.trusted.values()}:
+                self.ok("the key you expected is an earlier key of this server: it signed the rotation to the next")
+            else:
                 self.fail("server_key.json", f"the key is not the one you expected ({self.expected_fingerprint})")
                 return False
-            self.ok("the server key is the one you expected")
         return True
+
+    def follow_rotations(self, rotations: list) -> None:
+        """Trust the keys linked to the manifest's key by rotation statements: each names the key
+        before and the key after, and both must have signed it."""
+        links = []
+        for n, envelope in enumerate(rotations):
+            try:
+                payload = json.loads(envelope["payload"])
+                before = decode_key(payload["previous_public_key"])
+                after = decode_key(payload["public_key"])
+                data = envelope["payload"].encode("utf-8")
+                well_formed = (
+                    payload["purpose"] == ROTATION_PURPOSE
+                    and payload["key_purpose"] == KEY_PURPOSE
+                    and payload["previous_key_id"] == envelope["key_id"] == key_id(before)
+                    and payload["key_id"] == key_id(after)
+                )
+                signed = well_formed and all(
+                    self.verify_signature(key, data, base64.b64decode(signature, validate=True))
+                    for key, signature in ((before, envelope["signature"]), (after, envelope["new_key_signature"]))
+                )
+            except Exception:  # noqa: BLE001 - any malformation is the same finding
+                signed = False
+            if not signed:
+                self.fail(f"server_key.json rotation {n + 1}", "is not a rotation statement signed by both its keys")
+                continue
+            links.append((before, after))
+        grew = True
+        while grew:
+            grew = False
+            for before, after in links:
+                for known, other in ((after, before), (before, after)):
+                    if self.trusted.get(key_id(known)) == known and key_id(other) not in self.trusted:
+                        self.trusted[key_id(other)] = other
+                        grew = True
 
     def check_signature(self) -> bool:
         sig = self.read_json("signature.json")
@@ -259,6 +322,9 @@ class Verifier:
             signature = base64.b64decode(sig["signature"], validate=True)
         except Exception:  # noqa: BLE001
             self.fail("signature.json", "is not a well-formed signature")
+            return False
+        if sig.get("key_id", self.key_id) != self.key_id:
+            self.fail("signature.json", f"names key {sig.get('key_id')}, not the server key in server_key.json")
             return False
         if signed["purpose"] != EXPORT_PURPOSE or not self.verify_signature(
             self.key, canonical_json(signed), signature
@@ -331,22 +397,23 @@ class Verifier:
                 signed = doc["anchor"]
                 signature = base64.b64decode(doc["signature"], validate=True)
                 key = base64.b64decode(doc["public_key"], validate=True)
+                kid = doc.get("key_id", key_id(key))  # anchors from before key ids name only their key
                 sequence, digest = int(signed["sequence"]), str(signed["hash"])
             except Exception:  # noqa: BLE001
                 self.fail(relative, "is not a well-formed anchor")
                 continue
-            if key != self.key:
+            if self.trusted.get(kid) != key:
                 self.fail(relative, f"is signed by another key ({fingerprint(key)})")
             elif signed.get("purpose") != ANCHOR_PURPOSE or set(signed) != {"purpose", "sequence", "hash", "time"}:
                 self.fail(relative, "is not a well-formed anchor")
-            elif not self.verify_signature(self.key, canonical_json(signed), signature):
+            elif not self.verify_signature(key, canonical_json(signed), signature):
                 self.fail(relative, "its signature does not verify")
             elif listed.get("sequence") != sequence or listed.get("hash") != digest:
                 self.fail(relative, "does not say what the manifest says it says")
             else:
                 anchors[relative] = (sequence, digest, signed["time"])
         if len(anchors) == len(manifest.get("anchors", [])):
-            self.ok(f"{len(anchors)} history anchors are signed by the server key")
+            self.ok(f"{len(anchors)} history anchors are signed by the server key or a key it succeeded")
         return anchors
 
     # 5. the history segment, and 6. the items in it

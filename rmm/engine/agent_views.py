@@ -24,10 +24,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from rmm.engine import services as engine
-from rmm.engine import signing, wakeups
+from rmm.engine import wakeups
 from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
+from rmm.keys import keyset
 from rmm.text import storable
 from rmm_agent.protocol import MAX_BODY_BYTES
 
@@ -132,12 +133,16 @@ def _enroll(request: HttpRequest) -> JsonResponse:
         agent, secret = inventory.enroll_agent(str(data.get("token") or ""), data.get("facts") or {})
     except ServiceError as exc:
         return JsonResponse(exc.as_dict(), status=exc.status_code)
+    keys = keyset.cached()
+    pinned = keys.get(keyset.INSTRUCTIONS, agent.signing_key_id)
     return JsonResponse(
         {
             "agent_id": str(agent.pk),
             "asset_id": str(agent.asset_id),
             "secret": secret,
-            "server_public_key": signing.public_key_b64(),
+            "server_public_key": pinned.public_key_b64,
+            "server_key_id": pinned.key_id,
+            "server_keys": {key.key_id: key.public_key_b64 for key in keys.active(keyset.INSTRUCTIONS)},
             "heartbeat_interval": settings.RMM_HEARTBEAT_INTERVAL,
         },
         status=201,
@@ -243,7 +248,12 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
         )
         response["Retry-After"] = str(max(1, math.ceil(spacing)))
         return response
-    seen = engine.check_in(agent, now, str(data.get("agent_version") or "")[:50])
+    keys = keyset.cached()  # checked against the registry's version that the check-in returns
+    seen = engine.check_in(
+        agent, now, str(data.get("agent_version") or "")[:50], keys.acknowledged(data.get("key_ids"))
+    )
+    if seen.keys_version != keys.version:
+        keys = keyset.current(seen.keys_version)
     facts_required = False
     facts = data.get("facts")
     try:
@@ -268,6 +278,9 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     new_secret = inventory.issue_rotated_secret(agent)
     if new_secret:
         answer["new_secret"] = new_secret
+    key_update = keys.update_for(data.get("key_ids"))
+    if key_update:
+        answer["signing_keys"] = key_update
     response = JsonResponse(answer)
     if not (leased or answer["abort"] or facts_required or new_secret):
         response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait

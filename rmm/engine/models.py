@@ -51,6 +51,7 @@ class Instruction(models.Model):
     not_after = models.DateTimeField()
     payload = models.TextField(help_text="The exact canonical JSON that was signed.")
     signature = models.CharField(max_length=200)
+    key_id = models.CharField(max_length=16, blank=True, help_text="The instruction-signing key that signed it.")
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
     leased_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

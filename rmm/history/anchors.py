@@ -1,5 +1,6 @@
-"""History anchors: the head of the chain (sequence, hash, time) signed with the server's key
-and kept as a ``history_anchor`` evidence blob, outside the database.
+"""History anchors: the head of the chain (sequence, hash, time) signed with the server's
+evidence key (:mod:`rmm.keys`, purpose ``evidence``; its key id is in the anchor) and kept as a
+``history_anchor`` evidence blob, outside the database.
 
 The chain alone proves that no event was changed or removed *before* its head; anyone with
 database rights can still cut the newest events off, or rebuild the whole chain. An anchor
@@ -14,16 +15,16 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from rmm.engine import signing
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
+from rmm.keys import keyset
+from rmm_agent import keyring
 from rmm_agent.protocol import canonical_json
 
 PURPOSE = "rmm.history_anchor"  # signed with the statement, so no other signed thing passes for an anchor
@@ -32,11 +33,18 @@ ANCHORED = "history.anchored"
 
 def key_fingerprint(raw_public_key: bytes) -> str:
     """What an auditor compares with the fingerprint obtained out of band."""
-    return "SHA256:" + hashlib.sha256(raw_public_key).hexdigest()
+    return keyring.fingerprint(raw_public_key)
 
 
 def server_public_key() -> bytes:
-    return base64.b64decode(signing.public_key_b64())
+    """The evidence key that signs anchors and export bundles now."""
+    return keyset.current().signer(keyset.EVIDENCE).public_key
+
+
+def trusted_keys() -> dict[str, bytes]:
+    """Every evidence key, by id, whose signatures are this server's (the current one and those
+    it succeeded, linked by signed rotation statements): anchors signed before a rotation verify."""
+    return keyset.current().verification_keys(keyset.EVIDENCE)
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Anchor:
     sequence: int
     hash: str
     time: str
+    key_id: str = ""
 
     @property
     def label(self) -> str:
@@ -73,13 +82,15 @@ def anchor_history(actor="system", *, only_if_changed: bool = False):
     if only_if_changed and action == ANCHORED:
         return None
     signed = statement(sequence, digest, timezone.now().isoformat())
-    public_key = server_public_key()
+    keys = keyset.current()
+    signer = keys.signer(keyset.EVIDENCE)
     blob = canonical_json(
         {
             "anchor": signed,
-            "signature": signing.sign(canonical_json(signed)),
-            "public_key": base64.b64encode(public_key).decode(),
-            "key_fingerprint": key_fingerprint(public_key),
+            "key_id": signer.key_id,
+            "signature": keys.sign_with(signer, canonical_json(signed)),
+            "public_key": signer.public_key_b64,
+            "key_fingerprint": signer.fingerprint,
         }
     )
     blob_hash = hashlib.sha256(blob).hexdigest()
@@ -97,8 +108,9 @@ def anchor_history(actor="system", *, only_if_changed: bool = False):
     )
 
 
-def parse_anchor(name: str, data: bytes, public_key: bytes) -> Anchor:
-    """Check one anchor blob: its name's hash, its shape, its key and its signature."""
+def parse_anchor(name: str, data: bytes, trusted: Mapping[str, bytes]) -> Anchor:
+    """Check one anchor blob: its name's hash, its shape, its key (by id, one of ``trusted``) and
+    its signature."""
     filename = name.rsplit("/", 1)[-1]
     if not filename.endswith(f"-{hashlib.sha256(data).hexdigest()}.json"):
         raise AnchorProblem("its content does not match the hash in its name")
@@ -106,21 +118,19 @@ def parse_anchor(name: str, data: bytes, public_key: bytes) -> Anchor:
         doc = json.loads(data)
         signed = doc["anchor"]
         sequence, digest, time = signed["sequence"], signed["hash"], signed["time"]
-        signature = base64.b64decode(doc["signature"], validate=True)
         key = base64.b64decode(doc["public_key"], validate=True)
-    except (ValueError, KeyError, TypeError):
+        kid = doc.get("key_id", keyring.key_id(key))  # anchors from before key ids name only their key
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise AnchorProblem("it is not a well-formed anchor") from None
     if set(signed) != {"purpose", "sequence", "hash", "time"} or signed["purpose"] != PURPOSE:
         raise AnchorProblem("it is not a well-formed anchor")
-    if key != public_key:
+    if not isinstance(kid, str) or trusted.get(kid) != key:
         raise AnchorProblem(f"it is signed by another key ({key_fingerprint(key)})")
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, canonical_json(signed))
-    except InvalidSignature:
-        raise AnchorProblem("its signature does not verify") from None
+    if not keyring.verify(trusted[kid], canonical_json(signed), doc.get("signature")):
+        raise AnchorProblem("its signature does not verify")
     if not filename.startswith(f"{sequence:012d}-"):
         raise AnchorProblem("its name does not match the sequence it signs")
-    return Anchor(name=name, sequence=sequence, hash=digest, time=time)
+    return Anchor(name=name, sequence=sequence, hash=digest, time=time, key_id=kid)
 
 
 def stored_anchor_names() -> list[str]:
@@ -150,14 +160,14 @@ def load_anchors() -> tuple[list[Anchor], list[str]]:
     from evidence import services as evidence
     from evidence.models import EvidenceType, RmmEvidence
 
-    public_key = server_public_key()
+    trusted = trusted_keys()
     anchors, problems = [], []
     names = stored_anchor_names()
     for name in names:
         with default_storage.open(name, "rb") as fh:
             data = fh.read()
         try:
-            anchors.append(parse_anchor(name, data, public_key))
+            anchors.append(parse_anchor(name, data, trusted))
         except AnchorProblem as exc:
             problems.append(f"anchor {name}: {exc}")
     recorded = set()

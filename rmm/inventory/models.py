@@ -77,6 +77,10 @@ class Agent(models.Model):
     pending_secret_hash = models.CharField(max_length=64, blank=True)
     rotation_requested_at = models.DateTimeField(null=True, blank=True)
     version = models.CharField(max_length=50, blank=True)
+    # The newest instruction-signing key the agent holds (it says so in every heartbeat); its
+    # instructions are signed with it, or an older key it holds. Blank: the first key (pinned
+    # by agents from before key ids).
+    signing_key_id = models.CharField(max_length=16, blank=True)
     enrolled_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

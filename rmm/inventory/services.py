@@ -18,6 +18,7 @@ from rmm.engine import events
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, Site
+from rmm.keys import keyset
 from rmm.text import unstorable
 from rmm_agent.protocol import MAX_FACTS_BYTES, MAX_FACTS_DEPTH, MAX_HOSTNAME_CHARS, canonical_json
 from rmm_agent.protocol import facts_hash as compute_facts_hash
@@ -90,6 +91,11 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
     if not hostname:
         raise InvalidInput("Facts must include the hostname.", field="facts")
     now = timezone.now()
+    # The agent will trust the instruction keys that are not retired, and is recorded as holding
+    # the newest (checked before the token is used: no key, no enrollment, the use not lost).
+    trusted = keyset.current().active(keyset.INSTRUCTIONS)
+    if not trusted:
+        raise keyset.KeyUnavailable("The server has no instruction-signing key yet; enrollment is not possible.")
     token_hash = hash_secret(token_secret or "")
     secret = secrets.token_urlsafe(32)
     with transaction.atomic():
@@ -99,7 +105,11 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
         ).update(use_count=F("use_count") + 1)
         if used:
             agent = _enroll(
-                EnrollmentToken.objects.select_related("site").get(token_hash=token_hash), facts, now, secret
+                EnrollmentToken.objects.select_related("site").get(token_hash=token_hash),
+                facts,
+                now,
+                secret,
+                trusted[-1].key_id,
             )
     if not used:
         token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
@@ -118,7 +128,7 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
     return agent, secret
 
 
-def _enroll(token: EnrollmentToken, facts: dict, now, secret: str) -> Agent:
+def _enroll(token: EnrollmentToken, facts: dict, now, secret: str, signing_key_id: str) -> Agent:
     """The asset, its agent and its first facts, in the caller's transaction."""
     hostname = facts["hostname"].strip()
     asset = Asset.objects.create(
@@ -128,7 +138,10 @@ def _enroll(token: EnrollmentToken, facts: dict, now, secret: str) -> Agent:
         architecture=str(facts.get("architecture", ""))[:50],
     )
     agent = Agent.objects.create(
-        asset=asset, secret_hash=hash_secret(secret), version=str(facts.get("agent_version", ""))[:50]
+        asset=asset,
+        secret_hash=hash_secret(secret),
+        version=str(facts.get("agent_version", ""))[:50],
+        signing_key_id=signing_key_id,
     )
     AssetFacts.objects.create(asset=asset, facts=facts, facts_hash=compute_facts_hash(facts), reported_at=now)
     history.append(

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from rmm_agent import keyring
 from rmm_agent.protocol import canonical_json, result_hash, sha256_hex
 from rmm_agent.runner import DEFAULT_RUN_AS, Account, lookup_account
 
@@ -105,15 +106,38 @@ def make_payload(content: str = "echo hello\n", **overrides: object) -> dict:
 
 
 def sign(payload: dict | str, private_key: Ed25519PrivateKey) -> dict:
-    """An envelope as the server sends it: payload text plus base64 signature."""
+    """An envelope as the server sends it: payload text, base64 signature, the signing key's id."""
     text = payload if isinstance(payload, str) else canonical_json(payload).decode()
     signature = private_key.sign(text.encode("utf-8"))
-    return {"payload": text, "signature": base64.b64encode(signature).decode()}
+    return {
+        "payload": text,
+        "signature": base64.b64encode(signature).decode(),
+        "key_id": keyring.key_id(raw_public_key(private_key)),
+    }
+
+
+def trusted(*private_keys: Ed25519PrivateKey) -> dict[str, bytes]:
+    """The keys an agent trusts, by id, as it holds them."""
+    return {keyring.key_id(raw_public_key(key)): raw_public_key(key) for key in private_keys}
 
 
 @pytest.fixture(scope="session")
 def server_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
+
+
+def fail_writes_to(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """The disk is full, for ``path`` only: the agent's atomic writes of it fail from now on."""
+    from rmm_agent import state as state_module
+
+    real_write = state_module.atomic_write_json
+
+    def failing_write(target: Path, obj: object, mode: int = 0o600) -> None:
+        if target == path:
+            raise OSError(28, "No space left on device")
+        real_write(target, obj, mode)
+
+    monkeypatch.setattr(state_module, "atomic_write_json", failing_write)
 
 
 def closed_port() -> int:
@@ -158,6 +182,9 @@ class FakeServer:
     issued_secrets: list = field(default_factory=list)
     # Like a proxy's body limit: larger requests get 413 with an HTML page.
     max_body: int | None = None
+    # A signing-key update to send in every heartbeat answer, as the real server does until the
+    # agent reports holding the keys (see tests/agent/test_keyring.py).
+    signing_keys: dict | None = None
 
     def heartbeats(self) -> list[dict]:
         with self.lock:
@@ -212,6 +239,8 @@ class FakeServer:
                     "abort": list(self.abort),
                     "facts_required": self.facts_required,
                 }
+                if self.signing_keys is not None:
+                    answer["signing_keys"] = self.signing_keys
                 if self.rotate:
                     self.pending_secret = f"rotated-{uuid.uuid4().hex}"
                     self.issued_secrets.append(self.pending_secret)

@@ -22,12 +22,12 @@ from rmm_agent.protocol import (
     verify_instruction,
 )
 
-from .conftest import AGENT_ID, make_payload, raw_public_key, sign
+from .conftest import AGENT_ID, make_payload, sign, trusted
 
 NOW = datetime.now(UTC)
 
 
-def refusal(envelope: dict, key: bytes, agent_id: str = AGENT_ID) -> InstructionRefused:
+def refusal(envelope: dict, key: dict[str, bytes], agent_id: str = AGENT_ID) -> InstructionRefused:
     with pytest.raises(InstructionRefused) as caught:
         verify_instruction(envelope, key, agent_id, NOW)
     return caught.value
@@ -41,7 +41,7 @@ def test_constants_match_the_contract() -> None:
 
 def test_good_envelope_returns_the_payload(server_key: Ed25519PrivateKey) -> None:
     payload = make_payload("echo ok\n", arguments=["a b"], privileged=True)
-    verified = verify_instruction(sign(payload, server_key), raw_public_key(server_key), AGENT_ID, NOW)
+    verified = verify_instruction(sign(payload, server_key), trusted(server_key), AGENT_ID, NOW)
     assert verified == payload
 
 
@@ -49,33 +49,50 @@ def test_tampered_payload_byte_is_a_bad_signature(server_key: Ed25519PrivateKey)
     payload = make_payload("echo ok\n")
     envelope = sign(payload, server_key)
     envelope["payload"] = envelope["payload"].replace("echo ok", "echo OK")
-    refused = refusal(envelope, raw_public_key(server_key))
+    refused = refusal(envelope, trusted(server_key))
     assert refused.reason == "bad_signature"
     assert refused.instruction_id == payload["instruction_id"]  # best effort, for reporting
 
 
 def test_signature_by_another_key_is_refused(server_key: Ed25519PrivateKey) -> None:
     payload = make_payload()
-    envelope = sign(payload, Ed25519PrivateKey.generate())
-    assert refusal(envelope, raw_public_key(server_key)).reason == "bad_signature"
+    envelope = {**sign(payload, Ed25519PrivateKey.generate()), "key_id": sign(payload, server_key)["key_id"]}
+    assert refusal(envelope, trusted(server_key)).reason == "bad_signature"
+
+
+def test_a_signature_names_its_key_and_an_unknown_or_missing_key_id_is_refused(
+    server_key: Ed25519PrivateKey,
+) -> None:
+    payload = make_payload()
+    other = Ed25519PrivateKey.generate()
+    refused = refusal(sign(payload, other), trusted(server_key))  # a key this agent does not trust
+    assert (refused.reason, refused.instruction_id) == ("unknown_key", payload["instruction_id"])
+    envelope = sign(payload, server_key)
+    del envelope["key_id"]
+    assert refusal(envelope, trusted(server_key)).reason == "unknown_key"
+    # Named as one trusted key but signed by another trusted key: the named key decides.
+    envelope = {**sign(payload, other), "key_id": sign(payload, server_key)["key_id"]}
+    assert refusal(envelope, trusted(server_key, other)).reason == "bad_signature"
+    # Either trusted key verifies what it signed (the overlap of a rotation).
+    assert verify_instruction(sign(payload, other), trusted(server_key, other), AGENT_ID, NOW) == payload
 
 
 @pytest.mark.parametrize("signature", ["", "not base64!", base64.b64encode(b"short").decode(), None])
 def test_malformed_signature_is_a_bad_signature(server_key: Ed25519PrivateKey, signature: str | None) -> None:
     envelope = sign(make_payload(), server_key)
     envelope["signature"] = signature
-    assert refusal(envelope, raw_public_key(server_key)).reason == "bad_signature"
+    assert refusal(envelope, trusted(server_key)).reason == "bad_signature"
 
 
 def test_unparseable_payload_has_no_id(server_key: Ed25519PrivateKey) -> None:
-    envelope = {"payload": "{not json", "signature": sign("x", server_key)["signature"]}
-    refused = refusal(envelope, raw_public_key(server_key))
+    envelope = {**sign("x", server_key), "payload": "{not json"}
+    refused = refusal(envelope, trusted(server_key))
     assert (refused.reason, refused.instruction_id) == ("bad_signature", None)
 
 
 def test_instruction_for_another_agent_is_refused(server_key: Ed25519PrivateKey) -> None:
     payload = make_payload(agent_id="someone-else")
-    refused = refusal(sign(payload, server_key), raw_public_key(server_key))
+    refused = refusal(sign(payload, server_key), trusted(server_key))
     assert (refused.reason, refused.instruction_id) == (
         "wrong_agent",
         payload["instruction_id"],
@@ -84,7 +101,7 @@ def test_instruction_for_another_agent_is_refused(server_key: Ed25519PrivateKey)
 
 def test_content_hash_mismatch_is_refused(server_key: Ed25519PrivateKey) -> None:
     payload = make_payload("echo ok\n", content_sha256=sha256_hex(b"echo other\n"))
-    refused = refusal(sign(payload, server_key), raw_public_key(server_key))
+    refused = refusal(sign(payload, server_key), trusted(server_key))
     assert refused.reason == "hash_mismatch"
 
 
@@ -92,18 +109,18 @@ def test_content_hash_mismatch_is_refused(server_key: Ed25519PrivateKey) -> None
 def test_expired_instruction_is_refused(server_key: Ed25519PrivateKey, delta: timedelta) -> None:
     not_after = (NOW + delta).isoformat().replace("+00:00", "Z")
     payload = make_payload(not_after=not_after)
-    assert refusal(sign(payload, server_key), raw_public_key(server_key)).reason == ("expired")
+    assert refusal(sign(payload, server_key), trusted(server_key)).reason == ("expired")
 
 
 def test_not_after_with_offset_is_understood(server_key: Ed25519PrivateKey) -> None:
     payload = make_payload(not_after=(NOW + timedelta(minutes=5)).isoformat())
-    key = raw_public_key(server_key)
+    key = trusted(server_key)
     assert verify_instruction(sign(payload, server_key), key, AGENT_ID, NOW) == payload
 
 
 def test_unknown_interpreter_is_refused(server_key: Ed25519PrivateKey) -> None:
     payload = make_payload(interpreter="cmd")
-    refused = refusal(sign(payload, server_key), raw_public_key(server_key))
+    refused = refusal(sign(payload, server_key), trusted(server_key))
     assert refused.reason == "unsupported_interpreter"
 
 
@@ -115,7 +132,7 @@ def test_checks_run_in_contract_order(server_key: Ed25519PrivateKey) -> None:
         not_after="2000-01-01T00:00:00Z",
         interpreter="cmd",
     )
-    key = raw_public_key(server_key)
+    key = trusted(server_key)
     assert refusal(sign(payload, server_key), key).reason == "wrong_agent"
     payload["agent_id"] = AGENT_ID
     assert refusal(sign(payload, server_key), key).reason == "hash_mismatch"
@@ -137,7 +154,7 @@ def test_checks_run_in_contract_order(server_key: Ed25519PrivateKey) -> None:
 )
 def test_signed_but_unusable_fields_are_refused(server_key: Ed25519PrivateKey, overrides: dict) -> None:
     payload = make_payload(**overrides)
-    refused = refusal(sign(payload, server_key), raw_public_key(server_key))
+    refused = refusal(sign(payload, server_key), trusted(server_key))
     assert refused.reason == "malformed_payload"
 
 

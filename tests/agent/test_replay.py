@@ -78,12 +78,17 @@ def test_forged_instructions_are_reported_but_never_recorded(
 ) -> None:
     """Nothing of an unsigned payload is trusted: its id must not enter (or grow) the ledger."""
     subject = make_agent(tmp_path, fake_server.url, server_key)
-    forged = sign(make_payload("echo forged\n"), Ed25519PrivateKey.generate())
-    for _ in range(2):
-        subject.handle(HeartbeatAnswer(ok=True, instructions=[forged]))
-        [result] = subject.state.spooled_results()
-        assert (result["outcome"], result["reason"]) == ("refused", "bad_signature")
-        assert subject.flush_spool()
+    forger = Ed25519PrivateKey.generate()
+    own_key = sign("x", server_key)["key_id"]
+    for forged, reason in (
+        (sign(make_payload("echo forged\n"), forger), "unknown_key"),  # names the forger's key
+        ({**sign(make_payload("echo forged\n"), forger), "key_id": own_key}, "bad_signature"),  # claims ours
+    ):
+        for _ in range(2):
+            subject.handle(HeartbeatAnswer(ok=True, instructions=[forged]))
+            [result] = subject.state.spooled_results()
+            assert (result["outcome"], result["reason"]) == ("refused", reason)
+            assert subject.flush_spool()
     assert subject.state.load_ledger() == {}
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from rmm_agent import state as state_module
 from rmm_agent.agent import Agent
 from rmm_agent.client import Client
 from rmm_agent.runner import make_result
 
-from .conftest import AGENT_ID, SECRET, FakeServer, make_payload, sign
+from .conftest import AGENT_ID, SECRET, FakeServer, fail_writes_to, make_payload, sign
 from .test_cli import agent, enroll
 from .test_spool import make_agent
 
@@ -82,14 +81,7 @@ def test_a_secret_that_could_not_be_stored_is_never_used(
     rename): the old secret stays in use and keeps working, and a later heartbeat rotates."""
     subject = make_agent(tmp_path, fake_server.url, server_key)
     config_path = subject.state.config_path
-    real_write = state_module.atomic_write_json
-
-    def failing_write(path: Path, obj: object, mode: int = 0o600) -> None:
-        if path == config_path:
-            raise OSError(28, "No space left on device")
-        real_write(path, obj, mode)
-
-    monkeypatch.setattr(state_module, "atomic_write_json", failing_write)
+    fail_writes_to(monkeypatch, config_path)
     fake_server.rotate = True
     with caplog.at_level(logging.ERROR, logger="rmm_agent"):
         assert subject.heartbeat().ok
@@ -105,7 +97,7 @@ def test_a_secret_that_could_not_be_stored_is_never_used(
     assert fake_server.calls(RESULTS)[-1][1] == SECRET
 
     # The agent "restarts" from what is on disk, and this time the write succeeds.
-    monkeypatch.setattr(state_module, "atomic_write_json", real_write)
+    monkeypatch.undo()  # space again
     restarted = Agent(subject.state, subject.state.load_config())
     assert restarted.heartbeat().ok
     assert fake_server.calls(HEARTBEAT)[-1][1] == SECRET

@@ -7,6 +7,7 @@ and the login form and websocket a browser uses.
 from __future__ import annotations
 
 import http.cookiejar
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -95,6 +96,16 @@ def run_job(server, w, script_id):
     )
     assert r.status == 201, r.body
     return r.json()
+
+
+def finished_export(server, export_id: str, token: str, seconds: float = 90) -> dict:
+    """An export's status once the task cluster is done with it (or the time is up)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status = server.request("GET", f"/api/v1/evidence/exports/{export_id}/", token=token).json()
+        if status["status"] in {"done", "failed"} or time.monotonic() > deadline:
+            return status
+        time.sleep(0.3)
 
 
 def agent_once(server, w):

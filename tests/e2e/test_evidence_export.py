@@ -6,11 +6,10 @@ import io
 import json
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 
-from tests.e2e.flows import agent_once, make_world, publish, run_job
+from tests.e2e.flows import agent_once, finished_export, make_world, publish, run_job
 
 
 def test_an_export_is_built_in_the_cluster_and_verifies_offline(server, tmp_path):
@@ -24,12 +23,7 @@ def test_an_export_is_built_in_the_cluster_and_verifies_offline(server, tmp_path
     r = server.request("POST", "/api/v1/evidence/exports/", {"site": w["site"]}, compliance)
     assert r.status == 202, r.body
     export_id = r.json()["id"]
-    deadline = time.monotonic() + 90
-    while True:
-        status = server.request("GET", f"/api/v1/evidence/exports/{export_id}/", token=compliance).json()
-        if status["status"] in {"done", "failed"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+    status = finished_export(server, export_id, compliance)
     assert (status["status"], status["progress"], status["item_count"]) == ("done", 100, 1), status
 
     bundle = server.request("GET", status["download"], token=compliance)

@@ -8,6 +8,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from rmm.engine.models import Instruction
+from rmm.keys import services as key_services
 from rmm_agent.runner import make_result
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent
@@ -50,13 +51,16 @@ def result_body(instruction_id):
 def one_agents_round(site, psa, task, script, hostname):
     """Idle heartbeat, a heartbeat that leases one instruction, and its result: three query counts."""
     agent, auth = make_agent(site, hostname)
-    idle, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": []}, auth, 200)
+    keys = [agent.signing_key_id]  # as the real agent, every heartbeat names the keys it holds
+    idle, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": [], "key_ids": keys}, auth, 200)
     assert answer["instructions"] == []
     queue_one(psa, task, script, agent)
-    leasing, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": []}, auth, 200)
+    leasing, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": [], "key_ids": keys}, auth, 200)
     assert len(answer["instructions"]) == 1
     inst_id = json.loads(answer["instructions"][0]["payload"])["instruction_id"]
-    running, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "running": [inst_id]}, auth, 200)
+    running, answer, _ = measure(
+        "/api/v1/agent/heartbeat/", {"capacity": 4, "running": [inst_id], "key_ids": keys}, auth, 200
+    )
     assert answer["instructions"] == [] and answer["abort"] == []
     result, answer, _ = measure("/api/v1/agent/results/", result_body(inst_id), auth, 201)
     assert answer == {"status": "accepted"}
@@ -154,3 +158,23 @@ def test_looking_again_when_woken_costs_the_same_whatever_the_fleet(world, site)
         counts.append((len(nothing), len(leasing)))
     assert counts[0] == counts[1]
     assert counts[0][0] == 1 and counts[0][1] <= MAX_LEASING_HEARTBEAT
+
+
+def test_the_key_set_costs_no_query_per_heartbeat_and_a_rotation_reaches_the_worker(world, site):
+    """The key set is cached per process and checked against the registry's version, which the
+    check-in statement returns: a heartbeat that names its keys costs no more than one that does
+    not. A rotation made elsewhere (this process's cache is not told) reaches the next heartbeat,
+    at the cost of loading the key set once."""
+    agent, auth = make_agent(site, "keys")
+    path, held = "/api/v1/agent/heartbeat/", [agent.signing_key_id]
+    plain, _, _ = measure(path, {"capacity": 4}, auth, 200)
+    with_keys, answer, _ = measure(path, {"capacity": 4, "key_ids": held}, auth, 200)
+    assert with_keys == plain <= MAX_IDLE_HEARTBEAT
+    assert "signing_keys" not in answer
+    new = key_services.rotate("instructions", "user:tester")
+    first, answer, _ = measure(path, {"capacity": 4, "key_ids": held}, auth, 200)
+    [statement] = answer["signing_keys"]["rotations"]
+    assert json.loads(statement["payload"])["key_id"] == new.key_id
+    assert first <= plain + 1  # the key set, loaded once
+    again, answer, _ = measure(path, {"capacity": 4, "key_ids": held}, auth, 200)
+    assert again == plain and answer["signing_keys"]["rotations"] == [statement]

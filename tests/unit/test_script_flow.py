@@ -9,10 +9,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.test import Client
 
 from evidence.models import RmmEvidence
-from rmm.engine import signing
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
 from rmm.history.services import verify_chain
+from rmm.keys import keyset
 from rmm_agent.runner import make_result
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, make_agent, post_json
@@ -72,7 +72,9 @@ def test_psa_authorised_script_runs_and_yields_evidence(setup):
     leased = heartbeat(auth)["instructions"]
     assert len(leased) == 1
     envelope = leased[0]
-    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(signing.public_key_b64()))
+    signer = keyset.current().get(keyset.INSTRUCTIONS, envelope["key_id"])
+    assert signer is not None and signer.key_id == agent.signing_key_id  # the key it was enrolled under
+    key = Ed25519PublicKey.from_public_bytes(signer.public_key)
     key.verify(base64.b64decode(envelope["signature"]), envelope["payload"].encode())  # raises if forged
     payload = json.loads(envelope["payload"])
     assert payload["agent_id"] == str(agent.pk)

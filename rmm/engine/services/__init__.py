@@ -23,13 +23,14 @@ from django.utils import timezone
 
 from rmm import bulk, tasks
 from rmm.authority.models import PsaCase, PsaTask
-from rmm.engine import events, registry, signing
+from rmm.engine import events, registry
 from rmm.engine.models import Instruction, KillSwitch
 from rmm.engine.services import kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent
+from rmm.keys import keyset
 from rmm.text import storable
 from rmm_agent.protocol import (
     CONTAINMENT_METHODS,
@@ -182,6 +183,10 @@ def _sign(
     stamps = {"issued_at": iso_utc(now), "not_after": iso_utc(not_after)}
     rows = []
     digests: dict[str, str] = {}  # a batch signs one content thousands of times: hash it once
+    keys = keyset.current()
+    # Each agent's instructions are signed with the newest key it has acknowledged holding.
+    acknowledged = dict(Agent.objects.filter(pk__in=set(agents.values())).values_list("pk", "signing_key_id"))
+    signers: dict[str, keyset.Key] = {}
     for position, (job, spec) in enumerate(rendered, start=wave_offset):
         agent_id = agents[spec.asset.pk]
         if spec.interpreter not in INTERPRETERS:
@@ -227,7 +232,12 @@ def _sign(
                 **stamps,
             }
         ).decode()
-        inst.signature = signing.sign(inst.payload.encode())
+        held = acknowledged.get(agent_id, "")
+        signer = signers.get(held)
+        if signer is None:
+            signer = signers[held] = keys.signer_for_agent(held, now)
+        inst.key_id = signer.key_id
+        inst.signature = keys.sign_with(signer, inst.payload.encode())
         rows.append(inst)
     return rows
 
@@ -523,10 +533,12 @@ class CheckIn:
     facts_hash: str | None  # the stored hash of the asset's facts
     switch: KillSwitch | None  # the engaged kill switch covering the asset
     work_waiting: bool  # queued, released, unexpired instructions for this agent
+    keys_version: int  # the signing-key registry's version (rmm.keys.keyset.VERSION_SQL)
 
 
-def check_in(agent: Agent, now: datetime, version: str) -> CheckIn:
-    """Record that the agent was seen and learn what its heartbeat needs: one statement.
+def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = None) -> CheckIn:
+    """Record that the agent was seen (and, with ``key_id``, the newest signing key it holds) and
+    learn what its heartbeat needs: one statement.
 
     Every agent calls this forever, so its SQL is written once here rather than built through
     the ORM on every call, which cost most of a heartbeat's CPU (docs/performance.md).
@@ -534,10 +546,10 @@ def check_in(agent: Agent, now: datetime, version: str) -> CheckIn:
     agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        params = [moment, version, agent_id, asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
+        params = [moment, version, key_id, agent_id, asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
         cursor.execute(_CHECK_IN_SQL, params)
-        facts_hash, switch_id, waiting = cursor.fetchone()
-    return CheckIn(facts_hash, _engaged_switch(switch_id), bool(waiting))
+        facts_hash, switch_id, waiting, keys_version = cursor.fetchone()
+    return CheckIn(facts_hash, _engaged_switch(switch_id), bool(waiting), int(keys_version))
 
 
 def _uuid_param(value):
@@ -574,8 +586,9 @@ _FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
 # The check-in is one round trip: the agent is seen, and learns what its heartbeat needs
 # (RETURNING: PostgreSQL, and SQLite 3.35+).
 _CHECK_IN_SQL = (
-    "UPDATE inventory_agent SET last_seen_at = %s, version = %s WHERE id = %s"  # noqa: S608
-    f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}"
+    "UPDATE inventory_agent SET last_seen_at = %s, version = %s,"  # noqa: S608
+    " signing_key_id = COALESCE(%s, signing_key_id) WHERE id = %s"
+    f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}, {keyset.VERSION_SQL}"
 )
 _LOOK_SQL = (
     f"SELECT {_SWITCH_SQL}, {_WAITING_SQL},"  # noqa: S608
@@ -657,7 +670,9 @@ def _start_jobs(kind, insts, agent, now) -> None:
 
 
 def envelope(inst: Instruction) -> dict:
-    return {"payload": inst.payload, "signature": inst.signature}
+    """What the agent gets. An instruction from before key ids was signed with the server's one
+    key then, which an upgraded server holds as its first instruction key."""
+    return {"payload": inst.payload, "signature": inst.signature, "key_id": inst.key_id or keyset.cached().first_id()}
 
 
 def to_abort(agent: Agent, running_ids: list, switch=None) -> list[str]:

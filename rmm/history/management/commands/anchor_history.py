@@ -1,5 +1,6 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from rmm.errors import ServiceError
 from rmm.history import anchors
 
 
@@ -7,7 +8,10 @@ class Command(BaseCommand):
     help = "Sign the head of the execution history now and keep it as a history_anchor evidence record."
 
     def handle(self, *args, **options):
-        row = anchors.anchor_history("cli:anchor_history")
+        try:
+            row = anchors.anchor_history("cli:anchor_history")
+        except ServiceError as exc:  # no evidence key can sign here
+            raise CommandError(exc.detail) from None
         if row is None:
             self.stdout.write("Nothing to anchor: the history is empty.")
             return
