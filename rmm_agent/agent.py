@@ -170,8 +170,10 @@ class Agent:
                 self.state.discard_spooled(instruction_id)
             elif answer.status == 401:
                 raise Unauthorized(answer.detail)
-            elif answer.status == 429:
+            elif answer.status in (429, 503):  # slow down, or the server cannot store it now
                 self.results_blocked_until = time.monotonic() + answer.retry_after()
+                if answer.status == 503:
+                    log.warning("result %s kept in spool: %s (HTTP 503)", instruction_id, _one_line(answer.detail))
                 return False
             elif answer.status >= 500:
                 log.warning(
@@ -233,7 +235,9 @@ class Agent:
         self._note_reachable()
         if answer.status == 401:
             raise Unauthorized(answer.detail)
-        if answer.status == 429:
+        if answer.status in (429, 503):  # slow down, or a dependency of the server is down: wait as told
+            if answer.status == 503:
+                log.warning("heartbeat: %s (HTTP 503); again in %.0f s", _one_line(answer.detail), answer.retry_after())
             return HeartbeatAnswer(ok=False, retry_after=answer.retry_after())
         if answer.status != 200 or not isinstance(answer.body, dict):
             log.warning(

@@ -6,6 +6,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from rmm import dependencies
 from rmm.authority import services as authority
 from rmm.inventory import services as inventory
 from tests.helpers import approved_authority, make_agent  # noqa: F401
@@ -15,7 +16,12 @@ from tests.helpers import approved_authority, make_agent  # noqa: F401
 def _test_settings(settings, tmp_path):
     """Each test stores evidence under its own folder; agents may call as fast as tests drive them."""
     settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0
-    cache.clear()  # API rate-limit counters start afresh
+    if not settings.REDIS_URL:
+        # API rate-limit counters start afresh. Not with Redis: clear() empties the whole database,
+        # and with it the other test worker's channel layer; counters there are per token and per
+        # user, never reused.
+        cache.clear()
+    dependencies._down.clear()  # no dependency left down by an earlier test in this process
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}},
