@@ -241,6 +241,10 @@ RMM_EVIDENCE_RETENTION_DAYS = {
     name.strip(): int(days)
     for name, _, days in (item.partition("=") for item in env_list("RMM_EVIDENCE_RETENTION_DAYS", ""))
 }
+# A running export whose builder shows no sign of life for this long (the task cluster died, or
+# the task ran past its timeout) is queued again, up to RMM_EXPORT_MAX_ATTEMPTS builds, then failed.
+RMM_EXPORT_STALE_SECONDS = int(os.environ.get("RMM_EXPORT_STALE_SECONDS", "300"))
+RMM_EXPORT_MAX_ATTEMPTS = int(os.environ.get("RMM_EXPORT_MAX_ATTEMPTS", "3"))
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
