@@ -7,12 +7,24 @@ and the login form and websocket a browser uses.
 from __future__ import annotations
 
 import http.cookiejar
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 
 _STAFF: dict[str, dict[str, str]] = {}
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition", every: float = 0.2):
+    """Poll ``condition`` every ``every`` seconds until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(every)
 
 
 def staff(server) -> dict[str, str]:
