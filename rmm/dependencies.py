@@ -128,6 +128,12 @@ def short(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
+def kind(exc: BaseException) -> str:
+    """The name of the error at the root of ``exc`` (``PoolTimeout``, ``PermissionError`` …)."""
+    *_, root = _chain(exc)
+    return root.__class__.__name__
+
+
 def classify(exc: BaseException) -> tuple[str, str, bool] | None:
     """(dependency, reason, outage) when ``exc`` means a dependency failed, else None. An outage
     (no connection at all) marks the dependency down; a transient failure of one request does not."""

@@ -49,7 +49,10 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def readiness() -> dict[str, dict]:
-    """Each dependency's state, checked now: ``{"status": "up"}`` or ``{"status": "down", "reason": ...}``."""
+    """Each dependency's state, checked now: ``{"status": "up"}`` or ``{"status": "down", "reason": ...}``.
+
+    The reason is the kind of error only (``PoolTimeout``, ``PermissionError`` …): the probe is
+    unauthenticated, and hosts, paths and messages are for the log, which has them in full."""
     checks = {deps.DATABASE: _database}
     if settings.REDIS_URL:
         checks[deps.REDIS] = _redis_ping
@@ -61,10 +64,9 @@ def readiness() -> dict[str, dict]:
         try:
             reason = check()
         except Exception as exc:  # noqa: BLE001 - whatever failed is the reason it is down
-            found = deps.noted(exc)
-            reason = found[1] if found else deps.short(exc)
-            if not found:
-                deps.mark_down(name, reason)
+            if deps.noted(exc) is None:
+                deps.mark_down(name, deps.short(exc))
+            reason = deps.kind(exc)
         states[name] = {"status": "up"} if reason is None else {"status": "down", "reason": reason}
         states[name]["ms"] = round((time.monotonic() - started) * 1000, 1)
     return states
@@ -72,9 +74,8 @@ def readiness() -> dict[str, dict]:
 
 def _database() -> str | None:
     """``SELECT 1``, unless the database is known down and it is not time to try it again."""
-    reason = deps.database_gate()
-    if reason is not None:
-        return reason
+    if deps.database_gate() is not None:
+        return "down (tried again once a second)"
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

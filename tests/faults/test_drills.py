@@ -210,7 +210,7 @@ def test_an_evidence_store_that_refuses_writes_holds_results_back_and_loses_none
         assert stack.job(world, job["id"])["status"] == "running"
         ready = stack.request("GET", "/readyz")
         assert ready.status == 503, ready.body
-        assert "Operation not permitted" in ready.json()["dependencies"]["evidence_storage"]["reason"]
+        assert ready.json()["dependencies"]["evidence_storage"]["reason"] == "PermissionError"
         time.sleep(3)
     finally:
         subprocess.run(["chattr", "-R", "-i", str(stack.evidence_root)], check=True)
