@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.flows import make_world
-from tests.faults.stack import PrivatePostgres, PrivateRedis, Stack
+from tests.faults.stack import RECOVERY, Clock, PrivatePostgres, PrivateRedis, Stack
 
 HERE = Path(__file__).parent
 
@@ -57,3 +57,24 @@ def stack(tmp_path_factory, pg, redis_server):
 def world(stack):
     """A site with an enrolled agent (not running: a drill starts it), PSA authority and staff tokens."""
     return make_world(stack)
+
+
+@pytest.fixture
+def timer(record_property):
+    """``timer("what failed")``: a :class:`~tests.faults.stack.Clock` started now."""
+    return lambda drill: Clock(drill, record_property)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Every recovery measured, at the end of the run (also under xdist, from the reports)."""
+    lines = [
+        f"{name[len(RECOVERY) :]}: {value:.2f} s"
+        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name.startswith(RECOVERY)
+    ]
+    if lines:
+        terminalreporter.write_sep("=", "fault drills: time to recover")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -30,15 +30,22 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition", every: f
 
 
 class Clock:
-    """Times a recovery and prints it (pytest -s, or the report's captured output, shows it)."""
+    """Times a recovery from when it is made; each measure is printed and recorded on the test's
+    report, and the suite lists them all at its end (tests/faults/conftest.py)."""
 
-    def __init__(self, drill: str):
-        self.drill, self.started = drill, time.monotonic()
+    def __init__(self, drill: str, record):
+        self.drill, self.record, self.started = drill, record, time.monotonic()
 
     def lap(self, what: str) -> float:
-        seconds = time.monotonic() - self.started
-        print(f"[faults] {self.drill}: {what} after {seconds:.2f} s", flush=True)
+        return self.note(what, time.monotonic() - self.started)
+
+    def note(self, what: str, seconds: float) -> float:
+        print(f"[faults] {self.drill}: {what}: {seconds:.2f} s", flush=True)
+        self.record(f"{RECOVERY}{self.drill}: {what}", round(seconds, 2))
         return seconds
+
+
+RECOVERY = "recovery: "
 
 
 def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -207,6 +214,16 @@ class Stack(Server):
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+    def log_size(self) -> int:
+        self.log.flush()
+        return self.log_path.stat().st_size
+
+    def log_since(self, size: int) -> str:
+        """What the server and the cluster logged since the log had ``size`` bytes."""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(size)
+            return fh.read().decode(errors="replace")
 
     def db(self):
         import psycopg
