@@ -174,7 +174,7 @@ def noted(exc: BaseException) -> tuple[str, str] | None:
 # --- what is answered ---------------------------------------------------------------------
 
 
-def unavailable_response(dependency: str, reason: str) -> JsonResponse:
+def unavailable_response(dependency: str) -> JsonResponse:
     response = JsonResponse(
         {"detail": f"Service unavailable: the {dependency} cannot be used now; retry later.", "dependency": dependency},
         status=503,
@@ -193,7 +193,7 @@ def response_for(request: HttpRequest | None, exc: BaseException) -> JsonRespons
     dependency, reason = found
     where = f"{request.method} {request.path}" if request is not None else "a request"
     logger.warning("%s answered 503: %s unavailable: %s", where, dependency, reason)
-    response = unavailable_response(dependency, reason)
+    response = unavailable_response(dependency)
     response._has_been_logged = True  # said above, in one line: Django would log it again with a traceback
     return response
 
@@ -251,10 +251,9 @@ class FailFastMiddleware:
     def refusal(self, request: HttpRequest) -> JsonResponse | None:
         if request.path in PROBE_PATHS:
             return None
-        reason = database_gate()
-        if reason is None:
+        if database_gate() is None:
             return None
-        response = unavailable_response(DATABASE, reason)
+        response = unavailable_response(DATABASE)
         response._has_been_logged = True  # the outage is logged once, when it begins, not per request
         return response
 
