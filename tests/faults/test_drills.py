@@ -27,40 +27,44 @@ def anchor_files(stack) -> set[str]:
 def test_an_anchor_run_killed_between_its_file_and_its_record(stack, world, timer):
     """Item 1: the anchor's file is written, the process dies before its record: no false tamper
     alarm, and the next anchor run records the file (an object-locked store cannot delete it)."""
-    before = anchor_files(stack)
-    lock = stack.hold_history_lock()  # the run writes its file, then waits here to record it
+    stack.kill_cluster()  # its hourly anchor would be another run writing and recording meanwhile
     try:
-        run = subprocess.Popen(
-            [sys.executable, "manage.py", "anchor_history"],
-            cwd=ROOT,
-            env=stack.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        [orphan] = wait_for(lambda: anchor_files(stack) - before, what="the anchor's file written")
-        wait_for(stack.waiting_for_history_lock, what="the run waiting to record its anchor")
-        run.send_signal(signal.SIGKILL)
-        assert run.wait(10) == -signal.SIGKILL
+        before = anchor_files(stack)
+        lock = stack.hold_history_lock()  # the run writes its file, then waits here to record it
+        try:
+            run = subprocess.Popen(
+                [sys.executable, "manage.py", "anchor_history"],
+                cwd=ROOT,
+                env=stack.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            [orphan] = wait_for(lambda: anchor_files(stack) - before, what="the anchor's file written")
+            wait_for(stack.waiting_for_history_lock, what="the run waiting to record its anchor")
+            run.send_signal(signal.SIGKILL)
+            assert run.wait(10) == -signal.SIGKILL
+        finally:
+            lock.rollback()
+            lock.close()
+        clock = timer("anchor run killed")
+
+        verified = stack.manage("verify_history", check=False)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert f"NOTE: anchor evidence/anchors/{orphan} has no record yet" in verified.stdout
+        clock.lap("verify_history passed (the orphan named, not a tamper alarm)")
+
+        anchored = stack.manage("anchor_history")
+        assert anchored.returncode == 0, anchored.stderr
+        verified = stack.manage("verify_history")
+        assert "NOTE" not in verified.stdout and verified.stdout.startswith("OK: ")
+        clock.lap("the orphan anchor recorded and the history verified")
+        with stack.db() as conn:
+            [(payload,)] = conn.execute(
+                "SELECT payload FROM history_historyevent WHERE action = 'history.anchor_recovered'"
+            ).fetchall()
+        assert orphan.startswith(f"{payload['sequence']:012d}-")
     finally:
-        lock.rollback()
-        lock.close()
-    clock = timer("anchor run killed")
-
-    verified = stack.manage("verify_history", check=False)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert f"NOTE: anchor evidence/anchors/{orphan} has no record yet" in verified.stdout
-    clock.lap("verify_history passed (the orphan named, not a tamper alarm)")
-
-    anchored = stack.manage("anchor_history")
-    assert anchored.returncode == 0, anchored.stderr
-    verified = stack.manage("verify_history")
-    assert "NOTE" not in verified.stdout and verified.stdout.startswith("OK: ")
-    clock.lap("the orphan anchor recorded and the history verified")
-    with stack.db() as conn:
-        [(payload,)] = conn.execute(
-            "SELECT payload FROM history_historyevent WHERE action = 'history.anchor_recovered'"
-        ).fetchall()
-    assert orphan.startswith(f"{payload['sequence']:012d}-")
+        stack.start_cluster()
     assert_nothing_lost_twice_or_stuck(stack)
 
 
