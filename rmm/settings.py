@@ -249,9 +249,6 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-# The task queue's name: deployments (or test servers) sharing one Redis need one each, or one's
-# cluster takes the other's tasks, cannot verify their signature and drops them.
-RMM_TASK_QUEUE = os.environ.get("RMM_TASK_QUEUE", "rmm")
 # The cache holds API rate-limit counters: shared through Redis when there are several workers.
 if REDIS_URL:
     # Short timeouts: with Redis down, the rate limit falls back to counting in the process
@@ -274,10 +271,10 @@ if REDIS_URL:
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
         }
     }
-    Q_CLUSTER = {"name": RMM_TASK_QUEUE, "redis": REDIS_URL, "workers": 2, "timeout": 300, "retry": 600}
+    Q_CLUSTER = {"name": "rmm", "redis": REDIS_URL, "workers": 2, "timeout": 300, "retry": 600}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    Q_CLUSTER = {"name": RMM_TASK_QUEUE, "orm": "default", "workers": 2, "timeout": 300, "retry": 600, "poll": 1}
+    Q_CLUSTER = {"name": "rmm", "orm": "default", "workers": 2, "timeout": 300, "retry": 600, "poll": 1}
 Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1})
 
 REST_FRAMEWORK = {

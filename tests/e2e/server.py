@@ -47,7 +47,6 @@ class Server:
             RMM_HEARTBEAT_INTERVAL="1",
             RMM_HEARTBEAT_MIN_SPACING_SECONDS="0",
             RMM_API_RATE="100000/min",
-            RMM_TASK_QUEUE=f"rmm-e2e-{uuid.uuid4().hex[:8]}",  # a server of another test worker shares Redis
             PYTHONUNBUFFERED="1",
         )
         self.env.update(extra_env or {})  # may override the defaults above
