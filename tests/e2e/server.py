@@ -48,6 +48,9 @@ class Server:
             RMM_HEARTBEAT_MIN_SPACING_SECONDS="0",
             RMM_API_RATE="100000/min",
             PYTHONUNBUFFERED="1",
+            # Its own task queue: servers of parallel test workers share one Redis database, and a
+            # cluster that took another server's task would lose it.
+            Q_CLUSTER_NAME=f"rmm-{uuid.uuid4().hex[:10]}",
         )
         self.env.update(extra_env or {})  # may override the defaults above
         self.pg_admin_url = None
