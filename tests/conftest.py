@@ -65,3 +65,21 @@ def site(db):
 @pytest.fixture
 def other_site(db):
     return inventory.get_or_create_site("beta")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault drills' recovery times (tests/faults), listed at the end of the run. Here, not in
+    tests/faults/conftest.py: under xdist the controller loads only this conftest."""
+    from tests.faults.stack import RECOVERY
+
+    lines = [
+        f"{name[len(RECOVERY) :]}: {value:.2f} s"
+        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name.startswith(RECOVERY)
+    ]
+    if lines:
+        terminalreporter.write_sep("=", "fault drills: time to recover")
+        for line in lines:
+            terminalreporter.write_line(line)

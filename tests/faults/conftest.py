@@ -3,7 +3,8 @@
 It runs in CI's PostgreSQL leg and needs its own PostgreSQL server (it stops and starts it), so
 it is skipped when ``DATABASE_URL`` is not PostgreSQL. One stack serves every drill; each drill
 leaves it running again and ends with :func:`~tests.faults.stack.assert_nothing_lost_twice_or_stuck`.
-A new drill is a test function taking ``stack`` (and ``world`` for an enrolled agent with authority).
+A new drill is a test function taking ``stack`` (``world`` for an enrolled agent with authority,
+``timer`` to measure its recovery).
 """
 
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.flows import make_world
-from tests.faults.stack import RECOVERY, Clock, PrivatePostgres, PrivateRedis, Stack
+from tests.faults.stack import Clock, PrivatePostgres, PrivateRedis, Stack
 
 HERE = Path(__file__).parent
 
@@ -63,18 +64,3 @@ def world(stack):
 def timer(record_property):
     """``timer("what failed")``: a :class:`~tests.faults.stack.Clock` started now."""
     return lambda drill: Clock(drill, record_property)
-
-
-def pytest_terminal_summary(terminalreporter):
-    """Every recovery measured, at the end of the run (also under xdist, from the reports)."""
-    lines = [
-        f"{name[len(RECOVERY) :]}: {value:.2f} s"
-        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-        if report.when == "call"
-        for name, value in report.user_properties
-        if name.startswith(RECOVERY)
-    ]
-    if lines:
-        terminalreporter.write_sep("=", "fault drills: time to recover")
-        for line in lines:
-            terminalreporter.write_line(line)

@@ -31,7 +31,7 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition", every: f
 
 class Clock:
     """Times a recovery from when it is made; each measure is printed and recorded on the test's
-    report, and the suite lists them all at its end (tests/faults/conftest.py)."""
+    report, and the suite lists them all at its end (tests/conftest.py)."""
 
     def __init__(self, drill: str, record):
         self.drill, self.record, self.started = drill, record, time.monotonic()
