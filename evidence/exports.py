@@ -20,13 +20,14 @@ import time
 import uuid
 import zipfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Min, QuerySet
+from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -56,6 +57,7 @@ SMALL_BLOB = 8 * 1024 * 1024  # read whole (and summarised); larger blobs are st
 ROWS_CHUNK = 2000
 EVENTS_CHUNK = 5000
 PROGRESS_SECONDS = 1.0
+HEARTBEAT_SECONDS = 10.0  # a build writes a sign of life at least this often (RMM_EXPORT_STALE_SECONDS is far longer)
 ALWAYS_FULL_ACTIONS = {history_anchors.ANCHORED}  # site-less events every bundle may show
 
 README = """RMM evidence bundle
@@ -220,28 +222,33 @@ def export_event(export: EvidenceExport) -> dict:
 
 
 def run_export(export_id: str) -> str | None:
-    """The background task: take the export (once), build it, record how it ended."""
+    """The background task: take the export (once), build it, record how it ended.
+
+    Each build is one attempt; only the build that holds the current attempt records the end,
+    so a build the sweep gave up on (:func:`sweep_exports`) and queued again ends nothing."""
+    now = timezone.now()
     won = EvidenceExport.objects.filter(pk=export_id, status=ExportStatus.QUEUED).update(
-        status=ExportStatus.RUNNING, started_at=timezone.now(), progress=0
+        status=ExportStatus.RUNNING, started_at=now, heartbeat_at=now, progress=0, attempts=F("attempts") + 1
     )
     if not won:
         return None  # another worker has it, or it has ended
     export = EvidenceExport.objects.select_related("requested_by").get(pk=export_id)
     events.publish_user(export.requested_by_id, export_event(export))
+    mine = EvidenceExport.objects.filter(pk=export.pk, status=ExportStatus.RUNNING, attempts=export.attempts)
     try:
         result = Builder(export).build()
     except Exception as exc:  # noqa: BLE001 - any failure ends the export, loudly and recorded
         logger.exception("evidence export %s failed", export_id)
         error = str(getattr(exc, "detail", exc))[:2000] or exc.__class__.__name__
-        EvidenceExport.objects.filter(pk=export.pk).update(
-            status=ExportStatus.FAILED, error=error, finished_at=timezone.now()
-        )
-        history.append("system", "evidence_export.failed", export, payload={"error": error})
+        with transaction.atomic():
+            if not mine.update(status=ExportStatus.FAILED, error=error, finished_at=timezone.now()):
+                return _taken_over(export)
+            history.append("system", "evidence_export.failed", export, payload={"error": error})
         export.refresh_from_db()
         events.publish_user(export.requested_by_id, export_event(export))
         return ExportStatus.FAILED
     with transaction.atomic():
-        EvidenceExport.objects.filter(pk=export.pk).update(
+        if not mine.update(
             status=ExportStatus.DONE,
             progress=100,
             item_count=result["items"],
@@ -252,7 +259,8 @@ def run_export(export_id: str) -> str | None:
             site_ids=result["site_ids"],
             error=result["warning"],
             finished_at=timezone.now(),
-        )
+        ):
+            return _taken_over(export, result["file_name"])
         history.append(
             "system",
             "evidence_export.finished",
@@ -268,6 +276,80 @@ def run_export(export_id: str) -> str | None:
         export.refresh_from_db()
         events.publish_user(export.requested_by_id, export_event(export))
     return ExportStatus.DONE
+
+
+def _taken_over(export: EvidenceExport, file_name: str = "") -> None:
+    """This build outlived the sweep's patience: the export was queued again (or failed) meanwhile."""
+    logger.warning(
+        "evidence export %s: build %d ended after the sweep gave up on it; its outcome is not recorded%s",
+        export.pk,
+        export.attempts,
+        f" (its bundle {file_name} stays unreferenced)" if file_name else "",
+    )
+
+
+def sweep_exports(now: datetime | None = None) -> dict[str, int]:
+    """Exports nobody is building any more (every minute, in the task cluster).
+
+    A running export silent for ``RMM_EXPORT_STALE_SECONDS`` lost its builder (the cluster died
+    mid-build, or the build ran past the task timeout): it is queued again, or failed with the
+    reason once ``RMM_EXPORT_MAX_ATTEMPTS`` builds have started. A queued export that silent lost
+    its task (the broker was down when it was queued): its task is sent again. Each export is
+    handled alone; one that fails is logged and the rest go on.
+    """
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.RMM_EXPORT_STALE_SECONDS)
+    silent = Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, requested_at__lt=stale)
+    counts = {"resumed": 0, "failed": 0, "requeued": 0, "alive": 0}
+    for export in EvidenceExport.objects.filter(silent, status__in=ACTIVE).order_by("requested_at")[:100]:
+        try:
+            counts[_sweep_one(export, now, silent)] += 1
+        except Exception:
+            logger.exception("evidence export %s: the sweep could not resume it", export.pk)
+    return counts
+
+
+def _sweep_one(export: EvidenceExport, now: datetime, silent: Q) -> str:
+    """Re-send, resume or fail one silent export, by a conditional update (a builder that shows
+    life meanwhile keeps it); which it was, or "alive"."""
+    if export.status == ExportStatus.QUEUED:
+        with transaction.atomic():
+            if not EvidenceExport.objects.filter(silent, pk=export.pk, status=ExportStatus.QUEUED).update(
+                heartbeat_at=now
+            ):
+                return "alive"
+            enqueue_on_commit("evidence.tasks.run_export", str(export.pk))
+        logger.warning("evidence export %s: queued but never taken; its task is sent again", export.pk)
+        return "requeued"
+    since = (export.heartbeat_at or export.requested_at).isoformat()
+    running = EvidenceExport.objects.filter(silent, pk=export.pk, status=ExportStatus.RUNNING, attempts=export.attempts)
+    with transaction.atomic():
+        if export.attempts >= settings.RMM_EXPORT_MAX_ATTEMPTS:
+            outcome, error = (
+                "failed",
+                f"Its build stopped without finishing {export.attempts} times (no progress since {since}): "
+                "the task cluster died, or the build ran past the task timeout. Request it again.",
+            )
+            if not running.update(status=ExportStatus.FAILED, error=error, finished_at=now):
+                return "alive"
+            history.append("system", "evidence_export.failed", export, payload={"error": error})
+        else:
+            outcome = "resumed"
+            if not running.update(status=ExportStatus.QUEUED, heartbeat_at=now, progress=0):
+                return "alive"
+            history.append(
+                "system",
+                "evidence_export.resumed",
+                export,
+                payload={"attempt": export.attempts, "reason": f"its build stopped (no progress since {since})"},
+            )
+            enqueue_on_commit("evidence.tasks.run_export", str(export.pk))
+        export.refresh_from_db()
+        events.publish_user(export.requested_by_id, export_event(export))
+    logger.warning(
+        "evidence export %s: build %d stopped (no progress since %s): %s", export.pk, export.attempts, since, outcome
+    )
+    return outcome
 
 
 def _chunked(qs: QuerySet, key: str):
@@ -377,15 +459,21 @@ class Builder:
     # progress
 
     def progress(self, percent: int, items: int | None = None) -> None:
+        """Write the progress (at most every PROGRESS_SECONDS), which is also the build's sign of
+        life: unchanged, it is written again every HEARTBEAT_SECONDS (:func:`sweep_exports`)."""
         now = time.monotonic()
         last_time, last_percent = self.last_progress
-        if percent == last_percent or (now - last_time < PROGRESS_SECONDS and percent < 100):
+        if now - last_time < PROGRESS_SECONDS and percent < 100:
+            return
+        if percent == last_percent and now - last_time < HEARTBEAT_SECONDS:
             return
         self.last_progress = (now, percent)
-        update = {"progress": percent}
+        update = {"progress": percent, "heartbeat_at": timezone.now()}
         if items is not None:
             update["item_count"] = items
         EvidenceExport.objects.filter(pk=self.export.pk).update(**update)
+        if percent == last_percent:
+            return
         self.export.progress = percent
         if items is not None:
             self.export.item_count = items
@@ -622,6 +710,7 @@ class Builder:
                     )
                     if not chunk:
                         break
+                    self.progress(self.export.progress)  # alive
                     for ev in chunk:
                         if ev.sequence != last + 1:
                             raise Conflict(f"History event {last + 1} is missing: the history has been altered.")

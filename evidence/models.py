@@ -82,6 +82,10 @@ class EvidenceExport(models.Model):
     requested_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The last sign of life: (re)queued, taken by a builder, or progress written. A running export
+    # silent for RMM_EXPORT_STALE_SECONDS lost its builder (exports.sweep_exports).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)  # builds started
 
     class Meta:
         ordering = ["-requested_at"]

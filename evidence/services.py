@@ -18,7 +18,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from evidence.models import EvidenceType, LegalHold, RmmEvidence
-from rmm import access
+from rmm import access, dependencies
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -77,12 +77,19 @@ def _digest_of(name: str) -> str:
 
 def put_blob(name: str, data: bytes, digest: str) -> None:
     """Write ``data`` at ``name`` once. A blob already there is never overwritten: it must already
-    hold the same bytes, or the store has been tampered with and we say so."""
-    if not default_storage.exists(name):
-        saved = default_storage.save(name, ContentFile(data))
-        if saved == name:
-            return
-        default_storage.delete(saved)  # a racing writer stored it first; keep theirs
+    hold the same bytes, or the store has been tampered with and we say so. A store that refuses
+    the write is ``Unavailable`` (503): what needed the blob waits and is tried again."""
+    try:
+        if not default_storage.exists(name):
+            saved = default_storage.save(name, ContentFile(data))
+            if saved == name:
+                dependencies.mark_up(dependencies.EVIDENCE_STORAGE)
+                return
+            default_storage.delete(saved)  # a racing writer stored it first; keep theirs
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the store refused
+        reason = f"writing {name} failed: {dependencies.short(exc)}"
+        dependencies.mark_down(dependencies.EVIDENCE_STORAGE, reason)
+        raise dependencies.Unavailable(dependencies.EVIDENCE_STORAGE, reason) from exc
     if _digest_of(name) != digest:
         history.record_refusal(
             "system", "evidence.store", reason="stored blob does not match its name's hash", payload={"name": name}

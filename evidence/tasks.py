@@ -11,3 +11,8 @@ def run_export(export_id: str) -> str | None:
 def retention_run() -> int:
     """Apply the retention policy (daily schedule, migration evidence/0005); the number deleted."""
     return retention.run_retention("system").deleted_count
+
+
+def sweep_exports() -> dict[str, int]:
+    """Resume or fail exports whose builder died (every minute, migration evidence/0007)."""
+    return exports.sweep_exports()

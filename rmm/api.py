@@ -7,11 +7,15 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from rmm import dependencies
 from rmm.errors import ServiceError
 from rmm.history import services as history
 
 
 def exception_handler(exc, context):
+    unavailable = dependencies.api_response(exc, context)  # a dependency that is down: 503, not 500
+    if unavailable is not None:
+        return unavailable
     if isinstance(exc, ServiceError):
         return Response(exc.as_dict(), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
@@ -21,7 +25,7 @@ def exception_handler(exc, context):
     return drf_exception_handler(exc, context)
 
 
-class TokenRateThrottle(SimpleRateThrottle):
+class TokenRateThrottle(dependencies.RedisFallbackThrottle, SimpleRateThrottle):
     """API calls are rate-limited per token (per session user for the console); 429 with Retry-After."""
 
     scope = "token"

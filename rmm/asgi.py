@@ -25,6 +25,7 @@ from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
 
 from rmm.console.routing import websocket_urlpatterns
+from rmm.dependencies import PROBE_PATHS, FailFastMiddleware
 from rmm.engine import agent_views
 
 AGENT_PREFIX = "/api/v1/agent/"
@@ -74,8 +75,9 @@ async def _until_disconnect(receive, gone: asyncio.Future) -> None:
 
 
 class AgentProtocolHandler(ASGIHandler):
-    """Django for the agent protocol, the path every agent calls forever: the same settings,
-    URLs and views as the rest of the site, with only :class:`AgentEdgeMiddleware`.
+    """Django for the agent protocol, the path every agent calls forever, and for the health
+    probes: the same settings, URLs and views as the rest of the site, with only
+    :class:`AgentEdgeMiddleware` and :class:`~rmm.dependencies.FailFastMiddleware`.
 
     Under ASGI each of Django's sync middleware costs two thread hops per request, which the
     fleet benchmark measured as most of a heartbeat's CPU (docs/performance.md). An agent uses no
@@ -150,6 +152,7 @@ class AgentProtocolHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
         handler = convert_exception_to_response(self._get_response_async)
+        handler = convert_exception_to_response(FailFastMiddleware(handler))
         handler = convert_exception_to_response(AgentEdgeMiddleware(handler))
         if settings.RMM_BENCH:  # bench-only query counts (bench/hooks.py), never on by default
             from bench.hooks import QueryCountMiddleware
@@ -198,8 +201,9 @@ agent_asgi_app = AgentProtocolHandler()
 
 
 async def http_app(scope, receive, send) -> None:
-    """Agents to their handler; people, the PSA and the API to the full site."""
-    app = agent_asgi_app if scope["path"].startswith(AGENT_PREFIX) else django_asgi_app
+    """Agents and the health probes to the lean handler; people, the PSA and the API to the full site."""
+    path = scope["path"]
+    app = agent_asgi_app if path.startswith(AGENT_PREFIX) or path in PROBE_PATHS else django_asgi_app
     await app(scope, receive, send)
 
 

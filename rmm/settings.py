@@ -64,6 +64,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "rmm.middleware.AsyncWhiteNoiseMiddleware",  # WhiteNoise without a thread per request under ASGI
+    # 503 at once while the database is down; a dependency's failure is a 503, never a 500
+    "rmm.dependencies.FailFastMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,13 +104,25 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 # server (rmm/asgi.py sets RMM_DB_POOL=1) shares a psycopg pool per process instead. Other
 # processes keep plain connections: django-q2 forks its workers, which must not inherit a pool.
 RMM_DB_POOL = env_bool("RMM_DB_POOL", False)
+# How long a request waits for a pooled connection before it is answered 503 (Retry-After). Short
+# on the agent tier (agents retry); while the database is down, requests are answered at once anyway
+# (rmm.dependencies.FailFastMiddleware), so this is the wait of the one request a second that tries.
+RMM_DB_POOL_TIMEOUT = float(os.environ.get("RMM_DB_POOL_TIMEOUT", "10"))
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if RMM_DB_POOL else 60)}
+    # A kept connection (or a pooled one) is checked before it is reused: after a database restart
+    # no request or task gets a broken one.
+    DATABASES = {
+        "default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if RMM_DB_POOL else 60, conn_health_checks=True)
+    }
     if RMM_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 2,
             "max_size": int(os.environ.get("RMM_DB_POOL_SIZE", "10")),
-            "timeout": 30,
+            "timeout": RMM_DB_POOL_TIMEOUT,
+            # A failed reconnection gives up within seconds instead of backing off for minutes, so
+            # the next request that needs a connection makes one at once: a database that is back
+            # serves again within a second or two, not after the pool's growing backoff.
+            "reconnect_timeout": 5,
         }
 else:
     DATABASES = {
@@ -228,13 +242,25 @@ RMM_EVIDENCE_RETENTION_DAYS = {
     name.strip(): int(days)
     for name, _, days in (item.partition("=") for item in env_list("RMM_EVIDENCE_RETENTION_DAYS", ""))
 }
+# A running export whose builder shows no sign of life for this long (the task cluster died, or
+# the task ran past its timeout) is queued again, up to RMM_EXPORT_MAX_ATTEMPTS builds, then failed.
+RMM_EXPORT_STALE_SECONDS = int(os.environ.get("RMM_EXPORT_STALE_SECONDS", "300"))
+RMM_EXPORT_MAX_ATTEMPTS = int(os.environ.get("RMM_EXPORT_MAX_ATTEMPTS", "3"))
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # The cache holds API rate-limit counters: shared through Redis when there are several workers.
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Short timeouts: with Redis down, the rate limit falls back to counting in the process
+    # (rmm.dependencies.RedisFallbackThrottle).
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
@@ -258,7 +284,9 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     Q_CLUSTER = {"name": "rmm", "orm": "default", "workers": 2, "timeout": 300, "retry": 600, "poll": 1}
-Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1})
+# django-q2's Q_CLUSTER_NAME environment variable, when set, names the task queue, so that servers
+# sharing one Redis keep their tasks apart (the end-to-end tests run several); it needs ALT_CLUSTERS.
+Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1, "ALT_CLUSTERS": {}})
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -322,6 +350,8 @@ RMM_ENROLLMENT_TOKEN_USES = int(os.environ.get("RMM_ENROLLMENT_TOKEN_USES", "100
 # The PSA is told when a job ends (a django-q2 task POSTs there, HMAC-signed). Empty: off.
 RMM_PSA_WEBHOOK_URL = os.environ.get("RMM_PSA_WEBHOOK_URL", "")
 RMM_PSA_WEBHOOK_SECRET = os.environ.get("RMM_PSA_WEBHOOK_SECRET", "")
+# Retry-After (seconds) of a 503 answered while a dependency is down (docs/operations.md).
+RMM_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("RMM_UNAVAILABLE_RETRY_AFTER", "5"))
 # Run background tasks inline instead of through the cluster (tests, single-process tools).
 RMM_TASKS_SYNC = env_bool("RMM_TASKS_SYNC", False)
 

@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
+from rmm import health
 from rmm.api_docs import ApiDocsView
 from rmm.approval_queue import approval_queue
 from rmm.authority.api import views as authority_views
@@ -25,7 +26,11 @@ router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
 
+handler500 = "rmm.dependencies.server_error"  # a dependency that is down answers 503, not 500
+
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("api/v1/agent/enroll/", agent_views.enroll, name="agent-enroll"),
     path("api/v1/agent/heartbeat/", agent_views.heartbeat, name="agent-heartbeat"),
     path("api/v1/agent/results/", agent_views.result, name="agent-result"),

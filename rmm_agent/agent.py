@@ -194,8 +194,10 @@ class Agent:
                 return True
             if status == 401:
                 raise Unauthorized(answer.detail)
-            if status == 429:
+            if status in (429, 503):  # slow down, or the server cannot store it now
                 self.results_blocked_until = time.monotonic() + answer.retry_after()
+                if status == 503:
+                    log.warning("result %s kept in spool: %s (HTTP 503)", instruction_id, _one_line(answer.detail))
                 return None
             if status >= 500:
                 log.warning("result %s not accepted (HTTP %s), kept in spool", instruction_id, status)
@@ -262,7 +264,9 @@ class Agent:
         self._note_reachable()
         if answer.status == 401:
             raise Unauthorized(answer.detail)
-        if answer.status == 429:
+        if answer.status in (429, 503):  # slow down, or a dependency of the server is down: wait as told
+            if answer.status == 503:
+                log.warning("heartbeat: %s (HTTP 503); again in %.0f s", _one_line(answer.detail), answer.retry_after())
             return HeartbeatAnswer(ok=False, retry_after=answer.retry_after())
         if answer.status != 200 or not isinstance(answer.body, dict):
             log.warning(

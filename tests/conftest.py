@@ -6,6 +6,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from rmm import dependencies
 from rmm.authority import services as authority
 from rmm.inventory import services as inventory
 from tests.helpers import approved_authority, make_agent  # noqa: F401
@@ -16,7 +17,12 @@ def _test_settings(settings, tmp_path):
     """Each test stores evidence and signing keys under its own folder; agents may call as fast as
     tests drive them."""
     settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0
-    cache.clear()  # API rate-limit counters start afresh
+    if not settings.REDIS_URL:
+        # API rate-limit counters start afresh. Not with Redis: clear() empties the whole database,
+        # and with it the other test worker's channel layer; counters there are per token and per
+        # user, never reused.
+        cache.clear()
+    dependencies._down.clear()  # no dependency left down by an earlier test in this process
     # Signing keys of its own (generated on first use), and no key from before rotation to import.
     settings.RMM_SIGNING_KEY_DIR = str(tmp_path / "signing-keys")
     settings.RMM_SIGNING_KEY_FILE = str(tmp_path / "no-legacy-key.pem")
@@ -66,7 +72,25 @@ def other_site(db):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every end-to-end test is slow: `make test-fast` (-m "not slow") leaves them out."""
+    """Every end-to-end test and fault drill is slow: `make test-fast` (-m "not slow") leaves them out."""
     for item in items:
-        if "/tests/e2e/" in str(item.path).replace("\\", "/"):
+        if any(part in str(item.path).replace("\\", "/") for part in ("/tests/e2e/", "/tests/faults/")):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault drills' recovery times (tests/faults), listed at the end of the run. Here, not in
+    tests/faults/conftest.py: under xdist the controller loads only this conftest."""
+    from tests.faults.stack import RECOVERY
+
+    lines = [
+        f"{name[len(RECOVERY) :]}: {value:.2f} s"
+        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name.startswith(RECOVERY)
+    ]
+    if lines:
+        terminalreporter.write_sep("=", "fault drills: time to recover")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -131,6 +131,7 @@ class EvidenceExportSerializer(serializers.ModelSerializer):
             "file_size",
             "anchor_sequence",
             "error",
+            "attempts",
             "download",
         ]
 

@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from rmm import dependencies
 from rmm.engine import services as engine
 from rmm.engine import wakeups
 from rmm.errors import ServiceError
@@ -188,13 +189,17 @@ async def finish_hold(response: HttpResponse, held: _Held) -> HttpResponse:
     have all returned: each held heartbeat then keeps far fewer objects alive, and thousands of
     them are what the workers' young collections scan (docs/performance.md). Woken with work,
     the answer is written into the same response, keeping the headers the middleware set; a
-    failure while looking for work is answered 500, logged as Django logs a view's."""
+    failure while looking for work is answered 503 when a dependency is down (rmm.dependencies),
+    else 500, logged as Django logs a view's."""
     if getattr(response, "held", None) is None:  # not the view's idle answer: a middleware's error
         held.waiter.close()
         return response
     try:
         answer = await held.wait()
-    except Exception:
+    except Exception as exc:
+        unavailable = dependencies.response_for(None, exc)  # a dependency down: 503, logged by name
+        if unavailable is not None:
+            return unavailable
         logger.exception("Internal Server Error: a held heartbeat's look for work")
         response.status_code, answer = 500, {"detail": "Server error."}
     if answer is not None:

@@ -7,6 +7,12 @@ database rights can still cut the newest events off, or rebuild the whole chain.
 cannot be rewritten without the signing key, so ``verify_history`` checks the chain against
 every anchor in the evidence store: a rebuilt event no longer has the anchored hash, and a
 truncated tail no longer reaches the newest anchored sequence.
+
+An anchor is written in two steps: its file first, then its record (an evidence row and its
+history event). A process that dies between them leaves a file without a record, which an
+object-locked store will not let anyone remove. Such a file is recognised for what it is: signed
+by the server's key, naming an event whose hash it matches, and claimed by no history event. It
+is not reported as tampering; the next anchor run records it (``history.anchor_recovered``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.utils import timezone
 
 from rmm.history import services as history
@@ -29,6 +36,7 @@ from rmm_agent.protocol import canonical_json
 
 PURPOSE = "rmm.history_anchor"  # signed with the statement, so no other signed thing passes for an anchor
 ANCHORED = "history.anchored"
+RECOVERED = "history.anchor_recovered"  # an anchor whose run stopped before recording it, recorded later
 
 
 def key_fingerprint(raw_public_key: bytes) -> str:
@@ -71,10 +79,11 @@ def statement(sequence: int, digest: str, time: str) -> dict:
 def anchor_history(actor="system", *, only_if_changed: bool = False):
     """Sign the current head and store it as a history_anchor record; its own history event
     comes after the head it anchors. With ``only_if_changed`` (the schedule), a head that is
-    itself the previous anchor's event is not anchored again."""
+    itself the previous anchor's event is not anchored again. Anchor files an earlier run left
+    unrecorded are recorded first."""
     from evidence import services as evidence
-    from evidence.models import EvidenceType
 
+    record_unrecorded(actor)
     head = HistoryEvent.objects.order_by("-sequence").values_list("sequence", "hash", "action").first()
     if head is None:
         return None
@@ -95,17 +104,37 @@ def anchor_history(actor="system", *, only_if_changed: bool = False):
     )
     blob_hash = hashlib.sha256(blob).hexdigest()
     name = evidence.anchor_name(sequence, blob_hash)
-    evidence.put_blob(name, blob, blob_hash)
-    return evidence.record(
-        asset=None,
-        evidence_type=EvidenceType.HISTORY_ANCHOR,
-        related_entity="history_event",
-        related_id=uuid.UUID(int=sequence),  # the anchored sequence, as the record's related id
-        actor=actor,
-        action=ANCHORED,
-        payload={"sequence": sequence, "anchored_hash": digest, "time": signed["time"]},
-        stored=(blob_hash, f"{evidence.store_label()}/{name}"),
-    )
+    evidence.put_blob(name, blob, blob_hash)  # the file first: a record never points at nothing
+    return _record(name, Anchor(name, sequence, digest, signed["time"]), blob_hash, actor, ANCHORED)
+
+
+def _record(name: str, anchor: Anchor, blob_hash: str, actor, action: str):
+    """The anchor's evidence record and its history event, once: under the history's lock, a
+    record another run made meanwhile (for a file it found unrecorded) is returned instead."""
+    from evidence import services as evidence
+    from evidence.models import EvidenceType, RmmEvidence
+
+    with transaction.atomic():
+        history.lock()
+        existing = RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR, hash=blob_hash).first()
+        if existing is not None:
+            return existing
+        return evidence.record(
+            asset=None,
+            evidence_type=EvidenceType.HISTORY_ANCHOR,
+            related_entity="history_event",
+            related_id=uuid.UUID(int=anchor.sequence),  # the anchored sequence, as the record's related id
+            actor=actor,
+            action=action,
+            payload={"sequence": anchor.sequence, "anchored_hash": anchor.hash, "time": anchor.time},
+            stored=(blob_hash, f"{evidence.store_label()}/{name}"),
+        )
+
+
+def record_unrecorded(actor="system") -> list:
+    """Record every anchor file left without its record by a run that stopped between the two
+    writes (:func:`unrecorded_anchors`); the new records."""
+    return [_record(anchor.name, anchor, blob_hash, actor, RECOVERED) for anchor, blob_hash in unrecorded_anchors()]
 
 
 def parse_anchor(name: str, data: bytes, trusted: Mapping[str, bytes]) -> Anchor:
@@ -148,48 +177,94 @@ class HistoryReport:
     chain: history.VerifyReport
     anchors: list[Anchor] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # anchors that are themselves wrong
+    unrecorded: list[Anchor] = field(default_factory=list)  # left by a run that stopped; recorded next run
 
     @property
     def ok(self) -> bool:
         return self.chain.ok and not self.problems
 
 
-def load_anchors() -> tuple[list[Anchor], list[str]]:
-    """Every anchor in the evidence store (the listing, not the database, is the source), and the
-    problems found: bad anchors, anchors without records, records without anchors."""
+def _recorded_names() -> dict[str, object]:
+    """The store names of the anchors that have an evidence record, with the record's id."""
     from evidence import services as evidence
     from evidence.models import EvidenceType, RmmEvidence
 
+    rows = RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).only(
+        "id", "hash", "storage_uri", "evidence_type"
+    )
+    return {evidence.storage_name(row): row.pk for row in rows}
+
+
+def _left_by_a_stopped_run(anchor: Anchor, blob_hash: str) -> bool:
+    """An anchor file without a record is one its run wrote and then could not record when the
+    event it signs is in the chain with the hash it signs, and no history event claims it (the
+    record and its event are written together, so a record deleted later leaves its event)."""
+    if not HistoryEvent.objects.filter(sequence=anchor.sequence, hash=anchor.hash).exists():
+        return False
+    return not HistoryEvent.objects.filter(
+        sequence__gt=anchor.sequence, action__in=(ANCHORED, RECOVERED), payload__hash=blob_hash
+    ).exists()
+
+
+def _read(name: str) -> bytes:
+    with default_storage.open(name, "rb") as fh:
+        return fh.read()
+
+
+def unrecorded_anchors() -> list[tuple[Anchor, str]]:
+    """Anchor files in the store that a run wrote but did not record (its process died between
+    the two writes), each with its blob's sha256. Files without a record that are not
+    recognised as such are left to ``verify_history``, which reports them."""
+    names = set(stored_anchor_names()) - set(_recorded_names())
+    found = []
     trusted = trusted_keys()
-    anchors, problems = [], []
-    names = stored_anchor_names()
-    for name in names:
-        with default_storage.open(name, "rb") as fh:
-            data = fh.read()
+    for name in sorted(names):
+        data = _read(name)
         try:
-            anchors.append(parse_anchor(name, data, trusted))
+            anchor = parse_anchor(name, data, trusted)
+        except AnchorProblem:
+            continue
+        blob_hash = hashlib.sha256(data).hexdigest()
+        if _left_by_a_stopped_run(anchor, blob_hash):
+            found.append((anchor, blob_hash))
+    return found
+
+
+def load_anchors() -> tuple[list[Anchor], list[str], list[Anchor]]:
+    """Every anchor in the evidence store (the listing, not the database, is the source), the
+    problems found (bad anchors, anchors without records, records without anchors), and the
+    anchors a stopped run left unrecorded, which are not problems."""
+    trusted = trusted_keys()
+    anchors, problems, unrecorded = [], [], []
+    names = stored_anchor_names()
+    recorded = _recorded_names()
+    for name, pk in recorded.items():
+        if name not in names:
+            problems.append(f"anchor {name}: its evidence record {pk} exists but the blob is missing from the store")
+    for name in names:
+        data = _read(name)
+        try:
+            anchor = parse_anchor(name, data, trusted)
         except AnchorProblem as exc:
             problems.append(f"anchor {name}: {exc}")
-    recorded = set()
-    for row in RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).only(
-        "id", "hash", "storage_uri", "evidence_type"
-    ):
-        name = evidence.storage_name(row)
-        recorded.add(name)
-        if name not in names:
-            problems.append(
-                f"anchor {name}: its evidence record {row.pk} exists but the blob is missing from the store"
-            )
-    for name in names:
-        if name not in recorded:
+            anchor = None
+        else:
+            anchors.append(anchor)
+        if name in recorded:
+            continue
+        if anchor is not None and _left_by_a_stopped_run(anchor, hashlib.sha256(data).hexdigest()):
+            unrecorded.append(anchor)
+        else:
             problems.append(f"anchor {name}: it has no evidence record (deleted from the database?)")
-    return anchors, problems
+    return anchors, problems, unrecorded
 
 
 def verify_history() -> HistoryReport:
     """Walk the chain from genesis, checking it against every stored anchor."""
-    anchors, problems = load_anchors()
+    anchors, problems, unrecorded = load_anchors()
     expected: dict[int, list[tuple[str, str]]] = {}
     for anchor in anchors:
         expected.setdefault(anchor.sequence, []).append((anchor.hash, anchor.label))
-    return HistoryReport(chain=history.verify_chain(expected), anchors=anchors, problems=problems)
+    return HistoryReport(
+        chain=history.verify_chain(expected), anchors=anchors, problems=problems, unrecorded=unrecorded
+    )

@@ -41,9 +41,11 @@ VERSION_SQL = f"(SELECT COUNT(retired_at) + COALESCE(MAX(id), 0) FROM {SigningKe
 
 
 class KeyUnavailable(ServiceError):
-    """503: no key of a purpose can sign here (none registered, or its private half is missing)."""
+    """503: no key of a purpose can sign here (none registered, or its private half is missing);
+    answered as the signing key being down (rmm.dependencies)."""
 
     status_code = 503
+    dependency = "signing_key"
 
 
 @dataclass(frozen=True)

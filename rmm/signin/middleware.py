@@ -5,8 +5,9 @@ needs a second factor and has not verified one in this session is sent to set up
 first time) or to enter a code; a session-authenticated API call is answered 403 instead.
 
 Not asked: the sign-in and sign-out pages (console and admin), the second-factor pages themselves,
-static files, the agent protocol (agents authenticate with their own credential) and API calls that
-carry a bearer token (DRF authenticates those by the token, before and instead of the session).
+static files, the health probes, the agent protocol (agents authenticate with their own credential)
+and API calls that carry a bearer token (DRF authenticates those by the token, before and instead
+of the session).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.http import HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 
+from rmm.dependencies import PROBE_PATHS
 from rmm.signin.policy import needs_second_factor
 from rmm.signin.services import confirmed_device
 
@@ -45,7 +47,7 @@ class SecondFactorMiddleware:
 
     def exempt(self, request) -> bool:
         path = request.path_info
-        if path in self.exempt_paths or path.startswith(AGENT_PREFIX):
+        if path in self.exempt_paths or path.startswith(AGENT_PREFIX) or path in PROBE_PATHS:
             return True
         if path.startswith("/" + settings.STATIC_URL.lstrip("/")):
             return True

@@ -217,6 +217,20 @@ def test_throttled_heartbeat_waits_retry_after_then_gives_up(tmp_path: Path, fak
     assert time.monotonic() - started >= 0.4
 
 
+def test_a_heartbeat_answered_503_waits_retry_after_like_429(tmp_path: Path, fake_server: FakeServer) -> None:
+    """The server's database is down: it answers 503 with Retry-After, and the agent waits as told."""
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    down = {"detail": "database down", "dependency": "database"}
+    fake_server.override[HEARTBEAT] = (503, down, {"Retry-After": "0.2"})
+    started = time.monotonic()
+    done = agent("run", "--state-dir", str(state_dir), "--once")
+    assert done.returncode == 1
+    assert len(fake_server.heartbeats()) == 3
+    assert time.monotonic() - started >= 0.4
+    assert "heartbeat: database down (HTTP 503); again in 0 s" in done.stderr
+
+
 def test_https_with_a_ca_file(tmp_path: Path, https_fake_server: FakeServer, server_key: Ed25519PrivateKey) -> None:
     state_dir = tmp_path / "agent"
     untrusted = enroll(https_fake_server, state_dir)

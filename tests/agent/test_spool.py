@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,23 @@ def test_only_definitive_answers_remove_a_result(
 
     agent.flush_spool()
     assert agent.state.is_spooled("instr-3") is kept
+
+
+def test_a_result_answered_503_is_not_sent_again_before_retry_after(
+    tmp_path: Path, server_key: Ed25519PrivateKey, fake_server: FakeServer
+) -> None:
+    """The server cannot store it now (its database or evidence store is down): the result stays
+    spooled, and the agent waits for Retry-After before it sends results again."""
+    agent = make_agent(tmp_path, fake_server.url, server_key)
+    fake_server.override["/api/v1/agent/results/"] = (503, {"detail": "store down"}, {"Retry-After": "0.5"})
+    agent.state.spool_result(make_result("instr-4", "completed", exit_code=0))
+    assert agent.flush_spool() is False
+    assert agent.flush_spool() is False  # within Retry-After: nothing sent
+    assert len(fake_server.calls("/results/")) == 1
+    del fake_server.override["/api/v1/agent/results/"]
+    time.sleep(0.6)
+    assert agent.flush_spool() is True
+    assert len(fake_server.calls("/results/")) == 2 and not agent.state.is_spooled("instr-4")
 
 
 def test_corrupt_spool_file_is_set_aside(tmp_path: Path) -> None:

@@ -16,6 +16,17 @@ import uuid
 _STAFF: dict[str, dict[str, str]] = {}
 
 
+def wait_for(condition, timeout: float = 10.0, what: str = "condition", every: float = 0.2):
+    """Poll ``condition`` every ``every`` seconds until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(every)
+
+
 def staff(server) -> dict[str, str]:
     """API tokens of a PSA, a technician and an approver granted every site (made once per server)."""
     if server.url not in _STAFF:

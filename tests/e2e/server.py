@@ -49,6 +49,9 @@ class Server:
             RMM_API_RATE="100000/min",
             RMM_TASK_QUEUE=f"rmm-e2e-{uuid.uuid4().hex[:10]}",  # servers of parallel test workers share Redis
             PYTHONUNBUFFERED="1",
+            # Its own task queue: servers of parallel test workers share one Redis database, and a
+            # cluster that took another server's task would lose it.
+            Q_CLUSTER_NAME=f"rmm-{uuid.uuid4().hex[:10]}",
         )
         self.env.update(extra_env or {})  # may override the defaults above
         self.pg_admin_url = None
@@ -101,15 +104,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        # The django-q2 cluster runs background work (telling the PSA), as in production.
-        self.cluster = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.start_cluster()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -120,6 +115,18 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
+
+    def start_cluster(self) -> None:
+        """The django-q2 cluster runs background work (telling the PSA), as in production; in a
+        session of its own, so that it and the workers it forks can be killed together."""
+        self.cluster = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def second_worker(self, kind: str = "daphne") -> str:
         """Another ASGI worker process on the same database, as production runs several: its URL.

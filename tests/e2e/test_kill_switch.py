@@ -6,25 +6,13 @@ import json
 import random
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.flows import agent_once, make_world, publish, run_job, tokens
+from tests.e2e.flows import agent_once, make_world, publish, run_job, tokens, wait_for
 from tests.e2e.server import ROOT
-
-
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    """Poll ``condition`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.2)
 
 
 def processes_with(argument: str) -> list[int]:

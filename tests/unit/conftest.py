@@ -7,11 +7,14 @@ from django.db import connection
 
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
+from rmm.keys import keyset
 
 
 @pytest.fixture
 def events(db):
-    """A few events of our own on top of whatever the database already holds."""
+    """A few events of our own on top of whatever the database already holds (the server's first
+    signing keys among it, made before the events, as on a server that has signed anything)."""
+    keyset.reload()
     for n in range(5):
         history.append("user:tester", "test.event", payload={"n": n})
     return list(HistoryEvent.objects.order_by("sequence"))
@@ -47,3 +50,33 @@ def pytest_runtest_teardown(item, nextitem):
         with blocker.unblock(), connection.cursor() as cursor:
             for sql in _append_only_sql(forward=True):
                 cursor.execute(sql)
+
+
+class EvidenceStore:
+    """The evidence store's folder, which a test can make refuse every read and write for real: a
+    regular file takes the place of a folder on its path (as when a volume is not mounted and a
+    file sits where its folder should be), so the operating system answers ENOTDIR."""
+
+    def __init__(self, root):
+        self.root, self.away = root, root.with_name(root.name + ".away")
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def refuse(self) -> None:
+        self.root.rename(self.away)
+        self.root.write_text("not a folder")
+
+    def restore(self) -> None:
+        self.root.unlink()
+        self.away.rename(self.root)
+
+
+@pytest.fixture
+def evidence_store(settings, tmp_path):
+    store = EvidenceStore(tmp_path / "store")
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(store.root / "evidence")}},
+    }
+    yield store
+    if store.away.exists():
+        store.restore()

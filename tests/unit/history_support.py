@@ -29,3 +29,12 @@ def drop_triggers():
         else:
             cursor.execute("DROP TRIGGER history_no_update")
             cursor.execute("DROP TRIGGER history_no_delete")
+
+
+def drop_evidence_triggers():
+    """The evidence table's: a database owner deleting evidence records (rolled back with the test)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP TRIGGER evidence_no_update_delete ON evidence_rmmevidence")
+        else:
+            cursor.execute("DROP TRIGGER evidence_delete_needs_tombstone")

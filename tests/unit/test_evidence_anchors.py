@@ -8,7 +8,7 @@ import json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.core.files.storage import default_storage
 from django.core.management import call_command
-from django.db import connection
+from django.db import transaction
 from django_q.models import Schedule
 
 from evidence import services as evidence
@@ -17,7 +17,7 @@ from rmm.history import anchors, tasks
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import canonical_json
-from tests.unit.history_support import drop_triggers, verify
+from tests.unit.history_support import drop_evidence_triggers, drop_triggers, verify
 
 
 def test_an_anchor_signs_the_head_and_its_own_event_comes_after_it(events):
@@ -63,11 +63,7 @@ def test_deleting_the_tail_with_the_triggers_dropped_is_reported_through_the_anc
     name = evidence.storage_name(row)
     drop_triggers()
     HistoryEvent.objects.filter(sequence__gte=anchored - 1).delete()
-    with connection.cursor() as cursor:  # the evidence table's triggers go too
-        if connection.vendor == "postgresql":
-            cursor.execute("DROP TRIGGER evidence_no_update_delete ON evidence_rmmevidence")
-        else:
-            cursor.execute("DROP TRIGGER evidence_delete_needs_tombstone")
+    drop_evidence_triggers()  # the evidence table's triggers go too
     RmmEvidence.objects.filter(pk=row.pk).delete()
     code, out, err = verify()
     assert code == 1 and out == ""
@@ -202,3 +198,63 @@ def test_older_version_1_events_still_verify_before_version_2_ones(events):
     HistoryEvent.objects.filter(sequence=last.sequence).update(hash=history.event_hash_v1(last.prev_hash, *fields))
     report = history.verify_chain()
     assert (report.ok, report.first_bad, report.problem) == (False, last.sequence, "content does not match its hash")
+
+
+class StoppedBetweenTheWrites(Exception):
+    """What the process's death does to the database part: none of it commits."""
+
+
+def anchor_left_unrecorded() -> str:
+    """An anchor run that wrote its file and died before its record committed: the store keeps
+    the file (storage is not transactional), the record and its event roll back. Its file name."""
+    before = set(anchors.stored_anchor_names())
+    try:
+        with transaction.atomic():
+            anchors.anchor_history("system")
+            raise StoppedBetweenTheWrites
+    except StoppedBetweenTheWrites:
+        pass
+    [name] = set(anchors.stored_anchor_names()) - before
+    assert not RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).exists()
+    return name
+
+
+def test_an_anchor_file_left_without_its_record_is_not_reported_as_tampering(events):
+    name = anchor_left_unrecorded()
+    history.append("user:tester", "test.event", payload={"n": "after the stopped run"})
+    code, out, err = verify()
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].startswith(f"OK: {HistoryEvent.objects.count()} events verified; 1 anchors checked")
+    assert out.splitlines()[1] == (
+        f"NOTE: anchor {name} has no record yet: the run that wrote it stopped before recording it; "
+        "the next anchor run records it"
+    )
+
+
+def test_the_next_anchor_run_records_the_file_a_stopped_run_left(events):
+    name = anchor_left_unrecorded()
+    anchored = int(name.rsplit("/", 1)[-1].split("-")[0])
+    history.append("user:tester", "test.event", payload={"n": "after the stopped run"})
+    assert tasks.anchor_history() is not None  # the schedule: the head moved since the stopped run
+    recovered = HistoryEvent.objects.get(action="history.anchor_recovered")
+    assert (recovered.actor, recovered.payload["sequence"]) == ("system", anchored)
+    rows = RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).order_by("history_sequence")
+    assert [evidence.storage_name(row) for row in rows][0] == name
+    assert [row.related_id.int for row in rows] == [anchored, recovered.sequence]  # then the head after it
+    code, out, err = verify()
+    assert (code, err) == (0, "")
+    assert "2 anchors checked" in out and "NOTE" not in out
+    assert tasks.anchor_history() is None  # recorded once, not at every run
+    assert HistoryEvent.objects.filter(action="history.anchor_recovered").count() == 1
+
+
+def test_an_anchor_whose_record_was_deleted_is_still_reported(events):
+    """The record's history event stays when a database owner deletes the record: that file is no
+    stopped run's, and verify_history fails as before."""
+    row = anchors.anchor_history("user:tester")
+    drop_evidence_triggers()
+    RmmEvidence.objects.filter(pk=row.pk).delete()
+    code, _out, err = verify()
+    assert code == 1
+    assert f"FAILED: anchor {evidence.storage_name(row)}: it has no evidence record (deleted from the database?)" in err
+    assert anchors.unrecorded_anchors() == []  # and the next run does not record it as its own

@@ -944,11 +944,17 @@ def end_instruction(inst: Instruction, from_status: str, to: str, actor, reason:
 
 def stop_instructions(instructions, actor, reason: str) -> int:
     """Stop work: queued instructions end aborted now; running ones are marked, and their agent,
-    woken, kills them at its next heartbeat and reports what they printed until then."""
+    woken, kills them at its next heartbeat and reports what they printed until then. One that
+    cannot be ended stops no other; the first such failure is raised at the end."""
     count = 0
+    failed = None
     # A list, not a cursor: a task enqueued on commit may close the connection under an open cursor.
     for inst in list(instructions.filter(status=S.QUEUED)):
-        count += end_instruction(inst, S.QUEUED, S.ABORTED, actor, reason)
+        try:
+            count += end_instruction(inst, S.QUEUED, S.ABORTED, actor, reason)
+        except Exception as exc:  # one that cannot be ended (its evidence not stored) stops no other
+            logger.exception("instruction %s could not be aborted", inst.pk)
+            failed = failed or exc
     running = list(instructions.filter(status=S.RUNNING, abort_reason="").values_list("pk", "site_id", "agent_id"))
     if running:
         with transaction.atomic():
@@ -967,6 +973,8 @@ def stop_instructions(instructions, actor, reason: str) -> int:
                 for pk, site_id, _ in running
             )
             events.wake_agents(agent_id for _, _, agent_id in running)  # killed now, not at the next heartbeat
+    if failed is not None:
+        raise failed  # the caller learns, once every other instruction is stopped
     return count + len(running)
 
 
@@ -1004,19 +1012,37 @@ def withdraw_expired_authority(now: datetime | None = None) -> int:
         for kind in registry.all_kinds():
             if key in kind.authority_lookups:
                 covered |= Q(pk__in=_not_issued(kind).values(kind.authority_lookups[key]))
-        for pk in model.objects.filter(covered, expires_at__lt=now).values_list("pk", flat=True):
-            count += withdraw_authority("system", f"PSA {name} expired", **{f"{name}_id": pk})
+        for pk in list(model.objects.filter(covered, expires_at__lt=now).values_list("pk", flat=True)):
+            try:
+                count += withdraw_authority("system", f"PSA {name} expired", **{f"{name}_id": pk})
+            except Exception:  # each case or task alone: the next sweep tries it again
+                logger.exception("sweep: stopping the work of expired PSA %s %s failed", name, pk)
     return count
 
 
 def sweep(now: datetime | None = None) -> int:
-    """Instructions whose lease ran out, or that no agent leased in time, become lost. Never re-run."""
+    """Instructions whose lease ran out, or that no agent leased in time, become lost (never
+    re-run); work under expired authority stops; lost later waves are issued.
+
+    Each step, and each instruction, fails alone: the failure is logged (an instruction that
+    could not be ended stays as it was and is tried again at the next sweep) and the rest goes on.
+    """
     now = now or timezone.now()
     overdue = Instruction.objects.filter(status=S.RUNNING, lease_expires_at__lt=now) | Instruction.objects.filter(
         status=S.QUEUED, not_after__lt=now
     )
     count = 0
-    for inst in overdue[:1000]:
+    for inst in list(overdue[:1000]):
         reason = "agent never reported within its lease" if inst.status == S.RUNNING else "no agent leased it in time"
-        count += end_instruction(inst, inst.status, S.LOST, "system", reason)
-    return count + withdraw_expired_authority(now) + issue_stranded(now)
+        try:
+            count += end_instruction(inst, inst.status, S.LOST, "system", reason)
+        except Exception:
+            logger.exception(
+                "sweep: instruction %s could not be marked lost (%s); next sweep tries again", inst.pk, reason
+            )
+    for step in (withdraw_expired_authority, issue_stranded):
+        try:
+            count += step(now)
+        except Exception:
+            logger.exception("sweep: %s failed; the other steps went on", step.__name__)
+    return count

@@ -28,3 +28,8 @@ class Command(BaseCommand):
         else:
             anchors = "no anchors yet"
         self.stdout.write(f"OK: {chain.checked} events verified; {anchors}")
+        for anchor in report.unrecorded:
+            self.stdout.write(
+                f"NOTE: anchor {anchor.name} has no record yet: the run that wrote it stopped before "
+                "recording it; the next anchor run records it"
+            )
