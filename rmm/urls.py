@@ -25,6 +25,9 @@ router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
 
+# A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.
+handler404 = "rmm.api.not_found"
+
 urlpatterns = [
     path("api/v1/agent/enroll/", agent_views.enroll, name="agent-enroll"),
     path("api/v1/agent/heartbeat/", agent_views.heartbeat, name="agent-heartbeat"),

@@ -1,4 +1,4 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
@@ -34,7 +34,14 @@ def _visible_cases(user):
     return PsaCase.objects.filter(site__in=access.visible_sites(user)).select_related("site")
 
 
-@extend_schema(request=PsaCaseSerializer, responses=PsaCaseSerializer, methods=["PUT"])
+@extend_schema(
+    request=PsaCaseSerializer,
+    responses={
+        200: OpenApiResponse(PsaCaseSerializer, description="Updated."),
+        201: OpenApiResponse(PsaCaseSerializer, description="Created."),
+    },
+    methods=["PUT"],
+)
 @extend_schema(responses=PsaCaseSerializer, methods=["GET"])
 @api_view(["GET", "PUT"])
 def psa_case(request, case_id):
@@ -58,7 +65,14 @@ def psa_case(request, case_id):
     return Response(PsaCaseSerializer(case).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
 
 
-@extend_schema(request=PsaTaskSerializer, responses=PsaTaskSerializer, methods=["PUT"])
+@extend_schema(
+    request=PsaTaskSerializer,
+    responses={
+        200: OpenApiResponse(PsaTaskSerializer, description="Updated."),
+        201: OpenApiResponse(PsaTaskSerializer, description="Created."),
+    },
+    methods=["PUT"],
+)
 @extend_schema(responses=PsaTaskSerializer, methods=["GET"])
 @api_view(["GET", "PUT"])
 def psa_task(request, task_id):
