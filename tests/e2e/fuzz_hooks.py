@@ -1,7 +1,8 @@
 """Schemathesis hooks for tests/e2e/test_api_fuzz.py, loaded by the schemathesis CLI (SCHEMATHESIS_HOOKS).
 
 Generated requests sometimes name the seeded objects instead of random ids, so that the fuzzing
-reaches real rows as well as missing ones; every request sent is counted per operation.
+reaches real rows as well as missing ones, and a body is sometimes JSON that is not an object;
+every request sent is counted per operation and phase.
 ``RMM_FUZZ_SEEDED`` holds ``{"paths": {path prefix: [ids]}, "fields": {field: [values]}}``;
 ``RMM_FUZZ_COUNTS`` is the file that gets one line per request: the operation's label.
 """
@@ -41,6 +42,10 @@ def before_generate_path_parameters(context, strategy):
     return st.one_of(strategy, st.fixed_dictionaries({name: st.sampled_from(ids) for name in names}))
 
 
+# JSON that is not an object, for bodies that must be one: a tenth of the bodies sent.
+NOT_OBJECTS = st.sampled_from([[], ["reason"], "reason", 0, 1e308, False])
+
+
 def _with_seeded_values(generated):
     if not isinstance(generated, dict):
         return st.just(generated)
@@ -53,7 +58,7 @@ def _with_seeded_values(generated):
 
 @schemathesis.hook
 def flatmap_body(context, body):
-    return _with_seeded_values(body)
+    return st.integers(0, 9).flatmap(lambda n: NOT_OBJECTS if n == 0 else _with_seeded_values(body))
 
 
 @schemathesis.hook
