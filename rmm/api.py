@@ -1,12 +1,13 @@
 """Shared API plumbing: bad input and service refusals become clear HTTP answers, never a 500.
 
-Every error answer has one shape (``ErrorSerializer`` in rmm/api_docs.py documents it): a
+Every error answer has one shape (``Error`` in the OpenAPI schema, rmm/api_schema.py): a
 ``detail`` that says why the request as a whole was refused, or each invalid field with its
 reasons.
 """
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
+from django.views.defaults import page_not_found
 from rest_framework import serializers, status
 from rest_framework.exceptions import ParseError
 from rest_framework.pagination import LimitOffsetPagination
@@ -43,8 +44,6 @@ def not_found(request, exception=None):
     """Django's 404 for a URL that matches no route: JSON under /api/, the HTML page elsewhere."""
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
-    from django.views.defaults import page_not_found
-
     return page_not_found(request, exception)
 
 

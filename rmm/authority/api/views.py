@@ -30,18 +30,22 @@ class PsaTaskSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
 
+def upsert_schema(serializer) -> dict:
+    """A PUT upsert answers 201 when the id was new and 200 when it updated the record."""
+    return {
+        "request": serializer,
+        "responses": {
+            200: OpenApiResponse(serializer, description="Updated."),
+            201: OpenApiResponse(serializer, description="Created."),
+        },
+    }
+
+
 def _visible_cases(user):
     return PsaCase.objects.filter(site__in=access.visible_sites(user)).select_related("site")
 
 
-@extend_schema(
-    request=PsaCaseSerializer,
-    responses={
-        200: OpenApiResponse(PsaCaseSerializer, description="Updated."),
-        201: OpenApiResponse(PsaCaseSerializer, description="Created."),
-    },
-    methods=["PUT"],
-)
+@extend_schema(**upsert_schema(PsaCaseSerializer), methods=["PUT"])
 @extend_schema(responses=PsaCaseSerializer, methods=["GET"])
 @api_view(["GET", "PUT"])
 def psa_case(request, case_id):
@@ -65,14 +69,7 @@ def psa_case(request, case_id):
     return Response(PsaCaseSerializer(case).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
 
 
-@extend_schema(
-    request=PsaTaskSerializer,
-    responses={
-        200: OpenApiResponse(PsaTaskSerializer, description="Updated."),
-        201: OpenApiResponse(PsaTaskSerializer, description="Created."),
-    },
-    methods=["PUT"],
-)
+@extend_schema(**upsert_schema(PsaTaskSerializer), methods=["PUT"])
 @extend_schema(responses=PsaTaskSerializer, methods=["GET"])
 @api_view(["GET", "PUT"])
 def psa_task(request, task_id):
