@@ -39,7 +39,9 @@ EXAMPLES = tomllib.loads(CONFIG.read_text())["generation"]["max-examples"]
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
     """A server of its own: the fuzzing changes a lot (switches engaged, agents revoked, holds placed)."""
-    server = Server(tmp_path_factory.mktemp("fuzz")).start()
+    # Without Redis (the ORM broker, on its own database): its task cluster must not take the tasks
+    # of the run's other servers from the one Redis queue, nor they its.
+    server = Server(tmp_path_factory.mktemp("fuzz"), {"REDIS_URL": ""}).start()
     try:
         yield server, seed_world(server)
     finally:
