@@ -1,28 +1,13 @@
-"""The OpenAPI schema and its Swagger UI: for signed-in callers, under the content security policy.
+"""The Swagger UI of the OpenAPI schema (rmm/api_schema.py describes the API): for signed-in
+callers, under the content security policy.
 
 The UI is drf-spectacular's split view (its init script is a separate request, never inline) with
 the assets of drf-spectacular-sidecar; our template replaces its inline ``<style>`` by a static file.
 """
 
 from django.contrib.auth.views import redirect_to_login
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.views import SpectacularSwaggerSplitView
 from rest_framework import exceptions
-
-
-class BearerTokenScheme(OpenApiAuthenticationExtension):
-    """``Authorization: Bearer rmm_…`` (rmm.authority.auth.BearerTokenAuthentication) in the schema."""
-
-    target_class = "rmm.authority.auth.BearerTokenAuthentication"
-    name = "bearerAuth"
-
-    def get_security_definition(self, auto_schema):
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "rmm_<prefix>_<secret>",
-            "description": "An API token issued on the command line: `manage.py rmm_token USERNAME --role ROLE`.",
-        }
 
 
 class ApiDocsView(SpectacularSwaggerSplitView):

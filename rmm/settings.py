@@ -294,11 +294,17 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Request bodies are JSON objects, nothing else (docs/psa-integration.md).
+    "DEFAULT_PARSER_CLASSES": ["rmm.api.JsonObjectParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_SCHEMA_CLASS": "rmm.api_schema.ApiSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "rmm.api.Pagination",  # limit is clamped to 1,000
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "rmm.api.exception_handler",
+    # Answers are ASCII JSON (\uXXXX escapes): an error that quotes input back stays encodable
+    # whatever the input held (a lone surrogate cannot be written as UTF-8).
+    "UNICODE_JSON": False,
     "DEFAULT_THROTTLE_CLASSES": ["rmm.api.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"token": os.environ.get("RMM_API_RATE", "600/min")},
     "UNAUTHENTICATED_USER": None,
@@ -313,6 +319,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # The schema and the docs are for signed-in callers only (a session or a bearer token).
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Request and response bodies are separate components, so that a response names every
+    # field it always carries as required and a request only those it must send.
+    "COMPONENT_SPLIT_REQUEST": True,
     # Several models have a "status" field with different choices: name each set once.
     "ENUM_NAME_OVERRIDES": {
         "AuthorityStatusEnum": "rmm.authority.models.AuthorityStatus",

@@ -27,6 +27,8 @@ router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
 
 handler500 = "rmm.dependencies.server_error"  # a dependency that is down answers 503, not 500
+# A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.
+handler404 = "rmm.api.not_found"
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

@@ -1,7 +1,13 @@
 import django_filters
 from django.http import FileResponse, Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.generics import ListAPIView
@@ -11,6 +17,7 @@ from evidence import exports, services
 from evidence.models import EvidenceExport, LegalHold, RmmEvidence
 from rmm import access
 from rmm.api import SiteScopedMixin
+from rmm.api_schema import refusal
 from rmm.authority.models import PsaCase
 from rmm.history import services as history
 from rmm.keys import keyset
@@ -19,10 +26,10 @@ UUID_REGEX = r"[0-9a-fA-F-]{32,36}"
 
 
 class EvidenceSerializer(serializers.ModelSerializer):
-    asset_id = serializers.UUIDField(read_only=True)
-    site = serializers.CharField(source="site.name", read_only=True, default=None)
-    psa_case_id = serializers.UUIDField(read_only=True)
-    psa_task_id = serializers.UUIDField(read_only=True)
+    asset_id = serializers.UUIDField(read_only=True, allow_null=True)
+    site = serializers.CharField(source="site.name", read_only=True, allow_null=True)
+    psa_case_id = serializers.UUIDField(read_only=True, allow_null=True)
+    psa_task_id = serializers.UUIDField(read_only=True, allow_null=True)
 
     class Meta:
         model = RmmEvidence
@@ -54,6 +61,17 @@ class EvidenceFilter(django_filters.FilterSet):
         fields = ["evidence_type", "related_entity", "related_id", "asset", "psa_case", "psa_task"]
 
 
+CONTENT_SHA256 = OpenApiParameter(
+    "X-Content-SHA256",
+    str,
+    OpenApiParameter.HEADER,
+    response=[200],
+    required=True,
+    description="The sha256 of the body, as recorded.",
+)
+STORE_ALTERED = refusal("The stored bytes are missing or no longer match their recorded hash.")
+
+
 class EvidenceViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
     """Evidence records (seed G) of the sites you may see; ``content`` serves the blob, rechecked."""
 
@@ -64,7 +82,18 @@ class EvidenceViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         return services.visible_evidence(self.request.user).select_related("site").order_by("-captured_at", "id")
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(
+        responses={
+            (200, "application/json"): OpenApiResponse(
+                OpenApiTypes.OBJECT, description="The evidence document, byte for byte as stored and hashed."
+            ),
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="A blob that is not a JSON document, as stored and hashed."
+            ),
+            409: STORE_ALTERED,
+        },
+        parameters=[CONTENT_SHA256],
+    )
     @action(detail=True, methods=["get"])
     def content(self, request, pk=None):
         row = self.get_object()
@@ -100,7 +129,7 @@ class CaseEvidenceView(ListAPIView):
         )
 
 
-class ExportRequestSerializer(serializers.Serializer):
+class ExportFiltersSerializer(serializers.Serializer):
     site = serializers.CharField(required=False, allow_blank=True, help_text="A site's name or id")
     assets = serializers.ListField(child=serializers.CharField(), required=False, help_text="Asset ids or hostnames")
     psa_case = serializers.UUIDField(required=False, allow_null=True)
@@ -135,7 +164,8 @@ class EvidenceExportSerializer(serializers.ModelSerializer):
             "download",
         ]
 
-    def get_download(self, obj) -> str | None:
+    @extend_schema_field(serializers.CharField(allow_null=True, help_text="The bundle's path, once done."))
+    def get_download(self, obj):
         return f"/api/v1/evidence/exports/{obj.pk}/download/" if obj.status == "done" else None
 
 
@@ -149,9 +179,22 @@ class EvidenceExportViewSet(
     def get_queryset(self):
         return exports.visible_exports(self.request.user)
 
-    @extend_schema(request=ExportRequestSerializer, responses={202: EvidenceExportSerializer})
+    @extend_schema(
+        request=ExportFiltersSerializer,
+        responses={202: EvidenceExportSerializer},
+        parameters=[
+            OpenApiParameter(
+                "Location",
+                str,
+                OpenApiParameter.HEADER,
+                response=[202],
+                required=True,
+                description="Where to watch the export.",
+            )
+        ],
+    )
     def create(self, request, *args, **kwargs):
-        ser = ExportRequestSerializer(data=request.data)
+        ser = ExportFiltersSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         data = ser.validated_data
         export = exports.request_export(
@@ -167,7 +210,14 @@ class EvidenceExportViewSet(
         response["Location"] = f"/api/v1/evidence/exports/{export.pk}/"
         return response
 
-    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    @extend_schema(
+        responses={
+            (200, "application/zip"): OpenApiTypes.BINARY,
+            403: refusal("The export covers sites the caller may no longer see."),
+            409: refusal("The export is not done, or its bundle is missing or altered."),
+        },
+        parameters=[CONTENT_SHA256],
+    )
     @action(detail=True, methods=["get"])
     def download(self, request, pk=None):
         export = self.get_object()
@@ -182,10 +232,10 @@ class EvidenceExportViewSet(
 
 
 class LegalHoldSerializer(serializers.ModelSerializer):
-    site = serializers.CharField(source="site.name", read_only=True, default=None)
-    psa_case = serializers.UUIDField(source="psa_case_id", read_only=True)
+    site = serializers.CharField(source="site.name", read_only=True, allow_null=True)
+    psa_case = serializers.UUIDField(source="psa_case_id", read_only=True, allow_null=True)
     placed_by = serializers.CharField(source="placed_by.get_username", read_only=True)
-    released_by = serializers.CharField(source="released_by.get_username", read_only=True, default=None)
+    released_by = serializers.CharField(source="released_by.get_username", read_only=True, allow_null=True)
     active = serializers.SerializerMethodField()
 
     class Meta:
@@ -240,7 +290,10 @@ class LegalHoldViewSet(
         )
         return Response(LegalHoldSerializer(hold).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ReleaseHoldSerializer, responses=LegalHoldSerializer)
+    @extend_schema(
+        request=ReleaseHoldSerializer,
+        responses={200: LegalHoldSerializer, 409: refusal("This legal hold is already released.")},
+    )
     @action(detail=True, methods=["post"])
     def release(self, request, pk=None):
         hold = self.get_object()

@@ -1,21 +1,24 @@
 import django_filters
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from evidence.models import RmmEvidence
 from rmm import access
-from rmm.api import SiteScopedMixin
+from rmm.api import SiteScopedMixin, reason_of
+from rmm.api_schema import ReasonSerializer, refusal
+from rmm.engine.states import JobStatus
 from scripting import services
 from scripting.models import Language, Script, ScriptJob
 
-ReasonSerializer = inline_serializer("Reason", {"reason": serializers.CharField(required=False)})
+DECIDED = refusal("This version is already approved or rejected.")
+JOB_CONFLICT = refusal("The job is not awaiting approval, or its authority is no longer approved.")
 
 
 class ScriptSerializer(serializers.ModelSerializer):
     author = serializers.CharField(source="author.username", read_only=True)
-    decided_by = serializers.CharField(source="decided_by.username", read_only=True, default=None)
+    decided_by = serializers.CharField(source="decided_by.username", read_only=True, allow_null=True)
     language = serializers.ChoiceField(choices=Language.choices)
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=86400, required=False, help_text="Default: RMM_DEFAULT_TIMEOUT_SECONDS (300)."
@@ -51,22 +54,23 @@ class ScriptViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Script.objects.select_related("author", "decided_by").all()
     filterset_fields = ["name", "approval_status", "language"]
 
+    @extend_schema(responses={201: ScriptSerializer, 409: refusal("Another version of this name was made at once.")})
     def create(self, request, *args, **kwargs):
         ser = self.get_serializer(data=request.data)
         ser.is_valid(raise_exception=True)
         script = services.create_script(request.user, **ser.validated_data)
         return Response(self.get_serializer(script).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses=ScriptSerializer)
+    @extend_schema(request=None, responses={200: ScriptSerializer, 409: DECIDED})
     @action(detail=True, methods=["post"])
     def approve(self, request, pk=None):
         script = services.approve_script(self.get_object(), request.user)
         return Response(self.get_serializer(script).data)
 
-    @extend_schema(request=ReasonSerializer, responses=ScriptSerializer)
+    @extend_schema(request=ReasonSerializer, responses={200: ScriptSerializer, 409: DECIDED})
     @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
-        script = services.reject_script(self.get_object(), request.user, str(request.data.get("reason", "")))
+        script = services.reject_script(self.get_object(), request.user, reason_of(request))
         return Response(self.get_serializer(script).data)
 
 
@@ -93,7 +97,7 @@ class ScriptJobSerializer(serializers.ModelSerializer):
     )
     site = serializers.CharField(source="site.name", read_only=True)
     requested_by = serializers.CharField(source="requested_by.username", read_only=True)
-    decided_by = serializers.CharField(source="decided_by.username", read_only=True, default=None)
+    decided_by = serializers.CharField(source="decided_by.username", read_only=True, allow_null=True)
     result = serializers.SerializerMethodField()
     evidence = serializers.SerializerMethodField()
 
@@ -118,11 +122,13 @@ class ScriptJobSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["status", "status_reason", "decided_at", "created_at", "started_at", "completed_at"]
 
-    def get_result(self, obj) -> dict | None:
+    @extend_schema_field(ScriptResultSerializer(allow_null=True))
+    def get_result(self, obj):
         result = getattr(obj, "result", None)
         return ScriptResultSerializer(result).data if result is not None else None
 
-    def get_evidence(self, obj) -> list[str]:
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_evidence(self, obj):
         return [
             str(pk)
             for pk in RmmEvidence.objects.filter(related_entity="script_job", related_id=obj.pk).values_list(
@@ -146,7 +152,7 @@ ScriptJobBatchAnswer = inline_serializer(
     "ScriptJobBatchResult",
     {
         "count": serializers.IntegerField(),
-        "status": serializers.CharField(),
+        "status": serializers.ChoiceField(choices=JobStatus.choices, help_text="Every job's status."),
         "jobs": inline_serializer(
             "ScriptJobBatchJob", {"id": serializers.UUIDField(), "asset": serializers.UUIDField()}, many=True
         ),
@@ -211,16 +217,16 @@ class ScriptJobViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOn
             status=status.HTTP_201_CREATED,
         )
 
-    @extend_schema(request=None, responses=ScriptJobSerializer)
+    @extend_schema(request=None, responses={200: ScriptJobSerializer, 409: JOB_CONFLICT})
     @action(detail=True, methods=["post"])
     def approve(self, request, pk=None):
         job = self.get_object()
         services.approve_script_job(job, request.user)
         return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data)
 
-    @extend_schema(request=ReasonSerializer, responses=ScriptJobSerializer)
+    @extend_schema(request=ReasonSerializer, responses={200: ScriptJobSerializer, 409: JOB_CONFLICT})
     @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
         job = self.get_object()
-        services.reject_script_job(job, request.user, str(request.data.get("reason", "")))
+        services.reject_script_job(job, request.user, reason_of(request))
         return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data)

@@ -1,4 +1,4 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
@@ -30,11 +30,22 @@ class PsaTaskSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
 
+def upsert_schema(serializer) -> dict:
+    """A PUT upsert answers 201 when the id was new and 200 when it updated the record."""
+    return {
+        "request": serializer,
+        "responses": {
+            200: OpenApiResponse(serializer, description="Updated."),
+            201: OpenApiResponse(serializer, description="Created."),
+        },
+    }
+
+
 def _visible_cases(user):
     return PsaCase.objects.filter(site__in=access.visible_sites(user)).select_related("site")
 
 
-@extend_schema(request=PsaCaseSerializer, responses=PsaCaseSerializer, methods=["PUT"])
+@extend_schema(**upsert_schema(PsaCaseSerializer), methods=["PUT"])
 @extend_schema(responses=PsaCaseSerializer, methods=["GET"])
 @api_view(["GET", "PUT"])
 def psa_case(request, case_id):
@@ -58,7 +69,7 @@ def psa_case(request, case_id):
     return Response(PsaCaseSerializer(case).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
 
 
-@extend_schema(request=PsaTaskSerializer, responses=PsaTaskSerializer, methods=["PUT"])
+@extend_schema(**upsert_schema(PsaTaskSerializer), methods=["PUT"])
 @extend_schema(responses=PsaTaskSerializer, methods=["GET"])
 @api_view(["GET", "PUT"])
 def psa_task(request, task_id):

@@ -1,11 +1,12 @@
 from django.db.models import Q
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from rmm import access
-from rmm.api import SiteScopedMixin
+from rmm.api import SiteScopedMixin, reason_of
+from rmm.api_schema import ReasonSerializer, refusal
 from rmm.engine.models import KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches
 
@@ -19,11 +20,11 @@ class KillSwitchSerializer(serializers.ModelSerializer):
         write_only=True,
         help_text="The site's name or the asset's id; none for global.",
     )
-    site = serializers.CharField(source="site.name", read_only=True, default=None)
-    asset = serializers.UUIDField(source="asset_id", read_only=True)
+    site = serializers.CharField(source="site.name", read_only=True, allow_null=True)
+    asset = serializers.UUIDField(source="asset_id", read_only=True, allow_null=True)
     engaged = serializers.BooleanField(read_only=True)
     engaged_by = serializers.CharField(source="engaged_by.username", read_only=True)
-    released_by = serializers.CharField(source="released_by.username", read_only=True, default=None)
+    released_by = serializers.CharField(source="released_by.username", read_only=True, allow_null=True)
 
     class Meta:
         model = KillSwitch
@@ -42,9 +43,6 @@ class KillSwitchSerializer(serializers.ModelSerializer):
             "release_reason",
         ]
         read_only_fields = ["engaged_at", "released_at", "release_reason"]
-
-
-ReleaseSerializer = inline_serializer("KillSwitchRelease", {"reason": serializers.CharField()})
 
 
 class KillSwitchViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
@@ -69,8 +67,11 @@ class KillSwitchViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadO
         )
         return Response(self.get_serializer(switch).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ReleaseSerializer, responses=KillSwitchSerializer)
+    @extend_schema(
+        request=ReasonSerializer,
+        responses={200: KillSwitchSerializer, 409: refusal("This kill switch is already released.")},
+    )
     @action(detail=True, methods=["post"])
     def release(self, request, pk=None):
-        switch = kill_switches.release(request.user, self.get_object(), str(request.data.get("reason", "")))
+        switch = kill_switches.release(request.user, self.get_object(), reason_of(request))
         return Response(self.get_serializer(switch).data)

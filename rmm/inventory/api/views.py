@@ -1,13 +1,35 @@
 import django_filters
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from rmm import access
-from rmm.api import SiteScopedMixin
+from rmm.api import SiteScopedMixin, reason_of
+from rmm.api_schema import ReasonSerializer, refusal
 from rmm.inventory import services
 from rmm.inventory.models import Agent, Asset, Site
+
+AssetAgent = inline_serializer(
+    "AssetAgent",
+    {
+        "id": serializers.UUIDField(),
+        "version": serializers.CharField(),
+        "last_seen_at": serializers.DateTimeField(allow_null=True),
+        "revoked": serializers.BooleanField(),
+    },
+    allow_null=True,
+    help_text="The asset's enrolled agent, if any.",
+)
+AssetFacts = inline_serializer(
+    "AssetFacts",
+    {
+        "reported_at": serializers.DateTimeField(),
+        "facts_hash": serializers.CharField(),
+    },
+    allow_null=True,
+    help_text="The facts the agent last reported (more keys than these), if any.",
+)
 
 
 class AssetSerializer(serializers.ModelSerializer):
@@ -19,7 +41,8 @@ class AssetSerializer(serializers.ModelSerializer):
         model = Asset
         fields = ["id", "hostname", "os", "architecture", "site", "created_at", "agent", "facts"]
 
-    def get_agent(self, obj) -> dict | None:
+    @extend_schema_field(AssetAgent)
+    def get_agent(self, obj):
         agent = getattr(obj, "agent", None)
         if agent is None:
             return None
@@ -30,11 +53,13 @@ class AssetSerializer(serializers.ModelSerializer):
             "revoked": agent.revoked_at is not None,
         }
 
-    def get_facts(self, obj) -> dict | None:
+    @extend_schema_field(AssetFacts)
+    def get_facts(self, obj):
         facts = getattr(obj, "facts", None)
         if facts is None:
             return None
-        return {"reported_at": facts.reported_at, "facts_hash": facts.facts_hash, **facts.facts}
+        # The agent's keys never stand in for the two the server adds.
+        return {**facts.facts, "reported_at": facts.reported_at, "facts_hash": facts.facts_hash}
 
 
 class AssetFilter(django_filters.FilterSet):
@@ -114,12 +139,13 @@ class AgentViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
         )
 
     @extend_schema(
-        request=inline_serializer("AgentRevoke", {"reason": serializers.CharField()}), responses=AgentSerializer
+        request=ReasonSerializer,
+        responses={200: AgentSerializer, 409: refusal("This agent is already revoked.")},
     )
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
         agent = self.get_object()
-        services.revoke_agent(request.user, agent, str(request.data.get("reason", "")))
+        services.revoke_agent(request.user, agent, reason_of(request))
         return Response(self.get_serializer(self.get_queryset().get(pk=agent.pk)).data)
 
     @extend_schema(request=None, responses=AgentSerializer)
