@@ -284,9 +284,7 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     Q_CLUSTER = {"name": "rmm", "orm": "default", "workers": 2, "timeout": 300, "retry": 600, "poll": 1}
-# django-q2's Q_CLUSTER_NAME environment variable, when set, names the task queue, so that servers
-# sharing one Redis keep their tasks apart (the end-to-end tests run several); it needs ALT_CLUSTERS.
-Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1, "ALT_CLUSTERS": {}})
+Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1})
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

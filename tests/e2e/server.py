@@ -49,9 +49,6 @@ class Server:
             RMM_API_RATE="100000/min",
             RMM_TASK_QUEUE=f"rmm-e2e-{uuid.uuid4().hex[:10]}",  # servers of parallel test workers share Redis
             PYTHONUNBUFFERED="1",
-            # Its own task queue: servers of parallel test workers share one Redis database, and a
-            # cluster that took another server's task would lose it.
-            Q_CLUSTER_NAME=f"rmm-{uuid.uuid4().hex[:10]}",
         )
         self.env.update(extra_env or {})  # may override the defaults above
         self.pg_admin_url = None
@@ -166,6 +163,23 @@ class Server:
                 except OSError:
                     time.sleep(0.2)
         return self.workers[kind][1]
+
+    def diagnostics(self) -> str:
+        """What a failing test should show of the server: the log's errors and 5xx answers and, on
+        PostgreSQL, the sessions that were waiting or holding a transaction open."""
+        lines = (self.tmp / "server.log").read_text(errors="replace").splitlines()
+        marks = ("Traceback", "ERROR", "WARNING", '" 5')
+        wanted = [n for n, line in enumerate(lines) if any(mark in line for mark in marks)]
+        shown = sorted({i for n in wanted[:40] for i in range(n, min(n + 15, len(lines)))})
+        text = "\n".join(lines[i] for i in shown)[-20000:]
+        if self.pg_admin_url:
+            with self.db() as conn:
+                rows = conn.execute(
+                    "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 200)"
+                    " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
+            text += "\n--- pg_stat_activity ---\n" + "\n".join(map(str, rows))
+        return f"=== server log (errors, 5xx) ===\n{text}"
 
     def stop(self) -> None:
         for proc, _ in getattr(self, "workers", {}).values():
