@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "rmm",
     "rmm.keys",
     "rmm.history",
+    "rmm.outbox",
     "rmm.inventory",
     "rmm.authority",
     "rmm.engine",
@@ -357,6 +358,11 @@ RMM_ENROLLMENT_TOKEN_USES = int(os.environ.get("RMM_ENROLLMENT_TOKEN_USES", "100
 # The PSA is told when a job ends (a django-q2 task POSTs there, HMAC-signed). Empty: off.
 RMM_PSA_WEBHOOK_URL = os.environ.get("RMM_PSA_WEBHOOK_URL", "")
 RMM_PSA_WEBHOOK_SECRET = os.environ.get("RMM_PSA_WEBHOOK_SECRET", "")
+# The outbox (rmm/outbox): attempts per delivery before it is dead, the first retry's wait (it
+# doubles, up to an hour, with jitter), and how long one attempt may take.
+RMM_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("RMM_WEBHOOK_MAX_ATTEMPTS", "15"))
+RMM_WEBHOOK_RETRY_BASE_SECONDS = float(os.environ.get("RMM_WEBHOOK_RETRY_BASE_SECONDS", "10"))
+RMM_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("RMM_WEBHOOK_TIMEOUT_SECONDS", "15"))
 # Retry-After (seconds) of a 503 answered while a dependency is down (docs/operations.md).
 RMM_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("RMM_UNAVAILABLE_RETRY_AFTER", "5"))
 # Run background tasks inline instead of through the cluster (tests, single-process tools).

@@ -31,6 +31,7 @@ from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
+from rmm.outbox import services as outbox
 from rmm.text import storable
 from rmm_agent.protocol import (
     CONTAINMENT_METHODS,
@@ -72,6 +73,8 @@ def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
     for name, value in fields.items():
         setattr(job, name, value)
     kind = registry.kind_of(job)
+    if to in FINAL:
+        outbox.emit("job.finished", job, site_id=job.site_id, data={"kind": kind.name})
     history.append(
         actor,
         f"job.{to}",
@@ -80,8 +83,6 @@ def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
         payload={"kind": kind.name, "from": before, "to": to, "reason": reason},
     )
     events.publish(job.site_id, job_event(job))
-    if to in FINAL and settings.RMM_PSA_WEBHOOK_URL:
-        tasks.enqueue_on_commit("rmm.authority.tasks.notify_psa", kind.name, str(job.pk))
 
 
 def job_event(job) -> dict:
@@ -470,9 +471,10 @@ def _abort_unissued(kind, reasons: dict, actor) -> int:
             site_id,
             {"type": "job_batch", "kind": kind.name, "count": count, "status": S.ABORTED, "site": str(site_id)},
         )
-    if settings.RMM_PSA_WEBHOOK_URL:
-        for pk, _, _ in ended:
-            tasks.enqueue_on_commit("rmm.authority.tasks.notify_psa", kind.name, str(pk))
+    label = kind.model._meta.label_lower
+    outbox.emit_many(
+        outbox.Emitted("job.finished", label, str(pk), site_id, {"kind": kind.name}) for pk, site_id, _ in ended
+    )
     return len(ended)
 
 
@@ -884,10 +886,19 @@ def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) ->
         )
         kind = registry.get(inst.job_kind)
         evidence_id = kind.on_late_result(_locked_job(inst), inst, result, agent)
-        if settings.RMM_PSA_WEBHOOK_URL:
-            late = {"instruction_id": str(inst.pk), "outcome": inst.outcome, "exit_code": inst.exit_code}
-            late.update(hash=claimed, evidence_id=str(evidence_id) if evidence_id else None)
-            tasks.enqueue_on_commit("rmm.authority.tasks.notify_psa", kind.name, str(inst.job_id), late)
+        late = {"instruction_id": str(inst.pk), "outcome": inst.outcome, "exit_code": inst.exit_code}
+        late.update(hash=claimed, evidence_id=str(evidence_id) if evidence_id else None)
+        outbox.emit_many(
+            [
+                outbox.Emitted(
+                    "job.late_result",
+                    kind.model._meta.label_lower,
+                    str(inst.job_id),
+                    inst.site_id,
+                    {"kind": kind.name, "late_result": late},
+                )
+            ]
+        )
     return 201, {
         "status": "accepted_late",
         "detail": f"The instruction was already {inst.status}; the result is kept as a late result.",

@@ -1,0 +1,338 @@
+"""The outbox (docs/psa-integration.md#being-told-what-happened).
+
+:func:`emit` writes an event, and a delivery per subscribed endpoint, in the caller's transaction:
+an event exists exactly when the change that caused it committed. The task cluster sends each
+delivery once that transaction has committed (:func:`deliver`) and, if it fails, again after an
+exponential backoff with jitter (:func:`send_due`, every minute), until it is delivered or has
+used ``RMM_WEBHOOK_MAX_ATTEMPTS`` attempts and is ``dead``; a dead delivery can be replayed.
+Every attempt is kept (:class:`Attempt`). Requests are signed per the Standard Webhooks
+specification (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``); a repeat carries the
+same id and the same body, so receivers de-duplicate on the id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.core.signals import setting_changed
+from django.db import transaction
+from django.dispatch import receiver
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from rmm import tasks
+from rmm.history import services as history
+from rmm.outbox.models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
+
+logger = logging.getLogger("rmm.outbox")
+
+PSA_ENDPOINT = "psa"
+CLAIM_SECONDS = 120  # a delivery being sent is not sent by anyone else for this long
+RESPONSE_EXCERPT = 500
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    description: str
+    build: Callable[[Event], dict]  # the body's "data", read when the event is first delivered
+
+
+_types: dict[str, EventType] = {}
+
+
+def register(name: str, description: str, build: Callable[[Event], dict]) -> None:
+    """Event types are dotted names registered by the apps that emit them (in their AppConfig.ready)."""
+    if name in _types and _types[name].build is not build:
+        raise ValueError(f"event type {name} is registered twice")
+    _types[name] = EventType(name, description, build)
+
+
+def event_types() -> dict[str, EventType]:
+    return dict(_types)
+
+
+class OutboxError(Exception):
+    pass
+
+
+# --- the PSA's endpoint, from the settings --------------------------------------------------------
+
+_psa: tuple[str, str, Endpoint] | None = None
+
+
+def psa_endpoint() -> Endpoint | None:
+    """The endpoint that ``RMM_PSA_WEBHOOK_URL`` names, subscribed to every event type (created or
+    brought in step with the settings once per process), or None when it is not set."""
+    global _psa
+    url, secret = settings.RMM_PSA_WEBHOOK_URL, settings.RMM_PSA_WEBHOOK_SECRET
+    if not url:
+        return None
+    if _psa is not None and _psa[:2] == (url, secret):
+        return _psa[2]
+    endpoint, _ = Endpoint.objects.update_or_create(
+        name=PSA_ENDPOINT, defaults={"url": url, "secret": secret, "event_types": ["*"], "enabled": True}
+    )
+    _psa = (url, secret, endpoint)
+    return endpoint
+
+
+@receiver(setting_changed)
+def _settings_changed(setting: str, **kwargs) -> None:
+    global _psa
+    if setting.startswith("RMM_PSA_WEBHOOK_"):
+        _psa = None
+
+
+def subscribers(event_type: str) -> list[Endpoint]:
+    """The endpoints that hear ``event_type``. Without any configured, no query at all."""
+    psa = psa_endpoint()
+    return [psa] if psa is not None and psa.enabled else []
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Emitted:
+    type: str
+    subject_type: str
+    subject_id: str
+    site_id: object = None
+    data: dict | None = None
+
+
+def emit(event_type: str, subject, *, site_id=None, data: dict | None = None) -> None:
+    """Record one event for every endpoint that hears it; call inside the causing transaction."""
+    emit_many([Emitted(event_type, subject._meta.label_lower, str(subject.pk), site_id, data)])
+
+
+def emit_many(items: Iterable[Emitted]) -> int:
+    """Record many events in three statements, whatever their number; how many were recorded."""
+    items = list(items)
+    if not items:
+        return 0
+    unknown = {item.type for item in items} - set(_types)
+    if unknown:
+        raise OutboxError(f"unregistered event types: {sorted(unknown)}")
+    events, deliveries = [], []
+    for item in items:
+        endpoints = subscribers(item.type)
+        if not endpoints:
+            continue
+        event = Event(
+            type=item.type,
+            subject_type=item.subject_type,
+            subject_id=item.subject_id,
+            site_id=item.site_id,
+            data=_json_safe(item.data or {}),
+        )
+        events.append(event)
+        now = timezone.now()
+        deliveries += [Delivery(event=event, endpoint=endpoint, next_attempt_at=now) for endpoint in endpoints]
+    if not events:
+        return 0
+    with transaction.atomic(savepoint=False):
+        Event.objects.bulk_create(events)
+        Delivery.objects.bulk_create(deliveries)
+        for delivery in deliveries:
+            tasks.enqueue_on_commit("rmm.outbox.tasks.deliver", str(delivery.pk))
+    return len(events)
+
+
+def _json_safe(data: dict) -> dict:
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+# --- sending --------------------------------------------------------------------------------------
+
+
+def body_of(event: Event) -> bytes:
+    """The event's body: built and stored at its first delivery, the same bytes ever after."""
+    if event.body is not None:
+        return bytes(event.body)
+    message = {
+        "type": event.type,
+        "timestamp": event.created_at.isoformat(),
+        "data": _json_safe(_types[event.type].build(event)),
+    }
+    body = json.dumps(message, sort_keys=True, separators=(",", ":")).encode()
+    # The first builder to store it wins; a concurrent one reads the stored body back.
+    Event.objects.filter(pk=event.pk, body__isnull=True).update(body=body)
+    event.refresh_from_db(fields=["body"])
+    return bytes(event.body)
+
+
+def signer(secret: str) -> Webhook:
+    """A ``whsec_``-prefixed secret is base64, as Standard Webhooks defines; any other value is
+    used as its UTF-8 bytes (a receiver verifies with ``whsec_`` + base64 of them)."""
+    if secret.startswith("whsec_"):
+        return Webhook(secret)
+    return Webhook(secret.encode())
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait before the next attempt after ``attempts`` failed ones: doubling from
+    ``RMM_WEBHOOK_RETRY_BASE_SECONDS``, at most an hour, with ±25 % jitter so that many failed
+    deliveries do not return at once."""
+    base = settings.RMM_WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempts - 1)
+    seconds = min(base, 3600) * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not a secret
+    return timedelta(seconds=seconds)
+
+
+def deliver(delivery_id: str, now: datetime | None = None) -> str | None:
+    """Send one delivery if it is due and nobody else is sending it; its status afterwards."""
+    now = now or timezone.now()
+    claimed = Delivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now).update(
+        next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)
+    )
+    if not claimed:
+        return None
+    delivery = Delivery.objects.select_related("event", "endpoint").get(pk=delivery_id)
+    event, endpoint = delivery.event, delivery.endpoint
+    number = delivery.attempts + 1
+    started, clock = timezone.now(), time.monotonic()
+    status_code, error = None, ""
+    try:
+        if not endpoint.enabled:
+            raise OutboxError("the endpoint is disabled")
+        if not endpoint.secret:
+            raise OutboxError("the endpoint has no secret: nothing is sent unsigned")
+        body = body_of(event)
+        status_code = _post(endpoint, event, body, started)
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}"
+    except urllib.error.HTTPError as exc:
+        status_code, error = exc.code, f"HTTP {exc.code}: {_excerpt(exc)}"
+    except (urllib.error.URLError, OSError, OutboxError, ValueError) as exc:
+        error = f"{exc.__class__.__name__}: {exc}"[:2000]
+    latency = int((time.monotonic() - clock) * 1000)
+    return _record(delivery, number, started, status_code, latency, error)
+
+
+def _post(endpoint: Endpoint, event: Event, body: bytes, at: datetime) -> int:
+    if not endpoint.url.startswith(("https://", "http://")):
+        raise OutboxError("the endpoint's URL must be http(s)")
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
+        endpoint.url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "rmm-outbox",
+            "webhook-id": event.message_id,
+            "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": signer(endpoint.secret).sign(event.message_id, at, body),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=settings.RMM_WEBHOOK_TIMEOUT_SECONDS) as response:  # noqa: S310
+        return response.status
+
+
+def _excerpt(exc: urllib.error.HTTPError) -> str:
+    try:
+        return exc.read(RESPONSE_EXCERPT).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _record(delivery: Delivery, number: int, started, status_code, latency: int, error: str) -> str:
+    """Keep the attempt and move the delivery on: delivered, due again after a backoff, or dead."""
+    with transaction.atomic():
+        Attempt.objects.create(
+            delivery=delivery,
+            number=number,
+            started_at=started,
+            status_code=status_code,
+            latency_ms=latency,
+            error=error,
+        )
+        fields = {"attempts": number, "last_status_code": status_code, "last_error": error}
+        if not error:
+            fields.update(status=DeliveryStatus.DELIVERED, delivered_at=timezone.now(), next_attempt_at=None)
+        elif number - delivery.replayed_after >= settings.RMM_WEBHOOK_MAX_ATTEMPTS:
+            fields.update(status=DeliveryStatus.DEAD, next_attempt_at=None)
+        else:
+            fields.update(next_attempt_at=timezone.now() + backoff(number))
+        Delivery.objects.filter(pk=delivery.pk).update(**fields)
+        status = fields.get("status", DeliveryStatus.PENDING)
+        payload = {
+            "event": delivery.event.message_id,
+            "type": delivery.event.type,
+            "endpoint": delivery.endpoint.name,
+            "attempt": number,
+            "http_status": status_code,
+        }
+        if status == DeliveryStatus.DELIVERED:
+            history.append("system", "outbox.delivered", delivery, site_id=delivery.event.site_id, payload=payload)
+        elif status == DeliveryStatus.DEAD:
+            payload["error"] = error[:500]
+            history.append("system", "outbox.delivery_dead", delivery, site_id=delivery.event.site_id, payload=payload)
+    if error:
+        logger.warning(
+            "outbox: %s to %s failed (attempt %d%s): %s",
+            delivery.event.message_id,
+            delivery.endpoint.name,
+            number,
+            ", dead" if status == DeliveryStatus.DEAD else "",
+            error,
+        )
+    return status
+
+
+def send_due(now: datetime | None = None, limit: int = 500) -> int:
+    """Queue a send of every pending delivery whose time has come (every minute, in the task
+    cluster): retries after their backoff, and first tries whose task was lost with the cluster."""
+    now = now or timezone.now()
+    due = list(
+        Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for pk in due:
+        tasks.enqueue_on_commit("rmm.outbox.tasks.deliver", str(pk))
+    return len(due)
+
+
+def replay(delivery: Delivery, actor) -> Delivery:
+    """Send a delivery again (a dead one, or a delivered one the receiver lost), with the same id
+    and body; it gets ``RMM_WEBHOOK_MAX_ATTEMPTS`` more attempts."""
+    with transaction.atomic():
+        locked = Delivery.objects.select_for_update().select_related("event", "endpoint").get(pk=delivery.pk)
+        if locked.status == DeliveryStatus.PENDING:
+            raise OutboxError("The delivery is still pending: it is being sent.")
+        # Attempts go on counting; the limit applies to the attempts after the replay.
+        Delivery.objects.filter(pk=locked.pk).update(
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=timezone.now(),
+            delivered_at=None,
+            replayed_after=locked.attempts,
+        )
+        history.append(
+            actor,
+            "outbox.delivery_replayed",
+            locked,
+            site_id=locked.event.site_id,
+            payload={"event": locked.event.message_id, "endpoint": locked.endpoint.name, "attempts": locked.attempts},
+        )
+        tasks.enqueue_on_commit("rmm.outbox.tasks.deliver", str(locked.pk))
+    locked.refresh_from_db()
+    return locked
+
+
+def new_secret() -> str:
+    """A fresh Standard Webhooks secret."""
+    import base64
+    import secrets
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
