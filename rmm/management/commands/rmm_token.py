@@ -19,8 +19,15 @@ class Command(BaseCommand):
         parser.add_argument("--site", action="append", default=[], help="grant this site (repeatable)")
         parser.add_argument("--all-sites", action="store_true", help="grant every site, present and future")
         parser.add_argument("--name", default="", help="a label for the token")
+        parser.add_argument(
+            "--hours",
+            type=float,
+            default=None,
+            help="expire after N hours (default: RMM_PRIVILEGED_TOKEN_HOURS for approvers and admins, "
+            "else RMM_TOKEN_HOURS; 0 means never, which approvers and admins cannot have)",
+        )
 
-    def handle(self, *args, username, role, site, all_sites, name, **options):
+    def handle(self, *args, username, role, site, all_sites, name, hours, **options):
         if not site and not all_sites:
             raise CommandError("Say where the user may act: --site NAME or --all-sites (--site is repeatable).")
         if site and all_sites:
@@ -37,7 +44,7 @@ class Command(BaseCommand):
                 user = services.ensure_user_with_role(username, role, actor=actor)
                 for row in sites or [None]:  # None: the every-site grant
                     services.grant_site(user, row, actor=actor)
-                token = services.issue_token(user, name=name or f"cli {role}", actor=actor)
+                token = services.issue_token(user, name=name or f"cli {role}", actor=actor, hours=hours)
         except ServiceError as exc:
             raise CommandError(exc.detail) from exc
         self.stdout.write(token)
