@@ -153,7 +153,8 @@ def _expiry(privileged: bool, hours: float | None, now):
 
 
 def _create_token(user, name: str, actor, *, hours: float | None) -> tuple[str, ApiToken]:
-    privileged = is_privileged(user)
+    # Read afresh: a role added since ``user`` was loaded must count (roles are cached per object).
+    privileged = is_privileged(get_user_model()._default_manager.get(pk=user.pk))
     now = timezone.now()
     expires_at = _expiry(privileged, hours, now)
     prefix = secrets.token_hex(6)
