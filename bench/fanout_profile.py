@@ -54,7 +54,7 @@ def _runs(args):
     tokens = {}
     for user, role in (("bench-psa", "psa"), ("bench-tech", "technician"), ("bench-approver", "approver")):
         out = io.StringIO()
-        call_command("rmm_token", user, role=role, stdout=out)
+        call_command("rmm_token", user, role=role, site=["bench"], stdout=out)
         tokens[role] = out.getvalue().strip()
     assets = [
         Asset(site=site, hostname=f"asset-{n:05d}", os="Linux", architecture="x86_64") for n in range(args.assets)

@@ -96,7 +96,7 @@ site = inventory.get_or_create_site("bench", actor="cli:bench")
 tokens = {}
 for user, role in (("bench-psa", "psa"), ("bench-tech", "technician"), ("bench-approver", "approver")):
     out = StringIO()
-    call_command("rmm_token", user, role=role, stdout=out)
+    call_command("rmm_token", user, role=role, site=["bench"], stdout=out)
     tokens[role] = out.getvalue().strip()
 _, enrollment = inventory.create_enrollment_token(site, actor="cli:bench", max_uses=%(uses)d)
 print(json.dumps({"tokens": tokens, "enrollment": enrollment, "site": str(site.pk)}))

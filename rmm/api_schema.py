@@ -110,5 +110,8 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "rmm_<prefix>_<secret>",
-            "description": "An API token issued on the command line: `manage.py rmm_token USERNAME --role ROLE`.",
+            "description": (
+                "An API token, issued on the server (`manage.py rmm_token USERNAME --role ROLE --site NAME`) "
+                "or on the console's token page (`/console/tokens/`)."
+            ),
         }

@@ -352,6 +352,10 @@ RMM_WAVE_INTERVAL_SECONDS = int(os.environ.get("RMM_WAVE_INTERVAL_SECONDS", "60"
 RMM_HEARTBEAT_MIN_SPACING_SECONDS = float(os.environ.get("RMM_HEARTBEAT_MIN_SPACING_SECONDS", "1"))
 # Pending approvals (script versions, jobs) expire after this long and are rejected.
 RMM_APPROVAL_TTL_HOURS = int(os.environ.get("RMM_APPROVAL_TTL_HOURS", "72"))
+# API tokens (docs/security.md, API tokens): those of users who may approve or administer expire
+# after RMM_PRIVILEGED_TOKEN_HOURS; others after RMM_TOKEN_HOURS, or never when it is 0.
+RMM_PRIVILEGED_TOKEN_HOURS = float(os.environ.get("RMM_PRIVILEGED_TOKEN_HOURS", "12"))
+RMM_TOKEN_HOURS = float(os.environ.get("RMM_TOKEN_HOURS", "0"))
 RMM_ENROLLMENT_TOKEN_TTL_HOURS = int(os.environ.get("RMM_ENROLLMENT_TOKEN_TTL_HOURS", "24"))
 RMM_ENROLLMENT_TOKEN_USES = int(os.environ.get("RMM_ENROLLMENT_TOKEN_USES", "100"))
 

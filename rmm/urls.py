@@ -25,6 +25,7 @@ router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-ex
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
+router.register("tokens", authority_views.ApiTokenViewSet, basename="api-token")
 
 handler500 = "rmm.dependencies.server_error"  # a dependency that is down answers 503, not 500
 # A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.

@@ -1,6 +1,6 @@
 from rest_framework import authentication, exceptions
 
-from rmm.authority.services import authenticate_token
+from rmm.authority.services import TokenRefused, authenticate_token
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -12,10 +12,10 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header.startswith(self.keyword + " "):
             return None
-        found = authenticate_token(header[len(self.keyword) + 1 :].strip())
-        if found is None:
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
-        return found
+        try:
+            return authenticate_token(header[len(self.keyword) + 1 :].strip())
+        except TokenRefused as exc:
+            raise exceptions.AuthenticationFailed(str(exc)) from None
 
     def authenticate_header(self, request):
         return self.keyword

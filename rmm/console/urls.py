@@ -10,6 +10,8 @@ urlpatterns = [
     path("console/jobs/<str:kind>/<uuid:job_id>/", views.job_detail, name="job"),
     path("console/jobs/<str:kind>/<uuid:job_id>/fragment/", views.job_fragment, name="job-fragment"),
     path("console/kill-switches/", views.kill_switch_page, name="kill-switches"),
+    path("console/tokens/", views.token_page, name="tokens"),
+    path("console/tokens/<uuid:token_id>/revoke/", views.token_revoke, name="token-revoke"),
     path("console/kill-switches/banner/", views.kill_banner, name="kill-banner"),
     path("console/kill-switches/<uuid:switch_id>/release/", views.kill_switch_release, name="kill-switch-release"),
 ]

@@ -4,13 +4,16 @@ from heapq import merge
 from itertools import islice
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from rmm import access
+from rmm.authority import services as authority
 from rmm.engine import registry
 from rmm.engine.models import KillSwitchScope
 from rmm.engine.services import kill_switches
@@ -127,3 +130,57 @@ def kill_switch_release(request, switch_id):
 @login_required
 def kill_banner(request):
     return render(request, "console/kill_banner.html")
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=200, required=False, help_text="What the token is for.")
+
+
+def _own_tokens(request):
+    return authority.visible_tokens(request.user).filter(user=request.user)
+
+
+@login_required
+@never_cache
+def token_page(request):
+    """The signed-in person's own API tokens: their last use, a new one, revoking one.
+
+    An approver's or admin's token is issued only in a session that passed its second factor (the
+    sign-in middleware asks for it before any console page; the service checks it again)."""
+    form = TokenForm(request.POST or None)
+    issued = None
+    if request.method == "POST" and form.is_valid():
+        verified = getattr(request.user, "is_verified", None)
+        try:
+            issued, _row = authority.issue_own_token(
+                request.user, name=form.cleaned_data["name"], second_factor=bool(verified and verified())
+            )
+        except ServiceError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.detail)
+        else:
+            form = TokenForm()
+    return render(
+        request,
+        "console/tokens.html",
+        {
+            "form": form,
+            "issued": issued,
+            "tokens": _own_tokens(request),
+            "privileged": authority.is_privileged(request.user),
+            "privileged_hours": settings.RMM_PRIVILEGED_TOKEN_HOURS,
+        },
+    )
+
+
+@login_required
+@require_POST
+def token_revoke(request, token_id):
+    token = _own_tokens(request).filter(pk=token_id).first()
+    if token is None:
+        raise Http404
+    try:
+        authority.revoke_token(request.user, token.pk, "revoked on the console")
+        messages.success(request, f"Token {token.prefix}… revoked.")
+    except ServiceError as exc:
+        messages.error(request, exc.detail)
+    return redirect("console:tokens")

@@ -33,15 +33,31 @@ class Event:
     payload: dict = field(default_factory=dict)
 
 
+class Actor(str):
+    """An actor's name that also carries the API token it acted through (``api_token``: the
+    token's id), which every event it appends records in its payload."""
+
+    api_token: str | None = None
+
+
 def actor_of(user_or_agent) -> str:
-    """A stable, readable actor name for people, service accounts, agents and the system."""
+    """A stable, readable actor name for people, service accounts, agents and the system.
+
+    A user authenticated by an API token (rmm.authority.services.authenticate_token sets
+    ``user.api_token``) acts as ``user:<name>`` through that token: its events name the token.
+    """
     if user_or_agent is None:
         return "system"
     if isinstance(user_or_agent, str):
         return user_or_agent
     if hasattr(user_or_agent, "secret_hash"):
         return f"agent:{user_or_agent.pk}"
-    return f"user:{user_or_agent.get_username()}"
+    token = getattr(user_or_agent, "api_token", None)
+    if token is None:
+        return f"user:{user_or_agent.get_username()}"
+    name = Actor(f"user:{user_or_agent.get_username()}")
+    name.api_token = str(token.pk)
+    return name
 
 
 def event_body(sequence: int, created_at, actor, action, subject_type, subject_id, site_id, payload) -> bytes:
@@ -126,7 +142,8 @@ def append_many(events: Iterable[Event]) -> list[int]:
     for ev in events:
         site_id = str(ev.site_id) if ev.site_id else None
         subject_id = str(ev.subject_id)
-        payload = _payload_json(ev.payload)
+        token = getattr(ev.actor, "api_token", None)
+        payload = _payload_json({**ev.payload, "api_token": token} if token else ev.payload)
         # The canonical JSON of event_body, written out around the creation time and the
         # sequence (known under the lock only): keys in sorted order, the payload serialised once.
         before = f'{{"action":{_text(ev.action)},"actor":{_text(ev.actor)},"created_at":'

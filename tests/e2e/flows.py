@@ -39,9 +39,12 @@ def staff(server) -> dict[str, str]:
 
 
 def tokens(server, users: dict[str, str]) -> list[str]:
-    """``rmm_token USER --role ROLE`` for each of ``{username: role}``, in one process; the tokens in order."""
+    """``rmm_token USER --role ROLE --all-sites`` for each of ``{username: role}``, in one process; the
+    tokens in order."""
     lines = ["from django.core.management import call_command"]
-    lines += [f"call_command('rmm_token', {username!r}, role={role!r})" for username, role in users.items()]
+    lines += [
+        f"call_command('rmm_token', {username!r}, role={role!r}, all_sites=True)" for username, role in users.items()
+    ]
     out = server.manage("shell", "--verbosity", "0", "-c", "\n".join(lines)).stdout.split()
     assert len(out) == len(users), out
     return out
@@ -128,7 +131,7 @@ def agent_once(server, w):
 def console_users(server, users: dict[str, tuple[str, list[str]]], password: str) -> None:
     """Create console users ``{username: (role, [site, ...])}`` with ``password``, in one process.
 
-    Users are made by ``rmm_token`` (no sites listed: every site is granted), then given a password.
+    Users are made by ``rmm_token`` (no sites listed: ``--all-sites``), then given a password.
     """
     lines = [
         "import io",
@@ -137,7 +140,8 @@ def console_users(server, users: dict[str, tuple[str, list[str]]], password: str
     ]
     for username, (role, sites) in users.items():
         lines += [
-            f"call_command('rmm_token', {username!r}, role={role!r}, site={list(sites)!r}, stdout=io.StringIO())",
+            f"call_command('rmm_token', {username!r}, role={role!r}, site={list(sites)!r}, "
+            f"all_sites={not sites!r}, stdout=io.StringIO())",
             f"u = get_user_model().objects.get(username={username!r}); u.set_password({password!r}); u.save()",
         ]
     server.manage("shell", "--verbosity", "0", "-c", "\n".join(lines))

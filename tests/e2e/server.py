@@ -216,7 +216,7 @@ class Server:
             return Response(err.code, err.read(), err.headers)
 
     def token(self, username: str, role: str) -> str:
-        return self.manage("rmm_token", username, "--role", role).stdout.strip()
+        return self.manage("rmm_token", username, "--role", role, "--all-sites").stdout.strip()
 
     def agent(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(

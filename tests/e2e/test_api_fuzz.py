@@ -52,6 +52,7 @@ def seed_world(server) -> dict:
     """Real objects of every kind the API serves, made through its public doors."""
     w = make_world(server)
     [w["admin"]] = tokens(server, {"fuzz-admin": "admin"})
+    tokens(server, {"fuzz-spare": "technician"})  # a token the fuzzing may revoke; never a fuzzing role's own
     ran = publish(server, w, "echo fuzz\n")
     job = run_job(server, w, ran["id"])
     agent_once(server, w)
@@ -73,6 +74,11 @@ def seed_world(server) -> dict:
     export = server.request("POST", "/api/v1/evidence/exports/", {"site": w["site"]}, w["admin"]).json()
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
+    spare = [
+        t["id"]
+        for t in server.request("GET", "/api/v1/tokens/", token=w["admin"]).json()["results"]
+        if t["user"] == "fuzz-spare"
+    ]
     w["seeded"] = {
         "paths": {
             "/api/v1/scripts/": [ran["id"], pending["id"], gated["id"]],
@@ -86,6 +92,7 @@ def seed_world(server) -> dict:
             "/api/v1/kill-switches/": [switch["id"]],
             "/api/v1/psa/cases/": [w["case"]],
             "/api/v1/psa/tasks/": [w["task"]],
+            "/api/v1/tokens/": spare,
         },
         "fields": {
             "script": [ran["id"], gated["id"]],

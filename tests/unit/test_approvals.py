@@ -29,6 +29,9 @@ def people(caller, site):
     both = caller("both", "technician")
     authority.ensure_user_with_role("both", "approver")
     both.user.refresh_from_db()  # the approver role made the user staff
+    # A token issued before the user could approve is refused from then on: issue a new one.
+    both.token = authority.issue_token(both.user)
+    both.client.credentials(HTTP_AUTHORIZATION=f"Bearer {both.token}")
     assert {g.name for g in both.user.groups.all()} == {"technician", "approver"}
     return tech, boss, boss2, psa, both
 

@@ -40,6 +40,7 @@ from evidence import services as evidence
 from evidence.models import EvidenceExport, RmmEvidence
 from rmm import access
 from rmm.authority import services as authority
+from rmm.authority.models import ApiToken
 from rmm.engine.models import KillSwitch
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
@@ -134,6 +135,10 @@ def batch_body(asset="{asset}", task="{task}"):
 
 AUTHORITY_CASE = {"title": "Patch Tuesday", "status": "approved", "site": "alpha"}
 AUTHORITY_TASK = {"case": "{case}", "title": "Run fix", "status": "approved"}
+
+
+def _console_token(w) -> bool:
+    return ApiToken.objects.filter(name="console matrix").exists()
 
 
 def _new_job(w) -> bool:
@@ -408,6 +413,11 @@ ROWS = [
         body={"reason": "again"},
         label="global, already released",
     ),
+    # --- API tokens: each caller sees and revokes its own; a third party's is not there for it (the
+    # world's admins hold one site each: every token is an admin's over every site only)
+    api("GET", "/api/v1/tokens/", 200, shows=(("token_other", frozenset()),)),
+    api("GET", "/api/v1/tokens/{token_other}/", 404),
+    api("POST", "/api/v1/tokens/{token_other}/revoke/", 404, body={"reason": "matrix"}),
     # --- the agent protocol: a role's token is no agent credential
     api("POST", "/api/v1/agent/heartbeat/", 401, body={"capacity": 1}),
     api("POST", "/api/v1/agent/results/", 401, body={"instruction_id": "{new_id}"}),
@@ -451,6 +461,11 @@ ROWS = [
         effect=(_switch_released, callers(APPROVE, "in")),
     ),
     page("GET", "/console/kill-switches/{switch}/release/", 405, label="GET"),
+    # A person's own tokens: anyone signed in (admins and approvers past their second factor)
+    page("GET", "/console/tokens/", 200, shows=(("token_other", frozenset()),)),
+    page("POST", "/console/tokens/", 200, body={"name": "console matrix"}, effect=(_console_token, EVERYONE)),
+    page("POST", "/console/tokens/{token_other}/revoke/", 404),
+    page("GET", "/console/tokens/{token_other}/revoke/", 405, label="GET"),
     page("GET", "/console/evidence/exports/", 200, shows=(("export", frozenset({"compliance:in"})),)),
     page(
         "POST",
@@ -568,6 +583,8 @@ def build_world(storage: str) -> World:
     global_switch = kill_switches.engage(root, scope="global", target=None, reason="matrix global switch")
     kill_switches.release(boss, global_switch, "drill over")
     hold = evidence.place_hold(root, site_ref="alpha", reason="matrix hold")
+    authority.issue_token(author, name="a third party's")
+    token_other = ApiToken.objects.get(user=author, name="a third party's")
 
     world = World(
         ids={
@@ -587,6 +604,7 @@ def build_world(storage: str) -> World:
             "switch": str(switch.pk),
             "global_switch": str(global_switch.pk),
             "hold": str(hold.pk),
+            "token_other": str(token_other.pk),
         },
         jobs=[str(job_done.pk), str(job_waiting.pk)],
         storage=storage,

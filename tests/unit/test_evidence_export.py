@@ -19,6 +19,7 @@ from django.core.files.storage import default_storage
 
 from evidence import services as evidence
 from evidence.models import EvidenceExport
+from rmm.authority.models import ApiToken
 from rmm.engine.events import user_group
 from rmm.history import anchors
 from rmm.history.models import HistoryEvent
@@ -170,11 +171,15 @@ def test_the_export_is_recorded_in_the_history(bundle, compliance):
     actions = dict(
         HistoryEvent.objects.filter(subject_id=export_id).values_list("action", "payload").order_by("sequence")
     )
-    assert actions["evidence_export.requested"] == {"filters": {}}
+    requested_through = str(ApiToken.objects.get(user=compliance.user).pk)  # requested with its token
+    assert actions["evidence_export.requested"] == {"filters": {}, "api_token": requested_through}
     finished = actions["evidence_export.finished"]
     assert finished["bundle_sha256"] == hashlib.sha256(data).hexdigest()
     assert finished["items"] == 3
-    assert actions["evidence_export.downloaded"] == {"bundle_sha256": finished["bundle_sha256"]}
+    assert actions["evidence_export.downloaded"] == {
+        "bundle_sha256": finished["bundle_sha256"],
+        "api_token": requested_through,
+    }
     export = EvidenceExport.objects.get(pk=export_id)
     assert export.file_hash == finished["bundle_sha256"]
 
