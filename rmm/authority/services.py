@@ -51,6 +51,7 @@ def upsert_case(user, case_id: uuid.UUID, *, title: str, status: str, site_name:
         if case is None:
             case = PsaCase(id=case_id)
         case.title, case.status, case.site, case.expires_at = title, status, site, expires_at
+        case.written_by = user
         case.save()
         history.append(
             user,
@@ -80,6 +81,7 @@ def upsert_task(user, task_id: uuid.UUID, *, case_id, title: str, status: str, e
         if task is None:
             task = PsaTask(id=task_id, case=case)
         task.title, task.status, task.expires_at = title, status, expires_at
+        task.written_by = user
         task.save()
         history.append(
             user,
@@ -97,6 +99,17 @@ def _withdrawn(before: dict, status: str, expires_at, site_changed: bool = False
     """Did this update take away authority that work may already be running on?"""
     expired = expires_at is not None and expires_at <= timezone.now()
     return status != AuthorityStatus.APPROVED or expired or site_changed
+
+
+SELF_AUTHORIZED = "the requester wrote its own authority; this site's policy wants a second person to approve"
+
+
+def self_authorized(task: PsaTask, user, site: Site) -> bool:
+    """Does this job need a person's approval because its requester wrote the authority it cites
+    (the PSA case or task) and the site's policy does not allow that (the default)?"""
+    if site.allow_self_authorized_jobs or user is None:
+        return False
+    return user.pk in (task.written_by_id, task.case.written_by_id)
 
 
 def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | None:
