@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
 
-from rmm import access
+from rmm import access, access_changes
 from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask
 from rmm.engine import services as engine
 from rmm.errors import Forbidden, InvalidInput
@@ -169,9 +169,9 @@ def ensure_user_with_role(username: str, role: str, actor=None):
     """Create the user if needed and put it in ``role`` (a group)."""
     if role not in access.ROLES:
         raise InvalidInput(f"Unknown role; choose one of {', '.join(access.ROLES)}.", field="role")
-    access.ensure_role_groups()
     User = get_user_model()
-    with transaction.atomic():
+    with transaction.atomic(), access_changes.recorded_by_service():
+        access.ensure_role_groups()
         user, created = User.objects.get_or_create(username=username)
         if created:
             user.set_unusable_password()
@@ -190,7 +190,7 @@ def _site_permission() -> Permission:
 
 def grant_site(user, site: Site | None, actor=None) -> None:
     """Grant ``user`` one site (guardian object permission) or, with None, every site."""
-    with transaction.atomic():
+    with transaction.atomic(), access_changes.recorded_by_service():
         if site is None:
             user.user_permissions.add(_site_permission())
         else:
@@ -206,7 +206,7 @@ def grant_site(user, site: Site | None, actor=None) -> None:
 
 def revoke_site(user, site: Site | None, actor=None) -> None:
     """Take back one site's grant (or, with None, the every-site grant)."""
-    with transaction.atomic():
+    with transaction.atomic(), access_changes.recorded_by_service():
         if site is None:
             user.user_permissions.remove(_site_permission())
         else:
