@@ -1,7 +1,6 @@
 """Known limits of issue 11 closed: an open console leaves a revoked site's live events at once, and
 superuser changes to roles, grants, permissions and schedules are in the execution history."""
 
-
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
