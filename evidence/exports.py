@@ -80,7 +80,8 @@ What is here:
   server_key.json        the server's public key, and any earlier keys of it that signed the
                          anchors, with the rotation statements that link them
   blobs/                 the evidence documents, each named by its sha256
-  index.csv              one row per item
+  index.csv              one row per item; a cell a spreadsheet would run as a formula
+                         (starting with = + - @, tab or CR) starts with ' (manifest.json has the text)
   report.html, report.pdf   what ran where, on whose authority, approved by whom, with what result
   history/segment.jsonl  the execution history around the items (one event per line)
   history/anchors/       signed statements of the history's head, each ending a window
@@ -863,7 +864,9 @@ class Builder:
 
 
 def open_bundle(user, export: EvidenceExport):
-    """The finished bundle, rechecked against the hash recorded when it was made."""
+    """The finished bundle, rechecked against the hash recorded when it was made. The caller must
+    still hold the export role and every site it covers: a grant taken back since is honoured."""
+    services._require(user, "export_evidence", "evidence_export.download", export)
     if export.status != ExportStatus.DONE:
         raise Conflict(f"This export is {export.status}, not done.")
     visible = {str(pk) for pk in access.visible_sites(user).values_list("pk", flat=True)}

@@ -71,7 +71,22 @@ def summarize(evidence_type: str, document) -> dict:
     }
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP "CSV
+    injection"): hostnames come from agents, titles from the PSA. items.jsonl keeps the exact text."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_row(item: dict) -> list:
+    return [csv_cell(value) for value in _csv_values(item)]
+
+
+def _csv_values(item: dict) -> list:
     s, asset, auth = item["summary"], item.get("asset") or {}, item["authority"]
     return [
         item["id"],

@@ -1,16 +1,62 @@
 """Admin plumbing shared by the apps: role-based access, read-only views, decisions with a reason."""
 
 from django.contrib import admin, messages
+from django.db import models
 from django.template.response import TemplateResponse
 
 from rmm import access
 from rmm.errors import ServiceError
 
 
+def visible_related(admin_site, model, request):
+    """The rows of ``model`` the caller may see: what its own admin lists (scoped to the caller's
+    sites), nothing for a model without an admin."""
+    related_admin = admin_site._registry.get(model)
+    if related_admin is None:
+        return model._default_manager.none()
+    return related_admin.get_queryset(request)
+
+
+class VisibleRelatedFilter(admin.RelatedFieldListFilter):
+    """A list filter on a foreign key that offers only the related rows the caller may see: a
+    filter on ``site`` lists the caller's sites, never every site's name and id."""
+
+    def field_choices(self, field, request, model_admin):
+        visible = visible_related(model_admin.admin_site, field.remote_field.model, request)
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return field.get_choices(
+            include_blank=False, ordering=ordering, limit_choices_to={"pk__in": visible.values("pk")}
+        )
+
+
 class RoleAdmin(admin.ModelAdmin):
-    """Access comes from the caller's role (``capability``), not from Django model permissions."""
+    """Access comes from the caller's role (``capability``), not from Django model permissions.
+
+    Every list filter, form choice and autocomplete on a related model offers only what the
+    caller may see (Law 7): the related model's own admin queryset, which is site-scoped."""
 
     capability = "view"
+
+    def get_list_filter(self, request):
+        scoped = []
+        for entry in super().get_list_filter(request):
+            if isinstance(entry, str):
+                try:
+                    field = self.model._meta.get_field(entry)
+                except Exception:  # noqa: BLE001 - a lookup path; Django resolves it itself
+                    field = None
+                if isinstance(field, models.ForeignKey):
+                    entry = (entry, VisibleRelatedFilter)
+            scoped.append(entry)
+        return scoped
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        kwargs.setdefault("queryset", visible_related(self.admin_site, db_field.remote_field.model, request))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        kwargs.setdefault("queryset", visible_related(self.admin_site, db_field.remote_field.model, request))
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def has_module_permission(self, request):
         return access.can(request.user, self.capability) and request.user.is_staff

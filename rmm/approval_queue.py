@@ -16,7 +16,7 @@ from rmm import access
 from rmm.engine import registry
 from rmm.engine import services as engine
 from rmm.engine.states import JobStatus
-from rmm.errors import ServiceError
+from rmm.errors import Forbidden, ServiceError
 from rmm.history import services as history
 from scripting import services as scripting
 from scripting.models import ApprovalStatus, Script
@@ -78,6 +78,7 @@ def _pending(user, kind: str, site: str, age: str) -> list[dict]:
 def _decide(request) -> None:
     kind, pk, decision = request.POST.get("kind"), request.POST.get("id"), request.POST.get("decision")
     reason = request.POST.get("reason", "")
+    verb = "approve" if decision == "approve" else "reject"
     if kind == VERSION_KIND:
         obj = Script.objects.filter(pk=pk).first()
         if obj is None:
@@ -94,9 +95,9 @@ def _decide(request) -> None:
     job = job_kind.model.objects.filter(pk=pk, site__in=access.visible_sites(request.user)).first()
     if job is None:
         raise ServiceError("No such job.")
-    if not access.can(request.user, "approve"):
-        history.record_refusal(request.user, "job.decide", job, reason="role may not approve", site_id=job.site_id)
-        raise PermissionDenied
+    if not access.can(request.user, "approve"):  # engine.approve_job is kind-agnostic: the role is checked here
+        history.record_refusal(request.user, f"job.{verb}", job, reason="role may not approve", site_id=job.site_id)
+        raise Forbidden("Your role may not approve.")
     if decision == "approve":
         engine.approve_job(job, request.user)
     else:
@@ -104,12 +105,17 @@ def _decide(request) -> None:
 
 
 def approval_queue(request, admin_site):
+    """Staff with ``view`` may look; deciding needs ``approve``. Every refusal answers 403 and is
+    in the history (the services record theirs; this view records the ones it makes)."""
     if not (request.user.is_staff and access.can(request.user, "view")):
+        history.record_refusal(request.user, "approval_queue.open", reason="role may not view the approval queue")
         raise PermissionDenied
     if request.method == "POST":
         try:
             _decide(request)
             messages.success(request, "Decision recorded.")
+        except Forbidden as exc:
+            raise PermissionDenied(exc.detail) from exc
         except ServiceError as exc:
             messages.error(request, exc.detail)
         return redirect(request.get_full_path())

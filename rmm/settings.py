@@ -71,6 +71,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # names the signed-in person as the actor of role, grant and schedule changes (rmm/access_changes.py)
+    "rmm.access_changes.ActorMiddleware",
     "django_otp.middleware.OTPMiddleware",
     # admins, approvers and superusers act in the console and the admin only with a verified TOTP device
     "rmm.signin.middleware.SecondFactorMiddleware",

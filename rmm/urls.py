@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
@@ -55,7 +56,10 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("accounts/otp/", include("rmm.signin.urls")),
-    path("accounts/", include("django.contrib.auth.urls")),
+    # Sign-in and sign-out only: no password reset (nothing sends mail; passwords are set by
+    # `manage.py changepassword`), no self-service password change.
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/scripts/", include("scripting.urls")),
     path("console/evidence/", include("evidence.urls")),
     path("", include("rmm.console.urls")),

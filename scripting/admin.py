@@ -30,6 +30,7 @@ class ScriptAdmin(RoleAdmin):
         "version",
         "language",
         "sha256",
+        "privileged",
         "requires_approval",
         "timeout_seconds",
         "author",

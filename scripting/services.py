@@ -11,6 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from rmm import access, bulk
+from rmm.authority import services as authority_services
 from rmm.authority.models import PsaTask
 from rmm.authority.services import authority_problem
 from rmm.engine import services as engine
@@ -125,6 +126,16 @@ def reject_script(script: Script, user, reason: str) -> Script:
     return _decide_script(script, user, approve=False, reason=reason)
 
 
+def _first_status(script: Script, task: PsaTask, user, site) -> tuple[str, str, dict]:
+    """A new job waits for an approver when its version asks for one, or when its requester wrote
+    the authority it cites and the site's policy wants a second person; else it is queued."""
+    if authority_services.self_authorized(task, user, site):
+        return JobStatus.AWAITING_APPROVAL, authority_services.SELF_AUTHORIZED, {"self_authorized": True}
+    if script.requires_approval:
+        return JobStatus.AWAITING_APPROVAL, "", {}
+    return JobStatus.QUEUED, "", {}
+
+
 def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
     """Law 1 lives here: no job row without approved, unexpired authority covering the asset."""
     _require(user, "request_jobs", "script_job.create")
@@ -164,10 +175,16 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
         )
         raise InvalidInput(f"No authority: {told or problem}.", field="psa_task_id")
     kill_switches.refuse_if_engaged(asset, user, "script_job.create")
-    status = JobStatus.AWAITING_APPROVAL if script.requires_approval else JobStatus.QUEUED
+    status, reason, self_written = _first_status(script, task, user, asset.site)
     with transaction.atomic():
         job = ScriptJob.objects.create(
-            script=script, asset=asset, psa_task=task, site=asset.site, status=status, requested_by=user
+            script=script,
+            asset=asset,
+            psa_task=task,
+            site=asset.site,
+            status=status,
+            status_reason=reason,
+            requested_by=user,
         )
         history.append(
             user,
@@ -182,6 +199,7 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
                 "asset": str(asset.pk),
                 "psa_task_id": str(task.pk),
                 "psa_case_id": str(task.case_id),
+                **self_written,
             },
         )
         if status == JobStatus.QUEUED:
@@ -266,9 +284,17 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
             payload={"kill_switch": str(switch.pk), "assets": len(assets)},
         )
         raise Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}")
-    status = JobStatus.AWAITING_APPROVAL if script.requires_approval else JobStatus.QUEUED
+    status, reason, self_written = _first_status(script, task, user, site)
     jobs = [
-        ScriptJob(script=script, asset=asset, psa_task=task, site=site, status=status, requested_by=user)
+        ScriptJob(
+            script=script,
+            asset=asset,
+            psa_task=task,
+            site=site,
+            status=status,
+            status_reason=reason,
+            requested_by=user,
+        )
         for asset in assets
     ]
     with transaction.atomic():
@@ -288,6 +314,7 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
                     "asset": str(job.asset_id),
                     "psa_task_id": str(task.pk),
                     "psa_case_id": str(task.case_id),
+                    **self_written,
                 },
             )
             for job in jobs

@@ -19,7 +19,15 @@ def make_agent(site, hostname: str | None = None):
     return agent, f"Agent {agent.pk}:{agent_secret}"
 
 
-def approved_authority(site, psa_user, *, case_status="approved", task_status="approved", expires_at=None):
+def approved_authority(
+    site, psa_user, *, case_status="approved", task_status="approved", expires_at=None, self_authorized_jobs=True
+):
+    """An approved case and task written by ``psa_user``. Most tests let that same account request
+    jobs on it: with ``self_authorized_jobs`` the site's policy allows that (the default policy,
+    off, makes such jobs wait for an approver: tests/unit/test_self_authorized.py)."""
+    if self_authorized_jobs and not site.allow_self_authorized_jobs:
+        inventory.set_site_policy("cli:rmm_site_policy", site, allow_self_authorized_jobs=True)
+        site.allow_self_authorized_jobs = True
     case = authority.upsert_case(
         psa_user, uuid.uuid4(), title="Patch Tuesday", status=case_status, site_name=site.name, expires_at=expires_at
     )

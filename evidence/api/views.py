@@ -213,7 +213,7 @@ class EvidenceExportViewSet(
     @extend_schema(
         responses={
             (200, "application/zip"): OpenApiTypes.BINARY,
-            403: refusal("The export covers sites the caller may no longer see."),
+            403: refusal("The caller no longer holds the export role, or may no longer see every site it covers."),
             409: refusal("The export is not done, or its bundle is missing or altered."),
         },
         parameters=[CONTENT_SHA256],

@@ -21,6 +21,10 @@ class PsaCase(models.Model):
     status = models.CharField(max_length=20, choices=AuthorityStatus.choices)
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="psa_cases")
     expires_at = models.DateTimeField(null=True, blank=True)
+    # who last wrote it: a job requested by the same account is self-authorized (Site policy)
+    written_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -39,6 +43,9 @@ class PsaTask(models.Model):
     title = models.CharField(max_length=500)
     status = models.CharField(max_length=20, choices=AuthorityStatus.choices)
     expires_at = models.DateTimeField(null=True, blank=True)
+    written_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
 
-from rmm import access
+from rmm import access, access_changes
 from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask
 from rmm.engine import services as engine
 from rmm.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -53,6 +53,7 @@ def upsert_case(user, case_id: uuid.UUID, *, title: str, status: str, site_name:
         if case is None:
             case = PsaCase(id=case_id)
         case.title, case.status, case.site, case.expires_at = title, status, site, expires_at
+        case.written_by = user
         case.save()
         history.append(
             user,
@@ -82,6 +83,7 @@ def upsert_task(user, task_id: uuid.UUID, *, case_id, title: str, status: str, e
         if task is None:
             task = PsaTask(id=task_id, case=case)
         task.title, task.status, task.expires_at = title, status, expires_at
+        task.written_by = user
         task.save()
         history.append(
             user,
@@ -99,6 +101,17 @@ def _withdrawn(before: dict, status: str, expires_at, site_changed: bool = False
     """Did this update take away authority that work may already be running on?"""
     expired = expires_at is not None and expires_at <= timezone.now()
     return status != AuthorityStatus.APPROVED or expired or site_changed
+
+
+SELF_AUTHORIZED = "the requester wrote its own authority; this site's policy wants a second person to approve"
+
+
+def self_authorized(task: PsaTask, user, site: Site) -> bool:
+    """Does this job need a person's approval because its requester wrote the authority it cites
+    (the PSA case or task) and the site's policy does not allow that (the default)?"""
+    if site.allow_self_authorized_jobs or user is None:
+        return False
+    return user.pk in (task.written_by_id, task.case.written_by_id)
 
 
 def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | None:
@@ -288,9 +301,9 @@ def ensure_user_with_role(username: str, role: str, actor=None):
     """Create the user if needed and put it in ``role`` (a group)."""
     if role not in access.ROLES:
         raise InvalidInput(f"Unknown role; choose one of {', '.join(access.ROLES)}.", field="role")
-    access.ensure_role_groups()
     User = get_user_model()
-    with transaction.atomic():
+    with transaction.atomic(), access_changes.recorded_by_service():
+        access.ensure_role_groups()
         user, created = User.objects.get_or_create(username=username)
         if created:
             user.set_unusable_password()
@@ -309,7 +322,7 @@ def _site_permission() -> Permission:
 
 def grant_site(user, site: Site | None, actor=None) -> None:
     """Grant ``user`` one site (guardian object permission) or, with None, every site."""
-    with transaction.atomic():
+    with transaction.atomic(), access_changes.recorded_by_service():
         if site is None:
             user.user_permissions.add(_site_permission())
         else:
@@ -325,7 +338,7 @@ def grant_site(user, site: Site | None, actor=None) -> None:
 
 def revoke_site(user, site: Site | None, actor=None) -> None:
     """Take back one site's grant (or, with None, the every-site grant)."""
-    with transaction.atomic():
+    with transaction.atomic(), access_changes.recorded_by_service():
         if site is None:
             user.user_permissions.remove(_site_permission())
         else:

@@ -45,6 +45,18 @@ def publish_user(user_id, event: dict) -> None:
     _send_on_commit(user_group(user_id), event)
 
 
+def access_changed(user_id) -> None:
+    """Once the transaction commits, the user's open consoles re-read the sites they may see
+    (rmm/console/consumers.py): a revoked site's live events stop at once."""
+
+    def send():
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(user_group(user_id), {"type": "rmm.access"})
+
+    transaction.on_commit(send, robust=True)
+
+
 def wake_agents(agent_ids: Iterable) -> None:
     """Once the transaction commits, wake these agents' held heartbeats: they lease at once.
 

@@ -9,6 +9,12 @@ class Site(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Policy: may a caller request jobs on PSA authority it wrote itself and have them queued at
+    # once? Off: such jobs wait in awaiting_approval for a second person (docs/psa-integration.md).
+    allow_self_authorized_jobs = models.BooleanField(
+        default=False,
+        help_text="Jobs requested on authority the requester wrote itself run without an approver.",
+    )
 
     class Meta:
         ordering = ["name"]

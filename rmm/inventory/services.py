@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from rmm import access
 from rmm.engine import events
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -292,3 +293,28 @@ def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None)
         site_id=agent.asset.site_id,
         payload={"facts_hash": digest, "changed": sorted(changes)},
     )
+
+
+def set_site_policy(actor, site: Site, *, allow_self_authorized_jobs: bool) -> Site:
+    """Change a site's policy; recorded with what it was before. ``actor`` is a user (who must
+    hold ``manage_access``) or a command's actor string."""
+    if not isinstance(actor, str) and not (access.can(actor, "manage_access") and access.may_see_site(actor, site.pk)):
+        history.record_refusal(actor, "site.policy", site, reason="role may not manage access", site_id=site.pk)
+        raise Forbidden("Your role may not change a site's policy.")
+    with transaction.atomic():
+        site = Site.objects.select_for_update().get(pk=site.pk)
+        before = site.allow_self_authorized_jobs
+        site.allow_self_authorized_jobs = bool(allow_self_authorized_jobs)
+        site.save(update_fields=["allow_self_authorized_jobs"])
+        history.append(
+            actor,
+            "site.policy_changed",
+            site,
+            site_id=site.pk,
+            payload={
+                "site": site.name,
+                "before": {"allow_self_authorized_jobs": before},
+                "after": {"allow_self_authorized_jobs": site.allow_self_authorized_jobs},
+            },
+        )
+    return site
