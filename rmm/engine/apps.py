@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class EngineConfig(AppConfig):
     name = "rmm.engine"
     label = "engine"
+
+    def ready(self) -> None:
+        from rmm.outbox import services as outbox
+
+        outbox.register("kill_switch.engaged", "A kill switch was engaged: work in its scope stops")
+        outbox.register("kill_switch.released", "A kill switch was released")

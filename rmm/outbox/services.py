@@ -41,6 +41,11 @@ CLAIM_SECONDS = 120  # a delivery being sent is not sent by anyone else for this
 RESPONSE_EXCERPT = 500
 
 
+def as_emitted(event: Event) -> dict:
+    """The body of an event whose data was complete when it was emitted."""
+    return event.data
+
+
 @dataclass(frozen=True)
 class EventType:
     name: str
@@ -51,8 +56,10 @@ class EventType:
 _types: dict[str, EventType] = {}
 
 
-def register(name: str, description: str, build: Callable[[Event], dict]) -> None:
-    """Event types are dotted names registered by the apps that emit them (in their AppConfig.ready)."""
+def register(name: str, description: str, build: Callable[[Event], dict] = as_emitted) -> None:
+    """Event types are dotted names registered by the apps that emit them (in their AppConfig.ready).
+    ``build`` reads the body's data at the first delivery (when what the causing transaction wrote
+    is committed); by default it is the data given to :func:`emit`."""
     if name in _types and _types[name].build is not build:
         raise ValueError(f"event type {name} is registered twice")
     _types[name] = EventType(name, description, build)

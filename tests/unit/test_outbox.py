@@ -192,3 +192,20 @@ def test_a_new_secret_is_a_standard_webhooks_secret():
     secret = outbox.new_secret()
     assert secret.startswith("whsec_")
     Webhook(secret)  # the library accepts it
+
+
+def test_a_kill_switch_engaged_and_released_is_told_with_what_it_was_then(
+    caller, site, receiver, django_capture_on_commit_callbacks
+):
+    from rmm.engine.services import kill_switches
+
+    boss = caller("boss", "approver")
+    with django_capture_on_commit_callbacks(execute=True):
+        switch = kill_switches.engage(boss.user, scope="site", target=site.name, reason="ransomware seen")
+    with django_capture_on_commit_callbacks(execute=True):
+        kill_switches.release(caller("other", "approver").user, switch, reason="contained")
+    engaged, released = (item["body"] for item in receiver.received)
+    assert engaged["event"] == "kill_switch.engaged" and engaged["released"] is False
+    assert engaged["reason"] == "ransomware seen" and engaged["site"] == str(site.pk)
+    assert released["event"] == "kill_switch.released" and released["released"] is True
+    assert released["released_by"] == "other" and released["release_reason"] == "contained"

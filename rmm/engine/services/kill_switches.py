@@ -14,6 +14,7 @@ from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Asset
+from rmm.outbox import services as outbox
 
 SCOPES = {choice.value for choice in KillSwitchScope}
 
@@ -116,6 +117,7 @@ def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
             site_id=site.pk if site else None,
             payload={"scope": scope, "target": switch.target_label, "reason": reason},
         )
+        outbox.emit("kill_switch.engaged", switch, site_id=switch.site_id, data=switch_event(switch))
         _announce(switch)
     aborted = abort_in_scope(switch, user)
     history.append(
@@ -171,8 +173,26 @@ def release(user, switch: KillSwitch, reason: str) -> KillSwitch:
             site_id=switch.site_id,
             payload={"target": switch.target_label, "reason": reason},
         )
+        outbox.emit("kill_switch.released", switch, site_id=switch.site_id, data=switch_event(switch))
         _announce(switch)
     return switch
+
+
+def switch_event(switch: KillSwitch) -> dict:
+    """What the outbox tells about a switch (``kill_switch.engaged`` / ``.released``)."""
+    return {
+        "id": str(switch.pk),
+        "scope": switch.scope,
+        "target": switch.target_label,
+        "site": str(switch.site_id) if switch.site_id else None,
+        "asset": str(switch.asset_id) if switch.asset_id else None,
+        "reason": switch.reason,
+        "engaged_by": switch.engaged_by.get_username(),
+        "engaged_at": switch.engaged_at,
+        "released": not switch.engaged,
+        "released_by": switch.released_by.get_username() if switch.released_by_id else None,
+        "release_reason": switch.release_reason or None,
+    }
 
 
 def _announce(switch: KillSwitch) -> None:
