@@ -334,10 +334,12 @@ def mark_presence(now) -> int:
     cutoff = now - timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
     live = Agent.objects.filter(revoked_at__isnull=True, last_seen_at__isnull=False)
     fields = ("pk", "asset_id", "asset__site_id", "asset__hostname", "last_seen_at")
+    gone = live.filter(offline_since__isnull=True, last_seen_at__lt=cutoff)
+    back = live.filter(offline_since__isnull=False, last_seen_at__gte=cutoff)
+    if not (gone | back).exists():
+        return 0  # the usual minute: no lock taken, which every lease and result would wait for
     with transaction.atomic():
         history.lock()
-        gone = live.filter(offline_since__isnull=True, last_seen_at__lt=cutoff)
-        back = live.filter(offline_since__isnull=False, last_seen_at__gte=cutoff)
         gone, back = (list(rows.values_list(*fields)[:PRESENCE_BATCH]) for rows in (gone, back))
         if gone:
             Agent.objects.filter(pk__in=[row[0] for row in gone]).update(offline_since=now)
