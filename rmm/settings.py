@@ -339,6 +339,9 @@ RMM_SIGNING_KEYS = os.environ.get("RMM_SIGNING_KEYS", "")
 RMM_SIGNING_KEY_DIR = os.environ.get("RMM_SIGNING_KEY_DIR", str(VAR_DIR / "keys" / "signing"))
 RMM_SIGNING_KEY_FILE = os.environ.get("RMM_SIGNING_KEY_FILE", str(VAR_DIR / "keys" / "server_ed25519.pem"))
 RMM_HEARTBEAT_INTERVAL = int(os.environ.get("RMM_HEARTBEAT_INTERVAL", "30"))
+# An agent not seen for this long is offline (agent.offline); a held heartbeat is seen only when
+# it is answered, up to one interval later, so keep this well above the interval.
+RMM_AGENT_OFFLINE_SECONDS = int(os.environ.get("RMM_AGENT_OFFLINE_SECONDS", str(5 * RMM_HEARTBEAT_INTERVAL)))
 RMM_LEASE_GRACE_SECONDS = int(os.environ.get("RMM_LEASE_GRACE_SECONDS", "60"))
 RMM_INSTRUCTION_TTL_SECONDS = int(os.environ.get("RMM_INSTRUCTION_TTL_SECONDS", str(24 * 3600)))
 RMM_DEFAULT_TIMEOUT_SECONDS = int(os.environ.get("RMM_DEFAULT_TIMEOUT_SECONDS", "300"))

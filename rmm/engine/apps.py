@@ -10,3 +10,4 @@ class EngineConfig(AppConfig):
 
         outbox.register("kill_switch.engaged", "A kill switch was engaged: work in its scope stops")
         outbox.register("kill_switch.released", "A kill switch was released")
+        outbox.register("case.may_close", "Every job under a PSA case has reached a final status")

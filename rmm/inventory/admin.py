@@ -92,7 +92,7 @@ class AssetAdmin(ReadOnlyAdmin):
 
 @admin.register(Agent)
 class AgentAdmin(ReadOnlyAdmin):
-    list_display = ["asset", "version", "last_seen_at", "revoked_at"]
+    list_display = ["asset", "version", "last_seen_at", "offline_since", "revoked_at"]
     exclude = ["secret_hash"]
 
     def get_readonly_fields(self, request, obj=None):

@@ -89,6 +89,9 @@ class Agent(models.Model):
     signing_key_id = models.CharField(max_length=16, blank=True)
     enrolled_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Set by the sweep when the agent has not been seen for RMM_AGENT_OFFLINE_SECONDS, cleared by
+    # the sweep once it is seen again (agent.offline / agent.online in the outbox).
+    offline_since = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_reason = models.TextField(blank=True)
 

@@ -318,3 +318,43 @@ def set_site_policy(actor, site: Site, *, allow_self_authorized_jobs: bool) -> S
             },
         )
     return site
+
+
+PRESENCE_BATCH = 1000  # agents marked per direction per sweep; the rest at the next one
+
+
+def mark_presence(now) -> int:
+    """Agents not seen for ``RMM_AGENT_OFFLINE_SECONDS`` become offline, and offline agents seen
+    since become online again: ``offline_since`` set or cleared, ``agent.offline`` /
+    ``agent.online`` to the outbox. Run by the engine's sweep under the history's lock, so two
+    sweeps never tell the same change twice. Revoked agents and agents never seen are left alone.
+    """
+    from rmm.outbox import services as outbox
+
+    cutoff = now - timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
+    live = Agent.objects.filter(revoked_at__isnull=True, last_seen_at__isnull=False)
+    fields = ("pk", "asset_id", "asset__site_id", "asset__hostname", "last_seen_at")
+    gone = live.filter(offline_since__isnull=True, last_seen_at__lt=cutoff)
+    back = live.filter(offline_since__isnull=False, last_seen_at__gte=cutoff)
+    if not (gone | back).exists():
+        return 0  # the usual minute: no lock taken, which every lease and result would wait for
+    with transaction.atomic():
+        history.lock()
+        gone, back = (list(rows.values_list(*fields)[:PRESENCE_BATCH]) for rows in (gone, back))
+        if gone:
+            Agent.objects.filter(pk__in=[row[0] for row in gone]).update(offline_since=now)
+        if back:
+            Agent.objects.filter(pk__in=[row[0] for row in back]).update(offline_since=None)
+        label = Agent._meta.label_lower
+        outbox.emit_many(
+            outbox.Emitted(
+                event_type,
+                label,
+                str(pk),
+                site_id,
+                {"agent_id": str(pk), "asset_id": str(asset_id), "hostname": hostname, "last_seen_at": seen},
+            )
+            for event_type, rows in (("agent.offline", gone), ("agent.online", back))
+            for pk, asset_id, site_id, hostname, seen in rows
+        )
+    return len(gone) + len(back)

@@ -107,6 +107,12 @@ def subscribers(event_type: str) -> list[Endpoint]:
     return [psa] if psa is not None and psa.enabled else []
 
 
+def heard(event_type: str) -> bool:
+    """Whether any endpoint hears ``event_type``: an event whose facts cost queries to gather is
+    looked into only when someone will be told (no query without endpoints)."""
+    return bool(subscribers(event_type))
+
+
 # --- writing --------------------------------------------------------------------------------------
 
 

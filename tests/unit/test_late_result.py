@@ -68,7 +68,7 @@ def test_a_result_after_the_sweep_is_kept_as_a_late_result(world, django_capture
     job = world.job()
     instruction_id = lease(world)
     with django_capture_on_commit_callbacks(execute=True):
-        assert sweep_later() == 1
+        assert sweep_later() == 2  # the instruction lost, and its agent, unseen for two hours, offline
     assert ScriptJob.objects.get(pk=job.pk).status == "lost"
     lost_told = world.receiver.wait_for(str(job.pk))
     assert lost_told["body"]["event"] == "job.finished"

@@ -41,9 +41,12 @@ def world(caller, site):
     task = approved_authority(site, psa.user)
     script = approved_script(tech.user, boss.user)
 
-    def job():
-        return scripting.create_script_job(psa.user, script_id=script.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
+    def job(asset_id=agent.asset_id):
+        return scripting.create_script_job(psa.user, script_id=script.pk, asset_id=asset_id, psa_task_id=task.pk)
 
+    # A job that stays queued keeps the case open: these tests follow job.finished alone, with no
+    # case.may_close beside it (tests/unit/test_case_and_presence_events.py).
+    job(make_agent(site, "web-02")[0].asset_id)
     return SimpleNamespace(psa=psa, boss=boss, job=job)
 
 

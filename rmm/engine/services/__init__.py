@@ -25,10 +25,11 @@ from rmm import bulk, tasks
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.engine import events, registry
 from rmm.engine.models import Instruction, KillSwitch
-from rmm.engine.services import kill_switches, throttles
+from rmm.engine.services import cases, kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
+from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
 from rmm.outbox import services as outbox
@@ -82,6 +83,8 @@ def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
         site_id=job.site_id,
         payload={"kind": kind.name, "from": before, "to": to, "reason": reason},
     )
+    if to in FINAL:
+        cases.after_jobs_ended(kind, [job.pk])
     events.publish(job.site_id, job_event(job))
 
 
@@ -475,6 +478,7 @@ def _abort_unissued(kind, reasons: dict, actor) -> int:
     outbox.emit_many(
         outbox.Emitted("job.finished", label, str(pk), site_id, {"kind": kind.name}) for pk, site_id, _ in ended
     )
+    cases.after_jobs_ended(kind, [pk for pk, _, _ in ended])
     return len(ended)
 
 
@@ -1033,7 +1037,8 @@ def withdraw_expired_authority(now: datetime | None = None) -> int:
 
 def sweep(now: datetime | None = None) -> int:
     """Instructions whose lease ran out, or that no agent leased in time, become lost (never
-    re-run); work under expired authority stops; lost later waves are issued.
+    re-run); work under expired authority stops; lost later waves are issued; agents not seen
+    for a while become offline, and online again once seen.
 
     Each step, and each instruction, fails alone: the failure is logged (an instruction that
     could not be ended stays as it was and is tried again at the next sweep) and the rest goes on.
@@ -1051,7 +1056,7 @@ def sweep(now: datetime | None = None) -> int:
             logger.exception(
                 "sweep: instruction %s could not be marked lost (%s); next sweep tries again", inst.pk, reason
             )
-    for step in (withdraw_expired_authority, issue_stranded):
+    for step in (withdraw_expired_authority, issue_stranded, inventory.mark_presence):
         try:
             count += step(now)
         except Exception:

@@ -1,0 +1,52 @@
+"""Telling the PSA that a case's work is done: ``case.may_close`` once every job of every kind
+under the case has reached a final status (docs/psa-integration.md)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from django.db.models import Count
+
+from rmm.authority.models import PsaCase
+from rmm.engine import registry
+from rmm.engine.states import FINAL
+from rmm.outbox import services as outbox
+
+EVENT = "case.may_close"
+
+
+def jobs_of_case(case_id) -> Counter:
+    """How many jobs of every kind under the case are in each status: one query per kind."""
+    counts: Counter = Counter()
+    for kind in registry.all_kinds():
+        lookup = kind.authority_lookups.get("psa_case_id")
+        if lookup:
+            rows = kind.model.objects.filter(**{lookup: case_id}).values_list("status").annotate(n=Count("pk"))
+            counts.update(dict(rows.order_by()))
+    return counts
+
+
+def after_jobs_ended(kind: registry.JobKind, job_ids: Iterable) -> int:
+    """Call after jobs of ``kind`` ended, in the same transaction and after its history append
+    (which holds the history's lock, so of two jobs ending at once, the second to append sees the
+    first ended and exactly one of them tells). Nothing at all is read unless an endpoint hears
+    ``case.may_close``. Returns how many cases were told."""
+    job_ids = list(job_ids)
+    lookup = kind.authority_lookups.get("psa_case_id")
+    if not job_ids or not lookup or not outbox.heard(EVENT):
+        return 0
+    case_ids = set(kind.model.objects.filter(pk__in=job_ids).values_list(lookup, flat=True))
+    told = []
+    for case in PsaCase.objects.filter(pk__in=case_ids).only("pk", "title", "site_id"):
+        counts = jobs_of_case(case.pk)
+        if counts and all(status in FINAL for status in counts):
+            data = {
+                "psa_case_id": str(case.pk),
+                "title": case.title,
+                "site": str(case.site_id),
+                "jobs": dict(sorted(counts.items())),
+                "jobs_total": sum(counts.values()),
+            }
+            told.append(outbox.Emitted(EVENT, PsaCase._meta.label_lower, str(case.pk), case.site_id, data))
+    return outbox.emit_many(told)
