@@ -29,6 +29,7 @@ from rmm.engine.services import kill_switches, throttles
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
+from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
 from rmm.outbox import services as outbox
@@ -1033,7 +1034,8 @@ def withdraw_expired_authority(now: datetime | None = None) -> int:
 
 def sweep(now: datetime | None = None) -> int:
     """Instructions whose lease ran out, or that no agent leased in time, become lost (never
-    re-run); work under expired authority stops; lost later waves are issued.
+    re-run); work under expired authority stops; lost later waves are issued; the windows of
+    unauthenticated callers' refusals that ended are closed (their counts recorded).
 
     Each step, and each instruction, fails alone: the failure is logged (an instruction that
     could not be ended stays as it was and is tried again at the next sweep) and the rest goes on.
@@ -1051,7 +1053,7 @@ def sweep(now: datetime | None = None) -> int:
             logger.exception(
                 "sweep: instruction %s could not be marked lost (%s); next sweep tries again", inst.pk, reason
             )
-    for step in (withdraw_expired_authority, issue_stranded):
+    for step in (withdraw_expired_authority, issue_stranded, inventory.close_refusal_windows):
         try:
             count += step(now)
         except Exception:
