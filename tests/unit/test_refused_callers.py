@@ -14,6 +14,7 @@ from django.utils import timezone
 from rmm.engine import services as engine
 from rmm.history.models import HistoryEvent
 from rmm.history.services import verify_chain
+from rmm.inventory import services as inventory
 from rmm_agent.protocol import MAX_BODY_BYTES
 from tests.helpers import make_agent
 
@@ -209,6 +210,15 @@ def test_the_credential_is_checked_before_the_body_is_read(limits, site):
     # A good credential's body is read as before.
     _, auth = make_agent(site, "reader")
     assert call(auth=auth, body=b'{"capacity": 1}')[0] == 200
+
+
+def test_an_agent_revoked_after_its_last_call_is_refused(limits, site, caller):
+    row, auth = make_agent(site, "soon-revoked")
+    assert call(auth=auth)[0] == 200  # accepted: its next calls skip the early check
+    inventory.revoke_agent(caller("admin", "admin").user, row, "stolen")
+    status, headers, body, _ = call(auth=auth, body=b'{"capacity": 1}')
+    assert status == 401 and headers["www-authenticate"] == "Agent"
+    assert events("refused.agent.call").get().payload["agent_id"] == str(row.pk)
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
