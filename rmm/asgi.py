@@ -4,6 +4,7 @@ Django's, websockets to Channels."""
 import asyncio
 import gc
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import django
@@ -18,6 +19,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.core.exceptions import RequestAborted
+from django.core.files.base import ContentFile
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.db import connections
@@ -26,9 +28,12 @@ from django.urls import set_script_prefix
 
 from rmm.console.routing import websocket_urlpatterns
 from rmm.dependencies import PROBE_PATHS, FailFastMiddleware
-from rmm.engine import agent_views
+from rmm.engine import agent_limits, agent_views
+from rmm.inventory import services as inventory
+from rmm_agent.protocol import MAX_BODY_BYTES
 
 AGENT_PREFIX = "/api/v1/agent/"
+CREDENTIAL_PATHS = frozenset({"/api/v1/agent/heartbeat/", "/api/v1/agent/results/"})  # rmm/urls.py
 AGENT_SYNC_THREADS = 4  # enough to overlap database round trips; the GIL allows no more work than one
 
 
@@ -59,7 +64,11 @@ class AgentEdgeMiddleware:
 
     async def __call__(self, request):
         request.get_host()  # DisallowedHost, answered 400, outside ALLOWED_HOSTS
-        response = self.security.process_request(request) or await self.get_response(request)
+        call = agent_views.serving.get()
+        if call is not None and call.limited:  # the handler found the address past its limit
+            response = agent_limits.too_many(call.limited)
+        else:
+            response = self.security.process_request(request) or await self.get_response(request)
         response = self.security.process_response(request, response)
         if not response.streaming and not response.has_header("Content-Length"):
             response.headers["Content-Length"] = str(len(response.content))
@@ -117,10 +126,24 @@ class AgentProtocolHandler(ASGIHandler):
           middleware and the view have returned, so that the thousands held at once keep few
           objects alive.
         """
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
+        path, header = scope["path"], _header(scope, b"authorization")
+        address = agent_limits.client_address(scope)
+        limited = checked = too_large = False
+        agent = None
+        # A credential this process accepted lately (every agent's every call, but the first of
+        # each hour) skips both looks: the view checks it, as it always did, in its one hop.
+        known = agent_limits.trusted_here(header)
+        if path.startswith(AGENT_PREFIX) and not known:
+            limited = await agent_views.run_sync(agent_limits.retry_after, address, header)
+        if not limited and not known and path in CREDENTIAL_PATHS:
+            agent, checked = await agent_views.run_sync(_authenticate, header), True
+        if limited or (checked and agent is None):
+            body_file = ContentFile(b"")  # refused before its body is read
+        else:
+            try:
+                body_file, too_large = await self.read_bounded_body(receive, _declared_length(scope))
+            except RequestAborted:
+                return
         set_script_prefix(get_script_prefix(scope))
         request, error_response = self.create_request(scope, body_file)
         if request is None:
@@ -128,11 +151,18 @@ class AgentProtocolHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
         gone = asyncio.get_running_loop().create_future()
-        watcher = asyncio.ensure_future(_until_disconnect(receive, gone))
+        # Listening for the client's leaving reads what is left of the body: not when it was
+        # refused unread (such a call is answered at once, never held).
+        unread = limited or too_large or (checked and agent is None)
+        watcher = None if unread else asyncio.ensure_future(_until_disconnect(receive, gone))
         call = agent_views.Serving(gone)
+        call.limited, call.checked, call.agent, call.too_large = limited, checked, agent, too_large
         token = agent_views.serving.set(call)
         try:
             response = await self.run_get_response(request)
+            refused = 400 <= response.status_code < 500 and call.agent is None and not limited
+            if refused and path.startswith(AGENT_PREFIX):  # a caller that is not an agent: counted
+                await agent_views.run_sync(agent_limits.count, address)
             if call.held is not None:
                 # Let the request and its body go while the heartbeat is held. This handler never
                 # calls response.close(), so the closer Django left on it (request.close, which
@@ -146,8 +176,35 @@ class AgentProtocolHandler(ASGIHandler):
             agent_views.serving.reset(token)
             if body_file is not None:
                 body_file.close()
-            self.watchers.add(watcher)  # kept until it ends, so it is never collected while pending
-            watcher.add_done_callback(self.watchers.discard)
+            if watcher is not None:
+                self.watchers.add(watcher)  # kept until it ends, so it is never collected while pending
+                watcher.add_done_callback(self.watchers.discard)
+
+    async def read_bounded_body(self, receive, declared: int | None):
+        """The body, read up to the agent protocol's bound (``MAX_BODY_BYTES``), and whether it
+        is larger: a declared ``Content-Length`` over the bound is not read at all, a chunked
+        body no further than the bound (the view then answers the protocol's JSON 413)."""
+        if declared is not None and declared > MAX_BODY_BYTES:
+            return ContentFile(b""), True
+        body_file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 closed with the request, as Django's own
+            max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b"
+        )
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                body_file.close()
+                return ContentFile(b""), True
+            body_file.write(chunk)
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file, False
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
@@ -159,6 +216,28 @@ class AgentProtocolHandler(ASGIHandler):
 
             handler = convert_exception_to_response(QueryCountMiddleware(handler))
         self._middleware_chain = handler
+
+
+def _header(scope: dict, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _declared_length(scope: dict) -> int | None:
+    try:
+        return int(_header(scope, b"content-length"))
+    except ValueError:
+        return None
+
+
+def _authenticate(header: str):
+    """The agent of this credential, or None; an accepted one passes the refusal limit."""
+    agent = inventory.authenticate_agent(header)
+    if agent is not None:
+        agent_limits.trust(header)
+    return agent
 
 
 def skip_twisted_form_parsing() -> None:

@@ -253,6 +253,9 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# This deployment's name in a shared Redis database: its task list (django-q2) and its cache keys.
+# Deployments (or test servers) that share one Redis database need one each.
+RMM_INSTANCE_NAME = os.environ.get("RMM_TASK_QUEUE", "rmm")
 # The cache holds API rate-limit counters: shared through Redis when there are several workers.
 if REDIS_URL:
     # Short timeouts: with Redis down, the rate limit falls back to counting in the process
@@ -261,6 +264,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            "KEY_PREFIX": RMM_INSTANCE_NAME,
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
@@ -278,7 +282,7 @@ if REDIS_URL:
     # The task list's name in Redis: deployments (or test servers) that share one Redis database
     # need one each, or one's cluster takes the other's tasks.
     Q_CLUSTER = {
-        "name": os.environ.get("RMM_TASK_QUEUE", "rmm"),
+        "name": RMM_INSTANCE_NAME,
         "redis": REDIS_URL,
         "workers": 2,
         "timeout": 300,
@@ -355,6 +359,12 @@ RMM_WAVE_SIZE = int(os.environ.get("RMM_WAVE_SIZE", "50"))
 RMM_WAVE_INTERVAL_SECONDS = int(os.environ.get("RMM_WAVE_INTERVAL_SECONDS", "60"))
 # An agent calling faster than this is told to slow down (429 with Retry-After).
 RMM_HEARTBEAT_MIN_SPACING_SECONDS = float(os.environ.get("RMM_HEARTBEAT_MIN_SPACING_SECONDS", "1"))
+# Callers that are not authenticated agents (docs/security.md, Refusals by unknown callers): their
+# refusals are recorded once per address and kind in each window of this many seconds, then counted;
+# past RMM_AGENT_REFUSALS_PER_WINDOW refusals from one address in a window, the agent protocol answers
+# such callers 429 from the cache, without the database.
+RMM_AGENT_REFUSAL_WINDOW_SECONDS = float(os.environ.get("RMM_AGENT_REFUSAL_WINDOW_SECONDS", "60"))
+RMM_AGENT_REFUSALS_PER_WINDOW = int(os.environ.get("RMM_AGENT_REFUSALS_PER_WINDOW", "30"))
 # Pending approvals (script versions, jobs) expire after this long and are rejected.
 RMM_APPROVAL_TTL_HOURS = int(os.environ.get("RMM_APPROVAL_TTL_HOURS", "72"))
 # API tokens (docs/security.md, API tokens): those of users who may approve or administer expire

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
@@ -23,6 +25,9 @@ def _test_settings(settings, tmp_path):
         # user, never reused.
         cache.clear()
     dependencies._down.clear()  # no dependency left down by an earlier test in this process
+    # Cache keys of this test's own (the agent protocol's refusal counts), in a Redis database
+    # shared with the other test worker.
+    settings.RMM_INSTANCE_NAME = f"rmm-test-{uuid.uuid4().hex[:12]}"
     # Signing keys of its own (generated on first use), and no key from before rotation to import.
     settings.RMM_SIGNING_KEY_DIR = str(tmp_path / "signing-keys")
     settings.RMM_SIGNING_KEY_FILE = str(tmp_path / "no-legacy-key.pem")

@@ -45,8 +45,10 @@ def _body(request: HttpRequest) -> dict | JsonResponse:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
-    raw = b"" if declared > MAX_BODY_BYTES else request.read(MAX_BODY_BYTES + 1)
-    if declared > MAX_BODY_BYTES or len(raw) > MAX_BODY_BYTES:
+    call = serving.get()
+    too_large = call is not None and call.too_large  # the handler stopped reading at the bound
+    raw = b"" if too_large or declared > MAX_BODY_BYTES else request.read(MAX_BODY_BYTES + 1)
+    if too_large or declared > MAX_BODY_BYTES or len(raw) > MAX_BODY_BYTES:
         return JsonResponse(
             {
                 "detail": f"The body is larger than the agent protocol allows ({MAX_BODY_BYTES} bytes).",
@@ -65,10 +67,23 @@ def _bad_json() -> JsonResponse:
     return JsonResponse({"detail": "The body must be a JSON object."}, status=400)
 
 
+def _agent(request: HttpRequest):
+    """The authenticated agent of the call, or None. Under the agent protocol's handler a
+    credential not seen lately was checked before the body was read (rmm/asgi.py) and is not
+    checked again; the handler learns what was found here otherwise."""
+    call = serving.get()
+    if call is not None and call.checked:
+        return call.agent
+    agent = inventory.authenticate_agent(request.headers.get("Authorization", ""))
+    if call is not None:
+        call.checked, call.agent = True, agent
+    return agent
+
+
 def _unauthorized(request: HttpRequest) -> JsonResponse:
     if request.headers.get("Authorization", "").startswith("Agent "):
-        history.record_refusal(
-            "anonymous",
+        inventory.record_unauthenticated_refusal(
+            request.META.get("REMOTE_ADDR", ""),
             "agent.call",
             reason="unknown, revoked or wrong agent credential",
             payload={"agent_id": _claimed_agent_id(request), "path": request.path},
@@ -87,12 +102,16 @@ class Serving:
     """One agent call as the agent protocol's handler serves it: ``gone`` resolves when the
     client has gone, so a held heartbeat stops holding; a held heartbeat's view leaves its hold
     in ``held`` and returns, and the handler holds it once the request is let go
-    (:func:`finish_hold`)."""
+    (:func:`finish_hold`). What the handler found before the view: ``limited``, the Retry-After
+    of a caller past the refusal limit (rmm/engine/agent_limits.py); ``checked`` and ``agent``,
+    the credential checked before the body was read; ``too_large``, a body past the bound, not
+    read further."""
 
-    __slots__ = ("gone", "held")
+    __slots__ = ("gone", "held", "limited", "checked", "agent", "too_large")
 
     def __init__(self, gone: asyncio.Future) -> None:
         self.gone, self.held = gone, None
+        self.limited, self.checked, self.agent, self.too_large = 0, False, None, False
 
 
 # Set by the same handler. Unset (the test client): the view holds a held heartbeat itself.
@@ -131,7 +150,9 @@ def _enroll(request: HttpRequest) -> JsonResponse:
     if not isinstance(data, dict):
         return data
     try:
-        agent, secret = inventory.enroll_agent(str(data.get("token") or ""), data.get("facts") or {})
+        agent, secret = inventory.enroll_agent(
+            str(data.get("token") or ""), data.get("facts") or {}, request.META.get("REMOTE_ADDR", "")
+        )
     except ServiceError as exc:
         return JsonResponse(exc.as_dict(), status=exc.status_code)
     keys = keyset.cached()
@@ -234,7 +255,7 @@ class _Held:
 
 
 def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
-    agent = inventory.authenticate_agent(request.headers.get("Authorization", ""))
+    agent = _agent(request)
     if agent is None:
         return _unauthorized(request)
     if not isinstance(data, dict):
@@ -339,7 +360,7 @@ async def result(request: HttpRequest) -> JsonResponse:
 
 
 def _result(request: HttpRequest) -> JsonResponse:
-    agent = inventory.authenticate_agent(request.headers.get("Authorization", ""))
+    agent = _agent(request)
     if agent is None:
         return _unauthorized(request)
     data = _body(request)

@@ -97,3 +97,22 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return f"agent of {self.asset_id}"
+
+
+class RefusalWindow(models.Model):
+    """Refusals of callers that are not authenticated (an unknown agent credential, a bad
+    enrollment token, a locked-out sign-in), counted per source: the first of a window is in the
+    history, the others only here, until the window closes with one event that gives the count."""
+
+    address = models.CharField(max_length=64)
+    action = models.CharField(max_length=64)  # the refusal's action without "refused."
+    opened_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    refusals = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["address", "action"], name="one_refusal_window_per_source")]
+        indexes = [models.Index(fields=["opened_at"], name="refusal_window_opened")]
+
+    def __str__(self) -> str:
+        return f"{self.refusals} refused {self.action} from {self.address}"

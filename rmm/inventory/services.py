@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -18,7 +18,7 @@ from rmm import access
 from rmm.engine import events
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
-from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, Site
+from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, RefusalWindow, Site
 from rmm.keys import keyset
 from rmm.text import unstorable
 from rmm_agent.protocol import MAX_FACTS_BYTES, MAX_FACTS_DEPTH, MAX_HOSTNAME_CHARS, canonical_json
@@ -84,7 +84,7 @@ def clean_facts(facts) -> dict:
     return facts
 
 
-def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
+def enroll_agent(token_secret: str, facts: dict, address: str = "") -> tuple[Agent, str]:
     """Consume one use of an enrollment token; create the asset and its agent. In one
     transaction: an enrollment that fails at any point uses nothing up."""
     facts = clean_facts(facts)
@@ -117,8 +117,8 @@ def enroll_agent(token_secret: str, facts: dict) -> tuple[Agent, str]:
         reason = "unknown enrollment token"
         if token is not None:
             reason = "enrollment token expired, revoked or used up"
-        history.record_refusal(
-            "anonymous",
+        record_unauthenticated_refusal(
+            address,
             "agent.enroll",
             token,
             reason=reason,
@@ -358,3 +358,79 @@ def mark_presence(now) -> int:
             for pk, asset_id, site_id, hostname, seen in rows
         )
     return len(gone) + len(back)
+
+
+def record_unauthenticated_refusal(
+    address: str, action: str, subject=None, *, reason: str, site_id=None, payload: dict | None = None, now=None
+) -> bool:
+    """Record the refusal of a caller that is not authenticated, per source (its address and the
+    action) in a window of ``RMM_AGENT_REFUSAL_WINDOW_SECONDS``: the window's first refusal is
+    appended at once (``refused.<action>``, with the address); the others are only counted, and
+    the window closes with one ``refused.<action>.repeated`` event that gives the count, either
+    at the source's next refusal after it or at the engine's sweep (:func:`close_refusal_windows`).
+    So a flood grows the history by two events per source and window, not one per request.
+    Call it outside the refused work's transaction, as ``history.record_refusal``. True when the
+    refusal was appended, False when only counted."""
+    now = now or timezone.now()
+    address = (address or "unknown")[:64]
+    opened_after = now - timedelta(seconds=settings.RMM_AGENT_REFUSAL_WINDOW_SECONDS)
+    # Inside an open window: counted, in one query.
+    if RefusalWindow.objects.filter(address=address, action=action, opened_at__gt=opened_after).update(
+        refusals=F("refusals") + 1, last_at=now
+    ):
+        return False
+    try:
+        with transaction.atomic():
+            window = RefusalWindow.objects.select_for_update().filter(address=address, action=action).first()
+            if window is not None and window.opened_at > opened_after:  # opened meanwhile, elsewhere
+                RefusalWindow.objects.filter(pk=window.pk).update(refusals=F("refusals") + 1, last_at=now)
+                return False
+            if window is None:
+                RefusalWindow.objects.create(address=address, action=action, opened_at=now, last_at=now)
+            else:
+                _close_window(window)
+                RefusalWindow.objects.filter(pk=window.pk).update(opened_at=now, last_at=now, refusals=1)
+            recorded = {**(payload or {}), "address": address}
+            history.record_refusal("anonymous", action, subject, reason=reason, site_id=site_id, payload=recorded)
+    except IntegrityError:  # another process opened this source's first window at the same time
+        return record_unauthenticated_refusal(
+            address, action, subject, reason=reason, site_id=site_id, payload=payload, now=now
+        )
+    return True
+
+
+def _close_window(window: RefusalWindow) -> None:
+    """The closing event of a window that counted more than its first refusal, in the caller's
+    transaction (which holds the window's row)."""
+    if window.refusals <= 1:
+        return
+    history.record_refusal(
+        "anonymous",
+        f"{window.action}.repeated",
+        reason=f"{window.refusals} refusals from {window.address}; only the first was recorded on its own",
+        payload={
+            "address": window.address,
+            "refusals": window.refusals,
+            "not_recorded": window.refusals - 1,
+            "opened_at": window.opened_at.isoformat(),
+            "last_at": window.last_at.isoformat(),
+        },
+    )
+
+
+def close_refusal_windows(now=None) -> int:
+    """The engine's sweep: close every window that has ended (its event, if it counted more than
+    one refusal) and forget it. Returns how many closed."""
+    now = now or timezone.now()
+    ended = now - timedelta(seconds=settings.RMM_AGENT_REFUSAL_WINDOW_SECONDS)
+    closed = 0
+    for pk in list(RefusalWindow.objects.filter(opened_at__lte=ended).values_list("pk", flat=True)[:1000]):
+        with transaction.atomic():
+            window = RefusalWindow.objects.select_for_update(skip_locked=True).filter(pk=pk, opened_at__lte=ended)
+            window = window.first()
+            if window is None:  # reopened or being closed by a refusal that just came in
+                continue
+            _close_window(window)
+            window.delete()
+            closed += 1
+    return closed

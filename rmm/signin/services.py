@@ -16,6 +16,7 @@ from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from rmm.history import services as history
+from rmm.inventory import services as inventory
 
 DEVICE_NAME = "authenticator"
 
@@ -78,10 +79,12 @@ def record_lockout(sender, request, username, ip_address, **kwargs):
     else:
         reason = "sign-in attempt while locked out"
     subject = get_user_model().objects.filter(username=username).first() if username else None
-    history.record_refusal(
-        "anonymous",
+    # Counted per address in a window, as the agent protocol's unknown callers are: one event for
+    # the lockout, then one that counts the attempts made during it (docs/security.md).
+    inventory.record_unauthenticated_refusal(
+        ip_address or "",
         "signin.locked_out",
         subject,
         reason=reason,
-        payload={"username": username or "", "address": ip_address, "path": request.path, "failures": failures},
+        payload={"username": username or "", "path": request.path, "failures": failures},
     )

@@ -47,6 +47,7 @@ class Server:
             RMM_HEARTBEAT_INTERVAL="1",
             RMM_HEARTBEAT_MIN_SPACING_SECONDS="0",
             RMM_API_RATE="100000/min",
+            RMM_AGENT_REFUSALS_PER_WINDOW="100000",  # tests refuse agents on purpose, often
             RMM_TASK_QUEUE=f"rmm-e2e-{uuid.uuid4().hex[:10]}",  # servers of parallel test workers share Redis
             PYTHONUNBUFFERED="1",
         )
@@ -125,11 +126,13 @@ class Server:
             start_new_session=True,
         )
 
-    def second_worker(self, kind: str = "daphne") -> str:
+    def second_worker(self, kind: str = "daphne", env: dict | None = None) -> str:
         """Another ASGI worker process on the same database, as production runs several: its URL.
-        ``kind`` "uvicorn" is the agent tier that docs/performance.md measures."""
+        ``kind`` "uvicorn" is the agent tier that docs/performance.md measures; ``env`` settings
+        of its own (one worker per kind and settings)."""
         self.workers = getattr(self, "workers", {})
-        if kind not in self.workers:
+        key = (kind, tuple(sorted((env or {}).items())))
+        if key not in self.workers:
             port = free_port()
             command = {
                 "daphne": ["daphne", "-b", "127.0.0.1", "-p", str(port)],
@@ -147,12 +150,12 @@ class Server:
             proc = subprocess.Popen(
                 [sys.executable, "-m", *command, "rmm.asgi:application"],
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=self.log,
                 stderr=subprocess.STDOUT,
             )
             url = f"http://127.0.0.1:{port}"
-            self.workers[kind] = (proc, url)
+            self.workers[key] = (proc, url)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
@@ -162,7 +165,7 @@ class Server:
                     break
                 except OSError:
                     time.sleep(0.2)
-        return self.workers[kind][1]
+        return self.workers[key][1]
 
     def diagnostics(self) -> str:
         """What a failing test should show of the server: the log's errors and 5xx answers and, on

@@ -139,6 +139,7 @@ class Stack(Server):
             RMM_HEARTBEAT_INTERVAL="1",
             RMM_HEARTBEAT_MIN_SPACING_SECONDS="0",
             RMM_API_RATE="100000/min",
+            RMM_AGENT_REFUSALS_PER_WINDOW="100000",  # tests refuse agents on purpose, often
             RMM_DB_POOL_TIMEOUT="2",  # the agent tier's short wait for a connection
             RMM_UNAVAILABLE_RETRY_AFTER="2",
             RMM_EXPORT_STALE_SECONDS="5",

@@ -1038,7 +1038,8 @@ def withdraw_expired_authority(now: datetime | None = None) -> int:
 def sweep(now: datetime | None = None) -> int:
     """Instructions whose lease ran out, or that no agent leased in time, become lost (never
     re-run); work under expired authority stops; lost later waves are issued; agents not seen
-    for a while become offline, and online again once seen.
+    for a while become offline, and online again once seen; the windows of unauthenticated
+    callers' refusals that ended are closed (their counts recorded).
 
     Each step, and each instruction, fails alone: the failure is logged (an instruction that
     could not be ended stays as it was and is tried again at the next sweep) and the rest goes on.
@@ -1056,7 +1057,7 @@ def sweep(now: datetime | None = None) -> int:
             logger.exception(
                 "sweep: instruction %s could not be marked lost (%s); next sweep tries again", inst.pk, reason
             )
-    for step in (withdraw_expired_authority, issue_stranded, inventory.mark_presence):
+    for step in (withdraw_expired_authority, issue_stranded, inventory.mark_presence, inventory.close_refusal_windows):
         try:
             count += step(now)
         except Exception:

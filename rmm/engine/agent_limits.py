@@ -1,0 +1,129 @@
+"""The agent protocol's limit on callers that are not authenticated agents (docs/security.md,
+Refusals by unknown callers): each refusal such a caller gets (any 4xx) is counted per client
+address in the cache, in windows of ``RMM_AGENT_REFUSAL_WINDOW_SECONDS``; past
+``RMM_AGENT_REFUSALS_PER_WINDOW`` in a window, the address's callers are answered 429 before
+anything else is done, from the cache alone: no database, no body read, nothing recorded.
+
+An agent's credential that this deployment has accepted in the last hour passes the limit: it is
+remembered in this process and, shared by every worker, in the cache (as its sha256), so agents
+behind the address of a flood keep being served. The database still checks it afterwards.
+
+Only the cache holds state here (Redis when ``REDIS_URL`` is set, else each process's own). While
+Redis is down, the counts are kept in the process, as the API's rate limit does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import JsonResponse
+
+from rmm import dependencies
+
+TRUST_SECONDS = 3600  # how long an accepted credential passes the limit without being seen again
+_MEMO_MAX = 200_000  # credentials remembered in this process; forgotten all at once past it
+_trusted_here: dict[str, float] = {}  # credential digest -> until when (monotonic) it is trusted
+
+
+def client_address(scope: dict) -> str:
+    """The caller's address as the ASGI server gives it (the proxy's address behind a proxy,
+    unless the server is started with its proxy-headers option)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _digest(header: str) -> str:
+    return hashlib.sha256(header.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _count_key(address: str, now: float) -> tuple[str, float]:
+    """The address's counter in the current window, and when that window ends (epoch seconds)."""
+    window = max(settings.RMM_AGENT_REFUSAL_WINDOW_SECONDS, 0.001)
+    bucket = math.floor(now / window)
+    return f"{settings.RMM_INSTANCE_NAME}:agent-refusals:{address}:{bucket}", (bucket + 1) * window
+
+
+def _trust_key(digest: str) -> str:
+    return f"{settings.RMM_INSTANCE_NAME}:agent-trusted:{digest}"
+
+
+def _cached(operation):
+    """``operation(cache)`` on the shared cache; in this process's own while Redis is down."""
+    if not settings.REDIS_URL:
+        return operation(cache)
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    try:
+        result = operation(cache)
+    except (ConnectionError, TimeoutError) as exc:
+        dependencies.mark_down(dependencies.REDIS, dependencies.short(exc))
+        return operation(dependencies._process_cache())
+    dependencies.mark_up(dependencies.REDIS)
+    return result
+
+
+def trusted_here(header: str) -> bool:
+    """Whether this process accepted this credential lately: such a call skips the limit without
+    a look at the cache (the path of every known agent's every call)."""
+    if not header.startswith("Agent "):
+        return False
+    until = _trusted_here.get(_digest(header))
+    return until is not None and until > time.monotonic()
+
+
+def trust(header: str) -> None:
+    """The database accepted this credential: let it pass the limit, here and in every worker.
+    Written to the cache at most once per half of ``TRUST_SECONDS`` per process."""
+    digest = _digest(header)
+    now = time.monotonic()
+    if _trusted_here.get(digest, 0) > now + TRUST_SECONDS / 2:
+        return
+    if len(_trusted_here) >= _MEMO_MAX:
+        _trusted_here.clear()
+    _trusted_here[digest] = now + TRUST_SECONDS
+    _cached(lambda c: c.set(_trust_key(digest), 1, TRUST_SECONDS))
+
+
+def retry_after(address: str, header: str) -> int:
+    """0 when the call may go on; else the seconds until the address's window ends (its
+    Retry-After). Cache only: one look for an unknown caller, two when it is limited and shows an
+    agent credential."""
+    key, ends = _count_key(address, time.time())
+    refusals = _cached(lambda c: c.get(key, 0))
+    if refusals < settings.RMM_AGENT_REFUSALS_PER_WINDOW:
+        return 0
+    if header.startswith("Agent ") and _cached(lambda c: c.get(_trust_key(_digest(header)))):
+        return 0
+    return max(1, math.ceil(ends - time.time()))
+
+
+def count(address: str) -> None:
+    """One more refusal answered to a caller from ``address`` in the current window."""
+    key, ends = _count_key(address, time.time())
+    timeout = max(1, math.ceil(ends - time.time()) + 1)
+
+    def add(c) -> None:
+        c.add(key, 0, timeout)
+        try:
+            c.incr(key)
+        except ValueError:  # the window ended between the two
+            c.set(key, 1, timeout)
+
+    _cached(add)
+
+
+def too_many(seconds: int) -> JsonResponse:
+    """The answer to a limited caller."""
+    response = JsonResponse(
+        {
+            "detail": "Too many refused calls from this address; try again later.",
+            "retry_after": seconds,
+        },
+        status=429,
+    )
+    response["Retry-After"] = str(seconds)
+    return response
