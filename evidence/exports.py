@@ -31,8 +31,8 @@ from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from evidence import report, services
-from evidence.models import EvidenceDisposal, EvidenceExport, EvidenceType, ExportStatus, RmmEvidence
+from evidence import report, services, types
+from evidence.models import EvidenceDisposal, EvidenceExport, ExportStatus, RmmEvidence
 from evidence.pdf import StreamingPdf
 from rmm import access
 from rmm.authority.models import PsaCase
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "rmm-evidence-export/1"
 PURPOSE = "rmm.evidence_export"
 VERIFY_PY = Path(__file__).resolve().parent / "bundle" / "verify.py"
-EXPORTABLE_TYPES = sorted(t.value for t in EvidenceType if t != EvidenceType.HISTORY_ANCHOR)
 ACTIVE = {ExportStatus.QUEUED, ExportStatus.RUNNING}
 SMALL_BLOB = 8 * 1024 * 1024  # read whole (and summarised); larger blobs are streamed
 ROWS_CHUNK = 2000
@@ -172,8 +171,8 @@ def request_export(
             raise InvalidInput("No such PSA case.", field="psa_case")
         filters["psa_case"] = str(case.pk)
     if evidence_types:
-        unknown = sorted(set(evidence_types) - set(EXPORTABLE_TYPES))
-        if EvidenceType.HISTORY_ANCHOR in unknown:
+        unknown = sorted(set(evidence_types) - set(types.exportable()))
+        if types.HISTORY_ANCHOR in unknown:
             raise InvalidInput("History anchors come with every bundle; they are not items.", field="evidence_types")
         if unknown:
             raise InvalidInput(f"Unknown evidence types: {', '.join(unknown)}.", field="evidence_types")
@@ -412,7 +411,7 @@ class Builder:
         f = self.export.filters
         qs = RmmEvidence.objects.filter(
             site_id__in=site_ids, history_sequence__isnull=False, history_sequence__lte=head
-        ).exclude(evidence_type=EvidenceType.HISTORY_ANCHOR)
+        ).exclude(evidence_type=types.HISTORY_ANCHOR)
         if f.get("assets"):
             qs = qs.filter(asset_id__in=f["assets"])
         if f.get("psa_case"):
@@ -444,7 +443,7 @@ class Builder:
         """Anchors from ``lowest`` up to the export's own, each rechecked (hash and signature)."""
         trusted = history_anchors.trusted_keys()
         rows = RmmEvidence.objects.filter(
-            evidence_type=EvidenceType.HISTORY_ANCHOR,
+            evidence_type=types.HISTORY_ANCHOR,
             related_id__gte=uuid.UUID(int=lowest),
             related_id__lte=uuid.UUID(int=head),
         )

@@ -8,17 +8,6 @@ from rmm.authority.models import PsaCase, PsaTask
 from rmm.inventory.models import Asset, Site
 
 
-class EvidenceType(models.TextChoices):
-    SCRIPT_RESULT = "script_result"
-    PATCH_RESULT = "patch_result"
-    DEPLOYMENT_RESULT = "deployment_result"
-    CONFIG_ENFORCEMENT = "config_enforcement"
-    DRIFT_REPORT = "drift_report"
-    CONTAINMENT_STATE = "containment_state"
-    SESSION_RECORDING = "session_recording"
-    HISTORY_ANCHOR = "history_anchor"
-
-
 class RmmEvidence(models.Model):
     """Seed G: a record of what ran and what came out, its blob stored by content hash.
 
@@ -30,7 +19,7 @@ class RmmEvidence(models.Model):
     asset = models.ForeignKey(Asset, on_delete=models.PROTECT, null=True, blank=True, related_name="evidence")
     # The site it belongs to (the asset's); empty for history anchors, which belong to no site.
     site = models.ForeignKey(Site, on_delete=models.PROTECT, null=True, blank=True, related_name="evidence")
-    evidence_type = models.CharField(max_length=30, choices=EvidenceType.choices, db_index=True)
+    evidence_type = models.CharField(max_length=30, db_index=True)  # evidence/types.py
     related_entity = models.CharField(max_length=50)
     related_id = models.UUIDField(db_index=True)
     # The upstream authority the work ran under, so that a PSA case can collect its evidence.
@@ -154,7 +143,7 @@ class EvidenceDisposal(models.Model):
     """
 
     evidence_id = models.UUIDField(primary_key=True)
-    evidence_type = models.CharField(max_length=30, choices=EvidenceType.choices)
+    evidence_type = models.CharField(max_length=30)
     hash = models.CharField(max_length=64)
     storage_uri = models.CharField(max_length=500)
     related_entity = models.CharField(max_length=50)

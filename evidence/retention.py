@@ -17,8 +17,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from evidence import services
-from evidence.models import EvidenceDisposal, EvidenceType, LegalHold, RetentionRun, RmmEvidence
+from evidence import services, types
+from evidence.models import EvidenceDisposal, LegalHold, RetentionRun, RmmEvidence
 from rmm.history import services as history
 
 BATCH = 500
@@ -28,9 +28,9 @@ def policy() -> dict[str, int]:
     """Days to keep each evidence type (RMM_EVIDENCE_RETENTION_DAYS); a type not named is kept forever."""
     configured = dict(getattr(settings, "RMM_EVIDENCE_RETENTION_DAYS", {}) or {})
     for evidence_type, days in configured.items():
-        if evidence_type not in services.TYPES:
+        if not types.is_registered(evidence_type):
             raise ImproperlyConfigured(f"RMM_EVIDENCE_RETENTION_DAYS: unknown evidence type {evidence_type!r}")
-        if evidence_type == EvidenceType.HISTORY_ANCHOR:
+        if evidence_type == types.HISTORY_ANCHOR:
             raise ImproperlyConfigured("RMM_EVIDENCE_RETENTION_DAYS: history anchors are kept forever")
         if not isinstance(days, int) or days < 1:
             raise ImproperlyConfigured(f"RMM_EVIDENCE_RETENTION_DAYS: {evidence_type} needs a whole number of days")

@@ -17,7 +17,8 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from evidence.models import EvidenceType, LegalHold, RmmEvidence
+from evidence import types
+from evidence.models import LegalHold, RmmEvidence
 from rmm import access, dependencies
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.errors import Conflict, Forbidden, InvalidInput
@@ -27,7 +28,6 @@ from rmm_agent.protocol import canonical_json
 BLOB_DIR = "evidence"
 ANCHOR_DIR = "evidence/anchors"
 CHUNK = 1024 * 1024
-TYPES = {choice.value for choice in EvidenceType}
 
 
 # --- where blobs live -------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def storage_name(row: RmmEvidence) -> str:
     filename = row.storage_uri.rsplit("/", 1)[-1]
     if row.hash not in filename:
         raise Conflict("The evidence record's storage URI does not name its hash.")
-    if row.evidence_type == EvidenceType.HISTORY_ANCHOR:
+    if row.evidence_type == types.HISTORY_ANCHOR:
         return f"{ANCHOR_DIR}/{filename}"
     return f"{BLOB_DIR}/{row.hash[:2]}/{filename}"
 
@@ -134,7 +134,7 @@ def record(
     The record keeps the sequence of that event, so an export can prove the item through the
     chain. A blob whose record then rolls back stays in the store unreferenced, which is harmless.
     """
-    if evidence_type not in TYPES:
+    if not types.is_registered(evidence_type):
         raise InvalidInput(f"Unknown evidence type {evidence_type!r}.", field="evidence_type")
     if stored is None:
         data = document_bytes(document) if document is not None else content

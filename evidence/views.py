@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
-from evidence import exports
+from evidence import exports, types
 from rmm import access
 from rmm.errors import ServiceError
 
@@ -20,7 +20,7 @@ class ExportForm(forms.Form):
     psa_case = forms.UUIDField(required=False, label="PSA case", help_text="The PSA's case id; empty for all.")
     evidence_types = forms.MultipleChoiceField(
         required=False,
-        choices=[(t, t.replace("_", " ")) for t in exports.EXPORTABLE_TYPES],
+        choices=types.LiveChoices(exportable_only=True),
         widget=forms.CheckboxSelectMultiple,
         help_text="None ticked: every type.",
     )

@@ -6,4 +6,7 @@ class ScriptingConfig(AppConfig):
     label = "scripting"
 
     def ready(self):
-        from scripting import kind  # noqa: F401  (registers the "script" job kind)
+        from evidence import types
+        from scripting import kind  # registers the "script" job kind
+
+        types.register(kind.SCRIPT_RESULT, "What a script job ran and what came out")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 
 from evidence import services as evidence
-from evidence.models import EvidenceType
 from rmm.authority.services import authority_problem
 from rmm.engine import registry
 from rmm.engine import services as engine
 from rmm.text import display_text
 from scripting.models import ScriptJob, ScriptResult
+
+SCRIPT_RESULT = "script_result"  # the evidence type of a script job's result (registered in apps.py)
 
 
 def render(job: ScriptJob) -> list[registry.InstructionSpec]:
@@ -71,7 +72,7 @@ def _record_evidence(job: ScriptJob, inst, stored: ScriptResult | None, result: 
     document["result"]["late"] = late
     return evidence.record(
         asset=job.asset,
-        evidence_type=EvidenceType.SCRIPT_RESULT,
+        evidence_type=SCRIPT_RESULT,
         related_entity="script_job",
         related_id=job.pk,
         site_id=job.site_id,
@@ -84,7 +85,7 @@ def _record_evidence(job: ScriptJob, inst, stored: ScriptResult | None, result: 
 def evidence_document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
     script, task = job.script, job.psa_task
     return {
-        "evidence_type": EvidenceType.SCRIPT_RESULT,
+        "evidence_type": SCRIPT_RESULT,
         "job": {
             "kind": "script",
             "id": job.pk,

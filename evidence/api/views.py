@@ -13,7 +13,7 @@ from rest_framework.decorators import action, api_view
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 
-from evidence import exports, services
+from evidence import exports, services, types
 from evidence.models import EvidenceExport, LegalHold, RmmEvidence
 from rmm import access
 from rmm.api import SiteScopedMixin
@@ -55,6 +55,7 @@ class EvidenceFilter(django_filters.FilterSet):
     asset = django_filters.UUIDFilter(field_name="asset_id")
     psa_case = django_filters.UUIDFilter(field_name="psa_case_id")
     psa_task = django_filters.UUIDFilter(field_name="psa_task_id")
+    evidence_type = django_filters.ChoiceFilter(choices=types.LiveChoices())
 
     class Meta:
         model = RmmEvidence
@@ -134,7 +135,7 @@ class ExportFiltersSerializer(serializers.Serializer):
     assets = serializers.ListField(child=serializers.CharField(), required=False, help_text="Asset ids or hostnames")
     psa_case = serializers.UUIDField(required=False, allow_null=True)
     evidence_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=exports.EXPORTABLE_TYPES), required=False
+        child=serializers.ChoiceField(choices=types.LiveChoices(exportable_only=True)), required=False
     )
     since = serializers.DateTimeField(required=False, allow_null=True)
     until = serializers.DateTimeField(required=False, allow_null=True, help_text="Exclusive")

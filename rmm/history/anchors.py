@@ -112,16 +112,17 @@ def _record(name: str, anchor: Anchor, blob_hash: str, actor, action: str):
     """The anchor's evidence record and its history event, once: under the history's lock, a
     record another run made meanwhile (for a file it found unrecorded) is returned instead."""
     from evidence import services as evidence
-    from evidence.models import EvidenceType, RmmEvidence
+    from evidence.models import RmmEvidence
+    from evidence.types import HISTORY_ANCHOR
 
     with transaction.atomic():
         history.lock()
-        existing = RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR, hash=blob_hash).first()
+        existing = RmmEvidence.objects.filter(evidence_type=HISTORY_ANCHOR, hash=blob_hash).first()
         if existing is not None:
             return existing
         return evidence.record(
             asset=None,
-            evidence_type=EvidenceType.HISTORY_ANCHOR,
+            evidence_type=HISTORY_ANCHOR,
             related_entity="history_event",
             related_id=uuid.UUID(int=anchor.sequence),  # the anchored sequence, as the record's related id
             actor=actor,
@@ -187,11 +188,10 @@ class HistoryReport:
 def _recorded_names() -> dict[str, object]:
     """The store names of the anchors that have an evidence record, with the record's id."""
     from evidence import services as evidence
-    from evidence.models import EvidenceType, RmmEvidence
+    from evidence.models import RmmEvidence
+    from evidence.types import HISTORY_ANCHOR
 
-    rows = RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).only(
-        "id", "hash", "storage_uri", "evidence_type"
-    )
+    rows = RmmEvidence.objects.filter(evidence_type=HISTORY_ANCHOR).only("id", "hash", "storage_uri", "evidence_type")
     return {evidence.storage_name(row): row.pk for row in rows}
 
 

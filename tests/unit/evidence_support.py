@@ -10,14 +10,14 @@ import zipfile
 from pathlib import Path
 
 from evidence import services as evidence
-from evidence.models import EvidenceType
+from scripting.kind import SCRIPT_RESULT
 from tests.helpers import approved_authority, make_agent, post_json
 
 
 def script_document(asset, task, *, n: int = 0, outcome: str = "succeeded") -> dict:
     """A document shaped like the script kind's (scripting/kind.py)."""
     return {
-        "evidence_type": EvidenceType.SCRIPT_RESULT,
+        "evidence_type": SCRIPT_RESULT,
         "job": {
             "kind": "script",
             "id": str(uuid.uuid4()),
@@ -39,7 +39,7 @@ def script_document(asset, task, *, n: int = 0, outcome: str = "succeeded") -> d
     }
 
 
-def record_item(asset, task, *, n: int = 0, evidence_type: str = EvidenceType.SCRIPT_RESULT):
+def record_item(asset, task, *, n: int = 0, evidence_type: str = SCRIPT_RESULT):
     return evidence.record(
         asset=asset,
         evidence_type=evidence_type,

@@ -12,7 +12,8 @@ from django.db import transaction
 from django_q.models import Schedule
 
 from evidence import services as evidence
-from evidence.models import EvidenceType, RmmEvidence
+from evidence.models import RmmEvidence
+from evidence.types import HISTORY_ANCHOR
 from rmm.history import anchors, tasks
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
@@ -149,7 +150,7 @@ def test_the_schedule_anchors_hourly_and_only_when_the_head_moved(events):
     assert tasks.anchor_history() is None  # the head is the last anchor's own event: nothing new
     history.append("user:tester", "test.event", payload={"n": "new"})
     assert tasks.anchor_history() == HistoryEvent.objects.order_by("-sequence").first().sequence - 1
-    assert RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).count() == 2
+    assert RmmEvidence.objects.filter(evidence_type=HISTORY_ANCHOR).count() == 2
 
 
 def test_the_commands_anchor_on_demand_and_print_the_key(events):
@@ -215,7 +216,7 @@ def anchor_left_unrecorded() -> str:
     except StoppedBetweenTheWrites:
         pass
     [name] = set(anchors.stored_anchor_names()) - before
-    assert not RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).exists()
+    assert not RmmEvidence.objects.filter(evidence_type=HISTORY_ANCHOR).exists()
     return name
 
 
@@ -238,7 +239,7 @@ def test_the_next_anchor_run_records_the_file_a_stopped_run_left(events):
     assert tasks.anchor_history() is not None  # the schedule: the head moved since the stopped run
     recovered = HistoryEvent.objects.get(action="history.anchor_recovered")
     assert (recovered.actor, recovered.payload["sequence"]) == ("system", anchored)
-    rows = RmmEvidence.objects.filter(evidence_type=EvidenceType.HISTORY_ANCHOR).order_by("history_sequence")
+    rows = RmmEvidence.objects.filter(evidence_type=HISTORY_ANCHOR).order_by("history_sequence")
     assert [evidence.storage_name(row) for row in rows][0] == name
     assert [row.related_id.int for row in rows] == [anchored, recovered.sequence]  # then the head after it
     code, out, err = verify()

@@ -252,11 +252,11 @@ def test_upgrading_a_server_with_one_key(settings, tmp_path, site, client, event
     )
     digest = hashlib.sha256(old_anchor).hexdigest()
     evidence.put_blob(evidence.anchor_name(signed["sequence"], digest), old_anchor, digest)
-    from evidence.models import EvidenceType
+    from evidence.types import HISTORY_ANCHOR
 
     evidence.record(
         asset=None,
-        evidence_type=EvidenceType.HISTORY_ANCHOR,
+        evidence_type=HISTORY_ANCHOR,
         related_entity="history_event",
         related_id=__import__("uuid").UUID(int=signed["sequence"]),
         actor="system",
