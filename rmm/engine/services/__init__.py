@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Exists, Max, OuterRef, Q
+from django.db.models import Exists, Max, OuterRef, Q, Subquery, UUIDField
 from django.utils import timezone
 
 from rmm import bulk, tasks
-from rmm.authority.models import PsaCase, PsaTask
+from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
 from rmm.engine import events, registry
 from rmm.engine.models import Instruction, KillSwitch
 from rmm.engine.services import kill_switches, throttles
@@ -615,10 +615,13 @@ def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instr
             if capacity <= 0:
                 return []
         rows = list(
-            Instruction.objects.select_for_update(skip_locked=True)
-            .filter(agent=agent, status=S.QUEUED, not_after__gt=now, release_at__lte=now)
-            .order_by("issued_at", "step")[:capacity]
+            _with_authority(
+                Instruction.objects.select_for_update(skip_locked=True).filter(
+                    agent=agent, status=S.QUEUED, not_after__gt=now, release_at__lte=now
+                )
+            ).order_by("issued_at", "step")[:capacity]
         )
+        rows = _abort_unauthorised(rows, now)
         if not rows:
             return []
         room, held = throttles.room_under_ceilings(rows[0].site_id)
@@ -657,6 +660,61 @@ def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instr
             for inst in rows
         )
     return rows
+
+
+def _with_authority(instructions):
+    """The instructions with their PSA case's and task's status, expiry and site, in the same
+    statement: the lease re-checks authority without a query per instruction."""
+    case = PsaCase.objects.filter(pk=OuterRef("psa_case_id"))
+    task = PsaTask.objects.filter(pk=OuterRef("psa_task_id"))
+    return instructions.annotate(
+        authority_case_status=Subquery(case.values("status")[:1]),
+        authority_case_expires_at=Subquery(case.values("expires_at")[:1]),
+        authority_case_site=Subquery(case.values("site_id")[:1], output_field=UUIDField()),
+        authority_task_status=Subquery(task.values("status")[:1]),
+        authority_task_expires_at=Subquery(task.values("expires_at")[:1]),
+    )
+
+
+def authority_gone_at_lease(inst: Instruction, now: datetime) -> str | None:
+    """Why the authority an instruction was issued on no longer holds (withdrawn, closed, expired,
+    or its case moved to another site), from the columns :func:`_with_authority` added; None when
+    it holds or the instruction names none."""
+    if inst.psa_case_id is None and inst.psa_task_id is None:
+        return None
+    if inst.psa_case_id is not None and inst.authority_case_status is None:
+        return "the PSA case is gone"
+    if inst.psa_task_id is not None and inst.authority_task_status is None:
+        return "the PSA task is gone"
+    gone = authority_gone(
+        inst.authority_case_status or AuthorityStatus.APPROVED,
+        inst.authority_case_expires_at,
+        inst.authority_task_status,
+        inst.authority_task_expires_at,
+        now,
+    )
+    if gone:
+        return gone
+    if inst.psa_case_id is not None and inst.authority_case_site != inst.site_id:
+        return "the asset is outside the PSA case's site"
+    return None
+
+
+def _abort_unauthorised(rows: list[Instruction], now: datetime) -> list[Instruction]:
+    """Of the instructions about to be leased, those whose authority is gone end aborted now, as
+    the minute's sweep would end them (it may not have run since an expiry, or a withdrawal may
+    have come between a job's check and its queueing); the others are returned."""
+    kept = []
+    for inst in rows:
+        problem = authority_gone_at_lease(inst, now)
+        if problem is None:
+            kept.append(inst)
+            continue
+        try:
+            end_instruction(inst, S.QUEUED, S.ABORTED, "system", f"authority withdrawn: {problem} (found at lease)")
+        except Exception:  # never leased all the same; the sweep tries again
+            logger.exception("lease: instruction %s without authority could not be aborted", inst.pk)
+    return kept
 
 
 def _start_jobs(kind, insts, agent, now) -> None:
