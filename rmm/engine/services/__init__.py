@@ -109,13 +109,32 @@ def check_four_eyes(obj, user, *, author_field: str, action: str) -> None:
 
 
 def approve_job(job, user) -> None:
-    """A second person lets a job that needs approval run."""
+    """A second person lets a job that needs approval run.
+
+    Authority and kill switches are checked once more inside the transaction that queues it,
+    under the history's lock, with the job and its authority read again: a withdrawal or a switch
+    that committed after the first check is seen, and one that commits later finds the job's
+    instructions when it stops work (:func:`rmm.history.services.lock`)."""
     check_four_eyes(job, user, author_field="requested_by", action="job.approve")
     kind = registry.kind_of(job)
     # Law 1 holds when the work becomes executable too: the PSA may have withdrawn it meanwhile.
+    _refuse_unauthorised(kind, job, user)
+    for spec in kind.render(job):
+        kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job)
+    with history.refusals_recorded(), transaction.atomic():
+        history.lock()
+        current = kind.model.objects.select_related(*kind.select_related).get(pk=job.pk)
+        _refuse_unauthorised(kind, current, user, under_lock=True)
+        for spec in kind.render(current):
+            kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job, under_lock=True)
+        queue_job(job, user, decided_by=user, decided_at=timezone.now())
+
+
+def _refuse_unauthorised(kind, job, user, *, under_lock: bool = False) -> None:
     problem = kind.authority_problem(job)
     if problem:
-        history.record_refusal(
+        refused = history.Refused(
+            Conflict(f"No authority: {problem}.", field=kind.authority_field),
             user,
             "job.approve",
             job,
@@ -123,10 +142,10 @@ def approve_job(job, user) -> None:
             site_id=job.site_id,
             payload={"authority": {k: str(v) for k, v in kind.authority(job).items()}},
         )
-        raise Conflict(f"No authority: {problem}.", field=kind.authority_field)
-    for spec in kind.render(job):
-        kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job)
-    queue_job(job, user, decided_by=user, decided_at=timezone.now())
+        if under_lock:
+            raise refused
+        history.record_refusal(user, "job.approve", job, **refused.refusal)
+        raise refused.error
 
 
 def reject_job(job, user, reason: str) -> None:
@@ -153,11 +172,13 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
     """:func:`issue_instructions` for many jobs of one kind at once: one agent look-up, one
     insert and one history append whatever their number; agents of the instructions released
     now are woken once the transaction commits. Each job's relations used by ``render`` and
-    ``authority`` must already be loaded."""
+    ``authority`` must already be loaded. Call inside the transaction that queues the jobs: the
+    agents are looked up under the history's lock, so a revocation is seen or sees these."""
     if not jobs:
         return []
     kind = registry.kind_of(jobs[0])
     rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
+    history.lock()
     agents = _active_agents({spec.asset.pk for _, spec in rendered})
     rows = _sign(kind, rendered, agents, wave_offset)
     _store(kind, rows, actor)
@@ -292,7 +313,9 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     would wait minutes for their wave (docs/performance.md). Every asset must have an enrolled
     agent now, as when all were signed at once; the laws are checked again, under the
     history's lock, when the later waves are stored. ``history_before`` (the jobs' own events)
-    are appended first, with the first wave's, at the end of the work.
+    are appended first, with the first wave's, at the end of the work. Call inside the
+    transaction that writes the jobs, after the caller checked authority and switches under the
+    history's lock: the agents are looked up under it too.
     """
     if not jobs:
         return
@@ -300,6 +323,7 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     kind = registry.kind_of(jobs[0])
     rendered = [(job, kind.render(job)) for job in jobs]
     assets = {spec.asset.pk for _, specs in rendered for spec in specs}
+    history.lock()
     agents = _active_agents(assets)
     size = max(1, settings.RMM_WAVE_SIZE)
     starts, position = [], 0  # the position of each job's first instruction in the batch
