@@ -582,16 +582,27 @@ def _uuid_param(value):
     return Agent._meta.pk.get_db_prep_value(value, connection)
 
 
-def look_for_work(agent: Agent, now: datetime) -> tuple[KillSwitch | None, bool]:
-    """For a held heartbeat that was woken: the engaged kill switch over this agent, if any, and
-    whether released work waits for it, unless the agent was revoked while its heartbeat was
-    held. One statement (two with a switch engaged)."""
+@dataclass(frozen=True)
+class Look:
+    """What a woken held heartbeat finds."""
+
+    switch: KillSwitch | None  # the engaged kill switch covering the asset
+    work_waiting: bool  # released work waits, and the agent was not revoked while held
+    rotating: bool  # a secret rotation was asked for (since the heartbeat began, perhaps)
+
+
+def look_for_work(agent: Agent, now: datetime) -> Look:
+    """For a held heartbeat that was woken: the engaged kill switch over this agent, if any,
+    whether released work waits for it, and whether a rotation of its secret was asked for, all
+    unless the agent was revoked while its heartbeat was held. One statement (two with a switch
+    engaged)."""
     agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.execute(_LOOK_SQL, [site_id, asset_id, agent_id, S.QUEUED, moment, moment, agent_id])
-        switch_id, waiting, active = cursor.fetchone()
-    return _engaged_switch(switch_id), bool(waiting) and bool(active)
+        switch_id, waiting, rotating = cursor.fetchone()
+    active = rotating is not None  # NULL: revoked
+    return Look(_engaged_switch(switch_id), bool(waiting) and active, bool(rotating) and active)
 
 
 def _engaged_switch(switch_id) -> KillSwitch | None:
@@ -618,7 +629,7 @@ _CHECK_IN_SQL = (
 )
 _LOOK_SQL = (
     f"SELECT {_SWITCH_SQL}, {_WAITING_SQL},"  # noqa: S608
-    " EXISTS (SELECT 1 FROM inventory_agent WHERE id = %s AND revoked_at IS NULL)"
+    " (SELECT rotation_requested_at IS NOT NULL FROM inventory_agent WHERE id = %s AND revoked_at IS NULL)"
 )
 
 
@@ -1069,6 +1080,27 @@ def stop_instructions(instructions, actor, reason: str) -> int:
     if failed is not None:
         raise failed  # the caller learns, once every other instruction is stopped
     return count + len(running)
+
+
+def abort_agent_work(agent: Agent, actor, reason: str) -> int:
+    """The agent was revoked: it can lease nothing more and report nothing more, so its queued
+    and running instructions end aborted now (its jobs with them), each recorded; its held
+    heartbeat, if any, is woken and answered with the running ones to kill. One instruction that
+    cannot be ended stops no other; the first such failure is raised at the end. Returns how
+    many were ended."""
+    count = 0
+    failed = None
+    active = Instruction.objects.filter(agent_id=agent.pk, status__in=[S.QUEUED, S.RUNNING]).order_by("issued_at")
+    for inst in list(active):
+        try:
+            count += end_instruction(inst, inst.status, S.ABORTED, actor, reason)
+        except Exception as exc:
+            logger.exception("instruction %s of revoked agent %s could not be aborted", inst.pk, agent.pk)
+            failed = failed or exc
+    events.wake_agents([agent.pk])  # a held heartbeat learns of the aborts now
+    if failed is not None:
+        raise failed
+    return count
 
 
 def withdraw_authority(actor, reason: str, *, case_id=None, task_id=None) -> int:
