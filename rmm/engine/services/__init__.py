@@ -772,14 +772,41 @@ def envelope(inst: Instruction) -> dict:
 
 def to_abort(agent: Agent, running_ids: list, switch=None) -> list[str]:
     """Of the instructions the agent says it is running, those it must kill now: all of them
-    under an engaged kill switch, otherwise those the server has already ended."""
+    under an engaged kill switch, otherwise those the server has already ended or marked.
+
+    Running ones that the switch alone stops (engaged without its scan reaching them: a raced
+    lease, a switch written behind the service's back) are marked and recorded here, as the
+    engage's scan would have: ``instruction.abort_requested`` with the switch as the reason."""
     if not running_ids:
         return []
     ids = [pk for pk in (_uuid_or_none(i) for i in running_ids[:100]) if pk]
     wanted = Q(status__in=FINAL) | Q(status=S.RUNNING, abort_reason__gt="")
     if switch is not None:
         wanted |= Q(status=S.RUNNING)
-    return [str(pk) for pk in Instruction.objects.filter(wanted, agent=agent, pk__in=ids).values_list("pk", flat=True)]
+    found = list(
+        Instruction.objects.filter(wanted, agent=agent, pk__in=ids).values_list(
+            "pk", "status", "abort_reason", "site_id"
+        )
+    )
+    unmarked = [(pk, site_id) for pk, status, reason, site_id in found if status == S.RUNNING and not reason]
+    if unmarked and switch is not None:
+        reason = f"kill switch engaged on {switch.target_label}: {switch.reason}"
+        with transaction.atomic():
+            Instruction.objects.filter(pk__in=[pk for pk, _ in unmarked], status=S.RUNNING, abort_reason="").update(
+                abort_reason=reason[:2000]
+            )
+            history.append_many(
+                history.Event(
+                    history.actor_of(agent),
+                    "instruction.abort_requested",
+                    "engine.instruction",
+                    str(pk),
+                    site_id,
+                    {"reason": reason, "kill_switch": str(switch.pk), "via": "heartbeat"},
+                )
+                for pk, site_id in unmarked
+            )
+    return [str(pk) for pk, _, _, _ in found]
 
 
 RESULT_FIELDS = ("instruction_id", "outcome", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated")
