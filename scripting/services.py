@@ -176,7 +176,12 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
         raise InvalidInput(f"No authority: {told or problem}.", field="psa_task_id")
     kill_switches.refuse_if_engaged(asset, user, "script_job.create")
     status, reason, self_written = _first_status(script, task, user, asset.site)
-    with transaction.atomic():
+    with history.refusals_recorded(), transaction.atomic():
+        # Checked again under the history's lock, in the transaction that queues: a switch engaged
+        # or authority withdrawn since the checks above is seen, one that commits later sees us.
+        history.lock()
+        _recheck_authority(user, task, [asset], {"script": str(script.pk), "asset": str(asset.pk)})
+        kill_switches.refuse_if_engaged(asset, user, "script_job.create", under_lock=True)
         job = ScriptJob.objects.create(
             script=script,
             asset=asset,
@@ -297,8 +302,22 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
         )
         for asset in assets
     ]
-    with transaction.atomic():
+    with history.refusals_recorded(), transaction.atomic():
         bulk.insert_many(jobs)
+        # Checked again under the history's lock, which the later waves take too, before the first
+        # wave is signed for the agents found under it (rmm.engine.services.queue_in_waves).
+        history.lock()
+        _recheck_authority(user, task, assets, {"script": str(script.pk), "assets": len(assets)})
+        switch = kill_switches.active_for_any(site.pk, [asset.pk for asset in assets])
+        if switch is not None:
+            raise history.Refused(
+                Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}"),
+                user,
+                "script_job.create",
+                reason=f"kill switch engaged on {switch.target_label}",
+                site_id=site.pk,
+                payload={"kill_switch": str(switch.pk), "assets": len(assets)},
+            )
         created = [
             history.Event(
                 history.actor_of(user),
@@ -331,6 +350,23 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
             {"type": "job_batch", "kind": "script", "count": len(jobs), "status": status, "site": str(site.pk)},
         )
     return jobs
+
+
+def _recheck_authority(user, task: PsaTask, assets: list, payload: dict) -> None:
+    """Under the history's lock: the task and its case read again must still cover the assets."""
+    current = PsaTask.objects.select_related("case").get(pk=task.pk)
+    problem = authority_problem(current, assets[0])
+    if problem is None and any(asset.site_id != current.case.site_id for asset in assets):
+        problem = "the asset is outside the PSA case's site"
+    if problem:
+        raise history.Refused(
+            InvalidInput(f"No authority: {problem}.", field="psa_task_id"),
+            user,
+            "script_job.create",
+            reason=f"no authority: {problem}",
+            site_id=assets[0].site_id,
+            payload={**payload, "psa_task_id": str(task.pk)},
+        )
 
 
 def approve_script_job(job: ScriptJob, user) -> None:

@@ -13,6 +13,22 @@ class AuthorityStatus(models.TextChoices):
     CLOSED = "closed"
 
 
+def authority_gone(case_status, case_expires_at, task_status, task_expires_at, now) -> str | None:
+    """Why a case and task (their status and expiry) no longer authorise work at ``now``, or None.
+
+    One place for the words, whether the rows were loaded (``authority_problem``) or their
+    columns came with the lease's own statement (``rmm.engine.services.lease``).
+    """
+    if case_status != AuthorityStatus.APPROVED:
+        return f"PSA case is {case_status}, not approved"
+    if task_status is not None and task_status != AuthorityStatus.APPROVED:
+        return f"PSA task is {task_status}, not approved"
+    for label, expires in (("case", case_expires_at), ("task", task_expires_at)):
+        if expires is not None and expires <= now:
+            return f"PSA {label} authority expired at {expires.isoformat()}"
+    return None
+
+
 class PsaCase(models.Model):
     """A mirror of the PSA's case; its id is the PSA's own UUID."""
 

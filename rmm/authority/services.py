@@ -16,7 +16,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
 
 from rmm import access, access_changes
-from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask
+from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask, authority_gone
 from rmm.engine import services as engine
 from rmm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from rmm.history import services as history
@@ -123,13 +123,9 @@ def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | Non
     if task is None:
         return "no PSA task given"
     case = task.case
-    if case.status != AuthorityStatus.APPROVED:
-        return f"PSA case is {case.status}, not approved"
-    if task.status != AuthorityStatus.APPROVED:
-        return f"PSA task is {task.status}, not approved"
-    for label, expires in (("case", case.expires_at), ("task", task.expires_at)):
-        if expires is not None and expires <= now:
-            return f"PSA {label} authority expired at {expires.isoformat()}"
+    gone = authority_gone(case.status, case.expires_at, task.status, task.expires_at, now)
+    if gone:
+        return gone
     if case.site_id != asset.site_id:
         return "the asset is outside the PSA case's site"
     return None

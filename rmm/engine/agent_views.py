@@ -329,14 +329,19 @@ def _heartbeat_problems(data: dict) -> dict:
 
 
 def _look_again(held: _Held) -> dict | None:
-    """Woken: the heartbeat's answer if there is now work or an abort for it, else None."""
+    """Woken: the heartbeat's answer if there is now work, an abort or a new secret for it, else
+    None."""
     now = timezone.now()
-    switch, waiting = engine.look_for_work(held.agent, now)
-    leased = engine.lease(held.agent, held.capacity, now, switch) if waiting else []
-    abort = engine.to_abort(held.agent, held.running, switch)
-    if not (leased or abort):
+    look = engine.look_for_work(held.agent, now)
+    leased = engine.lease(held.agent, held.capacity, now, look.switch) if look.work_waiting else []
+    abort = engine.to_abort(held.agent, held.running, look.switch)
+    new_secret = inventory.issue_rotated_secret(held.agent, requested=look.rotating)
+    if not (leased or abort or new_secret):
         return None
-    return dict(held.answer, instructions=[engine.envelope(inst) for inst in leased], abort=abort)
+    answer = dict(held.answer, instructions=[engine.envelope(inst) for inst in leased], abort=abort)
+    if new_secret:
+        answer["new_secret"] = new_secret
+    return answer
 
 
 def _claimed_agent_id(request: HttpRequest) -> str:

@@ -6,6 +6,7 @@ removing any event breaks every hash after it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -213,6 +214,27 @@ def record_refusal(actor, action: str, subject=None, *, reason: str, site_id=Non
     data = dict(payload or {})
     data["reason"] = reason
     return append(actor, f"refused.{action}", subject, site_id=site_id, payload=data)
+
+
+class Refused(Exception):
+    """A check made inside the transaction that would do the work (under :func:`lock`) failed:
+    :func:`refusals_recorded` records it once that transaction has rolled back, then raises
+    ``error`` (the service's own InvalidInput, Forbidden or Conflict)."""
+
+    def __init__(self, error: Exception, actor, action: str, subject=None, **refusal) -> None:
+        super().__init__(str(error))
+        self.error, self.actor, self.action, self.subject, self.refusal = error, actor, action, subject, refusal
+
+
+@contextlib.contextmanager
+def refusals_recorded():
+    """Wrap a transaction (``with refusals_recorded(), transaction.atomic():``) whose checks raise
+    :class:`Refused`: the refusal is appended after the rollback, so it stays."""
+    try:
+        yield
+    except Refused as refused:
+        record_refusal(refused.actor, refused.action, refused.subject, **refused.refusal)
+        raise refused.error from None
 
 
 @dataclass

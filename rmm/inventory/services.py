@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from rmm import access
 from rmm.engine import events
+from rmm.engine import services as engine
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, RefusalWindow, Site
@@ -226,9 +227,11 @@ def _agent_loader(vendor: str) -> tuple[str, list, int]:
     return sql, converters, split
 
 
-def issue_rotated_secret(agent: Agent) -> str | None:
-    """When a rotation was asked for, hand the agent a fresh secret (on every call until it uses one)."""
-    if agent.rotation_requested_at is None:
+def issue_rotated_secret(agent: Agent, *, requested: bool | None = None) -> str | None:
+    """When a rotation was asked for, hand the agent a fresh secret (on every call until it uses one).
+    ``requested``: whether one was asked for, when the caller read it after ``agent`` was loaded
+    (a held heartbeat, woken by the request)."""
+    if not (agent.rotation_requested_at is not None if requested is None else requested):
         return None
     secret = secrets.token_urlsafe(32)
     Agent.objects.filter(pk=agent.pk).update(pending_secret_hash=hash_secret(secret))
@@ -252,8 +255,10 @@ def request_rotation(user, agent: Agent) -> None:
         events.wake_agents([agent.pk])  # its next heartbeat, now, brings the new secret
 
 
-def revoke_agent(user, agent: Agent, reason: str) -> None:
-    """A revoked agent's next call gets 401 and nothing more."""
+def revoke_agent(user, agent: Agent, reason: str) -> int:
+    """A revoked agent's next call gets 401 and nothing more. Its queued and running instructions
+    end aborted once the revocation commits, and its held heartbeat is told to kill what it runs
+    (``engine.abort_agent_work``). Returns how many instructions were aborted."""
     _require_admin(user, "agent.revoke", agent)
     reason = (reason or "").strip()
     if not reason:
@@ -264,6 +269,7 @@ def revoke_agent(user, agent: Agent, reason: str) -> None:
         ):
             raise Conflict("This agent is already revoked.")
         history.append(user, "agent.revoked", agent, site_id=agent.asset.site_id, payload={"reason": reason})
+    return engine.abort_agent_work(agent, user, f"agent revoked: {reason}")
 
 
 def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None) -> None:

@@ -120,6 +120,34 @@ def test_a_lease_raced_past_the_switch_is_refused_and_recorded(people, fleet, si
     assert "kill switch" in refusal.payload["reason"]
 
 
+def test_every_heartbeat_aborts_running_work_under_a_switch_its_engage_did_not_mark(people, fleet, site):
+    """Law 6's "on every heartbeat": a switch that reaches the heartbeat without the engage's scan
+    having marked the running instruction (inserted behind the service's back, as a raced lease
+    would leave it) still has it killed, and the abort is recorded."""
+    agents = fleet[0]
+    job = new_job(people, fleet, 0)
+    [leased] = heartbeat(agents[0][1])["instructions"]
+    inst_id = json.loads(leased["payload"])["instruction_id"]
+    assert heartbeat(agents[0][1], running=[inst_id])["abort"] == []  # no switch yet: it runs on
+    switch = KillSwitch.objects.create(
+        scope="asset", site=site, asset=agents[0][0].asset, reason="behind its back", engaged_by=people["tech"].user
+    )
+    assert Instruction.objects.get(pk=inst_id).abort_reason == ""  # the service's scan never ran
+
+    answer = heartbeat(agents[0][1], running=[inst_id])
+
+    assert answer["abort"] == [inst_id] and answer["instructions"] == []
+    event = HistoryEvent.objects.get(action="instruction.abort_requested", subject_id=inst_id)
+    assert event.actor == f"agent:{agents[0][0].pk}"
+    assert event.payload["reason"] == f"kill switch engaged on {switch.target_label}: behind its back"
+    assert event.payload["kill_switch"] == str(switch.pk)
+    assert heartbeat(agents[0][1], running=[inst_id])["abort"] == [inst_id]  # again, recorded once
+    assert HistoryEvent.objects.filter(action="instruction.abort_requested", subject_id=inst_id).count() == 1
+    assert report(agents[0][1], inst_id, outcome="aborted", exit_code=None, stdout="partial\n").status_code == 201
+    job.refresh_from_db()
+    assert (job.status, job.status_reason) == ("aborted", event.payload["reason"])
+
+
 def test_who_may_engage_where(people, fleet, site, other_site, caller):
     agents = fleet[0]
     assert engage(people["auditor"], scope="site", target=site.name, reason="x").status_code == 403
@@ -245,7 +273,8 @@ def test_a_revoked_agent_gets_401_and_nothing_more(people, fleet):
     assert answer.status_code == 401
     assert set(answer.json()) == {"detail"}
     assert HistoryEvent.objects.filter(action="refused.agent.call", payload__agent_id=str(agent.pk)).exists()
-    assert Instruction.objects.get(agent=agent).status == "queued"  # nothing leased
+    inst = Instruction.objects.get(agent=agent)  # nothing leased: aborted at the revocation
+    assert (inst.status, inst.leased_at, inst.reason) == ("aborted", None, "agent revoked: laptop stolen")
 
 
 def test_rotation_hands_out_a_new_secret_and_retires_the_old_once_used(people, fleet):

@@ -11,7 +11,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient, Client
 
-from rmm.engine import events, wakeups
+from rmm.engine import wakeups
 from rmm.engine.services import kill_switches
 from rmm.inventory import services as inventory
 from scripting import services as scripting
@@ -191,21 +191,43 @@ def test_a_wake_up_that_cannot_be_sent_is_logged_never_raised(settings, caplog):
     assert "agent wake-up not sent" in caplog.text
 
 
-def test_new_work_rotation_and_aborts_wake_the_agent(
-    caller, site, agent, monkeypatch, django_capture_on_commit_callbacks
+WOKEN_BY = ["new work", "a rotation", "a kill switch", "a revocation"]
+
+
+@pytest.mark.parametrize("what", WOKEN_BY)
+def test_what_a_service_commits_ends_the_hold_with_its_answer(
+    agent, job_for, caller, held, what, django_capture_on_commit_callbacks
 ):
-    row, _ = agent
-    woken = []
-    monkeypatch.setattr(events, "wake_agents", lambda ids: woken.append(sorted(str(pk) for pk in ids)))
-    psa, tech, boss, root = (
-        caller("psa", "psa"),
-        caller("tech", "technician"),
-        caller("boss", "approver"),
-        caller("root", "admin"),
-    )
-    task = approved_authority(site, psa.user)
-    script = approved_script(tech.user, boss.user)
-    scripting.create_script_job(psa.user, script_id=script.pk, asset_id=row.asset_id, psa_task_id=task.pk)
-    assert woken == [[str(row.pk)]]  # queued work
-    inventory.request_rotation(root.user, row)
-    assert woken[-1] == [str(row.pk)]  # its next heartbeat brings the new secret
+    """No wake-up sent by hand: the service's own, sent as its transaction commits, ends the hold,
+    and the held heartbeat answers with what the agent must now know: its new instruction, its new
+    secret, or the running instruction to kill (under a switch; its agent revoked)."""
+    row, auth = agent
+    root = caller("root", "admin")
+    running = []
+    if what in ("a kill switch", "a revocation"):
+        job_for(row)
+        first = beat(auth, {"capacity": 4}).json()["instructions"]
+        running = [json.loads(first[0]["payload"])["instruction_id"]]
+
+    def act():
+        with django_capture_on_commit_callbacks(execute=True):  # as the commit would (tests run in a transaction)
+            if what == "new work":
+                job_for(row)
+            elif what == "a rotation":
+                inventory.request_rotation(root.user, row)
+            elif what == "a kill switch":
+                kill_switches.engage(root.user, scope="asset", target=str(row.asset_id), reason="stop it")
+            else:
+                inventory.revoke_agent(root.user, row, "laptop stolen")
+
+    response, took = held(row, auth, {"capacity": 3, "running": running, "wait": 30}, act)
+    assert response.status_code == 200 and took < 5
+    body = response.json()
+    if what == "new work":
+        [envelope] = body["instructions"]
+        assert json.loads(envelope["payload"])["agent_id"] == str(row.pk)
+    elif what == "a rotation":
+        assert body["instructions"] == [] and body["abort"] == []
+        assert beat(f"Agent {row.pk}:{body['new_secret']}", {"capacity": 4}).status_code == 200  # it works
+    else:
+        assert body["instructions"] == [] and body["abort"] == running

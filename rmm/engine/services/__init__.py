@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Exists, Max, OuterRef, Q
+from django.db.models import Exists, Max, OuterRef, Q, Subquery, UUIDField
 from django.utils import timezone
 
 from rmm import bulk, tasks
-from rmm.authority.models import PsaCase, PsaTask
+from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
 from rmm.engine import events, registry
 from rmm.engine.models import Instruction, KillSwitch
 from rmm.engine.services import cases, kill_switches, throttles
@@ -112,13 +112,32 @@ def check_four_eyes(obj, user, *, author_field: str, action: str) -> None:
 
 
 def approve_job(job, user) -> None:
-    """A second person lets a job that needs approval run."""
+    """A second person lets a job that needs approval run.
+
+    Authority and kill switches are checked once more inside the transaction that queues it,
+    under the history's lock, with the job and its authority read again: a withdrawal or a switch
+    that committed after the first check is seen, and one that commits later finds the job's
+    instructions when it stops work (:func:`rmm.history.services.lock`)."""
     check_four_eyes(job, user, author_field="requested_by", action="job.approve")
     kind = registry.kind_of(job)
     # Law 1 holds when the work becomes executable too: the PSA may have withdrawn it meanwhile.
+    _refuse_unauthorised(kind, job, user)
+    for spec in kind.render(job):
+        kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job)
+    with history.refusals_recorded(), transaction.atomic():
+        history.lock()
+        current = kind.model.objects.select_related(*kind.select_related).get(pk=job.pk)
+        _refuse_unauthorised(kind, current, user, under_lock=True)
+        for spec in kind.render(current):
+            kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job, under_lock=True)
+        queue_job(job, user, decided_by=user, decided_at=timezone.now())
+
+
+def _refuse_unauthorised(kind, job, user, *, under_lock: bool = False) -> None:
     problem = kind.authority_problem(job)
     if problem:
-        history.record_refusal(
+        refused = history.Refused(
+            Conflict(f"No authority: {problem}.", field=kind.authority_field),
             user,
             "job.approve",
             job,
@@ -126,10 +145,10 @@ def approve_job(job, user) -> None:
             site_id=job.site_id,
             payload={"authority": {k: str(v) for k, v in kind.authority(job).items()}},
         )
-        raise Conflict(f"No authority: {problem}.", field=kind.authority_field)
-    for spec in kind.render(job):
-        kill_switches.refuse_if_engaged(spec.asset, user, "job.approve", job)
-    queue_job(job, user, decided_by=user, decided_at=timezone.now())
+        if under_lock:
+            raise refused
+        history.record_refusal(user, "job.approve", job, **refused.refusal)
+        raise refused.error
 
 
 def reject_job(job, user, reason: str) -> None:
@@ -156,11 +175,13 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
     """:func:`issue_instructions` for many jobs of one kind at once: one agent look-up, one
     insert and one history append whatever their number; agents of the instructions released
     now are woken once the transaction commits. Each job's relations used by ``render`` and
-    ``authority`` must already be loaded."""
+    ``authority`` must already be loaded. Call inside the transaction that queues the jobs: the
+    agents are looked up under the history's lock, so a revocation is seen or sees these."""
     if not jobs:
         return []
     kind = registry.kind_of(jobs[0])
     rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
+    history.lock()
     agents = _active_agents({spec.asset.pk for _, spec in rendered})
     rows = _sign(kind, rendered, agents, wave_offset)
     _store(kind, rows, actor)
@@ -295,7 +316,9 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     would wait minutes for their wave (docs/performance.md). Every asset must have an enrolled
     agent now, as when all were signed at once; the laws are checked again, under the
     history's lock, when the later waves are stored. ``history_before`` (the jobs' own events)
-    are appended first, with the first wave's, at the end of the work.
+    are appended first, with the first wave's, at the end of the work. Call inside the
+    transaction that writes the jobs, after the caller checked authority and switches under the
+    history's lock: the agents are looked up under it too.
     """
     if not jobs:
         return
@@ -303,6 +326,7 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     kind = registry.kind_of(jobs[0])
     rendered = [(job, kind.render(job)) for job in jobs]
     assets = {spec.asset.pk for _, specs in rendered for spec in specs}
+    history.lock()
     agents = _active_agents(assets)
     size = max(1, settings.RMM_WAVE_SIZE)
     starts, position = [], 0  # the position of each job's first instruction in the batch
@@ -562,16 +586,27 @@ def _uuid_param(value):
     return Agent._meta.pk.get_db_prep_value(value, connection)
 
 
-def look_for_work(agent: Agent, now: datetime) -> tuple[KillSwitch | None, bool]:
-    """For a held heartbeat that was woken: the engaged kill switch over this agent, if any, and
-    whether released work waits for it, unless the agent was revoked while its heartbeat was
-    held. One statement (two with a switch engaged)."""
+@dataclass(frozen=True)
+class Look:
+    """What a woken held heartbeat finds."""
+
+    switch: KillSwitch | None  # the engaged kill switch covering the asset
+    work_waiting: bool  # released work waits, and the agent was not revoked while held
+    rotating: bool  # a secret rotation was asked for (since the heartbeat began, perhaps)
+
+
+def look_for_work(agent: Agent, now: datetime) -> Look:
+    """For a held heartbeat that was woken: the engaged kill switch over this agent, if any,
+    whether released work waits for it, and whether a rotation of its secret was asked for, all
+    unless the agent was revoked while its heartbeat was held. One statement (two with a switch
+    engaged)."""
     agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.execute(_LOOK_SQL, [site_id, asset_id, agent_id, S.QUEUED, moment, moment, agent_id])
-        switch_id, waiting, active = cursor.fetchone()
-    return _engaged_switch(switch_id), bool(waiting) and bool(active)
+        switch_id, waiting, rotating = cursor.fetchone()
+    active = rotating is not None  # NULL: revoked
+    return Look(_engaged_switch(switch_id), bool(waiting) and active, bool(rotating) and active)
 
 
 def _engaged_switch(switch_id) -> KillSwitch | None:
@@ -598,7 +633,7 @@ _CHECK_IN_SQL = (
 )
 _LOOK_SQL = (
     f"SELECT {_SWITCH_SQL}, {_WAITING_SQL},"  # noqa: S608
-    " EXISTS (SELECT 1 FROM inventory_agent WHERE id = %s AND revoked_at IS NULL)"
+    " (SELECT rotation_requested_at IS NOT NULL FROM inventory_agent WHERE id = %s AND revoked_at IS NULL)"
 )
 
 
@@ -619,10 +654,13 @@ def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instr
             if capacity <= 0:
                 return []
         rows = list(
-            Instruction.objects.select_for_update(skip_locked=True)
-            .filter(agent=agent, status=S.QUEUED, not_after__gt=now, release_at__lte=now)
-            .order_by("issued_at", "step")[:capacity]
+            _with_authority(
+                Instruction.objects.select_for_update(skip_locked=True).filter(
+                    agent=agent, status=S.QUEUED, not_after__gt=now, release_at__lte=now
+                )
+            ).order_by("issued_at", "step")[:capacity]
         )
+        rows = _abort_unauthorised(rows, now)
         if not rows:
             return []
         room, held = throttles.room_under_ceilings(rows[0].site_id)
@@ -663,6 +701,61 @@ def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instr
     return rows
 
 
+def _with_authority(instructions):
+    """The instructions with their PSA case's and task's status, expiry and site, in the same
+    statement: the lease re-checks authority without a query per instruction."""
+    case = PsaCase.objects.filter(pk=OuterRef("psa_case_id"))
+    task = PsaTask.objects.filter(pk=OuterRef("psa_task_id"))
+    return instructions.annotate(
+        authority_case_status=Subquery(case.values("status")[:1]),
+        authority_case_expires_at=Subquery(case.values("expires_at")[:1]),
+        authority_case_site=Subquery(case.values("site_id")[:1], output_field=UUIDField()),
+        authority_task_status=Subquery(task.values("status")[:1]),
+        authority_task_expires_at=Subquery(task.values("expires_at")[:1]),
+    )
+
+
+def authority_gone_at_lease(inst: Instruction, now: datetime) -> str | None:
+    """Why the authority an instruction was issued on no longer holds (withdrawn, closed, expired,
+    or its case moved to another site), from the columns :func:`_with_authority` added; None when
+    it holds or the instruction names none."""
+    if inst.psa_case_id is None and inst.psa_task_id is None:
+        return None
+    if inst.psa_case_id is not None and inst.authority_case_status is None:
+        return "the PSA case is gone"
+    if inst.psa_task_id is not None and inst.authority_task_status is None:
+        return "the PSA task is gone"
+    gone = authority_gone(
+        inst.authority_case_status or AuthorityStatus.APPROVED,
+        inst.authority_case_expires_at,
+        inst.authority_task_status,
+        inst.authority_task_expires_at,
+        now,
+    )
+    if gone:
+        return gone
+    if inst.psa_case_id is not None and inst.authority_case_site != inst.site_id:
+        return "the asset is outside the PSA case's site"
+    return None
+
+
+def _abort_unauthorised(rows: list[Instruction], now: datetime) -> list[Instruction]:
+    """Of the instructions about to be leased, those whose authority is gone end aborted now, as
+    the minute's sweep would end them (it may not have run since an expiry, or a withdrawal may
+    have come between a job's check and its queueing); the others are returned."""
+    kept = []
+    for inst in rows:
+        problem = authority_gone_at_lease(inst, now)
+        if problem is None:
+            kept.append(inst)
+            continue
+        try:
+            end_instruction(inst, S.QUEUED, S.ABORTED, "system", f"authority withdrawn: {problem} (found at lease)")
+        except Exception:  # never leased all the same; the sweep tries again
+            logger.exception("lease: instruction %s without authority could not be aborted", inst.pk)
+    return kept
+
+
 def _start_jobs(kind, insts, agent, now) -> None:
     """Jobs whose first instruction was leased become running (one UPDATE per kind)."""
     job_ids = {inst.job_id for inst in insts}
@@ -683,14 +776,41 @@ def envelope(inst: Instruction) -> dict:
 
 def to_abort(agent: Agent, running_ids: list, switch=None) -> list[str]:
     """Of the instructions the agent says it is running, those it must kill now: all of them
-    under an engaged kill switch, otherwise those the server has already ended."""
+    under an engaged kill switch, otherwise those the server has already ended or marked.
+
+    Running ones that the switch alone stops (engaged without its scan reaching them: a raced
+    lease, a switch written behind the service's back) are marked and recorded here, as the
+    engage's scan would have: ``instruction.abort_requested`` with the switch as the reason."""
     if not running_ids:
         return []
     ids = [pk for pk in (_uuid_or_none(i) for i in running_ids[:100]) if pk]
     wanted = Q(status__in=FINAL) | Q(status=S.RUNNING, abort_reason__gt="")
     if switch is not None:
         wanted |= Q(status=S.RUNNING)
-    return [str(pk) for pk in Instruction.objects.filter(wanted, agent=agent, pk__in=ids).values_list("pk", flat=True)]
+    found = list(
+        Instruction.objects.filter(wanted, agent=agent, pk__in=ids).values_list(
+            "pk", "status", "abort_reason", "site_id"
+        )
+    )
+    unmarked = [(pk, site_id) for pk, status, reason, site_id in found if status == S.RUNNING and not reason]
+    if unmarked and switch is not None:
+        reason = f"kill switch engaged on {switch.target_label}: {switch.reason}"
+        with transaction.atomic():
+            Instruction.objects.filter(pk__in=[pk for pk, _ in unmarked], status=S.RUNNING, abort_reason="").update(
+                abort_reason=reason[:2000]
+            )
+            history.append_many(
+                history.Event(
+                    history.actor_of(agent),
+                    "instruction.abort_requested",
+                    "engine.instruction",
+                    str(pk),
+                    site_id,
+                    {"reason": reason, "kill_switch": str(switch.pk), "via": "heartbeat"},
+                )
+                for pk, site_id in unmarked
+            )
+    return [str(pk) for pk, _, _, _ in found]
 
 
 RESULT_FIELDS = ("instruction_id", "outcome", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated")
@@ -991,6 +1111,27 @@ def stop_instructions(instructions, actor, reason: str) -> int:
     if failed is not None:
         raise failed  # the caller learns, once every other instruction is stopped
     return count + len(running)
+
+
+def abort_agent_work(agent: Agent, actor, reason: str) -> int:
+    """The agent was revoked: it can lease nothing more and report nothing more, so its queued
+    and running instructions end aborted now (its jobs with them), each recorded; its held
+    heartbeat, if any, is woken and answered with the running ones to kill. One instruction that
+    cannot be ended stops no other; the first such failure is raised at the end. Returns how
+    many were ended."""
+    count = 0
+    failed = None
+    active = Instruction.objects.filter(agent_id=agent.pk, status__in=[S.QUEUED, S.RUNNING]).order_by("issued_at")
+    for inst in list(active):
+        try:
+            count += end_instruction(inst, inst.status, S.ABORTED, actor, reason)
+        except Exception as exc:
+            logger.exception("instruction %s of revoked agent %s could not be aborted", inst.pk, agent.pk)
+            failed = failed or exc
+    events.wake_agents([agent.pk])  # a held heartbeat learns of the aborts now
+    if failed is not None:
+        raise failed
+    return count
 
 
 def withdraw_authority(actor, reason: str, *, case_id=None, task_id=None) -> int:

@@ -57,11 +57,14 @@ def engaged_visible_to(user):
     )
 
 
-def refuse_if_engaged(asset: Asset, actor, action: str, subject=None) -> None:
-    """Refuse new work on an asset under an engaged switch, and record the refusal."""
+def refuse_if_engaged(asset: Asset, actor, action: str, subject=None, *, under_lock: bool = False) -> None:
+    """Refuse new work on an asset under an engaged switch, and record the refusal. ``under_lock``:
+    called inside the transaction that queues the work, after :func:`history.lock`; the refusal is
+    then raised as :class:`history.Refused`, recorded once that transaction has rolled back."""
     switch = active_for(asset.site_id, asset.pk)
     if switch is not None:
-        history.record_refusal(
+        refused = history.Refused(
+            Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}"),
             actor,
             action,
             subject,
@@ -69,7 +72,10 @@ def refuse_if_engaged(asset: Asset, actor, action: str, subject=None) -> None:
             site_id=asset.site_id,
             payload={"kill_switch": str(switch.pk), "asset": str(asset.pk)},
         )
-        raise Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}")
+        if under_lock:
+            raise refused
+        history.record_refusal(refused.actor, action, subject, **refused.refusal)
+        raise refused.error
 
 
 def _in_scope(switch: KillSwitch):
