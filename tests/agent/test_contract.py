@@ -4,9 +4,10 @@ free port, tests/e2e/server.py). The agent tests rely on FakeServer; this suite 
 where the two disagree, the real server is right and FakeServer is fixed.
 
 Each test takes ``agent_server``, an adapter with one small interface over either server. The
-"real" parameter is slow (a migrated database, an ASGI server and a task cluster per test
-session), so ``make test-fast`` runs the fake half only. Every subprocess and every wait has a
-timeout: a hang fails the test instead of blocking the run.
+"real" parameter is slow (a migrated database, ASGI servers and a task cluster per test
+session), so ``make test-fast`` runs the fake half only. The suite lives here, beside FakeServer
+and the agent tests it guards; the real server is started with the e2e tests' ``Server``. Every
+subprocess and every wait has a timeout: a hang fails the test instead of blocking the run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -60,17 +62,17 @@ def wait_for(condition, what: str, timeout: float = WAIT):
         time.sleep(0.2)
 
 
-def post(url: str, path: str, body: dict, authorization: str | None = None) -> tuple[int, dict, dict]:
-    """(status, JSON answer, headers) of one agent-protocol call."""
+def post(url: str, path: str, body: dict, authorization: str | None = None) -> tuple[int, dict, Message]:
+    """(status, JSON answer, headers: looked up without regard to case) of one agent-protocol call."""
     request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST")
     request.add_header("Content-Type", "application/json")
     if authorization:
         request.add_header("Authorization", authorization)
     try:
         with urllib.request.urlopen(request, timeout=WAIT) as answer:
-            return answer.status, json.loads(answer.read()), dict(answer.headers)
+            return answer.status, json.loads(answer.read()), answer.headers
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
+        return err.code, json.loads(err.read()), err.headers
 
 
 def unescape(text: str, escaped: bool) -> bytes:
@@ -136,11 +138,12 @@ class FakeAdapter:
 class RealAdapter:
     """The real server behind the contract's interface, driven as its users drive it: the
     enrollment-token command, a PSA's authority, a technician's script and job, an approver,
-    an admin's rotation, a kill switch to abort. A site of its own per test."""
+    an admin's rotation, a kill switch to abort. A site of its own per test. The agent calls a
+    uvicorn worker (the agent tier, docs/performance.md); people call the daphne one."""
 
     def __init__(self, server) -> None:
         self.server = server
-        self.url = server.url
+        self.url = server.second_worker("uvicorn")  # agents call the uvicorn tier, as in production
         tag = uuid.uuid4().hex[:8]
         self.site, self.hostname = f"contract-{tag}", f"contract-{tag}"
         self.world: dict | None = None
@@ -305,7 +308,7 @@ def credential(config: dict, secret: str | None = None) -> str:
     return f"Agent {config['agent_id']}:{secret or config['secret']}"
 
 
-def heartbeat(server, config: dict, secret: str | None = None) -> tuple[int, dict, dict]:
+def heartbeat(server, config: dict, secret: str | None = None) -> tuple[int, dict, Message]:
     body = {"agent_version": "contract", "running": [], "capacity": 1}
     return post(server.url, "/api/v1/agent/heartbeat/", body, credential(config, secret))
 
