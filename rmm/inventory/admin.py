@@ -108,7 +108,17 @@ class EnrollmentTokenAdmin(ReadOnlyAdmin):
     """The enrollment tokens of the caller's sites; the action revokes them through the service
     (admins only). Tokens are issued by ``rmm_enrollment_token``; only their hash is kept."""
 
-    list_display = ["short_id", "site", "created_at", "expires_at", "use_count", "max_uses", "created_by", "revoked_at"]
+    list_display = [
+        "short_id",
+        "site",
+        "created_at",
+        "expires_at",
+        "use_count",
+        "max_uses",
+        "created_by",
+        "revoked_at",
+        "revoked_by",
+    ]
     list_filter = ["site"]
     actions = ["revoke"]
     exclude = ["token_hash"]
