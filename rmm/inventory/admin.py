@@ -9,10 +9,11 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from rmm import access
-from rmm.admin_base import ReadOnlyAdmin
+from rmm.admin_base import ReadOnlyAdmin, run_decisions
 from rmm.authority import services
 from rmm.history import services as history
-from rmm.inventory.models import Agent, Asset, Site
+from rmm.inventory import services as inventory
+from rmm.inventory.models import Agent, Asset, EnrollmentToken, Site
 
 
 class GrantForm(forms.Form):
@@ -100,3 +101,47 @@ class AgentAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(asset__site__in=access.visible_sites(request.user))
+
+
+@admin.register(EnrollmentToken)
+class EnrollmentTokenAdmin(ReadOnlyAdmin):
+    """The enrollment tokens of the caller's sites; the action revokes them through the service
+    (admins only). Tokens are issued by ``rmm_enrollment_token``; only their hash is kept."""
+
+    list_display = [
+        "short_id",
+        "site",
+        "created_at",
+        "expires_at",
+        "use_count",
+        "max_uses",
+        "created_by",
+        "revoked_at",
+        "revoked_by",
+    ]
+    list_filter = ["site"]
+    actions = ["revoke"]
+    exclude = ["token_hash"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("site").filter(site__in=access.visible_sites(request.user))
+
+    def get_readonly_fields(self, request, obj=None):
+        return [name for name in super().get_readonly_fields(request, obj) if name != "token_hash"]
+
+    @admin.display(description="id")
+    def short_id(self, obj):
+        return str(obj.pk)[:8]
+
+    def has_revoke_permission(self, request):
+        return access.can(request.user, "manage_agents")
+
+    @admin.action(description="Revoke selected enrollment tokens", permissions=["revoke"])
+    def revoke(self, request, queryset):
+        run_decisions(
+            self,
+            request,
+            queryset,
+            lambda token: inventory.revoke_enrollment_token(token, by=request.user, reason="revoked in the admin"),
+            "Revoked",
+        )

@@ -57,7 +57,8 @@ class AssetFacts(models.Model):
 
 
 class EnrollmentToken(models.Model):
-    """A per-site, expiring, use-limited secret that lets a new agent enroll."""
+    """A per-site, expiring, use-limited secret that lets a new agent enroll; revocable at any
+    time (``revoke_enrollment_token``)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="enrollment_tokens")
@@ -68,9 +69,10 @@ class EnrollmentToken(models.Model):
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.CharField(max_length=200, blank=True)
 
     def __str__(self) -> str:
-        return f"enrollment token for {self.site_id}, {self.use_count}/{self.max_uses} used"
+        return f"enrollment token {str(self.pk)[:8]} for {self.site.name}, {self.use_count}/{self.max_uses} used"
 
 
 class Agent(models.Model):

@@ -17,7 +17,7 @@ from django.utils import timezone
 from rmm import access
 from rmm.engine import events
 from rmm.engine import services as engine
-from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, RefusalWindow, Site
 from rmm.keys import keyset
@@ -63,6 +63,51 @@ def create_enrollment_token(
             payload={"expires_at": token.expires_at.isoformat(), "max_uses": token.max_uses},
         )
     return token, secret
+
+
+def revoke_enrollment_token(token: EnrollmentToken, by, reason: str = "") -> EnrollmentToken:
+    """End a token before its expiry or use limit (leaked, or issued for the wrong site): every
+    later enrollment with it is refused and recorded. Agents it already enrolled keep working;
+    revoke those one by one. ``by`` is a user, who must manage agents on the token's site, or a
+    command's actor string. One conditional update, recorded in the history with who and why."""
+    if not isinstance(by, str):
+        if not access.may_see_site(by, token.site_id):
+            history.record_refusal(
+                by, "enrollment_token.revoke", token, reason="site not granted", site_id=token.site_id
+            )
+            raise NotFound("Not found.")
+        if not access.can(by, "manage_agents"):
+            history.record_refusal(
+                by, "enrollment_token.revoke", token, reason="role may not manage agents", site_id=token.site_id
+            )
+            raise Forbidden("Your role may not revoke enrollment tokens.")
+    reason = (reason or "").strip()
+    with transaction.atomic():
+        done = EnrollmentToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now(), revoked_by=history.actor_of(by)
+        )
+        if not done:
+            raise Conflict("This enrollment token is revoked already.")
+        token.refresh_from_db()
+        history.append(
+            by,
+            "enrollment_token.revoked",
+            token,
+            site_id=token.site_id,
+            payload={"use_count": token.use_count, "max_uses": token.max_uses, "reason": reason},
+        )
+    return token
+
+
+def _refused_because(token: EnrollmentToken | None, now) -> str:
+    """Why an enrollment with ``token`` (None: no such token) was refused, as the agent is told."""
+    if token is None:
+        return "unknown enrollment token"
+    if token.revoked_at is not None:
+        return "enrollment token revoked"
+    if token.expires_at <= now:
+        return "enrollment token expired"
+    return "enrollment token used up"
 
 
 def clean_facts(facts) -> dict:
@@ -115,9 +160,7 @@ def enroll_agent(token_secret: str, facts: dict, address: str = "") -> tuple[Age
             )
     if not used:
         token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
-        reason = "unknown enrollment token"
-        if token is not None:
-            reason = "enrollment token expired, revoked or used up"
+        reason = _refused_because(token, now)
         record_unauthenticated_refusal(
             address,
             "agent.enroll",

@@ -27,11 +27,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from rmm_agent import keyring
-from rmm_agent.protocol import canonical_json, result_hash, sha256_hex
+from rmm_agent.protocol import MAX_BODY_BYTES, canonical_json, result_hash, sha256_hex
 from rmm_agent.runner import DEFAULT_RUN_AS, Account, lookup_account
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "7f9c2b1e-0000-4000-8000-000000000001"
+ASSET_ID = "7f9c2b1e-0000-4000-8000-0000000000a5"
 SECRET = "agent-secret-value"
 TOKEN = "enroll-me"
 
@@ -159,7 +160,10 @@ AGENT_CMD = [sys.executable, "-m", "rmm_agent"]
 
 @dataclass
 class FakeServer:
-    """Just enough of the server's agent API to drive the real agent end to end."""
+    """Just enough of the server's agent API to drive the real agent end to end.
+
+    Its answers (status codes, bodies, headers) are the real server's: tests/agent/test_contract.py
+    runs the same behaviours against both, so a difference fails there."""
 
     private_key: Ed25519PrivateKey
     interval: int = 1
@@ -185,6 +189,9 @@ class FakeServer:
     # A signing-key update to send in every heartbeat answer, as the real server does until the
     # agent reports holding the keys (see tests/agent/test_keyring.py).
     signing_keys: dict | None = None
+    # Instruction ids handed out in heartbeats: a result for any other is answered 404, as the
+    # real server answers a result for an instruction that is not this agent's.
+    issued: set = field(default_factory=set)
 
     def heartbeats(self) -> list[dict]:
         with self.lock:
@@ -216,23 +223,27 @@ class FakeServer:
                 return self.override[path]
             if path == "/api/v1/agent/enroll/":
                 if body.get("token") != TOKEN:
-                    return 400, {"detail": "invalid or used token"}, {}
+                    return 403, {"detail": "Enrollment refused: unknown enrollment token."}, {}
                 public = base64.b64encode(raw_public_key(self.private_key)).decode()
+                key_id = keyring.key_id(raw_public_key(self.private_key))
                 return (
                     201,
                     {
                         "agent_id": AGENT_ID,
-                        "asset_id": 42,
+                        "asset_id": ASSET_ID,
                         "secret": SECRET,
                         "server_public_key": public,
+                        "server_key_id": key_id,
+                        "server_keys": {key_id: public},
                         "heartbeat_interval": self.interval,
                     },
                     {},
                 )
             if not self._authenticate(headers):
-                return 401, {"detail": "unknown agent"}, {}
+                return 401, {"detail": "Agent credential missing, wrong or revoked."}, {"WWW-Authenticate": "Agent"}
             if path == "/api/v1/agent/heartbeat/":
                 instructions, self.pending = self.pending, []
+                self.issued.update(_instruction_id(envelope) for envelope in instructions)
                 answer = {
                     "interval": self.interval,
                     "instructions": instructions,
@@ -248,12 +259,25 @@ class FakeServer:
                 return 200, answer, {}
             if path == "/api/v1/agent/results/":
                 if body.get("hash") != result_hash(body):
-                    return 400, {"detail": "hash mismatch"}, {}
-                if body["instruction_id"] in self.results:
-                    return 200, {"detail": "already received"}, {}
+                    return 400, {"hash": ["Does not match the result's content."]}, {}
+                if body.get("instruction_id") not in self.issued:
+                    return 404, {"detail": "No such instruction for this agent."}, {}
+                known = self.results.get(body["instruction_id"])
+                if known is not None and known["hash"] == body["hash"]:
+                    return 200, {"status": "already_received"}, {}
+                if known is not None:
+                    return 409, {"status": "conflict", "detail": "A different result was already received."}, {}
                 self.results[body["instruction_id"]] = body
-                return 201, {"detail": "accepted"}, {}
+                return 201, {"status": "accepted"}, {}
             return 404, {"detail": "not found"}, {}
+
+
+def _instruction_id(envelope: object) -> str | None:
+    """The instruction id an envelope's payload names (None when it names none)."""
+    try:
+        return json.loads(envelope["payload"])["instruction_id"]  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _serve(server_state: FakeServer, ssl_context: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
@@ -273,9 +297,23 @@ def _serve(server_state: FakeServer, ssl_context: ssl.SSLContext | None = None) 
                 self.end_headers()
                 self.wfile.write(page)
                 return
-            body = json.loads(self.rfile.read(length) or b"{}")
             headers = {key.lower(): value for key, value in self.headers.items()}
-            status, answer, extra = server_state.answer(self.path, headers, body)
+            if length > MAX_BODY_BYTES:  # the server's own bound, answered in JSON
+                self.rfile.read(length)
+                status, extra = 413, {}
+                answer = {
+                    "detail": f"The body is larger than the agent protocol allows ({MAX_BODY_BYTES} bytes).",
+                    "max_bytes": MAX_BODY_BYTES,
+                }
+            else:
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    body = None
+                if isinstance(body, dict):
+                    status, answer, extra = server_state.answer(self.path, headers, body)
+                else:
+                    status, answer, extra = 400, {"detail": "The body must be a JSON object."}, {}
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

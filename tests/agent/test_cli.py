@@ -94,7 +94,7 @@ def test_enroll_writes_a_private_config(tmp_path: Path, fake_server: FakeServer)
 def test_refused_enrollment_prints_the_detail_and_exits_2(tmp_path: Path, fake_server: FakeServer) -> None:
     done = agent("enroll", "--server", fake_server.url, "--token", "wrong", "--state-dir", str(tmp_path / "a"))
     assert done.returncode == 2
-    assert "invalid or used token" in done.stderr
+    assert "enrollment refused (HTTP 403): Enrollment refused: unknown enrollment token." in done.stderr
     assert not (tmp_path / "a" / "config.json").exists()
 
 

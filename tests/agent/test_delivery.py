@@ -46,6 +46,7 @@ def test_a_result_a_proxy_refuses_as_too_large_is_resent_truncated(
 ) -> None:
     fake_server.max_body = 256 * 1024  # an nginx-like limit in front of the server
     agent = make_agent(tmp_path, fake_server.url, server_key)
+    fake_server.issued.add("big-1")  # leased to this agent before
     first = make_result("big-1", "completed", exit_code=3, stdout=NOISY, stderr=b"oops\n", reason="done")
     agent.state.spool_result(first)
 
@@ -68,6 +69,7 @@ def test_a_result_refused_again_and_again_is_cut_to_nothing_then_kept(
 ) -> None:
     fake_server.override["/api/v1/agent/results/"] = (400, {"stdout": ["no"]}, {})
     agent = make_agent(tmp_path, fake_server.url, server_key)
+    fake_server.issued.add("stubborn")  # leased to this agent before
     first = make_result("stubborn", "completed", exit_code=0, stdout=b"x" * 100_000, stderr=b"y")
     agent.state.spool_result(first)
 
@@ -103,6 +105,7 @@ def test_a_spooled_result_from_before_the_encodings_is_resent_as_it_was(
 ) -> None:
     """A result an older agent spooled (text streams, no encoding fields) is delivered unchanged."""
     agent = make_agent(tmp_path, fake_server.url, server_key)
+    fake_server.issued.add("old-1")  # leased to this agent before
     old = {
         "instruction_id": "old-1",
         "outcome": "completed",

@@ -52,6 +52,7 @@ def test_spooled_result_is_delivered_then_deleted(
     tmp_path: Path, server_key: Ed25519PrivateKey, fake_server: FakeServer
 ) -> None:
     agent = make_agent(tmp_path, fake_server.url, server_key)
+    fake_server.issued.add("instr-2")  # leased to this agent before
     result = make_result("instr-2", "completed", exit_code=1, stderr="boom")
     agent.state.spool_result(result)
 
