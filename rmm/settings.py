@@ -374,7 +374,7 @@ RMM_TOKEN_HOURS = float(os.environ.get("RMM_TOKEN_HOURS", "0"))
 RMM_ENROLLMENT_TOKEN_TTL_HOURS = int(os.environ.get("RMM_ENROLLMENT_TOKEN_TTL_HOURS", "24"))
 RMM_ENROLLMENT_TOKEN_USES = int(os.environ.get("RMM_ENROLLMENT_TOKEN_USES", "100"))
 
-# The PSA is told when a job ends (a django-q2 task POSTs there, HMAC-signed). Empty: off.
+# The outbox's PSA endpoint: every event type, signed per Standard Webhooks (rmm/outbox). Empty: off.
 RMM_PSA_WEBHOOK_URL = os.environ.get("RMM_PSA_WEBHOOK_URL", "")
 RMM_PSA_WEBHOOK_SECRET = os.environ.get("RMM_PSA_WEBHOOK_SECRET", "")
 # The outbox (rmm/outbox): attempts per delivery before it is dead, the first retry's wait (it
