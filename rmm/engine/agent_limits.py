@@ -14,12 +14,13 @@ Redis is down, the counts are kept in the process, as the API's rate limit does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django.http import JsonResponse
 
 from rmm import dependencies
@@ -51,8 +52,18 @@ def _trust_key(digest: str) -> str:
     return f"{settings.RMM_INSTANCE_NAME}:agent-trusted:{digest}"
 
 
+@functools.cache
+def shared_cache():
+    """One cache client for the whole process. ``django.core.cache.cache`` is one per request
+    context under ASGI, closed by ``request_finished``, which the agent handler does not send:
+    each call would have left a Redis connection pool open (10,000 agents ran Redis out of
+    clients in the benchmark). Redis-py's pool is thread-safe."""
+    return caches.create_connection("default")
+
+
 def _cached(operation):
     """``operation(cache)`` on the shared cache; in this process's own while Redis is down."""
+    cache = shared_cache()
     if not settings.REDIS_URL:
         return operation(cache)
     from redis.exceptions import ConnectionError, TimeoutError

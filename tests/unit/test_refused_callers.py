@@ -5,6 +5,7 @@ before their body is read, and an oversized body gets the protocol's JSON 413 (r
 import asyncio
 import contextlib
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -259,3 +260,35 @@ def test_enrollment_refusal_reaches_the_history_with_its_address(limits, site):
     assert status == 403
     refusal = events("refused.agent.enroll").get()
     assert refusal.payload["address"] == ATTACKER and refusal.payload["reason"] == "unknown enrollment token"
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="counts Redis's clients: the CI leg on Redis runs it")
+def test_calls_from_many_requests_share_one_redis_connection_pool(limits):
+    """Each call runs in a request context of its own; the limit's cache must not open a Redis
+    connection pool per context (the agent handler sends no request_finished to close one)."""
+    import threading
+
+    import redis
+    from django.conf import settings
+
+    from rmm.engine import agent_limits, agent_views
+
+    server = redis.Redis.from_url(settings.REDIS_URL)
+
+    async def calls(count):
+        """As a server's event loop runs them: each request a task (a context) of its own."""
+
+        async def one(n):
+            await agent_views.run_sync(agent_limits.retry_after, f"198.51.100.{n}", "Agent x:y")
+
+        await asyncio.gather(*(asyncio.create_task(one(n)) for n in range(count)))
+
+    def serve(count):
+        loop = threading.Thread(target=asyncio.run, args=(calls(count),))
+        loop.start()
+        loop.join(30)
+
+    serve(5)  # the process's pool exists from here
+    before = server.info("clients")["connected_clients"]
+    serve(200)
+    assert server.info("clients")["connected_clients"] - before <= 10
