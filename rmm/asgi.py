@@ -162,6 +162,8 @@ class AgentProtocolHandler(ASGIHandler):
             response = await self.run_get_response(request)
             refused = 400 <= response.status_code < 500 and call.agent is None and not limited
             if refused and path.startswith(AGENT_PREFIX):  # a caller that is not an agent: counted
+                if known:  # trusted until now: no longer (revoked, or rotated away)
+                    await agent_views.run_sync(agent_limits.distrust, header)
                 await agent_views.run_sync(agent_limits.count, address)
             if call.held is not None:
                 # Let the request and its body go while the heartbeat is held. This handler never

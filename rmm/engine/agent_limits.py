@@ -88,15 +88,22 @@ def trusted_here(header: str) -> bool:
 
 def trust(header: str) -> None:
     """The database accepted this credential: let it pass the limit, here and in every worker.
-    Written to the cache at most once per half of ``TRUST_SECONDS`` per process."""
+    This process remembers it for half of ``TRUST_SECONDS`` and the cache for all of it, so the
+    process's next look (when its memo ends) still finds it in the cache, flood or not, and
+    renews both."""
     digest = _digest(header)
-    now = time.monotonic()
-    if _trusted_here.get(digest, 0) > now + TRUST_SECONDS / 2:
-        return
     if len(_trusted_here) >= _MEMO_MAX:
         _trusted_here.clear()
-    _trusted_here[digest] = now + TRUST_SECONDS
+    _trusted_here[digest] = time.monotonic() + TRUST_SECONDS / 2
     _cached(lambda c: c.set(_trust_key(digest), 1, TRUST_SECONDS))
+
+
+def distrust(header: str) -> None:
+    """The database refused a credential that was trusted (the agent was revoked, or its secret
+    rotated away): it is limited like any unknown caller's from now on, here and everywhere."""
+    digest = _digest(header)
+    _trusted_here.pop(digest, None)
+    _cached(lambda c: c.delete(_trust_key(digest)))
 
 
 def retry_after(address: str, header: str) -> int:

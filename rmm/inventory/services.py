@@ -390,8 +390,13 @@ def mark_presence(now) -> int:
     with transaction.atomic():
         history.lock()
         gone, back = (list(rows.values_list(*fields)[:PRESENCE_BATCH]) for rows in (gone, back))
-        if gone:
-            Agent.objects.filter(pk__in=[row[0] for row in gone]).update(offline_since=now)
+        if gone:  # not seen since the look (a heartbeat does not wait for this lock)
+            ids = [row[0] for row in gone]
+            Agent.objects.filter(pk__in=ids, offline_since__isnull=True, last_seen_at__lt=cutoff).update(
+                offline_since=now
+            )
+            marked = set(Agent.objects.filter(pk__in=ids, offline_since=now).values_list("pk", flat=True))
+            gone = [row for row in gone if row[0] in marked]
         if back:
             Agent.objects.filter(pk__in=[row[0] for row in back]).update(offline_since=None)
         label = Agent._meta.label_lower

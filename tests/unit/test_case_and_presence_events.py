@@ -188,3 +188,14 @@ def test_revoked_and_never_seen_agents_are_not_reported(world, receiver, setting
     with django_capture_on_commit_callbacks(execute=True):
         assert inventory.mark_presence(timezone.now()) == 0
     assert told(receiver, "agent.offline") == []
+
+
+def test_a_job_ending_while_others_of_its_case_run_counts_nothing(world, receiver):
+    """Until the case's last job ends, each job's end asks only whether one is still unfinished
+    (an EXISTS that stops at the first), not the counts of every job under the case."""
+    first, second = world.job(world.agents[0]), world.job(world.agents[1])
+    with CaptureQueriesContext(connection) as seen:
+        end(first, world)
+    grouped = [q["sql"] for q in seen.captured_queries if "scripting_scriptjob" in q["sql"] and "GROUP BY" in q["sql"]]
+    assert grouped == []
+    assert second.pk and told(receiver, "case.may_close") == []

@@ -222,6 +222,16 @@ def test_an_agent_revoked_after_its_last_call_is_refused(limits, site, caller):
     assert events("refused.agent.call").get().payload["agent_id"] == str(row.pk)
 
 
+def test_a_revoked_credential_is_no_longer_trusted_past_the_limit(limits, site, caller):
+    """A stolen credential whose agent is revoked must not keep skipping the limit for the rest
+    of its trusted hour: once refused, it is limited like any unknown caller's."""
+    row, auth = make_agent(site, "stolen-then-revoked")
+    assert call(auth=auth)[0] == 200
+    inventory.revoke_agent(caller("admin", "admin").user, row, "stolen")
+    answers = [call(auth=auth, body=b'{"capacity": 1}')[0] for _ in range(limits.RMM_AGENT_REFUSALS_PER_WINDOW + 2)]
+    assert answers[0] == 401 and answers[-1] == 429, answers
+
+
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
 def test_an_oversized_body_gets_the_json_413_and_is_not_read_past_the_bound(limits, site, length):
     _, auth = make_agent(site, "big")

@@ -1124,7 +1124,14 @@ def abort_agent_work(agent: Agent, actor, reason: str) -> int:
     active = Instruction.objects.filter(agent_id=agent.pk, status__in=[S.QUEUED, S.RUNNING]).order_by("issued_at")
     for inst in list(active):
         try:
-            count += end_instruction(inst, inst.status, S.ABORTED, actor, reason)
+            ended = end_instruction(inst, inst.status, S.ABORTED, actor, reason)
+            # A lease that began before the revocation committed may have taken it meanwhile: end
+            # it as running (the agent is refused from its next call on, and kills it then).
+            leased = Instruction.objects.filter(pk=inst.pk, status=S.RUNNING)
+            if not ended and inst.status == S.QUEUED and leased.exists():
+                inst.status = S.RUNNING
+                ended = end_instruction(inst, S.RUNNING, S.ABORTED, actor, reason)
+            count += ended
         except Exception as exc:
             logger.exception("instruction %s of revoked agent %s could not be aborted", inst.pk, agent.pk)
             failed = failed or exc

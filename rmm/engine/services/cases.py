@@ -10,20 +10,34 @@ from django.db.models import Count
 
 from rmm.authority.models import PsaCase
 from rmm.engine import registry
-from rmm.engine.states import FINAL
+from rmm.engine.states import FINAL, JobStatus
 from rmm.outbox import services as outbox
 
+NOT_FINAL = sorted(set(JobStatus) - FINAL)
+
 EVENT = "case.may_close"
+
+
+def _lookups() -> list:
+    """Each kind whose jobs cite a PSA case, with its lookup for the case."""
+    kinds = registry.all_kinds()
+    return [(kind, kind.authority_lookups["psa_case_id"]) for kind in kinds if "psa_case_id" in kind.authority_lookups]
+
+
+def case_has_unfinished_jobs(case_id) -> bool:
+    """Whether any job of any kind under the case is not final: an EXISTS per kind that stops at
+    the first such job, so a case of thousands of jobs costs little until its last ones end."""
+    return any(
+        kind.model.objects.filter(**{lookup: case_id}, status__in=NOT_FINAL).exists() for kind, lookup in _lookups()
+    )
 
 
 def jobs_of_case(case_id) -> Counter:
     """How many jobs of every kind under the case are in each status: one query per kind."""
     counts: Counter = Counter()
-    for kind in registry.all_kinds():
-        lookup = kind.authority_lookups.get("psa_case_id")
-        if lookup:
-            rows = kind.model.objects.filter(**{lookup: case_id}).values_list("status").annotate(n=Count("pk"))
-            counts.update(dict(rows.order_by()))
+    for kind, lookup in _lookups():
+        rows = kind.model.objects.filter(**{lookup: case_id}).values_list("status").annotate(n=Count("pk"))
+        counts.update(dict(rows.order_by()))
     return counts
 
 
@@ -39,8 +53,10 @@ def after_jobs_ended(kind: registry.JobKind, job_ids: Iterable) -> int:
     case_ids = set(kind.model.objects.filter(pk__in=job_ids).values_list(lookup, flat=True))
     told = []
     for case in PsaCase.objects.filter(pk__in=case_ids).only("pk", "title", "site_id"):
+        if case_has_unfinished_jobs(case.pk):
+            continue
         counts = jobs_of_case(case.pk)
-        if counts and all(status in FINAL for status in counts):
+        if counts:
             data = {
                 "psa_case_id": str(case.pk),
                 "title": case.title,
