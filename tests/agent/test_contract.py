@@ -13,8 +13,11 @@ subprocess and every wait has a timeout: a hang fails the test instead of blocki
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
+import select
+import socket
 import subprocess
 import time
 import urllib.error
@@ -459,6 +462,32 @@ def post_raw(url: str, path: str, data: bytes, authorization: str) -> tuple[int,
         return err.code, json.loads(err.read())
 
 
+def post_oversized(url: str, path: str, size: int, authorization: str) -> tuple[int, dict]:
+    """(status, JSON answer) of a call declaring a ``size``-byte body, sent in pieces only while
+    the server has not answered: a server that refuses by the declared length answers at once and
+    closes, and a client that went on sending would have its connection reset before reading."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    try:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Authorization: {authorization}\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode("latin-1"))
+        piece, sent = b" " * 65536, 0
+        while sent < size and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(piece[: size - sent])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += min(len(piece), size - sent)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, json.loads(answer.read())
+    finally:
+        sock.close()
+
+
 def test_results_are_taken_once_per_leased_instruction(agent_server, tmp_path):
     """The results endpoint's answers, called as the agent calls it (the agent acts on each)."""
     config = enroll(agent_server, tmp_path / "agent")
@@ -485,5 +514,5 @@ def test_results_are_taken_once_per_leased_instruction(agent_server, tmp_path):
     assert post(agent_server.url, path, stranger, auth)[:2] == (404, {"detail": "No such instruction for this agent."})
 
     assert post_raw(agent_server.url, path, b"[1, 2]", auth) == (400, {"detail": "The body must be a JSON object."})
-    status, answer = post_raw(agent_server.url, path, b" " * (MAX_BODY_BYTES + 1), auth)
+    status, answer = post_oversized(agent_server.url, path, MAX_BODY_BYTES + 1, auth)
     assert (status, answer["max_bytes"]) == (413, MAX_BODY_BYTES)
