@@ -26,6 +26,7 @@ from django.db import connections
 from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
 
+from rmm import dependencies
 from rmm.console.routing import websocket_urlpatterns
 from rmm.dependencies import PROBE_PATHS, FailFastMiddleware
 from rmm.engine import agent_limits, agent_views
@@ -135,8 +136,14 @@ class AgentProtocolHandler(ASGIHandler):
         known = agent_limits.trusted_here(header)
         if path.startswith(AGENT_PREFIX) and not known:
             limited = await agent_views.run_sync(agent_limits.retry_after, address, header)
-        if not limited and not known and path in CREDENTIAL_PATHS:
-            agent, checked = await agent_views.run_sync(_authenticate, header), True
+        # While the database is down the middleware answers 503 at once: no look at it here. A
+        # look that fails on the database leaves the answer to the middleware too, never a 500.
+        if not limited and not known and path in CREDENTIAL_PATHS and not dependencies.database_marked_down():
+            try:
+                agent, checked = await agent_views.run_sync(_authenticate, header), True
+            except Exception as exc:
+                if dependencies.noted(exc) is None:
+                    raise
         if limited or (checked and agent is None):
             body_file = ContentFile(b"")  # refused before its body is read
         else:

@@ -91,6 +91,11 @@ def down_reason(dependency: str) -> str | None:
     return state.reason if state is not None else None
 
 
+def database_marked_down() -> bool:
+    """Whether the database is down as last seen, without taking the probe's turn."""
+    return DATABASE in _down
+
+
 def database_gate() -> str | None:
     """None when a request may use the database; the reason it is down while it is, except for
     one request per PROBE_SECONDS, which goes through to find out whether it is back."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import math
 import time
 
@@ -37,6 +38,18 @@ def client_address(scope: dict) -> str:
     return str(client[0]) if client else "unknown"
 
 
+def source(address: str) -> str:
+    """Whom refusals are counted against: an IPv4 address, or the /64 network of an IPv6 one (a
+    host is commonly given a whole /64, and could otherwise call from a fresh address each time)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
 def _digest(header: str) -> str:
     return hashlib.sha256(header.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -45,7 +58,7 @@ def _count_key(address: str, now: float) -> tuple[str, float]:
     """The address's counter in the current window, and when that window ends (epoch seconds)."""
     window = max(settings.RMM_AGENT_REFUSAL_WINDOW_SECONDS, 0.001)
     bucket = math.floor(now / window)
-    return f"{settings.RMM_INSTANCE_NAME}:agent-refusals:{address}:{bucket}", (bucket + 1) * window
+    return f"{settings.RMM_INSTANCE_NAME}:agent-refusals:{source(address)}:{bucket}", (bucket + 1) * window
 
 
 def _trust_key(digest: str) -> str:

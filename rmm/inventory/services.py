@@ -417,16 +417,19 @@ def mark_presence(now) -> int:
 def record_unauthenticated_refusal(
     address: str, action: str, subject=None, *, reason: str, site_id=None, payload: dict | None = None, now=None
 ) -> bool:
-    """Record the refusal of a caller that is not authenticated, per source (its address and the
-    action) in a window of ``RMM_AGENT_REFUSAL_WINDOW_SECONDS``: the window's first refusal is
-    appended at once (``refused.<action>``, with the address); the others are only counted, and
+    """Record the refusal of a caller that is not authenticated, per source (its IPv4 address or
+    IPv6 /64, and the action) in a window of ``RMM_AGENT_REFUSAL_WINDOW_SECONDS``: the window's
+    first refusal is appended at once (``refused.<action>``, with the address); the others are only counted, and
     the window closes with one ``refused.<action>.repeated`` event that gives the count, either
     at the source's next refusal after it or at the engine's sweep (:func:`close_refusal_windows`).
     So a flood grows the history by two events per source and window, not one per request.
     Call it outside the refused work's transaction, as ``history.record_refusal``. True when the
     refusal was appended, False when only counted."""
+    from rmm.engine.agent_limits import source
+
     now = now or timezone.now()
     address = (address or "unknown")[:64]
+    caller, address = address, source(address)  # windows are per IPv4 address or IPv6 /64
     opened_after = now - timedelta(seconds=settings.RMM_AGENT_REFUSAL_WINDOW_SECONDS)
     # Inside an open window: counted, in one query.
     if RefusalWindow.objects.filter(address=address, action=action, opened_at__gt=opened_after).update(
@@ -444,11 +447,11 @@ def record_unauthenticated_refusal(
             else:
                 _close_window(window)
                 RefusalWindow.objects.filter(pk=window.pk).update(opened_at=now, last_at=now, refusals=1)
-            recorded = {**(payload or {}), "address": address}
+            recorded = {**(payload or {}), "address": caller}
             history.record_refusal("anonymous", action, subject, reason=reason, site_id=site_id, payload=recorded)
     except IntegrityError:  # another process opened this source's first window at the same time
         return record_unauthenticated_refusal(
-            address, action, subject, reason=reason, site_id=site_id, payload=payload, now=now
+            caller, action, subject, reason=reason, site_id=site_id, payload=payload, now=now
         )
     return True
 

@@ -302,3 +302,35 @@ def test_calls_from_many_requests_share_one_redis_connection_pool(limits):
     before = server.info("clients")["connected_clients"]
     serve(200)
     assert server.info("clients")["connected_clients"] - before <= 10
+
+
+def test_while_the_database_is_down_an_agent_call_gets_503_without_a_query(limits, site, django_assert_num_queries):
+    """The handler's early credential check must not reach for a database known to be down (or
+    answer 500 when it fails): the agent gets the fail-fast 503 with Retry-After."""
+    from rmm import dependencies
+
+    _, auth = make_agent(site, "during-the-outage")
+    agent_limits_forget(auth)
+    dependencies.mark_down(dependencies.DATABASE, "OperationalError: connection refused")
+    try:
+        with django_assert_num_queries(0):
+            status, headers, body, _ = call(auth=auth, body=b'{"capacity": 1}', address="192.0.2.50")
+    finally:
+        dependencies.mark_up(dependencies.DATABASE)
+    assert status == 503 and headers["retry-after"] and json.loads(body)["dependency"] == "database"
+
+
+def agent_limits_forget(auth: str) -> None:
+    """As in a process that has not accepted this credential yet (a restarted worker)."""
+    from rmm.engine import agent_limits
+
+    agent_limits.distrust(auth)
+
+
+def test_callers_of_one_ipv6_64_are_one_source(limits):
+    """A host given a /64 cannot spread its refusals over fresh addresses: one window in the
+    history and one limit for the whole network."""
+    answers = [call(auth=bad_auth(), address=f"2001:db8:5:7::{n:x}")[0] for n in range(1, 9)]
+    assert answers[:5] == [401] * 5 and answers[-1] == 429, answers
+    assert events("refused.agent.call").count() == 1
+    assert call(auth=bad_auth(), address="2001:db8:5:8::1")[0] == 401  # the next /64 is another source
