@@ -18,7 +18,7 @@ from evidence import services as evidence
 from rmm.engine.models import Instruction
 from rmm.history import anchors
 from rmm.history.models import HistoryEvent
-from rmm.inventory.models import Agent
+from rmm.inventory.models import Agent, Asset
 from rmm.keys import keyset, store
 from rmm.keys.models import SigningKey
 from rmm_agent import keyring
@@ -308,3 +308,18 @@ def test_list_and_show(site):
     out = io.StringIO()
     call_command("rmm_signing_key", "show", "--purpose", "instructions", stdout=out)
     assert f"key id       {k2}" in out.getvalue() and "introduced   by key" in out.getvalue()
+
+
+def test_the_first_instruction_of_a_new_server_is_signed_with_the_key_made_for_it(world, site, monkeypatch):
+    """A server whose first signature is an instruction (agents written before any key existed, as
+    a restored database or the benchmark's seeded fleet) makes its first keys then and signs with
+    them: the job is queued, not refused as if the key were down."""
+    asset = Asset.objects.create(site=site, hostname="seeded", os="Linux", architecture="x86_64")
+    Agent.objects.create(asset=asset, secret_hash="0" * 64)
+    SigningKey.objects.all().delete()
+    monkeypatch.setattr(keyset, "_cached", None)
+    job = scripting.create_script_job(
+        world["psa"].user, script_id=world["script"].pk, asset_id=asset.pk, psa_task_id=world["task"].pk
+    )
+    inst = Instruction.objects.get(job_id=job.pk)
+    assert inst.key_id == keyset.current().signer(keyset.INSTRUCTIONS).key_id

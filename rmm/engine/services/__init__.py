@@ -202,13 +202,13 @@ def _sign(
     """Build and sign one unsaved instruction per (job, spec), the n-th released in wave
     n // ``RMM_WAVE_SIZE`` counted from ``release_base`` (by default now). Every asset must
     have an agent."""
+    keys = keyset.current()  # first: a key made now, for a new server's first signature, is valid from now
     now = timezone.now()
     release_base = release_base or now
     not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
     stamps = {"issued_at": iso_utc(now), "not_after": iso_utc(not_after)}
     rows = []
     digests: dict[str, str] = {}  # a batch signs one content thousands of times: hash it once
-    keys = keyset.current()
     # Each agent's instructions are signed with the newest key it has acknowledged holding.
     acknowledged = dict(Agent.objects.filter(pk__in=set(agents.values())).values_list("pk", "signing_key_id"))
     signers: dict[str, keyset.Key] = {}
