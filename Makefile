@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout
+.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout bench-intake
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench-export: install
 # The fan-out alone, in process, on PostgreSQL (docs/performance.md), e.g. FANOUT=2000 BENCH_ARGS="--content-kib 64".
 bench-fanout: install
 	$(BIN)/python -m bench.fanout_profile --assets $(FANOUT) $(BENCH_ARGS)
+
+# Result intake alone, in process, on PostgreSQL (docs/performance.md), e.g. INTAKE=2000 BENCH_ARGS="--threads 4".
+INTAKE ?= 2000
+bench-intake: install
+	$(BIN)/python -m bench.intake_profile --assets $(INTAKE) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

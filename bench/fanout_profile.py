@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import io
 import json
 import secrets
@@ -38,18 +37,15 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(figures), flush=True)
 
 
-def _runs(args):
-    import django
-
-    django.setup()
-    from django.conf import settings
+def prepare(count: int, content_kib: int = 0):
+    """A site of ``count`` assets with enrolled agents, an approved script and PSA authority
+    through the API; returns the API caller, the batch's body and each asset's agent credential."""
     from django.core.management import call_command
     from django.test import Client
 
     from rmm.inventory import services as inventory
     from rmm.inventory.models import Agent, Asset
 
-    call_command("migrate", verbosity=0)
     site = inventory.get_or_create_site("bench", actor="cli:bench")
     # the bench PSA requests jobs on authority it writes itself: its site allows that
     inventory.set_site_policy("cli:bench", site, allow_self_authorized_jobs=True)
@@ -58,14 +54,11 @@ def _runs(args):
         out = io.StringIO()
         call_command("rmm_token", user, role=role, site=["bench"], stdout=out)
         tokens[role] = out.getvalue().strip()
-    assets = [
-        Asset(site=site, hostname=f"asset-{n:05d}", os="Linux", architecture="x86_64") for n in range(args.assets)
-    ]
+    assets = [Asset(site=site, hostname=f"asset-{n:05d}", os="Linux", architecture="x86_64") for n in range(count)]
     Asset.objects.bulk_create(assets, batch_size=2000)
-    Agent.objects.bulk_create(
-        [Agent(asset=a, secret_hash=hashlib.sha256(secrets.token_bytes(16)).hexdigest()) for a in assets],
-        batch_size=2000,
-    )
+    credentials = {asset.pk: secrets.token_urlsafe(24) for asset in assets}
+    agents = [Agent(asset=a, secret_hash=inventory.hash_secret(credentials[a.pk])) for a in assets]
+    Agent.objects.bulk_create(agents, batch_size=2000)
     client = Client()
 
     def call(path: str, role: str, body: dict | None = None, method: str = "post") -> dict:
@@ -79,13 +72,29 @@ def _runs(args):
             raise RuntimeError(f"{path}: {answer.status_code} {answer.content[:500]!r}")
         return answer.json()
 
-    content = "true\n" + "#" * 1024 * args.content_kib
+    content = "true\n" + "#" * 1024 * content_kib
     script = call("/api/v1/scripts/", "technician", {"name": "bench", "language": "sh", "content": content})
     call(f"/api/v1/scripts/{script['id']}/approve/", "approver")
     case_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
     call(f"/api/v1/psa/cases/{case_id}/", "psa", {"title": "bench", "status": "approved", "site": "bench"}, "put")
     call(f"/api/v1/psa/tasks/{task_id}/", "psa", {"case": case_id, "title": "bench", "status": "approved"}, "put")
     body = {"script": script["id"], "assets": [str(a.pk) for a in assets], "psa_task_id": task_id}
+    return (
+        call,
+        body,
+        {asset.pk: f"Agent {agent.pk}:{credentials[asset.pk]}" for asset, agent in zip(assets, agents, strict=True)},
+    )
+
+
+def _runs(args):
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call, body, _ = prepare(args.assets, args.content_kib)
     gc.freeze()  # as a worker does (rmm/asgi.py)
     gc.set_threshold(*settings.RMM_GC_THRESHOLDS)
     for run in range(args.runs):
