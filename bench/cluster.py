@@ -102,11 +102,10 @@ class Cluster:
         self.dbname = f"rmm_bench_{uuid.uuid4().hex[:8]}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RMM_"))}
         self.env.update(
-            DJANGO_SETTINGS_MODULE="rmm.settings",
+            DJANGO_SETTINGS_MODULE="bench.settings",
             DATABASE_URL=f"{self.pg_url}/{self.dbname}",
             REDIS_URL=self.redis_url,
             RMM_VAR_DIR=str(self.tmp / "var"),
-            RMM_BENCH="1",
             RMM_HEARTBEAT_INTERVAL=str(self.interval),
             RMM_API_RATE="1000000/min",
             PYTHONUNBUFFERED="1",

@@ -1,4 +1,4 @@
-"""Server-side hooks for the fleet benchmark, loaded only when ``RMM_BENCH=1`` (never by default).
+"""Server-side hooks for the fleet benchmark, loaded only by its settings (bench/settings.py).
 
 - :class:`QueryCountMiddleware` counts the database queries each request makes, per endpoint
   (the heartbeat is split into idle heartbeats and those that leased work);

@@ -25,6 +25,7 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.db import connections
 from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
+from django.utils.module_loading import import_string
 
 from rmm import dependencies
 from rmm.console.routing import websocket_urlpatterns
@@ -220,10 +221,8 @@ class AgentProtocolHandler(ASGIHandler):
         handler = convert_exception_to_response(self._get_response_async)
         handler = convert_exception_to_response(FailFastMiddleware(handler))
         handler = convert_exception_to_response(AgentEdgeMiddleware(handler))
-        if settings.RMM_BENCH:  # bench-only query counts (bench/hooks.py), never on by default
-            from bench.hooks import QueryCountMiddleware
-
-            handler = convert_exception_to_response(QueryCountMiddleware(handler))
+        for path in settings.RMM_AGENT_TIER_MIDDLEWARE:
+            handler = convert_exception_to_response(import_string(path)(handler))
         self._middleware_chain = handler
 
 

@@ -387,13 +387,11 @@ RMM_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("RMM_UNAVAILABLE_RETRY_AFTER", 
 # Run background tasks inline instead of through the cluster (tests, single-process tools).
 RMM_TASKS_SYNC = env_bool("RMM_TASKS_SYNC", False)
 
-# Bench only (bench/, docs/performance.md): per-endpoint query counts and a bare endpoint.
-# Never on by default.
 # The ASGI server's garbage-collector thresholds (rmm/asgi.py, docs/performance.md): three integers.
 RMM_GC_THRESHOLDS = tuple(int(n) for n in env_list("RMM_GC_THRESHOLDS", "700,10,10000"))
-RMM_BENCH = env_bool("RMM_BENCH", False)
-if RMM_BENCH:
-    MIDDLEWARE.insert(0, "bench.hooks.QueryCountMiddleware")
+# Middleware wrapped outermost around the agent tier's own handler (rmm/asgi.py), which skips
+# MIDDLEWARE; empty in the product (the fleet benchmark's settings add its query counter).
+RMM_AGENT_TIER_MIDDLEWARE: list[str] = []
 
 LOGGING = {
     "version": 1,

@@ -1,4 +1,3 @@
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -64,8 +63,3 @@ urlpatterns = [
     path("console/evidence/", include("evidence.urls")),
     path("", include("rmm.console.urls")),
 ]
-
-if settings.RMM_BENCH:  # bench-only endpoints (bench/hooks.py), never on by default
-    from bench.hooks import urlpatterns as bench_urlpatterns
-
-    urlpatterns = bench_urlpatterns + urlpatterns

@@ -37,3 +37,24 @@ def test_the_script_kind_is_registered_with_the_engine():
     from scripting.models import ScriptJob
 
     assert registry.get("script").model is ScriptJob
+
+
+PRODUCT = ("rmm", "evidence", "scripting")
+
+
+def test_the_product_knows_nothing_of_the_benchmark():
+    """Bench-only endpoints and middleware come with bench.settings, never with the product's
+    settings, URLs or servers."""
+    from django.urls import Resolver404, resolve
+
+    from rmm import settings as product
+
+    leaks = {name for app in PRODUCT for name in imported_modules(ROOT / app) if name.split(".")[0] == "bench"}
+    assert leaks == set()
+    assert not any(name.startswith("bench.") for name in product.MIDDLEWARE + product.RMM_AGENT_TIER_MIDDLEWARE)
+    try:
+        resolve("/api/v1/agent/bench/stats/", urlconf="rmm.urls")
+    except Resolver404:
+        pass
+    else:
+        raise AssertionError("rmm.urls serves the bench's stats")
