@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 
 from evidence import services as evidence
-from rmm.authority.services import authority_problem
 from rmm.engine import registry
 from rmm.engine import services as engine
+from rmm.errors import InvalidInput
 from rmm.text import display_text
-from scripting.models import ScriptJob, ScriptResult
+from scripting.models import ApprovalStatus, Script, ScriptJob, ScriptResult
 
 SCRIPT_RESULT = "script_result"  # the evidence type of a script job's result (registered in apps.py)
 
@@ -144,18 +144,30 @@ def describe(job: ScriptJob) -> str:
     return f"{job.script.name} v{job.script.version} on {job.asset.hostname}"
 
 
+def prepare(*, script_id) -> registry.NewJob:
+    """A script job runs one approved version (Law 3); the version may ask for each job's approval."""
+    script = Script.objects.filter(pk=script_id).first() if script_id else None
+    if script is None:
+        raise InvalidInput("No such script.", field="script")
+    if script.approval_status != ApprovalStatus.APPROVED:
+        raise InvalidInput(f"This script version is {script.approval_status}, not approved.", field="script")
+    return registry.NewJob(
+        fields={"script": script},
+        requires_approval=script.requires_approval,
+        names={"script": str(script.pk)},
+        created={"script_sha256": script.sha256},
+    )
+
+
 registry.register(
     registry.JobKind(
         name="script",
         model=ScriptJob,
+        prepare=prepare,
         render=render,
         on_finished=on_finished,
         on_late_result=on_late_result,
         describe=describe,
-        authority=lambda job: {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id},
-        authority_problem=lambda job: authority_problem(job.psa_task, job.asset),
-        authority_field="psa_task_id",
-        authority_lookups={"psa_case_id": "psa_task__case_id", "psa_task_id": "psa_task_id"},
         select_related=("script", "asset", "site", "result", "psa_task__case", "requested_by", "decided_by"),
         detail_template="scripting/job_detail.html",
     )

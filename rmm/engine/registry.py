@@ -1,6 +1,9 @@
-"""Job kinds register here; the engine dispatches every kind alike.
+"""Job kinds register here; the engine creates and dispatches every kind alike.
 
-A domain app describes its kind once (in its AppConfig.ready) and never talks to agents.
+A domain app describes its kind once (in its AppConfig.ready) and never talks to agents. What is
+the kind's own (its model, what the caller's parameters mean, its steps, its result and evidence)
+it supplies here; every law (authority, sites, kill switches, approval, history) stays the
+engine's (:mod:`rmm.engine.services.creating`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import models
+
+from rmm.authority import services as authority_services
 
 
 @dataclass(frozen=True)
@@ -26,9 +31,40 @@ class InstructionSpec:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """What a kind makes of the caller's parameters, the same for each asset's job."""
+
+    # the kind's own fields of each job row (the engine sets asset, site, psa_task, status,
+    # status_reason and requested_by)
+    fields: dict[str, Any]
+    # each job waits for an approver before it runs (the artefact asks for it)
+    requires_approval: bool = False
+    # what the jobs run, as refusals and the job.created event name it ({"script": id})
+    names: dict[str, str] = field(default_factory=dict)
+    # more of the kind's fields for the job.created event
+    created: dict[str, Any] = field(default_factory=dict)
+
+
+def task_authority(job) -> dict:
+    """The authority of a job created on a PSA task (every kind's: its model has ``psa_task``)."""
+    return {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id}
+
+
+def task_authority_problem(job) -> str | None:
+    """Why the job's PSA task no longer covers its asset, or None (Law 1, checked again)."""
+    return authority_services.authority_problem(job.psa_task, job.asset)
+
+
+@dataclass(frozen=True)
 class JobKind:
+    """A kind's model subclasses :class:`rmm.engine.models.JobBase` and has ``asset`` and
+    ``psa_task`` foreign keys: the engine creates its jobs (:mod:`rmm.engine.services.creating`)."""
+
     name: str
     model: type[models.Model]
+    # (**the caller's parameters) -> NewJob: validate them (raise InvalidInput) and say what each
+    # new job row holds; called by the engine before it checks authority
+    prepare: Callable[..., NewJob]
     # job -> the instructions that carry it out (called when the job is queued)
     render: Callable[[Any], list[InstructionSpec]]
     # (job, instruction, result dict, actor) -> None: set the job status, store the domain
@@ -41,14 +77,16 @@ class JobKind:
     # job -> a short human description for the console and events
     describe: Callable[[Any], str]
     # job -> {"psa_case_id": ..., "psa_task_id": ...}: the upstream authority to tell when it ends
-    authority: Callable[[Any], dict]
+    authority: Callable[[Any], dict] = task_authority
     # job -> why its authority no longer covers it, or None (re-checked when it is approved)
-    authority_problem: Callable[[Any], str | None]
+    authority_problem: Callable[[Any], str | None] = task_authority_problem
     # the API field that names the job's authority, for refusals
-    authority_field: str
+    authority_field: str = "psa_task_id"
     # authority key ("psa_case_id", "psa_task_id") -> the job model's lookup for it: withdrawn
     # authority aborts the kind's queued jobs whose instructions are not yet issued
-    authority_lookups: dict[str, str] = field(default_factory=dict)
+    authority_lookups: dict[str, str] = field(
+        default_factory=lambda: {"psa_case_id": "psa_task__case_id", "psa_task_id": "psa_task_id"}
+    )
     # relations the console and API load with each job (for describe and detail)
     select_related: tuple[str, ...] = ()
     # template included on the console's job page, rendered with ``job``

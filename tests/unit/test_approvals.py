@@ -8,8 +8,9 @@ from django.test import Client
 from django.utils.text import capfirst
 
 from rmm.authority import services as authority
+from rmm.engine import services as engine
 from rmm.engine.models import Instruction
-from rmm.errors import Conflict
+from rmm.errors import Conflict, Forbidden
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
@@ -278,6 +279,22 @@ def test_a_role_without_approve_may_not_decide_a_job(people, caller, gated, agen
     assert refused("job.approve", f"{role}-2").count() == 1
     assert refused("job.reject", f"{role}-2").count() == 1
     assert tech  # the author of the script is irrelevant here
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_the_engine_checks_the_approver_role_whichever_path_decides(people, caller, gated, agent, task, site, decision):
+    """The role is the engine's check, as four eyes is: a path that calls it directly (any kind's
+    API, admin action or queue) cannot forget it, and the refusal is in the job's site's history."""
+    job = request_job(people[3], gated, agent, task)
+    outsider = caller("tech-2", "technician")
+    with pytest.raises(Forbidden, match="Your role may not approve."):
+        if decision == "approve":
+            engine.approve_job(job, outsider.user)
+        else:
+            engine.reject_job(job, outsider.user, "not now")
+    unchanged_job(job)
+    event = refused(f"job.{decision}", "tech-2").get()
+    assert (event.payload["reason"], event.site_id) == ("role may not approve", site.pk)
 
 
 # --- the Django admin approval queue ------------------------------------------------------

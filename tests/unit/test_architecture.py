@@ -58,3 +58,69 @@ def test_the_product_knows_nothing_of_the_benchmark():
         pass
     else:
         raise AssertionError("rmm.urls serves the bench's stats")
+
+
+# The laws that guard a new job and a job's decision, applied by the engine alone
+# (rmm/engine/services/creating.py, rmm.engine.services.approve_job): a domain app that names one
+# of these has begun to copy a law.
+LAW_MODULES = {"rmm.authority.services", "rmm.engine.services.kill_switches"}
+LAW_NAMES = {
+    "authority_problem",  # Law 1
+    "self_authorized",  # the approval gate
+    "check_four_eyes",  # Law 8
+    "refuse_if_engaged",  # Law 6
+    "active_for",
+    "active_for_any",
+    "record_refusal",  # refusals of a law, recorded in the history
+    "Refused",
+    "refusals_recorded",
+    "lock",  # the history's lock, under which the laws are checked again
+}
+# The one site selector and the role check: the read side (API querysets, admin, the console's
+# form) uses them to show only what the caller may see (Law 7); the write side leaves them to
+# the engine.
+WRITE_SIDE = {"services.py", "kind.py"}
+WRITE_SIDE_LAW_NAMES = {"visible_sites", "can"}
+# Script version approval, being made the generic artefact approval service (issue 13 part 4).
+ARTEFACT_APPROVAL = {("services.py", "_decide_script")}
+
+
+def law_logic_in(package: Path) -> list[str]:
+    """Where the modules of ``package`` import a law's module or name one of its functions."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("migrations/"):
+            continue
+        names = LAW_NAMES | (WRITE_SIDE_LAW_NAMES if relative in WRITE_SIDE else set())
+
+        def visit(node, function: str = "", relative=relative, names=names) -> None:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                function = node.name
+            if (relative, function) in ARTEFACT_APPROVAL:
+                return
+            used = None
+            if isinstance(node, ast.Import):
+                used = next((alias.name for alias in node.names if alias.name in LAW_MODULES), None)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+                used = next(iter(sorted(modules & LAW_MODULES)), None) or next(
+                    (alias.name for alias in node.names if alias.name in names), None
+                )
+            elif isinstance(node, ast.Attribute) and node.attr in names:
+                used = node.attr
+            elif isinstance(node, ast.Name) and node.id in names:
+                used = node.id
+            if used:
+                found.append(f"{relative}:{node.lineno} {function or '<module>'}: {used}")
+            for child in ast.iter_child_nodes(node):
+                visit(child, function)
+
+        visit(ast.parse(path.read_text()))
+    return found
+
+
+def test_scripting_holds_no_law_of_its_own():
+    """A job kind supplies what is its own; authority, visibility, kill switches and the approval
+    gate of its jobs are the engine's (issue 13 part 1)."""
+    assert law_logic_in(ROOT / "scripting") == []

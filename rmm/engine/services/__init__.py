@@ -1,6 +1,7 @@
 """Dispatch for every kind of job: queue, sign, lease, ingest results, decide approvals, sweep.
 
-The engine knows job kinds only through :mod:`rmm.engine.registry`.
+Jobs are created in :mod:`rmm.engine.services.creating` (``create_job``, ``create_jobs``, exported
+here). The engine knows job kinds only through :mod:`rmm.engine.registry`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from django.db import connection, transaction
 from django.db.models import Exists, Max, OuterRef, Q, Subquery, UUIDField
 from django.utils import timezone
 
-from rmm import bulk, tasks
+from rmm import access, bulk, tasks
 from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
 from rmm.engine import events, registry
 from rmm.engine.models import Instruction, KillSwitch
 from rmm.engine.services import cases, kill_switches, throttles
+from rmm.engine.services.creating import create_job as create_job  # the creation service, exported
+from rmm.engine.services.creating import create_jobs as create_jobs
 from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -104,6 +107,14 @@ def job_event(job) -> dict:
     return event
 
 
+def require_role(user, capability: str, action: str, subject=None, *, site_id=None) -> None:
+    """Refuse, and record the refusal, when the caller's role lacks ``capability`` (Law 7)."""
+    if not access.can(user, capability):
+        told = capability.replace("_", " ")
+        history.record_refusal(user, action, subject, reason=f"role may not {told}", site_id=site_id)
+        raise Forbidden(f"Your role may not {told}.")
+
+
 def check_four_eyes(obj, user, *, author_field: str, action: str) -> None:
     """Law 8: whoever wrote or requested something never decides it, by any path."""
     if getattr(obj, f"{author_field}_id") == user.pk:
@@ -118,6 +129,7 @@ def approve_job(job, user) -> None:
     under the history's lock, with the job and its authority read again: a withdrawal or a switch
     that committed after the first check is seen, and one that commits later finds the job's
     instructions when it stops work (:func:`rmm.history.services.lock`)."""
+    require_role(user, "approve", "job.approve", job, site_id=job.site_id)
     check_four_eyes(job, user, author_field="requested_by", action="job.approve")
     kind = registry.kind_of(job)
     # Law 1 holds when the work becomes executable too: the PSA may have withdrawn it meanwhile.
@@ -152,6 +164,8 @@ def _refuse_unauthorised(kind, job, user, *, under_lock: bool = False) -> None:
 
 
 def reject_job(job, user, reason: str) -> None:
+    """A second person refuses a job that awaits approval, with the reason."""
+    require_role(user, "approve", "job.reject", job, site_id=job.site_id)
     check_four_eyes(job, user, author_field="requested_by", action="job.reject")
     if not (reason or "").strip():
         raise InvalidInput("A rejection needs a reason.", field="reason")

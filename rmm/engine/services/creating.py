@@ -1,0 +1,223 @@
+"""Creating jobs of every kind: where each law that guards a new job row is applied, once.
+
+For one asset or for many, alike: the caller's role, the sites it may see (Law 7), the PSA
+task's authority over every asset (Law 1), kill switches (Law 6), the approval gate (the kind's
+artefact asks for it, or the requester wrote the authority it cites and the site's policy wants
+a second person), the history, and issuing. A kind supplies only what is its own
+(:attr:`rmm.engine.registry.JobKind.prepare`: what the caller's parameters mean and each job row
+holds). docs/security.md tells the order of the checks and why they are made twice.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from rmm import access, bulk
+from rmm.authority import services as authority_services
+from rmm.authority.models import PsaTask
+from rmm.engine import events, registry
+from rmm.engine import services as engine
+from rmm.engine.services import kill_switches
+from rmm.engine.states import JobStatus
+from rmm.errors import Forbidden, InvalidInput
+from rmm.history import services as history
+from rmm.inventory.models import Asset
+
+MAX_BATCH_ASSETS = 50_000
+OUTSIDE = "the asset is outside the PSA case's site"
+NO_TASK = "no such PSA task"
+
+
+def create_job(user, kind: str, *, asset_id, psa_task_id, **params):
+    """One job of ``kind`` on one asset, on the PSA task ``psa_task_id``'s authority; ``params``
+    are the kind's own (:attr:`JobKind.prepare`). The batch path with one asset; its refusals
+    and its console event name the asset."""
+    return _create(user, registry.get(kind), psa_task_id, params, asset_ids=[asset_id] if asset_id else [], one=True)[0]
+
+
+def create_jobs(user, kind: str, *, psa_task_id, asset_ids=None, site_name=None, **params) -> list:
+    """One job of ``kind`` per asset (the listed ones, in their order, or every asset of a site
+    the caller may see), on one PSA task whose case's site holds them all.
+
+    The laws are checked once for the batch. All jobs and their history are written in one
+    transaction with the first wave's signed instructions; the task cluster signs the later waves
+    once it commits (:func:`rmm.engine.services.queue_in_waves`).
+    """
+    return _create(user, registry.get(kind), psa_task_id, params, asset_ids=asset_ids, site_name=site_name)
+
+
+def _create(user, kind: registry.JobKind, psa_task_id, params: dict, *, asset_ids, site_name=None, one=False) -> list:
+    action = f"{kind.name}_job.create"
+    engine.require_role(user, "request_jobs", action)
+    new = kind.prepare(**params)
+    sites = access.visible_sites(user)
+    assets = _assets(sites, asset_ids, site_name, one)
+    task = (
+        PsaTask.objects.select_related("case__site").filter(pk=psa_task_id, case__site__in=sites).first()
+        if psa_task_id
+        else None
+    )
+    outside = [asset for asset in assets if task is not None and asset.site_id != task.case.site_id]
+    told = None  # a task of a site the caller may not see is told as missing (Law 7); the history says which
+    if psa_task_id and task is None:
+        problem = OUTSIDE if PsaTask.objects.filter(pk=psa_task_id).exists() else NO_TASK
+        told = NO_TASK
+    else:
+        # "no PSA task given" when there is none; status and expiry are the same for every asset
+        problem = authority_services.authority_problem(task, assets[0]) or (OUTSIDE if outside else None)
+    if problem:
+        history.record_refusal(
+            user,
+            action,
+            reason=f"no authority: {problem}",
+            site_id=assets[0].site_id,
+            payload={
+                **_about(new, assets, one),
+                **({} if one else {"outside": [str(asset.pk) for asset in outside[:20]]}),
+                "psa_task_id": str(psa_task_id) if psa_task_id else None,
+            },
+        )
+        raise InvalidInput(f"No authority: {told or problem}.", field="psa_task_id")
+    site = task.case.site
+    _refuse_if_switched(user, action, site.pk, assets, one)
+    status, reason, self_written = _first_status(new, task, user, site)
+    jobs = [
+        kind.model(
+            **new.fields,
+            asset=asset,
+            psa_task=task,
+            site=site,
+            status=status,
+            status_reason=reason,
+            requested_by=user,
+        )
+        for asset in assets
+    ]
+    with history.refusals_recorded(), transaction.atomic():
+        bulk.insert_many(jobs)
+        # Checked again under the history's lock, which the later waves take too, in the
+        # transaction that queues: a switch engaged or authority withdrawn since the checks above
+        # is seen, one that commits later sees these jobs (rmm.history.services.lock).
+        history.lock()
+        _recheck_authority(user, action, task, assets, _about(new, assets, one))
+        _refuse_if_switched(user, action, site.pk, assets, one, under_lock=True)
+        created = [
+            history.Event(
+                history.actor_of(user),
+                "job.created",
+                kind.model._meta.label_lower,
+                str(job.pk),
+                site.pk,
+                {
+                    "kind": kind.name,
+                    "status": status,
+                    **new.names,
+                    **new.created,
+                    "asset": str(job.asset_id),
+                    "psa_task_id": str(task.pk),
+                    "psa_case_id": str(task.case_id),
+                    **self_written,
+                },
+            )
+            for job in jobs
+        ]
+        # The history last, in one append with the first wave's: every lease and result waits
+        # for the history's lock until this commits.
+        if status == JobStatus.QUEUED:
+            engine.queue_in_waves(jobs, user, history_before=created)
+        else:
+            history.append_many(created)
+        if one:
+            events.publish(site.pk, engine.job_event(jobs[0]))
+        else:  # one console event for the batch, not one per job
+            events.publish(
+                site.pk,
+                {"type": "job_batch", "kind": kind.name, "count": len(jobs), "status": status, "site": str(site.pk)},
+            )
+    return jobs
+
+
+def _assets(sites, asset_ids, site_name, one: bool) -> list[Asset]:
+    """The assets named, of the sites the caller may see, in the caller's order (the order of
+    the waves). Only the columns a job needs, unsorted: a 10,000-asset batch reads 10,000 of
+    these (docs/performance.md)."""
+    if asset_ids:
+        wanted = list(dict.fromkeys(asset_ids))
+        rows = Asset.objects.filter(pk__in=wanted, site__in=sites).only("id", "site_id").order_by()
+        found = {asset.pk: asset for asset in rows}
+        assets = [found[pk] for pk in wanted if pk in found]
+        if len(assets) != len(wanted):
+            if one:
+                raise InvalidInput("No such asset.", field="asset")
+            raise InvalidInput(f"{len(wanted) - len(assets)} of the assets do not exist.", field="assets")
+    elif one:
+        raise InvalidInput("No such asset.", field="asset")
+    elif site_name:
+        assets = list(Asset.objects.filter(site__name=site_name, site__in=sites).only("id", "site_id"))
+        if not assets:
+            raise InvalidInput("No site of that name with assets that you may see.", field="site")
+    else:
+        raise InvalidInput("Name the assets or a site.", field="assets")
+    if len(assets) > MAX_BATCH_ASSETS:
+        raise InvalidInput(f"At most {MAX_BATCH_ASSETS} assets in one batch.", field="assets")
+    return assets
+
+
+def _about(new: registry.NewJob, assets: list, one: bool) -> dict:
+    """How a refusal names the work: what runs, and the asset (or how many)."""
+    return {**new.names, **_assets_named(assets, one)}
+
+
+def _assets_named(assets: list, one: bool) -> dict:
+    return {"asset": str(assets[0].pk)} if one else {"assets": len(assets)}
+
+
+def _refuse_if_switched(user, action: str, site_id, assets: list, one: bool, *, under_lock: bool = False) -> None:
+    """Law 6: no new work under an engaged kill switch. ``under_lock``: inside the transaction
+    that queues, raised as :class:`history.Refused` (recorded once it has rolled back)."""
+    if one:
+        switch = kill_switches.active_for(site_id, assets[0].pk)
+    else:
+        switch = kill_switches.active_for_any(site_id, [asset.pk for asset in assets])
+    if switch is None:
+        return
+    refused = history.Refused(
+        Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}"),
+        user,
+        action,
+        reason=f"kill switch engaged on {switch.target_label}",
+        site_id=site_id,
+        payload={"kill_switch": str(switch.pk), **_assets_named(assets, one)},
+    )
+    if under_lock:
+        raise refused
+    history.record_refusal(user, action, **refused.refusal)
+    raise refused.error
+
+
+def _first_status(new: registry.NewJob, task: PsaTask, user, site) -> tuple[str, str, dict]:
+    """A new job waits for an approver when its requester wrote the authority it cites and the
+    site's policy wants a second person, or when the kind's artefact asks for one; else it is
+    queued."""
+    if authority_services.self_authorized(task, user, site):
+        return JobStatus.AWAITING_APPROVAL, authority_services.SELF_AUTHORIZED, {"self_authorized": True}
+    if new.requires_approval:
+        return JobStatus.AWAITING_APPROVAL, "", {}
+    return JobStatus.QUEUED, "", {}
+
+
+def _recheck_authority(user, action: str, task: PsaTask, assets: list, payload: dict) -> None:
+    """Under the history's lock: the task and its case read again must still cover the assets."""
+    current = PsaTask.objects.select_related("case").get(pk=task.pk)
+    problem = authority_services.authority_problem(current, assets[0])
+    if problem is None and any(asset.site_id != current.case.site_id for asset in assets):
+        problem = OUTSIDE
+    if problem:
+        raise history.Refused(
+            InvalidInput(f"No authority: {problem}.", field="psa_task_id"),
+            user,
+            action,
+            reason=f"no authority: {problem}",
+            site_id=assets[0].site_id,
+            payload={**payload, "psa_task_id": str(task.pk)},
+        )
