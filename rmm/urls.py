@@ -11,7 +11,7 @@ from rmm.api_docs import ApiDocsView
 from rmm.approval_queue import approval_queue
 from rmm.authority.api import views as authority_views
 from rmm.engine import agent_views
-from rmm.engine.api.views import KillSwitchViewSet
+from rmm.engine.api.views import JobViewSet, KillSwitchViewSet
 from rmm.inventory.api.views import AgentViewSet, AssetViewSet, SiteViewSet
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
 
@@ -21,6 +21,7 @@ router.register("assets", AssetViewSet, basename="asset")
 router.register("agents", AgentViewSet, basename="agent")
 router.register("scripts", ScriptViewSet, basename="script")
 router.register("script-jobs", ScriptJobViewSet, basename="script-job")
+router.register("jobs", JobViewSet, basename="job")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")

@@ -170,5 +170,6 @@ registry.register(
         describe=describe,
         select_related=("script", "asset", "site", "result", "psa_task__case", "requested_by", "decided_by"),
         detail_template="scripting/job_detail.html",
+        api_detail="script-job-detail",
     )
 )

@@ -91,6 +91,8 @@ class JobKind:
     select_related: tuple[str, ...] = ()
     # template included on the console's job page, rendered with ``job``
     detail_template: str = ""
+    # the URL name of the job at the kind's own API endpoint (``GET /api/v1/jobs/`` links to it)
+    api_detail: str = ""
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -1,5 +1,6 @@
-from django.db.models import Q
-from drf_spectacular.utils import extend_schema
+from django.db.models import F, Q, Value
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -7,8 +8,10 @@ from rest_framework.response import Response
 from rmm import access
 from rmm.api import SiteScopedMixin, reason_of
 from rmm.api_schema import ReasonSerializer, refusal
+from rmm.engine import registry
 from rmm.engine.models import KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches
+from rmm.engine.states import JobStatus
 
 
 class KillSwitchSerializer(serializers.ModelSerializer):
@@ -75,3 +78,77 @@ class KillSwitchViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadO
     def release(self, request, pk=None):
         switch = kill_switches.release(request.user, self.get_object(), reason_of(request))
         return Response(self.get_serializer(switch).data)
+
+
+class JobQuerySerializer(serializers.Serializer):
+    """The job list's filters: the script-jobs list's names, plus the kind and the PSA case."""
+
+    kind = serializers.CharField(required=False, help_text="A registered job kind, e.g. `script`.")
+    status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
+    asset = serializers.UUIDField(required=False)
+    psa_task = serializers.UUIDField(required=False)
+    psa_case = serializers.UUIDField(required=False)
+
+    def validate_kind(self, value: str) -> str:
+        if value not in {kind.name for kind in registry.all_kinds()}:
+            names = ", ".join(sorted(kind.name for kind in registry.all_kinds()))
+            raise serializers.ValidationError(f"Not a job kind; one of: {names}.")
+        return value
+
+
+class JobSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    asset = serializers.UUIDField(source="asset_id")
+    site = serializers.CharField(source="site_name")
+    psa_task_id = serializers.UUIDField(allow_null=True)
+    psa_case_id = serializers.UUIDField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    url = serializers.SerializerMethodField(help_text="The job at its kind's own endpoint.")
+
+    @extend_schema_field(serializers.CharField())
+    def get_url(self, row: dict) -> str:
+        return reverse(registry.get(row["kind"]).api_detail, kwargs={"pk": row["id"]})
+
+
+class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Every job of every kind in the sites you may see, newest first: what a PSA polls."""
+
+    serializer_class = JobSerializer
+    filter_backends: list = []  # the filters apply to each kind's table before the union
+
+    def get_queryset(self):
+        query = JobQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        wanted = query.validated_data
+        sites = access.visible_sites(self.request.user)
+        parts = []
+        for kind in registry.all_kinds():
+            if wanted.get("kind", kind.name) != kind.name:
+                continue
+            rows = kind.model.objects.filter(site__in=sites)
+            for name, lookup in (
+                ("status", "status"),
+                ("asset", "asset_id"),
+                ("psa_task", "psa_task_id"),
+                ("psa_case", "psa_task__case_id"),
+            ):
+                if name in wanted:
+                    rows = rows.filter(**{lookup: wanted[name]})
+            parts.append(
+                rows.order_by()
+                .values("id", "status", "asset_id", "psa_task_id", "created_at")
+                # one column order for every kind: the union pairs columns by position
+                .annotate(kind=Value(kind.name), psa_case_id=F("psa_task__case_id"), site_name=F("site__name"))
+            )
+        first, *rest = parts
+        return (
+            first.union(*rest, all=True).order_by("-created_at", "-id")
+            if rest
+            else first.order_by("-created_at", "-id")
+        )
+
+    @extend_schema(parameters=[JobQuerySerializer])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)

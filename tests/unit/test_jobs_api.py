@@ -1,0 +1,107 @@
+"""``GET /api/v1/jobs/``: every job of every kind the caller may see, newest first, filtered by the
+script-jobs list's names plus kind and PSA case, each linking to its kind's own endpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from rmm.engine import registry
+from scripting import services as scripting
+from tests.helpers import approved_authority, approved_script, make_agent
+
+
+@pytest.fixture
+def world(caller, site, other_site):
+    psa = caller("psa", "psa")
+    tech, boss = caller("tech", "technician"), caller("boss", "approver")
+    script = approved_script(tech.user, boss.user)
+    tasks = {s.name: approved_authority(s, psa.user) for s in (site, other_site)}
+    jobs = {}
+    for s in (site, other_site):
+        for n in range(2):
+            agent, _ = make_agent(s, f"{s.name}-{n}")
+            jobs[(s.name, n)] = scripting.create_script_job(
+                psa.user, script_id=script.pk, asset_id=agent.asset_id, psa_task_id=tasks[s.name].pk
+            )
+    return {"psa": psa, "tasks": tasks, "jobs": jobs, "site": site}
+
+
+def ids(answer) -> list[str]:
+    assert answer.status_code == 200, answer.content
+    return [row["id"] for row in answer.json()["results"]]
+
+
+def test_lists_jobs_of_the_sites_the_caller_may_see_newest_first_with_a_link(world, caller, site):
+    local = caller("local", "technician", sites=[site])
+    answer = local.get("/api/v1/jobs/")
+    mine = [world["jobs"][("alpha", 1)], world["jobs"][("alpha", 0)]]
+    assert ids(answer) == [str(job.pk) for job in mine]
+    row = answer.json()["results"][0]
+    job = mine[0]
+    assert row == {
+        "kind": "script",
+        "id": str(job.pk),
+        "status": job.status,
+        "asset": str(job.asset_id),
+        "site": "alpha",
+        "psa_task_id": str(job.psa_task_id),
+        "psa_case_id": str(job.psa_task.case_id),
+        "created_at": row["created_at"],
+        "url": f"/api/v1/script-jobs/{job.pk}/",
+    }
+    detail = local.get(row["url"])
+    assert detail.status_code == 200 and detail.json()["id"] == str(job.pk)
+    assert len(ids(world["psa"].get("/api/v1/jobs/"))) == 4
+
+
+def test_filters(world):
+    psa, jobs = world["psa"], world["jobs"]
+    alpha = [str(jobs[("alpha", n)].pk) for n in (1, 0)]
+    case = world["tasks"]["alpha"].case_id
+    assert ids(psa.get("/api/v1/jobs/", {"psa_case": str(case)})) == alpha
+    assert ids(psa.get("/api/v1/jobs/", {"psa_task": str(world["tasks"]["alpha"].pk)})) == alpha
+    one = jobs[("beta", 0)]
+    assert ids(psa.get("/api/v1/jobs/", {"asset": str(one.asset_id), "kind": "script"})) == [str(one.pk)]
+    assert ids(psa.get("/api/v1/jobs/", {"status": "succeeded"})) == []
+    assert len(ids(psa.get("/api/v1/jobs/", {"status": one.status}))) == 4
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"kind": "patch"}, "kind"),
+        ({"status": "done"}, "status"),
+        ({"asset": "x"}, "asset"),
+        ({"psa_case": "1"}, "psa_case"),
+    ],
+)
+def test_bad_filters_are_refused_by_name(world, query, field):
+    answer = world["psa"].get("/api/v1/jobs/", query)
+    assert answer.status_code == 400
+    assert field in answer.json()
+
+
+def test_every_kind_in_one_list_in_a_constant_number_of_queries(world, monkeypatch):
+    """Two kinds (the second a copy of the script kind over the same table, so each job shows once
+    per kind): one union, the columns paired alike, a page and a count whatever the job count."""
+    script = registry.get("script")
+    monkeypatch.setitem(registry._KINDS, "copy", dataclasses.replace(script, name="copy"))
+    psa = world["psa"]
+    with CaptureQueriesContext(connection) as few:
+        rows = psa.get("/api/v1/jobs/").json()["results"]
+    assert sorted(row["kind"] for row in rows) == ["copy"] * 4 + ["script"] * 4
+    assert {row["url"] for row in rows if row["kind"] == "copy"} == {
+        row["url"] for row in rows if row["kind"] == "script"
+    }
+    assert ids(psa.get("/api/v1/jobs/", {"kind": "copy"})) == ids(psa.get("/api/v1/jobs/", {"kind": "script"}))
+    job = world["jobs"][("alpha", 0)]
+    scripting.create_script_job(
+        psa.user, script_id=job.script_id, asset_id=job.asset_id, psa_task_id=world["tasks"]["alpha"].pk
+    )
+    with CaptureQueriesContext(connection) as more:
+        assert psa.get("/api/v1/jobs/").json()["count"] == 10
+    assert len(more.captured_queries) == len(few.captured_queries)
