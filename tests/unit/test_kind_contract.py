@@ -17,7 +17,7 @@ from evidence.models import RmmEvidence
 from evidence.services import read_blob
 from rmm.engine import registry
 from rmm.engine import services as engine
-from rmm.engine.models import Instruction, KillSwitchScope
+from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm_agent.runner import make_result
@@ -222,17 +222,40 @@ def test_cleanup_steps_are_skipped_when_every_step_succeeds(w):
     assert [i.step for i in instructions(job)] == [0, 1, 2]
 
 
-def test_a_kill_switch_engaged_between_steps_aborts_the_job_before_the_next(w):
+def test_a_step_asked_to_stop_that_finishes_all_the_same_stops_its_job(w):
     job = create_step_job(w.psa, asset=w.agent.asset, task=w.task)
     [first] = lease(w)
-    # Engaged while the first step runs: the running step is marked, and reported as succeeded
-    # all the same (the agent finished it before its next heartbeat).
+    # Engaged while the first step runs: the running step is marked to be killed, and is
+    # reported as succeeded all the same (the agent finished it before its next heartbeat).
     kill_switches.engage(w.boss, scope=KillSwitchScope.SITE, target=w.site.name, reason="incident")
     assert report(w, first) == (201, {"status": "accepted"})
     job = fresh(job)
-    assert job.status == "aborted" and "kill switch engaged on site alpha before step 2 of 3" in job.status_reason
+    assert (job.status, job.status_reason) == ("aborted", "kill switch engaged on site alpha: incident")
     assert [i.step for i in instructions(job)] == [0]
     assert_evidence_for_each_finished_instruction(job)
+
+
+def test_a_kill_switch_found_when_the_next_step_is_issued_aborts_the_job(w):
+    """A switch that no scan marked the running step for (written behind the service's back,
+    or engaged between the step's result and its next step) is seen when the step is issued."""
+    job = create_step_job(w.psa, asset=w.agent.asset, task=w.task)
+    [first] = lease(w)
+    KillSwitch.objects.create(scope=KillSwitchScope.SITE, site=w.site, reason="incident", engaged_by=w.boss)
+    assert report(w, first) == (201, {"status": "accepted"})
+    job = fresh(job)
+    assert (job.status, job.status_reason) == ("aborted", "kill switch engaged on site alpha before step 2 of 3")
+    assert [i.step for i in instructions(job)] == [0]
+    assert_evidence_for_each_finished_instruction(job)
+
+
+def test_a_job_aborted_while_a_middle_step_runs_issues_no_further_step(w):
+    job = create_step_job(w.psa, asset=w.agent.asset, task=w.task)
+    [first] = lease(w)
+    engine.stop_instructions(engine.job_instructions(job), w.boss, "stop it")
+    assert report(w, first) == (201, {"status": "accepted"})  # done before the agent heard
+    job = fresh(job)
+    assert (job.status, job.status_reason) == ("aborted", "stop it")
+    assert [i.step for i in instructions(job)] == [0] and lease(w) == []
 
 
 def test_a_multi_step_result_costs_a_constant_number_of_queries(w, site):

@@ -935,16 +935,18 @@ def _finish_job(inst: Instruction, actor, result: dict) -> None:
     stored = kind.store_result(job, inst, result) if inst.result_hash else None  # the agent reported
     specs = kind.render(job)
     ended = {inst.step: (inst.status, inst.reason)}
+    stop_asked = ""  # why someone asked to stop this step while it ran (read after our update)
     if len(specs) > 1:
-        ended.update(
-            (step, (status, reason))
-            for step, status, reason in Instruction.objects.filter(
-                job_kind=kind.name, job_id=job.pk, status__in=FINAL
-            ).values_list("step", "status", "reason")
-        )
+        for step, status, reason, abort_reason in Instruction.objects.filter(
+            job_kind=kind.name, job_id=job.pk, status__in=FINAL
+        ).values_list("step", "status", "reason", "abort_reason"):
+            ended[step] = (status, reason)
+            stop_asked = abort_reason if step == inst.step else stop_asked
     after = steps.after_step(specs, ended, inst.step)
     if after.next_step is not None:
-        held = _issue_step(kind, job, specs, after.next_step, inst)
+        # A step that finished although it was asked to stop (the agent was done before its
+        # next heartbeat) stops the job all the same.
+        held = stop_asked or _issue_step(kind, job, specs, after.next_step, inst)
         if held:
             after = steps.After(None, S.ABORTED, held)
     if after.next_step is None:
