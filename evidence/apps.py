@@ -6,6 +6,8 @@ class EvidenceConfig(AppConfig):
     label = "evidence"
 
     def ready(self) -> None:
-        from evidence import types
+        from evidence import services, types
+        from rmm.engine import registry
 
         types.register(types.HISTORY_ANCHOR, "A signed anchor of the history's head", exportable=False)
+        registry.register_evidence_writer(services.record)  # every finished instruction's evidence

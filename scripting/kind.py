@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from evidence import services as evidence
 from rmm.engine import registry
-from rmm.engine import services as engine
 from rmm.errors import InvalidInput
 from rmm.text import display_text
 from scripting.models import ApprovalStatus, Script, ScriptJob, ScriptResult
@@ -27,19 +25,7 @@ def render(job: ScriptJob) -> list[registry.InstructionSpec]:
     ]
 
 
-def on_finished(job: ScriptJob, inst, result: dict, actor) -> None:
-    engine.transition_job(job, inst.status, actor, reason=inst.reason)
-    stored = _store_result(job, inst, result) if inst.result_hash else None  # the agent reported
-    _record_evidence(job, inst, stored, result)
-
-
-def on_late_result(job: ScriptJob, inst, result: dict, actor):
-    """A result that arrived after the job ended (it stays as it is): kept as its result, with
-    evidence of its own."""
-    return _record_evidence(job, inst, _store_result(job, inst, result), result, late=True).pk
-
-
-def _store_result(job: ScriptJob, inst, result: dict) -> ScriptResult:
+def store_result(job: ScriptJob, inst, result: dict) -> ScriptResult:
     """What the agent said, the streams as display text (escaped reversibly where they are not
     plain UTF-8 text: rmm/text.py)."""
     stdout, stdout_escaped = display_text(result["stdout"])
@@ -57,8 +43,9 @@ def _store_result(job: ScriptJob, inst, result: dict) -> ScriptResult:
     )
 
 
-def _record_evidence(job: ScriptJob, inst, stored: ScriptResult | None, result: dict, *, late: bool = False):
-    document = evidence_document(job, inst, stored)
+def evidence_document(job: ScriptJob, inst, stored: ScriptResult | None, result: dict, late: bool) -> dict:
+    """The script job's evidence document; the engine records it for every finished instruction."""
+    document = _document(job, inst, stored)
     if stored is not None:
         document["result"].update(
             {
@@ -70,19 +57,10 @@ def _record_evidence(job: ScriptJob, inst, stored: ScriptResult | None, result: 
             original_hash=result.get("original_hash"),
         )
     document["result"]["late"] = late
-    return evidence.record(
-        asset=job.asset,
-        evidence_type=SCRIPT_RESULT,
-        related_entity="script_job",
-        related_id=job.pk,
-        site_id=job.site_id,
-        psa_case_id=job.psa_task.case_id,
-        psa_task_id=job.psa_task_id,
-        document=document,
-    )
+    return document
 
 
-def evidence_document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
+def _document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
     script, task = job.script, job.psa_task
     return {
         "evidence_type": SCRIPT_RESULT,
@@ -165,8 +143,10 @@ registry.register(
         model=ScriptJob,
         prepare=prepare,
         render=render,
-        on_finished=on_finished,
-        on_late_result=on_late_result,
+        evidence_type=SCRIPT_RESULT,
+        evidence_entity="script_job",
+        evidence_document=evidence_document,
+        store_result=store_result,
         describe=describe,
         select_related=("script", "asset", "site", "result", "psa_task__case", "requested_by", "decided_by"),
         detail_template="scripting/job_detail.html",

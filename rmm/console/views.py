@@ -31,9 +31,15 @@ def _jobs_of(kind, user):
     )
 
 
+def _newest_of(kind, user):
+    """(kind, job) for the kind's newest jobs: a generator of its own per kind (one written inline
+    in the list comprehension would pair every job with the last kind)."""
+    return ((kind, job) for job in _jobs_of(kind, user)[:PAGE])
+
+
 @login_required
 def job_list(request):
-    streams = [((kind, job) for job in _jobs_of(kind, request.user)[:PAGE]) for kind in registry.all_kinds()]
+    streams = [_newest_of(kind, request.user) for kind in registry.all_kinds()]
     rows = [
         {"kind": kind.name, "job": job, "description": kind.describe(job)}
         for kind, job in islice(merge(*streams, key=lambda pair: pair[1].created_at, reverse=True), PAGE)

@@ -16,10 +16,17 @@ from django.db import models
 
 from rmm.authority import services as authority_services
 
+# What a failed or timed-out step means for the job's later steps (InstructionSpec.on_failure).
+STOP = "stop"  # no later step runs; the job ends with the step's status
+CONTINUE = "continue"  # the next step runs as if it had succeeded; the job ends failed all the same
+CLEANUP = "cleanup"  # the job's cleanup steps run, and no other; the job ends with the step's status
+ON_FAILURE = (STOP, CONTINUE, CLEANUP)
+
 
 @dataclass(frozen=True)
 class InstructionSpec:
-    """A fully rendered step for one asset, before the engine signs it."""
+    """One fully rendered step for one asset, before the engine signs it. A kind renders a job's
+    steps in order; the engine numbers them and issues each only once the one before ended."""
 
     asset: Any
     interpreter: str
@@ -27,7 +34,9 @@ class InstructionSpec:
     arguments: list[str] = field(default_factory=list)
     timeout_seconds: int = 300
     privileged: bool = False
-    step: int = 0
+    on_failure: str = STOP
+    # A cleanup step runs only after a step whose on_failure is CLEANUP failed; otherwise skipped.
+    cleanup: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,15 +74,18 @@ class JobKind:
     # (**the caller's parameters) -> NewJob: validate them (raise InvalidInput) and say what each
     # new job row holds; called by the engine before it checks authority
     prepare: Callable[..., NewJob]
-    # job -> the instructions that carry it out (called when the job is queued)
+    # job -> the steps that carry it out, in order (called when the job is queued, and again to
+    # issue each later step: the same job must render the same steps)
     render: Callable[[Any], list[InstructionSpec]]
-    # (job, instruction, result dict, actor) -> None: set the job status, store the domain
-    # result and its evidence; called inside the engine's transaction.
-    on_finished: Callable[[Any, Any, dict, Any], None]
-    # (job, instruction, result dict, actor) -> the evidence id: store the domain result and its
-    # evidence for a result that arrived after the instruction ended without one (the job's
-    # status stays); called inside the engine's transaction.
-    on_late_result: Callable[[Any, Any, dict, Any], Any]
+    # the evidence type (registered with evidence.types) of a finished instruction's record, and
+    # the entity its record names (``related_entity``, e.g. "script_job")
+    evidence_type: str
+    evidence_entity: str
+    # (job, instruction, stored, result dict, late) -> the evidence document of one finished
+    # instruction; ``stored`` is what store_result returned (None when the agent reported
+    # nothing: lost, or aborted before it ran), ``late`` for a result that came after the
+    # instruction ended. The engine records it, after the job's status is settled.
+    evidence_document: Callable[[Any, Any, Any, dict, bool], dict]
     # job -> a short human description for the console and events
     describe: Callable[[Any], str]
     # job -> {"psa_case_id": ..., "psa_task_id": ...}: the upstream authority to tell when it ends
@@ -82,6 +94,10 @@ class JobKind:
     authority_problem: Callable[[Any], str | None] = task_authority_problem
     # the API field that names the job's authority, for refusals
     authority_field: str = "psa_task_id"
+    # (job, instruction, result dict) -> the kind's own record of what the agent reported (its
+    # result table), passed to evidence_document; called inside the engine's transaction, for
+    # every instruction its agent reported on (late results too)
+    store_result: Callable[[Any, Any, dict], Any] = lambda job, inst, result: None
     # authority key ("psa_case_id", "psa_task_id") -> the job model's lookup for it: withdrawn
     # authority aborts the kind's queued jobs whose instructions are not yet issued
     authority_lookups: dict[str, str] = field(
@@ -115,3 +131,19 @@ def kind_of(job) -> JobKind:
 
 def all_kinds() -> list[JobKind]:
     return list(_KINDS.values())
+
+
+# The evidence app records evidence for the engine (the engine imports no domain app): it
+# registers its recording service here when it is ready.
+_evidence_writer: list[Callable[..., Any]] = []
+
+
+def register_evidence_writer(record: Callable[..., Any]) -> None:
+    _evidence_writer[:] = [record]
+
+
+def write_evidence(**fields) -> Any:
+    """Record one piece of evidence (evidence.services.record's arguments); returns the record."""
+    if not _evidence_writer:
+        raise LookupError("no evidence writer is registered (is the evidence app installed?)")
+    return _evidence_writer[0](**fields)

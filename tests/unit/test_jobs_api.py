@@ -105,3 +105,14 @@ def test_every_kind_in_one_list_in_a_constant_number_of_queries(world, monkeypat
     with CaptureQueriesContext(connection) as more:
         assert psa.get("/api/v1/jobs/").json()["count"] == 10
     assert len(more.captured_queries) == len(few.captured_queries)
+
+
+def test_a_kind_without_an_endpoint_of_its_own_is_listed_without_a_link(world, caller, site):
+    """The test-only step kind has no API of its own: its jobs are listed, their url is null."""
+    from tests.stepkind.jobs import create_step_job
+
+    agent, _ = make_agent(site, "stepper")
+    job = create_step_job(world["psa"].user, asset=agent.asset, task=world["tasks"]["alpha"])
+    rows = world["psa"].get("/api/v1/jobs/", {"kind": "step"}).json()["results"]
+    assert [(row["id"], row["kind"], row["url"]) for row in rows] == [(str(job.pk), "step", None)]
+    assert len(ids(world["psa"].get("/api/v1/jobs/"))) == 5

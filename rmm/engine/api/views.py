@@ -105,11 +105,14 @@ class JobSerializer(serializers.Serializer):
     psa_task_id = serializers.UUIDField(allow_null=True)
     psa_case_id = serializers.UUIDField(allow_null=True)
     created_at = serializers.DateTimeField()
-    url = serializers.SerializerMethodField(help_text="The job at its kind's own endpoint.")
+    url = serializers.SerializerMethodField(
+        help_text="The job at its kind's own endpoint (none for a kind without one)."
+    )
 
-    @extend_schema_field(serializers.CharField())
-    def get_url(self, row: dict) -> str:
-        return reverse(registry.get(row["kind"]).api_detail, kwargs={"pk": row["id"]})
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_url(self, row: dict) -> str | None:
+        detail = registry.get(row["kind"]).api_detail
+        return reverse(detail, kwargs={"pk": row["id"]}) if detail else None
 
 
 class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):

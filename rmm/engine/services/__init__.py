@@ -11,7 +11,6 @@ import itertools
 import logging
 import re
 import uuid
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,10 +25,11 @@ from rmm import access, bulk, tasks
 from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
 from rmm.engine import events, registry
 from rmm.engine.models import Instruction, KillSwitch
-from rmm.engine.services import cases, kill_switches, throttles
+from rmm.engine.services import kill_switches, steps, throttles, transitions
 from rmm.engine.services.creating import create_job as create_job  # the creation service, exported
 from rmm.engine.services.creating import create_jobs as create_jobs
-from rmm.engine.states import FINAL, JobStatus, sources_of, status_for_outcome
+from rmm.engine.services.transitions import job_event, transition_instruction, transition_job  # noqa: F401
+from rmm.engine.states import FINAL, JobStatus, status_for_outcome
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory import services as inventory
@@ -56,55 +56,6 @@ logger = logging.getLogger(__name__)
 
 
 # --- job status ---------------------------------------------------------------------------
-
-
-def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
-    """Move a job to ``to`` with a conditional update: a stale or racing caller gets 409."""
-    now = timezone.now()
-    if to == S.RUNNING and hasattr(job, "started_at"):
-        fields.setdefault("started_at", now)
-    if to in FINAL and hasattr(job, "completed_at"):
-        fields.setdefault("completed_at", now)
-    if reason:
-        fields["status_reason"] = reason
-    model = type(job)
-    updated = model.objects.filter(pk=job.pk, status__in=sources_of(to)).update(status=to, **fields)
-    if not updated:
-        current = model.objects.filter(pk=job.pk).values_list("status", flat=True).first()
-        raise Conflict(f"The job is {current}; it cannot become {to}.")
-    before = job.status
-    job.status = to
-    for name, value in fields.items():
-        setattr(job, name, value)
-    kind = registry.kind_of(job)
-    if to in FINAL:
-        outbox.emit("job.finished", job, site_id=job.site_id, data={"kind": kind.name})
-    history.append(
-        actor,
-        f"job.{to}",
-        job,
-        site_id=job.site_id,
-        payload={"kind": kind.name, "from": before, "to": to, "reason": reason},
-    )
-    if to in FINAL:
-        cases.after_jobs_ended(kind, [job.pk])
-    events.publish(job.site_id, job_event(job))
-
-
-def job_event(job) -> dict:
-    kind = registry.kind_of(job)
-    event = {
-        "type": "job",
-        "kind": kind.name,
-        "id": str(job.pk),
-        "status": job.status,
-        "description": kind.describe(job),
-        "site": str(job.site_id),
-    }
-    for name in ("created_at", "started_at", "completed_at"):
-        value = getattr(job, name, None)
-        event[name] = value.isoformat() if value else None
-    return event
 
 
 def require_role(user, capability: str, action: str, subject=None, *, site_id=None) -> None:
@@ -177,7 +128,8 @@ def reject_job(job, user, reason: str) -> None:
 
 
 def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]:
-    """Render the job through its kind, sign one instruction per asset and step, queue them.
+    """Render the job through its kind, sign the instruction of its first step, queue it (each
+    later step is issued once the one before ended: :func:`_finish_job`).
 
     Instructions are released in waves by their position (``wave_offset`` places this job's
     first instruction within a larger batch of jobs).
@@ -194,12 +146,22 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
     if not jobs:
         return []
     kind = registry.kind_of(jobs[0])
-    rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
+    rendered = _first_steps(kind, jobs)
     history.lock()
-    agents = _active_agents({spec.asset.pk for _, spec in rendered})
+    agents = _active_agents({spec.asset.pk for _, spec, _ in rendered})
     rows = _sign(kind, rendered, agents, wave_offset)
     _store(kind, rows, actor)
     return rows
+
+
+def _first_steps(kind, jobs: list) -> list[tuple]:
+    """(job, its first step, 0) for each job: a job's later steps wait for the one before."""
+    rendered = []
+    for job in jobs:
+        specs = kind.render(job)
+        steps.check(specs)
+        rendered.append((job, specs[0], 0))
+    return rendered
 
 
 def _active_agents(asset_ids: set) -> dict:
@@ -213,7 +175,7 @@ def _active_agents(asset_ids: set) -> dict:
 def _sign(
     kind, rendered: list, agents: dict, wave_offset: int, release_base: datetime | None = None
 ) -> list[Instruction]:
-    """Build and sign one unsaved instruction per (job, spec), the n-th released in wave
+    """Build and sign one unsaved instruction per (job, spec, step), the n-th released in wave
     n // ``RMM_WAVE_SIZE`` counted from ``release_base`` (by default now). Every asset must
     have an agent."""
     keys = keyset.current()  # first: a key made now, for a new server's first signature, is valid from now
@@ -226,7 +188,7 @@ def _sign(
     # Each agent's instructions are signed with the newest key it has acknowledged holding.
     acknowledged = dict(Agent.objects.filter(pk__in=set(agents.values())).values_list("pk", "signing_key_id"))
     signers: dict[str, keyset.Key] = {}
-    for position, (job, spec) in enumerate(rendered, start=wave_offset):
+    for position, (job, spec, step) in enumerate(rendered, start=wave_offset):
         agent_id = agents[spec.asset.pk]
         if spec.interpreter not in INTERPRETERS:
             raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
@@ -237,7 +199,7 @@ def _sign(
         inst = Instruction(
             job_kind=kind.name,
             job_id=job.pk,
-            step=spec.step,
+            step=step,
             site_id=spec.asset.site_id,
             asset_id=spec.asset.pk,
             agent_id=agent_id,
@@ -260,7 +222,7 @@ def _sign(
                 "asset_id": str(spec.asset.pk),
                 "job_kind": kind.name,
                 "job_id": str(job.pk),
-                "step": spec.step,
+                "step": step,
                 "interpreter": spec.interpreter,
                 "content": spec.content,
                 "content_sha256": inst.content_sha256,
@@ -338,25 +300,18 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
         return
     queued_at = timezone.now()
     kind = registry.kind_of(jobs[0])
-    rendered = [(job, kind.render(job)) for job in jobs]
-    assets = {spec.asset.pk for _, specs in rendered for spec in specs}
+    rendered = _first_steps(kind, jobs)  # one instruction per job: its first step
     history.lock()
-    agents = _active_agents(assets)
-    size = max(1, settings.RMM_WAVE_SIZE)
-    starts, position = [], 0  # the position of each job's first instruction in the batch
-    for _, specs in rendered:
-        starts.append(position)
-        position += len(specs)
-    first = next((n for n, start in enumerate(starts) if start >= size), len(jobs))  # whole jobs
-    now_rendered = [(job, spec) for job, specs in rendered[:first] for spec in specs]
-    _store(kind, _sign(kind, now_rendered, agents, 0, queued_at), actor, before=history_before)
+    agents = _active_agents({spec.asset.pk for _, spec, _ in rendered})
+    first = min(max(1, settings.RMM_WAVE_SIZE), len(jobs))
+    _store(kind, _sign(kind, rendered[:first], agents, 0, queued_at), actor, before=history_before)
     for begin in range(first, len(jobs), TASK_CHUNK):
         tasks.enqueue_on_commit(
             "rmm.engine.tasks.issue_later_waves",
             kind.name,
             [str(job.pk) for job in jobs[begin : begin + TASK_CHUNK]],
             history.actor_of(actor),
-            starts[begin],
+            begin,
             queued_at.isoformat(),
         )
 
@@ -390,13 +345,13 @@ def issue_later_waves(
     )
     if not jobs:
         return 0
-    rendered = [(job, spec) for job in jobs for spec in kind.render(job)]
-    agents = _latest_agents({spec.asset.pk for _, spec in rendered})
+    rendered = _first_steps(kind, jobs)
+    agents = _latest_agents({spec.asset.pk for _, spec, _ in rendered})
     # Measured from the batch's second wave, the same for every chunk of it: chunks that run in
     # order, each later than the one before, are shifted further each and never overlap.
     lateness = now - throttles.release_time(max(1, settings.RMM_WAVE_SIZE), queued_at)
     release_base = queued_at + max(lateness, timedelta(0))
-    signable = [(job, spec) for job, spec in rendered if spec.asset.pk in agents]
+    signable = [(job, spec, step) for job, spec, step in rendered if spec.asset.pk in agents]
     signed = _sign(kind, signable, agents, wave_offset, release_base)
     with transaction.atomic():
         history.lock()  # from here, every switch, withdrawal and revocation is seen or follows us
@@ -452,7 +407,7 @@ def _why_not(kind, jobs: dict, rendered: list, agents: dict) -> dict:
         Agent.objects.filter(pk__in=set(agents.values()), revoked_at__isnull=True).values_list("pk", flat=True)
     )
     reasons = {}
-    for rendered_job, spec in rendered:
+    for rendered_job, spec, _ in rendered:
         job = jobs.get(rendered_job.pk)  # as read under the lock: its authority is current
         if job is None or job.pk in reasons:
             continue
@@ -479,45 +434,10 @@ def _switch_over(switches: list[KillSwitch], job, asset) -> str:
 
 
 def _abort_unissued(kind, reasons: dict, actor) -> int:
-    """Queued jobs that got no instruction end aborted, with their reasons: one update per
-    reason and one history append. Call under the history's lock, which every issuing of a
-    later wave holds: none of them can be issued meanwhile. No instruction, so no evidence."""
-    if not reasons:
-        return 0
-    by_reason: dict[str, list] = {}
-    for pk, reason in reasons.items():
-        by_reason.setdefault(reason, []).append(pk)
-    now = timezone.now()
-    stamps = {"completed_at": now} if hasattr(kind.model, "completed_at") else {}
-    ended = []
-    for reason, ids in by_reason.items():
-        found = list(_not_issued(kind).filter(pk__in=ids).values_list("pk", "site_id"))
-        kind.model.objects.filter(pk__in=[pk for pk, _ in found], status=S.QUEUED).update(
-            status=S.ABORTED, status_reason=reason, **stamps
-        )
-        ended += [(pk, site_id, reason) for pk, site_id in found]
-    history.append_many(
-        history.Event(
-            history.actor_of(actor),
-            "job.aborted",
-            kind.model._meta.label_lower,
-            str(pk),
-            site_id,
-            {"kind": kind.name, "from": S.QUEUED, "to": S.ABORTED, "reason": reason},
-        )
-        for pk, site_id, reason in ended
-    )
-    for site_id, count in Counter(site_id for _, site_id, _ in ended).items():  # one event per site
-        events.publish(
-            site_id,
-            {"type": "job_batch", "kind": kind.name, "count": count, "status": S.ABORTED, "site": str(site_id)},
-        )
-    label = kind.model._meta.label_lower
-    outbox.emit_many(
-        outbox.Emitted("job.finished", label, str(pk), site_id, {"kind": kind.name}) for pk, site_id, _ in ended
-    )
-    cases.after_jobs_ended(kind, [pk for pk, _, _ in ended])
-    return len(ended)
+    """Queued jobs that got no instruction end aborted, with their reasons (through the one
+    transition path). Call under the history's lock, which every issuing of a later wave holds:
+    none of them can be issued meanwhile. No instruction, so no evidence."""
+    return transitions.abort_queued_jobs(kind, reasons, actor, _not_issued(kind))
 
 
 def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
@@ -691,27 +611,16 @@ def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instr
             return []
         rows = rows[:room]
         grace = timedelta(seconds=settings.RMM_LEASE_GRACE_SECONDS)
+        leased = transitions.lease_instructions(rows, agent, now, grace)
+        by_kind: dict[str, set] = {}
         for inst in rows:
-            inst.status = S.RUNNING
-            inst.leased_at = now
-            inst.lease_expires_at = now + timedelta(seconds=inst.timeout_seconds) + grace
-        Instruction.objects.bulk_update(rows, ["status", "leased_at", "lease_expires_at"])
-        by_kind: dict[str, list[Instruction]] = {}
-        for inst in rows:
-            by_kind.setdefault(inst.job_kind, []).append(inst)
-        for kind_name, insts in by_kind.items():
-            _start_jobs(registry.get(kind_name), insts, agent, now)
-        history.append_many(
-            history.Event(
-                history.actor_of(agent),
-                "instruction.leased",
-                "engine.instruction",
-                str(inst.pk),
-                inst.site_id,
-                {"lease_expires_at": inst.lease_expires_at.isoformat()},
-            )
-            for inst in rows
-        )
+            by_kind.setdefault(inst.job_kind, set()).add(inst.job_id)
+        started = [
+            event
+            for kind_name, job_ids in by_kind.items()
+            for event in transitions.start_jobs(registry.get(kind_name), job_ids, agent, now)
+        ]
+        history.append_many(started + leased)  # one append: the jobs that started, then the leases
     return rows
 
 
@@ -768,18 +677,6 @@ def _abort_unauthorised(rows: list[Instruction], now: datetime) -> list[Instruct
         except Exception:  # never leased all the same; the sweep tries again
             logger.exception("lease: instruction %s without authority could not be aborted", inst.pk)
     return kept
-
-
-def _start_jobs(kind, insts, agent, now) -> None:
-    """Jobs whose first instruction was leased become running (one UPDATE per kind)."""
-    job_ids = {inst.job_id for inst in insts}
-    fields = {"status": S.RUNNING}
-    if any(f.name == "started_at" for f in kind.model._meta.get_fields()):
-        fields["started_at"] = now
-    kind.model.objects.filter(pk__in=job_ids, status=S.QUEUED).update(**fields)
-    # The kind's relations come in the same query: describe() must not cost queries per job.
-    for job in kind.model.objects.filter(pk__in=job_ids, status=S.RUNNING).select_related(*kind.select_related):
-        events.publish(job.site_id, job_event(job))
 
 
 def envelope(inst: Instruction) -> dict:
@@ -942,9 +839,19 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
         reason = f"agent refused the instruction: {reason}"
     elif body["outcome"] == "aborted" and inst.abort_reason:
         reason = inst.abort_reason
+    payload = {"outcome": body["outcome"], "exit_code": body.get("exit_code"), "status": to}
+    payload.update(result_hash=claimed, reason=reason)
+    if body.get("containment") is not None:
+        payload["containment"] = body["containment"]
     with transaction.atomic():
-        updated = Instruction.objects.filter(pk=inst.pk, status=S.RUNNING, result_hash="").update(
-            status=to,
+        updated = transition_instruction(
+            inst,
+            to,
+            agent,
+            action="instruction.result",
+            payload=payload,
+            only_from=[S.RUNNING],
+            unless_reported=True,
             outcome=body["outcome"],
             exit_code=body.get("exit_code"),
             result_hash=claimed,
@@ -959,25 +866,6 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
             if current.status in FINAL and not current.result_hash:  # ended meanwhile (the sweep)
                 return _late_result(agent, current, result, claimed)
             return 409, {"status": "conflict", "detail": f"The instruction is already {current.status}."}
-        inst.status, inst.outcome, inst.exit_code, inst.result_hash, inst.finished_at, inst.reason = (
-            to,
-            body["outcome"],
-            body.get("exit_code"),
-            claimed,
-            now,
-            reason,
-        )
-        inst.containment = body.get("containment")
-        payload = {
-            "outcome": inst.outcome,
-            "exit_code": inst.exit_code,
-            "status": to,
-            "result_hash": claimed,
-            "reason": reason,
-        }
-        if inst.containment is not None:
-            payload["containment"] = inst.containment
-        history.append(agent, "instruction.result", inst, site_id=inst.site_id, payload=payload)
         _finish_job(inst, agent, result)
     return 201, {"status": "accepted"}
 
@@ -1023,7 +911,8 @@ def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) ->
             },
         )
         kind = registry.get(inst.job_kind)
-        evidence_id = kind.on_late_result(_locked_job(inst), inst, result, agent)
+        job = _locked_job(inst)
+        evidence_id = _record_evidence(kind, job, inst, kind.store_result(job, inst, result), result, late=True).pk
         late = {"instruction_id": str(inst.pk), "outcome": inst.outcome, "exit_code": inst.exit_code}
         late.update(hash=claimed, evidence_id=str(evidence_id) if evidence_id else None)
         outbox.emit_many(
@@ -1050,7 +939,63 @@ def _locked_job(inst: Instruction):
 
 
 def _finish_job(inst: Instruction, actor, result: dict) -> None:
-    registry.get(inst.job_kind).on_finished(_locked_job(inst), inst, result, actor)
+    """One of a job's instructions ended (``inst``, already moved, its history appended): the
+    kind keeps what the agent reported, the engine issues the job's next step or settles the
+    job's status from its steps' (:mod:`rmm.engine.services.steps`), then records the
+    instruction's evidence with the kind's document. Inside the caller's transaction; a
+    one-step job costs no query more than its end, a longer one a constant few."""
+    kind = registry.get(inst.job_kind)
+    job = _locked_job(inst)
+    stored = kind.store_result(job, inst, result) if inst.result_hash else None  # the agent reported
+    specs = kind.render(job)
+    ended = {inst.step: (inst.status, inst.reason)}
+    stop_asked = ""  # why someone asked to stop this step while it ran (read after our update)
+    if len(specs) > 1:
+        for step, status, reason, abort_reason in Instruction.objects.filter(
+            job_kind=kind.name, job_id=job.pk, status__in=FINAL
+        ).values_list("step", "status", "reason", "abort_reason"):
+            ended[step] = (status, reason)
+            stop_asked = abort_reason if step == inst.step else stop_asked
+    after = steps.after_step(specs, ended, inst.step)
+    if after.next_step is not None:
+        # A step that finished although it was asked to stop (the agent was done before its
+        # next heartbeat) stops the job all the same.
+        held = stop_asked or _issue_step(kind, job, specs, after.next_step, inst)
+        if held:
+            after = steps.After(None, S.ABORTED, held)
+    if after.next_step is None:
+        transition_job(job, after.status, actor, reason=after.reason)
+    _record_evidence(kind, job, inst, stored, result)
+
+
+def _issue_step(kind, job, specs: list, step: int, before: Instruction) -> str:
+    """Sign and queue a job's next step for the agent that ran the one before, unless a kill
+    switch now covers the asset: then why it was not issued. Under the history's lock, so a
+    switch engaged meanwhile is seen here or finds this step queued and stops it."""
+    history.lock()
+    spec = specs[step]
+    switch = kill_switches.active_for(spec.asset.site_id, spec.asset.pk)
+    if switch is not None:
+        return f"kill switch engaged on {switch.target_label} before step {step + 1} of {len(specs)}"
+    rows = _sign(kind, [(job, spec, step)], {spec.asset.pk: before.agent_id}, 0)
+    _store(kind, rows, "system", via=f"step {step} of job {job.pk} ended")
+    return ""
+
+
+def _record_evidence(kind, job, inst: Instruction, stored, result: dict, *, late: bool = False):
+    """Law: every finished instruction yields evidence; the engine records it, the kind writes
+    the document."""
+    authority = kind.authority(job)
+    return registry.write_evidence(
+        asset=job.asset,
+        evidence_type=kind.evidence_type,
+        related_entity=kind.evidence_entity,
+        related_id=job.pk,
+        site_id=job.site_id,
+        psa_case_id=authority.get("psa_case_id"),
+        psa_task_id=authority.get("psa_task_id"),
+        document=kind.evidence_document(job, inst, stored, result, late),
+    )
 
 
 def _uuid_or_none(value):
@@ -1079,14 +1024,17 @@ def expire_approvals(now: datetime | None = None) -> int:
 
 def end_instruction(inst: Instruction, from_status: str, to: str, actor, reason: str) -> bool:
     """End an instruction the agent did not report on (lost, or aborted before it started)."""
-    now = timezone.now()
     with transaction.atomic():
-        if not Instruction.objects.filter(pk=inst.pk, status=from_status).update(
-            status=to, finished_at=now, reason=reason
+        if not transition_instruction(
+            inst,
+            to,
+            actor,
+            payload={"reason": reason},
+            only_from=[from_status],
+            finished_at=timezone.now(),
+            reason=reason,
         ):
             return False
-        inst.status, inst.reason, inst.finished_at = to, reason, now
-        history.append(actor, f"instruction.{to}", inst, site_id=inst.site_id, payload={"reason": reason})
         _finish_job(inst, actor, {"outcome": to, "reason": reason})
     return True
 

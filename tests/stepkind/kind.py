@@ -1,0 +1,81 @@
+"""The test-only "step" job kind: each step prints its number; one may be made to fail."""
+
+from __future__ import annotations
+
+from rmm.engine import registry
+from rmm.text import display_text
+from tests.stepkind.models import StepJob, StepResult
+
+STEP_RESULT = "step_result"
+
+
+def render(job: StepJob) -> list[registry.InstructionSpec]:
+    specs = [
+        registry.InstructionSpec(
+            asset=job.asset,
+            interpreter="sh",
+            content=f"echo 'step {n}'\n" + ("exit 1\n" if n == job.fail_step else ""),
+            timeout_seconds=60,
+            on_failure=job.on_failure,
+        )
+        for n in range(job.steps)
+    ]
+    if job.on_failure == registry.CLEANUP:
+        specs.append(
+            registry.InstructionSpec(asset=job.asset, interpreter="sh", content="echo 'cleanup'\n", cleanup=True)
+        )
+    return specs
+
+
+def store_result(job: StepJob, inst, result: dict) -> StepResult:
+    return StepResult.objects.create(
+        job=job,
+        step=inst.step,
+        exit_code=result.get("exit_code"),
+        stdout=display_text(result["stdout"])[0],
+        hash=inst.result_hash,
+    )
+
+
+def evidence_document(job: StepJob, inst, stored: StepResult | None, result: dict, late: bool) -> dict:
+    return {
+        "evidence_type": STEP_RESULT,
+        "job": {"kind": "step", "id": job.pk, "status": job.status, "status_reason": job.status_reason},
+        "step": inst.step,
+        "instruction": {"id": inst.pk, "payload": inst.payload, "signature": inst.signature, "key_id": inst.key_id},
+        "authority": {"psa_task_id": job.psa_task_id, "psa_case_id": job.psa_task.case_id},
+        "result": {
+            "status": inst.status,
+            "outcome": inst.outcome or inst.status,
+            "exit_code": inst.exit_code,
+            "reason": inst.reason,
+            "hash": inst.result_hash or None,
+            "stdout": stored.stdout if stored else None,
+            "late": late,
+        },
+    }
+
+
+def prepare(*, steps: int = 3, fail_step: int | None = None, on_failure: str = registry.STOP, requires_approval=False):
+    """The step kind's parameters: how many steps, which one fails, and what follows a failure."""
+    return registry.NewJob(
+        fields={"steps": steps, "fail_step": fail_step, "on_failure": on_failure},
+        requires_approval=requires_approval,
+        names={"steps": str(steps)},
+    )
+
+
+registry.register(
+    registry.JobKind(
+        name="step",
+        model=StepJob,
+        prepare=prepare,
+        render=render,
+        evidence_type=STEP_RESULT,
+        evidence_entity="step_job",
+        evidence_document=evidence_document,
+        store_result=store_result,
+        describe=lambda job: f"{job.steps} steps on {job.asset.hostname}",
+        select_related=("asset", "site", "psa_task__case", "requested_by", "decided_by"),
+    )
+)

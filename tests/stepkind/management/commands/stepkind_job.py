@@ -1,0 +1,52 @@
+"""Test-only: create a step job, or show one with its steps and evidence (the end-to-end test's
+doors to the test-only kind, which has no API of its own)."""
+
+import json
+
+from django.core.management.base import BaseCommand
+
+from evidence.models import RmmEvidence
+from rmm.authority import services as authority
+from rmm.authority.models import PsaTask
+from rmm.engine import services as engine
+from rmm.inventory.models import Asset
+from tests.stepkind.jobs import create_step_job
+from tests.stepkind.models import StepJob
+
+
+class Command(BaseCommand):
+    help = "Create a test-only step job (create HOSTNAME TASK STEPS [FAIL_STEP]) or show one (show JOB)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("action", choices=["create", "show"])
+        parser.add_argument("args", nargs="+")
+
+    def handle(self, *args, action, **options):
+        if action == "create":
+            hostname, task_id, steps, *fail = args
+            user = authority.ensure_user_with_role("stepkind-psa", "psa")
+            job = create_step_job(
+                user,
+                asset=Asset.objects.select_related("site").get(hostname=hostname),
+                task=PsaTask.objects.select_related("case").get(pk=task_id),
+                steps=int(steps),
+                fail_step=int(fail[0]) if fail else None,
+            )
+            self.stdout.write(str(job.pk))
+            return
+        job = StepJob.objects.get(pk=args[0])
+        shown = {
+            "status": job.status,
+            "status_reason": job.status_reason,
+            "instructions": [
+                {"id": str(inst.pk), "step": inst.step, "status": inst.status}
+                for inst in engine.job_instructions(job).order_by("step")
+            ],
+            "evidence": [
+                str(pk)
+                for pk in RmmEvidence.objects.filter(related_id=job.pk)
+                .order_by("history_sequence")
+                .values_list("pk", flat=True)
+            ],
+        }
+        self.stdout.write(json.dumps(shown))

@@ -1,0 +1,37 @@
+from django.db import models
+
+from rmm.authority.models import PsaTask
+from rmm.engine.models import JobBase
+from rmm.inventory.models import Asset
+
+
+class StepJob(JobBase):
+    """A test-only job of ``steps`` shell steps on one asset; step ``fail_step`` (0-based) exits 1,
+    and its ``on_failure`` policy says what follows (a cleanup step is rendered for "cleanup")."""
+
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    psa_task = models.ForeignKey(PsaTask, on_delete=models.PROTECT, related_name="+")
+    steps = models.PositiveSmallIntegerField(default=3)
+    fail_step = models.PositiveSmallIntegerField(null=True, blank=True)
+    on_failure = models.CharField(max_length=10, default="stop")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.steps} steps on {self.asset}"
+
+
+class StepResult(models.Model):
+    """What the agent reported for one step."""
+
+    job = models.ForeignKey(StepJob, on_delete=models.PROTECT, related_name="results")
+    step = models.PositiveSmallIntegerField()
+    exit_code = models.IntegerField(null=True)
+    stdout = models.TextField()
+    hash = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"step {self.step} of {self.job}"
