@@ -257,6 +257,9 @@ ROWS = [
     api("GET", "/api/v1/script-jobs/?asset={asset}", 200, shows=(("job_done", IN),), hidden=("asset",)),
     api("GET", "/api/v1/script-jobs/?psa_task={task}", 200, shows=(("job_done", IN),), hidden=("task",)),
     api("GET", "/api/v1/script-jobs/{job_done}/", 200, 404, hidden=("job_done",)),
+    # --- every kind of job
+    api("GET", "/api/v1/jobs/", 200, shows=(("job_done", IN),)),
+    api("GET", "/api/v1/jobs/?psa_case={case}&kind=script", 200, shows=(("job_done", IN),), hidden=("case",)),
     api("GET", "/api/v1/script-jobs/{job_done}.json", 200, 404, hidden=("job_done",), label="format suffix"),
     api(
         "POST",
