@@ -20,7 +20,7 @@ from rmm.artefacts import registry
 from rmm.artefacts.registry import ArtefactKind
 from rmm.artefacts.states import ApprovalStatus
 from rmm.engine.services import check_four_eyes
-from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.errors import Conflict, Forbidden, InvalidInput, ServiceError
 from rmm.history import services as history
 
 
@@ -119,20 +119,25 @@ def pending(kind_name: str = "", created_before: datetime | None = None, limit: 
         versions = kind.model.objects.filter(approval_status=ApprovalStatus.PENDING).select_related("author")
         if created_before:
             versions = versions.filter(created_at__lte=created_before)
-        items += [
-            {
-                "kind": kind.name,
-                "artefact": True,
-                "obj": version,
-                "name": getattr(version, kind.lineage),
-                "created_at": version.created_at,
-                "requester": version.author,
-                "title": f"{kind.label.capitalize()} {kind.describe(version)}",
-                "privileged": kind.privileged(version),
-                "details": kind.details(version),
-                "content": kind.content(version),
-                "diff": diff(kind, version),
-            }
-            for version in versions.order_by("created_at")[:limit]
-        ]
+        items += [_item(kind, version) for version in versions.order_by("created_at")[:limit]]
     return items
+
+
+def _item(kind: ArtefactKind, version) -> dict:
+    item = {
+        "kind": kind.name,
+        "artefact": True,
+        "obj": version,
+        "name": getattr(version, kind.lineage),
+        "created_at": version.created_at,
+        "requester": version.author,
+        "title": f"{kind.label.capitalize()} {kind.describe(version)}",
+        "privileged": kind.privileged(version),
+        "details": kind.details(version),
+        "problem": "",
+    }
+    try:
+        item["content"], item["diff"] = kind.content(version), diff(kind, version)
+    except ServiceError as exc:  # content whose blob is missing or altered: shown, never a 500
+        item["content"], item["diff"], item["problem"] = "", "", exc.detail
+    return item
