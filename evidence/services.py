@@ -1,5 +1,5 @@
-"""Evidence: blobs stored by their sha256 through Django's storage API, records that point at
-them, and legal holds. The only place that writes evidence (retention lives in retention.py,
+"""Evidence: blobs stored by their sha256 in the core's blob store (rmm/blobs.py), records that
+point at them, and legal holds. The only place that writes evidence (retention lives in retention.py,
 exports in exports.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import uuid
 from collections.abc import Iterator
 
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -19,7 +18,7 @@ from django.utils import timezone
 
 from evidence import types
 from evidence.models import LegalHold, RmmEvidence
-from rmm import access, dependencies
+from rmm import access, blobs
 from rmm.authority.models import PsaCase, PsaTask
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -27,23 +26,19 @@ from rmm_agent.protocol import canonical_json
 
 BLOB_DIR = "evidence"
 ANCHOR_DIR = "evidence/anchors"
-CHUNK = 1024 * 1024
+CHUNK = blobs.CHUNK
 
 
 # --- where blobs live -------------------------------------------------------------------------
+# In the core's content-addressed store (rmm/blobs.py), under evidence/ (anchors under
+# evidence/anchors/); these name evidence's places in it.
 
 
-def store_label() -> str:
-    """The configured store, as the prefix of every storage_uri written now."""
-    bucket = getattr(default_storage, "bucket_name", None)
-    if bucket:  # django-storages S3Storage (any S3-compatible store)
-        location = (getattr(default_storage, "location", "") or "").strip("/")
-        return f"s3://{bucket}/{location}".rstrip("/")
-    return "storage://default"
+store_label = blobs.store_label  # what every storage_uri starts with
 
 
 def blob_name(digest: str, extension: str = "json") -> str:
-    return f"{BLOB_DIR}/{digest[:2]}/{digest}.{extension}"
+    return blobs.content_name(BLOB_DIR, digest, extension)
 
 
 def anchor_name(sequence: int, digest: str) -> str:
@@ -67,42 +62,15 @@ def blob_extension(row: RmmEvidence) -> str:
     return filename.rsplit(".", 1)[-1] if "." in filename else "bin"
 
 
-def _digest_of(name: str) -> str:
-    sha = hashlib.sha256()
-    with default_storage.open(name, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def put_blob(name: str, data: bytes, digest: str) -> None:
-    """Write ``data`` at ``name`` once. A blob already there is never overwritten: it must already
-    hold the same bytes, or the store has been tampered with and we say so. A store that refuses
-    the write is ``Unavailable`` (503): what needed the blob waits and is tried again."""
-    try:
-        if not default_storage.exists(name):
-            saved = default_storage.save(name, ContentFile(data))
-            if saved == name:
-                dependencies.mark_up(dependencies.EVIDENCE_STORAGE)
-                return
-            default_storage.delete(saved)  # a racing writer stored it first; keep theirs
-    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the store refused
-        reason = f"writing {name} failed: {dependencies.short(exc)}"
-        dependencies.mark_down(dependencies.EVIDENCE_STORAGE, reason)
-        raise dependencies.Unavailable(dependencies.EVIDENCE_STORAGE, reason) from exc
-    if _digest_of(name) != digest:
-        history.record_refusal(
-            "system", "evidence.store", reason="stored blob does not match its name's hash", payload={"name": name}
-        )
-        raise Conflict(f"The evidence store holds different bytes under {name}; it has been altered.")
+    """Write ``data`` at ``name`` once (:func:`rmm.blobs.put`); altered bytes there are refused
+    and recorded as ``refused.evidence.store``."""
+    blobs.put(name, data, digest, action="evidence.store")
 
 
 def store_blob(data: bytes, extension: str = "json") -> tuple[str, str]:
     """Store ``data`` under its own hash: (sha256, storage_uri)."""
-    digest = hashlib.sha256(data).hexdigest()
-    name = blob_name(digest, extension)
-    put_blob(name, data, digest)
-    return digest, f"{store_label()}/{name}"
+    return blobs.store(data, folder=BLOB_DIR, extension=extension, action="evidence.store")
 
 
 # --- recording --------------------------------------------------------------------------------

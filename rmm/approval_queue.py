@@ -1,9 +1,10 @@
-"""The approval queue in the admin: pending script versions and pending jobs of every kind,
-filtered by kind, site and age, decided here with the same services as everywhere else."""
+"""The approval queue in the admin: pending versions of every artefact kind (with their content and
+the diff from the previous approved version) and pending jobs of every job kind, filtered by kind,
+site and age, decided here with the same services as everywhere else. It knows no kind by name:
+kinds register with rmm.artefacts.registry and rmm.engine.registry."""
 
 from __future__ import annotations
 
-import difflib
 from datetime import timedelta
 
 from django.contrib import messages
@@ -13,44 +14,20 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from rmm import access
+from rmm.artefacts import registry as artefact_kinds
+from rmm.artefacts import services as artefacts
 from rmm.engine import registry
 from rmm.engine import services as engine
 from rmm.engine.states import JobStatus
 from rmm.errors import Forbidden, ServiceError
 from rmm.history import services as history
-from scripting import services as scripting
-from scripting.models import ApprovalStatus, Script
 
 AGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "72h": timedelta(hours=72)}
-VERSION_KIND = "script_version"
-
-
-def version_diff(script: Script) -> str:
-    """Unified diff from the previous version of the same script ("" for a first version)."""
-    previous = Script.objects.filter(name=script.name, version__lt=script.version).order_by("-version").first()
-    if previous is None:
-        return ""
-    return "".join(
-        difflib.unified_diff(
-            previous.content.splitlines(keepends=True),
-            script.content.splitlines(keepends=True),
-            fromfile=f"{script.name} v{previous.version}",
-            tofile=f"{script.name} v{script.version}",
-        )
-    )
 
 
 def _pending(user, kind: str, site: str, age: str) -> list[dict]:
     cutoff = timezone.now() - AGES[age] if age in AGES else None
-    items = []
-    if kind in ("", VERSION_KIND):
-        versions = Script.objects.filter(approval_status=ApprovalStatus.PENDING).select_related("author")
-        if cutoff:
-            versions = versions.filter(created_at__lte=cutoff)
-        items += [
-            {"kind": VERSION_KIND, "obj": v, "created_at": v.created_at, "requester": v.author, "diff": version_diff(v)}
-            for v in versions.order_by("created_at")[:200]
-        ]
+    items = artefacts.pending(kind, created_before=cutoff)
     sites = access.visible_sites(user)
     if site:
         sites = sites.filter(name=site)
@@ -78,14 +55,12 @@ def _pending(user, kind: str, site: str, age: str) -> list[dict]:
 def _decide(request) -> None:
     kind, pk, decision = request.POST.get("kind"), request.POST.get("id"), request.POST.get("decision")
     reason = request.POST.get("reason", "")
-    if kind == VERSION_KIND:
-        obj = Script.objects.filter(pk=pk).first()
-        if obj is None:
-            raise ServiceError("No such script version.")
-        if decision == "approve":
-            scripting.approve_script(obj, request.user)
-        else:
-            scripting.reject_script(obj, request.user, reason)
+    artefact_kind = next((k for k in artefact_kinds.all_kinds() if k.name == kind), None)
+    if artefact_kind is not None:
+        version = artefact_kind.model.objects.filter(pk=pk).first()
+        if version is None:
+            raise ServiceError(f"No such {artefact_kind.label}.")
+        artefacts.decide(version, request.user, approve=decision == "approve", reason=reason)
         return
     try:
         job_kind = registry.get(kind)
@@ -123,7 +98,7 @@ def approval_queue(request, admin_site):
             **admin_site.each_context(request),
             "title": "Approval queue",
             "items": _pending(request.user, kind, site, age),
-            "kinds": [VERSION_KIND] + [k.name for k in registry.all_kinds()],
+            "kinds": [k.name for k in artefact_kinds.all_kinds()] + [k.name for k in registry.all_kinds()],
             "sites": access.visible_sites(request.user).values_list("name", flat=True),
             "ages": list(AGES),
             "chosen": {"kind": kind, "site": site, "age": age},

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "rmm.inventory",
     "rmm.authority",
     "rmm.engine",
+    "rmm.artefacts",
     "rmm.console",
     "evidence",
     "scripting",

@@ -7,6 +7,8 @@ class ScriptingConfig(AppConfig):
 
     def ready(self):
         from evidence import types
-        from scripting import kind  # registers the "script" job kind
+        from rmm.artefacts import registry as artefacts
+        from scripting import artefact, kind  # kind registers the "script" job kind
 
+        artefacts.register(artefact.SCRIPT_VERSION)
         types.register(kind.SCRIPT_RESULT, "What a script job ran and what came out")

@@ -3,6 +3,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from rmm.artefacts.states import ApprovalStatus
 from rmm.authority.models import PsaTask
 from rmm.engine.models import JobBase
 from rmm.inventory.models import Asset
@@ -13,12 +14,6 @@ class Language(models.TextChoices):
     BASH = "bash"
     PYTHON = "python"
     POWERSHELL = "powershell"
-
-
-class ApprovalStatus(models.TextChoices):
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
 
 
 class Script(models.Model):

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
-from django.utils import timezone
 
+from rmm.artefacts import services as artefacts
 from rmm.engine import services as engine
-from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.errors import Conflict, InvalidInput
 from rmm.history import services as history
-from scripting.models import ApprovalStatus, Language, Script, ScriptJob
+from scripting.models import Language, Script, ScriptJob
 
 LANGUAGES = {choice.value for choice in Language}
 MAX_SCRIPT_BYTES = 256 * 1024
@@ -81,40 +80,13 @@ def create_script(
     raise Conflict("Too many concurrent versions of this script; try again.")
 
 
-def _decide_script(script: Script, user, *, approve: bool, reason: str = "") -> Script:
-    action = "script.approve" if approve else "script.reject"
-    _require(user, "approve", action, script)
-    engine.check_four_eyes(script, user, author_field="author", action=action)
-    if approve and script.privileged and not user.has_perm("scripting.approve_privileged"):
-        history.record_refusal(
-            user, action, script, reason="privileged version needs the privileged-approval permission"
-        )
-        raise Forbidden("Approving a privileged script version needs the privileged-approval permission.")
-    if not approve and not (reason or "").strip():
-        raise InvalidInput("A rejection needs a reason.", field="reason")
-    to = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
-    now = timezone.now()
-    with transaction.atomic():
-        # Conditional update: of two approvers acting at once, exactly one decision stands.
-        won = Script.objects.filter(pk=script.pk, approval_status=ApprovalStatus.PENDING).update(
-            approval_status=to, decided_by=user, decided_at=now, decision_reason=(reason or "").strip()
-        )
-        if not won:
-            current = Script.objects.values_list("approval_status", flat=True).get(pk=script.pk)
-            raise Conflict(f"This script version is already {current}.")
-        history.append(
-            user, f"script.{to}", script, payload={"name": script.name, "version": script.version, "reason": reason}
-        )
-    script.refresh_from_db()
-    return script
-
-
 def approve_script(script: Script, user) -> Script:
-    return _decide_script(script, user, approve=True)
+    """Through the one approval service for artefacts (:mod:`rmm.artefacts.services`)."""
+    return artefacts.decide(script, user, approve=True)
 
 
 def reject_script(script: Script, user, reason: str) -> Script:
-    return _decide_script(script, user, approve=False, reason=reason)
+    return artefacts.decide(script, user, approve=False, reason=reason)
 
 
 def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
@@ -140,16 +112,6 @@ def reject_script_job(job: ScriptJob, user, reason: str) -> None:
 
 
 def expire_pending_versions(now=None) -> int:
-    """Versions left pending past the approval TTL are rejected, with the reason, by the system."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(hours=settings.RMM_APPROVAL_TTL_HOURS)
-    count = 0
-    for script in Script.objects.filter(approval_status=ApprovalStatus.PENDING, created_at__lt=cutoff):
-        reason = f"approval expired after {settings.RMM_APPROVAL_TTL_HOURS} h"
-        with transaction.atomic():
-            if Script.objects.filter(pk=script.pk, approval_status=ApprovalStatus.PENDING).update(
-                approval_status=ApprovalStatus.REJECTED, decided_at=now, decision_reason=reason
-            ):
-                history.append("system", "script.rejected", script, payload={"reason": reason})
-                count += 1
-    return count
+    """Pending versions past the approval TTL are rejected by the system: those of every artefact
+    kind, scripts' among them (:func:`rmm.artefacts.services.expire_pending`)."""
+    return artefacts.expire_pending(now)

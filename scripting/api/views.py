@@ -8,11 +8,11 @@ from evidence.models import RmmEvidence
 from rmm import access
 from rmm.api import SiteScopedMixin, reason_of
 from rmm.api_schema import ReasonSerializer, refusal
+from rmm.artefacts.api import decision_actions
 from rmm.engine.states import JobStatus
 from scripting import services
 from scripting.models import Language, Script, ScriptJob
 
-DECIDED = refusal("This version is already approved or rejected.")
 JOB_CONFLICT = refusal("The job is not awaiting approval, or its authority is no longer approved.")
 
 
@@ -61,17 +61,8 @@ class ScriptViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         script = services.create_script(request.user, **ser.validated_data)
         return Response(self.get_serializer(script).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: ScriptSerializer, 409: DECIDED})
-    @action(detail=True, methods=["post"])
-    def approve(self, request, pk=None):
-        script = services.approve_script(self.get_object(), request.user)
-        return Response(self.get_serializer(script).data)
-
-    @extend_schema(request=ReasonSerializer, responses={200: ScriptSerializer, 409: DECIDED})
-    @action(detail=True, methods=["post"])
-    def reject(self, request, pk=None):
-        script = services.reject_script(self.get_object(), request.user, reason_of(request))
-        return Response(self.get_serializer(script).data)
+    # The one approve/reject shape of every artefact kind, on the one approval service.
+    approve, reject = decision_actions(ScriptSerializer)
 
 
 class ScriptResultSerializer(serializers.Serializer):

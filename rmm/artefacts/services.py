@@ -1,0 +1,143 @@
+"""The one approval service for every artefact kind (:mod:`rmm.artefacts.registry`).
+
+Law 8 for artefacts: the author never decides a version of theirs; approving a privileged one
+needs its kind's permission; of two approvers acting at once exactly one decision stands (a
+conditional update, not a read-then-write); a version left pending past ``RMM_APPROVAL_TTL_HOURS``
+is rejected by the system. Every refusal is recorded in the history.
+"""
+
+from __future__ import annotations
+
+import difflib
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from rmm import access
+from rmm.artefacts import registry
+from rmm.artefacts.registry import ArtefactKind
+from rmm.artefacts.states import ApprovalStatus
+from rmm.engine.services import check_four_eyes
+from rmm.errors import Conflict, Forbidden, InvalidInput, ServiceError
+from rmm.history import services as history
+
+
+def decide(artefact, user, *, approve: bool, reason: str = ""):
+    """Approve or reject a pending version of any registered kind; the decided version."""
+    kind = registry.kind_of(artefact)
+    action = f"{kind.action_prefix}.{'approve' if approve else 'reject'}"
+    if not access.can(user, "approve"):
+        history.record_refusal(user, action, artefact, reason="role may not approve")
+        raise Forbidden("Your role may not approve.")
+    check_four_eyes(artefact, user, author_field="author", action=action)
+    if approve and kind.privileged(artefact) and not user.has_perm(kind.privileged_permission):
+        history.record_refusal(
+            user, action, artefact, reason="privileged version needs the privileged-approval permission"
+        )
+        raise Forbidden(f"Approving a privileged {kind.label} needs the privileged-approval permission.")
+    if not approve and not (reason or "").strip():
+        raise InvalidInput("A rejection needs a reason.", field="reason")
+    to = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+    with transaction.atomic():
+        # Conditional update: of two approvers acting at once, exactly one decision stands.
+        won = kind.model.objects.filter(pk=artefact.pk, approval_status=ApprovalStatus.PENDING).update(
+            approval_status=to, decided_by=user, decided_at=timezone.now(), decision_reason=(reason or "").strip()
+        )
+        if not won:
+            current = kind.model.objects.values_list("approval_status", flat=True).get(pk=artefact.pk)
+            raise Conflict(f"This {kind.label} is already {current}.")
+        history.append(
+            user,
+            f"{kind.action_prefix}.{to}",
+            artefact,
+            payload={"name": getattr(artefact, kind.lineage), "version": artefact.version, "reason": reason},
+        )
+    artefact.refresh_from_db()
+    return artefact
+
+
+def expire_pending(now: datetime | None = None) -> int:
+    """Versions of every kind left pending past the approval TTL are rejected by the system, with
+    the reason; how many."""
+    now = now or timezone.now()
+    hours = settings.RMM_APPROVAL_TTL_HOURS
+    reason = f"approval expired after {hours} h"
+    count = 0
+    for kind in registry.all_kinds():
+        stale = kind.model.objects.filter(
+            approval_status=ApprovalStatus.PENDING, created_at__lt=now - timedelta(hours=hours)
+        )
+        for artefact in stale:
+            with transaction.atomic():
+                if kind.model.objects.filter(pk=artefact.pk, approval_status=ApprovalStatus.PENDING).update(
+                    approval_status=ApprovalStatus.REJECTED, decided_at=now, decision_reason=reason
+                ):
+                    history.append("system", f"{kind.action_prefix}.rejected", artefact, payload={"reason": reason})
+                    count += 1
+    return count
+
+
+def previous_approved(kind: ArtefactKind, artefact):
+    """The newest approved version before this one of the same name, or None."""
+    return (
+        kind.model.objects.filter(
+            **{kind.lineage: getattr(artefact, kind.lineage)},
+            version__lt=artefact.version,
+            approval_status=ApprovalStatus.APPROVED,
+        )
+        .order_by("-version")
+        .first()
+    )
+
+
+def diff(kind: ArtefactKind, artefact) -> str:
+    """Unified diff of the content from the previous approved version ("" when there is none):
+    what approving this one changes in what may run."""
+    previous = previous_approved(kind, artefact)
+    if previous is None:
+        return ""
+    name = getattr(artefact, kind.lineage)
+    return "".join(
+        difflib.unified_diff(
+            kind.content(previous).splitlines(keepends=True),
+            kind.content(artefact).splitlines(keepends=True),
+            fromfile=f"{name} v{previous.version}",
+            tofile=f"{name} v{artefact.version}",
+        )
+    )
+
+
+def pending(kind_name: str = "", created_before: datetime | None = None, limit: int = 200) -> list[dict]:
+    """Pending versions of every registered kind (or of ``kind_name``), oldest first, each with
+    its content and diff: what the approval queue shows."""
+    items = []
+    for kind in registry.all_kinds():
+        if kind_name not in ("", kind.name):
+            continue
+        versions = kind.model.objects.filter(approval_status=ApprovalStatus.PENDING).select_related("author")
+        if created_before:
+            versions = versions.filter(created_at__lte=created_before)
+        items += [_item(kind, version) for version in versions.order_by("created_at")[:limit]]
+    return items
+
+
+def _item(kind: ArtefactKind, version) -> dict:
+    item = {
+        "kind": kind.name,
+        "artefact": True,
+        "obj": version,
+        "name": getattr(version, kind.lineage),
+        "created_at": version.created_at,
+        "requester": version.author,
+        "title": f"{kind.label.capitalize()} {kind.describe(version)}",
+        "privileged": kind.privileged(version),
+        "details": kind.details(version),
+        "problem": "",
+    }
+    try:
+        item["content"], item["diff"] = kind.content(version), diff(kind, version)
+    except ServiceError as exc:  # content whose blob is missing or altered: shown, never a 500
+        item["content"], item["diff"], item["problem"] = "", "", exc.detail
+    return item
