@@ -15,7 +15,7 @@ from rmm.authority import services as authority_services
 from rmm.authority.models import PsaTask
 from rmm.authority.services import authority_problem
 from rmm.engine import services as engine
-from rmm.engine.services import kill_switches
+from rmm.engine.services import batches, kill_switches
 from rmm.engine.states import JobStatus
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -216,16 +216,20 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
 MAX_BATCH_ASSETS = 50_000
 
 
-def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_name=None) -> list[ScriptJob]:
+def create_script_jobs(
+    user, *, script_id, psa_task_id, asset_ids=None, site_name=None, plan: dict | None = None
+) -> list[ScriptJob]:
     """One script on many assets (the listed ones, or every asset of a site): one job per asset.
 
     The rules of :func:`create_script_job`, checked once for the batch: approved script, one PSA
     task whose case's site holds every asset, no engaged kill switch. All jobs and their history
     are written in one transaction with the first wave's signed instructions; the task cluster
     signs the later waves once it commits (:func:`rmm.engine.services.queue_in_waves`). Waves are
-    ``RMM_WAVE_SIZE`` instructions every ``RMM_WAVE_INTERVAL_SECONDS``.
+    ``RMM_WAVE_SIZE`` instructions every ``RMM_WAVE_INTERVAL_SECONDS``; with a ``plan``, the batch
+    is released ring by ring (:mod:`rmm.engine.services.batches`).
     """
     _require(user, "request_jobs", "script_job.create")
+    plan = batches.check_plan(plan)
     script = Script.objects.filter(pk=script_id).first() if script_id else None
     if script is None:
         raise InvalidInput("No such script.", field="script")
@@ -303,6 +307,7 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
         for asset in assets
     ]
     with history.refusals_recorded(), transaction.atomic():
+        batches.assign(jobs, user, plan)
         bulk.insert_many(jobs)
         # Checked again under the history's lock, which the later waves take too, before the first
         # wave is signed for the agents found under it (rmm.engine.services.queue_in_waves).
@@ -338,12 +343,9 @@ def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_nam
             )
             for job in jobs
         ]
-        # The history last, in one append with the first wave's: every lease and result waits
+        # The history last, in one append with the first ring's: every lease and result waits
         # for the history's lock until this commits.
-        if status == JobStatus.QUEUED:
-            engine.queue_in_waves(jobs, user, history_before=created)
-        else:
-            history.append_many(created)
+        batches.start(jobs, user, history_before=created)
         # One console event for the batch, not one per job.
         engine.events.publish(
             site.pk,

@@ -1,5 +1,5 @@
 from django.db.models import Q
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -7,8 +7,8 @@ from rest_framework.response import Response
 from rmm import access
 from rmm.api import SiteScopedMixin, reason_of
 from rmm.api_schema import ReasonSerializer, refusal
-from rmm.engine.models import KillSwitch, KillSwitchScope
-from rmm.engine.services import kill_switches
+from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
+from rmm.engine.services import batches, kill_switches
 
 
 class KillSwitchSerializer(serializers.ModelSerializer):
@@ -75,3 +75,64 @@ class KillSwitchViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadO
     def release(self, request, pk=None):
         switch = kill_switches.release(request.user, self.get_object(), reason_of(request))
         return Response(self.get_serializer(switch).data)
+
+
+class BatchRingSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="0 is the canary ring.")
+    size = serializers.IntegerField()
+    pending = serializers.IntegerField(help_text="Awaiting approval, or queued (released or not).")
+    running = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="Failed, timed out or lost.")
+    aborted = serializers.IntegerField(help_text="Aborted or rejected.")
+
+
+class BatchSerializer(serializers.ModelSerializer):
+    kind = serializers.CharField(source="job_kind", read_only=True)
+    status = serializers.ChoiceField(choices=BatchStatus.choices, read_only=True)
+    site = serializers.CharField(source="site.name", read_only=True)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    rings = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Batch
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "halt_reason",
+            "plan",
+            "site",
+            "requested_by",
+            "created_at",
+            "released_rings",
+            "results",
+            "failed",
+            "rings",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(BatchRingSerializer(many=True))
+    def get_rings(self, batch: Batch) -> list[dict]:
+        return batches.progress(batch)
+
+
+class BatchViewSet(SiteScopedMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A batch of the sites you may see: its plan, status and progress per ring (a constant number
+    of queries); resume a halted one."""
+
+    serializer_class = BatchSerializer
+
+    def get_queryset(self):
+        return Batch.objects.filter(site__in=access.visible_sites(self.request.user)).select_related(
+            "site", "requested_by"
+        )
+
+    @extend_schema(
+        request=None,
+        responses={200: BatchSerializer, 409: refusal("The batch is not halted.")},
+    )
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        batch = batches.resume(self.get_object(), request.user)
+        return Response(self.get_serializer(self.get_queryset().get(pk=batch.pk)).data)
