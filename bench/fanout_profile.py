@@ -50,6 +50,11 @@ def _runs(args):
     from rmm.inventory.models import Agent, Asset
 
     call_command("migrate", verbosity=0)
+    # The signing keys before any request, as bench/cluster.py makes them: a key first made inside
+    # the batch's request is dated after the moment that request signs at, and cannot sign then.
+    from rmm.keys import keyset
+
+    keyset.current()
     site = inventory.get_or_create_site("bench", actor="cli:bench")
     # the bench PSA requests jobs on authority it writes itself: its site allows that
     inventory.set_site_policy("cli:bench", site, allow_self_authorized_jobs=True)
