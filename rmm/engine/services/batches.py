@@ -208,8 +208,8 @@ def _after_end(batch_id, results: int, failed: int) -> None:
     if results:
         Batch.objects.filter(pk=batch_id).update(results=F("results") + results, failed=F("failed") + failed)
         batch.results, batch.failed = batch.results + results, batch.failed + failed
-    if batch.status == B.AWAITING_APPROVAL:
-        _begin_if_decided(batch, "system")
+    if batch.status == B.AWAITING_APPROVAL:  # the last decision a rejection: started in the requester's name
+        _begin_if_decided(batch, batch.requested_by)
     elif failed and batch.status == B.RUNNING and _past_threshold(batch):
         threshold = batch.plan["failure_threshold_percent"]
         _halt(batch, f"{batch.failed} of {batch.results} finished jobs failed, past the threshold of {threshold} %")
@@ -242,9 +242,10 @@ def _begin_if_decided(batch: Batch, actor) -> None:
     _announce(batch)
 
 
-def advance(batch: Batch, now: datetime, *, via: str) -> None:
-    """Release the batch's next ring if its time has come, or mark it completed if every job has
-    finished. Call with the batch's row locked."""
+def advance(batch: Batch, now: datetime, *, via: str, actor=None) -> None:
+    """Release the batch's next ring if its time has come, in ``actor``'s name (by default its
+    requester's), or mark it completed if every job has finished. Call under the history's lock
+    with the batch's row locked."""
     if batch.status != B.RUNNING:
         return
     rings = len(batch.ring_sizes)
@@ -263,7 +264,7 @@ def advance(batch: Batch, now: datetime, *, via: str) -> None:
     interval = timedelta(seconds=batch.plan["interval_seconds"])
     if batch.ring_released_at and now < batch.ring_released_at + interval:
         return  # the sweep releases it once the interval has passed
-    _release(batch, batch.released_rings, batch.requested_by, now, via=via)
+    _release(batch, batch.released_rings, actor or batch.requested_by, now, via=via)
 
 
 def _release(batch: Batch, ring: int, actor, now: datetime, *, via: str) -> None:
@@ -319,6 +320,7 @@ def sweep(now: datetime) -> int:
     count = 0
     for batch_id in list(Batch.objects.filter(status=B.RUNNING, timed=False).values_list("pk", flat=True)[:1000]):
         with transaction.atomic():
+            history.lock()  # first, as every result does before it locks the batch
             batch = Batch.objects.select_for_update().get(pk=batch_id)
             before = batch.released_rings
             advance(batch, now, via="sweep")
@@ -393,7 +395,7 @@ def resume(batch: Batch, user) -> Batch:
         waiting = dispatch._not_issued(kind).filter(batch_id=batch.pk, ring__lt=batch.released_rings)
         if batch.released_rings and waiting.exists():  # released before the halt, not issued since
             tasks.enqueue_on_commit("rmm.engine.tasks.issue_ring", str(batch.pk), batch.released_rings - 1)
-        advance(batch, timezone.now(), via="resume")
+        advance(batch, timezone.now(), via="resume", actor=user)
         _announce(batch)
     return batch
 
