@@ -324,3 +324,18 @@ def test_a_result_costs_the_same_queries_in_a_batch_of_three_as_in_one_of_twelve
         assert status == 201
         counts.append(len(queries))
     assert counts[0] == counts[1]
+
+
+def test_a_released_ring_whose_task_was_lost_is_issued_by_the_sweep(world, django_capture_on_commit_callbacks):
+    body = start(world, django_capture_on_commit_callbacks, {"canary": 1, "ring_size": 5, "interval_seconds": 0})
+    (agent,) = [world["agents"][job.asset_id] for job in ScriptJob.objects.filter(batch_id=body["batch"], ring=0)]
+    (inst,) = engine.lease(agent, 1, timezone.now())
+    with django_capture_on_commit_callbacks(execute=False):  # the ring's task is lost
+        engine.ingest_result(agent, make_result(str(inst.pk), "completed", exit_code=0, stdout="x"))
+    assert progress(world, body["batch"])["released_rings"] == 2 and issued(body["batch"]) == 1
+    engine.sweep(timezone.now() + timedelta(minutes=1))  # only late, perhaps
+    assert issued(body["batch"]) == 1
+    engine.sweep(timezone.now() + timedelta(minutes=11))
+    assert issued(body["batch"]) == 6
+    vias = HistoryEvent.objects.filter(action="instruction.issued").values_list("payload__via", flat=True)
+    assert sorted(v or "" for v in vias) == ["", *["sweep"] * 5]

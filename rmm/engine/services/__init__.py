@@ -532,10 +532,14 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
         stranded = list(
             _not_issued(kind)
             .filter(created_at__lt=now - grace)
-            .filter(  # a batch's rings not yet released are not stranded, they wait
+            .filter(  # a batch's rings not yet released (or just released) are not stranded, they wait
                 Q(batch__isnull=True)
                 | Q(batch__timed=True)
-                | Q(batch__status=BatchStatus.RUNNING, ring__lt=F("batch__released_rings"))
+                | Q(
+                    batch__status=BatchStatus.RUNNING,
+                    ring__lt=F("batch__released_rings"),
+                    batch__ring_released_at__lt=now - grace,
+                )
             )
             .order_by("created_at", "pk")
             .values_list("pk", "requested_by")[:TASK_CHUNK]

@@ -315,8 +315,8 @@ def _announce(batch: Batch) -> None:
 
 
 def sweep(now: datetime) -> int:
-    """The backstop: rings whose interval has passed since the last result are released, and a
-    lost ring's task is made up for (its released jobs with no instruction issued again)."""
+    """The backstop: rings whose interval ended after the last result of the ring before are
+    released. (A ring's lost task is made up for by :func:`rmm.engine.services.issue_stranded`.)"""
     count = 0
     for batch_id in list(Batch.objects.filter(status=B.RUNNING, timed=False).values_list("pk", flat=True)[:1000]):
         with transaction.atomic():
