@@ -339,3 +339,16 @@ def test_a_released_ring_whose_task_was_lost_is_issued_by_the_sweep(world, djang
     assert issued(body["batch"]) == 6
     vias = HistoryEvent.objects.filter(action="instruction.issued").values_list("payload__via", flat=True)
     assert sorted(v or "" for v in vias) == ["", *["sweep"] * 5]
+
+
+def test_a_batch_a_kill_switch_aborted_is_not_resumed(world, caller, django_capture_on_commit_callbacks):
+    plan = {"canary": 1, "ring_size": 5, "interval_seconds": 0, "failure_threshold_percent": 0}
+    body = start(world, django_capture_on_commit_callbacks, plan)
+    run_ring(world["agents"].values(), django_capture_on_commit_callbacks, exit_code=1)
+    assert progress(world, body["batch"])["status"] == "halted"
+    root = caller("root", "admin")
+    r = root.post("/api/v1/kill-switches/", {"scope": "global", "reason": "stop"}, format="json")
+    assert r.status_code == 201
+    assert progress(world, body["batch"])["status"] == "aborted"
+    assert world["boss"].post(f"/api/v1/batches/{body['batch']}/resume/").status_code == 409
+    assert issued(body["batch"]) == 1

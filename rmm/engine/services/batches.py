@@ -31,7 +31,6 @@ from rmm import access, tasks
 from rmm.engine import events, registry
 from rmm.engine import services as dispatch
 from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
-from rmm.engine.services import kill_switches
 from rmm.engine.states import ACTIVE, JobStatus
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -365,7 +364,8 @@ def stop_in_scope(switch: KillSwitch, actor) -> int:
 
 def resume(batch: Batch, user) -> Batch:
     """An approver who did not request the batch lets a halted batch go on: the ring that was
-    due is released (if its time has come) and the released jobs not yet issued are issued."""
+    due is released (if its time has come) and the released jobs not yet issued are issued. (A
+    kill switch over its site ended it ``aborted``, which does not resume.)"""
     if not access.can(user, "approve"):
         history.record_refusal(user, "batch.resume", batch, reason="role may not approve", site_id=batch.site_id)
         raise Forbidden("Resuming a batch needs the approver role.")
@@ -374,17 +374,6 @@ def resume(batch: Batch, user) -> Batch:
         raise Forbidden("You may not resume a batch you requested.")
     if batch.status != B.HALTED:
         raise Conflict(f"The batch is {batch.status}; only a halted batch can be resumed.")
-    switch = kill_switches.active_for_any(batch.site_id, [])
-    if switch is not None:
-        history.record_refusal(
-            user,
-            "batch.resume",
-            batch,
-            reason=f"kill switch engaged on {switch.target_label}",
-            site_id=batch.site_id,
-            payload={"kill_switch": str(switch.pk)},
-        )
-        raise Forbidden(f"A kill switch is engaged on {switch.target_label}: {switch.reason}")
     with transaction.atomic():
         history.lock()
         if not Batch.objects.filter(pk=batch.pk, status=B.HALTED).update(status=B.RUNNING, halt_reason=""):
