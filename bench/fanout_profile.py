@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The fan-out alone: ``POST /api/v1/script-jobs/batch/`` over N assets, in process, no fleet.
 
-    .venv/bin/python -m bench.fanout_profile [--assets 10000] [--content-kib 0] [--runs 3]
+    .venv/bin/python -m bench.fanout_profile [--assets 10000] [--content-kib 0] [--runs 3] [--plan JSON]
     make bench-fanout FANOUT=2000 BENCH_ARGS="--content-kib 64"
+    make bench-fanout BENCH_ARGS='--plan {"canary":500,"ring_size":2000}'  # a batch released in rings
 
 The fleet benchmark measures the fan-out while 10,000 agents heartbeat; this measures what the
 batch itself costs, so that a change to it can be judged without the fleet's noise. It makes a
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--assets", type=int, default=10_000)
     parser.add_argument("--content-kib", type=int, default=0, help="script size beyond one line")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--plan", type=json.loads, default=None, help="the batch's plan (JSON); none: the waves")
     args = parser.parse_args(argv)
 
     with scratch_database("rmm_fanout"):
@@ -95,6 +97,8 @@ def _runs(args):
 
     call_command("migrate", verbosity=0)
     call, body, _ = prepare(args.assets, args.content_kib)
+    if args.plan is not None:
+        body["plan"] = args.plan
     gc.freeze()  # as a worker does (rmm/asgi.py)
     gc.set_threshold(*settings.RMM_GC_THRESHOLDS)
     for run in range(args.runs):
@@ -104,6 +108,7 @@ def _runs(args):
             "run": run,
             "assets": answer["count"],
             "content_kib": args.content_kib,
+            "plan": args.plan,
             "wall_seconds": round(time.perf_counter() - wall, 2),
             "cpu_seconds": round(time.process_time() - cpu, 2),
         }

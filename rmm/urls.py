@@ -11,7 +11,7 @@ from rmm.api_docs import ApiDocsView
 from rmm.approval_queue import approval_queue
 from rmm.authority.api import views as authority_views
 from rmm.engine import agent_views
-from rmm.engine.api.views import JobViewSet, KillSwitchViewSet
+from rmm.engine.api.views import BatchViewSet, JobViewSet, KillSwitchViewSet
 from rmm.inventory.api.views import AgentViewSet, AssetViewSet, SiteViewSet
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
 
@@ -26,6 +26,7 @@ router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-ex
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
+router.register("batches", BatchViewSet, basename="batch")
 router.register("tokens", authority_views.ApiTokenViewSet, basename="api-token")
 
 handler500 = "rmm.dependencies.server_error"  # a dependency that is down answers 503, not 500

@@ -95,11 +95,19 @@ def create_script_job(user, *, script_id, asset_id, psa_task_id) -> ScriptJob:
     return engine.create_job(user, "script", asset_id=asset_id, psa_task_id=psa_task_id, script_id=script_id)
 
 
-def create_script_jobs(user, *, script_id, psa_task_id, asset_ids=None, site_name=None) -> list[ScriptJob]:
+def create_script_jobs(
+    user, *, script_id, psa_task_id, asset_ids=None, site_name=None, plan: dict | None = None
+) -> list[ScriptJob]:
     """One script on many assets (the listed ones, or every asset of a site), one job per asset,
-    released in waves (:func:`rmm.engine.services.create_jobs`)."""
+    in one batch released by its ``plan`` (:func:`rmm.engine.services.create_jobs`)."""
     return engine.create_jobs(
-        user, "script", psa_task_id=psa_task_id, asset_ids=asset_ids, site_name=site_name, script_id=script_id
+        user,
+        "script",
+        psa_task_id=psa_task_id,
+        asset_ids=asset_ids,
+        site_name=site_name,
+        plan=plan,
+        script_id=script_id,
     )
 
 

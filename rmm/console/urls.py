@@ -9,6 +9,7 @@ urlpatterns = [
     path("console/", views.job_list, name="jobs"),
     path("console/jobs/<str:kind>/<uuid:job_id>/", views.job_detail, name="job"),
     path("console/jobs/<str:kind>/<uuid:job_id>/fragment/", views.job_fragment, name="job-fragment"),
+    path("console/batches/<uuid:batch_id>/", views.batch_detail, name="batch"),
     path("console/kill-switches/", views.kill_switch_page, name="kill-switches"),
     path("console/tokens/", views.token_page, name="tokens"),
     path("console/tokens/<uuid:token_id>/revoke/", views.token_revoke, name="token-revoke"),

@@ -15,8 +15,8 @@ from django.views.decorators.http import require_POST
 from rmm import access
 from rmm.authority import services as authority
 from rmm.engine import registry
-from rmm.engine.models import KillSwitchScope
-from rmm.engine.services import kill_switches
+from rmm.engine.models import Batch, KillSwitchScope
+from rmm.engine.services import batches, kill_switches
 from rmm.engine.states import ACTIVE, FINAL
 from rmm.errors import ServiceError
 
@@ -79,6 +79,16 @@ def job_detail(request, kind, job_id):
 def job_fragment(request, kind, job_id):
     """The job's detail block alone, fetched by the page when a live event says it changed."""
     return render(request, "console/job_fragment.html", _context(request, kind, job_id))
+
+
+@login_required
+def batch_detail(request, batch_id):
+    """A batch's plan, status and progress per ring (a constant number of queries)."""
+    visible = Batch.objects.filter(site__in=access.visible_sites(request.user)).select_related("site", "requested_by")
+    batch = visible.filter(pk=batch_id).first()
+    if batch is None:
+        raise Http404
+    return render(request, "console/batch.html", {"batch": batch, "rings": batches.progress(batch)})
 
 
 class EngageForm(forms.Form):

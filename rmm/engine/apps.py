@@ -10,4 +10,5 @@ class EngineConfig(AppConfig):
 
         outbox.register("kill_switch.engaged", "A kill switch was engaged: work in its scope stops")
         outbox.register("kill_switch.released", "A kill switch was released")
+        outbox.register("batch.halted", "A batch passed its failure threshold: no more rings are released")
         outbox.register("case.may_close", "Every job under a PSA case has reached a final status")

@@ -23,9 +23,50 @@ class JobBase(models.Model):
     )
     decided_at = models.DateTimeField(null=True, blank=True)
     status_reason = models.TextField(blank=True)
+    batch = models.ForeignKey(
+        "engine.Batch", on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    ring = models.PositiveIntegerField(null=True, blank=True, help_text="Its ring in the batch (0: the canary).")
 
     class Meta:
         abstract = True
+        # A batch's progress, and whether a ring has finished, are read through this index.
+        indexes = [models.Index(fields=["batch", "ring", "status"], name="%(app_label)s_%(class)s_ring_idx")]
+
+
+class BatchStatus(models.TextChoices):
+    AWAITING_APPROVAL = "awaiting_approval"
+    RUNNING = "running"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+class Batch(models.Model):
+    """The jobs of one request over many assets, released ring by ring (rmm.engine.services.batches)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job_kind = models.CharField(max_length=50)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=20, choices=BatchStatus.choices)
+    halt_reason = models.TextField(blank=True)
+    plan = models.JSONField(help_text="canary, ring_size or ring_percent, growth, interval_seconds, threshold.")
+    timed = models.BooleanField(
+        default=False, help_text="No plan was given: released in RMM_WAVE_SIZE waves on the clock, as before batches."
+    )
+    ring_sizes = models.JSONField(help_text="How many jobs each ring holds, the canary first.")
+    released_rings = models.PositiveIntegerField(default=0)
+    ring_released_at = models.DateTimeField(null=True, blank=True)
+    results = models.PositiveIntegerField(default=0, help_text="Jobs finished with a result (not aborted).")
+    failed = models.PositiveIntegerField(default=0, help_text="Of them, failed, timed out or lost.")
+
+    class Meta:
+        indexes = [models.Index(fields=["status"], name="batch_status_idx")]
+
+    def __str__(self) -> str:
+        return f"batch {self.pk} ({self.status})"
 
 
 class Instruction(models.Model):

@@ -137,12 +137,19 @@ class ScriptJobBatchSerializer(serializers.Serializer):
     psa_task_id = serializers.UUIDField(
         required=False, allow_null=True, help_text="The approved PSA task that authorises these jobs."
     )
+    plan = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="canary, ring_size or ring_percent, growth, interval_seconds, failure_threshold_percent "
+        "(docs/psa-integration.md#batches); none: the global waves.",
+    )
 
 
 ScriptJobBatchAnswer = inline_serializer(
     "ScriptJobBatchResult",
     {
         "count": serializers.IntegerField(),
+        "batch": serializers.UUIDField(help_text="The batch: GET /api/v1/batches/{id}/ for its progress."),
         "status": serializers.ChoiceField(choices=JobStatus.choices, help_text="Every job's status."),
         "jobs": inline_serializer(
             "ScriptJobBatchJob", {"id": serializers.UUIDField(), "asset": serializers.UUIDField()}, many=True
@@ -189,7 +196,7 @@ class ScriptJobViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOn
     @extend_schema(request=ScriptJobBatchSerializer, responses={201: ScriptJobBatchAnswer})
     @action(detail=False, methods=["post"])
     def batch(self, request):
-        """One script on many assets, one job each, released in waves."""
+        """One script on many assets, one job each, in a batch released ring by ring (or in waves)."""
         ser = ScriptJobBatchSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         jobs = services.create_script_jobs(
@@ -198,10 +205,12 @@ class ScriptJobViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOn
             psa_task_id=ser.validated_data.get("psa_task_id"),
             asset_ids=ser.validated_data.get("assets"),
             site_name=ser.validated_data.get("site"),
+            plan=ser.validated_data.get("plan"),
         )
         return Response(
             {
                 "count": len(jobs),
+                "batch": str(jobs[0].batch_id),
                 "status": jobs[0].status,
                 "jobs": [{"id": str(job.pk), "asset": str(job.asset_id)} for job in jobs],
             },

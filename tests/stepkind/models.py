@@ -17,7 +17,7 @@ class StepJob(JobBase):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
+    class Meta(JobBase.Meta):
         ordering = ["-created_at"]
 
     def __str__(self) -> str:

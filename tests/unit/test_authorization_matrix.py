@@ -41,7 +41,7 @@ from evidence.models import EvidenceExport, RmmEvidence
 from rmm import access
 from rmm.authority import services as authority
 from rmm.authority.models import ApiToken
-from rmm.engine.models import KillSwitch
+from rmm.engine.models import Batch, KillSwitch
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
@@ -159,6 +159,10 @@ def _new_export(w) -> bool:
 
 def _job_decided(w) -> bool:
     return ScriptJob.objects.filter(pk=w.ids["job_waiting"], status="queued").exists()
+
+
+def _batch_resumed(w) -> bool:
+    return not Batch.objects.filter(pk=w.ids["batch"], status="halted").exists()
 
 
 def _granted(w) -> bool:
@@ -319,6 +323,16 @@ ROWS = [
         hidden=("job_waiting",),
         label="no reason",
     ),
+    # --- batches: a halted one in alpha, requested by a third party
+    api("GET", "/api/v1/batches/{batch}/", 200, 404, hidden=("batch",)),
+    api(
+        "POST",
+        "/api/v1/batches/{batch}/resume/",
+        only(APPROVE, 200, 403),
+        404,
+        hidden=("batch",),
+        effect=(_batch_resumed, callers(APPROVE, "in")),
+    ),
     # --- evidence
     api("GET", "/api/v1/evidence/", 200, shows=(("evidence", IN),)),
     api("GET", "/api/v1/evidence/?asset={asset}", 200, shows=(("evidence", IN),), hidden=("asset",)),
@@ -432,6 +446,7 @@ ROWS = [
     page("GET", "/", 302),
     page("GET", "/console/", 200, shows=(("job_done", IN),)),
     page("GET", "/console/jobs/script/{job_done}/", 200, 404, hidden=("job_done",)),
+    page("GET", "/console/batches/{batch}/", 200, 404, hidden=("batch",)),
     page("GET", "/console/jobs/script/{job_done}/fragment/", 200, 404, hidden=("job_done",)),
     page("GET", "/console/jobs/patch/{job_done}/", 404, label="unknown kind"),
     page("GET", "/console/scripts/run/", 200, shows=(("asset", IN), ("task", IN))),
@@ -585,6 +600,13 @@ def build_world(storage: str) -> World:
     switch = kill_switches.engage(psa, scope="asset", target=str(spare.asset_id), reason="matrix asset switch")
     global_switch = kill_switches.engage(root, scope="global", target=None, reason="matrix global switch")
     kill_switches.release(boss, global_switch, "drill over")
+    # A batch in alpha halted by its failing canary (after the global switch, which would stop it).
+    plan = {"canary": 1, "failure_threshold_percent": 0}
+    (batch_job,) = scripting.create_script_jobs(
+        psa, script_id=hello.pk, psa_task_id=task.pk, asset_ids=[agent.asset_id], plan=plan
+    )
+    leased = heartbeat(agent_auth)["instructions"]
+    assert report(agent_auth, json.loads(leased[0]["payload"])["instruction_id"], exit_code=1).status_code == 201
     hold = evidence.place_hold(root, site_ref="alpha", reason="matrix hold")
     authority.issue_token(author, name="a third party's")
     token_other = ApiToken.objects.get(user=author, name="a third party's")
@@ -608,8 +630,9 @@ def build_world(storage: str) -> World:
             "global_switch": str(global_switch.pk),
             "hold": str(hold.pk),
             "token_other": str(token_other.pk),
+            "batch": str(batch_job.batch_id),
         },
-        jobs=[str(job_done.pk), str(job_waiting.pk)],
+        jobs=[str(job_done.pk), str(job_waiting.pk), str(batch_job.pk)],
         storage=storage,
         agent_auth=agent_auth,
     )

@@ -36,6 +36,19 @@ def _other_table_status(value: ast.expr) -> bool:
     )
 
 
+# Models with a status column of their own, written by their own services (a batch's status is
+# derived from its jobs', which only the one path writes).
+OTHER_TABLES = {"Batch"}
+
+
+def _on_other_table(call: ast.Call) -> bool:
+    """``Batch.objects....update(status=...)``: the call's receiver chain starts at such a model."""
+    node = call.func.value
+    while isinstance(node, ast.Attribute | ast.Call):
+        node = node.value if isinstance(node, ast.Attribute) else node.func
+    return isinstance(node, ast.Name) and node.id in OTHER_TABLES
+
+
 def _names_status(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Constant) and n.value == "status" for n in ast.walk(node))
 
@@ -54,7 +67,12 @@ def status_writers(path: Path) -> list[str]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             method = node.func.attr
             for keyword in node.keywords:
-                if method == "update" and keyword.arg == "status" and not _other_table_status(keyword.value):
+                if (
+                    method == "update"
+                    and keyword.arg == "status"
+                    and not _other_table_status(keyword.value)
+                    and not _on_other_table(node)
+                ):
                     found.append(f"{where(node)} .update(status=...)")
                 if keyword.arg == "update_fields" and _names_status(keyword.value):
                     found.append(f"{where(node)} save(update_fields=[... 'status'])")

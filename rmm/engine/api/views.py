@@ -9,8 +9,8 @@ from rmm import access
 from rmm.api import SiteScopedMixin, reason_of
 from rmm.api_schema import ReasonSerializer, refusal
 from rmm.engine import registry
-from rmm.engine.models import KillSwitch, KillSwitchScope
-from rmm.engine.services import kill_switches
+from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
+from rmm.engine.services import batches, kill_switches
 from rmm.engine.states import JobStatus
 
 
@@ -155,3 +155,64 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(parameters=[JobQuerySerializer])
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
+
+
+class BatchRingSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="0 is the canary ring.")
+    size = serializers.IntegerField()
+    pending = serializers.IntegerField(help_text="Awaiting approval, or queued (released or not).")
+    running = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="Failed, timed out or lost.")
+    aborted = serializers.IntegerField(help_text="Aborted or rejected.")
+
+
+class BatchSerializer(serializers.ModelSerializer):
+    kind = serializers.CharField(source="job_kind", read_only=True)
+    status = serializers.ChoiceField(choices=BatchStatus.choices, read_only=True)
+    site = serializers.CharField(source="site.name", read_only=True)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    rings = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Batch
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "halt_reason",
+            "plan",
+            "site",
+            "requested_by",
+            "created_at",
+            "released_rings",
+            "results",
+            "failed",
+            "rings",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(BatchRingSerializer(many=True))
+    def get_rings(self, batch: Batch) -> list[dict]:
+        return batches.progress(batch)
+
+
+class BatchViewSet(SiteScopedMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A batch of the sites you may see: its plan, status and progress per ring (a constant number
+    of queries); resume a halted one."""
+
+    serializer_class = BatchSerializer
+
+    def get_queryset(self):
+        return Batch.objects.filter(site__in=access.visible_sites(self.request.user)).select_related(
+            "site", "requested_by"
+        )
+
+    @extend_schema(
+        request=None,
+        responses={200: BatchSerializer, 409: refusal("The batch is not halted.")},
+    )
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        batch = batches.resume(self.get_object(), request.user)
+        return Response(self.get_serializer(self.get_queryset().get(pk=batch.pk)).data)

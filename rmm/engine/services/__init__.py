@@ -18,14 +18,14 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Exists, Max, OuterRef, Q, Subquery, UUIDField
+from django.db.models import Exists, F, Max, OuterRef, Q, Subquery, UUIDField
 from django.utils import timezone
 
 from rmm import access, bulk, tasks
 from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
 from rmm.engine import events, registry
-from rmm.engine.models import Instruction, KillSwitch
-from rmm.engine.services import kill_switches, steps, throttles, transitions
+from rmm.engine.models import Batch, BatchStatus, Instruction, KillSwitch
+from rmm.engine.services import batches, kill_switches, steps, throttles, transitions
 from rmm.engine.services.creating import create_job as create_job  # the creation service, exported
 from rmm.engine.services.creating import create_jobs as create_jobs
 from rmm.engine.services.transitions import job_event, transition_instruction, transition_job  # noqa: F401
@@ -173,11 +173,17 @@ def _active_agents(asset_ids: set) -> dict:
 
 
 def _sign(
-    kind, rendered: list, agents: dict, wave_offset: int, release_base: datetime | None = None
+    kind,
+    rendered: list,
+    agents: dict,
+    wave_offset: int,
+    release_base: datetime | None = None,
+    *,
+    spread: bool = True,
 ) -> list[Instruction]:
     """Build and sign one unsaved instruction per (job, spec, step), the n-th released in wave
-    n // ``RMM_WAVE_SIZE`` counted from ``release_base`` (by default now). Every asset must
-    have an agent."""
+    n // ``RMM_WAVE_SIZE`` counted from ``release_base`` (by default now), or all at
+    ``release_base`` without ``spread`` (a batch's ring). Every asset must have an agent."""
     keys = keyset.current()  # first: a key made now, for a new server's first signature, is valid from now
     now = timezone.now()
     release_base = release_base or now
@@ -212,7 +218,7 @@ def _sign(
             psa_case_id=authority.get("psa_case_id"),
             psa_task_id=authority.get("psa_task_id"),
             issued_at=now,
-            release_at=throttles.release_time(position, release_base),
+            release_at=throttles.release_time(position, release_base) if spread else release_base,
             not_after=not_after,
         )
         inst.payload = canonical_json(
@@ -324,6 +330,7 @@ def issue_later_waves(
     queued_at: datetime,
     now: datetime | None = None,
     via: str = "batch task",
+    batch: Batch | None = None,
 ) -> int:
     """Sign and store the instructions of a batch's later waves (the jobs ``job_ids``, the
     first at ``wave_offset`` in a batch queued at ``queued_at``). Returns how many were stored.
@@ -334,7 +341,9 @@ def issue_later_waves(
     whose authority no longer holds, or whose agent was revoked end aborted, in bulk and without
     an instruction; the others' instructions are stored. Running it twice stores nothing twice.
     A task that runs late shifts the batch's later waves by its lateness: its first wave is
-    released now, the next an interval later.
+    released now, the next an interval later. With ``batch`` (a ring of a batch with a plan:
+    :func:`rmm.engine.services.batches.issue_ring`) all are released at ``queued_at``, and
+    nothing is stored unless the batch is still running when the lock is held.
     """
     kind = registry.get(kind_name)
     now = now or timezone.now()
@@ -350,11 +359,13 @@ def issue_later_waves(
     # Measured from the batch's second wave, the same for every chunk of it: chunks that run in
     # order, each later than the one before, are shifted further each and never overlap.
     lateness = now - throttles.release_time(max(1, settings.RMM_WAVE_SIZE), queued_at)
-    release_base = queued_at + max(lateness, timedelta(0))
+    release_base = queued_at + max(lateness, timedelta(0)) if batch is None else queued_at
     signable = [(job, spec, step) for job, spec, step in rendered if spec.asset.pk in agents]
-    signed = _sign(kind, signable, agents, wave_offset, release_base)
+    signed = _sign(kind, signable, agents, wave_offset, release_base, spread=batch is None)
     with transaction.atomic():
         history.lock()  # from here, every switch, withdrawal and revocation is seen or follows us
+        if batch is not None and not Batch.objects.filter(pk=batch.pk, status=BatchStatus.RUNNING).exists():
+            return 0  # halted or stopped meanwhile: the jobs wait, unissued
         still = {
             job.pk: job
             for job in _not_issued(kind)
@@ -453,6 +464,15 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
         stranded = list(
             _not_issued(kind)
             .filter(created_at__lt=now - grace)
+            .filter(  # a batch's rings not yet released (or just released) are not stranded, they wait
+                Q(batch__isnull=True)
+                | Q(batch__timed=True)
+                | Q(
+                    batch__status=BatchStatus.RUNNING,
+                    ring__lt=F("batch__released_rings"),
+                    batch__ring_released_at__lt=now - grace,
+                )
+            )
             .order_by("created_at", "pk")
             .values_list("pk", "requested_by")[:TASK_CHUNK]
         )
@@ -477,10 +497,14 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
 
 
 def queue_job(job, actor, **fields) -> None:
-    """awaiting_approval (or new) → queued, with its signed instructions."""
+    """awaiting_approval (or new) → queued, with its signed instructions (a job of a batch: when
+    its batch releases its ring)."""
     with transaction.atomic():
         transition_job(job, S.QUEUED, actor, **fields)
-        issue_instructions(job, actor)
+        if getattr(job, "batch_id", None) is not None:
+            batches.job_approved(job, actor)
+        else:
+            issue_instructions(job, actor)
 
 
 def job_instructions(job):
@@ -1167,7 +1191,8 @@ def sweep(now: datetime | None = None) -> int:
             logger.exception(
                 "sweep: instruction %s could not be marked lost (%s); next sweep tries again", inst.pk, reason
             )
-    for step in (withdraw_expired_authority, issue_stranded, inventory.mark_presence, inventory.close_refusal_windows):
+    steps = (withdraw_expired_authority, issue_stranded, batches.sweep, inventory.mark_presence)
+    for step in (*steps, inventory.close_refusal_windows):
         try:
             count += step(now)
         except Exception:

@@ -17,7 +17,7 @@ from rmm.authority import services as authority_services
 from rmm.authority.models import PsaTask
 from rmm.engine import events, registry
 from rmm.engine import services as engine
-from rmm.engine.services import kill_switches
+from rmm.engine.services import batches, kill_switches
 from rmm.engine.states import JobStatus
 from rmm.errors import Forbidden, InvalidInput
 from rmm.history import services as history
@@ -35,20 +35,23 @@ def create_job(user, kind: str, *, asset_id, psa_task_id, **params):
     return _create(user, registry.get(kind), psa_task_id, params, asset_ids=[asset_id] if asset_id else [], one=True)[0]
 
 
-def create_jobs(user, kind: str, *, psa_task_id, asset_ids=None, site_name=None, **params) -> list:
+def create_jobs(user, kind: str, *, psa_task_id, asset_ids=None, site_name=None, plan=None, **params) -> list:
     """One job of ``kind`` per asset (the listed ones, in their order, or every asset of a site
-    the caller may see), on one PSA task whose case's site holds them all.
+    the caller may see), on one PSA task whose case's site holds them all, in one batch.
 
     The laws are checked once for the batch. All jobs and their history are written in one
-    transaction with the first wave's signed instructions; the task cluster signs the later waves
-    once it commits (:func:`rmm.engine.services.queue_in_waves`).
+    transaction with the first ring's signed instructions; later rings are released by the
+    batch's ``plan`` (:mod:`rmm.engine.services.batches`; none: the global waves).
     """
-    return _create(user, registry.get(kind), psa_task_id, params, asset_ids=asset_ids, site_name=site_name)
+    return _create(user, registry.get(kind), psa_task_id, params, asset_ids=asset_ids, site_name=site_name, plan=plan)
 
 
-def _create(user, kind: registry.JobKind, psa_task_id, params: dict, *, asset_ids, site_name=None, one=False) -> list:
+def _create(
+    user, kind: registry.JobKind, psa_task_id, params: dict, *, asset_ids, site_name=None, one=False, plan=None
+) -> list:
     action = f"{kind.name}_job.create"
     engine.require_role(user, "request_jobs", action)
+    plan = None if one else batches.check_plan(plan)
     new = kind.prepare(**params)
     sites = access.visible_sites(user)
     assets = _assets(sites, asset_ids, site_name, one)
@@ -94,6 +97,8 @@ def _create(user, kind: registry.JobKind, psa_task_id, params: dict, *, asset_id
         for asset in assets
     ]
     with history.refusals_recorded(), transaction.atomic():
+        if not one:
+            batches.assign(jobs, user, plan)
         bulk.insert_many(jobs)
         # Checked again under the history's lock, which the later waves take too, in the
         # transaction that queues: a switch engaged or authority withdrawn since the checks above
@@ -121,9 +126,11 @@ def _create(user, kind: registry.JobKind, psa_task_id, params: dict, *, asset_id
             )
             for job in jobs
         ]
-        # The history last, in one append with the first wave's: every lease and result waits
+        # The history last, in one append with the first ring's: every lease and result waits
         # for the history's lock until this commits.
-        if status == JobStatus.QUEUED:
+        if not one:
+            batches.start(jobs, user, history_before=created)
+        elif status == JobStatus.QUEUED:
             engine.queue_in_waves(jobs, user, history_before=created)
         else:
             history.append_many(created)

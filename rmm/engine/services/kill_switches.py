@@ -133,6 +133,9 @@ def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
         site_id=site.pk if site else None,
         payload={"aborted_instructions": aborted},
     )
+    from rmm.engine.services import batches
+
+    batches.stop_in_scope(switch, user)  # batches register with the switch: none releases more
     return switch
 
 

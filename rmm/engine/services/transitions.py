@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from rmm.engine import events, registry
 from rmm.engine.models import Instruction
-from rmm.engine.services import cases
+from rmm.engine.services import batches, cases
 from rmm.engine.states import FINAL, TRANSITIONS, JobStatus, sources_of
 from rmm.errors import Conflict
 from rmm.history import services as history
@@ -68,7 +68,7 @@ def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
         payload={"kind": kind.name, "from": before, "to": to, "reason": reason},
     )
     if to in FINAL:
-        jobs_ended(kind, [(job.pk, job.site_id)])
+        jobs_ended(kind, [(job.pk, job.site_id)], job=job)
     events.publish(job.site_id, job_event(job))
 
 
@@ -146,15 +146,20 @@ def abort_queued_jobs(kind, reasons: dict, actor, only_unissued) -> int:
     return len(ended)
 
 
-def jobs_ended(kind, ended: list[tuple]) -> None:
+def jobs_ended(kind, ended: list[tuple], *, job=None) -> None:
     """Jobs of ``kind`` (id, site id) just reached a final status, their history appended: the one
     place every job's end passes through, whatever ended it. The PSA hears ``job.finished`` for
-    each, and ``case.may_close`` for a case whose last job this was."""
+    each, and ``case.may_close`` for a case whose last job this was; a batch counts the job's
+    result (``job``, one job that ended with its result) or moves on (jobs ended in bulk)."""
     label = kind.model._meta.label_lower
     outbox.emit_many(
         outbox.Emitted("job.finished", label, str(pk), site_id, {"kind": kind.name}) for pk, site_id in ended
     )
     cases.after_jobs_ended(kind, [pk for pk, _ in ended])
+    if job is not None:
+        batches.job_finished(job)
+    else:
+        batches.jobs_ended(kind, [pk for pk, _ in ended])
 
 
 def job_event(job) -> dict:
