@@ -129,9 +129,14 @@ def record(
     )
     event_payload = {"evidence_type": evidence_type, "related": f"{related_entity}:{related_id}", "hash": digest}
     event_payload.update(payload or {})
-    with transaction.atomic(savepoint=False):  # inside the caller's transaction: no extra round trips
-        row.history_sequence = history.append(actor, action, row, site_id=site_id, payload=event_payload)
+
+    def save(sequence: int) -> None:
+        row.history_sequence = sequence
         row.save(force_insert=True)
+
+    with transaction.atomic(savepoint=False):  # inside the caller's transaction: no extra round trips
+        # The record with its event's sequence: at once, or when the caller's deferred appends end.
+        history.append(actor, action, row, site_id=site_id, payload=event_payload, then=save)
     return row
 
 

@@ -7,9 +7,10 @@ removing any event breaks every hash after it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -131,14 +132,49 @@ ROW = (
 )
 
 
+_deferred: contextvars.ContextVar[list | None] = contextvars.ContextVar("history_deferred", default=None)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Appends made inside are made when it ends, together: one lock, one head read, one insert.
+
+    The history's lock is held from an append to the commit, and every agent's lease and result
+    waits for it; a service whose transaction appends several events (a result: the instruction's,
+    the job's, its evidence's) wraps its work in ``with transaction.atomic(), history.deferred():``
+    so that the lock is taken only at the end. An append inside returns no sequence number: pass
+    ``then`` to :func:`append` for it. A check that must see every change committed before it
+    (a kill switch, withdrawn authority) takes :func:`lock` itself. An exception inside discards
+    the appends with the transaction; nested blocks append when the outermost ends.
+    """
+    if _deferred.get() is not None:
+        yield
+        return
+    buffer: list = []
+    token = _deferred.set(buffer)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+    if buffer:
+        sequences = append_many(event for event, _ in buffer)
+        for (_, then), sequence in zip(buffer, sequences, strict=True):
+            if then is not None:
+                then(sequence)
+
+
 def append_many(events: Iterable[Event]) -> list[int]:
     """Append events in order under one lock: one head read and one insert, whatever the count.
-    Returns their sequence numbers.
+    Returns their sequence numbers (none inside :func:`deferred`, which appends them at its end).
 
     The lock is held until the caller's transaction ends, and every agent's lease and result
     waits for it: what does not depend on the chain's head is prepared before it is taken, and
     callers append last in their transactions.
     """
+    buffer = _deferred.get()
+    if buffer is not None:
+        buffer.extend((event, None) for event in events)
+        return []
     prepared = []
     for ev in events:
         site_id = str(ev.site_id) if ev.site_id else None
@@ -197,15 +233,31 @@ def _payload_json(payload: dict) -> str:
 
 
 def append(
-    actor, action: str, subject=None, *, site_id=None, payload: dict | None = None, subject_type: str = ""
-) -> int:
-    """Append one event; returns its sequence number. ``subject`` is a model instance (type and
-    id are taken from it)."""
+    actor,
+    action: str,
+    subject=None,
+    *,
+    site_id=None,
+    payload: dict | None = None,
+    subject_type: str = "",
+    then: Callable[[int], None] | None = None,
+) -> int | None:
+    """Append one event; returns its sequence number (None inside :func:`deferred`). ``subject``
+    is a model instance (type and id are taken from it). ``then`` is called with the sequence
+    number once the event is appended (at once, or when the deferred block ends)."""
     subject_id = ""
     if subject is not None:
         subject_type = subject_type or subject._meta.label_lower
         subject_id = str(subject.pk)
-    return append_many([Event(actor_of(actor), action, subject_type, subject_id, site_id, payload or {})])[0]
+    event = Event(actor_of(actor), action, subject_type, subject_id, site_id, payload or {})
+    buffer = _deferred.get()
+    if buffer is not None:
+        buffer.append((event, then))
+        return None
+    sequence = append_many([event])[0]
+    if then is not None:
+        then(sequence)
+    return sequence
 
 
 def record_refusal(actor, action: str, subject=None, *, reason: str, site_id=None, payload: dict | None = None):

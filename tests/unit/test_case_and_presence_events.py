@@ -96,8 +96,16 @@ def test_without_an_endpoint_a_job_end_reads_nothing_more(world, settings):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="two sessions ending jobs at once need PostgreSQL")
-def test_two_last_jobs_ending_at_once_tell_the_case_exactly_once(flushable_append_only, caller, site, settings):
+@pytest.mark.parametrize("deferred", [False, True], ids=["appended-at-once", "appended-at-the-end"])
+def test_two_last_jobs_ending_at_once_tell_the_case_exactly_once(
+    flushable_append_only, caller, site, settings, deferred
+):
+    """Also with the history appended at the end of each transaction, as a result does
+    (history.deferred): the case's check takes the history's lock itself."""
+    import contextlib
     import threading
+
+    from rmm.history import services as history
 
     from django.db import close_old_connections, transaction
 
@@ -120,7 +128,7 @@ def test_two_last_jobs_ending_at_once_tell_the_case_exactly_once(flushable_appen
     def first():
         """Ends its job, then keeps its transaction open while the second tries to end the other."""
         try:
-            with transaction.atomic():
+            with transaction.atomic(), history.deferred() if deferred else contextlib.nullcontext():
                 engine.transition_job(jobs[0], "aborted", boss.user, reason="at once")
                 first_ended.set()
                 second_ended.wait(2)  # the second waits for the history's lock meanwhile
@@ -132,7 +140,7 @@ def test_two_last_jobs_ending_at_once_tell_the_case_exactly_once(flushable_appen
     def second():
         try:
             first_ended.wait(10)
-            with transaction.atomic():
+            with transaction.atomic(), history.deferred() if deferred else contextlib.nullcontext():
                 engine.transition_job(jobs[1], "aborted", boss.user, reason="at once")
             second_ended.set()
         except Exception as error:  # noqa: BLE001 - reported below

@@ -17,7 +17,7 @@ from tests.helpers import approved_authority, approved_script, make_agent
 # leasing bound is with throttle ceilings on). Raise them only on purpose.
 MAX_IDLE_HEARTBEAT = 3  # 2 idle: authenticate, check in (seen, facts hash, kill switch, work); +1 with running ids
 MAX_LEASING_HEARTBEAT = 18
-MAX_RESULT = 26
+MAX_RESULT = 16  # its history appended at its end, in one append (history.deferred)
 
 
 @pytest.fixture
@@ -178,3 +178,27 @@ def test_the_key_set_costs_no_query_per_heartbeat_and_a_rotation_reaches_the_wor
     assert first <= plain + 1  # the key set, loaded once
     again, answer, _ = measure(path, {"capacity": 4, "key_ids": held}, auth, 200)
     assert again == plain and answer["signing_keys"]["rotations"] == [statement]
+
+
+def test_a_result_appends_its_history_once_at_its_end(world, site):
+    """The instruction's, the job's and the evidence's events in one append: the chain's head read
+    once, after every other write of the result, so the history's lock is held only to the commit."""
+    psa, task, script = world
+    agent, auth = make_agent(site, "once")
+    queue_one(psa, task, script, agent)
+    answer = Client().post(
+        "/api/v1/agent/heartbeat/",
+        data=json.dumps({"capacity": 4, "running": []}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=auth,
+    )
+    inst_id = json.loads(answer.json()["instructions"][0]["payload"])["instruction_id"]
+    _, _, queries = measure("/api/v1/agent/results/", result_body(inst_id), auth, 201)
+    heads = [n for n, sql in enumerate(queries) if "history_historyevent" in sql and "ORDER BY" in sql]
+    assert len(heads) == 1, heads
+    writes = [
+        sql
+        for sql in queries[heads[0] :]
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE")) and "history_historyevent" not in sql
+    ]
+    assert len(writes) == 1 and "evidence_rmmevidence" in writes[0]  # the record that names its event

@@ -867,7 +867,8 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
     payload.update(result_hash=claimed, reason=reason)
     if body.get("containment") is not None:
         payload["containment"] = body["containment"]
-    with transaction.atomic():
+    # The history appended last, together: its lock held from there to the commit only.
+    with transaction.atomic(), history.deferred():
         updated = transition_instruction(
             inst,
             to,
@@ -908,7 +909,7 @@ def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) ->
             site_id=inst.site_id,
         )
         return 409, {"status": "conflict", "detail": f"The instruction is {inst.status}; it was never leased."}
-    with transaction.atomic():
+    with transaction.atomic(), history.deferred():
         if not Instruction.objects.filter(pk=inst.pk, status__in=FINAL, result_hash="").update(
             outcome=result["outcome"],
             exit_code=result["exit_code"],

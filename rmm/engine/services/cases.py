@@ -11,6 +11,7 @@ from django.db.models import Count
 from rmm.authority.models import PsaCase
 from rmm.engine import registry
 from rmm.engine.states import FINAL, JobStatus
+from rmm.history import services as history
 from rmm.outbox import services as outbox
 
 NOT_FINAL = sorted(set(JobStatus) - FINAL)
@@ -42,14 +43,15 @@ def jobs_of_case(case_id) -> Counter:
 
 
 def after_jobs_ended(kind: registry.JobKind, job_ids: Iterable) -> int:
-    """Call after jobs of ``kind`` ended, in the same transaction and after its history append
-    (which holds the history's lock, so of two jobs ending at once, the second to append sees the
-    first ended and exactly one of them tells). Nothing at all is read unless an endpoint hears
-    ``case.may_close``. Returns how many cases were told."""
+    """Call after jobs of ``kind`` ended, in the same transaction. It reads under the history's
+    lock, so of two jobs ending at once, the second to take it sees the first ended and exactly
+    one of them tells (their history may be appended later: history.deferred). Nothing at all is
+    read unless an endpoint hears ``case.may_close``. Returns how many cases were told."""
     job_ids = list(job_ids)
     lookup = kind.authority_lookups.get("psa_case_id")
     if not job_ids or not lookup or not outbox.heard(EVENT):
         return 0
+    history.lock()
     case_ids = set(kind.model.objects.filter(pk__in=job_ids).values_list(lookup, flat=True))
     told = []
     for case in PsaCase.objects.filter(pk__in=case_ids).only("pk", "title", "site_id"):
