@@ -105,9 +105,9 @@ def test_two_last_jobs_ending_at_once_tell_the_case_exactly_once(
     import contextlib
     import threading
 
-    from rmm.history import services as history
-
     from django.db import close_old_connections, transaction
+
+    from rmm.history import services as history
 
     settings.RMM_PSA_WEBHOOK_URL = "http://127.0.0.1:9/unused"
     settings.RMM_PSA_WEBHOOK_SECRET = PsaReceiver.secret
