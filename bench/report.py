@@ -46,6 +46,21 @@ def table(r: dict) -> str:
         _row("every instruction signed after (s)", f.get("all_signed_after_s")),
         _row("results ingested per second", f["results_per_second"]),
         "",
+        *(
+            [
+                f"intake: one job on each of {r['intake']['jobs']} online agents, released at once",
+                _row("created and queued in (s)", r["intake"]["queue_seconds"]),
+                _row("leased / results stored", f"{r['intake']['leased']} / {r['intake']['results']}"),
+                _row(
+                    "first / last result after issue (s)",
+                    f"{r['intake']['first_result_after_issue_s']} / {r['intake']['last_result_after_issue_s']}",
+                ),
+                _row("results stored per second (server clock)", r["intake"]["results_per_second"]),
+                "",
+            ]
+            if "intake" in r
+            else []
+        ),
         "queries per call (all workers)",
         *(_row(label, f"{q['queries_per_call']}  ({q['calls']} calls)") for label, q in r["queries_per_call"].items()),
         "",

@@ -9,8 +9,10 @@ Phases, in order:
    After one interval of warm-up the window is measured; during it one single-asset job a
    second is created for a random online agent (dispatch latency).
 3. **fan-out**: one script job across ``fanout`` assets through the batch endpoint, while the
-   fleet runs; the online agents in the first wave lease, run and report (results per second).
-4. **saturation**: the fleet stops; closed-loop callers then hammer the heartbeat and the bare
+   fleet runs; the online agents in the first wave lease, run and report.
+4. **intake**: one job on every online agent, in a batch released at once, while the fleet runs:
+   results stored per second by the server's clock, apart from any wave plan.
+5. **saturation**: the fleet stops; closed-loop callers then hammer the heartbeat and the bare
    endpoint in turn, each as fast as the server answers.
 """
 
@@ -294,6 +296,24 @@ class Bench:
         signed_after = self._await_results(cluster, batch, expected, began, timeout=max(120, 2 * o.interval))
         fan_end = time.time()
         storm_stats = cluster.stats(api=True)  # queries per call: the API's endpoints too
+
+        # 4. intake: one job for every online agent, released at once (a plan whose canary is the
+        # whole batch), so that the results come as fast as the agents and the server take them
+        print(f"intake: one job on each of {len(online)} online agents, released at once ...", flush=True)
+        began = time.monotonic()
+        intake = api.call(
+            "POST",
+            "/api/v1/script-jobs/batch/",
+            tokens["psa"],
+            {
+                "script": script["id"],
+                "assets": online,
+                "psa_task_id": task_id,
+                "plan": {"canary": len(online), "failure_threshold_percent": 100},
+            },
+            timeout=600,
+        )
+        self.report["intake"] = self._await_intake(cluster, intake, began, timeout=max(180, 4 * o.interval))
         replies = self._all("fleet_stop", lambda n: {})
         sim_cpu = sum(reply["cpu"] for reply in replies) - cpu0
         records = [reply["records"] for reply in replies]
@@ -308,7 +328,7 @@ class Bench:
         self.report["errors"] = _merge(r["errors"] for r in records)
         self.report["error_samples"] = {k: v for r in records for k, v in r["samples"].items()}
 
-        # 4. saturation: heartbeat, then the bare endpoint, same stack, same callers
+        # 5. saturation: heartbeat, then the bare endpoint, same stack, same callers
         self.report["saturation"] = {}
         for label, path in (("heartbeat", "heartbeat/"), ("bare", "bench/bare/")):
             print(f"saturation: {label} for {o.saturate} s ...", flush=True)
@@ -387,6 +407,36 @@ class Bench:
                     break
                 time.sleep(0.5)
         return signed_after
+
+    def _await_intake(self, cluster: Cluster, batch: dict, began: float, timeout: float) -> dict:
+        """Until every job of the intake batch ended (or the timeout); the figures from the
+        server's own clock: when each result was stored (its instruction's ``finished_at``)."""
+        import psycopg
+
+        ids = [job["id"] for job in batch["jobs"]]
+        queued = time.monotonic() - began
+        deadline = time.monotonic() + timeout
+        query = (
+            "SELECT count(*) FILTER (WHERE result_hash <> ''), count(*) FILTER (WHERE leased_at IS NOT NULL),"
+            " min(finished_at) FILTER (WHERE result_hash <> ''), max(finished_at) FILTER (WHERE result_hash <> ''),"
+            " min(issued_at) FROM engine_instruction WHERE job_id = ANY(%s::uuid[])"
+        )
+        with psycopg.connect(cluster.env["DATABASE_URL"], autocommit=True) as conn:
+            while True:
+                results, leased, first, last, issued = conn.execute(query, [ids]).fetchone()
+                if results >= len(ids) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        span = (last - first).total_seconds() if results > 1 else None
+        return {
+            "jobs": len(ids),
+            "queue_seconds": round(queued, 2),
+            "leased": leased,
+            "results": results,
+            "first_result_after_issue_s": round((first - issued).total_seconds(), 2) if first else None,
+            "last_result_after_issue_s": round((last - issued).total_seconds(), 2) if last else None,
+            "results_per_second": round((results - 1) / span, 1) if span else None,
+        }
 
     # -- figures --------------------------------------------------------------------------------
 
