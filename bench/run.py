@@ -478,7 +478,10 @@ class Bench:
     def _fanout_report(self, records, fan_jobs, queue_seconds, start, end, assets, expected) -> None:
         leases = sorted(at for r in records for job, at in r["leases"] if job in fan_jobs)
         results = sorted(
-            (t + d) for r in records for t, d, outcome in r["results"] if outcome == "ok" and start - 1 <= t <= end + 1
+            (t + d)
+            for r in records
+            for t, d, outcome in r["results"]
+            if outcome == "ok" and start - 1 <= t and t + d <= end
         )
         span = (results[-1] - results[0]) if len(results) > 1 else float("nan")
         self.report["fanout"] = {
