@@ -50,6 +50,7 @@ def test_lists_jobs_of_the_sites_the_caller_may_see_newest_first_with_a_link(wor
         "site": "alpha",
         "psa_task_id": str(job.psa_task_id),
         "psa_case_id": str(job.psa_task.case_id),
+        "batch": None,
         "created_at": row["created_at"],
         "url": f"/api/v1/script-jobs/{job.pk}/",
     }
@@ -116,3 +117,21 @@ def test_a_kind_without_an_endpoint_of_its_own_is_listed_without_a_link(world, c
     rows = world["psa"].get("/api/v1/jobs/", {"kind": "step"}).json()["results"]
     assert [(row["id"], row["kind"], row["url"]) for row in rows] == [(str(job.pk), "step", None)]
     assert len(ids(world["psa"].get("/api/v1/jobs/"))) == 5
+
+
+def test_a_batch_s_jobs_name_it_and_are_found_by_it(world, site):
+    psa = world["psa"]
+    agents = [make_agent(site, f"batch-{n}")[0] for n in range(3)]
+    job = world["jobs"][("alpha", 0)]
+    body = {
+        "script": str(job.script_id),
+        "assets": [str(a.asset_id) for a in agents],
+        "psa_task_id": str(job.psa_task_id),
+    }
+    answer = psa.post("/api/v1/script-jobs/batch/", body, format="json")
+    assert answer.status_code == 201, answer.content
+    batch = answer.json()["batch"]
+    rows = psa.get("/api/v1/jobs/", {"batch": batch}).json()["results"]
+    assert sorted(row["id"] for row in rows) == sorted(j["id"] for j in answer.json()["jobs"])
+    assert {row["batch"] for row in rows} == {batch}
+    assert psa.get("/api/v1/jobs/", {"batch": "nope"}).status_code == 400

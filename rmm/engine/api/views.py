@@ -88,6 +88,7 @@ class JobQuerySerializer(serializers.Serializer):
     asset = serializers.UUIDField(required=False)
     psa_task = serializers.UUIDField(required=False)
     psa_case = serializers.UUIDField(required=False)
+    batch = serializers.UUIDField(required=False)
 
     def validate_kind(self, value: str) -> str:
         if value not in {kind.name for kind in registry.all_kinds()}:
@@ -104,6 +105,7 @@ class JobSerializer(serializers.Serializer):
     site = serializers.CharField(source="site_name")
     psa_task_id = serializers.UUIDField(allow_null=True)
     psa_case_id = serializers.UUIDField(allow_null=True)
+    batch = serializers.UUIDField(source="batch_id", allow_null=True, help_text="The batch it belongs to, if any.")
     created_at = serializers.DateTimeField()
     url = serializers.SerializerMethodField(
         help_text="The job at its kind's own endpoint (none for a kind without one)."
@@ -136,12 +138,13 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
                 ("asset", "asset_id"),
                 ("psa_task", "psa_task_id"),
                 ("psa_case", "psa_task__case_id"),
+                ("batch", "batch_id"),
             ):
                 if name in wanted:
                     rows = rows.filter(**{lookup: wanted[name]})
             parts.append(
                 rows.order_by()
-                .values("id", "status", "asset_id", "psa_task_id", "created_at")
+                .values("id", "status", "asset_id", "psa_task_id", "batch_id", "created_at")
                 # one column order for every kind: the union pairs columns by position
                 .annotate(kind=Value(kind.name), psa_case_id=F("psa_task__case_id"), site_name=F("site__name"))
             )
