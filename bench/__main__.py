@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default=defaults.server, help="ASGI server")
     parser.add_argument("--sim", type=int, default=defaults.sim, help="simulator processes")
     parser.add_argument("--fanout", type=int, default=defaults.fanout, help="assets in the fan-out job")
+    parser.add_argument(
+        "--intake", type=int, default=defaults.intake, help="agents given a job each at once in the intake phase"
+    )
     parser.add_argument("--wave", type=int, default=defaults.wave, help="RMM_WAVE_SIZE (0: the online fleet)")
     parser.add_argument("--saturate", type=int, default=defaults.saturate, help="seconds per saturation run")
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency, help="saturation callers")
