@@ -72,6 +72,12 @@ def seed_world(server) -> dict:
     released = server.request("POST", f"/api/v1/kill-switches/{switch['id']}/release/", {"reason": "over"}, w["admin"])
     assert released.status == 200, released.body
     export = server.request("POST", "/api/v1/evidence/exports/", {"site": w["site"]}, w["admin"]).json()
+    batch = server.request(
+        "POST",
+        "/api/v1/script-jobs/batch/",
+        {"script": ran["id"], "assets": [w["asset"]], "psa_task_id": w["task"], "plan": {"canary": 1}},
+        w["psa"],
+    ).json()["batch"]
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -93,6 +99,7 @@ def seed_world(server) -> dict:
             "/api/v1/psa/cases/": [w["case"]],
             "/api/v1/psa/tasks/": [w["task"]],
             "/api/v1/tokens/": spare,
+            "/api/v1/batches/": [batch],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -105,6 +112,7 @@ def seed_world(server) -> dict:
             "site": [w["site"]],
             "target": [w["site"], w["asset"]],
             "related_id": [job["id"]],
+            "batch": [batch],
         },
     }
     return w

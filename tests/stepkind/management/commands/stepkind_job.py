@@ -25,9 +25,11 @@ class Command(BaseCommand):
         if action == "create":
             hostname, task_id, steps, *fail = args
             user = authority.ensure_user_with_role("stepkind-psa", "psa")
+            asset = Asset.objects.select_related("site").get(hostname=hostname)
+            authority.grant_site(user, asset.site)  # the engine creates jobs only in the caller's sites
             job = create_step_job(
                 user,
-                asset=Asset.objects.select_related("site").get(hostname=hostname),
+                asset=asset,
                 task=PsaTask.objects.select_related("case").get(pk=task_id),
                 steps=int(steps),
                 fail_step=int(fail[0]) if fail else None,
