@@ -143,17 +143,22 @@ def deferred():
     waits for it; a service whose transaction appends several events (a result: the instruction's,
     the job's, its evidence's) wraps its work in ``with transaction.atomic(), history.deferred():``
     so that the lock is taken only at the end. An append inside returns no sequence number: pass
-    ``then`` to :func:`append` for it. A check that must see every change committed before it
-    (a kill switch, withdrawn authority) takes :func:`lock` itself. An exception inside discards
-    the appends with the transaction; nested blocks append when the outermost ends.
+    ``then`` to :func:`append` for it. Work that takes the lock itself (:func:`at_end`) runs just
+    before the append. A check that must see every change committed before it (a kill switch,
+    withdrawn authority) takes :func:`lock` itself. An exception inside discards the appends with
+    the transaction (so catch none inside: a savepoint rolled back inside keeps its appends);
+    nested blocks append when the outermost ends.
     """
     if _deferred.get() is not None:
         yield
         return
     buffer: list = []
-    token = _deferred.set(buffer)
+    hooks: list = []
+    token = _deferred.set((buffer, hooks))
     try:
         yield
+        for hook in hooks:  # still deferred: their appends join the one append
+            hook()
     finally:
         _deferred.reset(token)
     if buffer:
@@ -161,6 +166,17 @@ def deferred():
         for (_, then), sequence in zip(buffer, sequences, strict=True):
             if then is not None:
                 then(sequence)
+
+
+def at_end(work: Callable[[], None]) -> None:
+    """Run ``work`` now, or, inside :func:`deferred`, at its end just before the append: work that
+    takes the history's lock (to read what other transactions commit under it) then holds it no
+    longer than the append does."""
+    state = _deferred.get()
+    if state is None:
+        work()
+    else:
+        state[1].append(work)
 
 
 def append_many(events: Iterable[Event]) -> list[int]:
@@ -171,9 +187,9 @@ def append_many(events: Iterable[Event]) -> list[int]:
     waits for it: what does not depend on the chain's head is prepared before it is taken, and
     callers append last in their transactions.
     """
-    buffer = _deferred.get()
-    if buffer is not None:
-        buffer.extend((event, None) for event in events)
+    state = _deferred.get()
+    if state is not None:
+        state[0].extend((event, None) for event in events)
         return []
     prepared = []
     for ev in events:
@@ -250,9 +266,9 @@ def append(
         subject_type = subject_type or subject._meta.label_lower
         subject_id = str(subject.pk)
     event = Event(actor_of(actor), action, subject_type, subject_id, site_id, payload or {})
-    buffer = _deferred.get()
-    if buffer is not None:
-        buffer.append((event, then))
+    state = _deferred.get()
+    if state is not None:
+        state[0].append((event, then))
         return None
     sequence = append_many([event])[0]
     if then is not None:

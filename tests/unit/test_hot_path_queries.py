@@ -202,3 +202,33 @@ def test_a_result_appends_its_history_once_at_its_end(world, site):
         if sql.lstrip().upper().startswith(("INSERT", "UPDATE")) and "history_historyevent" not in sql
     ]
     assert len(writes) == 1 and "evidence_rmmevidence" in writes[0]  # the record that names its event
+
+
+def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, monkeypatch):
+    """The batch is counted under the history's lock; a result does that at its end, after its
+    evidence is written, so the lock is not held while the blob is stored."""
+    from rmm import blobs
+    from rmm.engine.services import batches
+
+    order = []
+    for module, name in ((blobs, "store"), (batches, "job_finished")):
+        real = getattr(module, name)
+
+        def recorded(*args, _real=real, _name=name, **kwargs):
+            order.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, recorded)
+    psa, task, script = world
+    agent, auth = make_agent(site, "batched")
+    scripting.create_script_jobs(psa.user, script_id=script.pk, psa_task_id=task.pk, asset_ids=[agent.asset_id])
+    answer = Client().post(
+        "/api/v1/agent/heartbeat/",
+        data=json.dumps({"capacity": 4, "running": []}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=auth,
+    )
+    inst_id = json.loads(answer.json()["instructions"][0]["payload"])["instruction_id"]
+    order.clear()
+    measure("/api/v1/agent/results/", result_body(inst_id), auth, 201)
+    assert order == ["store", "job_finished"]

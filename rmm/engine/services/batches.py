@@ -137,7 +137,7 @@ def assign(jobs: list, user, plan: dict | None) -> Batch:
 def start(jobs: list, user, history_before: Iterable = ()) -> Batch:
     """Record the batch made by :func:`assign` and, if its jobs are queued, release its first ring
     now, in the caller's transaction (a batch without a plan: its first wave now, the later ones
-    by the task cluster). Call after the caller checked the laws under the history's lock; every
+    by the task cluster). Call under the history's lock, after the caller checked the laws under it; every
     asset must have an enrolled agent. ``history_before`` (the jobs' own events) come first."""
     batch = jobs[0].batch
     before = [*history_before, _event(user, "batch.created", batch, _created(batch, len(jobs)))]
@@ -152,7 +152,6 @@ def start(jobs: list, user, history_before: Iterable = ()) -> Batch:
     _mark_released(batch, 1, now)
     kind = registry.kind_of(jobs[0])
     rendered = dispatch._first_steps(kind, jobs)  # one instruction per job: its first step
-    history.lock()
     agents = dispatch._active_agents({spec.asset.pk for _, spec, _ in rendered})  # all of them, now
     canary = [(job, spec, step) for job, spec, step in rendered if job.ring == 0]
     dispatch._store(kind, dispatch._sign(kind, canary, agents, 0, now, spread=False), user, before=before)
@@ -388,8 +387,10 @@ def resume(batch: Batch, user) -> Batch:
         waiting = dispatch._not_issued(kind).filter(batch_id=batch.pk, ring__lt=batch.released_rings)
         if batch.released_rings and waiting.exists():  # released before the halt, not issued since
             tasks.enqueue_on_commit("rmm.engine.tasks.issue_ring", str(batch.pk), batch.released_rings - 1)
+        released = batch.released_rings
         advance(batch, timezone.now(), via="resume", actor=user)
-        _announce(batch)
+        if batch.status == B.RUNNING and batch.released_rings == released:
+            _announce(batch)  # running again; a ring released or the batch completed announced itself
     return batch
 
 

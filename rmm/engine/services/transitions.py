@@ -155,11 +155,11 @@ def jobs_ended(kind, ended: list[tuple], *, job=None) -> None:
     outbox.emit_many(
         outbox.Emitted("job.finished", label, str(pk), site_id, {"kind": kind.name}) for pk, site_id in ended
     )
-    cases.after_jobs_ended(kind, [pk for pk, _ in ended])
-    if job is not None:
-        batches.job_finished(job)
-    else:
-        batches.jobs_ended(kind, [pk for pk, _ in ended])
+    ids = [pk for pk, _ in ended]
+    # Both read under the history's lock: at the end of a result's transaction, after its evidence
+    # (history.deferred), so that the lock is held no longer than its append.
+    history.at_end(lambda: cases.after_jobs_ended(kind, ids))
+    history.at_end(lambda: batches.job_finished(job) if job is not None else batches.jobs_ended(kind, ids))
 
 
 def job_event(job) -> dict:
