@@ -18,6 +18,7 @@ connection (contention on the history's lock and the database, in one process's 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import threading
@@ -31,6 +32,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--assets", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--queries", action="store_true", help="also print one result's queries and their times")
+    parser.add_argument(
+        "--together",
+        type=int,
+        default=0,
+        metavar="N",
+        help="take the results in N at a time, as the agent tier does with results that arrive together "
+        "(engine.ingest_results, without HTTP); 0: each through its own request",
+    )
+    parser.add_argument("--profile", metavar="PATH", help="write a cProfile of the posting to PATH (one thread)")
     args = parser.parse_args(argv)
 
     with scratch_database("rmm_intake"):
@@ -48,6 +58,8 @@ def _run(args) -> dict:
     from django.test.utils import CaptureQueriesContext
 
     from bench.fanout_profile import prepare
+    from rmm.engine.services.results import ingest_results
+    from rmm.inventory import services as inventory
     from rmm_agent.runner import make_result
 
     call_command("migrate", verbosity=0)
@@ -68,6 +80,7 @@ def _run(args) -> dict:
         instruction_id = json.loads(leased[0]["payload"])["instruction_id"]
         body = make_result(instruction_id, "completed", exit_code=0, stdout="ok\n")
         results.append((credential, json.dumps(body)))
+    agents = {credential: inventory.authenticate_agent(credential) for credential, _ in results}
     connection.close()
 
     failures: list[str] = []
@@ -78,12 +91,26 @@ def _run(args) -> dict:
         context = CaptureQueriesContext(connections["default"]) if count_queries else None
         if context is not None:
             context.__enter__()
-        for credential, body in share:
+        profile = cProfile.Profile() if args.profile and count_queries else None
+        if profile is not None:
+            profile.enable()
+        if args.together:
+            for begin in range(0, len(share), args.together):
+                chunk = [
+                    (agents[credential], json.loads(body)) for credential, body in share[begin : begin + args.together]
+                ]
+                for answer in ingest_results(chunk):
+                    if isinstance(answer, BaseException) or answer[0] not in (200, 201):
+                        failures.append(repr(answer)[:200])
+        for credential, body in share if not args.together else ():
             answer = local.post(
                 "/api/v1/agent/results/", data=body, content_type="application/json", HTTP_AUTHORIZATION=credential
             )
             if answer.status_code not in (200, 201):
                 failures.append(f"{answer.status_code} {answer.content[:200]!r}")
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
         if context is not None:
             context.__exit__(None, None, None)
             queries[0] = len(context.captured_queries)
@@ -106,6 +133,7 @@ def _run(args) -> dict:
     return {
         "results": len(results),
         "threads": args.threads,
+        "together": args.together,
         "results_per_second": round(len(results) / wall, 1),
         "wall_ms_per_result": round(1000 * wall / len(results), 2),
         "cpu_ms_per_result": round(1000 * cpu / len(results), 2),

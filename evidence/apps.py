@@ -10,4 +10,5 @@ class EvidenceConfig(AppConfig):
         from rmm.engine import registry
 
         types.register(types.HISTORY_ANCHOR, "A signed anchor of the history's head", exportable=False)
-        registry.register_evidence_writer(services.record)  # every finished instruction's evidence
+        # every finished instruction's evidence, one at a time or many at once
+        registry.register_evidence_writer(services.record, services.record_many)

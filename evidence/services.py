@@ -102,6 +102,76 @@ def record(
     The record keeps the sequence of that event, so an export can prove the item through the
     chain. A blob whose record then rolls back stays in the store unreferenced, which is harmless.
     """
+    row, event_payload = _unsaved(
+        asset=asset,
+        evidence_type=evidence_type,
+        related_entity=related_entity,
+        related_id=related_id,
+        document=document,
+        content=content,
+        extension=extension,
+        site_id=site_id,
+        psa_case_id=psa_case_id,
+        psa_task_id=psa_task_id,
+        payload=payload,
+        stored=stored,
+    )
+
+    def save(sequence: int) -> None:
+        row.history_sequence = sequence
+        row.save(force_insert=True)
+
+    with transaction.atomic(savepoint=False):  # inside the caller's transaction: no extra round trips
+        # The record with its event's sequence: at once, or when the caller's deferred appends end.
+        history.append(actor, action, row, site_id=row.site_id, payload=event_payload, then=save)
+    return row
+
+
+def record_many(items: list[dict]) -> list[RmmEvidence]:
+    """:func:`record` for many pieces of evidence at once (each a dict of its arguments): each blob
+    written, then the records in one insert once their events have their sequence numbers (at
+    once, or when the caller's deferred appends end). The results an agent tier takes in
+    together (rmm.engine.services.results.ingest_results) cost one insert, not one each."""
+    made = [
+        (item, *_unsaved(**{key: value for key, value in item.items() if key not in ("actor", "action")}))
+        for item in items
+    ]
+    rows = [row for _, row, _ in made]
+    pending = len(rows)
+
+    def then(row: RmmEvidence):
+        def numbered(sequence: int) -> None:
+            nonlocal pending
+            row.history_sequence = sequence
+            pending -= 1
+            if not pending:  # the last event's number is known: every row has its own
+                RmmEvidence.objects.bulk_create(rows, batch_size=500)
+
+        return numbered
+
+    with transaction.atomic(savepoint=False):
+        for item, row, event_payload in made:
+            actor, action = item.get("actor", "system"), item.get("action", "evidence.recorded")
+            history.append(actor, action, row, site_id=row.site_id, payload=event_payload, then=then(row))
+    return rows
+
+
+def _unsaved(
+    *,
+    asset,
+    evidence_type: str,
+    related_entity: str,
+    related_id,
+    document: dict | None = None,
+    content: bytes | None = None,
+    extension: str = "json",
+    site_id=None,
+    psa_case_id=None,
+    psa_task_id=None,
+    payload: dict | None = None,
+    stored: tuple[str, str] | None = None,
+) -> tuple[RmmEvidence, dict]:
+    """A record with its blob stored, not yet saved, and the payload of its history event."""
     if not types.is_registered(evidence_type):
         raise InvalidInput(f"Unknown evidence type {evidence_type!r}.", field="evidence_type")
     if stored is None:
@@ -129,15 +199,7 @@ def record(
     )
     event_payload = {"evidence_type": evidence_type, "related": f"{related_entity}:{related_id}", "hash": digest}
     event_payload.update(payload or {})
-
-    def save(sequence: int) -> None:
-        row.history_sequence = sequence
-        row.save(force_insert=True)
-
-    with transaction.atomic(savepoint=False):  # inside the caller's transaction: no extra round trips
-        # The record with its event's sequence: at once, or when the caller's deferred appends end.
-        history.append(actor, action, row, site_id=site_id, payload=event_payload, then=save)
-    return row
+    return row, event_payload
 
 
 # --- reading ----------------------------------------------------------------------------------

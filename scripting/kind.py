@@ -28,9 +28,20 @@ def render(job: ScriptJob) -> list[registry.InstructionSpec]:
 def store_result(job: ScriptJob, inst, result: dict) -> ScriptResult:
     """What the agent said, the streams as display text (escaped reversibly where they are not
     plain UTF-8 text: rmm/text.py)."""
+    row = _result_row(job, inst, result)
+    row.save(force_insert=True)
+    return row
+
+
+def store_results(reported: list[tuple[ScriptJob, object, dict]]) -> list[ScriptResult]:
+    """:func:`store_result` for many results taken in together: one insert."""
+    return ScriptResult.objects.bulk_create([_result_row(job, inst, result) for job, inst, result in reported])
+
+
+def _result_row(job: ScriptJob, inst, result: dict) -> ScriptResult:
     stdout, stdout_escaped = display_text(result["stdout"])
     stderr, stderr_escaped = display_text(result["stderr"])
-    return ScriptResult.objects.create(
+    return ScriptResult(
         job=job,
         stdout=stdout,
         stderr=stderr,
@@ -147,8 +158,19 @@ registry.register(
         evidence_entity="script_job",
         evidence_document=evidence_document,
         store_result=store_result,
+        store_results=store_results,
         describe=describe,
-        select_related=("script", "asset", "site", "result", "psa_task__case", "requested_by", "decided_by"),
+        # the evidence document names the version's author and approver too
+        select_related=(
+            "script__author",
+            "script__decided_by",
+            "asset",
+            "site",
+            "result",
+            "psa_task__case",
+            "requested_by",
+            "decided_by",
+        ),
         detail_template="scripting/job_detail.html",
         api_detail="script-job-detail",
     )

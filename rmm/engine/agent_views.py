@@ -24,8 +24,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from rmm import dependencies
+from rmm.engine import intake, wakeups
 from rmm.engine import services as engine
-from rmm.engine import wakeups
 from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
@@ -361,15 +361,19 @@ def _hold_seconds(value) -> float:
 @csrf_exempt
 @require_POST
 async def result(request: HttpRequest) -> JsonResponse:
-    return await run_sync(_result, request)
+    checked = await run_sync(_result, request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    status, answer = await intake.take_in(*checked, run_sync)
+    return JsonResponse(answer, status=status)
 
 
-def _result(request: HttpRequest) -> JsonResponse:
+def _result(request: HttpRequest) -> JsonResponse | tuple:
+    """The call's agent and body, or the answer that refuses it."""
     agent = _agent(request)
     if agent is None:
         return _unauthorized(request)
     data = _body(request)
     if not isinstance(data, dict):
         return data
-    status, answer = engine.ingest_result(agent, data)
-    return JsonResponse(answer, status=status)
+    return agent, data

@@ -35,6 +35,25 @@ def publish(site_id, event: dict) -> None:
     _send_on_commit(site_group(site_id), event)
 
 
+def publish_many(events: Iterable[tuple]) -> None:
+    """:func:`publish` for many (site id, event) pairs: sent together once the transaction
+    commits, in one hop to the channel layer."""
+    sends = [(site_group(site_id), event) for site_id, event in events]
+    if not sends:
+        return
+
+    async def send_all(layer) -> None:
+        for group, event in sends:
+            await layer.group_send(group, {"type": "rmm.event", "event": event})
+
+    def send():
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(send_all)(layer)
+
+    transaction.on_commit(send, robust=True)
+
+
 def publish_all(event: dict) -> None:
     """Send ``event`` to every console user (it must carry nothing site-specific)."""
     _send_on_commit(ALL_GROUP, event)

@@ -98,6 +98,9 @@ class JobKind:
     # result table), passed to evidence_document; called inside the engine's transaction, for
     # every instruction its agent reported on (late results too)
     store_result: Callable[[Any, Any, dict], Any] = lambda job, inst, result: None
+    # [(job, instruction, result dict), ...] -> what store_result returns for each, in order, at
+    # once (one insert for many results taken in together); None: store_result for each
+    store_results: Callable[[list[tuple[Any, Any, dict]]], list] | None = None
     # authority key ("psa_case_id", "psa_task_id") -> the job model's lookup for it: withdrawn
     # authority aborts the kind's queued jobs whose instructions are not yet issued
     authority_lookups: dict[str, str] = field(
@@ -134,16 +137,26 @@ def all_kinds() -> list[JobKind]:
 
 
 # The evidence app records evidence for the engine (the engine imports no domain app): it
-# registers its recording service here when it is ready.
-_evidence_writer: list[Callable[..., Any]] = []
+# registers its recording services here when it is ready (one record, and many at once).
+_evidence_writer: list[tuple[Callable[..., Any], Callable[[list[dict]], list]]] = []
 
 
-def register_evidence_writer(record: Callable[..., Any]) -> None:
-    _evidence_writer[:] = [record]
+def register_evidence_writer(record: Callable[..., Any], record_many: Callable[[list[dict]], list]) -> None:
+    _evidence_writer[:] = [(record, record_many)]
+
+
+def _writer() -> tuple[Callable[..., Any], Callable[[list[dict]], list]]:
+    if not _evidence_writer:
+        raise LookupError("no evidence writer is registered (is the evidence app installed?)")
+    return _evidence_writer[0]
 
 
 def write_evidence(**fields) -> Any:
     """Record one piece of evidence (evidence.services.record's arguments); returns the record."""
-    if not _evidence_writer:
-        raise LookupError("no evidence writer is registered (is the evidence app installed?)")
-    return _evidence_writer[0](**fields)
+    return _writer()[0](**fields)
+
+
+def write_evidence_many(items: list[dict]) -> list:
+    """Record many pieces of evidence at once (each a dict of record's arguments): their records
+    in one insert. Returns the records, in order."""
+    return _writer()[1](items) if items else []

@@ -211,7 +211,7 @@ def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, m
     from rmm.engine.services import batches
 
     order = []
-    for module, name in ((blobs, "store"), (batches, "job_finished")):
+    for module, name in ((blobs, "store"), (batches, "jobs_finished")):
         real = getattr(module, name)
 
         def recorded(*args, _real=real, _name=name, **kwargs):
@@ -231,4 +231,4 @@ def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, m
     inst_id = json.loads(answer.json()["instructions"][0]["payload"])["instruction_id"]
     order.clear()
     measure("/api/v1/agent/results/", result_body(inst_id), auth, 201)
-    assert order == ["store", "job_finished"]
+    assert order == ["store", "jobs_finished"]

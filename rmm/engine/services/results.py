@@ -4,6 +4,7 @@ kind's document). See docs/agent.md for the protocol, docs/architecture.md for t
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
@@ -13,7 +14,7 @@ from django.utils import timezone
 from rmm.engine import registry
 from rmm.engine import services as engine  # signing and queueing a job's next step
 from rmm.engine.models import Instruction
-from rmm.engine.services import kill_switches, steps
+from rmm.engine.services import kill_switches, steps, transitions
 from rmm.engine.services.transitions import transition_instruction, transition_job
 from rmm.engine.states import FINAL, JobStatus, status_for_outcome
 from rmm.history import services as history
@@ -32,6 +33,7 @@ from rmm_agent.protocol import (
 )
 
 S = JobStatus
+logger = logging.getLogger(__name__)
 
 RESULT_FIELDS = ("instruction_id", "outcome", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated")
 MAX_KILLED_REPORTED = 1000
@@ -119,6 +121,10 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
     problems, result = check_result(body)
     if problems:
         return 400, problems
+    return _ingest_one(agent, body, result)
+
+
+def _ingest_one(agent: Agent, body: dict, result: dict) -> tuple[int, dict]:
     inst = Instruction.objects.filter(pk=uuid_or_none(body["instruction_id"]), agent=agent).first()
     if inst is None:
         history.record_refusal(
@@ -141,17 +147,7 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
         return 409, {"status": "conflict", "detail": "A different result was already received."}
     if inst.status in FINAL:
         return _late_result(agent, inst, result, claimed)
-    to = status_for_outcome(body["outcome"], body.get("exit_code"))
-    now = timezone.now()
-    reason = result["reason"]
-    if body["outcome"] == "refused":
-        reason = f"agent refused the instruction: {reason}"
-    elif body["outcome"] == "aborted" and inst.abort_reason:
-        reason = inst.abort_reason
-    payload = {"outcome": body["outcome"], "exit_code": body.get("exit_code"), "status": to}
-    payload.update(result_hash=claimed, reason=reason)
-    if body.get("containment") is not None:
-        payload["containment"] = body["containment"]
+    to, fields, payload = _outcome(inst, body, result, claimed, timezone.now())
     # The history appended last, together: its lock held from there to the commit only.
     with transaction.atomic(), history.deferred():
         updated = transition_instruction(
@@ -162,12 +158,7 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
             payload=payload,
             only_from=[S.RUNNING],
             unless_reported=True,
-            outcome=body["outcome"],
-            exit_code=body.get("exit_code"),
-            result_hash=claimed,
-            finished_at=now,
-            reason=reason,
-            containment=body.get("containment"),
+            **fields,
         )
         if not updated:
             current = Instruction.objects.get(pk=inst.pk)
@@ -177,7 +168,179 @@ def ingest_result(agent: Agent, body: dict) -> tuple[int, dict]:
                 return _late_result(agent, current, result, claimed)
             return 409, {"status": "conflict", "detail": f"The instruction is already {current.status}."}
         finish_job(inst, agent, result)
-    return 201, {"status": "accepted"}
+    return ACCEPTED
+
+
+ACCEPTED = (201, {"status": "accepted"})
+
+
+def _outcome(inst: Instruction, body: dict, result: dict, claimed: str, now) -> tuple[str, dict, dict]:
+    """What a running instruction's result makes of it: (its status, the fields it is updated
+    with, its ``instruction.result`` event's payload)."""
+    to = status_for_outcome(body["outcome"], body.get("exit_code"))
+    reason = result["reason"]
+    if body["outcome"] == "refused":
+        reason = f"agent refused the instruction: {reason}"
+    elif body["outcome"] == "aborted" and inst.abort_reason:
+        reason = inst.abort_reason
+    payload = {"outcome": body["outcome"], "exit_code": body.get("exit_code"), "status": to}
+    payload.update(result_hash=claimed, reason=reason)
+    if body.get("containment") is not None:
+        payload["containment"] = body["containment"]
+    fields = {
+        "outcome": body["outcome"],
+        "exit_code": body.get("exit_code"),
+        "result_hash": claimed,
+        "finished_at": now,
+        "reason": reason,
+        "containment": body.get("containment"),
+    }
+    return to, fields, payload
+
+
+# At most this many results in one transaction: the history's lock, taken at its end, is then
+# held for a bounded time, and a batch that fails is retried one by one at bounded cost.
+MAX_TOGETHER = 200
+
+
+def ingest_results(items: list[tuple[Agent, dict]]) -> list[tuple[int, dict] | Exception]:
+    """:func:`ingest_result` for results that arrived together (the agent tier collects those
+    that arrive while it takes others in: rmm/engine/intake.py). The common case, a running
+    one-step job's result, is taken in for all of them in one transaction: one read of the
+    instructions, one lock of their rows and of their jobs, one update of each table, the kinds'
+    results, the evidence and the history in one insert each (constant queries whatever their
+    number). Anything else (a repeat, a late result, another agent's instruction, a step with
+    steps after it) goes through :func:`ingest_result` alone, as does every result of a batch
+    that fails, so that one bad result costs no other its answer. Returns each item's
+    (http status, answer), or the exception its own call raised, in order."""
+    answers: list = [None] * len(items)
+    checked: dict[int, tuple[Agent, dict, dict]] = {}
+    for n, (agent, body) in enumerate(items):
+        problems, result = check_result(body)
+        if problems:
+            answers[n] = (400, problems)
+        else:
+            checked[n] = (agent, body, result)
+    if len(checked) > 1:
+        for begin in range(0, len(checked), MAX_TOGETHER):
+            share = dict(list(checked.items())[begin : begin + MAX_TOGETHER])
+            try:
+                answers_together = _ingest_together(share)
+            except Exception:  # noqa: BLE001 - each is taken in alone below, and fails alone
+                logger.warning("results taken in together failed; taking each in alone", exc_info=True)
+                answers_together = {}
+            for n, answer in answers_together.items():
+                answers[n] = answer
+    for n, (agent, body, result) in checked.items():
+        if answers[n] is None:
+            try:
+                answers[n] = _ingest_one(agent, body, result)
+            except Exception as exc:  # noqa: BLE001 - raised again in the call that sent it
+                answers[n] = exc
+    return answers
+
+
+def _ingest_together(checked: dict[int, tuple[Agent, dict, dict]]) -> dict[int, tuple[int, dict]]:
+    """The results among ``checked`` that are a running one-step job's first report, taken in
+    together; the others are left out of the answer (and untouched)."""
+    wanted: dict = {}
+    for n, (_, body, _) in checked.items():
+        pk = uuid_or_none(body["instruction_id"])
+        if pk is not None and pk not in wanted:  # a repeat in the same batch: alone, after
+            wanted[pk] = n
+    wanted = {n: pk for pk, n in wanted.items()}
+    found = Instruction.objects.in_bulk(list(wanted.values()))
+    candidates = {}
+    for n, pk in wanted.items():
+        agent, body, _ = checked[n]
+        inst = found.get(pk)
+        if (
+            inst is not None
+            and inst.agent_id == agent.pk
+            and inst.status == S.RUNNING
+            and not inst.result_hash
+            and body.get("hash", "") == result_hash(body)
+        ):
+            candidates[n] = inst
+    if len(candidates) < 2:
+        return {}
+    now = timezone.now()
+    taken: dict[int, tuple] = {}
+    with transaction.atomic(), history.deferred():
+        # The instructions' rows, then their jobs', each in one order: as a single result locks them.
+        ids = sorted((inst.pk for inst in candidates.values()), key=str)
+        running = set(
+            Instruction.objects.select_for_update()
+            .filter(pk__in=ids, status=S.RUNNING, result_hash="")
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        by_kind: dict[str, list[int]] = {}
+        for n, inst in candidates.items():
+            if inst.pk in running:
+                by_kind.setdefault(inst.job_kind, []).append(n)
+        for kind_name, numbers in by_kind.items():
+            kind = registry.get(kind_name)
+            jobs = {
+                job.pk: job
+                for job in kind.model.objects.select_for_update(of=("self",))
+                .select_related(*kind.select_related)
+                .filter(pk__in=[candidates[n].job_id for n in numbers])
+                .order_by("pk")
+            }
+            for n in numbers:
+                inst, job = candidates[n], jobs.get(candidates[n].job_id)
+                if job is None or job.status != S.RUNNING:
+                    continue
+                specs = kind.render(job)
+                if len(specs) != 1:  # its next step is issued, or the steps aggregated, alone
+                    continue
+                taken[n] = (kind, job, inst)
+        if not taken:
+            return {}
+        _take_in(taken, checked, now)
+    return {n: ACCEPTED for n in taken}
+
+
+def _take_in(taken: dict[int, tuple], checked: dict, now) -> None:
+    """Record the results of ``taken`` (locked, running, one-step jobs): the instructions, the
+    kinds' results, the jobs' ends and the evidence, each table written once."""
+    moved, appended = [], []
+    for n, (_, _, inst) in taken.items():
+        agent, body, result = checked[n]
+        to, fields, payload = _outcome(inst, body, result, body["hash"], now)
+        inst.status = to
+        for name, value in fields.items():
+            setattr(inst, name, value)
+        moved.append(inst)
+        appended.append(
+            history.Event(
+                history.actor_of(agent), "instruction.result", "engine.instruction", str(inst.pk), inst.site_id, payload
+            )
+        )
+    transitions.report_instructions(moved, list(fields))
+    history.append_many(appended)
+    by_kind: dict[str, list[int]] = {}
+    for n, (kind, _, _) in taken.items():
+        by_kind.setdefault(kind.name, []).append(n)
+    for kind_name, numbers in by_kind.items():
+        kind = registry.get(kind_name)
+        reported = [(taken[n][1], taken[n][2], checked[n][2]) for n in numbers]
+        if kind.store_results is not None:
+            stored = kind.store_results(reported)
+        else:
+            stored = [kind.store_result(job, inst, result) for job, inst, result in reported]
+        ends = []
+        for n, (job, inst, _) in zip(numbers, reported, strict=True):
+            after = steps.after_step(kind.render(job), {0: (inst.status, inst.reason)}, 0)
+            ends.append((job, after.status, after.reason, checked[n][0]))  # ended by the agent that reported
+        transitions.end_jobs(kind, ends)
+        registry.write_evidence_many(
+            [
+                _evidence_fields(kind, job, inst, kind.evidence_document(job, inst, kept, result, False))
+                for (job, inst, result), kept in zip(reported, stored, strict=True)
+            ]
+        )
 
 
 def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) -> tuple[int, dict]:
@@ -295,17 +458,22 @@ def _issue_step(kind, job, specs: list, step: int, before: Instruction) -> str:
 def _record_evidence(kind, job, inst: Instruction, stored, result: dict, *, late: bool = False):
     """Law: every finished instruction yields evidence; the engine records it, the kind writes
     the document."""
+    document = kind.evidence_document(job, inst, stored, result, late)
+    return registry.write_evidence(**_evidence_fields(kind, job, inst, document))
+
+
+def _evidence_fields(kind, job, inst: Instruction, document: dict) -> dict:
     authority = kind.authority(job)
-    return registry.write_evidence(
-        asset=job.asset,
-        evidence_type=kind.evidence_type,
-        related_entity=kind.evidence_entity,
-        related_id=job.pk,
-        site_id=job.site_id,
-        psa_case_id=authority.get("psa_case_id"),
-        psa_task_id=authority.get("psa_task_id"),
-        document=kind.evidence_document(job, inst, stored, result, late),
-    )
+    return {
+        "asset": job.asset,
+        "evidence_type": kind.evidence_type,
+        "related_entity": kind.evidence_entity,
+        "related_id": job.pk,
+        "site_id": job.site_id,
+        "psa_case_id": authority.get("psa_case_id"),
+        "psa_task_id": authority.get("psa_task_id"),
+        "document": document,
+    }
 
 
 def uuid_or_none(value):

@@ -68,8 +68,51 @@ def transition_job(job, to: str, actor, *, reason: str = "", **fields) -> None:
         payload={"kind": kind.name, "from": before, "to": to, "reason": reason},
     )
     if to in FINAL:
-        jobs_ended(kind, [(job.pk, job.site_id)], job=job)
+        jobs_ended(kind, [(job.pk, job.site_id)], finished=[job])
     events.publish(job.site_id, job_event(job))
+
+
+def end_jobs(kind, ends: list[tuple]) -> None:
+    """Jobs of ``kind``, locked by the caller, each reach its final status with its reason, in its
+    actor's name (``ends``: (job, status, reason, actor)): one UPDATE per (status, reason) and one append, however
+    many. A job no longer in a status it may leave so is a programming error: the caller checked
+    each under its lock (:func:`rmm.engine.services.results.ingest_results`)."""
+    if not ends:
+        return
+    now = timezone.now()
+    stamps = {"completed_at": now} if hasattr(kind.model, "completed_at") else {}
+    groups: dict[tuple[str, str], list] = {}
+    for job, to, reason, actor in ends:
+        if to not in FINAL:
+            raise ValueError(f"{to} is not a final status")
+        groups.setdefault((to, reason), []).append((job, actor))
+    label = kind.model._meta.label_lower
+    appended = []
+    for (to, reason), jobs in groups.items():
+        fields = {"status": to, "status_reason": reason, **stamps}
+        updated = kind.model.objects.filter(pk__in=[job.pk for job, _ in jobs], status__in=sources_of(to)).update(
+            **fields
+        )
+        if updated != len(jobs):
+            raise Conflict(f"{len(jobs) - updated} of {len(jobs)} jobs can no longer become {to}.")
+        for job, actor in jobs:
+            before = job.status
+            for name, value in fields.items():
+                setattr(job, name, value)
+            appended.append(
+                history.Event(
+                    history.actor_of(actor),
+                    f"job.{to}",
+                    label,
+                    str(job.pk),
+                    job.site_id,
+                    {"kind": kind.name, "from": before, "to": to, "reason": reason},
+                )
+            )
+    history.append_many(appended)
+    jobs = [job for job, _, _, _ in ends]
+    jobs_ended(kind, [(job.pk, job.site_id) for job in jobs], finished=jobs)
+    events.publish_many((job.site_id, job_event(job)) for job in jobs)
 
 
 def start_jobs(kind, job_ids: Iterable, actor, now: datetime) -> list[history.Event]:
@@ -146,11 +189,11 @@ def abort_queued_jobs(kind, reasons: dict, actor, only_unissued) -> int:
     return len(ended)
 
 
-def jobs_ended(kind, ended: list[tuple], *, job=None) -> None:
+def jobs_ended(kind, ended: list[tuple], *, finished: list | None = None) -> None:
     """Jobs of ``kind`` (id, site id) just reached a final status, their history appended: the one
     place every job's end passes through, whatever ended it. The PSA hears ``job.finished`` for
-    each, and ``case.may_close`` for a case whose last job this was; a batch counts the job's
-    result (``job``, one job that ended with its result) or moves on (jobs ended in bulk)."""
+    each, and ``case.may_close`` for a case whose last job this was; their batches count their
+    results (``finished``: the jobs, loaded, that ended so) or move on (jobs aborted unissued)."""
     label = kind.model._meta.label_lower
     outbox.emit_many(
         outbox.Emitted("job.finished", label, str(pk), site_id, {"kind": kind.name}) for pk, site_id in ended
@@ -159,7 +202,7 @@ def jobs_ended(kind, ended: list[tuple], *, job=None) -> None:
     # Both read under the history's lock: at the end of a result's transaction, after its evidence
     # (history.deferred), so that the lock is held no longer than its append.
     history.at_end(lambda: cases.after_jobs_ended(kind, ids))
-    history.at_end(lambda: batches.job_finished(job) if job is not None else batches.jobs_ended(kind, ids))
+    history.at_end(lambda: batches.jobs_finished(finished) if finished is not None else batches.jobs_ended(kind, ids))
 
 
 def job_event(job) -> dict:
@@ -206,6 +249,15 @@ def transition_instruction(
         setattr(inst, name, value)
     history.append(actor, action or f"instruction.{to}", inst, site_id=inst.site_id, payload=payload)
     return True
+
+
+def report_instructions(rows: list[Instruction], fields: list[str]) -> None:
+    """Running instructions, locked by the caller, take their agents' results (each row's status
+    and ``fields`` already set on it): one UPDATE. The caller appends their events."""
+    for inst in rows:
+        if inst.status not in TRANSITIONS[S.RUNNING]:
+            raise ValueError(f"a running instruction cannot become {inst.status}")
+    Instruction.objects.filter(status=S.RUNNING, result_hash="").bulk_update(rows, ["status", *fields])
 
 
 def lease_instructions(rows: list[Instruction], agent, now: datetime, grace: timedelta) -> list[history.Event]:
