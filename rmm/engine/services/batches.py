@@ -11,7 +11,7 @@ queries) and by the minute's sweep. After every failed result the batch's failed
 
 A batch without a plan keeps the global waves (``RMM_WAVE_SIZE`` every
 ``RMM_WAVE_INTERVAL_SECONDS``, on the clock, signed ahead by the task cluster:
-:func:`rmm.engine.services.queue_in_waves`); its rings are those waves, and it never halts.
+:func:`rmm.engine.services.issuing.queue_in_waves`); its rings are those waves, and it never halts.
 Every ring's instructions are issued under the same re-checks as the later waves (kill switches,
 authority, revoked agents: docs/security.md, "Batches").
 """
@@ -282,7 +282,7 @@ def _release(batch: Batch, ring: int, actor, now: datetime, *, via: str) -> None
 
 def issue_ring(batch_id, ring: int, now: datetime | None = None) -> int:
     """Sign and store the instructions of a released ring's jobs that have none yet, in the
-    requester's name, through :func:`rmm.engine.services.issue_later_waves` (its re-checks under
+    requester's name, through :func:`rmm.engine.services.issuing.issue_later_waves` (its re-checks under
     the history's lock; nothing is stored unless the batch is still running). Returns how many."""
     batch = Batch.objects.select_related("requested_by").get(pk=batch_id)
     kind = registry.get(batch.job_kind)
@@ -318,7 +318,7 @@ def _announce(batch: Batch) -> None:
 
 def sweep(now: datetime) -> int:
     """The backstop: rings whose interval ended after the last result of the ring before are
-    released. (A ring's lost task is made up for by :func:`rmm.engine.services.issue_stranded`.)"""
+    released. (A ring's lost task is made up for by :func:`rmm.engine.services.issuing.issue_stranded`.)"""
     count = 0
     for batch_id in list(Batch.objects.filter(status=B.RUNNING, timed=False).values_list("pk", flat=True)[:1000]):
         with transaction.atomic():
