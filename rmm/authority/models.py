@@ -17,7 +17,7 @@ def authority_gone(case_status, case_expires_at, task_status, task_expires_at, n
     """Why a case and task (their status and expiry) no longer authorise work at ``now``, or None.
 
     One place for the words, whether the rows were loaded (``authority_problem``) or their
-    columns came with the lease's own statement (``rmm.engine.services.lease``).
+    columns came with the lease's own statement (``rmm.engine.services.leasing.lease``).
     """
     if case_status != AuthorityStatus.APPROVED:
         return f"PSA case is {case_status}, not approved"

@@ -2,23 +2,22 @@
 
 from datetime import datetime
 
-from rmm.engine import services
-from rmm.engine.services import batches
+from rmm.engine.services import batches, deciding, issuing, stopping
 
 
 def sweep() -> int:
     """Mark instructions whose lease ran out, or that were never leased in time, as lost."""
-    return services.sweep()
+    return stopping.sweep()
 
 
 def expire_approvals() -> int:
     """Reject jobs whose approval waited longer than RMM_APPROVAL_TTL_HOURS."""
-    return services.expire_approvals()
+    return deciding.expire_approvals()
 
 
 def issue_later_waves(kind_name: str, job_ids: list[str], actor: str, wave_offset: int, queued_at: str) -> int:
     """Sign and store a batch's later waves once the request that queued it has committed."""
-    return services.issue_later_waves(kind_name, job_ids, actor, wave_offset, datetime.fromisoformat(queued_at))
+    return issuing.issue_later_waves(kind_name, job_ids, actor, wave_offset, datetime.fromisoformat(queued_at))
 
 
 def issue_ring(batch_id: str, ring: int) -> int:

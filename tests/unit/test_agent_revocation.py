@@ -65,18 +65,18 @@ def test_a_revocation_refused_aborts_nothing(busy_agent, caller):
 def test_an_instruction_leased_while_the_agent_is_revoked_is_aborted_too(busy_agent, caller, monkeypatch):
     """The lease of a heartbeat that began before the revocation committed takes a queued
     instruction after the revocation listed it as queued: it must still end aborted."""
-    from rmm.engine import services as engine
+    from rmm.engine.services import stopping
 
     agent, auth, jobs, running = busy_agent
     queued = Instruction.objects.get(agent=agent, status="queued")
-    end = engine.end_instruction
+    end = stopping.end_instruction
 
     def leased_meanwhile(inst, from_status, to, actor, reason):
         if inst.pk == queued.pk and from_status == "queued":
             Instruction.objects.filter(pk=inst.pk).update(status="running")  # the racing lease commits
         return end(inst, from_status, to, actor, reason)
 
-    monkeypatch.setattr(engine, "end_instruction", leased_meanwhile)
+    monkeypatch.setattr(stopping, "end_instruction", leased_meanwhile)
     inventory.revoke_agent(caller("admin", "admin").user, agent, "stolen laptop")
     assert set(Instruction.objects.filter(agent=agent).values_list("status", flat=True)) == {"aborted"}
     assert HistoryEvent.objects.filter(action="instruction.aborted", subject_id=str(queued.pk)).count() == 1

@@ -87,7 +87,7 @@ def test_the_product_knows_nothing_of_the_benchmark():
 
 
 # The laws that guard a new job and a job's decision, applied by the engine alone
-# (rmm/engine/services/creating.py, rmm.engine.services.approve_job): a domain app that names one
+# (rmm/engine/services/creating.py, rmm/engine/services/deciding.py): a domain app that names one
 # of these has begun to copy a law.
 LAW_MODULES = {"rmm.authority.services", "rmm.engine.services.kill_switches"}
 LAW_NAMES = {

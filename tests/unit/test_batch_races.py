@@ -7,9 +7,8 @@ import time
 import pytest
 from django.db import connection
 
-from rmm.engine import services as engine
 from rmm.engine.models import Instruction
-from rmm.engine.services import kill_switches
+from rmm.engine.services import issuing, kill_switches
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent
 
@@ -73,7 +72,7 @@ def later_waves_all_stopped(body) -> None:
 def test_a_switch_engaged_while_the_later_waves_are_signed_stops_them(world, site, settings, monkeypatch):
     """The switch commits, and its scan of queued work finds no later wave yet, while the task
     signs them: what the task stores must still stop (the reverted version checked, then signed)."""
-    sign = engine._sign
+    sign = issuing._sign
 
     def sign_then_engage(*args, **kwargs):
         rows = sign(*args, **kwargs)
@@ -81,7 +80,7 @@ def test_a_switch_engaged_while_the_later_waves_are_signed_stops_them(world, sit
             engage_elsewhere(world, site).join()
         return rows
 
-    monkeypatch.setattr(engine, "_sign", sign_then_engage)
+    monkeypatch.setattr(issuing, "_sign", sign_then_engage)
     later_waves_all_stopped(batch(world, settings))
 
 
@@ -96,7 +95,7 @@ def test_a_switch_engaged_while_the_later_waves_are_stored_waits_and_then_stops_
 ):
     """The switch's transaction waits for the history's lock that the task holds; its scan then
     finds the instructions the task committed."""
-    store, calls, threads = engine._store, [], []
+    store, calls, threads = issuing._store, [], []
 
     def store_while_engaging(*args, **kwargs):
         calls.append(1)
@@ -105,7 +104,7 @@ def test_a_switch_engaged_while_the_later_waves_are_stored_waits_and_then_stops_
             assert waiting_for_an_advisory_lock(), "the engage should wait for the lock the task holds"
         return store(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_store", store_while_engaging)
+    monkeypatch.setattr(issuing, "_store", store_while_engaging)
     body = batch(world, settings)
     threads[0].join()
     later_waves_all_stopped(body)

@@ -12,7 +12,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from evidence.models import RmmEvidence
-from rmm.engine import services as engine
+from rmm.engine import registry
 from rmm.engine.models import Batch, Instruction
 from rmm.engine.services.results import ingest_results
 from rmm.history import services as history
@@ -148,8 +148,8 @@ def test_one_failing_result_costs_the_others_nothing(world, monkeypatch):
             raise RuntimeError("this one cannot be documented")
         return real(job, inst, stored, result, late)
 
-    script = engine.registry.get("script")
-    monkeypatch.setitem(engine.registry._KINDS, "script", dataclasses.replace(script, evidence_document=document))
+    script = registry.get("script")
+    monkeypatch.setitem(registry._KINDS, "script", dataclasses.replace(script, evidence_document=document))
     answers = ingest_results([(agent, body(inst_id)) for agent, inst_id in work])
     assert answers[0] == answers[2] == (201, {"status": "accepted"})
     assert isinstance(answers[1], RuntimeError)

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction, KillSwitch
+from rmm.engine.services import issuing
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
@@ -132,7 +133,7 @@ def test_a_batch_that_cannot_be_issued_does_not_hold_up_the_others(
             raise RuntimeError("broken")
         return issue(kind_name, job_ids, actor, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "issue_later_waves", failing_for_the_first)
+    monkeypatch.setattr(issuing, "issue_later_waves", failing_for_the_first)
     engine.sweep(timezone.now() + timedelta(minutes=11))
     assert len(instructions_of(first)) == 5 and len(instructions_of(second)) == 12
     assert "issuing the later waves of 7 script jobs failed" in caplog.text
@@ -148,7 +149,7 @@ def test_a_batch_that_cannot_be_issued_does_not_hold_up_the_others(
 def test_later_waves_in_many_tasks_keep_one_pace_even_when_late(
     world, settings, django_capture_on_commit_callbacks, monkeypatch
 ):
-    monkeypatch.setattr(engine, "TASK_CHUNK", 3)
+    monkeypatch.setattr(issuing, "TASK_CHUNK", 3)
     body, later_waves = queue_batch(world, settings, django_capture_on_commit_callbacks)
     tasks = [cb for cb in later_waves if cb.__qualname__.startswith("enqueue_on_commit")]
     assert len(tasks) == 3  # 7 later jobs in tasks of 3, 3 and 1
@@ -171,7 +172,7 @@ def test_later_waves_in_many_tasks_keep_one_pace_even_when_late(
 def test_sweeps_one_after_another_follow_the_waves_already_queued(
     world, settings, django_capture_on_commit_callbacks, monkeypatch
 ):
-    monkeypatch.setattr(engine, "TASK_CHUNK", 5)
+    monkeypatch.setattr(issuing, "TASK_CHUNK", 5)
     body, _ = queue_batch(world, settings, django_capture_on_commit_callbacks)  # its tasks never run
     interval = timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
     first = timezone.now() + timedelta(minutes=11)

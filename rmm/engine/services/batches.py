@@ -11,7 +11,7 @@ queries) and by the minute's sweep. After every failed result the batch's failed
 
 A batch without a plan keeps the global waves (``RMM_WAVE_SIZE`` every
 ``RMM_WAVE_INTERVAL_SECONDS``, on the clock, signed ahead by the task cluster:
-:func:`rmm.engine.services.queue_in_waves`); its rings are those waves, and it never halts.
+:func:`rmm.engine.services.issuing.queue_in_waves`); its rings are those waves, and it never halts.
 Every ring's instructions are issued under the same re-checks as the later waves (kill switches,
 authority, revoked agents: docs/security.md, "Batches").
 """
@@ -29,8 +29,8 @@ from django.utils import timezone
 
 from rmm import access, tasks
 from rmm.engine import events, registry
-from rmm.engine import services as dispatch
 from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
+from rmm.engine.services import issuing
 from rmm.engine.states import ACTIVE, JobStatus
 from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
@@ -147,14 +147,14 @@ def start(jobs: list, user, history_before: Iterable = ()) -> Batch:
     now = timezone.now()
     if batch.timed:
         _mark_released(batch, len(batch.ring_sizes), now)
-        dispatch.queue_in_waves(jobs, user, history_before=before)
+        issuing.queue_in_waves(jobs, user, history_before=before)
         return batch
     _mark_released(batch, 1, now)
     kind = registry.kind_of(jobs[0])
-    rendered = dispatch._first_steps(kind, jobs)  # one instruction per job: its first step
-    agents = dispatch._active_agents({spec.asset.pk for _, spec, _ in rendered})  # all of them, now
+    rendered = issuing._first_steps(kind, jobs)  # one instruction per job: its first step
+    agents = issuing._active_agents({spec.asset.pk for _, spec, _ in rendered})  # all of them, now
     canary = [(job, spec, step) for job, spec, step in rendered if job.ring == 0]
-    dispatch._store(kind, dispatch._sign(kind, canary, agents, 0, now, spread=False), user, before=before)
+    issuing._store(kind, issuing._sign(kind, canary, agents, 0, now, spread=False), user, before=before)
     return batch
 
 
@@ -180,7 +180,7 @@ def job_approved(job, actor) -> None:
     releases its canary. Call in the approval's transaction."""
     batch = Batch.objects.select_for_update().get(pk=job.batch_id)
     if batch.timed:
-        dispatch.issue_instructions(job, actor)
+        issuing.issue_instructions(job, actor)
     _begin_if_decided(batch, actor)
 
 
@@ -286,17 +286,17 @@ def _release(batch: Batch, ring: int, actor, now: datetime, *, via: str) -> None
 
 def issue_ring(batch_id, ring: int, now: datetime | None = None) -> int:
     """Sign and store the instructions of a released ring's jobs that have none yet, in the
-    requester's name, through :func:`rmm.engine.services.issue_later_waves` (its re-checks under
+    requester's name, through :func:`rmm.engine.services.issuing.issue_later_waves` (its re-checks under
     the history's lock; nothing is stored unless the batch is still running). Returns how many."""
     batch = Batch.objects.select_related("requested_by").get(pk=batch_id)
     kind = registry.get(batch.job_kind)
-    ids = list(dispatch._not_issued(kind).filter(batch_id=batch.pk, ring=ring).values_list("pk", flat=True))
+    ids = list(issuing._not_issued(kind).filter(batch_id=batch.pk, ring=ring).values_list("pk", flat=True))
     actor = history.actor_of(batch.requested_by)
     now = now or timezone.now()
     count = 0
-    for begin in range(0, len(ids), dispatch.TASK_CHUNK):
-        chunk = ids[begin : begin + dispatch.TASK_CHUNK]
-        count += dispatch.issue_later_waves(kind.name, chunk, actor, 0, now, now=now, via="batch ring", batch=batch)
+    for begin in range(0, len(ids), issuing.TASK_CHUNK):
+        chunk = ids[begin : begin + issuing.TASK_CHUNK]
+        count += issuing.issue_later_waves(kind.name, chunk, actor, 0, now, now=now, via="batch ring", batch=batch)
     return count
 
 
@@ -322,7 +322,7 @@ def _announce(batch: Batch) -> None:
 
 def sweep(now: datetime) -> int:
     """The backstop: rings whose interval ended after the last result of the ring before are
-    released. (A ring's lost task is made up for by :func:`rmm.engine.services.issue_stranded`.)"""
+    released. (A ring's lost task is made up for by :func:`rmm.engine.services.issuing.issue_stranded`.)"""
     count = 0
     for batch_id in list(Batch.objects.filter(status=B.RUNNING, timed=False).values_list("pk", flat=True)[:1000]):
         with transaction.atomic():
@@ -361,9 +361,9 @@ def stop_in_scope(switch: KillSwitch, actor) -> int:
             history.append(actor, "batch.aborted", batch, site_id=batch.site_id, payload=payload)
             if not batch.timed:  # a batch without a plan: its later waves' task aborts them, as before
                 kind = registry.get(batch.job_kind)
-                ids = dispatch._not_issued(kind).filter(batch_id=batch.pk).values_list("pk", flat=True)
+                ids = issuing._not_issued(kind).filter(batch_id=batch.pk).values_list("pk", flat=True)
                 waited = f"kill switch engaged on {switch.target_label} while the job waited for its ring"
-                dispatch._abort_unissued(kind, dict.fromkeys(ids, waited), "system")
+                issuing._abort_unissued(kind, dict.fromkeys(ids, waited), "system")
             _announce(batch)
             stopped += 1
     return stopped
@@ -388,7 +388,7 @@ def resume(batch: Batch, user) -> Batch:
         batch = Batch.objects.select_for_update().get(pk=batch.pk)
         history.append(user, "batch.resumed", batch, site_id=batch.site_id, payload=_counts(batch))
         kind = registry.get(batch.job_kind)
-        waiting = dispatch._not_issued(kind).filter(batch_id=batch.pk, ring__lt=batch.released_rings)
+        waiting = issuing._not_issued(kind).filter(batch_id=batch.pk, ring__lt=batch.released_rings)
         if batch.released_rings and waiting.exists():  # released before the halt, not issued since
             tasks.enqueue_on_commit("rmm.engine.tasks.issue_ring", str(batch.pk), batch.released_rings - 1)
         released = batch.released_rings

@@ -16,8 +16,7 @@ from rmm import access, bulk
 from rmm.authority import services as authority_services
 from rmm.authority.models import PsaTask
 from rmm.engine import events, registry
-from rmm.engine import services as engine
-from rmm.engine.services import batches, kill_switches
+from rmm.engine.services import batches, deciding, issuing, kill_switches, transitions
 from rmm.engine.states import JobStatus
 from rmm.errors import Forbidden, InvalidInput
 from rmm.history import services as history
@@ -50,7 +49,7 @@ def _create(
     user, kind: registry.JobKind, psa_task_id, params: dict, *, asset_ids, site_name=None, one=False, plan=None
 ) -> list:
     action = f"{kind.name}_job.create"
-    engine.require_role(user, "request_jobs", action)
+    deciding.require_role(user, "request_jobs", action)
     plan = None if one else batches.check_plan(plan)
     new = kind.prepare(**params)
     sites = access.visible_sites(user)
@@ -131,11 +130,11 @@ def _create(
         if not one:
             batches.start(jobs, user, history_before=created)
         elif status == JobStatus.QUEUED:
-            engine.queue_in_waves(jobs, user, history_before=created)
+            issuing.queue_in_waves(jobs, user, history_before=created)
         else:
             history.append_many(created)
         if one:
-            events.publish(site.pk, engine.job_event(jobs[0]))
+            events.publish(site.pk, transitions.job_event(jobs[0]))
         else:  # one console event for the batch, not one per job
             events.publish(
                 site.pk,

@@ -141,9 +141,9 @@ def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
 
 def abort_in_scope(switch: KillSwitch, actor) -> int:
     """Queued work in scope never starts; running work is killed at its agent's next heartbeat."""
-    from rmm.engine import services as dispatch
+    from rmm.engine.services import stopping
 
-    return dispatch.stop_instructions(
+    return stopping.stop_instructions(
         _in_scope(switch), actor, f"kill switch engaged on {switch.target_label}: {switch.reason}"
     )
 

@@ -12,9 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from rmm.engine import registry
-from rmm.engine import services as engine  # signing and queueing a job's next step
 from rmm.engine.models import Instruction
-from rmm.engine.services import kill_switches, steps, transitions
+from rmm.engine.services import issuing, kill_switches, steps, transitions  # issuing: a job's next step
 from rmm.engine.services.transitions import transition_instruction, transition_job
 from rmm.engine.states import FINAL, JobStatus, status_for_outcome
 from rmm.history import services as history
@@ -450,8 +449,8 @@ def _issue_step(kind, job, specs: list, step: int, before: Instruction) -> str:
     switch = kill_switches.active_for(spec.asset.site_id, spec.asset.pk)
     if switch is not None:
         return f"kill switch engaged on {switch.target_label} before step {step + 1} of {len(specs)}"
-    rows = engine._sign(kind, [(job, spec, step)], {spec.asset.pk: before.agent_id}, 0)
-    engine._store(kind, rows, "system", via=f"step {step} of job {job.pk} ended")
+    rows = issuing._sign(kind, [(job, spec, step)], {spec.asset.pk: before.agent_id}, 0)
+    issuing._store(kind, rows, "system", via=f"step {step} of job {job.pk} ended")
     return ""
 
 
