@@ -24,7 +24,7 @@ def approved_authority(
 ):
     """An approved case and task written by ``psa_user``. Most tests let that same account request
     jobs on it: with ``self_authorized_jobs`` the site's policy allows that (the default policy,
-    off, makes such jobs wait for an approver: tests/unit/test_self_authorized.py)."""
+    off, makes such jobs wait for an approver: tests/authority/test_self_authorized.py)."""
     if self_authorized_jobs and not site.allow_self_authorized_jobs:
         inventory.set_site_policy("cli:rmm_site_policy", site, allow_self_authorized_jobs=True)
         site.allow_self_authorized_jobs = True

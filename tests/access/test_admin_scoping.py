@@ -16,7 +16,7 @@ from rmm.engine.services import kill_switches
 from rmm.inventory import services as inventory
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent, otp_login
-from tests.unit.evidence_support import record_item
+from tests.support.evidence import record_item
 
 FOREIGN = "zz-foreign-site"
 

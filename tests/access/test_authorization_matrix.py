@@ -48,7 +48,7 @@ from rmm.inventory import services as inventory
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent, otp_login
-from tests.unit.test_script_flow import heartbeat, report
+from tests.scripting.test_script_flow import heartbeat, report
 
 # --- who ---------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Approved artefacts, generic: a second, test-only kind (tests/unit/artefact_support.py) goes
+"""Approved artefacts, generic: a second, test-only kind (tests/support/artefact_kind.py) goes
 through the one approval service (author never approves, privileged tier, expiry, one decision of
 two at once) and shows up in the one admin approval queue beside script versions."""
 
@@ -21,7 +21,7 @@ from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from tests.helpers import otp_login
-from tests.unit.artefact_support import (  # noqa: F401 - fixtures
+from tests.support.artefact_kind import (  # noqa: F401 - fixtures
     FOLDER,
     PolicyVersion,
     policy_kind,

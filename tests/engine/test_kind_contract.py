@@ -23,7 +23,7 @@ from rmm.history.models import HistoryEvent
 from rmm_agent.runner import make_result
 from tests.helpers import approved_authority, make_agent
 from tests.stepkind.jobs import create_step_job
-from tests.unit.kind_examples import EXAMPLES, World
+from tests.support.kind_examples import EXAMPLES, World
 
 KINDS = sorted(kind.name for kind in registry.all_kinds())
 

@@ -13,7 +13,7 @@ from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent
-from tests.unit.test_script_flow import heartbeat
+from tests.scripting.test_script_flow import heartbeat
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from rmm.engine import services as engine
 from rmm.engine.models import Instruction
 from scripting import services as scripting
 from tests.helpers import approved_authority, make_agent
-from tests.unit.test_script_flow import heartbeat, report
+from tests.scripting.test_script_flow import heartbeat, report
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_an_unreported_lease_ends_lost_and_is_not_leased_again(queued_job, setti
     evidence = RmmEvidence.objects.get(related_id=job.pk)
     assert evidence.evidence_type == "script_result"
 
-    late = report(auth, payload["instruction_id"])  # kept as a late result: tests/unit/test_late_result.py
+    late = report(auth, payload["instruction_id"])  # kept as a late result: tests/engine/test_late_result.py
     assert (late.status_code, late.json()["status"]) == (201, "accepted_late")
     job.refresh_from_db()
     assert job.status == "lost"

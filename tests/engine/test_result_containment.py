@@ -13,7 +13,7 @@ from rmm_agent.protocol import result_hash
 from rmm_agent.runner import make_result
 from scripting.models import ScriptJob
 from tests.helpers import post_json
-from tests.unit.test_script_flow import heartbeat, publish, setup  # noqa: F401 - setup is a fixture
+from tests.scripting.test_script_flow import heartbeat, publish, setup  # noqa: F401 - setup is a fixture
 
 KILLED = {"method": "cgroup", "killed": [{"pid": 4242, "command": "sleep 987"}]}
 

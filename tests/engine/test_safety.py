@@ -16,7 +16,7 @@ from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent, post_json
-from tests.unit.test_script_flow import heartbeat, report
+from tests.scripting.test_script_flow import heartbeat, report
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from rmm.engine.models import Instruction
 from scripting import services as scripting
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent
-from tests.unit.test_script_flow import heartbeat
+from tests.scripting.test_script_flow import heartbeat
 
 
 @pytest.fixture

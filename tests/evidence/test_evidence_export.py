@@ -24,7 +24,7 @@ from rmm.engine.events import user_group
 from rmm.history import anchors
 from rmm.history.models import HistoryEvent
 from tests.helpers import post_json
-from tests.unit.evidence_support import World, download, run_export, run_verify, unpack
+from tests.support.evidence import World, download, run_export, run_verify, unpack
 
 VERIFY_PY = Path(__file__).resolve().parents[2] / "evidence" / "bundle" / "verify.py"
 
@@ -239,7 +239,7 @@ def test_an_export_is_its_requesters_alone(bundle, caller, site):
 
 
 def test_filters_choose_the_items(world, compliance, django_capture_on_commit_callbacks, settings, tmp_path):
-    from tests.unit.evidence_support import record_item
+    from tests.support.evidence import record_item
 
     second_task = __import__("tests.helpers", fromlist=["approved_authority"]).approved_authority(
         world.site, world.psa.user

@@ -19,7 +19,7 @@ from rmm.history import anchors
 from rmm.history.anchors import verify_history
 from rmm.history.models import HistoryEvent
 from tests.helpers import post_json
-from tests.unit.evidence_support import World
+from tests.support.evidence import World
 
 LATER = timedelta(days=40)
 
@@ -127,7 +127,7 @@ def test_an_export_lists_what_retention_removed(
 ):
     import json
 
-    from tests.unit.evidence_support import download, run_export, run_verify, unpack
+    from tests.support.evidence import download, run_export, run_verify, unpack
 
     retention.run_retention(now=timezone.now() + LATER)
     comp = caller("comp-alpha", "compliance", sites=[site])

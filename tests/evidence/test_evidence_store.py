@@ -15,7 +15,7 @@ from evidence import services as evidence
 from evidence.models import RmmEvidence
 from rmm.errors import Conflict
 from rmm.history.models import HistoryEvent
-from tests.unit.evidence_support import World
+from tests.support.evidence import World
 
 ROOT = Path(__file__).resolve().parents[2]
 

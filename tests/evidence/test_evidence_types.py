@@ -13,7 +13,7 @@ from evidence import types
 from evidence.models import RmmEvidence
 from rmm.errors import InvalidInput
 from tests.helpers import post_json
-from tests.unit.evidence_support import World, download, record_item, run_export, unpack
+from tests.support.evidence import World, download, record_item, run_export, unpack
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from django.utils import timezone
 from evidence import exports
 from evidence.models import EvidenceExport
 from rmm.history.models import HistoryEvent
+from tests.evidence import test_evidence_export
 from tests.helpers import post_json
-from tests.unit import test_evidence_export
 
 world = test_evidence_export.world  # two sites with evidence
 compliance = test_evidence_export.compliance  # compliance staff of the first

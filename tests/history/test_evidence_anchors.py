@@ -18,7 +18,7 @@ from rmm.history import anchors, tasks
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import canonical_json
-from tests.unit.history_support import drop_evidence_triggers, drop_triggers, verify
+from tests.support.history import drop_evidence_triggers, drop_triggers, verify
 
 
 def test_an_anchor_signs_the_head_and_its_own_event_comes_after_it(events):

@@ -7,7 +7,7 @@ from evidence import services as evidence
 from rmm.history import anchors
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
-from tests.unit.history_support import TABLE, drop_triggers, verify
+from tests.support.history import TABLE, drop_triggers, verify
 
 
 def snapshot():

@@ -25,7 +25,7 @@ from rmm_agent import keyring
 from rmm_agent.protocol import canonical_json, verify_instruction
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent, post_json
-from tests.unit.history_support import verify
+from tests.support.history import verify
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def world(caller, site):
         return scripting.create_script_job(psa.user, script_id=script.pk, asset_id=asset_id, psa_task_id=task.pk)
 
     # A job that stays queued keeps the case open: these tests follow job.finished alone, with no
-    # case.may_close beside it (tests/unit/test_case_and_presence_events.py).
+    # case.may_close beside it (tests/outbox/test_case_and_presence_events.py).
     job(make_agent(site, "web-02")[0].asset_id)
     return SimpleNamespace(psa=psa, boss=boss, job=job)
 

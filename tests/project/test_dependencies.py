@@ -17,7 +17,7 @@ from evidence.models import RmmEvidence
 from rmm import dependencies
 from rmm.engine.models import Instruction
 from rmm.keys import keyset
-from tests.unit.test_script_flow import heartbeat, publish, report, setup  # noqa: F401
+from tests.scripting.test_script_flow import heartbeat, publish, report, setup  # noqa: F401
 
 
 def closed_port() -> int:

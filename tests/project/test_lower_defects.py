@@ -15,7 +15,7 @@ from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent, otp_login
-from tests.unit.evidence_support import download, record_item, run_export, unpack
+from tests.support.evidence import download, record_item, run_export, unpack
 
 
 @pytest.mark.parametrize(

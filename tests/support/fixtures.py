@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests."""
+"""Fixtures shared by the app test folders (tests/<app>/), registered by tests/conftest.py."""
 
 import importlib
 

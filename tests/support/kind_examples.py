@@ -1,4 +1,4 @@
-"""How the kind contract test makes a job of each registered kind (tests/unit/test_kind_contract.py).
+"""How the kind contract test makes a job of each registered kind (tests/engine/test_kind_contract.py).
 
 A new job kind adds its example here; the contract test fails for a registered kind without one.
 """
