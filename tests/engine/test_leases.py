@@ -11,8 +11,7 @@ from evidence.models import RmmEvidence
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction
 from scripting import services as scripting
-from tests.helpers import approved_authority, make_agent
-from tests.scripting.test_script_flow import heartbeat, report
+from tests.helpers import approved_authority, heartbeat, make_agent, report
 
 
 @pytest.fixture

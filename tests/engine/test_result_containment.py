@@ -12,8 +12,8 @@ from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import result_hash
 from rmm_agent.runner import make_result
 from scripting.models import ScriptJob
-from tests.helpers import post_json
-from tests.scripting.test_script_flow import heartbeat, publish, setup  # noqa: F401 - setup is a fixture
+from tests.helpers import heartbeat, post_json, publish
+from tests.scripting.test_script_flow import setup  # noqa: F401 - a fixture
 
 KILLED = {"method": "cgroup", "killed": [{"pid": 4242, "command": "sleep 987"}]}
 

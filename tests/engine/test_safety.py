@@ -15,8 +15,7 @@ from rmm.engine.models import Instruction, KillSwitch
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
-from tests.helpers import approved_authority, approved_script, make_agent, post_json
-from tests.scripting.test_script_flow import heartbeat, report
+from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, post_json, report
 
 
 @pytest.fixture

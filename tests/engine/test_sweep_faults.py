@@ -13,8 +13,7 @@ from rmm.engine import services as engine
 from rmm.engine.models import Instruction
 from scripting import services as scripting
 from scripting.models import ScriptJob
-from tests.helpers import approved_authority, approved_script, make_agent
-from tests.scripting.test_script_flow import heartbeat
+from tests.helpers import approved_authority, approved_script, heartbeat, make_agent
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from scripting import services as scripting
 from scripting.models import ScriptJob
-from tests.helpers import approved_authority, approved_script, make_agent
-from tests.scripting.test_script_flow import heartbeat, report
+from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, report
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from evidence.models import RmmEvidence
 from rmm import dependencies
 from rmm.engine.models import Instruction
 from rmm.keys import keyset
-from tests.scripting.test_script_flow import heartbeat, publish, report, setup  # noqa: F401
+from tests.helpers import heartbeat, publish, report
+from tests.scripting.test_script_flow import setup  # noqa: F401 - a fixture
 
 
 def closed_port() -> int:

@@ -13,9 +13,8 @@ from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
 from rmm.history.services import verify_chain
 from rmm.keys import keyset
-from rmm_agent.runner import make_result
 from scripting.models import ScriptJob
-from tests.helpers import approved_authority, make_agent, post_json
+from tests.helpers import approved_authority, heartbeat, make_agent, post_json, publish, report
 
 
 @pytest.fixture
@@ -26,35 +25,6 @@ def setup(caller, site):
     agent, auth = make_agent(site, "web-01")
     task = approved_authority(site, psa.user)
     return psa, tech, approver, agent, auth, task
-
-
-def publish(tech, approver, content="echo hello\n", requires_approval=False):
-    r = tech.post(
-        "/api/v1/scripts/",
-        {"name": "hello", "language": "sh", "content": content, "requires_approval": requires_approval},
-        format="json",
-    )
-    assert r.status_code == 201, r.content
-    script = r.json()
-    assert script["approval_status"] == "pending"
-    assert script["sha256"] == hashlib.sha256(content.encode()).hexdigest()
-    r = approver.post(f"/api/v1/scripts/{script['id']}/approve/")
-    assert r.status_code == 200, r.content
-    assert r.json()["approval_status"] == "approved"
-    return script
-
-
-def heartbeat(auth, **body):
-    body.setdefault("capacity", 4)
-    r = post_json(Client(), "/api/v1/agent/heartbeat/", body, HTTP_AUTHORIZATION=auth)
-    assert r.status_code == 200, r.content
-    return r.json()
-
-
-def report(auth, instruction_id, stdout="hello\n", exit_code=0, outcome="completed", **extra):
-    body = make_result(instruction_id, outcome, exit_code=exit_code, stdout=stdout)
-    body.update(extra)
-    return post_json(Client(), "/api/v1/agent/results/", body, HTTP_AUTHORIZATION=auth)
 
 
 def test_psa_authorised_script_runs_and_yields_evidence(setup):

@@ -50,8 +50,7 @@ from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from scripting import services as scripting
-from tests.helpers import approved_authority, approved_script, make_agent, otp_login
-from tests.scripting.test_script_flow import heartbeat, report
+from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, otp_login, report
 
 # --- who ---------------------------------------------------------------------------------------
 
