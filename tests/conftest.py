@@ -13,6 +13,10 @@ from rmm.authority import services as authority
 from rmm.inventory import services as inventory
 from tests.helpers import approved_authority, make_agent  # noqa: F401
 
+# Fixtures of the app test folders (tests/<app>/), shared by all of them: tests/support/fixtures.py,
+# and the authorization matrix's world (``matrix``) for each tests/<app>/test_authorization.py.
+pytest_plugins = ("tests.support.fixtures", "tests.support.authorization")
+
 
 @pytest.fixture(autouse=True)
 def _test_settings(settings, tmp_path):

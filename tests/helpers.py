@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
+
+from django.test import Client
 
 from rmm.authority import services as authority
 from rmm.engine import wakeups
 from rmm.inventory import services as inventory
+from rmm_agent.runner import make_result
 
 
 def make_agent(site, hostname: str | None = None):
@@ -24,7 +28,7 @@ def approved_authority(
 ):
     """An approved case and task written by ``psa_user``. Most tests let that same account request
     jobs on it: with ``self_authorized_jobs`` the site's policy allows that (the default policy,
-    off, makes such jobs wait for an approver: tests/unit/test_self_authorized.py)."""
+    off, makes such jobs wait for an approver: tests/authority/test_self_authorized.py)."""
     if self_authorized_jobs and not site.allow_self_authorized_jobs:
         inventory.set_site_policy("cli:rmm_site_policy", site, allow_self_authorized_jobs=True)
         site.allow_self_authorized_jobs = True
@@ -46,6 +50,38 @@ def approved_script(author, approver, *, name="hello", content="echo hello\n", l
         author, name=name, language=language, content=content, requires_approval=requires_approval
     )
     return scripting.approve_script(script, approver)
+
+
+def publish(tech, approver, content="echo hello\n", requires_approval=False) -> dict:
+    """A script posted by ``tech`` through the API and approved there by ``approver``."""
+    r = tech.post(
+        "/api/v1/scripts/",
+        {"name": "hello", "language": "sh", "content": content, "requires_approval": requires_approval},
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    script = r.json()
+    assert script["approval_status"] == "pending"
+    assert script["sha256"] == hashlib.sha256(content.encode()).hexdigest()
+    r = approver.post(f"/api/v1/scripts/{script['id']}/approve/")
+    assert r.status_code == 200, r.content
+    assert r.json()["approval_status"] == "approved"
+    return script
+
+
+def heartbeat(auth, **body) -> dict:
+    """The agent's heartbeat as ``auth`` sends it; asserts a 200 and returns its answer."""
+    body.setdefault("capacity", 4)
+    r = post_json(Client(), "/api/v1/agent/heartbeat/", body, HTTP_AUTHORIZATION=auth)
+    assert r.status_code == 200, r.content
+    return r.json()
+
+
+def report(auth, instruction_id, stdout="hello\n", exit_code=0, outcome="completed", **extra):
+    """The agent's result of ``instruction_id``, made by the real agent's own builder."""
+    body = make_result(instruction_id, outcome, exit_code=exit_code, stdout=stdout)
+    body.update(extra)
+    return post_json(Client(), "/api/v1/agent/results/", body, HTTP_AUTHORIZATION=auth)
 
 
 def otp_login(client, user):

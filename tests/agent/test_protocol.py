@@ -215,7 +215,7 @@ def test_result_hash_covers_the_optional_fields_when_present() -> None:
     }
     for key, value in optional.items():
         assert result_hash({**base, key: value}) != expected, key
-    # An absent field is left out (the server requires the first seven: tests/unit/test_agent_input.py).
+    # An absent field is left out (the server requires the first seven: tests/engine/test_agent_input.py).
     del base["stderr"]
     assert result_hash(base) == sha256_hex(canonical_json(base))
 

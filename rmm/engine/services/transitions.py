@@ -3,7 +3,7 @@
 Each function here moves rows only from the statuses the table in :mod:`rmm.engine.states`
 allows (a conditional UPDATE, so a racing writer loses instead of overwriting), and appends the
 change's history event. Nothing else writes a job's or an instruction's status: a test scans the
-code for any other writer (tests/unit/test_transitions.py). :func:`jobs_ended` is the one place
+code for any other writer (tests/engine/test_transitions.py). :func:`jobs_ended` is the one place
 every job that reaches a final status passes through, single or bulk.
 """
 

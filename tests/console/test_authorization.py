@@ -1,0 +1,75 @@
+"""Law 7, the console's pages: jobs, batches, kill switches and a person's own tokens, for every role,
+in-site and out-of-site (harness: tests/support/authorization.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rmm.authority.models import ApiToken
+from rmm.engine.models import KillSwitch
+from tests.support.authorization import (
+    APPROVE,
+    ENGAGE_KILL_SWITCH,
+    EVERYONE,
+    IN,
+    Row,
+    World,
+    callers,
+    check,
+    ids,
+    only,
+    page,
+)
+
+
+def _console_token(w) -> bool:
+    return ApiToken.objects.filter(name="console matrix").exists()
+
+
+def _site_switch(w) -> bool:
+    return KillSwitch.objects.filter(scope="site", site_id=w.ids["site"], released_at__isnull=True).exists()
+
+
+def _switch_released(w) -> bool:
+    return KillSwitch.objects.filter(pk=w.ids["switch"], released_at__isnull=False).exists()
+
+
+ROWS = [
+    # --- console
+    page("GET", "/", 302),
+    page("GET", "/console/", 200, shows=(("job_done", IN),)),
+    page("GET", "/console/jobs/script/{job_done}/", 200, 404, hidden=("job_done",)),
+    page("GET", "/console/batches/{batch}/", 200, 404, hidden=("batch",)),
+    page("GET", "/console/jobs/script/{job_done}/fragment/", 200, 404, hidden=("job_done",)),
+    page("GET", "/console/jobs/patch/{job_done}/", 404, label="unknown kind"),
+    page("GET", "/console/kill-switches/", 200, shows=(("switch", IN),)),
+    page(
+        "POST",
+        "/console/kill-switches/",
+        only(ENGAGE_KILL_SWITCH, 302, 200),
+        200,
+        body={"scope": "site", "target": "alpha", "reason": "console matrix"},
+        effect=(_site_switch, callers(ENGAGE_KILL_SWITCH, "in")),
+    ),
+    page("GET", "/console/kill-switches/banner/", 200, shows=(("switch", IN),)),
+    page(
+        "POST",
+        "/console/kill-switches/{switch}/release/",
+        302,
+        404,
+        body={"reason": "clear"},
+        hidden=("switch",),
+        effect=(_switch_released, callers(APPROVE, "in")),
+    ),
+    page("GET", "/console/kill-switches/{switch}/release/", 405, label="GET"),
+    # A person's own tokens: anyone signed in (admins and approvers past their second factor)
+    page("GET", "/console/tokens/", 200, shows=(("token_other", frozenset()),)),
+    page("POST", "/console/tokens/", 200, body={"name": "console matrix"}, effect=(_console_token, EVERYONE)),
+    page("POST", "/console/tokens/{token_other}/revoke/", 404),
+    page("GET", "/console/tokens/{token_other}/revoke/", 405, label="GET"),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ids(ROWS))
+def test_matrix(row: Row, matrix: World):
+    check(row, matrix)

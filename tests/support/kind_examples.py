@@ -1,0 +1,52 @@
+"""How the kind contract test makes a job of each registered kind (tests/engine/test_kind_contract.py).
+
+A new job kind adds its example here; the contract test fails for a registered kind without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scripting import services as scripting
+from tests.helpers import approved_script
+from tests.stepkind.jobs import create_step_job
+
+
+@dataclass
+class World:
+    site: Any
+    psa: Any  # the PSA's user, which requests the jobs
+    tech: Any
+    boss: Any  # an approver
+    task: Any
+    agent: Any
+
+
+class ScriptExample:
+    """Script jobs render one step: their multi-step cases run with that one step."""
+
+    steps = (1,)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        content = "echo step 0\n" + ("exit 1\n" if fail_step == 0 else "")
+        # A version that requires approval makes each of its jobs wait for an approver.
+        script = approved_script(w.tech, w.boss, name="contract", content=content, requires_approval=requires_approval)
+        return scripting.create_script_job(w.psa, script_id=script.pk, asset_id=w.agent.asset_id, psa_task_id=w.task.pk)
+
+
+class StepExample:
+    steps = (1, 3)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        return create_step_job(
+            w.psa,
+            asset=w.agent.asset,
+            task=w.task,
+            steps=steps,
+            fail_step=fail_step,
+            requires_approval=requires_approval,
+        )
+
+
+EXAMPLES = {"script": ScriptExample(), "step": StepExample()}
