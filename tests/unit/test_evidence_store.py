@@ -13,7 +13,7 @@ from django.db import DatabaseError, connection, transaction
 
 from evidence import services as evidence
 from evidence.models import RmmEvidence
-from rmm.errors import Conflict
+from rmm.core.errors import Conflict
 from rmm.history.models import HistoryEvent
 from tests.unit.evidence_support import World
 

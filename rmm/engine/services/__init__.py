@@ -21,8 +21,12 @@ from django.db import connection, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q, Subquery, UUIDField
 from django.utils import timezone
 
-from rmm import access, bulk, tasks
+from rmm.access import roles as access
 from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
+from rmm.core import bulk
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
+from rmm.core.on_commit import enqueue_on_commit
+from rmm.core.text import storable
 from rmm.engine import events, registry
 from rmm.engine.models import Batch, BatchStatus, Instruction, KillSwitch
 from rmm.engine.services import batches, kill_switches, steps, throttles, transitions
@@ -30,13 +34,11 @@ from rmm.engine.services.creating import create_job as create_job  # the creatio
 from rmm.engine.services.creating import create_jobs as create_jobs
 from rmm.engine.services.transitions import job_event, transition_instruction, transition_job  # noqa: F401
 from rmm.engine.states import FINAL, JobStatus, status_for_outcome
-from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
 from rmm.outbox import services as outbox
-from rmm.text import storable
 from rmm_agent.protocol import (
     CONTAINMENT_METHODS,
     EXIT_CODE_RANGE,
@@ -312,7 +314,7 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     first = min(max(1, settings.RMM_WAVE_SIZE), len(jobs))
     _store(kind, _sign(kind, rendered[:first], agents, 0, queued_at), actor, before=history_before)
     for begin in range(first, len(jobs), TASK_CHUNK):
-        tasks.enqueue_on_commit(
+        enqueue_on_commit(
             "rmm.engine.tasks.issue_later_waves",
             kind.name,
             [str(job.pk) for job in jobs[begin : begin + TASK_CHUNK]],

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from rmm.errors import ServiceError
+from rmm.core.errors import ServiceError
 from rmm.history import anchors
 
 

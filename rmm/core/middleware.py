@@ -1,4 +1,4 @@
-"""Project middleware."""
+"""Middleware every part of the project shares."""
 
 from __future__ import annotations
 
