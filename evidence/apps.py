@@ -10,4 +10,5 @@ class EvidenceConfig(AppConfig):
         from rmm.engine import registry
 
         types.register(types.HISTORY_ANCHOR, "A signed anchor of the history's head", exportable=False)
-        registry.register_evidence_writer(services.record)  # every finished instruction's evidence
+        # every finished instruction's evidence; a job's evidence in the PSA's job events
+        registry.register_evidence_writer(services.record, services.of_job)

@@ -81,6 +81,12 @@ def document_bytes(document: dict) -> bytes:
     return canonical_json(json.loads(json.dumps(document, cls=DjangoJSONEncoder)))
 
 
+def of_job(job_id) -> list[dict]:
+    """The evidence of one job, oldest first: what ``job.finished`` tells the PSA of it."""
+    rows = RmmEvidence.objects.filter(related_id=job_id).order_by("captured_at")
+    return [{"id": str(e.pk), "type": e.evidence_type, "hash": e.hash} for e in rows]
+
+
 def record(
     *,
     asset,

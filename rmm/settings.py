@@ -11,7 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from rmm.keys import load_or_create_secret_key
+from rmm.core.private_files import read_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("RMM_VAR_DIR", BASE_DIR / "var"))
@@ -26,7 +26,9 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("RMM_DEBUG", False)
-SECRET_KEY = os.environ.get("RMM_SECRET_KEY") or load_or_create_secret_key(VAR_DIR)
+# Read here, never written: importing the settings writes no file. Without RMM_SECRET_KEY, the
+# first start generates the file (rmm/core/apps.py).
+SECRET_KEY = os.environ.get("RMM_SECRET_KEY") or read_secret_key(VAR_DIR)
 ALLOWED_HOSTS = env_list("RMM_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("RMM_CSRF_TRUSTED_ORIGINS", "")
 
@@ -211,8 +213,7 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves from here after collectstatic
+STATIC_ROOT = VAR_DIR / "static"  # whitenoise serves from here after collectstatic (rmm/core/middleware.py)
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

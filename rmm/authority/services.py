@@ -8,11 +8,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from rmm.access import roles as access
-from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
+from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask
 from rmm.core.errors import Forbidden, InvalidInput
 from rmm.engine import services as engine
 from rmm.history import services as history
-from rmm.inventory.models import Asset, Site
 
 STATUSES = {s.value for s in AuthorityStatus}
 
@@ -93,31 +92,3 @@ def _withdrawn(before: dict, status: str, expires_at, site_changed: bool = False
     """Did this update take away authority that work may already be running on?"""
     expired = expires_at is not None and expires_at <= timezone.now()
     return status != AuthorityStatus.APPROVED or expired or site_changed
-
-
-SELF_AUTHORIZED = "the requester wrote its own authority; this site's policy wants a second person to approve"
-
-
-def self_authorized(task: PsaTask, user, site: Site) -> bool:
-    """Does this job need a person's approval because its requester wrote the authority it cites
-    (the PSA case or task) and the site's policy does not allow that (the default)?"""
-    if site.allow_self_authorized_jobs or user is None:
-        return False
-    return user.pk in (task.written_by_id, task.case.written_by_id)
-
-
-def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | None:
-    """Why this task does not authorise work on this asset, or None when it does.
-
-    Law 1: every job-creating service calls this before it writes a job row.
-    """
-    now = now or timezone.now()
-    if task is None:
-        return "no PSA task given"
-    case = task.case
-    gone = authority_gone(case.status, case.expires_at, task.status, task.expires_at, now)
-    if gone:
-        return gone
-    if case.site_id != asset.site_id:
-        return "the asset is outside the PSA case's site"
-    return None

@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.files.storage import default_storage
 
+from evidence import anchors
 from evidence import services as evidence
 from evidence.models import EvidenceExport
 from rmm.access.models import ApiToken
 from rmm.engine.events import user_group
-from rmm.history import anchors
 from rmm.history.models import HistoryEvent
 from tests.helpers import post_json
 from tests.unit.evidence_support import World, download, run_export, run_verify, unpack

@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from rmm.access import roles as access
-from rmm.authority import services as authority_services
+from rmm.authority import laws as authority_services
 from rmm.authority.models import PsaTask
 from rmm.core import bulk
 from rmm.core.errors import Forbidden, InvalidInput

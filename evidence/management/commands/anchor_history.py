@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from evidence import anchors
 from rmm.core.errors import ServiceError
-from rmm.history import anchors
 
 
 class Command(BaseCommand):
