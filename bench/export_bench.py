@@ -55,7 +55,7 @@ def phase_setup(items: int) -> dict:
     from evidence import exports
     from evidence import services as evidence
     from evidence.models import RmmEvidence
-    from rmm.authority import services as authority
+    from rmm.access import services as access_services
     from rmm.authority.models import PsaCase, PsaTask
     from rmm.history import services as history
     from rmm.inventory.models import Asset, Site
@@ -68,8 +68,8 @@ def phase_setup(items: int) -> dict:
     )
     case = PsaCase.objects.create(id=uuid.uuid4(), title="Quarterly audit", status="approved", site=site)
     task = PsaTask.objects.create(id=uuid.uuid4(), case=case, title="Patch fleet", status="approved")
-    user = authority.ensure_user_with_role("bench-compliance", "compliance")
-    authority.grant_site(user, None)
+    user = access_services.ensure_user_with_role("bench-compliance", "compliance")
+    access_services.grant_site(user, None)
     made = 0
     while made < items:
         count = min(BATCH, items - made)

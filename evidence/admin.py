@@ -3,8 +3,8 @@ from django.db.models import Q
 
 from evidence import exports, services
 from evidence.models import EvidenceDisposal, EvidenceExport, LegalHold, RetentionRun, RmmEvidence
-from rmm import access
-from rmm.admin_base import ReadOnlyAdmin
+from rmm.access import roles as access
+from rmm.access.admin_base import ReadOnlyAdmin
 
 
 @admin.register(RmmEvidence)

@@ -10,5 +10,6 @@ class EvidenceConfig(AppConfig):
         from rmm.engine import registry
 
         types.register(types.HISTORY_ANCHOR, "A signed anchor of the history's head", exportable=False)
-        # every finished instruction's evidence, one at a time or many at once
-        registry.register_evidence_writer(services.record, services.record_many)
+        # every finished instruction's evidence (one, or many at once); a job's evidence in the
+        # PSA's job events
+        registry.register_evidence_writer(services.record, services.record_many, services.of_job)

@@ -31,19 +31,19 @@ from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from evidence import anchors as history_anchors
 from evidence import report, services, types
 from evidence.models import EvidenceDisposal, EvidenceExport, ExportStatus, RmmEvidence
 from evidence.pdf import StreamingPdf
-from rmm import access
+from rmm.access import roles as access
 from rmm.authority.models import PsaCase
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
+from rmm.core.on_commit import enqueue_on_commit
 from rmm.engine import events
-from rmm.errors import Conflict, Forbidden, InvalidInput
-from rmm.history import anchors as history_anchors
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Asset
 from rmm.keys import keyset
-from rmm.tasks import enqueue_on_commit
 from rmm_agent.protocol import canonical_json
 
 logger = logging.getLogger(__name__)

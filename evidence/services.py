@@ -18,9 +18,10 @@ from django.utils import timezone
 
 from evidence import types
 from evidence.models import LegalHold, RmmEvidence
-from rmm import access, blobs
+from rmm.access import roles as access
 from rmm.authority.models import PsaCase, PsaTask
-from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.core import blobs
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm_agent.protocol import canonical_json
 
@@ -63,7 +64,7 @@ def blob_extension(row: RmmEvidence) -> str:
 
 
 def put_blob(name: str, data: bytes, digest: str) -> None:
-    """Write ``data`` at ``name`` once (:func:`rmm.blobs.put`); altered bytes there are refused
+    """Write ``data`` at ``name`` once (:func:`rmm.core.blobs.put`); altered bytes there are refused
     and recorded as ``refused.evidence.store``."""
     blobs.put(name, data, digest, action="evidence.store")
 
@@ -78,6 +79,12 @@ def store_blob(data: bytes, extension: str = "json") -> tuple[str, str]:
 
 def document_bytes(document: dict) -> bytes:
     return canonical_json(json.loads(json.dumps(document, cls=DjangoJSONEncoder)))
+
+
+def of_job(job_id) -> list[dict]:
+    """The evidence of one job, oldest first: what ``job.finished`` tells the PSA of it."""
+    rows = RmmEvidence.objects.filter(related_id=job_id).order_by("captured_at")
+    return [{"id": str(e.pk), "type": e.evidence_type, "hash": e.hash} for e in rows]
 
 
 def record(

@@ -1,6 +1,6 @@
 """Background evidence work (django-q2)."""
 
-from evidence import exports, retention
+from evidence import anchors, exports, retention
 
 
 def run_export(export_id: str) -> str | None:
@@ -16,3 +16,10 @@ def retention_run() -> int:
 def sweep_exports() -> dict[str, int]:
     """Resume or fail exports whose builder died (every minute, migration evidence/0007)."""
     return exports.sweep_exports()
+
+
+def anchor_history() -> int | None:
+    """Sign the head of the history (hourly schedule, migrations history/0003 and evidence/0009);
+    the anchored sequence."""
+    row = anchors.anchor_history("system", only_if_changed=True)
+    return row.related_id.int if row is not None else None

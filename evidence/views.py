@@ -6,8 +6,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
 from evidence import exports, types
-from rmm import access
-from rmm.errors import ServiceError
+from rmm.access import roles as access
+from rmm.core.errors import ServiceError
 
 SHOWN = 50
 

@@ -27,9 +27,9 @@ from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
 from django.utils.module_loading import import_string
 
-from rmm import dependencies
 from rmm.console.routing import websocket_urlpatterns
-from rmm.dependencies import PROBE_PATHS, FailFastMiddleware
+from rmm.core import dependencies
+from rmm.core.dependencies import PROBE_PATHS, FailFastMiddleware
 from rmm.engine import agent_limits, agent_views
 from rmm.inventory import services as inventory
 from rmm_agent.protocol import MAX_BODY_BYTES
@@ -88,7 +88,7 @@ async def _until_disconnect(receive, gone: asyncio.Future) -> None:
 class AgentProtocolHandler(ASGIHandler):
     """Django for the agent protocol, the path every agent calls forever, and for the health
     probes: the same settings, URLs and views as the rest of the site, with only
-    :class:`AgentEdgeMiddleware` and :class:`~rmm.dependencies.FailFastMiddleware`.
+    :class:`AgentEdgeMiddleware` and :class:`~rmm.core.dependencies.FailFastMiddleware`.
 
     Under ASGI each of Django's sync middleware costs two thread hops per request, which the
     fleet benchmark measured as most of a heartbeat's CPU (docs/performance.md). An agent uses no

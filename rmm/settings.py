@@ -11,7 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from rmm.keys import load_or_create_secret_key
+from rmm.core.private_files import read_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("RMM_VAR_DIR", BASE_DIR / "var"))
@@ -26,7 +26,9 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("RMM_DEBUG", False)
-SECRET_KEY = os.environ.get("RMM_SECRET_KEY") or load_or_create_secret_key(VAR_DIR)
+# Read here, never written: importing the settings writes no file. Without RMM_SECRET_KEY, the
+# first start generates the file (rmm/core/apps.py).
+SECRET_KEY = os.environ.get("RMM_SECRET_KEY") or read_secret_key(VAR_DIR)
 ALLOWED_HOSTS = env_list("RMM_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("RMM_CSRF_TRUSTED_ORIGINS", "")
 
@@ -49,11 +51,12 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "axes",
     "csp",
-    "rmm",
+    "rmm.core",
     "rmm.keys",
     "rmm.history",
     "rmm.outbox",
     "rmm.inventory",
+    "rmm.access",
     "rmm.authority",
     "rmm.engine",
     "rmm.artefacts",
@@ -65,15 +68,15 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "rmm.middleware.AsyncWhiteNoiseMiddleware",  # WhiteNoise without a thread per request under ASGI
+    "rmm.core.middleware.AsyncWhiteNoiseMiddleware",  # WhiteNoise without a thread per request under ASGI
     # 503 at once while the database is down; a dependency's failure is a 503, never a 500
-    "rmm.dependencies.FailFastMiddleware",
+    "rmm.core.dependencies.FailFastMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # names the signed-in person as the actor of role, grant and schedule changes (rmm/access_changes.py)
-    "rmm.access_changes.ActorMiddleware",
+    "rmm.access.changes.ActorMiddleware",
     "django_otp.middleware.OTPMiddleware",
     # admins, approvers and superusers act in the console and the admin only with a verified TOTP device
     "rmm.signin.middleware.SecondFactorMiddleware",
@@ -110,7 +113,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 RMM_DB_POOL = env_bool("RMM_DB_POOL", False)
 # How long a request waits for a pooled connection before it is answered 503 (Retry-After). Short
 # on the agent tier (agents retry); while the database is down, requests are answered at once anyway
-# (rmm.dependencies.FailFastMiddleware), so this is the wait of the one request a second that tries.
+# (rmm.core.dependencies.FailFastMiddleware), so this is the wait of the one request a second that tries.
 RMM_DB_POOL_TIMEOUT = float(os.environ.get("RMM_DB_POOL_TIMEOUT", "10"))
 if DATABASE_URL:
     # A kept connection (or a pooled one) is checked before it is reused: after a database restart
@@ -210,8 +213,7 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves from here after collectstatic
+STATIC_ROOT = VAR_DIR / "static"  # whitenoise serves from here after collectstatic (rmm/core/middleware.py)
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -260,7 +262,7 @@ RMM_INSTANCE_NAME = os.environ.get("RMM_TASK_QUEUE", "rmm")
 # The cache holds API rate-limit counters: shared through Redis when there are several workers.
 if REDIS_URL:
     # Short timeouts: with Redis down, the rate limit falls back to counting in the process
-    # (rmm.dependencies.RedisFallbackThrottle).
+    # (rmm.core.dependencies.RedisFallbackThrottle).
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -296,22 +298,22 @@ Q_CLUSTER.update({"catch_up": False, "save_limit": 100, "max_attempts": 1})
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rmm.authority.auth.BearerTokenAuthentication",
+        "rmm.access.auth.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # Request bodies are JSON objects, nothing else (docs/psa-integration.md).
-    "DEFAULT_PARSER_CLASSES": ["rmm.api.JsonObjectParser"],
+    "DEFAULT_PARSER_CLASSES": ["rmm.core.api.JsonObjectParser"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
-    "DEFAULT_SCHEMA_CLASS": "rmm.api_schema.ApiSchema",
+    "DEFAULT_SCHEMA_CLASS": "rmm.core.api_schema.ApiSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rmm.api.Pagination",  # limit is clamped to 1,000
+    "DEFAULT_PAGINATION_CLASS": "rmm.core.api.Pagination",  # limit is clamped to 1,000
     "PAGE_SIZE": 100,
-    "EXCEPTION_HANDLER": "rmm.api.exception_handler",
+    "EXCEPTION_HANDLER": "rmm.core.api.exception_handler",
     # Answers are ASCII JSON (\uXXXX escapes): an error that quotes input back stays encodable
     # whatever the input held (a lone surrogate cannot be written as UTF-8).
     "UNICODE_JSON": False,
-    "DEFAULT_THROTTLE_CLASSES": ["rmm.api.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["rmm.core.api.TokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"token": os.environ.get("RMM_API_RATE", "600/min")},
     "UNAUTHENTICATED_USER": None,
 }

@@ -6,10 +6,11 @@ from rest_framework.routers import DefaultRouter
 
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
-from rmm import health
-from rmm.api_docs import ApiDocsView
-from rmm.approval_queue import approval_queue
+from rmm.access.api import ApiTokenViewSet
 from rmm.authority.api import views as authority_views
+from rmm.console import health
+from rmm.console.approval_queue import approval_queue
+from rmm.core.api_docs import ApiDocsView
 from rmm.engine import agent_views
 from rmm.engine.api.views import BatchViewSet, JobViewSet, KillSwitchViewSet
 from rmm.inventory.api.views import AgentViewSet, AssetViewSet, SiteViewSet
@@ -27,11 +28,11 @@ router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
 router.register("batches", BatchViewSet, basename="batch")
-router.register("tokens", authority_views.ApiTokenViewSet, basename="api-token")
+router.register("tokens", ApiTokenViewSet, basename="api-token")
 
-handler500 = "rmm.dependencies.server_error"  # a dependency that is down answers 503, not 500
+handler500 = "rmm.core.dependencies.server_error"  # a dependency that is down answers 503, not 500
 # A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.
-handler404 = "rmm.api.not_found"
+handler404 = "rmm.core.api.not_found"
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

@@ -3,8 +3,8 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from rmm import access
-from rmm.admin_base import RoleAdmin, reject_with_reason, run_decisions
+from rmm.access import roles as access
+from rmm.access.admin_base import RoleAdmin, reject_with_reason, run_decisions
 from scripting import services
 from scripting.models import Script, ScriptJob
 

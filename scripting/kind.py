@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+from rmm.core.errors import InvalidInput
+from rmm.core.text import display_text
 from rmm.engine import registry
-from rmm.errors import InvalidInput
-from rmm.text import display_text
 from scripting.models import ApprovalStatus, Script, ScriptJob, ScriptResult
 
 SCRIPT_RESULT = "script_result"  # the evidence type of a script job's result (registered in apps.py)

@@ -9,8 +9,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from rmm.artefacts import services as artefacts
+from rmm.core.errors import Conflict, InvalidInput
 from rmm.engine import services as engine
-from rmm.errors import Conflict, InvalidInput
 from rmm.history import services as history
 from scripting.models import Language, Script, ScriptJob
 

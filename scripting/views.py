@@ -5,9 +5,9 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
-from rmm import access
+from rmm.access import roles as access
 from rmm.authority.models import AuthorityStatus, PsaTask
-from rmm.errors import ServiceError
+from rmm.core.errors import ServiceError
 from rmm.inventory.models import Asset
 from scripting import services
 from scripting.models import ApprovalStatus, Script

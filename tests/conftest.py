@@ -8,8 +8,8 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from rmm import dependencies
-from rmm.authority import services as authority
+from rmm.access import services as access_services
+from rmm.core import dependencies
 from rmm.inventory import services as inventory
 from tests.helpers import approved_authority, make_agent  # noqa: F401
 
@@ -45,12 +45,12 @@ class Caller:
     """A user in a role with an API client that sends its bearer token."""
 
     def __init__(self, username: str, role: str, sites=None):
-        self.user = authority.ensure_user_with_role(username, role)
+        self.user = access_services.ensure_user_with_role(username, role)
         if sites is None:
-            authority.grant_site(self.user, None)
+            access_services.grant_site(self.user, None)
         for site in sites or []:
-            authority.grant_site(self.user, site)
-        self.token = authority.issue_token(self.user)
+            access_services.grant_site(self.user, site)
+        self.token = access_services.issue_token(self.user)
         self.client = APIClient()
         self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token}")
 

@@ -15,10 +15,10 @@ from rest_framework.response import Response
 
 from evidence import exports, services, types
 from evidence.models import EvidenceExport, LegalHold, RmmEvidence
-from rmm import access
-from rmm.api import SiteScopedMixin
-from rmm.api_schema import refusal
+from rmm.access import roles as access
 from rmm.authority.models import PsaCase
+from rmm.core.api import SiteScopedMixin
+from rmm.core.api_schema import refusal
 from rmm.history import services as history
 from rmm.keys import keyset
 

@@ -9,9 +9,9 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from rmm.api import reason_of
-from rmm.api_schema import ReasonSerializer, refusal
 from rmm.artefacts import services
+from rmm.core.api import reason_of
+from rmm.core.api_schema import ReasonSerializer, refusal
 
 DECIDED = refusal("This version is already approved or rejected.")
 

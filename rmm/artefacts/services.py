@@ -15,12 +15,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from rmm import access
+from rmm.access import roles as access
 from rmm.artefacts import registry
 from rmm.artefacts.registry import ArtefactKind
 from rmm.artefacts.states import ApprovalStatus
+from rmm.core.errors import Conflict, Forbidden, InvalidInput, ServiceError
 from rmm.engine.services import check_four_eyes
-from rmm.errors import Conflict, Forbidden, InvalidInput, ServiceError
 from rmm.history import services as history
 
 

@@ -3,18 +3,12 @@
 
 from __future__ import annotations
 
-from evidence.models import RmmEvidence
 from rmm.engine import registry
 
 
 def _job(event):
     kind = registry.get(event.data["kind"])
     return kind, kind.model.objects.get(pk=event.subject_id)
-
-
-def _evidence(job) -> list[dict]:
-    evidence = RmmEvidence.objects.filter(related_id=job.pk).order_by("captured_at")
-    return [{"id": str(e.pk), "type": e.evidence_type, "hash": e.hash} for e in evidence]
 
 
 def job_finished(event) -> dict:
@@ -26,7 +20,7 @@ def job_finished(event) -> dict:
         "status": job.status,
         "status_reason": job.status_reason,
         **{key: str(value) for key, value in kind.authority(job).items()},
-        "evidence": _evidence(job),
+        "evidence": registry.evidence_of(job.pk),
     }
 
 

@@ -4,7 +4,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth import get_user_model
 
-from rmm import access
+from rmm.access import roles as access
 from rmm.engine.events import ALL_GROUP, site_group, user_group
 from rmm.signin.policy import needs_second_factor, session_verified
 

@@ -12,13 +12,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from rmm import access
-from rmm.authority import services as authority
+from rmm.access import roles as access
+from rmm.access import services as access_services
+from rmm.core.errors import ServiceError
 from rmm.engine import registry
 from rmm.engine.models import Batch, KillSwitchScope
 from rmm.engine.services import batches, kill_switches
 from rmm.engine.states import ACTIVE, FINAL
-from rmm.errors import ServiceError
 
 PAGE = 100
 
@@ -153,7 +153,7 @@ class TokenForm(forms.Form):
 
 
 def _own_tokens(request):
-    return authority.visible_tokens(request.user).filter(user=request.user)
+    return access_services.visible_tokens(request.user).filter(user=request.user)
 
 
 @login_required
@@ -168,7 +168,7 @@ def token_page(request):
     if request.method == "POST" and form.is_valid():
         verified = getattr(request.user, "is_verified", None)
         try:
-            issued, _row = authority.issue_own_token(
+            issued, _row = access_services.issue_own_token(
                 request.user, name=form.cleaned_data["name"], second_factor=bool(verified and verified())
             )
         except ServiceError as exc:
@@ -182,7 +182,7 @@ def token_page(request):
             "form": form,
             "issued": issued,
             "tokens": _own_tokens(request),
-            "privileged": authority.is_privileged(request.user),
+            "privileged": access_services.is_privileged(request.user),
             "privileged_hours": settings.RMM_PRIVILEGED_TOKEN_HOURS,
         },
     )
@@ -195,7 +195,7 @@ def token_revoke(request, token_id):
     if token is None:
         raise Http404
     try:
-        authority.revoke_token(request.user, token.pk, "revoked on the console")
+        access_services.revoke_token(request.user, token.pk, "revoked on the console")
         messages.success(request, f"Token {token.prefix}… revoked.")
     except ServiceError as exc:
         messages.error(request, exc.detail)

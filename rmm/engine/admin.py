@@ -2,11 +2,11 @@ from django import forms
 from django.contrib import admin
 from django.db.models import Q
 
-from rmm import access
-from rmm.admin_base import ReadOnlyAdmin, reject_with_reason
+from rmm.access import roles as access
+from rmm.access.admin_base import ReadOnlyAdmin, reject_with_reason
+from rmm.core.errors import ServiceError
 from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches
-from rmm.errors import ServiceError
 
 
 class EngageForm(forms.ModelForm):

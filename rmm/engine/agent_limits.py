@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.http import JsonResponse
 
-from rmm import dependencies
+from rmm.core import dependencies
 
 TRUST_SECONDS = 3600  # how long an accepted credential passes the limit without being seen again
 _MEMO_MAX = 200_000  # credentials remembered in this process; forgotten all at once past it

@@ -23,14 +23,14 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from rmm import dependencies
+from rmm.core import dependencies
+from rmm.core.errors import ServiceError
+from rmm.core.text import storable
 from rmm.engine import intake, wakeups
 from rmm.engine import services as engine
-from rmm.errors import ServiceError
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.keys import keyset
-from rmm.text import storable
 from rmm_agent.protocol import MAX_BODY_BYTES
 
 logger = logging.getLogger("django.request")  # where Django logs a view's failure
@@ -210,7 +210,7 @@ async def finish_hold(response: HttpResponse, held: _Held) -> HttpResponse:
     have all returned: each held heartbeat then keeps far fewer objects alive, and thousands of
     them are what the workers' young collections scan (docs/performance.md). Woken with work,
     the answer is written into the same response, keeping the headers the middleware set; a
-    failure while looking for work is answered 503 when a dependency is down (rmm.dependencies),
+    failure while looking for work is answered 503 when a dependency is down (rmm.core.dependencies),
     else 500, logged as Django logs a view's."""
     if getattr(response, "held", None) is None:  # not the view's idle answer: a middleware's error
         held.waiter.close()

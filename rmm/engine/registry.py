@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import models
 
-from rmm.authority import services as authority_services
+from rmm.authority import laws
 
 # What a failed or timed-out step means for the job's later steps (InstructionSpec.on_failure).
 STOP = "stop"  # no later step runs; the job ends with the step's status
@@ -61,7 +61,7 @@ def task_authority(job) -> dict:
 
 def task_authority_problem(job) -> str | None:
     """Why the job's PSA task no longer covers its asset, or None (Law 1, checked again)."""
-    return authority_services.authority_problem(job.psa_task, job.asset)
+    return laws.authority_problem(job.psa_task, job.asset)
 
 
 @dataclass(frozen=True)
@@ -136,19 +136,31 @@ def all_kinds() -> list[JobKind]:
     return list(_KINDS.values())
 
 
-# The evidence app records evidence for the engine (the engine imports no domain app): it
-# registers its recording services here when it is ready (one record, and many at once).
+# The evidence app records evidence for the engine (one record, or many at once) and lists a
+# job's evidence for the PSA's job events (the core imports no domain app): it registers its
+# services here when it is ready.
 _evidence_writer: list[tuple[Callable[..., Any], Callable[[list[dict]], list]]] = []
+_evidence_reader: list[Callable[[Any], list[dict]]] = []
 
 
-def register_evidence_writer(record: Callable[..., Any], record_many: Callable[[list[dict]], list]) -> None:
+def register_evidence_writer(
+    record: Callable[..., Any], record_many: Callable[[list[dict]], list], of_job: Callable[[Any], list[dict]]
+) -> None:
     _evidence_writer[:] = [(record, record_many)]
+    _evidence_reader[:] = [of_job]
 
 
 def _writer() -> tuple[Callable[..., Any], Callable[[list[dict]], list]]:
     if not _evidence_writer:
         raise LookupError("no evidence writer is registered (is the evidence app installed?)")
     return _evidence_writer[0]
+
+
+def evidence_of(job_id) -> list[dict]:
+    """A job's evidence, oldest first, as its id, type and hash (``job.finished`` lists it)."""
+    if not _evidence_reader:
+        raise LookupError("no evidence reader is registered (is the evidence app installed?)")
+    return _evidence_reader[0](job_id)
 
 
 def write_evidence(**fields) -> Any:

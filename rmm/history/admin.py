@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from rmm import access
-from rmm.admin_base import ReadOnlyAdmin
+from rmm.access import roles as access
+from rmm.access.admin_base import ReadOnlyAdmin
 from rmm.history.models import HistoryEvent
 
 

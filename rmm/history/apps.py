@@ -5,8 +5,3 @@ class HistoryConfig(AppConfig):
     name = "rmm.history"
     label = "history"
     verbose_name = "Execution history"
-
-    def ready(self):
-        from rmm import access_changes
-
-        access_changes.connect()

@@ -17,7 +17,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
-from rmm import bulk
+from rmm.core import bulk
 from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import canonical_json
 

@@ -8,9 +8,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from rmm import access
-from rmm.admin_base import ReadOnlyAdmin, run_decisions
-from rmm.authority import services
+from rmm.access import roles as access
+from rmm.access import services
+from rmm.access.admin_base import ReadOnlyAdmin, run_decisions
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent, Asset, EnrollmentToken, Site

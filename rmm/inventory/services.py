@@ -14,14 +14,14 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from rmm import access
+from rmm.access import roles as access
+from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from rmm.core.text import unstorable
 from rmm.engine import events
 from rmm.engine import services as engine
-from rmm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, RefusalWindow, Site
 from rmm.keys import keyset
-from rmm.text import unstorable
 from rmm_agent.protocol import MAX_FACTS_BYTES, MAX_FACTS_DEPTH, MAX_HOSTNAME_CHARS, canonical_json
 from rmm_agent.protocol import facts_hash as compute_facts_hash
 
@@ -282,7 +282,7 @@ def issue_rotated_secret(agent: Agent, *, requested: bool | None = None) -> str 
 
 
 def _require_admin(user, action: str, agent: Agent) -> None:
-    from rmm import access
+    from rmm.access import roles as access
 
     if not access.can(user, "manage_agents") or not access.may_see_site(user, agent.asset.site_id):
         history.record_refusal(user, action, agent, reason="role may not manage agents", site_id=agent.asset.site_id)

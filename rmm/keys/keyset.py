@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import connection
 from django.utils import timezone
 
-from rmm.errors import ServiceError
+from rmm.core.errors import ServiceError
 from rmm.keys import store
 from rmm.keys.models import KeyPurpose, SigningKey
 from rmm_agent import keyring
@@ -42,7 +42,7 @@ VERSION_SQL = f"(SELECT COUNT(retired_at) + COALESCE(MAX(id), 0) FROM {SigningKe
 
 class KeyUnavailable(ServiceError):
     """503: no key of a purpose can sign here (none registered, or its private half is missing);
-    answered as the signing key being down (rmm.dependencies)."""
+    answered as the signing key being down (rmm.core.dependencies)."""
 
     status_code = 503
     dependency = "signing_key"

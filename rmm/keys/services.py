@@ -11,8 +11,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from rmm.core.errors import Conflict, InvalidInput
 from rmm.engine.states import JobStatus
-from rmm.errors import Conflict, InvalidInput
 from rmm.history import services as history
 from rmm.keys import keyset, store
 from rmm.keys.models import KeyPurpose, SigningKey

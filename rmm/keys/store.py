@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from rmm.keys import write_private
+from rmm.core.private_files import write_private
 from rmm_agent import keyring
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 from django.contrib import admin, messages
 
-from rmm.admin_base import RoleAdmin
+from rmm.access.admin_base import RoleAdmin
 from rmm.outbox import services
 from rmm.outbox.models import Attempt, Delivery, Endpoint
 

@@ -30,7 +30,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from rmm import tasks
+from rmm.core.on_commit import enqueue_on_commit
 from rmm.history import services as history
 from rmm.outbox.models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
 
@@ -159,7 +159,7 @@ def emit_many(items: Iterable[Emitted]) -> int:
         Event.objects.bulk_create(events)
         Delivery.objects.bulk_create(deliveries)
         for delivery in deliveries:
-            tasks.enqueue_on_commit("rmm.outbox.tasks.deliver", str(delivery.pk))
+            enqueue_on_commit("rmm.outbox.tasks.deliver", str(delivery.pk))
     return len(events)
 
 
@@ -313,7 +313,7 @@ def send_due(now: datetime | None = None, limit: int = 500) -> int:
         .values_list("pk", flat=True)[:limit]
     )
     for pk in due:
-        tasks.enqueue_on_commit("rmm.outbox.tasks.deliver", str(pk))
+        enqueue_on_commit("rmm.outbox.tasks.deliver", str(pk))
     return len(due)
 
 
@@ -338,7 +338,7 @@ def replay(delivery: Delivery, actor) -> Delivery:
             site_id=locked.event.site_id,
             payload={"event": locked.event.message_id, "endpoint": locked.endpoint.name, "attempts": locked.attempts},
         )
-        tasks.enqueue_on_commit("rmm.outbox.tasks.deliver", str(locked.pk))
+        enqueue_on_commit("rmm.outbox.tasks.deliver", str(locked.pk))
     locked.refresh_from_db()
     return locked
 

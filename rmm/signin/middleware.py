@@ -20,7 +20,7 @@ from django.conf import settings
 from django.http import HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 
-from rmm.dependencies import PROBE_PATHS
+from rmm.core.dependencies import PROBE_PATHS
 from rmm.signin.policy import needs_second_factor
 from rmm.signin.services import confirmed_device
 

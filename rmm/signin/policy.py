@@ -5,7 +5,7 @@ from __future__ import annotations
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.models import Device
 
-from rmm import access
+from rmm.access import roles as access
 
 SECOND_FACTOR_ROLES = frozenset({"admin", "approver"})
 

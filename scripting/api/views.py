@@ -5,10 +5,10 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from evidence.models import RmmEvidence
-from rmm import access
-from rmm.api import SiteScopedMixin, reason_of
-from rmm.api_schema import ReasonSerializer, refusal
+from rmm.access import roles as access
 from rmm.artefacts.api import decision_actions
+from rmm.core.api import SiteScopedMixin, reason_of
+from rmm.core.api_schema import ReasonSerializer, refusal
 from rmm.engine.states import JobStatus
 from scripting import services
 from scripting.models import Language, Script, ScriptJob

@@ -10,8 +10,8 @@ from django.test import Client
 from django_q.models import Schedule
 from guardian.shortcuts import assign_perm, remove_perm
 
-from rmm.access import ensure_role_groups
-from rmm.authority import services as authority
+from rmm.access import services as access_services
+from rmm.access.roles import ensure_role_groups
 from rmm.engine.events import site_group
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
@@ -52,16 +52,16 @@ def test_an_open_console_leaves_a_revoked_sites_group_at_once(db, monkeypatch, d
     # The consumer's database calls run on this thread, inside the test's transaction: keep it open.
     monkeypatch.setattr(channels.db, "close_old_connections", lambda: None)
     alpha, beta = inventory.get_or_create_site("alpha"), inventory.get_or_create_site("beta")
-    tech = authority.ensure_user_with_role("tech", "technician")
-    authority.grant_site(tech, alpha)
-    authority.grant_site(tech, beta)
+    tech = access_services.ensure_user_with_role("tech", "technician")
+    access_services.grant_site(tech, alpha)
+    access_services.grant_site(tech, beta)
     client = Client()
     client.force_login(tech)
 
     def revoke_beta():
         with django_capture_on_commit_callbacks(execute=True):
             if how == "service":
-                authority.revoke_site(tech, beta, actor="cli:rmm_grant")
+                access_services.revoke_site(tech, beta, actor="cli:rmm_grant")
             else:  # behind the services' back, as in `manage.py shell`
                 remove_perm("inventory.access_site", tech, beta)
 
@@ -85,8 +85,8 @@ def test_a_deactivated_user_is_disconnected(db, monkeypatch, django_capture_on_c
 
     monkeypatch.setattr(channels.db, "close_old_connections", lambda: None)
     alpha = inventory.get_or_create_site("alpha")
-    tech = authority.ensure_user_with_role("tech", "technician")
-    authority.grant_site(tech, alpha)
+    tech = access_services.ensure_user_with_role("tech", "technician")
+    access_services.grant_site(tech, alpha)
     client = Client()
     client.force_login(tech)
 
@@ -166,7 +166,7 @@ def test_a_site_grant_made_behind_the_services_is_recorded(db, site):
     assert added.site_id == site.pk and removed.site_id == site.pk
     assert added.payload["user"] == "carol" and added.payload["permission"] == "inventory.access_site"
     # the services record their own changes, once
-    authority.grant_site(carol, site, actor="cli:rmm_grant")
+    access_services.grant_site(carol, site, actor="cli:rmm_grant")
     assert HistoryEvent.objects.filter(action__startswith="access.object_permission").count() == 2
     assert HistoryEvent.objects.filter(action="access.site_granted").count() == 1
 
@@ -174,7 +174,7 @@ def test_a_site_grant_made_behind_the_services_is_recorded(db, site):
 def test_schedule_changes_are_recorded_but_not_the_clusters_bookkeeping(db):
     from django.utils import timezone
 
-    schedule = Schedule.objects.create(name="nightly", func="rmm.tasks.noop", schedule_type="D", repeats=-1)
+    schedule = Schedule.objects.create(name="nightly", func="rmm.core.on_commit.noop", schedule_type="D", repeats=-1)
     schedule.next_run = timezone.now()  # what django-q2 writes after each run
     schedule.save()
     schedule.minutes, schedule.schedule_type = 5, "I"

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from evidence import services as evidence
-from rmm.authority import services as authority
+from rmm.access import services as access_services
 from rmm.engine.services import kill_switches
 from rmm.inventory import services as inventory
 from scripting import services as scripting
@@ -42,8 +42,8 @@ def scoped(db, caller):
     _site_world(mine, tech.user, boss.user, psa.user, script, careful, "home-host")
     foreign_agent = _site_world(foreign, tech.user, boss.user, psa.user, script, careful, "zz-foreign-host")
     # A staff user of one site, with every capability there and Django's view permission on every model.
-    user = authority.ensure_user_with_role("one-site", "admin")
-    authority.grant_site(user, mine)
+    user = access_services.ensure_user_with_role("one-site", "admin")
+    access_services.grant_site(user, mine)
     user.user_permissions.add(*Permission.objects.filter(codename__startswith="view_"))
     client = otp_login(Client(), user)
     forbidden = {FOREIGN, str(foreign.pk), foreign.pk.hex, "zz-foreign-host", str(foreign_agent.asset_id)}
@@ -113,7 +113,7 @@ def test_a_one_site_user_sees_no_other_site_in_the_console(scoped):
 def test_the_site_filter_offers_the_callers_sites_and_filters(scoped):
     """With two sites of its own, the filter lists both (and no other) and still filters."""
     second = inventory.get_or_create_site("second-site")
-    authority.grant_site(scoped["user"], second)
+    access_services.grant_site(scoped["user"], second)
     body = scoped["client"].get("/admin/scripting/scriptjob/").content.decode()
     links = dict(re.findall(r'href="\?site__id__exact=([0-9a-f-]+)"[^>]*>([^<]+)<', body))
     assert sorted(links.values()) == ["home-site", "second-site"]

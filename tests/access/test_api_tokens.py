@@ -16,10 +16,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from rmm import access
-from rmm.authority import services as authority
-from rmm.authority.models import ApiToken
-from rmm.errors import Forbidden
+from rmm.access import roles as access
+from rmm.access import services as access_services
+from rmm.access.models import ApiToken
+from rmm.core.errors import Forbidden
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from tests.helpers import approved_authority, make_agent, otp_login
@@ -119,7 +119,7 @@ def test_a_token_revokes_itself_through_the_api_and_then_answers_401(caller):
 
 def test_revoking_twice_answers_409(caller):
     tech = caller("tech", "technician")
-    spare = authority.issue_token(tech.user, name="spare")
+    spare = access_services.issue_token(tech.user, name="spare")
     path = f"/api/v1/tokens/{_row(spare).pk}/revoke/"
     assert tech.post(path, {}, format="json").status_code == 200
     assert tech.post(path, {}, format="json").status_code == 409
@@ -173,10 +173,10 @@ def test_the_admin_lists_tokens_and_revokes_them(caller):
     theirs = ApiToken.objects.get(user=other.user)
     browser = Client()
     otp_login(browser, root.user)
-    page = browser.get("/admin/authority/apitoken/")
+    page = browser.get("/admin/access/apitoken/")
     assert page.status_code == 200
     assert theirs.prefix in page.content.decode()
-    r = browser.post("/admin/authority/apitoken/", {"action": "revoke", "_selected_action": [str(theirs.pk)]})
+    r = browser.post("/admin/access/apitoken/", {"action": "revoke", "_selected_action": [str(theirs.pk)]})
     assert r.status_code == 302
     assert ApiToken.objects.get(pk=theirs.pk).revoked_at is not None
     assert other.get("/api/v1/sites/").status_code == 401
@@ -223,7 +223,7 @@ def test_an_approver_token_that_never_expires_is_refused(db):
 
 def test_a_token_issued_before_its_user_could_approve_answers_401(caller):
     tech = caller("tech", "technician")
-    authority.ensure_user_with_role("tech", "approver")
+    access_services.ensure_user_with_role("tech", "approver")
     r = tech.get("/api/v1/sites/")
     assert r.status_code == 401
     assert "issued before its user could approve" in r.json()["detail"]
@@ -257,7 +257,7 @@ def test_an_approver_without_a_second_factor_gets_no_token_from_the_console(call
 def test_the_service_refuses_an_approver_token_without_a_second_factor(caller):
     boss = caller("boss", "approver")
     with pytest.raises(Forbidden, match="second factor"):
-        authority.issue_own_token(boss.user, name="sneaky", second_factor=False)
+        access_services.issue_own_token(boss.user, name="sneaky", second_factor=False)
     assert not ApiToken.objects.filter(name="sneaky").exists()
     event = HistoryEvent.objects.get(action="refused.api_token.issue")
     assert event.actor == "user:boss"

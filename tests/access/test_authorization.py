@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 
-from rmm import access
+from rmm.access import roles as access
 from tests.support.authorization import (
     APPROVE,
     AUTHOR_SCRIPTS,

@@ -4,7 +4,7 @@ through the same services (four eyes included)."""
 import pytest
 from django.test import Client
 
-from rmm.authority import services as authority
+from rmm.access import services as access_services
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
@@ -59,9 +59,9 @@ def test_deciding_from_the_queue_keeps_four_eyes(queue):
     own = Client()
     own.force_login(queue["tech"].user)
     assert own.get("/admin/approvals/").status_code in (302, 403)  # technicians are not staff
-    both = authority.ensure_user_with_role("both", "technician")
-    authority.ensure_user_with_role("both", "approver")
-    authority.grant_site(both, None)
+    both = access_services.ensure_user_with_role("both", "technician")
+    access_services.ensure_user_with_role("both", "approver")
+    access_services.grant_site(both, None)
     mine = scripting.create_script(both, name="mine", language="sh", content="true\n")
     selfish = Client()
     otp_login(selfish, both)

@@ -7,10 +7,10 @@ import pytest
 from django.test import Client
 from django.utils.text import capfirst
 
-from rmm.authority import services as authority
+from rmm.access import services as access_services
+from rmm.core.errors import Conflict, Forbidden
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction
-from rmm.errors import Conflict, Forbidden
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
@@ -28,10 +28,10 @@ def people(caller, site):
     boss2 = caller("boss2", "approver")
     psa = caller("psa", "psa")
     both = caller("both", "technician")
-    authority.ensure_user_with_role("both", "approver")
+    access_services.ensure_user_with_role("both", "approver")
     both.user.refresh_from_db()  # the approver role made the user staff
     # A token issued before the user could approve is refused from then on: issue a new one.
-    both.token = authority.issue_token(both.user)
+    both.token = access_services.issue_token(both.user)
     both.client.credentials(HTTP_AUTHORIZATION=f"Bearer {both.token}")
     assert {g.name for g in both.user.groups.all()} == {"technician", "approver"}
     return tech, boss, boss2, psa, both

@@ -14,10 +14,10 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from rmm import blobs
+from rmm.access import services as access_services
 from rmm.artefacts import services as artefacts
-from rmm.authority import services as authority
-from rmm.errors import Conflict, Forbidden, InvalidInput
+from rmm.core import blobs
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from tests.helpers import otp_login
@@ -33,9 +33,9 @@ from tests.support.artefact_kind import (  # noqa: F401 - fixtures
 @pytest.fixture
 def people(caller, policy_kind):  # noqa: F811 - the kind registered for the test
     tech, boss, boss2 = caller("tech", "technician"), caller("boss", "approver"), caller("boss2", "approver")
-    both = authority.ensure_user_with_role("both", "technician")
-    authority.ensure_user_with_role("both", "approver")
-    authority.grant_site(both, None)
+    both = access_services.ensure_user_with_role("both", "technician")
+    access_services.ensure_user_with_role("both", "approver")
+    access_services.grant_site(both, None)
     return {"tech": tech.user, "boss": boss.user, "boss2": boss2.user, "both": both}
 
 

@@ -152,7 +152,7 @@ def test_a_case_on_a_site_the_caller_may_not_see_does_not_cover_the_asset(caller
 
 def test_the_service_itself_refuses_without_authority(world):
     """Law 1 is enforced where jobs are created, not in views: call the service directly."""
-    from rmm.errors import InvalidInput
+    from rmm.core.errors import InvalidInput
     from scripting import services as scripting
 
     psa, agent, script = world

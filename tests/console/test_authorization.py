@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rmm.authority.models import ApiToken
+from rmm.access.models import ApiToken
 from rmm.engine.models import KillSwitch
 from tests.support.authorization import (
     APPROVE,

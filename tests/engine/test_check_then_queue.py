@@ -12,9 +12,9 @@ import pytest
 from django.db import connection
 
 from rmm.authority import services as authority
+from rmm.core.errors import Forbidden, InvalidInput, ServiceError
 from rmm.engine.models import Instruction
 from rmm.engine.services import kill_switches
-from rmm.errors import Forbidden, InvalidInput, ServiceError
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import ScriptJob

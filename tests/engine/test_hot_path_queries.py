@@ -207,7 +207,7 @@ def test_a_result_appends_its_history_once_at_its_end(world, site):
 def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, monkeypatch):
     """The batch is counted under the history's lock; a result does that at its end, after its
     evidence is written, so the lock is not held while the blob is stored."""
-    from rmm import blobs
+    from rmm.core import blobs
     from rmm.engine.services import batches
 
     order = []

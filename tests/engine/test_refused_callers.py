@@ -307,7 +307,7 @@ def test_calls_from_many_requests_share_one_redis_connection_pool(limits):
 def test_while_the_database_is_down_an_agent_call_gets_503_without_a_query(limits, site, django_assert_num_queries):
     """The handler's early credential check must not reach for a database known to be down (or
     answer 500 when it fails): the agent gets the fail-fast 503 with Retry-After."""
-    from rmm import dependencies
+    from rmm.core import dependencies
 
     _, auth = make_agent(site, "during-the-outage")
     agent_limits_forget(auth)

@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from rmm.access import services as access_services
 from rmm.authority import services as authority
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction, KillSwitch
@@ -396,9 +397,9 @@ def test_reaching_into_another_site_is_a_404_and_recorded(people, fleet, other_s
 def test_site_grants_and_revocations_are_recorded(people, site):
     from django.core.management import call_command
 
-    user = authority.ensure_user_with_role("newbie", "technician")
+    user = access_services.ensure_user_with_role("newbie", "technician")
     call_command("rmm_grant", "newbie", "--site", site.name)
-    from rmm import access
+    from rmm.access import roles as access
 
     assert list(access.visible_sites(user)) == [site]
     call_command("rmm_grant", "newbie", "--site", site.name, "--revoke")

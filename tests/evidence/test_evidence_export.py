@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.files.storage import default_storage
 
+from evidence import anchors
 from evidence import services as evidence
 from evidence.models import EvidenceExport
-from rmm.authority.models import ApiToken
+from rmm.access.models import ApiToken
 from rmm.engine.events import user_group
-from rmm.history import anchors
 from rmm.history.models import HistoryEvent
 from tests.helpers import post_json
 from tests.support.evidence import World, download, run_export, run_verify, unpack
@@ -298,7 +298,7 @@ def test_the_console_page_asks_for_an_export_and_lists_it(
     listed = client.get("/console/evidence/exports/").content.decode()
     assert f'data-export-id="{export.pk}"' in listed and f"/api/v1/evidence/exports/{export.pk}/download/" in listed
     # A technician sees the page but no form.
-    tech = __import__("rmm.authority.services", fromlist=["x"]).ensure_user_with_role("tech-c", "technician")
+    tech = __import__("rmm.access.services", fromlist=["x"]).ensure_user_with_role("tech-c", "technician")
     client.force_login(tech)
     assert "may not export" in client.get("/console/evidence/exports/").content.decode()
 

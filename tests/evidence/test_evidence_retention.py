@@ -12,11 +12,10 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
-from evidence import retention
+from evidence import anchors, retention
 from evidence import services as evidence
+from evidence.anchors import verify_history
 from evidence.models import EvidenceDisposal, RetentionRun, RmmEvidence
-from rmm.history import anchors
-from rmm.history.anchors import verify_history
 from rmm.history.models import HistoryEvent
 from tests.helpers import post_json
 from tests.support.evidence import World

@@ -13,7 +13,7 @@ from django.db import DatabaseError, connection, transaction
 
 from evidence import services as evidence
 from evidence.models import RmmEvidence
-from rmm.errors import Conflict
+from rmm.core.errors import Conflict
 from rmm.history.models import HistoryEvent
 from tests.support.evidence import World
 
@@ -109,7 +109,7 @@ def test_compliance_sees_only_its_sites_evidence(world, caller):
 
 
 def test_anchors_belong_to_no_site_and_are_listed_for_all_site_holders_only(world, caller):
-    from rmm.history import anchors
+    from evidence import anchors
 
     anchor = anchors.anchor_history("user:tester")
     everywhere = caller("comp-all", "compliance")
@@ -133,7 +133,7 @@ def test_a_psa_case_lists_its_evidence_for_the_psa_to_attach(world, caller):
 
 
 def test_the_signing_key_is_published_for_auditors(world, caller):
-    from rmm.history import anchors
+    from evidence import anchors
 
     answer = caller("tech", "technician").get("/api/v1/evidence/signing-key/").json()
     assert answer["algorithm"] == "Ed25519"

@@ -11,7 +11,7 @@ import pytest
 from evidence import services as evidence
 from evidence import types
 from evidence.models import RmmEvidence
-from rmm.errors import InvalidInput
+from rmm.core.errors import InvalidInput
 from tests.helpers import post_json
 from tests.support.evidence import World, download, record_item, run_export, unpack
 

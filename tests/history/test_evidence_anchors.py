@@ -11,10 +11,10 @@ from django.core.management import call_command
 from django.db import transaction
 from django_q.models import Schedule
 
+from evidence import anchors, tasks
 from evidence import services as evidence
 from evidence.models import RmmEvidence
 from evidence.types import HISTORY_ANCHOR
-from rmm.history import anchors, tasks
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import canonical_json
@@ -145,7 +145,7 @@ def test_an_anchor_blob_missing_from_the_store_is_named(events):
 
 def test_the_schedule_anchors_hourly_and_only_when_the_head_moved(events):
     schedule = Schedule.objects.get(name="rmm.history.anchor")
-    assert (schedule.func, schedule.schedule_type, schedule.minutes) == ("rmm.history.tasks.anchor_history", "I", 60)
+    assert (schedule.func, schedule.schedule_type, schedule.minutes) == ("evidence.tasks.anchor_history", "I", 60)
     assert tasks.anchor_history() == events[-1].sequence
     assert tasks.anchor_history() is None  # the head is the last anchor's own event: nothing new
     history.append("user:tester", "test.event", payload={"n": "new"})

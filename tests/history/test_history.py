@@ -3,8 +3,8 @@
 import pytest
 from django.db import DatabaseError, connection, transaction
 
+from evidence import anchors
 from evidence import services as evidence
-from rmm.history import anchors
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
 from tests.support.history import TABLE, drop_triggers, verify

@@ -10,8 +10,8 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
-from rmm.authority import services as authority
-from rmm.errors import Conflict, Forbidden, NotFound
+from rmm.access import services as access_services
+from rmm.core.errors import Conflict, Forbidden, NotFound
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent, EnrollmentToken
@@ -123,8 +123,8 @@ def test_the_command_lists_and_revokes_tokens(site, other_site):
 def test_the_admin_action_revokes_only_the_callers_sites_tokens(db, site, other_site):
     mine, mine_secret = inventory.create_enrollment_token(site)
     foreign, foreign_secret = inventory.create_enrollment_token(other_site)
-    user = authority.ensure_user_with_role("one-site-admin", "admin")
-    authority.grant_site(user, site)
+    user = access_services.ensure_user_with_role("one-site-admin", "admin")
+    access_services.grant_site(user, site)
     browser = otp_login(Client(), user)
 
     page = browser.get("/admin/inventory/enrollmenttoken/").content.decode()
@@ -143,8 +143,8 @@ def test_the_admin_action_revokes_only_the_callers_sites_tokens(db, site, other_
 
 def test_the_admin_offers_no_revoke_action_to_a_technician(db, site):
     token, _ = inventory.create_enrollment_token(site)
-    user = authority.ensure_user_with_role("staff-tech", "technician")
-    authority.grant_site(user, site)
+    user = access_services.ensure_user_with_role("staff-tech", "technician")
+    access_services.grant_site(user, site)
     user.is_staff = True
     user.save()
     browser = otp_login(Client(), user)

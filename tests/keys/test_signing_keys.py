@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
+from evidence import anchors
 from evidence import services as evidence
 from rmm.engine.models import Instruction
-from rmm.history import anchors
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent, Asset
 from rmm.keys import keyset, store

@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 from evidence.models import RmmEvidence
-from rmm import dependencies
+from rmm.core import dependencies
 from rmm.engine.models import Instruction
 from rmm.keys import keyset
 from tests.helpers import heartbeat, publish, report
@@ -109,7 +109,7 @@ def test_a_result_the_store_cannot_keep_is_answered_503_and_accepted_once_it_is_
     instruction_id = json.loads(heartbeat(auth)["instructions"][0]["payload"])["instruction_id"]
 
     evidence_store.refuse()
-    with caplog.at_level(logging.WARNING, logger="rmm.dependencies"):
+    with caplog.at_level(logging.WARNING, logger="rmm.core.dependencies"):
         refused = report(auth, instruction_id)
     assert refused.status_code == 503 and refused["Retry-After"] == "5"
     assert refused.json() == {
@@ -170,7 +170,7 @@ def test_with_redis_unreachable_the_api_keeps_answering_and_counts_its_rate_limi
     }
     api_rate("2/min")
     tech = caller("tech", "technician")
-    with caplog.at_level(logging.WARNING, logger="rmm.dependencies"):
+    with caplog.at_level(logging.WARNING, logger="rmm.core.dependencies"):
         statuses = [tech.get("/api/v1/sites/").status_code for _ in range(3)]
     assert statuses == [200, 200, 429]  # still limited, counted here
     assert "redis unavailable: ConnectionError" in caplog.text

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from evidence.models import EvidenceExport
-from rmm.authority import services as authority
+from rmm.access import services as access_services
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
@@ -105,8 +105,8 @@ def pending(caller, site):
     job = scripting.create_script_job(tech.user, script_id=careful.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
     draft = scripting.create_script(tech.user, name="draft", language="sh", content="true\n")
     # A staff user without `approve` (only a superuser can make one).
-    viewer = authority.ensure_user_with_role("viewer", "compliance")
-    authority.grant_site(viewer, site)
+    viewer = access_services.ensure_user_with_role("viewer", "compliance")
+    access_services.grant_site(viewer, site)
     viewer.is_staff = True
     viewer.save()
     return {"job": job, "draft": draft, "client": otp_login(Client(), viewer)}
@@ -143,8 +143,8 @@ def test_the_queue_refuses_and_records_a_staff_user_without_a_role(db, site):
 
 def test_the_script_admin_shows_privileged_in_the_list_and_on_the_page(caller, site):
     tech = caller("tech", "technician")
-    boss = authority.ensure_user_with_role("boss-staff", "approver")
-    authority.grant_site(boss, site)
+    boss = access_services.ensure_user_with_role("boss-staff", "approver")
+    access_services.grant_site(boss, site)
     root = scripting.create_script(tech.user, name="as-root", language="sh", content="id\n", privileged=True)
     client = otp_login(Client(), boss)
     listing = client.get("/admin/scripting/script/").content.decode()

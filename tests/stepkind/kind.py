@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from rmm.core.text import display_text
 from rmm.engine import registry
-from rmm.text import display_text
 from tests.stepkind.models import StepJob, StepResult
 
 STEP_RESULT = "step_result"

@@ -11,10 +11,10 @@ from django.conf import settings
 from django.db import connection, models
 from django.db.models import Max
 
-from rmm import blobs
 from rmm.artefacts import registry
 from rmm.artefacts.registry import ArtefactKind
 from rmm.artefacts.states import ApprovalStatus
+from rmm.core import blobs
 
 FOLDER = "test-policies"
 

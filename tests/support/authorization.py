@@ -44,8 +44,8 @@ from rest_framework.test import APIClient
 from evidence import exports
 from evidence import services as evidence
 from evidence.models import RmmEvidence
-from rmm.authority import services as authority
-from rmm.authority.models import ApiToken
+from rmm.access import services as access_services
+from rmm.access.models import ApiToken
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
@@ -155,9 +155,9 @@ class World:
 
 
 def _person(name: str, role: str, sites):
-    user = authority.ensure_user_with_role(name, role)
+    user = access_services.ensure_user_with_role(name, role)
     for site in sites:
-        authority.grant_site(user, site)  # None: every site
+        access_services.grant_site(user, site)  # None: every site
     return user
 
 
@@ -200,7 +200,7 @@ def build_world(storage: str) -> World:
     leased = heartbeat(agent_auth)["instructions"]
     assert report(agent_auth, json.loads(leased[0]["payload"])["instruction_id"], exit_code=1).status_code == 201
     hold = evidence.place_hold(root, site_ref="alpha", reason="matrix hold")
-    authority.issue_token(author, name="a third party's")
+    access_services.issue_token(author, name="a third party's")
     token_other = ApiToken.objects.get(user=author, name="a third party's")
 
     world = World(
@@ -232,7 +232,7 @@ def build_world(storage: str) -> World:
         for where, site in (("in", alpha), ("out", beta)):
             user = _person(f"{role}-{where}", role, [site])
             key = f"{role}:{where}"
-            world.tokens[key] = f"Bearer {authority.issue_token(user)}"
+            world.tokens[key] = f"Bearer {access_services.issue_token(user)}"
             world.browser.cookies = SimpleCookie()
             if role in STAFF:
                 otp_login(world.browser, user)

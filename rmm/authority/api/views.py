@@ -1,15 +1,11 @@
-import uuid
-
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status, viewsets
-from rest_framework.decorators import action, api_view
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from rmm import access
-from rmm.api import reason_of
-from rmm.api_schema import refusal
+from rmm.access import roles as access
 from rmm.authority import services
-from rmm.authority.models import ApiToken, AuthorityStatus, PsaCase, PsaTask
+from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask
 
 
 class PsaCaseSerializer(serializers.ModelSerializer):
@@ -95,67 +91,3 @@ def psa_task(request, task_id):
         expires_at=ser.validated_data.get("expires_at"),
     )
     return Response(PsaTaskSerializer(task).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
-
-
-class ApiTokenSerializer(serializers.ModelSerializer):
-    """A token as its holder and admins see it; never the secret (only its hash is kept)."""
-
-    user = serializers.CharField(source="user.username", read_only=True)
-    prefix = serializers.CharField(read_only=True, help_text="The part after `rmm_`: names the token.")
-    privileged = serializers.BooleanField(
-        read_only=True, help_text="Its user could approve or administer when it was issued; it expires."
-    )
-    last_used_at = serializers.DateTimeField(
-        read_only=True, allow_null=True, help_text="Its last use, to the minute; null if never used."
-    )
-
-    class Meta:
-        model = ApiToken
-        fields = [
-            "id",
-            "user",
-            "name",
-            "prefix",
-            "privileged",
-            "created_at",
-            "expires_at",
-            "last_used_at",
-            "revoked_at",
-            "revoked_by",
-            "issued_by",
-        ]
-        read_only_fields = fields
-
-
-class RevokeTokenSerializer(serializers.Serializer):
-    """The body of a revocation: an optional reason, kept in the history."""
-
-    reason = serializers.CharField(required=False, allow_blank=True, help_text="Why (optional).")
-
-
-class ApiTokenViewSet(viewsets.ReadOnlyModelViewSet):
-    """API tokens: the caller's own (every token for an admin over every site); revoke one.
-
-    Tokens are issued on the server (`manage.py rmm_token`) or on the console's token page, never
-    through the API.
-    """
-
-    serializer_class = ApiTokenSerializer
-
-    def get_queryset(self):
-        return services.visible_tokens(self.request.user)
-
-    @extend_schema(
-        request=RevokeTokenSerializer,
-        responses={200: ApiTokenSerializer, 409: refusal("This token is revoked already.")},
-    )
-    @action(detail=True, methods=["post"])
-    def revoke(self, request, pk=None):
-        """Revoke the token: its next call answers 401. A token may revoke itself."""
-        reason = reason_of(request)
-        try:
-            token_id = uuid.UUID(str(pk))
-        except ValueError:
-            return Response({"detail": "Not found."}, status=404)
-        token = services.revoke_token(request.user, token_id, reason)
-        return Response(self.get_serializer(token).data)

@@ -5,9 +5,9 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from rmm import access
-from rmm.api import SiteScopedMixin, reason_of
-from rmm.api_schema import ReasonSerializer, refusal
+from rmm.access import roles as access
+from rmm.core.api import SiteScopedMixin, reason_of
+from rmm.core.api_schema import ReasonSerializer, refusal
 from rmm.engine import registry
 from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
 from rmm.engine.services import batches, kill_switches

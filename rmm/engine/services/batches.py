@@ -27,12 +27,13 @@ from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
-from rmm import access, tasks
+from rmm.access import roles as access
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
+from rmm.core.on_commit import enqueue_on_commit
 from rmm.engine import events, registry
 from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
 from rmm.engine.services import issuing
 from rmm.engine.states import ACTIVE, JobStatus
-from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.outbox import services as outbox
 
@@ -280,7 +281,7 @@ def _release(batch: Batch, ring: int, actor, now: datetime, *, via: str) -> None
     _mark_released(batch, ring + 1, now)
     payload = {"ring": ring, "size": batch.ring_sizes[ring], "via": via}
     history.append(actor, "batch.ring_released", batch, site_id=batch.site_id, payload=payload)
-    tasks.enqueue_on_commit("rmm.engine.tasks.issue_ring", str(batch.pk), ring)
+    enqueue_on_commit("rmm.engine.tasks.issue_ring", str(batch.pk), ring)
     _announce(batch)
 
 
@@ -390,7 +391,7 @@ def resume(batch: Batch, user) -> Batch:
         kind = registry.get(batch.job_kind)
         waiting = issuing._not_issued(kind).filter(batch_id=batch.pk, ring__lt=batch.released_rings)
         if batch.released_rings and waiting.exists():  # released before the halt, not issued since
-            tasks.enqueue_on_commit("rmm.engine.tasks.issue_ring", str(batch.pk), batch.released_rings - 1)
+            enqueue_on_commit("rmm.engine.tasks.issue_ring", str(batch.pk), batch.released_rings - 1)
         released = batch.released_rings
         advance(batch, timezone.now(), via="resume", actor=user)
         if batch.status == B.RUNNING and batch.released_rings == released:

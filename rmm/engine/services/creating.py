@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from rmm import access, bulk
-from rmm.authority import services as authority_services
+from rmm.access import roles as access
+from rmm.authority import laws as authority_services
 from rmm.authority.models import PsaTask
+from rmm.core import bulk
+from rmm.core.errors import Forbidden, InvalidInput
 from rmm.engine import events, registry
 from rmm.engine.services import batches, deciding, issuing, kill_switches, transitions
 from rmm.engine.states import JobStatus
-from rmm.errors import Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Asset
 

@@ -10,12 +10,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from rmm import access
+from rmm.access import roles as access
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.engine import registry
 from rmm.engine.services import issuing, kill_switches
 from rmm.engine.services.transitions import transition_job
 from rmm.engine.states import JobStatus
-from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 
 S = JobStatus

@@ -16,12 +16,13 @@ from django.db import transaction
 from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 
-from rmm import bulk, tasks
+from rmm.core import bulk
+from rmm.core.errors import InvalidInput
+from rmm.core.on_commit import enqueue_on_commit
 from rmm.engine import events, registry
 from rmm.engine.models import Batch, BatchStatus, Instruction, KillSwitch
 from rmm.engine.services import batches, steps, throttles, transitions
 from rmm.engine.states import JobStatus
-from rmm.errors import InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
@@ -216,7 +217,7 @@ def queue_in_waves(jobs: list, actor, history_before: Iterable = ()) -> None:
     first = min(max(1, settings.RMM_WAVE_SIZE), len(jobs))
     _store(kind, _sign(kind, rendered[:first], agents, 0, queued_at), actor, before=history_before)
     for begin in range(first, len(jobs), TASK_CHUNK):
-        tasks.enqueue_on_commit(
+        enqueue_on_commit(
             "rmm.engine.tasks.issue_later_waves",
             kind.name,
             [str(job.pk) for job in jobs[begin : begin + TASK_CHUNK]],

@@ -8,10 +8,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from rmm import access
+from rmm.access import roles as access
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.engine import events
 from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
-from rmm.errors import Conflict, Forbidden, InvalidInput
 from rmm.history import services as history
 from rmm.inventory.models import Asset
 from rmm.outbox import services as outbox

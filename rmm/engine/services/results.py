@@ -11,6 +11,7 @@ import uuid
 from django.db import transaction
 from django.utils import timezone
 
+from rmm.core.text import storable
 from rmm.engine import registry
 from rmm.engine.models import Instruction
 from rmm.engine.services import issuing, kill_switches, steps, transitions  # issuing: a job's next step
@@ -19,7 +20,6 @@ from rmm.engine.states import FINAL, JobStatus, status_for_outcome
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.outbox import services as outbox
-from rmm.text import storable
 from rmm_agent.protocol import (
     CONTAINMENT_METHODS,
     EXIT_CODE_RANGE,

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from rmm.core.errors import Conflict
 from rmm.engine import events, registry
 from rmm.engine.models import Instruction
 from rmm.engine.services import batches, cases
 from rmm.engine.states import FINAL, TRANSITIONS, JobStatus, sources_of
-from rmm.errors import Conflict
 from rmm.history import services as history
 from rmm.outbox import services as outbox
 

@@ -4,9 +4,9 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from rmm import access
-from rmm.api import SiteScopedMixin, reason_of
-from rmm.api_schema import ReasonSerializer, refusal
+from rmm.access import roles as access
+from rmm.core.api import SiteScopedMixin, reason_of
+from rmm.core.api_schema import ReasonSerializer, refusal
 from rmm.inventory import services
 from rmm.inventory.models import Agent, Asset, Site
 

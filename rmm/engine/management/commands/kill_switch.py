@@ -1,9 +1,9 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from rmm.core.errors import ServiceError
 from rmm.engine.models import KillSwitch
 from rmm.engine.services import kill_switches
-from rmm.errors import ServiceError
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from rmm.errors import ServiceError
+from rmm.core.errors import ServiceError
 from rmm.keys import keyset, services, store
 
 ACTOR = "cli:rmm_signing_key"

@@ -6,7 +6,7 @@ import json
 from django.core.management.base import BaseCommand
 
 from evidence.models import RmmEvidence
-from rmm.authority import services as authority
+from rmm.access import services as access_services
 from rmm.authority.models import PsaTask
 from rmm.engine import services as engine
 from rmm.inventory.models import Asset
@@ -24,9 +24,9 @@ class Command(BaseCommand):
     def handle(self, *args, action, **options):
         if action == "create":
             hostname, task_id, steps, *fail = args
-            user = authority.ensure_user_with_role("stepkind-psa", "psa")
+            user = access_services.ensure_user_with_role("stepkind-psa", "psa")
             asset = Asset.objects.select_related("site").get(hostname=hostname)
-            authority.grant_site(user, asset.site)  # the engine creates jobs only in the caller's sites
+            access_services.grant_site(user, asset.site)  # the engine creates jobs only in the caller's sites
             job = create_step_job(
                 user,
                 asset=asset,

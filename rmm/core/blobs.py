@@ -14,8 +14,8 @@ import hashlib
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from rmm import dependencies
-from rmm.errors import Conflict
+from rmm.core import dependencies
+from rmm.core.errors import Conflict
 from rmm.history import services as history
 
 CHUNK = 1024 * 1024

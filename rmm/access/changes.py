@@ -273,7 +273,7 @@ def connect() -> None:
     from guardian.models import GroupObjectPermission, UserObjectPermission
 
     User = get_user_model()
-    uid = "rmm.access_changes"
+    uid = "rmm.access.changes"
     m2m_changed.connect(_m2m("groups"), sender=User.groups.through, weak=False, dispatch_uid=f"{uid}.groups")
     m2m_changed.connect(
         _m2m("user_permissions"), sender=User.user_permissions.through, weak=False, dispatch_uid=f"{uid}.uperms"

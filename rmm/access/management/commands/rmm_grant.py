@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from rmm.authority import services
+from rmm.access import services
 from rmm.inventory.models import Site
 
 

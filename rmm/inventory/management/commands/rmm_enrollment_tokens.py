@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from rmm.errors import ServiceError
+from rmm.core.errors import ServiceError
 from rmm.inventory import services
 from rmm.inventory.models import EnrollmentToken
 

@@ -4,9 +4,9 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 
-from rmm.authority import services
-from rmm.authority.models import ApiToken
-from rmm.errors import ServiceError
+from rmm.access import services
+from rmm.access.models import ApiToken
+from rmm.core.errors import ServiceError
 
 
 def _when(value) -> str:

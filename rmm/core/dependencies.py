@@ -3,12 +3,12 @@
 The dependencies are the database, Redis (when ``REDIS_URL`` is set), the evidence store and the
 signing key. A request that fails because one of them is down is answered ``503`` with a JSON
 reason and ``Retry-After``, never a 500 (:func:`server_error`, :func:`api_response`), and the
-log (logger ``rmm.dependencies``) names the dependency when it goes down and when it is back.
+log (logger ``rmm.core.dependencies``) names the dependency when it goes down and when it is back.
 
 While the database cannot be reached, a process answers 503 at once instead of making every
 request wait for the connection pool (:class:`FailFastMiddleware`): one request a second goes
 through to find out whether it is back, and the first connection made marks it up again.
-``/healthz`` and ``/readyz`` (:mod:`rmm.health`) report the same states. docs/operations.md.
+``/healthz`` and ``/readyz`` (:mod:`rmm.console.health`) report the same states. docs/operations.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from django.db.backends.signals import connection_created
 from django.http import HttpRequest, JsonResponse
 from django.views import defaults
 
-logger = logging.getLogger("rmm.dependencies")
+logger = logging.getLogger("rmm.core.dependencies")
 
 DATABASE = "database"
 REDIS = "redis"
@@ -114,7 +114,7 @@ def _database_connected(sender, connection, **kwargs) -> None:
     mark_up(DATABASE)
 
 
-connection_created.connect(_database_connected, dispatch_uid="rmm.dependencies.database_connected")
+connection_created.connect(_database_connected, dispatch_uid="rmm.core.dependencies.database_connected")
 
 
 # --- what failed --------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def response_for(request: HttpRequest | None, exc: BaseException) -> JsonRespons
 
 
 def api_response(exc: BaseException, context: dict) -> JsonResponse | None:
-    """For the REST API's exception handler (rmm.api), which defers to this first."""
+    """For the REST API's exception handler (rmm.core.api), which defers to this first."""
     return response_for(context.get("request"), exc)
 
 

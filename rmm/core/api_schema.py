@@ -1,6 +1,6 @@
 """The OpenAPI schema (drf-spectacular's DEFAULT_SCHEMA_CLASS): exact about every answer.
 
-Besides its success, each operation documents the errors of the one shape that rmm.api's
+Besides its success, each operation documents the errors of the one shape that rmm.core.api's
 exception handler produces (``Error``), for the reasons that apply to it (``ApiSchema``). Views
 add the refusals only they know of (a 409, a 403 on a read) with
 ``extend_schema(responses={..., 409: refusal("...")})``.
@@ -41,7 +41,7 @@ class ErrorSchema(OpenApiSerializerExtension):
 
 
 class ReasonSerializer(serializers.Serializer):
-    """The body of a decision that needs a reason (read by rmm.api.reason_of)."""
+    """The body of a decision that needs a reason (read by rmm.core.api.reason_of)."""
 
     reason = serializers.CharField(help_text="Why. Without one the answer is 400 on reason.")
 
@@ -100,9 +100,9 @@ class ApiSchema(AutoSchema):
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
-    """``Authorization: Bearer rmm_…`` (rmm.authority.auth.BearerTokenAuthentication) in the schema."""
+    """``Authorization: Bearer rmm_…`` (rmm.access.auth.BearerTokenAuthentication) in the schema."""
 
-    target_class = "rmm.authority.auth.BearerTokenAuthentication"
+    target_class = "rmm.access.auth.BearerTokenAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema):

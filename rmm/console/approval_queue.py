@@ -13,13 +13,13 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from rmm import access
+from rmm.access import roles as access
 from rmm.artefacts import registry as artefact_kinds
 from rmm.artefacts import services as artefacts
+from rmm.core.errors import Forbidden, ServiceError
 from rmm.engine import registry
 from rmm.engine import services as engine
 from rmm.engine.states import JobStatus
-from rmm.errors import Forbidden, ServiceError
 from rmm.history import services as history
 
 AGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "72h": timedelta(hours=72)}

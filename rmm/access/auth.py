@@ -1,6 +1,6 @@
 from rest_framework import authentication, exceptions
 
-from rmm.authority.services import TokenRefused, authenticate_token
+from rmm.access.services import TokenRefused, authenticate_token
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):

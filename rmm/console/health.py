@@ -17,7 +17,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from rmm import dependencies as deps
+from rmm.core import dependencies as deps
 
 REDIS_TIMEOUT = 2.0
 PROBE_NAME = "readiness/probe"

@@ -1,9 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from rmm import access
-from rmm.authority import services
-from rmm.errors import ServiceError
+from rmm.access import roles as access
+from rmm.access import services
+from rmm.core.errors import ServiceError
 from rmm.inventory.models import Site
 
 

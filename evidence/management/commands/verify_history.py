@@ -2,7 +2,7 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from rmm.history.anchors import verify_history
+from evidence.anchors import verify_history
 
 
 class Command(BaseCommand):

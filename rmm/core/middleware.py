@@ -1,8 +1,11 @@
-"""Project middleware."""
+"""Middleware every part of the project shares."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 
@@ -19,6 +22,10 @@ class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
     async_capable = True
 
     def __init__(self, get_response) -> None:
+        # STATIC_ROOT is empty until collectstatic fills it (the app files are served through the
+        # finders meanwhile); made here, where it is served, not when the settings are imported.
+        if settings.STATIC_ROOT:
+            Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
         super().__init__(get_response)
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:

@@ -15,8 +15,8 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
-from rmm import dependencies
-from rmm.errors import ServiceError
+from rmm.core import dependencies
+from rmm.core.errors import ServiceError
 from rmm.history import services as history
 
 MAX_PAGE_SIZE = 1000
@@ -83,7 +83,7 @@ class _ReasonBody(serializers.Serializer):
 
 
 def reason_of(request) -> str:
-    """The ``reason`` of a decision's body (``{"reason": "…"}``, rmm.api_schema.ReasonSerializer),
+    """The ``reason`` of a decision's body (``{"reason": "…"}``, rmm.core.api_schema.ReasonSerializer),
     checked to be text a database can store (400 on ``reason`` otherwise). Whether the caller may
     decide, and then that a reason is given, is the service's to say, in that order."""
     body = _ReasonBody(data=request.data)

@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from rmm.authority import services as authority
+from rmm.access import services as access_services
 from rmm.inventory import services as inventory
 
 
@@ -122,7 +122,7 @@ class Command(BaseCommand):
             if User.objects.filter(username=data["username"]).exists():
                 return data["username"], data["password"]
         username, password = "admin", secrets.token_urlsafe(12)
-        user = authority.ensure_user_with_role(username, "admin", actor="cli:rmm_run")
+        user = access_services.ensure_user_with_role(username, "admin", actor="cli:rmm_run")
         user.is_superuser = True
         user.set_password(password)
         user.save()

@@ -4,8 +4,8 @@ from django.contrib import admin, messages
 from django.db import models
 from django.template.response import TemplateResponse
 
-from rmm import access
-from rmm.errors import ServiceError
+from rmm.access import roles as access
+from rmm.core.errors import ServiceError
 
 
 def visible_related(admin_site, model, request):

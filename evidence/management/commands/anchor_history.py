@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from rmm.errors import ServiceError
-from rmm.history import anchors
+from evidence import anchors
+from rmm.core.errors import ServiceError
 
 
 class Command(BaseCommand):
