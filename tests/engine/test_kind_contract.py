@@ -5,6 +5,7 @@ by the engine's own lease and result services, in process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 
@@ -280,3 +281,26 @@ def test_a_multi_step_result_costs_a_constant_number_of_queries(w, site):
         other, _ = make_agent(site, f"fleet-{n:02d}")
         create_step_job(w.psa, asset=other.asset, task=w.task, steps=3)
     assert middle_result_queries() == alone
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_one_step_jobs_taken_in_together_end_and_have_evidence_as_one_at_a_time(w, kind_name):
+    """Results that arrive together (the agent tier's collector) are taken in together, through
+    the kind's store_results or its store_result for each: the same statuses, history and
+    evidence as one by one."""
+    worlds = [dataclasses.replace(w, agent=make_agent(w.site, f"together-{n}")[0]) for n in range(3)]
+    jobs = [EXAMPLES[kind_name].make(one, steps=1, fail_step=0 if n == 1 else None) for n, one in enumerate(worlds)]
+    leased = [lease(one) for one in worlds]
+    assert [[inst.job_id for inst in insts] for insts in leased] == [[job.pk] for job in jobs]
+    reports = [
+        (one.agent, make_result(str(inst.pk), "completed", exit_code=int(n == 1), stdout=f"job {n}\n"))
+        for n, (one, [inst]) in enumerate(zip(worlds, leased, strict=True))
+    ]
+    assert engine.ingest_results(reports) == [(201, {"status": "accepted"})] * 3
+    assert [fresh(job).status for job in jobs] == ["succeeded", "failed", "succeeded"]
+    for job in jobs:
+        assert actions(job)[-1] == f"job.{fresh(job).status}"
+        assert_evidence_for_each_finished_instruction(job)
+        [document] = evidence_of(job)
+        assert document["job"]["status"] == fresh(job).status
+        assert document["instruction"]["id"] == str(instructions(job)[0].pk)
