@@ -109,29 +109,26 @@ def record(
     The record keeps the sequence of that event, so an export can prove the item through the
     chain. A blob whose record then rolls back stays in the store unreferenced, which is harmless.
     """
-    row, event_payload = _unsaved(
-        asset=asset,
-        evidence_type=evidence_type,
-        related_entity=related_entity,
-        related_id=related_id,
-        document=document,
-        content=content,
-        extension=extension,
-        site_id=site_id,
-        psa_case_id=psa_case_id,
-        psa_task_id=psa_task_id,
-        payload=payload,
-        stored=stored,
-    )
-
-    def save(sequence: int) -> None:
-        row.history_sequence = sequence
-        row.save(force_insert=True)
-
-    with transaction.atomic(savepoint=False):  # inside the caller's transaction: no extra round trips
-        # The record with its event's sequence: at once, or when the caller's deferred appends end.
-        history.append(actor, action, row, site_id=row.site_id, payload=event_payload, then=save)
-    return row
+    return record_many(
+        [
+            {
+                "asset": asset,
+                "evidence_type": evidence_type,
+                "related_entity": related_entity,
+                "related_id": related_id,
+                "document": document,
+                "content": content,
+                "extension": extension,
+                "site_id": site_id,
+                "psa_case_id": psa_case_id,
+                "psa_task_id": psa_task_id,
+                "actor": actor,
+                "action": action,
+                "payload": payload,
+                "stored": stored,
+            }
+        ]
+    )[0]
 
 
 def record_many(items: list[dict]) -> list[RmmEvidence]:

@@ -21,24 +21,8 @@ def user_group(user_id) -> str:
     return f"user.{user_id}"
 
 
-def _send_on_commit(group: str, event: dict) -> None:
-    def send():
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(group, {"type": "rmm.event", "event": event})
-
-    transaction.on_commit(send, robust=True)  # a live view that misses an event must not fail a commit
-
-
-def publish(site_id, event: dict) -> None:
-    """Send ``event`` to everyone watching the site, once the transaction commits."""
-    _send_on_commit(site_group(site_id), event)
-
-
-def publish_many(events: Iterable[tuple]) -> None:
-    """:func:`publish` for many (site id, event) pairs: sent together once the transaction
-    commits, in one hop to the channel layer."""
-    sends = [(site_group(site_id), event) for site_id, event in events]
+def _send_on_commit(sends: list[tuple[str, dict]]) -> None:
+    """Send each (group, event) once the transaction commits, all in one hop to the layer."""
     if not sends:
         return
 
@@ -51,17 +35,27 @@ def publish_many(events: Iterable[tuple]) -> None:
         if layer is not None:
             async_to_sync(send_all)(layer)
 
-    transaction.on_commit(send, robust=True)
+    transaction.on_commit(send, robust=True)  # a live view that misses an event must not fail a commit
+
+
+def publish(site_id, event: dict) -> None:
+    """Send ``event`` to everyone watching the site, once the transaction commits."""
+    _send_on_commit([(site_group(site_id), event)])
+
+
+def publish_many(events: Iterable[tuple]) -> None:
+    """:func:`publish` for many (site id, event) pairs, sent together once the transaction commits."""
+    _send_on_commit([(site_group(site_id), event) for site_id, event in events])
 
 
 def publish_all(event: dict) -> None:
     """Send ``event`` to every console user (it must carry nothing site-specific)."""
-    _send_on_commit(ALL_GROUP, event)
+    _send_on_commit([(ALL_GROUP, event)])
 
 
 def publish_user(user_id, event: dict) -> None:
     """Send ``event`` to one user's open consoles, once the transaction commits."""
-    _send_on_commit(user_group(user_id), event)
+    _send_on_commit([(user_group(user_id), event)])
 
 
 def access_changed(user_id) -> None:

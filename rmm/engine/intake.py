@@ -47,7 +47,7 @@ async def _drain(collector: _Collector, run_sync) -> None:
             batch, collector.pending = collector.pending, []
             try:
                 answers = await run_sync(results.ingest_results, [(agent, body) for agent, body, _ in batch])
-            except BaseException as exc:  # noqa: BLE001 - every waiting call fails with it
+            except Exception as exc:  # noqa: BLE001 - every waiting call fails with it
                 answers = [exc] * len(batch)
             for (_, _, future), answer in zip(batch, answers, strict=True):
                 if future.done():  # the caller went away

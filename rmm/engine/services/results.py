@@ -242,15 +242,14 @@ def ingest_results(items: list[tuple[Agent, dict]]) -> list[tuple[int, dict] | E
 def _ingest_together(checked: dict[int, tuple[Agent, dict, dict]]) -> dict[int, tuple[int, dict]]:
     """The results among ``checked`` that are a running one-step job's first report, taken in
     together; the others are left out of the answer (and untouched)."""
-    wanted: dict = {}
+    first: dict = {}  # instruction id -> the first item that names it (a repeat goes alone, after)
     for n, (_, body, _) in checked.items():
         pk = uuid_or_none(body["instruction_id"])
-        if pk is not None and pk not in wanted:  # a repeat in the same batch: alone, after
-            wanted[pk] = n
-    wanted = {n: pk for pk, n in wanted.items()}
-    found = Instruction.objects.in_bulk(list(wanted.values()))
+        if pk is not None:
+            first.setdefault(pk, n)
+    found = Instruction.objects.in_bulk(list(first))
     candidates = {}
-    for n, pk in wanted.items():
+    for pk, n in first.items():
         agent, body, _ = checked[n]
         inst = found.get(pk)
         if (
@@ -263,14 +262,12 @@ def _ingest_together(checked: dict[int, tuple[Agent, dict, dict]]) -> dict[int, 
             candidates[n] = inst
     if len(candidates) < 2:
         return {}
-    now = timezone.now()
-    taken: dict[int, tuple] = {}
+    taken: dict[str, list[tuple]] = {}  # kind -> [(item, job, instruction, its one step)]
     with transaction.atomic(), history.deferred():
-        # The instructions' rows, then their jobs', each in one order: as a single result locks them.
-        ids = sorted((inst.pk for inst in candidates.values()), key=str)
+        # The instructions' rows, then their jobs', each in one order, as a single result locks them.
         running = set(
             Instruction.objects.select_for_update()
-            .filter(pk__in=ids, status=S.RUNNING, result_hash="")
+            .filter(pk__in=[inst.pk for inst in candidates.values()], status=S.RUNNING, result_hash="")
             .order_by("pk")
             .values_list("pk", flat=True)
         )
@@ -280,32 +277,24 @@ def _ingest_together(checked: dict[int, tuple[Agent, dict, dict]]) -> dict[int, 
                 by_kind.setdefault(inst.job_kind, []).append(n)
         for kind_name, numbers in by_kind.items():
             kind = registry.get(kind_name)
-            jobs = {
-                job.pk: job
-                for job in kind.model.objects.select_for_update(of=("self",))
-                .select_related(*kind.select_related)
-                .filter(pk__in=[candidates[n].job_id for n in numbers])
-                .order_by("pk")
-            }
+            jobs = kind.model.objects.select_for_update(of=("self",)).select_related(*kind.select_related)
+            jobs = jobs.filter(pk__in=[candidates[n].job_id for n in numbers]).order_by("pk").in_bulk()
             for n in numbers:
-                inst, job = candidates[n], jobs.get(candidates[n].job_id)
-                if job is None or job.status != S.RUNNING:
-                    continue
-                specs = kind.render(job)
-                if len(specs) != 1:  # its next step is issued, or the steps aggregated, alone
-                    continue
-                taken[n] = (kind, job, inst)
+                job = jobs.get(candidates[n].job_id)
+                specs = kind.render(job) if job is not None and job.status == S.RUNNING else []
+                if len(specs) == 1:  # a job with more steps: its next one issued, or its steps aggregated, alone
+                    taken.setdefault(kind_name, []).append((n, job, candidates[n], specs))
         if not taken:
             return {}
-        _take_in(taken, checked, now)
-    return {n: ACCEPTED for n in taken}
+        _take_in(taken, checked, timezone.now())
+    return {n: ACCEPTED for rows in taken.values() for n, _, _, _ in rows}
 
 
-def _take_in(taken: dict[int, tuple], checked: dict, now) -> None:
-    """Record the results of ``taken`` (locked, running, one-step jobs): the instructions, the
-    kinds' results, the jobs' ends and the evidence, each table written once."""
+def _take_in(taken: dict[str, list[tuple]], checked: dict, now) -> None:
+    """Record the results of ``taken`` (per kind: locked, running, one-step jobs): the
+    instructions, the kinds' results, the jobs' ends and the evidence, each table written once."""
     moved, appended = [], []
-    for n, (_, _, inst) in taken.items():
+    for n, _, inst, _ in (row for rows in taken.values() for row in rows):
         agent, body, result = checked[n]
         to, fields, payload = _outcome(inst, body, result, body["hash"], now)
         inst.status = to
@@ -319,19 +308,16 @@ def _take_in(taken: dict[int, tuple], checked: dict, now) -> None:
         )
     transitions.report_instructions(moved, list(fields))
     history.append_many(appended)
-    by_kind: dict[str, list[int]] = {}
-    for n, (kind, _, _) in taken.items():
-        by_kind.setdefault(kind.name, []).append(n)
-    for kind_name, numbers in by_kind.items():
+    for kind_name, rows in taken.items():
         kind = registry.get(kind_name)
-        reported = [(taken[n][1], taken[n][2], checked[n][2]) for n in numbers]
+        reported = [(job, inst, checked[n][2]) for n, job, inst, _ in rows]
         if kind.store_results is not None:
             stored = kind.store_results(reported)
         else:
             stored = [kind.store_result(job, inst, result) for job, inst, result in reported]
         ends = []
-        for n, (job, inst, _) in zip(numbers, reported, strict=True):
-            after = steps.after_step(kind.render(job), {0: (inst.status, inst.reason)}, 0)
+        for n, job, inst, specs in rows:
+            after = steps.after_step(specs, {0: (inst.status, inst.reason)}, 0)
             ends.append((job, after.status, after.reason, checked[n][0]))  # ended by the agent that reported
         transitions.end_jobs(kind, ends)
         registry.write_evidence_many(

@@ -86,7 +86,6 @@ def end_jobs(kind, ends: list[tuple]) -> None:
         if to not in FINAL:
             raise ValueError(f"{to} is not a final status")
         groups.setdefault((to, reason), []).append((job, actor))
-    label = kind.model._meta.label_lower
     appended = []
     for (to, reason), jobs in groups.items():
         fields = {"status": to, "status_reason": reason, **stamps}
@@ -99,16 +98,7 @@ def end_jobs(kind, ends: list[tuple]) -> None:
             before = job.status
             for name, value in fields.items():
                 setattr(job, name, value)
-            appended.append(
-                history.Event(
-                    history.actor_of(actor),
-                    f"job.{to}",
-                    label,
-                    str(job.pk),
-                    job.site_id,
-                    {"kind": kind.name, "from": before, "to": to, "reason": reason},
-                )
-            )
+            appended.append(_job_changed(actor, kind, job.pk, job.site_id, before, to, reason))
     history.append_many(appended)
     jobs = [job for job, _, _, _ in ends]
     jobs_ended(kind, [(job.pk, job.site_id) for job in jobs], finished=jobs)
@@ -137,16 +127,7 @@ def start_jobs(kind, job_ids: Iterable, actor, now: datetime) -> list[history.Ev
         for name, value in fields.items():
             setattr(job, name, value)
         events.publish(job.site_id, job_event(job))
-        started.append(
-            history.Event(
-                history.actor_of(actor),
-                "job.running",
-                kind.model._meta.label_lower,
-                str(job.pk),
-                job.site_id,
-                {"kind": kind.name, "from": before, "to": S.RUNNING, "reason": ""},
-            )
-        )
+        started.append(_job_changed(actor, kind, job.pk, job.site_id, before, S.RUNNING, ""))
     return started
 
 
@@ -170,15 +151,7 @@ def abort_queued_jobs(kind, reasons: dict, actor, only_unissued) -> int:
         )
         ended += [(pk, site_id, reason) for pk, site_id in found]
     history.append_many(
-        history.Event(
-            history.actor_of(actor),
-            "job.aborted",
-            kind.model._meta.label_lower,
-            str(pk),
-            site_id,
-            {"kind": kind.name, "from": S.QUEUED, "to": S.ABORTED, "reason": reason},
-        )
-        for pk, site_id, reason in ended
+        _job_changed(actor, kind, pk, site_id, S.QUEUED, S.ABORTED, reason) for pk, site_id, reason in ended
     )
     for site_id, count in Counter(site_id for _, site_id, _ in ended).items():  # one event per site
         events.publish(
@@ -187,6 +160,12 @@ def abort_queued_jobs(kind, reasons: dict, actor, only_unissued) -> int:
         )
     jobs_ended(kind, [(pk, site_id) for pk, site_id, _ in ended])
     return len(ended)
+
+
+def _job_changed(actor, kind, pk, site_id, before: str, to: str, reason: str) -> history.Event:
+    """A job's ``job.<to>`` event, as :func:`transition_job` appends it, for a bulk path to append."""
+    payload = {"kind": kind.name, "from": before, "to": to, "reason": reason}
+    return history.Event(history.actor_of(actor), f"job.{to}", kind.model._meta.label_lower, str(pk), site_id, payload)
 
 
 def jobs_ended(kind, ended: list[tuple], *, finished: list | None = None) -> None:
