@@ -17,7 +17,7 @@ from rmm.engine import registry
 from rmm.engine.models import Instruction, KillSwitch
 from rmm.engine.services import throttles, transitions
 from rmm.engine.services.results import uuid_or_none
-from rmm.engine.services.stopping import end_instruction
+from rmm.engine.services.stopping import end_instruction, request_aborts
 from rmm.engine.states import FINAL, JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent
@@ -236,26 +236,10 @@ def to_abort(agent: Agent, running_ids: list, switch=None) -> list[str]:
     if switch is not None:
         wanted |= Q(status=S.RUNNING)
     found = list(
-        Instruction.objects.filter(wanted, agent=agent, pk__in=ids).values_list(
-            "pk", "status", "abort_reason", "site_id"
-        )
+        Instruction.objects.filter(wanted, agent=agent, pk__in=ids).values_list("pk", "status", "abort_reason")
     )
-    unmarked = [(pk, site_id) for pk, status, reason, site_id in found if status == S.RUNNING and not reason]
+    unmarked = [pk for pk, status, reason in found if status == S.RUNNING and not reason]
     if unmarked and switch is not None:
         reason = f"kill switch engaged on {switch.target_label}: {switch.reason}"
-        with transaction.atomic():
-            Instruction.objects.filter(pk__in=[pk for pk, _ in unmarked], status=S.RUNNING, abort_reason="").update(
-                abort_reason=reason[:2000]
-            )
-            history.append_many(
-                history.Event(
-                    history.actor_of(agent),
-                    "instruction.abort_requested",
-                    "engine.instruction",
-                    str(pk),
-                    site_id,
-                    {"reason": reason, "kill_switch": str(switch.pk), "via": "heartbeat"},
-                )
-                for pk, site_id in unmarked
-            )
-    return [str(pk) for pk, _, _, _ in found]
+        request_aborts(unmarked, agent, reason, {"kill_switch": str(switch.pk), "via": "heartbeat"})
+    return [str(pk) for pk, _, _ in found]

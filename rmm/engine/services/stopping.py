@@ -56,12 +56,28 @@ def stop_instructions(instructions, actor, reason: str) -> int:
         except Exception as exc:  # one that cannot be ended (its evidence not stored) stops no other
             logger.exception("instruction %s could not be aborted", inst.pk)
             failed = failed or exc
-    running = list(instructions.filter(status=S.RUNNING, abort_reason="").values_list("pk", "site_id", "agent_id"))
+    running = request_aborts(
+        instructions.filter(status=S.RUNNING, abort_reason="").values_list("pk", flat=True), actor, reason
+    )
     if running:
-        with transaction.atomic():
-            Instruction.objects.filter(pk__in=[pk for pk, _, _ in running], status=S.RUNNING).update(
-                abort_reason=reason[:2000]
-            )
+        events.wake_agents(agent_id for _, agent_id in running)  # killed now, not at the next heartbeat
+    if failed is not None:
+        raise failed  # the caller learns, once every other instruction is stopped
+    return count + len(running)
+
+
+def request_aborts(pks, actor, reason: str, payload: dict | None = None) -> list[tuple]:
+    """Mark running instructions for their agents to kill, each once: the ones still running and
+    unmarked are read under their row locks, so a second stopper racing this one waits and then
+    finds them marked. Returns (pk, agent_id) of those marked here."""
+    with transaction.atomic():
+        rows = list(
+            Instruction.objects.select_for_update()
+            .filter(pk__in=list(pks), status=S.RUNNING, abort_reason="")
+            .values_list("pk", "site_id", "agent_id")
+        )
+        if rows:
+            Instruction.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(abort_reason=reason[:2000])
             history.append_many(
                 history.Event(
                     history.actor_of(actor),
@@ -69,14 +85,11 @@ def stop_instructions(instructions, actor, reason: str) -> int:
                     "engine.instruction",
                     str(pk),
                     site_id,
-                    {"reason": reason},
+                    {"reason": reason, **(payload or {})},
                 )
-                for pk, site_id, _ in running
+                for pk, site_id, _ in rows
             )
-            events.wake_agents(agent_id for _, _, agent_id in running)  # killed now, not at the next heartbeat
-    if failed is not None:
-        raise failed  # the caller learns, once every other instruction is stopped
-    return count + len(running)
+    return [(pk, agent_id) for pk, _, agent_id in rows]
 
 
 def abort_agent_work(agent: Agent, actor, reason: str) -> int:
