@@ -74,6 +74,7 @@ def request_aborts(pks, actor, reason: str, payload: dict | None = None) -> list
         rows = list(
             Instruction.objects.select_for_update()
             .filter(pk__in=list(pks), status=S.RUNNING, abort_reason="")
+            .order_by("pk")  # the order results lock them in: two lockers never wait on each other
             .values_list("pk", "site_id", "agent_id")
         )
         if rows:
