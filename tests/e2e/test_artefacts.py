@@ -119,11 +119,26 @@ def through(server: Server, w: dict, cut: int | None) -> CuttingProxy:
     return proxy
 
 
-def create(server: Server, w: dict, artefact: Path, marker: Path) -> str:
+def queue_step(server: Server, tmp_path: Path, data: bytes, marker: Path) -> tuple[dict, str]:
+    """A world whose one step names ``data`` (put in the server's blob store) and touches
+    ``marker`` when it runs: the world and the job's id."""
+    w = make_world(server)
+    artefact = tmp_path / "artefact.bin"
+    artefact.write_bytes(data)
     made = server.manage(
         "stepkind_job", "create", w["hostname"], w["task"], "1", "--artefact", str(artefact), "--marker", str(marker)
     )
-    return made.stdout.strip()
+    return w, made.stdout.strip()
+
+
+def run_agent_through(server: Server, w: dict, cut: int | None) -> CuttingProxy:
+    """Run the world's agent once through a proxy in front of the server's uvicorn agent tier."""
+    proxy = through(server, w, cut)
+    try:
+        agent_once(server, w)
+    finally:
+        proxy.close()
+    return proxy
 
 
 def show(server: Server, job_id: str) -> dict:
@@ -137,17 +152,9 @@ def stdout_of(server: Server, w: dict, job: dict) -> str:
 
 
 def test_a_50_mb_artefact_is_fetched_through_an_interrupted_download_and_resumed(artefact_server, tmp_path, marker_dir):
-    w = make_world(artefact_server)
-    data = os.urandom(SIZE)
-    artefact = tmp_path / "big.bin"
-    artefact.write_bytes(data)
-    marker = marker_dir / "ran"
-    job_id = create(artefact_server, w, artefact, marker)
-    proxy = through(artefact_server, w, CUT)
-    try:
-        agent_once(artefact_server, w)
-    finally:
-        proxy.close()
+    data, marker = os.urandom(SIZE), marker_dir / "ran"
+    w, job_id = queue_step(artefact_server, tmp_path, data, marker)
+    proxy = run_agent_through(artefact_server, w, CUT)
     job = show(artefact_server, job_id)
     assert job["status"] == "succeeded", job
     assert stdout_of(artefact_server, w, job).split() == ["step", "0", hashlib.sha256(data).hexdigest(), str(SIZE)]
@@ -159,21 +166,13 @@ def test_a_50_mb_artefact_is_fetched_through_an_interrupted_download_and_resumed
 
 
 def test_a_tampered_artefact_is_refused_and_its_step_never_runs(artefact_server, tmp_path, marker_dir):
-    w = make_world(artefact_server)
-    data = os.urandom(1024 * 1024)
-    artefact = tmp_path / "small.bin"
-    artefact.write_bytes(data)
-    marker = marker_dir / "ran"
-    job_id = create(artefact_server, w, artefact, marker)
+    data, marker = os.urandom(1024 * 1024), marker_dir / "ran"
+    w, job_id = queue_step(artefact_server, tmp_path, data, marker)
     digest = hashlib.sha256(data).hexdigest()
     stored = Path(artefact_server.env["RMM_VAR_DIR"]) / "evidence" / "stepkind" / digest[:2] / f"{digest}.bin"
     assert stored.read_bytes() == data
     stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the store altered after the job was issued
-    proxy = through(artefact_server, w, None)
-    try:
-        agent_once(artefact_server, w)
-    finally:
-        proxy.close()
+    proxy = run_agent_through(artefact_server, w, None)
     job = show(artefact_server, job_id)
     assert (job["status"], job["status_reason"]) == ("failed", "agent refused the instruction: artefact_mismatch")
     assert not marker.exists()
