@@ -471,11 +471,13 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 async def _blob_chunks(fh, length: int):
-    """The next ``length`` bytes of ``fh``, read in the loop's default threads, closed at the end
-    or when the agent goes."""
+    """The next ``length`` bytes of ``fh``, read in the loop's default threads; no further once
+    the agent has gone (under the agent protocol's handler: the server would read on into a
+    closed connection). ``fh`` is closed at the end."""
     loop = asyncio.get_running_loop()
+    call = serving.get()
     try:
-        while length > 0:
+        while length > 0 and not (call is not None and call.gone.done()):
             chunk = await loop.run_in_executor(None, fh.read, min(ARTEFACT_CHUNK, length))
             if not chunk:
                 break

@@ -3,6 +3,8 @@ lists each with a URL bound to the agent, the instruction and the hash; the agen
 (whole, or a byte range), only while the instruction runs; a protocol-1 agent is never given such
 a step (docs/agent.md, Artefacts)."""
 
+import asyncio
+import io
 import json
 import os
 import time
@@ -15,7 +17,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from rmm.core import blobs
-from rmm.engine import registry
+from rmm.engine import agent_views, registry
 from rmm.engine.models import Instruction
 from rmm.engine.services import fetching, steps
 from rmm.history.models import HistoryEvent
@@ -239,3 +241,23 @@ def test_a_kind_must_name_artefacts_the_agent_can_use(w):
     ):
         with pytest.raises(ValueError):
             steps.check([spec.__class__(**{**vars(spec), "artefacts": bad})])
+
+
+def test_a_transfer_stops_once_the_agent_has_gone():
+    chunk = agent_views.ARTEFACT_CHUNK
+    blob = io.BytesIO(DATA * (3 * chunk // len(DATA) + 1))
+
+    async def serve() -> tuple[bytes, list]:
+        call = agent_views.Serving(asyncio.get_running_loop().create_future())
+        token = agent_views.serving.set(call)
+        try:
+            parts = agent_views._blob_chunks(blob, 3 * chunk)
+            first = await anext(parts)
+            call.gone.set_result(None)  # the connection dropped, as the agent protocol's handler sees it
+            return first, [part async for part in parts]
+        finally:
+            agent_views.serving.reset(token)
+
+    first, rest = async_to_sync(serve)()
+    assert len(first) == chunk and rest == []
+    assert blob.closed
