@@ -2,7 +2,8 @@
 step of the test-only kind naming a blob of the store. Between them, a real HTTP proxy on
 127.0.0.1 that forwards every call and can cut the first artefact transfer short, as a network
 would: the agent resumes it with Range. A blob altered on disk after the job was issued is
-refused (artefact_mismatch) and its step never runs."""
+refused (artefact_mismatch) and its step never runs. An agent that speaks protocol 1 (no
+"protocol" in its heartbeat) is never given such a step."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import hashlib
 import http.client
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.flows import agent_once, make_world
-from tests.e2e.server import Server
+from tests.e2e.server import ROOT, Server
 
 SIZE = 50 * 1024 * 1024
 CUT = 20 * 1024 * 1024
@@ -177,3 +180,31 @@ def test_a_tampered_artefact_is_refused_and_its_step_never_runs(artefact_server,
     assert (job["status"], job["status_reason"]) == ("failed", "agent refused the instruction: artefact_mismatch")
     assert not marker.exists()
     assert [fetch["status"] for fetch in proxy.fetches] == [200]
+
+
+# The real agent as an agent of protocol 1 would call: its heartbeats without "protocol".
+AS_PROTOCOL_1 = (
+    "import runpy, sys\n"
+    "from rmm_agent import client\n"
+    "beat = client.Client.heartbeat\n"
+    "client.Client.heartbeat = lambda self, body: beat(self, {k: v for k, v in body.items() if k != 'protocol'})\n"
+    "sys.argv[0] = 'rmm_agent'\n"
+    "runpy.run_module('rmm_agent', run_name='__main__')\n"
+)
+
+
+def test_an_agent_of_protocol_1_is_never_given_a_step_with_artefacts(artefact_server, tmp_path, marker_dir):
+    data, marker = os.urandom(1024), marker_dir / "ran"
+    w, job_id = queue_step(artefact_server, tmp_path, data, marker)
+    done = subprocess.run(
+        [sys.executable, "-c", AS_PROTOCOL_1, "run", "--state-dir", str(w["state"]), "--once"],
+        cwd=ROOT,
+        env=artefact_server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    job = show(artefact_server, job_id)
+    assert job["status"] == "aborted" and "the agent (protocol 1) cannot fetch" in job["status_reason"], job
+    assert not marker.exists()
