@@ -351,6 +351,10 @@ RMM_HEARTBEAT_INTERVAL = int(os.environ.get("RMM_HEARTBEAT_INTERVAL", "30"))
 RMM_AGENT_OFFLINE_SECONDS = int(os.environ.get("RMM_AGENT_OFFLINE_SECONDS", str(5 * RMM_HEARTBEAT_INTERVAL)))
 RMM_LEASE_GRACE_SECONDS = int(os.environ.get("RMM_LEASE_GRACE_SECONDS", "60"))
 RMM_INSTRUCTION_TTL_SECONDS = int(os.environ.get("RMM_INSTRUCTION_TTL_SECONDS", str(24 * 3600)))
+# Where the proxy serves the blob store from (an nginx ``internal`` location, e.g. "/_artefacts/"):
+# set, an agent's artefact is answered with X-Accel-Redirect and the proxy sends the bytes;
+# empty, the agent tier streams them itself (docs/operations.md).
+RMM_ARTEFACT_ACCEL_REDIRECT = os.environ.get("RMM_ARTEFACT_ACCEL_REDIRECT", "").strip()
 RMM_DEFAULT_TIMEOUT_SECONDS = int(os.environ.get("RMM_DEFAULT_TIMEOUT_SECONDS", "300"))
 RMM_MAX_LEASE_PER_HEARTBEAT = int(os.environ.get("RMM_MAX_LEASE_PER_HEARTBEAT", "4"))
 # Throttles: at most this many running instructions per asset, per site and in all (0: no ceiling);

@@ -40,6 +40,7 @@ urlpatterns = [
     path("api/v1/agent/enroll/", agent_views.enroll, name="agent-enroll"),
     path("api/v1/agent/heartbeat/", agent_views.heartbeat, name="agent-heartbeat"),
     path("api/v1/agent/results/", agent_views.result, name="agent-result"),
+    path("api/v1/agent/artefacts/<uuid:instruction_id>/<str:sha256>/", agent_views.artefact, name="agent-artefact"),
     path("api/v1/psa/cases/<uuid:case_id>/", authority_views.psa_case, name="psa-case"),
     path("api/v1/psa/tasks/<uuid:task_id>/", authority_views.psa_task, name="psa-task"),
     path(

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from . import __version__, keyring
+from .artefacts import Fetcher
 from .client import Client, Response, TransportError
 from .facts import collect_facts
 from .protocol import (
+    PROTOCOL_VERSION,
     REASON_BAD_SIGNATURE,
     REASON_REPLAYED,
     REASON_UNKNOWN_KEY,
@@ -111,12 +113,14 @@ class Agent:
         self.config = config
         self.agent_id: str = config["agent_id"]
         self.run_as: str = config.get("run_as") or DEFAULT_RUN_AS
-        self.runner = Runner(state.work_dir, run_as=self.run_as, running_dir=state.running_dir)
         self.client = client or Client(
             config["server"],
             agent_id=config["agent_id"],
             secret=config["secret"],
             ca_file=config.get("ca_file"),
+        )
+        self.runner = Runner(
+            state.work_dir, run_as=self.run_as, running_dir=state.running_dir, fetcher=Fetcher(self.client)
         )
         try:
             self.server_keys = server_keys_of(config)
@@ -246,6 +250,7 @@ class Agent:
         running = self.running_ids()
         body: dict = {
             "agent_version": __version__,
+            "protocol": PROTOCOL_VERSION,
             "facts_hash": current_hash,
             "running": running,
             "capacity": max(0, MAX_CONCURRENT - len(running)),

@@ -124,6 +124,26 @@ class Client:
             reason = getattr(error, "reason", error)
             raise TransportError(f"{self.server}{path}: {reason}") from error
 
+    def download(self, path: str, *, offset: int = 0, timeout: float | None = None) -> tuple[int, dict[str, str], Any]:
+        """GET a file of the server from byte ``offset`` on (a Range request past 0): its status,
+        its lower-cased headers and the open answer, which the caller reads and closes. HTTP
+        errors are returned too; transport failures raised."""
+        headers = {"User-Agent": f"rmm-agent/{__version__}", "Accept-Encoding": "identity"}
+        if self.agent_id and self.secret:
+            headers["Authorization"] = f"Agent {self.agent_id}:{self.secret}"
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        request = urllib.request.Request(self.server + path, headers=headers, method="GET")  # noqa: S310 - http(s) only
+        try:
+            answer = self._opener.open(request, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as error:
+            answer = error
+        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ssl.SSLError, OSError) as error:
+            raise TransportError(f"{self.server}{path}: {getattr(error, 'reason', error)}") from error
+        lowered = {key.lower(): value for key, value in (answer.headers or {}).items()}
+        status = answer.code if isinstance(answer, urllib.error.HTTPError) else answer.status
+        return status, lowered, answer
+
     def enroll(self, token: str, facts: dict) -> Response:
         """Exchange a one-time enrollment token for an identity."""
         return self.post(ENROLL_PATH, {"token": token, "facts": facts})

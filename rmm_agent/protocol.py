@@ -18,6 +18,11 @@ from typing import Any
 
 from . import keyring
 
+# The protocol this agent speaks, sent in every heartbeat. An agent that sends none speaks 1;
+# 2 added artefacts (instructions that name files to fetch and verify before the step runs).
+PROTOCOL_VERSION = 2
+ARTEFACTS_SINCE = 2
+
 OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
 INTERPRETERS = ("sh", "bash", "python", "powershell")
 # The bytes of each output stream the agent keeps; the rest is read and discarded.
@@ -62,6 +67,13 @@ CONTAINMENT_METHODS = ("cgroup", "account", "process_group")
 # Instruction ids become file names (spool, work dir), so only safe characters are accepted.
 INSTRUCTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
+# An instruction's artefacts: how many, their names (a file name, and the suffix of the script's
+# RMM_ARTEFACT_<NAME>), their hashes, and where the agent fetches them (a path on its server).
+MAX_ARTEFACTS = 16
+ARTEFACT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+ARTEFACT_ENV_PREFIX = "RMM_ARTEFACT_"
+
 # Refusal reasons produced by verify_instruction (in check order).
 REASON_UNKNOWN_KEY = "unknown_key"  # no key_id, or one the agent does not trust (a missed rotation?)
 REASON_BAD_SIGNATURE = "bad_signature"
@@ -72,6 +84,8 @@ REASON_EXPIRED = "expired"
 REASON_UNSUPPORTED_INTERPRETER = "unsupported_interpreter"
 # Refused by the agent after verification: the instruction was already run or refused.
 REASON_REPLAYED = "replayed"
+# Refused by the agent before the step ran: an artefact's bytes are not those the payload names.
+REASON_ARTEFACT_MISMATCH = "artefact_mismatch"
 
 
 class InstructionRefused(Exception):
@@ -81,6 +95,36 @@ class InstructionRefused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.instruction_id = instruction_id
+
+
+def artefact_env_name(name: str) -> str:
+    """The environment variable that gives the script an artefact's path."""
+    return ARTEFACT_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def artefacts_problem(artefacts: Any) -> str | None:
+    """What makes a list of artefacts unusable (the payload's, or a kind's rendering), or None:
+    each an object with a name (unique, also as an environment variable), a sha256, a size and
+    a URL path on the server."""
+    if not isinstance(artefacts, list) or len(artefacts) > MAX_ARTEFACTS:
+        return f"artefacts must be a list of at most {MAX_ARTEFACTS}"
+    names = set()
+    for item in artefacts:
+        if not isinstance(item, dict):
+            return "an artefact must be an object"
+        name, size, url = item.get("name"), item.get("size"), item.get("url")
+        if not isinstance(name, str) or not ARTEFACT_NAME_RE.fullmatch(name):
+            return f"artefact name {name!r} is not a plain file name"
+        if artefact_env_name(name) in names:
+            return f"artefact name {name!r} is used twice"
+        names.add(artefact_env_name(name))
+        if not isinstance(item.get("sha256"), str) or not SHA256_RE.fullmatch(item["sha256"]):
+            return f"artefact {name!r} has no lower-case hex sha256"
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return f"artefact {name!r} has no size"
+        if not isinstance(url, str) or not url.startswith("/") or url.startswith("//"):
+            return f"artefact {name!r} has no URL path on the server"
+    return None
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -252,5 +296,6 @@ def _check_shape(payload: dict, instruction_id: str | None) -> None:
         or not isinstance(arguments, list)
         or not all(isinstance(arg, str) for arg in arguments)
         or not isinstance(privileged, bool)
+        or ("artefacts" in payload and artefacts_problem(payload["artefacts"]) is not None)
     ):
         raise InstructionRefused(REASON_MALFORMED, instruction_id)

@@ -9,6 +9,9 @@ abort and capped output.
   rename it nor make the agent act on a path it chose.
 - Everything the instruction starts is contained (rmm_agent/containment.py) and ended with it;
   what had to be killed is named in the result's ``containment``.
+- A step's artefacts are fetched and verified before anything of it starts
+  (rmm_agent/artefacts.py), each given to the script as a read-only descriptor
+  (``RMM_ARTEFACT_<NAME>=/dev/fd/N``) and deleted with the step.
 - A small record per running instruction (``running/<id>.json`` in the state dir) lets a
   restarted agent end and report what a previous run left (:meth:`Runner.recover`).
 """
@@ -34,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from .artefacts import ArtefactMismatch, Fetcher, FetchFailed, FetchStopped
 from .containment import (
     ACCOUNT,
     CGROUP,
@@ -54,6 +58,7 @@ from .protocol import (
     DELIVERY_STREAM_BYTES,
     MAX_BODY_BYTES,
     MAX_STREAM_BYTES,
+    REASON_ARTEFACT_MISMATCH,
     decode_stream,
     encode_body,
     encode_stream,
@@ -74,6 +79,9 @@ SYSTEM_BIN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
 
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# In the work root: each running instruction's fetched artefacts, in a dir of the agent's own.
+# (An instruction id never starts with a dot, so it is no instruction's work dir.)
+ARTEFACTS_DIR = ".artefacts"
 MAX_REASON_PROCESSES = 10
 
 
@@ -388,6 +396,11 @@ def _environment(instruction_id: str, workdir: Path, account: Account | None) ->
     }
 
 
+def _artefact_paths(fetched: dict[str, int]) -> dict[str, str]:
+    """Each artefact's variable -> the path of its verified file's descriptor in the script."""
+    return {variable: f"/dev/fd/{fd}" for variable, fd in fetched.items()}
+
+
 def _enter(procs_fd: int | None, account: Account | None) -> Callable[[], None]:
     """What the child does between fork and exec: join its cgroup, then drop to the account.
 
@@ -429,6 +442,8 @@ class _Launch:
     leader: ProcessInfo | None = None
     script_fd: int | None = None
     procs_fd: int | None = None
+    deadline: float = 0.0  # monotonic: the instruction's timeout counts from before its fetches
+    artefact_fds: dict[str, int] | None = None  # the script's variable -> its verified file
 
 
 class Runner:
@@ -449,6 +464,7 @@ class Runner:
         containment: str | None = None,
         kill_grace: float = KILL_GRACE_SECONDS,
         max_stream_bytes: int = MAX_STREAM_BYTES,
+        fetcher: Fetcher | None = None,
     ) -> None:
         if containment not in (None, *METHODS):
             raise ValueError(f"containment must be one of {', '.join(METHODS)}, not {containment!r}")
@@ -458,6 +474,7 @@ class Runner:
         self.containment = containment
         self.kill_grace = kill_grace
         self.max_stream_bytes = max_stream_bytes
+        self.fetcher = fetcher  # None: instructions that name artefacts cannot run here
         self.cgroup_parent = cgroup_parent() if containment in (None, CGROUP) else None
         if containment == CGROUP and self.cgroup_parent is None:
             raise ValueError("no cgroup v2 in which this agent may create cgroups")
@@ -519,6 +536,37 @@ class Runner:
         finally:
             os.close(root_fd)
         return self.work_root / instruction_id
+
+    def _fetch_artefacts(self, launch: _Launch, payload: dict, abort: AbortSignal) -> None:
+        """Fetch and verify the step's artefacts into ``.artefacts/<id>`` of the work root (the
+        agent's: no other account can reach it), before the work dir or anything of the step
+        exists."""
+        if self.fetcher is None:
+            raise FetchFailed("this runner cannot fetch artefacts")
+        root_fd = self._open_work_root()
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(ARTEFACTS_DIR, 0o700, dir_fd=root_fd)
+            holder = os.open(ARTEFACTS_DIR, DIR_FLAGS, dir_fd=root_fd)
+            try:
+                if os.fstat(holder).st_uid != os.geteuid():
+                    raise FetchFailed(f"{self.work_root / ARTEFACTS_DIR} does not belong to the agent")
+                os.mkdir(launch.instruction_id, 0o700, dir_fd=holder)
+            finally:
+                os.close(holder)
+        finally:
+            os.close(root_fd)
+        directory = self.work_root / ARTEFACTS_DIR / launch.instruction_id
+        launch.artefact_fds = self.fetcher.fetch_all(payload["artefacts"], directory, launch.deadline, abort)
+
+    def _remove_artefacts(self, instruction_id: str) -> None:
+        """Delete an instruction's fetched artefacts (none: nothing to do)."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self.work_root / ARTEFACTS_DIR, DIR_FLAGS)
+            try:
+                shutil.rmtree(instruction_id, dir_fd=fd, ignore_errors=True)
+            finally:
+                os.close(fd)
 
     def _remove_workdir(self, instruction_id: str) -> None:
         """Remove a work dir without following any link the script left in it."""
@@ -648,11 +696,22 @@ class Runner:
             return make_result(instruction_id, "aborted", started_at=started_at, reason=abort.reason)
 
         launch = _Launch(instruction_id, account, self._method(account), since=boot_ticks())
+        launch.deadline = time.monotonic() + float(payload["timeout_seconds"])
         if launch.method == CGROUP:
             launch.cgroup = Cgroup(self.cgroup_parent / instruction_id)  # type: ignore[operator]
         try:
-            proc = self._start(launch, program, payload)
+            proc = self._start(launch, program, payload, abort)
         except ScriptMismatch as exc:
+            self._clean_up(launch)
+            return error(str(exc))
+        except ArtefactMismatch as exc:
+            self._clean_up(launch)
+            log.error("%s refused, nothing ran: %s", instruction_id, exc)
+            return refused_result(instruction_id, REASON_ARTEFACT_MISMATCH)
+        except FetchStopped as exc:
+            self._clean_up(launch)
+            return make_result(instruction_id, exc.outcome, started_at=started_at, reason=exc.reason)
+        except FetchFailed as exc:
             self._clean_up(launch)
             return error(str(exc))
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
@@ -663,11 +722,15 @@ class Runner:
         finally:
             self._clean_up(launch)
 
-    def _start(self, launch: _Launch, program: str, payload: dict) -> subprocess.Popen:
-        """Seal the script, record the instruction, make its work dir and cgroup, start it."""
+    def _start(self, launch: _Launch, program: str, payload: dict, abort: AbortSignal) -> subprocess.Popen:
+        """Seal the script, record the instruction, fetch its artefacts, make its work dir and
+        cgroup, start it."""
         instruction_id, account = launch.instruction_id, launch.account
         launch.script_fd = sealed_script(payload)
         self._save_record(launch)  # before anything exists that a restart must clean up
+        if payload.get("artefacts"):
+            self._fetch_artefacts(launch, payload, abort)
+        fetched = launch.artefact_fds or {}
         launch.workdir = self._make_workdir(instruction_id, account)
         procs_fd = None
         if launch.cgroup is not None:
@@ -679,13 +742,13 @@ class Runner:
         proc = subprocess.Popen(
             [program, f"/dev/fd/{launch.script_fd}", *payload.get("arguments", [])],
             cwd=launch.workdir,
-            env=_environment(instruction_id, launch.workdir, account),
+            env={**_environment(instruction_id, launch.workdir, account), **_artefact_paths(fetched)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
-            pass_fds=(launch.script_fd,),
+            pass_fds=(launch.script_fd, *fetched.values()),
             preexec_fn=_enter(procs_fd, account) if procs_fd is not None or account is not None else None,  # noqa: PLW1509 - syscalls only, see _enter
         )
         launch.leader = process_info(proc.pid)
@@ -695,9 +758,10 @@ class Runner:
 
     def _clean_up(self, launch: _Launch) -> None:
         """Close its descriptors, remove its cgroup and its work dir (its processes are ended)."""
-        for fd in (launch.script_fd, launch.procs_fd):
+        for fd in (launch.script_fd, launch.procs_fd, *(launch.artefact_fds or {}).values()):
             if fd is not None:
                 os.close(fd)
+        self._remove_artefacts(launch.instruction_id)
         if launch.cgroup is not None and launch.cgroup_created:
             if launch.cgroup.populated():  # it failed to start after the child joined
                 launch.cgroup.kill()
@@ -722,7 +786,7 @@ class Runner:
         if on_start is not None:
             on_start(proc.pid)
         timeout = float(payload["timeout_seconds"])
-        deadline = time.monotonic() + timeout
+        deadline = launch.deadline  # counted from before its artefacts were fetched
         outcome, reason = "completed", None
         while not _leader_exited(proc):
             if abort.is_set():

@@ -1,4 +1,5 @@
-"""The agent protocol: enroll, heartbeat (with lease, held while idle), result. See docs/agent.md.
+"""The agent protocol: enroll, heartbeat (with lease, held while idle), result, and the fetch of a
+step's artefacts. See docs/agent.md.
 
 Plain Django views rather than DRF: this is the hot path every agent calls forever, and
 it needs a constant, small number of queries per call.
@@ -16,22 +17,24 @@ from concurrent.futures import Executor
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from rmm.core import dependencies
 from rmm.core.errors import ServiceError
 from rmm.core.text import storable
 from rmm.engine import intake, wakeups
 from rmm.engine import services as engine
+from rmm.engine.services import fetching
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.keys import keyset
-from rmm_agent.protocol import MAX_BODY_BYTES
+from rmm_agent.protocol import MAX_BODY_BYTES, PROTOCOL_VERSION
 
 logger = logging.getLogger("django.request")  # where Django logs a view's failure
 
@@ -276,7 +279,11 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
         return response
     keys = keyset.cached()  # checked against the registry's version that the check-in returns
     seen = engine.check_in(
-        agent, now, str(data.get("agent_version") or "")[:50], keys.acknowledged(data.get("key_ids"))
+        agent,
+        now,
+        str(data.get("agent_version") or "")[:50],
+        keys.acknowledged(data.get("key_ids")),
+        _protocol(data.get("protocol")),
     )
     if seen.keys_version != keys.version:
         keys = keyset.current(seen.keys_version)
@@ -311,6 +318,14 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     if not (leased or answer["abort"] or facts_required or new_secret):
         response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait
     return response
+
+
+def _protocol(value) -> int:
+    """The protocol the agent says it speaks: 1 when it says nothing usable (agents from before
+    the field), at most what this server knows."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return 1
+    return min(value, PROTOCOL_VERSION)
 
 
 def _heartbeat_problems(data: dict) -> dict:
@@ -377,3 +392,96 @@ def _result(request: HttpRequest) -> JsonResponse | tuple:
     if not isinstance(data, dict):
         return data
     return agent, data
+
+
+# What one read of an artefact's blob hands to the event loop while it is streamed.
+ARTEFACT_CHUNK = 256 * 1024
+
+
+@require_GET
+async def artefact(request: HttpRequest, instruction_id, sha256: str) -> HttpResponse:
+    """One artefact of a running instruction, for its agent (docs/agent.md, Artefacts): streamed
+    from the blob store a chunk at a time, one byte range of it with ``Range``, or left to the
+    proxy (``X-Accel-Redirect``) where ``RMM_ARTEFACT_ACCEL_REDIRECT`` names its location."""
+    opened = await run_sync(_artefact, request, instruction_id, sha256)
+    if isinstance(opened, HttpResponse):
+        return opened
+    fh, start, end, size = opened
+    ranged = request.headers.get("Range", "").startswith("bytes=")
+    response = StreamingHttpResponse(
+        _blob_chunks(fh, end - start + 1), status=206 if ranged else 200, content_type="application/octet-stream"
+    )
+    response["Content-Length"] = str(end - start + 1)
+    if ranged:
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response["Accept-Ranges"] = "bytes"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _artefact(request: HttpRequest, instruction_id, sha256: str):
+    """The refusal that answers the call, or (open blob, first byte, last byte, size)."""
+    agent = _agent(request)
+    if agent is None:
+        return _unauthorized(request)
+    query = request.GET
+    try:
+        fetch = fetching.check(
+            agent, str(instruction_id), sha256, query.get("expires"), query.get("token"), timezone.now()
+        )
+    except ServiceError as exc:
+        return JsonResponse(exc.as_dict(), status=exc.status_code)
+    if settings.RMM_ARTEFACT_ACCEL_REDIRECT:  # the proxy serves the bytes, ranges included
+        response = HttpResponse(content_type="application/octet-stream")
+        response["X-Accel-Redirect"] = settings.RMM_ARTEFACT_ACCEL_REDIRECT.rstrip("/") + "/" + fetch.blob
+        return response
+    try:
+        size = default_storage.size(fetch.blob)
+        fh = default_storage.open(fetch.blob, "rb")
+    except OSError:  # FileNotFoundError included
+        exc = fetching.blob_missing(agent, str(instruction_id), fetch)
+        return JsonResponse(exc.as_dict(), status=exc.status_code)
+    wanted = _byte_range(request.headers.get("Range", ""), size)
+    if wanted is None:
+        fh.close()
+        response = JsonResponse({"detail": "The range is not satisfiable.", "size": size}, status=416)
+        response["Content-Range"] = f"bytes */{size}"
+        return response
+    fh.seek(wanted[0])
+    return fh, wanted[0], wanted[1], size
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte to send: the whole blob without a ``bytes=`` Range, the one range
+    asked for, or None when it cannot be served (malformed, several, or past the end: 416)."""
+    if not header.startswith("bytes="):
+        return 0, size - 1
+    first, dash, last = header[6:].strip().partition("-")
+    try:
+        if not dash or "," in last:
+            return None
+        if not first:  # the last n bytes
+            count = int(last)
+            return (max(0, size - count), size - 1) if count > 0 and size else None
+        begin = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    except ValueError:
+        return None
+    return (begin, end) if 0 <= begin <= end else None
+
+
+async def _blob_chunks(fh, length: int):
+    """The next ``length`` bytes of ``fh``, read in the loop's default threads; no further once
+    the agent has gone (under the agent protocol's handler: the server would read on into a
+    closed connection). ``fh`` is closed at the end."""
+    loop = asyncio.get_running_loop()
+    call = serving.get()
+    try:
+        while length > 0 and not (call is not None and call.gone.done()):
+            chunk = await loop.run_in_executor(None, fh.read, min(ARTEFACT_CHUNK, length))
+            if not chunk:
+                break
+            length -= len(chunk)
+            yield chunk
+    finally:
+        fh.close()

@@ -110,6 +110,11 @@ class Instruction(models.Model):
     abort_reason = models.TextField(
         blank=True, help_text="Set while running: its agent kills it at the next heartbeat."
     )
+    artefacts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The files its step names ({name, sha256, size, blob}): what its agent may fetch while it runs.",
+    )
 
     class Meta:
         indexes = [

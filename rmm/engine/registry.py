@@ -24,6 +24,18 @@ ON_FAILURE = (STOP, CONTINUE, CLEANUP)
 
 
 @dataclass(frozen=True)
+class Artefact:
+    """A file a step needs on the endpoint: a blob already in the blob store (``blob`` is its
+    name there, :mod:`rmm.core.blobs`), fetched by the agent and checked against ``sha256`` and
+    ``size`` before the step runs. The script finds it under ``name`` (docs/agent.md)."""
+
+    name: str
+    sha256: str
+    size: int
+    blob: str
+
+
+@dataclass(frozen=True)
 class InstructionSpec:
     """One fully rendered step for one asset, before the engine signs it. A kind renders a job's
     steps in order; the engine numbers them and issues each only once the one before ended."""
@@ -37,6 +49,8 @@ class InstructionSpec:
     on_failure: str = STOP
     # A cleanup step runs only after a step whose on_failure is CLEANUP failed; otherwise skipped.
     cleanup: bool = False
+    # Files the agent fetches and verifies before the step runs (agents of protocol 2 and later).
+    artefacts: tuple[Artefact, ...] = ()
 
 
 @dataclass(frozen=True)

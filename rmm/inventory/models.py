@@ -89,6 +89,9 @@ class Agent(models.Model):
     # instructions are signed with it, or an older key it holds. Blank: the first key (pinned
     # by agents from before key ids).
     signing_key_id = models.CharField(max_length=16, blank=True)
+    # The agent protocol it speaks, as its last heartbeat said (1: from before the field). A step
+    # that names artefacts is never leased to an agent older than protocol 2.
+    protocol = models.PositiveSmallIntegerField(default=1)
     enrolled_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     # Set by the sweep when the agent has not been seen for RMM_AGENT_OFFLINE_SECONDS, cleared by

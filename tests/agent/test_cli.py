@@ -165,6 +165,7 @@ def test_run_once_verifies_runs_and_reports(
     assert beat["running"] == []
     assert beat["capacity"] == 4
     assert beat["agent_version"] == "0.1.0"
+    assert beat["protocol"] == 2  # the server leases steps that name artefacts only to 2 and later
     assert beat["facts"]["hostname"] == "host-under-test"
     assert beat["facts_hash"] == facts_hash(beat["facts"])
 

@@ -88,6 +88,7 @@ ROWS = [
     api("POST", "/api/v1/agent/results/", 401, body={"instruction_id": "{new_id}"}),
     api("POST", "/api/v1/agent/heartbeat/", 401, body={"capacity": 1, "wait": 1}, label="held"),
     page("POST", "/api/v1/agent/heartbeat/", 401, anon=401, body={"capacity": 1}, label="session"),
+    api("GET", "/api/v1/agent/artefacts/{new_id}/" + "0" * 64 + "/?expires=1&token=x", 401),
     # Enrolment is authorised by an enrolment token alone, never by a role.
     api("POST", "/api/v1/agent/enroll/", 403, anon=403, body={"token": "enr_nope", "facts": {"hostname": "x"}}),
 ]

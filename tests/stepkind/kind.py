@@ -1,9 +1,13 @@
-"""The test-only "step" job kind: each step prints its number; one may be made to fail."""
+"""The test-only "step" job kind: each step prints its number; one may be made to fail, and one
+may name an artefact (a blob of the store), which it prints the hash and size of."""
 
 from __future__ import annotations
 
+import shlex
+
 from rmm.core.text import display_text
 from rmm.engine import registry
+from rmm_agent.protocol import artefact_env_name
 from tests.stepkind.models import StepJob, StepResult
 
 STEP_RESULT = "step_result"
@@ -14,9 +18,10 @@ def render(job: StepJob) -> list[registry.InstructionSpec]:
         registry.InstructionSpec(
             asset=job.asset,
             interpreter="sh",
-            content=f"echo 'step {n}'\n" + ("exit 1\n" if n == job.fail_step else ""),
+            content=f"echo 'step {n}'\n" + _uses_artefact(job, n) + ("exit 1\n" if n == job.fail_step else ""),
             timeout_seconds=60,
             on_failure=job.on_failure,
+            artefacts=_artefacts(job, n),
         )
         for n in range(job.steps)
     ]
@@ -25,6 +30,22 @@ def render(job: StepJob) -> list[registry.InstructionSpec]:
             registry.InstructionSpec(asset=job.asset, interpreter="sh", content="echo 'cleanup'\n", cleanup=True)
         )
     return specs
+
+
+def _artefacts(job: StepJob, step: int) -> tuple[registry.Artefact, ...]:
+    named = job.artefact
+    if not named or named["step"] != step:
+        return ()
+    return (registry.Artefact(named["name"], named["sha256"], named["size"], named["blob"]),)
+
+
+def _uses_artefact(job: StepJob, step: int) -> str:
+    """The artefact step's script: touch the marker, print the artefact's hash and size."""
+    if not _artefacts(job, step):
+        return ""
+    variable = artefact_env_name(job.artefact["name"])
+    marker = f"touch {shlex.quote(job.artefact['marker'])}\n" if job.artefact.get("marker") else ""
+    return marker + f'sha256sum < "${variable}" | cut -c1-64\nwc -c < "${variable}"\n'
 
 
 def store_result(job: StepJob, inst, result: dict) -> StepResult:
@@ -56,10 +77,18 @@ def evidence_document(job: StepJob, inst, stored: StepResult | None, result: dic
     }
 
 
-def prepare(*, steps: int = 3, fail_step: int | None = None, on_failure: str = registry.STOP, requires_approval=False):
-    """The step kind's parameters: how many steps, which one fails, and what follows a failure."""
+def prepare(
+    *,
+    steps: int = 3,
+    fail_step: int | None = None,
+    on_failure: str = registry.STOP,
+    requires_approval=False,
+    artefact: dict | None = None,
+):
+    """The step kind's parameters: how many steps, which one fails, what follows a failure, and
+    the artefact one step names."""
     return registry.NewJob(
-        fields={"steps": steps, "fail_step": fail_step, "on_failure": on_failure},
+        fields={"steps": steps, "fail_step": fail_step, "on_failure": on_failure, "artefact": artefact},
         requires_approval=requires_approval,
         names={"steps": str(steps)},
     )

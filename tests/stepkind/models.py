@@ -14,6 +14,9 @@ class StepJob(JobBase):
     steps = models.PositiveSmallIntegerField(default=3)
     fail_step = models.PositiveSmallIntegerField(null=True, blank=True)
     on_failure = models.CharField(max_length=10, default="stop")
+    # A step that names an artefact: {"step", "name", "sha256", "size", "blob", "marker"}; the
+    # step prints the artefact's sha256 as the agent gave it, and touches "marker" when it runs.
+    artefact = models.JSONField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

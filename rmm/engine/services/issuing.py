@@ -21,7 +21,7 @@ from rmm.core.errors import InvalidInput
 from rmm.core.on_commit import enqueue_on_commit
 from rmm.engine import events, registry
 from rmm.engine.models import Batch, BatchStatus, Instruction, KillSwitch
-from rmm.engine.services import batches, steps, throttles, transitions
+from rmm.engine.services import batches, fetching, steps, throttles, transitions
 from rmm.engine.states import JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent
@@ -126,6 +126,10 @@ def _sign(
             release_at=throttles.release_time(position, release_base) if spread else release_base,
             not_after=not_after,
         )
+        named = {}
+        if spec.artefacts:  # absent otherwise: a payload without artefacts is as protocol 1 had it
+            expires = int(not_after.timestamp()) + spec.timeout_seconds
+            named["artefacts"], inst.artefacts = fetching.signed_entries(agent_id, inst.id, spec.artefacts, expires)
         inst.payload = canonical_json(
             {
                 "instruction_id": str(inst.id),
@@ -141,6 +145,7 @@ def _sign(
                 "timeout_seconds": spec.timeout_seconds,
                 "privileged": spec.privileged,
                 "authority": {key: str(value) if value else None for key, value in sorted(authority.items())},
+                **named,
                 **stamps,
             }
         ).decode()

@@ -22,6 +22,7 @@ from rmm.engine.states import FINAL, JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
+from rmm_agent.protocol import ARTEFACTS_SINCE
 
 S = JobStatus
 logger = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ class CheckIn:
     keys_version: int  # the signing-key registry's version (rmm.keys.keyset.VERSION_SQL)
 
 
-def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = None) -> CheckIn:
-    """Record that the agent was seen (and, with ``key_id``, the newest signing key it holds) and
-    learn what its heartbeat needs: one statement.
+def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = None, protocol: int = 1) -> CheckIn:
+    """Record that the agent was seen (its version, the protocol it speaks and, with ``key_id``,
+    the newest signing key it holds) and learn what its heartbeat needs: one statement.
 
     Every agent calls this forever, so its SQL is written once here rather than built through
     the ORM on every call, which cost most of a heartbeat's CPU (docs/performance.md).
@@ -47,9 +48,11 @@ def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = Non
     agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        params = [moment, version, key_id, agent_id, asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
+        params = [moment, version, protocol, key_id, agent_id]
+        params += [asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
         cursor.execute(_CHECK_IN_SQL, params)
         facts_hash, switch_id, waiting, keys_version = cursor.fetchone()
+    agent.protocol = protocol  # what this heartbeat's lease, and a held one's, go by
     return CheckIn(facts_hash, _engaged_switch(switch_id), bool(waiting), int(keys_version))
 
 
@@ -98,7 +101,7 @@ _FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
 # The check-in is one round trip: the agent is seen, and learns what its heartbeat needs
 # (RETURNING: PostgreSQL, and SQLite 3.35+).
 _CHECK_IN_SQL = (
-    "UPDATE inventory_agent SET last_seen_at = %s, version = %s,"  # noqa: S608
+    "UPDATE inventory_agent SET last_seen_at = %s, version = %s, protocol = %s,"  # noqa: S608
     " signing_key_id = COALESCE(%s, signing_key_id) WHERE id = %s"
     f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}, {keyset.VERSION_SQL}"
 )
@@ -132,6 +135,7 @@ def lease(agent: Agent, capacity: int, now: datetime, switch=None) -> list[Instr
             ).order_by("issued_at", "step")[:capacity]
         )
         rows = _abort_unauthorised(rows, now)
+        rows = _abort_unfetchable(rows, agent)
         if not rows:
             return []
         room, held = throttles.room_under_ceilings(rows[0].site_id)
@@ -213,6 +217,28 @@ def _abort_unauthorised(rows: list[Instruction], now: datetime) -> list[Instruct
             end_instruction(inst, S.QUEUED, S.ABORTED, "system", f"authority withdrawn: {problem} (found at lease)")
         except Exception:  # never leased all the same; the sweep tries again
             logger.exception("lease: instruction %s without authority could not be aborted", inst.pk)
+    return kept
+
+
+def _abort_unfetchable(rows: list[Instruction], agent: Agent) -> list[Instruction]:
+    """Of the instructions about to be leased, those that name artefacts end aborted when the
+    agent speaks a protocol older than artefacts: it would ignore the field and run the step
+    without its files. The others are returned."""
+    if agent.protocol >= ARTEFACTS_SINCE:
+        return rows
+    kept = []
+    reason = (
+        f"the step names artefacts, which the agent (protocol {agent.protocol}) cannot fetch; "
+        f"update the agent to protocol {ARTEFACTS_SINCE} or later"
+    )
+    for inst in rows:
+        if not inst.artefacts:
+            kept.append(inst)
+            continue
+        try:
+            end_instruction(inst, S.QUEUED, S.ABORTED, "system", reason)
+        except Exception:  # never leased all the same; the next lease tries again
+            logger.exception("lease: instruction %s with artefacts could not be aborted", inst.pk)
     return kept
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from rmm.engine import registry
 from rmm.engine.states import JobStatus
+from rmm_agent.protocol import artefacts_problem
 
 S = JobStatus
 # An instruction that ended so stops its job whatever its policy: aborted work is stopped work,
@@ -67,11 +68,15 @@ def _why(specs: list, step: int, status: str, reason: str) -> str:
 
 
 def check(specs: list[registry.InstructionSpec]) -> None:
-    """A kind's rendering is a programming contract: at least one step, known policies."""
+    """A kind's rendering is a programming contract: at least one step, known policies,
+    usable artefacts."""
     if not specs:
         raise ValueError("a job must render at least one step")
     for spec in specs:
         if spec.on_failure not in registry.ON_FAILURE:
             raise ValueError(f"unknown on_failure policy {spec.on_failure!r}")
+        problem = artefacts_problem([dict(vars(item), url="/") for item in spec.artefacts])
+        if problem:
+            raise ValueError(problem)
     if specs[0].cleanup:
         raise ValueError("a job's first step cannot be a cleanup step")

@@ -2,12 +2,14 @@
 doors to the test-only kind, which has no API of its own)."""
 
 import json
+from pathlib import Path
 
 from django.core.management.base import BaseCommand
 
 from evidence.models import RmmEvidence
 from rmm.access import services as access_services
 from rmm.authority.models import PsaTask
+from rmm.core import blobs
 from rmm.engine import services as engine
 from rmm.inventory.models import Asset
 from tests.stepkind.jobs import create_step_job
@@ -15,14 +17,32 @@ from tests.stepkind.models import StepJob
 
 
 class Command(BaseCommand):
-    help = "Create a test-only step job (create HOSTNAME TASK STEPS [FAIL_STEP]) or show one (show JOB)."
+    help = (
+        "Create a test-only step job (create HOSTNAME TASK STEPS [FAIL_STEP] [--artefact FILE"
+        " --artefact-step N --marker PATH]) or show one (show JOB)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["create", "show"])
         parser.add_argument("args", nargs="+")
+        parser.add_argument("--artefact", help="a file to put in the blob store, named by one step")
+        parser.add_argument("--artefact-step", type=int, default=0)
+        parser.add_argument("--marker", default="", help="a path the artefact's step touches when it runs")
 
     def handle(self, *args, action, **options):
         if action == "create":
+            artefact = None
+            if options["artefact"]:
+                data = Path(options["artefact"]).read_bytes()
+                digest, _ = blobs.store(data, folder="stepkind", extension="bin", action="stepkind.artefact")
+                artefact = {
+                    "step": options["artefact_step"],
+                    "name": "payload.bin",
+                    "sha256": digest,
+                    "size": len(data),
+                    "blob": blobs.content_name("stepkind", digest, "bin"),
+                    "marker": options["marker"],
+                }
             hostname, task_id, steps, *fail = args
             user = access_services.ensure_user_with_role("stepkind-psa", "psa")
             asset = Asset.objects.select_related("site").get(hostname=hostname)
@@ -33,6 +53,7 @@ class Command(BaseCommand):
                 task=PsaTask.objects.select_related("case").get(pk=task_id),
                 steps=int(steps),
                 fail_step=int(fail[0]) if fail else None,
+                artefact=artefact,
             )
             self.stdout.write(str(job.pk))
             return
