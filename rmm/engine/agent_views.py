@@ -31,7 +31,7 @@ from rmm.engine import services as engine
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.keys import keyset
-from rmm_agent.protocol import MAX_BODY_BYTES
+from rmm_agent.protocol import CAPABILITIES, MAX_BODY_BYTES
 
 logger = logging.getLogger("django.request")  # where Django logs a view's failure
 
@@ -274,9 +274,17 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
         )
         response["Retry-After"] = str(max(1, math.ceil(spacing)))
         return response
+    rebooted = data.get("rebooted")
+    if isinstance(rebooted, str) and agent.rebooting_until is not None:  # rare: before the check-in sees its work
+        engine.came_back(agent, rebooted[:64], now)
     keys = keyset.cached()  # checked against the registry's version that the check-in returns
+    capabilities = _capabilities(data.get("capabilities"))
     seen = engine.check_in(
-        agent, now, str(data.get("agent_version") or "")[:50], keys.acknowledged(data.get("key_ids"))
+        agent,
+        now,
+        str(data.get("agent_version") or "")[:50],
+        keys.acknowledged(data.get("key_ids")),
+        capabilities if capabilities != agent.capabilities else None,
     )
     if seen.keys_version != keys.version:
         keys = keyset.current(seen.keys_version)
@@ -311,6 +319,14 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     if not (leased or answer["abort"] or facts_required or new_secret):
         response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait
     return response
+
+
+def _capabilities(value) -> str | None:
+    """The capabilities an agent names, as stored (known ones, sorted, comma-separated); None
+    when it names none (a v1 agent: what is stored stays)."""
+    if not isinstance(value, list):
+        return None
+    return ",".join(sorted({item for item in value if isinstance(item, str) and item in CAPABILITIES}))
 
 
 def _heartbeat_problems(data: dict) -> dict:

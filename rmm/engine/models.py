@@ -110,6 +110,11 @@ class Instruction(models.Model):
     abort_reason = models.TextField(
         blank=True, help_text="Set while running: its agent kills it at the next heartbeat."
     )
+    structured = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The JSON document the step's script wrote (the result's \"structured\"; docs/agent.md).",
+    )
 
     class Meta:
         indexes = [

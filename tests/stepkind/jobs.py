@@ -6,7 +6,18 @@ from rmm.engine import services as engine
 from tests.stepkind.models import StepJob
 
 
-def create_step_job(user, *, asset, task, steps=3, fail_step=None, on_failure="stop", requires_approval=False):
+def create_step_job(
+    user,
+    *,
+    asset,
+    task,
+    steps=3,
+    fail_step=None,
+    on_failure="stop",
+    requires_approval=False,
+    found=None,
+    reboot_step=None,
+):
     job = engine.create_job(
         user,
         "step",
@@ -16,5 +27,7 @@ def create_step_job(user, *, asset, task, steps=3, fail_step=None, on_failure="s
         fail_step=fail_step,
         on_failure=on_failure,
         requires_approval=requires_approval,
+        found=found,
+        reboot_step=reboot_step,
     )
     return StepJob.objects.select_related("asset", "site", "psa_task__case").get(pk=job.pk)

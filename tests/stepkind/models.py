@@ -14,6 +14,10 @@ class StepJob(JobBase):
     steps = models.PositiveSmallIntegerField(default=3)
     fail_step = models.PositiveSmallIntegerField(null=True, blank=True)
     on_failure = models.CharField(max_length=10, default="stop")
+    # Step 0 writes {"found": found} as its structured result; the kind fails a step that found any.
+    found = models.PositiveSmallIntegerField(null=True, blank=True)
+    # This step (0-based) asks for a reboot ("now") once it succeeded.
+    reboot_step = models.PositiveSmallIntegerField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -32,6 +36,7 @@ class StepResult(models.Model):
     exit_code = models.IntegerField(null=True)
     stdout = models.TextField()
     hash = models.CharField(max_length=64)
+    structured = models.JSONField(null=True)
 
     def __str__(self) -> str:
         return f"step {self.step} of {self.job}"

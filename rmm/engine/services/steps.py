@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from rmm.engine import registry
 from rmm.engine.states import JobStatus
+from rmm_agent.protocol import REBOOT_MODES
 
 S = JobStatus
 # An instruction that ended so stops its job whatever its policy: aborted work is stopped work,
@@ -73,5 +74,7 @@ def check(specs: list[registry.InstructionSpec]) -> None:
     for spec in specs:
         if spec.on_failure not in registry.ON_FAILURE:
             raise ValueError(f"unknown on_failure policy {spec.on_failure!r}")
+        if spec.reboot not in ("", *REBOOT_MODES):
+            raise ValueError(f"unknown reboot {spec.reboot!r}")
     if specs[0].cleanup:
         raise ValueError("a job's first step cannot be a cleanup step")

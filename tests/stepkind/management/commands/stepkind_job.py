@@ -20,6 +20,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["create", "show"])
         parser.add_argument("args", nargs="+")
+        parser.add_argument("--found", type=int, default=None, help="Step 0 reports this many found.")
+        parser.add_argument("--reboot-step", type=int, default=None, help="This step reboots once it succeeded.")
 
     def handle(self, *args, action, **options):
         if action == "create":
@@ -33,6 +35,8 @@ class Command(BaseCommand):
                 task=PsaTask.objects.select_related("case").get(pk=task_id),
                 steps=int(steps),
                 fail_step=int(fail[0]) if fail else None,
+                found=options["found"],
+                reboot_step=options["reboot_step"],
             )
             self.stdout.write(str(job.pk))
             return
@@ -40,8 +44,15 @@ class Command(BaseCommand):
         shown = {
             "status": job.status,
             "status_reason": job.status_reason,
+            "agent_rebooting": job.asset.agent.rebooting_until is not None,
             "instructions": [
-                {"id": str(inst.pk), "step": inst.step, "status": inst.status}
+                {
+                    "id": str(inst.pk),
+                    "step": inst.step,
+                    "status": inst.status,
+                    "reason": inst.reason,
+                    "structured": inst.structured,
+                }
                 for inst in engine.job_instructions(job).order_by("step")
             ],
             "evidence": [
