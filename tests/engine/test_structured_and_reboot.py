@@ -23,8 +23,10 @@ from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm_agent.protocol import CAPABILITIES, MAX_STRUCTURED_DEPTH
 from rmm_agent.runner import make_result
-from tests.helpers import approved_authority, heartbeat, make_agent, post_json, publish
-from tests.scripting.test_script_flow import setup  # noqa: F401 - a fixture
+from scripting.models import ScriptJob
+from tests.engine.test_result_containment import evidence_document, leased, send  # noqa: F401 - a fixture
+from tests.helpers import approved_authority, heartbeat, make_agent, post_json
+from tests.scripting.test_script_flow import setup  # noqa: F401 - the fixture leased uses
 from tests.stepkind.jobs import create_step_job
 from tests.stepkind.models import StepJob, StepResult
 
@@ -37,10 +39,6 @@ def world(site, caller):
     agent, auth = make_agent(site)
     heartbeat(auth, **V2)  # says what it can do
     return psa, agent, auth, approved_authority(site, psa.user)
-
-
-def send(auth, body):
-    return post_json(Client(), "/api/v1/agent/results/", body, HTTP_AUTHORIZATION=auth)
 
 
 def leased_one(auth, **body) -> dict:
@@ -210,21 +208,11 @@ def test_a_reboot_step_that_failed_does_not_hold_the_job(world):
     assert StepJob.objects.get(pk=job.pk).status == "running"
 
 
-def test_a_script_job_s_structured_result_is_in_its_api_result_and_evidence(setup):  # noqa: F811
-    psa, tech, approver, agent, auth, task = setup
-    script = publish(tech, approver)
-    r = psa.post(
-        "/api/v1/script-jobs/",
-        {"script": script["id"], "asset": str(agent.asset_id), "psa_task_id": str(task.pk)},
-        format="json",
-    )
-    assert r.status_code == 201, r.content
-    payload = json.loads(heartbeat(auth)["instructions"][0]["payload"])  # a v1 heartbeat: results work alike
+def test_a_script_job_s_structured_result_is_in_its_api_result_and_evidence(leased):  # noqa: F811
+    psa, auth, instruction_id = leased  # leased by a v1 heartbeat: its results work alike
     scan = {"updates": [{"name": "openssl", "version": "3.0.15"}]}
-    assert (
-        send(auth, make_result(payload["instruction_id"], "completed", exit_code=0, structured=scan)).status_code == 201
-    )
-    job = psa.get(f"/api/v1/script-jobs/{r.json()['id']}/").json()
+    body = make_result(instruction_id, "completed", exit_code=0, structured=scan)
+    assert send(auth, body).status_code == 201
+    job = psa.get(f"/api/v1/script-jobs/{ScriptJob.objects.get().pk}/").json()
     assert job["result"]["structured"] == scan
-    [evidence] = job["evidence"]
-    assert json.loads(psa.get(f"/api/v1/evidence/{evidence}/content/").content)["result"]["structured"] == scan
+    assert evidence_document(psa)["result"]["structured"] == scan
