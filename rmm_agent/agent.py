@@ -144,6 +144,7 @@ class Agent:
         # next heartbeat says (once the step's result is delivered).
         self.came_back = state.pending_reboot()
         self.rebooting = False  # a step's reboot was started: take no more work
+        self.reboot_done = threading.Event()  # its command ran (a --once run waits for it)
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -495,17 +496,21 @@ class Agent:
     def _reboot(self, instruction_id: str) -> None:
         """Deliver the step's result (it says a reboot follows), then reboot the endpoint through
         the reboot command. A result not delivered now is delivered after the restart."""
-        with contextlib.suppress(Unauthorized):
-            self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
-        command = shlex.split(os.environ.get(REBOOT_COMMAND_ENV) or DEFAULT_REBOOT_COMMAND)
-        log.warning("rebooting after %s: %s", instruction_id, " ".join(command))
         try:
-            done = subprocess.run(command, capture_output=True, timeout=REBOOT_COMMAND_TIMEOUT, check=False)  # noqa: S603 - the operator's command
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.error("reboot command failed: %s", _one_line(str(exc)))
-            return
-        if done.returncode != 0:
-            log.error("reboot command exited %s: %s", done.returncode, _one_line(done.stderr.decode(errors="replace")))
+            with contextlib.suppress(Unauthorized):
+                self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
+            command = shlex.split(os.environ.get(REBOOT_COMMAND_ENV) or DEFAULT_REBOOT_COMMAND)
+            log.warning("rebooting after %s: %s", instruction_id, " ".join(command))
+            try:
+                done = subprocess.run(command, capture_output=True, timeout=REBOOT_COMMAND_TIMEOUT, check=False)  # noqa: S603 - the operator's command
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.error("reboot command failed: %s", _one_line(str(exc)))
+                return
+            if done.returncode != 0:
+                stderr = _one_line(done.stderr.decode(errors="replace"))
+                log.error("reboot command exited %s: %s", done.returncode, stderr)
+        finally:
+            self.reboot_done.set()
 
     def abort_all(self, reason: str) -> None:
         """Kill every running process group and wait until their results are spooled."""
@@ -601,6 +606,8 @@ class Agent:
                 self.wake.wait(0.5)
                 self.wake.clear()
                 self.flush_spool()
+            if self.rebooting:  # the step's reboot runs once its result is delivered
+                self.reboot_done.wait(SHUTDOWN_FLUSH_TIMEOUT + REBOOT_COMMAND_TIMEOUT)
             if self.stop.is_set():
                 self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
                 return EXIT_OK
