@@ -23,9 +23,10 @@ from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm_agent.protocol import CAPABILITIES, MAX_STRUCTURED_DEPTH
 from rmm_agent.runner import make_result
+from scripting import services as scripting
 from scripting.models import ScriptJob
 from tests.engine.test_result_containment import evidence_document, leased, send  # noqa: F401 - a fixture
-from tests.helpers import approved_authority, heartbeat, make_agent, post_json
+from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, post_json
 from tests.scripting.test_script_flow import setup  # noqa: F401 - the fixture leased uses
 from tests.stepkind.jobs import create_step_job
 from tests.stepkind.models import StepJob, StepResult
@@ -216,3 +217,20 @@ def test_a_script_job_s_structured_result_is_in_its_api_result_and_evidence(leas
     job = psa.get(f"/api/v1/script-jobs/{ScriptJob.objects.get().pk}/").json()
     assert job["result"]["structured"] == scan
     assert evidence_document(psa)["result"]["structured"] == scan
+
+
+def test_a_step_held_for_a_reboot_is_no_wave_that_a_lost_task_s_waves_follow(
+    world, site, caller, settings, django_capture_on_commit_callbacks
+):
+    psa, task = world[0], world[3]
+    reboot_step_done(world)  # a step held until an hour and a day from now
+    script = approved_script(caller("tech", "technician").user, caller("boss", "approver").user)
+    assets = [make_agent(site, f"w{n}")[0].asset_id for n in range(2)]
+    settings.RMM_WAVE_SIZE, settings.RMM_TASKS_SYNC = 1, True
+    with django_capture_on_commit_callbacks():  # the later wave's task is lost
+        jobs = scripting.create_script_jobs(psa.user, script_id=script.pk, psa_task_id=task.pk, asset_ids=assets)
+    later = timezone.now() + timedelta(minutes=11)
+    engine.sweep(later)
+    issued = Instruction.objects.filter(job_id__in=[job.pk for job in jobs]).order_by("release_at")
+    assert len(issued) == 2
+    assert issued[1].release_at == later + timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)

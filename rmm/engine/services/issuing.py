@@ -406,7 +406,8 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
             by_requester.setdefault(requester, []).append(pk)
         users = get_user_model().objects.in_bulk(list(by_requester))
         for requester, ids in by_requester.items():
-            last = Instruction.objects.filter(status=S.QUEUED, release_at__gt=now).aggregate(last=Max("release_at"))
+            waves = Instruction.objects.filter(status=S.QUEUED, release_at__gt=now).exclude(HELD)  # not a wave
+            last = waves.aggregate(last=Max("release_at"))
             start = max(now, last["last"] or now) + interval
             try:
                 count += issue_later_waves(
