@@ -234,3 +234,12 @@ def test_a_step_held_for_a_reboot_is_no_wave_that_a_lost_task_s_waves_follow(
     issued = Instruction.objects.filter(job_id__in=[job.pk for job in jobs]).order_by("release_at")
     assert len(issued) == 2
     assert issued[1].release_at == later + timedelta(seconds=settings.RMM_WAVE_INTERVAL_SECONDS)
+
+
+def test_the_api_shows_an_agent_rebooting_and_what_it_can_do(world, caller, site):
+    _psa, agent, _auth, _task = world
+    reboot_step_done(world)
+    admin = caller("root", "admin")
+    shown = admin.get(f"/api/v1/agents/{agent.pk}/").json()
+    assert shown["capabilities"] == sorted(CAPABILITIES) and shown["rebooting_until"] is not None
+    assert admin.get(f"/api/v1/assets/{agent.asset_id}/").json()["agent"]["rebooting"] is True
