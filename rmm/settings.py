@@ -350,6 +350,9 @@ RMM_HEARTBEAT_INTERVAL = int(os.environ.get("RMM_HEARTBEAT_INTERVAL", "30"))
 # it is answered, up to one interval later, so keep this well above the interval.
 RMM_AGENT_OFFLINE_SECONDS = int(os.environ.get("RMM_AGENT_OFFLINE_SECONDS", str(5 * RMM_HEARTBEAT_INTERVAL)))
 RMM_LEASE_GRACE_SECONDS = int(os.environ.get("RMM_LEASE_GRACE_SECONDS", "60"))
+# How long an endpoint may take to come back from a reboot a step asked for: meanwhile its agent
+# is rebooting (not offline); past it, the job whose next step waited ends lost.
+RMM_REBOOT_GRACE_SECONDS = int(os.environ.get("RMM_REBOOT_GRACE_SECONDS", "900"))
 RMM_INSTRUCTION_TTL_SECONDS = int(os.environ.get("RMM_INSTRUCTION_TTL_SECONDS", str(24 * 3600)))
 # Where the proxy serves the blob store from (an nginx ``internal`` location, e.g. "/_artefacts/"):
 # set, an agent's artefact is answered with X-Accel-Redirect and the proxy sends the bytes;

@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
+import shlex
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,8 +22,10 @@ from types import FrameType
 from . import __version__, keyring
 from .artefacts import Fetcher
 from .client import Client, Response, TransportError
+from .containment import boot_id
 from .facts import collect_facts
 from .protocol import (
+    CAPABILITIES,
     PROTOCOL_VERSION,
     REASON_BAD_SIGNATURE,
     REASON_REPLAYED,
@@ -50,6 +55,10 @@ MAX_INTERVAL = 3600
 ONCE_HEARTBEAT_ATTEMPTS = 3
 ONCE_MAX_RETRY_AFTER = 60.0
 SHUTDOWN_FLUSH_TIMEOUT = 5.0
+# How a step's reboot is done; tests (and endpoints without systemd) name another command.
+REBOOT_COMMAND_ENV = "RMM_AGENT_REBOOT_COMMAND"
+DEFAULT_REBOOT_COMMAND = "systemctl reboot"
+REBOOT_COMMAND_TIMEOUT = 60.0
 
 # A rotated secret goes into an HTTP header: visible ASCII only, so no header can be injected.
 SECRET_RE = re.compile(r"[\x21-\x7e]{16,512}")
@@ -135,6 +144,11 @@ class Agent:
         self.revoked: str | None = None  # the server's 401, seen by any thread
         self.unreachable = False
         self.results_blocked_until = 0.0
+        # A reboot noted before this process started: the endpoint came back from it, which the
+        # next heartbeat says (once the step's result is delivered).
+        self.came_back = state.pending_reboot()
+        self.rebooting = False  # a step's reboot was started: take no more work
+        self.reboot_done = threading.Event()  # its command ran (a --once run waits for it)
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -253,9 +267,13 @@ class Agent:
             "protocol": PROTOCOL_VERSION,
             "facts_hash": current_hash,
             "running": running,
-            "capacity": max(0, MAX_CONCURRENT - len(running)),
+            "capacity": 0 if self.rebooting else max(0, MAX_CONCURRENT - len(running)),
             "key_ids": sorted(self.server_keys),
+            "capabilities": list(CAPABILITIES),
         }
+        came_back = self.came_back
+        if came_back is not None and not self.state.is_spooled(came_back["instruction_id"]):
+            body["rebooted"] = came_back["instruction_id"]
         send_facts = self.state.acked_facts_hash() != current_hash
         if send_facts:
             body["facts"] = facts
@@ -280,6 +298,10 @@ class Agent:
                 _one_line(answer.detail),
             )
             return HeartbeatAnswer(ok=False)
+        if "rebooted" in body:  # the server heard it: its next step may be issued
+            self.state.clear_reboot()
+            self.came_back = None
+            log.info("reported coming back from the reboot after %s", body["rebooted"])
         return self._accept_heartbeat(answer, current_hash if send_facts else None)
 
     def _accept_heartbeat(self, answer: Response, sent_hash: str | None) -> HeartbeatAnswer:
@@ -460,13 +482,40 @@ class Agent:
         except Exception as exc:  # every leased instruction must still yield a result
             log.exception("agent failure while running %s", instruction_id)
             result = make_result(instruction_id, "error", reason=f"agent error: {exc}")
+        reboot = result.get("reboot") is True
         try:
+            if reboot:  # noted first: a restart, whenever it comes, reports that it came back
+                self.state.save_reboot(
+                    {"instruction_id": instruction_id, "boot_id": boot_id(), "requested_at": now_utc().isoformat()}
+                )
+                self.rebooting = True
             self._spool(result)
             self.runner.finish(instruction_id)  # its record goes only once the result is safe
         finally:
             with self.lock:
                 self.running.pop(instruction_id, None)
             self.wake.set()
+        if reboot:
+            self._reboot(instruction_id)
+
+    def _reboot(self, instruction_id: str) -> None:
+        """Deliver the step's result (it says a reboot follows), then reboot the endpoint through
+        the reboot command. A result not delivered now is delivered after the restart."""
+        try:
+            with contextlib.suppress(Unauthorized):
+                self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
+            command = shlex.split(os.environ.get(REBOOT_COMMAND_ENV) or DEFAULT_REBOOT_COMMAND)
+            log.warning("rebooting after %s: %s", instruction_id, " ".join(command))
+            try:
+                done = subprocess.run(command, capture_output=True, timeout=REBOOT_COMMAND_TIMEOUT, check=False)  # noqa: S603 - the operator's command
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.error("reboot command failed: %s", _one_line(str(exc)))
+                return
+            if done.returncode != 0:
+                stderr = _one_line(done.stderr.decode(errors="replace"))
+                log.error("reboot command exited %s: %s", done.returncode, stderr)
+        finally:
+            self.reboot_done.set()
 
     def abort_all(self, reason: str) -> None:
         """Kill every running process group and wait until their results are spooled."""
@@ -562,6 +611,8 @@ class Agent:
                 self.wake.wait(0.5)
                 self.wake.clear()
                 self.flush_spool()
+            if self.rebooting:  # the step's reboot runs once its result is delivered
+                self.reboot_done.wait(SHUTDOWN_FLUSH_TIMEOUT + REBOOT_COMMAND_TIMEOUT)
             if self.stop.is_set():
                 self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
                 return EXIT_OK

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -60,7 +61,23 @@ RESULT_HASH_FIELDS = (
     "truncated_for_delivery",
     "original_hash",
     "containment",
+    "structured",
+    "structured_error",
+    "reboot",
 )
+# A structured result: the JSON document a script writes to the file named by RESULT_PATH_ENV,
+# at most this many bytes, nested at most this deep; read by the agent once the script ended.
+RESULT_PATH_ENV = "RMM_RESULT_PATH"
+MAX_STRUCTURED_BYTES = 256 * 1024
+MAX_STRUCTURED_DEPTH = 32
+# What a step may ask of the endpoint after its script succeeded (the payload's ``reboot``).
+REBOOT_MODES = ("now", "if_pending")
+# What an agent says it can do (its heartbeat's ``capabilities``); the server sends a step that
+# needs one only to an agent that named it.
+CAPABILITY_STRUCTURED_RESULT = "structured_result"
+CAPABILITY_REBOOT = "reboot"
+CAPABILITY_ARTEFACTS = "artefacts"  # also implied by protocol 2, which the server goes by
+CAPABILITIES = (CAPABILITY_STRUCTURED_RESULT, CAPABILITY_REBOOT, CAPABILITY_ARTEFACTS)
 # How an instruction's processes were ended (the result's optional ``containment.method``).
 CONTAINMENT_METHODS = ("cgroup", "account", "process_group")
 
@@ -145,6 +162,48 @@ def facts_hash(facts: dict) -> str:
 def result_hash(result: dict) -> str:
     """Hash over the result's evidence fields, so the server can check what it stores."""
     return sha256_hex(canonical_json({key: result[key] for key in RESULT_HASH_FIELDS if key in result}))
+
+
+def structured_problem(document: Any) -> str | None:
+    """Why a structured result cannot be stored, or None. Both sides check it: the agent before
+    it sends one, the server when it takes one in. An object or an array, at most
+    :data:`MAX_STRUCTURED_BYTES` as canonical JSON and :data:`MAX_STRUCTURED_DEPTH` deep, finite
+    numbers, and text that databases store (no NUL, no lone surrogate)."""
+    if not isinstance(document, (dict, list)):
+        return "not a JSON object or array"
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_STRUCTURED_DEPTH:
+            return f"nested deeper than {MAX_STRUCTURED_DEPTH}"
+        if isinstance(value, dict):
+            if not all(isinstance(key, str) for key in value):
+                return "an object key is not a string"
+            stack.extend((item, depth + 1) for item in (*value.keys(), *value.values()))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            if "\x00" in value or not _encodable(value):
+                return "a string holds NUL or a lone surrogate"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return "a number is not finite"
+        elif value is not None and not isinstance(value, (bool, int, float)):
+            return "not JSON"
+    try:
+        size = len(canonical_json(document))
+    except (TypeError, ValueError, RecursionError):
+        return "not JSON"
+    if size > MAX_STRUCTURED_BYTES:
+        return f"larger than {MAX_STRUCTURED_BYTES} bytes"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_body(body: dict) -> bytes:
@@ -289,7 +348,8 @@ def _check_shape(payload: dict, instruction_id: str | None) -> None:
     arguments = payload.get("arguments", [])
     privileged = payload.get("privileged", False)
     if (
-        instruction_id is None
+        payload.get("reboot") not in (None, *REBOOT_MODES)
+        or instruction_id is None
         or isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))
         or timeout <= 0

@@ -27,6 +27,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -58,13 +59,16 @@ from .protocol import (
     DELIVERY_STREAM_BYTES,
     MAX_BODY_BYTES,
     MAX_STREAM_BYTES,
+    MAX_STRUCTURED_BYTES,
     REASON_ARTEFACT_MISMATCH,
+    RESULT_PATH_ENV,
     decode_stream,
     encode_body,
     encode_stream,
     iso_utc,
     result_hash,
     sendable_text,
+    structured_problem,
 )
 from .state import atomic_write_json
 
@@ -76,6 +80,10 @@ READER_JOIN_SECONDS = 5.0
 DEFAULT_RUN_AS = "rmm-run"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_BIN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
+
+RESULT_FILE = "result.json"  # in the work dir: the structured result the script may write
+# The file whose presence says the OS wants a reboot (Debian's; a step's ``reboot: "if_pending"``).
+REBOOT_REQUIRED_PATH = "/var/run/reboot-required"
 
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -134,6 +142,9 @@ def make_result(
     finished_at: datetime | None = None,
     reason: str | None = None,
     containment: dict | None = None,
+    structured: object = None,
+    structured_error: str | None = None,
+    reboot: bool | None = None,
 ) -> dict:
     """Build a result body exactly as the results endpoint expects, hash included.
 
@@ -142,7 +153,9 @@ def make_result(
     encoded body fits :data:`~rmm_agent.protocol.MAX_BODY_BYTES`.
 
     ``containment`` (what ended the instruction's processes, and which had to be killed) is
-    sent only for instructions that ran.
+    sent only for instructions that ran; ``structured`` (the script's JSON document) or
+    ``structured_error`` (why the one it wrote is unusable) only when it wrote one; ``reboot``
+    only for a step that asked for one (True: the endpoint reboots once the result is sent).
     """
     finished = finished_at or now_utc()
     result = {
@@ -157,6 +170,12 @@ def make_result(
     }
     if containment is not None:
         result["containment"] = containment
+    if structured is not None:
+        result["structured"] = structured
+    if structured_error is not None:
+        result["structured_error"] = sendable_text(structured_error, 200)
+    if reboot is not None:
+        result["reboot"] = reboot
     return seal_result(result, {"stdout": _as_bytes(stdout), "stderr": _as_bytes(stderr)})
 
 
@@ -197,10 +216,12 @@ def truncated_for_delivery(result: dict) -> dict | None:
         except ValueError:
             streams[name] = b""  # a stream that does not decode cannot be sent either
     again = bool(result.get("truncated_for_delivery"))
-    if again and not any(streams.values()):
+    if again and not any(streams.values()) and "structured" not in result:
         return None
     keep = 0 if again else DELIVERY_STREAM_BYTES
     smaller = {key: value for key, value in result.items() if key != "hash"}
+    if again and smaller.pop("structured", None) is not None:
+        smaller["structured_error"] = "dropped: the server refused the result with it"
     for name, data in streams.items():
         if len(data) > keep:
             streams[name] = data[:keep]
@@ -216,6 +237,52 @@ def truncated_for_delivery(result: dict) -> dict | None:
 def refused_result(instruction_id: str, reason: str) -> dict:
     """A refusal is reported like any other result, but nothing was executed."""
     return make_result(instruction_id, "refused", reason=reason)
+
+
+def read_structured(dir_fd: int, account: Account | None) -> tuple[object, str | None]:
+    """(the document, why it is unusable) of the structured result the script left in its work
+    dir (``dir_fd``); (None, None) when it wrote none. Opened relative to the work dir without
+    following a link, and only a regular file of the script's own account with one link: the
+    script cannot make the agent read anything of anyone else's."""
+    try:
+        fd = os.open(RESULT_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"not readable: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        owner = account.uid if account is not None else os.geteuid()
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner or st.st_nlink != 1:
+            return None, "not a regular file of the script's own account"
+        if st.st_size > MAX_STRUCTURED_BYTES:
+            return None, f"larger than {MAX_STRUCTURED_BYTES} bytes"
+        data = os.read(fd, MAX_STRUCTURED_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_STRUCTURED_BYTES:
+        return None, f"larger than {MAX_STRUCTURED_BYTES} bytes"
+    try:
+        document = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None, "not JSON"
+    problem = structured_problem(document)
+    return (None, problem) if problem else (document, None)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def reboot_follows(payload: dict, outcome: str, exit_code: int | None, structured_error: str | None) -> bool | None:
+    """For a step that asks for a reboot: whether the endpoint reboots after it (its script
+    succeeded, and for ``if_pending`` the OS says one is pending); None for other steps."""
+    mode = payload.get("reboot")
+    if mode is None:
+        return None
+    if outcome != "completed" or exit_code != 0 or structured_error is not None:
+        return False
+    return mode == "now" or os.path.exists(os.environ.get("RMM_AGENT_REBOOT_REQUIRED_PATH", REBOOT_REQUIRED_PATH))
 
 
 def drop_to_account(payload: dict, run_as: str | None) -> str | None:
@@ -385,14 +452,18 @@ def sealed_script(payload: dict) -> int:
     return fd
 
 
-def _environment(instruction_id: str, workdir: Path, account: Account | None) -> dict[str, str]:
-    """The minimal environment: nothing of the agent's (secrets, proxies) leaks into scripts."""
+def _environment(instruction_id: str, workdir: Path, account: Account | None, dir_fd: int) -> dict[str, str]:
+    """The minimal environment: nothing of the agent's (secrets, proxies) leaks into scripts;
+    where to write a structured result: in the work dir, through the descriptor the script
+    inherits (the run-as account cannot reach the work dir by its path: the state dir is closed
+    to it)."""
     home = str(workdir) if account is not None else os.environ.get("HOME", str(workdir))
     return {
         "PATH": os.environ.get("PATH", DEFAULT_PATH),
         "HOME": home,
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         ENV_TAG: instruction_id,
+        RESULT_PATH_ENV: f"/dev/fd/{dir_fd}/{RESULT_FILE}",
     }
 
 
@@ -444,6 +515,7 @@ class _Launch:
     procs_fd: int | None = None
     deadline: float = 0.0  # monotonic: the instruction's timeout counts from before its fetches
     artefact_fds: dict[str, int] | None = None  # the script's variable -> its verified file
+    workdir_fd: int | None = None
 
 
 class Runner:
@@ -732,6 +804,7 @@ class Runner:
             self._fetch_artefacts(launch, payload, abort)
         fetched = launch.artefact_fds or {}
         launch.workdir = self._make_workdir(instruction_id, account)
+        launch.workdir_fd = os.open(launch.workdir, DIR_FLAGS)
         procs_fd = None
         if launch.cgroup is not None:
             launch.cgroup.create()
@@ -742,13 +815,16 @@ class Runner:
         proc = subprocess.Popen(
             [program, f"/dev/fd/{launch.script_fd}", *payload.get("arguments", [])],
             cwd=launch.workdir,
-            env={**_environment(instruction_id, launch.workdir, account), **_artefact_paths(fetched)},
+            env={
+                **_environment(instruction_id, launch.workdir, account, launch.workdir_fd),
+                **_artefact_paths(fetched),
+            },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
-            pass_fds=(launch.script_fd, *fetched.values()),
+            pass_fds=(launch.script_fd, launch.workdir_fd, *fetched.values()),
             preexec_fn=_enter(procs_fd, account) if procs_fd is not None or account is not None else None,  # noqa: PLW1509 - syscalls only, see _enter
         )
         launch.leader = process_info(proc.pid)
@@ -758,7 +834,7 @@ class Runner:
 
     def _clean_up(self, launch: _Launch) -> None:
         """Close its descriptors, remove its cgroup and its work dir (its processes are ended)."""
-        for fd in (launch.script_fd, launch.procs_fd, *(launch.artefact_fds or {}).values()):
+        for fd in (launch.script_fd, launch.procs_fd, launch.workdir_fd, *(launch.artefact_fds or {}).values()):
             if fd is not None:
                 os.close(fd)
         self._remove_artefacts(launch.instruction_id)
@@ -807,6 +883,7 @@ class Runner:
             exit_code = returncode
             if returncode < 0:
                 reason = f"killed by signal {_signal_name(-returncode)}"
+        structured, structured_error = read_structured(launch.workdir_fd, launch.account)  # type: ignore[arg-type]
         return make_result(
             payload["instruction_id"],
             outcome,
@@ -819,6 +896,9 @@ class Runner:
             finished_at=now_utc(),
             reason=reason,
             containment=contained,
+            structured=structured,
+            structured_error=structured_error,
+            reboot=reboot_follows(payload, outcome, exit_code, structured_error),
         )
 
     # -- after a restart ----------------------------------------------------------------------

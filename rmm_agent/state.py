@@ -8,6 +8,7 @@ Layout::
     DIR/spool/<id>.json results not yet accepted by the server
     DIR/running/<id>.json a record of each running instruction (how to end it after a crash)
     DIR/work/<id>/      an instruction's work dir (its cwd) while it runs
+    DIR/reboot.json     the step after which the endpoint reboots, until the server heard it came back
 
 Everything is written atomically (temp file, fsync, rename) so a crash or power loss never
 leaves a half-written secret or a half-written result behind.
@@ -98,6 +99,7 @@ class StateDir:
         self.spool_dir = self.root / "spool"
         self.work_dir = self.root / "work"
         self.running_dir = self.root / "running"
+        self.reboot_path = self.root / "reboot.json"
 
     def ensure(self, *, tighten: bool = False) -> None:
         """Create the directories; with ``tighten`` force the root to 0700 (it holds a secret)."""
@@ -171,6 +173,30 @@ class StateDir:
             return
         state["acked_facts_hash"] = value
         self.save_state(state)
+
+    # -- a reboot a step asked for ------------------------------------------------------------
+
+    def save_reboot(self, record: dict) -> None:
+        """Durably note the step after which the endpoint reboots (before its result is sent)."""
+        atomic_write_json(self.reboot_path, record, mode=0o600)
+
+    def pending_reboot(self) -> dict | None:
+        """The noted reboot, or None (a damaged note is dropped: the server's grace ends the job)."""
+        try:
+            record = json.loads(self.reboot_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("reboot record %s is unreadable (%s); dropped", self.reboot_path.name, exc)
+            self.clear_reboot()
+            return None
+        ok = isinstance(record, dict) and isinstance(record.get("instruction_id"), str)
+        return record if ok else None
+
+    def clear_reboot(self) -> None:
+        """Forget the noted reboot once the server heard that the endpoint came back."""
+        with contextlib.suppress(FileNotFoundError):
+            self.reboot_path.unlink()
 
     # -- replay ledger ------------------------------------------------------------------------
 

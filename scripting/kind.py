@@ -51,6 +51,7 @@ def _result_row(job: ScriptJob, inst, result: dict) -> ScriptResult:
         hash=inst.result_hash,
         stdout_truncated=result.get("stdout_truncated") is True,
         stderr_truncated=result.get("stderr_truncated") is True,
+        structured=result.get("structured"),
     )
 
 
@@ -125,6 +126,7 @@ def _document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
             "stdout_truncated": stored.stdout_truncated if stored else False,
             "stderr_truncated": stored.stderr_truncated if stored else False,
             "containment": inst.containment,
+            "structured": inst.structured,
         },
     }
 

@@ -83,6 +83,9 @@ class ScriptResult(models.Model):
     hash = models.CharField(max_length=64)
     stdout_truncated = models.BooleanField(default=False)
     stderr_truncated = models.BooleanField(default=False)
+    structured = models.JSONField(
+        null=True, blank=True, help_text="The JSON document the script wrote (docs/agent.md, Structured results)."
+    )
     received_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

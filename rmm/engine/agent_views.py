@@ -34,7 +34,7 @@ from rmm.engine.services import fetching
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.keys import keyset
-from rmm_agent.protocol import MAX_BODY_BYTES, PROTOCOL_VERSION
+from rmm_agent.protocol import CAPABILITIES, MAX_BODY_BYTES, PROTOCOL_VERSION
 
 logger = logging.getLogger("django.request")  # where Django logs a view's failure
 
@@ -277,13 +277,18 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
         )
         response["Retry-After"] = str(max(1, math.ceil(spacing)))
         return response
+    rebooted = data.get("rebooted")
+    if isinstance(rebooted, str) and agent.rebooting_until is not None:  # rare: before the check-in sees its work
+        engine.came_back(agent, rebooted[:64], now)
     keys = keyset.cached()  # checked against the registry's version that the check-in returns
+    capabilities = _capabilities(data.get("capabilities"))
     seen = engine.check_in(
         agent,
         now,
         str(data.get("agent_version") or "")[:50],
         keys.acknowledged(data.get("key_ids")),
         _protocol(data.get("protocol")),
+        capabilities if capabilities != agent.capabilities else None,
     )
     if seen.keys_version != keys.version:
         keys = keyset.current(seen.keys_version)
@@ -326,6 +331,14 @@ def _protocol(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return 1
     return min(value, PROTOCOL_VERSION)
+
+
+def _capabilities(value) -> str | None:
+    """The capabilities an agent names, as stored (known ones, sorted, comma-separated); None
+    when it names none (a v1 agent: what is stored stays)."""
+    if not isinstance(value, list):
+        return None
+    return ",".join(sorted({item for item in value if isinstance(item, str) and item in CAPABILITIES}))
 
 
 def _heartbeat_problems(data: dict) -> dict:

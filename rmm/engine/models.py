@@ -115,6 +115,11 @@ class Instruction(models.Model):
         blank=True,
         help_text="The files its step names ({name, sha256, size, blob}): what its agent may fetch while it runs.",
     )
+    structured = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The JSON document the step's script wrote (the result's \"structured\"; docs/agent.md).",
+    )
 
     class Meta:
         indexes = [

@@ -51,6 +51,10 @@ class InstructionSpec:
     cleanup: bool = False
     # Files the agent fetches and verifies before the step runs (agents of protocol 2 and later).
     artefacts: tuple[Artefact, ...] = ()
+    # "now" or "if_pending" (the OS says one is pending): the endpoint reboots once the step
+    # succeeded, and the job's next step waits until its agent came back (docs/agent.md).
+    # Issued only to an agent that can (its heartbeat's capabilities name "reboot").
+    reboot: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,11 @@ class JobKind:
     # result table), passed to evidence_document; called inside the engine's transaction, for
     # every instruction its agent reported on (late results too)
     store_result: Callable[[Any, Any, dict], Any] = lambda job, inst, result: None
+    # (instruction, result dict) -> (status, reason) that the agent's result means for the
+    # instruction, or None for the engine's reading (completed with exit 0: succeeded). The
+    # result's "structured" is the step's JSON document (a scan, a detection check), so a kind
+    # decides success from it. Pure: called inside the engine's transaction, for many at once.
+    judge: Callable[[Any, dict], tuple[str, str] | None] | None = None
     # [(job, instruction, result dict), ...] -> what store_result returns for each, in order, at
     # once (one insert for many results taken in together); None: store_result for each
     store_results: Callable[[list[tuple[Any, Any, dict]]], list] | None = None

@@ -99,9 +99,19 @@ class Agent(models.Model):
     offline_since = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_reason = models.TextField(blank=True)
+    # What the agent says it can do (its heartbeat's capabilities, comma-separated, sorted);
+    # blank for agents that say nothing (v1). A step that needs one goes only to an agent that has it.
+    capabilities = models.CharField(max_length=200, blank=True)
+    # Set when a step's result says the endpoint reboots: until then the agent is rebooting, not
+    # offline, and its job's next step waits for it to come back (docs/agent.md, Reboots).
+    rebooting_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"agent of {self.asset_id}"
+
+    def can(self, capability: str) -> bool:
+        """Whether the agent said it can do ``capability`` (rmm_agent.protocol.CAPABILITIES)."""
+        return capability in self.capabilities.split(",")
 
 
 class RefusalWindow(models.Model):

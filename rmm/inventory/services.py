@@ -11,7 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from rmm.access import roles as access
@@ -383,7 +383,8 @@ def mark_presence(now) -> int:
     cutoff = now - timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
     live = Agent.objects.filter(revoked_at__isnull=True, last_seen_at__isnull=False)
     fields = ("pk", "asset_id", "asset__site_id", "asset__hostname", "last_seen_at")
-    gone = live.filter(offline_since__isnull=True, last_seen_at__lt=cutoff)
+    rebooting = Q(rebooting_until__gte=now)  # not offline: rebooting, within its grace
+    gone = live.filter(offline_since__isnull=True, last_seen_at__lt=cutoff).exclude(rebooting)
     back = live.filter(offline_since__isnull=False, last_seen_at__gte=cutoff)
     if not (gone | back).exists():
         return 0  # the usual minute: no lock taken, which every lease and result would wait for
@@ -392,9 +393,9 @@ def mark_presence(now) -> int:
         gone, back = (list(rows.values_list(*fields)[:PRESENCE_BATCH]) for rows in (gone, back))
         if gone:  # not seen since the look (a heartbeat does not wait for this lock)
             ids = [row[0] for row in gone]
-            Agent.objects.filter(pk__in=ids, offline_since__isnull=True, last_seen_at__lt=cutoff).update(
-                offline_since=now
-            )
+            Agent.objects.filter(pk__in=ids, offline_since__isnull=True, last_seen_at__lt=cutoff).exclude(
+                rebooting
+            ).update(offline_since=now)
             marked = set(Agent.objects.filter(pk__in=ids, offline_since=now).values_list("pk", flat=True))
             gone = [row for row in gone if row[0] in marked]
         if back:
@@ -412,6 +413,45 @@ def mark_presence(now) -> int:
             for pk, asset_id, site_id, hostname, seen in rows
         )
     return len(gone) + len(back)
+
+
+def mark_rebooting(agent_id, actor, after) -> timedelta:
+    """A step's result says the agent's endpoint reboots now (``after``: that instruction): the
+    agent is rebooting, not offline, for ``RMM_REBOOT_GRACE_SECONDS``, which is returned."""
+    grace = timedelta(seconds=settings.RMM_REBOOT_GRACE_SECONDS)
+    until = timezone.now() + grace
+    Agent.objects.filter(pk=agent_id).update(rebooting_until=until)
+    history.append_many(
+        [
+            history.Event(
+                history.actor_of(actor),
+                "agent.rebooting",
+                Agent._meta.label_lower,
+                str(agent_id),
+                after.site_id,
+                {"after_instruction": str(after.pk), "until": until.isoformat()},
+            )
+        ]
+    )
+    return grace
+
+
+def came_back(agent: Agent, after: str) -> bool:
+    """The agent says it came back from the reboot after instruction ``after``: rebooting no
+    more. False when it was not rebooting (a repeat, or its grace had run out)."""
+    if not Agent.objects.filter(pk=agent.pk, rebooting_until__isnull=False).update(rebooting_until=None):
+        return False
+    agent.rebooting_until = None
+    history.append(agent, "agent.came_back", agent, site_id=agent.asset.site_id, payload={"after_instruction": after})
+    return True
+
+
+def end_reboots(now) -> list:
+    """Agents whose reboot's grace ran out are rebooting no more (they become offline as any
+    agent not seen); returns their ids."""
+    ids = list(Agent.objects.filter(rebooting_until__lt=now).values_list("pk", flat=True))
+    Agent.objects.filter(pk__in=ids, rebooting_until__lt=now).update(rebooting_until=None)
+    return ids
 
 
 def record_unauthenticated_refusal(

@@ -76,6 +76,9 @@ class ScriptResultSerializer(serializers.Serializer):
     hash = serializers.CharField()
     stdout_truncated = serializers.BooleanField()
     stderr_truncated = serializers.BooleanField()
+    structured = serializers.JSONField(
+        allow_null=True, help_text="The JSON document the script wrote to $RMM_RESULT_PATH, or null (docs/agent.md)."
+    )
 
 
 class ScriptJobSerializer(serializers.ModelSerializer):

@@ -75,7 +75,7 @@ def test_arguments_environment_and_work_dir(tmp_path: Path, monkeypatch: pytest.
     assert f"RMM_INSTRUCTION_ID={payload['instruction_id']}" in lines
     assert "must-not-leak" not in result["stdout"]
     names = {line.split("=", 1)[0] for line in lines[1:] if "=" in line}
-    assert names <= {"PATH", "HOME", "LANG", "RMM_INSTRUCTION_ID", "PWD", "SHLVL", "cwd", "zero"}
+    assert names <= {"PATH", "HOME", "LANG", "RMM_INSTRUCTION_ID", "RMM_RESULT_PATH", "PWD", "SHLVL", "cwd", "zero"}
     cwd = Path(next(line for line in lines if line.startswith("cwd="))[4:])
     assert cwd == tmp_path / "work" / payload["instruction_id"]
     assert "kept" in lines, "the script may write in its work dir"

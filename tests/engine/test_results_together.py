@@ -103,6 +103,22 @@ def test_their_queries_do_not_grow_with_their_number(world):
     assert for_many == for_few <= MAX_TOGETHER_QUERIES, (for_few, for_many)
 
 
+def test_structured_results_taken_together_are_stored_at_no_query_more(world):
+    plain, scans = leased(world, 3, "plain"), leased(world, 3, "scans")
+    _, for_plain = take_in([(agent, body(inst_id)) for agent, inst_id in plain])
+    scanned = [
+        (agent, make_result(inst_id, "completed", exit_code=0, structured={"n": n}))
+        for n, (agent, inst_id) in enumerate(scans)
+    ]
+    answers, for_scans = take_in(scanned)
+    assert answers == [(201, {"status": "accepted"})] * 3
+    assert for_scans == for_plain
+    for n, (_, inst_id) in enumerate(scans):
+        inst = Instruction.objects.get(pk=inst_id)
+        assert inst.structured == {"n": n}
+        assert ScriptResult.objects.get(job_id=inst.job_id).structured == {"n": n}
+
+
 def test_a_result_that_cannot_join_the_others_is_answered_alone(world):
     work = leased(world, 4, "mixed")
     (a, first), (b, second), (c, third), (d, fourth) = work

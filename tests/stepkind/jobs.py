@@ -7,7 +7,17 @@ from tests.stepkind.models import StepJob
 
 
 def create_step_job(
-    user, *, asset, task, steps=3, fail_step=None, on_failure="stop", requires_approval=False, artefact=None
+    user,
+    *,
+    asset,
+    task,
+    steps=3,
+    fail_step=None,
+    on_failure="stop",
+    requires_approval=False,
+    found=None,
+    reboot_step=None,
+    artefact=None,
 ):
     job = engine.create_job(
         user,
@@ -19,5 +29,7 @@ def create_step_job(
         on_failure=on_failure,
         requires_approval=requires_approval,
         artefact=artefact,
+        found=found,
+        reboot_step=reboot_step,
     )
     return StepJob.objects.select_related("asset", "site", "psa_task__case").get(pk=job.pk)

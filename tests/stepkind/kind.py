@@ -1,5 +1,6 @@
 """The test-only "step" job kind: each step prints its number; one may be made to fail, and one
-may name an artefact (a blob of the store), which it prints the hash and size of."""
+may name an artefact (a blob of the store), which it prints the hash and size of; step 0 may
+report what it found as a structured result, and one step may ask for a reboot."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import shlex
 
 from rmm.core.text import display_text
 from rmm.engine import registry
+from rmm.engine.states import JobStatus
 from rmm_agent.protocol import artefact_env_name
 from tests.stepkind.models import StepJob, StepResult
 
 STEP_RESULT = "step_result"
+
+
+def _report_found(found: int) -> str:
+    """Shell that writes the step's structured result: what it found."""
+    return f'printf \'{{"found": {found}}}\' > "$RMM_RESULT_PATH"\n'
 
 
 def render(job: StepJob) -> list[registry.InstructionSpec]:
@@ -18,10 +25,14 @@ def render(job: StepJob) -> list[registry.InstructionSpec]:
         registry.InstructionSpec(
             asset=job.asset,
             interpreter="sh",
-            content=f"echo 'step {n}'\n" + _uses_artefact(job, n) + ("exit 1\n" if n == job.fail_step else ""),
+            content=f"echo 'step {n}'\n"
+            + _uses_artefact(job, n)
+            + (_report_found(job.found) if n == 0 and job.found is not None else "")
+            + ("exit 1\n" if n == job.fail_step else ""),
             timeout_seconds=60,
             on_failure=job.on_failure,
             artefacts=_artefacts(job, n),
+            reboot="now" if n == job.reboot_step else "",
         )
         for n in range(job.steps)
     ]
@@ -55,7 +66,17 @@ def store_result(job: StepJob, inst, result: dict) -> StepResult:
         exit_code=result.get("exit_code"),
         stdout=display_text(result["stdout"])[0],
         hash=inst.result_hash,
+        structured=result.get("structured"),
     )
+
+
+def judge(inst, result: dict) -> tuple[str, str] | None:
+    """A step whose structured result found something failed (a scan that found what it looks for)."""
+    document = result.get("structured")
+    found = document.get("found") if isinstance(document, dict) else None
+    if isinstance(found, int) and found > 0:
+        return JobStatus.FAILED, f"found {found}"
+    return None
 
 
 def evidence_document(job: StepJob, inst, stored: StepResult | None, result: dict, late: bool) -> dict:
@@ -72,6 +93,7 @@ def evidence_document(job: StepJob, inst, stored: StepResult | None, result: dic
             "reason": inst.reason,
             "hash": inst.result_hash or None,
             "stdout": stored.stdout if stored else None,
+            "structured": inst.structured,
             "late": late,
         },
     }
@@ -83,12 +105,21 @@ def prepare(
     fail_step: int | None = None,
     on_failure: str = registry.STOP,
     requires_approval=False,
+    found: int | None = None,
+    reboot_step: int | None = None,
     artefact: dict | None = None,
 ):
-    """The step kind's parameters: how many steps, which one fails, what follows a failure, and
-    the artefact one step names."""
+    """The step kind's parameters: how many steps, which one fails, what follows a failure, what
+    step 0 reports found, which step reboots, and the artefact one step names."""
     return registry.NewJob(
-        fields={"steps": steps, "fail_step": fail_step, "on_failure": on_failure, "artefact": artefact},
+        fields={
+            "steps": steps,
+            "fail_step": fail_step,
+            "on_failure": on_failure,
+            "found": found,
+            "reboot_step": reboot_step,
+            "artefact": artefact,
+        },
         requires_approval=requires_approval,
         names={"steps": str(steps)},
     )
@@ -104,6 +135,7 @@ registry.register(
         evidence_entity="step_job",
         evidence_document=evidence_document,
         store_result=store_result,
+        judge=judge,
         describe=lambda job: f"{job.steps} steps on {job.asset.hostname}",
         select_related=("asset", "site", "psa_task__case", "requested_by", "decided_by"),
     )

@@ -17,6 +17,10 @@ class StepJob(JobBase):
     # A step that names an artefact: {"step", "name", "sha256", "size", "blob", "marker"}; the
     # step prints the artefact's sha256 as the agent gave it, and touches "marker" when it runs.
     artefact = models.JSONField(null=True, blank=True)
+    # Step 0 writes {"found": found} as its structured result; the kind fails a step that found any.
+    found = models.PositiveSmallIntegerField(null=True, blank=True)
+    # This step (0-based) asks for a reboot ("now") once it succeeded.
+    reboot_step = models.PositiveSmallIntegerField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -35,6 +39,7 @@ class StepResult(models.Model):
     exit_code = models.IntegerField(null=True)
     stdout = models.TextField()
     hash = models.CharField(max_length=64)
+    structured = models.JSONField(null=True)
 
     def __str__(self) -> str:
         return f"step {self.step} of {self.job}"

@@ -27,6 +27,7 @@ from rmm.engine.services.issuing import CLOCK_SLACK as CLOCK_SLACK
 from rmm.engine.services.issuing import issue_instructions as issue_instructions
 from rmm.engine.services.issuing import issue_later_waves as issue_later_waves
 from rmm.engine.services.issuing import job_instructions as job_instructions
+from rmm.engine.services.leasing import came_back as came_back
 from rmm.engine.services.leasing import check_in as check_in
 from rmm.engine.services.leasing import envelope as envelope
 from rmm.engine.services.leasing import lease as lease

@@ -26,10 +26,14 @@ from rmm.engine.states import JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
-from rmm_agent.protocol import INTERPRETERS, canonical_json, iso_utc
+from rmm_agent.protocol import CAPABILITY_REBOOT, INTERPRETERS, canonical_json, iso_utc
 
 S = JobStatus
 logger = logging.getLogger(__name__)
+
+# A step held for its agent to come back from a reboot: released at its not_after, which no lease
+# takes (leases want release_at <= now < not_after), until the agent's return releases it now.
+HELD = Q(status=S.QUEUED, release_at=F("not_after"))
 
 
 def issue_instructions(job, actor, *, wave_offset: int = 0) -> list[Instruction]:
@@ -85,24 +89,39 @@ def _sign(
     release_base: datetime | None = None,
     *,
     spread: bool = True,
+    hold: timedelta | None = None,
 ) -> list[Instruction]:
     """Build and sign one unsaved instruction per (job, spec, step), the n-th released in wave
     n // ``RMM_WAVE_SIZE`` counted from ``release_base`` (by default now), or all at
-    ``release_base`` without ``spread`` (a batch's ring). Every asset must have an agent."""
+    ``release_base`` without ``spread`` (a batch's ring). Every asset must have an agent, and
+    one that can do what each step needs (a reboot). With ``hold`` (a step after a reboot) each
+    is held: released at its ``not_after``, ``hold`` later than usual, that is never, until its
+    agent comes back (:data:`HELD`)."""
     keys = keyset.current()  # first: a key made now, for a new server's first signature, is valid from now
     now = timezone.now()
     release_base = release_base or now
-    not_after = now + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
+    not_after = now + (hold or timedelta(0)) + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
+    if hold is not None:
+        release_base, spread = not_after, False
     stamps = {"issued_at": iso_utc(now), "not_after": iso_utc(not_after)}
     rows = []
     digests: dict[str, str] = {}  # a batch signs one content thousands of times: hash it once
     # Each agent's instructions are signed with the newest key it has acknowledged holding.
-    acknowledged = dict(Agent.objects.filter(pk__in=set(agents.values())).values_list("pk", "signing_key_id"))
+    acknowledged, capable = {}, {}
+    for pk, key_id, capabilities in Agent.objects.filter(pk__in=set(agents.values())).values_list(
+        "pk", "signing_key_id", "capabilities"
+    ):
+        acknowledged[pk], capable[pk] = key_id, capabilities.split(",")
     signers: dict[str, keyset.Key] = {}
     for position, (job, spec, step) in enumerate(rendered, start=wave_offset):
         agent_id = agents[spec.asset.pk]
         if spec.interpreter not in INTERPRETERS:
             raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
+        if spec.reboot and CAPABILITY_REBOOT not in capable.get(agent_id, ()):
+            raise InvalidInput(
+                f"The agent of {spec.asset.hostname} cannot reboot its endpoint (it is older than the step needs).",
+                field="asset",
+            )
         authority = kind.authority(job)
         digest = digests.get(spec.content)
         if digest is None:
@@ -147,6 +166,7 @@ def _sign(
                 "authority": {key: str(value) if value else None for key, value in sorted(authority.items())},
                 **named,
                 **stamps,
+                **({"reboot": spec.reboot} if spec.reboot else {}),
             }
         ).decode()
         held = acknowledged.get(agent_id, "")
@@ -391,7 +411,8 @@ def issue_stranded(now: datetime, grace: timedelta | None = None) -> int:
             by_requester.setdefault(requester, []).append(pk)
         users = get_user_model().objects.in_bulk(list(by_requester))
         for requester, ids in by_requester.items():
-            last = Instruction.objects.filter(status=S.QUEUED, release_at__gt=now).aggregate(last=Max("release_at"))
+            waves = Instruction.objects.filter(status=S.QUEUED, release_at__gt=now).exclude(HELD)  # not a wave
+            last = waves.aggregate(last=Max("release_at"))
             start = max(now, last["last"] or now) + interval
             try:
                 count += issue_later_waves(

@@ -15,11 +15,12 @@ from django.db.models import OuterRef, Q, Subquery, UUIDField
 from rmm.authority.models import AuthorityStatus, PsaCase, PsaTask, authority_gone
 from rmm.engine import registry
 from rmm.engine.models import Instruction, KillSwitch
-from rmm.engine.services import throttles, transitions
+from rmm.engine.services import issuing, throttles, transitions
 from rmm.engine.services.results import uuid_or_none
 from rmm.engine.services.stopping import end_instruction, request_aborts
 from rmm.engine.states import FINAL, JobStatus
 from rmm.history import services as history
+from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
 from rmm_agent.protocol import ARTEFACTS_SINCE
@@ -38,9 +39,17 @@ class CheckIn:
     keys_version: int  # the signing-key registry's version (rmm.keys.keyset.VERSION_SQL)
 
 
-def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = None, protocol: int = 1) -> CheckIn:
+def check_in(
+    agent: Agent,
+    now: datetime,
+    version: str,
+    key_id: str | None = None,
+    protocol: int = 1,
+    capabilities: str | None = None,
+) -> CheckIn:
     """Record that the agent was seen (its version, the protocol it speaks and, with ``key_id``,
-    the newest signing key it holds) and learn what its heartbeat needs: one statement.
+    the newest signing key it holds; with ``capabilities``, what it can do, when that changed)
+    and learn what its heartbeat needs: one statement.
 
     Every agent calls this forever, so its SQL is written once here rather than built through
     the ORM on every call, which cost most of a heartbeat's CPU (docs/performance.md).
@@ -48,12 +57,24 @@ def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = Non
     agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        params = [moment, version, protocol, key_id, agent_id]
+        params = [moment, version, protocol, key_id, capabilities, agent_id]
         params += [asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
         cursor.execute(_CHECK_IN_SQL, params)
         facts_hash, switch_id, waiting, keys_version = cursor.fetchone()
     agent.protocol = protocol  # what this heartbeat's lease, and a held one's, go by
     return CheckIn(facts_hash, _engaged_switch(switch_id), bool(waiting), int(keys_version))
+
+
+def came_back(agent: Agent, after: str, now: datetime) -> int:
+    """The agent's endpoint came back from the reboot after instruction ``after`` (its heartbeat
+    says so, once): the steps held for it are released now, for this heartbeat to lease. Returns
+    how many. Nothing when it was not rebooting (a repeat; or its grace ran out, and the sweep
+    ended the held steps lost)."""
+    with transaction.atomic():
+        history.lock()  # the sweep ends held steps under it: one or the other
+        if not inventory.came_back(agent, after):
+            return 0
+        return Instruction.objects.filter(issuing.HELD, agent=agent).update(release_at=now)
 
 
 def _uuid_param(value):
@@ -102,7 +123,7 @@ _FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
 # (RETURNING: PostgreSQL, and SQLite 3.35+).
 _CHECK_IN_SQL = (
     "UPDATE inventory_agent SET last_seen_at = %s, version = %s, protocol = %s,"  # noqa: S608
-    " signing_key_id = COALESCE(%s, signing_key_id) WHERE id = %s"
+    " signing_key_id = COALESCE(%s, signing_key_id), capabilities = COALESCE(%s, capabilities) WHERE id = %s"
     f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}, {keyset.VERSION_SQL}"
 )
 _LOOK_SQL = (

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
+from rmm.core.errors import InvalidInput
 from rmm.core.text import storable
 from rmm.engine import registry
 from rmm.engine.models import Instruction
@@ -18,6 +20,7 @@ from rmm.engine.services import issuing, kill_switches, steps, transitions  # is
 from rmm.engine.services.transitions import transition_instruction, transition_job
 from rmm.engine.states import FINAL, JobStatus, status_for_outcome
 from rmm.history import services as history
+from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm.outbox import services as outbox
 from rmm_agent.protocol import (
@@ -29,6 +32,7 @@ from rmm_agent.protocol import (
     decode_stream,
     result_hash,
     sendable_text,
+    structured_problem,
 )
 
 S = JobStatus
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 RESULT_FIELDS = ("instruction_id", "outcome", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated")
 MAX_KILLED_REPORTED = 1000
 MAX_COMMAND_CHARS = 1000
+MAX_STRUCTURED_ERROR = 200
 
 
 def _containment_problem(value: object) -> str | None:
@@ -112,6 +117,13 @@ def check_result(body: dict) -> tuple[dict, dict]:
         problems["reason"] = ["Must be a string without NUL or lone surrogates, or null."]
     if (problem := _containment_problem(body.get("containment"))) is not None:
         problems["containment"] = [problem]
+    if "structured" in body and (problem := structured_problem(body["structured"])) is not None:
+        problems["structured"] = [f"Unusable: {problem}."]
+    error = body.get("structured_error")
+    if error is not None and not (isinstance(error, str) and len(error) <= MAX_STRUCTURED_ERROR and storable(error)):
+        problems["structured_error"] = [f"Must be a string of at most {MAX_STRUCTURED_ERROR} characters, or null."]
+    if "reboot" in body and not isinstance(body["reboot"], bool):
+        problems["reboot"] = ["Must be true or false."]
     return problems, {**body, **streams, "reason": reason[:MAX_REASON_CHARS] if isinstance(reason, str) else ""}
 
 
@@ -182,10 +194,15 @@ def _outcome(inst: Instruction, body: dict, result: dict, claimed: str, now) -> 
         reason = f"agent refused the instruction: {reason}"
     elif body["outcome"] == "aborted" and inst.abort_reason:
         reason = inst.abort_reason
+    elif to == S.SUCCEEDED and body.get("structured_error") is not None:  # never passed silently
+        to, reason = S.FAILED, f"its structured result is unusable: {body['structured_error']}"
+    elif to == S.SUCCEEDED and (judge := registry.get(inst.job_kind).judge) is not None:
+        to, reason = judge(inst, result) or (to, reason)
     payload = {"outcome": body["outcome"], "exit_code": body.get("exit_code"), "status": to}
     payload.update(result_hash=claimed, reason=reason)
-    if body.get("containment") is not None:
-        payload["containment"] = body["containment"]
+    for name in ("containment", "structured_error", "reboot"):
+        if body.get(name) is not None:
+            payload[name] = body[name]
     fields = {
         "outcome": body["outcome"],
         "exit_code": body.get("exit_code"),
@@ -193,6 +210,7 @@ def _outcome(inst: Instruction, body: dict, result: dict, claimed: str, now) -> 
         "finished_at": now,
         "reason": reason,
         "containment": body.get("containment"),
+        "structured": body.get("structured"),
     }
     return to, fields, payload
 
@@ -258,6 +276,7 @@ def _ingest_together(checked: dict[int, tuple[Agent, dict, dict]]) -> dict[int, 
             and inst.status == S.RUNNING
             and not inst.result_hash
             and body.get("hash", "") == result_hash(body)
+            and body.get("reboot") is not True  # the agent is marked rebooting: alone
         ):
             candidates[n] = inst
     if len(candidates) < 2:
@@ -348,13 +367,14 @@ def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) ->
             exit_code=result["exit_code"],
             result_hash=claimed,
             containment=result.get("containment"),
+            structured=result.get("structured"),
         ):
             current = Instruction.objects.get(pk=inst.pk)
             if current.result_hash == claimed:
                 return 200, {"status": "already_received"}
             return 409, {"status": "conflict", "detail": "A different result was already received."}
         inst.outcome, inst.exit_code, inst.result_hash = result["outcome"], result["exit_code"], claimed
-        inst.containment = result.get("containment")
+        inst.containment, inst.structured = result.get("containment"), result.get("structured")
         history.append(
             agent,
             "instruction.late_result",
@@ -415,10 +435,13 @@ def finish_job(inst: Instruction, actor, result: dict) -> None:
             ended[step] = (status, reason)
             stop_asked = abort_reason if step == inst.step else stop_asked
     after = steps.after_step(specs, ended, inst.step)
+    reboot = None
+    if inst.result_hash and result.get("reboot") is True and specs[inst.step].reboot:
+        reboot = inventory.mark_rebooting(inst.agent_id, actor, inst)
     if after.next_step is not None:
         # A step that finished although it was asked to stop (the agent was done before its
         # next heartbeat) stops the job all the same.
-        held = stop_asked or _issue_step(kind, job, specs, after.next_step, inst)
+        held = stop_asked or _issue_step(kind, job, specs, after.next_step, inst, hold=reboot)
         if held:
             after = steps.After(None, S.ABORTED, held)
     if after.next_step is None:
@@ -426,16 +449,21 @@ def finish_job(inst: Instruction, actor, result: dict) -> None:
     _record_evidence(kind, job, inst, stored, result)
 
 
-def _issue_step(kind, job, specs: list, step: int, before: Instruction) -> str:
+def _issue_step(kind, job, specs: list, step: int, before: Instruction, hold: timedelta | None = None) -> str:
     """Sign and queue a job's next step for the agent that ran the one before, unless a kill
-    switch now covers the asset: then why it was not issued. Under the history's lock, so a
-    switch engaged meanwhile is seen here or finds this step queued and stops it."""
+    switch now covers the asset or its agent cannot do what the step needs: then why it was not
+    issued. Under the history's lock, so a switch engaged meanwhile is seen here or finds this
+    step queued and stops it. ``hold``: the endpoint reboots; the step waits until its agent
+    comes back (:func:`rmm.engine.services.leasing.came_back`), at most that long."""
     history.lock()
     spec = specs[step]
     switch = kill_switches.active_for(spec.asset.site_id, spec.asset.pk)
     if switch is not None:
         return f"kill switch engaged on {switch.target_label} before step {step + 1} of {len(specs)}"
-    rows = issuing._sign(kind, [(job, spec, step)], {spec.asset.pk: before.agent_id}, 0)
+    try:
+        rows = issuing._sign(kind, [(job, spec, step)], {spec.asset.pk: before.agent_id}, 0, hold=hold)
+    except InvalidInput as exc:
+        return f"step {step + 1} of {len(specs)} not issued: {exc}"
     issuing._store(kind, rows, "system", via=f"step {step} of job {job.pk} ended")
     return ""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from rmm.engine import registry
 from rmm.engine.states import JobStatus
-from rmm_agent.protocol import artefacts_problem
+from rmm_agent.protocol import REBOOT_MODES, artefacts_problem
 
 S = JobStatus
 # An instruction that ended so stops its job whatever its policy: aborted work is stopped work,
@@ -78,5 +78,7 @@ def check(specs: list[registry.InstructionSpec]) -> None:
         problem = artefacts_problem([dict(vars(item), url="/") for item in spec.artefacts])
         if problem:
             raise ValueError(problem)
+        if spec.reboot not in ("", *REBOOT_MODES):
+            raise ValueError(f"unknown reboot {spec.reboot!r}")
     if specs[0].cleanup:
         raise ValueError("a job's first step cannot be a cleanup step")

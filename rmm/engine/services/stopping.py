@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -163,9 +164,27 @@ def withdraw_expired_authority(now: datetime | None = None) -> int:
     return count
 
 
+def end_lost_reboots(now: datetime) -> int:
+    """Endpoints that did not come back from a step's reboot within ``RMM_REBOOT_GRACE_SECONDS``:
+    the steps held for them end lost, their jobs with them (with evidence, as any lost step),
+    and their agents are rebooting no more."""
+    overdue = Instruction.objects.filter(issuing.HELD, agent__rebooting_until__lt=now)
+    if not overdue.exists():
+        return 0  # the usual minute: no lock taken
+    reason = f"the endpoint did not come back from its reboot within {settings.RMM_REBOOT_GRACE_SECONDS} s"
+    count = 0
+    with transaction.atomic():
+        history.lock()  # an agent coming back releases its held steps under it: one or the other
+        for inst in list(overdue.order_by("issued_at")[:1000]):
+            count += end_instruction(inst, S.QUEUED, S.LOST, "system", reason)
+        inventory.end_reboots(now)
+    return count
+
+
 def sweep(now: datetime | None = None) -> int:
     """Instructions whose lease ran out, or that no agent leased in time, become lost (never
-    re-run); work under expired authority stops; lost later waves are issued; agents not seen
+    re-run), and so do steps held for a reboot that did not come back; work under expired
+    authority stops; lost later waves are issued; agents not seen
     for a while become offline, and online again once seen; the windows of unauthenticated
     callers' refusals that ended are closed (their counts recorded).
 
@@ -185,7 +204,8 @@ def sweep(now: datetime | None = None) -> int:
             logger.exception(
                 "sweep: instruction %s could not be marked lost (%s); next sweep tries again", inst.pk, reason
             )
-    steps = (withdraw_expired_authority, issuing.issue_stranded, batches.sweep, inventory.mark_presence)
+    steps = (end_lost_reboots, withdraw_expired_authority, issuing.issue_stranded, batches.sweep)
+    steps += (inventory.mark_presence,)
     for step in (*steps, inventory.close_refusal_windows):
         try:
             count += step(now)

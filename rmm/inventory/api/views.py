@@ -17,6 +17,7 @@ AssetAgent = inline_serializer(
         "version": serializers.CharField(),
         "last_seen_at": serializers.DateTimeField(allow_null=True),
         "revoked": serializers.BooleanField(),
+        "rebooting": serializers.BooleanField(help_text="Rebooting after a step asked for it (not offline)."),
     },
     allow_null=True,
     help_text="The asset's enrolled agent, if any.",
@@ -51,6 +52,7 @@ class AssetSerializer(serializers.ModelSerializer):
             "version": agent.version,
             "last_seen_at": agent.last_seen_at,
             "revoked": agent.revoked_at is not None,
+            "rebooting": agent.rebooting_until is not None,
         }
 
     @extend_schema_field(AssetFacts)
@@ -104,6 +106,7 @@ class AgentSerializer(serializers.ModelSerializer):
     site = serializers.CharField(source="asset.site.name", read_only=True)
     revoked = serializers.SerializerMethodField()
     rotation_pending = serializers.SerializerMethodField()
+    capabilities = serializers.SerializerMethodField(help_text="What the agent said it can do (docs/agent.md).")
 
     class Meta:
         model = Agent
@@ -119,6 +122,8 @@ class AgentSerializer(serializers.ModelSerializer):
             "revoked_at",
             "revoked_reason",
             "rotation_pending",
+            "capabilities",
+            "rebooting_until",
         ]
 
     def get_revoked(self, obj) -> bool:
@@ -126,6 +131,9 @@ class AgentSerializer(serializers.ModelSerializer):
 
     def get_rotation_pending(self, obj) -> bool:
         return obj.rotation_requested_at is not None
+
+    def get_capabilities(self, obj) -> list[str]:
+        return [name for name in obj.capabilities.split(",") if name]
 
 
 class AgentViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):

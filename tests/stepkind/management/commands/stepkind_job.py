@@ -28,6 +28,8 @@ class Command(BaseCommand):
         parser.add_argument("--artefact", help="a file to put in the blob store, named by one step")
         parser.add_argument("--artefact-step", type=int, default=0)
         parser.add_argument("--marker", default="", help="a path the artefact's step touches when it runs")
+        parser.add_argument("--found", type=int, default=None, help="Step 0 reports this many found.")
+        parser.add_argument("--reboot-step", type=int, default=None, help="This step reboots once it succeeded.")
 
     def handle(self, *args, action, **options):
         if action == "create":
@@ -54,6 +56,8 @@ class Command(BaseCommand):
                 steps=int(steps),
                 fail_step=int(fail[0]) if fail else None,
                 artefact=artefact,
+                found=options["found"],
+                reboot_step=options["reboot_step"],
             )
             self.stdout.write(str(job.pk))
             return
@@ -61,8 +65,15 @@ class Command(BaseCommand):
         shown = {
             "status": job.status,
             "status_reason": job.status_reason,
+            "agent_rebooting": job.asset.agent.rebooting_until is not None,
             "instructions": [
-                {"id": str(inst.pk), "step": inst.step, "status": inst.status}
+                {
+                    "id": str(inst.pk),
+                    "step": inst.step,
+                    "status": inst.status,
+                    "reason": inst.reason,
+                    "structured": inst.structured,
+                }
                 for inst in engine.job_instructions(job).order_by("step")
             ],
             "evidence": [
