@@ -124,6 +124,26 @@ class Client:
             reason = getattr(error, "reason", error)
             raise TransportError(f"{self.server}{path}: {reason}") from error
 
+    def download(self, path: str, destination, *, limit: int) -> None:
+        """GET ``path`` of this server into the open file ``destination`` (at most ``limit``
+        bytes); raises TransportError on any failure."""
+        headers = {"User-Agent": f"rmm-agent/{__version__}"}
+        if self.agent_id and self.secret:
+            headers["Authorization"] = f"Agent {self.agent_id}:{self.secret}"
+        request = urllib.request.Request(self.server + path, headers=headers)  # noqa: S310 (http(s) only)
+        try:
+            with self._opener.open(request, timeout=self.timeout) as answer:
+                written = 0
+                for chunk in iter(lambda: answer.read(1 << 16), b""):
+                    written += len(chunk)
+                    if written > limit:
+                        raise TransportError(f"{self.server}{path}: more than {limit} bytes")
+                    destination.write(chunk)
+        except urllib.error.HTTPError as error:
+            raise TransportError(f"{self.server}{path}: HTTP {error.code}") from error
+        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ssl.SSLError, OSError) as error:
+            raise TransportError(f"{self.server}{path}: {getattr(error, 'reason', error)}") from error
+
     def enroll(self, token: str, facts: dict) -> Response:
         """Exchange a one-time enrollment token for an identity."""
         return self.post(ENROLL_PATH, {"token": token, "facts": facts})

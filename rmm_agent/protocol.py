@@ -20,6 +20,9 @@ from . import keyring
 
 OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
 INTERPRETERS = ("sh", "bash", "python", "powershell")
+# Instructions the agent carries out itself rather than by an interpreter (rmm_agent.updater): the
+# content is the order, covered by the signature and content hash like a script.
+AGENT_ACTIONS = ("agent_update",)
 # The bytes of each output stream the agent keeps; the rest is read and discarded.
 MAX_STREAM_BYTES = 1024 * 1024
 # The largest body of any agent call, as sent (encoded JSON, in bytes). The agent builds every
@@ -232,7 +235,7 @@ def verify_instruction(envelope: dict, server_keys: Mapping[str, bytes], agent_i
     if not not_after > now:
         raise InstructionRefused(REASON_EXPIRED, instruction_id)
 
-    if payload.get("interpreter") not in INTERPRETERS:
+    if payload.get("interpreter") not in INTERPRETERS + AGENT_ACTIONS:
         raise InstructionRefused(REASON_UNSUPPORTED_INTERPRETER, instruction_id)
 
     _check_shape(payload, instruction_id)
