@@ -20,6 +20,7 @@ from . import __version__, keyring, release, updater
 from .client import Client, Response, TransportError
 from .facts import collect_facts
 from .protocol import (
+    AGENT_CAPABILITIES,
     REASON_BAD_SIGNATURE,
     REASON_REPLAYED,
     REASON_UNKNOWN_KEY,
@@ -41,6 +42,7 @@ from .state import StateDir
 
 log = logging.getLogger("rmm_agent")
 
+SELF_UPDATE = AGENT_CAPABILITIES[0]
 MAX_CONCURRENT = 4
 HEARTBEAT_SPACING = 1.0  # seconds from an early answer to the next heartbeat (the server's default spacing)
 MIN_INTERVAL = 1
@@ -391,7 +393,7 @@ class Agent:
 
     def capabilities(self) -> list[str]:
         """What this agent can do beyond running scripts (the server sends nothing else)."""
-        return ["self_update"] if self.install is not None and self.release_keys else []
+        return [SELF_UPDATE] if self.install is not None and self.release_keys else []
 
     def _settle_update(self) -> None:
         """After an accepted heartbeat: a pending update has its result now (this version checked

@@ -23,6 +23,9 @@ INTERPRETERS = ("sh", "bash", "python", "powershell")
 # Instructions the agent carries out itself rather than by an interpreter (rmm_agent.updater): the
 # content is the order, covered by the signature and content hash like a script.
 AGENT_ACTIONS = ("agent_update",)
+# What an agent may report it can do in its heartbeat's ``capabilities`` (the server sends an
+# agent only what it can do: an update only to one that reports ``self_update``).
+AGENT_CAPABILITIES = ("self_update",)
 # The bytes of each output stream the agent keeps; the rest is read and discarded.
 MAX_STREAM_BYTES = 1024 * 1024
 # The largest body of any agent call, as sent (encoded JSON, in bytes). The agent builds every

@@ -31,7 +31,7 @@ from rmm.engine import services as engine
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.keys import keyset
-from rmm_agent.protocol import MAX_BODY_BYTES
+from rmm_agent.protocol import AGENT_CAPABILITIES, MAX_BODY_BYTES
 
 logger = logging.getLogger("django.request")  # where Django logs a view's failure
 
@@ -165,6 +165,8 @@ def _enroll(request: HttpRequest) -> JsonResponse:
             "server_public_key": pinned.public_key_b64,
             "server_key_id": pinned.key_id,
             "server_keys": {key.key_id: key.public_key_b64 for key in keys.active(keyset.INSTRUCTIONS)},
+            # the keys that sign the agent's own releases, pinned like the instruction keys
+            "release_keys": {key.key_id: key.public_key_b64 for key in keys.active(keyset.RELEASES)},
             "heartbeat_interval": settings.RMM_HEARTBEAT_INTERVAL,
         },
         status=201,
@@ -276,7 +278,11 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
         return response
     keys = keyset.cached()  # checked against the registry's version that the check-in returns
     seen = engine.check_in(
-        agent, now, str(data.get("agent_version") or "")[:50], keys.acknowledged(data.get("key_ids"))
+        agent,
+        now,
+        str(data.get("agent_version") or "")[:50],
+        keys.acknowledged(data.get("key_ids")),
+        capabilities_of(data.get("capabilities")),
     )
     if seen.keys_version != keys.version:
         keys = keyset.current(seen.keys_version)
@@ -307,10 +313,21 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     key_update = keys.update_for(data.get("key_ids"))
     if key_update:
         answer["signing_keys"] = key_update
+    release_update = keys.update_for(data.get("release_key_ids"), keyset.RELEASES)
+    if release_update:
+        answer["release_keys"] = release_update
     response = JsonResponse(answer)
     if not (leased or answer["abort"] or facts_required or new_secret):
         response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait
     return response
+
+
+def capabilities_of(reported: object) -> str | None:
+    """The known capabilities an agent reports, as stored (None: it reported none, so the
+    stored ones stay as they are: a v1 agent has none)."""
+    if not isinstance(reported, list):
+        return None
+    return " ".join(sorted({item for item in reported[:20] if item in AGENT_CAPABILITIES}))
 
 
 def _heartbeat_problems(data: dict) -> dict:

@@ -89,6 +89,9 @@ class Agent(models.Model):
     # instructions are signed with it, or an older key it holds. Blank: the first key (pinned
     # by agents from before key ids).
     signing_key_id = models.CharField(max_length=16, blank=True)
+    # What the agent said it can do beyond scripts, space-separated (``self_update``); written by
+    # the check-in statement itself. Blank: an agent that says nothing (v1) is sent nothing else.
+    capabilities = models.CharField(max_length=200, blank=True)
     enrolled_at = models.DateTimeField(auto_now_add=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     # Set by the sweep when the agent has not been seen for RMM_AGENT_OFFLINE_SECONDS, cleared by

@@ -37,9 +37,11 @@ class CheckIn:
     keys_version: int  # the signing-key registry's version (rmm.keys.keyset.VERSION_SQL)
 
 
-def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = None) -> CheckIn:
-    """Record that the agent was seen (and, with ``key_id``, the newest signing key it holds) and
-    learn what its heartbeat needs: one statement.
+def check_in(
+    agent: Agent, now: datetime, version: str, key_id: str | None = None, capabilities: str | None = None
+) -> CheckIn:
+    """Record that the agent was seen (and, with ``key_id``, the newest signing key it holds; with
+    ``capabilities``, what it can do) and learn what its heartbeat needs: one statement.
 
     Every agent calls this forever, so its SQL is written once here rather than built through
     the ORM on every call, which cost most of a heartbeat's CPU (docs/performance.md).
@@ -47,7 +49,8 @@ def check_in(agent: Agent, now: datetime, version: str, key_id: str | None = Non
     agent_id, asset_id, site_id = (_uuid_param(pk) for pk in (agent.pk, agent.asset_id, agent.asset.site_id))
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        params = [moment, version, key_id, agent_id, asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
+        params = [moment, version, key_id, capabilities, agent_id, asset_id, site_id, asset_id, agent_id, S.QUEUED]
+        params += [moment, moment]
         cursor.execute(_CHECK_IN_SQL, params)
         facts_hash, switch_id, waiting, keys_version = cursor.fetchone()
     return CheckIn(facts_hash, _engaged_switch(switch_id), bool(waiting), int(keys_version))
@@ -99,7 +102,7 @@ _FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
 # (RETURNING: PostgreSQL, and SQLite 3.35+).
 _CHECK_IN_SQL = (
     "UPDATE inventory_agent SET last_seen_at = %s, version = %s,"  # noqa: S608
-    " signing_key_id = COALESCE(%s, signing_key_id) WHERE id = %s"
+    " signing_key_id = COALESCE(%s, signing_key_id), capabilities = COALESCE(%s, capabilities) WHERE id = %s"
     f" RETURNING {_FACTS_SQL}, {_SWITCH_SQL}, {_WAITING_SQL}, {keyset.VERSION_SQL}"
 )
 _LOOK_SQL = (
