@@ -26,7 +26,7 @@ from rmm.engine.states import JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
-from rmm_agent.protocol import INTERPRETERS, canonical_json, iso_utc
+from rmm_agent.protocol import AGENT_ACTIONS, INTERPRETERS, canonical_json, iso_utc
 
 S = JobStatus
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _sign(
     signers: dict[str, keyset.Key] = {}
     for position, (job, spec, step) in enumerate(rendered, start=wave_offset):
         agent_id = agents[spec.asset.pk]
-        if spec.interpreter not in INTERPRETERS:
+        if spec.interpreter not in INTERPRETERS + AGENT_ACTIONS:
             raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
         authority = kind.authority(job)
         digest = digests.get(spec.content)
