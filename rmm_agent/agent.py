@@ -23,7 +23,7 @@ from . import __version__, keyring
 from .artefacts import Fetcher
 from .client import Client, Response, TransportError
 from .containment import boot_id
-from .facts import collect_facts
+from .facts import collect_namespaces
 from .protocol import (
     CAPABILITIES,
     PROTOCOL_VERSION,
@@ -259,13 +259,19 @@ class Agent:
     def heartbeat(self, hold: float = 0) -> HeartbeatAnswer:
         """Check in once, letting the server hold the answer up to ``hold`` seconds while it has
         nothing for us; raises :class:`Unauthorized` on 401."""
-        facts = collect_facts(hostname=self.config.get("hostname"))
-        current_hash = facts_hash(facts)
+        namespaces = collect_namespaces(hostname=self.config.get("hostname"))
+        hashes = {name: facts_hash(facts) for name, facts in namespaces.items()}
+        acked = self.state.acked_namespaces()
+        changed = sorted(name for name in namespaces if acked.get(name) != hashes[name])
         running = self.running_ids()
         body: dict = {
             "agent_version": __version__,
             "protocol": PROTOCOL_VERSION,
-            "facts_hash": current_hash,
+            # Every namespace's hash; the body only of those the server has not acknowledged.
+            "namespaces": {
+                name: {"hash": hashes[name], **({"body": namespaces[name]} if name in changed else {})}
+                for name in namespaces
+            },
             "running": running,
             "capacity": 0 if self.rebooting else max(0, MAX_CONCURRENT - len(running)),
             "key_ids": sorted(self.server_keys),
@@ -274,9 +280,6 @@ class Agent:
         came_back = self.came_back
         if came_back is not None and not self.state.is_spooled(came_back["instruction_id"]):
             body["rebooted"] = came_back["instruction_id"]
-        send_facts = self.state.acked_facts_hash() != current_hash
-        if send_facts:
-            body["facts"] = facts
         if hold:
             body["wait"] = hold
         try:
@@ -302,29 +305,38 @@ class Agent:
             self.state.clear_reboot()
             self.came_back = None
             log.info("reported coming back from the reboot after %s", body["rebooted"])
-        return self._accept_heartbeat(answer, current_hash if send_facts else None)
+        return self._accept_heartbeat(answer, {name: hashes[name] for name in changed})
 
-    def _accept_heartbeat(self, answer: Response, sent_hash: str | None) -> HeartbeatAnswer:
+    def _accept_heartbeat(self, answer: Response, sent: dict[str, str]) -> HeartbeatAnswer:
+        """Apply a heartbeat's answer; ``sent`` are the namespaces whose bodies it carried, by hash."""
         body = answer.body
         if "new_secret" in body:
             self._rotate_secret(body["new_secret"])
         if "signing_keys" in body:  # before this answer's instructions, which may be signed by a new key
             self._update_keys(body["signing_keys"])
-        if sent_hash is not None:
-            self.state.set_acked_facts_hash(sent_hash)
-        if body.get("facts_required") is True:
-            self.state.set_acked_facts_hash(None)
+        wanted = self._acknowledge(sent, body.get("facts_wanted"), body.get("facts_required") is True)
         self.interval = self._clamp_interval(body.get("interval"), self.interval)
         instructions = body.get("instructions") or []
         abort = body.get("abort") or []
         return HeartbeatAnswer(
             ok=True,
-            early=bool(instructions or abort or "new_secret" in body or body.get("facts_required") is True),
+            early=bool(instructions or abort or "new_secret" in body or wanted),
             instructions=[item for item in instructions if isinstance(item, dict)]
             if isinstance(instructions, list)
             else [],
             abort=[item for item in abort if isinstance(item, str)] if isinstance(abort, list) else [],
         )
+
+    def _acknowledge(self, sent: dict[str, str], wanted: object, all_wanted: bool) -> bool:
+        """Record the namespaces the server took as acknowledged, and forget those it wants in
+        full (``facts_wanted``; all of them with ``facts_required``), so they travel next time.
+        True when the server wants any."""
+        acked = {} if all_wanted else {**self.state.acked_namespaces(), **sent}
+        names = [name for name in wanted if isinstance(name, str)] if isinstance(wanted, list) else []
+        for name in names:
+            acked.pop(name, None)
+        self.state.set_acked_namespaces(acked)
+        return all_wanted or bool(names)
 
     def _rotate_secret(self, new_secret: object) -> None:
         """Adopt a secret the server rotated, but only once it is durably in config.json.

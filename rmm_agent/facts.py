@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import platform
 import socket
 from datetime import UTC, datetime
@@ -24,20 +25,26 @@ _IFA_F_DADFAILED = 0x08
 _IFA_F_TENTATIVE = 0x40
 
 
-def collect_facts(hostname: str | None = None) -> dict:
-    """Gather the host's facts; ``hostname`` overrides the detected name. Strings the server
-    could not store (NUL, an undecodable name) are sent escaped (``sendable_text``)."""
-    facts = {
-        "hostname": hostname or socket.gethostname(),
-        "os": platform.system(),
-        "os_version": os_version(),
-        "kernel": platform.release(),
-        "architecture": platform.machine(),
-        "addresses": local_addresses()[:MAX_FACT_ADDRESSES],
-        "boot_time": boot_time(),
-        "agent_version": __version__,
+def collect_namespaces(hostname: str | None = None) -> dict[str, dict]:
+    """The host's facts by namespace (``FACT_NAMESPACES``), each hashed and sent on its own;
+    ``hostname`` overrides the detected name. Strings the server could not store (NUL, an
+    undecodable name) are sent escaped (``sendable_text``). Only what the agent reads cheaply by
+    itself: what needs a script comes from approved scripts' results, never from here."""
+    namespaces = {
+        "os": {"os": platform.system(), "os_version": os_version(), "kernel": platform.release(), "boot_time": boot_time()},
+        "hardware": {"architecture": platform.machine(), "cpu_count": os.cpu_count()},
+        "network": {"hostname": hostname or socket.gethostname(), "addresses": local_addresses()[:MAX_FACT_ADDRESSES]},
+        "agent": {"agent_version": __version__},
     }
-    return {key: sendable_text(value, 1000) if isinstance(value, str) else value for key, value in facts.items()}
+    return {
+        name: {key: sendable_text(value, 1000) if isinstance(value, str) else value for key, value in body.items()}
+        for name, body in namespaces.items()
+    }
+
+
+def collect_facts(hostname: str | None = None) -> dict:
+    """All namespaces' facts in one object, as enrollment sends them."""
+    return {key: value for body in collect_namespaces(hostname).values() for key, value in body.items()}
 
 
 def os_version() -> str:

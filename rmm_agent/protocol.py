@@ -40,6 +40,14 @@ MAX_FACTS_BYTES = 64 * 1024
 MAX_FACTS_DEPTH = 8
 MAX_HOSTNAME_CHARS = 255
 MAX_FACT_ADDRESSES = 256
+# Fact namespaces (docs/agent.md, Fact namespaces): the ones this agent reads by itself, each sent
+# with its own hash and its body only when that hash changed. A body is at most
+# MAX_NAMESPACE_BYTES (canonical JSON), all bodies of one heartbeat at most MAX_FACTS_BYTES, at
+# most MAX_NAMESPACES namespaces per heartbeat.
+FACT_NAMESPACES = ("os", "hardware", "network", "agent")
+NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_NAMESPACE_BYTES = 16 * 1024
+MAX_NAMESPACES = 32
 EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)  # what the server stores (a 32-bit integer)
 
 # How a stream travels: "utf-8" (the text itself) or "base64" (of the exact bytes).
@@ -155,7 +163,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def facts_hash(facts: dict) -> str:
-    """Hash of the facts, so heartbeats only carry facts when they changed."""
+    """Hash of the facts (or of one namespace's body), so heartbeats only carry what changed."""
     return sha256_hex(canonical_json(facts))
 
 

@@ -3,7 +3,7 @@
 Layout::
 
     DIR/config.json     identity, secret, the server's signing keys (0600)
-    DIR/state.json      what the server acknowledged (facts hash)
+    DIR/state.json      what the server acknowledged (each fact namespace's hash)
     DIR/handled.json    ids of instructions already run or refused (replay ledger)
     DIR/spool/<id>.json results not yet accepted by the server
     DIR/running/<id>.json a record of each running instruction (how to end it after a crash)
@@ -161,17 +161,19 @@ class StateDir:
         """Persist state.json."""
         atomic_write_json(self.state_path, state, mode=0o600)
 
-    def acked_facts_hash(self) -> str | None:
-        """The facts hash the server last acknowledged, if any."""
-        value = self.load_state().get("acked_facts_hash")
-        return value if isinstance(value, str) else None
+    def acked_namespaces(self) -> dict[str, str]:
+        """``{namespace: hash}`` the server last acknowledged (a namespace missing: not yet)."""
+        value = self.load_state().get("acked_namespaces")
+        if not isinstance(value, dict):
+            return {}
+        return {name: digest for name, digest in value.items() if isinstance(digest, str)}
 
-    def set_acked_facts_hash(self, value: str | None) -> None:
-        """Record (or forget, with None) the acknowledged facts hash."""
+    def set_acked_namespaces(self, acked: dict[str, str]) -> None:
+        """Record the acknowledged namespace hashes (written only when they changed)."""
         state = self.load_state()
-        if state.get("acked_facts_hash") == value:
+        if state.get("acked_namespaces") == acked:
             return
-        state["acked_facts_hash"] = value
+        state["acked_namespaces"] = acked
         self.save_state(state)
 
     # -- a reboot a step asked for ------------------------------------------------------------

@@ -263,7 +263,7 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
         return _unauthorized(request)
     if not isinstance(data, dict):
         return data
-    problems = _heartbeat_problems(data)
+    problems, reports = _heartbeat_problems(data)
     if problems:
         return JsonResponse(problems, status=400)
     now = timezone.now()
@@ -292,10 +292,12 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     )
     if seen.keys_version != keys.version:
         keys = keyset.current(seen.keys_version)
-    facts_required = False
+    facts_required, facts_wanted = False, []
     facts = data.get("facts")
     try:
-        if isinstance(facts, dict):
+        if reports is not None:  # facts by namespace (protocol v2)
+            facts_wanted = inventory.record_namespaces(agent, reports, now, seen.namespace_hashes)
+        elif isinstance(facts, dict):  # one blob with one hash (protocol v1)
             inventory.record_facts(agent, facts, now, seen.facts_hash)
         elif data.get("facts_hash"):
             facts_required = seen.facts_hash != data["facts_hash"]
@@ -313,6 +315,8 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
         "abort": engine.to_abort(agent, running, seen.switch),
         "facts_required": facts_required,
     }
+    if reports is not None:
+        answer["facts_wanted"] = facts_wanted
     new_secret = inventory.issue_rotated_secret(agent)
     if new_secret:
         answer["new_secret"] = new_secret
@@ -320,7 +324,7 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     if key_update:
         answer["signing_keys"] = key_update
     response = JsonResponse(answer)
-    if not (leased or answer["abort"] or facts_required or new_secret):
+    if not (leased or answer["abort"] or facts_required or facts_wanted or new_secret):
         response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait
     return response
 
@@ -341,19 +345,22 @@ def _capabilities(value) -> str | None:
     return ",".join(sorted({item for item in value if isinstance(item, str) and item in CAPABILITIES}))
 
 
-def _heartbeat_problems(data: dict) -> dict:
-    """What in a heartbeat cannot be stored, by field (400, and nothing is changed). The other
-    fields are hints: one that is not usable counts as absent."""
-    problems = {}
+def _heartbeat_problems(data: dict) -> tuple[dict, list | None]:
+    """What in a heartbeat cannot be stored, by field (400, and nothing is changed), and its fact
+    namespaces as the server uses them (None: it sent none). The other fields are hints: one
+    that is not usable counts as absent."""
+    problems, reports = {}, None
     if not storable(str(data.get("agent_version") or "")):
         problems["agent_version"] = ["Must not contain NUL or lone surrogates."]
     facts = data.get("facts")
-    if isinstance(facts, dict):  # anything else is ignored, as the other hints are
-        try:
+    try:
+        if "namespaces" in data:
+            reports = inventory.clean_fact_reports(data["namespaces"])
+        elif isinstance(facts, dict):  # anything else is ignored, as the other hints are
             inventory.clean_facts(facts)
-        except ServiceError as exc:
-            problems.update(exc.as_dict())
-    return problems
+    except ServiceError as exc:
+        problems.update(exc.as_dict())
+    return problems, reports
 
 
 def _look_again(held: _Held) -> dict | None:

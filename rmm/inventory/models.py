@@ -45,8 +45,13 @@ class AssetFacts(models.Model):
     """Actual state, as last reported by the asset's agent. Written only by agent reports."""
 
     asset = models.OneToOneField(Asset, on_delete=models.CASCADE, primary_key=True, related_name="facts")
+    # The summary the asset API shows: the whole report of an agent that sends one blob, else
+    # what each namespace's handler makes of its body (rmm/inventory/namespaces.py).
     facts = models.JSONField(default=dict)
     facts_hash = models.CharField(max_length=64)
+    # Each namespace's last body and its hash, as the agent reported them.
+    namespaces = models.JSONField(default=dict)
+    namespace_hashes = models.JSONField(default=dict)
     reported_at = models.DateTimeField()
 
     class Meta:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -20,9 +22,18 @@ from rmm.core.text import unstorable
 from rmm.engine import events
 from rmm.engine import services as engine
 from rmm.history import services as history
+from rmm.inventory import namespaces as fact_namespaces
 from rmm.inventory.models import Agent, Asset, AssetFacts, EnrollmentToken, RefusalWindow, Site
 from rmm.keys import keyset
-from rmm_agent.protocol import MAX_FACTS_BYTES, MAX_FACTS_DEPTH, MAX_HOSTNAME_CHARS, canonical_json
+from rmm_agent.protocol import (
+    MAX_FACTS_BYTES,
+    MAX_FACTS_DEPTH,
+    MAX_HOSTNAME_CHARS,
+    MAX_NAMESPACE_BYTES,
+    MAX_NAMESPACES,
+    NAMESPACE_RE,
+    canonical_json,
+)
 from rmm_agent.protocol import facts_hash as compute_facts_hash
 
 
@@ -316,7 +327,8 @@ def revoke_agent(user, agent: Agent, reason: str) -> int:
 
 
 def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None) -> None:
-    """Actual state from the agent's report: the only writer of AssetFacts.
+    """Actual state from the report of an agent that sends its facts as one blob (protocol v1):
+    stored whole as the asset's summary facts.
 
     Facts identical to those stored (``stored_hash``, as the check-in read it) change nothing and
     record nothing: an agent resends its facts whenever it lacks the server's acknowledgement.
@@ -328,9 +340,14 @@ def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None)
     AssetFacts.objects.update_or_create(
         asset_id=agent.asset_id, defaults={"facts": facts, "facts_hash": digest, "reported_at": now}
     )
+    _facts_recorded(agent, facts, {"facts_hash": digest})
+
+
+def _facts_recorded(agent: Agent, summary: dict, payload: dict) -> None:
+    """The asset's identity fields that its new summary facts change, and the history's record."""
     changes = {}
     for field, key, size in (("hostname", "hostname", 255), ("os", "os", 100), ("architecture", "architecture", 50)):
-        value = str(facts.get(key) or "")[:size]
+        value = str(summary.get(key) or "")[:size]
         if value and getattr(agent.asset, field) != value:
             changes[field] = value
     if changes:
@@ -340,8 +357,94 @@ def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None)
         "asset.facts_reported",
         agent.asset,
         site_id=agent.asset.site_id,
-        payload={"facts_hash": digest, "changed": sorted(changes)},
+        payload={**payload, "changed": sorted(changes)},
     )
+
+
+HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class FactReport:
+    """One namespace of a heartbeat: its hash, and its body when the agent sent it."""
+
+    name: str
+    hash: str
+    body: dict | None
+
+
+def clean_fact_reports(value) -> list[FactReport]:
+    """A heartbeat's ``namespaces`` as the server can use them, or a 400 naming the field: an
+    object of at most MAX_NAMESPACES namespaces, each ``{"hash": <sha256 hex>}`` and maybe a
+    ``body`` (an object of at most MAX_NAMESPACE_BYTES, all bodies together at most
+    MAX_FACTS_BYTES, storable, matching its hash and passing its namespace's validator). A
+    namespace no app registered is left out: the server neither stores nor asks for it."""
+    if not isinstance(value, dict):
+        raise InvalidInput("Namespaces must be a JSON object.", field="namespaces")
+    if len(value) > MAX_NAMESPACES:
+        raise InvalidInput(f"More than {MAX_NAMESPACES} namespaces.", field="namespaces")
+    reports, total = [], 0
+    for name, entry in value.items():
+        if not NAMESPACE_RE.fullmatch(name):
+            raise InvalidInput(f"{name[:40]!r} is not a namespace name.", field="namespaces")
+        where = f"namespaces.{name}"
+        digest = entry.get("hash") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or not HASH_RE.fullmatch(digest):
+            raise InvalidInput("Must be the sha256 (hex) of the namespace's body.", field=f"{where}.hash")
+        body = entry.get("body")
+        if "body" in entry and not isinstance(body, dict):
+            raise InvalidInput("Must be a JSON object.", field=f"{where}.body")
+        if body is not None:
+            problem = unstorable(body, f"{where}.body", max_depth=MAX_FACTS_DEPTH)
+            if problem:
+                raise InvalidInput(f"Cannot be stored: {problem}.", field=f"{where}.body")
+            size = len(canonical_json(body))
+            if size > MAX_NAMESPACE_BYTES:
+                raise InvalidInput(f"Larger than {MAX_NAMESPACE_BYTES} bytes.", field=f"{where}.body")
+            total += size
+            if total > MAX_FACTS_BYTES:
+                raise InvalidInput(f"The bodies are larger than {MAX_FACTS_BYTES} bytes together.", field="namespaces")
+            if compute_facts_hash(body) != digest:
+                raise InvalidInput("Does not match the namespace's body.", field=f"{where}.hash")
+        namespace = fact_namespaces.get(name)
+        if namespace is None:
+            continue
+        if body is not None:
+            try:
+                body = namespace.validate(body)
+            except ValueError as exc:
+                raise InvalidInput(f"Cannot be used: {exc}.", field=f"{where}.body") from exc
+        reports.append(FactReport(name, digest, body))
+    return reports
+
+
+def record_namespaces(agent: Agent, reports: list[FactReport], now, stored: dict) -> list[str]:
+    """Actual state from a heartbeat's fact namespaces; returns the names the server wants in
+    full next time (a hash that differs from the stored one, with no body: after a loss of the
+    server's facts, say). Each changed body is handed to its namespace's handler and stored with
+    its hash; ``stored`` is each namespace's stored hash, as the check-in read it. A constant
+    number of queries however many namespaces changed: none when none did."""
+    wanted = sorted(report.name for report in reports if report.body is None and stored.get(report.name) != report.hash)
+    changed = [report for report in reports if report.body is not None and stored.get(report.name) != report.hash]
+    if not changed:
+        return wanted
+    with transaction.atomic():
+        row = AssetFacts.objects.select_for_update().filter(asset_id=agent.asset_id).first()
+        row = row or AssetFacts(asset_id=agent.asset_id, facts={}, namespaces={}, namespace_hashes={})
+        summary, bodies, hashes = dict(row.facts), dict(row.namespaces), dict(row.namespace_hashes)
+        for report in changed:
+            bodies[report.name], hashes[report.name] = report.body, report.hash
+            summary.update(fact_namespaces.get(report.name).handle(report.body))
+        row.facts, row.facts_hash, row.namespaces, row.namespace_hashes = (
+            summary,
+            compute_facts_hash(summary),
+            bodies,
+            hashes,
+        )
+        row.reported_at = now
+        row.save()
+        _facts_recorded(agent, summary, {"facts_hash": row.facts_hash, "namespaces": [r.name for r in changed]})
+    return wanted
 
 
 def set_site_policy(actor, site: Site, *, allow_self_authorized_jobs: bool) -> Site:

@@ -173,6 +173,7 @@ class FakeServer:
     pending: list = field(default_factory=list)
     abort: list = field(default_factory=list)
     facts_required: bool = False
+    facts_wanted: list = field(default_factory=list)  # namespaces wanted in full, as the server asks
     # path -> (status, body, headers) to answer instead of the normal behaviour
     override: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -249,6 +250,7 @@ class FakeServer:
                     "instructions": instructions,
                     "abort": list(self.abort),
                     "facts_required": self.facts_required,
+                    "facts_wanted": list(self.facts_wanted),
                 }
                 if self.signing_keys is not None:
                     answer["signing_keys"] = self.signing_keys

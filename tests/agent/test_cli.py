@@ -85,6 +85,7 @@ def test_enroll_writes_a_private_config(tmp_path: Path, fake_server: FakeServer)
         "os_version",
         "kernel",
         "architecture",
+        "cpu_count",
         "addresses",
         "boot_time",
         "agent_version",
@@ -166,21 +167,48 @@ def test_run_once_verifies_runs_and_reports(
     assert beat["capacity"] == 4
     assert beat["agent_version"] == "0.1.0"
     assert beat["protocol"] == 2  # the server leases steps that name artefacts only to 2 and later
-    assert beat["facts"]["hostname"] == "host-under-test"
-    assert beat["facts_hash"] == facts_hash(beat["facts"])
+    network = beat["namespaces"]["network"]
+    assert network["body"]["hostname"] == "host-under-test"
+    assert network["hash"] == facts_hash(network["body"])
+    assert sorted(beat["namespaces"]) == ["agent", "hardware", "network", "os"]
 
 
-def test_facts_are_sent_only_until_acknowledged_or_when_required(tmp_path: Path, fake_server: FakeServer) -> None:
+def bodies_sent(fake_server: FakeServer) -> list[list[str]]:
+    """The namespaces each heartbeat carried a body of (every heartbeat carries every hash)."""
+    beats = fake_server.heartbeats()
+    assert all(sorted(beat["namespaces"]) == ["agent", "hardware", "network", "os"] for beat in beats)
+    return [sorted(name for name, entry in beat["namespaces"].items() if "body" in entry) for beat in beats]
+
+
+def test_namespaces_are_sent_only_until_acknowledged_or_when_wanted(tmp_path: Path, fake_server: FakeServer) -> None:
     state_dir = tmp_path / "agent"
     assert enroll(fake_server, state_dir).returncode == 0
     for _ in range(2):
         assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
-    fake_server.facts_required = True
+    fake_server.facts_wanted = ["os"]  # the server lost what it had of one namespace
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    fake_server.facts_wanted = []
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    fake_server.facts_required = True  # all of them
     assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
     fake_server.facts_required = False
     assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
-    sent = ["facts" in beat for beat in fake_server.heartbeats()]
-    assert sent == [True, False, False, True]
+    everything = ["agent", "hardware", "network", "os"]
+    assert bodies_sent(fake_server) == [everything, [], [], ["os"], [], everything]
+
+
+def test_a_changed_namespace_travels_alone(tmp_path: Path, fake_server: FakeServer) -> None:
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    config = json.loads((state_dir / "config.json").read_text())
+    (state_dir / "config.json").write_text(json.dumps({**config, "hostname": "renamed-host"}))
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    assert bodies_sent(fake_server)[1] == ["network"]
+    assert fake_server.heartbeats()[1]["namespaces"]["network"]["body"]["hostname"] == "renamed-host"
+    assert json.loads((state_dir / "state.json").read_text())["acked_namespaces"]["network"] == facts_hash(
+        fake_server.heartbeats()[1]["namespaces"]["network"]["body"]
+    )
 
 
 def test_unreachable_server_exits_1_and_keeps_results(tmp_path: Path, fake_server: FakeServer) -> None:

@@ -8,6 +8,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from rmm.engine.models import Instruction
+from rmm.inventory.models import AssetFacts
 from rmm.keys import services as key_services
 from rmm_agent.runner import make_result
 from scripting import services as scripting
@@ -232,3 +233,45 @@ def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, m
     order.clear()
     measure("/api/v1/agent/results/", result_body(inst_id), auth, 201)
     assert order == ["store", "jobs_finished"]
+
+
+
+def test_fact_namespaces_cost_the_same_however_many_changed(world, site):
+    """Hashes only: what an idle heartbeat costs (the stored hashes come with the check-in). One
+    changed namespace, two, or all of them (a test-registered one among them): the same count."""
+    from rmm.inventory import namespaces
+    from rmm_agent.protocol import facts_hash
+
+    namespaces.register("test_probe", lambda body: body, lambda body: {})
+    try:
+        agent, auth = make_agent(site, "namespaced")
+        current = {
+            "os": {"os": "Linux", "kernel": "6.0"},
+            "hardware": {"architecture": "x86_64", "cpu_count": 1},
+            "network": {"hostname": "namespaced", "addresses": ["10.0.0.1"]},
+            "agent": {"agent_version": "0.2.0"},
+            "test_probe": {"n": 0},
+        }
+
+        def heartbeat(changing: set) -> int:
+            for name in changing:
+                current[name] = {**current[name], "changes": current[name].get("changes", 0) + 1}
+            report = {
+                name: {"hash": facts_hash(body), **({"body": body} if name in changing else {})}
+                for name, body in current.items()
+            }
+            count, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "namespaces": report}, auth, 200)
+            assert answer["facts_wanted"] == []
+            return count
+
+        idle, _, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4}, auth, 200)
+        every = set(current)
+        heartbeat(every)  # the first report, warming the path
+        counts = {0: heartbeat(set()), 1: heartbeat({"network"}), 2: heartbeat({"os", "test_probe"})}
+        counts[len(every)] = heartbeat(every)
+        assert counts[0] == idle <= MAX_IDLE_HEARTBEAT, counts
+        assert counts[1] == counts[2] == counts[len(every)], counts
+        assert AssetFacts.objects.get(asset_id=agent.asset_id).namespaces == current
+    finally:
+        namespaces.unregister("test_probe")
+

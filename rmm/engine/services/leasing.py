@@ -4,6 +4,7 @@ envelope an agent gets, and the running work it must kill."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +35,7 @@ class CheckIn:
     """What every heartbeat needs to know besides the agent itself."""
 
     facts_hash: str | None  # the stored hash of the asset's facts
+    namespace_hashes: dict  # the stored hash of each of its fact namespaces
     switch: KillSwitch | None  # the engaged kill switch covering the asset
     work_waiting: bool  # queued, released, unexpired instructions for this agent
     keys_version: int  # the signing-key registry's version (rmm.keys.keyset.VERSION_SQL)
@@ -58,11 +60,14 @@ def check_in(
     moment = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         params = [moment, version, protocol, key_id, capabilities, agent_id]
-        params += [asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
+        params += [asset_id, asset_id, site_id, asset_id, agent_id, S.QUEUED, moment, moment]
         cursor.execute(_CHECK_IN_SQL, params)
-        facts_hash, switch_id, waiting, keys_version = cursor.fetchone()
+        facts_hash, hashes, switch_id, waiting, keys_version = cursor.fetchone()
     agent.protocol = protocol  # what this heartbeat's lease, and a held one's, go by
-    return CheckIn(facts_hash, _engaged_switch(switch_id), bool(waiting), int(keys_version))
+    if isinstance(hashes, str | bytes):  # the JSON column's text (SQLite; PostgreSQL through Django)
+        hashes = json.loads(hashes)
+    namespace_hashes = hashes if isinstance(hashes, dict) else {}
+    return CheckIn(facts_hash, namespace_hashes, _engaged_switch(switch_id), bool(waiting), int(keys_version))
 
 
 def came_back(agent: Agent, after: str, now: datetime) -> int:
@@ -117,7 +122,10 @@ _WAITING_SQL = (
     "EXISTS (SELECT 1 FROM engine_instruction WHERE agent_id = %s AND status = %s"
     " AND not_after > %s AND release_at <= %s)"
 )
-_FACTS_SQL = "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s)"
+_FACTS_SQL = (
+    "(SELECT facts_hash FROM inventory_assetfacts WHERE asset_id = %s),"
+    " (SELECT namespace_hashes FROM inventory_assetfacts WHERE asset_id = %s)"
+)
 # The statements below are built from the constants above only; every value is a parameter.
 # The check-in is one round trip: the agent is seen, and learns what its heartbeat needs
 # (RETURNING: PostgreSQL, and SQLite 3.35+).
