@@ -31,7 +31,12 @@ def collect_namespaces(hostname: str | None = None) -> dict[str, dict]:
     undecodable name) are sent escaped (``sendable_text``). Only what the agent reads cheaply by
     itself: what needs a script comes from approved scripts' results, never from here."""
     namespaces = {
-        "os": {"os": platform.system(), "os_version": os_version(), "kernel": platform.release(), "boot_time": boot_time()},
+        "os": {
+            "os": platform.system(),
+            "os_version": os_version(),
+            "kernel": platform.release(),
+            "boot_time": boot_time(),
+        },
         "hardware": {"architecture": platform.machine(), "cpu_count": os.cpu_count()},
         "network": {"hostname": hostname or socket.gethostname(), "addresses": local_addresses()[:MAX_FACT_ADDRESSES]},
         "agent": {"agent_version": __version__},

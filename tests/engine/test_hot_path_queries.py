@@ -235,7 +235,6 @@ def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, m
     assert order == ["store", "jobs_finished"]
 
 
-
 def test_fact_namespaces_cost_the_same_however_many_changed(world, site):
     """Hashes only: what an idle heartbeat costs (the stored hashes come with the check-in). One
     changed namespace, two, or all of them (a test-registered one among them): the same count."""
@@ -274,4 +273,3 @@ def test_fact_namespaces_cost_the_same_however_many_changed(world, site):
         assert AssetFacts.objects.get(asset_id=agent.asset_id).namespaces == current
     finally:
         namespaces.unregister("test_probe")
-
