@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturate", type=int, default=defaults.saturate, help="seconds per saturation run")
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency, help="saturation callers")
     parser.add_argument(
-        "--facts-change", type=float, default=defaults.facts_change, help="share of heartbeats with new facts"
+        "--facts-change",
+        type=float,
+        default=defaults.facts_change,
+        help="share of heartbeats in which a fact namespace changes (only it travels)",
     )
     parser.add_argument("--no-hold", dest="hold", action="store_false", help="heartbeats answered at once, no wake-ups")
     parser.add_argument("--out", default="", help="JSON report path (default var/bench/<time>.json)")

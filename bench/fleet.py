@@ -2,7 +2,9 @@
 
 Each simulated agent enrolls, then heartbeats back to back as ``rmm_agent`` does, each heartbeat
 held by the server for up to one interval (with jitter) while it has nothing for the agent,
-carrying its facts hash (full facts the first time and whenever they change); it verifies every
+carrying the hash of each fact namespace and the bodies of those the server has not acknowledged
+(all of them the first time; with ``--facts-change``, that share of heartbeats changes the network
+namespace, so only it travels); it verifies every
 leased instruction's Ed25519 signature and content hash exactly as ``rmm_agent`` does, "runs"
 it for a moment and posts a result whose hash the server checks.
 
@@ -34,17 +36,21 @@ AGENT = "/api/v1/agent/"
 USER_AGENT = "rmm-bench/1"
 
 
-def make_facts(hostname: str, rng: random.Random) -> dict:
-    """Facts shaped like those the real agent collects."""
+def make_namespaces(hostname: str, rng: random.Random) -> dict[str, dict]:
+    """Fact namespaces shaped like those the real agent collects (rmm_agent.facts)."""
     return {
-        "hostname": hostname,
-        "os": "Linux",
-        "os_version": "Debian GNU/Linux 13 (trixie)",
-        "kernel": "6.12.0-bench",
-        "architecture": "x86_64",
-        "addresses": [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"],
-        "boot_time": "2026-11-01T00:00:00Z",
-        "agent_version": "0.1.0",
+        "os": {
+            "os": "Linux",
+            "os_version": "Debian GNU/Linux 13 (trixie)",
+            "kernel": "6.12.0-bench",
+            "boot_time": "2026-11-01T00:00:00Z",
+        },
+        "hardware": {"architecture": "x86_64", "cpu_count": 4},
+        "network": {
+            "hostname": hostname,
+            "addresses": [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"],
+        },
+        "agent": {"agent_version": "0.1.0"},
     }
 
 
@@ -77,15 +83,15 @@ async def _json(answer: aiohttp.ClientResponse) -> dict:
 class SimAgent:
     """One enrolled agent and its loop."""
 
-    def __init__(self, sim: Simulator, url: str, identity: dict, facts: dict) -> None:
+    def __init__(self, sim: Simulator, url: str, identity: dict, namespaces: dict) -> None:
         self.sim, self.url = sim, url
         self.agent_id = identity["agent_id"]
         self.asset_id = identity["asset_id"]
         self.auth = f"Agent {identity['agent_id']}:{identity['secret']}"
         pinned = base64.b64decode(identity["server_public_key"])
         self.keys = {keyring.key_id(pinned): pinned}
-        self.facts = facts
-        self.acked = ""  # like the real agent: full facts until the server acknowledged a hash
+        self.namespaces = namespaces
+        self.acked: dict[str, str] = {}  # like the real agent: a body until the server acknowledged its hash
         self.running: set[str] = set()
         self.next_heartbeat = 0.0
 
@@ -103,18 +109,21 @@ class SimAgent:
         next one (like ``rmm_agent``: at once after a full hold, 1 s after an early answer)."""
         sim, rec = self.sim, self.sim.records
         if sim.facts_change and sim.rng.random() < sim.facts_change:
-            self.facts = dict(self.facts, addresses=[f"10.0.{sim.rng.randrange(256)}.{sim.rng.randrange(1, 255)}"])
-        current = facts_hash(self.facts)
+            address = f"10.0.{sim.rng.randrange(256)}.{sim.rng.randrange(1, 255)}"
+            self.namespaces = {**self.namespaces, "network": {**self.namespaces["network"], "addresses": [address]}}
+        hashes = {name: facts_hash(facts) for name, facts in self.namespaces.items()}
+        sent = {name: digest for name, digest in hashes.items() if self.acked.get(name) != digest}
         body: dict = {
             "agent_version": "0.1.0",
-            "facts_hash": current,
+            "namespaces": {
+                name: {"hash": digest, **({"body": self.namespaces[name]} if name in sent else {})}
+                for name, digest in hashes.items()
+            },
             "running": sorted(self.running),
             "capacity": max(0, 4 - len(self.running)),
         }
         if hold:
             body["wait"] = hold
-        if self.acked != current:
-            body["facts"] = self.facts
         started, wall = time.perf_counter(), time.time()
         try:
             status, answer, retry = await self.post(AGENT + "heartbeat/", body, 30 + hold)
@@ -128,15 +137,15 @@ class SimAgent:
             rec.error(f"heartbeat HTTP {status}", str(answer))
             return retry or sim.interval
         leased = answer.get("instructions") or []
-        early = bool(leased or answer.get("abort") or answer.get("facts_required"))
+        wanted = answer.get("facts_wanted") or []
+        early = bool(leased or answer.get("abort") or answer.get("facts_required") or wanted)
         if early and hold:  # woken, or work at once: how long it waited is not the server's delay
             rec.heartbeats.append((wall, float("nan"), "woken", len(leased)))
         else:  # answered when its hold was up: what came on top is the server's delay
             rec.heartbeats.append((wall, max(0.0, elapsed - hold), "ok", len(leased)))
-        if "facts" in body:
-            self.acked = current
-        if answer.get("facts_required"):
-            self.acked = ""
+        self.acked = {} if answer.get("facts_required") else {**self.acked, **sent}
+        for name in wanted:
+            self.acked.pop(name, None)
         now = datetime.now(UTC)
         for envelope in leased:
             try:
@@ -155,7 +164,9 @@ class SimAgent:
         """'Run' the instruction for a moment, then deliver its result (retrying like the spool)."""
         sim, rec = self.sim, self.sim.records
         await asyncio.sleep(sim.rng.uniform(0.05, 0.3))
-        result = make_result(instruction_id, "completed", exit_code=0, stdout=f"ok from {self.facts['hostname']}\n")
+        result = make_result(
+            instruction_id, "completed", exit_code=0, stdout=f"ok from {self.namespaces['network']['hostname']}\n"
+        )
         for _attempt in range(5):
             started, wall = time.perf_counter(), time.time()
             try:
@@ -215,7 +226,8 @@ class Simulator:
 
         async def one(index: int, hostname: str) -> None:
             url = self.urls[index % len(self.urls)]
-            facts = make_facts(hostname, self.rng)
+            namespaces = make_namespaces(hostname, self.rng)
+            facts = {key: value for part in namespaces.values() for key, value in part.items()}
             for _attempt in range(5):
                 started = time.perf_counter()
                 try:
@@ -231,7 +243,7 @@ class Simulator:
                     continue
                 latencies.append(time.perf_counter() - started)
                 if status == 201:
-                    self.agents.append(SimAgent(self, url, body, facts))
+                    self.agents.append(SimAgent(self, url, body, namespaces))
                     return
                 self.records.error(f"enroll HTTP {status}", str(body))
                 return
@@ -270,7 +282,7 @@ class Simulator:
         body_of = {
             "heartbeat/": lambda a: {
                 "agent_version": "0.1.0",
-                "facts_hash": facts_hash(a.facts),
+                "namespaces": {name: {"hash": digest} for name, digest in a.acked.items()},
                 "running": [],
                 "capacity": 4,
             },
