@@ -31,7 +31,9 @@ from .protocol import (
     REASON_REPLAYED,
     REASON_UNKNOWN_KEY,
     InstructionRefused,
+    canonical_json,
     facts_hash,
+    merge_diff,
     parse_iso,
     verify_instruction,
 )
@@ -261,17 +263,20 @@ class Agent:
         nothing for us; raises :class:`Unauthorized` on 401."""
         namespaces = collect_namespaces(hostname=self.config.get("hostname"))
         hashes = {name: facts_hash(facts) for name, facts in namespaces.items()}
-        acked = self.state.acked_namespaces()
+        acked, bases = self.state.acked_namespaces()
         changed = sorted(name for name in namespaces if acked.get(name) != hashes[name])
+        reports = {name: {"hash": hashes[name]} for name in namespaces}
+        for name in changed:  # a patch against what the server acknowledged, when it is smaller
+            base = bases.get(name)
+            patch = merge_diff(base, namespaces[name]) if base and facts_hash(base) == acked.get(name) else None
+            smaller = patch is not None and len(canonical_json(patch)) < len(canonical_json(namespaces[name]))
+            reports[name]["patch" if smaller else "body"] = patch if smaller else namespaces[name]
         running = self.running_ids()
         body: dict = {
             "agent_version": __version__,
             "protocol": PROTOCOL_VERSION,
-            # Every namespace's hash; the body only of those the server has not acknowledged.
-            "namespaces": {
-                name: {"hash": hashes[name], **({"body": namespaces[name]} if name in changed else {})}
-                for name in namespaces
-            },
+            # Every namespace's hash; a body or a patch only for those the server has not acknowledged.
+            "namespaces": reports,
             "running": running,
             "capacity": 0 if self.rebooting else max(0, MAX_CONCURRENT - len(running)),
             "key_ids": sorted(self.server_keys),
@@ -305,10 +310,10 @@ class Agent:
             self.state.clear_reboot()
             self.came_back = None
             log.info("reported coming back from the reboot after %s", body["rebooted"])
-        return self._accept_heartbeat(answer, {name: hashes[name] for name in changed})
+        return self._accept_heartbeat(answer, {name: (hashes[name], namespaces[name]) for name in changed})
 
-    def _accept_heartbeat(self, answer: Response, sent: dict[str, str]) -> HeartbeatAnswer:
-        """Apply a heartbeat's answer; ``sent`` are the namespaces whose bodies it carried, by hash."""
+    def _accept_heartbeat(self, answer: Response, sent: dict[str, tuple[str, dict]]) -> HeartbeatAnswer:
+        """Apply a heartbeat's answer; ``sent``: the namespaces it carried, with hash and body."""
         body = answer.body
         if "new_secret" in body:
             self._rotate_secret(body["new_secret"])
@@ -327,15 +332,19 @@ class Agent:
             abort=[item for item in abort if isinstance(item, str)] if isinstance(abort, list) else [],
         )
 
-    def _acknowledge(self, sent: dict[str, str], wanted: object, all_wanted: bool) -> bool:
+    def _acknowledge(self, sent: dict[str, tuple[str, dict]], wanted: object, all_wanted: bool) -> bool:
         """Record the namespaces the server took as acknowledged, and forget those it wants in
-        full (``facts_wanted``; all of them with ``facts_required``), so they travel next time.
-        True when the server wants any."""
-        acked = {} if all_wanted else {**self.state.acked_namespaces(), **sent}
+        full (``facts_wanted``; all of them with ``facts_required``), so they travel whole next
+        time. True when the server wants any."""
+        hashes, bodies = ({}, {}) if all_wanted else self.state.acked_namespaces()
+        if not all_wanted:
+            for name, (digest, body) in sent.items():
+                hashes[name], bodies[name] = digest, body
         names = [name for name in wanted if isinstance(name, str)] if isinstance(wanted, list) else []
         for name in names:
-            acked.pop(name, None)
-        self.state.set_acked_namespaces(acked)
+            hashes.pop(name, None)
+            bodies.pop(name, None)
+        self.state.set_acked_namespaces(hashes, bodies)
         return all_wanted or bool(names)
 
     def _rotate_secret(self, new_secret: object) -> None:

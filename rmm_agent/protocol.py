@@ -167,6 +167,53 @@ def facts_hash(facts: dict) -> str:
     return sha256_hex(canonical_json(facts))
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` with a JSON merge patch applied (RFC 7386): an object's keys merged, a null
+    removing its key, anything else replacing the value whole."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def merge_diff(old: dict, new: dict) -> dict | None:
+    """The merge patch that turns ``old`` into ``new``; None when no patch can (``new`` holds a
+    null, which a merge patch can only read as a removal)."""
+    patch: dict = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key, _ABSENT)
+        if before is not _ABSENT and canonical_json(before) == canonical_json(value):
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):
+            inner = merge_diff(before, value)
+            if inner is None:
+                return None
+            patch[key] = inner
+        elif _holds_null(value):
+            return None
+        else:
+            patch[key] = value
+    return patch
+
+
+_ABSENT = object()
+
+
+def _holds_null(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, dict):
+        return any(_holds_null(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_null(item) for item in value)
+    return False
+
+
 def result_hash(result: dict) -> str:
     """Hash over the result's evidence fields, so the server can check what it stores."""
     return sha256_hex(canonical_json({key: result[key] for key in RESULT_HASH_FIELDS if key in result}))

@@ -161,19 +161,21 @@ class StateDir:
         """Persist state.json."""
         atomic_write_json(self.state_path, state, mode=0o600)
 
-    def acked_namespaces(self) -> dict[str, str]:
-        """``{namespace: hash}`` the server last acknowledged (a namespace missing: not yet)."""
-        value = self.load_state().get("acked_namespaces")
-        if not isinstance(value, dict):
-            return {}
-        return {name: digest for name, digest in value.items() if isinstance(digest, str)}
-
-    def set_acked_namespaces(self, acked: dict[str, str]) -> None:
-        """Record the acknowledged namespace hashes (written only when they changed)."""
+    def acked_namespaces(self) -> tuple[dict[str, str], dict[str, dict]]:
+        """The fact namespaces the server last acknowledged: ``{namespace: hash}`` (a namespace
+        missing: not yet), and ``{namespace: body}`` of those, the base of the next patch."""
         state = self.load_state()
-        if state.get("acked_namespaces") == acked:
+        hashes, bodies = state.get("acked_namespaces"), state.get("acked_bodies")
+        hashes = {n: h for n, h in hashes.items() if isinstance(h, str)} if isinstance(hashes, dict) else {}
+        bodies = {n: b for n, b in bodies.items() if isinstance(b, dict)} if isinstance(bodies, dict) else {}
+        return hashes, bodies
+
+    def set_acked_namespaces(self, hashes: dict[str, str], bodies: dict[str, dict]) -> None:
+        """Record the acknowledged namespaces (written only when they changed)."""
+        state = self.load_state()
+        if state.get("acked_namespaces") == hashes and state.get("acked_bodies") == bodies:
             return
-        state["acked_namespaces"] = acked
+        state["acked_namespaces"], state["acked_bodies"] = hashes, bodies
         self.save_state(state)
 
     # -- a reboot a step asked for ------------------------------------------------------------

@@ -33,6 +33,7 @@ from rmm_agent.protocol import (
     MAX_NAMESPACES,
     NAMESPACE_RE,
     canonical_json,
+    merge_patch,
 )
 from rmm_agent.protocol import facts_hash as compute_facts_hash
 
@@ -366,19 +367,22 @@ HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class FactReport:
-    """One namespace of a heartbeat: its hash, and its body when the agent sent it."""
+    """One namespace of a heartbeat: its hash, and its body or a patch (RFC 7386, against the
+    body the server last acknowledged) when the agent sent one."""
 
     name: str
     hash: str
     body: dict | None
+    patch: dict | None = None
 
 
 def clean_fact_reports(value) -> list[FactReport]:
     """A heartbeat's ``namespaces`` as the server can use them, or a 400 naming the field: an
     object of at most MAX_NAMESPACES namespaces, each ``{"hash": <sha256 hex>}`` and maybe a
-    ``body`` (an object of at most MAX_NAMESPACE_BYTES, all bodies together at most
-    MAX_FACTS_BYTES, storable, matching its hash and passing its namespace's validator). A
-    namespace no app registered is left out: the server neither stores nor asks for it."""
+    ``body`` or a ``patch`` (an object of at most MAX_NAMESPACE_BYTES, all of them together at
+    most MAX_FACTS_BYTES, storable; a body matching its hash and passing its namespace's
+    validator, a patched body checked when it is applied). A namespace no app registered is left
+    out: the server neither stores nor asks for it."""
     if not isinstance(value, dict):
         raise InvalidInput("Namespaces must be a JSON object.", field="namespaces")
     if len(value) > MAX_NAMESPACES:
@@ -391,21 +395,25 @@ def clean_fact_reports(value) -> list[FactReport]:
         digest = entry.get("hash") if isinstance(entry, dict) else None
         if not isinstance(digest, str) or not HASH_RE.fullmatch(digest):
             raise InvalidInput("Must be the sha256 (hex) of the namespace's body.", field=f"{where}.hash")
-        body = entry.get("body")
-        if "body" in entry and not isinstance(body, dict):
-            raise InvalidInput("Must be a JSON object.", field=f"{where}.body")
-        if body is not None:
-            problem = unstorable(body, f"{where}.body", max_depth=MAX_FACTS_DEPTH)
+        if "body" in entry and "patch" in entry:
+            raise InvalidInput("A body or a patch, not both.", field=where)
+        kind = "patch" if "patch" in entry else "body"
+        sent = entry.get(kind)
+        if kind in entry and not isinstance(sent, dict):
+            raise InvalidInput("Must be a JSON object.", field=f"{where}.{kind}")
+        if sent is not None:
+            problem = unstorable(sent, f"{where}.{kind}", max_depth=MAX_FACTS_DEPTH)
             if problem:
-                raise InvalidInput(f"Cannot be stored: {problem}.", field=f"{where}.body")
-            size = len(canonical_json(body))
+                raise InvalidInput(f"Cannot be stored: {problem}.", field=f"{where}.{kind}")
+            size = len(canonical_json(sent))
             if size > MAX_NAMESPACE_BYTES:
-                raise InvalidInput(f"Larger than {MAX_NAMESPACE_BYTES} bytes.", field=f"{where}.body")
+                raise InvalidInput(f"Larger than {MAX_NAMESPACE_BYTES} bytes.", field=f"{where}.{kind}")
             total += size
             if total > MAX_FACTS_BYTES:
                 raise InvalidInput(f"The bodies are larger than {MAX_FACTS_BYTES} bytes together.", field="namespaces")
-            if compute_facts_hash(body) != digest:
-                raise InvalidInput("Does not match the namespace's body.", field=f"{where}.hash")
+        body = sent if kind == "body" else None
+        if body is not None and compute_facts_hash(body) != digest:
+            raise InvalidInput("Does not match the namespace's body.", field=f"{where}.hash")
         namespace = fact_namespaces.get(name)
         if namespace is None:
             continue
@@ -414,37 +422,54 @@ def clean_fact_reports(value) -> list[FactReport]:
                 body = namespace.validate(body)
             except ValueError as exc:
                 raise InvalidInput(f"Cannot be used: {exc}.", field=f"{where}.body") from exc
-        reports.append(FactReport(name, digest, body))
+        reports.append(FactReport(name, digest, body, sent if kind == "patch" else None))
     return reports
 
 
 def record_namespaces(agent: Agent, reports: list[FactReport], now, stored: dict) -> list[str]:
     """Actual state from a heartbeat's fact namespaces; returns the names the server wants in
-    full next time (a hash that differs from the stored one, with no body: after a loss of the
-    server's facts, say). Each changed body is handed to its namespace's handler and stored with
-    its hash; ``stored`` is each namespace's stored hash, as the check-in read it. A constant
-    number of queries however many namespaces changed: none when none did."""
-    wanted = sorted(report.name for report in reports if report.body is None and stored.get(report.name) != report.hash)
-    changed = [report for report in reports if report.body is not None and stored.get(report.name) != report.hash]
+    full next time: a hash that differs from the stored one with nothing sent (after a loss of
+    the server's facts, say), or a patch that does not give the body of its hash. Each changed
+    body is handed to its namespace's handler and stored with its hash; ``stored`` is each
+    namespace's stored hash, as the check-in read it. A constant number of queries however many
+    namespaces changed: none when none did."""
+    wanted = [r.name for r in reports if r.body is None and r.patch is None and stored.get(r.name) != r.hash]
+    changed = [r for r in reports if (r.body is not None or r.patch is not None) and stored.get(r.name) != r.hash]
     if not changed:
-        return wanted
+        return sorted(wanted)
     with transaction.atomic():
         row = AssetFacts.objects.select_for_update().filter(asset_id=agent.asset_id).first()
         row = row or AssetFacts(asset_id=agent.asset_id, facts={}, namespaces={}, namespace_hashes={})
         summary, bodies, hashes = dict(row.facts), dict(row.namespaces), dict(row.namespace_hashes)
+        applied = []
         for report in changed:
-            bodies[report.name], hashes[report.name] = report.body, report.hash
-            summary.update(fact_namespaces.get(report.name).handle(report.body))
-        row.facts, row.facts_hash, row.namespaces, row.namespace_hashes = (
-            summary,
-            compute_facts_hash(summary),
-            bodies,
-            hashes,
-        )
-        row.reported_at = now
-        row.save()
-        _facts_recorded(agent, summary, {"facts_hash": row.facts_hash, "namespaces": [r.name for r in changed]})
-    return wanted
+            body = report.body if report.body is not None else _patched(report, bodies.get(report.name))
+            if body is None:
+                wanted.append(report.name)
+                continue
+            bodies[report.name], hashes[report.name] = body, report.hash
+            summary.update(fact_namespaces.get(report.name).handle(body))
+            applied.append(report.name)
+        if applied:
+            row.facts, row.facts_hash = summary, compute_facts_hash(summary)
+            row.namespaces, row.namespace_hashes, row.reported_at = bodies, hashes, now
+            row.save()
+            _facts_recorded(agent, summary, {"facts_hash": row.facts_hash, "namespaces": applied})
+    return sorted(wanted)
+
+
+def _patched(report: FactReport, base) -> dict | None:
+    """The body a patch makes of the stored one, if it is the body of the report's hash and its
+    namespace can use it; else None (the server then asks for the body in full)."""
+    if not isinstance(base, dict):
+        return None
+    body = merge_patch(base, report.patch)
+    if compute_facts_hash(body) != report.hash or len(canonical_json(body)) > MAX_NAMESPACE_BYTES:
+        return None
+    try:
+        return fact_namespaces.get(report.name).validate(body)
+    except ValueError:
+        return None
 
 
 def set_site_policy(actor, site: Site, *, allow_self_authorized_jobs: bool) -> Site:

@@ -174,10 +174,10 @@ def test_run_once_verifies_runs_and_reports(
 
 
 def bodies_sent(fake_server: FakeServer) -> list[list[str]]:
-    """The namespaces each heartbeat carried a body of (every heartbeat carries every hash)."""
+    """The namespaces each heartbeat carried a body or a patch of (every heartbeat carries every hash)."""
     beats = fake_server.heartbeats()
     assert all(sorted(beat["namespaces"]) == ["agent", "hardware", "network", "os"] for beat in beats)
-    return [sorted(name for name, entry in beat["namespaces"].items() if "body" in entry) for beat in beats]
+    return [sorted(name for name, entry in beat["namespaces"].items() if set(entry) != {"hash"}) for beat in beats]
 
 
 def test_namespaces_are_sent_only_until_acknowledged_or_when_wanted(tmp_path: Path, fake_server: FakeServer) -> None:
@@ -195,20 +195,42 @@ def test_namespaces_are_sent_only_until_acknowledged_or_when_wanted(tmp_path: Pa
     assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
     everything = ["agent", "hardware", "network", "os"]
     assert bodies_sent(fake_server) == [everything, [], [], ["os"], [], everything]
+    assert all("body" in entry for entry in fake_server.heartbeats()[3]["namespaces"].values() if len(entry) > 1)
 
 
-def test_a_changed_namespace_travels_alone(tmp_path: Path, fake_server: FakeServer) -> None:
+def rename(state_dir: Path, hostname: str) -> None:
+    config = json.loads((state_dir / "config.json").read_text())
+    (state_dir / "config.json").write_text(json.dumps({**config, "hostname": hostname}))
+
+
+def test_a_changed_namespace_travels_alone_as_a_patch(tmp_path: Path, fake_server: FakeServer) -> None:
     state_dir = tmp_path / "agent"
     assert enroll(fake_server, state_dir).returncode == 0
     assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
-    config = json.loads((state_dir / "config.json").read_text())
-    (state_dir / "config.json").write_text(json.dumps({**config, "hostname": "renamed-host"}))
+    rename(state_dir, "renamed-host")
     assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    first, second = fake_server.heartbeats()
     assert bodies_sent(fake_server)[1] == ["network"]
-    assert fake_server.heartbeats()[1]["namespaces"]["network"]["body"]["hostname"] == "renamed-host"
-    assert json.loads((state_dir / "state.json").read_text())["acked_namespaces"]["network"] == facts_hash(
-        fake_server.heartbeats()[1]["namespaces"]["network"]["body"]
-    )
+    sent = second["namespaces"]["network"]
+    assert sent["patch"] == {"hostname": "renamed-host"} and "body" not in sent
+    body = {**first["namespaces"]["network"]["body"], "hostname": "renamed-host"}
+    assert sent["hash"] == facts_hash(body)
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["acked_namespaces"]["network"] == sent["hash"] and state["acked_bodies"]["network"] == body
+
+
+def test_a_namespace_the_server_wants_after_a_patch_travels_whole(tmp_path: Path, fake_server: FakeServer) -> None:
+    """The server could not apply a patch (it lacks the base): it wants the body, and gets it."""
+    state_dir = tmp_path / "agent"
+    assert enroll(fake_server, state_dir).returncode == 0
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    rename(state_dir, "renamed-host")
+    fake_server.facts_wanted = ["network"]
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    fake_server.facts_wanted = []
+    assert agent("run", "--state-dir", str(state_dir), "--once").returncode == 0
+    patched, whole = (beat["namespaces"]["network"] for beat in fake_server.heartbeats()[1:])
+    assert "patch" in patched and whole["body"]["hostname"] == "renamed-host" and "patch" not in whole
 
 
 def test_unreachable_server_exits_1_and_keeps_results(tmp_path: Path, fake_server: FakeServer) -> None:

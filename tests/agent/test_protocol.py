@@ -17,6 +17,8 @@ from rmm_agent.protocol import (
     InstructionRefused,
     canonical_json,
     facts_hash,
+    merge_diff,
+    merge_patch,
     result_hash,
     sha256_hex,
     verify_instruction,
@@ -235,3 +237,51 @@ def test_facts_the_server_could_not_store_are_sent_escaped() -> None:
     assert facts["hostname"] == "web\\x00\\udcff"
     assert "\x00" not in canonical_json(facts).decode()
     assert len(facts_hash(facts)) == 64
+
+
+# RFC 7386, appendix A: (target, patch, result).
+RFC_7386_EXAMPLES = [
+    ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+    ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+    ({"a": "b"}, {"a": None}, {}),
+    ({"a": "b", "b": "c"}, {"a": None}, {"b": "c"}),
+    ({"a": ["b"]}, {"a": "c"}, {"a": "c"}),
+    ({"a": "c"}, {"a": ["b"]}, {"a": ["b"]}),
+    ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+    ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+    (["a", "b"], ["c", "d"], ["c", "d"]),
+    ({"a": "b"}, ["c"], ["c"]),
+    ({"a": "foo"}, None, None),
+    ({"a": "foo"}, "bar", "bar"),
+    ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+    ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+    ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+]
+
+
+@pytest.mark.parametrize(("target", "patch", "result"), RFC_7386_EXAMPLES)
+def test_merge_patch_follows_rfc_7386(target, patch, result) -> None:
+    assert merge_patch(target, patch) == result
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"hostname": "a", "addresses": ["10.0.0.1"]}, {"hostname": "b", "addresses": ["10.0.0.1"]}),
+        ({"a": 1, "gone": 2}, {"a": 1, "new": [1, 2]}),
+        ({"a": {"x": 1, "y": 2}}, {"a": {"x": 1, "z": 3}}),
+        ({"a": 1}, {"a": True}),  # equal in Python, not in JSON: still patched
+        ({"a": "x"}, {"a": {"nested": "y"}}),
+    ],
+)
+def test_a_merge_diff_patches_the_old_body_into_the_new(old, new) -> None:
+    patch = merge_diff(old, new)
+    assert merge_patch(old, patch) == new
+    assert facts_hash(merge_patch(old, patch)) == facts_hash(new)
+    assert "addresses" not in patch or old.get("addresses") != new["addresses"]
+
+
+def test_no_merge_diff_gives_a_null_value_so_such_a_body_travels_whole() -> None:
+    assert merge_diff({"boot_time": "x"}, {"boot_time": None}) is None
+    assert merge_diff({}, {"a": {"b": None}}) is None
+    assert merge_diff({"a": 1}, {"a": 1}) == {}

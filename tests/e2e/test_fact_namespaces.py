@@ -1,6 +1,6 @@
 """Fact namespaces end to end (issue 14, parts 4 and 6): the real agent against the agent tier
 (uvicorn), through a recording proxy on 127.0.0.1 that keeps each request's body as sent. Only a
-changed namespace travels, and the heartbeat that carries it is measured; an agent from before
+changed namespace travels (as a patch), and the heartbeat that carries it is measured; an agent from before
 namespaces (its code at V1_AGENT_COMMIT, one blob of facts with one hash) is still served."""
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def set_hostname(w: dict, hostname: str) -> None:
     config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), hostname=hostname)))
 
 
-def bodies(raw: bytes) -> list[str]:
-    """The namespaces a heartbeat carried a body of."""
-    return sorted(name for name, entry in json.loads(raw)["namespaces"].items() if "body" in entry)
+def carried(raw: bytes) -> list[str]:
+    """The namespaces a heartbeat carried a body or a patch of."""
+    return sorted(name for name, entry in json.loads(raw)["namespaces"].items() if set(entry) != {"hash"})
 
 
 def test_only_a_changed_namespace_travels(server, proxy):
@@ -95,17 +95,21 @@ def test_only_a_changed_namespace_travels(server, proxy):
     agent_once(server, w)
 
     first, unchanged, changed = proxy.heartbeats()
-    assert bodies(first) == ["agent", "hardware", "network", "os"]
-    assert bodies(unchanged) == []
-    assert bodies(changed) == ["network"]
-    network = json.loads(changed)["namespaces"]["network"]["body"]
-    assert network["hostname"] == w["hostname"] + "-renamed"
-    # What travels: the hashes, plus the changed namespace's body alone.
+    assert carried(first) == ["agent", "hardware", "network", "os"]
+    assert carried(unchanged) == []
+    assert carried(changed) == ["network"]
+    sent = json.loads(changed)["namespaces"]["network"]
+    assert sent["patch"] == {"hostname": w["hostname"] + "-renamed"}  # against the acknowledged body
+    # What travels: the hashes, plus the changed namespace's patch alone.
     assert len(unchanged) < len(changed) < len(first)
-    assert len(changed) - len(unchanged) <= len(json.dumps(network, separators=(",", ":"))) + len(',"body":')
+    assert len(changed) - len(unchanged) == len(json.dumps(sent["patch"], separators=(",", ":"))) + len(',"patch":')
     asset = server.request("GET", f"/api/v1/assets/{w['asset']}/", token=w["tech"]).json()
     assert asset["hostname"] == w["hostname"] + "-renamed"
     assert asset["facts"]["hostname"] == asset["hostname"] and "kernel" in asset["facts"]
+    assert asset["facts"]["addresses"] == json.loads(first)["namespaces"]["network"]["body"]["addresses"]
+
+    agent_once(server, w)  # the server took the patch: nothing more travels
+    assert carried(proxy.heartbeats()[-1]) == []
 
 
 def v1_agent(tmp_path) -> list[str]:

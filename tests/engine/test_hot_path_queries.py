@@ -237,7 +237,8 @@ def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, m
 
 def test_fact_namespaces_cost_the_same_however_many_changed(world, site):
     """Hashes only: what an idle heartbeat costs (the stored hashes come with the check-in). One
-    changed namespace, two, or all of them (a test-registered one among them): the same count."""
+    changed namespace, two, or all of them (a test-registered one among them, one as a patch):
+    the same count."""
     from rmm.inventory import namespaces
     from rmm_agent.protocol import facts_hash
 
@@ -252,20 +253,22 @@ def test_fact_namespaces_cost_the_same_however_many_changed(world, site):
             "test_probe": {"n": 0},
         }
 
-        def heartbeat(changing: set) -> int:
+        def heartbeat(changing: set, whole: bool = False) -> int:
             for name in changing:
                 current[name] = {**current[name], "changes": current[name].get("changes", 0) + 1}
             report = {
                 name: {"hash": facts_hash(body), **({"body": body} if name in changing else {})}
                 for name, body in current.items()
             }
+            if "network" in changing and not whole:  # one of them as a patch against the stored body
+                report["network"] = {"hash": facts_hash(current["network"]), "patch": current["network"]}
             count, answer, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4, "namespaces": report}, auth, 200)
             assert answer["facts_wanted"] == []
             return count
 
         idle, _, _ = measure("/api/v1/agent/heartbeat/", {"capacity": 4}, auth, 200)
         every = set(current)
-        heartbeat(every)  # the first report, warming the path
+        heartbeat(every, whole=True)  # the first report, warming the path
         counts = {0: heartbeat(set()), 1: heartbeat({"network"}), 2: heartbeat({"os", "test_probe"})}
         counts[len(every)] = heartbeat(every)
         assert counts[0] == idle <= MAX_IDLE_HEARTBEAT, counts

@@ -119,6 +119,40 @@ def test_a_namespace_no_app_registered_is_neither_stored_nor_asked_for(agent):
     assert "unknown_ns" not in AssetFacts.objects.get(asset_id=row.asset_id).namespaces
 
 
+def test_a_patch_is_applied_to_the_stored_body(agent):
+    row, auth = agent
+    beat(auth, {"namespaces": report(BODIES)})
+    renamed = {**BODIES["network"], "hostname": "renamed", "addresses": ["10.0.0.6"]}
+    patch = {"hostname": "renamed", "addresses": ["10.0.0.6"]}
+    namespaces_ = report({**BODIES, "network": renamed}, sent=set())
+    namespaces_["network"]["patch"] = patch
+    assert beat(auth, {"namespaces": namespaces_})["facts_wanted"] == []
+    stored = AssetFacts.objects.get(asset_id=row.asset_id)
+    assert stored.namespaces["network"] == renamed and stored.namespace_hashes["network"] == facts_hash(renamed)
+    row.asset.refresh_from_db()
+    assert row.asset.hostname == "renamed" and stored.facts["addresses"] == ["10.0.0.6"]
+
+
+@pytest.mark.parametrize("case", ["no-base", "wrong-hash", "validator-refuses"])
+def test_a_patch_that_does_not_give_its_hash_s_body_is_answered_with_a_request_for_the_body(agent, case):
+    row, auth = agent
+    if case != "no-base":
+        beat(auth, {"namespaces": report(BODIES)})
+    before = AssetFacts.objects.get(asset_id=row.asset_id)
+    patch = {"hostname": "renamed"} if case != "validator-refuses" else {"hostname": None}
+    target = (
+        {**BODIES["network"], "hostname": "renamed"}
+        if case != "validator-refuses"
+        else {"addresses": BODIES["network"]["addresses"]}
+    )
+    digest = facts_hash(target) if case != "wrong-hash" else "0" * 64
+    others = report(BODIES, sent=set())
+    answer = beat(auth, {"namespaces": {**others, "network": {"hash": digest, "patch": patch}}})
+    assert "network" in answer["facts_wanted"]
+    after = AssetFacts.objects.get(asset_id=row.asset_id)
+    assert (after.namespaces, after.namespace_hashes) == (before.namespaces, before.namespace_hashes)
+
+
 def _big(size: int) -> dict:
     return {"hostname": "h", "addresses": ["x" * 900] * (size // 900)}
 
@@ -132,6 +166,9 @@ BAD = [
     pytest.param({"os": {"hash": "0" * 64, "body": [1]}}, "namespaces.os.body", id="body-not-an-object"),
     pytest.param({"os": {"hash": "0" * 64, "body": {"os": "Linux"}}}, "namespaces.os.hash", id="hash-mismatch"),
     pytest.param({"os": {"hash": "0" * 64, "body": {"os": "a\x00b"}}}, "namespaces.os.body", id="nul"),
+    pytest.param({"os": {"hash": "0" * 64, "body": {}, "patch": {}}}, "namespaces.os", id="body-and-patch"),
+    pytest.param({"os": {"hash": "0" * 64, "patch": "x"}}, "namespaces.os.patch", id="patch-not-an-object"),
+    pytest.param({"os": {"hash": "0" * 64, "patch": {"k": 1e400}}}, "namespaces.os.patch", id="patch-infinite"),
     pytest.param(report({"network": {"hostname": ""}}), "namespaces.network.body", id="validator-refuses"),
     pytest.param(report({"network": _big(MAX_NAMESPACE_BYTES + 1000)}), "namespaces.network.body", id="too-big"),
     pytest.param(
