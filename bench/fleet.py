@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 import aiohttp
 
 from rmm_agent import keyring
-from rmm_agent.protocol import InstructionRefused, facts_hash, verify_instruction
+from rmm_agent.protocol import InstructionRefused, canonical_json, facts_hash, merge_diff, verify_instruction
 from rmm_agent.runner import make_result
 
 AGENT = "/api/v1/agent/"
@@ -91,7 +91,9 @@ class SimAgent:
         pinned = base64.b64decode(identity["server_public_key"])
         self.keys = {keyring.key_id(pinned): pinned}
         self.namespaces = namespaces
-        self.acked: dict[str, str] = {}  # like the real agent: a body until the server acknowledged its hash
+        # Like the real agent: a body until the server acknowledged its hash, then patches against it.
+        self.acked: dict[str, str] = {}
+        self.acked_bodies: dict[str, dict] = {}
         self.running: set[str] = set()
         self.next_heartbeat = 0.0
 
@@ -103,6 +105,15 @@ class SimAgent:
             data = await _json(answer)
             retry = float(answer.headers.get("Retry-After", "0") or 0)
             return answer.status, data, retry
+
+    def change(self, name: str) -> dict:
+        """A changed namespace as ``rmm_agent`` sends it: a patch against the acknowledged body
+        when there is one and it is smaller, else the body."""
+        body, base = self.namespaces[name], self.acked_bodies.get(name)
+        patch = merge_diff(base, body) if base is not None else None
+        if patch is not None and len(canonical_json(patch)) < len(canonical_json(body)):
+            return {"patch": patch}
+        return {"body": body}
 
     async def heartbeat(self, hold: float) -> float:
         """One heartbeat, held by the server up to ``hold`` seconds; returns the seconds until the
@@ -116,8 +127,7 @@ class SimAgent:
         body: dict = {
             "agent_version": "0.1.0",
             "namespaces": {
-                name: {"hash": digest, **({"body": self.namespaces[name]} if name in sent else {})}
-                for name, digest in hashes.items()
+                name: {"hash": digest, **(self.change(name) if name in sent else {})} for name, digest in hashes.items()
             },
             "running": sorted(self.running),
             "capacity": max(0, 4 - len(self.running)),
@@ -143,9 +153,14 @@ class SimAgent:
             rec.heartbeats.append((wall, float("nan"), "woken", len(leased)))
         else:  # answered when its hold was up: what came on top is the server's delay
             rec.heartbeats.append((wall, max(0.0, elapsed - hold), "ok", len(leased)))
-        self.acked = {} if answer.get("facts_required") else {**self.acked, **sent}
+        if answer.get("facts_required"):
+            self.acked, self.acked_bodies = {}, {}
+        else:
+            self.acked.update(sent)
+            self.acked_bodies.update({name: self.namespaces[name] for name in sent})
         for name in wanted:
             self.acked.pop(name, None)
+            self.acked_bodies.pop(name, None)
         now = datetime.now(UTC)
         for envelope in leased:
             try:
