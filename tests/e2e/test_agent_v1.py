@@ -88,3 +88,6 @@ def test_a_v1_agent_enrolls_reports_facts_and_runs_a_job_on_the_v2_server(server
     # Its facts, sent as one document, are the asset's.
     seen = server.request("GET", f"/api/v1/assets/{asset['id']}/", token=w["tech"]).json()
     assert seen["hostname"] == hostname
+    # The server acknowledged that document's hash: the agent stops resending it.
+    acked = json.loads((state / "state.json").read_text())["acked_facts_hash"]
+    assert acked and seen["facts"]["facts_hash"] == acked

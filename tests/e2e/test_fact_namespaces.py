@@ -1,26 +1,19 @@
 """Fact namespaces end to end (issue 14, parts 4 and 6): the real agent against the agent tier
 (uvicorn), through a recording proxy on 127.0.0.1 that keeps each request's body as sent. Only a
-changed namespace travels (as a patch), and the heartbeat that carries it is measured; an agent from before
-namespaces (its code at V1_AGENT_COMMIT, one blob of facts with one hash) is still served."""
+changed namespace travels (as a patch), and the heartbeat that carries it is measured. An agent from
+before namespaces (one blob of facts with one hash) is tested in test_agent_v1.py."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.flows import agent_once, make_world, publish, run_job
-from tests.e2e.server import ROOT
-
-# The last commit whose agent sends its facts as one blob with one hash (protocol v1).
-V1_AGENT_COMMIT = "72a38ce0379f36a42017e59c01929e05546b6f84"
+from tests.e2e.flows import agent_once, make_world
 
 
 class RecordingProxy:
@@ -110,51 +103,3 @@ def test_only_a_changed_namespace_travels(server, proxy):
 
     agent_once(server, w)  # the server took the patch: nothing more travels
     assert carried(proxy.heartbeats()[-1]) == []
-
-
-def v1_agent(tmp_path) -> list[str]:
-    """The command of the agent as it was at V1_AGENT_COMMIT, extracted from this repository."""
-    where = tmp_path / "v1"
-    where.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", V1_AGENT_COMMIT, "rmm_agent"], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        why = f"the v1 agent's commit is not in this checkout: {archive.stderr.decode()[:200]}"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
-    return [
-        sys.executable,
-        "-c",
-        f"import sys; sys.path.insert(0, {str(where)!r}); import runpy;"
-        " runpy.run_module('rmm_agent', run_name='__main__')",
-    ]
-
-
-def test_a_v1_agent_is_still_served(server, proxy, tmp_path):
-    command = v1_agent(tmp_path)
-    w = make_world(server)
-    point_at(w, proxy.url)
-    script = publish(server, w, "echo from a v1 agent\n")
-    job = run_job(server, w, script["id"])
-    for _ in range(2):
-        done = subprocess.run(
-            [*command, "run", "--state-dir", str(w["state"]), "--once"],
-            cwd=tmp_path,
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-
-    first, second = (json.loads(raw) for raw in proxy.heartbeats())
-    assert "namespaces" not in first and first["facts"]["hostname"] == w["hostname"]
-    assert "facts" not in second and second["facts_hash"] == first["facts_hash"]  # acknowledged
-    job = server.request("GET", f"/api/v1/script-jobs/{job['id']}/", token=w["psa"]).json()
-    assert job["status"] == "succeeded", job
-    assert job["result"]["stdout"] == "from a v1 agent\n"
-    asset = server.request("GET", f"/api/v1/assets/{w['asset']}/", token=w["tech"]).json()
-    assert asset["facts"]["facts_hash"] == first["facts_hash"]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('inventory', '0007_enrollment_revocation'),
+        ('inventory', '0009_agent_capabilities_rebooting'),
     ]
 
     operations = [
