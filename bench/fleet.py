@@ -30,7 +30,7 @@ import aiohttp
 
 from rmm_agent import keyring
 from rmm_agent.protocol import InstructionRefused, canonical_json, facts_hash, merge_diff, verify_instruction
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 
 AGENT = "/api/v1/agent/"
 USER_AGENT = "rmm-bench/1"

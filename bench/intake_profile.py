@@ -60,7 +60,7 @@ def _run(args) -> dict:
     from bench.fanout_profile import prepare
     from rmm.engine.services.results import ingest_results
     from rmm.inventory import services as inventory
-    from rmm_agent.runner import make_result
+    from rmm_agent.results import make_result
 
     call_command("migrate", verbosity=0)
     call, body, credentials = prepare(args.assets)

@@ -20,7 +20,8 @@ from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent
 from .client import Client, TransportError
 from .facts import collect_facts
 from .protocol import iso_utc
-from .runner import DEFAULT_RUN_AS, now_utc
+from .results import now_utc
+from .runner import DEFAULT_RUN_AS
 from .state import NotEnrolled, StateDir
 
 EXIT_USAGE = 2

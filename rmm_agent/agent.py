@@ -37,15 +37,8 @@ from .protocol import (
     parse_iso,
     verify_instruction,
 )
-from .runner import (
-    DEFAULT_RUN_AS,
-    AbortSignal,
-    Runner,
-    make_result,
-    now_utc,
-    refused_result,
-    truncated_for_delivery,
-)
+from .results import make_result, now_utc, refused_result, truncated_for_delivery
+from .runner import DEFAULT_RUN_AS, AbortSignal, Runner
 from .state import StateDir
 
 log = logging.getLogger("rmm_agent")

@@ -12,7 +12,7 @@ from django.test import Client
 from rmm.authority import services as authority
 from rmm.engine import wakeups
 from rmm.inventory import services as inventory
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 
 
 def make_agent(site, hostname: str | None = None):

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rmm_agent.agent import EXIT_UNAUTHORIZED
 from rmm_agent.protocol import MAX_BODY_BYTES, decode_stream
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 
 from .conftest import AGENT_CMD, REPO_ROOT, TOKEN, FakeServer, _serve, agent_env, make_payload, sign
 

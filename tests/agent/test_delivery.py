@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rmm_agent.protocol import DELIVERY_STREAM_BYTES, MAX_BODY_BYTES, decode_stream, encode_body, result_hash
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 
 from .conftest import FakeServer
 from .test_spool import make_agent

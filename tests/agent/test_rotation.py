@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rmm_agent.agent import Agent
 from rmm_agent.client import Client
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 
 from .conftest import AGENT_ID, SECRET, FakeServer, fail_writes_to, make_payload, sign
 from .test_cli import agent, enroll

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rmm_agent.agent import Agent
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from rmm_agent.state import StateDir
 
 from .conftest import AGENT_ID, SECRET, FakeServer, closed_port, raw_public_key

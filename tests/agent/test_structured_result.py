@@ -17,7 +17,8 @@ from rmm_agent.protocol import (
     result_hash,
     structured_problem,
 )
-from rmm_agent.runner import make_result, run_instruction, truncated_for_delivery
+from rmm_agent.results import make_result, truncated_for_delivery
+from rmm_agent.runner import run_instruction
 
 from .conftest import make_payload
 

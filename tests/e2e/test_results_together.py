@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections import Counter
 
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from tests.e2e.flows import make_world, publish
 
 AGENTS = 24

@@ -60,7 +60,7 @@ def test_failing_script_and_repeated_result(server, world):
     assert body["result"]["exit_code"] == 7
 
     # The agent's own credential resends the same result: accepted once, answered as already received.
-    from rmm_agent.runner import make_result
+    from rmm_agent.results import make_result
 
     with server.db() as conn:
         instruction_id, containment = conn.execute(

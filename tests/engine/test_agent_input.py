@@ -13,7 +13,7 @@ from rmm.engine.models import Instruction
 from rmm.inventory import services as inventory
 from rmm.inventory.models import AssetFacts, EnrollmentToken
 from rmm_agent.protocol import MAX_BODY_BYTES, result_hash
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent
 

@@ -17,7 +17,7 @@ from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent, Asset
 from rmm.outbox.models import Event
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent, otp_login
 

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from rmm.engine.models import Instruction
 from rmm.inventory.models import AssetFacts
 from rmm.keys import services as key_services
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent
 

@@ -21,7 +21,7 @@ from rmm.engine import services as engine
 from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from tests.helpers import approved_authority, make_agent
 from tests.stepkind.jobs import create_step_job
 from tests.support.kind_examples import EXAMPLES, World

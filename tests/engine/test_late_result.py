@@ -18,7 +18,7 @@ from rmm.engine import services as engine
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
 from rmm.history.services import verify_chain
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting import services as scripting
 from scripting.models import ScriptJob
 from tests.e2e.psa import PsaReceiver

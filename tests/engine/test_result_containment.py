@@ -10,7 +10,7 @@ from django.test import Client
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
 from rmm_agent.protocol import result_hash
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting.models import ScriptJob
 from tests.helpers import heartbeat, post_json, publish
 from tests.scripting.test_script_flow import setup  # noqa: F401 - a fixture

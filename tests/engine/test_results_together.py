@@ -17,7 +17,7 @@ from rmm.engine.models import Batch, Instruction
 from rmm.engine.services.results import ingest_results
 from rmm.history import services as history
 from rmm.history.models import HistoryEvent
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting import services as scripting
 from scripting.models import ScriptJob, ScriptResult
 from tests.helpers import approved_authority, approved_script, make_agent

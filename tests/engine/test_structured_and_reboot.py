@@ -22,7 +22,7 @@ from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm_agent.protocol import CAPABILITIES, MAX_STRUCTURED_DEPTH
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting import services as scripting
 from scripting.models import ScriptJob
 from tests.engine.test_result_containment import evidence_document, leased, send  # noqa: F401 - a fixture

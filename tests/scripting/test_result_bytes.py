@@ -14,7 +14,7 @@ from django.test import Client
 from evidence.models import RmmEvidence
 from evidence.services import read_blob
 from rmm_agent.protocol import result_hash
-from rmm_agent.runner import make_result
+from rmm_agent.results import make_result
 from scripting import services as scripting
 from scripting.models import ScriptJob
 from tests.helpers import approved_authority, approved_script, make_agent, post_json
