@@ -8,7 +8,4 @@ class UpdatesConfig(AppConfig):
     label = "updates"
 
     def ready(self) -> None:
-        from evidence import types
-        from rmm.updates import kind  # registers the "agent_update" job kind
-
-        types.register(kind.UPDATE_RESULT, "What an agent's self-update to a signed release came to")
+        from rmm.updates import kind  # noqa: F401 (registers the "agent_update" job kind; evidence/apps.py its type)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from rmm.engine import services as engine
 from rmm.inventory import services as inventory
@@ -36,10 +37,25 @@ class UpdateSerializer(serializers.Serializer):
     requires_approval = serializers.BooleanField(default=False)
 
 
-class AgentUpdateJobsView(APIView):
+class AgentUpdateJobsView(GenericAPIView):
     """POST one asset (``asset_id``) or a batch (``assets`` or ``site``, with an optional ring
     ``plan``): one ``agent_update`` job per asset, under the PSA task's authority."""
 
+    serializer_class = UpdateSerializer
+
+    @extend_schema(
+        responses={
+            201: inline_serializer(
+                "AgentUpdateJobsAnswer",
+                {
+                    "count": serializers.IntegerField(),
+                    "batch": serializers.UUIDField(allow_null=True),
+                    "status": serializers.CharField(),
+                    "jobs": serializers.ListField(child=serializers.DictField()),
+                },
+            )
+        }
+    )
     def post(self, request):
         ser = UpdateSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
