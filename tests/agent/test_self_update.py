@@ -49,6 +49,11 @@ def manifest(data: bytes, version: str, key: Ed25519PrivateKey = RELEASE_KEY) ->
     return {"payload": text, "key_id": next(iter(trusted(key))), "signature": keyring.b64(key.sign(text.encode()))}
 
 
+def test_version_prints_the_one_version():
+    done = subprocess.run([*AGENT_CMD, "--version"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"rmm_agent {__version__}"
+
+
 # --- units --------------------------------------------------------------------------------------
 
 
