@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rmm_agent import __version__, keyring, release
+from rmm_agent.protocol import CAPABILITIES
 from rmm_agent.release import Install, ReleaseRefused
 
 from .conftest import AGENT_CMD, REPO_ROOT, TOKEN, FakeServer, make_payload, sign, trusted
@@ -177,7 +178,7 @@ def test_the_agent_updates_itself_to_a_signed_build(installed):
     assert Install(root).current_version() == NEW
     assert (root / "versions" / __version__ / "rmm_agent").is_dir()  # the previous one stays
     last = server.heartbeats()[-1]
-    assert last["agent_version"] == NEW and last["capabilities"] == ["self_update"]
+    assert last["agent_version"] == NEW and last["capabilities"] == list(CAPABILITIES)  # self_update among them
 
 
 def test_a_build_that_cannot_check_in_is_rolled_back(installed):
