@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout bench-intake
+.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout bench-intake agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,3 +65,8 @@ bench-intake: install
 
 clean:
 	rm -rf $(VENV) var
+
+# The agent's Debian package under dist/ (docs/agent.md); its path is the last line printed.
+# PKG and VERSION override the package's name and version (tests use a unique name).
+agent-deb:
+	@PKG=$(or $(PKG),rmm-agent) VERSION=$(VERSION) sh packaging/build-agent-deb.sh

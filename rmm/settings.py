@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "rmm.console",
     "evidence",
     "scripting",
+    "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]
 
@@ -344,6 +345,10 @@ SPECTACULAR_SETTINGS = {
 # single key of servers from before rotation, imported as the first key on upgrade.
 RMM_SIGNING_KEYS = os.environ.get("RMM_SIGNING_KEYS", "")
 RMM_SIGNING_KEY_DIR = os.environ.get("RMM_SIGNING_KEY_DIR", str(VAR_DIR / "keys" / "signing"))
+# Published agent releases (rmm.updates.releases), and how long a new version has to check in
+# before the agent rolls back to the one before (docs/agent.md, "Self-update").
+RMM_RELEASE_DIR = os.environ.get("RMM_RELEASE_DIR", str(VAR_DIR / "releases"))
+RMM_AGENT_UPDATE_CHECK_IN_SECONDS = int(os.environ.get("RMM_AGENT_UPDATE_CHECK_IN_SECONDS", "120"))
 RMM_SIGNING_KEY_FILE = os.environ.get("RMM_SIGNING_KEY_FILE", str(VAR_DIR / "keys" / "server_ed25519.pem"))
 RMM_HEARTBEAT_INTERVAL = int(os.environ.get("RMM_HEARTBEAT_INTERVAL", "30"))
 # An agent not seen for this long is offline (agent.offline); a held heartbeat is seen only when

@@ -14,6 +14,7 @@ from rmm.core.api_docs import ApiDocsView
 from rmm.engine import agent_views
 from rmm.engine.api.views import BatchViewSet, JobViewSet, KillSwitchViewSet
 from rmm.inventory.api.views import AgentViewSet, AssetViewSet, SiteViewSet
+from rmm.updates import views as update_views
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
 
 router = DefaultRouter()
@@ -41,6 +42,8 @@ urlpatterns = [
     path("api/v1/agent/heartbeat/", agent_views.heartbeat, name="agent-heartbeat"),
     path("api/v1/agent/results/", agent_views.result, name="agent-result"),
     path("api/v1/agent/artefacts/<uuid:instruction_id>/<str:sha256>/", agent_views.artefact, name="agent-artefact"),
+    path("api/v1/agent/releases/<str:sha256>/", update_views.release_download, name="agent-release"),
+    path("api/v1/agent-updates/", update_views.AgentUpdateJobsView.as_view(), name="agent-update-jobs"),
     path("api/v1/psa/cases/<uuid:case_id>/", authority_views.psa_case, name="psa-case"),
     path("api/v1/psa/tasks/<uuid:task_id>/", authority_views.psa_task, name="psa-task"),
     path(

@@ -1,7 +1,8 @@
-"""Command line: ``python -m rmm_agent install-account|enroll|run``.
+"""Command line: ``python -m rmm_agent install-account|enroll|run|supervise|update-check``.
 
 Exit codes: 0 ok, 1 server unreachable, 2 usage / enrollment refused / not enrolled,
-3 agent revoked or unknown (HTTP 401).
+3 agent revoked or unknown (HTTP 401), 75 a new version was swapped in (start it),
+76 a new version could not check in in time (roll it back).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
-from . import __version__, keyring
+from . import __version__, keyring, release, updater
 from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent
 from .client import Client, TransportError
 from .facts import collect_facts
@@ -58,7 +62,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one heartbeat, run what was leased, then exit",
     )
+    supervise = commands.add_parser(
+        "supervise", help="run the agent of the install's current version; restart it, roll back a failed update"
+    )
+    supervise.add_argument("--state-dir", required=True, help="directory given to enroll")
+    supervise.add_argument("--root", help="install root holding versions/ and current (default: this one's)")
+    supervise.add_argument("--restart-seconds", type=float, default=5.0, help="pause before restarting (default 5)")
+
+    check = commands.add_parser(
+        "update-check", help="before a start: roll back a swapped-in version that did not check in"
+    )
+    check.add_argument("--state-dir", required=True, help="directory given to enroll")
+    check.add_argument("--root", help="install root holding versions/ and current (default: this one's)")
     return parser
+
+
+def _install(root: str | None) -> release.Install | None:
+    found = Path(root) if root else release.install_root()
+    return release.Install(found.absolute()) if found else None
 
 
 def _fail(message: str, code: int) -> int:
@@ -160,6 +181,13 @@ def enroll(args: argparse.Namespace) -> int:
     if server_keys.get(keyring.key_id(pinned)) != pinned:
         return _fail("enrollment answer's server_keys lack its server_public_key", EXIT_USAGE)
 
+    # The release keys (the signers of the agent's own updates), pinned now like the instruction keys.
+    try:
+        pinned_releases = keyring.trusted_keys(body.get("release_keys") or {})
+        release_keys = {kid: keyring.b64(raw) for kid, raw in pinned_releases.items()}
+    except (ValueError, AttributeError):
+        return _fail("enrollment answer has invalid release_keys", EXIT_USAGE)
+
     state = StateDir(args.state_dir)
     if state.config_path.exists():
         log.warning("replacing the existing enrollment in %s", state.root)
@@ -171,6 +199,7 @@ def enroll(args: argparse.Namespace) -> int:
             "secret": body["secret"],
             "server_public_key": body["server_public_key"],
             "server_keys": {kid: keyring.b64(raw) for kid, raw in server_keys.items()},
+            "release_keys": release_keys,
             "heartbeat_interval": body["heartbeat_interval"],
             "run_as": args.run_as,
             "ca_file": ca_file,
@@ -190,12 +219,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = state.load_config()
         state.ensure()
-        agent = Agent(state, config)
+        agent = Agent(state, config, install=_install(None))
     except (NotEnrolled, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     if os.geteuid() == 0 and (problem := _run_as_problem(agent.run_as)) is not None:
         log.error("%s; unprivileged instructions will fail until it does", problem)
     agent.install_signal_handlers()
+    _watch_check_in(state)
     agent.recover()
     code = agent.run_once() if args.once else agent.run_forever()
     if code == EXIT_UNAUTHORIZED:
@@ -204,6 +234,82 @@ def run(args: argparse.Namespace) -> int:
             code,
         )
     return code
+
+
+def _watch_check_in(state: StateDir) -> None:
+    """A new version that has not checked in by its deadline exits, to be rolled back."""
+    left = updater.check_in_deadline(state, __version__)
+    if left is None:
+        return
+
+    def expire() -> None:
+        if updater.check_in_deadline(state, __version__) is not None:
+            log.error("version %s did not check in in time; exiting to be rolled back", __version__)
+            os._exit(updater.EXIT_NO_CHECK_IN)
+
+    timer = threading.Timer(left, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def update_check(args: argparse.Namespace) -> int:
+    """The unit's ExecStartPre (the supervisor does the same before each start)."""
+    reason = updater.update_check(StateDir(args.state_dir), _install(args.root))
+    if reason:
+        print(f"rolled back: {reason}")
+    return 0
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run ``python -m rmm_agent run`` from the install's ``current`` version, again whenever it
+    ends (at once after an update, after a pause otherwise), and roll back a new version that
+    does not check in in time. For hosts without systemd; this process keeps its own code, so a
+    broken new version cannot take the supervisor with it."""
+    install = _install(args.root)
+    if install is None:
+        return _fail("not a versioned install: give --root", EXIT_USAGE)
+    state = StateDir(args.state_dir)
+    stopping = threading.Event()
+    child: list[subprocess.Popen] = []
+
+    def handler(signum, frame) -> None:
+        stopping.set()
+        if child:
+            child[0].send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stopping.is_set():
+        updater.update_check(state, install)
+        version_dir = os.path.realpath(install.current)
+        env = {**os.environ, "PYTHONPATH": version_dir}
+        command = [sys.executable, "-m", "rmm_agent", "run", "--state-dir", str(state.root)]
+        child[:] = [subprocess.Popen(command, cwd=version_dir, env=env)]  # noqa: S603 (our own agent)
+        code = _wait_for(child[0], state, install.current_version(), stopping)
+        log.info("agent %s exited with %s", os.path.basename(version_dir), code)
+        if stopping.is_set() or code in (EXIT_USAGE, EXIT_UNAUTHORIZED):
+            return 0 if stopping.is_set() else code
+        if code != updater.EXIT_UPDATED:
+            stopping.wait(args.restart_seconds)
+    return 0
+
+
+def _wait_for(process: subprocess.Popen, state: StateDir, version: str | None, stopping: threading.Event) -> int:
+    """The agent's exit code; an unconfirmed new version is ended once its deadline passed."""
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        left = updater.check_in_deadline(state, version)
+        if left is not None and left <= 0 and not stopping.is_set():
+            log.error("version %s did not check in in time; ending it", version)
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            return process.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return install_account(args)
     if args.command == "enroll":
         return enroll(args)
+    if args.command == "supervise":
+        return supervise(args)
+    if args.command == "update-check":
+        return update_check(args)
     return run(args)
 
 

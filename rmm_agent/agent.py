@@ -19,13 +19,14 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import __version__, keyring
+from . import __version__, keyring, release, updater
 from .artefacts import Fetcher
 from .client import Client, Response, TransportError
 from .containment import boot_id
 from .facts import collect_namespaces
 from .protocol import (
     CAPABILITIES,
+    CAPABILITY_SELF_UPDATE,
     PROTOCOL_VERSION,
     REASON_BAD_SIGNATURE,
     REASON_REPLAYED,
@@ -109,10 +110,21 @@ def server_keys_of(config: dict) -> dict[str, bytes]:
     return keyring.trusted_keys(config["server_keys"])
 
 
+def release_keys_of(config: dict) -> dict[str, bytes]:
+    """The release keys pinned at enrollment (none for an agent enrolled before they existed: it
+    cannot update itself, and says so by not reporting the ``self_update`` capability)."""
+    encoded = config.get("release_keys") or {}
+    if not isinstance(encoded, dict):
+        raise ValueError("release_keys is not an object")
+    return keyring.trusted_keys(encoded)
+
+
 class Agent:
     """One enrolled agent bound to its state directory."""
 
-    def __init__(self, state: StateDir, config: dict, client: Client | None = None) -> None:
+    def __init__(
+        self, state: StateDir, config: dict, client: Client | None = None, install: release.Install | None = None
+    ) -> None:
         self.state = state
         self.config = config
         self.agent_id: str = config["agent_id"]
@@ -130,6 +142,13 @@ class Agent:
             self.server_keys = server_keys_of(config)
         except ValueError as exc:
             raise ValueError(f"config server keys are unusable: {exc}") from exc
+        try:
+            self.release_keys = release_keys_of(config)
+        except ValueError as exc:
+            raise ValueError(f"config release keys are unusable: {exc}") from exc
+        self.install = install
+        self.updating: str | None = None  # the update instruction being carried out
+        self.exit_code = EXIT_OK  # updater.EXIT_UPDATED once a new version is swapped in
         self.interval = self._clamp_interval(config.get("heartbeat_interval"), 30)
         self.running: dict[str, _Running] = {}
         self.lock = threading.Lock()
@@ -265,16 +284,22 @@ class Agent:
             smaller = patch is not None and len(canonical_json(patch)) < len(canonical_json(namespaces[name]))
             reports[name]["patch" if smaller else "body"] = patch if smaller else namespaces[name]
         running = self.running_ids()
+        pending = updater.load_pending(self.state)
+        if pending is not None and pending["instruction_id"] not in running:
+            running.append(pending["instruction_id"])  # its result follows this check-in
         body: dict = {
             "agent_version": __version__,
             "protocol": PROTOCOL_VERSION,
             # Every namespace's hash; a body or a patch only for those the server has not acknowledged.
             "namespaces": reports,
             "running": running,
-            "capacity": 0 if self.rebooting else max(0, MAX_CONCURRENT - len(running)),
+            # rebooting, or an update (it waits for what runs, then restarts the agent): nothing new
+            "capacity": 0 if self.rebooting or self.updating or pending else max(0, MAX_CONCURRENT - len(running)),
             "key_ids": sorted(self.server_keys),
-            "capabilities": list(CAPABILITIES),
+            "capabilities": self.capabilities(),
         }
+        if self.release_keys:
+            body["release_key_ids"] = sorted(self.release_keys)
         came_back = self.came_back
         if came_back is not None and not self.state.is_spooled(came_back["instruction_id"]):
             body["rebooted"] = came_back["instruction_id"]
@@ -312,6 +337,9 @@ class Agent:
             self._rotate_secret(body["new_secret"])
         if "signing_keys" in body:  # before this answer's instructions, which may be signed by a new key
             self._update_keys(body["signing_keys"])
+        if "release_keys" in body:
+            self._update_release_keys(body["release_keys"])
+        self._settle_update()
         wanted = self._acknowledge(sent, body.get("facts_wanted"), body.get("facts_required") is True)
         self.interval = self._clamp_interval(body.get("interval"), self.interval)
         instructions = body.get("instructions") or []
@@ -372,7 +400,7 @@ class Agent:
         if keys == self.server_keys:
             return
         try:
-            self.config = self.state.save_server_keys(self.config, keys)
+            self.config = self.state.save_keys(self.config, "server_keys", keys)
         except OSError as exc:
             log.error("could not store the server's signing keys (%s); keeping the current ones", _one_line(str(exc)))
             return
@@ -384,6 +412,82 @@ class Agent:
             ", ".join(added) or "no new key",
             f"; retired {', '.join(dropped)}" if dropped else "",
         )
+
+    def _update_release_keys(self, update: object) -> None:
+        """Follow rotations and retirements of the release keys, as for instruction keys."""
+        keys, refused = keyring.apply_update(self.release_keys, update, release.RELEASES)
+        for problem in refused:
+            log.error("refused a release key statement from the server: %s", _one_line(problem))
+        if keys == self.release_keys:
+            return
+        try:
+            self.config = self.state.save_keys(self.config, "release_keys", keys)
+        except OSError as exc:
+            log.error("could not store the release keys (%s); keeping the current ones", _one_line(str(exc)))
+            return
+        self.release_keys = keys
+        log.info("release keys updated: trusting %s", ", ".join(sorted(keys)))
+
+    # -- self-update --------------------------------------------------------------------------
+
+    def capabilities(self) -> list[str]:
+        """What this agent can do beyond running scripts (the server sends nothing else)."""
+        can_update = self.install is not None and bool(self.release_keys)
+        return [name for name in CAPABILITIES if name != CAPABILITY_SELF_UPDATE or can_update]
+
+    def _settle_update(self) -> None:
+        """After an accepted heartbeat: a pending update has its result now (this version checked
+        in, or the previous one is back after a rollback)."""
+        result = updater.outcome_after_start(self.state, self.install)
+        if result is not None:
+            self._spool(result)
+            updater.clear_pending(self.state)
+            self.wake.set()
+
+    def _update(self, payload: dict, abort: AbortSignal) -> None:
+        """Carry out a signed update order; on success stop the agent so the new version starts
+        (its result is sent by the new version, or by this one after a rollback)."""
+        instruction_id = payload["instruction_id"]
+        while not abort.is_set() and [i for i in self.running_ids() if i != instruction_id]:
+            abort.wait(0.5)  # no instruction may be cut short by the restart
+        try:
+            if abort.is_set():
+                raise release.ReleaseRefused("aborted", abort.reason or "aborted by server")
+            order = updater.read_order(payload["content"])
+            updater.prepare(order, self.release_keys, self.install, self._download)
+            updater.swap_in(
+                self.state, self.install, instruction_id, order["version"], updater.order_check_in_seconds(order)
+            )
+        except release.ReleaseRefused as exc:
+            outcome = "aborted" if exc.reason == "aborted" else "refused"
+            self._spool(make_result(instruction_id, outcome, reason=str(exc)))
+        except (TransportError, OSError) as exc:
+            self._spool(make_result(instruction_id, "error", reason=f"update failed: {exc}"))
+        else:
+            self.exit_code = updater.EXIT_UPDATED
+            self.stop.set()
+        finally:
+            self.updating = None
+            with self.lock:
+                self.running.pop(instruction_id, None)
+            self.wake.set()
+
+    def _download(self, path: str, destination) -> None:
+        """Fetch a release artefact of this server into ``destination`` (at most
+        updater.MAX_ARTEFACT_BYTES); raises TransportError or OSError on any failure."""
+        status, _headers, answer = self.client.download(path)
+        try:
+            if status != 200:
+                raise TransportError(f"{path}: HTTP {status}")
+            with open(destination, "wb") as handle:
+                written = 0
+                for chunk in iter(lambda: answer.read(1 << 16), b""):
+                    written += len(chunk)
+                    if written > updater.MAX_ARTEFACT_BYTES:
+                        raise TransportError(f"{path}: more than {updater.MAX_ARTEFACT_BYTES} bytes")
+                    handle.write(chunk)
+        finally:
+            answer.close()
 
     # -- execution ----------------------------------------------------------------------------
 
@@ -449,8 +553,11 @@ class Agent:
             self._report(make_result(instruction_id, "aborted", reason="aborted by server"))
             return
         abort = AbortSignal()
+        update = payload["interpreter"] == updater.INTERPRETER
+        if update:
+            self.updating = instruction_id
         thread = threading.Thread(
-            target=self._execute,
+            target=self._update if update else self._execute,
             args=(payload, abort),
             name=f"instruction-{instruction_id}",
             daemon=True,
@@ -598,7 +705,7 @@ class Agent:
             self._shutdown("agent revoked", flush=False)
             return EXIT_UNAUTHORIZED
         self._shutdown("agent stopped", flush=True)
-        return EXIT_OK
+        return self.exit_code
 
     def run_once(self) -> int:
         """Flush, heartbeat once, run what was leased to completion, deliver; exit code."""

@@ -26,6 +26,9 @@ ARTEFACTS_SINCE = 2
 
 OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
 INTERPRETERS = ("sh", "bash", "python", "powershell")
+# Instructions the agent carries out itself rather than by an interpreter (rmm_agent.updater): the
+# content is the order, covered by the signature and content hash like a script.
+AGENT_ACTIONS = ("agent_update",)
 # The bytes of each output stream the agent keeps; the rest is read and discarded.
 MAX_STREAM_BYTES = 1024 * 1024
 # The largest body of any agent call, as sent (encoded JSON, in bytes). The agent builds every
@@ -85,7 +88,9 @@ REBOOT_MODES = ("now", "if_pending")
 CAPABILITY_STRUCTURED_RESULT = "structured_result"
 CAPABILITY_REBOOT = "reboot"
 CAPABILITY_ARTEFACTS = "artefacts"  # also implied by protocol 2, which the server goes by
-CAPABILITIES = (CAPABILITY_STRUCTURED_RESULT, CAPABILITY_REBOOT, CAPABILITY_ARTEFACTS)
+# Named only by an agent installed for it (a versioned install) that holds release keys.
+CAPABILITY_SELF_UPDATE = "self_update"
+CAPABILITIES = (CAPABILITY_STRUCTURED_RESULT, CAPABILITY_REBOOT, CAPABILITY_ARTEFACTS, CAPABILITY_SELF_UPDATE)
 # How an instruction's processes were ended (the result's optional ``containment.method``).
 CONTAINMENT_METHODS = ("cgroup", "account", "process_group")
 
@@ -390,7 +395,7 @@ def verify_instruction(envelope: dict, server_keys: Mapping[str, bytes], agent_i
     if not not_after > now:
         raise InstructionRefused(REASON_EXPIRED, instruction_id)
 
-    if payload.get("interpreter") not in INTERPRETERS:
+    if payload.get("interpreter") not in INTERPRETERS + AGENT_ACTIONS:
         raise InstructionRefused(REASON_UNSUPPORTED_INTERPRETER, instruction_id)
 
     _check_shape(payload, instruction_id)

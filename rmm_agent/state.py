@@ -130,11 +130,12 @@ class StateDir:
         self.ensure(tighten=True)
         atomic_write_json(self.config_path, config, mode=0o600)
 
-    def save_server_keys(self, config: dict, keys: dict[str, bytes]) -> dict:
-        """Durably store the server's signing keys the agent now trusts (``{key id: raw public
-        key}``); returns the new config. Raises OSError when it could not be written: the caller
-        must then keep trusting the keys it had."""
-        updated = {**config, "server_keys": {kid: base64.b64encode(raw).decode() for kid, raw in keys.items()}}
+    def save_keys(self, config: dict, field: str, keys: dict[str, bytes]) -> dict:
+        """Durably store the keys of one purpose the agent now trusts (``server_keys``: instruction
+        keys, ``release_keys``: release keys; ``{key id: raw public key}``); returns the new
+        config. Raises OSError when it could not be written: the caller must then keep trusting
+        the keys it had."""
+        updated = {**config, field: {kid: base64.b64encode(raw).decode() for kid, raw in keys.items()}}
         self.save_config(updated)
         return updated
 

@@ -35,6 +35,7 @@ def _test_settings(settings, tmp_path):
     # Signing keys of its own (generated on first use), and no key from before rotation to import.
     settings.RMM_SIGNING_KEY_DIR = str(tmp_path / "signing-keys")
     settings.RMM_SIGNING_KEY_FILE = str(tmp_path / "no-legacy-key.pem")
+    settings.RMM_RELEASE_DIR = str(tmp_path / "releases")
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(tmp_path / "evidence")}},

@@ -168,6 +168,8 @@ def _enroll(request: HttpRequest) -> JsonResponse:
             "server_public_key": pinned.public_key_b64,
             "server_key_id": pinned.key_id,
             "server_keys": {key.key_id: key.public_key_b64 for key in keys.active(keyset.INSTRUCTIONS)},
+            # the keys that sign the agent's own releases, pinned like the instruction keys
+            "release_keys": {key.key_id: key.public_key_b64 for key in keys.active(keyset.RELEASES)},
             "heartbeat_interval": settings.RMM_HEARTBEAT_INTERVAL,
         },
         status=201,
@@ -323,6 +325,9 @@ def _heartbeat(request: HttpRequest, data: dict | JsonResponse) -> JsonResponse:
     key_update = keys.update_for(data.get("key_ids"))
     if key_update:
         answer["signing_keys"] = key_update
+    release_update = keys.update_for(data.get("release_key_ids"), keyset.RELEASES)
+    if release_update:
+        answer["release_keys"] = release_update
     response = JsonResponse(answer)
     if not (leased or answer["abort"] or facts_required or facts_wanted or new_secret):
         response.held = _Held(agent, running, capacity, answer)  # nothing to say yet: it may wait

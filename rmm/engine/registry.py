@@ -135,6 +135,9 @@ class JobKind:
     detail_template: str = ""
     # the URL name of the job at the kind's own API endpoint (``GET /api/v1/jobs/`` links to it)
     api_detail: str = ""
+    # what each asset's agent must report it can do (rmm_agent.protocol.CAPABILITIES) for
+    # the kind's job to be created on it ("": every agent runs scripts)
+    capability: str = ""
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = KeyPurpose.INSTRUCTIONS.value
 EVIDENCE = KeyPurpose.EVIDENCE.value
-PURPOSES = (INSTRUCTIONS, EVIDENCE)
+RELEASES = KeyPurpose.RELEASES.value
+PURPOSES = (INSTRUCTIONS, EVIDENCE, RELEASES)
 
 # Grows with every new key (ids only grow) and every retirement (one-way): a changed registry.
 VERSION_SQL = f"(SELECT COUNT(retired_at) + COALESCE(MAX(id), 0) FROM {SigningKey._meta.db_table})"  # noqa: S608
@@ -167,14 +168,15 @@ class KeySet:
         known = [k for k in self.keys(INSTRUCTIONS) if k.key_id in held]
         return known[-1].key_id if known else None
 
-    def update_for(self, reported: object) -> dict | None:
-        """What an agent holding the keys ``reported`` needs to learn: the rotation statements
-        after the newest key it holds (a chain, each signed by the key before), and the
-        retirements of keys it holds or is about to learn. None when it is up to date."""
+    def update_for(self, reported: object, purpose: str = INSTRUCTIONS) -> dict | None:
+        """What an agent holding the keys ``reported`` of a purpose (instructions, or releases)
+        needs to learn: the rotation statements after the newest key it holds (a chain, each
+        signed by the key before), and the retirements of keys it holds or is about to learn.
+        None when it is up to date."""
         if not isinstance(reported, list):
             return None
         held = {kid for kid in reported[:50] if isinstance(kid, str)}
-        keys = self.keys(INSTRUCTIONS)
+        keys = self.keys(purpose)
         newest = max((k.sequence for k in keys if k.key_id in held), default=0)
         rotations = [k for k in keys if k.sequence > newest and k.rotation]
         learnt = {k.key_id for k in rotations}

@@ -12,6 +12,7 @@ from django.utils import timezone
 class KeyPurpose(models.TextChoices):
     INSTRUCTIONS = "instructions", "Instructions (agents verify them)"
     EVIDENCE = "evidence", "Evidence (history anchors and export bundles; auditors verify them)"
+    RELEASES = "releases", "Agent releases (agents verify an update before installing it)"
 
 
 class SigningKey(models.Model):

@@ -193,6 +193,10 @@ class FakeServer:
     # Instruction ids handed out in heartbeats: a result for any other is answered 404, as the
     # real server answers a result for an instruction that is not this agent's.
     issued: set = field(default_factory=set)
+    # The release key pinned at enrollment (tests/agent/test_self_update.py), and the files the
+    # agent may GET (path -> bytes), as the server's release download.
+    release_key: Ed25519PrivateKey | None = None
+    files: dict = field(default_factory=dict)
 
     def heartbeats(self) -> list[dict]:
         with self.lock:
@@ -237,6 +241,7 @@ class FakeServer:
                         "server_key_id": key_id,
                         "server_keys": {key_id: public},
                         "heartbeat_interval": self.interval,
+                        **({"release_keys": trusted_b64(self.release_key)} if self.release_key else {}),
                     },
                     {},
                 )
@@ -282,10 +287,28 @@ def _instruction_id(envelope: object) -> str | None:
         return None
 
 
+def trusted_b64(*private_keys: Ed25519PrivateKey) -> dict[str, str]:
+    """Keys by id as an enrollment answer gives them (base64 public keys)."""
+    return {kid: base64.b64encode(raw).decode() for kid, raw in trusted(*private_keys).items()}
+
+
 def _serve(server_state: FakeServer, ssl_context: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
     """Start an HTTP(S) server in a thread that answers through ``server_state``."""
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            headers = {key.lower(): value for key, value in self.headers.items()}
+            with server_state.lock:
+                allowed = server_state._authenticate(headers)
+                data = server_state.files.get(self.path)
+            status = 401 if not allowed else 404 if data is None else 200
+            data = data if status == 200 else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if server_state.max_body is not None and length > server_state.max_body:

@@ -58,9 +58,16 @@ def test_the_schema_lists_the_registered_types(compliance, patch_type):
     schema = json.loads(compliance.client.get("/api/schema/", {"format": "json"}).content)
     [param] = [p for p in schema["paths"]["/api/v1/evidence/"]["get"]["parameters"] if p["name"] == "evidence_type"]
     # step_result: the test-only job kind's, installed by tests/settings.py
-    assert set(param["schema"]["enum"]) == {"history_anchor", "patch_result", "script_result", "step_result"}
+    assert set(param["schema"]["enum"]) == {
+        "agent_update_result",
+        "history_anchor",
+        "patch_result",
+        "script_result",
+        "step_result",
+    }
     export_filters = schema["components"]["schemas"]["ExportFiltersRequest"]["properties"]["evidence_types"]["items"]
     assert set(schema["components"]["schemas"][export_filters["$ref"].rsplit("/", 1)[-1]]["enum"]) == {
+        "agent_update_result",
         "patch_result",
         "script_result",
         "step_result",

@@ -93,16 +93,17 @@ def test_keys_from_the_environment_are_used_and_nothing_is_written_to_disk(tmp_p
     """The operator generates the keys, puts them in the secret (base64 of the PEMs), and registers
     each once with --key-file; every process then signs with them from the environment."""
     instructions, evidence = key_file(key_dir / "instructions.pem"), key_file(key_dir / "evidence.pem")
-    secret = base64.b64encode(instructions.read_bytes() + evidence.read_bytes()).decode()
+    releases = key_file(key_dir / "releases.pem")
+    secret = base64.b64encode(instructions.read_bytes() + evidence.read_bytes() + releases.read_bytes()).decode()
     env = {"RMM_SIGNING_KEYS": secret}
     assert manage(tmp_path, "migrate", "--noinput", **env).returncode == 0
     refused = manage(tmp_path, "rmm_signing_key", "rotate", "--purpose", "instructions", **env)
     assert refused.returncode != 0 and "pass --key-file" in refused.stderr
-    for purpose, path in (("instructions", instructions), ("evidence", evidence)):
+    for purpose, path in (("instructions", instructions), ("evidence", evidence), ("releases", releases)):
         done = manage(tmp_path, "rmm_signing_key", "rotate", "--purpose", purpose, "--key-file", str(path), **env)
         assert done.returncode == 0, done.stderr
     listed = manage(tmp_path, "rmm_signing_key", "list", **env).stdout.splitlines()
-    assert len(listed) == 2 and all("signing" in line and "private key here" in line for line in listed)
+    assert len(listed) == 3 and all("signing" in line and "private key here" in line for line in listed)
     # Signing an anchor uses the evidence key from the environment.
     done = manage(tmp_path, "anchor_history", **env)
     assert done.returncode == 0, done.stderr

@@ -301,10 +301,10 @@ def test_list_and_show(site):
     out = io.StringIO()
     call_command("rmm_signing_key", "list", stdout=out)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4  # two instruction keys, the evidence key, the release key
     assert "#1" in lines[0] and "active" in lines[0] and "agents at this key: 1" in lines[0]
     assert "#2" in lines[1] and k2 in lines[1] and "signing" in lines[1] and "private key here" in lines[1]
-    assert lines[2].startswith("evidence")
+    assert lines[2].startswith("evidence") and lines[3].startswith("releases")
     out = io.StringIO()
     call_command("rmm_signing_key", "show", "--purpose", "instructions", stdout=out)
     assert f"key id       {k2}" in out.getvalue() and "introduced   by key" in out.getvalue()

@@ -183,7 +183,7 @@ LAYERS = [
         ["rmm.access", "rmm.keys", "rmm.outbox", "rmm.authority.laws", "rmm.engine.events", "rmm.engine.agent_limits"],
     ),
     ("engine", ["rmm.engine", "rmm.inventory"]),  # an agent's presence and revocation end its work
-    ("above the engine", ["rmm.authority", "rmm.artefacts", "rmm.signin"]),
+    ("above the engine", ["rmm.authority", "rmm.artefacts", "rmm.signin", "rmm.updates"]),
     ("console", ["rmm.console"]),
 ]
 SURFACES = {"admin", "api", "views", "agent_views", "urls", "consumers", "routing", "apps", "management", "tasks"}

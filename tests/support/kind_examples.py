@@ -6,8 +6,13 @@ A new job kind adds its example here; the contract test fails for a registered k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from tempfile import NamedTemporaryFile
 from typing import Any
 
+from rmm.engine import services as engine
+from rmm.inventory.models import Agent
+from rmm.updates import releases
 from scripting import services as scripting
 from tests.helpers import approved_script
 from tests.stepkind.jobs import create_step_job
@@ -49,4 +54,25 @@ class StepExample:
         )
 
 
-EXAMPLES = {"script": ScriptExample(), "step": StepExample()}
+class UpdateExample:
+    """An update is one step, to an agent that reports the self_update capability."""
+
+    steps = (1,)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        with NamedTemporaryFile(suffix=".tar.gz") as artefact:
+            artefact.write(b"an agent release")
+            artefact.flush()
+            releases.publish(Path(artefact.name), "9.9.9")
+        Agent.objects.filter(pk=w.agent.pk).update(capabilities="self_update")
+        return engine.create_job(
+            w.psa,
+            "agent_update",
+            asset_id=w.agent.asset_id,
+            psa_task_id=w.task.pk,
+            version="9.9.9",
+            requires_approval=requires_approval,
+        )
+
+
+EXAMPLES = {"script": ScriptExample(), "step": StepExample(), "agent_update": UpdateExample()}

@@ -21,7 +21,7 @@ from rmm.engine import events, registry
 from rmm.engine.services import batches, deciding, issuing, kill_switches, transitions
 from rmm.engine.states import JobStatus
 from rmm.history import services as history
-from rmm.inventory.models import Asset
+from rmm.inventory.models import Agent, Asset
 
 MAX_BATCH_ASSETS = 50_000
 OUTSIDE = "the asset is outside the PSA case's site"
@@ -60,6 +60,7 @@ def _create(
         if psa_task_id
         else None
     )
+    _refuse_if_incapable(user, action, kind, assets, one)
     outside = [asset for asset in assets if task is not None and asset.site_id != task.case.site_id]
     told = None  # a task of a site the caller may not see is told as missing (Law 7); the history says which
     if psa_task_id and task is None:
@@ -142,6 +143,33 @@ def _create(
                 {"type": "job_batch", "kind": kind.name, "count": len(jobs), "status": status, "site": str(site.pk)},
             )
     return jobs
+
+
+def _refuse_if_incapable(user, action: str, kind: registry.JobKind, assets: list[Asset], one: bool) -> None:
+    """An agent that does not report the kind's capability is never sent its job (one query)."""
+    if not kind.capability:
+        return
+    capable = {
+        asset_id
+        for asset_id, capabilities in Agent.objects.filter(
+            asset_id__in=[asset.pk for asset in assets], revoked_at__isnull=True
+        ).values_list("asset_id", "capabilities")
+        if kind.capability in capabilities.split(",")
+    }
+    lacking = [asset for asset in assets if asset.pk not in capable]
+    if not lacking:
+        return
+    reason = f"the agent does not report the {kind.capability} capability"
+    history.record_refusal(
+        user,
+        action,
+        reason=reason,
+        site_id=lacking[0].site_id,
+        payload={"assets": [str(asset.pk) for asset in lacking[:20]], "lacking": len(lacking)},
+    )
+    if one:
+        raise InvalidInput(f"The asset's agent cannot do this: {reason}.", field="asset")
+    raise InvalidInput(f"{len(lacking)} of the assets' agents cannot do this: {reason}.", field="assets")
 
 
 def _assets(sites, asset_ids, site_name, one: bool) -> list[Asset]:

@@ -26,7 +26,7 @@ from rmm.engine.states import JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
-from rmm_agent.protocol import CAPABILITY_REBOOT, INTERPRETERS, canonical_json, iso_utc
+from rmm_agent.protocol import AGENT_ACTIONS, CAPABILITY_REBOOT, INTERPRETERS, canonical_json, iso_utc
 
 S = JobStatus
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _sign(
     signers: dict[str, keyset.Key] = {}
     for position, (job, spec, step) in enumerate(rendered, start=wave_offset):
         agent_id = agents[spec.asset.pk]
-        if spec.interpreter not in INTERPRETERS:
+        if spec.interpreter not in INTERPRETERS + AGENT_ACTIONS:
             raise InvalidInput(f"Unsupported interpreter {spec.interpreter!r}.", field="interpreter")
         if spec.reboot and CAPABILITY_REBOOT not in capable.get(agent_id, ()):
             raise InvalidInput(
