@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import django_filters
 import django_tables2 as tables
@@ -20,7 +20,7 @@ from rmm.console.lists import CellColumn, ListTable
 from rmm.inventory.models import Asset, Site
 
 
-def online_since() -> timezone.datetime:
+def online_since() -> datetime:
     """An agent seen at or after this moment is online."""
     return timezone.now() - timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
 
