@@ -1,6 +1,7 @@
 """The console's assets: the list (search, filters, sort, pages in a constant number of queries)
 and what an asset's page shows. An asset is online while its agent, not revoked, was seen within
-``RMM_AGENT_OFFLINE_SECONDS`` (by default five heartbeat intervals)."""
+``RMM_AGENT_OFFLINE_SECONDS`` (by default five heartbeat intervals), and rebooting (not offline)
+while a step's reboot's ``RMM_REBOOT_GRACE_SECONDS`` lasts, as the engine's sweep counts it."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ def online_since() -> datetime:
 
 
 def visible_assets(user) -> QuerySet[Asset]:
-    """The assets of the user's sites, each with its site, agent version, last seen and online."""
-    online = Q(agent__last_seen_at__gte=online_since(), agent__revoked_at__isnull=True)
+    """The assets of the user's sites, each with its site, agent version, last seen, online and
+    rebooting."""
+    live = Q(agent__revoked_at__isnull=True)
+    online = live & Q(agent__last_seen_at__gte=online_since())
+    rebooting = live & Q(agent__rebooting_until__gte=timezone.now())
     return (
         Asset.objects.filter(site__in=access.visible_sites(user))
         .select_related("site")
@@ -36,6 +40,7 @@ def visible_assets(user) -> QuerySet[Asset]:
             last_seen=F("agent__last_seen_at"),
             revoked_at=F("agent__revoked_at"),
             online=Case(When(online, then=Value(True)), default=Value(False), output_field=BooleanField()),
+            rebooting=Case(When(rebooting, then=Value(True)), default=Value(False), output_field=BooleanField()),
         )
     )
 
@@ -50,7 +55,10 @@ class AssetFilter(django_filters.FilterSet):
         label="Site", queryset=Site.objects.none(), to_field_name="name", empty_label="any"
     )
     online = django_filters.ChoiceFilter(
-        label="Online", choices=[("yes", "online"), ("no", "offline")], method="filter_online", empty_label="any"
+        label="Online",
+        choices=[("yes", "online"), ("rebooting", "rebooting"), ("no", "offline")],
+        method="filter_online",
+        empty_label="any",
     )
     os = django_filters.ChoiceFilter(label="OS", choices=[], empty_label="any")
     agent_version = django_filters.ChoiceFilter(
@@ -77,7 +85,9 @@ class AssetFilter(django_filters.FilterSet):
         return queryset.filter(found)
 
     def filter_online(self, queryset, name, value):
-        return queryset.filter(online=value == "yes")
+        if value == "rebooting":
+            return queryset.filter(rebooting=True)
+        return queryset.filter(online=value == "yes", rebooting=False)
 
 
 class AssetTable(ListTable):
@@ -88,7 +98,9 @@ class AssetTable(ListTable):
     os = tables.Column(verbose_name="OS", order_by=("os", "hostname", "id"))
     agent_version = tables.Column(verbose_name="Agent version", order_by=("agent_version", "hostname", "id"))
     online = CellColumn(
-        template_name="console/online_cell.html", verbose_name="Online", order_by=("online", "hostname", "id")
+        template_name="console/online_cell.html",
+        verbose_name="Online",
+        order_by=("online", "rebooting", "hostname", "id"),
     )
     last_seen = tables.DateTimeColumn(format="Y-m-d H:i:s", verbose_name="Last seen", order_by=("last_seen", "id"))
 

@@ -219,6 +219,28 @@ def test_the_asset_list_shows_the_sites_assets_with_their_state(world):
     assert body.index("alpha-2") < body.index("alpha-0")
 
 
+def test_an_agent_rebooting_within_its_grace_is_shown_rebooting_not_offline(world):
+    rebooting, stale, _never = world["agents"]
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    Agent.objects.filter(pk=rebooting.pk).update(
+        last_seen_at=an_hour_ago, rebooting_until=timezone.now() + timedelta(minutes=5)
+    )
+    Agent.objects.filter(pk=stale.pk).update(last_seen_at=an_hour_ago, rebooting_until=an_hour_ago)  # grace over
+    client = world["client"]
+
+    def ids(path: str) -> set[str]:
+        body = client.get(path).content.decode()
+        return {str(a.asset_id) for a in world["agents"] if f'data-asset-id="{a.asset_id}"' in body}
+
+    assert ids("/console/assets/?online=rebooting") == {str(rebooting.asset_id)}
+    assert ids("/console/assets/?online=no") == {str(stale.asset_id), str(_never.asset_id)}
+    assert ids("/console/assets/?online=yes") == set()
+    page = client.get(f"/console/assets/{rebooting.asset_id}/").content.decode()
+    assert '<span class="rebooting">rebooting</span>' in page
+    page = client.get(f"/console/assets/{stale.asset_id}/").content.decode()
+    assert '<span class="offline">offline</span>' in page
+
+
 def test_the_asset_list_costs_the_same_queries_for_3_and_60_assets(world):
     small, _ = queries(world["client"], "/console/assets/")
     for n in range(57):
