@@ -1,4 +1,5 @@
 # The README's two commands: `make run` (the product, embedded default) and `make test`.
+# `make install` makes the virtualenv from requirements*.txt and node_modules from package-lock.json.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The console's front-end libraries (htmx, Chart.js), exactly as package-lock.json pins them.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+install: $(STAMP) node_modules/.installed
 
 run: install
 	$(BIN)/python manage.py rmm_run
@@ -64,7 +70,7 @@ bench-intake: install
 	$(BIN)/python -m bench.intake_profile --assets $(INTAKE) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var node_modules
 
 # The agent's Debian package under dist/ (docs/agent.md); its path is the last line printed.
 # PKG and VERSION override the package's name and version (tests use a unique name).

@@ -7,6 +7,7 @@ class EvidenceConfig(AppConfig):
 
     def ready(self) -> None:
         from evidence import services, types
+        from rmm.console import panels
         from rmm.engine import registry
         from rmm.updates.kind import UPDATE_RESULT
 
@@ -16,3 +17,6 @@ class EvidenceConfig(AppConfig):
         # every finished instruction's evidence (one, or many at once); a job's evidence in the
         # PSA's job events
         registry.register_evidence_writer(services.record, services.record_many, services.of_job)
+        panels.register_asset_panel(
+            panels.AssetPanel("Evidence", "evidence/asset_panel.html", services.newest_of_asset)
+        )

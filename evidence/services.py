@@ -87,6 +87,15 @@ def of_job(job_id) -> list[dict]:
     return [{"id": str(e.pk), "type": e.evidence_type, "hash": e.hash} for e in rows]
 
 
+ASSET_PANEL_ROWS = 20
+
+
+def newest_of_asset(asset, user) -> list[RmmEvidence]:
+    """The console's evidence panel on an asset's page: its newest records the user may see."""
+    rows = visible_evidence(user).filter(asset=asset).order_by("-captured_at", "id")
+    return list(rows[:ASSET_PANEL_ROWS])
+
+
 def record(
     *,
     asset,

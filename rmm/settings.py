@@ -44,6 +44,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_filters",
+    "django_tables2",
+    "django_htmx",
     "guardian",
     "django_q",
     "channels",
@@ -82,6 +84,7 @@ MIDDLEWARE = [
     # admins, approvers and superusers act in the console and the admin only with a verified TOTP device
     "rmm.signin.middleware.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",  # request.htmx: the console's lists answer htmx with their table alone
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into the lockout page
@@ -101,6 +104,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "rmm.console.context.engaged_kill_switches",
+                "rmm.console.context.pending_approvals",
             ],
         },
     },
@@ -215,6 +219,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"  # whitenoise serves from here after collectstatic (rmm/core/middleware.py)
+# The console's front-end libraries, installed from npm by `make install` (package-lock.json) and
+# served from node_modules under static/vendor/ (never copied into the repository).
+STATICFILES_DIRS = [
+    ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
+    ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist"),
+]
+DJANGO_TABLES2_TEMPLATE = "console/table.html"
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

@@ -30,7 +30,8 @@ class RunScriptForm(forms.Form):
 
 @login_required
 def run_script(request):
-    form = RunScriptForm(request.user, request.POST or None)
+    # "Run a script here" on an asset's page names the asset
+    form = RunScriptForm(request.user, request.POST or None, initial={"asset": request.GET.get("asset")})
     if request.method == "POST" and form.is_valid():
         try:
             job = services.create_script_job(

@@ -1,8 +1,5 @@
 """The technician's console: jobs of every kind, for the sites the user may see, live."""
 
-from heapq import merge
-from itertools import islice
-
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -14,37 +11,36 @@ from django.views.decorators.http import require_POST
 
 from rmm.access import roles as access
 from rmm.access import services as access_services
+from rmm.console import lists, panels
+from rmm.console.asset_list import AssetFilter, AssetTable, visible_assets
+from rmm.console.job_list import JobFilter, JobTable
 from rmm.core.errors import ServiceError
 from rmm.engine import registry
 from rmm.engine.models import Batch, KillSwitchScope
-from rmm.engine.services import batches, kill_switches
+from rmm.engine.services import batches, kill_switches, listing
 from rmm.engine.states import ACTIVE, FINAL
+from rmm.inventory.models import Agent, AssetFacts
 
-PAGE = 100
-
-
-def _jobs_of(kind, user):
-    return (
-        kind.model.objects.filter(site__in=access.visible_sites(user))
-        .select_related(*kind.select_related)
-        .order_by("-created_at")
-    )
-
-
-def _newest_of(kind, user):
-    """(kind, job) for the kind's newest jobs: a generator of its own per kind (one written inline
-    in the list comprehension would pair every job with the last kind)."""
-    return ((kind, job) for job in _jobs_of(kind, user)[:PAGE])
+ASSET_JOBS = 20  # the newest jobs on an asset's page; the job list filtered by the asset has them all
 
 
 @login_required
 def job_list(request):
-    streams = [_newest_of(kind, request.user) for kind in registry.all_kinds()]
-    rows = [
-        {"kind": kind.name, "job": job, "description": kind.describe(job)}
-        for kind, job in islice(merge(*streams, key=lambda pair: pair[1].created_at, reverse=True), PAGE)
-    ]
-    return render(request, "console/jobs.html", {"rows": rows})
+    """Every job the user may see, a batch as one row; the list reloads itself on live events."""
+    filterset = JobFilter(request.GET, user=request.user)
+    context = {"nav": "jobs", "live": True}
+    batch_id = filterset.form.cleaned_data.get("batch") if filterset.is_valid() else None
+    if batch_id:
+        batch = _visible_batches(request.user).filter(pk=batch_id).first()
+        if batch is not None:
+            context.update(
+                batch=batch, progress=batches.totals([batch])[str(batch.pk)], above_table="console/batch_head.html"
+            )
+    return lists.list_page(request, JobTable, filterset, "console/jobs.html", context, lazy=True)
+
+
+def _jobs_of(kind, user):
+    return kind.model.objects.filter(site__in=access.visible_sites(user)).select_related(*kind.select_related)
 
 
 def _job_or_404(request, kind_name, job_id):
@@ -84,11 +80,63 @@ def job_fragment(request, kind, job_id):
 @login_required
 def batch_detail(request, batch_id):
     """A batch's plan, status and progress per ring (a constant number of queries)."""
-    visible = Batch.objects.filter(site__in=access.visible_sites(request.user)).select_related("site", "requested_by")
-    batch = visible.filter(pk=batch_id).first()
+    batch = _visible_batches(request.user).filter(pk=batch_id).first()
     if batch is None:
         raise Http404
-    return render(request, "console/batch.html", {"batch": batch, "rings": batches.progress(batch)})
+    return render(
+        request,
+        "console/batch_fragment.html" if request.htmx else "console/batch.html",
+        {"batch": batch, "rings": batches.progress(batch), "progress": batches.totals([batch])[str(batch.pk)]},
+    )
+
+
+def _visible_batches(user):
+    return Batch.objects.filter(site__in=access.visible_sites(user)).select_related("site", "requested_by")
+
+
+@login_required
+def asset_list(request):
+    filterset = AssetFilter(request.GET, user=request.user)
+    context = {"nav": "assets", "offline_after": settings.RMM_AGENT_OFFLINE_SECONDS}
+    return lists.list_page(request, AssetTable, filterset, "console/assets.html", context)
+
+
+@login_required
+def asset_detail(request, asset_id):
+    """An asset of the user's sites: its agent, facts as reported, newest jobs, what apps add."""
+    asset = visible_assets(request.user).filter(pk=asset_id).first()
+    if asset is None:
+        raise Http404
+    facts = AssetFacts.objects.filter(asset=asset).first()
+    agent = Agent.objects.filter(asset=asset).first()
+    rows = list(listing.job_rows(request.user, listing.JobQuery(asset=asset.pk))[:ASSET_JOBS])
+    jobs = JobTable(rows, orderable=False)
+    jobs.prepare_page(rows)
+    return render(
+        request,
+        "console/asset.html",
+        {
+            "nav": "assets",
+            "asset": asset,
+            "agent": agent,
+            "facts": facts,
+            "sections": fact_sections(facts.facts if facts else {}),
+            "jobs": jobs,
+            "more_jobs": len(rows) == ASSET_JOBS,
+            "panels": [(panel, panel.load(asset, request.user)) for panel in panels.asset_panels()],
+            "actions": [(action.label, action.url(asset)) for action in panels.asset_actions()],
+            "offline_after": settings.RMM_AGENT_OFFLINE_SECONDS,
+        },
+    )
+
+
+def fact_sections(facts: dict) -> list[tuple[str, list[tuple[str, object]]]]:
+    """The facts as the agent reported them: a namespace (a key whose value is an object) is a
+    section of its own; the other keys are the first section."""
+    plain = [(key, value) for key, value in facts.items() if not isinstance(value, dict)]
+    sections = [("Reported", plain)] if plain else []
+    sections += [(key, list(value.items())) for key, value in facts.items() if isinstance(value, dict)]
+    return sections
 
 
 class EngageForm(forms.Form):

@@ -1,4 +1,4 @@
-from django.db.models import F, Q, Value
+from django.db.models import Q
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
@@ -10,7 +10,7 @@ from rmm.core.api import SiteScopedMixin, reason_of
 from rmm.core.api_schema import ReasonSerializer, refusal
 from rmm.engine import registry
 from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
-from rmm.engine.services import batches, kill_switches
+from rmm.engine.services import batches, kill_switches, listing
 from rmm.engine.states import JobStatus
 
 
@@ -101,12 +101,12 @@ class JobSerializer(serializers.Serializer):
     kind = serializers.CharField()
     id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=JobStatus.choices)
-    asset = serializers.UUIDField(source="asset_id")
+    asset = serializers.UUIDField(source="asset_ref")
     site = serializers.CharField(source="site_name")
-    psa_task_id = serializers.UUIDField(allow_null=True)
-    psa_case_id = serializers.UUIDField(allow_null=True)
-    batch = serializers.UUIDField(source="batch_id", allow_null=True, help_text="The batch it belongs to, if any.")
-    created_at = serializers.DateTimeField()
+    psa_task_id = serializers.UUIDField(source="task_ref", allow_null=True)
+    psa_case_id = serializers.UUIDField(source="case_ref", allow_null=True)
+    batch = serializers.UUIDField(source="batch_ref", allow_null=True, help_text="The batch it belongs to, if any.")
+    created_at = serializers.DateTimeField(source="created")
     url = serializers.SerializerMethodField(
         help_text="The job at its kind's own endpoint (none for a kind without one)."
     )
@@ -126,34 +126,7 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def get_queryset(self):
         query = JobQuerySerializer(data=self.request.query_params)
         query.is_valid(raise_exception=True)
-        wanted = query.validated_data
-        sites = access.visible_sites(self.request.user)
-        parts = []
-        for kind in registry.all_kinds():
-            if wanted.get("kind", kind.name) != kind.name:
-                continue
-            rows = kind.model.objects.filter(site__in=sites)
-            for name, lookup in (
-                ("status", "status"),
-                ("asset", "asset_id"),
-                ("psa_task", "psa_task_id"),
-                ("psa_case", "psa_task__case_id"),
-                ("batch", "batch_id"),
-            ):
-                if name in wanted:
-                    rows = rows.filter(**{lookup: wanted[name]})
-            parts.append(
-                rows.order_by()
-                .values("id", "status", "asset_id", "psa_task_id", "batch_id", "created_at")
-                # one column order for every kind: the union pairs columns by position
-                .annotate(kind=Value(kind.name), psa_case_id=F("psa_task__case_id"), site_name=F("site__name"))
-            )
-        first, *rest = parts
-        return (
-            first.union(*rest, all=True).order_by("-created_at", "-id")
-            if rest
-            else first.order_by("-created_at", "-id")
-        )
+        return listing.job_rows(self.request.user, listing.JobQuery(**query.validated_data))
 
     @extend_schema(parameters=[JobQuerySerializer])
     def list(self, request, *args, **kwargs):

@@ -427,3 +427,18 @@ def progress(batch: Batch) -> list[dict]:
     ):
         rings[ring][PROGRESS[status]] += count
     return rings
+
+
+def totals(batch_list: Iterable[Batch]) -> dict[str, dict[str, int]]:
+    """Each batch's jobs counted as pending, running, succeeded, failed and aborted (the same words
+    as :func:`progress`), by batch id: one query per job kind among them, however many batches."""
+    by_kind: dict[str, list] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for batch in batch_list:
+        by_kind.setdefault(batch.job_kind, []).append(batch.pk)
+        counts[str(batch.pk)] = dict.fromkeys(("pending", "running", "succeeded", "failed", "aborted"), 0)
+    for kind, ids in by_kind.items():
+        rows = registry.get(kind).model.objects.filter(batch_id__in=ids).values_list("batch_id", "status")
+        for batch_id, status, count in rows.annotate(n=Count("pk")).order_by():
+            counts[str(batch_id)][PROGRESS[status]] += count
+    return counts

@@ -1,4 +1,4 @@
-// Live job events: update the job list and the job page without a reload.
+// Live job events: the job list, a batch and the job page follow them without a reload.
 (function () {
   "use strict";
   var FINAL = ["succeeded", "failed", "timed_out", "aborted", "lost", "rejected"];
@@ -32,42 +32,26 @@
       .then(function (html) { if (html !== null) banner.innerHTML = html; });
   }
 
+  // Lists and batch pages that follow jobs (hx-trigger "rmm:jobs-changed from:body") reload
+  // themselves through htmx, at their own address: the rows stay in their query's order and
+  // filters. At most one reload every RELOAD_MS, and one more after the last event.
+  var RELOAD_MS = 2000, lastReload = 0, pending = null;
+  function jobsChanged() {
+    if (pending) return;
+    var wait = Math.max(0, lastReload + RELOAD_MS - Date.now());
+    pending = setTimeout(function () {
+      pending = null;
+      lastReload = Date.now();
+      document.body.dispatchEvent(new CustomEvent("rmm:jobs-changed"));
+    }, wait);
+  }
+
   function onEvent(ev) {
     // Page scripts (e.g. evidence exports) listen for every event without a socket of their own.
     document.dispatchEvent(new CustomEvent("rmm:event", { detail: ev }));
     if (ev.type === "kill_switch") { refreshBanner(); return; }
     if (ev.type !== "job") return;
-    var row = document.querySelector('#jobs tr[data-job-id="' + ev.id + '"]');
-    if (row) {
-      setStatus(row.querySelector('[data-field="status"]'), ev.status);
-      if (ev.completed_at) row.querySelector('[data-field="completed_at"]').textContent = ev.completed_at.replace("T", " ").slice(0, 19);
-    } else if (document.getElementById("jobs")) {
-      var tbody = document.querySelector("#jobs tbody");
-      var empty = tbody.querySelector("tr.empty");
-      if (empty) empty.remove();
-      var tr = document.createElement("tr");
-      tr.dataset.jobId = ev.id;
-      var cells = [ev.kind, null, null, "", (ev.created_at || "").replace("T", " ").slice(0, 19), ""];
-      cells.forEach(function (text, i) {
-        var td = document.createElement("td");
-        if (i === 1) {
-          var a = document.createElement("a");
-          a.href = "/console/jobs/" + ev.kind + "/" + ev.id + "/";
-          a.textContent = ev.description;
-          td.appendChild(a);
-        } else if (i === 2) {
-          var span = document.createElement("span");
-          span.dataset.field = "status";
-          setStatus(span, ev.status);
-          td.appendChild(span);
-        } else {
-          td.textContent = text;
-          if (i === 5) td.dataset.field = "completed_at";
-        }
-        tr.appendChild(td);
-      });
-      tbody.insertBefore(tr, tbody.firstChild);
-    }
+    jobsChanged();
     var job = document.getElementById("job");
     if (job && job.dataset.jobId === ev.id) {
       setStatus(document.getElementById("job-status"), ev.status);

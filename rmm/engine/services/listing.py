@@ -1,0 +1,168 @@
+"""Every job of every kind as one list: the rows of ``GET /api/v1/jobs/`` and the console's job list.
+
+Each kind's table is filtered on its own and the parts are joined with ``UNION ALL``, so a page
+is one query whatever the number of jobs; the console then loads the page's jobs per kind
+(:func:`jobs_of_rows`) and its batches' progress (:func:`rmm.engine.services.batches.totals`).
+With ``group_batches`` a batch is one row (``is_batch``) instead of its jobs: the console's view
+of a fleet, where a batch of 10,000 jobs would otherwise be 10,000 rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import BooleanField, CharField, DateTimeField, F, Q, QuerySet, UUIDField, Value
+
+from rmm.access import roles as access
+from rmm.engine import registry
+from rmm.engine.models import Batch
+
+# The columns of every row, in the order every part selects them (the union pairs them by
+# position); named apart from the models' own fields so that each can be an annotation.
+COLUMNS = (
+    "id",
+    "status",
+    "asset_ref",
+    "task_ref",
+    "batch_ref",
+    "created",
+    "completed",
+    "kind",
+    "case_ref",
+    "site_name",
+    "requester",
+    "hostname",
+    "is_batch",
+)
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """What the caller asks for; every field empty: everything it may see."""
+
+    kind: str = ""
+    status: str = ""
+    asset: uuid.UUID | None = None
+    hostname: str = ""  # the asset's hostname, exactly (hostnames are not unique)
+    requester: str = ""  # a username, exactly
+    psa_case: uuid.UUID | None = None
+    psa_task: uuid.UUID | None = None
+    batch: uuid.UUID | None = None
+    created_from: datetime | None = None
+    created_before: datetime | None = None
+    search: str = ""  # part of the asset's hostname or the requester's name, or a job's id
+    group_batches: bool = False
+
+    @property
+    def looks_inside_batches(self) -> bool:
+        """A filter on what only jobs have: batches are then listed as their jobs."""
+        return bool(
+            self.status or self.asset or self.hostname or self.psa_case or self.psa_task or self.batch or self.search
+        )
+
+
+def _search(text: str, *, batch: bool) -> Q:
+    found = Q(requested_by__username__icontains=text)
+    if not batch:
+        found |= Q(asset__hostname__icontains=text)
+    with contextlib.suppress(ValueError):
+        found |= Q(pk=uuid.UUID(text))
+    return found
+
+
+def _common(rows: QuerySet, query: JobQuery, *, batch: bool) -> QuerySet:
+    if query.requester:
+        rows = rows.filter(requested_by__username=query.requester)
+    if query.created_from:
+        rows = rows.filter(created_at__gte=query.created_from)
+    if query.created_before:
+        rows = rows.filter(created_at__lt=query.created_before)
+    if query.search:
+        rows = rows.filter(_search(query.search, batch=batch))
+    return rows
+
+
+def _job_part(kind, sites, query: JobQuery) -> QuerySet:
+    rows = _common(kind.model.objects.filter(site__in=sites), query, batch=False)
+    for value, lookup in (
+        (query.status, "status"),
+        (query.asset, "asset_id"),
+        (query.hostname, "asset__hostname"),
+        (query.psa_task, "psa_task_id"),
+        (query.psa_case, "psa_task__case_id"),
+        (query.batch, "batch_id"),
+    ):
+        if value:
+            rows = rows.filter(**{lookup: value})
+    if query.group_batches and not query.looks_inside_batches:
+        rows = rows.filter(batch__isnull=True)
+    return (
+        rows.order_by()
+        .values("id", "status")
+        .annotate(
+            asset_ref=F("asset_id"),
+            task_ref=F("psa_task_id"),
+            batch_ref=F("batch_id"),
+            created=F("created_at"),
+            completed=F("completed_at"),
+            kind=Value(kind.name, output_field=CharField()),
+            case_ref=F("psa_task__case_id"),
+            site_name=F("site__name"),
+            requester=F("requested_by__username"),
+            hostname=F("asset__hostname"),
+            is_batch=Value(False, output_field=BooleanField()),
+        )
+    )
+
+
+def _batch_part(sites, query: JobQuery) -> QuerySet:
+    rows = _common(Batch.objects.filter(site__in=sites), query, batch=True)
+    if query.kind:
+        rows = rows.filter(job_kind=query.kind)
+    return (
+        rows.order_by()
+        .values("id", "status")
+        .annotate(
+            asset_ref=Value(None, output_field=UUIDField()),
+            task_ref=Value(None, output_field=UUIDField()),
+            batch_ref=F("id"),
+            created=F("created_at"),
+            completed=Value(None, output_field=DateTimeField()),
+            kind=F("job_kind"),
+            case_ref=Value(None, output_field=UUIDField()),
+            site_name=F("site__name"),
+            requester=F("requested_by__username"),
+            hostname=Value(None, output_field=CharField()),
+            is_batch=Value(True, output_field=BooleanField()),
+        )
+    )
+
+
+def job_rows(user, query: JobQuery) -> QuerySet:
+    """The rows (dicts of :data:`COLUMNS`) the user may see, newest first; ``order_by`` any column
+    to sort them otherwise."""
+    sites = access.visible_sites(user)
+    parts = [_job_part(kind, sites, query) for kind in registry.all_kinds() if query.kind in ("", kind.name)]
+    if query.group_batches and not query.looks_inside_batches:
+        parts.append(_batch_part(sites, query))
+    first, *rest = parts
+    rows = first.union(*rest, all=True) if rest else first
+    return rows.order_by("-created", "-id")
+
+
+def jobs_of_rows(rows: list[dict]) -> dict[str, object]:
+    """The job objects of a page of rows, by id: one query per kind on the page (each with what its
+    kind's ``describe`` reads), however long the page."""
+    ids: dict[str, list] = {}
+    for row in rows:
+        if not row["is_batch"]:
+            ids.setdefault(row["kind"], []).append(row["id"])
+    jobs = {}
+    for name, wanted in ids.items():
+        kind = registry.get(name)
+        for job in kind.model.objects.filter(pk__in=wanted).select_related(*kind.select_related):
+            jobs[str(job.pk)] = job
+    return jobs
