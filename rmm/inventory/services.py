@@ -430,7 +430,9 @@ def record_namespaces(agent: Agent, reports: list[FactReport], now, stored: dict
     """Actual state from a heartbeat's fact namespaces; returns the names the server wants in
     full next time: a hash that differs from the stored one with nothing sent (after a loss of
     the server's facts, say), or a patch that does not give the body of its hash. Each changed
-    body is handed to its namespace's handler and stored with its hash; ``stored`` is each
+    body is handed to its namespace's handler and stored with its hash, and recorded in the
+    history only when the asset's summary facts changed (the first heartbeat after enrollment
+    restates the enrolled facts: stored, not recorded); ``stored`` is each
     namespace's stored hash, as the check-in read it. A constant number of queries however many
     namespaces changed: none when none did."""
     wanted = [r.name for r in reports if r.body is None and r.patch is None and stored.get(r.name) != r.hash]
@@ -451,10 +453,11 @@ def record_namespaces(agent: Agent, reports: list[FactReport], now, stored: dict
             summary.update(fact_namespaces.get(report.name).handle(body))
             applied.append(report.name)
         if applied:
-            row.facts, row.facts_hash = summary, compute_facts_hash(summary)
+            before, row.facts, row.facts_hash = row.facts_hash, summary, compute_facts_hash(summary)
             row.namespaces, row.namespace_hashes, row.reported_at = bodies, hashes, now
             row.save()
-            _facts_recorded(agent, summary, {"facts_hash": row.facts_hash, "namespaces": applied})
+            if row.facts_hash != before:  # what the summary does not show is stored, not recorded
+                _facts_recorded(agent, summary, {"facts_hash": row.facts_hash, "namespaces": applied})
     return sorted(wanted)
 
 

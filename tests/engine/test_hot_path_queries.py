@@ -238,7 +238,7 @@ def test_a_batch_job_s_result_counts_its_batch_after_its_evidence(world, site, m
 def test_fact_namespaces_cost_the_same_however_many_changed(world, site):
     """Hashes only: what an idle heartbeat costs (the stored hashes come with the check-in). One
     changed namespace, two, or all of them (a test-registered one among them, one as a patch):
-    the same count."""
+    the same count, with the asset's summary facts changed (recorded in the history) each time."""
     from rmm.inventory import namespaces
     from rmm_agent.protocol import facts_hash
 
@@ -252,10 +252,17 @@ def test_fact_namespaces_cost_the_same_however_many_changed(world, site):
             "agent": {"agent_version": "0.2.0"},
             "test_probe": {"n": 0},
         }
+        BUMP = {  # none of them the asset's hostname, OS or architecture (one query more when they change)
+            "os": lambda body: {"kernel": body["kernel"] + "+"},
+            "hardware": lambda body: {"cpu_count": body["cpu_count"] + 1},
+            "network": lambda body: {"addresses": [*body["addresses"], f"10.0.1.{len(body['addresses'])}"]},
+            "agent": lambda body: {"agent_version": body["agent_version"] + "+"},
+            "test_probe": lambda body: {"n": body["n"] + 1},
+        }
 
         def heartbeat(changing: set, whole: bool = False) -> int:
-            for name in changing:
-                current[name] = {**current[name], "changes": current[name].get("changes", 0) + 1}
+            for name in changing:  # a value the asset's summary facts show (test_probe's: none)
+                current[name] = {**current[name], **BUMP[name](current[name])}
             report = {
                 name: {"hash": facts_hash(body), **({"body": body} if name in changing else {})}
                 for name, body in current.items()

@@ -9,7 +9,9 @@ import json
 import pytest
 from django.test import Client
 
+from rmm.history.models import HistoryEvent
 from rmm.inventory import namespaces
+from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent, AssetFacts
 from rmm_agent.protocol import MAX_FACTS_BYTES, MAX_NAMESPACE_BYTES, MAX_NAMESPACES, facts_hash
 from tests.helpers import make_agent
@@ -202,3 +204,27 @@ def test_a_v1_heartbeat_with_one_blob_and_one_hash_is_still_served(agent):
     assert row.asset.hostname == "v1-host"
     assert beat(auth, {"facts_hash": facts_hash(facts), "capacity": 4})["facts_required"] is False
     assert beat(auth, {"facts_hash": "0" * 64, "capacity": 4})["facts_required"] is True
+
+
+def test_namespaces_that_restate_the_enrolled_facts_are_stored_without_a_history_record(site, settings):
+    """The first heartbeat after enrollment sends every namespace, which together say what the
+    enrollment's facts said: stored (their hashes are known from then on), but the asset's facts
+    did not change, so nothing is recorded (at fleet scale, 10,000 such records at once would
+    queue every heartbeat behind the history's lock). A change the summary shows is recorded."""
+    settings.RMM_HEARTBEAT_MIN_SPACING_SECONDS = 0
+    enrolled = {key: value for body in BODIES.values() for key, value in body.items()}
+    _, secret = inventory.create_enrollment_token(site)
+    row, agent_secret = inventory.enroll_agent(secret, enrolled)
+    auth = f"Agent {row.pk}:{agent_secret}"
+    reported = HistoryEvent.objects.filter(action="asset.facts_reported", subject_id=str(row.asset_id))
+    before = reported.count()
+
+    assert beat(auth, {"namespaces": report(BODIES)})["facts_wanted"] == []
+    stored = AssetFacts.objects.get(asset_id=row.asset_id)
+    assert stored.namespace_hashes == {name: facts_hash(body) for name, body in BODIES.items()}
+    assert reported.count() == before
+
+    moved = dict(BODIES, network={**BODIES["network"], "addresses": ["10.0.0.9"]})
+    beat(auth, {"namespaces": report(moved, {"network"})})
+    assert reported.count() == before + 1
+    assert AssetFacts.objects.get(asset_id=row.asset_id).facts["addresses"] == ["10.0.0.9"]
