@@ -9,6 +9,9 @@ import uuid
 
 from django.test import Client
 
+# Imported here, not inside a test: importing rmm.asgi runs django.setup(), whose logging
+# configuration replaces the root logger's handlers, pytest's log capture among them.
+from rmm.asgi import agent_asgi_app
 from rmm.authority import services as authority
 from rmm.engine import wakeups
 from rmm.inventory import services as inventory
@@ -129,8 +132,6 @@ async def agent_call(auth: str, body: dict, leave_after: float | None = None) ->
     """One heartbeat through the agent protocol's ASGI handler (rmm/asgi.py), as a server drives
     it: its sync parts run in this test's thread, which holds the test's transaction; the client
     disconnects after ``leave_after`` seconds, or once answered. Returns the messages sent."""
-    from rmm.asgi import agent_asgi_app
-
     raw = json.dumps(body).encode()
     sent, answered, first = [], asyncio.Event(), [True]
 
