@@ -59,6 +59,12 @@ REBOOT_COMMAND_TIMEOUT = 60.0
 # A rotated secret goes into an HTTP header: visible ASCII only, so no header can be injected.
 SECRET_RE = re.compile(r"[\x21-\x7e]{16,512}")
 
+# How the logs name each key set: (one statement, storing it, updated); docs/agent.md quotes them.
+KEY_WORDS = {
+    "server_keys": ("signing key", "the server's signing keys", "server signing keys"),
+    "release_keys": ("release key", "the release keys", "release keys"),
+}
+
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
 EXIT_UNAUTHORIZED = 3
@@ -338,7 +344,7 @@ class Agent:
         if "signing_keys" in body:  # before this answer's instructions, which may be signed by a new key
             self._update_keys(body["signing_keys"])
         if "release_keys" in body:
-            self._update_release_keys(body["release_keys"])
+            self._update_keys(body["release_keys"], "release_keys", release.RELEASES)
         self._settle_update()
         wanted = self._acknowledge(sent, body.get("facts_wanted"), body.get("facts_required") is True)
         self.interval = self._clamp_interval(body.get("interval"), self.interval)
@@ -388,47 +394,34 @@ class Agent:
         self.client.secret = new_secret
         log.info("agent secret rotated")
 
-    def _update_keys(self, update: object) -> None:
-        """Trust the instruction-signing keys a rotation introduced, and stop trusting retired ones,
-        once that is durably in config.json. Each new key must come in a statement signed by a key
-        this agent already trusts; anything else is refused and logged, and the keys stay as they
-        were. If writing fails, the server sends the statements again on the next heartbeat (this
-        agent reports the keys it holds), and signs with a key this agent holds until then."""
-        keys, refused = keyring.apply_update(self.server_keys, update, "instructions")
+    def _update_keys(self, update: object, field: str = "server_keys", purpose: str = "instructions") -> None:
+        """Trust the keys a rotation introduced, and stop trusting retired ones, once that is
+        durably in config.json: the instruction-signing keys (``server_keys``) or the release keys
+        (``release_keys``, purpose ``release.RELEASES``). Each new key must come in a statement
+        signed by a key this agent already trusts; anything else is refused and logged, and the
+        keys stay as they were. If writing fails, the server sends the statements again on the
+        next heartbeat (this agent reports the keys it holds), and signs with a key this agent
+        holds until then."""
+        current = getattr(self, field)
+        keys, refused = keyring.apply_update(current, update, purpose)
         for problem in refused:
-            log.error("refused a signing key statement from the server: %s", _one_line(problem))
-        if keys == self.server_keys:
+            log.error("refused a %s statement from the server: %s", KEY_WORDS[field][0], _one_line(problem))
+        if keys == current:
             return
         try:
-            self.config = self.state.save_keys(self.config, "server_keys", keys)
+            self.config = self.state.save_keys(self.config, field, keys)
         except OSError as exc:
-            log.error("could not store the server's signing keys (%s); keeping the current ones", _one_line(str(exc)))
+            log.error("could not store %s (%s); keeping the current ones", KEY_WORDS[field][1], _one_line(str(exc)))
             return
-        added = sorted(set(keys) - set(self.server_keys))
-        dropped = sorted(set(self.server_keys) - set(keys))
-        self.server_keys = keys
+        added = sorted(set(keys) - set(current))
+        dropped = sorted(set(current) - set(keys))
+        setattr(self, field, keys)
         log.info(
-            "server signing keys updated: trusting %s%s",
+            "%s updated: trusting %s%s",
+            KEY_WORDS[field][2],
             ", ".join(added) or "no new key",
             f"; retired {', '.join(dropped)}" if dropped else "",
         )
-
-    def _update_release_keys(self, update: object) -> None:
-        """Follow rotations and retirements of the release keys, as for instruction keys."""
-        keys, refused = keyring.apply_update(self.release_keys, update, release.RELEASES)
-        for problem in refused:
-            log.error("refused a release key statement from the server: %s", _one_line(problem))
-        if keys == self.release_keys:
-            return
-        try:
-            self.config = self.state.save_keys(self.config, "release_keys", keys)
-        except OSError as exc:
-            log.error("could not store the release keys (%s); keeping the current ones", _one_line(str(exc)))
-            return
-        self.release_keys = keys
-        log.info("release keys updated: trusting %s", ", ".join(sorted(keys)))
-
-    # -- self-update --------------------------------------------------------------------------
 
     def capabilities(self) -> list[str]:
         """What this agent can do beyond running scripts (the server sends nothing else)."""
