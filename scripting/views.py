@@ -22,7 +22,9 @@ class RunScriptForm(forms.Form):
         super().__init__(*args, **kwargs)
         sites = access.visible_sites(user)
         self.fields["script"].queryset = Script.objects.filter(approval_status=ApprovalStatus.APPROVED)
-        self.fields["asset"].queryset = Asset.objects.filter(site__in=sites).select_related("site")
+        self.fields["asset"].queryset = Asset.objects.filter(site__in=sites, retired_at__isnull=True).select_related(
+            "site"
+        )
         self.fields["psa_task"].queryset = PsaTask.objects.filter(
             case__site__in=sites, status=AuthorityStatus.APPROVED, case__status=AuthorityStatus.APPROVED
         ).select_related("case")

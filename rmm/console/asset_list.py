@@ -64,6 +64,10 @@ class AssetFilter(django_filters.FilterSet):
     agent_version = django_filters.ChoiceFilter(
         label="Agent version", field_name="agent__version", choices=[], empty_label="any"
     )
+    # Retired assets are gone from the list unless asked for (their pages stay).
+    retired = django_filters.ChoiceFilter(
+        label="Retired", choices=[("yes", "retired")], method="filter_retired", empty_label="no (active)"
+    )
 
     def __init__(self, data, *, user):
         assets = visible_assets(user)
@@ -83,6 +87,14 @@ class AssetFilter(django_filters.FilterSet):
         with contextlib.suppress(ValueError):
             found |= Q(pk=uuid.UUID(value.strip()))
         return queryset.filter(found)
+
+    def filter_queryset(self, queryset):
+        if self.form.cleaned_data.get("retired") != "yes":
+            queryset = queryset.filter(retired_at__isnull=True)
+        return super().filter_queryset(queryset)
+
+    def filter_retired(self, queryset, name, value):
+        return queryset.filter(retired_at__isnull=False)
 
     def filter_online(self, queryset, name, value):
         if value == "rebooting":

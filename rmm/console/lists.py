@@ -49,6 +49,12 @@ def _paginate(request, table: ListTable, per_page: int, lazy: bool) -> None:
     table.page.object_list = rows
 
 
+def paginate(request, table: ListTable, *, per_page: int = PER_PAGE, lazy: bool = False) -> None:
+    """Sort and page ``table`` from the request as a list page does, for a list inside another page
+    (an asset's jobs); render it with ``console/list.html``."""
+    _paginate(request, table, per_page, lazy)
+
+
 def list_page(
     request,
     table_class: type[ListTable],

@@ -11,17 +11,14 @@ from django.views.decorators.http import require_POST
 
 from rmm.access import roles as access
 from rmm.access import services as access_services
-from rmm.console import lists, panels
-from rmm.console.asset_list import AssetFilter, AssetTable, visible_assets
+from rmm.console import lists
+from rmm.console.asset_list import AssetFilter, AssetTable
 from rmm.console.job_list import JobFilter, JobTable
 from rmm.core.errors import ServiceError
 from rmm.engine import registry
 from rmm.engine.models import Batch, KillSwitchScope
-from rmm.engine.services import batches, kill_switches, listing
+from rmm.engine.services import batches, kill_switches
 from rmm.engine.states import ACTIVE, FINAL
-from rmm.inventory.models import Agent, AssetFacts
-
-ASSET_JOBS = 20  # the newest jobs on an asset's page; the job list filtered by the asset has them all
 
 
 @login_required
@@ -99,44 +96,6 @@ def asset_list(request):
     filterset = AssetFilter(request.GET, user=request.user)
     context = {"nav": "assets", "offline_after": settings.RMM_AGENT_OFFLINE_SECONDS}
     return lists.list_page(request, AssetTable, filterset, "console/assets.html", context)
-
-
-@login_required
-def asset_detail(request, asset_id):
-    """An asset of the user's sites: its agent, facts as reported, newest jobs, what apps add."""
-    asset = visible_assets(request.user).filter(pk=asset_id).first()
-    if asset is None:
-        raise Http404
-    facts = AssetFacts.objects.filter(asset=asset).first()
-    agent = Agent.objects.filter(asset=asset).first()
-    rows = list(listing.job_rows(request.user, listing.JobQuery(asset=asset.pk))[:ASSET_JOBS])
-    jobs = JobTable(rows, orderable=False)
-    jobs.prepare_page(rows)
-    return render(
-        request,
-        "console/asset.html",
-        {
-            "nav": "assets",
-            "asset": asset,
-            "agent": agent,
-            "facts": facts,
-            "sections": fact_sections(facts.facts if facts else {}),
-            "jobs": jobs,
-            "more_jobs": len(rows) == ASSET_JOBS,
-            "panels": [(panel, panel.load(asset, request.user)) for panel in panels.asset_panels()],
-            "actions": [(action.label, action.url(asset)) for action in panels.asset_actions()],
-            "offline_after": settings.RMM_AGENT_OFFLINE_SECONDS,
-        },
-    )
-
-
-def fact_sections(facts: dict) -> list[tuple[str, list[tuple[str, object]]]]:
-    """The facts as the agent reported them: a namespace (a key whose value is an object) is a
-    section of its own; the other keys are the first section."""
-    plain = [(key, value) for key, value in facts.items() if not isinstance(value, dict)]
-    sections = [("Reported", plain)] if plain else []
-    sections += [(key, list(value.items())) for key, value in facts.items() if isinstance(value, dict)]
-    return sections
 
 
 class EngageForm(forms.Form):

@@ -33,6 +33,11 @@ class Asset(models.Model):
     os = models.CharField(max_length=100, blank=True)
     architecture = models.CharField(max_length=50, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Retired (``retire_asset``): its agent revoked, gone from active lists, counts and job
+    # targets; its history and evidence kept.
+    retired_at = models.DateTimeField(null=True, blank=True)
+    retired_by = models.CharField(max_length=200, blank=True)
+    retired_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["hostname"]

@@ -319,12 +319,53 @@ def revoke_agent(user, agent: Agent, reason: str) -> int:
     if not reason:
         raise InvalidInput("Say why the agent is revoked.", field="reason")
     with transaction.atomic():
-        if not Agent.objects.filter(pk=agent.pk, revoked_at__isnull=True).update(
-            revoked_at=timezone.now(), revoked_reason=reason
-        ):
+        if not _revoke(user, agent, reason):
             raise Conflict("This agent is already revoked.")
-        history.append(user, "agent.revoked", agent, site_id=agent.asset.site_id, payload={"reason": reason})
     return engine.abort_agent_work(agent, user, f"agent revoked: {reason}")
+
+
+def _revoke(actor, agent: Agent, reason: str, **payload) -> bool:
+    """Inside the caller's transaction: revoke ``agent`` and record it; False when it already was.
+    Its work is aborted by ``engine.abort_agent_work`` once the transaction has committed."""
+    if not Agent.objects.filter(pk=agent.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_reason=reason
+    ):
+        return False
+    history.append(actor, "agent.revoked", agent, site_id=agent.asset.site_id, payload={"reason": reason, **payload})
+    return True
+
+
+def retire_asset(actor, asset: Asset, reason: str) -> Asset:
+    """The asset leaves the fleet: its agent is revoked as ``revoke_agent`` does (its queued and
+    running work aborted), and it is gone from active lists, counts and job targets. Its row,
+    history and evidence stay, so what was done on it can still be shown. Who may: whoever may
+    manage the site's agents (a retired asset's agent can never call again)."""
+    if not access.can(actor, "manage_agents") or not access.may_see_site(actor, asset.site_id):
+        history.record_refusal(actor, "asset.retire", asset, reason="role may not manage agents", site_id=asset.site_id)
+        raise Forbidden("Your role may not retire assets.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Say why the asset is retired.", field="reason")
+    if unstorable(reason):
+        raise InvalidInput("The reason holds characters that cannot be stored.", field="reason")
+    with transaction.atomic():
+        if not Asset.objects.filter(pk=asset.pk, retired_at__isnull=True).update(
+            retired_at=timezone.now(), retired_by=history.actor_of(actor), retired_reason=reason
+        ):
+            raise Conflict("This asset is already retired.")
+        agent = Agent.objects.filter(asset_id=asset.pk).select_related("asset").first()
+        revoked = agent is not None and _revoke(actor, agent, f"asset retired: {reason}", asset_retired=True)
+        history.append(
+            actor,
+            "asset.retired",
+            asset,
+            site_id=asset.site_id,
+            payload={"reason": reason, "hostname": asset.hostname, "agent_revoked": str(agent.pk) if revoked else None},
+        )
+    if revoked:
+        engine.abort_agent_work(agent, actor, f"asset retired: {reason}")
+    asset.refresh_from_db()
+    return asset
 
 
 def record_facts(agent: Agent, facts: dict, now, stored_hash: str | None = None) -> None:

@@ -7,11 +7,13 @@ import pytest
 
 from rmm.access.models import ApiToken
 from rmm.engine.models import KillSwitch
+from rmm.inventory.models import Asset
 from tests.support.authorization import (
     APPROVE,
     ENGAGE_KILL_SWITCH,
     EVERYONE,
     IN,
+    MANAGE_AGENTS,
     Row,
     World,
     callers,
@@ -24,6 +26,10 @@ from tests.support.authorization import (
 
 def _console_token(w) -> bool:
     return ApiToken.objects.filter(name="console matrix").exists()
+
+
+def _retired(w) -> bool:
+    return Asset.objects.filter(pk=w.ids["asset"], retired_at__isnull=False).exists()
 
 
 def _site_switch(w) -> bool:
@@ -42,6 +48,18 @@ ROWS = [
     page("GET", "/console/batches/{batch}/", 200, 404, hidden=("batch",)),
     page("GET", "/console/assets/", 200, shows=(("asset", IN),)),
     page("GET", "/console/assets/{asset}/", 200, 404, hidden=("asset",)),
+    page("GET", "/console/assets/?retired=yes", 200, shows=(("asset", frozenset()),), label="retired"),
+    # Retiring: the confirmation for anyone of the site (it says who may), the retirement for admins
+    page("GET", "/console/assets/{asset}/retire/", 200, 404, hidden=("asset",)),
+    page(
+        "POST",
+        "/console/assets/{asset}/retire/",
+        only(MANAGE_AGENTS, 302, 403),
+        404,
+        body={"reason": "sold", "confirm": "on"},
+        hidden=("asset",),
+        effect=(_retired, callers(MANAGE_AGENTS, "in")),
+    ),
     page("GET", "/console/jobs/script/{job_done}/fragment/", 200, 404, hidden=("job_done",)),
     page("GET", "/console/jobs/patch/{job_done}/", 404, label="unknown kind"),
     page("GET", "/console/kill-switches/", 200, shows=(("switch", IN),)),

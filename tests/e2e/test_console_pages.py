@@ -139,6 +139,16 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         expect(page.locator('#asset [data-field="online"]')).to_contain_text(re.compile("online|offline"))
         expect(page.locator("a", has_text="Run a script here")).to_be_visible()
         check_page(page, errors)
+        # Its job history a page at a time, swapped in by htmx.
+        asset_rows = page.locator("#jobs tbody tr")
+        expect(asset_rows).to_have_count(20)
+        page.evaluate("window.__noReload = 1")
+        page.locator("ul.pagination a[rel=next]").click()
+        page.wait_for_url(re.compile(r"page=2"))
+        expect(page.locator("ul.pagination li.active")).to_have_text("2")
+        expect(asset_rows).to_have_count(20)
+        assert page.evaluate("window.__noReload") == 1
+        check_page(page, errors)
 
         page.goto("/console/assets/")
         expect(page.locator(f'#assets tr[data-asset-id="{w["asset"]}"]')).to_have_count(1)
@@ -154,6 +164,7 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
             "/console/scripts/run/",
             "/console/tokens/",
             "/console/evidence/exports/",
+            f"/console/assets/{w['asset']}/retire/",
         ):
             page.goto(path)
             expect(page.locator("nav a", has_text="Assets")).to_be_visible()

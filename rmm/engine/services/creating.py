@@ -16,7 +16,7 @@ from rmm.access import roles as access
 from rmm.authority import laws as authority_services
 from rmm.authority.models import PsaTask
 from rmm.core import bulk
-from rmm.core.errors import Forbidden, InvalidInput
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.engine import events, registry
 from rmm.engine.services import batches, deciding, issuing, kill_switches, transitions
 from rmm.engine.states import JobStatus
@@ -55,6 +55,7 @@ def _create(
     new = kind.prepare(**params)
     sites = access.visible_sites(user)
     assets = _assets(sites, asset_ids, site_name, one)
+    _refuse_if_retired(user, action, assets, one)
     task = (
         PsaTask.objects.select_related("case__site").filter(pk=psa_task_id, case__site__in=sites).first()
         if psa_task_id
@@ -106,6 +107,7 @@ def _create(
         # is seen, one that commits later sees these jobs (rmm.history.services.lock).
         history.lock()
         _recheck_authority(user, action, task, assets, _about(new, assets, one))
+        _refuse_if_retired(user, action, assets, one, under_lock=True)
         _refuse_if_switched(user, action, site.pk, assets, one, under_lock=True)
         created = [
             history.Event(
@@ -172,13 +174,45 @@ def _refuse_if_incapable(user, action: str, kind: registry.JobKind, assets: list
     raise InvalidInput(f"{len(lacking)} of the assets' agents cannot do this: {reason}.", field="assets")
 
 
+def _refuse_if_retired(user, action: str, assets: list[Asset], one: bool, *, under_lock: bool = False) -> None:
+    """A retired asset is no job's target (409, recorded). ``under_lock``: read again inside the
+    transaction that queues, where a retirement that committed meanwhile is seen (it appends
+    its history under the same lock)."""
+    if under_lock:
+        retired = set(
+            Asset.objects.filter(pk__in=[asset.pk for asset in assets], retired_at__isnull=False)
+            .order_by()
+            .values_list("pk", flat=True)
+        )
+        found = [asset for asset in assets if asset.pk in retired]
+    else:
+        found = [asset for asset in assets if asset.retired_at is not None]
+    if not found:
+        return
+    refused = history.Refused(
+        Conflict(
+            "The asset is retired." if one else f"{len(found)} of the assets are retired.",
+            field="asset" if one else "assets",
+        ),
+        user,
+        action,
+        reason="asset retired",
+        site_id=found[0].site_id,
+        payload={"assets": [str(asset.pk) for asset in found[:20]], "retired": len(found)},
+    )
+    if under_lock:
+        raise refused
+    history.record_refusal(user, action, **refused.refusal)
+    raise refused.error
+
+
 def _assets(sites, asset_ids, site_name, one: bool) -> list[Asset]:
     """The assets named, of the sites the caller may see, in the caller's order (the order of
     the waves). Only the columns a job needs, unsorted: a 10,000-asset batch reads 10,000 of
     these (docs/performance.md)."""
     if asset_ids:
         wanted = list(dict.fromkeys(asset_ids))
-        rows = Asset.objects.filter(pk__in=wanted, site__in=sites).only("id", "site_id").order_by()
+        rows = Asset.objects.filter(pk__in=wanted, site__in=sites).only("id", "site_id", "retired_at").order_by()
         found = {asset.pk: asset for asset in rows}
         assets = [found[pk] for pk in wanted if pk in found]
         if len(assets) != len(wanted):
@@ -188,7 +222,12 @@ def _assets(sites, asset_ids, site_name, one: bool) -> list[Asset]:
     elif one:
         raise InvalidInput("No such asset.", field="asset")
     elif site_name:
-        assets = list(Asset.objects.filter(site__name=site_name, site__in=sites).only("id", "site_id"))
+        # a site's assets are its active ones: a retired asset is no job's target
+        assets = list(
+            Asset.objects.filter(site__name=site_name, site__in=sites, retired_at__isnull=True).only(
+                "id", "site_id", "retired_at"
+            )
+        )
         if not assets:
             raise InvalidInput("No site of that name with assets that you may see.", field="site")
     else:

@@ -40,7 +40,19 @@ class AssetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Asset
-        fields = ["id", "hostname", "os", "architecture", "site", "created_at", "agent", "facts"]
+        fields = [
+            "id",
+            "hostname",
+            "os",
+            "architecture",
+            "site",
+            "created_at",
+            "agent",
+            "facts",
+            "retired_at",
+            "retired_by",
+            "retired_reason",
+        ]
 
     @extend_schema_field(AssetAgent)
     def get_agent(self, obj):
@@ -67,24 +79,48 @@ class AssetSerializer(serializers.ModelSerializer):
 class AssetFilter(django_filters.FilterSet):
     hostname = django_filters.CharFilter(field_name="hostname")
     site = django_filters.CharFilter(field_name="site__name")
+    retired = django_filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false")],
+        method="filter_retired",
+        help_text="true: the retired assets; false (the list's default): the active ones.",
+    )
 
     class Meta:
         model = Asset
-        fields = ["hostname", "site"]
+        fields = ["hostname", "site", "retired"]
+
+    def filter_retired(self, queryset, name, value):
+        return queryset.filter(retired_at__isnull=value != "true")
 
 
 class AssetViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
-    """Assets of the sites you may see. Read-only: actual state is written only by agents."""
+    """Assets of the sites you may see; the list holds the active ones unless ``retired`` says
+    otherwise. Actual state is written only by agents; admins may retire an asset."""
 
     serializer_class = AssetSerializer
     filterset_class = AssetFilter
 
     def get_queryset(self):
-        return (
+        assets = (
             Asset.objects.filter(site__in=access.visible_sites(self.request.user))
             .select_related("site", "agent", "facts")
             .order_by("hostname", "id")
         )
+        if self.action == "list" and "retired" not in self.request.query_params:
+            assets = assets.filter(retired_at__isnull=True)
+        return assets
+
+    @extend_schema(
+        request=ReasonSerializer,
+        responses={200: AssetSerializer, 409: refusal("This asset is already retired.")},
+    )
+    @action(detail=True, methods=["post"])
+    def retire(self, request, pk=None):
+        """Retire the asset: its agent revoked (its work aborted), gone from active lists and job
+        targets, its history and evidence kept."""
+        asset = self.get_object()
+        services.retire_asset(request.user, asset, reason_of(request))
+        return Response(self.get_serializer(self.get_queryset().get(pk=asset.pk)).data)
 
 
 class SiteSerializer(serializers.ModelSerializer):
