@@ -135,6 +135,17 @@ def describe(job: ScriptJob) -> str:
     return f"{job.script.name} v{job.script.version} on {job.asset.hostname}"
 
 
+def card(job: ScriptJob) -> list[tuple[str, str]]:
+    """What the approval queue shows of the script a job will run."""
+    script = job.script
+    return [
+        ("Script", script.name),
+        ("Version", str(script.version)),
+        ("sha256", script.sha256),
+        ("Privileged", "yes: runs as root/SYSTEM" if script.privileged else "no"),
+    ]
+
+
 def prepare(*, script_id) -> registry.NewJob:
     """A script job runs one approved version (Law 3); the version may ask for each job's approval."""
     script = Script.objects.filter(pk=script_id).first() if script_id else None
@@ -162,6 +173,7 @@ registry.register(
         store_result=store_result,
         store_results=store_results,
         describe=describe,
+        card=card,
         # the evidence document names the version's author and approver too
         select_related=(
             "script__author",
