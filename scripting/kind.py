@@ -115,6 +115,7 @@ def _document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
         },
         "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},
         "result": {
+            "status": inst.status,  # the word the console and the reports show (states.status_word)
             "outcome": inst.outcome or inst.status,
             "exit_code": inst.exit_code,
             "reason": inst.reason,
