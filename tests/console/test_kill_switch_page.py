@@ -102,3 +102,24 @@ def test_the_admin_says_kill_switches(caller, site):
     admin.save()
     html = otp_login(Client(), admin).get("/admin/").content.decode()
     assert "Kill switches" in html and "Kill switchs" not in html
+
+
+def test_the_page_costs_the_same_queries_for_one_switch_or_many(browser, site, caller, tech):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    boss = caller("boss", "approver")
+
+    def cost() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert browser.get("/console/kill-switches/").status_code == 200
+        return len(captured)
+
+    for n in range(6):
+        agent, _ = make_agent(site, hostname=f"web-{n}")
+        switch = kill_switches.engage(tech.user, scope="asset", target=str(agent.asset_id), reason=f"r{n}")
+        if n == 0:
+            few = cost()
+        kill_switches.release(boss.user, switch, "ok")
+    kill_switches.engage(tech.user, scope="site", target="alpha", reason="still on")
+    assert cost() == few
