@@ -105,7 +105,7 @@ def request_export(
         filters["evidence_types"] = sorted(set(evidence_types))
     since, until = _parse_time(since, "since"), _parse_time(until, "until")
     if since and until and since >= until:
-        raise InvalidInput("`until` must be after `since`.", field="until")
+        raise InvalidInput("Must be after the start date (since).", field="until")
     if since:
         filters["since"] = since.isoformat()
     if until:

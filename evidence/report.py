@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from html import escape
 
+from rmm.engine.states import status_word
+
 CSV_COLUMNS = [
     "id",
     "captured_at",
@@ -52,7 +54,10 @@ def summarize(evidence_type: str, document) -> dict:
         approvals.append(f"job: {job['approved_by']}")
     if script.get("approved_by"):
         approvals.append(f"version: {script['approved_by']}")
-    outcome = result.get("outcome") or job.get("status") or ""
+    # The status word the console and the API show, never the agent's raw outcome ("completed"
+    # with exit 3 "failed"); a document without the instruction's status uses its job's.
+    status, raw = result.get("status") or job.get("status"), result.get("outcome")
+    outcome = status_word(status, outcome=raw, exit_code=result.get("exit_code")) if status or raw else ""
     if result.get("exit_code") is not None:
         outcome += f" (exit {result['exit_code']})"
     if result.get("reason"):

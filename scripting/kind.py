@@ -115,6 +115,7 @@ def _document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
         },
         "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},
         "result": {
+            "status": inst.status,  # the word the console and the reports show (states.status_word)
             "outcome": inst.outcome or inst.status,
             "exit_code": inst.exit_code,
             "reason": inst.reason,
@@ -133,6 +134,17 @@ def _document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
 
 def describe(job: ScriptJob) -> str:
     return f"{job.script.name} v{job.script.version} on {job.asset.hostname}"
+
+
+def card(job: ScriptJob) -> list[tuple[str, str]]:
+    """What the approval queue shows of the script a job will run."""
+    script = job.script
+    return [
+        ("Script", script.name),
+        ("Version", str(script.version)),
+        ("sha256", script.sha256),
+        ("Privileged", "yes: runs as root/SYSTEM" if script.privileged else "no"),
+    ]
 
 
 def prepare(*, script_id) -> registry.NewJob:
@@ -162,6 +174,7 @@ registry.register(
         store_result=store_result,
         store_results=store_results,
         describe=describe,
+        card=card,
         # the evidence document names the version's author and approver too
         select_related=(
             "script__author",

@@ -46,10 +46,31 @@ def _pending(user, kind: str, site: str, age: str) -> list[dict]:
                 "created_at": j.created_at,
                 "requester": j.requested_by,
                 "description": job_kind.describe(j),
+                "card": job_card(job_kind, j),
             }
-            for j in jobs.order_by("created_at")[:200]
+            for j in jobs.select_related("batch").order_by("created_at")[:200]
         ]
+    for item in items:
+        item["yours"] = item["requester"].pk == user.pk
     return sorted(items, key=lambda item: item["created_at"])
+
+
+def job_card(job_kind, job) -> list[tuple[str, str]]:
+    """What will run where under which authority: the kind's own lines (script, version, sha256),
+    then the asset (or how many a batch holds), the site, the PSA case and task."""
+    lines = job_kind.card(job) if job_kind.card else [("What", job_kind.describe(job))]
+    asset = getattr(job, "asset", None)
+    if asset is not None:
+        lines.append(("Asset", f"{asset.hostname} (site {job.site.name})"))
+    if job.batch_id:
+        total = sum(job.batch.ring_sizes)
+        lines.append(("Batch", f"one of {total} asset{'s' if total != 1 else ''} in batch {job.batch_id}"))
+    lines.append(("Site", job.site.name))
+    task = getattr(job, "psa_task", None)
+    if task is not None:
+        lines.append(("PSA case", f"{task.case.title} ({task.case_id})"))
+        lines.append(("PSA task", f"{task.title} ({task.pk})"))
+    return lines
 
 
 def _decide(request) -> None:

@@ -84,7 +84,8 @@ class JobTable(ListTable):
         template_name="console/asset_cell.html", verbose_name="Asset", order_by=("hostname", "created", "id")
     )
     status = tables.TemplateColumn(
-        '<span class="status status-{{ value }}" data-field="status">{{ value }}</span>',
+        '{% load console_tags %}<span class="status status-{{ value }}" data-field="status">'
+        "{{ value|status_word }}</span>",
         verbose_name="Status",
         order_by=("status", "created", "id"),
     )

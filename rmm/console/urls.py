@@ -1,7 +1,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from rmm.console import asset_page, views
+from rmm.console import asset_page, kill_switch_page, views
 
 app_name = "console"
 urlpatterns = [
@@ -13,7 +13,7 @@ urlpatterns = [
     path("console/assets/", views.asset_list, name="assets"),
     path("console/assets/<uuid:asset_id>/", asset_page.asset_detail, name="asset"),
     path("console/assets/<uuid:asset_id>/retire/", asset_page.asset_retire, name="asset-retire"),
-    path("console/kill-switches/", views.kill_switch_page, name="kill-switches"),
+    path("console/kill-switches/", kill_switch_page.kill_switch_page, name="kill-switches"),
     path("console/tokens/", views.token_page, name="tokens"),
     path("console/tokens/<uuid:token_id>/revoke/", views.token_revoke, name="token-revoke"),
     path("console/kill-switches/banner/", views.kill_banner, name="kill-banner"),

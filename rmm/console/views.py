@@ -16,7 +16,7 @@ from rmm.console.asset_list import AssetFilter, AssetTable
 from rmm.console.job_list import JobFilter, JobTable
 from rmm.core.errors import ServiceError
 from rmm.engine import registry
-from rmm.engine.models import Batch, KillSwitchScope
+from rmm.engine.models import Batch
 from rmm.engine.services import batches, kill_switches
 from rmm.engine.states import ACTIVE, FINAL
 
@@ -98,38 +98,10 @@ def asset_list(request):
     return lists.list_page(request, AssetTable, filterset, "console/assets.html", context)
 
 
-class EngageForm(forms.Form):
-    scope = forms.ChoiceField(choices=KillSwitchScope.choices)
-    target = forms.CharField(required=False, help_text="The site's name or the asset's id; empty for global.")
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
 
 
 class ReleaseForm(forms.Form):
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
-
-
-@login_required
-def kill_switch_page(request):
-    """Engage a kill switch (anyone who may operate the site) and see the engaged ones."""
-    form = EngageForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            switch = kill_switches.engage(
-                request.user,
-                scope=form.cleaned_data["scope"],
-                target=form.cleaned_data["target"] or None,
-                reason=form.cleaned_data["reason"],
-            )
-        except ServiceError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.detail)
-        else:
-            messages.success(request, f"Kill switch engaged on {switch.target_label}.")
-            return redirect("console:kill-switches")
-    return render(
-        request,
-        "console/kill_switches.html",
-        {"form": form, "release_form": ReleaseForm(), "may_release": access.can(request.user, "approve")},
-    )
 
 
 @login_required

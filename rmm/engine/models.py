@@ -157,6 +157,7 @@ class KillSwitch(models.Model):
 
     class Meta:
         ordering = ["-engaged_at"]
+        verbose_name_plural = "kill switches"
         constraints = [
             models.CheckConstraint(
                 name="kill_switch_target_matches_scope",

@@ -106,6 +106,10 @@ class JobKind:
     evidence_document: Callable[[Any, Any, Any, dict, bool], dict]
     # job -> a short human description for the console and events
     describe: Callable[[Any], str]
+    # job -> what the approval queue's card says will run, as (label, value) pairs (e.g. the
+    # script, its version and sha256); the queue adds where, on whose authority and who asked.
+    # None: the description alone
+    card: Callable[[Any], list[tuple[str, str]]] | None = None
     # job -> {"psa_case_id": ..., "psa_task_id": ...}: the upstream authority to tell when it ends
     authority: Callable[[Any], dict] = task_authority
     # job -> why its authority no longer covers it, or None (re-checked when it is approved)

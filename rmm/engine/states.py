@@ -43,3 +43,14 @@ def status_for_outcome(outcome: str, exit_code: int | None) -> str:
     if outcome == "aborted":
         return S.ABORTED
     return S.FAILED  # refused by the agent, or could not start
+
+
+def status_word(status: str | None, *, outcome: str | None = None, exit_code: int | None = None) -> str:
+    """The one word people read for how a job or an instruction stands, wherever they read it: the
+    console's lists and job page, the API's ``status`` and the evidence reports (CSV, HTML, PDF).
+    It is the status itself; given none (an evidence document written before documents carried
+    it), the status the agent's outcome means. Never the agent's raw outcome: a script that
+    "completed" with exit 3 "failed"."""
+    if status:
+        return str(status)
+    return status_for_outcome(outcome or "", exit_code)

@@ -58,6 +58,7 @@ def evidence_document(job: UpdateJob, inst, stored, result: dict, late: bool) ->
         "instruction": {"id": inst.pk, "payload": inst.payload, "signature": inst.signature, "key_id": inst.key_id},
         "authority": {"psa_task_id": job.psa_task_id, "psa_case_id": job.psa_task.case_id},
         "result": {
+            "status": inst.status,  # the word the console and the reports show (states.status_word)
             "outcome": inst.outcome or inst.status,
             "exit_code": inst.exit_code,
             "reason": inst.reason,

@@ -9,6 +9,7 @@ from rmm.access import roles as access
 from rmm.artefacts.api import decision_actions
 from rmm.core.api import SiteScopedMixin, reason_of
 from rmm.core.api_schema import ReasonSerializer, refusal
+from rmm.engine.api.views import StatusField
 from rmm.engine.states import JobStatus
 from scripting import services
 from scripting.models import Language, Script, ScriptJob
@@ -82,6 +83,7 @@ class ScriptResultSerializer(serializers.Serializer):
 
 
 class ScriptJobSerializer(serializers.ModelSerializer):
+    status = StatusField(read_only=True)
     script = serializers.UUIDField(source="script_id")
     asset = serializers.UUIDField(source="asset_id")
     # Not required here on purpose: a job without authority is refused by the service (Law 1),

@@ -328,6 +328,6 @@ def test_a_decision_in_a_session_names_no_token(caller, site):
     tech = caller("tech", "technician")
     browser = Client()
     browser.force_login(tech.user)
-    r = browser.post("/console/kill-switches/", {"scope": "site", "target": "alpha", "reason": "stop"})
+    r = browser.post("/console/kill-switches/", {"scope": "site", "site": "alpha", "reason": "stop", "confirm": "yes"})
     assert r.status_code == 302
     assert "api_token" not in HistoryEvent.objects.get(action="kill_switch.engaged").payload

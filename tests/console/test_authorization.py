@@ -66,10 +66,19 @@ ROWS = [
     page(
         "POST",
         "/console/kill-switches/",
-        only(ENGAGE_KILL_SWITCH, 302, 200),
-        200,
-        body={"scope": "site", "target": "alpha", "reason": "console matrix"},
+        only(ENGAGE_KILL_SWITCH, 302, 403),
+        only(ENGAGE_KILL_SWITCH, 400, 403),
+        body={"scope": "site", "site": "alpha", "reason": "console matrix", "confirm": "yes"},
         effect=(_site_switch, callers(ENGAGE_KILL_SWITCH, "in")),
+    ),
+    page(
+        "POST",
+        "/console/kill-switches/",
+        only(ENGAGE_KILL_SWITCH, 200, 403),
+        only(ENGAGE_KILL_SWITCH, 400, 403),
+        body={"scope": "site", "site": "alpha", "reason": "console matrix"},
+        label="unconfirmed",
+        effect=(_site_switch, frozenset()),
     ),
     page("GET", "/console/kill-switches/banner/", 200, shows=(("switch", IN),)),
     page(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django import template
 
+from rmm.engine import states
+
 register = template.Library()
 
 STATES = ("succeeded", "failed", "aborted", "running", "pending")
@@ -32,3 +34,9 @@ def batch_progress(counts: dict[str, int], label: str = "Progress") -> dict:
         "done": done,
         "width": WIDTH,
     }
+
+
+@register.filter
+def status_word(status: str) -> str:
+    """A job's status as every page, the API and the evidence reports say it."""
+    return states.status_word(status)

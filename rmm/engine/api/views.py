@@ -11,7 +11,7 @@ from rmm.core.api_schema import ReasonSerializer, refusal
 from rmm.engine import registry
 from rmm.engine.models import Batch, BatchStatus, KillSwitch, KillSwitchScope
 from rmm.engine.services import batches, kill_switches, listing
-from rmm.engine.states import JobStatus
+from rmm.engine.states import JobStatus, status_word
 
 
 class KillSwitchSerializer(serializers.ModelSerializer):
@@ -97,10 +97,20 @@ class JobQuerySerializer(serializers.Serializer):
         return value
 
 
+class StatusField(serializers.ChoiceField):
+    """A job's status as the console and the evidence reports say it (``states.status_word``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=JobStatus.choices, **kwargs)
+
+    def to_representation(self, value):
+        return status_word(value)
+
+
 class JobSerializer(serializers.Serializer):
     kind = serializers.CharField()
     id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=JobStatus.choices)
+    status = StatusField()
     asset = serializers.UUIDField(source="asset_ref")
     site = serializers.CharField(source="site_name")
     psa_task_id = serializers.UUIDField(source="task_ref", allow_null=True)

@@ -57,6 +57,17 @@ def engaged_visible_to(user):
     )
 
 
+def visible_to(user):
+    """Every switch, engaged or released, the user may see (global ones and those of its sites),
+    newest first: the kill switch page's history."""
+    sites = access.visible_sites(user)
+    return (
+        KillSwitch.objects.filter(Q(scope=KillSwitchScope.GLOBAL) | Q(site__in=sites))
+        .select_related("site", "asset", "engaged_by", "released_by")
+        .order_by("-engaged_at")
+    )
+
+
 def refuse_if_engaged(asset: Asset, actor, action: str, subject=None, *, under_lock: bool = False) -> None:
     """Refuse new work on an asset under an engaged switch, and record the refusal. ``under_lock``:
     called inside the transaction that queues the work, after :func:`history.lock`; the refusal is

@@ -1,0 +1,113 @@
+"""In a real browser (Debian's chromium through Playwright): the approval queue's link on /admin/
+and the kill banner's link meet WCAG AA contrast; a technician engages a kill switch by picking
+the site (nothing chosen beforehand) and confirming, and sees it in the history; an approver's
+queue card says what will run where under which authority."""
+
+import base64
+import uuid
+
+import pytest
+from django_otp.oath import totp
+
+from tests.e2e.flows import console_users, make_world, publish, run_job
+from tests.e2e.test_console_pages import CONTRAST, UNLABELLED, check_page
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "correct horse battery staple"
+WAIT = 15_000  # ms
+
+# The contrast of one element's text against the first opaque background behind it.
+RATIO = CONTRAST.replace(
+    'for (const el of document.body.querySelectorAll("*")) {', "for (const el of [target]) {"
+).replace("() => {", "(target) => {", 1)
+
+
+def sign_in(page, username: str, where: str) -> None:
+    page.goto(where)
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit], button[type=submit]")
+
+
+def test_kill_switch_picked_confirmed_and_its_banner_readable(server, browser):
+    from playwright.sync_api import expect
+
+    site = f"site-{uuid.uuid4().hex[:6]}"
+    technician = f"tech-kill-{uuid.uuid4().hex[:6]}"
+    w = make_world(server, site)
+    console_users(server, {technician: ("technician", [site])}, PASSWORD)
+    context = browser.new_context(base_url=server.url)
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sign_in(page, technician, "/accounts/login/?next=/console/kill-switches/")
+        page.wait_for_url("**/console/kill-switches/")
+        # Nothing is chosen beforehand; the asset is offered by hostname and site.
+        expect(page.locator("input[name=scope]:checked")).to_have_count(0)
+        expect(page.locator("#id_asset option", has_text=f"{w['hostname']} ({site})")).to_have_count(1)
+        check_page(page, errors)
+
+        # Submitting without a scope: the error beside the field, in plain words.
+        page.fill("#id_reason", "browser test")
+        page.click("#engage-form button[type=submit]")
+        expect(page.locator("#id_scope_error")).to_have_text("Choose what to stop: a site, an asset or everything.")
+        errors.clear()  # the browser logs the 400 itself
+        check_page(page, errors)
+
+        page.check("input[name=scope][value=site]")
+        page.select_option("#id_site", site)
+        page.click("#engage-form button[type=submit]")
+        expect(page.locator("h1")).to_have_text(f"Engage the kill switch on site {site}?")
+        check_page(page, errors)
+        page.click("#confirm-form button[name=confirm]")
+        page.wait_for_url("**/console/kill-switches/")
+
+        banner = page.locator(".banner-kill", has_text=site)
+        expect(banner).to_be_visible()
+        link = banner.locator("a", has_text="Manage")
+        assert link.evaluate(RATIO) == []  # the banner's link at AA (it measured 1.28:1)
+        expect(page.locator("#kill-switch-history tbody tr").first).to_contain_text(technician)
+        check_page(page, errors)
+    finally:
+        context.close()
+
+
+def test_the_admin_link_to_the_approval_queue_is_readable_and_cards_say_what_runs(server, browser):
+    from playwright.sync_api import expect
+
+    approver = f"approver-queue-{uuid.uuid4().hex[:6]}"
+    console_users(server, {approver: ("approver", [])}, PASSWORD)
+    w = make_world(server)
+    script = publish(server, w, "echo queued\n", requires_approval=True)
+    job = run_job(server, w, script["id"])
+    assert job["status"] == "awaiting_approval", job
+    context = browser.new_context(base_url=server.url)
+    try:
+        page = context.new_page()
+        sign_in(page, approver, "/admin/")
+        page.wait_for_url("**/accounts/otp/setup/?next=%2Fadmin%2F")
+        secret = page.locator("#otp-secret").inner_text().strip()
+        page.fill("#id_code", f"{totp(base64.b32decode(secret)):06d}")
+        page.click("main form button[type=submit] >> text=Confirm")
+        page.wait_for_url("**/admin/")
+
+        link = page.locator("#content a", has_text="Approval queue")
+        expect(link).to_be_visible()
+        assert link.evaluate(RATIO) == []  # it measured 1.03:1
+        assert page.evaluate(CONTRAST) == []  # the whole page at AA
+        expect(page.locator("body")).not_to_contain_text("Kill switchs")
+        expect(page.locator("body")).to_contain_text("Kill switches")
+
+        page.goto("/admin/approvals/")
+        card = page.locator(f'.queue-item[data-kind="script"][data-id="{job["id"]}"]')
+        for text in (script["name"], script["sha256"], w["hostname"], "CVE fix", "Run the fix"):
+            expect(card).to_contain_text(text)
+        expect(card.locator("button[value=approve]")).to_have_count(1)
+        expect(page.locator(".queue-item", has_text="Yours")).to_have_count(0)
+        assert page.evaluate(CONTRAST) == []
+        assert page.evaluate(UNLABELLED) == []  # the reason to reject has its label
+    finally:
+        context.close()
