@@ -154,6 +154,11 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
             "/console/scripts/run/",
             "/console/tokens/",
             "/console/evidence/exports/",
+            "/console/scripts/",
+            "/console/scripts/new/",
+            f"/console/scripts/{script['id']}/",
+            "/console/authority/cases/",
+            f"/console/authority/cases/{w['case']}/",
         ):
             page.goto(path)
             expect(page.locator("nav a", has_text="Assets")).to_be_visible()
