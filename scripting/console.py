@@ -173,6 +173,7 @@ def script_editor(request):
     form = ScriptForm(request.POST or None, initial=initial)
     status = 200
     if request.method == "POST":
+        status = 400
         if form.is_valid():
             try:
                 script = services.create_script(request.user, **form.cleaned_data)
@@ -180,8 +181,8 @@ def script_editor(request):
                 raise PermissionDenied(exc.detail) from None
             except ServiceError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.detail)
+                status = exc.status_code  # 400, or 409 when another version took the number
             else:
                 messages.success(request, f"{script.name} v{script.version} written; it waits for approval.")
                 return redirect("scripting:version", script_id=script.pk)
-        status = 400
     return render(request, "scripting/editor.html", {"nav": "scripts", "form": form, "base": base}, status=status)

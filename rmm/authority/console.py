@@ -117,6 +117,7 @@ def local_authority(request):
     form = LocalAuthorityForm(request.user, request.POST or None)
     status = 200
     if request.method == "POST":
+        status = 400
         if form.is_valid():
             data = form.cleaned_data
             try:
@@ -131,8 +132,8 @@ def local_authority(request):
                 raise PermissionDenied(exc.detail) from None
             except ServiceError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.detail)
+                status = exc.status_code
             else:
                 messages.success(request, f"Case and task recorded locally: {task.case.title} / {task.title}.")
                 return redirect("authority:case", case_id=task.case_id)
-        status = 400
     return render(request, "authority/local.html", {"nav": "authority", "form": form}, status=status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -97,7 +98,9 @@ def _withdrawn(before: dict, status: str, expires_at, site_changed: bool = False
 LOCAL_ROLE = "psa"
 
 
-def record_local_authority(user, *, site_name: str, case_title: str, task_title: str, expires_at=None) -> PsaTask:
+def record_local_authority(
+    user, *, site_name: str, case_title: str, task_title: str, expires_at: datetime | None = None
+) -> PsaTask:
     """For an installation with no PSA yet: a person holding the ``psa`` role records an approved
     case and one task of it (new ids) through the PSA's own upserts, so the same checks, history
     events and ``written_by`` apply. A job its recorder then requests on it is self-authorized and
