@@ -68,5 +68,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/scripts/", include("scripting.urls")),
     path("console/evidence/", include("evidence.urls")),
+    path("console/authority/", include("rmm.authority.urls")),
     path("", include("rmm.console.urls")),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -92,3 +93,38 @@ def _withdrawn(before: dict, status: str, expires_at, site_changed: bool = False
     """Did this update take away authority that work may already be running on?"""
     expired = expires_at is not None and expires_at <= timezone.now()
     return status != AuthorityStatus.APPROVED or expired or site_changed
+
+
+LOCAL_ROLE = "psa"
+
+
+def record_local_authority(
+    user, *, site_name: str, case_title: str, task_title: str, expires_at: datetime | None = None
+) -> PsaTask:
+    """For an installation with no PSA yet: a person holding the ``psa`` role records an approved
+    case and one task of it (new ids) through the PSA's own upserts, so the same checks, history
+    events and ``written_by`` apply. A job its recorder then requests on it is self-authorized and
+    waits for a second person unless the site's policy allows it (rmm/authority/laws.py)."""
+    if LOCAL_ROLE not in access.roles_of(user):
+        history.record_refusal(user, "psa_case.record_local", reason="only the psa role records local authority")
+        raise Forbidden("Only a person holding the psa role may record local authority.")
+    for field, value in (("case_title", case_title), ("task_title", task_title)):
+        if not (value or "").strip():
+            raise InvalidInput("This field is required.", field=field)
+    with transaction.atomic():
+        case = upsert_case(
+            user,
+            uuid.uuid4(),
+            title=case_title.strip(),
+            status=AuthorityStatus.APPROVED,
+            site_name=site_name,
+            expires_at=expires_at,
+        )
+        return upsert_task(
+            user,
+            uuid.uuid4(),
+            case_id=case.pk,
+            title=task_title.strip(),
+            status=AuthorityStatus.APPROVED,
+            expires_at=expires_at,
+        )

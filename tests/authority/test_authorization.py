@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.authorization import MANAGE_AUTHORITY, Row, World, api, check, ids, only
+from rmm.authority.models import PsaCase
+from tests.support.authorization import IN, MANAGE_AUTHORITY, Row, World, api, callers, check, ids, only, page
 
 AUTHORITY_CASE = {"title": "Patch Tuesday", "status": "approved", "site": "alpha"}
 AUTHORITY_TASK = {"case": "{case}", "title": "Run fix", "status": "approved"}
+LOCAL = {"site": "alpha", "case_title": "Local matrix", "task_title": "Local task"}
+
+
+def _local_case(w) -> bool:
+    return PsaCase.objects.filter(title="Local matrix", tasks__title="Local task").exists()
 
 
 ROWS = [
@@ -57,6 +63,18 @@ ROWS = [
         body=AUTHORITY_TASK,
         hidden=("case",),
         label="new",
+    ),
+    # --- the console: cases read-only; local authority (no PSA) by the psa role alone
+    page("GET", "/console/authority/cases/", 200, shows=(("case", IN),)),
+    page("GET", "/console/authority/cases/{case}/", 200, 404, hidden=("case",)),
+    page("GET", "/console/authority/local/", only(("psa",), 200, 403)),
+    page(
+        "POST",
+        "/console/authority/local/",
+        only(("psa",), 302, 403),
+        only(("psa",), 400, 403),
+        body=LOCAL,
+        effect=(_local_case, callers(("psa",), "in")),
     ),
 ]
 

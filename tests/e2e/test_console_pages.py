@@ -165,6 +165,11 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
             "/console/tokens/",
             "/console/evidence/exports/",
             f"/console/assets/{w['asset']}/retire/",
+            "/console/scripts/",
+            "/console/scripts/new/",
+            f"/console/scripts/{script['id']}/",
+            "/console/authority/cases/",
+            f"/console/authority/cases/{w['case']}/",
         ):
             page.goto(path)
             expect(page.locator("nav a", has_text="Assets")).to_be_visible()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripting.models import ScriptJob
+from scripting.models import Script, ScriptJob
 from tests.support.authorization import (
     APPROVE,
     AUTHOR_SCRIPTS,
@@ -34,6 +34,10 @@ def batch_body(asset="{asset}", task="{task}"):
 
 def _new_job(w) -> bool:
     return ScriptJob.objects.filter(asset_id=w.ids["asset"]).exclude(pk__in=w.jobs).exists()
+
+
+def _new_script(w) -> bool:
+    return Script.objects.filter(name="console-matrix", approval_status="pending").exists()
 
 
 ROWS = [
@@ -125,6 +129,18 @@ ROWS = [
         200,
         body={"script": "{script_hello}", "asset": "{asset}", "psa_task": "{task}"},
         effect=(_new_job, callers(REQUEST_JOBS, "in")),
+    ),
+    # --- the script library and editor (scripts are global: the same for every site)
+    page("GET", "/console/scripts/", 200, shows=(("script_draft", EVERYONE),)),
+    page("GET", "/console/scripts/{script_draft}/", 200),
+    page("GET", "/console/scripts/new/", only(AUTHOR_SCRIPTS, 200, 403)),
+    page("GET", "/console/scripts/new/?from={script_hello}", only(AUTHOR_SCRIPTS, 200, 403), label="next version"),
+    page(
+        "POST",
+        "/console/scripts/new/",
+        only(AUTHOR_SCRIPTS, 302, 403),
+        body={"name": "console-matrix", "language": "sh", "content": "echo matrix\n", "timeout_seconds": "60"},
+        effect=(_new_script, callers(AUTHOR_SCRIPTS)),
     ),
     # --- admin
     page("GET", "/admin/scripting/scriptjob/", only(STAFF, 200, 302), shows=(("job_done", callers(STAFF, "in")),)),
