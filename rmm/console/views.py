@@ -98,8 +98,6 @@ def asset_list(request):
     return lists.list_page(request, AssetTable, filterset, "console/assets.html", context)
 
 
-
-
 class ReleaseForm(forms.Form):
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
 
