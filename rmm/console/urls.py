@@ -1,12 +1,13 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from rmm.console import asset_page, kill_switch_page, views
+from rmm.console import asset_page, dashboard, kill_switch_page, views
 
 app_name = "console"
 urlpatterns = [
     path("", RedirectView.as_view(url="/console/", permanent=False)),
-    path("console/", views.job_list, name="jobs"),
+    path("console/", dashboard.dashboard, name="dashboard"),
+    path("console/jobs/", views.job_list, name="jobs"),
     path("console/jobs/<str:kind>/<uuid:job_id>/", views.job_detail, name="job"),
     path("console/jobs/<str:kind>/<uuid:job_id>/fragment/", views.job_fragment, name="job-fragment"),
     path("console/batches/<uuid:batch_id>/", views.batch_detail, name="batch"),

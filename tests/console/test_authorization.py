@@ -1,4 +1,4 @@
-"""Law 7, the console's pages: jobs, batches, kill switches and a person's own tokens, for every role,
+"""Law 7, the console's pages: the dashboard, jobs, batches, kill switches and a person's own tokens, for every role,
 in-site and out-of-site (harness: tests/support/authorization.py)."""
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def _switch_released(w) -> bool:
 ROWS = [
     # --- console
     page("GET", "/", 302),
-    page("GET", "/console/", 200, shows=(("job_done", IN),)),
+    page("GET", "/console/", 200, shows=(("job_failed", IN),), label="dashboard"),
+    page("GET", "/console/jobs/", 200, shows=(("job_done", IN),)),
     page("GET", "/console/jobs/script/{job_done}/", 200, 404, hidden=("job_done",)),
     page("GET", "/console/batches/{batch}/", 200, 404, hidden=("batch",)),
     page("GET", "/console/assets/", 200, shows=(("asset", IN),)),

@@ -83,7 +83,7 @@ def test_the_job_list_shows_one_row_per_batch_with_its_progress_and_opens_to_its
         plan={"canary": 1},
     )
     batch_id = batch_jobs[0].batch_id
-    page = world["client"].get("/console/").content.decode()
+    page = world["client"].get("/console/jobs/").content.decode()
     assert f'data-job-id="{single.pk}"' in page
     assert f'data-batch-id="{batch_id}"' in page
     assert "Batch of 3 script jobs" in page
@@ -91,13 +91,13 @@ def test_the_job_list_shows_one_row_per_batch_with_its_progress_and_opens_to_its
     for job in batch_jobs:
         assert f'data-job-id="{job.pk}"' not in page
 
-    opened = world["client"].get(f"/console/?batch={batch_id}").content.decode()
+    opened = world["client"].get(f"/console/jobs/?batch={batch_id}").content.decode()
     assert all(f'data-job-id="{job.pk}"' in opened for job in batch_jobs)
     assert f'data-job-id="{single.pk}"' not in opened
     assert 'id="batch-head"' in opened
 
     # A filter that looks inside batches lists their jobs too.
-    queued = world["client"].get("/console/?status=queued").content.decode()
+    queued = world["client"].get("/console/jobs/?status=queued").content.decode()
     assert f'data-job-id="{batch_jobs[0].pk}"' in queued and f'data-job-id="{single.pk}"' in queued
 
 
@@ -106,9 +106,9 @@ def test_a_technician_sees_only_the_jobs_of_its_sites(world):
     theirs = scripting.create_script_job(
         world["psa"], script_id=world["script"].pk, asset_id=world["other"].asset_id, psa_task_id=world["beta_task"].pk
     )
-    page = world["client"].get("/console/").content.decode()
+    page = world["client"].get("/console/jobs/").content.decode()
     assert str(mine.pk) in page and str(theirs.pk) not in page
-    assert f'data-job-id="{theirs.pk}"' not in world["client"].get(f"/console/?q={theirs.pk}").content.decode()
+    assert f'data-job-id="{theirs.pk}"' not in world["client"].get(f"/console/jobs/?q={theirs.pk}").content.decode()
 
 
 def test_the_job_list_filters_searches_sorts_and_pages(world):
@@ -122,33 +122,36 @@ def test_the_job_list_filters_searches_sorts_and_pages(world):
         body = client.get(path).content.decode()
         return [j for j in map(str, [*(x.pk for x in on_first), *(x.pk for x in on_second), step.pk]) if j in body]
 
-    assert set(ids("/console/?kind=step")) == {str(step.pk)}
-    assert set(ids(f"/console/?asset={first.asset.hostname}")) == {str(j.pk) for j in on_first}
-    assert set(ids(f"/console/?asset={second.asset_id}")) == {str(j.pk) for j in [*on_second, step]}
-    assert set(ids(f"/console/?q={second.asset.hostname[-3:]}")) >= {str(j.pk) for j in on_second}
-    assert set(ids("/console/?requester=w-psa")) == set(ids("/console/"))
-    assert ids("/console/?requester=nobody") == []
-    assert len(ids(f"/console/?psa_task={world['task'].pk}")) == 6
-    assert len(ids(f"/console/?psa_case={world['task'].case_id}")) == 6
+    assert set(ids("/console/jobs/?kind=step")) == {str(step.pk)}
+    assert set(ids(f"/console/jobs/?asset={first.asset.hostname}")) == {str(j.pk) for j in on_first}
+    assert set(ids(f"/console/jobs/?asset={second.asset_id}")) == {str(j.pk) for j in [*on_second, step]}
+    assert set(ids(f"/console/jobs/?q={second.asset.hostname[-3:]}")) >= {str(j.pk) for j in on_second}
+    assert set(ids("/console/jobs/?requester=w-psa")) == set(ids("/console/jobs/"))
+    assert ids("/console/jobs/?requester=nobody") == []
+    assert len(ids(f"/console/jobs/?psa_task={world['task'].pk}")) == 6
+    assert len(ids(f"/console/jobs/?psa_case={world['task'].case_id}")) == 6
     today = timezone.now().date()
-    assert len(ids(f"/console/?created_from={today}&created_to={today}")) == 6
-    assert ids(f"/console/?created_to={today - timedelta(days=1)}") == []
+    assert len(ids(f"/console/jobs/?created_from={today}&created_to={today}")) == 6
+    assert ids(f"/console/jobs/?created_to={today - timedelta(days=1)}") == []
 
     # Sorted by kind, ascending: the script jobs before the step job.
-    body = client.get("/console/?sort=kind").content.decode()
+    body = client.get("/console/jobs/?sort=kind").content.decode()
     assert body.index(str(on_first[0].pk)) < body.index(str(step.pk))
-    body = client.get("/console/?sort=-kind").content.decode()
+    body = client.get("/console/jobs/?sort=-kind").content.decode()
     assert body.index(str(step.pk)) < body.index(str(on_first[0].pk))
 
     # Pages of 50, newest first.
     more = script_jobs(world, 50)
-    page_one, page_two = client.get("/console/").content.decode(), client.get("/console/?page=2").content.decode()
+    page_one, page_two = (
+        client.get("/console/jobs/").content.decode(),
+        client.get("/console/jobs/?page=2").content.decode(),
+    )
     assert str(more[-1].pk) in page_one and str(on_first[0].pk) not in page_one
     assert str(on_first[0].pk) in page_two
 
 
 def test_a_bad_filter_answers_400_with_its_field_and_reason(world):
-    response = world["client"].get("/console/?psa_task=not-a-uuid&created_from=yesterday")
+    response = world["client"].get("/console/jobs/?psa_task=not-a-uuid&created_from=yesterday")
     assert response.status_code == 400
     body = response.content.decode()
     assert "PSA task: Enter a valid UUID." in body
@@ -157,11 +160,11 @@ def test_a_bad_filter_answers_400_with_its_field_and_reason(world):
 
 def test_htmx_gets_the_list_alone(world):
     script_jobs(world, 2)
-    response = world["client"].get("/console/?status=queued", HTTP_HX_REQUEST="true")
+    response = world["client"].get("/console/jobs/?status=queued", HTTP_HX_REQUEST="true")
     body = response.content.decode()
     assert response.status_code == 200
     assert body.lstrip().startswith('<div id="list"') and "<html" not in body
-    assert 'hx-get="/console/?status=queued"' in body  # it reloads at its own address
+    assert 'hx-get="/console/jobs/?status=queued"' in body  # it reloads at its own address
 
 
 def test_the_job_list_costs_the_same_queries_for_10_and_200_jobs(world):
@@ -180,14 +183,14 @@ def test_the_job_list_costs_the_same_queries_for_10_and_200_jobs(world):
 
     script_jobs(world, 10)
     newest_of_every_kind()
-    small, response = queries(client, "/console/")
+    small, response = queries(client, "/console/jobs/")
     assert response.content.decode().count("data-job-id=") == 12  # the batch row has an empty one
     script_jobs(world, 190)
     newest_of_every_kind()
-    large, response = queries(client, "/console/")
+    large, response = queries(client, "/console/jobs/")
     assert response.content.decode().count('data-job-id="') == 50
     assert large == small
-    partial, _ = queries(client, "/console/?page=2", HTTP_HX_REQUEST="true")
+    partial, _ = queries(client, "/console/jobs/?page=2", HTTP_HX_REQUEST="true")
     assert partial <= small
 
 

@@ -43,7 +43,7 @@ def test_technician_watches_a_job_finish_live(server, browser):
         expect(page.locator("#stdout")).to_have_count(0)
 
         jobs = context.new_page()
-        jobs.goto("/console/")
+        jobs.goto("/console/jobs/")
         row = jobs.locator(f'#jobs tr[data-job-id="{job["id"]}"]')
         expect(row.locator('[data-field="status"]')).to_have_text("queued")
 

@@ -125,7 +125,7 @@ def test_pages_keep_the_site_boundary(server, two_sites):
     assert status == 404
     status, _url, _body = only_b.open(f"/console/jobs/script/{job_a['id']}/fragment/")
     assert status == 404
-    status, _url, body = only_b.open("/console/")
+    status, _url, body = only_b.open("/console/jobs/")
     assert status == 200
     assert job_a["id"] not in body
     assert f'data-job-id="{job_b["id"]}"' in body

@@ -91,7 +91,8 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         page.fill("#id_username", technician)
         page.fill("#id_password", PASSWORD)
         page.click("button[type=submit]")
-        page.wait_for_url("**/console/")
+        page.wait_for_url("**/console/")  # the dashboard, the console's home
+        page.goto("/console/jobs/")
         expect(page.locator("#live-state")).to_have_attribute("data-state", "open", timeout=LIVE)
         page.evaluate("window.__noReload = 1")
 
@@ -126,7 +127,7 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         assert page.evaluate("window.__noReload") == 1
 
         # The batch opens to its jobs; then the asset's page.
-        page.goto("/console/")
+        page.goto("/console/jobs/")
         page.locator(f'#jobs tr[data-batch-id="{batch["batch"]}"] a[data-field="open-batch"]').click()
         page.wait_for_url(re.compile(r"batch="))
         expect(page.locator("#batch-head")).to_be_visible()

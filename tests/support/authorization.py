@@ -224,6 +224,7 @@ def build_world(storage: str) -> World:
             "hold": str(hold.pk),
             "token_other": str(token_other.pk),
             "batch": str(batch_job.batch_id),
+            "job_failed": str(batch_job.pk),
         },
         jobs=[str(job_done.pk), str(job_waiting.pk), str(batch_job.pk)],
         storage=storage,
