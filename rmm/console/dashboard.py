@@ -43,13 +43,13 @@ PRESENCE = ("online", "rebooting", "offline", "never_seen", "revoked")
 
 
 def agent_counts(user, now: datetime) -> dict[str, int]:
-    """The user's assets by their agent's presence (:data:`PRESENCE`, each asset in one), and
-    ``total``: one query."""
+    """The user's active assets (retired ones are gone from counts) by their agent's presence
+    (:data:`PRESENCE`, each asset in one), and ``total``: one query."""
     cutoff = now - timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
     live = Q(agent__isnull=False, agent__revoked_at__isnull=True)
     rebooting = Q(agent__rebooting_until__gte=now)
     awake = live & (Q(agent__rebooting_until__isnull=True) | Q(agent__rebooting_until__lt=now))
-    return Asset.objects.filter(site__in=access.visible_sites(user)).aggregate(
+    return Asset.objects.filter(site__in=access.visible_sites(user), retired_at__isnull=True).aggregate(
         total=Count("pk"),
         online=Count("pk", filter=awake & Q(agent__last_seen_at__gte=cutoff)),
         rebooting=Count("pk", filter=live & rebooting),

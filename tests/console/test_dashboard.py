@@ -115,6 +115,18 @@ def test_the_dashboard_counts_the_agents_of_the_users_sites_by_presence(world):
     assert (count(body, "online"), count(body, "offline"), count(body, "assets")) == (3, 0, 3)
 
 
+def test_a_retired_asset_leaves_the_dashboard_s_counts(world):
+    now = timezone.now()
+    kept, gone = agents(world["alpha"], 2, "retiring")
+    Agent.objects.filter(pk__in=[kept.pk, gone.pk]).update(last_seen_at=now)
+    admin = access_services.ensure_user_with_role("alpha-admin", "admin")
+    access_services.grant_site(admin, world["alpha"])
+    inventory.retire_asset(admin, gone.asset, "decommissioned")
+
+    body = client_of(world["techs"]["alpha"]).get("/console/").content.decode()
+    assert (count(body, "assets"), count(body, "online"), count(body, "revoked")) == (1, 1, 0)
+
+
 def test_the_dashboard_counts_jobs_of_every_kind_by_status_over_24_hours_and_7_days(world):
     (alpha_agent,) = agents(world["alpha"], 1, "alpha")
     (beta_agent,) = agents(world["beta"], 1, "beta")
