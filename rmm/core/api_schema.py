@@ -51,6 +51,10 @@ def refusal(description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
+# Job creation of every kind: an asset it would run on was retired (rmm.inventory.retire_asset).
+RETIRED_TARGET = refusal("An asset the job would run on is retired; the field names it.")
+
+
 class ApiSchema(AutoSchema):
     """drf-spectacular's AutoSchema, plus the error answers each operation can give.
 

@@ -9,6 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
+from rmm.core.api_schema import RETIRED_TARGET
 from rmm.engine import services as engine
 from rmm.inventory import services as inventory
 from rmm.updates import releases
@@ -53,7 +54,8 @@ class AgentUpdateJobsView(GenericAPIView):
                     "status": serializers.CharField(),
                     "jobs": serializers.ListField(child=serializers.DictField()),
                 },
-            )
+            ),
+            409: RETIRED_TARGET,
         }
     )
     def post(self, request):

@@ -8,7 +8,7 @@ from evidence.models import RmmEvidence
 from rmm.access import roles as access
 from rmm.artefacts.api import decision_actions
 from rmm.core.api import SiteScopedMixin, reason_of
-from rmm.core.api_schema import ReasonSerializer, refusal
+from rmm.core.api_schema import RETIRED_TARGET, ReasonSerializer, refusal
 from rmm.engine.api.views import StatusField
 from rmm.engine.states import JobStatus
 from scripting import services
@@ -187,6 +187,7 @@ class ScriptJobViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOn
             .order_by("-created_at")
         )
 
+    @extend_schema(responses={201: ScriptJobSerializer, 409: RETIRED_TARGET})
     def create(self, request, *args, **kwargs):
         ser = self.get_serializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -198,7 +199,7 @@ class ScriptJobViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOn
         )
         return Response(self.get_serializer(self.get_queryset().get(pk=job.pk)).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ScriptJobBatchSerializer, responses={201: ScriptJobBatchAnswer})
+    @extend_schema(request=ScriptJobBatchSerializer, responses={201: ScriptJobBatchAnswer, 409: RETIRED_TARGET})
     @action(detail=False, methods=["post"])
     def batch(self, request):
         """One script on many assets, one job each, in a batch released ring by ring (or in waves)."""
