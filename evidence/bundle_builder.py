@@ -170,25 +170,19 @@ class Builder:
         return list(sites.order_by("name"))
 
     def items(self, site_ids, head: int) -> QuerySet[RmmEvidence]:
-        f = self.export.filters
         qs = RmmEvidence.objects.filter(
             site_id__in=site_ids, history_sequence__isnull=False, history_sequence__lte=head
         ).exclude(evidence_type=types.HISTORY_ANCHOR)
-        if f.get("assets"):
-            qs = qs.filter(asset_id__in=f["assets"])
-        if f.get("psa_case"):
-            qs = qs.filter(psa_case_id=f["psa_case"])
-        if f.get("evidence_types"):
-            qs = qs.filter(evidence_type__in=f["evidence_types"])
-        if f.get("since"):
-            qs = qs.filter(captured_at__gte=f["since"])
-        if f.get("until"):
-            qs = qs.filter(captured_at__lt=f["until"])
-        return qs
+        return self.filtered(qs)
 
     def disposals(self, site_ids) -> QuerySet[EvidenceDisposal]:
+        return self.filtered(EvidenceDisposal.objects.filter(site_id__in=site_ids))
+
+    def filtered(self, qs: QuerySet) -> QuerySet:
+        """The export's filters, applied alike to the items and to the records of disposed ones
+        (both carry the asset, case, type and capture time), so a bundle never lists a disposal
+        outside its own selection."""
         f = self.export.filters
-        qs = EvidenceDisposal.objects.filter(site_id__in=site_ids)
         if f.get("assets"):
             qs = qs.filter(asset_id__in=f["assets"])
         if f.get("psa_case"):
