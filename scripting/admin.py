@@ -4,13 +4,13 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from rmm.access import roles as access
-from rmm.access.admin_base import RoleAdmin, reject_with_reason, run_decisions
+from rmm.access.admin_base import DecisionAdmin, reject_with_reason, run_decisions
 from scripting import services
 from scripting.models import Script, ScriptJob
 
 
 @admin.register(Script)
-class ScriptAdmin(RoleAdmin):
+class ScriptAdmin(DecisionAdmin):
     capability = "view"
     list_display = [
         "name",
@@ -24,7 +24,6 @@ class ScriptAdmin(RoleAdmin):
     ]
     list_filter = ["approval_status", "language", "privileged", "requires_approval"]
     search_fields = ["name", "sha256"]
-    actions = ["approve", "reject"]
     readonly_fields = [
         "name",
         "version",
@@ -47,13 +46,6 @@ class ScriptAdmin(RoleAdmin):
     def content_block(self, obj):
         return format_html("<pre>{}</pre>", obj.content)
 
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        if not access.can(request.user, "approve"):
-            actions.pop("approve", None)
-            actions.pop("reject", None)
-        return actions
-
     @admin.action(description="Approve selected script versions")
     def approve(self, request, queryset):
         run_decisions(self, request, queryset, lambda s: services.approve_script(s, request.user), "Approved")
@@ -64,11 +56,10 @@ class ScriptAdmin(RoleAdmin):
 
 
 @admin.register(ScriptJob)
-class ScriptJobAdmin(RoleAdmin):
+class ScriptJobAdmin(DecisionAdmin):
     capability = "view"
     list_display = ["__str__", "status", "site", "requested_by", "created_at", "decided_by"]
     list_filter = ["status", "site"]
-    actions = ["approve", "reject"]
     readonly_fields = [
         "script",
         "asset",
@@ -92,13 +83,6 @@ class ScriptJobAdmin(RoleAdmin):
             .filter(site__in=access.visible_sites(request.user))
             .select_related("script", "asset", "site", "requested_by", "decided_by")
         )
-
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        if not access.can(request.user, "approve"):
-            actions.pop("approve", None)
-            actions.pop("reject", None)
-        return actions
 
     @admin.action(description="Approve selected jobs")
     def approve(self, request, queryset):

@@ -74,6 +74,20 @@ class RoleAdmin(admin.ModelAdmin):
         return False
 
 
+class DecisionAdmin(RoleAdmin):
+    """An admin whose ``approve`` and ``reject`` actions are offered only to callers who may
+    approve; the services decide again (four eyes, the caller's sites) for each object."""
+
+    actions = ["approve", "reject"]
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if not access.can(request.user, "approve"):
+            actions.pop("approve", None)
+            actions.pop("reject", None)
+        return actions
+
+
 class ReadOnlyAdmin(RoleAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
