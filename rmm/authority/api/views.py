@@ -45,28 +45,39 @@ def _visible_cases(user):
     return PsaCase.objects.filter(site__in=access.visible_sites(user)).select_related("site")
 
 
+def _read_or_upsert(request, pk, serializer_cls, visible, upsert):
+    """GET answers what the caller may see; PUT validates, upserts through the service, 201 when new."""
+    if request.method == "GET":
+        record = visible.filter(pk=pk).first()
+        if record is None:
+            return Response({"detail": "Not found."}, status=404)
+        return Response(serializer_cls(record).data)
+    ser = serializer_cls(data=request.data)
+    ser.is_valid(raise_exception=True)
+    existed = serializer_cls.Meta.model.objects.filter(pk=pk).exists()
+    record = upsert(ser.validated_data)
+    return Response(serializer_cls(record).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
+
+
 @extend_schema(**upsert_schema(PsaCaseSerializer), methods=["PUT"])
 @extend_schema(responses=PsaCaseSerializer, methods=["GET"])
 @api_view(["GET", "PUT"])
 def psa_case(request, case_id):
     """Upsert (PUT) or read (GET) the mirror of a PSA case, by the PSA's own UUID."""
-    if request.method == "GET":
-        case = _visible_cases(request.user).filter(pk=case_id).first()
-        if case is None:
-            return Response({"detail": "Not found."}, status=404)
-        return Response(PsaCaseSerializer(case).data)
-    ser = PsaCaseSerializer(data=request.data)
-    ser.is_valid(raise_exception=True)
-    existed = PsaCase.objects.filter(pk=case_id).exists()
-    case = services.upsert_case(
-        request.user,
+    return _read_or_upsert(
+        request,
         case_id,
-        title=ser.validated_data["title"],
-        status=ser.validated_data["status"],
-        site_name=ser.validated_data["site"]["name"],
-        expires_at=ser.validated_data.get("expires_at"),
+        PsaCaseSerializer,
+        _visible_cases(request.user),
+        lambda data: services.upsert_case(
+            request.user,
+            case_id,
+            title=data["title"],
+            status=data["status"],
+            site_name=data["site"]["name"],
+            expires_at=data.get("expires_at"),
+        ),
     )
-    return Response(PsaCaseSerializer(case).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
 
 
 @extend_schema(**upsert_schema(PsaTaskSerializer), methods=["PUT"])
@@ -74,20 +85,17 @@ def psa_case(request, case_id):
 @api_view(["GET", "PUT"])
 def psa_task(request, task_id):
     """Upsert (PUT) or read (GET) the mirror of a PSA task, by the PSA's own UUID."""
-    if request.method == "GET":
-        task = PsaTask.objects.filter(pk=task_id, case__in=_visible_cases(request.user)).first()
-        if task is None:
-            return Response({"detail": "Not found."}, status=404)
-        return Response(PsaTaskSerializer(task).data)
-    ser = PsaTaskSerializer(data=request.data)
-    ser.is_valid(raise_exception=True)
-    existed = PsaTask.objects.filter(pk=task_id).exists()
-    task = services.upsert_task(
-        request.user,
+    return _read_or_upsert(
+        request,
         task_id,
-        case_id=ser.validated_data["case_id"],
-        title=ser.validated_data["title"],
-        status=ser.validated_data["status"],
-        expires_at=ser.validated_data.get("expires_at"),
+        PsaTaskSerializer,
+        PsaTask.objects.filter(case__in=_visible_cases(request.user)),
+        lambda data: services.upsert_task(
+            request.user,
+            task_id,
+            case_id=data["case_id"],
+            title=data["title"],
+            status=data["status"],
+            expires_at=data.get("expires_at"),
+        ),
     )
-    return Response(PsaTaskSerializer(task).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
