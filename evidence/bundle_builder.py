@@ -45,40 +45,13 @@ logger = logging.getLogger("evidence.exports")  # one logger for exports, as ope
 FORMAT = "rmm-evidence-export/1"
 PURPOSE = "rmm.evidence_export"
 VERIFY_PY = Path(__file__).resolve().parent / "bundle" / "verify.py"
+README_TXT = VERIFY_PY.with_name("README.txt")  # what the auditor reads first, beside verify.py
 SMALL_BLOB = 8 * 1024 * 1024  # read whole (and summarised); larger blobs are streamed
 ROWS_CHUNK = 2000
 EVENTS_CHUNK = 5000
 PROGRESS_SECONDS = 1.0
 HEARTBEAT_SECONDS = 10.0  # a build writes a sign of life at least this often (RMM_EXPORT_STALE_SECONDS is far longer)
 ALWAYS_FULL_ACTIONS = {history_anchors.ANCHORED}  # site-less events every bundle may show
-
-README = """RMM evidence bundle
-===================
-
-This folder is an export of execution evidence from an RMM server. To check that nothing in it
-was changed after the server produced it, and that every item is in the server's tamper-evident
-execution history, run in this folder:
-
-    python3 verify.py
-
-It needs only Python 3 (no packages) and prints VERDICT: PASS or VERDICT: FAIL with each
-problem named. Compare the server key fingerprint it prints with the one the operator gave you
-by another route (for instance read from GET /api/v1/evidence/signing-key/ or from the
-operator's records); pass it as `python3 verify.py --fingerprint SHA256:...` to have it checked.
-
-What is here:
-  manifest.json          every item: hash, type, related job, asset, authority, times
-  signature.json         the server's Ed25519 signature over manifest.json
-  server_key.json        the server's public key, and any earlier keys of it that signed the
-                         anchors, with the rotation statements that link them
-  blobs/                 the evidence documents, each named by its sha256
-  index.csv              one row per item; a cell a spreadsheet would run as a formula
-                         (starting with = + - @, tab or CR) starts with ' (manifest.json has the text)
-  report.html, report.pdf   what ran where, on whose authority, approved by whom, with what result
-  history/segment.jsonl  the execution history around the items (one event per line)
-  history/anchors/       signed statements of the history's head, each ending a window
-  verify.py              the checker (standard library only)
-"""
 
 
 def server_key_document(keys: keyset.KeySet, signer: keyset.Key, anchors: dict) -> dict:
@@ -333,7 +306,7 @@ class Builder:
                 self.progress(95)
                 disposed = self.write_disposals(tmp, site_ids)
                 self.finish_reports(zf, tmp, facts, counts, problems, anchor_entries, segment, disposed)
-                self.add_bytes(zf, "README.txt", README.encode())
+                self.add_file(zf, "README.txt", README_TXT)
                 self.add_bytes(zf, "server_key.json", canonical_json(server_key_document(keys, signer, included)))
                 self.add_bytes(zf, "verify.py", VERIFY_PY.read_bytes())
                 header = {
