@@ -207,30 +207,24 @@ def _site_permission() -> Permission:
 
 def grant_site(user, site: Site | None, actor=None) -> None:
     """Grant ``user`` one site (guardian object permission) or, with None, every site."""
-    with transaction.atomic(), access_changes.recorded_by_service():
-        if site is None:
-            user.user_permissions.add(_site_permission())
-        else:
-            assign_perm(access.SITE_PERMISSION, user, site)
-        history.append(
-            actor,
-            "access.site_granted",
-            user,
-            site_id=site.pk if site else None,
-            payload={"username": user.get_username(), "site": site.name if site else "*"},
-        )
+    _change_site(user, site, actor, grant=True)
 
 
 def revoke_site(user, site: Site | None, actor=None) -> None:
     """Take back one site's grant (or, with None, the every-site grant)."""
+    _change_site(user, site, actor, grant=False)
+
+
+def _change_site(user, site: Site | None, actor, *, grant: bool) -> None:
     with transaction.atomic(), access_changes.recorded_by_service():
         if site is None:
-            user.user_permissions.remove(_site_permission())
+            perms = user.user_permissions
+            (perms.add if grant else perms.remove)(_site_permission())
         else:
-            remove_perm(access.SITE_PERMISSION, user, site)
+            (assign_perm if grant else remove_perm)(access.SITE_PERMISSION, user, site)
         history.append(
             actor,
-            "access.site_revoked",
+            "access.site_granted" if grant else "access.site_revoked",
             user,
             site_id=site.pk if site else None,
             payload={"username": user.get_username(), "site": site.name if site else "*"},
