@@ -60,6 +60,8 @@ def _context(request, kind_name, job_id):
         "detail_template": kind.detail_template,
         "is_final": job.status in FINAL,
         "is_active": job.status in ACTIVE,
+        # a finished job's evidence (one query), each record's content behind the API's own check
+        "evidence": registry.evidence_of(job.pk) if job.status in FINAL else [],
     }
 
 
