@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import self_signed_cert
 from tests.support.nginx import NGINX, ROOT, Nginx, require, site
+from tests.support.tls import certificates
 
 UNITS = ROOT / "deploy" / "systemd"
 # Template units are verified as one instance each, as systemd would start them.
@@ -86,7 +86,7 @@ def test_the_account_is_made_by_sysusers(tmp_path: Path) -> None:
 
 def test_the_nginx_site_passes_nginx_t(tmp_path: Path) -> None:
     require(NGINX, "nginx")
-    cert, key = self_signed_cert(tmp_path)
+    _ca, cert, key = certificates(tmp_path)
     text = site(
         https_port=8443, http_port=8080, agent_ports=[8101, 8102], console_port=8001, cert=cert, key=key, blobs=tmp_path
     )
