@@ -3,12 +3,15 @@ security review), and the nginx site passes `nginx -t` inside Debian's own nginx
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import check_deploy
 from tests.support.nginx import NGINX, ROOT, Nginx, require, site
 from tests.support.tls import certificates
 
@@ -93,3 +96,22 @@ def test_the_nginx_site_passes_nginx_t(tmp_path: Path) -> None:
     done = Nginx(tmp_path / "nginx", text).check()
     assert done.returncode == 0, done.stderr
     assert "test is successful" in done.stderr
+
+
+def test_check_deploy_is_clean_with_the_shipped_environment(tmp_path: Path) -> None:
+    """deploy/rmm.env.example as an operator fills it in: only the secret and the paths differ."""
+    shipped = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy" / "rmm.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RMM_", "DATABASE_URL", "REDIS_URL"))}
+    env.update(shipped)
+    env.update(
+        DJANGO_SETTINGS_MODULE="rmm.settings",
+        RMM_SECRET_KEY=secrets.token_urlsafe(64),
+        RMM_VAR_DIR=str(tmp_path),
+        RMM_EVIDENCE_ROOT=str(tmp_path / "evidence"),
+        RMM_SIGNING_KEY_DIR=str(tmp_path / "keys" / "signing"),
+    )
+    check_deploy(env)
