@@ -374,6 +374,9 @@ RMM_INSTRUCTION_TTL_SECONDS = int(os.environ.get("RMM_INSTRUCTION_TTL_SECONDS", 
 # set, an agent's artefact is answered with X-Accel-Redirect and the proxy sends the bytes;
 # empty, the agent tier streams them itself (docs/operations.md).
 RMM_ARTEFACT_ACCEL_REDIRECT = os.environ.get("RMM_ARTEFACT_ACCEL_REDIRECT", "").strip()
+# The same for compliance exports' bundles: the server still checks the caller and the bundle's
+# hash and records the download; the proxy sends the bytes (docs/evidence.md).
+RMM_EVIDENCE_ACCEL_REDIRECT = os.environ.get("RMM_EVIDENCE_ACCEL_REDIRECT", "").strip()
 RMM_DEFAULT_TIMEOUT_SECONDS = int(os.environ.get("RMM_DEFAULT_TIMEOUT_SECONDS", "300"))
 RMM_MAX_LEASE_PER_HEARTBEAT = int(os.environ.get("RMM_MAX_LEASE_PER_HEARTBEAT", "4"))
 # Throttles: at most this many running instructions per asset, per site and in all (0: no ceiling);

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, keyring, release, updater
+from . import __version__, keyring, release, tls, updater
 from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent
 from .client import Client, TransportError
 from .facts import collect_facts
@@ -48,7 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_RUN_AS,
         help=f"account for unprivileged instructions when running as root (default: {DEFAULT_RUN_AS})",
     )
-    enroll.add_argument("--ca-file", help="PEM bundle to trust for an https server")
+    enroll.add_argument(
+        "--ca-file", help="PEM bundle of the CA to trust for the https server instead of the system's (pinned)"
+    )
+    enroll.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="accept a plain http:// server that is not this machine (the secret and scripts travel in clear)",
+    )
 
     install = commands.add_parser(
         "install-account", help="create the locked system account unprivileged instructions run as"
@@ -142,14 +149,16 @@ def enroll(args: argparse.Namespace) -> int:
     if os.geteuid() == 0 and (problem := _run_as_problem(args.run_as)) is not None:
         return _fail(problem, EXIT_USAGE)  # before the token is used
     server = args.server.rstrip("/")
-    if not server.startswith(("http://", "https://")):
-        return _fail(f"--server must be an http:// or https:// URL, not {server!r}", EXIT_USAGE)
     ca_file = os.path.abspath(args.ca_file) if args.ca_file else None
-    if ca_file and not os.path.isfile(ca_file):
-        return _fail(f"CA file {ca_file} does not exist", EXIT_USAGE)
+    try:
+        if ca_file:
+            tls.check_ca_file(ca_file)
+        client = Client(server, ca_file=ca_file, allow_insecure_http=args.allow_insecure_http)
+    except tls.InsecureServer as exc:
+        return _fail(str(exc), EXIT_USAGE)  # before the token is used
     facts = collect_facts(hostname=args.hostname)
     try:
-        answer = Client(server, ca_file=ca_file).enroll(args.token, facts)
+        answer = client.enroll(args.token, facts)
     except TransportError as exc:
         return _fail(f"cannot reach server: {exc}", EXIT_UNREACHABLE)
     if not 200 <= answer.status < 300:
@@ -191,6 +200,8 @@ def enroll(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     if state.config_path.exists():
         log.warning("replacing the existing enrollment in %s", state.root)
+    # The pinned CA is kept with the identity, so later runs trust what this one did.
+    pinned_ca = state.pin_ca(ca_file)
     state.save_config(
         {
             "server": server,
@@ -202,7 +213,8 @@ def enroll(args: argparse.Namespace) -> int:
             "release_keys": release_keys,
             "heartbeat_interval": body["heartbeat_interval"],
             "run_as": args.run_as,
-            "ca_file": ca_file,
+            "ca_file": pinned_ca,
+            "allow_insecure_http": args.allow_insecure_http,
             "hostname": args.hostname,
             "enrolled_at": iso_utc(now_utc()),
         }

@@ -140,6 +140,7 @@ class Agent:
             agent_id=config["agent_id"],
             secret=config["secret"],
             ca_file=config.get("ca_file"),
+            allow_insecure_http=bool(config.get("allow_insecure_http")),
         )
         self.runner = Runner(
             state.work_dir, run_as=self.run_as, running_dir=state.running_dir, fetcher=Fetcher(self.client)

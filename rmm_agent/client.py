@@ -1,4 +1,5 @@
-"""HTTP transport to the server: JSON POSTs over urllib, with timeouts and optional CA file."""
+"""HTTP transport to the server: JSON POSTs and GETs over urllib, with timeouts, under the
+transport policy of :mod:`rmm_agent.tls` (every agent call goes through :class:`Client`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from . import __version__, tls
 from .protocol import encode_body
 
 DEFAULT_TIMEOUT = 30.0
@@ -75,18 +76,17 @@ class Client:
         agent_id: str | None = None,
         secret: str | None = None,
         ca_file: str | None = None,
+        allow_insecure_http: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if not server.startswith(("http://", "https://")):
-            raise ValueError(f"server URL must be http:// or https://, not {server!r}")
+        tls.check_server(server, allow_insecure_http=allow_insecure_http)  # raises InsecureServer
         self.server = server.rstrip("/")
         self.agent_id = agent_id
         self.secret = secret
         self.timeout = timeout
         handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
         if self.server.startswith("https://"):
-            context = ssl.create_default_context(cafile=ca_file)
-            handlers.append(urllib.request.HTTPSHandler(context=context))
+            handlers.append(urllib.request.HTTPSHandler(context=tls.context(ca_file)))
         self._opener = urllib.request.build_opener(*handlers)
 
     def post(self, path: str, body: dict, *, timeout: float | None = None) -> Response:
@@ -98,7 +98,7 @@ class Client:
         }
         if self.agent_id and self.secret:
             headers["Authorization"] = f"Agent {self.agent_id}:{self.secret}"
-        # The scheme is restricted to http(s) in __init__, so no file:// or custom schemes.
+        # The scheme is restricted to http(s) by tls.check_server in __init__, so no file:// or custom schemes.
         request = urllib.request.Request(  # noqa: S310
             self.server + path,
             data=encode_body(body),
@@ -121,8 +121,7 @@ class Client:
             ssl.SSLError,
             OSError,
         ) as error:
-            reason = getattr(error, "reason", error)
-            raise TransportError(f"{self.server}{path}: {reason}") from error
+            raise _transport_error(self.server + path, error) from error
 
     def download(self, path: str, *, offset: int = 0, timeout: float | None = None) -> tuple[int, dict[str, str], Any]:
         """GET a file of the server from byte ``offset`` on (a Range request past 0): its status,
@@ -139,7 +138,7 @@ class Client:
         except urllib.error.HTTPError as error:
             answer = error
         except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ssl.SSLError, OSError) as error:
-            raise TransportError(f"{self.server}{path}: {getattr(error, 'reason', error)}") from error
+            raise _transport_error(self.server + path, error) from error
         lowered = {key.lower(): value for key, value in (answer.headers or {}).items()}
         status = answer.code if isinstance(answer, urllib.error.HTTPError) else answer.status
         return status, lowered, answer
@@ -157,6 +156,12 @@ class Client:
     def post_result(self, result: dict, *, timeout: float | None = None) -> Response:
         """Deliver one result (the server deduplicates by instruction id)."""
         return self.post(RESULTS_PATH, result, timeout=timeout)
+
+
+def _transport_error(url: str, error: BaseException) -> TransportError:
+    """The failure to reach ``url``, named clearly when it is an untrusted certificate."""
+    reason = getattr(error, "reason", error)
+    return TransportError(f"{url}: {tls.untrusted(reason) or reason}")
 
 
 def _response(status: int, raw: bytes, headers: Any) -> Response:

@@ -3,6 +3,7 @@
 Layout::
 
     DIR/config.json     identity, secret, the server's signing keys (0600)
+    DIR/ca.pem          the CA pinned at enrollment with --ca-file, a copy (0600)
     DIR/state.json      what the server acknowledged (each fact namespace's hash)
     DIR/handled.json    ids of instructions already run or refused (replay ledger)
     DIR/spool/<id>.json results not yet accepted by the server
@@ -51,10 +52,15 @@ class NotEnrolled(Exception):
 
 def atomic_write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
     """Write JSON so readers see either the old file or the complete new one."""
+    _atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8"), mode)
+
+
+def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` so readers see either the old file or the complete new one."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, ensure_ascii=False, sort_keys=True, indent=1)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
@@ -100,6 +106,7 @@ class StateDir:
         self.work_dir = self.root / "work"
         self.running_dir = self.root / "running"
         self.reboot_path = self.root / "reboot.json"
+        self.ca_path = self.root / "ca.pem"
 
     def ensure(self, *, tighten: bool = False) -> None:
         """Create the directories; with ``tighten`` force the root to 0700 (it holds a secret)."""
@@ -129,6 +136,16 @@ class StateDir:
         """Persist the config with owner-only permissions."""
         self.ensure(tighten=True)
         atomic_write_json(self.config_path, config, mode=0o600)
+
+    def pin_ca(self, source: str | None) -> str | None:
+        """Copy the CA file given at enrollment into the state directory (a later change or removal
+        of the original changes nothing) and return the copy's path; without one, drop an old copy."""
+        self.ensure(tighten=True)
+        if source is None:
+            self.ca_path.unlink(missing_ok=True)
+            return None
+        _atomic_write_bytes(self.ca_path, Path(source).read_bytes())
+        return str(self.ca_path)
 
     def save_keys(self, config: dict, field: str, keys: dict[str, bytes]) -> dict:
         """Durably store the keys of one purpose the agent now trusts (``server_keys``: instruction

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 from django.test import Client
 
@@ -164,3 +167,21 @@ async def until_held(agent_id, call: asyncio.Future) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the heartbeat was not held within 10 s")
+
+
+def check_deploy(env: dict[str, str]) -> str:
+    """``manage.py check --deploy --fail-level WARNING`` under ``env`` (settings are read at
+    import, so in a process of its own): its output, after asserting it passed without a warning."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "System check identified no issues" in output and "WARNINGS" not in output, output
+    return output

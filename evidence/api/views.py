@@ -1,4 +1,5 @@
 import django_filters
+from django.conf import settings
 from django.http import FileResponse, Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -222,12 +223,15 @@ class EvidenceExportViewSet(
     @action(detail=True, methods=["get"])
     def download(self, request, pk=None):
         export = self.get_object()
-        response = FileResponse(
-            exports.open_bundle(request.user, export),
-            as_attachment=True,
-            filename=f"rmm-evidence-{export.pk}.zip",
-            content_type="application/zip",
-        )
+        bundle = exports.open_bundle(request.user, export)
+        filename = f"rmm-evidence-{export.pk}.zip"
+        if settings.RMM_EVIDENCE_ACCEL_REDIRECT:  # checked and recorded above; the proxy sends the bytes
+            bundle.close()
+            response = HttpResponse(content_type="application/zip")
+            response["X-Accel-Redirect"] = settings.RMM_EVIDENCE_ACCEL_REDIRECT.rstrip("/") + "/" + export.file_name
+            response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        else:
+            response = FileResponse(bundle, as_attachment=True, filename=filename, content_type="application/zip")
         response["X-Content-SHA256"] = export.file_hash
         return response
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import os
 import pwd
@@ -19,16 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import NameOID
 
 from rmm_agent import keyring
 from rmm_agent.protocol import MAX_BODY_BYTES, canonical_json, result_hash, sha256_hex
 from rmm_agent.runner import DEFAULT_RUN_AS, Account, lookup_account
+from tests.support.tls import certificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "7f9c2b1e-0000-4000-8000-000000000001"
@@ -372,39 +368,15 @@ def fake_server(server_key: Ed25519PrivateKey):
     httpd.server_close()
 
 
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rmm-test")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.pem", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def https_fake_server(server_key: Ed25519PrivateKey, tmp_path: Path):
-    """A FakeServer behind TLS with a self-signed certificate; ``ca_file`` is its PEM."""
-    cert_path, key_path = self_signed_cert(tmp_path)
+    """A FakeServer behind TLS with a certificate for 127.0.0.1 from a private CA; ``ca_file`` is
+    the CA's PEM."""
+    ca_path, cert_path, key_path = certificates(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     server_state = FakeServer(private_key=server_key)
-    server_state.ca_file = str(cert_path)
+    server_state.ca_file = str(ca_path)
     httpd = _serve(server_state, context)
     yield server_state
     httpd.shutdown()

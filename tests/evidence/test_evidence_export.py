@@ -363,3 +363,24 @@ def test_a_bundle_is_refused_once_its_sites_are_no_longer_visible(bundle, compli
     assert response.status_code == 403
     assert response.json() == {"detail": "This export covers sites you may no longer see."}
     assert HistoryEvent.objects.filter(action="refused.evidence_export.download", subject_id=export_id).exists()
+
+
+def test_the_proxy_sends_the_bundle_where_configured(bundle, compliance, settings):
+    """With RMM_EVIDENCE_ACCEL_REDIRECT the server still checks the caller and the bundle's hash,
+    records the download, and leaves the bytes to nginx (X-Accel-Redirect)."""
+    settings.RMM_EVIDENCE_ACCEL_REDIRECT = "/_blobs/"
+    export_id, _data, _folder = bundle
+    export = EvidenceExport.objects.get(pk=export_id)
+    response = compliance.get(f"/api/v1/evidence/exports/{export_id}/download/")
+    assert response.status_code == 200 and response.content == b""
+    assert response["X-Accel-Redirect"] == "/_blobs/" + export.file_name
+    assert response["Content-Type"] == "application/zip"
+    assert response["Content-Disposition"] == f'attachment; filename="rmm-evidence-{export_id}.zip"'
+    assert response["X-Content-SHA256"] == export.file_hash
+    downloads = HistoryEvent.objects.filter(action="evidence_export.downloaded", subject_id=export_id)
+    assert downloads.count() == 2  # the fixture's download, then this one
+
+    with open(default_storage.path(export.file_name), "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00")
+    assert compliance.get(f"/api/v1/evidence/exports/{export_id}/download/").status_code == 409
