@@ -35,7 +35,9 @@ from rmm.inventory import services as inventory
 from rmm_agent.protocol import MAX_BODY_BYTES
 
 AGENT_PREFIX = "/api/v1/agent/"
-CREDENTIAL_PATHS = frozenset({"/api/v1/agent/heartbeat/", "/api/v1/agent/results/"})  # rmm/urls.py
+CREDENTIAL_PATHS = frozenset(  # rmm/urls.py
+    {"/api/v1/agent/heartbeat/", "/api/v1/agent/results/", "/api/v1/agent/output/"}
+)
 AGENT_SYNC_THREADS = 4  # enough to overlap database round trips; the GIL allows no more work than one
 
 

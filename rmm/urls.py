@@ -41,6 +41,7 @@ urlpatterns = [
     path("api/v1/agent/enroll/", agent_views.enroll, name="agent-enroll"),
     path("api/v1/agent/heartbeat/", agent_views.heartbeat, name="agent-heartbeat"),
     path("api/v1/agent/results/", agent_views.result, name="agent-result"),
+    path("api/v1/agent/output/", agent_views.output, name="agent-output"),
     path("api/v1/agent/artefacts/<uuid:instruction_id>/<str:sha256>/", agent_views.artefact, name="agent-artefact"),
     path("api/v1/agent/releases/<str:sha256>/", update_views.release_download, name="agent-release"),
     path("api/v1/agent-updates/", update_views.AgentUpdateJobsView.as_view(), name="agent-update-jobs"),

@@ -24,6 +24,7 @@ from .artefacts import Fetcher
 from .client import Client, Response, TransportError
 from .containment import boot_id
 from .facts import collect_namespaces
+from .live import LiveOutput
 from .protocol import (
     CAPABILITIES,
     CAPABILITY_SELF_UPDATE,
@@ -593,7 +594,8 @@ class Agent:
     def _execute(self, payload: dict, abort: AbortSignal) -> None:
         instruction_id = payload["instruction_id"]
         try:
-            result = self.runner.run(payload, abort)
+            live = LiveOutput(self.client, instruction_id) if payload.get("live_output") is True else None
+            result = self.runner.run(payload, abort, live=live)
         except Exception as exc:  # every leased instruction must still yield a result
             log.exception("agent failure while running %s", instruction_id)
             result = make_result(instruction_id, "error", reason=f"agent error: {exc}")

@@ -20,6 +20,7 @@ DEFAULT_TIMEOUT = 30.0
 ENROLL_PATH = "/api/v1/agent/enroll/"
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
 RESULTS_PATH = "/api/v1/agent/results/"
+OUTPUT_PATH = "/api/v1/agent/output/"
 
 
 class TransportError(Exception):
@@ -156,6 +157,10 @@ class Client:
     def post_result(self, result: dict, *, timeout: float | None = None) -> Response:
         """Deliver one result (the server deduplicates by instruction id)."""
         return self.post(RESULTS_PATH, result, timeout=timeout)
+
+    def post_output(self, body: dict, *, timeout: float | None = None) -> Response:
+        """Send what a running instruction printed lately (rmm_agent/live.py)."""
+        return self.post(OUTPUT_PATH, body, timeout=timeout)
 
 
 def _transport_error(url: str, error: BaseException) -> TransportError:

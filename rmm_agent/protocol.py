@@ -90,7 +90,23 @@ CAPABILITY_REBOOT = "reboot"
 CAPABILITY_ARTEFACTS = "artefacts"  # also implied by protocol 2, which the server goes by
 # Named only by an agent installed for it (a versioned install) that holds release keys.
 CAPABILITY_SELF_UPDATE = "self_update"
-CAPABILITIES = (CAPABILITY_STRUCTURED_RESULT, CAPABILITY_REBOOT, CAPABILITY_ARTEFACTS, CAPABILITY_SELF_UPDATE)
+# Streams what a running step prints (rmm_agent/live.py), for steps whose signed payload offers
+# it (``"live_output": true``, sent only to agents that name the capability).
+CAPABILITY_LIVE_OUTPUT = "live_output"
+CAPABILITIES = (
+    CAPABILITY_STRUCTURED_RESULT,
+    CAPABILITY_REBOOT,
+    CAPABILITY_ARTEFACTS,
+    CAPABILITY_SELF_UPDATE,
+    CAPABILITY_LIVE_OUTPUT,
+)
+# Live output (docs/agent.md, Live output): at most one call per LIVE_OUTPUT_SECONDS per
+# instruction, each stream's text in it at most LIVE_CHUNK_BYTES of UTF-8; the server keeps the
+# last LIVE_TAIL_BYTES of each stream while the step runs. Never the record: the result is.
+LIVE_STREAMS = ("stdout", "stderr")
+LIVE_OUTPUT_SECONDS = 0.5
+LIVE_CHUNK_BYTES = 32 * 1024
+LIVE_TAIL_BYTES = 64 * 1024
 # How an instruction's processes were ended (the result's optional ``containment.method``).
 CONTAINMENT_METHODS = ("cgroup", "account", "process_group")
 
@@ -264,6 +280,15 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def utf8_tail(text: str, limit: int) -> str:
+    """The end of ``text`` that fits in ``limit`` bytes of UTF-8, whole characters only: how both
+    sides bound live output (a lone surrogate raises UnicodeEncodeError)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[len(data) - limit :].decode("utf-8", "ignore")
 
 
 def encode_body(body: dict) -> bytes:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -56,6 +57,7 @@ from .containment import (
     report,
     sweep,
 )
+from .live import LiveOutput
 from .protocol import (
     MAX_STREAM_BYTES,
     REASON_ARTEFACT_MISMATCH,
@@ -193,10 +195,12 @@ def interpreter_command(interpreter: str, account: Account | None = None) -> str
 
 
 class _Capture:
-    """Reads one pipe to the end, keeping at most ``limit`` bytes so the child never blocks."""
+    """Reads one pipe to the end, keeping at most ``limit`` bytes so the child never blocks;
+    each read is also handed to ``on_data`` (live output) when given."""
 
-    def __init__(self, stream: IO[bytes], limit: int) -> None:
+    def __init__(self, stream: IO[bytes], limit: int, on_data: Callable[[bytes], None] | None = None) -> None:
         self.limit = limit
+        self.on_data = on_data
         self.data = bytearray()
         self.truncated = False
         self.thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
@@ -208,6 +212,8 @@ class _Capture:
                 chunk = stream.read1(65536)  # type: ignore[attr-defined]
                 if not chunk:
                     break
+                if self.on_data is not None:
+                    self.on_data(chunk)
                 room = self.limit - len(self.data)
                 if room > 0:
                     self.data += chunk[:room]
@@ -563,10 +569,12 @@ class Runner:
         payload: dict,
         abort: AbortSignal | None = None,
         on_start: Callable[[int], None] | None = None,
+        live: LiveOutput | None = None,
     ) -> dict:
         """Run a verified instruction to its end and return its result (never raises for it).
 
-        ``on_start`` (a callable taking the pid) lets callers observe the interpreter.
+        ``on_start`` (a callable taking the pid) lets callers observe the interpreter; ``live``
+        streams its output while it runs, and is stopped before the result is returned.
         """
         instruction_id = payload["instruction_id"]
         started_at = now_utc()
@@ -617,8 +625,10 @@ class Runner:
             self._clean_up(launch)
             return error(f"failed to start {program}: {exc}")
         try:
-            return self._supervise(proc, launch, payload, abort, started_at, on_start)
+            return self._supervise(proc, launch, payload, abort, started_at, on_start, live)
         finally:
+            if live is not None:
+                live.stop()
             self._clean_up(launch)
 
     def _start(self, launch: _Launch, program: str, payload: dict, abort: AbortSignal) -> subprocess.Popen:
@@ -682,10 +692,14 @@ class Runner:
         abort: AbortSignal,
         started_at: datetime,
         on_start: Callable[[int], None] | None,
+        live: LiveOutput | None,
     ) -> dict:
         """Wait for exit, timeout or abort; then end everything the instruction started."""
-        out = _Capture(proc.stdout, self.max_stream_bytes)  # type: ignore[arg-type]
-        err = _Capture(proc.stderr, self.max_stream_bytes)  # type: ignore[arg-type]
+        feeds = {name: None if live is None else functools.partial(live.feed, name) for name in ("stdout", "stderr")}
+        out = _Capture(proc.stdout, self.max_stream_bytes, feeds["stdout"])  # type: ignore[arg-type]
+        err = _Capture(proc.stderr, self.max_stream_bytes, feeds["stderr"])  # type: ignore[arg-type]
+        if live is not None:
+            live.start()
         if on_start is not None:
             on_start(proc.pid)
         timeout = float(payload["timeout_seconds"])

@@ -1,4 +1,7 @@
-"""The technician's console: jobs of every kind, for the sites the user may see, live."""
+"""The technician's console: jobs of every kind, for the sites the user may see, live (a running
+job's output too)."""
+
+import json
 
 from django import forms
 from django.conf import settings
@@ -16,9 +19,10 @@ from rmm.console.asset_list import AssetFilter, AssetTable
 from rmm.console.job_list import JobFilter, JobTable
 from rmm.core.errors import ServiceError
 from rmm.engine import registry
-from rmm.engine.models import Batch
-from rmm.engine.services import batches, kill_switches
-from rmm.engine.states import ACTIVE, FINAL
+from rmm.engine.models import Batch, Instruction
+from rmm.engine.services import batches, kill_switches, output
+from rmm.engine.states import ACTIVE, FINAL, JobStatus
+from rmm_agent.protocol import LIVE_STREAMS
 
 
 @login_required
@@ -51,9 +55,33 @@ def _job_or_404(request, kind_name, job_id):
     return kind, job
 
 
+def _live_output(kind, job) -> dict | None:
+    """The "Output so far" of a running job: its running step's streamed tail (docs/agent.md,
+    Live output), or whether its agent was offered none; None while no step runs."""
+    if job.status != JobStatus.RUNNING:
+        return None
+    running = (
+        Instruction.objects.filter(job_kind=kind.name, job_id=job.pk, status=JobStatus.RUNNING)
+        .values_list("pk", "payload")
+        .first()
+    )
+    if running is None:
+        return None
+    instruction_id, payload = running
+    offered = json.loads(payload).get("live_output") is True
+    held = output.output_so_far(instruction_id) if offered else {}
+    empty = output.Tail(text="", total=0)
+    return {
+        "instruction": instruction_id,
+        "offered": offered,
+        "streams": [(name, held.get(name, empty)) for name in LIVE_STREAMS],
+    }
+
+
 def _context(request, kind_name, job_id):
     kind, job = _job_or_404(request, kind_name, job_id)
     return {
+        "live": _live_output(kind, job),
         "kind": kind.name,
         "job": job,
         "description": kind.describe(job),

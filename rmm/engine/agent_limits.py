@@ -74,7 +74,7 @@ def shared_cache():
     return caches.create_connection("default")
 
 
-def _cached(operation):
+def cached(operation):
     """``operation(cache)`` on the shared cache; in this process's own while Redis is down."""
     cache = shared_cache()
     if not settings.REDIS_URL:
@@ -108,7 +108,7 @@ def trust(header: str) -> None:
     if len(_trusted_here) >= _MEMO_MAX:
         _trusted_here.clear()
     _trusted_here[digest] = time.monotonic() + TRUST_SECONDS / 2
-    _cached(lambda c: c.set(_trust_key(digest), 1, TRUST_SECONDS))
+    cached(lambda c: c.set(_trust_key(digest), 1, TRUST_SECONDS))
 
 
 def distrust(header: str) -> None:
@@ -116,7 +116,7 @@ def distrust(header: str) -> None:
     rotated away): it is limited like any unknown caller's from now on, here and everywhere."""
     digest = _digest(header)
     _trusted_here.pop(digest, None)
-    _cached(lambda c: c.delete(_trust_key(digest)))
+    cached(lambda c: c.delete(_trust_key(digest)))
 
 
 def retry_after(address: str, header: str) -> int:
@@ -124,10 +124,10 @@ def retry_after(address: str, header: str) -> int:
     Retry-After). Cache only: one look for an unknown caller, two when it is limited and shows an
     agent credential."""
     key, ends = _count_key(address, time.time())
-    refusals = _cached(lambda c: c.get(key, 0))
+    refusals = cached(lambda c: c.get(key, 0))
     if refusals < settings.RMM_AGENT_REFUSALS_PER_WINDOW:
         return 0
-    if header.startswith("Agent ") and _cached(lambda c: c.get(_trust_key(_digest(header)))):
+    if header.startswith("Agent ") and cached(lambda c: c.get(_trust_key(_digest(header)))):
         return 0
     return max(1, math.ceil(ends - time.time()))
 
@@ -144,7 +144,7 @@ def count(address: str) -> None:
         except ValueError:  # the window ended between the two
             c.set(key, 1, timeout)
 
-    _cached(add)
+    cached(add)
 
 
 def too_many(seconds: int) -> JsonResponse:

@@ -1,5 +1,5 @@
-"""The agent protocol: enroll, heartbeat (with lease, held while idle), result, and the fetch of a
-step's artefacts. See docs/agent.md.
+"""The agent protocol: enroll, heartbeat (with lease, held while idle), result, live output, and
+the fetch of a step's artefacts. See docs/agent.md.
 
 Plain Django views rather than DRF: this is the hot path every agent calls forever, and
 it needs a constant, small number of queries per call.
@@ -31,6 +31,7 @@ from rmm.core.text import storable
 from rmm.engine import intake, wakeups
 from rmm.engine import services as engine
 from rmm.engine.services import fetching
+from rmm.engine.services import output as live_output
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 from rmm.keys import keyset
@@ -401,14 +402,14 @@ def _hold_seconds(value) -> float:
 @csrf_exempt
 @require_POST
 async def result(request: HttpRequest) -> JsonResponse:
-    checked = await run_sync(_result, request)
+    checked = await run_sync(_checked_call, request)
     if isinstance(checked, JsonResponse):
         return checked
     status, answer = await intake.take_in(*checked, run_sync)
     return JsonResponse(answer, status=status)
 
 
-def _result(request: HttpRequest) -> JsonResponse | tuple:
+def _checked_call(request: HttpRequest) -> JsonResponse | tuple:
     """The call's agent and body, or the answer that refuses it."""
     agent = _agent(request)
     if agent is None:
@@ -417,6 +418,26 @@ def _result(request: HttpRequest) -> JsonResponse | tuple:
     if not isinstance(data, dict):
         return data
     return agent, data
+
+
+@csrf_exempt
+@require_POST
+async def output(request: HttpRequest) -> JsonResponse:
+    """What a running instruction printed lately, for its job page (docs/agent.md, Live output)."""
+    return await run_sync(_output, request)
+
+
+def _output(request: HttpRequest) -> JsonResponse:
+    checked = _checked_call(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    try:
+        return JsonResponse(live_output.take_output(*checked))
+    except ServiceError as exc:
+        response = JsonResponse(exc.as_dict(), status=exc.status_code)
+        if isinstance(exc, live_output.TooFrequent):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
 
 
 # What one read of an artefact's blob hands to the event loop while it is streamed.

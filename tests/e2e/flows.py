@@ -150,6 +150,15 @@ def console_users(server, users: dict[str, tuple[str, list[str]]], password: str
     server.manage("shell", "--verbosity", "0", "-c", "\n".join(lines))
 
 
+def sign_in_to(page, username: str, password: str, path: str) -> None:
+    """A browser page signs in through the login form and lands on ``path``."""
+    page.goto(f"/accounts/login/?next={path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{path}")
+
+
 class Session:
     """A browser-like HTTP client: keeps cookies, logs in through the login form."""
 

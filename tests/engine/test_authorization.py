@@ -86,6 +86,9 @@ ROWS = [
     # --- the agent protocol: a role's token is no agent credential
     api("POST", "/api/v1/agent/heartbeat/", 401, body={"capacity": 1}),
     api("POST", "/api/v1/agent/results/", 401, body={"instruction_id": "{new_id}"}),
+    api(
+        "POST", "/api/v1/agent/output/", 401, body={"instruction_id": "{new_id}", "stdout": {"offset": 0, "text": "x"}}
+    ),
     api("POST", "/api/v1/agent/heartbeat/", 401, body={"capacity": 1, "wait": 1}, label="held"),
     page("POST", "/api/v1/agent/heartbeat/", 401, anon=401, body={"capacity": 1}, label="session"),
     api("GET", "/api/v1/agent/artefacts/{new_id}/" + "0" * 64 + "/?expires=1&token=x", 401),
@@ -107,6 +110,10 @@ def test_an_agent_credential_is_what_the_agent_protocol_takes(matrix: World):
     with rolled_back():
         unknown = client.post("/api/v1/agent/results/", json.dumps({"instruction_id": str(uuid.uuid4())}), **auth)
         assert unknown.status_code in (400, 404), unknown.content  # authenticated: judged on the body
+    with rolled_back():
+        body = {"instruction_id": str(uuid.uuid4()), "stdout": {"offset": 0, "text": "x"}}
+        unknown = client.post("/api/v1/agent/output/", json.dumps(body), **auth)
+        assert unknown.status_code == 404, unknown.content
     with rolled_back():
         held = client.post("/api/v1/agent/heartbeat/", json.dumps({"capacity": 1, "wait": 1}), **auth)
         assert (held.status_code, held.json()["instructions"]) == (200, [])

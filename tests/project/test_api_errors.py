@@ -308,7 +308,7 @@ def test_a_heartbeat_with_new_facts_is_what_changes_the_asset(world):
 
 # --- the agent endpoints ----------------------------------------------------------------------
 
-AGENT_PATHS = ("/api/v1/agent/enroll/", "/api/v1/agent/heartbeat/", "/api/v1/agent/results/")
+AGENT_PATHS = ("/api/v1/agent/enroll/", "/api/v1/agent/heartbeat/", "/api/v1/agent/results/", "/api/v1/agent/output/")
 
 
 @pytest.mark.parametrize("body", [b"not json", b"{", b"\xff\xfe\x00", b"[]", b"[1]", b'"x"', b"7", b"null", b"true"])

@@ -26,7 +26,14 @@ from rmm.engine.states import JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent
 from rmm.keys import keyset
-from rmm_agent.protocol import AGENT_ACTIONS, CAPABILITY_REBOOT, INTERPRETERS, canonical_json, iso_utc
+from rmm_agent.protocol import (
+    AGENT_ACTIONS,
+    CAPABILITY_LIVE_OUTPUT,
+    CAPABILITY_REBOOT,
+    INTERPRETERS,
+    canonical_json,
+    iso_utc,
+)
 
 S = JobStatus
 logger = logging.getLogger(__name__)
@@ -123,6 +130,8 @@ def _sign(
                 field="asset",
             )
         authority = kind.authority(job)
+        # a script's output is streamed by an agent that can (absent otherwise: signed as before)
+        live = spec.interpreter in INTERPRETERS and CAPABILITY_LIVE_OUTPUT in capable.get(agent_id, ())
         digest = digests.get(spec.content)
         if digest is None:
             digest = digests[spec.content] = hashlib.sha256(spec.content.encode()).hexdigest()
@@ -167,6 +176,7 @@ def _sign(
                 **named,
                 **stamps,
                 **({"reboot": spec.reboot} if spec.reboot else {}),
+                **({"live_output": True} if live else {}),
             }
         ).decode()
         held = acknowledged.get(agent_id, "")

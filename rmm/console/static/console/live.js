@@ -24,6 +24,24 @@
       .then(function (html) { if (html !== null && mine === fragmentRequest) container.innerHTML = html; });
   }
 
+  // A running job's output, as its agent streams it: each event continues a stream where the
+  // page's copy ends (data-total, in the server's count); anything else reloads the fragment.
+  var TAIL_CHARS = 65536;
+  function appendOutput(ev) {
+    var job = document.getElementById("job"), box = document.getElementById("live-output");
+    if (!job || job.dataset.jobId !== ev.id) return;
+    if (!box || box.dataset.instruction !== ev.instruction) { refreshJob(job); return; }
+    ["stdout", "stderr"].forEach(function (name) {
+      var part = ev[name], pre = document.getElementById("live-" + name);
+      if (!part || !pre) return;
+      var have = Number(pre.dataset.total);
+      if (part.to <= have) return;
+      if (part.from !== have) { refreshJob(job); return; }
+      pre.textContent = (pre.textContent + part.text).slice(-TAIL_CHARS);
+      pre.dataset.total = part.to;
+    });
+  }
+
   function refreshBanner() {
     var banner = document.getElementById("kill-banner");
     if (!banner) return;
@@ -50,6 +68,7 @@
     // Page scripts (e.g. evidence exports) listen for every event without a socket of their own.
     document.dispatchEvent(new CustomEvent("rmm:event", { detail: ev }));
     if (ev.type === "kill_switch") { refreshBanner(); return; }
+    if (ev.type === "job_output") { appendOutput(ev); return; }
     if (ev.type !== "job") return;
     jobsChanged();
     var job = document.getElementById("job");
