@@ -291,3 +291,25 @@ def test_the_asset_page_costs_the_same_queries_for_1_and_30_jobs(world):
     script_jobs(world, 29, agent)
     large, _ = queries(world["client"], f"/console/assets/{agent.asset_id}/")
     assert large == small
+
+
+def test_a_slice_of_the_job_list_is_the_slice_of_all_its_rows_in_every_order(world):
+    """Each kind's table is sorted and cut before the union (on PostgreSQL): a page must still be
+    exactly that page of every job, whichever column sorts them."""
+    from rmm.engine.services import listing
+
+    for n in range(12):
+        script_jobs(world, 1, world["agents"][n % 3])
+        create_step_job(world["psa"], asset=world["agents"][(n + 1) % 3].asset, task=world["task"], steps=1)
+    rows = listing.job_rows(world["tech"], listing.JobQuery())
+    for ordering in (
+        ("-created", "-id"),
+        ("kind", "created", "id"),
+        ("-hostname", "created", "id"),
+        ("status", "-created", "-id"),
+        ("requester", "created", "id"),
+    ):
+        every = [row["id"] for row in rows.order_by(*ordering)]
+        assert len(every) == 24
+        for start, stop in ((0, 5), (5, 13), (20, 30)):
+            assert [row["id"] for row in rows.order_by(*ordering)[start:stop]] == every[start:stop], ordering

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import connection
 from django.db.models import BooleanField, CharField, DateTimeField, F, Q, QuerySet, UUIDField, Value
 
 from rmm.access import roles as access
@@ -141,16 +142,62 @@ def _batch_part(sites, query: JobQuery) -> QuerySet:
     )
 
 
-def job_rows(user, query: JobQuery) -> QuerySet:
+NEWEST_FIRST = ("-created", "-id")
+
+
+class JobRows:
+    """The rows of every part (each kind's table, the batches) as one sorted list, read a slice at a
+    time in one query. A slice sorts and cuts each part to the slice's end *before* the union, so
+    that a page of a million jobs reads the first rows of each part's index instead of sorting
+    every job (on databases that allow ``LIMIT`` inside a ``UNION``: PostgreSQL, not SQLite).
+
+    It answers what a queryset answers to django-tables2, django-filter and DRF's pagination:
+    ``order_by`` (any of :data:`COLUMNS`), slices, ``count``, iteration."""
+
+    ordered = True  # for Django's Paginator
+
+    def __init__(self, parts: list[QuerySet], ordering: tuple[str, ...] = NEWEST_FIRST):
+        self.parts = parts
+        self.ordering = ordering
+        self.model = parts[0].model
+
+    def order_by(self, *fields: str) -> JobRows:
+        return JobRows(self.parts, tuple(fields) or NEWEST_FIRST)
+
+    def all(self) -> JobRows:
+        return self
+
+    def _rows(self, stop: int | None) -> QuerySet:
+        first, *rest = self.parts
+        if not rest:
+            return first.order_by(*self.ordering)
+        if stop is not None and connection.features.supports_slicing_ordering_in_compound:
+            first, *rest = (part.order_by(*self.ordering)[:stop] for part in self.parts)
+        return first.union(*rest, all=True).order_by(*self.ordering)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self._rows(key.stop)[key]
+        return self._rows(key + 1)[key]
+
+    def __iter__(self):
+        return iter(self._rows(None))
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def count(self) -> int:
+        return self._rows(None).count()
+
+
+def job_rows(user, query: JobQuery) -> JobRows:
     """The rows (dicts of :data:`COLUMNS`) the user may see, newest first; ``order_by`` any column
     to sort them otherwise."""
     sites = access.visible_sites(user)
     parts = [_job_part(kind, sites, query) for kind in registry.all_kinds() if query.kind in ("", kind.name)]
     if query.group_batches and not query.looks_inside_batches:
         parts.append(_batch_part(sites, query))
-    first, *rest = parts
-    rows = first.union(*rest, all=True) if rest else first
-    return rows.order_by("-created", "-id")
+    return JobRows(parts)
 
 
 def jobs_of_rows(rows: list[dict]) -> dict[str, object]:
