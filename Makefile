@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout bench-intake agent-deb
+.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,13 @@ bench-fanout: install
 INTAKE ?= 2000
 bench-intake: install
 	$(BIN)/python -m bench.intake_profile --assets $(INTAKE) $(BENCH_ARGS)
+
+# The console at fleet scale (docs/performance.md): seeds rmm_console_bench on 127.0.0.1's PostgreSQL
+# and times the dashboard, asset list and job list, e.g. BENCH_ARGS=--measure-only to measure again.
+ASSETS ?= 100000
+JOBS ?= 1000000
+bench-console: install
+	$(BIN)/python -m bench.console_bench --assets $(ASSETS) --jobs $(JOBS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules

@@ -23,22 +23,29 @@ def scratch_database(prefix: str) -> Iterator[str]:
     """
     import psycopg
 
-    for name in [name for name in os.environ if name.startswith(("RMM_", "PYTEST")) or name == "REDIS_URL"]:
-        del os.environ[name]
     dbname = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="rmm-bench-") as var:
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{dbname}"')
-        os.environ.update(
-            DJANGO_SETTINGS_MODULE="rmm.settings",
-            DATABASE_URL=f"{PG}/{dbname}",
-            RMM_VAR_DIR=var,
-            RMM_ALLOWED_HOSTS="testserver",
-            RMM_API_RATE="1000000/min",
-        )
-        sys.path.insert(0, str(ROOT))
+        use_database(dbname, var)
         try:
             yield dbname
         finally:
             with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # FORCE: Django's connection too
+
+
+def use_database(dbname: str, var: str) -> None:
+    """Point this process's Django at ``dbname`` on 127.0.0.1 with keys under ``var``, and nothing
+    of the caller's environment (no RMM_* settings, no Redis)."""
+    for name in [name for name in os.environ if name.startswith(("RMM_", "PYTEST")) or name == "REDIS_URL"]:
+        del os.environ[name]
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="rmm.settings",
+        DATABASE_URL=f"{PG}/{dbname}",
+        RMM_VAR_DIR=var,
+        RMM_ALLOWED_HOSTS="testserver",
+        RMM_API_RATE="1000000/min",
+    )
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))

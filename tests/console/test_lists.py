@@ -291,3 +291,52 @@ def test_the_asset_page_costs_the_same_queries_for_1_and_30_jobs(world):
     script_jobs(world, 29, agent)
     large, _ = queries(world["client"], f"/console/assets/{agent.asset_id}/")
     assert large == small
+
+
+def test_a_slice_of_the_job_list_is_the_slice_of_all_its_rows_in_every_order(world):
+    """Each kind's table is sorted and cut before the union (on PostgreSQL): a page must still be
+    exactly that page of every job, whichever column sorts them."""
+    from rmm.engine.services import listing
+
+    for n in range(12):
+        script_jobs(world, 1, world["agents"][n % 3])
+        create_step_job(world["psa"], asset=world["agents"][(n + 1) % 3].asset, task=world["task"], steps=1)
+    rows = listing.job_rows(world["tech"], listing.JobQuery())
+    for ordering in (
+        ("-created", "-id"),
+        ("kind", "created", "id"),
+        ("-hostname", "created", "id"),
+        ("status", "-created", "-id"),
+        ("requester", "created", "id"),
+    ):
+        every = [row["id"] for row in rows.order_by(*ordering)]
+        assert len(every) == 24
+        for start, stop in ((0, 5), (5, 13), (20, 30)):
+            assert [row["id"] for row in rows.order_by(*ordering)[start:stop]] == every[start:stop], ordering
+
+
+@pytest.mark.parametrize("ids", [1000, 1])
+def test_the_job_search_finds_jobs_by_hostname_requester_or_id_with_few_or_many_matches(world, monkeypatch, ids):
+    """The search passes matching assets and users as ids, or as a subquery when more match than
+    ``SEARCH_IDS``: the jobs found are the same."""
+    from rmm.engine.services import listing
+
+    monkeypatch.setattr(listing, "SEARCH_IDS", ids)
+    first, second, third = world["agents"]
+    on_first = script_jobs(world, 2, first)
+    on_second = script_jobs(world, 1, second)
+    by_tech = scripting.create_script_job(
+        world["tech"], script_id=world["script"].pk, asset_id=third.asset_id, psa_task_id=world["task"].pk
+    )
+    client = world["client"]
+
+    def found(text: str) -> set[str]:
+        body = client.get(f"/console/jobs/?q={text}").content.decode()
+        every = [*on_first, *on_second, by_tech]
+        return {str(job.pk) for job in every if f'data-job-id="{job.pk}"' in body}
+
+    assert found("alpha-") == {str(job.pk) for job in [*on_first, *on_second, by_tech]}
+    assert found(first.asset.hostname) == {str(job.pk) for job in on_first}
+    assert found("TEC") == {str(by_tech.pk)}  # part of the requester's name, any case
+    assert found(str(on_second[0].pk)) == {str(on_second[0].pk)}
+    assert found("nothing-like-it") == set()
