@@ -1,6 +1,7 @@
-"""The kill switch page: engage one on a site or an asset picked from the user's own (or, for
-someone who sees every site, globally), after a confirmation step; the switches engaged now, and
-the history of those engaged and released, by whom, when and why."""
+"""The kill switch page: engage one on a site or an asset picked from the user's own (the asset
+with the console's asset picker; or, for someone who sees every site, globally), after a
+confirmation step; the switches engaged now, and the history of those engaged and released, by
+whom, when and why."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
 from rmm.access import roles as access
-from rmm.console.asset_list import visible_assets
+from rmm.console.asset_picker import AssetField
 from rmm.core.errors import ServiceError
 from rmm.engine.models import KillSwitchScope
 from rmm.engine.services import kill_switches
@@ -23,11 +24,6 @@ SCOPE_CHOICES = [
     (KillSwitchScope.ASSET.value, "One asset"),
     (KillSwitchScope.GLOBAL.value, "Everything: every site"),
 ]
-
-
-class AssetChoiceField(forms.ModelChoiceField):
-    def label_from_instance(self, obj) -> str:
-        return f"{obj.hostname} ({obj.site.name})"
 
 
 class EngageForm(forms.Form):
@@ -47,13 +43,7 @@ class EngageForm(forms.Form):
         empty_label="choose a site",
         error_messages={"invalid_choice": "Choose one of your sites from the list."},
     )
-    asset = AssetChoiceField(
-        label="Asset",
-        queryset=None,
-        required=False,
-        empty_label="choose an asset",
-        error_messages={"invalid_choice": "Choose one of your assets from the list."},
-    )
+    asset = AssetField(label="Asset", required=False)
     reason = forms.CharField(
         label="Reason",
         widget=forms.Textarea(attrs={"rows": 2}),
@@ -63,7 +53,7 @@ class EngageForm(forms.Form):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["site"].queryset = access.visible_sites(user).order_by("name")
-        self.fields["asset"].queryset = visible_assets(user).order_by("hostname", "site__name", "id")
+        self.fields["asset"].for_user(user)
 
     def clean(self):
         data = super().clean()

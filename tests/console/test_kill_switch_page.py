@@ -1,5 +1,5 @@
-"""The kill switch page: the site and the asset are picked from the user's own (an asset shown as
-hostname and site), nothing is chosen for the user (400 with the field's error in plain words),
+"""The kill switch page: the site and the asset are picked from the user's own (the asset with the
+console's asset picker), nothing is chosen for the user (400 with the field's error in plain words),
 a confirmation comes before anything is engaged, and the history says who engaged and released
 which switch, when and why."""
 
@@ -31,9 +31,10 @@ def test_the_pickers_offer_the_users_own_sites_and_assets_by_name(browser, site,
     make_agent(other_site, hostname="db-09")
     html = browser.get("/console/kill-switches/").content.decode()
     sites = re.search(r'<select name="site".*?</select>', html, re.S).group(0)
-    assets = re.search(r'<select name="asset".*?</select>', html, re.S).group(0)
+    assets = re.search(r'<div class="picker" data-component="asset-picker".*?</fieldset>', html, re.S).group(0)
     assert '<option value="alpha">alpha</option>' in sites and "beta" not in sites
-    assert "web-01 (alpha)</option>" in assets and "db-09" not in assets
+    assert '<strong data-field="hostname">web-01</strong> · <span data-field="site">alpha</span>' in assets
+    assert "db-09" not in assets
     # no scope is chosen for the user
     assert "checked" not in re.search(r"<fieldset.*?</fieldset>", html, re.S).group(0)
     assert '<input type="text" name="target"' not in html
