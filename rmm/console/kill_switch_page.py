@@ -26,6 +26,27 @@ SCOPE_CHOICES = [
 ]
 
 
+def check_scope(form: forms.BaseForm, data: dict) -> None:
+    """The site or the asset that the scope needs, and neither for everything: each error beside
+    its field (this page and the admin's form)."""
+    scope = data.get("scope")
+    if scope == KillSwitchScope.SITE and not data.get("site") and "site" not in form.errors:
+        form.add_error("site", "Choose the site to stop.")
+    if scope == KillSwitchScope.ASSET and not data.get("asset") and "asset" not in form.errors:
+        form.add_error("asset", "Choose the asset to stop.")
+    if scope == KillSwitchScope.GLOBAL and (data.get("site") or data.get("asset")):
+        form.add_error("scope", "Everything means every site: leave the site and the asset empty.")
+
+
+def target_of(data: dict) -> str | None:
+    """The kill switch service's ``target``: the site's name, the asset's id, or none for everything."""
+    if data["scope"] == KillSwitchScope.SITE:
+        return data["site"].name
+    if data["scope"] == KillSwitchScope.ASSET:
+        return str(data["asset"].pk)
+    return None
+
+
 class EngageForm(forms.Form):
     """No scope is chosen for the user: the scope and its site or asset must be picked."""
 
@@ -57,22 +78,11 @@ class EngageForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        scope = data.get("scope")
-        if scope == KillSwitchScope.SITE and not data.get("site") and "site" not in self.errors:
-            self.add_error("site", "Choose the site to stop.")
-        if scope == KillSwitchScope.ASSET and not data.get("asset") and "asset" not in self.errors:
-            self.add_error("asset", "Choose the asset to stop.")
-        if scope == KillSwitchScope.GLOBAL and (data.get("site") or data.get("asset")):
-            self.add_error("scope", "Everything means every site: leave the site and the asset empty.")
+        check_scope(self, data)
         return data
 
     def target(self) -> str | None:
-        scope, data = self.cleaned_data["scope"], self.cleaned_data
-        if scope == KillSwitchScope.SITE:
-            return data["site"].name
-        if scope == KillSwitchScope.ASSET:
-            return str(data["asset"].pk)
-        return None
+        return target_of(self.cleaned_data)
 
     def target_label(self) -> str:
         scope, data = self.cleaned_data["scope"], self.cleaned_data
