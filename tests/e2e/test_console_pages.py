@@ -98,9 +98,10 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
     from playwright.sync_api import expect
 
     technician = f"tech-pages-{uuid.uuid4().hex[:6]}"
+    recorder = f"psa-pages-{uuid.uuid4().hex[:6]}"
     site = f"site-{uuid.uuid4().hex[:6]}"
     w = make_world(server, site)  # the site first: the technician is granted it
-    console_users(server, {technician: ("technician", [site])}, PASSWORD)
+    console_users(server, {technician: ("technician", [site]), recorder: ("psa", [site])}, PASSWORD)
     script = publish(server, w, "echo paged\n")
     jobs = [run_job(server, w, script["id"]) for _ in range(JOBS)]
     r = server.request(
@@ -214,6 +215,19 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
             ),
             errors,
         )
+
+        # The local authority page, as the one who may record it.
+        people = browser.new_context(base_url=server.url)
+        psa = people.new_page()
+        psa.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        psa.on("pageerror", lambda e: errors.append(str(e)))
+        psa.goto("/accounts/login/?next=/console/")
+        psa.fill("#id_username", recorder)
+        psa.fill("#id_password", PASSWORD)
+        psa.click("button[type=submit]")
+        psa.wait_for_url("**/console/")
+        sweep(psa, ("/console/authority/local/",), errors)
+        people.close()
 
         response = page.goto(f"/console/assets/{uuid.uuid4()}/")
         assert response.status == 404
