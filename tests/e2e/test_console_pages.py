@@ -83,6 +83,13 @@ def check_page(page, errors: list[str]) -> None:
     assert page.evaluate(OVERFLOW) == [], f"{page.url} at {page.viewport_size['width']}px"
 
 
+def sign_in(page, username: str, where: str) -> None:
+    page.goto(where)
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit], button[type=submit]")
+
+
 def sweep(page, paths, errors: list[str]) -> None:
     """Each page at a desktop's and at a phone's width, checked as :func:`check_page` does."""
     for width in WIDTHS:
@@ -221,10 +228,7 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         psa = people.new_page()
         psa.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         psa.on("pageerror", lambda e: errors.append(str(e)))
-        psa.goto("/accounts/login/?next=/console/")
-        psa.fill("#id_username", recorder)
-        psa.fill("#id_password", PASSWORD)
-        psa.click("button[type=submit]")
+        sign_in(psa, recorder, "/accounts/login/?next=/console/")
         psa.wait_for_url("**/console/")
         sweep(psa, ("/console/authority/local/",), errors)
         people.close()

@@ -10,7 +10,7 @@ import pytest
 from django_otp.oath import totp
 
 from tests.e2e.flows import console_users, make_world, publish, run_job
-from tests.e2e.test_console_pages import CONTRAST, UNLABELLED, check_page
+from tests.e2e.test_console_pages import CONTRAST, UNLABELLED, check_page, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -21,13 +21,6 @@ WAIT = 15_000  # ms
 RATIO = CONTRAST.replace(
     'for (const el of document.body.querySelectorAll("*")) {', "for (const el of [target]) {"
 ).replace("() => {", "(target) => {", 1)
-
-
-def sign_in(page, username: str, where: str) -> None:
-    page.goto(where)
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit], button[type=submit]")
 
 
 def test_kill_switch_picked_confirmed_and_its_banner_readable(server, browser):
