@@ -34,7 +34,7 @@ CSRF_TRUSTED_ORIGINS = env_list("RMM_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "rmm.core.admin_site.RmmAdminConfig",  # django.contrib.admin, autocomplete labels its own
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -1,6 +1,7 @@
-"""The kill switch page: engage one on a site or an asset picked from the user's own (or, for
-someone who sees every site, globally), after a confirmation step; the switches engaged now, and
-the history of those engaged and released, by whom, when and why."""
+"""The kill switch page: engage one on a site or an asset picked from the user's own (the asset
+with the console's asset picker; or, for someone who sees every site, globally), after a
+confirmation step; the switches engaged now, and the history of those engaged and released, by
+whom, when and why."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
 from rmm.access import roles as access
-from rmm.console.asset_list import visible_assets
+from rmm.console.asset_picker import AssetField
 from rmm.core.errors import ServiceError
 from rmm.engine.models import KillSwitchScope
 from rmm.engine.services import kill_switches
@@ -25,9 +26,25 @@ SCOPE_CHOICES = [
 ]
 
 
-class AssetChoiceField(forms.ModelChoiceField):
-    def label_from_instance(self, obj) -> str:
-        return f"{obj.hostname} ({obj.site.name})"
+def check_scope(form: forms.BaseForm, data: dict) -> None:
+    """The site or the asset that the scope needs, and neither for everything: each error beside
+    its field (this page and the admin's form)."""
+    scope = data.get("scope")
+    if scope == KillSwitchScope.SITE and not data.get("site") and "site" not in form.errors:
+        form.add_error("site", "Choose the site to stop.")
+    if scope == KillSwitchScope.ASSET and not data.get("asset") and "asset" not in form.errors:
+        form.add_error("asset", "Choose the asset to stop.")
+    if scope == KillSwitchScope.GLOBAL and (data.get("site") or data.get("asset")):
+        form.add_error("scope", "Everything means every site: leave the site and the asset empty.")
+
+
+def target_of(data: dict) -> str | None:
+    """The kill switch service's ``target``: the site's name, the asset's id, or none for everything."""
+    if data["scope"] == KillSwitchScope.SITE:
+        return data["site"].name
+    if data["scope"] == KillSwitchScope.ASSET:
+        return str(data["asset"].pk)
+    return None
 
 
 class EngageForm(forms.Form):
@@ -47,13 +64,7 @@ class EngageForm(forms.Form):
         empty_label="choose a site",
         error_messages={"invalid_choice": "Choose one of your sites from the list."},
     )
-    asset = AssetChoiceField(
-        label="Asset",
-        queryset=None,
-        required=False,
-        empty_label="choose an asset",
-        error_messages={"invalid_choice": "Choose one of your assets from the list."},
-    )
+    asset = AssetField(label="Asset", required=False)
     reason = forms.CharField(
         label="Reason",
         widget=forms.Textarea(attrs={"rows": 2}),
@@ -63,26 +74,15 @@ class EngageForm(forms.Form):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["site"].queryset = access.visible_sites(user).order_by("name")
-        self.fields["asset"].queryset = visible_assets(user).order_by("hostname", "site__name", "id")
+        self.fields["asset"].for_user(user)
 
     def clean(self):
         data = super().clean()
-        scope = data.get("scope")
-        if scope == KillSwitchScope.SITE and not data.get("site") and "site" not in self.errors:
-            self.add_error("site", "Choose the site to stop.")
-        if scope == KillSwitchScope.ASSET and not data.get("asset") and "asset" not in self.errors:
-            self.add_error("asset", "Choose the asset to stop.")
-        if scope == KillSwitchScope.GLOBAL and (data.get("site") or data.get("asset")):
-            self.add_error("scope", "Everything means every site: leave the site and the asset empty.")
+        check_scope(self, data)
         return data
 
     def target(self) -> str | None:
-        scope, data = self.cleaned_data["scope"], self.cleaned_data
-        if scope == KillSwitchScope.SITE:
-            return data["site"].name
-        if scope == KillSwitchScope.ASSET:
-            return str(data["asset"].pk)
-        return None
+        return target_of(self.cleaned_data)
 
     def target_label(self) -> str:
         scope, data = self.cleaned_data["scope"], self.cleaned_data

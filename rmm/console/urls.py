@@ -1,7 +1,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from rmm.console import asset_page, dashboard, kill_switch_page, views
+from rmm.console import asset_page, asset_picker, dashboard, kill_switch_page, views
 
 app_name = "console"
 urlpatterns = [
@@ -12,6 +12,7 @@ urlpatterns = [
     path("console/jobs/<str:kind>/<uuid:job_id>/fragment/", views.job_fragment, name="job-fragment"),
     path("console/batches/<uuid:batch_id>/", views.batch_detail, name="batch"),
     path("console/assets/", views.asset_list, name="assets"),
+    path("console/assets/pick/", asset_picker.asset_pick, name="asset-pick"),
     path("console/assets/<uuid:asset_id>/", asset_page.asset_detail, name="asset"),
     path("console/assets/<uuid:asset_id>/retire/", asset_page.asset_retire, name="asset-retire"),
     path("console/kill-switches/", kill_switch_page.kill_switch_page, name="kill-switches"),

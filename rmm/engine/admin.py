@@ -4,17 +4,29 @@ from django.db.models import Q
 
 from rmm.access import roles as access
 from rmm.access.admin_base import ReadOnlyAdmin, reject_with_reason
+from rmm.console.kill_switch_page import check_scope, target_of
 from rmm.core.errors import ServiceError
 from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
 from rmm.engine.services import kill_switches
+from rmm.inventory.admin import asset_label
+
+
+class AssetChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj) -> str:
+        return asset_label(obj)
 
 
 class EngageForm(forms.ModelForm):
-    target = forms.CharField(required=False, help_text="The site's name or the asset's id; empty for global.")
+    """The scope and then its site or its asset (found by autocomplete), nothing chosen
+    beforehand; the service engages it while the form validates, and its refusal is the form's."""
 
     class Meta:
         model = KillSwitch
-        fields = ["scope", "target", "reason"]
+        fields = ["scope", "site", "asset", "reason"]
+        help_texts = {
+            "site": "For a site's kill switch.",
+            "asset": "For an asset's kill switch: type the start of its hostname.",
+        }
 
     def __init__(self, *args, request=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -22,17 +34,16 @@ class EngageForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        check_scope(self, data)
+        if self.errors:
+            return data
         try:
             self.engaged = kill_switches.engage(
-                self.request.user,
-                scope=data.get("scope"),
-                target=data.get("target") or None,
-                reason=data.get("reason", ""),
+                self.request.user, scope=data["scope"], target=target_of(data), reason=data.get("reason", "")
             )
         except ServiceError as exc:
-            raise forms.ValidationError(
-                {exc.field or "__all__": exc.detail} if exc.field in self.fields else exc.detail
-            ) from exc
+            field = data["scope"] if exc.field == "target" else exc.field  # the site's or the asset's
+            raise forms.ValidationError({field: exc.detail} if field in self.fields else exc.detail) from exc
         return data
 
     def _post_clean(self):
@@ -43,6 +54,7 @@ class EngageForm(forms.ModelForm):
 class KillSwitchAdmin(ReadOnlyAdmin):
     list_display = ["__str__", "scope", "reason", "engaged_by", "engaged_at", "released_by", "released_at"]
     list_filter = ["scope", "released_at"]
+    autocomplete_fields = ["asset"]  # a fleet's assets are too many for a drop-down
     actions = ["release"]
 
     def get_queryset(self, request):
@@ -55,7 +67,7 @@ class KillSwitchAdmin(ReadOnlyAdmin):
     def get_form(self, request, obj=None, **kwargs):
         if obj is not None:
             return super().get_form(request, obj, **kwargs)
-        form = EngageForm
+        form = super().get_form(request, obj, form=EngageForm, **kwargs)
 
         class BoundEngageForm(form):
             def __init__(self, *args, **kw):
@@ -64,7 +76,12 @@ class KillSwitchAdmin(ReadOnlyAdmin):
         return BoundEngageForm
 
     def get_fields(self, request, obj=None):
-        return ["scope", "target", "reason"] if obj is None else super().get_fields(request, obj)
+        return EngageForm._meta.fields if obj is None else super().get_fields(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "asset":
+            kwargs["form_class"] = AssetChoiceField  # more than the bare hostname
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else super().get_readonly_fields(request, obj)

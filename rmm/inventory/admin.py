@@ -85,10 +85,26 @@ class SiteAdmin(ReadOnlyAdmin):
 class AssetAdmin(ReadOnlyAdmin):
     list_display = ["hostname", "site", "os", "architecture", "created_at"]
     list_filter = ["site"]
-    search_fields = ["hostname"]
+    # A hostname prefix, in any case: the index the console's asset picker uses serves it.
+    search_fields = ["^hostname"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(site__in=access.visible_sites(request.user))
+        return super().get_queryset(request).filter(site__in=access.visible_sites(request.user)).select_related("site")
+
+    def get_search_results(self, request, queryset, search_term):
+        """An autocomplete (the kill switch's asset) never offers a retired asset."""
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if request.path == reverse(f"{self.admin_site.name}:autocomplete"):
+            found = found.filter(retired_at__isnull=True)
+        return found, duplicates
+
+    def autocomplete_label(self, asset: Asset) -> str:
+        return asset_label(asset)
+
+
+def asset_label(asset: Asset) -> str:
+    """An asset as a choice names it beyond its hostname, which is not unique."""
+    return f"{asset.hostname} · {asset.site.name} · {asset.os or 'OS not reported'} · {str(asset.pk)[:8]}"
 
 
 @admin.register(Agent)

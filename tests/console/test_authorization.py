@@ -49,6 +49,9 @@ ROWS = [
     page("GET", "/console/batches/{batch}/", 200, 404, hidden=("batch",)),
     page("GET", "/console/assets/", 200, shows=(("asset", IN),)),
     page("GET", "/console/assets/{asset}/", 200, 404, hidden=("asset",)),
+    # The asset picker: the caller's own assets, whatever is searched or named as the one chosen.
+    page("GET", "/console/assets/pick/", 200, shows=(("asset", IN),)),
+    page("GET", "/console/assets/pick/?asset={asset}", 200, shows=(("asset", IN),), label="chosen"),
     page("GET", "/console/assets/?retired=yes", 200, shows=(("asset", frozenset()),), label="retired"),
     # Retiring: the confirmation for anyone of the site (it says who may), the retirement for admins
     page("GET", "/console/assets/{asset}/retire/", 200, 404, hidden=("asset",)),

@@ -1,5 +1,5 @@
-"""The kill switch page: the site and the asset are picked from the user's own (an asset shown as
-hostname and site), nothing is chosen for the user (400 with the field's error in plain words),
+"""The kill switch page: the site and the asset are picked from the user's own (the asset with the
+console's asset picker), nothing is chosen for the user (400 with the field's error in plain words),
 a confirmation comes before anything is engaged, and the history says who engaged and released
 which switch, when and why."""
 
@@ -31,9 +31,10 @@ def test_the_pickers_offer_the_users_own_sites_and_assets_by_name(browser, site,
     make_agent(other_site, hostname="db-09")
     html = browser.get("/console/kill-switches/").content.decode()
     sites = re.search(r'<select name="site".*?</select>', html, re.S).group(0)
-    assets = re.search(r'<select name="asset".*?</select>', html, re.S).group(0)
+    assets = re.search(r'<div class="picker" data-component="asset-picker".*?</fieldset>', html, re.S).group(0)
     assert '<option value="alpha">alpha</option>' in sites and "beta" not in sites
-    assert "web-01 (alpha)</option>" in assets and "db-09" not in assets
+    assert '<strong data-field="hostname">web-01</strong> · <span data-field="site">alpha</span>' in assets
+    assert "db-09" not in assets
     # no scope is chosen for the user
     assert "checked" not in re.search(r"<fieldset.*?</fieldset>", html, re.S).group(0)
     assert '<input type="text" name="target"' not in html
@@ -123,3 +124,48 @@ def test_the_page_costs_the_same_queries_for_one_switch_or_many(browser, site, c
         kill_switches.release(boss.user, switch, "ok")
     kill_switches.engage(tech.user, scope="site", target="alpha", reason="still on")
     assert cost() == few
+
+
+@pytest.fixture
+def chief(site):
+    """An admin of the site alpha alone, signed in to the Django admin with a second factor."""
+    from rmm.access import services as access_services
+
+    admin = access_services.ensure_user_with_role("chief-alpha", "admin")
+    access_services.grant_site(admin, site)
+    admin.is_staff = True
+    admin.save()
+    return admin, otp_login(Client(), admin)
+
+
+def test_the_admin_finds_the_asset_by_autocomplete_labelled_beyond_its_hostname(chief, site, other_site):
+    from rmm.inventory import services as inventory
+
+    admin, client = chief
+    web, _ = make_agent(site, hostname="web-01")
+    retired, _ = make_agent(site, hostname="web-02")
+    inventory.retire_asset(admin, retired.asset, "sold")
+    make_agent(other_site, hostname="web-03")
+
+    add = client.get("/admin/engine/killswitch/add/").content.decode()
+    asset = re.search(r'<select name="asset".*?</select>', add, re.S).group(0)
+    assert "admin-autocomplete" in asset and "web-01" not in asset  # found by typing, not listed
+    assert 'name="target"' not in add
+
+    query = {"app_label": "engine", "model_name": "killswitch", "field_name": "asset", "term": "WEB"}
+    found = client.get("/admin/autocomplete/", query).json()["results"]
+    assert found == [{"id": str(web.asset_id), "text": f"web-01 · alpha · Linux · {str(web.asset_id)[:8]}"}]
+
+
+def test_the_admin_engages_on_the_picked_asset_and_names_a_missing_one(chief, site):
+    admin, client = chief
+    web, _ = make_agent(site, hostname="web-01")
+    response = client.post("/admin/engine/killswitch/add/", {"scope": "asset", "reason": "stop"})
+    assert response.status_code == 200 and not KillSwitch.objects.exists()
+    assert "Choose the asset to stop." in response.content.decode()
+
+    body = {"scope": "asset", "asset": str(web.asset_id), "reason": "ransomware suspected"}
+    response = client.post("/admin/engine/killswitch/add/", body)
+    assert response.status_code == 302
+    switch = KillSwitch.objects.get()
+    assert (switch.asset_id, switch.engaged_by, switch.reason) == (web.asset_id, admin, "ransomware suspected")

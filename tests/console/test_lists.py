@@ -274,7 +274,7 @@ def test_the_asset_page_shows_facts_agent_jobs_evidence_and_run_here(world):
     assert "<h2>Evidence</h2>" in body
     assert f'href="/console/scripts/run/?asset={agent.asset_id}"' in body
     run = world["client"].get(f"/console/scripts/run/?asset={agent.asset_id}").content.decode()
-    assert f'<option value="{agent.asset_id}" selected>' in run
+    assert f'value="{agent.asset_id}" id="asset-{agent.asset_id}" checked>' in run  # the picker chose it
 
 
 def test_another_sites_asset_is_not_found(world):

@@ -54,21 +54,61 @@ UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea")]
   .map((el) => el.outerHTML.slice(0, 80))"""
 
 
+# The page is no wider than the window: what sticks out (outside an element that scrolls sideways
+# itself, such as a table's container) is listed.
+OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth;
+  if (document.documentElement.scrollWidth <= width) return [];
+  const scrolls = (el) => ["auto", "scroll", "hidden"].includes(getComputedStyle(el).overflowX);
+  const inside = (el) => {
+    for (el = el.parentElement; el && el !== document.body; el = el.parentElement) if (scrolls(el)) return true;
+    return false;
+  };
+  const out = [...document.body.querySelectorAll("*")]
+    .filter((el) => el.getBoundingClientRect().right > width + 1 && !inside(el))
+    .map((el) => `${el.tagName}#${el.id}.${el.className} ${Math.round(el.getBoundingClientRect().right)}px`);
+  return out.length ? out.slice(0, 8) : [`the page is ${document.documentElement.scrollWidth}px wide in ${width}px`];
+}"""
+
+WIDTHS = (1280, 375)  # a desktop's and a phone's
+
+
 def check_page(page, errors: list[str]) -> None:
-    """No console error so far, every input labelled, every text at AA contrast."""
+    """No console error so far, every input labelled, every text at AA contrast, nothing wider than
+    the window."""
     assert errors == [], errors
     assert page.evaluate(UNLABELLED) == []
     assert page.evaluate(CONTRAST) == [], page.url
     assert page.locator('meta[name="viewport"]').count() == 1
+    assert page.evaluate(OVERFLOW) == [], f"{page.url} at {page.viewport_size['width']}px"
+
+
+def sign_in(page, username: str, where: str) -> None:
+    page.goto(where)
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit], button[type=submit]")
+
+
+def sweep(page, paths, errors: list[str]) -> None:
+    """Each page at a desktop's and at a phone's width, checked as :func:`check_page` does."""
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 800})
+        for path in paths:
+            response = page.goto(path)
+            assert response.status == 200, path
+            check_page(page, errors)
+    page.set_viewport_size({"width": WIDTHS[0], "height": 800})
 
 
 def test_technician_pages_filters_and_opens_an_asset(server, browser):
     from playwright.sync_api import expect
 
     technician = f"tech-pages-{uuid.uuid4().hex[:6]}"
+    recorder = f"psa-pages-{uuid.uuid4().hex[:6]}"
     site = f"site-{uuid.uuid4().hex[:6]}"
     w = make_world(server, site)  # the site first: the technician is granted it
-    console_users(server, {technician: ("technician", [site])}, PASSWORD)
+    console_users(server, {technician: ("technician", [site]), recorder: ("psa", [site])}, PASSWORD)
     script = publish(server, w, "echo paged\n")
     jobs = [run_job(server, w, script["id"]) for _ in range(JOBS)]
     r = server.request(
@@ -159,22 +199,39 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         expect(page.locator("#batch [data-component=batch-progress]").first).to_be_visible()
         check_page(page, errors)
 
-        # The other console pages on the same layout.
-        for path in (
-            "/console/kill-switches/",
-            "/console/scripts/run/",
-            "/console/tokens/",
-            "/console/evidence/exports/",
-            f"/console/assets/{w['asset']}/retire/",
-            "/console/scripts/",
-            "/console/scripts/new/",
-            f"/console/scripts/{script['id']}/",
-            "/console/authority/cases/",
-            f"/console/authority/cases/{w['case']}/",
-        ):
-            page.goto(path)
-            expect(page.locator("nav a", has_text="Assets")).to_be_visible()
-            check_page(page, errors)
+        # Every console page, on a desktop and on a phone.
+        sweep(
+            page,
+            (
+                "/console/",
+                "/console/jobs/",
+                f"/console/jobs/script/{jobs[0]['id']}/",
+                f"/console/batches/{batch['batch']}/",
+                "/console/assets/",
+                f"/console/assets/{w['asset']}/",
+                f"/console/assets/{w['asset']}/retire/",
+                "/console/scripts/",
+                "/console/scripts/new/",
+                f"/console/scripts/{script['id']}/",
+                "/console/scripts/run/",
+                "/console/authority/cases/",
+                f"/console/authority/cases/{w['case']}/",
+                "/console/kill-switches/",
+                "/console/tokens/",
+                "/console/evidence/exports/",
+            ),
+            errors,
+        )
+
+        # The local authority page, as the one who may record it.
+        people = browser.new_context(base_url=server.url)
+        psa = people.new_page()
+        psa.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        psa.on("pageerror", lambda e: errors.append(str(e)))
+        sign_in(psa, recorder, "/accounts/login/?next=/console/")
+        psa.wait_for_url("**/console/")
+        sweep(psa, ("/console/authority/local/",), errors)
+        people.close()
 
         response = page.goto(f"/console/assets/{uuid.uuid4()}/")
         assert response.status == 404

@@ -1,7 +1,7 @@
 """In a real browser (Debian's chromium through Playwright): the approval queue's link on /admin/
-and the kill banner's link meet WCAG AA contrast; a technician engages a kill switch by picking
-the site (nothing chosen beforehand) and confirming, and sees it in the history; an approver's
-queue card says what will run where under which authority."""
+and the kill banner's link meet WCAG AA contrast; a technician engages a kill switch by finding
+the asset with the asset picker, by keyboard (nothing chosen beforehand), and confirming, and sees
+it in the history; an approver's queue card says what will run where under which authority."""
 
 import base64
 import uuid
@@ -10,7 +10,7 @@ import pytest
 from django_otp.oath import totp
 
 from tests.e2e.flows import console_users, make_world, publish, run_job
-from tests.e2e.test_console_pages import CONTRAST, UNLABELLED, check_page
+from tests.e2e.test_console_pages import CONTRAST, UNLABELLED, check_page, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -21,13 +21,6 @@ WAIT = 15_000  # ms
 RATIO = CONTRAST.replace(
     'for (const el of document.body.querySelectorAll("*")) {', "for (const el of [target]) {"
 ).replace("() => {", "(target) => {", 1)
-
-
-def sign_in(page, username: str, where: str) -> None:
-    page.goto(where)
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit], button[type=submit]")
 
 
 def test_kill_switch_picked_confirmed_and_its_banner_readable(server, browser):
@@ -45,9 +38,9 @@ def test_kill_switch_picked_confirmed_and_its_banner_readable(server, browser):
         page.on("pageerror", lambda e: errors.append(str(e)))
         sign_in(page, technician, "/accounts/login/?next=/console/kill-switches/")
         page.wait_for_url("**/console/kill-switches/")
-        # Nothing is chosen beforehand; the asset is offered by hostname and site.
+        # Nothing is chosen beforehand; the asset picker offers the technician's asset.
         expect(page.locator("input[name=scope]:checked")).to_have_count(0)
-        expect(page.locator("#id_asset option", has_text=f"{w['hostname']} ({site})")).to_have_count(1)
+        expect(page.locator("input[name=asset]:checked")).to_have_count(0)
         check_page(page, errors)
 
         # Submitting without a scope: the error beside the field, in plain words.
@@ -57,15 +50,24 @@ def test_kill_switch_picked_confirmed_and_its_banner_readable(server, browser):
         errors.clear()  # the browser logs the 400 itself
         check_page(page, errors)
 
-        page.check("input[name=scope][value=site]")
-        page.select_option("#id_site", site)
+        # The asset found by a hostname prefix in capitals, matched on the server as it is typed,
+        # and chosen from the search box with the down arrow.
+        page.check("input[name=scope][value=asset]")
+        page.fill("#id_asset_q", w["hostname"][:6].upper())
+        match = page.locator("#id_asset_matches .picker-option", has_text=w["hostname"])
+        expect(match).to_contain_text(site)
+        expect(page.locator("#id_asset_matches .picker-option")).to_have_count(1)
+        page.press("#id_asset_q", "ArrowDown")
+        expect(match.locator("input[name=asset]")).to_be_checked()
+        expect(match.locator("input[name=asset]")).to_be_focused()
+        check_page(page, errors)
         page.click("#engage-form button[type=submit]")
-        expect(page.locator("h1")).to_have_text(f"Engage the kill switch on site {site}?")
+        expect(page.locator("h1")).to_have_text(f"Engage the kill switch on asset {w['hostname']} ({site})?")
         check_page(page, errors)
         page.click("#confirm-form button[name=confirm]")
         page.wait_for_url("**/console/kill-switches/")
 
-        banner = page.locator(".banner-kill", has_text=site)
+        banner = page.locator(".banner-kill", has_text=w["hostname"])
         expect(banner).to_be_visible()
         link = banner.locator("a", has_text="Manage")
         assert link.evaluate(RATIO) == []  # the banner's link at AA (it measured 1.28:1)

@@ -121,12 +121,13 @@ ROWS = [
     ),
     # --- the run page
     page("GET", "/console/scripts/run/", 200, shows=(("asset", IN), ("task", IN))),
-    # A form page answers 200 with the form's errors when refused, 302 to the new job when done.
+    # The run form answers 302 to the new job when done; 403 with the service's refusal beside the
+    # form when the role may not request jobs; 400 for an asset the caller cannot pick.
     page(
         "POST",
         "/console/scripts/run/",
-        only(REQUEST_JOBS, 302, 200),
-        200,
+        only(REQUEST_JOBS, 302, 403),
+        400,
         body={"script": "{script_hello}", "asset": "{asset}", "psa_task": "{task}"},
         effect=(_new_job, callers(REQUEST_JOBS, "in")),
     ),
