@@ -13,7 +13,10 @@ import urllib.parse
 import urllib.request
 import uuid
 
+from tests.e2e.server import ROOT
+
 _STAFF: dict[str, dict[str, str]] = {}
+SCREENSHOTS = ROOT / "docs" / "screenshots"  # the README's, written by the browser tests
 
 
 def wait_for(condition, timeout: float = 10.0, what: str = "condition", every: float = 0.2):
@@ -148,6 +151,12 @@ def console_users(server, users: dict[str, tuple[str, list[str]]], password: str
             f"u = get_user_model().objects.get(username={username!r}); u.set_password({password!r}); u.save()",
         ]
     server.manage("shell", "--verbosity", "0", "-c", "\n".join(lines))
+
+
+def choose_asset(page, hostname: str) -> str:
+    """Choose the asset ``hostname`` on the console's run form (a Playwright page); its id. The one
+    place a browser test picks an asset there, so a new picker changes this function alone."""
+    return page.select_option("#id_asset", label=hostname)[0]
 
 
 class Session:
