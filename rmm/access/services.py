@@ -11,8 +11,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from guardian.models import UserObjectPermission
 from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
 
 from rmm.access import changes as access_changes
@@ -199,6 +202,64 @@ def ensure_user_with_role(username: str, role: str, actor=None):
         user.groups.add(Group.objects.get(name=role))
         history.append(actor, "user.role_granted", user, payload={"username": username, "role": role})
     return user
+
+
+def create_person(actor, *, username: str, password: str, role: str, site: Site | None):
+    """A new person who signs in to the console with ``password``, in ``role``, granted ``site``
+    (None: every site). Made by an admin in the browser (the People page), so that a first run
+    needs no ``rmm_token`` or ``changepassword``; an approver or admin still sets up a second
+    factor at its first sign-in. The admin may grant only a site it sees itself, and every site
+    only when it sees every site (refusals recorded)."""
+    if not access.can(actor, "manage_access"):
+        history.record_refusal(actor, "user.create", reason="role may not manage people")
+        raise Forbidden("Only an admin may add people.")
+    if site is None and not access.sees_all_sites(actor):
+        history.record_refusal(actor, "user.create", reason="every site granted by an admin of some sites")
+        raise Forbidden("Only an admin of every site may grant every site.", field="site")
+    if site is not None and not access.may_see_site(actor, site.pk):
+        history.record_refusal(actor, "user.create", reason="site not visible to the admin", site_id=site.pk)
+        raise InvalidInput("Choose one of your sites.", field="site")
+    username = (username or "").strip()
+    User = get_user_model()
+    try:
+        User(username=username).clean_fields(exclude=["password"])
+    except ValidationError as exc:
+        raise InvalidInput(
+            " ".join(exc.message_dict.get("username", ["Not a valid username."])), field="username"
+        ) from None
+    if User.objects.filter(username__iexact=username).exists():
+        raise Conflict(f"Someone is already called {username}.", field="username")
+    try:
+        validate_password(password, User(username=username))
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), field="password") from None
+    with transaction.atomic():
+        user = ensure_user_with_role(username, role, actor)
+        user.set_password(password)
+        user.save(update_fields=["password"])
+        grant_site(user, site, actor)
+    return user
+
+
+def people():
+    """Every person, with their roles and the names of the sites they are granted one by one
+    (``site_names``; ``every_site`` for the every-site grant): three queries, for the People page."""
+    User = get_user_model()
+    users = list(User.objects.order_by("username").prefetch_related("groups", "user_permissions"))
+    perm = _site_permission()
+    names = dict(Site.objects.values_list("pk", "name"))
+    granted: dict[int, list[str]] = {}
+    for user_id, object_pk in UserObjectPermission.objects.filter(permission=perm).values_list("user_id", "object_pk"):
+        granted.setdefault(user_id, []).append(names.get(_site_pk(object_pk), object_pk))
+    for user in users:
+        user.role_names = sorted(g.name for g in user.groups.all() if g.name in access.ALL)
+        user.every_site = user.is_superuser or perm in user.user_permissions.all()
+        user.site_names = sorted(granted.get(user.pk, []))
+    return users
+
+
+def _site_pk(object_pk: str):
+    return Site._meta.pk.to_python(object_pk)
 
 
 def _site_permission() -> Permission:

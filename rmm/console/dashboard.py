@@ -12,7 +12,9 @@ the same number of queries for ten assets and jobs as for a hundred thousand:
 - failures needing attention: the newest failed, timed-out and lost jobs of the last 7 days, from
   the job list's own query (``listing.job_rows``), one query per such status;
 - pending approvals and engaged kill switches: the navigation's own counts
-  (:mod:`rmm.console.context`), shown here as panels.
+  (:mod:`rmm.console.context`), shown here as panels;
+- on a fresh installation, until a job has finished, the first-run guide
+  (:mod:`rmm.console.first_run`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from rmm.access import roles as access
+from rmm.console import first_run
 from rmm.console.job_list import JobTable
 from rmm.engine import registry
 from rmm.engine.services import listing
@@ -125,5 +128,6 @@ def dashboard(request):
             "failures": table,
             "attention": [status.value for status in ATTENTION],
             "may_approve": access.can(request.user, "approve"),
+            "first_run": first_run.guide(request.user),
         },
     )

@@ -1,7 +1,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from rmm.console import asset_page, asset_picker, dashboard, kill_switch_page, views
+from rmm.console import asset_page, asset_picker, dashboard, enroll_page, kill_switch_page, people, views
 
 app_name = "console"
 urlpatterns = [
@@ -15,6 +15,8 @@ urlpatterns = [
     path("console/assets/pick/", asset_picker.asset_pick, name="asset-pick"),
     path("console/assets/<uuid:asset_id>/", asset_page.asset_detail, name="asset"),
     path("console/assets/<uuid:asset_id>/retire/", asset_page.asset_retire, name="asset-retire"),
+    path("console/agents/enroll/", enroll_page.enroll_page, name="enroll"),
+    path("console/people/", people.people_page, name="people"),
     path("console/kill-switches/", kill_switch_page.kill_switch_page, name="kill-switches"),
     path("console/tokens/", views.token_page, name="tokens"),
     path("console/tokens/<uuid:token_id>/revoke/", views.token_revoke, name="token-revoke"),

@@ -1,18 +1,21 @@
-"""Law 7, the console's pages: the dashboard, jobs, batches, kill switches and a person's own tokens, for every role,
-in-site and out-of-site (harness: tests/support/authorization.py)."""
+"""Law 7, the console's pages: the dashboard, jobs, batches, kill switches, people, agent enrollment
+and a person's own tokens, for every role, in-site and out-of-site (harness:
+tests/support/authorization.py)."""
 
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth import get_user_model
 
 from rmm.access.models import ApiToken
 from rmm.engine.models import KillSwitch
-from rmm.inventory.models import Asset
+from rmm.inventory.models import Asset, EnrollmentToken
 from tests.support.authorization import (
     APPROVE,
     ENGAGE_KILL_SWITCH,
     EVERYONE,
     IN,
+    MANAGE_ACCESS,
     MANAGE_AGENTS,
     Row,
     World,
@@ -30,6 +33,14 @@ def _console_token(w) -> bool:
 
 def _retired(w) -> bool:
     return Asset.objects.filter(pk=w.ids["asset"], retired_at__isnull=False).exists()
+
+
+def _person_added(w) -> bool:
+    return get_user_model().objects.filter(username="matrix-person").exists()
+
+
+def _enrollment_token(w) -> bool:
+    return EnrollmentToken.objects.filter(max_uses=7).exists()
 
 
 def _site_switch(w) -> bool:
@@ -63,6 +74,30 @@ ROWS = [
         body={"reason": "sold", "confirm": "on"},
         hidden=("asset",),
         effect=(_retired, callers(MANAGE_AGENTS, "in")),
+    ),
+    # The first run's pages: people (admins add them in their own sites) and agent enrollment
+    page("GET", "/console/people/", only(MANAGE_ACCESS, 200, 403)),
+    page(
+        "POST",
+        "/console/people/",
+        only(MANAGE_ACCESS, 302, 403),
+        only(MANAGE_ACCESS, 400, 403),
+        body={
+            "username": "matrix-person",
+            "password": "a long enough passphrase 7",
+            "role": "technician",
+            "site": "alpha",
+        },
+        effect=(_person_added, callers(MANAGE_ACCESS, "in")),
+    ),
+    page("GET", "/console/agents/enroll/", only(MANAGE_AGENTS, 200, 403)),
+    page(
+        "POST",
+        "/console/agents/enroll/",
+        only(MANAGE_AGENTS, 200, 403),
+        only(MANAGE_AGENTS, 400, 403),
+        body={"site": "alpha", "uses": 7},
+        effect=(_enrollment_token, callers(MANAGE_AGENTS, "in")),
     ),
     page("GET", "/console/jobs/script/{job_done}/fragment/", 200, 404, hidden=("job_done",)),
     page("GET", "/console/jobs/patch/{job_done}/", 404, label="unknown kind"),

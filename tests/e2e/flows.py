@@ -13,7 +13,10 @@ import urllib.parse
 import urllib.request
 import uuid
 
+from tests.e2e.server import ROOT
+
 _STAFF: dict[str, dict[str, str]] = {}
+SCREENSHOTS = ROOT / "docs" / "screenshots"  # the README's, written by the browser tests
 
 
 def wait_for(condition, timeout: float = 10.0, what: str = "condition", every: float = 0.2):
@@ -157,6 +160,17 @@ def sign_in_to(page, username: str, password: str, path: str) -> None:
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"**{path}")
+
+
+def choose_asset(page, hostname: str) -> str:
+    """Choose the asset ``hostname`` in the console's run form's asset picker (a Playwright page);
+    its id. The one place a browser test picks an asset there."""
+    with page.expect_response(lambda response: "/console/assets/pick/" in response.url):
+        page.fill("#id_asset_q", hostname)
+    option = page.locator("#id_asset_matches .picker-option").filter(has=page.get_by_text(hostname, exact=True))
+    radio = option.locator("input[name=asset]")
+    radio.check()
+    return radio.get_attribute("value")
 
 
 class Session:

@@ -93,17 +93,18 @@ class Server:
             timeout=120,
         )
 
-    def start(self) -> Server:
-        self.manage("migrate", "--noinput")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "rmm.asgi:application"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.start_cluster()
-        deadline = time.monotonic() + 60
+    def start(self, *, product: bool = False) -> Server:
+        """daphne and a task cluster; with ``product``, ``manage.py rmm_run`` instead (what ``make
+        run`` starts: migrations, the demo admin, daphne, the task cluster and a local agent)."""
+        if product:
+            command = [sys.executable, "manage.py", "rmm_run", "--port", str(self.port)]
+        else:
+            self.manage("migrate", "--noinput")
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "rmm.asgi:application"]
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        if not product:
+            self.start_cluster()
+        deadline = time.monotonic() + 120  # a first rmm_run migrates a fresh database first
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {(self.tmp / 'server.log').read_text()[-3000:]}")

@@ -1,12 +1,13 @@
 """A technician watches a batch's progress bar move in a real browser (Debian's chromium through
-Playwright) as three real agents run their jobs one after the other, without reloading the page.
+Playwright) as three real agents run their jobs one after the other, without reloading the page;
+its picture with one of three done is the README's (docs/screenshots/batch.png).
 """
 
 import uuid
 
 import pytest
 
-from tests.e2e.flows import agent_once, console_users, make_world, publish
+from tests.e2e.flows import SCREENSHOTS, agent_once, console_users, make_world, publish
 from tests.e2e.test_console_pages import check_page
 
 pytestmark = pytest.mark.browser
@@ -61,6 +62,9 @@ def test_a_batch_progress_bar_moves_as_its_agents_finish(server, browser):
             expect(bar.locator("svg")).to_have_attribute(
                 "aria-label", f"Batch progress: {done} of 3 finished", timeout=LIVE
             )
+            if done == 1:  # the README's picture of a running batch
+                SCREENSHOTS.mkdir(exist_ok=True)
+                page.screenshot(path=SCREENSHOTS / "batch.png", full_page=True)
         assert page.evaluate("window.__noReload") == 1
         check_page(page, errors)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import template
 
+from rmm.access import roles as access
 from rmm.engine import states
 
 register = template.Library()
@@ -40,3 +41,9 @@ def batch_progress(counts: dict[str, int], label: str = "Progress") -> dict:
 def status_word(status: str) -> str:
     """A job's status as every page, the API and the evidence reports say it."""
     return states.status_word(status)
+
+
+@register.filter
+def may(user, capability: str) -> bool:
+    """Whether ``user`` holds ``capability`` (rmm/access/roles.py): what the navigation offers."""
+    return access.can(user, capability)

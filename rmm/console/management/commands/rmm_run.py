@@ -101,6 +101,8 @@ class Command(BaseCommand):
                     "  It is a superuser: its first sign-in sets up a second factor (TOTP) with an authenticator\n"
                     "  app (scan the QR code shown); later sign-ins ask for its code.\n"
                     f"  Lost the device: manage.py rmm_otp_reset {username}\n"
+                    "  New here? The dashboard's first-run guide (and the README's \"First job in five\n"
+                    '  minutes") leads to a finished job in the browser.\n'
                     f"  Local agent state: {state_dir} (site {site!r}); access log: {access_log}\n"
                     "  Ctrl-C stops the server, the task cluster and the agent.\n"
                 )
@@ -114,7 +116,9 @@ class Command(BaseCommand):
             stop()
 
     def _demo_admin(self) -> tuple[str, str]:
-        """A superuser for the console and admin; its password lives in var/, shown here only."""
+        """A superuser for the console and admin; its password lives in var/, shown here only. It
+        also holds the psa role: with no PSA yet, the first run records its case and task on the
+        local authority page, which only that role may (README, "First job in five minutes")."""
         path = Path(settings.VAR_DIR) / "demo_admin.json"
         User = get_user_model()
         if path.exists():
@@ -123,6 +127,7 @@ class Command(BaseCommand):
                 return data["username"], data["password"]
         username, password = "admin", secrets.token_urlsafe(12)
         user = access_services.ensure_user_with_role(username, "admin", actor="cli:rmm_run")
+        access_services.ensure_user_with_role(username, "psa", actor="cli:rmm_run")
         user.is_superuser = True
         user.set_password(password)
         user.save()

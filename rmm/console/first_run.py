@@ -1,0 +1,101 @@
+"""The first-run guide on the dashboard: on a fresh installation, the steps from ``make run`` to a
+finished job (README, "First job in five minutes"), each ticked from the database's real state and
+linked to the page that does it. Once any job has finished, the guide is gone for everyone.
+
+A constant number of queries: one per job kind for the jobs, then (none once a job has finished)
+one each for the people, the authority and the agents, and one per artefact kind (script
+versions). What a step counts is limited to the user's sites wherever it has a site."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import Group
+from django.db.models import Count, Q
+from django.urls import reverse
+
+from rmm.access import roles as access
+from rmm.artefacts import registry as artefact_kinds
+from rmm.artefacts.states import ApprovalStatus
+from rmm.authority.models import AuthorityStatus, PsaTask
+from rmm.engine import registry
+from rmm.engine.states import FINAL
+from rmm.inventory.models import Agent
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str
+    title: str
+    who: str
+    url: str
+    done: bool
+
+
+def _jobs(user) -> tuple[bool, bool]:
+    """(a job of the user's sites exists, a job anywhere has finished)."""
+    sites = access.visible_sites(user)
+    mine = finished = False
+    for kind in registry.all_kinds():
+        counts = kind.model.objects.aggregate(
+            mine=Count("pk", filter=Q(site__in=sites)), finished=Count("pk", filter=Q(status__in=FINAL))
+        )
+        mine, finished = mine or counts["mine"] > 0, finished or counts["finished"] > 0
+    return mine, finished
+
+
+def guide(user) -> list[Step] | None:
+    """The steps in the README's order, or None once a job has finished."""
+    has_job, finished = _jobs(user)
+    if finished:
+        return None
+    sites = access.visible_sites(user)
+    roles = set(
+        Group.objects.filter(user__is_active=True, name__in=("technician", "approver")).values_list("name", flat=True)
+    )
+    written = approved = 0
+    for kind in artefact_kinds.all_kinds():  # script versions today
+        counts = kind.model.objects.aggregate(
+            written=Count("pk"), approved=Count("pk", filter=Q(approval_status=ApprovalStatus.APPROVED))
+        )
+        written, approved = written + counts["written"], approved + counts["approved"]
+    authority = PsaTask.objects.filter(
+        case__site__in=sites, status=AuthorityStatus.APPROVED, case__status=AuthorityStatus.APPROVED
+    ).exists()
+    agent = Agent.objects.filter(
+        asset__site__in=sites, revoked_at__isnull=True, asset__retired_at__isnull=True
+    ).exists()
+    return [
+        Step(
+            "people",
+            "Add a technician and an approver",
+            "an admin",
+            reverse("console:people"),
+            roles == {"technician", "approver"},
+        ),
+        Step(
+            "authority",
+            "Record a case and a task on the local authority page",
+            "a person holding the psa role (the demo admin does)",
+            reverse("authority:local"),
+            authority,
+        ),
+        Step("script", "Write a script", "the technician", reverse("scripting:editor"), written > 0),
+        Step(
+            "approval",
+            "Approve the script",
+            "the approver, not its author",
+            reverse("approval-queue"),
+            approved > 0,
+        ),
+        Step(
+            "agent", "Enroll an agent", "an admin (make run enrolled this machine's)", reverse("console:enroll"), agent
+        ),
+        Step(
+            "job",
+            "Run the script on the agent's asset and watch it finish",
+            "the technician",
+            reverse("scripting:run"),
+            has_job,
+        ),
+    ]
