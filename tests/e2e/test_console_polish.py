@@ -10,7 +10,7 @@ import pytest
 from django_otp.oath import totp
 
 from tests.e2e.flows import console_users, make_world, publish, run_job
-from tests.e2e.test_console_pages import CONTRAST, UNLABELLED, check_page, sign_in
+from tests.e2e.test_console_pages import CONTRAST, OVERFLOW, UNLABELLED, check_page, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -111,5 +111,7 @@ def test_the_admin_link_to_the_approval_queue_is_readable_and_cards_say_what_run
         expect(page.locator(".queue-item", has_text="Yours")).to_have_count(0)
         assert page.evaluate(CONTRAST) == []
         assert page.evaluate(UNLABELLED) == []  # the reason to reject has its label
+        page.set_viewport_size({"width": 375, "height": 800})  # on a phone the card's sha256 wraps
+        assert page.evaluate(OVERFLOW) == []  # it was 532 px wide
     finally:
         context.close()
