@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, keyring, release, tls, updater
+from .accounts import DEFAULT_RUN_AS
 from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent
 from .client import Client, TransportError
 from .facts import collect_facts
 from .protocol import iso_utc
 from .results import now_utc
-from .runner import DEFAULT_RUN_AS
 from .state import NotEnrolled, StateDir
 
 EXIT_USAGE = 2

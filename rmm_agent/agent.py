@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from . import __version__, keyring, release, updater
+from .accounts import DEFAULT_RUN_AS
 from .artefacts import Fetcher
 from .client import Client, Response, TransportError
 from .containment import boot_id
@@ -40,7 +41,7 @@ from .protocol import (
     verify_instruction,
 )
 from .results import make_result, now_utc, refused_result, truncated_for_delivery
-from .runner import DEFAULT_RUN_AS, AbortSignal, Runner
+from .runner import AbortSignal, Runner
 from .state import StateDir
 
 log = logging.getLogger("rmm_agent")

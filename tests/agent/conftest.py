@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from rmm_agent import keyring
+from rmm_agent.accounts import DEFAULT_RUN_AS, Account, lookup_account
 from rmm_agent.protocol import MAX_BODY_BYTES, canonical_json, result_hash, sha256_hex
-from rmm_agent.runner import DEFAULT_RUN_AS, Account, lookup_account
 from tests.support.tls import certificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -15,17 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from rmm_agent.accounts import DEFAULT_RUN_AS, Account, interpreter_command, lookup_account
 from rmm_agent.containment import cgroup_parent
 from rmm_agent.protocol import MAX_STREAM_BYTES, result_hash
-from rmm_agent.runner import (
-    DEFAULT_RUN_AS,
-    AbortSignal,
-    Account,
-    Runner,
-    interpreter_command,
-    lookup_account,
-    run_instruction,
-)
+from rmm_agent.runner import AbortSignal, Runner, run_instruction
 
 from .conftest import REPO_ROOT, make_payload, require_root
 

@@ -18,7 +18,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rmm_agent.runner import Account, Runner, interpreter_command
+from rmm_agent.accounts import Account, interpreter_command
+from rmm_agent.runner import Runner
 
 from .conftest import make_payload
 
