@@ -153,6 +153,14 @@ def console_users(server, users: dict[str, tuple[str, list[str]]], password: str
     server.manage("shell", "--verbosity", "0", "-c", "\n".join(lines))
 
 
+def console_errors(page) -> list[str]:
+    """The errors the page's console and scripts report from now on (a list that fills itself)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
 def sign_in_to(page, username: str, password: str, path: str) -> None:
     """A browser page signs in through the login form and lands on ``path``."""
     page.goto(f"/accounts/login/?next={path}")

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.flows import agent_once, console_users, make_world, publish, run_job
+from tests.e2e.flows import agent_once, console_errors, console_users, make_world, publish, run_job, sign_in_to
 from tests.e2e.test_console_pages import PASSWORD, check_page
 
 pytestmark = pytest.mark.browser
@@ -31,16 +31,10 @@ def test_the_dashboard_shows_the_sites_agents_and_jobs_with_charts(server, brows
     run_job(server, w, good["id"])  # queued
 
     context = browser.new_context(base_url=server.url)
-    errors: list[str] = []
+    page = context.new_page()
+    errors = console_errors(page)
     try:
-        page = context.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto("/accounts/login/?next=/console/")
-        page.fill("#id_username", technician)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url("**/console/")
+        sign_in_to(page, technician, PASSWORD, "/console/")
         expect(page.locator("h1")).to_have_text("Dashboard")
         expect(page.locator('nav a[aria-current="page"]')).to_have_text("Dashboard")
 

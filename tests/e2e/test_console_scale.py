@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.flows import console_users, make_world, publish
+from tests.e2e.flows import console_errors, console_users, make_world, publish, sign_in_to
 
 pytestmark = pytest.mark.browser
 
@@ -56,16 +56,10 @@ def test_technician_pages_through_1000_jobs_and_filters_them(server, browser):
     assert len(newest_first) == JOBS
 
     context = browser.new_context(base_url=server.url)
-    errors: list[str] = []
+    page = context.new_page()
+    errors = console_errors(page)
     try:
-        page = context.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto("/accounts/login/?next=/console/jobs/")
-        page.fill("#id_username", technician)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url("**/console/jobs/")
+        sign_in_to(page, technician, PASSWORD, "/console/jobs/")
 
         rows = page.locator("#jobs tbody tr")
         ids_of_page = "() => [...document.querySelectorAll('#jobs tbody tr')].map((tr) => tr.dataset.jobId)"
