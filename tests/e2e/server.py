@@ -6,6 +6,7 @@ and through the real agent as a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -185,6 +186,17 @@ class Server:
             text += "\n--- pg_stat_activity ---\n" + "\n".join(map(str, rows))
         return f"=== server log (errors, 5xx) ===\n{text}"
 
+    def leftovers(self) -> list[int]:
+        """Processes still running with this server's state dir (what stopping it left behind)."""
+        mark = f"RMM_VAR_DIR={self.env['RMM_VAR_DIR']}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mark in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+        return found
+
     def stop(self) -> None:
         for proc, _ in getattr(self, "workers", {}).values():
             if proc.poll() is None:
@@ -196,7 +208,7 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(20)  # rmm_run gives its components 10 s before it kills them
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()

@@ -34,6 +34,7 @@ def product(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("first-run")).start(product=True)
     yield server
     server.stop()
+    wait_for(lambda: not server.leftovers(), timeout=5, what="rmm_run's processes gone")
 
 
 def demo_admin(server) -> tuple[str, str]:

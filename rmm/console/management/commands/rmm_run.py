@@ -1,6 +1,7 @@
 """``make run``: migrate, a demo admin, a local agent, then the ASGI server, the task cluster
 and that agent, until Ctrl-C stops all three."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -45,9 +46,10 @@ class Command(BaseCommand):
                     os.killpg(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             for proc in procs:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
+                # whatever the leader leaves behind (a task-cluster worker outlives it) goes too
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
 
         signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
