@@ -7,6 +7,19 @@ from tests.e2e.psa import PsaReceiver
 from tests.e2e.server import Server
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing end-to-end test shows its server's side too: the log's errors and 5xx answers
+    (and the agents' lines, which ``rmm_run`` writes to the same log)."""
+    report = yield
+    if report.failed and call.when == "call":
+        for name in ("server", "product"):
+            srv = item.funcargs.get(name)
+            if isinstance(srv, Server):
+                report.sections.append((f"server log ({name})", srv.diagnostics()))
+    return report
+
+
 @pytest.fixture(scope="session")
 def psa_receiver():
     receiver = PsaReceiver()

@@ -170,13 +170,14 @@ class Server:
         return self.workers[key][1]
 
     def diagnostics(self) -> str:
-        """What a failing test should show of the server: the log's errors and 5xx answers and, on
-        PostgreSQL, the sessions that were waiting or holding a transaction open."""
+        """What a failing test should show of the server: the log's errors and 5xx answers, its last
+        lines and, on PostgreSQL, the sessions that were waiting or holding a transaction open."""
         lines = (self.tmp / "server.log").read_text(errors="replace").splitlines()
         marks = ("Traceback", "ERROR", "WARNING", '" 5')
         wanted = [n for n, line in enumerate(lines) if any(mark in line for mark in marks)]
         shown = sorted({i for n in wanted[:40] for i in range(n, min(n + 15, len(lines)))})
         text = "\n".join(lines[i] for i in shown)[-20000:]
+        text += "\n--- the log's last lines ---\n" + "\n".join(lines[-30:])[-6000:]
         if self.pg_admin_url:
             with self.db() as conn:
                 rows = conn.execute(

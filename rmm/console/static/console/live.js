@@ -64,6 +64,36 @@
     }, wait);
   }
 
+  // A reload never undoes nor loses what a person asked for. While their own request on a live
+  // part is in flight (a sort, a page, a filter), its reload waits and runs once theirs is in; a
+  // reload that was already in flight when they asked is not swapped in (theirs is newer, and
+  // swapping the part out would drop their answer). htmx's hx-sync would abort one of the two
+  // requests, which htmx reports as a console error.
+  var LIVE_PART = "[data-live-list], #batch", asked = 0, inFlight = 0, owed = false;
+  function isLivePart(el) { return !!(el && el.matches && el.matches(LIVE_PART)); }
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var d = e.detail;
+    if (isLivePart(d.elt)) {
+      if (inFlight) { owed = true; e.preventDefault(); return; }
+      d.requestConfig.rmmAsked = asked;
+    } else if (isLivePart(d.target)) {
+      asked++;
+      inFlight++;
+      d.requestConfig.rmmPerson = true;
+    }
+  });
+  document.addEventListener("htmx:afterRequest", function (e) {
+    if (!e.detail.requestConfig || !e.detail.requestConfig.rmmPerson) return;
+    inFlight = Math.max(0, inFlight - 1);
+    if (!inFlight && owed) { owed = false; jobsChanged(); }
+  });
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var d = e.detail;
+    if (isLivePart(d.elt) && d.requestConfig && d.requestConfig.rmmAsked !== undefined && d.requestConfig.rmmAsked !== asked) {
+      d.shouldSwap = false;
+    }
+  });
+
   function onEvent(ev) {
     // Page scripts (e.g. evidence exports) listen for every event without a socket of their own.
     document.dispatchEvent(new CustomEvent("rmm:event", { detail: ev }));
@@ -78,10 +108,30 @@
     }
   }
 
+  // Events sent before this socket opened never reach it: between the page's render and the
+  // first open, and while it was reconnecting. So on each open, a page that shows an unfinished
+  // job reloads that part once; after a reconnect, every live part does (the banner too).
+  var ACTIVE = ".status-awaiting_approval, .status-queued, .status-running";
+  function catchUp(reconnected) {
+    var job = document.getElementById("job"), status = document.getElementById("job-status");
+    if (job && (reconnected || (status && status.matches(ACTIVE)))) refreshJob(job);
+    var live = document.querySelectorAll("[data-live-list], #batch");
+    for (var i = 0; i < live.length; i++) {
+      if (reconnected || live[i].querySelector(ACTIVE)) { jobsChanged(); break; }
+    }
+    if (reconnected) refreshBanner();
+  }
+
+  var opened = false;
   function connect(delay) {
     var proto = location.protocol === "https:" ? "wss://" : "ws://";
     var ws = new WebSocket(proto + location.host + "/ws/console/");
-    ws.onopen = function () { setState("open"); delay = 1000; };
+    ws.onopen = function () {
+      setState("open");
+      delay = 1000;
+      catchUp(opened);
+      opened = true;
+    };
     ws.onmessage = function (m) { onEvent(JSON.parse(m.data)); };
     ws.onclose = function () {
       setState("reconnecting");
