@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import __version__, keyring, release, tls, updater
 from .accounts import DEFAULT_RUN_AS
-from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent
+from .agent import EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Agent, capabilities_of
 from .client import Client, TransportError
 from .facts import collect_facts
 from .protocol import iso_utc
@@ -158,7 +158,8 @@ def enroll(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_USAGE)  # before the token is used
     facts = collect_facts(hostname=args.hostname)
     try:
-        answer = client.enroll(args.token, facts)
+        # Self-update needs release keys, which this answer brings: the first heartbeat says it.
+        answer = client.enroll(args.token, facts, capabilities_of(can_update=False))
     except TransportError as exc:
         return _fail(f"cannot reach server: {exc}", EXIT_UNREACHABLE)
     if not 200 <= answer.status < 300:

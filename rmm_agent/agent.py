@@ -107,6 +107,12 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def capabilities_of(*, can_update: bool) -> list[str]:
+    """What an agent can do beyond running scripts: all it knows, self-update only when it is
+    installed and holds release keys to check a release with."""
+    return [name for name in CAPABILITIES if name != CAPABILITY_SELF_UPDATE or can_update]
+
+
 def server_keys_of(config: dict) -> dict[str, bytes]:
     """The instruction-signing keys an agent trusts, by id: ``server_keys`` in its config, or (a
     config written before keys had ids) the one ``server_public_key`` pinned at enrollment."""
@@ -428,8 +434,7 @@ class Agent:
 
     def capabilities(self) -> list[str]:
         """What this agent can do beyond running scripts (the server sends nothing else)."""
-        can_update = self.install is not None and bool(self.release_keys)
-        return [name for name in CAPABILITIES if name != CAPABILITY_SELF_UPDATE or can_update]
+        return capabilities_of(can_update=self.install is not None and bool(self.release_keys))
 
     def _settle_update(self) -> None:
         """After an accepted heartbeat: a pending update has its result now (this version checked

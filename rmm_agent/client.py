@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, tls
-from .protocol import encode_body
+from .protocol import PROTOCOL_VERSION, encode_body
 
 DEFAULT_TIMEOUT = 30.0
 ENROLL_PATH = "/api/v1/agent/enroll/"
@@ -144,9 +144,11 @@ class Client:
         status = answer.code if isinstance(answer, urllib.error.HTTPError) else answer.status
         return status, lowered, answer
 
-    def enroll(self, token: str, facts: dict) -> Response:
-        """Exchange a one-time enrollment token for an identity."""
-        return self.post(ENROLL_PATH, {"token": token, "facts": facts})
+    def enroll(self, token: str, facts: dict, capabilities: list[str]) -> Response:
+        """Exchange a one-time enrollment token for an identity, saying what this agent can do:
+        work created before its first heartbeat is then signed for what it can do."""
+        body = {"token": token, "facts": facts, "capabilities": capabilities, "protocol": PROTOCOL_VERSION}
+        return self.post(ENROLL_PATH, body)
 
     def heartbeat(self, body: dict) -> Response:
         """Check in: report running work, lease new instructions, learn what to abort. With

@@ -155,7 +155,11 @@ def _enroll(request: HttpRequest) -> JsonResponse:
         return data
     try:
         agent, secret = inventory.enroll_agent(
-            str(data.get("token") or ""), data.get("facts") or {}, request.META.get("REMOTE_ADDR", "")
+            str(data.get("token") or ""),
+            data.get("facts") or {},
+            request.META.get("REMOTE_ADDR", ""),
+            capabilities=_capabilities(data.get("capabilities")) or "",
+            protocol=_protocol(data.get("protocol")),
         )
     except ServiceError as exc:
         return JsonResponse(exc.as_dict(), status=exc.status_code)

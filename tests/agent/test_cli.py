@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rmm_agent.containment import cgroup_parent, environment_tag
-from rmm_agent.protocol import facts_hash
+from rmm_agent.protocol import CAPABILITIES, CAPABILITY_SELF_UPDATE, PROTOCOL_VERSION, facts_hash
 
 from .conftest import (
     AGENT_CMD,
@@ -78,6 +78,9 @@ def test_enroll_writes_a_private_config(tmp_path: Path, fake_server: FakeServer)
     assert config["heartbeat_interval"] == 1
     _, _, body = fake_server.requests[0]
     assert body["token"] == TOKEN
+    # what it can do, for work created before its first heartbeat (self-update: once it has keys)
+    assert body["protocol"] == PROTOCOL_VERSION
+    assert body["capabilities"] == [name for name in CAPABILITIES if name != CAPABILITY_SELF_UPDATE]
     assert body["facts"]["hostname"] == "host-under-test"
     assert set(body["facts"]) == {
         "hostname",

@@ -116,9 +116,12 @@ def _refused_because(token: EnrollmentToken | None, now) -> str:
     return "enrollment token used up"
 
 
-def enroll_agent(token_secret: str, facts: dict, address: str = "") -> tuple[Agent, str]:
-    """Consume one use of an enrollment token; create the asset and its agent. In one
-    transaction: an enrollment that fails at any point uses nothing up."""
+def enroll_agent(
+    token_secret: str, facts: dict, address: str = "", *, capabilities: str = "", protocol: int = 1
+) -> tuple[Agent, str]:
+    """Consume one use of an enrollment token; create the asset and its agent, with the
+    ``capabilities`` and ``protocol`` it says it has (so work created before its first heartbeat
+    is signed for them). In one transaction: an enrollment that fails at any point uses nothing up."""
     facts = clean_facts(facts)
     hostname = (facts.get("hostname") or "").strip()
     if not hostname:
@@ -142,7 +145,7 @@ def enroll_agent(token_secret: str, facts: dict, address: str = "") -> tuple[Age
                 facts,
                 now,
                 secret,
-                trusted[-1].key_id,
+                Agent(signing_key_id=trusted[-1].key_id, capabilities=capabilities, protocol=protocol),
             )
     if not used:
         token = EnrollmentToken.objects.filter(token_hash=token_hash).first()
@@ -159,8 +162,9 @@ def enroll_agent(token_secret: str, facts: dict, address: str = "") -> tuple[Age
     return agent, secret
 
 
-def _enroll(token: EnrollmentToken, facts: dict, now, secret: str, signing_key_id: str) -> Agent:
-    """The asset, its agent and its first facts, in the caller's transaction."""
+def _enroll(token: EnrollmentToken, facts: dict, now, secret: str, agent: Agent) -> Agent:
+    """The asset, ``agent`` (its key, capabilities and protocol set) and its first facts, in the
+    caller's transaction."""
     hostname = facts["hostname"].strip()
     asset = Asset.objects.create(
         site=token.site,
@@ -168,19 +172,22 @@ def _enroll(token: EnrollmentToken, facts: dict, now, secret: str, signing_key_i
         os=str(facts.get("os", ""))[:100],
         architecture=str(facts.get("architecture", ""))[:50],
     )
-    agent = Agent.objects.create(
-        asset=asset,
-        secret_hash=hash_secret(secret),
-        version=str(facts.get("agent_version", ""))[:50],
-        signing_key_id=signing_key_id,
-    )
+    agent.asset, agent.secret_hash = asset, hash_secret(secret)
+    agent.version = str(facts.get("agent_version", ""))[:50]
+    agent.save(force_insert=True)
     AssetFacts.objects.create(asset=asset, facts=facts, facts_hash=compute_facts_hash(facts), reported_at=now)
     history.append(
         history.actor_of(agent),
         "agent.enrolled",
         agent,
         site_id=token.site_id,
-        payload={"asset_id": str(asset.pk), "hostname": hostname, "enrollment_token": str(token.pk)},
+        payload={
+            "asset_id": str(asset.pk),
+            "hostname": hostname,
+            "enrollment_token": str(token.pk),
+            "protocol": agent.protocol,
+            "capabilities": [name for name in agent.capabilities.split(",") if name],
+        },
     )
     return agent
 
