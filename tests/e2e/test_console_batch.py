@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.flows import SCREENSHOTS, agent_once, console_users, make_world, publish
+from tests.e2e.flows import SCREENSHOTS, agent_once, console_errors, console_users, make_world, publish, sign_in_to
 from tests.e2e.test_console_pages import check_page
 
 pytestmark = pytest.mark.browser
@@ -39,16 +39,10 @@ def test_a_batch_progress_bar_moves_as_its_agents_finish(server, browser):
     batch = r.json()["batch"]
 
     context = browser.new_context(base_url=server.url)
-    errors: list[str] = []
     try:
         page = context.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"/accounts/login/?next=/console/batches/{batch}/")
-        page.fill("#id_username", technician)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"**/console/batches/{batch}/")
+        errors = console_errors(page)
+        sign_in_to(page, technician, PASSWORD, f"/console/batches/{batch}/")
         expect(page.locator("#live-state")).to_have_attribute("data-state", "open", timeout=LIVE)
         bar = page.locator("#batch [data-component=batch-progress]").first
         expect(bar.locator("svg")).to_have_attribute("aria-label", "Batch progress: 0 of 3 finished")

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.e2e.flows import agent_once, console_users, make_world, publish, run_job
+from tests.e2e.flows import agent_once, console_users, make_world, publish, run_job, sign_in_to
 
 pytestmark = pytest.mark.browser
 
@@ -34,11 +34,7 @@ def test_technician_watches_a_job_finish_live(server, browser):
     context = browser.new_context(base_url=server.url)
     try:
         page = context.new_page()
-        page.goto(f"/accounts/login/?next={job_path}")
-        page.fill("#id_username", technician)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"**{job_path}")
+        sign_in_to(page, technician, PASSWORD, job_path)
         expect(page.locator("#job-status")).to_have_text("queued")
         expect(page.locator("#stdout")).to_have_count(0)
 

@@ -8,22 +8,10 @@ import uuid
 
 import pytest
 
-from tests.e2e.flows import console_users, make_world
+from tests.e2e.flows import console_errors, console_users, make_world, sign_in_to
 from tests.e2e.test_console_pages import PASSWORD, check_page
 
 pytestmark = pytest.mark.browser
-
-
-def sign_in(context, username: str, errors: list[str]):
-    page = context.new_page()
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto("/accounts/login/?next=/console/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/console/")
-    return page
 
 
 def test_a_technician_writes_versions_and_a_psa_records_local_authority(server, browser):
@@ -36,10 +24,10 @@ def test_a_technician_writes_versions_and_a_psa_records_local_authority(server, 
     name = f"cleanup-{suffix}"
 
     context = browser.new_context(base_url=server.url)
-    errors: list[str] = []
     try:
-        page = sign_in(context, technician, errors)
-        page.goto("/console/scripts/")
+        page = context.new_page()
+        errors = console_errors(page)
+        sign_in_to(page, technician, PASSWORD, "/console/scripts/")
         check_page(page, errors)
         page.click("#new-script")
         page.fill("#id_name", name)
@@ -66,8 +54,9 @@ def test_a_technician_writes_versions_and_a_psa_records_local_authority(server, 
         expect(rows.first).to_contain_text("pending approval")
         page.close()
 
-        page = sign_in(context, psa, errors)
-        page.goto("/console/authority/cases/")
+        page = context.new_page()
+        errors = console_errors(page)
+        sign_in_to(page, psa, PASSWORD, "/console/authority/cases/")
         expect(page.locator(f'#cases tr[data-case-id="{w["case"]}"]')).to_have_count(1)
         check_page(page, errors)
         page.click("#local-authority")
