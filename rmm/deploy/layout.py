@@ -108,8 +108,8 @@ def _bring_up(state_dir: Path, port: int, state: dict, say: Callable[[str], None
 
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
-        pg = PrivatePostgres(state_dir / "postgres")
         try:
+            pg = PrivatePostgres(state_dir / "postgres")
             pg.start()
         except subprocess.CalledProcessError as error:
             raise LayoutError(f"the private PostgreSQL did not start: {error.stderr or error.stdout}") from None
