@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console agent-deb
+.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ install: $(STAMP) node_modules/.installed
 
 run: install
 	$(BIN)/python manage.py rmm_run
+
+# The production layout of deploy/ on this machine, in the background (docs/operations.md, "Try the
+# layout on one machine"): nginx on https://127.0.0.1:$(PROD_PORT) with a CA made for it, two uvicorn
+# agent-tier workers, one daphne worker, the task cluster; state, logs and pids in var/prod/.
+PROD_PORT ?= 8443
+prod-up: install
+	$(BIN)/python manage.py rmm_prod up --port $(PROD_PORT)
+
+prod-down:
+	$(BIN)/python manage.py rmm_prod down
 
 test: install
 	@sh scripts/ensure-chromium.sh

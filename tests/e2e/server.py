@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,13 +19,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from rmm.deploy.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Response:
@@ -37,6 +33,9 @@ class Response:
 
 
 class Server:
+    ssl_context: ssl.SSLContext | None = None  # for an https url: the CA it trusts
+    enroll_args: tuple[str, ...] = ()  # the agent's own enrollment options, e.g. its --ca-file
+
     def __init__(self, tmp: Path, extra_env: dict | None = None):
         self.tmp = tmp
         self.port = free_port()
@@ -227,7 +226,7 @@ class Server:
         for key, value in (headers or {}).items():
             req.add_header(key, value)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as resp:
                 return Response(resp.status, resp.read(), resp.headers)
         except urllib.error.HTTPError as err:
             return Response(err.code, err.read(), err.headers)
@@ -252,7 +251,18 @@ class Server:
         token = self.manage("rmm_enrollment_token", "--site", site).stdout.strip()
         state = self.tmp / f"agent-{hostname}"
         done = self.agent(
-            ["enroll", "--server", self.url, "--token", token, "--state-dir", str(state), "--hostname", hostname]
+            [
+                "enroll",
+                "--server",
+                self.url,
+                "--token",
+                token,
+                "--state-dir",
+                str(state),
+                "--hostname",
+                hostname,
+                *self.enroll_args,
+            ]
         )
         assert done.returncode == 0, done.stderr
         return state, json.loads((state / "config.json").read_text())

@@ -8,12 +8,14 @@ A new drill is a test function taking ``stack`` (``world`` for an enrolled agent
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from rmm.deploy.stores import PrivatePostgres, PrivateRedis
 from tests.e2e.flows import make_world
-from tests.faults.stack import Clock, PrivatePostgres, PrivateRedis, Stack
+from tests.faults.stack import Clock, Stack
 
 HERE = Path(__file__).parent
 
@@ -35,7 +37,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def pg():
-    server = PrivatePostgres()
+    server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="rmm-faults-pg-")))  # reachable by postgres
+    server.start()
     yield server
     server.close()
 
@@ -43,6 +46,7 @@ def pg():
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
     yield server
     server.close()
 

@@ -1,23 +1,22 @@
 """The parts the fault drills kill and stop, each a real process: a private PostgreSQL and a private
-Redis (never the machine's shared ones), the ASGI server (uvicorn, as the agent tier runs it), the
-task cluster (``manage.py qcluster``) and the agent. Plus what every drill checks at its end
-(:func:`assert_nothing_lost_twice_or_stuck`) and how it measures recovery (:class:`Clock`)."""
+Redis (never the machine's shared ones; rmm/deploy/stores.py, as ``make prod-up`` runs them), the
+ASGI server (uvicorn, as the agent tier runs it), the task cluster (``manage.py qcluster``) and the
+agent. Plus what every drill checks at its end (:func:`assert_nothing_lost_twice_or_stuck`) and how
+it measures recovery (:class:`Clock`)."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+from rmm.deploy.stores import PrivatePostgres, PrivateRedis
 from tests.e2e import flows
 from tests.e2e.server import ROOT, Server, free_port
 
@@ -46,76 +45,6 @@ class Clock:
 
 
 RECOVERY = "recovery: "
-
-
-def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """initdb and pg_ctl refuse to run as root: as root, run them as the postgres user."""
-    if os.geteuid() == 0:
-        args = ["runuser", "-u", "postgres", "--", *args]
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=120, **kwargs)
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of its own, on a free port, that a drill may stop and start."""
-
-    def __init__(self):
-        [self.bin] = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [None]
-        assert self.bin, "PostgreSQL's server binaries (initdb, pg_ctl) are not installed"
-        self.dir = Path(tempfile.mkdtemp(prefix="rmm-faults-pg-"))
-        self.data, self.log = self.dir / "data", self.dir / "postgres.log"
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self.port = free_port()
-        _as_postgres([f"{self.bin}/initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"])
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        _as_postgres([f"{self.bin}/pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start"])
-
-    def stop(self, mode: str = "fast") -> None:
-        """``fast``: clients are cut off, as when the database is shut down; ``immediate``: a crash."""
-        _as_postgres([f"{self.bin}/pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop"])
-
-    def running(self) -> bool:
-        done = subprocess.run([f"{self.bin}/pg_ctl", "-D", str(self.data), "status"], capture_output=True)
-        return done.returncode == 0
-
-    def close(self) -> None:
-        if self.running():
-            self.stop("immediate")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class PrivateRedis:
-    """A redis-server of its own, on a free port, that a drill may kill and start again."""
-
-    def __init__(self, tmp: Path):
-        self.port, self.tmp, self.proc = free_port(), tmp, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=self.tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        ping = ["redis-cli", "-p", str(self.port), "ping"]
-        wait_for(lambda: subprocess.run(ping, capture_output=True).returncode == 0, what="redis answering")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.kill()
 
 
 class Stack(Server):

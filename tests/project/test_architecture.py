@@ -159,7 +159,7 @@ def test_scripting_holds_no_law_of_its_own():
 # app's surfaces (its admin, API, views, commands, tasks and AppConfig) sit above every layer, and
 # the composition root above them: only the composition root names a domain app.
 LAYERS = [
-    ("core", ["rmm.core"]),
+    ("core", ["rmm.core", "rmm.deploy"]),  # rmm.deploy: `make prod-up`, no model of its own
     (
         "models",
         [

@@ -7,13 +7,16 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from rmm.deploy.nginx import NGINX, ROOT, Nginx, site
+from rmm.deploy.tls import certificates
+from rmm.deploy.units import service
 from tests.helpers import check_deploy
-from tests.support.nginx import NGINX, ROOT, Nginx, require, site
-from tests.support.tls import certificates
+from tests.support.debian import require
 
 UNITS = ROOT / "deploy" / "systemd"
 # Template units are verified as one instance each, as systemd would start them.
@@ -115,3 +118,19 @@ def test_check_deploy_is_clean_with_the_shipped_environment(tmp_path: Path) -> N
         RMM_SIGNING_KEY_DIR=str(tmp_path / "keys" / "signing"),
     )
     check_deploy(env)
+
+
+@pytest.mark.parametrize(
+    ("unit", "instance"),
+    [("rmm-agent-tier@.service", "8101"), ("rmm-daphne@.service", "8001"), ("rmm-qcluster.service", None)],
+)
+def test_make_prod_up_runs_each_unit_from_this_checkout(unit: str, instance: str | None) -> None:
+    """`make prod-up` reads each unit's ExecStart and Environment= (rmm/deploy/units.py): the
+    installed paths become this checkout and its virtualenv, the instance its port."""
+    text = (UNITS / unit).read_text()
+    run = service(unit, instance)
+    assert run.argv[0].startswith(str(Path(sys.executable).parent)) and run.cwd == ROOT
+    assert not any("/opt/rmm" in arg or "%i" in arg for arg in run.argv), run.argv
+    assert run.argv[-1] in text and (instance is None or instance in run.argv)
+    assert run.environment == dict(re.findall(r"^Environment=(\w+)=(\S+)$", text, flags=re.M))
+    assert run.stop_timeout == float(re.search(r"^TimeoutStopSec=(\d+)$", text, flags=re.M).group(1))

@@ -1,7 +1,8 @@
-"""Debian's nginx running the shipped site (deploy/nginx/rmm.conf) in a temporary prefix.
+"""Debian's nginx running the shipped site (deploy/nginx/rmm.conf) in a prefix of its own, for
+``make prod-up`` and the tests.
 
 The site is used as shipped, with only its host-specific values (ports, certificate, blob store)
-replaced; each replaced value must be found, so a change to the site that a test no longer covers
+replaced; each replaced value must be found, so a change to the site that this no longer covers
 fails here instead of passing unseen. The main configuration is Debian's own nginx.conf with its
 paths moved into the prefix.
 """
@@ -17,23 +18,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "deploy" / "nginx" / "rmm.conf"
 DEBIAN_MAIN = Path("/etc/nginx/nginx.conf")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SITES = "include /etc/nginx/sites-enabled/*;"
 TEMPS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # each <kind>_temp_path, in the prefix
-
-
-def require(executable: str, package: str) -> None:
-    """A missing tool fails in CI (which installs it) and skips elsewhere."""
-    if shutil.which(executable) is None and not Path(executable).exists():
-        reason = f"{executable} is not installed (apt-get install {package}; `make install` does so as root)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 def site(
@@ -53,7 +43,7 @@ def site(
         "/etc/ssl/rmm/privkey.pem": str(key),
         "/var/lib/rmm/evidence/": f"{blobs}/",
     }.items():
-        assert shipped in text, f"{SITE} no longer holds {shipped!r}: update tests/support/nginx.py"
+        assert shipped in text, f"{SITE} no longer holds {shipped!r}: update rmm/deploy/nginx.py"
         text = text.replace(shipped, local)
     return text
 
@@ -73,7 +63,7 @@ class Nginx:
     def _main(self) -> str:
         """Debian's nginx.conf, its pid, logs, temporary files and sites moved into the prefix."""
         text = DEBIAN_MAIN.read_text()
-        # Root: workers as this account (the test's files are private to it); otherwise no user.
+        # Root: workers as this account (the state dir's files are private to it); otherwise no user.
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
         text = re.sub(r"^user\s+[^;]*;", user, text, flags=re.M)
         text = re.sub(r"^pid\s+[^;]*;", f"pid {self.prefix}/nginx.pid;", text, flags=re.M)
@@ -85,9 +75,7 @@ class Nginx:
         text = re.sub(
             r"^http\s*\{", f"http {{\n\tclient_body_temp_path {self.prefix}/temp/body;{temps}", text, flags=re.M
         )
-        assert "include /etc/nginx/sites-enabled/*;" in text, (
-            "Debian's nginx.conf changed: update tests/support/nginx.py"
-        )
+        assert "include /etc/nginx/sites-enabled/*;" in text, "Debian's nginx.conf changed: update rmm/deploy/nginx.py"
         return text.replace("include /etc/nginx/sites-enabled/*;", f"include {self.prefix}/rmm.conf;")
 
     def command(self, *args: str) -> list[str]:
@@ -98,13 +86,21 @@ class Nginx:
         return subprocess.run(self.command("-t"), capture_output=True, text=True, timeout=30, check=False)
 
     def start(self) -> Nginx:
-        self.proc = subprocess.Popen(self.command("-g", "daemon off;"))
+        """The master in the foreground of a session of its own (its workers in it too), its output
+        in the prefix's ``nginx.out``; back once it has written its pid file."""
+        with open(self.prefix / "nginx.out", "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command("-g", "daemon off;"),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 15
         while not (self.prefix / "nginx.pid").exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"nginx did not start: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
-                )
+                self.stop()
+                raise RuntimeError(f"nginx did not start: {(self.prefix / 'nginx.out').read_text()[-2000:]}")
             time.sleep(0.05)
         return self
 
