@@ -1,4 +1,5 @@
-"""The agent's loop: heartbeat, verify, run concurrently, spool and deliver results.
+"""The agent's loop: heartbeat, verify, run concurrently, spool results for delivery
+(rmm_agent/delivery.py); the credentials the server rotates are in rmm_agent/credentials.py.
 
 The agent makes no decisions of its own: it runs what the server signed, for this agent,
 unexpired, with the privilege the payload asks for, and reports every outcome.
@@ -10,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -19,13 +19,15 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import __version__, keyring, release, updater
+from . import __version__, credentials, release, updater
 from .accounts import DEFAULT_RUN_AS
 from .artefacts import Fetcher
-from .client import Client, Response, TransportError
+from .client import Client, Response, TransportError, Unauthorized
 from .containment import boot_id
+from .delivery import Delivery
 from .facts import collect_namespaces
 from .live import LiveOutput
+from .logs import Reachability, one_line
 from .protocol import (
     CAPABILITIES,
     CAPABILITY_SELF_UPDATE,
@@ -40,7 +42,7 @@ from .protocol import (
     parse_iso,
     verify_instruction,
 )
-from .results import make_result, now_utc, refused_result, truncated_for_delivery
+from .results import make_result, now_utc, refused_result
 from .runner import AbortSignal, Runner
 from .state import StateDir
 
@@ -58,22 +60,9 @@ REBOOT_COMMAND_ENV = "RMM_AGENT_REBOOT_COMMAND"
 DEFAULT_REBOOT_COMMAND = "systemctl reboot"
 REBOOT_COMMAND_TIMEOUT = 60.0
 
-# A rotated secret goes into an HTTP header: visible ASCII only, so no header can be injected.
-SECRET_RE = re.compile(r"[\x21-\x7e]{16,512}")
-
-# How the logs name each key set: (one statement, storing it, updated); docs/agent.md quotes them.
-KEY_WORDS = {
-    "server_keys": ("signing key", "the server's signing keys", "server signing keys"),
-    "release_keys": ("release key", "the release keys", "release keys"),
-}
-
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
 EXIT_UNAUTHORIZED = 3
-
-
-class Unauthorized(Exception):
-    """The server answered 401: this agent is revoked or unknown."""
 
 
 @dataclass
@@ -102,35 +91,10 @@ def _signed_field(envelope: dict, name: str) -> object:
     return payload.get(name) if isinstance(payload, dict) else None
 
 
-def _one_line(text: str) -> str:
-    """Keep log output one line per event, whatever the server sent."""
-    return " ".join(str(text).split())
-
-
 def capabilities_of(*, can_update: bool) -> list[str]:
     """What an agent can do beyond running scripts: all it knows, self-update only when it is
     installed and holds release keys to check a release with."""
     return [name for name in CAPABILITIES if name != CAPABILITY_SELF_UPDATE or can_update]
-
-
-def server_keys_of(config: dict) -> dict[str, bytes]:
-    """The instruction-signing keys an agent trusts, by id: ``server_keys`` in its config, or (a
-    config written before keys had ids) the one ``server_public_key`` pinned at enrollment."""
-    if "server_keys" not in config:
-        pinned = keyring.decode_public_key(config["server_public_key"])
-        return {keyring.key_id(pinned): pinned}
-    if not isinstance(config["server_keys"], dict) or not config["server_keys"]:
-        raise ValueError("server_keys is not a non-empty object")
-    return keyring.trusted_keys(config["server_keys"])
-
-
-def release_keys_of(config: dict) -> dict[str, bytes]:
-    """The release keys pinned at enrollment (none for an agent enrolled before they existed: it
-    cannot update itself, and says so by not reporting the ``self_update`` capability)."""
-    encoded = config.get("release_keys") or {}
-    if not isinstance(encoded, dict):
-        raise ValueError("release_keys is not an object")
-    return keyring.trusted_keys(encoded)
 
 
 class Agent:
@@ -150,15 +114,17 @@ class Agent:
             ca_file=config.get("ca_file"),
             allow_insecure_http=bool(config.get("allow_insecure_http")),
         )
+        self.reach = Reachability()
+        self.delivery = Delivery(state, self.client, self.reach)
         self.runner = Runner(
             state.work_dir, run_as=self.run_as, running_dir=state.running_dir, fetcher=Fetcher(self.client)
         )
         try:
-            self.server_keys = server_keys_of(config)
+            self.server_keys = credentials.server_keys_of(config)
         except ValueError as exc:
             raise ValueError(f"config server keys are unusable: {exc}") from exc
         try:
-            self.release_keys = release_keys_of(config)
+            self.release_keys = credentials.release_keys_of(config)
         except ValueError as exc:
             raise ValueError(f"config release keys are unusable: {exc}") from exc
         self.install = install
@@ -171,114 +137,19 @@ class Agent:
         self.stop = threading.Event()
         self.dispatching = threading.Lock()  # held while leased instructions are being started
         self.revoked: str | None = None  # the server's 401, seen by any thread
-        self.unreachable = False
-        self.results_blocked_until = 0.0
         # A reboot noted before this process started: the endpoint came back from it, which the
         # next heartbeat says (once the step's result is delivered).
         self.came_back = state.pending_reboot()
         self.rebooting = False  # a step's reboot was started: take no more work
         self.reboot_done = threading.Event()  # its command ran (a --once run waits for it)
 
-    # -- reporting ----------------------------------------------------------------------------
-
-    def _note_unreachable(self, message: str) -> None:
-        """Log a connectivity failure once, not on every retry."""
-        if not self.unreachable:
-            log.warning("server unreachable: %s", _one_line(message))
-        self.unreachable = True
-
-    def _note_reachable(self) -> None:
-        if self.unreachable:
-            log.info("server reachable again")
-        self.unreachable = False
+    # -- heartbeat ----------------------------------------------------------------------------
 
     @staticmethod
     def _clamp_interval(value: object, default: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             return default
         return max(MIN_INTERVAL, min(MAX_INTERVAL, value))
-
-    # -- results ------------------------------------------------------------------------------
-
-    def flush_spool(self, timeout: float | None = None) -> bool:
-        """Send spooled results; True when nothing is left waiting.
-
-        Results leave the spool only once the server has them (200, 201) or has said it never
-        will (404: not this agent's; 409: it holds another result), so a crash, an outage or a
-        throttled server never loses one. A result it refuses (400, 413, any other 4xx) is
-        replaced in the spool by a smaller one and sent again (:func:`truncated_for_delivery`).
-        """
-        if time.monotonic() < self.results_blocked_until:
-            return not self.state.spooled_results()
-        left = False
-        for result in self.state.spooled_results():
-            delivered = self._deliver(result, timeout)
-            if delivered is None:
-                return False
-            left = left or not delivered
-        return not left
-
-    def _deliver(self, result: dict, timeout: float | None) -> bool | None:
-        """Send one spooled result, smaller each time the server refuses it. True: it left the
-        spool; False: it stays; None: stop this pass (unreachable, throttled, server error)."""
-        instruction_id = result["instruction_id"]
-        while True:
-            try:
-                answer = self.client.post_result(result, timeout=timeout)
-            except TransportError as exc:
-                self._note_unreachable(str(exc))
-                return None
-            self._note_reachable()
-            status = answer.status
-            if status in (200, 201, 404, 409):
-                if status >= 400:
-                    log.error(
-                        "server refused result %s (HTTP %s): %s", instruction_id, status, _one_line(answer.detail)
-                    )
-                elif isinstance(answer.body, dict) and answer.body.get("status") == "accepted_late":
-                    log.warning("result %s delivered late: %s", instruction_id, _one_line(answer.detail))
-                self.state.discard_spooled(instruction_id)
-                return True
-            if status == 401:
-                raise Unauthorized(answer.detail)
-            if status in (429, 503):  # slow down, or the server cannot store it now
-                self.results_blocked_until = time.monotonic() + answer.retry_after()
-                if status == 503:
-                    log.warning("result %s kept in spool: %s (HTTP 503)", instruction_id, _one_line(answer.detail))
-                return None
-            if status >= 500:
-                log.warning("result %s not accepted (HTTP %s), kept in spool", instruction_id, status)
-                return None
-            smaller = truncated_for_delivery(result) if 400 <= status < 500 else None
-            if smaller is None:
-                log.error(
-                    "result %s not accepted (HTTP %s): %s; kept in spool",
-                    instruction_id,
-                    status,
-                    _one_line(answer.detail),
-                )
-                return False
-            log.error(
-                "server refused result %s (HTTP %s): %s; resending it truncated",
-                instruction_id,
-                status,
-                _one_line(answer.detail),
-            )
-            self.state.spool_result(smaller)  # replaces it: a crash now resends the smaller one
-            result = smaller
-
-    def _spool(self, result: dict) -> None:
-        """Persist a result before anything else happens to it."""
-        self.state.spool_result(result)
-        instruction_id, outcome = result["instruction_id"], result["outcome"]
-        if outcome == "completed" and result["exit_code"] == 0:
-            log.info("ran %s exit=0", instruction_id)
-        elif outcome == "completed":
-            log.warning("ran %s exit=%s", instruction_id, result["exit_code"])
-        else:
-            log.warning("%s %s: %s", outcome, instruction_id, _one_line(result["reason"] or ""))
-
-    # -- heartbeat ----------------------------------------------------------------------------
 
     def running_ids(self) -> list[str]:
         """Instructions currently executing (reported so the server can keep their leases)."""
@@ -323,20 +194,20 @@ class Agent:
         try:
             answer = self.client.heartbeat(body)
         except TransportError as exc:
-            self._note_unreachable(str(exc))
+            self.reach.failed(str(exc))
             return HeartbeatAnswer(ok=False)
-        self._note_reachable()
+        self.reach.answered()
         if answer.status == 401:
             raise Unauthorized(answer.detail)
         if answer.status in (429, 503):  # slow down, or a dependency of the server is down: wait as told
             if answer.status == 503:
-                log.warning("heartbeat: %s (HTTP 503); again in %.0f s", _one_line(answer.detail), answer.retry_after())
+                log.warning("heartbeat: %s (HTTP 503); again in %.0f s", one_line(answer.detail), answer.retry_after())
             return HeartbeatAnswer(ok=False, retry_after=answer.retry_after())
         if answer.status != 200 or not isinstance(answer.body, dict):
             log.warning(
                 "heartbeat failed (HTTP %s): %s",
                 answer.status,
-                _one_line(answer.detail),
+                one_line(answer.detail),
             )
             return HeartbeatAnswer(ok=False)
         if "rebooted" in body:  # the server heard it: its next step may be issued
@@ -349,11 +220,15 @@ class Agent:
         """Apply a heartbeat's answer; ``sent``: the namespaces it carried, with hash and body."""
         body = answer.body
         if "new_secret" in body:
-            self._rotate_secret(body["new_secret"])
+            self.config = credentials.rotate_secret(self.state, self.config, self.client, body["new_secret"])
         if "signing_keys" in body:  # before this answer's instructions, which may be signed by a new key
-            self._update_keys(body["signing_keys"])
+            self.config, self.server_keys = credentials.update_keys(
+                self.state, self.config, self.server_keys, body["signing_keys"], "server_keys", "instructions"
+            )
         if "release_keys" in body:
-            self._update_keys(body["release_keys"], "release_keys", release.RELEASES)
+            self.config, self.release_keys = credentials.update_keys(
+                self.state, self.config, self.release_keys, body["release_keys"], "release_keys", release.RELEASES
+            )
         self._settle_update()
         wanted = self._acknowledge(sent, body.get("facts_wanted"), body.get("facts_required") is True)
         self.interval = self._clamp_interval(body.get("interval"), self.interval)
@@ -383,55 +258,6 @@ class Agent:
         self.state.set_acked_namespaces(hashes, bodies)
         return all_wanted or bool(names)
 
-    def _rotate_secret(self, new_secret: object) -> None:
-        """Adopt a secret the server rotated, but only once it is durably in config.json.
-
-        The server accepts the old secret until the agent first calls with the new one, and
-        answers every call made with the old one with a fresh secret. So if writing fails (or
-        the agent dies first), the old secret still works and the next heartbeat offers a new one.
-        """
-        if new_secret in (None, self.config.get("secret")):
-            return
-        if not isinstance(new_secret, str) or not SECRET_RE.fullmatch(new_secret):
-            log.error("server sent an unusable new secret; keeping the current one")
-            return
-        try:
-            self.config = self.state.save_secret(self.config, new_secret)
-        except OSError as exc:
-            log.error("could not store the rotated secret (%s); keeping the current one", _one_line(str(exc)))
-            return
-        self.client.secret = new_secret
-        log.info("agent secret rotated")
-
-    def _update_keys(self, update: object, field: str = "server_keys", purpose: str = "instructions") -> None:
-        """Trust the keys a rotation introduced, and stop trusting retired ones, once that is
-        durably in config.json: the instruction-signing keys (``server_keys``) or the release keys
-        (``release_keys``, purpose ``release.RELEASES``). Each new key must come in a statement
-        signed by a key this agent already trusts; anything else is refused and logged, and the
-        keys stay as they were. If writing fails, the server sends the statements again on the
-        next heartbeat (this agent reports the keys it holds), and signs with a key this agent
-        holds until then."""
-        current = getattr(self, field)
-        keys, refused = keyring.apply_update(current, update, purpose)
-        for problem in refused:
-            log.error("refused a %s statement from the server: %s", KEY_WORDS[field][0], _one_line(problem))
-        if keys == current:
-            return
-        try:
-            self.config = self.state.save_keys(self.config, field, keys)
-        except OSError as exc:
-            log.error("could not store %s (%s); keeping the current ones", KEY_WORDS[field][1], _one_line(str(exc)))
-            return
-        added = sorted(set(keys) - set(current))
-        dropped = sorted(set(current) - set(keys))
-        setattr(self, field, keys)
-        log.info(
-            "%s updated: trusting %s%s",
-            KEY_WORDS[field][2],
-            ", ".join(added) or "no new key",
-            f"; retired {', '.join(dropped)}" if dropped else "",
-        )
-
     def capabilities(self) -> list[str]:
         """What this agent can do beyond running scripts (the server sends nothing else)."""
         return capabilities_of(can_update=self.install is not None and bool(self.release_keys))
@@ -441,7 +267,7 @@ class Agent:
         in, or the previous one is back after a rollback)."""
         result = updater.outcome_after_start(self.state, self.install)
         if result is not None:
-            self._spool(result)
+            self.delivery.spool(result)
             updater.clear_pending(self.state)
             self.wake.set()
 
@@ -455,15 +281,15 @@ class Agent:
             if abort.is_set():
                 raise release.ReleaseRefused("aborted", abort.reason or "aborted by server")
             order = updater.read_order(payload["content"])
-            updater.prepare(order, self.release_keys, self.install, self._download)
+            updater.prepare(order, self.release_keys, self.install, self.client)
             updater.swap_in(
                 self.state, self.install, instruction_id, order["version"], updater.order_check_in_seconds(order)
             )
         except release.ReleaseRefused as exc:
             outcome = "aborted" if exc.reason == "aborted" else "refused"
-            self._spool(make_result(instruction_id, outcome, reason=str(exc)))
+            self.delivery.spool(make_result(instruction_id, outcome, reason=str(exc)))
         except (TransportError, OSError) as exc:
-            self._spool(make_result(instruction_id, "error", reason=f"update failed: {exc}"))
+            self.delivery.spool(make_result(instruction_id, "error", reason=f"update failed: {exc}"))
         else:
             self.exit_code = updater.EXIT_UPDATED
             self.stop.set()
@@ -472,23 +298,6 @@ class Agent:
             with self.lock:
                 self.running.pop(instruction_id, None)
             self.wake.set()
-
-    def _download(self, path: str, destination) -> None:
-        """Fetch a release artefact of this server into ``destination`` (at most
-        updater.MAX_ARTEFACT_BYTES); raises TransportError or OSError on any failure."""
-        status, _headers, answer = self.client.download(path)
-        try:
-            if status != 200:
-                raise TransportError(f"{path}: HTTP {status}")
-            with open(destination, "wb") as handle:
-                written = 0
-                for chunk in iter(lambda: answer.read(1 << 16), b""):
-                    written += len(chunk)
-                    if written > updater.MAX_ARTEFACT_BYTES:
-                        raise TransportError(f"{path}: more than {updater.MAX_ARTEFACT_BYTES} bytes")
-                    handle.write(chunk)
-        finally:
-            answer.close()
 
     # -- execution ----------------------------------------------------------------------------
 
@@ -515,7 +324,7 @@ class Agent:
         return self.state.is_spooled(instruction_id)
 
     def _report(self, result: dict) -> None:
-        self._spool(result)
+        self.delivery.spool(result)
         self.wake.set()
 
     def _remember(self, instruction_id: str, not_after: object) -> bool:
@@ -530,7 +339,7 @@ class Agent:
         try:
             self.state.mark_handled(instruction_id, moment, now_utc())
         except OSError as exc:
-            log.error("could not record %s in the replay ledger: %s", instruction_id, _one_line(str(exc)))
+            log.error("could not record %s in the replay ledger: %s", instruction_id, one_line(str(exc)))
             return False
         return True
 
@@ -594,7 +403,7 @@ class Agent:
         log.info("instructions are contained by %s", self.runner.describe())
         for result in self.runner.recover():
             if not self.state.is_spooled(result["instruction_id"]):  # else its real result waits there
-                self._spool(result)
+                self.delivery.spool(result)
             self.runner.finish(result["instruction_id"])
 
     def _execute(self, payload: dict, abort: AbortSignal) -> None:
@@ -612,7 +421,7 @@ class Agent:
                     {"instruction_id": instruction_id, "boot_id": boot_id(), "requested_at": now_utc().isoformat()}
                 )
                 self.rebooting = True
-            self._spool(result)
+            self.delivery.spool(result)
             self.runner.finish(instruction_id)  # its record goes only once the result is safe
         finally:
             with self.lock:
@@ -626,16 +435,16 @@ class Agent:
         the reboot command. A result not delivered now is delivered after the restart."""
         try:
             with contextlib.suppress(Unauthorized):
-                self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
+                self.delivery.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
             command = shlex.split(os.environ.get(REBOOT_COMMAND_ENV) or DEFAULT_REBOOT_COMMAND)
             log.warning("rebooting after %s: %s", instruction_id, " ".join(command))
             try:
                 done = subprocess.run(command, capture_output=True, timeout=REBOOT_COMMAND_TIMEOUT, check=False)  # noqa: S603 - the operator's command
             except (OSError, subprocess.SubprocessError) as exc:
-                log.error("reboot command failed: %s", _one_line(str(exc)))
+                log.error("reboot command failed: %s", one_line(str(exc)))
                 return
             if done.returncode != 0:
-                stderr = _one_line(done.stderr.decode(errors="replace"))
+                stderr = one_line(done.stderr.decode(errors="replace"))
                 log.error("reboot command exited %s: %s", done.returncode, stderr)
         finally:
             self.reboot_done.set()
@@ -665,7 +474,7 @@ class Agent:
         self.abort_all(reason)
         if flush:
             with contextlib.suppress(Unauthorized):
-                self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
+                self.delivery.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
 
     def check_in_forever(self) -> None:
         """The check-in thread: heartbeats back to back, each held by the server until it has
@@ -699,11 +508,11 @@ class Agent:
             self.wake.wait(self.interval)  # a result to deliver, a stop, or a retry of the spool
             self.wake.clear()
             try:
-                self.flush_spool()
+                self.delivery.flush_spool()
             except Unauthorized as exc:
                 self._revoked(exc)
         if self.revoked is not None:
-            log.error("server rejected this agent (HTTP 401: %s); stopping", _one_line(self.revoked))
+            log.error("server rejected this agent (HTTP 401: %s); stopping", one_line(self.revoked))
             self._shutdown("agent revoked", flush=False)
             return EXIT_UNAUTHORIZED
         self._shutdown("agent stopped", flush=True)
@@ -712,7 +521,7 @@ class Agent:
     def run_once(self) -> int:
         """Flush, heartbeat once, run what was leased to completion, deliver; exit code."""
         try:
-            self.flush_spool()
+            self.delivery.flush_spool()
             answer = HeartbeatAnswer(ok=False)
             for _attempt in range(ONCE_HEARTBEAT_ATTEMPTS):
                 if self.stop.is_set():
@@ -733,20 +542,20 @@ class Agent:
                     break
                 self.wake.wait(0.5)
                 self.wake.clear()
-                self.flush_spool()
+                self.delivery.flush_spool()
             if self.rebooting:  # the step's reboot runs once its result is delivered
                 self.reboot_done.wait(SHUTDOWN_FLUSH_TIMEOUT + REBOOT_COMMAND_TIMEOUT)
             if self.stop.is_set():
-                self.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
+                self.delivery.flush_spool(timeout=SHUTDOWN_FLUSH_TIMEOUT)
                 return EXIT_OK
-            if not self.flush_spool():
+            if not self.delivery.flush_spool():
                 log.error("some results could not be delivered; they stay spooled")
                 return EXIT_UNREACHABLE
             return EXIT_OK
         except Unauthorized as exc:
             log.error(
                 "server rejected this agent (HTTP 401: %s); stopping",
-                _one_line(str(exc)),
+                one_line(str(exc)),
             )
             self._shutdown("agent revoked", flush=False)
             return EXIT_UNAUTHORIZED

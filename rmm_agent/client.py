@@ -27,6 +27,10 @@ class TransportError(Exception):
     """The server could not be reached or did not answer (the request may be retried)."""
 
 
+class Unauthorized(Exception):
+    """The server answered 401: this agent is revoked or unknown."""
+
+
 @dataclass
 class Response:
     """A server answer: status, parsed JSON body (or None) and headers."""

@@ -2,11 +2,9 @@
 abort and capped output.
 
 - The signed bytes go into a sealed memfd, are hashed again there, and the interpreter reads
-  that descriptor (``/dev/fd/N``): nothing the run-as account can touch lies between the check
-  and the execution.
-- The work dir is made through descriptors (no symlink is followed) inside a work root that
-  belongs to the agent and that no one else can write, so the run-as account can neither
-  rename it nor make the agent act on a path it chose.
+  that descriptor (rmm_agent/spawn.py, which also makes its environment and drops its account).
+- The work dir is made through descriptors inside a work root that belongs to the agent and
+  that no one else can write (rmm_agent/workdirs.py).
 - Everything the instruction starts is contained (rmm_agent/containment.py) and ended with it;
   what had to be killed is named in the result's ``containment``.
 - A step's artefacts are fetched and verified before anything of it starts
@@ -21,13 +19,10 @@ abort and capped output.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -38,12 +33,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from .accounts import DEFAULT_PATH, DEFAULT_RUN_AS, Account, drop_to_account, interpreter_command, lookup_account
+from . import spawn
+from .accounts import DEFAULT_RUN_AS, Account, drop_to_account, interpreter_command, lookup_account
 from .artefacts import ArtefactMismatch, Fetcher, FetchFailed, FetchStopped
 from .containment import (
     ACCOUNT,
     CGROUP,
-    ENV_TAG,
     METHODS,
     PROCESS_GROUP,
     Cgroup,
@@ -57,13 +52,10 @@ from .containment import (
     sweep,
 )
 from .live import LiveOutput
-from .protocol import (
-    MAX_STREAM_BYTES,
-    REASON_ARTEFACT_MISMATCH,
-    RESULT_PATH_ENV,
-)
-from .results import RESULT_FILE, make_result, now_utc, read_structured, reboot_follows, refused_result
+from .protocol import MAX_STREAM_BYTES, REASON_ARTEFACT_MISMATCH
+from .results import make_result, now_utc, read_structured, reboot_follows, refused_result
 from .state import atomic_write_json
+from .workdirs import DIR_FLAGS, WorkRoot
 
 log = logging.getLogger("rmm_agent")
 
@@ -71,11 +63,6 @@ KILL_GRACE_SECONDS = 3.0
 POLL_SECONDS = 0.05
 READER_JOIN_SECONDS = 5.0
 
-SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# In the work root: each running instruction's fetched artefacts, in a dir of the agent's own.
-# (An instruction id never starts with a dot, so it is no instruction's work dir.)
-ARTEFACTS_DIR = ".artefacts"
 MAX_REASON_PROCESSES = 10
 
 
@@ -160,78 +147,6 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-class ScriptMismatch(Exception):
-    """The sealed copy of the script does not hash to the signed content_sha256."""
-
-
-def sealed_script(payload: dict) -> int:
-    """A sealed memfd holding exactly the signed bytes, hashed again once sealed.
-
-    Sealed against writing, growing and shrinking (and against removing the seals), the
-    descriptor's content can no longer change, whoever holds it; the interpreter reads it as
-    ``/dev/fd/N``. Raises :class:`ScriptMismatch` if what is in it is not what was signed.
-    """
-    data = payload["content"].encode("utf-8")
-    fd = os.memfd_create(f"rmm-{payload['instruction_id']}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
-        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
-            raise ScriptMismatch("the script could not be sealed")
-        digest, offset = hashlib.sha256(), 0
-        while chunk := os.pread(fd, 1 << 20, offset):
-            digest.update(chunk)
-            offset += len(chunk)
-        if digest.hexdigest() != payload["content_sha256"]:
-            raise ScriptMismatch("the sealed script does not match content_sha256")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _environment(instruction_id: str, workdir: Path, account: Account | None, dir_fd: int) -> dict[str, str]:
-    """The minimal environment: nothing of the agent's (secrets, proxies) leaks into scripts;
-    where to write a structured result: in the work dir, through the descriptor the script
-    inherits (the run-as account cannot reach the work dir by its path: the state dir is closed
-    to it)."""
-    home = str(workdir) if account is not None else os.environ.get("HOME", str(workdir))
-    return {
-        "PATH": os.environ.get("PATH", DEFAULT_PATH),
-        "HOME": home,
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        ENV_TAG: instruction_id,
-        RESULT_PATH_ENV: f"/dev/fd/{dir_fd}/{RESULT_FILE}",
-    }
-
-
-def _artefact_paths(fetched: dict[str, int]) -> dict[str, str]:
-    """Each artefact's variable -> the path of its verified file's descriptor in the script."""
-    return {variable: f"/dev/fd/{fd}" for variable, fd in fetched.items()}
-
-
-def _enter(procs_fd: int | None, account: Account | None) -> Callable[[], None]:
-    """What the child does between fork and exec: join its cgroup, then drop to the account.
-
-    Joining before exec is what makes containment race-free: the script and everything it
-    starts are born inside. It is done first, while the child still has the agent's identity,
-    which owns the cgroup; only then are the groups, gid and uid dropped, for good. (Popen's
-    own ``user``/``group`` would drop them before this runs.)
-    """
-
-    def enter() -> None:
-        if procs_fd is not None:
-            os.write(procs_fd, b"0")
-        if account is not None:
-            os.setgroups([])
-            os.setresgid(account.gid, account.gid, account.gid)
-            os.setresuid(account.uid, account.uid, account.uid)
-
-    return enter
-
-
 def _killed_summary(killed: list[dict]) -> str:
     """``pid (command)`` of the first few killed processes, for a reason line."""
     named = ", ".join(f"{item['pid']} ({item['command'][:80]})" for item in killed[:MAX_REASON_PROCESSES])
@@ -280,7 +195,7 @@ class Runner:
     ) -> None:
         if containment not in (None, *METHODS):
             raise ValueError(f"containment must be one of {', '.join(METHODS)}, not {containment!r}")
-        self.work_root = Path(work_root).absolute()
+        self.work_root = WorkRoot(work_root)
         self.run_as = run_as
         self.running_dir = Path(running_dir) if running_dir is not None else None
         self.containment = containment
@@ -314,82 +229,14 @@ class Runner:
             return ACCOUNT
         return PROCESS_GROUP
 
-    # -- the work dir -------------------------------------------------------------------------
-
-    def _open_work_root(self) -> int:
-        """The work root as a descriptor: a real directory (no link) of the agent's account
-        that no one else may write, so no other account can rename or add entries in it."""
-        self.work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.work_root, DIR_FLAGS)
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            os.close(fd)
-            raise OSError(f"{self.work_root} must belong to the agent's account and be writable by it alone")
-        return fd
-
-    def _make_workdir(self, instruction_id: str, account: Account | None) -> Path:
-        """A fresh private dir for one instruction, the cwd of its script.
-
-        Created and handed over through descriptors (``mkdir``/``open`` relative to the work
-        root's descriptor, ``O_NOFOLLOW``, ``fchown``): no path the run-as account controls
-        is ever followed. The account can use it only as its cwd when the state dir is
-        closed to it.
-        """
-        root_fd = self._open_work_root()
-        try:
-            os.mkdir(instruction_id, 0o700, dir_fd=root_fd)
-            fd = os.open(instruction_id, DIR_FLAGS, dir_fd=root_fd)
-            try:
-                os.fchmod(fd, 0o700)
-                if account is not None:
-                    os.fchown(fd, account.uid, account.gid)
-            finally:
-                os.close(fd)
-        finally:
-            os.close(root_fd)
-        return self.work_root / instruction_id
-
     def _fetch_artefacts(self, launch: _Launch, payload: dict, abort: AbortSignal) -> None:
         """Fetch and verify the step's artefacts into ``.artefacts/<id>`` of the work root (the
         agent's: no other account can reach it), before the work dir or anything of the step
         exists."""
         if self.fetcher is None:
             raise FetchFailed("this runner cannot fetch artefacts")
-        root_fd = self._open_work_root()
-        try:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(ARTEFACTS_DIR, 0o700, dir_fd=root_fd)
-            holder = os.open(ARTEFACTS_DIR, DIR_FLAGS, dir_fd=root_fd)
-            try:
-                if os.fstat(holder).st_uid != os.geteuid():
-                    raise FetchFailed(f"{self.work_root / ARTEFACTS_DIR} does not belong to the agent")
-                os.mkdir(launch.instruction_id, 0o700, dir_fd=holder)
-            finally:
-                os.close(holder)
-        finally:
-            os.close(root_fd)
-        directory = self.work_root / ARTEFACTS_DIR / launch.instruction_id
+        directory = self.work_root.make_artefacts_dir(launch.instruction_id)
         launch.artefact_fds = self.fetcher.fetch_all(payload["artefacts"], directory, launch.deadline, abort)
-
-    def _remove_artefacts(self, instruction_id: str) -> None:
-        """Delete an instruction's fetched artefacts (none: nothing to do)."""
-        with contextlib.suppress(OSError):
-            fd = os.open(self.work_root / ARTEFACTS_DIR, DIR_FLAGS)
-            try:
-                shutil.rmtree(instruction_id, dir_fd=fd, ignore_errors=True)
-            finally:
-                os.close(fd)
-
-    def _remove_workdir(self, instruction_id: str) -> None:
-        """Remove a work dir without following any link the script left in it."""
-        try:
-            root_fd = os.open(self.work_root, DIR_FLAGS)
-        except OSError:
-            return
-        try:
-            shutil.rmtree(instruction_id, dir_fd=root_fd, ignore_errors=True)
-        finally:
-            os.close(root_fd)
 
     # -- records of running instructions ------------------------------------------------------
 
@@ -515,7 +362,7 @@ class Runner:
             launch.cgroup = Cgroup(self.cgroup_parent / instruction_id)  # type: ignore[operator]
         try:
             proc = self._start(launch, program, payload, abort)
-        except ScriptMismatch as exc:
+        except spawn.ScriptMismatch as exc:
             self._clean_up(launch)
             return error(str(exc))
         except ArtefactMismatch as exc:
@@ -542,12 +389,12 @@ class Runner:
         """Seal the script, record the instruction, fetch its artefacts, make its work dir and
         cgroup, start it."""
         instruction_id, account = launch.instruction_id, launch.account
-        launch.script_fd = sealed_script(payload)
+        launch.script_fd = spawn.sealed_script(payload)
         self._save_record(launch)  # before anything exists that a restart must clean up
         if payload.get("artefacts"):
             self._fetch_artefacts(launch, payload, abort)
         fetched = launch.artefact_fds or {}
-        launch.workdir = self._make_workdir(instruction_id, account)
+        launch.workdir = self.work_root.make_workdir(instruction_id, account)
         launch.workdir_fd = os.open(launch.workdir, DIR_FLAGS)
         procs_fd = None
         if launch.cgroup is not None:
@@ -560,8 +407,8 @@ class Runner:
             [program, f"/dev/fd/{launch.script_fd}", *payload.get("arguments", [])],
             cwd=launch.workdir,
             env={
-                **_environment(instruction_id, launch.workdir, account, launch.workdir_fd),
-                **_artefact_paths(fetched),
+                **spawn.environment(instruction_id, launch.workdir, account, launch.workdir_fd),
+                **spawn.artefact_paths(fetched),
             },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -569,7 +416,7 @@ class Runner:
             start_new_session=True,
             close_fds=True,
             pass_fds=(launch.script_fd, launch.workdir_fd, *fetched.values()),
-            preexec_fn=_enter(procs_fd, account) if procs_fd is not None or account is not None else None,  # noqa: PLW1509 - syscalls only, see _enter
+            preexec_fn=spawn.preexec(procs_fd, account) if procs_fd is not None or account is not None else None,  # noqa: PLW1509 - syscalls only, see spawn.preexec
         )
         launch.leader = process_info(proc.pid)
         if launch.method == PROCESS_GROUP:
@@ -581,13 +428,13 @@ class Runner:
         for fd in (launch.script_fd, launch.procs_fd, launch.workdir_fd, *(launch.artefact_fds or {}).values()):
             if fd is not None:
                 os.close(fd)
-        self._remove_artefacts(launch.instruction_id)
+        self.work_root.remove_artefacts(launch.instruction_id)
         if launch.cgroup is not None and launch.cgroup_created:
             if launch.cgroup.populated():  # it failed to start after the child joined
                 launch.cgroup.kill()
             launch.cgroup.remove()
         if launch.workdir is not None:
-            self._remove_workdir(launch.instruction_id)
+            self.work_root.remove_workdir(launch.instruction_id)
         with self._lock:
             self._active.pop(launch.instruction_id, None)
 
@@ -672,15 +519,13 @@ class Runner:
                     os.replace(path, path.with_suffix(".corrupt"))
                 continue
             contained = self._end_leftover(record)
-            self._remove_workdir(instruction_id)
+            self.work_root.remove_workdir(instruction_id)
             reason = "the agent restarted while this instruction ran"
             if contained["killed"]:
                 reason += f"; killed {_killed_summary(contained['killed'])}"
             log.warning("%s was running when the agent stopped; %s", instruction_id, reason)
             results.append(make_result(instruction_id, "aborted", reason=reason, containment=contained))
-        if self.work_root.is_dir():  # work dirs without a record: nothing runs there any more
-            for child in self.work_root.iterdir():
-                self._remove_workdir(child.name)
+        self.work_root.remove_all()  # work dirs without a record: nothing runs there any more
         return results
 
     def _end_leftover(self, record: dict) -> dict:

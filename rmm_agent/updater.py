@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .client import Client, TransportError
 from .release import (
     DEFAULT_CHECK_IN_SECONDS,
     REASON_ARTEFACT,
@@ -84,9 +85,27 @@ def read_order(content: str) -> dict:
     return order
 
 
-def prepare(order: dict, release_keys: dict, install: Install | None, download) -> Path:
+def download(client: Client, path: str, destination: Path) -> None:
+    """Fetch a release artefact of this server into ``destination`` (at most
+    :data:`MAX_ARTEFACT_BYTES`); raises TransportError or OSError on any failure."""
+    status, _headers, answer = client.download(path)
+    try:
+        if status != 200:
+            raise TransportError(f"{path}: HTTP {status}")
+        with open(destination, "wb") as handle:
+            written = 0
+            for chunk in iter(lambda: answer.read(1 << 16), b""):
+                written += len(chunk)
+                if written > MAX_ARTEFACT_BYTES:
+                    raise TransportError(f"{path}: more than {MAX_ARTEFACT_BYTES} bytes")
+                handle.write(chunk)
+    finally:
+        answer.close()
+
+
+def prepare(order: dict, release_keys: dict, install: Install | None, client: Client) -> Path:
     """Everything before the swap: the new version unpacked, or :class:`ReleaseRefused` (and
-    nothing changed). ``download(url, path)`` fetches the artefact."""
+    nothing changed); the artefact is fetched from ``client``'s server."""
     if install is None:
         raise ReleaseRefused(REASON_LAYOUT, "this agent does not run from a versioned install")
     signed = verify_manifest(order["manifest"], release_keys)
@@ -101,7 +120,7 @@ def prepare(order: dict, release_keys: dict, install: Install | None, download) 
     os.close(fd)
     archive = Path(name)
     try:
-        download(order["url"], archive)
+        download(client, order["url"], archive)
         check_artefact(archive, signed)
         return install.unpack(archive, signed["version"])
     finally:

@@ -50,7 +50,7 @@ def test_a_result_a_proxy_refuses_as_too_large_is_resent_truncated(
     first = make_result("big-1", "completed", exit_code=3, stdout=NOISY, stderr=b"oops\n", reason="done")
     agent.state.spool_result(first)
 
-    assert agent.flush_spool() is True
+    assert agent.delivery.flush_spool() is True
     assert agent.state.spooled_results() == []
     [refused] = [body for path, _, body in fake_server.requests if "refused_bytes" in body]
     assert refused["refused_bytes"] > fake_server.max_body
@@ -73,7 +73,7 @@ def test_a_result_refused_again_and_again_is_cut_to_nothing_then_kept(
     first = make_result("stubborn", "completed", exit_code=0, stdout=b"x" * 100_000, stderr=b"y")
     agent.state.spool_result(first)
 
-    assert agent.flush_spool() is False
+    assert agent.delivery.flush_spool() is False
     attempts = sent_results(fake_server)
     assert [len(stream(r, "stdout")) for r in attempts] == [100_000, DELIVERY_STREAM_BYTES, 0]
     assert [r.get("truncated_for_delivery") for r in attempts] == [None, True, True]
@@ -84,7 +84,7 @@ def test_a_result_refused_again_and_again_is_cut_to_nothing_then_kept(
 
     # The server is mended: the kept result is delivered at the next pass.
     del fake_server.override["/api/v1/agent/results/"]
-    assert agent.flush_spool() is True
+    assert agent.delivery.flush_spool() is True
     assert fake_server.results["stubborn"]["original_hash"] == first["hash"]
 
 
@@ -95,7 +95,7 @@ def test_an_answer_of_not_this_agents_or_already_received_lets_it_go(
     for status in (404, 409):
         fake_server.override["/api/v1/agent/results/"] = (status, {"detail": "no"}, {})
         agent.state.spool_result(make_result(f"gone-{status}", "completed", exit_code=0))
-        assert agent.flush_spool() is True
+        assert agent.delivery.flush_spool() is True
         assert agent.state.spooled_results() == []
     assert len(sent_results(fake_server)) == 2  # sent once each, never truncated
 
@@ -120,5 +120,5 @@ def test_a_spooled_result_from_before_the_encodings_is_resent_as_it_was(
     }
     old["hash"] = result_hash(old)
     agent.state.spool_result(old)
-    assert agent.flush_spool() is True
+    assert agent.delivery.flush_spool() is True
     assert fake_server.results["old-1"] == old

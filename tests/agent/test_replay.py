@@ -70,7 +70,7 @@ def test_a_replayed_refusal_is_named_a_replay(
         subject.handle(HeartbeatAnswer(ok=True, instructions=[envelope]))
         [result] = subject.state.spooled_results()
         assert (result["outcome"], result["reason"]) == ("refused", expected)
-        assert subject.flush_spool()
+        assert subject.delivery.flush_spool()
 
 
 def test_forged_instructions_are_reported_but_never_recorded(
@@ -88,7 +88,7 @@ def test_forged_instructions_are_reported_but_never_recorded(
             subject.handle(HeartbeatAnswer(ok=True, instructions=[forged]))
             [result] = subject.state.spooled_results()
             assert (result["outcome"], result["reason"]) == ("refused", reason)
-            assert subject.flush_spool()
+            assert subject.delivery.flush_spool()
     assert subject.state.load_ledger() == {}
 
 

@@ -93,7 +93,7 @@ def test_a_secret_that_could_not_be_stored_is_never_used(
 
     # Still the old secret, and still accepted: delivering a result works.
     subject.state.spool_result(make_result("after-failure", "completed", exit_code=0))
-    assert subject.flush_spool() is True
+    assert subject.delivery.flush_spool() is True
     assert fake_server.calls(RESULTS)[-1][1] == SECRET
 
     # The agent "restarts" from what is on disk, and this time the write succeeds.

@@ -41,7 +41,7 @@ def test_result_survives_an_unreachable_server(tmp_path: Path, server_key: Ed255
     result = make_result("instr-1", "completed", exit_code=0, stdout="hi\n")
     agent.state.spool_result(result)
 
-    assert agent.flush_spool() is False
+    assert agent.delivery.flush_spool() is False
     assert agent.state.spooled_results() == [result]
     path = agent.state.spool_path("instr-1")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -56,7 +56,7 @@ def test_spooled_result_is_delivered_then_deleted(
     result = make_result("instr-2", "completed", exit_code=1, stderr="boom")
     agent.state.spool_result(result)
 
-    assert agent.flush_spool() is True
+    assert agent.delivery.flush_spool() is True
     assert fake_server.results["instr-2"] == result
     assert agent.state.spooled_results() == []
 
@@ -72,7 +72,7 @@ def test_only_definitive_answers_remove_a_result(
     fake_server.override["/api/v1/agent/results/"] = (status, {"detail": "x"}, {"Retry-After": "1"})
     agent.state.spool_result(make_result("instr-3", "error", reason="could not start"))
 
-    agent.flush_spool()
+    agent.delivery.flush_spool()
     assert agent.state.is_spooled("instr-3") is kept
 
 
@@ -84,12 +84,12 @@ def test_a_result_answered_503_is_not_sent_again_before_retry_after(
     agent = make_agent(tmp_path, fake_server.url, server_key)
     fake_server.override["/api/v1/agent/results/"] = (503, {"detail": "store down"}, {"Retry-After": "0.5"})
     agent.state.spool_result(make_result("instr-4", "completed", exit_code=0))
-    assert agent.flush_spool() is False
-    assert agent.flush_spool() is False  # within Retry-After: nothing sent
+    assert agent.delivery.flush_spool() is False
+    assert agent.delivery.flush_spool() is False  # within Retry-After: nothing sent
     assert len(fake_server.calls("/results/")) == 1
     del fake_server.override["/api/v1/agent/results/"]
     time.sleep(0.6)
-    assert agent.flush_spool() is True
+    assert agent.delivery.flush_spool() is True
     assert len(fake_server.calls("/results/")) == 2 and not agent.state.is_spooled("instr-4")
 
 
