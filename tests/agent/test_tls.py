@@ -55,14 +55,14 @@ def test_the_name_in_the_certificate_is_checked(https_fake_server: FakeServer) -
     """The pinned CA vouches for 127.0.0.1 only: the same server reached as localhost is refused."""
     port = https_fake_server.url.rsplit(":", 1)[1]
     trusted = Client(https_fake_server.url, ca_file=https_fake_server.ca_file)
-    assert trusted.enroll(TOKEN, {}).status == 201
+    assert trusted.enroll(TOKEN, {}, []).status == 201
     with pytest.raises(TransportError, match=r"certificate is not trusted \(Hostname mismatch"):
-        Client(f"https://localhost:{port}", ca_file=https_fake_server.ca_file).enroll(TOKEN, {})
+        Client(f"https://localhost:{port}", ca_file=https_fake_server.ca_file).enroll(TOKEN, {}, [])
 
 
 def test_untrusted_certificate_is_named_clearly(https_fake_server: FakeServer) -> None:
     with pytest.raises(TransportError, match="certificate is not trusted .*enroll with --ca-file"):
-        Client(https_fake_server.url).enroll(TOKEN, {})
+        Client(https_fake_server.url).enroll(TOKEN, {}, [])
 
 
 def test_enrollment_over_plain_http_elsewhere_is_refused_before_the_token_is_used(tmp_path: Path) -> None:
