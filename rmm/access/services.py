@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from guardian.models import UserObjectPermission
 from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
@@ -256,6 +257,178 @@ def people():
         user.every_site = user.is_superuser or perm in user.user_permissions.all()
         user.site_names = sorted(granted.get(user.pk, []))
     return users
+
+
+def grants_of(person) -> tuple[bool, set]:
+    """(whether ``person`` holds the every-site grant, the pks of the sites granted one by one),
+    read from the grants themselves: a deactivated person's too (``visible_sites`` sees none)."""
+    perm = _site_permission()
+    every = person.is_superuser or person.user_permissions.filter(pk=perm.pk).exists()
+    pks = UserObjectPermission.objects.filter(user=person, permission=perm).values_list("object_pk", flat=True)
+    return every, {_site_pk(pk) for pk in pks}
+
+
+def why_not_manage(actor, person) -> str:
+    """Why ``actor`` may not change ``person`` (empty if it may). An admin of some sites changes only
+    people whose every grant is one of its own sites: it cannot lock out, widen or take over anyone
+    who works beyond them. Only a superuser changes a superuser."""
+    if not access.can(actor, "manage_access"):
+        return "Only an admin may manage people."
+    if person.is_superuser and not actor.is_superuser:
+        return f"{person.get_username()} is a superuser: only a superuser may change them."
+    if access.sees_all_sites(actor):
+        return ""
+    every, pks = grants_of(person)
+    if every or pks - set(access.visible_sites(actor).values_list("pk", flat=True)):
+        return f"{person.get_username()} holds sites you do not: only an admin of all their sites may change them."
+    return ""
+
+
+def require_manage(actor, person, action: str) -> None:
+    """Forbidden, recorded as ``refused.<action>``, unless ``actor`` may change ``person``."""
+    reason = why_not_manage(actor, person)
+    if reason:
+        history.record_refusal(actor, action, person, reason=reason, payload={"username": person.get_username()})
+        raise Forbidden(reason)
+
+
+def _refuse(actor, action: str, person, error: Exception, reason: str) -> history.Refused:
+    """A refusal of ``person``'s change, to raise inside the transaction that checked it."""
+    return history.Refused(error, actor, action, person, reason=reason, payload={"username": person.get_username()})
+
+
+def _require_an_admin_left(actor, person, action: str) -> None:
+    """Inside the change's transaction: refuse when ``person`` is the last active admin (role admin,
+    or superuser). The admin group's row is locked first, so two admins taking each other's role or
+    account at once are checked one after the other and cannot both succeed."""
+    Group.objects.select_for_update().filter(name="admin").first()
+    admins = get_user_model().objects.filter(is_active=True).filter(Q(is_superuser=True) | Q(groups__name="admin"))
+    if not admins.exclude(pk=person.pk).exists():
+        raise _refuse(
+            actor,
+            action,
+            person,
+            Conflict(f"{person.get_username()} is the last active admin: make someone else an admin first."),
+            "the last active admin",
+        )
+
+
+def change_access(actor, person, *, roles: set[str], every_site: bool, sites: set[Site]) -> list[str]:
+    """Give ``person`` exactly these roles and sites (``every_site``: the every-site grant) and return
+    what changed, in words. Each role and grant added or taken is recorded (``user.role_granted``,
+    ``user.role_revoked``, ``access.site_granted``, ``access.site_revoked``) and the person's open
+    consoles are told (rmm/access/changes.py). The admin grants only its own sites, every site only
+    when it sees every site; nobody takes the admin role from the last active admin."""
+    require_manage(actor, person, "user.change_access")
+    unknown = sorted(set(roles) - access.ALL)
+    if unknown:
+        raise InvalidInput(f"Unknown role {unknown[0]}; choose among {', '.join(access.ROLES)}.", field="roles")
+    every_before, pks_before = grants_of(person)
+    if every_site and not every_before and not access.sees_all_sites(actor):
+        history.record_refusal(
+            actor, "user.change_access", person, reason="every site granted by an admin of some sites"
+        )
+        raise Forbidden("Only an admin of every site may grant every site.", field="sites")
+    mine = set(access.visible_sites(actor).values_list("pk", flat=True))
+    foreign = sorted(site.name for site in sites if site.pk not in mine)
+    if foreign:
+        history.record_refusal(actor, "user.change_access", person, reason="site not visible to the admin")
+        raise InvalidInput(f"Choose among your sites ({foreign[0]} is not one).", field="sites")
+    roles_before = set(person.groups.filter(name__in=access.ALL).values_list("name", flat=True))
+    added, removed = sorted(set(roles) - roles_before), sorted(roles_before - set(roles))
+    wanted = {site.pk: site for site in sites}
+    changes: list[str] = []
+    with history.refusals_recorded(), transaction.atomic(), access_changes.recorded_by_service():
+        if "admin" in removed and person.is_active:
+            _require_an_admin_left(actor, person, "user.change_access")
+        access.ensure_role_groups()
+        for role in added:
+            person.groups.add(Group.objects.get(name=role))
+            history.append(actor, "user.role_granted", person, payload={"username": person.username, "role": role})
+            changes.append(f"role {role} given")
+        for role in removed:
+            person.groups.remove(Group.objects.get(name=role))
+            history.append(actor, "user.role_revoked", person, payload={"username": person.username, "role": role})
+            changes.append(f"role {role} taken")
+        if {"admin", "approver"} & set(added) and not person.is_staff:
+            person.is_staff = True  # approvers and admins work in the Django admin's approval queue
+            person.save(update_fields=["is_staff"])
+        if every_site != every_before and not person.is_superuser:
+            _change_site(person, None, actor, grant=every_site)
+            changes.append("every site " + ("granted" if every_site else "taken"))
+        for site in Site.objects.filter(pk__in=pks_before - set(wanted)).order_by("name"):
+            revoke_site(person, site, actor)
+            changes.append(f"site {site.name} taken")
+        for pk in sorted(set(wanted) - pks_before, key=lambda pk: wanted[pk].name):
+            grant_site(person, wanted[pk], actor)
+            changes.append(f"site {wanted[pk].name} granted")
+    return changes
+
+
+def set_password(actor, person, password: str) -> None:
+    """An admin gives ``person`` a new password (one they lost, or one they must stop using). It is
+    checked by the configured validators; every session signed in with the old one ends (Django
+    checks a session against the password). Recorded as ``user.password_set``, never the password."""
+    require_manage(actor, person, "user.set_password")
+    try:
+        validate_password(password, person)
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), field="password") from None
+    with transaction.atomic():
+        person.set_password(password)
+        person.save(update_fields=["password"])
+        history.append(actor, "user.password_set", person, payload={"username": person.get_username()})
+
+
+def deactivate_person(actor, person, reason: str) -> int:
+    """``person`` can no longer sign in, their sessions end (Django refuses an inactive user's
+    session), their open consoles are closed, and their live API tokens are revoked (so a later
+    reactivation does not bring them back); returns how many. Their history, jobs and approvals
+    stay. Refused, and recorded: oneself, one deactivated already, the last active admin."""
+    require_manage(actor, person, "user.deactivate")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Say why: it is kept in the person's history.", field="reason")
+    if person.pk == actor.pk:
+        history.record_refusal(actor, "user.deactivate", person, reason="own account")
+        raise Conflict("You cannot deactivate yourself: ask another admin.")
+    with history.refusals_recorded(), transaction.atomic(), access_changes.recorded_by_service():
+        if access.can(person, "manage_access"):
+            _require_an_admin_left(actor, person, "user.deactivate")  # locks the admins first
+        if not get_user_model().objects.select_for_update().get(pk=person.pk).is_active:
+            raise _refuse(actor, "user.deactivate", person, Conflict("Deactivated already."), "deactivated already")
+        person.is_active = False
+        person.save(update_fields=["is_active"])  # changes.py tells the person's consoles: they close
+        now, by = timezone.now(), history.actor_of(actor)
+        tokens = list(ApiToken.objects.filter(user=person, revoked_at__isnull=True))
+        ApiToken.objects.filter(pk__in=[t.pk for t in tokens]).update(revoked_at=now, revoked_by=by)
+        for token in tokens:
+            history.append(
+                actor,
+                "api_token.revoked",
+                token,
+                payload={"user": person.get_username(), "prefix": token.prefix, "reason": "person deactivated"},
+            )
+        history.append(
+            actor,
+            "user.deactivated",
+            person,
+            payload={"username": person.get_username(), "reason": reason, "tokens_revoked": len(tokens)},
+        )
+    return len(tokens)
+
+
+def reactivate_person(actor, person) -> None:
+    """``person`` may sign in again with their password (and second factor); tokens revoked when
+    they were deactivated stay revoked. Recorded as ``user.reactivated``."""
+    require_manage(actor, person, "user.reactivate")
+    with history.refusals_recorded(), transaction.atomic(), access_changes.recorded_by_service():
+        locked = get_user_model().objects.select_for_update().get(pk=person.pk)
+        if locked.is_active:
+            raise _refuse(actor, "user.reactivate", person, Conflict("Active already."), "active already")
+        person.is_active = True
+        person.save(update_fields=["is_active"])
+        history.append(actor, "user.reactivated", person, payload={"username": person.get_username()})
 
 
 def _site_pk(object_pk: str):

@@ -1,7 +1,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from rmm.console import asset_page, asset_picker, dashboard, enroll_page, kill_switch_page, people, views
+from rmm.console import asset_page, asset_picker, dashboard, enroll_page, kill_switch_page, people, person_page, views
 
 app_name = "console"
 urlpatterns = [
@@ -17,6 +17,22 @@ urlpatterns = [
     path("console/assets/<uuid:asset_id>/retire/", asset_page.asset_retire, name="asset-retire"),
     path("console/agents/enroll/", enroll_page.enroll_page, name="enroll"),
     path("console/people/", people.people_page, name="people"),
+    path("console/people/<int:person_id>/", person_page.person_page, name="person"),
+    path("console/people/<int:person_id>/access/", person_page.person_access, name="person-access"),
+    path("console/people/<int:person_id>/password/", person_page.person_password, name="person-password"),
+    path(
+        "console/people/<int:person_id>/second-factor/",
+        person_page.person_button,
+        {"action": "second-factor"},
+        name="person-second-factor",
+    ),
+    path("console/people/<int:person_id>/deactivate/", person_page.person_deactivate, name="person-deactivate"),
+    path(
+        "console/people/<int:person_id>/reactivate/",
+        person_page.person_button,
+        {"action": "reactivate"},
+        name="person-reactivate",
+    ),
     path("console/kill-switches/", kill_switch_page.kill_switch_page, name="kill-switches"),
     path("console/tokens/", views.token_page, name="tokens"),
     path("console/tokens/<uuid:token_id>/revoke/", views.token_revoke, name="token-revoke"),

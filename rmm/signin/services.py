@@ -15,6 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from rmm.access import services as access_services
+from rmm.core.errors import Conflict
 from rmm.history import services as history
 from rmm.inventory import services as inventory
 
@@ -68,6 +70,17 @@ def reset_devices(user, *, actor: str) -> int:
             history.append(actor, "signin.otp_device_removed", device, payload={"user": user.get_username()})
         TOTPDevice.objects.filter(pk__in=[d.pk for d in devices]).delete()
     return len(devices)
+
+
+def reset_second_factor(actor, person) -> int:
+    """An admin removes ``person``'s devices (an approver or admin who lost their phone), as
+    ``rmm_otp_reset`` does on the server; the admin must be allowed to change that person
+    (``require_manage``, refusal recorded). A person with no device is told so (409)."""
+    access_services.require_manage(actor, person, "signin.otp_reset")
+    removed = reset_devices(person, actor=history.actor_of(actor))
+    if not removed:
+        raise Conflict(f"{person.get_username()} has no second factor set up.")
+    return removed
 
 
 def record_lockout(sender, request, username, ip_address, **kwargs):

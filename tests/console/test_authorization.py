@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from rmm.access.models import ApiToken
 from rmm.engine.models import KillSwitch
@@ -37,6 +38,26 @@ def _retired(w) -> bool:
 
 def _person_added(w) -> bool:
     return get_user_model().objects.filter(username="matrix-person").exists()
+
+
+def _person(w):
+    return get_user_model().objects.get(pk=w.ids["person"])
+
+
+def _person_changed(w) -> bool:
+    return _person(w).groups.filter(name="compliance").exists()
+
+
+def _person_password(w) -> bool:
+    return _person(w).check_password("a new long passphrase 9")
+
+
+def _person_second_factor_reset(w) -> bool:
+    return not TOTPDevice.objects.filter(user_id=w.ids["person"]).exists()
+
+
+def _person_deactivated(w) -> bool:
+    return not _person(w).is_active
 
 
 def _enrollment_token(w) -> bool:
@@ -90,6 +111,43 @@ ROWS = [
         },
         effect=(_person_added, callers(MANAGE_ACCESS, "in")),
     ),
+    # A person's page (an approver of alpha): every admin sees it; only an admin of the person's
+    # sites changes them (one of beta is refused, recorded).
+    page("GET", "/console/people/{person}/", only(MANAGE_ACCESS, 200, 403)),
+    page(
+        "POST",
+        "/console/people/{person}/access/",
+        only(MANAGE_ACCESS, 302, 403),
+        403,
+        body={"roles": ["approver", "compliance"]},
+        effect=(_person_changed, callers(MANAGE_ACCESS, "in")),
+    ),
+    page(
+        "POST",
+        "/console/people/{person}/password/",
+        only(MANAGE_ACCESS, 302, 403),
+        403,
+        body={"password": "a new long passphrase 9"},
+        effect=(_person_password, callers(MANAGE_ACCESS, "in")),
+    ),
+    page(
+        "POST",
+        "/console/people/{person}/second-factor/",
+        only(MANAGE_ACCESS, 302, 403),
+        403,
+        body={},
+        effect=(_person_second_factor_reset, callers(MANAGE_ACCESS, "in")),
+    ),
+    page("GET", "/console/people/{person}/deactivate/", only(MANAGE_ACCESS, 200, 403)),
+    page(
+        "POST",
+        "/console/people/{person}/deactivate/",
+        only(MANAGE_ACCESS, 302, 403),
+        403,
+        body={"reason": "console matrix", "confirm": "on"},
+        effect=(_person_deactivated, callers(MANAGE_ACCESS, "in")),
+    ),
+    page("POST", "/console/people/{person}/reactivate/", only(MANAGE_ACCESS, 409, 403), 403, body={}),
     page("GET", "/console/agents/enroll/", only(MANAGE_AGENTS, 200, 403)),
     page(
         "POST",

@@ -1,6 +1,7 @@
 """A technician pages through jobs, filters them, opens a batch and an asset page in a real browser
 (Debian's chromium through Playwright); on every page there is no console error, every input has
-a label, and every text meets WCAG AA contrast (measured in the page with getComputedStyle).
+a label, and every text meets WCAG AA contrast (measured in the page with getComputedStyle). An
+admin's People pages are swept the same way.
 """
 
 import re
@@ -8,7 +9,8 @@ import uuid
 
 import pytest
 
-from tests.e2e.flows import console_users, make_world, publish, run_job
+from tests.e2e.flows import console_errors, console_users, make_world, publish, run_job
+from tests.e2e.test_sign_in_browser import code_for
 
 pytestmark = pytest.mark.browser
 
@@ -106,9 +108,12 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
 
     technician = f"tech-pages-{uuid.uuid4().hex[:6]}"
     recorder = f"psa-pages-{uuid.uuid4().hex[:6]}"
+    admin = f"admin-pages-{uuid.uuid4().hex[:6]}"
     site = f"site-{uuid.uuid4().hex[:6]}"
     w = make_world(server, site)  # the site first: the technician is granted it
-    console_users(server, {technician: ("technician", [site]), recorder: ("psa", [site])}, PASSWORD)
+    console_users(
+        server, {technician: ("technician", [site]), recorder: ("psa", [site]), admin: ("admin", [site])}, PASSWORD
+    )
     script = publish(server, w, "echo paged\n")
     jobs = [run_job(server, w, script["id"]) for _ in range(JOBS)]
     r = server.request(
@@ -232,6 +237,23 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         psa.wait_for_url("**/console/")
         sweep(psa, ("/console/authority/local/",), errors)
         people.close()
+
+        # The People pages, as an admin of the site past its second factor: the list, the
+        # technician's page and the confirmation of their deactivation.
+        admins = browser.new_context(base_url=server.url)
+        boss = admins.new_page()
+        boss_errors = console_errors(boss)
+        sign_in(boss, admin, "/accounts/login/?next=/console/people/")
+        boss.wait_for_url("**/accounts/otp/setup/**")
+        boss.fill("#id_code", code_for(boss.locator("#otp-secret").inner_text().strip()))
+        boss.click("main form button[type=submit] >> text=Confirm")
+        boss.wait_for_url("**/console/people/")
+        person = boss.locator(f'#people tr[data-username="{technician}"] a').get_attribute("href")
+        sweep(boss, ("/console/people/", person, f"{person}deactivate/"), boss_errors)
+        boss.goto(person)
+        for form in ("#access-form", "#password-form", "#second-factor-form", "#deactivate-link"):
+            expect(boss.locator(form)).to_be_visible()
+        admins.close()
 
         response = page.goto(f"/console/assets/{uuid.uuid4()}/")
         assert response.status == 404
