@@ -108,10 +108,12 @@ def pages() -> list[tuple[str, str]]:
         ("jobs: sorted by status", "/console/jobs/?sort=status"),
         ("jobs: sorted by asset", "/console/jobs/?sort=hostname"),
         ("jobs: sorted by requester", "/console/jobs/?sort=-requester"),
+        ("jobs: by requester, page 200", "/console/jobs/?sort=requester&page=200"),
         ("jobs: batch opened", f"/console/jobs/?batch={batch.pk}" if batch else "/console/jobs/?batch="),
         ("jobs: page 20", "/console/jobs/?page=20"),
         ("jobs: page 200", "/console/jobs/?page=200"),
         ("jobs: API first page", "/api/v1/jobs/"),
+        ("jobs: API offset 100,000", "/api/v1/jobs/?offset=100000"),
     ]
     return found
 

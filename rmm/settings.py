@@ -329,6 +329,9 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"token": os.environ.get("RMM_API_RATE", "600/min")},
     "UNAUTHENTICATED_USER": None,
 }
+# GET /api/v1/jobs/ counts at most this many rows (docs/psa-integration.md): beyond, its count is a
+# lower bound.
+RMM_API_COUNT_LIMIT = int(os.environ.get("RMM_API_COUNT_LIMIT", "10000"))
 SPECTACULAR_SETTINGS = {
     "TITLE": "RMM execution engine API",
     "DESCRIPTION": "Authority in, signed execution out, evidence back.",

@@ -16,7 +16,10 @@ class JobBase(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     status = models.CharField(max_length=20, choices=JobStatus.choices, db_index=True)
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # Indexed by the requester index below, which also gives each requester's jobs in order.
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -30,8 +33,13 @@ class JobBase(models.Model):
 
     class Meta:
         abstract = True
-        # A batch's progress, and whether a ring has finished, are read through this index.
-        indexes = [models.Index(fields=["batch", "ring", "status"], name="%(app_label)s_%(class)s_ring_idx")]
+        indexes = [
+            # A batch's progress, and whether a ring has finished, are read through this index.
+            models.Index(fields=["batch", "ring", "status"], name="%(app_label)s_%(class)s_ring_idx"),
+            # The job list sorted by requester reads each requester's first jobs in order through
+            # it (rmm.engine.services.listing): the username is in another table.
+            models.Index(fields=["requested_by", "created_at", "id"], name="%(app_label)s_%(class)s_req_idx"),
+        ]
 
 
 class BatchStatus(models.TextChoices):

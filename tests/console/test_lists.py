@@ -3,6 +3,7 @@ the filters, sort and pages answer, htmx partial answers, and a constant number 
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -194,6 +195,43 @@ def test_the_job_list_costs_the_same_queries_for_10_and_200_jobs(world):
     assert partial <= small
 
 
+@pytest.mark.parametrize("sort", ["requester", "-requester"])
+def test_the_job_list_sorted_by_requester_costs_the_same_queries_for_10_and_200_jobs(world, sort):
+    """Sorted by requester, each requester's first jobs are read apart within the page's one query
+    (on PostgreSQL): the same queries whatever the number of jobs, and the pages in order."""
+    from scripting.models import ScriptJob
+
+    client = world["client"]
+
+    def by_both(n: int) -> None:
+        script_jobs(world, n)
+        for _ in range(n):
+            scripting.create_script_job(
+                world["tech"],
+                script_id=world["script"].pk,
+                asset_id=world["agents"][1].asset_id,
+                psa_task_id=world["task"].pk,
+            )
+
+    def shown(page) -> list[str]:
+        return re.findall(r'data-job-id="([^"]+)"', page.content.decode())
+
+    by_both(5)
+    small, response = queries(client, f"/console/jobs/?sort={sort}")
+    assert len(shown(response)) == 10
+    by_both(95)
+    large, first_page = queries(client, f"/console/jobs/?sort={sort}")
+    second, second_page = queries(client, f"/console/jobs/?sort={sort}&page=2", HTTP_HX_REQUEST="true")
+    assert large == small and second <= small
+    # Ascending: the technician's jobs ("tech" before "w-psa") oldest first; descending: the PSA's newest first.
+    first = world["tech"] if sort == "requester" else world["psa"]
+    order = ("created_at", "id") if sort == "requester" else ("-created_at", "-id")
+    expected = [
+        str(pk) for pk in ScriptJob.objects.filter(requested_by=first).order_by(*order).values_list("pk", flat=True)
+    ]
+    assert shown(first_page) + shown(second_page) == expected
+
+
 # --- assets --------------------------------------------------------------------------------------
 
 
@@ -294,13 +332,25 @@ def test_the_asset_page_costs_the_same_queries_for_1_and_30_jobs(world):
 
 
 def test_a_slice_of_the_job_list_is_the_slice_of_all_its_rows_in_every_order(world):
-    """Each kind's table is sorted and cut before the union (on PostgreSQL): a page must still be
-    exactly that page of every job, whichever column sorts them."""
+    """Each kind's table is sorted and cut before the union (on PostgreSQL), and sorted by requester
+    each requester's first jobs are read apart: a page must still be exactly that page of every
+    job, whichever column sorts them, ties (the same time) broken by id."""
     from rmm.engine.services import listing
+    from scripting.models import ScriptJob
+    from tests.stepkind.models import StepJob
 
     for n in range(12):
-        script_jobs(world, 1, world["agents"][n % 3])
-        create_step_job(world["psa"], asset=world["agents"][(n + 1) % 3].asset, task=world["task"], steps=1)
+        requester = world["tech"] if n % 3 == 0 else world["psa"]
+        scripting.create_script_job(
+            requester,
+            script_id=world["script"].pk,
+            asset_id=world["agents"][n % 3].asset_id,
+            psa_task_id=world["task"].pk,
+        )
+        create_step_job(requester, asset=world["agents"][(n + 1) % 3].asset, task=world["task"], steps=1)
+    same_time = timezone.now()
+    for model in (ScriptJob, StepJob):
+        model.objects.filter(pk__in=model.objects.order_by("created_at").values("pk")[3:7]).update(created_at=same_time)
     rows = listing.job_rows(world["tech"], listing.JobQuery())
     for ordering in (
         ("-created", "-id"),
@@ -308,6 +358,7 @@ def test_a_slice_of_the_job_list_is_the_slice_of_all_its_rows_in_every_order(wor
         ("-hostname", "created", "id"),
         ("status", "-created", "-id"),
         ("requester", "created", "id"),
+        ("-requester", "-created", "-id"),
     ):
         every = [row["id"] for row in rows.order_by(*ordering)]
         assert len(every) == 24

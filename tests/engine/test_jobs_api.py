@@ -135,3 +135,33 @@ def test_a_batch_s_jobs_name_it_and_are_found_by_it(world, site):
     assert sorted(row["id"] for row in rows) == sorted(j["id"] for j in answer.json()["jobs"])
     assert {row["batch"] for row in rows} == {batch}
     assert psa.get("/api/v1/jobs/", {"batch": "nope"}).status_code == 400
+
+
+def test_a_count_within_the_cap_is_exact(world, settings):
+    settings.RMM_API_COUNT_LIMIT = 4
+    body = world["psa"].get("/api/v1/jobs/", {"limit": 1}).json()
+    assert (body["count"], body["count_exact"], len(body["results"])) == (4, True, 1)
+    last = world["psa"].get("/api/v1/jobs/", {"kind": "script", "offset": 3}).json()
+    assert (last["count"], last["count_exact"], len(last["results"]), last["next"]) == (4, True, 1, None)
+
+
+def test_past_the_cap_the_count_is_a_lower_bound_and_next_still_walks_every_job(world, settings):
+    """Four jobs, counted up to 2: the count stops one job past the cap or past the page's end and
+    says it is not exact, and ``next`` leads through every job once, newest first."""
+    settings.RMM_API_COUNT_LIMIT = 2
+    psa = world["psa"]
+    every = ids(psa.get("/api/v1/jobs/"))  # and the token's use is recorded: not again within the walk
+    counts, seen, cost, url = [], [], set(), "/api/v1/jobs/?limit=1"
+    while url:
+        with CaptureQueriesContext(connection) as captured:
+            body = psa.get(url).json()
+        counts.append((body["count"], body["count_exact"]))
+        seen += [row["id"] for row in body["results"]]
+        cost.add(len(captured))
+        url = body["next"]
+    assert counts == [(3, False), (3, False), (4, False), (4, True)]
+    assert len(cost) == 1
+    assert seen == every
+    # A page that reaches past the last job counts them all.
+    wide = psa.get("/api/v1/jobs/", {"limit": 4}).json()
+    assert (wide["count"], wide["count_exact"], len(wide["results"]), wide["next"]) == (4, True, 4, None)

@@ -22,6 +22,7 @@ LISTS = (
     "/api/v1/agents/",
     "/api/v1/scripts/",
     "/api/v1/script-jobs/",
+    "/api/v1/jobs/",
     "/api/v1/evidence/",
     "/api/v1/evidence/exports/",
     "/api/v1/evidence/legal-holds/",
@@ -245,6 +246,17 @@ def test_requests_require_what_the_api_requires(schema):
     for name in ("ReasonRequest", "PlaceHoldRequest", "ReleaseHoldRequest"):
         assert component(schema, name)["required"] == ["reason"], name
     assert "target" not in component(schema, "KillSwitch")["properties"]  # write-only
+
+
+def test_the_jobs_list_says_whether_its_count_is_exact(schema):
+    """``GET /api/v1/jobs/`` counts up to a limit: its page says whether ``count`` is every job."""
+    jobs = schema["paths"]["/api/v1/jobs/"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    page = component(schema, jobs["$ref"].rsplit("/", 1)[-1])
+    assert page["required"] == ["count", "count_exact", "next", "previous", "results"]
+    assert page["properties"]["count_exact"]["type"] == "boolean"
+    assert "at least" in page["properties"]["count"]["description"]
+    sites = schema["paths"]["/api/v1/sites/"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "count_exact" not in component(schema, sites["$ref"].rsplit("/", 1)[-1])["properties"]
 
 
 def test_every_operation_documents_its_errors_in_the_one_shape(schema):
