@@ -268,8 +268,8 @@ def _clean_item(index: int, item, keys: dict[str, ConfigKey | None]) -> dict:
     if not isinstance(item, dict):
         raise InvalidInput("Each item is an object.", field=where)
     name = item.get("config_key")
-    if not isinstance(name, str) or not name:
-        raise InvalidInput("This field is required.", field=f"{where}.config_key")
+    if not isinstance(name, str) or not name or unstorable(name):
+        raise InvalidInput("A key's name is required.", field=f"{where}.config_key")
     if name not in keys:
         keys[name] = usable_key(name)
     key = keys[name]

@@ -2,6 +2,7 @@ import django_filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from profiles import services
@@ -144,6 +145,29 @@ class ProfileRevisionSerializer(serializers.Serializer):
     )
 
 
+def flat_errors(detail, where: str = "") -> dict:
+    """DRF's nested errors named as the service names fields: ``{"items[0].comparison": [...]}``."""
+    if isinstance(detail, dict):
+        found = {}
+        for key, value in detail.items():
+            name = f"{where}[{key}]" if where and str(key).isdigit() else f"{where}.{key}" if where else str(key)
+            found.update(flat_errors(value, name))
+        return found
+    if isinstance(detail, list) and any(isinstance(value, dict) for value in detail):
+        found = {}
+        for index, value in enumerate(detail):
+            found.update(flat_errors(value, f"{where}[{index}]"))
+        return found
+    return {where: detail}
+
+
+def valid(serializer) -> dict:
+    """The serializer's validated data, or a 400 in the one flat shape the service's errors have."""
+    if not serializer.is_valid():
+        raise ValidationError(flat_errors(serializer.errors))
+    return serializer.validated_data
+
+
 class ProfileViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Configuration profiles (desired state) with their current revision's items."""
 
@@ -158,9 +182,7 @@ class ProfileViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(responses={201: ProfileSerializer})
     def create(self, request, *args, **kwargs):
-        ser = self.get_serializer(data=request.data)
-        ser.is_valid(raise_exception=True)
-        profile = services.create_profile(request.user, **ser.validated_data)
+        profile = services.create_profile(request.user, **valid(self.get_serializer(data=request.data)))
         return self._answer(profile, status.HTTP_201_CREATED)
 
     @extend_schema(request=ProfileRevisionSerializer, responses={201: ProfileSerializer})
@@ -168,7 +190,6 @@ class ProfileViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     def revisions(self, request, pk=None):
         """A new revision of the profile from a whole new item list (201: the profile at it)."""
         profile = self.get_object()
-        ser = ProfileRevisionSerializer(data=request.data)
-        ser.is_valid(raise_exception=True)
-        services.revise_profile(request.user, profile, items=ser.validated_data["items"])
+        items = valid(ProfileRevisionSerializer(data=request.data))["items"]
+        services.revise_profile(request.user, profile, items=items)
         return self._answer(profile, status.HTTP_201_CREATED)

@@ -1,6 +1,8 @@
 """Profiles through the API: a profile with items, its revisions (items never rewritten), and every
 bad item answered 400 naming ``items[i].<field>`` with nothing written."""
 
+import json
+
 import pytest
 
 from profiles import services as profiles
@@ -190,3 +192,28 @@ def test_names_are_unique_and_required(people, keys):
     r = people["tech"].post("/api/v1/profiles/", {**body(name="x"), "items": []}, format="json")
     assert r.status_code == 400 and list(r.json()) == ["items"]
     assert ConfigurationProfile.objects.count() == 1
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a\x00b"], ids=["lone surrogate", "nul"])
+def test_text_no_database_can_hold_is_400_naming_the_field(people, keys, text):
+    for bad, field in [
+        (body(name=text), "name"),
+        (body(item(config_key=text)), "items[0].config_key"),
+        (body(item(desired_value=text)), "items[0].desired_value"),
+        (body(item(parameters={"path": text, "key": "k"})), "items[0].parameters.path"),
+    ]:
+        r = people["tech"].generic("POST", "/api/v1/profiles/", json.dumps(bad), content_type="application/json")
+        assert r.status_code == 400, (field, r.content)
+        assert list(r.json()) == [field], r.json()
+    assert nothing_written()
+
+
+def test_a_malformed_item_is_named_as_the_service_names_fields(people, keys):
+    r = people["tech"].post(
+        "/api/v1/profiles/",
+        body(item(), item(comparison="about", parameters={"path": ["/etc"], "key": "k"})),
+        format="json",
+    )
+    assert r.status_code == 400
+    assert set(r.json()) == {"items[1].comparison", "items[1].parameters.path"}, r.json()
+    assert nothing_written()
