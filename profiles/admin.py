@@ -59,6 +59,7 @@ class ItemInline(admin.TabularInline):
 @admin.register(ConfigurationProfileRevision)
 class ConfigurationProfileRevisionAdmin(RoleAdmin):
     list_display = ["profile", "revision", "created_by", "created_at"]
+    list_select_related = ["profile", "created_by"]
     readonly_fields = ["profile", "revision", "created_by", "created_at"]
     fields = readonly_fields
     inlines = [ItemInline]
@@ -67,6 +68,7 @@ class ConfigurationProfileRevisionAdmin(RoleAdmin):
 @admin.register(ConfigurationProfile)
 class ConfigurationProfileAdmin(RoleAdmin):
     list_display = ["name", "profile_type", "current_revision", "created_by", "created_at"]
+    list_select_related = ["created_by", "current_revision__profile"]
     list_filter = ["profile_type"]
     search_fields = ["name"]
     readonly_fields = ["name", "profile_type", "description", "current_revision", "created_by", "created_at"]

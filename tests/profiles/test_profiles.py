@@ -217,3 +217,21 @@ def test_a_malformed_item_is_named_as_the_service_names_fields(people, keys):
     assert r.status_code == 400
     assert set(r.json()) == {"items[1].comparison", "items[1].parameters.path"}, r.json()
     assert nothing_written()
+
+
+def test_listing_profiles_and_keys_costs_the_same_queries_for_one_or_many(people, keys):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def cost(url):
+        with CaptureQueriesContext(connection) as queries:
+            assert people["psa"].get(url).status_code == 200
+        return len(queries)
+
+    assert people["tech"].post("/api/v1/profiles/", body(name="p0"), format="json").status_code == 201
+    people["psa"].get("/api/v1/")  # the token's first use this minute is written down once
+    one = cost("/api/v1/profiles/"), cost("/api/v1/config-keys/")
+    for n in range(1, 5):
+        assert people["tech"].post("/api/v1/profiles/", body(item(), item(), name=f"p{n}"), format="json")
+    approved_key(people["tech"].user, people["boss"].user, name="test.more")
+    assert (cost("/api/v1/profiles/"), cost("/api/v1/config-keys/")) == one
