@@ -220,38 +220,39 @@ def _script_version(name: str, language: str, content: str, privileged: bool, us
 
 def load_builtin_keys(user, root: Path = BUILTIN_KEYS) -> dict[str, int]:
     """The shipped key definitions (``<root>/<platform>/<key>/key.json`` and its scripts) as script
-    versions and key versions, pending approval. Idempotent: a file that did not change makes
-    nothing new; a changed one makes new versions. How many of each it made."""
+    versions and key versions, pending approval, in one transaction. Idempotent: a file that did not
+    change makes nothing new; a changed one makes new versions. How many of each it made."""
     engine.require_role(user, CAPABILITY, "config_key.create")
     made = {"scripts": 0, "keys": 0}
-    for spec_path in sorted(root.glob("*/*/key.json")):
-        spec = json.loads(spec_path.read_text())
-        scripts = {}
-        for role in ("read", "set"):
-            entry = spec.get(f"{role}_script")
-            if entry is None:
-                scripts[role] = None
-                continue
-            content = (spec_path.parent / entry["file"]).read_text()
-            scripts[role], new = _script_version(
-                f"config_key.{spec['name']}.{role}", entry["language"], content, bool(entry.get("privileged")), user
-            )
-            made["scripts"] += new
-        fields = {
-            "name": spec["name"],
-            "description": spec.get("description", ""),
-            "platform": spec["platform"],
-            "value_type": spec["value_type"],
-            "comparisons": spec["comparisons"],
-            "parameters": _clean_parameters(spec.get("parameters", [])),
-            "read_script": scripts["read"],
-            "set_script": scripts["set"],
-        }
-        digest = hashlib.sha256(_canonical(definition_of(**fields))).hexdigest()
-        latest = ConfigKey.objects.filter(name=spec["name"]).order_by("-version").first()
-        if latest is None or latest.content_sha256 != digest:
-            create_config_key(user, **fields)
-            made["keys"] += 1
+    with transaction.atomic():  # all of them or, on any error, none
+        for spec_path in sorted(root.glob("*/*/key.json")):
+            spec = json.loads(spec_path.read_text())
+            scripts = {}
+            for role in ("read", "set"):
+                entry = spec.get(f"{role}_script")
+                if entry is None:
+                    scripts[role] = None
+                    continue
+                content = (spec_path.parent / entry["file"]).read_text()
+                scripts[role], new = _script_version(
+                    f"config_key.{spec['name']}.{role}", entry["language"], content, bool(entry.get("privileged")), user
+                )
+                made["scripts"] += new
+            fields = {
+                "name": spec["name"],
+                "description": spec.get("description", ""),
+                "platform": spec["platform"],
+                "value_type": spec["value_type"],
+                "comparisons": spec["comparisons"],
+                "parameters": _clean_parameters(spec.get("parameters", [])),
+                "read_script": scripts["read"],
+                "set_script": scripts["set"],
+            }
+            digest = hashlib.sha256(_canonical(definition_of(**fields))).hexdigest()
+            latest = ConfigKey.objects.filter(name=spec["name"]).order_by("-version").first()
+            if latest is None or latest.content_sha256 != digest:
+                create_config_key(user, **fields)
+                made["keys"] += 1
     return made
 
 

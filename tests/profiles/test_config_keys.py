@@ -14,6 +14,7 @@ from django.test import Client
 from profiles import services as profiles
 from profiles.models import ConfigKey
 from rmm.access import services as access_services
+from rmm.core.errors import ServiceError
 from rmm.history.models import HistoryEvent
 from scripting.models import Script
 from tests.helpers import otp_login
@@ -146,3 +147,17 @@ def test_the_admin_shows_keys_and_profiles_read_only(people):
     assert 'type="submit" value="Save"' not in page
     assert client.get("/admin/profiles/configurationprofile/").status_code == 200
     assert client.get("/admin/profiles/configkey/add/").status_code == 403
+
+
+def test_a_bad_definition_loads_nothing(people, tmp_path):
+    root = tmp_path / "keys"
+    shutil.copytree(BUILTIN, root)
+    broken = root / "linux" / "zz_broken"
+    broken.mkdir()
+    spec = json.loads((root / "linux" / "file_mode" / "key.json").read_text())
+    (broken / "key.json").write_text(json.dumps({**spec, "name": "linux.broken", "comparisons": ["at_least"]}))
+    shutil.copy(root / "linux" / "file_mode" / "read.sh", broken / "read.sh")
+    shutil.copy(root / "linux" / "file_mode" / "set.sh", broken / "set.sh")
+    with pytest.raises(ServiceError, match="A string key allows some of"):
+        profiles.load_builtin_keys(people["tech"].user, root)
+    assert not ConfigKey.objects.exists() and not Script.objects.exists()
