@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "rmm.console",
     "evidence",
     "scripting",
+    "profiles",
     "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]
@@ -348,8 +349,9 @@ SPECTACULAR_SETTINGS = {
     # Several models have a "status" field with different choices: name each set once.
     "ENUM_NAME_OVERRIDES": {
         "AuthorityStatusEnum": "rmm.authority.models.AuthorityStatus",
-        "ApprovalStatusEnum": "scripting.models.ApprovalStatus",
+        "ApprovalStatusEnum": "rmm.artefacts.states.ApprovalStatus",
         "JobStatusEnum": "rmm.engine.states.JobStatus",
+        "ComparisonEnum": "profiles.models.Comparison",
     },
 }
 

@@ -5,6 +5,7 @@ from django.utils.html import format_html
 
 from rmm.access import roles as access
 from rmm.access.admin_base import DecisionAdmin, reject_with_reason, run_decisions
+from rmm.artefacts.models import DECISION_FIELDS
 from scripting import services
 from scripting.models import Script, ScriptJob
 
@@ -32,12 +33,7 @@ class ScriptAdmin(DecisionAdmin):
         "privileged",
         "requires_approval",
         "timeout_seconds",
-        "author",
-        "created_at",
-        "approval_status",
-        "decided_by",
-        "decided_at",
-        "decision_reason",
+        *DECISION_FIELDS,
         "content_block",
     ]
     fields = readonly_fields

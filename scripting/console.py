@@ -19,12 +19,13 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 
 from rmm.access import roles as access
+from rmm.artefacts.states import ApprovalStatus
 from rmm.console import lists
 from rmm.console.lists import ListTable
 from rmm.core.errors import Forbidden, ServiceError
 from rmm.engine import services as engine
 from scripting import services
-from scripting.models import ApprovalStatus, Language, Script
+from scripting.models import Language, Script
 
 STATE_WORDS = {
     ApprovalStatus.PENDING: "pending approval",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+from rmm.artefacts.states import ApprovalStatus
 from rmm.core.errors import InvalidInput
 from rmm.core.text import display_text
 from rmm.engine import registry
-from scripting.models import ApprovalStatus, Script, ScriptJob, ScriptResult
+from scripting.models import Script, ScriptJob, ScriptResult
 
 SCRIPT_RESULT = "script_result"  # the evidence type of a script job's result (registered in apps.py)
 

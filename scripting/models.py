@@ -1,9 +1,8 @@
 import uuid
 
-from django.conf import settings
 from django.db import models
 
-from rmm.artefacts.states import ApprovalStatus
+from rmm.artefacts.models import ArtefactVersion
 from rmm.authority.models import PsaTask
 from rmm.engine.models import JobBase
 from rmm.inventory.models import Asset
@@ -16,7 +15,7 @@ class Language(models.TextChoices):
     POWERSHELL = "powershell"
 
 
-class Script(models.Model):
+class Script(ArtefactVersion):
     """Seed D ``scripts``: one immutable version of a controlled artefact.
 
     New content under the same name makes a new row (the next version) with its own sha256.
@@ -34,16 +33,6 @@ class Script(models.Model):
         default=False, help_text="Runs as root/SYSTEM; approving it needs the privileged-approval permission."
     )
     timeout_seconds = models.PositiveIntegerField(default=300)
-    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    approval_status = models.CharField(
-        max_length=20, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING, db_index=True
-    )
-    decided_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
-    )
-    decided_at = models.DateTimeField(null=True, blank=True)
-    decision_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["name", "-version"]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Max
 
 from rmm.artefacts import services as artefacts
-from rmm.core.errors import Conflict, InvalidInput
+from rmm.core.errors import InvalidInput
 from rmm.engine import services as engine
 from rmm.history import services as history
 from scripting.models import Language, Script, ScriptJob
@@ -47,37 +45,34 @@ def create_script(
         timeout_seconds = settings.RMM_DEFAULT_TIMEOUT_SECONDS
     if not 1 <= int(timeout_seconds) <= 24 * 3600:
         raise InvalidInput("Between 1 second and 24 hours.", field="timeout_seconds")
-    for _attempt in range(5):
-        try:
-            with transaction.atomic():
-                latest = Script.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
-                script = Script.objects.create(
-                    name=name,
-                    version=latest + 1,
-                    language=language,
-                    content=content,
-                    sha256=hashlib.sha256(content.encode()).hexdigest(),
-                    requires_approval=bool(requires_approval),
-                    privileged=bool(privileged),
-                    timeout_seconds=int(timeout_seconds),
-                    author=user,
-                )
-                history.append(
-                    user,
-                    "script.created",
-                    script,
-                    payload={
-                        "name": name,
-                        "version": script.version,
-                        "sha256": script.sha256,
-                        "language": language,
-                        "privileged": script.privileged,
-                    },
-                )
-                return script
-        except IntegrityError:
-            continue  # another author took this version number; take the next
-    raise Conflict("Too many concurrent versions of this script; try again.")
+
+    def write(version: int) -> Script:
+        script = Script.objects.create(
+            name=name,
+            version=version,
+            language=language,
+            content=content,
+            sha256=hashlib.sha256(content.encode()).hexdigest(),
+            requires_approval=bool(requires_approval),
+            privileged=bool(privileged),
+            timeout_seconds=int(timeout_seconds),
+            author=user,
+        )
+        history.append(
+            user,
+            "script.created",
+            script,
+            payload={
+                "name": name,
+                "version": version,
+                "sha256": script.sha256,
+                "language": language,
+                "privileged": script.privileged,
+            },
+        )
+        return script
+
+    return artefacts.create_version(Script, name, write, label="script")
 
 
 def approve_script(script: Script, user) -> Script:

@@ -6,11 +6,12 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
 from rmm.access import roles as access
+from rmm.artefacts.states import ApprovalStatus
 from rmm.authority.models import AuthorityStatus, PsaTask
 from rmm.console.asset_picker import AssetField
 from rmm.core.errors import ServiceError
 from scripting import services
-from scripting.models import ApprovalStatus, Script
+from scripting.models import Script
 
 
 def _choice(label: str, empty_label: str, required: str, invalid: str) -> forms.ModelChoiceField:

@@ -9,10 +9,13 @@ is rejected by the system. Every refusal is recorded in the history.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, models, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from rmm.access import roles as access
@@ -22,6 +25,22 @@ from rmm.artefacts.states import ApprovalStatus
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, ServiceError
 from rmm.engine.services import check_four_eyes
 from rmm.history import services as history
+
+V = TypeVar("V", bound=models.Model)
+
+
+def create_version(model: type[V], name: str, write: Callable[[int], V], *, label: str) -> V:
+    """The next version of ``name``: ``write(version)`` creates it (and appends its history) in a
+    transaction; when another author took that number at once (the unique name and version),
+    the next number is tried."""
+    for _attempt in range(5):
+        try:
+            with transaction.atomic():
+                latest = model.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
+                return write(latest + 1)
+        except IntegrityError:
+            continue
+    raise Conflict(f"Too many concurrent versions of this {label}; try again.")
 
 
 def decide(artefact, user, *, approve: bool, reason: str = ""):

@@ -48,6 +48,31 @@ def fuzz_server(tmp_path_factory):
         server.stop()
 
 
+def seed_profiles(server, w) -> tuple[list[str], str]:
+    """The built-in config keys (loaded by an admin), one of them approved with its scripts by an
+    approver who may approve privileged scripts (its set script is), and a profile that uses it:
+    the keys' ids, usable one first, and the profile's id."""
+    [boss] = tokens(server, {"fuzz-boss": "approver"})
+    privileged = "Permission.objects.get(codename='approve_privileged')"
+    grant = f"User.objects.get(username='fuzz-boss').user_permissions.add({privileged})"
+    server.manage("shell", "-c", f"from django.contrib.auth.models import Permission, User; {grant}")
+    server.manage("rmm_config_keys_builtin", "--author", "fuzz-admin")
+    listed = server.request("GET", "/api/v1/config-keys/", token=w["admin"]).json()["results"]
+    key = next(k for k in listed if k["name"] == "linux.file_mode")
+    for url in (
+        f"/api/v1/config-keys/{key['id']}/approve/",
+        f"/api/v1/scripts/{key['read_script']['id']}/approve/",
+        f"/api/v1/scripts/{key['set_script']['id']}/approve/",
+    ):
+        r = server.request("POST", url, None, boss)
+        assert r.status == 200, (url, r.body)
+    item = {"config_key": "linux.file_mode", "parameters": {"path": "/etc/shadow"}, "comparison": "equals"}
+    body = {"name": "fuzz", "profile_type": "hardening", "items": [{**item, "desired_value": "640"}]}
+    r = server.request("POST", "/api/v1/profiles/", body, w["tech"])
+    assert r.status == 201, r.body
+    return [key["id"]] + [k["id"] for k in listed if k["id"] != key["id"]], r.json()["id"]
+
+
 def seed_world(server) -> dict:
     """Real objects of every kind the API serves, made through its public doors."""
     w = make_world(server)
@@ -78,6 +103,7 @@ def seed_world(server) -> dict:
         {"script": ran["id"], "assets": [w["asset"]], "psa_task_id": w["task"], "plan": {"canary": 1}},
         w["psa"],
     ).json()["batch"]
+    keys, profile = seed_profiles(server, w)
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -100,6 +126,8 @@ def seed_world(server) -> dict:
             "/api/v1/psa/tasks/": [w["task"]],
             "/api/v1/tokens/": spare,
             "/api/v1/batches/": [batch],
+            "/api/v1/config-keys/": keys,
+            "/api/v1/profiles/": [profile],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],

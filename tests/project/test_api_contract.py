@@ -27,6 +27,8 @@ LISTS = (
     "/api/v1/evidence/exports/",
     "/api/v1/evidence/legal-holds/",
     "/api/v1/kill-switches/",
+    "/api/v1/config-keys/",
+    "/api/v1/profiles/",
 )
 NOT_AN_OBJECT = [b"[1, 2]", b"[]", b'"a string"', b"null", b"42", b"true"]
 
@@ -174,6 +176,7 @@ def test_a_limit_or_offset_that_is_not_a_positive_integer_gives_the_default_page
         ("/api/v1/evidence/", {"asset": str(2**80), "psa_case": "not-a-uuid"}),
         ("/api/v1/script-jobs/", {"asset": "1" * 40, "script": "x", "psa_task": "\x00"}),
         ("/api/v1/kill-switches/", {"scope": "\x00"}),
+        ("/api/v1/config-keys/", {"status": "maybe", "platform": "\x00"}),
     ],
 )
 def test_bad_filters_are_400_naming_them(world, url, params):

@@ -175,6 +175,7 @@ LAYERS = [
             "rmm.engine.wakeups",
             "rmm.artefacts.registry",
             "rmm.artefacts.states",
+            "rmm.artefacts.models",
         ],
     ),
     ("history", ["rmm.history", "rmm.core.api", "rmm.core.blobs"]),  # the two helpers record refusals

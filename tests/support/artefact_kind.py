@@ -7,19 +7,18 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.conf import settings
 from django.db import connection, models
 from django.db.models import Max
 
 from rmm.artefacts import registry
+from rmm.artefacts.models import ArtefactVersion
 from rmm.artefacts.registry import ArtefactKind
-from rmm.artefacts.states import ApprovalStatus
 from rmm.core import blobs
 
 FOLDER = "test-policies"
 
 
-class PolicyVersion(models.Model):
+class PolicyVersion(ArtefactVersion):
     """One immutable version of a policy: the fields every artefact model has, and its blob's hash."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -27,14 +26,6 @@ class PolicyVersion(models.Model):
     version = models.PositiveIntegerField()
     content_sha256 = models.CharField(max_length=64)
     high_risk = models.BooleanField(default=False)
-    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    approval_status = models.CharField(max_length=20, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
-    decided_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
-    )
-    decided_at = models.DateTimeField(null=True, blank=True)
-    decision_reason = models.TextField(blank=True)
 
     class Meta:
         app_label = "artefacts"

@@ -45,6 +45,7 @@ from rest_framework.test import APIClient
 from evidence import exports
 from evidence import services as evidence
 from evidence.models import RmmEvidence
+from profiles import services as profiles
 from rmm.access import services as access_services
 from rmm.access.models import ApiToken
 from rmm.engine.services import kill_switches
@@ -52,6 +53,7 @@ from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, otp_login, report
+from tests.support.profiles import approved_key
 
 # --- who ---------------------------------------------------------------------------------------
 
@@ -181,6 +183,14 @@ def build_world(storage: str) -> World:
     gated = approved_script(author, boss, name="gated", content="echo gated\n", requires_approval=True)
     draft = scripting.create_script(author, name="draft", language="sh", content="echo draft\n")
     priv = scripting.create_script(author, name="priv", language="sh", content="id -u\n", privileged=True)
+    approved_key(author, boss, name="matrix.line")
+    pending_key = approved_key(author, boss, name="matrix.pending", approve=False)
+    profile = profiles.create_profile(
+        author,
+        name="matrix",
+        profile_type="baseline",
+        items=[{"config_key": "matrix.line", "parameters": {"path": "/p", "key": "k"}, "comparison": "absent"}],
+    )
 
     job_done = scripting.create_script_job(psa, script_id=hello.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
     leased = heartbeat(agent_auth)["instructions"]
@@ -216,6 +226,9 @@ def build_world(storage: str) -> World:
             "script_hello": str(hello.pk),
             "script_draft": str(draft.pk),
             "script_priv": str(priv.pk),
+            "config_key_pending": str(pending_key.pk),
+            "config_key": str(profile.current_revision.items.get().config_key_id),
+            "profile": str(profile.pk),
             "job_done": str(job_done.pk),
             "job_waiting": str(job_waiting.pk),
             "evidence": str(proof.pk),

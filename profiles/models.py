@@ -1,0 +1,134 @@
+"""Seed B, desired configuration: profiles, their revisions and items (intent, not execution), and
+the config key definitions that say how a key is read and set on an endpoint."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from rmm.artefacts.models import ArtefactVersion
+from scripting.models import Script
+
+
+class Platform(models.TextChoices):
+    LINUX = "linux"
+    WINDOWS = "windows"
+
+
+class ValueType(models.TextChoices):
+    STRING = "string"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"
+
+
+class Comparison(models.TextChoices):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    REGEX = "regex"
+    AT_LEAST = "at_least"
+    AT_MOST = "at_most"
+    CONTAINS = "contains"
+    ABSENT = "absent"
+
+
+class EnforcementMode(models.TextChoices):
+    AUDIT = "audit"
+    ENFORCE = "enforce"
+
+
+class ConfigKey(ArtefactVersion):
+    """One immutable version of a config key definition, an artefact kind (``config_key``).
+
+    ``content_sha256`` covers the canonical JSON of the definition with both scripts' sha256
+    (:func:`profiles.services.definition_of`): approving this version approves exactly those
+    scripts' content for this key. It is usable in a profile only when it and its scripts are
+    approved.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, db_index=True, help_text="e.g. linux.file_line")
+    version = models.PositiveIntegerField()
+    description = models.TextField(blank=True)
+    platform = models.CharField(max_length=20, choices=Platform.choices)
+    value_type = models.CharField(max_length=20, choices=ValueType.choices)
+    comparisons = models.JSONField(help_text="The comparisons an item of this key may use.")
+    parameters = models.JSONField(
+        default=list, help_text='[{"name", "description", "required"}]: given to its scripts as RMM_PARAM_<NAME>.'
+    )
+    read_script = models.ForeignKey(Script, on_delete=models.PROTECT, related_name="+")
+    set_script = models.ForeignKey(Script, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    content_sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        db_table = "config_keys"
+        ordering = ["name", "-version"]
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="config_key_name_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class ConfigurationProfile(models.Model):
+    """Seed B ``configuration_profiles``: a named desired state; its items live in revisions."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, unique=True)
+    profile_type = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    current_revision = models.ForeignKey(
+        "ConfigurationProfileRevision", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        db_table = "configuration_profiles"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def items(self):
+        """The current revision's items, in order."""
+        return self.current_revision.items.all() if self.current_revision_id else ConfigurationItem.objects.none()
+
+
+class ConfigurationProfileRevision(models.Model):
+    """One revision of a profile's items. Items are never rewritten: a change makes a new revision,
+    so what an asset was measured against stays as it was."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    profile = models.ForeignKey(ConfigurationProfile, on_delete=models.PROTECT, related_name="revisions")
+    revision = models.PositiveIntegerField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "configuration_profile_revisions"
+        ordering = ["profile", "-revision"]
+        constraints = [models.UniqueConstraint(fields=["profile", "revision"], name="profile_revision_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.profile.name} r{self.revision}"
+
+
+class ConfigurationItem(models.Model):
+    """Seed B ``configuration_items``: one desired value of one key version, in one revision."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    revision = models.ForeignKey(ConfigurationProfileRevision, on_delete=models.PROTECT, related_name="items")
+    position = models.PositiveIntegerField(help_text="Its place in the revision's item list.")
+    config_key = models.ForeignKey(ConfigKey, on_delete=models.PROTECT, related_name="items")
+    parameters = models.JSONField(default=dict)
+    desired_value = models.TextField(blank=True)
+    comparison = models.CharField(max_length=20, choices=Comparison.choices)
+    enforcement_mode = models.CharField(max_length=20, choices=EnforcementMode.choices)
+
+    class Meta:
+        db_table = "configuration_items"
+        ordering = ["revision", "position"]
+        constraints = [models.UniqueConstraint(fields=["revision", "position"], name="configuration_item_position")]
+
+    def __str__(self) -> str:
+        return f"{self.config_key.name} {self.comparison} {self.desired_value!r}"
