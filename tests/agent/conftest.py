@@ -21,10 +21,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from deploy.tls import certificates
 from rmm_agent import keyring
 from rmm_agent.accounts import DEFAULT_RUN_AS, Account, lookup_account
 from rmm_agent.protocol import MAX_BODY_BYTES, canonical_json, result_hash, sha256_hex
-from tests.support.tls import certificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "7f9c2b1e-0000-4000-8000-000000000001"

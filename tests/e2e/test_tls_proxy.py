@@ -18,11 +18,12 @@ from types import SimpleNamespace
 import pytest
 from websockets.sync.client import connect
 
+from deploy.proxy import NGINX, Nginx, site
+from deploy.tls import certificates
 from tests.e2e.flows import Session, console_users, finished_export, make_world, publish, run_job
 from tests.e2e.server import Server, free_port
 from tests.e2e.test_console_live import events_until
-from tests.support.nginx import NGINX, Nginx, require, site
-from tests.support.tls import certificates
+from tests.support.tools import require
 
 PASSWORD = "correct horse battery staple"
 ACCEL = {"RMM_ARTEFACT_ACCEL_REDIRECT": "/_blobs/", "RMM_EVIDENCE_ACCEL_REDIRECT": "/_blobs/"}

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.proxy import NGINX, ROOT, Nginx, site
+from deploy.tls import certificates
 from tests.helpers import check_deploy
-from tests.support.nginx import NGINX, ROOT, Nginx, require, site
-from tests.support.tls import certificates
+from tests.support.tools import require
 
 UNITS = ROOT / "deploy" / "systemd"
 # Template units are verified as one instance each, as systemd would start them.

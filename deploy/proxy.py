@@ -1,9 +1,11 @@
-"""Debian's nginx running the shipped site (deploy/nginx/rmm.conf) in a temporary prefix.
+"""Debian's nginx running the shipped site (deploy/nginx/rmm.conf) in a prefix of its own, for
+the tests (tests/project/test_deploy.py, tests/e2e/test_tls_proxy.py) and the fleet benchmark
+(``python -m bench --proxy nginx``).
 
 The site is used as shipped, with only its host-specific values (ports, certificate, blob store)
-replaced; each replaced value must be found, so a change to the site that a test no longer covers
-fails here instead of passing unseen. The main configuration is Debian's own nginx.conf with its
-paths moved into the prefix.
+replaced; each replaced value must be found, so a change to the site that its users no longer
+cover fails here instead of passing unseen. The main configuration is Debian's own nginx.conf
+with its paths moved into the prefix (and, when asked, more connections per worker).
 """
 
 from __future__ import annotations
@@ -17,23 +19,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "deploy" / "nginx" / "rmm.conf"
 DEBIAN_MAIN = Path("/etc/nginx/nginx.conf")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SITES = "include /etc/nginx/sites-enabled/*;"
 TEMPS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # each <kind>_temp_path, in the prefix
-
-
-def require(executable: str, package: str) -> None:
-    """A missing tool fails in CI (which installs it) and skips elsewhere."""
-    if shutil.which(executable) is None and not Path(executable).exists():
-        reason = f"{executable} is not installed (apt-get install {package}; `make install` does so as root)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 def site(
@@ -53,16 +44,19 @@ def site(
         "/etc/ssl/rmm/privkey.pem": str(key),
         "/var/lib/rmm/evidence/": f"{blobs}/",
     }.items():
-        assert shipped in text, f"{SITE} no longer holds {shipped!r}: update tests/support/nginx.py"
+        if shipped not in text:
+            raise RuntimeError(f"{SITE} no longer holds {shipped!r}: update deploy/proxy.py")
         text = text.replace(shipped, local)
     return text
 
 
 class Nginx:
-    """One nginx master in ``prefix`` serving ``site_text``."""
+    """One nginx master in ``prefix`` serving ``site_text``; ``connections`` per worker in place of
+    Debian's 768 (each held heartbeat takes two: the agent's and the one to its worker)."""
 
-    def __init__(self, prefix: Path, site_text: str) -> None:
+    def __init__(self, prefix: Path, site_text: str, connections: int | None = None) -> None:
         self.prefix = prefix
+        self.connections = connections
         for temp in TEMPS:
             (prefix / "temp" / temp).mkdir(parents=True, exist_ok=True)
         (prefix / "rmm.conf").write_text(site_text)
@@ -85,10 +79,15 @@ class Nginx:
         text = re.sub(
             r"^http\s*\{", f"http {{\n\tclient_body_temp_path {self.prefix}/temp/body;{temps}", text, flags=re.M
         )
-        assert "include /etc/nginx/sites-enabled/*;" in text, (
-            "Debian's nginx.conf changed: update tests/support/nginx.py"
-        )
-        return text.replace("include /etc/nginx/sites-enabled/*;", f"include {self.prefix}/rmm.conf;")
+        if self.connections:
+            text, found = re.subn(r"worker_connections\s+\d+;", f"worker_connections {self.connections};", text)
+            # Room for every connection and the files each worker opens besides.
+            text = f"worker_rlimit_nofile {self.connections + 1024};\n{text}"
+            if found != 1:
+                raise RuntimeError("Debian's nginx.conf changed: update deploy/proxy.py")
+        if SITES not in text:
+            raise RuntimeError("Debian's nginx.conf changed: update deploy/proxy.py")
+        return text.replace(SITES, f"include {self.prefix}/rmm.conf;")
 
     def command(self, *args: str) -> list[str]:
         return [NGINX, "-p", str(self.prefix), "-e", str(self.prefix / "error.log"), "-c", str(self.conf), *args]
@@ -102,9 +101,8 @@ class Nginx:
         deadline = time.monotonic() + 15
         while not (self.prefix / "nginx.pid").exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"nginx did not start: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
-                )
+                log = self.prefix / "error.log"
+                raise RuntimeError(f"nginx did not start: {log.read_text()[-2000:] if log.exists() else ''}")
             time.sleep(0.05)
         return self
 
