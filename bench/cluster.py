@@ -286,9 +286,20 @@ class Cluster:
             request = urllib.request.Request(
                 url + "/api/v1/agent/bench/stats/", method="POST" if reset else "GET", data=b"" if reset else None
             )
-            with urllib.request.urlopen(request, timeout=30) as answer:
+            # A worker behind on its calls (a busy machine) answers late: wait rather than lose the run.
+            with urllib.request.urlopen(request, timeout=180) as answer:
                 found.append(json.loads(answer.read()))
         return found
+
+    def database_seconds(self) -> float:
+        """Time PostgreSQL spent running statements in this run's database so far (its
+        ``pg_stat_database.active_time``): the database's share alone, whatever else the server
+        runs for others."""
+        import psycopg
+
+        with psycopg.connect(self.env["DATABASE_URL"], autocommit=True) as conn:
+            row = conn.execute("SELECT active_time FROM pg_stat_database WHERE datname = current_database()")
+            return float(row.fetchone()[0]) / 1000
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: each worker, the task cluster (all its processes), PostgreSQL, Redis."""

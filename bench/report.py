@@ -37,6 +37,11 @@ def table(r: dict) -> str:
             if "nginx_cpu_seconds_per_1000_heartbeats" in s
             else []
         ),
+        *(
+            [_row("database time per heartbeat (ms, this run's database)", s["database_ms_per_heartbeat"])]
+            if "database_ms_per_heartbeat" in s
+            else []
+        ),
         _row("CPU, share of one core", ", ".join(f"{k} {v}" for k, v in s["cpu_share_of_one_core"].items())),
         _row("other processes on the machine (share of one core)", s["other_processes_share_of_one_core"]),
         _row(

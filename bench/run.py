@@ -284,9 +284,11 @@ class Bench:
         cluster.stats(reset=True)
         window = (time.time(), 0.0)
         server_cpu0 = cluster.cpu() | {"machine": machine_busy_seconds(), "simulator": self._sim_cpu()}
+        database0 = cluster.database_seconds()
         probes = self._probe(api, tokens["psa"], script["id"], task_id, online, o.duration)
         window = (window[0], time.time())
         server_cpu1 = cluster.cpu() | {"machine": machine_busy_seconds(), "simulator": self._sim_cpu()}
+        database = cluster.database_seconds() - database0
         steady_stats = cluster.stats()
 
         # 3. fan-out, with the fleet running
@@ -333,6 +335,9 @@ class Bench:
         records = [reply["records"] for reply in replies]
 
         self._steady_report(records, window, server_cpu0, server_cpu1, steady_stats, probes)
+        self.report["steady"]["database_ms_per_heartbeat"] = round(
+            1000 * database / max(1, self.report["steady"]["heartbeats"]), 3
+        )
         fan_jobs = {job["id"] for job in batch["jobs"]}
         self._fanout_report(records, fan_jobs, fan_seconds, fan_start, fan_end, len(fan_assets), expected)
         self.report["fanout"]["all_signed_after_s"] = round(signed_after, 2) if signed_after is not None else None
