@@ -30,6 +30,8 @@ from deploy.tls import certificates
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ACCESS_STATUS = re.compile(r'" (\d{3}) ')  # Debian's log format: "request line" status bytes
+# nginx's error log: "… *<connection> <what> while <when>, client: …"
+UPSTREAM_ERROR = re.compile(r"\*\d+ (.*?) while ([^,]*)")
 
 
 def free_port() -> int:
@@ -124,7 +126,8 @@ def proxy_answers(nginx: Nginx) -> dict:
     upstream: dict[str, int] = {}
     for line in (nginx.prefix / "error.log").read_text(errors="replace").splitlines():
         if "upstream" in line:
-            kind = line.split("] ", 1)[-1].split(" while ", 1)[0].split(": ", 1)[-1][:80]
+            found = UPSTREAM_ERROR.search(line)
+            kind = f"{found.group(1)} ({found.group(2)})" if found else line[-80:]
             upstream[kind] = upstream.get(kind, 0) + 1
     return {"statuses": dict(sorted(statuses.items())), "upstream_errors": upstream}
 
