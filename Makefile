@@ -46,7 +46,8 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 # The fleet benchmark (docs/performance.md): a short profile by default, e.g.
-# `make bench FLEET=10000 DURATION=60` for the goal, SERVER=daphne for daphne workers.
+# `make bench FLEET=10000 DURATION=60` for the goal, SERVER=daphne for daphne workers,
+# PROXY=nginx for the agents through Debian's nginx and the shipped site over https.
 # Needs PostgreSQL and Redis on 127.0.0.1.
 FLEET ?= 3000
 INTERVAL ?= 30
@@ -56,10 +57,12 @@ API_WORKERS ?= 1
 SIM ?= 2
 FANOUT ?= 10000
 SERVER ?= uvicorn
+PROXY ?=
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m bench --fleet $(FLEET) --interval $(INTERVAL) --duration $(DURATION) \
-		--workers $(WORKERS) --api-workers $(API_WORKERS) --sim $(SIM) --fanout $(FANOUT) --server $(SERVER) $(BENCH_ARGS)
+		--workers $(WORKERS) --api-workers $(API_WORKERS) --sim $(SIM) --fanout $(FANOUT) --server $(SERVER) \
+		$(if $(PROXY),--proxy $(PROXY)) $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

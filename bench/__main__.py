@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         "--api-workers", type=int, default=defaults.api_workers, help="daphne workers for the API (0: the agent tier)"
     )
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default=defaults.server, help="ASGI server")
+    parser.add_argument(
+        "--proxy",
+        choices=["", "nginx"],
+        default=defaults.proxy,
+        help="nginx: the agents call through Debian's nginx running deploy/nginx/rmm.conf, over https",
+    )
     parser.add_argument("--sim", type=int, default=defaults.sim, help="simulator processes")
     parser.add_argument("--fanout", type=int, default=defaults.fanout, help="assets in the fan-out job")
     parser.add_argument(

@@ -2,13 +2,17 @@
 
 Its own PostgreSQL database (created and dropped here), its own Redis database, an agent tier of
 ASGI workers (uvicorn, or daphne; one port each, as behind a proxy), a daphne worker for the REST
-API and ``manage.py qcluster``, all on 127.0.0.1.
+API and ``manage.py qcluster``, all on 127.0.0.1; with ``proxy="nginx"``, Debian's nginx in front
+of them running the shipped site (deploy/nginx/rmm.conf) with TLS, its agent tier's upstream the
+workers' ports, and a CA made for the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import signal
 import socket
 import subprocess
@@ -20,8 +24,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rmm.deploy.nginx import Nginx, site
+from rmm.deploy.tls import certificates
+
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ACCESS_STATUS = re.compile(r'" (\d{3}) ')  # Debian's log format: "request line" status bytes
+# nginx's error log: "… *<connection> <what> while <when>, client: …"
+UPSTREAM_ERROR = re.compile(r"\*\d+ (.*?) while ([^,]*)")
 
 
 def free_port() -> int:
@@ -80,6 +90,48 @@ def pids_named(name: str) -> list[int]:
     return found
 
 
+def start_proxy(tmp: Path, agent_ports: list[int], console_port: int, agents: int) -> tuple[Nginx, str, int]:
+    """The shipped site in front of the workers, started: the agent tier's upstream
+    ``agent_ports``, the console's ``console_port``; TLS with a certificate from a CA made for
+    the run in ``tmp``. Returns nginx, the CA file the agents trust and the https port."""
+    ca, cert, key = certificates(tmp)
+    port = free_port()
+    text = site(
+        https_port=port,
+        http_port=free_port(),
+        agent_ports=agent_ports,
+        console_port=console_port,
+        cert=cert,
+        key=key,
+        blobs=tmp / "var" / "evidence",
+    )
+    # Each held heartbeat holds two connections (the agent's and nginx's to its worker), and
+    # nginx's workers do not share them out evenly: room for all of them in each worker, as far
+    # as this process's limit on open files allows (nginx inherits it).
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    files = 1 << 20 if files == resource.RLIM_INFINITY else files
+    connections = min(max(768, 2 * agents + 1024), files - 1024)
+    return Nginx(tmp / "nginx", text, connections=connections).start(), str(ca), port
+
+
+def proxy_answers(nginx: Nginx) -> dict:
+    """What nginx answered, by status, from its access log; and its error log's upstream errors
+    (a worker that refused, reset or timed out a connection) by kind."""
+    statuses: dict[str, int] = {}
+    with open(nginx.prefix / "access.log", errors="replace") as log:
+        for line in log:
+            found = ACCESS_STATUS.search(line)
+            if found:
+                statuses[found.group(1)] = statuses.get(found.group(1), 0) + 1
+    upstream: dict[str, int] = {}
+    for line in (nginx.prefix / "error.log").read_text(errors="replace").splitlines():
+        if "upstream" in line:
+            found = UPSTREAM_ERROR.search(line)
+            kind = f"{found.group(1)} ({found.group(2)})" if found else line[-80:]
+            upstream[kind] = upstream.get(kind, 0) + 1
+    return {"statuses": dict(sorted(statuses.items())), "upstream_errors": upstream}
+
+
 @dataclass
 class Cluster:
     """The README's production layout on a fresh database: an agent tier of ``workers`` ASGI
@@ -90,6 +142,8 @@ class Cluster:
     api_workers: int = 1
     interval: int = 30
     server: str = "uvicorn"  # the agent tier (httptools, uvloop); or "daphne"
+    proxy: str = ""  # "nginx": the agents call the workers through it, over https
+    agents: int = 0  # how many agents will call at once (nginx's connections per worker follow)
     pg_url: str = "postgres://postgres@127.0.0.1:5432"
     redis_url: str = "redis://127.0.0.1:6379/11"
     extra_env: dict = field(default_factory=dict)
@@ -112,10 +166,19 @@ class Cluster:
             **self.extra_env,
         )
         self.log = open(self.tmp / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.nginx: Nginx | None = None
+        self.ca: str | None = None  # the CA the agents trust, with a proxy
+        self.proxy_port = 0
 
     @property
     def urls(self) -> list[str]:
+        """Each agent-tier worker, straight."""
         return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def agent_urls(self) -> list[str]:
+        """Where the agents call: the proxy, or each worker."""
+        return [f"https://127.0.0.1:{self.proxy_port}"] if self.nginx else self.urls
 
     @property
     def api_urls(self) -> list[str]:
@@ -183,7 +246,16 @@ class Cluster:
         )
         for url in dict.fromkeys(self.urls + self.api_urls):
             self._wait_ready(url)
+        if self.proxy == "nginx":
+            self._start_nginx()
         return self
+
+    def _start_nginx(self) -> None:
+        ports = self.api_ports or self.ports
+        self.nginx, self.ca, self.proxy_port = start_proxy(self.tmp, self.ports, ports[0], self.agents)
+
+    def proxy_answers(self) -> dict:
+        return proxy_answers(self.nginx) if self.nginx else {}
 
     def _server_command(self, port: int, n: int) -> list[str]:
         """The README's agent-tier uvicorn command, or its daphne command (with its access log)."""
@@ -217,9 +289,20 @@ class Cluster:
             request = urllib.request.Request(
                 url + "/api/v1/agent/bench/stats/", method="POST" if reset else "GET", data=b"" if reset else None
             )
-            with urllib.request.urlopen(request, timeout=30) as answer:
+            # A worker behind on its calls (a busy machine) answers late: wait rather than lose the run.
+            with urllib.request.urlopen(request, timeout=180) as answer:
                 found.append(json.loads(answer.read()))
         return found
+
+    def database_seconds(self) -> float:
+        """Time PostgreSQL spent running statements in this run's database so far (its
+        ``pg_stat_database.active_time``): the database's share alone, whatever else the server
+        runs for others."""
+        import psycopg
+
+        with psycopg.connect(self.env["DATABASE_URL"], autocommit=True) as conn:
+            row = conn.execute("SELECT active_time FROM pg_stat_database WHERE datname = current_database()")
+            return float(row.fetchone()[0]) / 1000
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: each worker, the task cluster (all its processes), PostgreSQL, Redis."""
@@ -227,15 +310,21 @@ class Cluster:
         figures["qcluster"] = sum(cpu_seconds(pid) for pid in tree(self.procs["qcluster"].pid))
         figures["postgres"] = sum(cpu_seconds(pid) for pid in pids_named("postgres"))
         figures["redis"] = sum(cpu_seconds(pid) for pid in pids_named("redis-server"))
+        if self.nginx and self.nginx.proc:
+            figures["nginx"] = sum(cpu_seconds(pid) for pid in tree(self.nginx.proc.pid))
         return figures
 
     def memory(self) -> dict[str, float]:
         """Peak resident memory (MiB) of each server process; the task cluster's largest process."""
         figures = {name: peak_rss_mib(proc.pid) for name, proc in self.procs.items() if name != "qcluster"}
         figures["qcluster"] = max(peak_rss_mib(pid) for pid in tree(self.procs["qcluster"].pid))
+        if self.nginx and self.nginx.proc:
+            figures["nginx"] = sum(peak_rss_mib(pid) for pid in tree(self.nginx.proc.pid))
         return figures
 
     def stop(self) -> None:
+        if self.nginx:
+            self.nginx.stop()
         for name, proc in self.procs.items():
             if proc.poll() is None:
                 if name == "qcluster":

@@ -21,6 +21,7 @@ import contextlib
 import json
 import random
 import resource
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -214,7 +215,7 @@ class SimAgent:
 class Simulator:
     """One worker process's share of the fleet."""
 
-    def __init__(self, urls: list[str], seed: int) -> None:
+    def __init__(self, urls: list[str], seed: int, ca: str | None) -> None:
         self.urls = urls
         self.rng = random.Random(seed)
         self.agents: list[SimAgent] = []
@@ -226,7 +227,9 @@ class Simulator:
         # One pool for thousands of agents, as a proxy keeps to its upstream: idle connections
         # are dropped after 60 s (nginx's upstream default), before the agent tier's 75 s
         # (the README's --timeout-keep-alive), so no request races the server closing one.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        # Through the proxy, over https trusting the run's CA alone, as an agent pinned to it.
+        tls = ssl.create_default_context(cafile=ca) if ca else None
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ssl=tls if tls else True)
         self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=["Accept-Encoding"])
 
     def spawn(self, coro) -> None:
@@ -327,13 +330,14 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def worker(conn: Connection, urls: list[str], seed: int) -> None:
-    """A simulator process: obey the coordinator's commands until ``exit``."""
+def worker(conn: Connection, urls: list[str], seed: int, ca: str | None) -> None:
+    """A simulator process: obey the coordinator's commands until ``exit``; ``ca``: the CA file
+    the agents trust (https through the proxy)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def main() -> None:
-        sim = Simulator(urls, seed)
+        sim = Simulator(urls, seed, ca)
         loop = asyncio.get_running_loop()
         stop: asyncio.Event | None = None
         try:

@@ -13,7 +13,8 @@ def table(r: dict) -> str:
         f"RMM fleet benchmark — {m['date']}",
         f"machine: {m['cpus']} × {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, {m['postgres']}",
         f"server: {o['workers']} {o['server']} workers, {o.get('api_workers', 0)} daphne API workers + qcluster,"
-        f" PostgreSQL, Redis; simulator: {o['sim']} processes",
+        f" PostgreSQL, Redis; simulator: {o['sim']} processes"
+        + ("; agents through nginx (deploy/nginx/rmm.conf, https)" if o.get("proxy") else "; agents to the workers"),
         "",
         "enrollment",
         _row(
@@ -31,6 +32,16 @@ def table(r: dict) -> str:
         _row("heartbeat errors", s["heartbeat_errors"]),
         _row("heartbeats answered early (work, aborts)", s["heartbeats_woken"]),
         _row("server CPU s per 1,000 heartbeats (agent-tier workers)", s["server_cpu_seconds_per_1000_heartbeats"]),
+        *(
+            [_row("nginx CPU s per 1,000 heartbeats", s["nginx_cpu_seconds_per_1000_heartbeats"])]
+            if "nginx_cpu_seconds_per_1000_heartbeats" in s
+            else []
+        ),
+        *(
+            [_row("database time per heartbeat (ms, this run's database)", s["database_ms_per_heartbeat"])]
+            if "database_ms_per_heartbeat" in s
+            else []
+        ),
         _row("CPU, share of one core", ", ".join(f"{k} {v}" for k, v in s["cpu_share_of_one_core"].items())),
         _row("other processes on the machine (share of one core)", s["other_processes_share_of_one_core"]),
         _row(
@@ -79,10 +90,24 @@ def table(r: dict) -> str:
             )
             for name, x in ((k, sat[k]) for k in ("heartbeat", "bare"))
         ),
+        *(
+            _row(f"{name}: nginx CPU per call (ms)", sat[name]["nginx_cpu_ms_per_request"])
+            for name in ("heartbeat", "bare")
+            if "nginx_cpu_ms_per_request" in sat[name]
+        ),
         _row("heartbeat throughput as a share of the bare endpoint", f"{sat['heartbeat_share_of_bare']:.0%}"),
         "",
         _row("simulator CPU s (fleet phase)", r["simulator_cpu_seconds_fleet_phase"]),
         _row("server peak memory (MiB)", ", ".join(f"{k} {v}" for k, v in r["server_peak_memory_mib"].items())),
         _row("errors", r["errors"] or "none"),
+        *(
+            [
+                _row("nginx answers by status (whole run)", r["proxy"]["statuses"]),
+                _row("nginx 5xx answers (whole run)", sum(n for k, n in r["proxy"]["statuses"].items() if k[0] == "5")),
+                _row("nginx upstream errors (error log)", r["proxy"]["upstream_errors"] or "none"),
+            ]
+            if "proxy" in r
+            else []
+        ),
     ]
     return "\n".join(lines)

@@ -14,6 +14,10 @@ Phases, in order:
    the fleet runs: results stored per second by the server's clock, apart from any wave plan.
 5. **saturation**: the fleet stops; closed-loop callers then hammer the heartbeat and the bare
    endpoint in turn, each as fast as the server answers.
+
+With ``proxy="nginx"`` the simulated agents make every call through Debian's nginx running the
+shipped site, over https (bench/cluster.py); the REST API's calls and the workers' own figures go
+to the workers straight, as before.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Options:
     workers: int = 2
     api_workers: int = 1  # daphne, for the console and the REST API (the README's layout)
     server: str = "uvicorn"  # the agent tier of the README's production section
+    proxy: str = ""  # "nginx": the agents call through the shipped nginx site, over https
     sim: int = 2
     fanout: int = 10_000
     intake: int = 1000  # agents given one job each at once in the intake phase (0: none)
@@ -164,11 +169,11 @@ class Bench:
 
     # -- simulator processes ------------------------------------------------------------------
 
-    def _spawn(self, urls: list[str]) -> None:
+    def _spawn(self, urls: list[str], ca: str | None) -> None:
         context = multiprocessing.get_context("spawn")
         for n in range(self.o.sim):
             ours, theirs = context.Pipe()
-            proc = context.Process(target=fleet.worker, args=(theirs, urls, 1000 + n), daemon=True)
+            proc = context.Process(target=fleet.worker, args=(theirs, urls, 1000 + n, ca), daemon=True)
             proc.start()
             self.pipes.append(ours)
             self.procs.append(proc)
@@ -191,20 +196,24 @@ class Bench:
             workers=o.workers,
             api_workers=o.api_workers,
             server=o.server,
+            proxy=o.proxy,
+            agents=o.fleet,
             interval=o.interval,
             extra_env={"RMM_WAVE_SIZE": str(self.wave), "RMM_ENROLLMENT_TOKEN_USES": str(o.fleet)},
         )
         print(
             f"starting {o.workers} {o.server} workers, {o.api_workers} daphne API workers, qcluster,"
-            f" database {cluster.dbname} ...",
+            f"{' nginx in front of the agent tier,' if o.proxy else ''} database {cluster.dbname} ...",
             flush=True,
         )
         started = time.monotonic()
         cluster.start()
         try:
             self.report["server_start_seconds"] = round(time.monotonic() - started, 1)
-            self._spawn(cluster.urls)
+            self._spawn(cluster.agent_urls, cluster.ca)
             self._run(cluster)
+            if o.proxy:
+                self.report["proxy"] = cluster.proxy_answers()
         finally:
             for pipe in self.pipes:
                 with contextlib.suppress(OSError):
@@ -275,9 +284,11 @@ class Bench:
         cluster.stats(reset=True)
         window = (time.time(), 0.0)
         server_cpu0 = cluster.cpu() | {"machine": machine_busy_seconds(), "simulator": self._sim_cpu()}
+        database0 = cluster.database_seconds()
         probes = self._probe(api, tokens["psa"], script["id"], task_id, online, o.duration)
         window = (window[0], time.time())
         server_cpu1 = cluster.cpu() | {"machine": machine_busy_seconds(), "simulator": self._sim_cpu()}
+        database = cluster.database_seconds() - database0
         steady_stats = cluster.stats()
 
         # 3. fan-out, with the fleet running
@@ -324,6 +335,9 @@ class Bench:
         records = [reply["records"] for reply in replies]
 
         self._steady_report(records, window, server_cpu0, server_cpu1, steady_stats, probes)
+        self.report["steady"]["database_ms_per_heartbeat"] = round(
+            1000 * database / max(1, self.report["steady"]["heartbeats"]), 3
+        )
         fan_jobs = {job["id"] for job in batch["jobs"]}
         self._fanout_report(records, fan_jobs, fan_seconds, fan_start, fan_end, len(fan_assets), expected)
         self.report["fanout"]["all_signed_after_s"] = round(signed_after, 2) if signed_after is not None else None
@@ -362,6 +376,11 @@ class Bench:
                 "server_cpu_ms_per_request": round(1000 * workers_cpu / max(1, len(ok)), 2),
                 "postgres_cpu_ms_per_request": round(
                     1000 * (cpu_after["postgres"] - cpu_before["postgres"]) / max(1, len(ok)), 2
+                ),
+                **(
+                    {"nginx_cpu_ms_per_request": round(1000 * (cpu_after["nginx"] - cpu_before["nginx"]) / len(ok), 2)}
+                    if "nginx" in cpu_after and ok
+                    else {}
                 ),
             }
         sat = self.report["saturation"]
@@ -467,6 +486,11 @@ class Bench:
             **{f"heartbeat_{k}": v for k, v in ms(timed).items()},
             "heartbeats_woken": sum(1 for b in ok if b[2] == "woken"),
             "server_cpu_seconds_per_1000_heartbeats": round(1000 * workers_cpu / max(1, len(ok)), 2),
+            **(
+                {"nginx_cpu_seconds_per_1000_heartbeats": round(1000 * (cpu1["nginx"] - cpu0["nginx"]) / len(ok), 2)}
+                if "nginx" in cpu1 and ok
+                else {}
+            ),
             "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
             "cpu_share_of_one_core": {k: round((cpu1[k] - cpu0[k]) / span, 2) for k in cpu1},
             # Whatever else ran on the machine meanwhile (it is shared): busy CPU not ours.

@@ -49,10 +49,12 @@ def site(
 
 
 class Nginx:
-    """One nginx master in ``prefix`` serving ``site_text``."""
+    """One nginx master in ``prefix`` serving ``site_text``; ``connections`` per worker in place of
+    Debian's 768 (each held heartbeat takes two: the agent's and the one to its worker)."""
 
-    def __init__(self, prefix: Path, site_text: str) -> None:
+    def __init__(self, prefix: Path, site_text: str, connections: int | None = None) -> None:
         self.prefix = prefix
+        self.connections = connections
         for temp in TEMPS:
             (prefix / "temp" / temp).mkdir(parents=True, exist_ok=True)
         (prefix / "rmm.conf").write_text(site_text)
@@ -75,6 +77,11 @@ class Nginx:
         text = re.sub(
             r"^http\s*\{", f"http {{\n\tclient_body_temp_path {self.prefix}/temp/body;{temps}", text, flags=re.M
         )
+        if self.connections:
+            text, found = re.subn(r"worker_connections\s+\d+;", f"worker_connections {self.connections};", text)
+            assert found == 1, "Debian's nginx.conf changed: update rmm/deploy/nginx.py"
+            # Room for every connection and the files each worker opens besides.
+            text = f"worker_rlimit_nofile {self.connections + 1024};\n{text}"
         assert "include /etc/nginx/sites-enabled/*;" in text, "Debian's nginx.conf changed: update rmm/deploy/nginx.py"
         return text.replace("include /etc/nginx/sites-enabled/*;", f"include {self.prefix}/rmm.conf;")
 
