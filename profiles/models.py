@@ -132,3 +132,58 @@ class ConfigurationItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.config_key.name} {self.comparison} {self.desired_value!r}"
+
+
+class AssignmentStatus(models.TextChoices):
+    # a profile with enforce-mode items, or its new revision, waits for a second person
+    AWAITING_APPROVAL = "awaiting_approval", "awaiting approval"
+    ACTIVE = "active", "active"
+    REJECTED = "rejected", "rejected"
+    # its PSA task expired or was withdrawn, or it was withdrawn itself: no more audits
+    STOPPED = "stopped", "stopped"
+
+
+class AssetConfigurationProfile(models.Model):
+    """Seed B ``asset_configuration_profiles``: a profile assigned to one asset or to a whole site,
+    under the PSA task (the compliance control's) that authorises its audits and enforcement.
+
+    ``approved_revision`` is the profile revision a second person approved for enforcement; drift
+    on enforce-mode items is enforced only while it is the profile's current revision."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    profile = models.ForeignKey(ConfigurationProfile, on_delete=models.PROTECT, related_name="assignments")
+    asset = models.ForeignKey(
+        "inventory.Asset", on_delete=models.PROTECT, null=True, blank=True, related_name="configuration_profiles"
+    )
+    site = models.ForeignKey(
+        "inventory.Site", on_delete=models.PROTECT, null=True, blank=True, related_name="configuration_profiles"
+    )
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=20, choices=AssignmentStatus.choices)
+    status_reason = models.TextField(blank=True)
+    approved_revision = models.ForeignKey(
+        ConfigurationProfileRevision, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    audit_interval_seconds = models.PositiveIntegerField(default=86400)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "asset_configuration_profiles"
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(asset__isnull=False, site__isnull=True) | models.Q(asset__isnull=True, site__isnull=False)
+                ),
+                name="assignment_asset_or_site",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.profile.name} → {self.asset or self.site}"
