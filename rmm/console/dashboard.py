@@ -77,7 +77,7 @@ def job_counts(user, now: datetime) -> list[StatusCount]:
         kind.model.objects.filter(site__in=sites, created_at__gte=now - WEEK)
         .order_by()
         .values("status")
-        .annotate(day=Count("pk", filter=Q(created_at__gte=now - DAY)), week=Count("pk"))
+        .annotate(day=Count("created_at", filter=Q(created_at__gte=now - DAY)), week=Count("created_at"))
         for kind in registry.all_kinds()
     ]
     first, *rest = parts
