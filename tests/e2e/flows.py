@@ -6,12 +6,15 @@ and the login form and websocket a browser uses.
 
 from __future__ import annotations
 
+import base64
 import http.cookiejar
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+
+from django_otp.oath import totp
 
 from tests.e2e.server import ROOT
 
@@ -161,12 +164,23 @@ def console_errors(page) -> list[str]:
     return errors
 
 
-def sign_in_to(page, username: str, password: str, path: str) -> None:
-    """A browser page signs in through the login form and lands on ``path``."""
+def code_for(secret: str) -> str:
+    """What the authenticator app shows for the base32 secret on the set-up page."""
+    return f"{totp(base64.b32decode(secret)):06d}"
+
+
+def sign_in_to(page, username: str, password: str, path: str, *, second_factor: bool = False) -> None:
+    """A browser page signs in through the login form and lands on ``path``; with
+    ``second_factor``, an admin or approver first sets up its second factor (the code its
+    authenticator app would show for the secret on the page)."""
     page.goto(f"/accounts/login/?next={path}")
     page.fill("#id_username", username)
     page.fill("#id_password", password)
     page.click("button[type=submit]")
+    if second_factor:
+        page.wait_for_url("**/accounts/otp/setup/**")
+        page.fill("#id_code", code_for(page.locator("#otp-secret").inner_text().strip()))
+        page.click("main form button[type=submit] >> text=Confirm")
     page.wait_for_url(f"**{path}")
 
 

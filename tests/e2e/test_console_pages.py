@@ -9,8 +9,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.flows import console_errors, console_users, make_world, publish, run_job
-from tests.e2e.test_sign_in_browser import code_for
+from tests.e2e.flows import console_errors, console_users, make_world, publish, run_job, sign_in_to
 
 pytestmark = pytest.mark.browser
 
@@ -83,13 +82,6 @@ def check_page(page, errors: list[str]) -> None:
     assert page.evaluate(CONTRAST) == [], page.url
     assert page.locator('meta[name="viewport"]').count() == 1
     assert page.evaluate(OVERFLOW) == [], f"{page.url} at {page.viewport_size['width']}px"
-
-
-def sign_in(page, username: str, where: str) -> None:
-    page.goto(where)
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit], button[type=submit]")
 
 
 def sweep(page, paths, errors: list[str]) -> None:
@@ -233,8 +225,7 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         psa = people.new_page()
         psa.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         psa.on("pageerror", lambda e: errors.append(str(e)))
-        sign_in(psa, recorder, "/accounts/login/?next=/console/")
-        psa.wait_for_url("**/console/")
+        sign_in_to(psa, recorder, PASSWORD, "/console/")
         sweep(psa, ("/console/authority/local/",), errors)
         people.close()
 
@@ -243,11 +234,7 @@ def test_technician_pages_filters_and_opens_an_asset(server, browser):
         admins = browser.new_context(base_url=server.url)
         boss = admins.new_page()
         boss_errors = console_errors(boss)
-        sign_in(boss, admin, "/accounts/login/?next=/console/people/")
-        boss.wait_for_url("**/accounts/otp/setup/**")
-        boss.fill("#id_code", code_for(boss.locator("#otp-secret").inner_text().strip()))
-        boss.click("main form button[type=submit] >> text=Confirm")
-        boss.wait_for_url("**/console/people/")
+        sign_in_to(boss, admin, PASSWORD, "/console/people/", second_factor=True)
         person = boss.locator(f'#people tr[data-username="{technician}"] a').get_attribute("href")
         sweep(boss, ("/console/people/", person, f"{person}deactivate/"), boss_errors)
         boss.goto(person)

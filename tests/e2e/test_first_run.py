@@ -16,10 +16,9 @@ import uuid
 
 import pytest
 
-from tests.e2e.flows import SCREENSHOTS, choose_asset, wait_for
+from tests.e2e.flows import SCREENSHOTS, choose_asset, sign_in_to, wait_for
 from tests.e2e.server import Server
 from tests.e2e.test_console_pages import check_page
-from tests.e2e.test_sign_in_browser import code_for
 
 pytestmark = pytest.mark.browser
 
@@ -51,15 +50,7 @@ def sign_in(browser, server, username: str, password: str, errors: list[str], *,
     page = context.new_page()
     page.on("console", lambda m: errors.append(f"{m.text} ({m.location['url']})") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto("/accounts/login/?next=/console/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    if second_factor:
-        page.wait_for_url("**/accounts/otp/setup/**")
-        page.fill("#id_code", code_for(page.locator("#otp-secret").inner_text().strip()))
-        page.click("main form button[type=submit] >> text=Confirm")
-    page.wait_for_url("**/console/")
+    sign_in_to(page, username, password, "/console/", second_factor=second_factor)
     return context, page
 
 

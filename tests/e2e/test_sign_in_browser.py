@@ -4,23 +4,16 @@ docs and the console under the content security policy: nothing is refused by th
 Playwright drives Debian's chromium; every CSP violation the browser reports fails the test.
 """
 
-import base64
 import uuid
 
 import pytest
-from django_otp.oath import totp
 
-from tests.e2e.flows import console_users, staff
+from tests.e2e.flows import code_for, console_users, staff
 
 pytestmark = pytest.mark.browser
 
 PASSWORD = "correct horse battery staple"
 WAIT = 15_000  # ms
-
-
-def code_for(secret: str) -> str:
-    """What the authenticator app shows for the base32 secret on the set-up page."""
-    return f"{totp(base64.b32decode(secret)):06d}"
 
 
 def test_an_approver_sets_up_totp_and_works_in_the_admin_docs_and_console_under_the_csp(server, browser):
