@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "evidence",
     "scripting",
     "profiles",
+    "deployment",
     "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]
@@ -401,6 +402,10 @@ RMM_AGENT_REFUSAL_WINDOW_SECONDS = float(os.environ.get("RMM_AGENT_REFUSAL_WINDO
 RMM_AGENT_REFUSALS_PER_WINDOW = int(os.environ.get("RMM_AGENT_REFUSALS_PER_WINDOW", "30"))
 # Pending approvals (script versions, jobs) expire after this long and are rejected.
 RMM_APPROVAL_TTL_HOURS = int(os.environ.get("RMM_APPROVAL_TTL_HOURS", "72"))
+# Software packages (docs/deployment.md): the largest installer accepted, by upload or download,
+# and how long a registration's download may wait for the next bytes.
+RMM_PACKAGE_MAX_BYTES = int(os.environ.get("RMM_PACKAGE_MAX_BYTES", str(2 * 1024**3)))
+RMM_PACKAGE_DOWNLOAD_TIMEOUT = int(os.environ.get("RMM_PACKAGE_DOWNLOAD_TIMEOUT", "60"))
 # API tokens (docs/security.md, API tokens): those of users who may approve or administer expire
 # after RMM_PRIVILEGED_TOKEN_HOURS; others after RMM_TOKEN_HOURS, or never when it is 0.
 RMM_PRIVILEGED_TOKEN_HOURS = float(os.environ.get("RMM_PRIVILEGED_TOKEN_HOURS", "12"))

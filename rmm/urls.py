@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+from deployment.api.views import PackageViewSet
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
@@ -27,6 +28,7 @@ router.register("script-jobs", ScriptJobViewSet, basename="script-job")
 router.register("jobs", JobViewSet, basename="job")
 router.register("config-keys", ConfigKeyViewSet, basename="config-key")
 router.register("profiles", ProfileViewSet, basename="profile")
+router.register("packages", PackageViewSet, basename="package")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")

@@ -6,10 +6,11 @@ A domain app describes its kind once, in its AppConfig.ready; the one approval s
 (:mod:`rmm.artefacts.api`) then serve it. The core never imports the apps that register.
 
 An artefact model is one immutable version of a named thing. It has the fields the service reads
-and writes: the field named by ``lineage`` (versions of one thing share it), ``version`` (a
-number that grows along the lineage), ``author`` (a user), ``created_at``, ``approval_status``
-(:class:`rmm.artefacts.states.ApprovalStatus`, default pending), ``decided_by`` (a nullable
-user), ``decided_at`` and ``decision_reason``.
+and writes: the field named by ``lineage`` (versions of one thing share it), the field named by
+``revision`` (a number that grows along the lineage: ``version``, unless the kind's own data
+has a ``version`` of another sense, as a software package's does), ``author`` (a user),
+``created_at``, ``approval_status`` (:class:`rmm.artefacts.states.ApprovalStatus`, default
+pending), ``decided_by`` (a nullable user), ``decided_at`` and ``decision_reason``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class ArtefactKind:
     describe: Callable[[Any], str]
     # the field whose value names the artefact; its versions share it
     lineage: str = "name"
+    # the whole number that grows along the lineage (v1, v2, ...)
+    revision: str = "version"
     # artefact -> whether approving it needs ``privileged_permission`` besides the approve role
     privileged: Callable[[Any], bool] = _never
     privileged_permission: str = ""

@@ -29,14 +29,14 @@ from rmm.history import services as history
 V = TypeVar("V", bound=models.Model)
 
 
-def create_version(model: type[V], name: str, write: Callable[[int], V], *, label: str) -> V:
-    """The next version of ``name``: ``write(version)`` creates it (and appends its history) in a
-    transaction; when another author took that number at once (the unique name and version),
-    the next number is tried."""
+def create_version(model: type[V], name: str, write: Callable[[int], V], *, label: str, revision: str = "version") -> V:
+    """The next version of ``name``: ``write(number)`` creates it (and appends its history) in a
+    transaction; when another author took that number at once (the unique name and ``revision``
+    field), the next number is tried."""
     for _attempt in range(5):
         try:
             with transaction.atomic():
-                latest = model.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
+                latest = model.objects.filter(name=name).aggregate(v=Max(revision))["v"] or 0
                 return write(latest + 1)
         except IntegrityError:
             continue
@@ -71,7 +71,7 @@ def decide(artefact, user, *, approve: bool, reason: str = ""):
             user,
             f"{kind.action_prefix}.{to}",
             artefact,
-            payload={"name": getattr(artefact, kind.lineage), "version": artefact.version, "reason": reason},
+            payload={"name": getattr(artefact, kind.lineage), "version": number(kind, artefact), "reason": reason},
         )
     artefact.refresh_from_db()
     return artefact
@@ -98,15 +98,19 @@ def expire_pending(now: datetime | None = None) -> int:
     return count
 
 
+def number(kind: ArtefactKind, artefact) -> int:
+    """The version's place along its lineage (1, 2, ...)."""
+    return getattr(artefact, kind.revision)
+
+
 def previous_approved(kind: ArtefactKind, artefact):
     """The newest approved version before this one of the same name, or None."""
     return (
         kind.model.objects.filter(
-            **{kind.lineage: getattr(artefact, kind.lineage)},
-            version__lt=artefact.version,
+            **{kind.lineage: getattr(artefact, kind.lineage), f"{kind.revision}__lt": number(kind, artefact)},
             approval_status=ApprovalStatus.APPROVED,
         )
-        .order_by("-version")
+        .order_by(f"-{kind.revision}")
         .first()
     )
 
@@ -122,8 +126,8 @@ def diff(kind: ArtefactKind, artefact) -> str:
         difflib.unified_diff(
             kind.content(previous).splitlines(keepends=True),
             kind.content(artefact).splitlines(keepends=True),
-            fromfile=f"{name} v{previous.version}",
-            tofile=f"{name} v{artefact.version}",
+            fromfile=f"{name} v{number(kind, previous)}",
+            tofile=f"{name} v{number(kind, artefact)}",
         )
     )
 

@@ -10,8 +10,10 @@ is a dependency down (``evidence_storage`` in ``/readyz``): answered 503, never 
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from typing import IO
 
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 
 from rmm.core import dependencies
@@ -44,14 +46,14 @@ def digest_of(name: str) -> str:
     return sha.hexdigest()
 
 
-def put(name: str, data: bytes, digest: str, *, action: str) -> None:
-    """Write ``data`` at ``name`` once. A blob already there is never overwritten: it must already
-    hold the same bytes, or the store has been tampered with, which is refused (409) and recorded
-    as ``refused.<action>``. A store that refuses the write is ``Unavailable`` (503): what needed
-    the blob waits and is tried again."""
+def put(name: str, data: bytes | IO[bytes], digest: str, *, action: str) -> None:
+    """Write ``data`` (bytes, or a file read from its start in chunks) at ``name`` once. A blob
+    already there is never overwritten: it must already hold the same bytes, or the store has
+    been tampered with, which is refused (409) and recorded as ``refused.<action>``. A store that
+    refuses the write is ``Unavailable`` (503): what needed the blob waits and is tried again."""
     try:
         if not default_storage.exists(name):
-            saved = default_storage.save(name, ContentFile(data))
+            saved = default_storage.save(name, ContentFile(data) if isinstance(data, bytes) else File(data))
             if saved == name:
                 dependencies.mark_up(dependencies.EVIDENCE_STORAGE)
                 return
@@ -73,6 +75,31 @@ def store(data: bytes, *, folder: str, extension: str, action: str) -> tuple[str
     name = content_name(folder, digest, extension)
     put(name, data, digest, action=action)
     return digest, f"{store_label()}/{name}"
+
+
+class TooLarge(Exception):
+    """More bytes than the caller allows arrived; nothing was stored."""
+
+
+def spool(chunks, *, max_size: int) -> tuple[IO[bytes], str, int]:
+    """Copy ``chunks`` (an iterable of bytes) into a temporary file, hashing on the way, never
+    holding more than one chunk in memory: (the file at its start, sha256, size). Past
+    ``max_size`` bytes it stops and raises :class:`TooLarge`. The caller closes the file."""
+    sha = hashlib.sha256()
+    size = 0
+    spooled = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > max_size:
+                raise TooLarge(f"more than {max_size} bytes")
+            sha.update(chunk)
+            spooled.write(chunk)
+    except BaseException:
+        spooled.close()
+        raise
+    spooled.seek(0)
+    return spooled, sha.hexdigest(), size
 
 
 def read(name: str, digest: str, *, action: str) -> bytes:

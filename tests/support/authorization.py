@@ -25,6 +25,7 @@ Registered for every test folder by tests/conftest.py (the ``matrix`` fixture).
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import re
 import uuid
@@ -42,6 +43,7 @@ from django.test import Client, override_settings
 from django.urls import Resolver404, URLPattern, URLResolver, resolve
 from rest_framework.test import APIClient
 
+from deployment import services as deployment
 from evidence import exports
 from evidence import services as evidence
 from evidence.models import RmmEvidence
@@ -192,6 +194,17 @@ def build_world(storage: str) -> World:
         items=[{"config_key": "matrix.line", "parameters": {"path": "/p", "key": "k"}, "comparison": "absent"}],
     )
 
+    package = deployment.register_upload(
+        author,
+        upload=io.BytesIO(b"matrix package\n"),
+        name="matrix-pkg",
+        version="1.0",
+        installer_type="deb",
+        silent_args="",
+        detection={},
+        uninstall_args="",
+    )
+
     job_done = scripting.create_script_job(psa, script_id=hello.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
     leased = heartbeat(agent_auth)["instructions"]
     assert report(agent_auth, json.loads(leased[0]["payload"])["instruction_id"]).status_code == 201
@@ -229,6 +242,7 @@ def build_world(storage: str) -> World:
             "config_key_pending": str(pending_key.pk),
             "config_key": str(profile.current_revision.items.get().config_key_id),
             "profile": str(profile.pk),
+            "package_pending": str(package.pk),
             "job_done": str(job_done.pk),
             "job_waiting": str(job_waiting.pk),
             "evidence": str(proof.pk),

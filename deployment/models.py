@@ -1,0 +1,46 @@
+"""Seed E, software deployment: the packages that may be installed, each an approved artefact whose
+bytes live in the content-addressed store under their sha256."""
+
+import uuid
+
+from django.db import models
+
+from rmm.artefacts.models import ArtefactVersion
+
+
+class InstallerType(models.TextChoices):
+    DEB = "deb"
+    RPM = "rpm"
+    MSI = "msi"
+    EXE = "exe"
+    SCRIPT = "script"
+
+
+class SoftwarePackage(ArtefactVersion):
+    """Seed E ``software_packages``: one registered installer, four-eyes approved before any
+    deployment may use it. ``version`` is the software's own version ("24.08"); ``revision``
+    numbers the registrations of one package name (an artefact's versions, v1, v2, ...)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, db_index=True)
+    version = models.CharField(max_length=100, help_text="The software's own version, e.g. 24.08.")
+    revision = models.PositiveIntegerField(help_text="This registration's number among the package's.")
+    installer_type = models.CharField(max_length=10, choices=InstallerType.choices)
+    silent_args = models.TextField(blank=True, help_text="Arguments for an unattended install.")
+    detection = models.JSONField(default=dict, blank=True, help_text="How to tell it is installed.")
+    uninstall_args = models.TextField(blank=True, help_text="Arguments for an unattended uninstall.")
+    installer_uri = models.CharField(
+        max_length=2000, blank=True, help_text="Where it was downloaded from; empty when uploaded."
+    )
+    hash = models.CharField(max_length=64, help_text="sha256 of the installer's bytes.")
+    size = models.PositiveBigIntegerField()
+    filename = models.CharField(max_length=255, help_text="The installer's file name on the endpoint.")
+    blob = models.CharField(max_length=300, help_text="Its name in the blob store.")
+
+    class Meta:
+        db_table = "software_packages"
+        ordering = ["name", "-revision"]
+        constraints = [models.UniqueConstraint(fields=["name", "revision"], name="software_package_revision_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} (v{self.revision})"

@@ -1,0 +1,44 @@
+"""Law 7, the deployment app's routes: software packages (global artefacts, like scripts), for
+every role, in-site and out-of-site (harness: tests/support/authorization.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.authorization import (
+    APPROVE,
+    AUTHOR_SCRIPTS,
+    EVERYONE,
+    STAFF,
+    Row,
+    World,
+    api,
+    check,
+    ids,
+    only,
+    page,
+)
+
+BY_URI = {"name": "new", "version": "1", "installer_type": "deb", "installer_uri": "http://example.invalid/x.deb"}
+
+ROWS = [
+    api("GET", "/api/v1/packages/", 200, shows=(("package_pending", EVERYONE),)),
+    api("GET", "/api/v1/packages/{package_pending}/", 200),
+    # Every package is privileged (an installer runs as root): the matrix's approvers lack the permission.
+    api("POST", "/api/v1/packages/{package_pending}/approve/", 403, label="needs approve_privileged"),
+    api("POST", "/api/v1/packages/{package_pending}/reject/", only(APPROVE, 200, 403), body={"reason": "no"}),
+    api(
+        "POST",
+        "/api/v1/packages/",
+        only(AUTHOR_SCRIPTS, 400, 403),
+        body={**BY_URI, "hash": "0" * 64, "size": 1},
+        label="http to a remote address",
+    ),
+    page("GET", "/admin/deployment/softwarepackage/", only(STAFF, 200, 302)),
+    page("GET", "/admin/deployment/softwarepackage/{package_pending}/change/", only(STAFF, 200, 302)),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ids(ROWS))
+def test_matrix(row: Row, matrix: World):
+    check(row, matrix)
