@@ -7,6 +7,25 @@ from rmm.engine.states import JobStatus
 from rmm.inventory.models import Agent, Asset, Site
 
 
+def job_indexes(prefix: str) -> list[models.Index]:
+    """Every job kind's indexes, named ``<prefix>_ring_idx`` and so on. :class:`JobBase` names them
+    after the app and model; a kind whose names would pass 30 characters (Django's limit) gives its
+    Meta ``indexes = job_indexes("<short prefix>")``."""
+    return [
+        # A batch's progress, and whether a ring has finished, are read through this index.
+        models.Index(fields=["batch", "ring", "status"], name=f"{prefix}_ring_idx"),
+        # The job list sorted by requester reads each requester's first jobs in order through it
+        # (rmm.engine.services.listing): the username is in another table.
+        models.Index(fields=["requested_by", "created_at", "id"], name=f"{prefix}_req_idx"),
+        # Jobs of one status, newest first (the dashboard's failures, the job list's status filter):
+        # a rare status is read directly instead of filtered out of every new job.
+        models.Index(fields=["status", "created_at", "id"], name=f"{prefix}_status_idx"),
+        # The newest jobs first, and on PostgreSQL the dashboard's counts by status over 7 days from
+        # the index alone (status and site included; other databases ignore ``include``).
+        models.Index(fields=["created_at"], include=["status", "site"], name=f"{prefix}_time_idx"),
+    ]
+
+
 class JobBase(models.Model):
     """What every kind of job shares: status, requester, site and the approval decision.
 
@@ -35,19 +54,7 @@ class JobBase(models.Model):
 
     class Meta:
         abstract = True
-        indexes = [
-            # A batch's progress, and whether a ring has finished, are read through this index.
-            models.Index(fields=["batch", "ring", "status"], name="%(app_label)s_%(class)s_ring_idx"),
-            # The job list sorted by requester reads each requester's first jobs in order through
-            # it (rmm.engine.services.listing): the username is in another table.
-            models.Index(fields=["requested_by", "created_at", "id"], name="%(app_label)s_%(class)s_req_idx"),
-            # Jobs of one status, newest first (the dashboard's failures, the job list's status
-            # filter): a rare status is read directly instead of filtered out of every new job.
-            models.Index(fields=["status", "created_at", "id"], name="%(app_label)s_%(class)s_status_idx"),
-            # The newest jobs first, and on PostgreSQL the dashboard's counts by status over 7 days
-            # from the index alone (status and site included; other databases ignore ``include``).
-            models.Index(fields=["created_at"], include=["status", "site"], name="%(app_label)s_%(class)s_time_idx"),
-        ]
+        indexes = job_indexes("%(app_label)s_%(class)s")
 
 
 class BatchStatus(models.TextChoices):
