@@ -7,7 +7,9 @@ class DeploymentConfig(AppConfig):
     verbose_name = "Software deployment"
 
     def ready(self):
-        from deployment import artefact
+        from deployment import artefact, kind  # kind registers the "deployment" job kind
+        from evidence import types
         from rmm.artefacts import registry as artefacts
 
         artefacts.register(artefact.SOFTWARE_PACKAGE)
+        types.register(kind.DEPLOYMENT_RESULT, "What a deployment's install and detection steps came to")

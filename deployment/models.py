@@ -6,6 +6,7 @@ import uuid
 from django.db import models
 
 from rmm.artefacts.models import ArtefactVersion
+from rmm.engine.models import JobBase, job_indexes
 
 
 class InstallerType(models.TextChoices):
@@ -44,3 +45,27 @@ class SoftwarePackage(ArtefactVersion):
 
     def __str__(self) -> str:
         return f"{self.name} {self.version} (v{self.revision})"
+
+
+class DeploymentJob(JobBase):
+    """Seed E ``deployment_jobs``: install one approved package on one asset, on a PSA task's
+    authority (its ``psa_case_id`` is the task's case). ``executed_at`` is when the install began
+    on the endpoint; the engine stamps it as the job starts running."""
+
+    package = models.ForeignKey(SoftwarePackage, on_delete=models.PROTECT, related_name="jobs")
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="deployment_jobs")
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="deployment_jobs")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(JobBase.Meta):
+        db_table = "deployment_jobs"
+        ordering = ["-created_at"]
+        indexes = job_indexes("deploy_job")
+
+    def __str__(self) -> str:
+        return f"{self.package} on {self.asset}"
+
+    @property
+    def executed_at(self):
+        return self.started_at

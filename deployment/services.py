@@ -98,6 +98,11 @@ def _detection(rule: Any) -> dict:
             continue
         if not isinstance(value, str) or not value.strip() or len(value) > 1000:
             raise InvalidInput(f"A {rule['type']} rule needs {field} as text.", field="detection")
+    # A package rule's name and version go into the detection step's script and its JSON.
+    if rule["type"] == "package" and not NAME.fullmatch(rule["name"]):
+        raise InvalidInput("A package rule's name: letters, digits and . _ + - only.", field="detection")
+    if rule["type"] == "package" and "version" in rule and not VERSION.fullmatch(rule["version"]):
+        raise InvalidInput("A package rule's version: letters, digits and . _ + : ~ - only.", field="detection")
     return rule
 
 
@@ -228,3 +233,28 @@ def content(package: SoftwarePackage) -> str:
         f"installer_uri: {package.installer_uri or '(uploaded)'}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def create_deployments(
+    user,
+    *,
+    package_id,
+    psa_task_id,
+    asset_ids=None,
+    site_name=None,
+    plan: dict | None = None,
+    requires_approval: bool = False,
+) -> list:
+    """One approved package on many assets (the listed ones, or every asset of a site), one
+    deployment job each, in one batch released by its ``plan`` (canary, rings, failure threshold:
+    the engine's batches halt themselves past it). The engine applies every law."""
+    return engine.create_jobs(
+        user,
+        "deployment",
+        psa_task_id=psa_task_id,
+        asset_ids=asset_ids,
+        site_name=site_name,
+        plan=plan,
+        package_id=package_id,
+        requires_approval=requires_approval,
+    )

@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from deployment.api.views import PackageViewSet
+from deployment.api.views import DeploymentJobViewSet, DeploymentViewSet, PackageViewSet
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
@@ -29,6 +29,8 @@ router.register("jobs", JobViewSet, basename="job")
 router.register("config-keys", ConfigKeyViewSet, basename="config-key")
 router.register("profiles", ProfileViewSet, basename="profile")
 router.register("packages", PackageViewSet, basename="package")
+router.register("deployments", DeploymentViewSet, basename="deployment")
+router.register("deployment-jobs", DeploymentJobViewSet, basename="deployment-job")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")

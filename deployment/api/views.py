@@ -2,16 +2,23 @@
 hash (JSON), list them, and approve or reject a registration (docs/deployment.md)."""
 
 import django_filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from deployment import services
-from deployment.models import InstallerType, SoftwarePackage
+from deployment.models import DeploymentJob, InstallerType, SoftwarePackage
+from evidence.models import RmmEvidence
+from rmm.access import roles as access
 from rmm.artefacts.api import decision_actions
 from rmm.artefacts.states import ApprovalStatus
+from rmm.core.api import SiteScopedMixin
+from rmm.core.api_schema import RETIRED_TARGET
 from rmm.core.errors import InvalidInput
+from rmm.engine import services as engine
+from rmm.engine.api.views import StatusField
+from rmm.engine.states import JobStatus
 
 
 class PackageSerializer(serializers.ModelSerializer):
@@ -108,3 +115,157 @@ class PackageViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         else:
             raise InvalidInput("A file, or an installer_uri with its hash and size.", field="file")
         return Response(self.get_serializer(package).data, status=status.HTTP_201_CREATED)
+
+
+class DeploymentStepSerializer(serializers.Serializer):
+    step = serializers.IntegerField(help_text="0: install; 1: detection.")
+    status = serializers.CharField()
+    exit_code = serializers.IntegerField(allow_null=True)
+    reason = serializers.CharField(allow_blank=True)
+    structured = serializers.JSONField(allow_null=True, help_text="The detection read: installed, version.")
+
+
+class DeploymentJobSerializer(serializers.ModelSerializer):
+    status = StatusField(read_only=True)
+    package = serializers.UUIDField(source="package_id")
+    asset = serializers.UUIDField(source="asset_id")
+    psa_task_id = serializers.UUIDField()
+    psa_case_id = serializers.UUIDField(source="psa_task.case_id")
+    batch = serializers.UUIDField(source="batch_id", allow_null=True)
+    site = serializers.CharField(source="site.name")
+    requested_by = serializers.CharField(source="requested_by.username")
+    executed_at = serializers.DateTimeField(allow_null=True, help_text="When the install began on the endpoint.")
+    steps = serializers.SerializerMethodField()
+    evidence = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DeploymentJob
+        fields = [
+            "id",
+            "package",
+            "asset",
+            "psa_task_id",
+            "psa_case_id",
+            "batch",
+            "status",
+            "status_reason",
+            "site",
+            "requested_by",
+            "created_at",
+            "executed_at",
+            "completed_at",
+            "steps",
+            "evidence",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(DeploymentStepSerializer(many=True))
+    def get_steps(self, job):
+        return [
+            {
+                "step": i.step,
+                "status": i.status,
+                "exit_code": i.exit_code,
+                "reason": i.reason,
+                "structured": i.structured,
+            }
+            for i in engine.job_instructions(job).order_by("step", "issued_at")
+        ]
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_evidence(self, job):
+        rows = RmmEvidence.objects.filter(related_entity="deployment_job", related_id=job.pk)
+        return [str(pk) for pk in rows.order_by("history_sequence").values_list("pk", flat=True)]
+
+
+class DeploymentJobFilter(django_filters.FilterSet):
+    # Plain UUIDs: a choice filter would tell an out-of-site caller what exists elsewhere.
+    asset = django_filters.UUIDFilter(field_name="asset_id")
+    package = django_filters.UUIDFilter(field_name="package_id")
+    batch = django_filters.UUIDFilter(field_name="batch_id")
+    psa_task = django_filters.UUIDFilter(field_name="psa_task_id")
+
+    class Meta:
+        model = DeploymentJob
+        fields = ["status", "asset", "package", "batch", "psa_task"]
+
+
+class DeploymentJobViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
+    """Deployment jobs of the sites you may see: one package on one asset each."""
+
+    serializer_class = DeploymentJobSerializer
+    filterset_class = DeploymentJobFilter
+
+    def get_queryset(self):
+        return (
+            DeploymentJob.objects.filter(site__in=access.visible_sites(self.request.user))
+            .select_related("site", "requested_by", "psa_task", "package", "asset")
+            .order_by("-created_at")
+        )
+
+
+class DeploymentRequestSerializer(serializers.Serializer):
+    package = serializers.UUIDField(help_text="An approved package.")
+    assets = serializers.ListField(
+        child=serializers.UUIDField(), required=False, allow_empty=False, help_text="The assets; or give site."
+    )
+    site = serializers.CharField(required=False, help_text="Every asset of this site, instead of assets.")
+    # Not required here on purpose: a deployment without authority is refused by the engine (Law
+    # 1), which records the refusal; a serializer error would leave no trace.
+    psa_task_id = serializers.UUIDField(required=False, allow_null=True)
+    plan = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="canary, ring_size or ring_percent, growth, interval_seconds, failure_threshold_percent "
+        "(docs/psa-integration.md#batches); none: the global waves.",
+    )
+    requires_approval = serializers.BooleanField(
+        required=False, default=False, help_text="Each job waits for an approver too (besides the package's approval)."
+    )
+
+
+DeploymentAnswer = inline_serializer(
+    "DeploymentResult",
+    {
+        "count": serializers.IntegerField(),
+        "batch": serializers.UUIDField(
+            help_text="The batch: GET /api/v1/batches/{id}/ for its progress, ring by ring."
+        ),
+        "psa_case_id": serializers.UUIDField(help_text="The case of the authorising task."),
+        "status": serializers.ChoiceField(choices=JobStatus.choices, help_text="Every job's status."),
+        "jobs": inline_serializer(
+            "DeploymentJobRef", {"id": serializers.UUIDField(), "asset": serializers.UUIDField()}, many=True
+        ),
+    },
+)
+
+
+class DeploymentViewSet(viewsets.GenericViewSet):
+    """``POST /api/v1/deployments/``: one approved package on many assets, in a batch."""
+
+    serializer_class = DeploymentRequestSerializer
+
+    @extend_schema(responses={201: DeploymentAnswer, 409: RETIRED_TARGET})
+    def create(self, request):
+        given = self.get_serializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        data = given.validated_data
+        jobs = services.create_deployments(
+            request.user,
+            package_id=data["package"],
+            psa_task_id=data.get("psa_task_id"),
+            asset_ids=data.get("assets"),
+            site_name=data.get("site"),
+            plan=data.get("plan"),
+            requires_approval=data["requires_approval"],
+        )
+        return Response(
+            {
+                "count": len(jobs),
+                "batch": str(jobs[0].batch_id),
+                "psa_case_id": str(jobs[0].psa_task.case_id),
+                "status": jobs[0].status,
+                "jobs": [{"id": str(job.pk), "asset": str(job.asset_id)} for job in jobs],
+            },
+            status=status.HTTP_201_CREATED,
+        )

@@ -9,6 +9,7 @@ from tests.support.authorization import (
     APPROVE,
     AUTHOR_SCRIPTS,
     EVERYONE,
+    REQUEST_JOBS,
     STAFF,
     Row,
     World,
@@ -34,6 +35,17 @@ ROWS = [
         body={**BY_URI, "hash": "0" * 64, "size": 1},
         label="http to a remote address",
     ),
+    # --- deployments: jobs of a site, like script jobs
+    api(
+        "POST",
+        "/api/v1/deployments/",
+        only(REQUEST_JOBS, 400, 403),
+        body={"package": "{package_pending}", "assets": ["{asset}"], "psa_task_id": "{task}"},
+        hidden=("asset", "task"),
+        label="package not approved",
+    ),
+    api("GET", "/api/v1/deployment-jobs/", 200),
+    api("GET", "/api/v1/deployment-jobs/{new_id}/", 404, label="no such job"),
     page("GET", "/admin/deployment/softwarepackage/", only(STAFF, 200, 302)),
     page("GET", "/admin/deployment/softwarepackage/{package_pending}/change/", only(STAFF, 200, 302)),
 ]

@@ -5,17 +5,21 @@ A new job kind adds its example here; the contract test fails for a registered k
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import NamedTemporaryFile
 from typing import Any
 
+from deployment import services as deployment
+from rmm.artefacts import services as artefacts
 from rmm.engine import services as engine
 from rmm.inventory.models import Agent
 from rmm.updates import releases
 from scripting import services as scripting
 from tests.helpers import approved_script
 from tests.stepkind.jobs import create_step_job
+from tests.support.profiles import grant_privileged_approval
 
 
 @dataclass
@@ -75,4 +79,40 @@ class UpdateExample:
         )
 
 
-EXAMPLES = {"script": ScriptExample(), "step": StepExample(), "agent_update": UpdateExample()}
+class DeploymentExample:
+    """Two steps with a detection rule (install, detection read), one without; to an agent that
+    fetches artefacts."""
+
+    steps = (1, 2)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        package = deployment.register_upload(
+            w.tech,
+            upload=io.BytesIO(b"a package"),
+            name="contract-pkg",
+            version="1.0",
+            installer_type="deb",
+            silent_args="",
+            detection={"type": "package", "name": "contract-pkg"} if steps == 2 else {},
+            uninstall_args="",
+        )
+        grant_privileged_approval(w.boss)
+        artefacts.decide(package, w.boss, approve=True)
+        Agent.objects.filter(pk=w.agent.pk).update(capabilities="artefacts,structured_result", protocol=2)
+        w.agent.refresh_from_db()  # the lease reads the agent's protocol from the object it is given
+        return engine.create_job(
+            w.psa,
+            "deployment",
+            asset_id=w.agent.asset_id,
+            psa_task_id=w.task.pk,
+            package_id=package.pk,
+            requires_approval=requires_approval,
+        )
+
+
+EXAMPLES = {
+    "script": ScriptExample(),
+    "step": StepExample(),
+    "agent_update": UpdateExample(),
+    "deployment": DeploymentExample(),
+}

@@ -1,0 +1,211 @@
+"""The "deployment" job kind: install one approved package on one asset, then read whether it is
+installed. The agent fetches the installer by its hash and checks it before anything runs
+(docs/agent.md, Artefacts); the server decides from the detection read, never from the
+installer's exit code alone.
+
+Steps, in order, each a signed instruction:
+
+0. install (privileged): the package manager on the fetched file, with the package's silent
+   arguments: ``dpkg -i`` for ``deb``, ``rpm -U --replacepkgs`` for ``rpm``;
+1. detection (when the package has a rule): the package database (``dpkg-query``, ``rpm -q``) or
+   a file's presence, written as the step's structured result ``{"installed": bool, "version":
+   str}``; not installed, or another version than the rule names, fails the job.
+
+``msi``, ``exe`` and ``script`` packages can be registered and approved; deploying them is not
+built yet, and a deployment of one is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from deployment.models import DeploymentJob, InstallerType, SoftwarePackage
+from rmm.artefacts.states import ApprovalStatus
+from rmm.core.errors import InvalidInput
+from rmm.engine import registry
+from rmm.engine.states import JobStatus
+from rmm_agent.protocol import CAPABILITY_ARTEFACTS, RESULT_PATH_ENV, artefact_env_name
+
+DEPLOYMENT_RESULT = "deployment_result"  # the evidence type of each finished step (apps.py registers it)
+DEPLOYABLE = {InstallerType.DEB, InstallerType.RPM}
+INSTALL = {
+    InstallerType.DEB: "DEBIAN_FRONTEND=noninteractive dpkg -i",
+    InstallerType.RPM: "rpm -U --replacepkgs",
+}
+
+
+def _installed_query(package: SoftwarePackage, name: str) -> str:
+    """Shell that sets ``state`` (installed or not) and ``version`` from the package database."""
+    quoted = shlex.quote(name)
+    if package.installer_type == InstallerType.DEB:
+        return (
+            f"out=$(dpkg-query -W -f='${{db:Status-Status}} ${{Version}}' {quoted} 2>/dev/null) || out=''\n"
+            "state=${out%% *}; version=${out#* }\n"
+            '[ "$state" = installed ] || version=""\n'
+        )
+    return (
+        f"version=$(rpm -q --qf '%{{VERSION}}-%{{RELEASE}}' {quoted} 2>/dev/null) && state=installed || "
+        "{ state=absent; version=''; }\n"
+    )
+
+
+def render_detection(package: SoftwarePackage) -> str:
+    """The detection step's script: one JSON document at $RMM_RESULT_PATH."""
+    rule = package.detection
+    if rule["type"] == "package":
+        read = _installed_query(package, rule["name"])
+    else:  # "file" (a registry rule is refused for deb and rpm by prepare)
+        read = f"if [ -e {shlex.quote(rule['path'])} ]; then state=installed; else state=absent; fi\nversion=''\n"
+    # The versions are a package database's (digits, letters and . + ~ : -) and the rule's, which
+    # the service checked for the same characters: nothing to escape in JSON or in printf's format.
+    wanted = rule.get("version", "")
+    return (
+        read
+        + 'installed=false; [ "$state" = installed ] && installed=true\n'
+        + f'printf \'{{"installed": %s, "version": "%s", "wanted": "{wanted}"}}\' "$installed" "$version"'
+        + f' > "${RESULT_PATH_ENV}"\n'
+        + 'echo "installed=$installed version=$version"\n'
+    )
+
+
+def render(job: DeploymentJob) -> list[registry.InstructionSpec]:
+    package = job.package
+    artefact = registry.Artefact(package.filename, package.hash, package.size, package.blob)
+    install = f'{INSTALL[package.installer_type]} {package.silent_args} "${artefact_env_name(package.filename)}"\n'
+    specs = [
+        registry.InstructionSpec(
+            asset=job.asset,
+            interpreter="sh",
+            content="set -eu\n" + install,
+            timeout_seconds=1800,
+            privileged=True,
+            artefacts=(artefact,),
+        )
+    ]
+    if package.detection:
+        specs.append(
+            registry.InstructionSpec(
+                asset=job.asset, interpreter="sh", content=render_detection(package), timeout_seconds=120
+            )
+        )
+    return specs
+
+
+def judge(inst, result: dict) -> tuple[str, str] | None:
+    """The detection step decides: not installed, or another version than the rule names (the
+    signed step carries the rule's version as ``wanted``), fails the job."""
+    document = result.get("structured")
+    if not isinstance(document, dict) or "installed" not in document:
+        return None
+    if document.get("installed") is not True:
+        return JobStatus.FAILED, "detection: not installed"
+    wanted, found = document.get("wanted"), document.get("version")
+    if wanted and found != wanted:
+        return JobStatus.FAILED, f"detection: version {found!r} is installed, not {wanted!r}"
+    return None
+
+
+def prepare(*, package_id, requires_approval: bool = False) -> registry.NewJob:
+    """A deployment installs one approved package (Law 3) of a type this server can deploy; the
+    requester may ask for each job's approval besides the package's."""
+    package = SoftwarePackage.objects.filter(pk=package_id).first() if package_id else None
+    if package is None:
+        raise InvalidInput("No such package.", field="package")
+    if package.approval_status != ApprovalStatus.APPROVED:
+        raise InvalidInput(f"This package is {package.approval_status}, not approved.", field="package")
+    if package.installer_type not in DEPLOYABLE:
+        raise InvalidInput(
+            f"Deploying {package.installer_type} packages is not built yet: deb and rpm are.", field="package"
+        )
+    if package.detection.get("type") == "registry":
+        raise InvalidInput("A registry detection rule cannot be read on Linux.", field="package")
+    return registry.NewJob(
+        fields={"package": package},
+        requires_approval=bool(requires_approval),
+        names={"package": str(package.pk)},
+        created={"package_sha256": package.hash, "package": str(package)},
+    )
+
+
+def evidence_document(job: DeploymentJob, inst, stored, result: dict, late: bool) -> dict:
+    package, task = job.package, job.psa_task
+    return {
+        "evidence_type": DEPLOYMENT_RESULT,
+        "job": {
+            "kind": "deployment",
+            "id": job.pk,
+            "status": job.status,
+            "status_reason": job.status_reason,
+            "requested_by": job.requested_by.get_username(),
+            "created_at": job.created_at,
+            "executed_at": job.started_at,
+            "completed_at": job.completed_at,
+        },
+        "package": {
+            "id": package.pk,
+            "name": package.name,
+            "version": package.version,
+            "revision": package.revision,
+            "installer_type": package.installer_type,
+            "sha256": package.hash,
+            "size": package.size,
+            "detection": package.detection,
+            "author": package.author.get_username(),
+            "approved_by": package.decided_by.get_username() if package.decided_by_id else None,
+            "approved_at": package.decided_at,
+        },
+        "step": "install" if inst.step == 0 else "detection",
+        "instruction": {
+            "id": inst.pk,
+            "payload": inst.payload,
+            "signature": inst.signature,
+            "key_id": inst.key_id,
+            "content_sha256": inst.content_sha256,
+            "leased_at": inst.leased_at,
+            "finished_at": inst.finished_at,
+        },
+        "authority": {"psa_task_id": task.pk, "psa_case_id": task.case_id},
+        "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},
+        "result": {
+            "status": inst.status,
+            "outcome": inst.outcome or inst.status,
+            "exit_code": inst.exit_code,
+            "reason": inst.reason,
+            "hash": inst.result_hash or None,
+            "stdout": result.get("stdout", b"").decode("utf-8", "replace") if result else None,
+            "structured": inst.structured,
+            "late": late,
+        },
+    }
+
+
+registry.register(
+    registry.JobKind(
+        name="deployment",
+        model=DeploymentJob,
+        prepare=prepare,
+        render=render,
+        judge=judge,
+        evidence_type=DEPLOYMENT_RESULT,
+        evidence_entity="deployment_job",
+        evidence_document=evidence_document,
+        describe=lambda job: f"install {job.package.name} {job.package.version} on {job.asset.hostname}",
+        card=lambda job: [
+            ("Package", f"{job.package.name} {job.package.version} (v{job.package.revision})"),
+            ("Installer", job.package.installer_type),
+            ("sha256", job.package.hash),
+            ("Privileged", "yes: installs as root"),
+        ],
+        select_related=(
+            "package__author",
+            "package__decided_by",
+            "asset",
+            "site",
+            "psa_task__case",
+            "requested_by",
+            "decided_by",
+        ),
+        api_detail="deployment-job-detail",
+        capability=CAPABILITY_ARTEFACTS,
+    )
+)

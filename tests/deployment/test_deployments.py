@@ -1,0 +1,171 @@
+"""Deployment jobs (seed E deployment_jobs): an approved package installed on assets in a batch,
+under a PSA task; the agent fetches the installer by its hash; the detection read, judged on the
+server, decides whether the job succeeded."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+
+import pytest
+from django.utils import timezone
+
+from deployment import kind
+from deployment import services as deployment
+from deployment.models import DeploymentJob, SoftwarePackage
+from evidence.models import RmmEvidence
+from evidence.services import read_blob
+from rmm.artefacts import services as artefacts
+from rmm.engine import services as engine
+from rmm.history.models import HistoryEvent
+from rmm.inventory.models import Agent
+from rmm_agent.results import make_result
+from tests.helpers import approved_authority, make_agent
+from tests.support.profiles import grant_privileged_approval
+
+
+@pytest.fixture
+def world(caller, site):
+    psa, tech, boss = caller("psa", "psa"), caller("tech", "technician"), caller("boss", "approver")
+    grant_privileged_approval(boss.user)
+    agent, _ = make_agent(site, "deploy-1")
+    Agent.objects.filter(pk=agent.pk).update(capabilities="artefacts,structured_result", protocol=2)
+    agent.refresh_from_db()
+    return {"psa": psa, "tech": tech, "boss": boss, "agent": agent, "task": approved_authority(site, psa.user)}
+
+
+def package(world, *, approve=True, **fields) -> SoftwarePackage:
+    given = {
+        "name": "hello-rmm",
+        "version": "1.0-1",
+        "installer_type": "deb",
+        "silent_args": "--force-confold",
+        "detection": {"type": "package", "name": "hello-rmm", "version": "1.0-1"},
+        "uninstall_args": "",
+        **fields,
+    }
+    made = deployment.register_upload(world["tech"].user, upload=io.BytesIO(b"a deb's bytes"), **given)
+    return artefacts.decide(made, world["boss"].user, approve=True) if approve else made
+
+
+def deploy(world, pkg, **extra):
+    body = {"package": str(pkg.pk), "assets": [str(world["agent"].asset_id)], "psa_task_id": str(world["task"].pk)}
+    return world["psa"].post("/api/v1/deployments/", {**body, **extra}, format="json")
+
+
+def run(world, structured: dict | None, *, exit_code: int = 0):
+    """The agent's side, in process: lease the next step and report it."""
+    [inst] = engine.lease(world["agent"], 4, timezone.now())
+    body = make_result(str(inst.pk), "completed", exit_code=exit_code, stdout="ok\n", structured=structured)
+    assert engine.ingest_result(world["agent"], body)[0] == 201
+    return inst
+
+
+def test_a_deployment_is_a_batch_of_jobs_under_the_task_whose_steps_fetch_install_and_detect(world):
+    pkg = package(world)
+    r = deploy(world, pkg, plan={"canary": 1, "failure_threshold_percent": 0})
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["count"] == 1 and body["psa_case_id"] == str(world["task"].case_id) and body["batch"]
+    job = DeploymentJob.objects.get(pk=body["jobs"][0]["id"])
+    install, detect = kind.render(job)
+    # The install runs as root on the fetched, hash-checked file; the detection read does not.
+    assert install.privileged and not detect.privileged
+    assert install.artefacts[0].sha256 == pkg.hash and install.artefacts[0].name == "hello-rmm_1.0-1.deb"
+    assert "dpkg -i --force-confold" in install.content and "$RMM_ARTEFACT_" in install.content
+    assert "dpkg-query" in detect.content and '"wanted": "1.0-1"' in detect.content
+
+    detail = world["psa"].get(f"/api/v1/deployment-jobs/{job.pk}/").json()
+    assert detail["status"] in ("queued", "running") and detail["package"] == str(pkg.pk)
+    assert detail["psa_case_id"] == str(world["task"].case_id) and detail["batch"] == body["batch"]
+
+
+def test_the_detection_read_decides_success_never_the_installers_exit_code(world):
+    pkg = package(world)
+    r = deploy(world, pkg)
+    job = DeploymentJob.objects.get(pk=r.json()["jobs"][0]["id"])
+    run(world, None)  # the install exits 0
+    run(world, {"installed": False, "version": "", "wanted": "1.0-1"})
+    job.refresh_from_db()
+    assert job.status == "failed" and job.status_reason == "step 2 of 2 failed: detection: not installed"
+    documents = [
+        json.loads(read_blob(e)) for e in RmmEvidence.objects.filter(related_id=job.pk).order_by("history_sequence")
+    ]
+    assert [d["step"] for d in documents] == ["install", "detection"]
+    assert {d["evidence_type"] for d in documents} == {"deployment_result"}
+    assert documents[1]["result"]["structured"]["installed"] is False
+    detail = world["psa"].get(f"/api/v1/deployment-jobs/{job.pk}/").json()
+    assert [s["step"] for s in detail["steps"]] == [0, 1] and detail["executed_at"]
+    assert len(detail["evidence"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("structured", "status", "reason"),
+    [
+        ({"installed": True, "version": "1.0-1", "wanted": "1.0-1"}, "succeeded", ""),
+        ({"installed": True, "version": "0.9-3", "wanted": "1.0-1"}, "failed", "detection: version '0.9-3'"),
+    ],
+)
+def test_an_installed_package_of_the_wanted_version_succeeds_another_version_fails(world, structured, status, reason):
+    job = DeploymentJob.objects.get(pk=deploy(world, package(world)).json()["jobs"][0]["id"])
+    run(world, None)
+    run(world, structured)
+    job.refresh_from_db()
+    assert job.status == status and reason in job.status_reason
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"installer_type": "msi", "detection": {}}, "not built yet"),
+        ({"detection": {"type": "registry", "key": "HKLM\\\\Software\\\\X"}}, "registry"),
+    ],
+)
+def test_a_package_this_server_cannot_deploy_on_linux_is_refused(world, fields, message):
+    r = deploy(world, package(world, **fields))
+    assert r.status_code == 400 and message in r.json()["package"][0]
+    assert not DeploymentJob.objects.exists()
+
+
+def test_a_pending_package_no_authority_and_an_asset_elsewhere_are_refused_and_recorded(world, caller, other_site):
+    pending = package(world, approve=False)
+    r = deploy(world, pending)
+    assert r.status_code == 400 and "not approved" in r.json()["package"][0]
+    approved = package(world, version="1.0-2", detection={})
+    r = deploy(world, approved, psa_task_id=None)
+    assert r.status_code == 400 and "psa_task_id" in r.json()
+    assert HistoryEvent.objects.filter(action__startswith="refused.").exists()
+    stranger = caller("stranger", "psa", sites=[other_site])
+    r = stranger.post(
+        "/api/v1/deployments/",
+        {"package": str(approved.pk), "assets": [str(world["agent"].asset_id)], "psa_task_id": str(world["task"].pk)},
+        format="json",
+    )
+    # As for a script batch: an asset outside the caller's sites is one that does not exist.
+    assert r.status_code == 400 and r.json() == {"assets": ["1 of the assets do not exist."]}
+    assert not DeploymentJob.objects.exists()
+
+
+def sh(script: str, tmp_path) -> dict:
+    """Run a rendered detection step as the agent would: sh, with RMM_RESULT_PATH."""
+    out = tmp_path / "result.json"
+    subprocess.run(["sh", "-c", script], check=True, env={**os.environ, "RMM_RESULT_PATH": str(out)})
+    return json.loads(out.read_text())
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/dpkg-query"), reason="needs Debian's dpkg-query")
+def test_the_detection_step_reads_the_real_package_database(world, tmp_path):
+    dpkg_version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "dpkg"], capture_output=True, text=True, check=True
+    ).stdout
+    present = package(world, name="dpkg", version="1", detection={"type": "package", "name": "dpkg"})
+    assert sh(kind.render_detection(present), tmp_path) == {"installed": True, "version": dpkg_version, "wanted": ""}
+    absent = package(world, name="no-such-pkg", version="1", detection={"type": "package", "name": "rmm-no-such-pkg"})
+    assert sh(kind.render_detection(absent), tmp_path) == {"installed": False, "version": "", "wanted": ""}
+    marker = tmp_path / "marker"
+    by_file = package(world, name="by-file", version="1", detection={"type": "file", "path": str(marker)})
+    assert sh(kind.render_detection(by_file), tmp_path)["installed"] is False
+    marker.write_text("x")
+    assert sh(kind.render_detection(by_file), tmp_path)["installed"] is True
