@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "evidence",
     "scripting",
     "profiles",
+    "patching",
     "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]
