@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO
 from urllib.parse import unquote
 
-from patching.models import CatalogSource, PatchCatalog, Severity
+from patching.models import CatalogSource, PatchCatalog, PatchCve, Severity
 from rmm.core.errors import InvalidInput
 from rmm.core.text import storable
 
 # The longest text each key field holds (the model's max_length).
 LIMITS = {name: PatchCatalog._meta.get_field(name).max_length for name in ("vendor", "product", "patch_id")}
+CVE_LIMIT = PatchCve._meta.get_field("cve").max_length
 MAX_ERRORS = 20
 
 
@@ -224,9 +225,10 @@ def _groups(document: dict) -> dict[str, list[str]]:
 
 def _release_date(tracking: dict) -> datetime | None:
     try:
-        return datetime.fromisoformat(tracking["initial_release_date"].replace("Z", "+00:00"))
+        released = datetime.fromisoformat(tracking["initial_release_date"].replace("Z", "+00:00"))
     except (KeyError, ValueError):
         return None
+    return released if released.tzinfo else released.replace(tzinfo=UTC)  # no zone given: UTC
 
 
 def _self_url(document: dict) -> str:
@@ -275,7 +277,7 @@ def csaf_entries(document: dict) -> dict[tuple[str, str, str], Entry]:
 
     for index, vulnerability in enumerate(document.get("vulnerabilities", [])):
         where = f"/vulnerabilities/{index}"
-        cve = vulnerability.get("cve", "")
+        cve = _text(vulnerability.get("cve", ""), f"{where}/cve", CVE_LIMIT)
         severities: dict[str, int] = {}
         for score in vulnerability.get("scores", []):
             if "cvss_v3" in score:
@@ -338,7 +340,11 @@ def _debian_entries(package: str, cves, release: str) -> list[Entry]:
         raise TrackerError(f"Package {package!r}: expected an object of CVEs.", field=package)
     found = []
     for cve, record in cves.items():
-        releases = record.get("releases") if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            raise TrackerError(f"Package {package!r}: {cve!r} is not an object.", field=package)
+        if not storable(cve) or len(cve) > CVE_LIMIT:
+            raise TrackerError(f"Package {package!r}: an id the catalog cannot hold.", field=package)
+        releases = record.get("releases")
         state = releases.get(release) if isinstance(releases, dict) else None
         if not isinstance(state, dict) or state.get("status") != "resolved":
             continue  # open, undetermined, or not in this release: no fix to list
@@ -367,8 +373,10 @@ def debian_tracker_entries(stream: IO[bytes], release: str) -> Iterator[Entry]:
     the whole file (tens of MB) is never in memory, only the package being read."""
     import ijson
 
+    packages = 0
     try:
         for package, cves in ijson.kvitems(stream, "", use_float=True):
+            packages += 1
             if not storable(package) or len(package) > LIMITS["product"]:
                 raise TrackerError("A package name the catalog cannot hold.", field="package")
             for entry in merged(_debian_entries(package, cves, release)).values():
@@ -377,3 +385,5 @@ def debian_tracker_entries(stream: IO[bytes], release: str) -> Iterator[Entry]:
                 yield entry
     except ijson.JSONError as exc:
         raise TrackerError(f"Not the tracker's JSON: {exc}.", field="file") from None
+    if not packages:
+        raise TrackerError("Not the tracker's JSON: no package in it.", field="file")

@@ -51,7 +51,10 @@ def import_csaf(actor, document: dict) -> ImportResult:
     rule is refused with each problem's JSON path, and nothing is written."""
     _may_import(actor)
     advisories.validate_csaf(document)
-    entries = advisories.csaf_entries(document)
+    try:
+        entries = advisories.csaf_entries(document)
+    except RecursionError:  # a product tree nested deeper than Python recurses
+        raise advisories.InvalidDocument({"/product_tree": ["Nested too deep."]}) from None
     tracking = document["document"]["tracking"]
     return _import(
         actor,
@@ -111,8 +114,9 @@ def _import(actor, entries: Iterable[Entry], *, source: str, payload: dict) -> I
 
 
 def _write(entries: list[Entry], counts: Counter) -> None:
-    """One batch: one read of the rows it may update, one insert, one update, one insert of CVE
-    links (each split further only by the database's limit on parameters)."""
+    """One batch: a read of the rows it may update and one of their CVEs, then one insert, one
+    update and one insert of CVE links (each split further only by the database's limit on
+    parameters). An entry that gains a CVE counts as updated."""
     if not entries:
         return
     existing = {
@@ -123,14 +127,23 @@ def _write(entries: list[Entry], counts: Counter) -> None:
             patch_id__in={e.patch_id for e in entries},
         )
     }
+    linked = set(
+        PatchCve.objects.filter(patch__in=[row.pk for row in existing.values()]).values_list("patch_id", "cve")
+    )
     now = timezone.now()
-    new, changed = [], []
+    new, changed, links = [], [], []
     for entry in entries:
         values = {name: getattr(entry, name) for name in UPDATED_FIELDS}
         row = existing.get(entry.key)
-        if row is None:
-            new.append(PatchCatalog(vendor=entry.vendor, product=entry.product, patch_id=entry.patch_id, **values))
-        elif any(getattr(row, name) != value for name, value in values.items()):
+        created = row is None
+        if created:
+            row = PatchCatalog(vendor=entry.vendor, product=entry.product, patch_id=entry.patch_id, **values)
+            new.append(row)
+        cves = [PatchCve(patch_id=row.pk, cve=cve) for cve in sorted(entry.cves) if (row.pk, cve) not in linked]
+        links += cves
+        if created:
+            continue
+        if cves or any(getattr(row, name) != value for name, value in values.items()):
             for name, value in values.items():
                 setattr(row, name, value)
             row.imported_at = now
@@ -139,8 +152,6 @@ def _write(entries: list[Entry], counts: Counter) -> None:
             counts["unchanged"] += 1
     PatchCatalog.objects.bulk_create(new)
     PatchCatalog.objects.bulk_update(changed, [*UPDATED_FIELDS, "imported_at"])
+    PatchCve.objects.bulk_create(links)
     counts["created"] += len(new)
     counts["updated"] += len(changed)
-    ids = {**{key: row.pk for key, row in existing.items()}, **{(r.vendor, r.product, r.patch_id): r.pk for r in new}}
-    links = [PatchCve(patch_id=ids[entry.key], cve=cve) for entry in entries for cve in sorted(entry.cves)]
-    PatchCve.objects.bulk_create(links, ignore_conflicts=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from patching import services
 from patching.models import AssetPatch, PatchCatalog
 from rmm.history.models import HistoryEvent
-from tests.helpers import make_agent
+from tests.helpers import make_agent, otp_login
 from tests.patching import documents
 
 CATALOG = "/api/v1/patch-catalog/"
@@ -136,3 +137,15 @@ def test_an_asset_of_another_site_answers_404_like_a_missing_one_and_is_recorded
     (refusal,) = HistoryEvent.objects.filter(action="refused.access")
     assert refusal.payload["object"] == f"inventory.asset:{other}"
     assert refusal.payload["path"] == f"/api/v1/assets/{other}/patches/"
+
+
+def test_the_admin_finds_an_entry_by_cve(caller, imported):
+    root = caller("root", "admin").user
+    browser = Client()
+    otp_login(browser, root)
+    r = browser.get("/admin/patching/patchcatalog/", {"q": "CVE-2024-0727"})
+    assert r.status_code == 200
+    assert "openssl-libs" in r.text and "SIMATIC" not in r.text
+    entry = PatchCatalog.objects.get(product="openssl-libs")
+    page = browser.get(f"/admin/patching/patchcatalog/{entry.pk}/change/")
+    assert "CVE-2023-5678, CVE-2024-0727" in page.text

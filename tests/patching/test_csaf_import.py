@@ -4,6 +4,7 @@ with nothing written."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -143,6 +144,19 @@ def test_importing_again_updates_and_never_duplicates(admin):
     assert after[("Red Hat", "openssl", "1:3.0.7-27.el9")]["cves"] == ["CVE-2023-5678", "CVE-2024-9999"]
     assert [event["updated"] for event in imports()] == [0, 0, 1]
 
+    # A CVE more and nothing else: the entry that gains it is updated.
+    again = copy.deepcopy(revised)
+    libs = [p for p in fixed if "openssl-libs" in p]
+    again["vulnerabilities"][2]["product_status"]["fixed"] += libs
+    again["vulnerabilities"][2]["remediations"][0]["product_ids"] += libs
+    r = admin.post(IMPORT, again, format="json")
+    assert r.json() == {"source": "csaf", "imported": 2, "created": 0, "updated": 1, "unchanged": 1}
+    assert catalog()[("Red Hat", "openssl-libs", "1:3.0.7-27.el9")]["cves"] == [
+        "CVE-2023-5678",
+        "CVE-2024-0727",
+        "CVE-2024-9999",
+    ]
+
 
 def _without(path: list, document: dict) -> dict:
     *parents, last = path
@@ -193,6 +207,12 @@ MALFORMED = [
         lambda d: _with(["vulnerabilities", 1, "cve"], "CVE-24-1", d),
         "/vulnerabilities/1/cve",
         "does not match",
+    ),
+    (
+        "a CVE id longer than the catalog holds",
+        lambda d: _with(["vulnerabilities", 1, "cve"], "CVE-2024-" + "1" * 40, d),
+        "/vulnerabilities/1/cve",
+        "longer than 40 characters",
     ),
     ("no title", lambda d: _without(["document", "title"], d), "/document", "'title' is a required property"),
     (

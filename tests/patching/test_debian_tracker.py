@@ -172,11 +172,22 @@ def test_a_file_that_breaks_off_writes_nothing(db, tmp_path):
     assert not HistoryEvent.objects.filter(action="patch_catalog.imported").exists()
 
 
-def test_a_package_that_is_not_an_object_is_refused_by_name(db):
-    body = b'{"pkg-a": {"CVE-2024-1": {"releases": {}}}, "pkg-b": ["CVE-2024-2"]}'
+@pytest.mark.parametrize(
+    "body,problem",
+    [
+        (
+            b'{"pkg-a": {"CVE-2024-1": {"releases": {}}}, "pkg-b": ["CVE-2024-2"]}',
+            {"pkg-b": ["Package 'pkg-b': expected an object of CVEs."]},
+        ),
+        (b'{"pkg-a": {"CVE-2024-1": "fixed"}}', {"pkg-a": ["Package 'pkg-a': 'CVE-2024-1' is not an object."]}),
+        (b'[{"pkg-a": {}}]', {"file": ["Not the tracker's JSON: no package in it."]}),
+        (b"{}", {"file": ["Not the tracker's JSON: no package in it."]}),
+    ],
+)
+def test_a_file_that_is_not_the_tracker_s_json_is_refused_saying_where(db, body, problem):
     with pytest.raises(services.advisories.TrackerError) as refused:
         services.import_debian_tracker("cli:test", io.BytesIO(body), release="bookworm")
-    assert refused.value.as_dict() == {"pkg-b": ["Package 'pkg-b': expected an object of CVEs."]}
+    assert refused.value.as_dict() == problem
     assert not PatchCatalog.objects.exists()
 
 
