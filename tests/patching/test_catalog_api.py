@@ -149,3 +149,18 @@ def test_the_admin_finds_an_entry_by_cve(caller, imported):
     entry = PatchCatalog.objects.get(product="openssl-libs")
     page = browser.get(f"/admin/patching/patchcatalog/{entry.pk}/change/")
     assert "CVE-2023-5678, CVE-2024-0727" in page.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{CATALOG}{uuid.uuid4()}/",
+        f"{CATALOG}not-a-uuid/",
+        f"/api/v1/assets/{uuid.uuid4()}/patches/",
+        "/api/v1/assets/not-a-uuid/patches/",
+    ],
+)
+def test_unknown_or_malformed_ids_are_404(caller, imported, path):
+    r = caller("tech", "technician").get(path)
+    assert r.status_code == 404
+    assert r.json() == {"detail": "Not found."}

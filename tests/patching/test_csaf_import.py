@@ -214,6 +214,12 @@ MALFORMED = [
         "/vulnerabilities/1/cve",
         "longer than 40 characters",
     ),
+    (
+        "a vendor name longer than the catalog holds",
+        lambda d: _with(["product_tree", "branches", 0, "name"], "Red Hat " * 13, d),
+        "/product_tree/branches/0/branches/0/branches/0/product",
+        "longer than 100 characters",
+    ),
     ("no title", lambda d: _without(["document", "title"], d), "/document", "'title' is a required property"),
     (
         "CSAF 2.1",
