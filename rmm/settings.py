@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "scripting",
     "profiles",
     "deployment",
+    "patching",
     "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]

@@ -7,6 +7,7 @@ from rest_framework.routers import DefaultRouter
 from deployment.api.views import DeploymentJobViewSet, DeploymentViewSet, PackageViewSet
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
+from patching.api.views import AssetPatchesView, PatchCatalogViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
 from rmm.access.api import ApiTokenViewSet
 from rmm.authority.api import views as authority_views
@@ -31,6 +32,7 @@ router.register("profiles", ProfileViewSet, basename="profile")
 router.register("packages", PackageViewSet, basename="package")
 router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("deployment-jobs", DeploymentJobViewSet, basename="deployment-job")
+router.register("patch-catalog", PatchCatalogViewSet, basename="patch-catalog")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")
@@ -60,6 +62,7 @@ urlpatterns = [
         name="psa-case-evidence",
     ),
     path("api/v1/evidence/signing-key/", evidence_views.signing_key, name="evidence-signing-key"),
+    path("api/v1/assets/<uuid:asset_id>/patches/", AssetPatchesView.as_view(), name="asset-patches"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", ApiDocsView.as_view(url_name="schema"), name="api-docs"),

@@ -30,6 +30,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     # anyone who may operate a site may stop it
     "manage_agents": frozenset({"admin"}),
     "manage_access": frozenset({"admin"}),
+    # the patch catalog: advisories imported through the API (docs/patching.md)
+    "import_advisories": frozenset({"admin", "scanner"}),
     "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"

@@ -73,6 +73,7 @@ EXPORT_EVIDENCE = ("admin", "compliance")
 MANAGE_LEGAL_HOLDS = ("admin", "compliance")
 MANAGE_AGENTS = ("admin",)
 MANAGE_ACCESS = ("admin",)
+IMPORT_ADVISORIES = ("admin", "scanner")
 ENGAGE_KILL_SWITCH = ("admin", "technician", "approver", "psa", "edr", "scanner")
 STAFF = ("admin", "approver")  # rmm_token makes them staff: the admin and its approval queue
 

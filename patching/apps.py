@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class PatchingConfig(AppConfig):
+    name = "patching"
+    label = "patching"
+    verbose_name = "Patching"
