@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
+from profiles.api.assignments import ProfileAssignmentViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
 from rmm.access.api import ApiTokenViewSet
 from rmm.authority.api import views as authority_views
@@ -27,6 +28,7 @@ router.register("script-jobs", ScriptJobViewSet, basename="script-job")
 router.register("jobs", JobViewSet, basename="job")
 router.register("config-keys", ConfigKeyViewSet, basename="config-key")
 router.register("profiles", ProfileViewSet, basename="profile")
+router.register("profile-assignments", ProfileAssignmentViewSet, basename="profile-assignment")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")

@@ -45,6 +45,7 @@ from rest_framework.test import APIClient
 from evidence import exports
 from evidence import services as evidence
 from evidence.models import RmmEvidence
+from profiles import assignments
 from profiles import services as profiles
 from rmm.access import services as access_services
 from rmm.access.models import ApiToken
@@ -192,6 +193,19 @@ def build_world(storage: str) -> World:
         items=[{"config_key": "matrix.line", "parameters": {"path": "/p", "key": "k"}, "comparison": "absent"}],
     )
 
+    enforcing = profiles.create_profile(
+        author,
+        name="matrix-enforce",
+        profile_type="baseline",
+        items=[{"config_key": "matrix.line", "parameters": {"path": "/p", "key": "k"}, "comparison": "absent",
+                "enforcement_mode": "enforce"}],
+    )  # fmt: skip
+    assignment = assignments.create_assignment(
+        author, profile_id=profile.pk, asset_id=agent.asset_id, psa_task_id=task.pk
+    )  # fmt: skip
+    waiting = assignments.create_assignment(author, profile_id=enforcing.pk, site_id=alpha.pk, psa_task_id=task.pk)
+    assert (assignment.status, waiting.status) == ("active", "awaiting_approval")
+
     job_done = scripting.create_script_job(psa, script_id=hello.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
     leased = heartbeat(agent_auth)["instructions"]
     assert report(agent_auth, json.loads(leased[0]["payload"])["instruction_id"]).status_code == 201
@@ -229,6 +243,9 @@ def build_world(storage: str) -> World:
             "config_key_pending": str(pending_key.pk),
             "config_key": str(profile.current_revision.items.get().config_key_id),
             "profile": str(profile.pk),
+            "profile_enforce": str(enforcing.pk),
+            "assignment": str(assignment.pk),
+            "assignment_waiting": str(waiting.pk),
             "job_done": str(job_done.pk),
             "job_waiting": str(job_waiting.pk),
             "evidence": str(proof.pk),
