@@ -3,16 +3,19 @@ four eyes on enforcement (Law 8: never the requester, never the revision's autho
 or a change returning it to awaiting approval, stopping, per-site 404s, and every refusal recorded
 with nothing changed."""
 
+import threading
 import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from profiles import assignments
 from profiles import services as profiles
 from profiles.models import AssetConfigurationProfile
 from rmm.authority import services as authority
+from rmm.core.errors import Conflict
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from tests.helpers import approved_authority, make_agent, otp_login
@@ -281,6 +284,56 @@ def test_a_rejection_needs_a_reason_and_an_audit_only_assignment_has_nothing_to_
     assert HistoryEvent.objects.filter(action="profile_assignment.rejected").count() == 1
     active = made(w)
     assert w["boss"].post(f"{URL}{active['id']}/approve/").status_code == 409
+
+
+def test_of_two_approvers_who_saw_it_waiting_one_decision_stands(w):
+    assignment = made(w, profile="enforce")
+    boss2 = w["root"].user
+    first, second = (AssetConfigurationProfile.objects.get(pk=assignment["id"]) for _ in range(2))
+    assignments.approve_assignment(first, w["boss"].user)
+    with pytest.raises(Conflict):
+        assignments.reject_assignment(second, boss2, "unsafe")
+    assert AssetConfigurationProfile.objects.get(pk=assignment["id"]).status == "active"
+    decisions = ("profile_assignment.approved", "profile_assignment.rejected")
+    assert HistoryEvent.objects.filter(action__in=decisions).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="two transactions at once: SQLite's in-memory test database refuses a second writer instead of "
+    "waiting; the stale-view test above covers SQLite",
+)
+def test_two_approvers_at_once_make_exactly_one_decision(w, flushable_append_only):
+    """Real threads on their own connections, released together at the decision."""
+    assignment = made(w, profile="enforce")
+    start, outcomes = threading.Barrier(2), []
+
+    def decide(user, approve):
+        try:
+            row = AssetConfigurationProfile.objects.select_related("asset").get(pk=assignment["id"])
+            start.wait(timeout=10)
+            if approve:
+                assignments.approve_assignment(row, user)
+            else:
+                assignments.reject_assignment(row, user, "unsafe")
+            outcomes.append("decided")
+        except Conflict:
+            outcomes.append("conflict")
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=decide, args=(w["boss"].user, True)),
+        threading.Thread(target=decide, args=(w["root"].user, False)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["conflict", "decided"]
+    decisions = ("profile_assignment.approved", "profile_assignment.rejected")
+    assert HistoryEvent.objects.filter(action__in=decisions).count() == 1
 
 
 # --- a revision, a change -----------------------------------------------------------------------
