@@ -310,7 +310,7 @@ def change_assignment(
                     "audit_interval_seconds": assignment.audit_interval_seconds,
                 },
                 "after": {
-                    "psa_task_id": str(changes.get("psa_task", assignment.psa_task).pk),
+                    "psa_task_id": str(changes["psa_task"].pk if "psa_task" in changes else assignment.psa_task_id),
                     "status": to,
                     "audit_interval_seconds": changes.get("audit_interval_seconds", assignment.audit_interval_seconds),
                 },

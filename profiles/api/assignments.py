@@ -126,6 +126,7 @@ class ProfileAssignmentViewSet(
         responses={
             201: AssignmentSerializer,
             409: refusal("The asset is retired, or the profile is already assigned to it."),
+            404: refusal("No such asset or site among your sites (asset or site)."),
         },
     )
     def create(self, request, *args, **kwargs):
