@@ -1,12 +1,23 @@
 """Key definitions and profiles, read-only: key versions are decided in the approval queue
-(/admin/approvals/), profiles change through the API's services."""
+(/admin/approvals/), profiles change through the API's services. Assignments of the caller's sites,
+awaiting approval first, decided with the same services as the API (not an artefact kind: see
+profiles/assignments.py)."""
 
 from django.contrib import admin
+from django.db.models import Case, Q, Value, When
 from django.utils.html import format_html
 
-from profiles import services
-from profiles.models import ConfigKey, ConfigurationItem, ConfigurationProfile, ConfigurationProfileRevision
-from rmm.access.admin_base import RoleAdmin
+from profiles import assignments, services
+from profiles.models import (
+    AssetConfigurationProfile,
+    AssignmentStatus,
+    ConfigKey,
+    ConfigurationItem,
+    ConfigurationProfile,
+    ConfigurationProfileRevision,
+)
+from rmm.access import roles as access
+from rmm.access.admin_base import DecisionAdmin, RoleAdmin, reject_with_reason, run_decisions
 from rmm.artefacts.models import DECISION_FIELDS
 
 
@@ -76,3 +87,45 @@ class ConfigurationProfileAdmin(RoleAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("created_by", "current_revision")
+
+
+@admin.register(AssetConfigurationProfile)
+class AssetConfigurationProfileAdmin(DecisionAdmin):
+    list_display = ["profile", "asset", "site", "status", "approved_revision", "requested_by", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["profile__name", "asset__hostname", "site__name"]
+    readonly_fields = [
+        "profile",
+        "asset",
+        "site",
+        "psa_task",
+        "status",
+        "status_reason",
+        "approved_revision",
+        "audit_interval_seconds",
+        "requested_by",
+        "decided_by",
+        "decided_at",
+        "created_at",
+        "updated_at",
+    ]
+    fields = readonly_fields
+
+    def get_queryset(self, request):
+        sites = access.visible_sites(request.user)
+        waiting_first = Case(When(status=AssignmentStatus.AWAITING_APPROVAL, then=Value(0)), default=Value(1))
+        return (
+            super()
+            .get_queryset(request)
+            .filter(Q(site__in=sites) | Q(asset__site__in=sites))
+            .select_related("profile", "asset", "site", "psa_task", "approved_revision__profile", "requested_by")
+            .order_by(waiting_first, "-created_at")
+        )
+
+    @admin.action(description="Approve selected assignments (the profile's current revision)")
+    def approve(self, request, queryset):
+        run_decisions(self, request, queryset, lambda a: assignments.approve_assignment(a, request.user), "Approved")
+
+    @admin.action(description="Reject selected assignments (asks for a reason)")
+    def reject(self, request, queryset):
+        return reject_with_reason(self, request, queryset, assignments.reject_assignment)

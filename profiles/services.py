@@ -398,5 +398,9 @@ def revise_profile(user, profile: ConfigurationProfile, *, items: list) -> Confi
         number = (locked.revisions.aggregate(n=Max("revision"))["n"] or 0) + 1
         revision = _write_revision(user, locked, number, cleaned)
         history.append(user, "profile.revised", locked, payload={"revision": number, "items": _items_payload(cleaned)})
+        # Its assignments await a second person again when the new revision enforces.
+        from profiles import assignments  # it builds on this module
+
+        assignments.on_revision(user, locked, revision)
     profile.current_revision = revision
     return revision

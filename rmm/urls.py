@@ -8,6 +8,7 @@ from deployment.api.views import DeploymentJobViewSet, DeploymentViewSet, Packag
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
 from patching.api.views import AssetPatchesView, PatchCatalogViewSet
+from profiles.api.assignments import ProfileAssignmentViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
 from rmm.access.api import ApiTokenViewSet
 from rmm.authority.api import views as authority_views
@@ -33,6 +34,7 @@ router.register("packages", PackageViewSet, basename="package")
 router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("deployment-jobs", DeploymentJobViewSet, basename="deployment-job")
 router.register("patch-catalog", PatchCatalogViewSet, basename="patch-catalog")
+router.register("profile-assignments", ProfileAssignmentViewSet, basename="profile-assignment")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
 router.register("evidence", EvidenceViewSet, basename="evidence")

@@ -26,6 +26,16 @@ def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | Non
 
     Law 1: every job-creating service calls this before it writes a job row.
     """
+    return _problem(task, asset.site_id, "the asset is outside the PSA case's site", now)
+
+
+def site_authority_problem(task: PsaTask | None, site: Site, now=None) -> str | None:
+    """Why this task does not authorise work on every asset of this site (a configuration profile
+    assigned to the whole site), or None when it does: the same law, for a site."""
+    return _problem(task, site.pk, "the site is not the PSA case's site", now)
+
+
+def _problem(task: PsaTask | None, site_id, outside: str, now) -> str | None:
     now = now or timezone.now()
     if task is None:
         return "no PSA task given"
@@ -33,6 +43,6 @@ def authority_problem(task: PsaTask | None, asset: Asset, now=None) -> str | Non
     gone = authority_gone(case.status, case.expires_at, task.status, task.expires_at, now)
     if gone:
         return gone
-    if case.site_id != asset.site_id:
-        return "the asset is outside the PSA case's site"
+    if case.site_id != site_id:
+        return outside
     return None

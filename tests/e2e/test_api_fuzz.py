@@ -104,6 +104,13 @@ def seed_world(server) -> dict:
         w["psa"],
     ).json()["batch"]
     keys, profile = seed_profiles(server, w)
+    assignment = server.request(
+        "POST",
+        "/api/v1/profile-assignments/",
+        {"profile": profile, "asset": w["asset"], "psa_task_id": w["task"]},
+        w["tech"],
+    )
+    assert assignment.status == 201, assignment.body
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -128,6 +135,7 @@ def seed_world(server) -> dict:
             "/api/v1/batches/": [batch],
             "/api/v1/config-keys/": keys,
             "/api/v1/profiles/": [profile],
+            "/api/v1/profile-assignments/": [assignment.json()["id"]],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -141,6 +149,7 @@ def seed_world(server) -> dict:
             "target": [w["site"], w["asset"]],
             "related_id": [job["id"]],
             "batch": [batch],
+            "profile": [profile],
         },
     }
     return w

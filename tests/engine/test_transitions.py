@@ -37,8 +37,8 @@ def _other_table_status(value: ast.expr) -> bool:
 
 
 # Models with a status column of their own, written by their own services (a batch's status is
-# derived from its jobs', which only the one path writes).
-OTHER_TABLES = {"Batch"}
+# derived from its jobs', which only the one path writes; a profile assignment is no job).
+OTHER_TABLES = {"Batch", "AssetConfigurationProfile"}
 
 
 def _on_other_table(call: ast.Call) -> bool:

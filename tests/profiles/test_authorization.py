@@ -9,6 +9,7 @@ from tests.support.authorization import (
     APPROVE,
     AUTHOR_SCRIPTS,
     EVERYONE,
+    IN,
     STAFF,
     Row,
     World,
@@ -29,7 +30,7 @@ ROWS = [
     api("POST", "/api/v1/config-keys/{config_key_pending}/approve/", only(APPROVE, 200, 403)),
     api("POST", "/api/v1/config-keys/{config_key}/approve/", only(APPROVE, 409, 403), label="already approved"),
     api("POST", "/api/v1/config-keys/{config_key_pending}/reject/", only(APPROVE, 200, 403), body={"reason": "no"}),
-    # --- profiles: desired state, the same for every site (assignments will be per site)
+    # --- profiles: desired state, the same for every site (assignments are per site, below)
     api("GET", "/api/v1/profiles/", 200, shows=(("profile", EVERYONE),)),
     api("GET", "/api/v1/profiles/{profile}/", 200),
     api(
@@ -46,9 +47,70 @@ ROWS = [
         label="key not approved",
     ),
     api("POST", "/api/v1/profiles/{profile}/revisions/", only(AUTHOR_SCRIPTS, 201, 403), body={"items": [ITEM]}),
+    # --- assignments: per site (alpha); out-of-site callers cannot tell them from missing ones
+    api("GET", "/api/v1/profile-assignments/", 200, shows=(("assignment", IN), ("assignment_waiting", IN))),
+    api("GET", "/api/v1/profile-assignments/{assignment}/", 200, 404, hidden=("assignment",)),
+    api(
+        "POST",
+        "/api/v1/profile-assignments/",
+        only(AUTHOR_SCRIPTS, 201, 403),
+        only(AUTHOR_SCRIPTS, 404, 403),
+        body={"profile": "{profile_enforce}", "asset": "{asset}", "psa_task_id": "{task}"},
+    ),
+    api(
+        "PATCH",
+        "/api/v1/profile-assignments/{assignment}/",
+        only(AUTHOR_SCRIPTS, 200, 403),
+        404,
+        body={"audit_interval_seconds": 600},
+        hidden=("assignment",),
+    ),
+    api(
+        "DELETE",
+        "/api/v1/profile-assignments/{assignment}/",
+        only(AUTHOR_SCRIPTS, 204, 403),
+        404,
+        hidden=("assignment",),
+    ),
+    api(
+        "POST",
+        "/api/v1/profile-assignments/{assignment}/withdraw/",
+        only(AUTHOR_SCRIPTS, 200, 403),
+        404,
+        body={"reason": "done"},
+        hidden=("assignment",),
+    ),
+    api(
+        "POST",
+        "/api/v1/profile-assignments/{assignment_waiting}/approve/",
+        only(APPROVE, 200, 403),
+        404,
+        hidden=("assignment_waiting",),
+    ),
+    api(
+        "POST",
+        "/api/v1/profile-assignments/{assignment}/approve/",
+        only(APPROVE, 409, 403),
+        404,
+        label="not awaiting approval",
+    ),
+    api(
+        "POST",
+        "/api/v1/profile-assignments/{assignment_waiting}/reject/",
+        only(APPROVE, 200, 403),
+        404,
+        body={"reason": "no"},
+        hidden=("assignment_waiting",),
+    ),
     # --- admin (read-only)
     page("GET", "/admin/profiles/configkey/", only(STAFF, 200, 302), shows=(("config_key_pending", callers(STAFF)),)),
     page("GET", "/admin/profiles/configurationprofile/{profile}/change/", only(STAFF, 200, 302)),
+    page(
+        "GET",
+        "/admin/profiles/assetconfigurationprofile/",
+        only(STAFF, 200, 302),
+        shows=(("assignment_waiting", callers(STAFF, "in")),),
+    ),
 ]
 
 

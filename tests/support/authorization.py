@@ -47,6 +47,7 @@ from deployment import services as deployment
 from evidence import exports
 from evidence import services as evidence
 from evidence.models import RmmEvidence
+from profiles import assignments
 from profiles import services as profiles
 from rmm.access import services as access_services
 from rmm.access.models import ApiToken
@@ -205,6 +206,18 @@ def build_world(storage: str) -> World:
         detection={},
         uninstall_args="",
     )
+    enforcing = profiles.create_profile(
+        author,
+        name="matrix-enforce",
+        profile_type="baseline",
+        items=[{"config_key": "matrix.line", "parameters": {"path": "/p", "key": "k"}, "comparison": "absent",
+                "enforcement_mode": "enforce"}],
+    )  # fmt: skip
+    assignment = assignments.create_assignment(
+        author, profile_id=profile.pk, asset_id=agent.asset_id, psa_task_id=task.pk
+    )  # fmt: skip
+    waiting = assignments.create_assignment(author, profile_id=enforcing.pk, site_id=alpha.pk, psa_task_id=task.pk)
+    assert (assignment.status, waiting.status) == ("active", "awaiting_approval")
 
     job_done = scripting.create_script_job(psa, script_id=hello.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
     leased = heartbeat(agent_auth)["instructions"]
@@ -244,6 +257,9 @@ def build_world(storage: str) -> World:
             "config_key": str(profile.current_revision.items.get().config_key_id),
             "profile": str(profile.pk),
             "package_pending": str(package.pk),
+            "profile_enforce": str(enforcing.pk),
+            "assignment": str(assignment.pk),
+            "assignment_waiting": str(waiting.pk),
             "job_done": str(job_done.pk),
             "job_waiting": str(job_waiting.pk),
             "evidence": str(proof.pk),
