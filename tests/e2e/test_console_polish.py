@@ -3,14 +3,12 @@ and the kill banner's link meet WCAG AA contrast; a technician engages a kill sw
 the asset with the asset picker, by keyboard (nothing chosen beforehand), and confirming, and sees
 it in the history; an approver's queue card says what will run where under which authority."""
 
-import base64
 import uuid
 
 import pytest
-from django_otp.oath import totp
 
-from tests.e2e.flows import console_users, make_world, publish, run_job
-from tests.e2e.test_console_pages import CONTRAST, OVERFLOW, UNLABELLED, check_page, sign_in
+from tests.e2e.flows import console_users, make_world, publish, run_job, sign_in_to
+from tests.e2e.test_console_pages import CONTRAST, OVERFLOW, UNLABELLED, check_page
 
 pytestmark = pytest.mark.browser
 
@@ -36,8 +34,7 @@ def test_kill_switch_picked_confirmed_and_its_banner_readable(server, browser):
         page = context.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        sign_in(page, technician, "/accounts/login/?next=/console/kill-switches/")
-        page.wait_for_url("**/console/kill-switches/")
+        sign_in_to(page, technician, PASSWORD, "/console/kill-switches/")
         # Nothing is chosen beforehand; the asset picker offers the technician's asset.
         expect(page.locator("input[name=scope]:checked")).to_have_count(0)
         expect(page.locator("input[name=asset]:checked")).to_have_count(0)
@@ -89,12 +86,7 @@ def test_the_admin_link_to_the_approval_queue_is_readable_and_cards_say_what_run
     context = browser.new_context(base_url=server.url)
     try:
         page = context.new_page()
-        sign_in(page, approver, "/admin/")
-        page.wait_for_url("**/accounts/otp/setup/?next=%2Fadmin%2F")
-        secret = page.locator("#otp-secret").inner_text().strip()
-        page.fill("#id_code", f"{totp(base64.b32decode(secret)):06d}")
-        page.click("main form button[type=submit] >> text=Confirm")
-        page.wait_for_url("**/admin/")
+        sign_in_to(page, approver, PASSWORD, "/admin/", second_factor=True)
 
         link = page.locator("#content a", has_text="Approval queue")
         expect(link).to_be_visible()
