@@ -1,0 +1,167 @@
+"""A package deployed end to end, as root: a .deb built in the test with dpkg-deb (a name no real
+package uses), uploaded through the API, approved by a second person who holds the privileged
+permission, deployed to the real agent, which fetches it by its hash and installs it with dpkg;
+the detection read confirms it, and the evidence records both steps. A blob altered in the store
+after approval is refused by the agent: nothing is installed. Everything is purged afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.flows import agent_once, make_world, tokens
+from tests.e2e.server import Server
+from tests.e2e.test_key_rotation import export_bundle, verify_offline
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dpkg -i needs root (CI runs as root)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("deployment")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def deb(tmp_path):
+    """A .deb of a package no real one is named, and its purge afterwards."""
+    name = f"rmm-e2e-hello-{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/share" / name).mkdir(parents=True)
+    (root / "usr/share" / name / "hello").write_text("hello from a deployment\n")
+    (root / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: RMM tests <tests@example.invalid>\n"
+        "Description: a package built by the RMM's deployment test\n"
+    )
+    out = tmp_path / f"{name}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)], check=True, capture_output=True)
+    yield name, out
+    subprocess.run(["dpkg", "--purge", name], capture_output=True)
+
+
+def installed(name: str) -> bool:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", name], capture_output=True, text=True)
+    return done.stdout == "installed"
+
+
+def upload(server: Server, token: str, name: str, path: Path) -> dict:
+    """The package as a multipart upload, as a technician's tool would send it."""
+    boundary = uuid.uuid4().hex
+    fields = {
+        "name": name,
+        "version": "1.0-1",
+        "installer_type": "deb",
+        "detection": json.dumps({"type": "package", "name": name, "version": "1.0-1"}),
+    }
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+        "Content-Type: application/vnd.debian.binary-package\r\n\r\n".encode()
+        + path.read_bytes()
+        + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{server.url}/api/v1/packages/", data=body, method="POST")
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.status == 201
+        return json.loads(answer.read())
+
+
+def root_approver(server: Server) -> str:
+    name = f"pkg-approver-{uuid.uuid4().hex[:6]}"
+    [token] = tokens(server, {name: "approver"})
+    server.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n"
+        "from django.contrib.auth.models import Permission\n"
+        f"user = get_user_model().objects.get(username={name!r})\n"
+        'user.user_permissions.add(Permission.objects.get(codename="approve_privileged"))',
+    )
+    return token
+
+
+def deployed(server: Server, w: dict, package_id: str) -> str:
+    r = server.request(
+        "POST",
+        "/api/v1/deployments/",
+        {"package": package_id, "assets": [w["asset"]], "psa_task_id": w["task"]},
+        w["psa"],
+    )
+    assert r.status == 201, r.body
+    answer = r.json()
+    assert answer["psa_case_id"] and answer["count"] == 1
+    return answer["jobs"][0]["id"]
+
+
+def job(server: Server, w: dict, job_id: str) -> dict:
+    return server.request("GET", f"/api/v1/deployment-jobs/{job_id}/", token=w["psa"]).json()
+
+
+def test_a_deb_is_uploaded_approved_deployed_installed_and_proven(server, deb, tmp_path):
+    if shutil.which("dpkg-deb") is None:
+        pytest.fail("dpkg-deb is needed (Debian's dpkg)")
+    name, path = deb
+    w = make_world(server)
+    package = upload(server, w["tech"], name, path)
+    assert package["status"] == "pending"
+    # The author may not approve; an approver needs the privileged permission (it installs as root).
+    assert server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=w["tech"]).status == 403
+    assert server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=w["approver"]).status == 403
+    r = server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=root_approver(server))
+    assert r.status == 200 and r.json()["status"] == "approved", r.body
+
+    job_id = deployed(server, w, package["id"])
+    agent_once(server, w)  # fetch by hash, dpkg -i
+    agent_once(server, w)  # the detection read
+    done = job(server, w, job_id)
+    assert done["status"] == "succeeded", done
+    assert installed(name)
+    assert [s["step"] for s in done["steps"]] == [0, 1]
+    assert done["steps"][1]["structured"] == {"installed": True, "version": "1.0-1", "wanted": "1.0-1"}
+    assert done["executed_at"] and len(done["evidence"]) == 2
+    proof = server.request("GET", f"/api/v1/evidence/{done['evidence'][1]}/content/", token=w["psa"]).json()
+    assert proof["evidence_type"] == "deployment_result" and proof["package"]["sha256"] == package["hash"]
+
+    # The site's evidence, exported, verifies offline with the standard library alone.
+    compliance = server.token(f"comp-{uuid.uuid4().hex[:6]}", "compliance")
+    _, bundle = export_bundle(server, w, compliance, tmp_path / "export")
+    manifest = (bundle / "manifest.json").read_text()
+    assert all(evidence_id in manifest for evidence_id in done["evidence"])
+    checked = verify_offline(bundle)
+    assert checked.returncode == 0 and "VERDICT: PASS" in checked.stdout, checked.stdout
+
+
+def test_a_package_altered_in_the_store_after_approval_is_refused_and_nothing_is_installed(server, deb):
+    name, path = deb
+    w = make_world(server)
+    package = upload(server, w["tech"], name, path)
+    r = server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=root_approver(server))
+    assert r.status == 200, r.body
+    digest = package["hash"]
+    stored = Path(server.env["RMM_VAR_DIR"]) / "evidence" / "packages" / digest[:2] / f"{digest}.bin"
+    original = stored.read_bytes()
+    stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        job_id = deployed(server, w, package["id"])
+        agent_once(server, w)
+        done = job(server, w, job_id)
+        assert done["status"] == "failed"
+        assert done["status_reason"] == "step 1 of 2 failed: agent refused the instruction: artefact_mismatch"
+        assert not installed(name)
+    finally:
+        stored.write_bytes(original)
