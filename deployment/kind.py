@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shlex
 
-from deployment.models import DeploymentJob, InstallerType, SoftwarePackage
+from deployment.models import DeploymentAction, DeploymentJob, InstallerType, SoftwarePackage
 from rmm.artefacts.states import ApprovalStatus
 from rmm.core.errors import InvalidInput
 from rmm.engine import registry
@@ -31,6 +31,10 @@ DEPLOYABLE = {InstallerType.DEB, InstallerType.RPM}
 INSTALL = {
     InstallerType.DEB: "DEBIAN_FRONTEND=noninteractive dpkg -i",
     InstallerType.RPM: "rpm -U --replacepkgs",
+}
+UNINSTALL = {
+    InstallerType.DEB: "DEBIAN_FRONTEND=noninteractive dpkg -r",
+    InstallerType.RPM: "rpm -e",
 }
 
 
@@ -49,8 +53,9 @@ def _installed_query(package: SoftwarePackage, name: str) -> str:
     )
 
 
-def render_detection(package: SoftwarePackage) -> str:
-    """The detection step's script: one JSON document at $RMM_RESULT_PATH."""
+def render_detection(package: SoftwarePackage, *, expect: str = "installed") -> str:
+    """The detection step's script: one JSON document at $RMM_RESULT_PATH, carrying what the
+    server expects (``installed`` after an install, ``absent`` after an uninstall)."""
     rule = package.detection
     if rule["type"] == "package":
         read = _installed_query(package, rule["name"])
@@ -58,11 +63,12 @@ def render_detection(package: SoftwarePackage) -> str:
         read = f"if [ -e {shlex.quote(rule['path'])} ]; then state=installed; else state=absent; fi\nversion=''\n"
     # The versions are a package database's (digits, letters and . + ~ : -) and the rule's, which
     # the service checked for the same characters: nothing to escape in JSON or in printf's format.
-    wanted = rule.get("version", "")
+    wanted = rule.get("version", "") if expect == "installed" else ""
     return (
         read
         + 'installed=false; [ "$state" = installed ] && installed=true\n'
-        + f'printf \'{{"installed": %s, "version": "%s", "wanted": "{wanted}"}}\' "$installed" "$version"'
+        + f'printf \'{{"installed": %s, "version": "%s", "wanted": "{wanted}", "expect": "{expect}"}}\' '
+        + '"$installed" "$version"'
         + f' > "${RESULT_PATH_ENV}"\n'
         + 'echo "installed=$installed version=$version"\n'
     )
@@ -70,33 +76,51 @@ def render_detection(package: SoftwarePackage) -> str:
 
 def render(job: DeploymentJob) -> list[registry.InstructionSpec]:
     package = job.package
-    artefact = registry.Artefact(package.filename, package.hash, package.size, package.blob)
-    install = f'{INSTALL[package.installer_type]} {package.silent_args} "${artefact_env_name(package.filename)}"\n'
-    specs = [
-        registry.InstructionSpec(
+    if job.action == DeploymentAction.UNINSTALL:
+        # The package database's name for it is its detection rule's (prepare insists on one).
+        name = shlex.quote(package.detection["name"])
+        change = registry.InstructionSpec(
             asset=job.asset,
             interpreter="sh",
-            content="set -eu\n" + install,
+            content=f"set -eu\n{UNINSTALL[package.installer_type]} {package.uninstall_args} {name}\n",
+            timeout_seconds=1800,
+            privileged=True,
+        )
+        expect = "absent"
+    else:
+        artefact = registry.Artefact(package.filename, package.hash, package.size, package.blob)
+        install = f'{INSTALL[package.installer_type]} {package.silent_args} "${artefact_env_name(package.filename)}"'
+        change = registry.InstructionSpec(
+            asset=job.asset,
+            interpreter="sh",
+            content=f"set -eu\n{install}\n",
             timeout_seconds=1800,
             privileged=True,
             artefacts=(artefact,),
         )
-    ]
+        expect = "installed"
+    specs = [change]
     if package.detection:
         specs.append(
             registry.InstructionSpec(
-                asset=job.asset, interpreter="sh", content=render_detection(package), timeout_seconds=120
+                asset=job.asset,
+                interpreter="sh",
+                content=render_detection(package, expect=expect),
+                timeout_seconds=120,
             )
         )
     return specs
 
 
 def judge(inst, result: dict) -> tuple[str, str] | None:
-    """The detection step decides: not installed, or another version than the rule names (the
-    signed step carries the rule's version as ``wanted``), fails the job."""
+    """The detection step decides. After an install: not installed, or another version than the
+    rule names (the signed step carries it as ``wanted``), fails the job; after an uninstall
+    (``expect`` absent), still installed fails it."""
     document = result.get("structured")
     if not isinstance(document, dict) or "installed" not in document:
         return None
+    if document.get("expect") == "absent":
+        return (JobStatus.FAILED, "detection: still installed") if document.get("installed") is not False else None
     if document.get("installed") is not True:
         return JobStatus.FAILED, "detection: not installed"
     wanted, found = document.get("wanted"), document.get("version")
@@ -105,9 +129,12 @@ def judge(inst, result: dict) -> tuple[str, str] | None:
     return None
 
 
-def prepare(*, package_id, requires_approval: bool = False) -> registry.NewJob:
-    """A deployment installs one approved package (Law 3) of a type this server can deploy; the
-    requester may ask for each job's approval besides the package's."""
+def prepare(*, package_id, action: str = DeploymentAction.INSTALL, requires_approval: bool = False) -> registry.NewJob:
+    """A deployment installs one approved package (Law 3) of a type this server can deploy, or
+    uninstalls it (the rollback, its own job under the same kind of authority); the requester
+    may ask for each job's approval besides the package's."""
+    if action not in DeploymentAction.values:
+        raise InvalidInput(f"Must be one of: {', '.join(DeploymentAction.values)}.", field="action")
     package = SoftwarePackage.objects.filter(pk=package_id).first() if package_id else None
     if package is None:
         raise InvalidInput("No such package.", field="package")
@@ -119,11 +146,13 @@ def prepare(*, package_id, requires_approval: bool = False) -> registry.NewJob:
         )
     if package.detection.get("type") == "registry":
         raise InvalidInput("A registry detection rule cannot be read on Linux.", field="package")
+    if action == DeploymentAction.UNINSTALL and package.detection.get("type") != "package":
+        raise InvalidInput("An uninstall needs the package's detection rule to name it (type package).", field="action")
     return registry.NewJob(
-        fields={"package": package},
+        fields={"package": package, "action": action},
         requires_approval=bool(requires_approval),
         names={"package": str(package.pk)},
-        created={"package_sha256": package.hash, "package": str(package)},
+        created={"package_sha256": package.hash, "package": str(package), "action": action},
     )
 
 
@@ -154,7 +183,8 @@ def evidence_document(job: DeploymentJob, inst, stored, result: dict, late: bool
             "approved_by": package.decided_by.get_username() if package.decided_by_id else None,
             "approved_at": package.decided_at,
         },
-        "step": "install" if inst.step == 0 else "detection",
+        "action": job.action,
+        "step": job.action if inst.step == 0 else "detection",
         "instruction": {
             "id": inst.pk,
             "payload": inst.payload,
@@ -189,7 +219,7 @@ registry.register(
         evidence_type=DEPLOYMENT_RESULT,
         evidence_entity="deployment_job",
         evidence_document=evidence_document,
-        describe=lambda job: f"install {job.package.name} {job.package.version} on {job.asset.hostname}",
+        describe=lambda job: f"{job.action} {job.package.name} {job.package.version} on {job.asset.hostname}",
         card=lambda job: [
             ("Package", f"{job.package.name} {job.package.version} (v{job.package.revision})"),
             ("Installer", job.package.installer_type),

@@ -47,12 +47,19 @@ class SoftwarePackage(ArtefactVersion):
         return f"{self.name} {self.version} (v{self.revision})"
 
 
+class DeploymentAction(models.TextChoices):
+    INSTALL = "install"
+    # the rollback: its own job, under the same kind of authority, proven by a detection read
+    UNINSTALL = "uninstall"
+
+
 class DeploymentJob(JobBase):
     """Seed E ``deployment_jobs``: install one approved package on one asset, on a PSA task's
     authority (its ``psa_case_id`` is the task's case). ``executed_at`` is when the install began
     on the endpoint; the engine stamps it as the job starts running."""
 
     package = models.ForeignKey(SoftwarePackage, on_delete=models.PROTECT, related_name="jobs")
+    action = models.CharField(max_length=10, choices=DeploymentAction.choices, default=DeploymentAction.INSTALL)
     asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="deployment_jobs")
     psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="deployment_jobs")
     started_at = models.DateTimeField(null=True, blank=True)

@@ -243,6 +243,7 @@ def create_deployments(
     asset_ids=None,
     site_name=None,
     plan: dict | None = None,
+    action: str = "install",
     requires_approval: bool = False,
 ) -> list:
     """One approved package on many assets (the listed ones, or every asset of a site), one
@@ -256,5 +257,6 @@ def create_deployments(
         site_name=site_name,
         plan=plan,
         package_id=package_id,
+        action=action,
         requires_approval=requires_approval,
     )

@@ -8,7 +8,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from deployment import services
-from deployment.models import DeploymentJob, InstallerType, SoftwarePackage
+from deployment.models import DeploymentAction, DeploymentJob, InstallerType, SoftwarePackage
 from evidence.models import RmmEvidence
 from rmm.access import roles as access
 from rmm.artefacts.api import decision_actions
@@ -118,7 +118,7 @@ class PackageViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
 
 class DeploymentStepSerializer(serializers.Serializer):
-    step = serializers.IntegerField(help_text="0: install; 1: detection.")
+    step = serializers.IntegerField(help_text="0: install or uninstall; 1: detection.")
     status = serializers.CharField()
     exit_code = serializers.IntegerField(allow_null=True)
     reason = serializers.CharField(allow_blank=True)
@@ -143,6 +143,7 @@ class DeploymentJobSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "package",
+            "action",
             "asset",
             "psa_task_id",
             "psa_case_id",
@@ -187,7 +188,7 @@ class DeploymentJobFilter(django_filters.FilterSet):
 
     class Meta:
         model = DeploymentJob
-        fields = ["status", "asset", "package", "batch", "psa_task"]
+        fields = ["status", "action", "asset", "package", "batch", "psa_task"]
 
 
 class DeploymentJobViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
@@ -206,6 +207,11 @@ class DeploymentJobViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
 
 class DeploymentRequestSerializer(serializers.Serializer):
     package = serializers.UUIDField(help_text="An approved package.")
+    action = serializers.ChoiceField(
+        choices=DeploymentAction.choices,
+        default=DeploymentAction.INSTALL,
+        help_text="uninstall: the rollback (the package's detection rule names it).",
+    )
     assets = serializers.ListField(
         child=serializers.UUIDField(), required=False, allow_empty=False, help_text="The assets; or give site."
     )
@@ -257,6 +263,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             asset_ids=data.get("assets"),
             site_name=data.get("site"),
             plan=data.get("plan"),
+            action=data["action"],
             requires_approval=data["requires_approval"],
         )
         return Response(

@@ -161,11 +161,47 @@ def test_the_detection_step_reads_the_real_package_database(world, tmp_path):
         ["dpkg-query", "-W", "-f=${Version}", "dpkg"], capture_output=True, text=True, check=True
     ).stdout
     present = package(world, name="dpkg", version="1", detection={"type": "package", "name": "dpkg"})
-    assert sh(kind.render_detection(present), tmp_path) == {"installed": True, "version": dpkg_version, "wanted": ""}
+    assert sh(kind.render_detection(present), tmp_path) == {
+        "installed": True,
+        "version": dpkg_version,
+        "wanted": "",
+        "expect": "installed",
+    }
     absent = package(world, name="no-such-pkg", version="1", detection={"type": "package", "name": "rmm-no-such-pkg"})
-    assert sh(kind.render_detection(absent), tmp_path) == {"installed": False, "version": "", "wanted": ""}
+    assert sh(kind.render_detection(absent, expect="absent"), tmp_path) == {
+        "installed": False,
+        "version": "",
+        "wanted": "",
+        "expect": "absent",
+    }
     marker = tmp_path / "marker"
     by_file = package(world, name="by-file", version="1", detection={"type": "file", "path": str(marker)})
     assert sh(kind.render_detection(by_file), tmp_path)["installed"] is False
     marker.write_text("x")
     assert sh(kind.render_detection(by_file), tmp_path)["installed"] is True
+
+
+@pytest.mark.parametrize(
+    ("installed", "status", "reason"), [(False, "succeeded", ""), (True, "failed", "detection: still installed")]
+)
+def test_an_uninstall_is_its_own_job_proven_by_a_read_that_finds_the_package_gone(world, installed, status, reason):
+    pkg = package(world)
+    r = deploy(world, pkg, action="uninstall")
+    assert r.status_code == 201, r.content
+    job = DeploymentJob.objects.get(pk=r.json()["jobs"][0]["id"])
+    remove, detect = kind.render(job)
+    assert remove.privileged and not remove.artefacts and "dpkg -r" in remove.content and "hello-rmm" in remove.content
+    assert '"expect": "absent"' in detect.content
+    run(world, None)
+    run(world, {"installed": installed, "version": "1.0-1" if installed else "", "wanted": "", "expect": "absent"})
+    job.refresh_from_db()
+    assert job.action == "uninstall" and job.status == status and reason in job.status_reason
+    assert world["psa"].get(f"/api/v1/deployment-jobs/{job.pk}/").json()["action"] == "uninstall"
+
+
+def test_an_uninstall_needs_a_rule_that_names_the_package_and_a_known_action(world):
+    r = deploy(world, package(world, detection={"type": "file", "path": "/opt/x"}), action="uninstall")
+    assert r.status_code == 400 and "detection rule" in r.json()["action"][0]
+    r = deploy(world, package(world, version="2"), action="reinstall")
+    assert r.status_code == 400 and "action" in r.json()
+    assert not DeploymentJob.objects.exists()

@@ -95,11 +95,11 @@ def root_approver(server: Server) -> str:
     return token
 
 
-def deployed(server: Server, w: dict, package_id: str) -> str:
+def deployed(server: Server, w: dict, package_id: str, action: str = "install") -> str:
     r = server.request(
         "POST",
         "/api/v1/deployments/",
-        {"package": package_id, "assets": [w["asset"]], "psa_task_id": w["task"]},
+        {"package": package_id, "assets": [w["asset"]], "psa_task_id": w["task"], "action": action},
         w["psa"],
     )
     assert r.status == 201, r.body
@@ -132,7 +132,12 @@ def test_a_deb_is_uploaded_approved_deployed_installed_and_proven(server, deb, t
     assert done["status"] == "succeeded", done
     assert installed(name)
     assert [s["step"] for s in done["steps"]] == [0, 1]
-    assert done["steps"][1]["structured"] == {"installed": True, "version": "1.0-1", "wanted": "1.0-1"}
+    assert done["steps"][1]["structured"] == {
+        "installed": True,
+        "version": "1.0-1",
+        "wanted": "1.0-1",
+        "expect": "installed",
+    }
     assert done["executed_at"] and len(done["evidence"]) == 2
     proof = server.request("GET", f"/api/v1/evidence/{done['evidence'][1]}/content/", token=w["psa"]).json()
     assert proof["evidence_type"] == "deployment_result" and proof["package"]["sha256"] == package["hash"]
@@ -144,6 +149,14 @@ def test_a_deb_is_uploaded_approved_deployed_installed_and_proven(server, deb, t
     assert all(evidence_id in manifest for evidence_id in done["evidence"])
     checked = verify_offline(bundle)
     assert checked.returncode == 0 and "VERDICT: PASS" in checked.stdout, checked.stdout
+
+    # The rollback: an uninstall job under the same authority, proven by a read that finds it gone.
+    undo = deployed(server, w, package["id"], action="uninstall")
+    agent_once(server, w)  # dpkg -r
+    agent_once(server, w)  # the detection read
+    undone = job(server, w, undo)
+    assert undone["status"] == "succeeded" and undone["action"] == "uninstall", undone
+    assert not installed(name)
 
 
 def test_a_package_altered_in_the_store_after_approval_is_refused_and_nothing_is_installed(server, deb):
