@@ -11,8 +11,12 @@ Steps, in order, each a signed instruction:
    a file's presence, written as the step's structured result ``{"installed": bool, "version":
    str}``; not installed, or another version than the rule names, fails the job.
 
-``msi``, ``exe`` and ``script`` packages can be registered and approved; deploying them is not
-built yet, and a deployment of one is refused with the reason.
+On Windows (``msi``, ``exe``) the same two steps are PowerShell: ``msiexec /i … /qn /norestart``
+or the installer itself with its silent arguments (Windows Installer's 3010, "a reboot is needed",
+counts as done), and a detection read of the software's Uninstall entry (DisplayName,
+DisplayVersion), a registry value or a file. They are tested by their rendering and by the
+judging of recorded documents; no Windows endpoint runs in the tests. ``script`` packages, and
+uninstalling ``msi`` and ``exe``, are not built yet and are refused with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from rmm.engine.states import JobStatus
 from rmm_agent.protocol import CAPABILITY_ARTEFACTS, RESULT_PATH_ENV, artefact_env_name
 
 DEPLOYMENT_RESULT = "deployment_result"  # the evidence type of each finished step (apps.py registers it)
-DEPLOYABLE = {InstallerType.DEB, InstallerType.RPM}
+DEPLOYABLE = {InstallerType.DEB, InstallerType.RPM, InstallerType.MSI, InstallerType.EXE}
+WINDOWS = {InstallerType.MSI, InstallerType.EXE}
 INSTALL = {
     InstallerType.DEB: "DEBIAN_FRONTEND=noninteractive dpkg -i",
     InstallerType.RPM: "rpm -U --replacepkgs",
@@ -74,8 +79,107 @@ def render_detection(package: SoftwarePackage, *, expect: str = "installed") -> 
     )
 
 
+def _ps(text: str) -> str:
+    """A PowerShell single-quoted string: nothing inside is expanded; a quote is doubled."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+# Where Windows lists installed software (64- and 32-bit views): a package rule's name is the
+# entry's DisplayName, its version the DisplayVersion.
+UNINSTALL_KEYS = (
+    "'HKLM:\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*',"
+    "'HKLM:\\SOFTWARE\\WOW6432Node\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*'"
+)
+
+
+def render_windows_detection(package: SoftwarePackage) -> str:
+    """The detection step on Windows (PowerShell): the same JSON document as on Linux."""
+    rule = package.detection
+    if rule["type"] == "package":
+        read = (
+            f"$hit = Get-ItemProperty {UNINSTALL_KEYS} -ErrorAction SilentlyContinue |\n"
+            f"  Where-Object {{ $_.DisplayName -eq {_ps(rule['name'])} }} | Select-Object -First 1\n"
+            "$installed = [bool]$hit\n"
+            "$version = if ($hit) { [string]$hit.DisplayVersion } else { '' }\n"
+        )
+    elif rule["type"] == "registry":
+        value = rule.get("value")
+        read = (
+            f"$item = Get-ItemProperty -LiteralPath {_ps(rule['key'])} -ErrorAction SilentlyContinue\n"
+            + (f"$found = if ($item) {{ $item.{_ps(value)} }} else {{ $null }}\n" if value else "$found = $item\n")
+            + "$installed = $null -ne $found\n"
+            + "$version = if ($found -is [string]) { $found } else { '' }\n"
+        )
+        if rule.get("data"):
+            read += f"if ($installed -and $version -ne {_ps(rule['data'])}) {{ $installed = $false }}\n"
+    else:  # "file"
+        read = f"$installed = Test-Path -LiteralPath {_ps(rule['path'])}\n$version = ''\n"
+    wanted = rule.get("version", "") if rule["type"] == "package" else ""
+    return (
+        "$ErrorActionPreference = 'Stop'\n"
+        + read
+        + f"$doc = [ordered]@{{ installed = $installed; version = $version; wanted = {_ps(wanted)}; "
+        + "expect = 'installed' }\n"
+        # .NET's WriteAllText writes UTF-8 without the byte-order mark Windows PowerShell's
+        # Set-Content would put first (the agent reads the document as JSON).
+        + "[System.IO.File]::WriteAllText($env:RMM_RESULT_PATH, ($doc | ConvertTo-Json -Compress))\n"
+        + 'Write-Output "installed=$installed version=$version"\n'
+    )
+
+
+def render_windows_install(package: SoftwarePackage) -> str:
+    """The install step on Windows (PowerShell): msiexec for an msi, the installer itself for an
+    exe, each with the package's silent arguments; Windows Installer's 3010 (done, a reboot is
+    needed) is success and is said on stdout."""
+    file = f"$env:{artefact_env_name(package.filename)}"
+    if package.installer_type == InstallerType.MSI:
+        start = (
+            "$arguments = @('/i', ('\"' + "
+            + file
+            + " + '\"'), '/qn', '/norestart')"
+            + (f" + {_ps(package.silent_args)}" if package.silent_args else "")
+            + "\n$p = Start-Process -FilePath 'msiexec.exe' -ArgumentList $arguments -Wait -PassThru\n"
+        )
+    else:
+        arguments = f" -ArgumentList {_ps(package.silent_args)}" if package.silent_args else ""
+        start = f"$p = Start-Process -FilePath {file}{arguments} -Wait -PassThru\n"
+    return (
+        "$ErrorActionPreference = 'Stop'\n"
+        + start
+        + "if ($p.ExitCode -eq 3010) { Write-Output 'installed; Windows asks for a reboot'; exit 0 }\n"
+        + "exit $p.ExitCode\n"
+    )
+
+
+def _render_windows(job: DeploymentJob) -> list[registry.InstructionSpec]:
+    package = job.package
+    artefact = registry.Artefact(package.filename, package.hash, package.size, package.blob)
+    specs = [
+        registry.InstructionSpec(
+            asset=job.asset,
+            interpreter="powershell",
+            content=render_windows_install(package),
+            timeout_seconds=1800,
+            privileged=True,
+            artefacts=(artefact,),
+        )
+    ]
+    if package.detection:
+        specs.append(
+            registry.InstructionSpec(
+                asset=job.asset,
+                interpreter="powershell",
+                content=render_windows_detection(package),
+                timeout_seconds=120,
+            )
+        )
+    return specs
+
+
 def render(job: DeploymentJob) -> list[registry.InstructionSpec]:
     package = job.package
+    if package.installer_type in WINDOWS:
+        return _render_windows(job)
     if job.action == DeploymentAction.UNINSTALL:
         # The package database's name for it is its detection rule's (prepare insists on one).
         name = shlex.quote(package.detection["name"])
@@ -142,10 +246,14 @@ def prepare(*, package_id, action: str = DeploymentAction.INSTALL, requires_appr
         raise InvalidInput(f"This package is {package.approval_status}, not approved.", field="package")
     if package.installer_type not in DEPLOYABLE:
         raise InvalidInput(
-            f"Deploying {package.installer_type} packages is not built yet: deb and rpm are.", field="package"
+            f"Deploying {package.installer_type} packages is not built yet: deb, rpm, msi and exe are.",
+            field="package",
         )
-    if package.detection.get("type") == "registry":
+    windows = package.installer_type in WINDOWS
+    if package.detection.get("type") == "registry" and not windows:
         raise InvalidInput("A registry detection rule cannot be read on Linux.", field="package")
+    if action == DeploymentAction.UNINSTALL and windows:
+        raise InvalidInput("Uninstalling msi and exe packages is not built yet.", field="action")
     if action == DeploymentAction.UNINSTALL and package.detection.get("type") != "package":
         raise InvalidInput("An uninstall needs the package's detection rule to name it (type package).", field="action")
     return registry.NewJob(

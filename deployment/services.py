@@ -98,9 +98,10 @@ def _detection(rule: Any) -> dict:
             continue
         if not isinstance(value, str) or not value.strip() or len(value) > 1000:
             raise InvalidInput(f"A {rule['type']} rule needs {field} as text.", field="detection")
-    # A package rule's name and version go into the detection step's script and its JSON.
-    if rule["type"] == "package" and not NAME.fullmatch(rule["name"]):
-        raise InvalidInput("A package rule's name: letters, digits and . _ + - only.", field="detection")
+    # Every value is quoted where a script uses it; none may hold a line break or a control
+    # character. A package rule's version also goes into the detection document's JSON as is.
+    if any(ord(ch) < 32 for field in (*required, *optional) for ch in rule.get(field) or ""):
+        raise InvalidInput("No line breaks or control characters.", field="detection")
     if rule["type"] == "package" and "version" in rule and not VERSION.fullmatch(rule["version"]):
         raise InvalidInput("A package rule's version: letters, digits and . _ + : ~ - only.", field="detection")
     return rule

@@ -119,7 +119,7 @@ def test_an_installed_package_of_the_wanted_version_succeeds_another_version_fai
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"installer_type": "msi", "detection": {}}, "not built yet"),
+        ({"installer_type": "script", "detection": {}}, "not built yet"),
         ({"detection": {"type": "registry", "key": "HKLM\\\\Software\\\\X"}}, "registry"),
     ],
 )
@@ -205,3 +205,60 @@ def test_an_uninstall_needs_a_rule_that_names_the_package_and_a_known_action(wor
     r = deploy(world, package(world, version="2"), action="reinstall")
     assert r.status_code == 400 and "action" in r.json()
     assert not DeploymentJob.objects.exists()
+
+
+def windows_job(world, **fields) -> DeploymentJob:
+    given = {"installer_type": "msi", "detection": {"type": "package", "name": "Hello RMM", "version": "1.0.1"}}
+    r = deploy(world, package(world, **{**given, **fields}))
+    assert r.status_code == 201, r.content
+    return DeploymentJob.objects.get(pk=r.json()["jobs"][0]["id"])
+
+
+def test_an_msi_installs_with_msiexec_quietly_and_is_read_from_windows_uninstall_entries(world):
+    job = windows_job(world, silent_args="ALLUSERS=1 INSTALLDIR='C:\\Hello'")
+    install, detect = kind.render(job)
+    assert (install.interpreter, detect.interpreter) == ("powershell", "powershell")
+    assert install.privileged and install.artefacts[0].sha256 == job.package.hash
+    assert "Start-Process -FilePath 'msiexec.exe'" in install.content
+    assert "@('/i', ('\"' + $env:RMM_ARTEFACT_HELLO_RMM_1_0_1_MSI + '\"'), '/qn', '/norestart')" in install.content
+    # The approved arguments stay one PowerShell literal: a quote in them is doubled, nothing expands.
+    assert "+ 'ALLUSERS=1 INSTALLDIR=''C:\\Hello'''" in install.content
+    assert "if ($p.ExitCode -eq 3010)" in install.content and "exit $p.ExitCode" in install.content
+    assert "Where-Object { $_.DisplayName -eq 'Hello RMM' }" in detect.content
+    assert "wanted = '1.0.1'; expect = 'installed'" in detect.content
+    assert "WriteAllText($env:RMM_RESULT_PATH" in detect.content and "Set-Content" not in detect.content
+
+
+def test_an_exe_runs_itself_and_a_registry_rule_reads_one_value(world):
+    rule = {"type": "registry", "key": "HKLM:\\SOFTWARE\\Hello's", "value": "Version", "data": "1.0.1"}
+    job = windows_job(world, installer_type="exe", silent_args="/S", detection=rule)
+    install, detect = kind.render(job)
+    assert "Start-Process -FilePath $env:RMM_ARTEFACT_HELLO_RMM_1_0_1_EXE -ArgumentList '/S' -Wait" in install.content
+    assert "Get-ItemProperty -LiteralPath 'HKLM:\\SOFTWARE\\Hello''s'" in detect.content
+    assert "$item.'Version'" in detect.content and "$version -ne '1.0.1'" in detect.content
+
+
+# What Windows PowerShell's ConvertTo-Json -Compress writes for the detection document.
+RECORDED = {
+    "installed": '{"installed":true,"version":"1.0.1","wanted":"1.0.1","expect":"installed"}',
+    "older": '{"installed":true,"version":"0.9.7","wanted":"1.0.1","expect":"installed"}',
+    "missing": '{"installed":false,"version":"","wanted":"1.0.1","expect":"installed"}',
+}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "status", "reason"),
+    [("installed", "succeeded", ""), ("older", "failed", "version '0.9.7'"), ("missing", "failed", "not installed")],
+)
+def test_a_windows_detection_document_is_judged_like_a_linux_one(world, recorded, status, reason):
+    job = windows_job(world)
+    run(world, None)
+    run(world, json.loads(RECORDED[recorded]))
+    job.refresh_from_db()
+    assert job.status == status and reason in job.status_reason
+
+
+def test_uninstalling_an_msi_is_refused_as_not_built(world):
+    pkg = package(world, installer_type="msi", detection={"type": "package", "name": "x"})
+    r = deploy(world, pkg, action="uninstall")
+    assert r.status_code == 400 and "not built yet" in r.json()["action"][0]
