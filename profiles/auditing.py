@@ -68,7 +68,8 @@ def render_linux(items: list[ConfigurationItem]) -> Rendered:
         f"# Configuration audit: {len(items)} item(s), read only (docs/profiles.md).",
         "set -u",
         "umask 077",
-        'dir=$(mktemp -d "$PWD/audit.XXXXXX") || exit 70',
+        # relative: the run-as account may not reach its work directory by its absolute path
+        'dir=$(mktemp -d ./audit.XXXXXX) || { echo "audit: no work folder" >&2; exit 70; }',
         "trap 'rm -rf \"$dir\"' EXIT",
         f'limit=""; if command -v timeout >/dev/null 2>&1; then limit="timeout {ITEM_TIMEOUT_SECONDS}"; fi',
         "b64() { base64 | tr -d '\\n'; }",

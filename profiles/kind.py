@@ -97,6 +97,7 @@ def evidence_document(job: ConfigurationAuditJob, inst, stored: audits.Audited |
             "hash": inst.result_hash or None,
             "stdout": display_text(stdout)[0] if stdout is not None else None,
             "stdout_sha256": hashlib.sha256(stdout).hexdigest() if stdout is not None else None,
+            "stderr": display_text(result["stderr"])[0] if stored is not None else None,
             "structured": inst.structured,
             "late": late,
         },
