@@ -60,6 +60,8 @@ def test_the_schema_lists_the_registered_types(compliance, patch_type):
     # step_result: the test-only job kind's, installed by tests/settings.py
     assert set(param["schema"]["enum"]) == {
         "agent_update_result",
+        "configuration_audit",
+        "drift_report",
         "history_anchor",
         "patch_result",
         "script_result",
@@ -68,6 +70,8 @@ def test_the_schema_lists_the_registered_types(compliance, patch_type):
     export_filters = schema["components"]["schemas"]["ExportFiltersRequest"]["properties"]["evidence_types"]["items"]
     assert set(schema["components"]["schemas"][export_filters["$ref"].rsplit("/", 1)[-1]]["enum"]) == {
         "agent_update_result",
+        "configuration_audit",
+        "drift_report",
         "patch_result",
         "script_result",
         "step_result",
