@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import subprocess
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -29,6 +30,7 @@ from profiles.models import (
 )
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction
+from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.outbox.models import Event
 from rmm_agent.results import make_result
@@ -339,3 +341,34 @@ def test_another_sites_assignment_asset_drift_and_audit_job_answer_404(w, caller
     assert outsider.get("/api/v1/drift-events/").json()["count"] == 0
     assert ConfigurationAuditJob.objects.count() == 1
     assert HistoryEvent.objects.filter(action="refused.access").count() == 4
+
+
+def test_a_late_result_of_an_older_audit_never_overwrites_a_newer_reading(w):
+    profile = profile_of(w, 1)
+    [item] = items_of(profile)
+    assignment = assign(w, profile, asset=w.agent.asset)
+    [older] = audits.request_audit(w.psa.user, assignment.pk)
+    [lost] = engine.lease(w.agent, 4, timezone.now())
+    engine.sweep(lost.lease_expires_at + timedelta(seconds=1))  # its agent went quiet: lost
+    newer = audit(w, assignment, {item: (0, b"value-0\n")})
+    late = make_result(str(lost.pk), "completed", exit_code=0, stdout=document({item: (0, b"stale\n")}))
+    assert engine.ingest_result(w.agent, late)[1]["status"] == "accepted_late"
+    row = ConfigurationObservation.objects.get()
+    assert (row.state, row.observed_value, row.audit_job_id) == ("compliant", "value-0", newer.pk)
+    assert row.evidence_id == RmmEvidence.objects.get(related_id=newer.pk, evidence_type="configuration_audit").pk
+    assert not ConfigurationDriftEvent.objects.exists()
+    # the late result is kept as evidence of its own, with its verdict
+    [kept] = RmmEvidence.objects.filter(related_id=older.pk, evidence_type="configuration_audit").order_by(
+        "captured_at"
+    )[1:]
+    assert json.loads(read_blob(kept))["observations"][0]["observed_value"] == "stale"
+
+
+def test_a_kill_switch_stops_a_new_audit_and_the_refusal_is_recorded(w):
+    assignment = assign(w, profile_of(w), asset=w.agent.asset)
+    kill_switches.engage(w.boss.user, scope="asset", target=str(w.agent.asset_id), reason="incident")
+    r = w.psa.post(f"/api/v1/profile-assignments/{assignment.pk}/audit/")
+    assert r.status_code == 403 and "kill switch" in r.json()["detail"]
+    refusal = HistoryEvent.objects.get(action="refused.profile_audit_job.create")
+    assert refusal.payload["reason"].startswith("kill switch engaged")
+    assert not ConfigurationAuditJob.objects.exists()
