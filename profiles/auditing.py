@@ -25,10 +25,10 @@ from rmm.core.text import display_text
 FORMAT = "rmm.profile_audit/1"
 ABSENT_EXIT = 3  # the read-script convention: the thing is absent
 ITEM_TIMEOUT_SECONDS = 30  # each read script, where the endpoint has `timeout`
-STDERR_CAP = 512
-# Each value is cut at this many bytes, fewer when there are many items, so that the whole document
-# fits a structured result (256 KiB: docs/agent.md) whatever the read scripts print.
-VALUE_CAP, DOCUMENT_BUDGET, MIN_VALUE_CAP = 4096, 150_000, 256
+# Each value (and its stderr) is cut at this many bytes, fewer when there are many items, so that
+# the whole document fits a structured result (256 KiB: docs/agent.md) whatever the read scripts
+# print: the output kept, as base64, plus about 122 bytes of JSON per item, for up to 500 items.
+VALUE_CAP, STDERR_CAP, OUTPUT_BUDGET = 4096, 512, 120_000
 INTERPRETERS = {"sh": "sh", "bash": "bash", "python": "python3"}
 
 
@@ -44,8 +44,16 @@ class Rendered:
     privileged: bool
 
 
+def caps(count: int) -> tuple[int, int]:
+    """(value cap, stderr cap) in bytes for a revision of ``count`` items: an eighth of each item's
+    share is its stderr's."""
+    share = min(VALUE_CAP + STDERR_CAP, OUTPUT_BUDGET // max(count, 1))
+    stderr = min(STDERR_CAP, share // 8)
+    return share - stderr, stderr
+
+
 def value_cap(count: int) -> int:
-    return max(MIN_VALUE_CAP, min(VALUE_CAP, DOCUMENT_BUDGET // max(count, 1)))
+    return caps(count)[0]
 
 
 def param_env_name(name: str) -> str:
@@ -61,7 +69,7 @@ def render_linux(items: list[ConfigurationItem]) -> Rendered:
     code, and writes the document: to ``$RMM_RESULT_PATH`` when the agent gives one (protocol 2's
     structured result), else to stdout. Every value is base64 in the document, so no byte a read
     script prints can break the JSON; parameters and scripts are single-quoted for the shell."""
-    cap = value_cap(len(items))
+    cap, stderr_cap = caps(len(items))
     scripts: dict[str, int] = {}  # read script id -> its file number
     lines = [
         "#!/bin/sh",
@@ -78,7 +86,7 @@ def render_linux(items: list[ConfigurationItem]) -> Rendered:
         "emit() {",
         '  printf \'%s{"item":"%s","exit_code":%s,"stdout_bytes":%s,"stdout":"%s","stderr":"%s"}\' \\',
         f'    "$sep" "$1" "$2" "$(size "$dir/out")" "$(head -c {cap} "$dir/out" | b64)" '
-        f'"$(head -c {STDERR_CAP} "$dir/err" | b64)" >> "$dir/doc"',
+        f'"$(head -c {stderr_cap} "$dir/err" | b64)" >> "$dir/doc"',
         "  sep=,",
         "}",
     ]

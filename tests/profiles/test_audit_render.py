@@ -4,14 +4,17 @@ the JSON document carries any bytes a read script prints; then parsing and compa
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import uuid
 
 import pytest
 
 from profiles import auditing, services
 from profiles.auditing import AuditOutputError, Reading, compare
+from rmm_agent.protocol import MAX_STRUCTURED_BYTES, canonical_json, structured_problem
 from tests.support.profiles import approved_key
 
 # Prints its parameter back, or what its mode asks: absent, a failure, hostile bytes, a lot.
@@ -105,10 +108,56 @@ def test_a_long_value_is_cut_and_then_an_error(key, caller, tmp_path):
     assert verdict.state == "error" and "longer than 4096 bytes (10000)" in verdict.reason
 
 
-def test_the_value_cap_shrinks_with_the_item_count_so_the_document_fits_a_structured_result():
-    assert auditing.value_cap(5) == 4096
-    assert auditing.value_cap(500) == 300
-    assert auditing.value_cap(500) * 4 / 3 * 500 < 256 * 1024
+def test_the_caps_shrink_with_the_item_count_so_the_document_fits_a_structured_result():
+    assert auditing.caps(5) == (4096, 512)
+    assert auditing.caps(50) == (2100, 300)
+    assert auditing.caps(500) == (210, 30)
+
+
+def test_the_largest_document_of_any_item_count_fits_a_structured_result():
+    """For 1 to the most items a profile may hold, every entry as large as it can be."""
+    for count in range(1, services.MAX_ITEMS + 1):
+        value_cap, stderr_cap = auditing.caps(count)
+        entry = {
+            "item": str(uuid.uuid4()),
+            "exit_code": -(2**31),
+            "stdout_bytes": 2**40,
+            "stdout": base64.b64encode(b"v" * value_cap).decode(),
+            "stderr": base64.b64encode(b"e" * stderr_cap).decode(),
+        }
+        document = {"format": auditing.FORMAT, "items": [entry] * count}
+        assert len(canonical_json(document)) <= MAX_STRUCTURED_BYTES, count
+
+
+def test_items_printing_more_than_their_caps_still_make_a_usable_structured_result(caller, tmp_path):
+    """Every read script prints more than its caps on both streams, run for real; the document is a
+    usable structured result (the agent's and the server's check)."""
+    count = 40
+    tech, boss = caller("tech", "technician").user, caller("boss", "approver").user
+    loud = "head -c 9000 /dev/zero | tr '\\0' 'a'; head -c 9000 /dev/zero | tr '\\0' 'e' >&2\n"
+    approved_key(tech, boss, name="test.loud", read=loud, parameters=("n",))
+    profile = services.create_profile(
+        tech,
+        name="loud",
+        profile_type="test",
+        items=[
+            {"config_key": "test.loud", "parameters": {"n": str(n)}, "desired_value": "", "comparison": "absent"}
+            for n in range(count)
+        ],
+    )
+    items = list(profile.current_revision.items.select_related("config_key__read_script"))
+    done = run(auditing.render(items), tmp_path, result_path=tmp_path / "result.json")
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / "result.json").read_bytes()
+    assert len(written) <= MAX_STRUCTURED_BYTES  # what the agent takes
+    document = json.loads(written)
+    assert len(canonical_json(document)) <= MAX_STRUCTURED_BYTES and structured_problem(document) is None
+    readings = auditing.parse({"structured": document})
+    assert len(readings) == count
+    value_cap, stderr_cap = auditing.caps(count)
+    assert {(len(r.stdout), r.stdout_bytes, len(r.stderr)) for r in readings.values()} == {
+        (value_cap, 9000, stderr_cap)
+    }
 
 
 def test_a_privileged_read_script_makes_the_instruction_privileged(key, caller):
