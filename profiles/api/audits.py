@@ -6,6 +6,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers, status, viewsets
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from profiles import audits
 from profiles.models import (
@@ -32,10 +33,8 @@ AuditAnswer = inline_serializer(
 )
 
 
-class AuditView(GenericAPIView):
-    """Audit an assignment now: one job on its asset, or one per active asset of its site (a batch)."""
-
-    serializer_class = None
+class AuditView(APIView):
+    """Audits of an assignment (no serializer of its own: OPTIONS describes no body)."""
 
     @extend_schema(
         request=None,

@@ -287,7 +287,9 @@ def test_a_site_assignment_audits_each_active_asset_in_one_batch(w):
 def test_a_stopped_assignment_is_not_audited(w):
     assignment = assign(w, profile_of(w), asset=w.agent.asset, status="stopped")
     r = w.psa.post(f"/api/v1/profile-assignments/{assignment.pk}/audit/")
-    assert r.status_code == 409 and not ConfigurationAuditJob.objects.exists()
+    assert r.status_code == 409 and r.json()["status"] == ["The assignment is stopped: it is audited no more."]
+    assert not ConfigurationAuditJob.objects.exists()
+    assert w.psa.options(f"/api/v1/profile-assignments/{assignment.pk}/audit/").status_code == 200
 
 
 def test_an_audit_without_authority_is_refused_and_recorded(w):
