@@ -177,7 +177,6 @@ class DriftEventFilter(django_filters.FilterSet):
     item = django_filters.UUIDFilter(field_name="item_id")
     audit_job = django_filters.UUIDFilter(field_name="audit_job_id")
     to_state = django_filters.ChoiceFilter(choices=ObservationState.choices)
-    detected_after = django_filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="gte")
 
     class Meta:
         model = ConfigurationDriftEvent
