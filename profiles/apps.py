@@ -7,7 +7,15 @@ class ProfilesConfig(AppConfig):
     verbose_name = "Configuration profiles"
 
     def ready(self):
-        from profiles import artefact
+        from evidence import types
+        from profiles import artefact, audits, kind  # noqa: F401 - kind registers the "profile_audit" job kind
         from rmm.artefacts import registry as artefacts
+        from rmm.outbox import services as outbox
 
         artefacts.register(artefact.CONFIG_KEY)
+        types.register(audits.AUDIT_RESULT, "What a configuration audit read on an asset and each item's verdict")
+        types.register(
+            audits.DRIFT_REPORT, "Items of a profile whose compliance changed on an asset, found by an audit"
+        )
+        outbox.register(audits.DRIFT_DETECTED, "An audit found items of a profile that no longer comply on an asset")
+        outbox.register(audits.DRIFT_RESOLVED, "An audit found drifted items of a profile complying again")

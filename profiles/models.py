@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import models
 
 from rmm.artefacts.models import ArtefactVersion
+from rmm.engine.models import JobBase, job_indexes
 from scripting.models import Script
 
 
@@ -187,3 +188,105 @@ class AssetConfigurationProfile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.profile.name} → {self.asset or self.site}"
+
+
+# --- audits: actual state, written only from what agents report -----------------------------------
+
+
+class ConfigurationAuditJob(JobBase):
+    """One audit of one assignment's profile on one asset: every item of the revision it names, read
+    in one instruction (job kind ``profile_audit``, :mod:`profiles.kind`). Audits change nothing."""
+
+    assignment = models.ForeignKey(AssetConfigurationProfile, on_delete=models.PROTECT, related_name="audit_jobs")
+    profile_revision = models.ForeignKey(ConfigurationProfileRevision, on_delete=models.PROTECT, related_name="+")
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="configuration_audit_jobs")
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="+")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(JobBase.Meta):
+        db_table = "configuration_audit_jobs"
+        ordering = ["-created_at"]
+        # JobBase's indexes, named short enough for every database
+        indexes = job_indexes("audit_job")
+
+    def __str__(self) -> str:
+        return f"audit of {self.assignment.profile.name} on {self.asset}"
+
+
+class ObservationState(models.TextChoices):
+    COMPLIANT = "compliant"
+    NON_COMPLIANT = "non_compliant"
+    # the read failed or its output could not be read: nothing was compared
+    ERROR = "error"
+
+
+class ConfigurationObservation(models.Model):
+    """Actual state: what the newest audit read of one item on one asset, one row per (asset, item)
+    (an item belongs to one profile revision), updated by each audit. Written only from agents'
+    reports (Law 2); desired state stays in ``configuration_items``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="configuration_observations")
+    item = models.ForeignKey(ConfigurationItem, on_delete=models.PROTECT, related_name="observations")
+    profile_revision = models.ForeignKey(ConfigurationProfileRevision, on_delete=models.PROTECT, related_name="+")
+    observed_value = models.TextField(
+        null=True, blank=True, help_text="What the read script printed (display text); null when absent or an error."
+    )
+    observed_at = models.DateTimeField()
+    compliant = models.BooleanField(null=True, blank=True, help_text="Null when the read failed.")
+    state = models.CharField(max_length=20, choices=ObservationState.choices)
+    # the last state that was not an error ("" before the first): drift is a change of it
+    known_state = models.CharField(max_length=20, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True, help_text="Why the state is an error, or what was compared.")
+    audit_job = models.ForeignKey(ConfigurationAuditJob, on_delete=models.PROTECT, related_name="+")
+    evidence = models.ForeignKey(
+        "evidence.RmmEvidence",
+        on_delete=models.SET_NULL,  # a retention run may delete evidence; the observation stays
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The audit's evidence record (its instruction's result).",
+    )
+
+    class Meta:
+        db_table = "configuration_observations"
+        ordering = ["asset", "item"]
+        constraints = [models.UniqueConstraint(fields=["asset", "item"], name="observation_asset_item")]
+
+    def __str__(self) -> str:
+        return f"{self.item} on {self.asset_id}: {self.state}"
+
+
+class ConfigurationDriftEvent(models.Model):
+    """One change of an item's compliance on an asset: to ``non_compliant`` (drift) or back to
+    ``compliant``, never one per audit."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="configuration_drift_events")
+    site = models.ForeignKey("inventory.Site", on_delete=models.PROTECT, related_name="+")
+    profile = models.ForeignKey(ConfigurationProfile, on_delete=models.PROTECT, related_name="drift_events")
+    profile_revision = models.ForeignKey(ConfigurationProfileRevision, on_delete=models.PROTECT, related_name="+")
+    item = models.ForeignKey(ConfigurationItem, on_delete=models.PROTECT, related_name="drift_events")
+    from_state = models.CharField(max_length=20, blank=True, help_text='"" when the item had not been read before.')
+    to_state = models.CharField(max_length=20, choices=ObservationState.choices)
+    observed_value = models.TextField(null=True, blank=True)
+    detected_at = models.DateTimeField()
+    audit_job = models.ForeignKey(ConfigurationAuditJob, on_delete=models.PROTECT, related_name="+")
+    evidence = models.ForeignKey(
+        "evidence.RmmEvidence",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The drift_report record (null once a retention run deleted it).",
+    )
+
+    class Meta:
+        db_table = "configuration_drift_events"
+        ordering = ["-detected_at"]
+        indexes = [models.Index(fields=["asset", "detected_at"], name="drift_asset_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.item} on {self.asset_id}: {self.from_state or 'unread'} → {self.to_state}"

@@ -65,6 +65,7 @@ urlpatterns = [
     ),
     path("api/v1/evidence/signing-key/", evidence_views.signing_key, name="evidence-signing-key"),
     path("api/v1/assets/<uuid:asset_id>/patches/", AssetPatchesView.as_view(), name="asset-patches"),
+    path("api/v1/", include("profiles.api.urls")),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", ApiDocsView.as_view(url_name="schema"), name="api-docs"),

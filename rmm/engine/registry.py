@@ -128,6 +128,10 @@ class JobKind:
     # [(job, instruction, result dict), ...] -> what store_result returns for each, in order, at
     # once (one insert for many results taken in together); None: store_result for each
     store_results: Callable[[list[tuple[Any, Any, dict]]], list] | None = None
+    # (job, stored, evidence record) -> None: what store_result kept, told of the instruction's
+    # evidence record once the engine wrote it (e.g. observations that cite it); called only
+    # when the agent reported (stored from store_result)
+    evidence_recorded: Callable[[Any, Any, Any], None] | None = None
     # authority key ("psa_case_id", "psa_task_id") -> the job model's lookup for it: withdrawn
     # authority aborts the kind's queued jobs whose instructions are not yet issued
     authority_lookups: dict[str, str] = field(

@@ -121,6 +121,19 @@ def run_job(server, w, script_id):
     return r.json()
 
 
+def assign_profile(server, w, profile_id: str) -> str:
+    """An active assignment of a profile to the world's asset under its task, requested by a PSA
+    account: its id. (The assignment API is another part of issue 15: the row is written here as it
+    would write it.)"""
+    code = (
+        "from django.contrib.auth import get_user_model; from profiles.models import AssetConfigurationProfile; "
+        "a = AssetConfigurationProfile.objects.create("
+        f"profile_id={profile_id!r}, asset_id={w['asset']!r}, psa_task_id={w['task']!r}, status='active', "
+        "requested_by=get_user_model().objects.filter(groups__name='psa').first()); print(a.pk)"
+    )
+    return server.manage("shell", "--verbosity", "0", "-c", code).stdout.strip()
+
+
 def finished_export(server, export_id: str, token: str, seconds: float = 90) -> dict:
     """An export's status once the task cluster is done with it (or the time is up)."""
     deadline = time.monotonic() + seconds

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.flows import agent_once, make_world, publish, run_job, tokens
+from tests.e2e.flows import agent_once, assign_profile, make_world, publish, run_job, tokens
 from tests.e2e.server import ROOT, Server
 
 ROLES = ("psa", "technician", "admin")
@@ -73,6 +73,25 @@ def seed_profiles(server, w) -> tuple[list[str], str]:
     return [key["id"]] + [k["id"] for k in listed if k["id"] != key["id"]], r.json()["id"]
 
 
+def seed_audit(server, w) -> dict:
+    """A profile whose one item the agent's host does not meet (a mode no file has), assigned to
+    the world's asset and audited by the agent: the assignment, the audit job and its drift event."""
+    item = {"config_key": "linux.file_mode", "parameters": {"path": "/etc/hostname"}, "comparison": "equals"}
+    body = {"name": "fuzz-audit", "profile_type": "hardening", "items": [{**item, "desired_value": "7777"}]}
+    r = server.request("POST", "/api/v1/profiles/", body, w["tech"])
+    assert r.status == 201, r.body
+    assignment = assign_profile(server, w, r.json()["id"])
+    r = server.request("POST", f"/api/v1/profile-assignments/{assignment}/audit/", None, w["psa"])
+    assert r.status == 202, r.body
+    [job] = r.json()["jobs"]
+    for _ in range(3):  # one instruction at a time per asset: the batch's script may come first
+        agent_once(server, w)
+        if server.request("GET", f"/api/v1/audit-jobs/{job}/", token=w["psa"]).json()["status"] == "succeeded":
+            break
+    [drift] = server.request("GET", f"/api/v1/drift-events/?audit_job={job}", token=w["psa"]).json()["results"]
+    return {"assignment": assignment, "job": job, "drift": drift["id"]}
+
+
 def seed_world(server) -> dict:
     """Real objects of every kind the API serves, made through its public doors."""
     w = make_world(server)
@@ -111,6 +130,7 @@ def seed_world(server) -> dict:
         w["tech"],
     )
     assert assignment.status == 201, assignment.body
+    audit = seed_audit(server, w)
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -135,7 +155,9 @@ def seed_world(server) -> dict:
             "/api/v1/batches/": [batch],
             "/api/v1/config-keys/": keys,
             "/api/v1/profiles/": [profile],
-            "/api/v1/profile-assignments/": [assignment.json()["id"]],
+            "/api/v1/profile-assignments/": [assignment.json()["id"], audit["assignment"]],
+            "/api/v1/audit-jobs/": [audit["job"]],
+            "/api/v1/drift-events/": [audit["drift"]],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -149,6 +171,8 @@ def seed_world(server) -> dict:
             "target": [w["site"], w["asset"]],
             "related_id": [job["id"]],
             "batch": [batch],
+            "assignment": [assignment.json()["id"], audit["assignment"]],
+            "audit_job": [audit["job"]],
             "profile": [profile],
         },
     }

@@ -93,7 +93,8 @@ def test_the_database_refuses_to_change_or_delete_evidence(world):
         with connection.cursor() as cur:
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cur:
-            cur.execute("TRUNCATE evidence_rmmevidence")
+            # CASCADE: tables that cite evidence (configuration_observations, …) would refuse first
+            cur.execute("TRUNCATE evidence_rmmevidence CASCADE")
     assert RmmEvidence.objects.get(pk=row.pk).hash == row.hash
 
 

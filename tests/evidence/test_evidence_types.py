@@ -61,6 +61,8 @@ def test_the_schema_lists_the_registered_types(compliance, patch_type):
     assert set(param["schema"]["enum"]) == {
         "agent_update_result",
         "deployment_result",
+        "configuration_audit",
+        "drift_report",
         "history_anchor",
         "patch_result",
         "script_result",
@@ -70,6 +72,8 @@ def test_the_schema_lists_the_registered_types(compliance, patch_type):
     assert set(schema["components"]["schemas"][export_filters["$ref"].rsplit("/", 1)[-1]]["enum"]) == {
         "agent_update_result",
         "deployment_result",
+        "configuration_audit",
+        "drift_report",
         "patch_result",
         "script_result",
         "step_result",

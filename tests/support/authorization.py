@@ -56,7 +56,7 @@ from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, otp_login, report
-from tests.support.profiles import approved_key
+from tests.support.profiles import approved_key, audited
 
 # --- who ---------------------------------------------------------------------------------------
 
@@ -237,6 +237,7 @@ def build_world(storage: str) -> World:
     )
     leased = heartbeat(agent_auth)["instructions"]
     assert report(agent_auth, json.loads(leased[0]["payload"])["instruction_id"], exit_code=1).status_code == 201
+    audit_ids = audited(psa, assignment, agent_auth)  # the assignment's audit and its drift
     hold = evidence.place_hold(root, site_ref="alpha", reason="matrix hold")
     access_services.issue_token(author, name="a third party's")
     token_other = ApiToken.objects.get(user=author, name="a third party's")
@@ -269,6 +270,7 @@ def build_world(storage: str) -> World:
             "token_other": str(token_other.pk),
             "batch": str(batch_job.batch_id),
             "job_failed": str(batch_job.pk),
+            **audit_ids,
         },
         jobs=[str(job_done.pk), str(job_waiting.pk), str(batch_job.pk)],
         storage=storage,

@@ -6,20 +6,24 @@ A new job kind adds its example here; the contract test fails for a registered k
 from __future__ import annotations
 
 import io
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import NamedTemporaryFile
 from typing import Any
 
 from deployment import services as deployment
+from profiles import services as profiles
+from profiles.models import AssetConfigurationProfile
 from rmm.artefacts import services as artefacts
 from rmm.engine import services as engine
+from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from rmm.updates import releases
 from scripting import services as scripting
 from tests.helpers import approved_script
 from tests.stepkind.jobs import create_step_job
-from tests.support.profiles import grant_privileged_approval
+from tests.support.profiles import approved_key, grant_privileged_approval
 
 
 @dataclass
@@ -110,9 +114,41 @@ class DeploymentExample:
         )
 
 
+class AuditExample:
+    """A configuration audit is one step reading every item of an assignment's profile."""
+
+    steps = (1,)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        if profiles.usable_key("contract.echo") is None:
+            approved_key(w.tech, w.boss, name="contract.echo", parameters=("value",), read='echo "$RMM_PARAM_VALUE"\n')
+        profile = profiles.create_profile(
+            w.tech,
+            name=f"contract-{uuid.uuid4().hex[:8]}",
+            profile_type="contract",
+            items=[
+                {
+                    "config_key": "contract.echo",
+                    "parameters": {"value": "a"},
+                    "desired_value": "a",
+                    "comparison": "equals",
+                }
+            ],
+        )
+        assignment = AssetConfigurationProfile.objects.create(
+            profile=profile, asset=w.agent.asset, psa_task=w.task, status="active", requested_by=w.tech
+        )
+        if requires_approval:  # audits ask for none of their own: the PSA requesting on its own authority does
+            inventory.set_site_policy("cli:rmm_site_policy", w.site, allow_self_authorized_jobs=False)
+        return engine.create_job(
+            w.psa, "profile_audit", asset_id=w.agent.asset_id, psa_task_id=w.task.pk, assignment_id=assignment.pk
+        )
+
+
 EXAMPLES = {
     "script": ScriptExample(),
     "step": StepExample(),
     "agent_update": UpdateExample(),
     "deployment": DeploymentExample(),
+    "profile_audit": AuditExample(),
 }

@@ -11,6 +11,7 @@ from rmm.artefacts import services as artefacts
 from tests.helpers import approved_script
 
 LINE_READ = 'awk -v k="$RMM_PARAM_KEY" \'$1 == k { print $2; f = 1 } END { exit f ? 0 : 3 }\' "$RMM_PARAM_PATH"\n'
+DESCRIPTIONS = {"path": "the file", "key": "the line's key"}
 LINE_SET = 'echo "$RMM_PARAM_KEY $RMM_DESIRED_VALUE" >> "$RMM_PARAM_PATH"\n'
 
 
@@ -23,10 +24,12 @@ def approved_key(
     comparisons: tuple[str, ...] = ("equals", "not_equals", "regex", "contains", "absent"),
     settable: bool = True,
     approve: bool = True,
+    read: str = LINE_READ,
+    parameters: tuple[str, ...] = ("path", "key"),
 ) -> ConfigKey:
-    """A key with parameters ``path`` and ``key``, its scripts approved, and itself approved
-    unless ``approve`` is false."""
-    read = approved_script(author, approver, name=f"{name}.read", content=LINE_READ)
+    """A key with parameters ``path`` and ``key`` (or ``parameters``), its scripts approved (the
+    read script ``read``), and itself approved unless ``approve`` is false."""
+    read = approved_script(author, approver, name=f"{name}.read", content=read)
     write = approved_script(author, approver, name=f"{name}.set", content=LINE_SET) if settable else None
     key = profiles.create_config_key(
         author,
@@ -34,7 +37,7 @@ def approved_key(
         platform="linux",
         value_type=value_type,
         comparisons=list(comparisons),
-        parameters=[{"name": "path", "description": "the file"}, {"name": "key", "description": "the line's key"}],
+        parameters=[{"name": param, "description": DESCRIPTIONS.get(param, param)} for param in parameters],
         read_script=read,
         set_script=write,
     )
@@ -46,3 +49,29 @@ def grant_privileged_approval(user) -> None:
     user.user_permissions.add(Permission.objects.get(codename="approve_privileged"))
     for cached in ("_perm_cache", "_user_perm_cache"):
         user.__dict__.pop(cached, None)
+
+
+def audited(psa, assignment, agent_auth) -> dict:
+    """One audit of ``assignment`` (of the agent's asset), leased and reported by the agent with
+    every item present ("x"), so the world holds an audit job, observations and a drift event (the
+    authorization matrix's world): their ids by placeholder."""
+    import base64
+    import json
+
+    from profiles import audits
+    from profiles.models import ConfigurationDriftEvent
+    from tests.helpers import heartbeat, report
+
+    profile = assignment.profile
+    [job] = audits.request_audit(psa, assignment.pk)
+    [leased] = heartbeat(agent_auth)["instructions"]
+    entries = [
+        {"item": str(item.pk), "exit_code": 0, "stdout_bytes": 2, "stdout": base64.b64encode(b"x\n").decode()}
+        for item in profile.current_revision.items.all()
+    ]
+    document = json.dumps({"format": "rmm.profile_audit/1", "items": entries})
+    assert report(agent_auth, json.loads(leased["payload"])["instruction_id"], stdout=document).status_code == 201
+    return {
+        "audit_job": str(job.pk),
+        "drift_event": str(ConfigurationDriftEvent.objects.get(audit_job=job).pk),
+    }

@@ -339,12 +339,14 @@ def _take_in(taken: dict[str, list[tuple]], checked: dict, now) -> None:
             after = steps.after_step(specs, {0: (inst.status, inst.reason)}, 0)
             ends.append((job, after.status, after.reason, checked[n][0]))  # ended by the agent that reported
         transitions.end_jobs(kind, ends)
-        registry.write_evidence_many(
+        records = registry.write_evidence_many(
             [
                 _evidence_fields(kind, job, inst, kind.evidence_document(job, inst, kept, result, False))
                 for (job, inst, result), kept in zip(reported, stored, strict=True)
             ]
         )
+        for (job, _, _), kept, record in zip(reported, stored, records, strict=True):
+            _evidence_recorded(kind, job, kept, record)
 
 
 def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) -> tuple[int, dict]:
@@ -390,7 +392,10 @@ def _late_result(agent: Agent, inst: Instruction, result: dict, claimed: str) ->
         )
         kind = registry.get(inst.job_kind)
         job = _locked_job(inst)
-        evidence_id = _record_evidence(kind, job, inst, kind.store_result(job, inst, result), result, late=True).pk
+        stored = kind.store_result(job, inst, result)
+        record = _record_evidence(kind, job, inst, stored, result, late=True)
+        _evidence_recorded(kind, job, stored, record)
+        evidence_id = record.pk
         late = {"instruction_id": str(inst.pk), "outcome": inst.outcome, "exit_code": inst.exit_code}
         late.update(hash=claimed, evidence_id=str(evidence_id) if evidence_id else None)
         outbox.emit_many(
@@ -446,7 +451,7 @@ def finish_job(inst: Instruction, actor, result: dict) -> None:
             after = steps.After(None, S.ABORTED, held)
     if after.next_step is None:
         transition_job(job, after.status, actor, reason=after.reason)
-    _record_evidence(kind, job, inst, stored, result)
+    _evidence_recorded(kind, job, stored, _record_evidence(kind, job, inst, stored, result))
 
 
 def _issue_step(kind, job, specs: list, step: int, before: Instruction, hold: timedelta | None = None) -> str:
@@ -473,6 +478,12 @@ def _record_evidence(kind, job, inst: Instruction, stored, result: dict, *, late
     the document."""
     document = kind.evidence_document(job, inst, stored, result, late)
     return registry.write_evidence(**_evidence_fields(kind, job, inst, document))
+
+
+def _evidence_recorded(kind, job, stored, record) -> None:
+    """The kind's own rows that cite the evidence record learn its id (JobKind.evidence_recorded)."""
+    if kind.evidence_recorded is not None and stored is not None:
+        kind.evidence_recorded(job, stored, record)
 
 
 def _evidence_fields(kind, job, inst: Instruction, document: dict) -> dict:
