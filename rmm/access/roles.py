@@ -30,6 +30,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     # anyone who may operate a site may stop it
     "manage_agents": frozenset({"admin"}),
     "manage_access": frozenset({"admin"}),
+    # webhook subscriptions (docs/integrations.md), within the sites one may see
+    "manage_integrations": frozenset({"admin"}),
     "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"

@@ -15,6 +15,7 @@ from tests.support.authorization import (
     MANAGE_ACCESS,
     MANAGE_AGENTS,
     MANAGE_AUTHORITY,
+    MANAGE_INTEGRATIONS,
     MANAGE_LEGAL_HOLDS,
     REQUEST_JOBS,
     ROLES,
@@ -72,6 +73,7 @@ def test_role_groups_match_access():
         "manage_agents": MANAGE_AGENTS,
         "engage_kill_switch": ENGAGE_KILL_SWITCH,
         "manage_access": MANAGE_ACCESS,
+        "manage_integrations": MANAGE_INTEGRATIONS,
         "view": ROLES,
         "view_evidence": ROLES,
     }
