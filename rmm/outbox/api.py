@@ -16,6 +16,7 @@ from rmm.outbox import services
 from rmm.outbox.models import Attempt, Delivery, Endpoint
 
 DISABLED = refusal("The webhook is disabled (or the delivery is still being sent).")
+NOT_ADMIN = refusal("Your role may not manage webhooks (reads too).")
 
 
 class WebhookSerializer(serializers.ModelSerializer):
@@ -136,10 +137,12 @@ class WebhookViewSet(SiteScopedMixin, viewsets.GenericViewSet):
         super().initial(request, *args, **kwargs)
         services.require_manager(request.user, self.action or "call")
 
+    @extend_schema(responses={200: WebhookSerializer(many=True), 403: NOT_ADMIN})
     def list(self, request):
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(WebhookSerializer(page, many=True).data)
 
+    @extend_schema(responses={200: WebhookSerializer, 403: NOT_ADMIN})
     def retrieve(self, request, pk=None):
         return Response(WebhookSerializer(self.get_object()).data)
 
@@ -181,7 +184,7 @@ class WebhookViewSet(SiteScopedMixin, viewsets.GenericViewSet):
         endpoint, secret = services.rotate_secret(request.user, endpoint, body.validated_data.get("overlap_hours"))
         return Response(WebhookSecretSerializer(endpoint, context={"secret": secret}).data)
 
-    @extend_schema(responses={200: DeliverySerializer(many=True)})
+    @extend_schema(responses={200: DeliverySerializer(many=True), 403: NOT_ADMIN})
     @action(detail=True, methods=["get"])
     def deliveries(self, request, pk=None):
         """Every delivery to this webhook, newest first, each with every attempt."""

@@ -41,7 +41,9 @@ def fuzz_server(tmp_path_factory):
     """A server of its own: the fuzzing changes a lot (switches engaged, agents revoked, holds placed)."""
     # Without Redis (the ORM broker, on its own database): its task cluster must not take the tasks
     # of the run's other servers from the one Redis queue, nor they its.
-    server = Server(tmp_path_factory.mktemp("fuzz"), {"REDIS_URL": ""}).start()
+    # Webhooks the fuzzing makes point at 127.0.0.1 (allowed here) and are refused at once there.
+    env = {"REDIS_URL": "", "RMM_WEBHOOK_ALLOW_PRIVATE": "1"}
+    server = Server(tmp_path_factory.mktemp("fuzz"), env).start()
     try:
         yield server, seed_world(server)
     finally:
@@ -104,6 +106,9 @@ def seed_world(server) -> dict:
         w["psa"],
     ).json()["batch"]
     keys, profile = seed_profiles(server, w)
+    hook_body = {"url": "http://127.0.0.1:9/fuzz", "event_types": ["job.finished"], "sites": [w["site"]]}
+    hook = server.request("POST", "/api/v1/webhooks/", hook_body, w["admin"]).json()
+    ping = server.request("POST", f"/api/v1/webhooks/{hook['id']}/ping/", None, w["admin"]).json()
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -128,6 +133,8 @@ def seed_world(server) -> dict:
             "/api/v1/batches/": [batch],
             "/api/v1/config-keys/": keys,
             "/api/v1/profiles/": [profile],
+            "/api/v1/webhooks/": [hook["id"]],
+            "/api/v1/webhook-deliveries/": [ping["id"]],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -141,6 +148,9 @@ def seed_world(server) -> dict:
             "target": [w["site"], w["asset"]],
             "related_id": [job["id"]],
             "batch": [batch],
+            "url": [hook_body["url"]],
+            "event_types": [hook_body["event_types"]],
+            "sites": [hook_body["sites"]],
         },
     }
     return w
