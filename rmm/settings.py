@@ -422,6 +422,10 @@ RMM_PSA_WEBHOOK_SECRET = os.environ.get("RMM_PSA_WEBHOOK_SECRET", "")
 RMM_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("RMM_WEBHOOK_MAX_ATTEMPTS", "15"))
 RMM_WEBHOOK_RETRY_BASE_SECONDS = float(os.environ.get("RMM_WEBHOOK_RETRY_BASE_SECONDS", "10"))
 RMM_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("RMM_WEBHOOK_TIMEOUT_SECONDS", "15"))
+# Webhook subscriptions (docs/integrations.md): loopback and private addresses are refused unless
+# allowed (by default only with RMM_DEBUG); a rotated secret keeps signing for this many hours.
+RMM_WEBHOOK_ALLOW_PRIVATE = env_bool("RMM_WEBHOOK_ALLOW_PRIVATE", DEBUG)
+RMM_WEBHOOK_SECRET_OVERLAP_HOURS = float(os.environ.get("RMM_WEBHOOK_SECRET_OVERLAP_HOURS", "24"))
 # Retry-After (seconds) of a 503 answered while a dependency is down (docs/operations.md).
 RMM_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("RMM_UNAVAILABLE_RETRY_AFTER", "5"))
 # Run background tasks inline instead of through the cluster (tests, single-process tools).

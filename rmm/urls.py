@@ -18,6 +18,7 @@ from rmm.core.api_docs import ApiDocsView
 from rmm.engine import agent_views
 from rmm.engine.api.views import BatchViewSet, JobViewSet, KillSwitchViewSet
 from rmm.inventory.api.views import AgentViewSet, AssetViewSet, SiteViewSet
+from rmm.outbox.api import WebhookDeliveryViewSet, WebhookViewSet
 from rmm.updates import views as update_views
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
 
@@ -41,6 +42,8 @@ router.register("evidence", EvidenceViewSet, basename="evidence")
 router.register("kill-switches", KillSwitchViewSet, basename="kill-switch")
 router.register("batches", BatchViewSet, basename="batch")
 router.register("tokens", ApiTokenViewSet, basename="api-token")
+router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 
 handler500 = "rmm.core.dependencies.server_error"  # a dependency that is down answers 503, not 500
 # A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.

@@ -32,6 +32,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "manage_access": frozenset({"admin"}),
     # the patch catalog: advisories imported through the API (docs/patching.md)
     "import_advisories": frozenset({"admin", "scanner"}),
+    # webhook subscriptions (docs/integrations.md), within the sites one may see
+    "manage_integrations": frozenset({"admin"}),
     "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"

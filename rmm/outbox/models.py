@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 
 class Endpoint(models.Model):
-    """Where events are POSTed. ``event_types`` lists the types it hears (``["*"]``: every type).
-    The PSA's endpoint (name ``psa``) is kept in step with ``RMM_PSA_WEBHOOK_URL``."""
+    """Where events are POSTed. ``event_types`` lists the types it hears (``["*"]``: every type);
+    ``sites``, when any, restrict it to events of those sites (an event without a site then does
+    not reach it). The PSA's endpoint (name ``psa``) is kept in step with ``RMM_PSA_WEBHOOK_URL``;
+    the others are webhook subscriptions made through the API or the admin."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=100, unique=True)
@@ -19,6 +22,16 @@ class Endpoint(models.Model):
     event_types = models.JSONField(default=list)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    sites = models.ManyToManyField(
+        "inventory.Site", blank=True, related_name="+", help_text="None: events of every site, and those of none."
+    )
+    previous_secret = models.CharField(
+        max_length=200, blank=True, help_text="The secret before the last rotation; it signs too until it expires."
+    )
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     def __str__(self) -> str:
         return self.name

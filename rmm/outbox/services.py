@@ -18,6 +18,7 @@ import random
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,12 +27,17 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
 from django.db import transaction
+from django.db.models import QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from rmm.access import roles as access
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.core.on_commit import enqueue_on_commit
 from rmm.history import services as history
+from rmm.inventory.models import Site
+from rmm.outbox import addresses
 from rmm.outbox.models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
 
 logger = logging.getLogger("rmm.outbox")
@@ -101,16 +107,35 @@ def _settings_changed(setting: str, **kwargs) -> None:
         _psa = None
 
 
-def subscribers(event_type: str) -> list[Endpoint]:
-    """The endpoints that hear ``event_type``. Without any configured, no query at all."""
+def endpoints() -> list[Endpoint]:
+    """Every enabled endpoint: the PSA's (no query once known) and the webhook subscriptions (one
+    query, a second for their sites when there are any)."""
     psa = psa_endpoint()
-    return [psa] if psa is not None and psa.enabled else []
+    found = [psa] if psa is not None and psa.enabled else []
+    subscriptions = Endpoint.objects.filter(enabled=True).exclude(name=PSA_ENDPOINT).prefetch_related("sites")
+    return found + list(subscriptions)
+
+
+def hears(endpoint: Endpoint, event_type: str, site_id) -> bool:
+    """Whether ``endpoint`` hears an event of this type and site: an endpoint restricted to sites
+    hears only events of those sites, never one without a site."""
+    if event_type not in endpoint.event_types and "*" not in endpoint.event_types:
+        return False
+    if endpoint.name == PSA_ENDPOINT:
+        return True
+    site_ids = {str(site.pk) for site in endpoint.sites.all()}
+    return not site_ids or (site_id is not None and str(site_id) in site_ids)
+
+
+def subscribers(event_type: str, site_id=None, among: list[Endpoint] | None = None) -> list[Endpoint]:
+    """The endpoints that hear ``event_type`` of ``site_id``."""
+    return [endpoint for endpoint in (endpoints() if among is None else among) if hears(endpoint, event_type, site_id)]
 
 
 def heard(event_type: str) -> bool:
-    """Whether any endpoint hears ``event_type``: an event whose facts cost queries to gather is
-    looked into only when someone will be told (no query without endpoints)."""
-    return bool(subscribers(event_type))
+    """Whether any endpoint hears ``event_type`` (of any site): an event whose facts cost queries to
+    gather is looked into only when someone will be told."""
+    return any(event_type in endpoint.event_types or "*" in endpoint.event_types for endpoint in endpoints())
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -139,9 +164,10 @@ def emit_many(items: Iterable[Emitted]) -> int:
     if unknown:
         raise OutboxError(f"unregistered event types: {sorted(unknown)}")
     events, deliveries = [], []
+    every = endpoints()
     for item in items:
-        endpoints = subscribers(item.type)
-        if not endpoints:
+        told = subscribers(item.type, item.site_id, among=every)
+        if not told:
             continue
         event = Event(
             type=item.type,
@@ -152,15 +178,20 @@ def emit_many(items: Iterable[Emitted]) -> int:
         )
         events.append(event)
         now = timezone.now()
-        deliveries += [Delivery(event=event, endpoint=endpoint, next_attempt_at=now) for endpoint in endpoints]
+        deliveries += [Delivery(event=event, endpoint=endpoint, next_attempt_at=now) for endpoint in told]
     if not events:
         return 0
+    _write(events, deliveries)
+    return len(events)
+
+
+def _write(events: list[Event], deliveries: list[Delivery]) -> None:
+    """Store events and their deliveries; each delivery is sent once the transaction commits."""
     with transaction.atomic(savepoint=False):
         Event.objects.bulk_create(events)
         Delivery.objects.bulk_create(deliveries)
         for delivery in deliveries:
             enqueue_on_commit("rmm.outbox.tasks.deliver", str(delivery.pk))
-    return len(events)
 
 
 def _json_safe(data: dict) -> dict:
@@ -233,9 +264,33 @@ def deliver(delivery_id: str, now: datetime | None = None) -> str | None:
     return _record(delivery, number, started, status_code, latency, error)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failed attempt: following it could reach an address the URL check refused."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+def signature(endpoint: Endpoint, message_id: str, at: datetime, body: bytes) -> str:
+    """``webhook-signature``: signed with the endpoint's secret and, during a rotation's overlap,
+    with the one before too (space-separated; a receiver accepts either)."""
+    secrets = [endpoint.secret]
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret and expires is not None and at < expires:
+        secrets.append(endpoint.previous_secret)
+    return " ".join(signer(secret).sign(message_id, at, body) for secret in secrets)
+
+
 def _post(endpoint: Endpoint, event: Event, body: bytes, at: datetime) -> int:
     if not endpoint.url.startswith(("https://", "http://")):
         raise OutboxError("the endpoint's URL must be http(s)")
+    if endpoint.name != PSA_ENDPOINT:  # the PSA's URL is the operator's; a subscription's is checked again
+        reason = addresses.refusal(endpoint.url)
+        if reason:
+            raise OutboxError(f"the URL is refused: {reason}")
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         endpoint.url,
         data=body,
@@ -245,10 +300,10 @@ def _post(endpoint: Endpoint, event: Event, body: bytes, at: datetime) -> int:
             "User-Agent": "rmm-outbox",
             "webhook-id": event.message_id,
             "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": signer(endpoint.secret).sign(event.message_id, at, body),
+            "webhook-signature": signature(endpoint, event.message_id, at, body),
         },
     )
-    with urllib.request.urlopen(request, timeout=settings.RMM_WEBHOOK_TIMEOUT_SECONDS) as response:  # noqa: S310
+    with _opener.open(request, timeout=settings.RMM_WEBHOOK_TIMEOUT_SECONDS) as response:
         return response.status
 
 
@@ -349,3 +404,187 @@ def new_secret() -> str:
     import secrets
 
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+# --- webhook subscriptions (docs/integrations.md) -------------------------------------------------
+
+PING = "webhook.ping"
+MAX_OVERLAP_HOURS = 24 * 30
+
+
+def require_manager(user, action: str, endpoint: Endpoint | None = None) -> None:
+    """Webhooks hear events across sites: only a role that manages integrations may touch them;
+    a refusal is recorded."""
+    if not access.can(user, "manage_integrations"):
+        history.record_refusal(user, f"webhook.{action}", endpoint, reason="role may not manage webhooks")
+        raise Forbidden("Your role may not manage webhooks.")
+
+
+def visible_webhooks(user) -> QuerySet[Endpoint]:
+    """The subscriptions a caller may see: with every site, all of them; otherwise those restricted
+    to sites the caller may see, each of them (an unrestricted one hears every site). The PSA's
+    endpoint is the settings', not the API's."""
+    found = Endpoint.objects.exclude(name=PSA_ENDPOINT).prefetch_related("sites").order_by("-created_at")
+    if access.sees_all_sites(user):
+        return found
+    hidden = Site.objects.exclude(pk__in=access.visible_sites(user).values("pk"))
+    with_sites = Endpoint.objects.filter(sites__isnull=False).values("pk")
+    return found.filter(pk__in=with_sites).exclude(sites__in=hidden)
+
+
+def visible_deliveries(user) -> QuerySet[Delivery]:
+    """The deliveries of the subscriptions the caller may see."""
+    return Delivery.objects.filter(endpoint__in=visible_webhooks(user).values("pk")).select_related("event", "endpoint")
+
+
+def deliveries_of(endpoint: Endpoint) -> QuerySet[Delivery]:
+    """A subscription's deliveries, newest first, with their events and every attempt."""
+    return (
+        Delivery.objects.filter(endpoint=endpoint)
+        .select_related("event", "endpoint")
+        .prefetch_related("attempt_log")
+        .order_by("-created_at", "-pk")
+    )
+
+
+def _site_list(user, names) -> list[Site]:
+    """The named sites, each one the caller may see; none named: every site, which needs them all."""
+    names = list(dict.fromkeys(names or []))
+    if not names:
+        if not access.sees_all_sites(user):
+            history.record_refusal(user, "webhook.sites", reason="every site needs access to every site")
+            raise Forbidden("A webhook for every site needs access to every site; name your sites.")
+        return []
+    visible = {site.name: site for site in access.visible_sites(user).filter(name__in=names)}
+    for name in names:
+        if name not in visible:
+            raise InvalidInput(f"No site named {name!r} that you may operate.", field="sites")
+    return [visible[name] for name in names]
+
+
+def _checked_types(names) -> list[str]:
+    names = list(dict.fromkeys(names or []))
+    if not names:
+        raise InvalidInput("Name at least one event type.", field="event_types")
+    for name in names:
+        if name != "*" and name not in _types:
+            known = ", ".join(sorted(_types))
+            raise InvalidInput(f"Not a registered event type: {name!r}; registered: {known}.", field="event_types")
+    return names
+
+
+def _checked_url(url: str) -> str:
+    url = (url or "").strip()
+    reason = addresses.refusal(url) if url else "A URL is required."
+    if reason:
+        raise InvalidInput(reason, field="url")
+    return url
+
+
+def _described(endpoint: Endpoint, sites: list[Site]) -> dict:
+    """A subscription as the history keeps it: never its secret."""
+    return {
+        "name": endpoint.name,
+        "url": endpoint.url,
+        "event_types": endpoint.event_types,
+        "sites": [site.name for site in sites],
+        "enabled": endpoint.enabled,
+    }
+
+
+def create_webhook(
+    user, *, url: str, event_types: list[str], sites: list[str] | None = None, name: str = ""
+) -> tuple[Endpoint, str]:
+    """A new subscription and its secret, which is returned this once and shown never again."""
+    require_manager(user, "create")
+    url, event_types, site_rows = _checked_url(url), _checked_types(event_types), _site_list(user, sites)
+    name = (name or "").strip() or f"webhook-{uuid.uuid4().hex[:12]}"
+    if name == PSA_ENDPOINT or Endpoint.objects.filter(name=name).exists():
+        raise InvalidInput("An endpoint of that name exists already.", field="name")
+    secret = new_secret()
+    with transaction.atomic():
+        endpoint = Endpoint.objects.create(
+            name=name, url=url, secret=secret, event_types=event_types, enabled=True, created_by=user
+        )
+        endpoint.sites.set(site_rows)
+        history.append(user, "webhook.created", endpoint, payload=_described(endpoint, site_rows))
+    return endpoint, secret
+
+
+def update_webhook(user, endpoint: Endpoint, **changes) -> Endpoint:
+    """Change a subscription's ``url``, ``event_types``, ``sites`` or ``enabled``; each is checked as
+    at creation. Events already written keep their deliveries."""
+    require_manager(user, "change", endpoint)
+    fields = {}
+    if "url" in changes:
+        fields["url"] = _checked_url(changes["url"])
+    if "event_types" in changes:
+        fields["event_types"] = _checked_types(changes["event_types"])
+    if "enabled" in changes:
+        fields["enabled"] = bool(changes["enabled"])
+    site_rows = _site_list(user, changes["sites"]) if "sites" in changes else list(endpoint.sites.all())
+    with transaction.atomic():
+        Endpoint.objects.filter(pk=endpoint.pk).update(**fields)
+        if "sites" in changes:
+            endpoint.sites.set(site_rows)
+        endpoint.refresh_from_db()
+        history.append(user, "webhook.changed", endpoint, payload=_described(endpoint, site_rows))
+    return endpoint
+
+
+def disable_webhook(user, endpoint: Endpoint) -> Endpoint:
+    """Stop a subscription (kept with its deliveries; ``enabled`` brings it back)."""
+    require_manager(user, "disable", endpoint)
+    if not endpoint.enabled:
+        raise Conflict("The webhook is disabled already.")
+    return update_webhook(user, endpoint, enabled=False)
+
+
+def rotate_secret(user, endpoint: Endpoint, overlap_hours: float | None = None) -> tuple[Endpoint, str]:
+    """A new secret, returned this once. The one before keeps signing beside it for
+    ``overlap_hours`` (``RMM_WEBHOOK_SECRET_OVERLAP_HOURS`` by default), so the receiver can
+    switch without a request it cannot verify."""
+    require_manager(user, "rotate_secret", endpoint)
+    hours = settings.RMM_WEBHOOK_SECRET_OVERLAP_HOURS if overlap_hours is None else overlap_hours
+    if not 0 <= hours <= MAX_OVERLAP_HOURS:
+        raise InvalidInput(f"Must be between 0 and {MAX_OVERLAP_HOURS} hours.", field="overlap_hours")
+    secret, until = new_secret(), timezone.now() + timedelta(hours=hours)
+    with transaction.atomic():
+        locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+        Endpoint.objects.filter(pk=locked.pk).update(
+            secret=secret, previous_secret=locked.secret, previous_secret_expires_at=until
+        )
+        history.append(
+            user, "webhook.secret_rotated", locked, payload={"name": locked.name, "previous_signs_until": until}
+        )
+    endpoint.refresh_from_db()
+    return endpoint, secret
+
+
+def ping(user, endpoint: Endpoint) -> Delivery:
+    """A ``webhook.ping`` event for this endpoint alone, delivered (signed, retried) like any other."""
+    require_manager(user, "ping", endpoint)
+    if not endpoint.enabled:
+        raise Conflict("The webhook is disabled: enable it to ping it.")
+    event = Event(
+        type=PING,
+        subject_type=endpoint._meta.label_lower,
+        subject_id=str(endpoint.pk),
+        data={"webhook": str(endpoint.pk), "name": endpoint.name, "pinged_by": user.get_username()},
+    )
+    delivery = Delivery(event=event, endpoint=endpoint, next_attempt_at=timezone.now())
+    with transaction.atomic():
+        _write([event], [delivery])
+        history.append(user, "webhook.pinged", endpoint, payload={"name": endpoint.name, "event": event.message_id})
+    return delivery
+
+
+def replay_delivery(user, delivery: Delivery) -> Delivery:
+    """:func:`replay` for a caller: a subscription's delivery, sent again with the same id and body."""
+    require_manager(user, "replay", delivery.endpoint)
+    if not delivery.endpoint.enabled:
+        raise Conflict("The webhook is disabled: enable it to replay its deliveries.")
+    try:
+        return replay(delivery, user)
+    except OutboxError as exc:
+        raise Conflict(str(exc)) from None

@@ -16,6 +16,7 @@ from tests.support.authorization import (
     MANAGE_ACCESS,
     MANAGE_AGENTS,
     MANAGE_AUTHORITY,
+    MANAGE_INTEGRATIONS,
     MANAGE_LEGAL_HOLDS,
     REQUEST_JOBS,
     ROLES,
@@ -74,6 +75,7 @@ def test_role_groups_match_access():
         "engage_kill_switch": ENGAGE_KILL_SWITCH,
         "import_advisories": IMPORT_ADVISORIES,
         "manage_access": MANAGE_ACCESS,
+        "manage_integrations": MANAGE_INTEGRATIONS,
         "view": ROLES,
         "view_evidence": ROLES,
     }

@@ -41,7 +41,9 @@ def fuzz_server(tmp_path_factory):
     """A server of its own: the fuzzing changes a lot (switches engaged, agents revoked, holds placed)."""
     # Without Redis (the ORM broker, on its own database): its task cluster must not take the tasks
     # of the run's other servers from the one Redis queue, nor they its.
-    server = Server(tmp_path_factory.mktemp("fuzz"), {"REDIS_URL": ""}).start()
+    # Webhooks the fuzzing makes point at 127.0.0.1 (allowed here) and are refused at once there.
+    env = {"REDIS_URL": "", "RMM_WEBHOOK_ALLOW_PRIVATE": "1"}
+    server = Server(tmp_path_factory.mktemp("fuzz"), env).start()
     try:
         yield server, seed_world(server)
     finally:
@@ -131,6 +133,9 @@ def seed_world(server) -> dict:
     )
     assert assignment.status == 201, assignment.body
     audit = seed_audit(server, w)
+    hook_body = {"url": "http://127.0.0.1:9/fuzz", "event_types": ["job.finished"], "sites": [w["site"]]}
+    hook = server.request("POST", "/api/v1/webhooks/", hook_body, w["admin"]).json()
+    ping = server.request("POST", f"/api/v1/webhooks/{hook['id']}/ping/", None, w["admin"]).json()
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -158,6 +163,8 @@ def seed_world(server) -> dict:
             "/api/v1/profile-assignments/": [assignment.json()["id"], audit["assignment"]],
             "/api/v1/audit-jobs/": [audit["job"]],
             "/api/v1/drift-events/": [audit["drift"]],
+            "/api/v1/webhooks/": [hook["id"]],
+            "/api/v1/webhook-deliveries/": [ping["id"]],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -174,6 +181,9 @@ def seed_world(server) -> dict:
             "assignment": [assignment.json()["id"], audit["assignment"]],
             "audit_job": [audit["job"]],
             "profile": [profile],
+            "url": [hook_body["url"]],
+            "event_types": [hook_body["event_types"]],
+            "sites": [hook_body["sites"]],
         },
     }
     return w

@@ -54,6 +54,7 @@ from rmm.access.models import ApiToken
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
+from rmm.outbox import services as outbox
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, otp_login, report
 from tests.support.profiles import approved_key, audited
@@ -75,6 +76,7 @@ MANAGE_LEGAL_HOLDS = ("admin", "compliance")
 MANAGE_AGENTS = ("admin",)
 MANAGE_ACCESS = ("admin",)
 IMPORT_ADVISORIES = ("admin", "scanner")
+MANAGE_INTEGRATIONS = ("admin",)
 ENGAGE_KILL_SWITCH = ("admin", "technician", "approver", "psa", "edr", "scanner")
 STAFF = ("admin", "approver")  # rmm_token makes them staff: the admin and its approval queue
 
@@ -241,6 +243,8 @@ def build_world(storage: str) -> World:
     hold = evidence.place_hold(root, site_ref="alpha", reason="matrix hold")
     access_services.issue_token(author, name="a third party's")
     token_other = ApiToken.objects.get(user=author, name="a third party's")
+    webhook, _ = outbox.create_webhook(root, url="http://127.0.0.1:9/matrix", event_types=["*"], sites=["alpha"])
+    webhook_delivery = outbox.ping(root, webhook)
 
     world = World(
         ids={
@@ -271,6 +275,8 @@ def build_world(storage: str) -> World:
             "batch": str(batch_job.batch_id),
             "job_failed": str(batch_job.pk),
             **audit_ids,
+            "webhook": str(webhook.pk),
+            "webhook_delivery": str(webhook_delivery.pk),
         },
         jobs=[str(job_done.pk), str(job_waiting.pk), str(batch_job.pk)],
         storage=storage,
