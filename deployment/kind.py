@@ -293,15 +293,7 @@ def evidence_document(job: DeploymentJob, inst, stored, result: dict, late: bool
         },
         "action": job.action,
         "step": job.action if inst.step == 0 else "detection",
-        "instruction": {
-            "id": inst.pk,
-            "payload": inst.payload,
-            "signature": inst.signature,
-            "key_id": inst.key_id,
-            "content_sha256": inst.content_sha256,
-            "leased_at": inst.leased_at,
-            "finished_at": inst.finished_at,
-        },
+        "instruction": registry.signed_instruction(inst),
         "authority": {"psa_task_id": task.pk, "psa_case_id": task.case_id},
         "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},
         "result": {

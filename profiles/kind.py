@@ -77,16 +77,7 @@ def evidence_document(job: ConfigurationAuditJob, inst, stored: audits.Audited |
         },
         "assignment": {"id": job.assignment_id, "profile": profile.pk, "profile_name": profile.name},
         "profile_revision": job.profile_revision.revision,
-        "instruction": {
-            "id": inst.pk,
-            "payload": inst.payload,
-            "signature": inst.signature,
-            "key_id": inst.key_id,
-            "content_sha256": inst.content_sha256,
-            "privileged": inst.privileged,
-            "leased_at": inst.leased_at,
-            "finished_at": inst.finished_at,
-        },
+        "instruction": {**registry.signed_instruction(inst), "privileged": inst.privileged},
         "authority": {"psa_task_id": task.pk, "psa_case_id": task.case_id, "psa_task_title": task.title},
         "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},
         "result": {

@@ -99,15 +99,7 @@ def _document(job: ScriptJob, inst, stored: ScriptResult | None) -> dict:
             "approved_by": script.decided_by.get_username() if script.decided_by_id else None,
             "approved_at": script.decided_at,
         },
-        "instruction": {
-            "id": inst.pk,
-            "payload": inst.payload,
-            "signature": inst.signature,
-            "key_id": inst.key_id,
-            "content_sha256": inst.content_sha256,
-            "leased_at": inst.leased_at,
-            "finished_at": inst.finished_at,
-        },
+        "instruction": registry.signed_instruction(inst),
         "authority": {
             "psa_task_id": task.pk,
             "psa_task_title": task.title,

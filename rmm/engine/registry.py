@@ -72,6 +72,20 @@ class NewJob:
     created: dict[str, Any] = field(default_factory=dict)
 
 
+def signed_instruction(inst) -> dict:
+    """What every kind's evidence document says of the instruction it records: the signed payload
+    as the agent received it, its signature and key, and when it was leased and finished."""
+    return {
+        "id": inst.pk,
+        "payload": inst.payload,
+        "signature": inst.signature,
+        "key_id": inst.key_id,
+        "content_sha256": inst.content_sha256,
+        "leased_at": inst.leased_at,
+        "finished_at": inst.finished_at,
+    }
+
+
 def task_authority(job) -> dict:
     """The authority of a job created on a PSA task (every kind's: its model has ``psa_task``)."""
     return {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id}
