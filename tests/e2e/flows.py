@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.cookiejar
+import json
 import time
 import urllib.error
 import urllib.parse
@@ -142,6 +143,49 @@ def finished_export(server, export_id: str, token: str, seconds: float = 90) -> 
         if status["status"] in {"done", "failed"} or time.monotonic() > deadline:
             return status
         time.sleep(0.3)
+
+
+def upload_package(server, token: str, name: str, data: bytes, **fields) -> dict:
+    """A software package registered by a multipart upload, as a technician's tool sends it
+    (docs/deployment.md): a deb of version 1.0-1 unless ``fields`` say otherwise."""
+    given = {"name": name, "version": "1.0-1", "installer_type": "deb", **fields}
+    if "detection" in given:
+        given["detection"] = json.dumps(given["detection"])
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in given.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}.{given["installer_type"]}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    request = urllib.request.Request(
+        f"{server.url}/api/v1/packages/", data=b"".join(parts) + f"--{boundary}--\r\n".encode(), method="POST"
+    )
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=60, context=server.ssl_context) as answer:
+        assert answer.status == 201
+        return json.loads(answer.read())
+
+
+def privileged_approver(server) -> str:
+    """The token of an approver who also holds the privileged-approval permission (what approving
+    a privileged script or any package needs)."""
+    name = f"root-approver-{uuid.uuid4().hex[:6]}"
+    [token] = tokens(server, {name: "approver"})
+    server.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n"
+        "from django.contrib.auth.models import Permission\n"
+        f"user = get_user_model().objects.get(username={name!r})\n"
+        'user.user_permissions.add(Permission.objects.get(codename="approve_privileged"))',
+    )
+    return token
 
 
 def agent_once(server, w):

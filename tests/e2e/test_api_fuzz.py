@@ -28,8 +28,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.flows import agent_once, assign_profile, make_world, publish, run_job, tokens
+from tests.e2e.flows import (
+    agent_once,
+    assign_profile,
+    make_world,
+    privileged_approver,
+    publish,
+    run_job,
+    tokens,
+    upload_package,
+)
 from tests.e2e.server import ROOT, Server
+from tests.patching import documents
 
 ROLES = ("psa", "technician", "admin")
 CONFIG = Path(__file__).with_name("api_fuzz.toml")  # checks, phases, examples, determinism
@@ -133,6 +143,23 @@ def seed_world(server) -> dict:
     )
     assert assignment.status == 201, assignment.body
     audit = seed_audit(server, w)
+    pending_package = upload_package(server, w["tech"], "fuzz-pending", b"pending bytes")
+    package = upload_package(
+        server, w["tech"], "fuzz-deployed", b"deployed bytes", detection={"type": "file", "path": "/x"}
+    )
+    r = server.request("POST", f"/api/v1/packages/{package['id']}/approve/", None, privileged_approver(server))
+    assert r.status == 200, r.body
+    r = server.request(
+        "POST",
+        "/api/v1/deployments/",
+        {"package": package["id"], "assets": [w["asset"]], "psa_task_id": w["task"]},
+        w["psa"],
+    )
+    assert r.status == 201, r.body
+    deployment = r.json()["jobs"][0]["id"]
+    r = server.request("POST", "/api/v1/patch-catalog/import/", documents.redhat(), w["admin"])
+    assert r.status == 201, r.body
+    catalog = [e["id"] for e in server.request("GET", "/api/v1/patch-catalog/", token=w["admin"]).json()["results"]]
     hook_body = {"url": "http://127.0.0.1:9/fuzz", "event_types": ["job.finished"], "sites": [w["site"]]}
     hook = server.request("POST", "/api/v1/webhooks/", hook_body, w["admin"]).json()
     ping = server.request("POST", f"/api/v1/webhooks/{hook['id']}/ping/", None, w["admin"]).json()
@@ -163,6 +190,9 @@ def seed_world(server) -> dict:
             "/api/v1/profile-assignments/": [assignment.json()["id"], audit["assignment"]],
             "/api/v1/audit-jobs/": [audit["job"]],
             "/api/v1/drift-events/": [audit["drift"]],
+            "/api/v1/packages/": [pending_package["id"], package["id"]],
+            "/api/v1/deployment-jobs/": [deployment],
+            "/api/v1/patch-catalog/": catalog,
             "/api/v1/webhooks/": [hook["id"]],
             "/api/v1/webhook-deliveries/": [ping["id"]],
         },
@@ -181,6 +211,7 @@ def seed_world(server) -> dict:
             "assignment": [assignment.json()["id"], audit["assignment"]],
             "audit_job": [audit["job"]],
             "profile": [profile],
+            "package": [package["id"]],
             "url": [hook_body["url"]],
             "event_types": [hook_body["event_types"]],
             "sites": [hook_body["sites"]],

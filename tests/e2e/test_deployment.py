@@ -6,17 +6,15 @@ after approval is refused by the agent: nothing is installed. Everything is purg
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.flows import agent_once, make_world, tokens
+from tests.e2e.flows import agent_once, make_world, privileged_approver, upload_package
 from tests.e2e.server import Server
 from tests.e2e.test_key_rotation import export_bundle, verify_offline
 
@@ -48,51 +46,13 @@ def deb(tmp_path):
     subprocess.run(["dpkg", "--purge", name], capture_output=True)
 
 
+def rule(name: str) -> dict:
+    return {"type": "package", "name": name, "version": "1.0-1"}
+
+
 def installed(name: str) -> bool:
     done = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", name], capture_output=True, text=True)
     return done.stdout == "installed"
-
-
-def upload(server: Server, token: str, name: str, path: Path) -> dict:
-    """The package as a multipart upload, as a technician's tool would send it."""
-    boundary = uuid.uuid4().hex
-    fields = {
-        "name": name,
-        "version": "1.0-1",
-        "installer_type": "deb",
-        "detection": json.dumps({"type": "package", "name": name, "version": "1.0-1"}),
-    }
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-        for key, value in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-        "Content-Type: application/vnd.debian.binary-package\r\n\r\n".encode()
-        + path.read_bytes()
-        + b"\r\n"
-    )
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{server.url}/api/v1/packages/", data=body, method="POST")
-    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
-    request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        assert answer.status == 201
-        return json.loads(answer.read())
-
-
-def root_approver(server: Server) -> str:
-    name = f"pkg-approver-{uuid.uuid4().hex[:6]}"
-    [token] = tokens(server, {name: "approver"})
-    server.manage(
-        "shell",
-        "-c",
-        "from django.contrib.auth import get_user_model\n"
-        "from django.contrib.auth.models import Permission\n"
-        f"user = get_user_model().objects.get(username={name!r})\n"
-        'user.user_permissions.add(Permission.objects.get(codename="approve_privileged"))',
-    )
-    return token
 
 
 def deployed(server: Server, w: dict, package_id: str, action: str = "install") -> str:
@@ -117,12 +77,12 @@ def test_a_deb_is_uploaded_approved_deployed_installed_and_proven(server, deb, t
         pytest.fail("dpkg-deb is needed (Debian's dpkg)")
     name, path = deb
     w = make_world(server)
-    package = upload(server, w["tech"], name, path)
+    package = upload_package(server, w["tech"], name, path.read_bytes(), detection=rule(name))
     assert package["status"] == "pending"
     # The author may not approve; an approver needs the privileged permission (it installs as root).
     assert server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=w["tech"]).status == 403
     assert server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=w["approver"]).status == 403
-    r = server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=root_approver(server))
+    r = server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=privileged_approver(server))
     assert r.status == 200 and r.json()["status"] == "approved", r.body
 
     job_id = deployed(server, w, package["id"])
@@ -162,8 +122,8 @@ def test_a_deb_is_uploaded_approved_deployed_installed_and_proven(server, deb, t
 def test_a_package_altered_in_the_store_after_approval_is_refused_and_nothing_is_installed(server, deb):
     name, path = deb
     w = make_world(server)
-    package = upload(server, w["tech"], name, path)
-    r = server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=root_approver(server))
+    package = upload_package(server, w["tech"], name, path.read_bytes(), detection=rule(name))
+    r = server.request("POST", f"/api/v1/packages/{package['id']}/approve/", token=privileged_approver(server))
     assert r.status == 200, r.body
     digest = package["hash"]
     stored = Path(server.env["RMM_VAR_DIR"]) / "evidence" / "packages" / digest[:2] / f"{digest}.bin"
