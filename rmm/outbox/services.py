@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
@@ -550,12 +550,13 @@ def rotate_secret(user, endpoint: Endpoint, overlap_hours: float | None = None) 
         raise InvalidInput(f"Must be between 0 and {MAX_OVERLAP_HOURS} hours.", field="overlap_hours")
     secret, until = new_secret(), timezone.now() + timedelta(hours=hours)
     with transaction.atomic():
-        locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
-        Endpoint.objects.filter(pk=locked.pk).update(
-            secret=secret, previous_secret=locked.secret, previous_secret_expires_at=until
+        # One UPDATE, no SELECT … FOR UPDATE: that lock would conflict with the key-share lock every
+        # delivery's insert takes on its endpoint, and so with an emission holding the history's lock.
+        Endpoint.objects.filter(pk=endpoint.pk).update(
+            previous_secret=F("secret"), secret=secret, previous_secret_expires_at=until
         )
         history.append(
-            user, "webhook.secret_rotated", locked, payload={"name": locked.name, "previous_signs_until": until}
+            user, "webhook.secret_rotated", endpoint, payload={"name": endpoint.name, "previous_signs_until": until}
         )
     endpoint.refresh_from_db()
     return endpoint, secret
