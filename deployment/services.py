@@ -27,6 +27,7 @@ from rmm.core import blobs
 from rmm.core.errors import InvalidInput
 from rmm.engine import services as engine
 from rmm.history import services as history
+from rmm.outbox import addresses
 
 BLOB_FOLDER = "packages"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
@@ -141,15 +142,20 @@ def register_uri(user, *, installer_uri: str, hash: str, size: int, **fields: An
 
 
 def check_uri(uri: str) -> str:
-    """https, or http to a loopback address while ``RMM_DEBUG`` is on (a test's server)."""
+    """https, or http to a loopback address while ``RMM_DEBUG`` is on (a test's server); and never
+    an address the outbox refuses a webhook (link-local and metadata addresses, the server itself,
+    a name that does not resolve; private ones only with ``RMM_WEBHOOK_ALLOW_PRIVATE``): the same
+    check, so that a registration cannot make the server fetch from inside its own network."""
     parts = urllib.parse.urlsplit((uri or "").strip())
-    if parts.scheme == "https" and parts.hostname:
-        return parts.geturl()
-    if parts.scheme == "http" and parts.hostname and settings.DEBUG and _loopback(parts.hostname):
-        return parts.geturl()
-    raise InvalidInput(
-        "Must be an https address (http only to a loopback address with RMM_DEBUG on).", field="installer_uri"
-    )
+    secure = parts.scheme == "https" and parts.hostname
+    if not (secure or (parts.scheme == "http" and parts.hostname and settings.DEBUG and _loopback(parts.hostname))):
+        raise InvalidInput(
+            "Must be an https address (http only to a loopback address with RMM_DEBUG on).", field="installer_uri"
+        )
+    problem = addresses.refusal(parts.geturl())
+    if problem:
+        raise InvalidInput(problem, field="installer_uri")
+    return parts.geturl()
 
 
 def _loopback(host: str) -> bool:

@@ -272,3 +272,17 @@ def test_the_service_refuses_bad_input_before_touching_the_network(people):
             uninstall_args="",
         )
     assert refused.value.field == "installer_type"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://169.254.169.254/latest/meta-data/x.deb", "metadata"),
+        ("https://[fe80::1]/x.deb", "link-local"),
+        ("https://no-such-host.invalid/x.deb", "does not resolve"),
+    ],
+)
+def test_an_https_address_the_outbox_would_refuse_is_refused_before_any_download(people, url, reason):
+    r = by_uri(people["tech"], url)
+    assert r.status_code == 400 and reason in r.json()["installer_uri"][0], r.content
+    assert not SoftwarePackage.objects.exists()
