@@ -15,14 +15,17 @@ On Windows (``msi``, ``exe``) the same two steps are PowerShell: ``msiexec /i â€
 or the installer itself with its silent arguments (Windows Installer's 3010, "a reboot is needed",
 counts as done), and a detection read of the software's Uninstall entry (DisplayName,
 DisplayVersion), a registry value or a file. They are tested by their rendering and by the
-judging of recorded documents; no Windows endpoint runs in the tests. ``script`` packages, and
-uninstalling ``msi`` and ``exe``, are not built yet and are refused with the reason.
+judging of recorded documents; no Windows endpoint runs in the tests. A ``script`` package is
+fetched and run like an installer by its interpreter (``sh``, or PowerShell's ``-File``) with the
+silent arguments. An uninstall removes through the package manager (deb, rpm), ``msiexec /x`` on
+the fetched msi, or the fetched exe or script run with the uninstall arguments.
 """
 
 from __future__ import annotations
 
 import shlex
 
+from deployment import services
 from deployment.models import DeploymentAction, DeploymentJob, InstallerType, SoftwarePackage
 from rmm.artefacts.states import ApprovalStatus
 from rmm.core.errors import InvalidInput
@@ -31,7 +34,6 @@ from rmm.engine.states import JobStatus
 from rmm_agent.protocol import CAPABILITY_ARTEFACTS, RESULT_PATH_ENV, artefact_env_name
 
 DEPLOYMENT_RESULT = "deployment_result"  # the evidence type of each finished step (apps.py registers it)
-DEPLOYABLE = {InstallerType.DEB, InstallerType.RPM, InstallerType.MSI, InstallerType.EXE}
 WINDOWS = {InstallerType.MSI, InstallerType.EXE}
 INSTALL = {
     InstallerType.DEB: "DEBIAN_FRONTEND=noninteractive dpkg -i",
@@ -41,6 +43,11 @@ UNINSTALL = {
     InstallerType.DEB: "DEBIAN_FRONTEND=noninteractive dpkg -r",
     InstallerType.RPM: "rpm -e",
 }
+
+
+def on_windows(package: SoftwarePackage) -> bool:
+    """msi and exe packages, and PowerShell script packages, run on Windows; the others on Linux."""
+    return package.installer_type in WINDOWS or package.interpreter == "powershell"
 
 
 def _installed_query(package: SoftwarePackage, name: str) -> str:
@@ -92,7 +99,7 @@ UNINSTALL_KEYS = (
 )
 
 
-def render_windows_detection(package: SoftwarePackage) -> str:
+def render_windows_detection(package: SoftwarePackage, *, expect: str = "installed") -> str:
     """The detection step on Windows (PowerShell): the same JSON document as on Linux."""
     rule = package.detection
     if rule["type"] == "package":
@@ -114,12 +121,12 @@ def render_windows_detection(package: SoftwarePackage) -> str:
             read += f"if ($installed -and $version -ne {_ps(rule['data'])}) {{ $installed = $false }}\n"
     else:  # "file"
         read = f"$installed = Test-Path -LiteralPath {_ps(rule['path'])}\n$version = ''\n"
-    wanted = rule.get("version", "") if rule["type"] == "package" else ""
+    wanted = rule.get("version", "") if rule["type"] == "package" and expect == "installed" else ""
     return (
         "$ErrorActionPreference = 'Stop'\n"
         + read
         + f"$doc = [ordered]@{{ installed = $installed; version = $version; wanted = {_ps(wanted)}; "
-        + "expect = 'installed' }\n"
+        + f"expect = {_ps(expect)} }}\n"
         # .NET's WriteAllText writes UTF-8 without the byte-order mark Windows PowerShell's
         # Set-Content would put first (the agent reads the document as JSON).
         + "[System.IO.File]::WriteAllText($env:RMM_RESULT_PATH, ($doc | ConvertTo-Json -Compress))\n"
@@ -127,89 +134,78 @@ def render_windows_detection(package: SoftwarePackage) -> str:
     )
 
 
-def render_windows_install(package: SoftwarePackage) -> str:
-    """The install step on Windows (PowerShell): msiexec for an msi, the installer itself for an
-    exe, each with the package's silent arguments; Windows Installer's 3010 (done, a reboot is
+def render_windows_change(package: SoftwarePackage, *, uninstall: bool = False) -> str:
+    """The install (or uninstall) step on Windows (PowerShell), on the fetched file: msiexec ``/i``
+    (``/x``) for an msi, the installer itself for an exe, PowerShell ``-File`` for a script, each
+    with the package's silent (uninstall) arguments; Windows Installer's 3010 (done, a reboot is
     needed) is success and is said on stdout."""
     file = f"$env:{artefact_env_name(package.filename)}"
+    given = package.uninstall_args if uninstall else package.silent_args
+    extra = f" + {_ps(given)}" if given else ""
     if package.installer_type == InstallerType.MSI:
+        verb = "/x" if uninstall else "/i"
         start = (
-            "$arguments = @('/i', ('\"' + "
-            + file
-            + " + '\"'), '/qn', '/norestart')"
-            + (f" + {_ps(package.silent_args)}" if package.silent_args else "")
-            + "\n$p = Start-Process -FilePath 'msiexec.exe' -ArgumentList $arguments -Wait -PassThru\n"
+            f"$arguments = @('{verb}', ('\"' + {file} + '\"'), '/qn', '/norestart'){extra}\n"
+            "$p = Start-Process -FilePath 'msiexec.exe' -ArgumentList $arguments -Wait -PassThru\n"
+        )
+    elif package.installer_type == InstallerType.SCRIPT:
+        start = (
+            "$arguments = @('-NoProfile', '-NonInteractive', '-ExecutionPolicy', 'Bypass', '-File', "
+            f"('\"' + {file} + '\"')){extra}\n"
+            "$p = Start-Process -FilePath 'powershell.exe' -ArgumentList $arguments -Wait -PassThru\n"
         )
     else:
-        arguments = f" -ArgumentList {_ps(package.silent_args)}" if package.silent_args else ""
+        arguments = f" -ArgumentList {_ps(given)}" if given else ""
         start = f"$p = Start-Process -FilePath {file}{arguments} -Wait -PassThru\n"
+    done = "removed" if uninstall else "installed"
     return (
         "$ErrorActionPreference = 'Stop'\n"
         + start
-        + "if ($p.ExitCode -eq 3010) { Write-Output 'installed; Windows asks for a reboot'; exit 0 }\n"
+        + f"if ($p.ExitCode -eq 3010) {{ Write-Output '{done}; Windows asks for a reboot'; exit 0 }}\n"
         + "exit $p.ExitCode\n"
     )
 
 
-def _render_windows(job: DeploymentJob) -> list[registry.InstructionSpec]:
-    package = job.package
+def _change(job: DeploymentJob) -> registry.InstructionSpec:
+    """The step that installs or removes, as root: on the fetched, hash-checked file, except a
+    deb or rpm uninstall, which the package manager does by name."""
+    package, uninstall = job.package, job.action == DeploymentAction.UNINSTALL
     artefact = registry.Artefact(package.filename, package.hash, package.size, package.blob)
-    specs = [
-        registry.InstructionSpec(
-            asset=job.asset,
-            interpreter="powershell",
-            content=render_windows_install(package),
-            timeout_seconds=1800,
-            privileged=True,
-            artefacts=(artefact,),
-        )
-    ]
-    if package.detection:
-        specs.append(
-            registry.InstructionSpec(
-                asset=job.asset,
-                interpreter="powershell",
-                content=render_windows_detection(package),
-                timeout_seconds=120,
-            )
-        )
-    return specs
+    if on_windows(package):
+        interpreter, content = "powershell", render_windows_change(package, uninstall=uninstall)
+    elif uninstall and package.installer_type != InstallerType.SCRIPT:
+        # The package database's name for it is its detection rule's (prepare insists on one).
+        name = shlex.quote(package.detection["name"])
+        interpreter, content = "sh", f"set -eu\n{UNINSTALL[package.installer_type]} {package.uninstall_args} {name}\n"
+        artefact = None
+    else:
+        file = f'"${artefact_env_name(package.filename)}"'
+        if package.installer_type == InstallerType.SCRIPT:
+            command = f"sh {file} {package.uninstall_args if uninstall else package.silent_args}"
+        else:
+            command = f"{INSTALL[package.installer_type]} {package.silent_args} {file}"
+        interpreter, content = "sh", f"set -eu\n{command.rstrip()}\n"
+    return registry.InstructionSpec(
+        asset=job.asset,
+        interpreter=interpreter,
+        content=content,
+        timeout_seconds=1800,
+        privileged=True,
+        artefacts=(artefact,) if artefact else (),
+    )
 
 
 def render(job: DeploymentJob) -> list[registry.InstructionSpec]:
     package = job.package
-    if package.installer_type in WINDOWS:
-        return _render_windows(job)
-    if job.action == DeploymentAction.UNINSTALL:
-        # The package database's name for it is its detection rule's (prepare insists on one).
-        name = shlex.quote(package.detection["name"])
-        change = registry.InstructionSpec(
-            asset=job.asset,
-            interpreter="sh",
-            content=f"set -eu\n{UNINSTALL[package.installer_type]} {package.uninstall_args} {name}\n",
-            timeout_seconds=1800,
-            privileged=True,
-        )
-        expect = "absent"
-    else:
-        artefact = registry.Artefact(package.filename, package.hash, package.size, package.blob)
-        install = f'{INSTALL[package.installer_type]} {package.silent_args} "${artefact_env_name(package.filename)}"'
-        change = registry.InstructionSpec(
-            asset=job.asset,
-            interpreter="sh",
-            content=f"set -eu\n{install}\n",
-            timeout_seconds=1800,
-            privileged=True,
-            artefacts=(artefact,),
-        )
-        expect = "installed"
-    specs = [change]
+    specs = [_change(job)]
     if package.detection:
+        expect = "absent" if job.action == DeploymentAction.UNINSTALL else "installed"
+        windows = on_windows(package)
         specs.append(
             registry.InstructionSpec(
                 asset=job.asset,
-                interpreter="sh",
-                content=render_detection(package, expect=expect),
+                interpreter="powershell" if windows else "sh",
+                content=(render_windows_detection if windows else render_detection)(package, expect=expect),
                 timeout_seconds=120,
             )
         )
@@ -244,18 +240,21 @@ def prepare(*, package_id, action: str = DeploymentAction.INSTALL, requires_appr
         raise InvalidInput("No such package.", field="package")
     if package.approval_status != ApprovalStatus.APPROVED:
         raise InvalidInput(f"This package is {package.approval_status}, not approved.", field="package")
-    if package.installer_type not in DEPLOYABLE:
-        raise InvalidInput(
-            f"Deploying {package.installer_type} packages is not built yet: deb, rpm, msi and exe are.",
-            field="package",
-        )
-    windows = package.installer_type in WINDOWS
-    if package.detection.get("type") == "registry" and not windows:
+    if package.detection.get("type") == "registry" and not on_windows(package):
         raise InvalidInput("A registry detection rule cannot be read on Linux.", field="package")
-    if action == DeploymentAction.UNINSTALL and windows:
-        raise InvalidInput("Uninstalling msi and exe packages is not built yet.", field="action")
-    if action == DeploymentAction.UNINSTALL and package.detection.get("type") != "package":
-        raise InvalidInput("An uninstall needs the package's detection rule to name it (type package).", field="action")
+    if action == DeploymentAction.UNINSTALL:
+        if package.installer_type in (InstallerType.DEB, InstallerType.RPM):
+            if package.detection.get("type") != "package":
+                raise InvalidInput(
+                    "An uninstall needs the package's detection rule to name it (type package).", field="action"
+                )
+        elif package.installer_type != InstallerType.MSI and not package.uninstall_args:
+            # The exe or script itself removes, told so by its uninstall arguments; without them
+            # it would install again.
+            raise InvalidInput(
+                f"An uninstall runs this {package.installer_type} with its uninstall_args, and it has none.",
+                field="action",
+            )
     return registry.NewJob(
         fields={"package": package, "action": action},
         requires_approval=bool(requires_approval),
@@ -284,6 +283,7 @@ def evidence_document(job: DeploymentJob, inst, stored, result: dict, late: bool
             "version": package.version,
             "revision": package.revision,
             "installer_type": package.installer_type,
+            "interpreter": package.interpreter,
             "sha256": package.hash,
             "size": package.size,
             "detection": package.detection,
@@ -316,6 +316,8 @@ registry.register(
         prepare=prepare,
         render=render,
         judge=judge,
+        store_result=services.record_detection,
+        evidence_recorded=services.detection_evidence,
         evidence_type=DEPLOYMENT_RESULT,
         evidence_entity="deployment_job",
         evidence_document=evidence_document,

@@ -27,6 +27,12 @@ class SoftwarePackage(ArtefactVersion):
     version = models.CharField(max_length=100, help_text="The software's own version, e.g. 24.08.")
     revision = models.PositiveIntegerField(help_text="This registration's number among the package's.")
     installer_type = models.CharField(max_length=10, choices=InstallerType.choices)
+    interpreter = models.CharField(
+        max_length=12,
+        blank=True,
+        choices=[("sh", "sh"), ("powershell", "powershell")],
+        help_text="What runs a script package (sh on Linux, PowerShell on Windows); empty for the others.",
+    )
     silent_args = models.TextField(blank=True, help_text="Arguments for an unattended install.")
     detection = models.JSONField(default=dict, blank=True, help_text="How to tell it is installed.")
     uninstall_args = models.TextField(blank=True, help_text="Arguments for an unattended uninstall.")
@@ -76,3 +82,31 @@ class DeploymentJob(JobBase):
     @property
     def executed_at(self):
         return self.started_at
+
+
+class InstalledSoftware(models.Model):
+    """What a deployment's detection read last found on an asset, per package name: actual state,
+    written only by the engine from an agent's structured result (never from an install's exit
+    code), with the evidence record of that read."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="installed_software")
+    name = models.CharField(max_length=200, help_text="The package's name.")
+    package = models.ForeignKey(
+        SoftwarePackage, on_delete=models.PROTECT, related_name="+", help_text="The registration whose rule read it."
+    )
+    installed = models.BooleanField()
+    version = models.CharField(max_length=200, blank=True, help_text="The version the read found, if installed.")
+    read_at = models.DateTimeField()
+    deployment_job = models.ForeignKey(DeploymentJob, on_delete=models.PROTECT, related_name="+")
+    evidence = models.ForeignKey(
+        "evidence.RmmEvidence", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        db_table = "asset_software"
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["asset", "name"], name="asset_software_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.asset_id}: {'installed ' + self.version if self.installed else 'absent'}"

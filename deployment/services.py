@@ -20,8 +20,9 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from django.conf import settings
+from django.utils import timezone
 
-from deployment.models import InstallerType, SoftwarePackage
+from deployment.models import DeploymentJob, InstalledSoftware, InstallerType, SoftwarePackage
 from rmm.artefacts import services as artefacts
 from rmm.core import blobs
 from rmm.core.errors import InvalidInput
@@ -40,6 +41,8 @@ EXTENSION = {
     InstallerType.EXE: "exe",
     InstallerType.SCRIPT: "script",
 }
+# A script package's file name ends as its interpreter wants (PowerShell runs only a .ps1 file).
+SCRIPT_EXTENSION = {"sh": "sh", "powershell": "ps1"}
 # How an endpoint tells the software is installed, by the rule's type: its fields, required first.
 DETECTION = {
     "package": (("name",), ("version",)),  # dpkg / rpm database
@@ -49,7 +52,14 @@ DETECTION = {
 
 
 def _metadata(
-    *, name: str, version: str, installer_type: str, silent_args: str, detection: Any, uninstall_args: str
+    *,
+    name: str,
+    version: str,
+    installer_type: str,
+    silent_args: str,
+    detection: Any,
+    uninstall_args: str,
+    interpreter: str = "",
 ) -> dict:
     """The package's own fields, checked: one 400 naming the first bad field."""
     name, version = (name or "").strip(), (version or "").strip()
@@ -59,6 +69,12 @@ def _metadata(
         raise InvalidInput("Letters, digits and . _ + : ~ - only, starting with a letter or digit.", field="version")
     if installer_type not in EXTENSION:
         raise InvalidInput(f"Must be one of: {', '.join(EXTENSION)}.", field="installer_type")
+    interpreter = interpreter or ""
+    if installer_type == InstallerType.SCRIPT and interpreter not in SCRIPT_EXTENSION:
+        raise InvalidInput("A script package names what runs it: sh or powershell.", field="interpreter")
+    if installer_type != InstallerType.SCRIPT and interpreter:
+        raise InvalidInput("Only a script package names an interpreter.", field="interpreter")
+    extension = SCRIPT_EXTENSION[interpreter] if interpreter else EXTENSION[installer_type]
     return {
         "name": name,
         "version": version,
@@ -66,7 +82,8 @@ def _metadata(
         "silent_args": _text(silent_args, "silent_args"),
         "detection": _detection(detection),
         "uninstall_args": _text(uninstall_args, "uninstall_args"),
-        "filename": f"{name}_{version.replace(':', '_')}.{EXTENSION[installer_type]}",
+        "interpreter": interpreter,
+        "filename": f"{name}_{version.replace(':', '_')}.{extension}",
     }
 
 
@@ -231,6 +248,7 @@ def content(package: SoftwarePackage) -> str:
         f"name: {package.name}",
         f"version: {package.version}",
         f"installer_type: {package.installer_type}",
+        *([f"interpreter: {package.interpreter}"] if package.interpreter else []),
         f"sha256: {package.hash}",
         f"size: {package.size}",
         f"file name on the endpoint: {package.filename}",
@@ -267,3 +285,39 @@ def create_deployments(
         action=action,
         requires_approval=requires_approval,
     )
+
+
+def record_detection(job: DeploymentJob, inst, result: dict) -> InstalledSoftware | None:
+    """What a detection step read becomes the asset's installed-software row for the package's
+    name (one upsert, inside the engine's transaction for the result): actual state comes from the
+    read after the change, never from the install's exit code. Other steps keep nothing here."""
+    document = result.get("structured")
+    if inst.step != 1 or not isinstance(document, dict) or not isinstance(document.get("installed"), bool):
+        return None
+    package = job.package
+    installed = document["installed"]
+    version = document.get("version") if installed and isinstance(document.get("version"), str) else ""
+    row = InstalledSoftware(
+        asset_id=job.asset_id,
+        name=package.detection.get("name") or package.name,
+        package=package,
+        installed=installed,
+        version=version[:200],
+        read_at=timezone.now(),
+        deployment_job=job,
+    )
+    InstalledSoftware.objects.bulk_create(
+        [row],
+        update_conflicts=True,
+        unique_fields=["asset", "name"],
+        update_fields=["package", "installed", "version", "read_at", "deployment_job", "evidence"],
+    )
+    return row
+
+
+def detection_evidence(job: DeploymentJob, stored: InstalledSoftware | None, record) -> None:
+    """The row a detection read wrote cites that read's evidence record."""
+    if stored is not None:
+        InstalledSoftware.objects.filter(asset_id=stored.asset_id, name=stored.name, deployment_job=job).update(
+            evidence=record
+        )

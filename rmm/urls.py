@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from deployment.api.views import DeploymentJobViewSet, DeploymentViewSet, PackageViewSet
+from deployment.api.views import AssetSoftwareView, DeploymentJobViewSet, DeploymentViewSet, PackageViewSet
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
 from patching.api.views import AssetPatchesView, PatchCatalogViewSet
@@ -68,6 +68,7 @@ urlpatterns = [
     ),
     path("api/v1/evidence/signing-key/", evidence_views.signing_key, name="evidence-signing-key"),
     path("api/v1/assets/<uuid:asset_id>/patches/", AssetPatchesView.as_view(), name="asset-patches"),
+    path("api/v1/assets/<uuid:asset_id>/software/", AssetSoftwareView.as_view(), name="asset-software"),
     path("api/v1/", include("profiles.api.urls")),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

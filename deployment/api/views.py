@@ -3,12 +3,13 @@ hash (JSON), list them, and approve or reject a registration (docs/deployment.md
 
 import django_filters
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import generics, mixins, serializers, status, viewsets
+from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from deployment import services
-from deployment.models import DeploymentAction, DeploymentJob, InstallerType, SoftwarePackage
+from deployment.models import DeploymentAction, DeploymentJob, InstalledSoftware, InstallerType, SoftwarePackage
 from evidence.models import RmmEvidence
 from rmm.access import roles as access
 from rmm.artefacts.api import decision_actions
@@ -19,6 +20,7 @@ from rmm.core.errors import InvalidInput
 from rmm.engine import services as engine
 from rmm.engine.api.views import StatusField
 from rmm.engine.states import JobStatus
+from rmm.inventory.models import Asset
 
 
 class PackageSerializer(serializers.ModelSerializer):
@@ -34,6 +36,7 @@ class PackageSerializer(serializers.ModelSerializer):
             "version",
             "revision",
             "installer_type",
+            "interpreter",
             "silent_args",
             "detection",
             "uninstall_args",
@@ -57,6 +60,13 @@ class PackageRegistrationSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     version = serializers.CharField(max_length=100)
     installer_type = serializers.ChoiceField(choices=InstallerType.choices)
+    interpreter = serializers.ChoiceField(
+        choices=["sh", "powershell"],
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="A script package's interpreter (required for script, empty for the others).",
+    )
     silent_args = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
     uninstall_args = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
     detection = serializers.JSONField(
@@ -203,6 +213,55 @@ class DeploymentJobViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
             .select_related("site", "requested_by", "psa_task", "package", "asset")
             .order_by("-created_at")
         )
+
+
+class InstalledPackageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SoftwarePackage
+        fields = ["id", "name", "version", "revision", "installer_type"]
+        read_only_fields = fields
+
+
+class InstalledSoftwareSerializer(serializers.ModelSerializer):
+    package = InstalledPackageSerializer(read_only=True, help_text="The registration whose detection rule read it.")
+    deployment_job = serializers.UUIDField(source="deployment_job_id", read_only=True)
+    evidence = serializers.UUIDField(source="evidence_id", allow_null=True, read_only=True)
+
+    class Meta:
+        model = InstalledSoftware
+        fields = ["name", "installed", "version", "read_at", "package", "deployment_job", "evidence"]
+        read_only_fields = fields
+
+
+class InstalledSoftwareFilter(django_filters.FilterSet):
+    class Meta:
+        model = InstalledSoftware
+        fields = ["name", "installed"]
+
+
+class AssetSoftwareView(SiteScopedMixin, generics.ListAPIView):
+    """What deployments' detection reads last found on an asset, one row per package name (actual
+    state, with the evidence of the read); an asset outside your sites answers 404."""
+
+    serializer_class = InstalledSoftwareSerializer
+    lookup_url_kwarg = "asset_id"
+    filter_backends = []  # the asset is looked up unfiltered; its rows through InstalledSoftwareFilter
+
+    def get_queryset(self):
+        """The assets the caller may see (SiteScopedMixin looks the asset up among them)."""
+        return Asset.objects.filter(site__in=access.visible_sites(self.request.user))
+
+    @extend_schema(parameters=[InstalledSoftwareFilter])
+    def list(self, request, *args, **kwargs):
+        asset = self.get_object()
+        rows = InstalledSoftwareFilter(
+            request.query_params,
+            queryset=InstalledSoftware.objects.filter(asset=asset).select_related("package").order_by("name"),
+        )
+        if not rows.is_valid():
+            raise ValidationError(rows.errors)
+        page = self.paginate_queryset(rows.qs)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
 class DeploymentRequestSerializer(serializers.Serializer):

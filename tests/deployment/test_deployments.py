@@ -21,6 +21,7 @@ from rmm.artefacts import services as artefacts
 from rmm.engine import services as engine
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent
+from rmm_agent.protocol import artefact_env_name
 from rmm_agent.results import make_result
 from tests.helpers import approved_authority, make_agent
 from tests.support.profiles import grant_privileged_approval
@@ -119,8 +120,11 @@ def test_an_installed_package_of_the_wanted_version_succeeds_another_version_fai
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"installer_type": "script", "detection": {}}, "not built yet"),
         ({"detection": {"type": "registry", "key": "HKLM\\\\Software\\\\X"}}, "registry"),
+        (
+            {"installer_type": "script", "interpreter": "sh", "detection": {"type": "registry", "key": "HKLM\\\\X"}},
+            "registry",
+        ),
     ],
 )
 def test_a_package_this_server_cannot_deploy_on_linux_is_refused(world, fields, message):
@@ -258,7 +262,141 @@ def test_a_windows_detection_document_is_judged_like_a_linux_one(world, recorded
     assert job.status == status and reason in job.status_reason
 
 
-def test_uninstalling_an_msi_is_refused_as_not_built(world):
-    pkg = package(world, installer_type="msi", detection={"type": "package", "name": "x"})
+def test_an_msi_uninstalls_with_msiexec_x_on_the_fetched_file_and_must_read_absent(world):
+    pkg = package(world, installer_type="msi", uninstall_args="KEEPDATA=1", detection={"type": "package", "name": "X"})
     r = deploy(world, pkg, action="uninstall")
-    assert r.status_code == 400 and "not built yet" in r.json()["action"][0]
+    assert r.status_code == 201, r.content
+    remove, detect = kind.render(DeploymentJob.objects.get(pk=r.json()["jobs"][0]["id"]))
+    assert remove.privileged and remove.artefacts[0].sha256 == pkg.hash
+    assert "@('/x', ('\"' + $env:RMM_ARTEFACT_HELLO_RMM_1_0_1_MSI + '\"'), '/qn', '/norestart') + 'KEEPDATA=1'" in (
+        remove.content
+    )
+    assert "removed; Windows asks for a reboot" in remove.content
+    assert "wanted = ''; expect = 'absent'" in detect.content
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"installer_type": "exe", "uninstall_args": "/uninstall /S"}, "-ArgumentList '/uninstall /S' -Wait"),
+        (
+            {"installer_type": "script", "interpreter": "powershell", "uninstall_args": "-Remove"},
+            "'-ExecutionPolicy', 'Bypass', '-File', ('\"' + $env:RMM_ARTEFACT_HELLO_RMM_1_0_1_PS1 + '\"')) + '-Remove'",
+        ),
+    ],
+    ids=["exe", "powershell-script"],
+)
+def test_an_exe_or_a_powershell_script_uninstalls_by_running_itself_with_its_uninstall_args(world, fields, expected):
+    pkg = package(world, detection={"type": "file", "path": "C:\\Hello\\hello.exe"}, **fields)
+    r = deploy(world, pkg, action="uninstall")
+    assert r.status_code == 201, r.content
+    remove, detect = kind.render(DeploymentJob.objects.get(pk=r.json()["jobs"][0]["id"]))
+    assert remove.interpreter == "powershell" and remove.artefacts[0].sha256 == pkg.hash
+    assert expected in remove.content and "expect = 'absent'" in detect.content
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"installer_type": "exe"}, {"installer_type": "script", "interpreter": "sh"}],
+    ids=["exe", "script"],
+)
+def test_an_uninstall_that_would_run_the_installer_again_is_refused(world, fields):
+    r = deploy(world, package(world, detection={}, **fields), action="uninstall")
+    assert r.status_code == 400 and "uninstall_args" in r.json()["action"][0]
+    assert not DeploymentJob.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"installer_type": "script"}, "interpreter"),
+        ({"installer_type": "script", "interpreter": "bash"}, "interpreter"),
+        ({"installer_type": "deb", "interpreter": "sh"}, "interpreter"),
+    ],
+    ids=["script-without", "unknown", "deb-with"],
+)
+def test_only_a_script_package_names_its_interpreter(world, fields, field):
+    r = world["tech"].post(
+        "/api/v1/packages/",
+        {"name": "s", "version": "1", "file": io.BytesIO(b"echo hi\n"), **fields},
+        format="multipart",
+    )
+    assert r.status_code == 400 and field in r.json(), r.content
+    assert not SoftwarePackage.objects.exists()
+
+
+def test_a_sh_script_package_runs_the_fetched_file_with_its_arguments_and_the_read_decides(world, tmp_path):
+    """The rendered steps, run by sh as the agent runs them: the file named by its artefact's
+    variable, installed with the silent arguments, removed with the uninstall arguments."""
+    marker = tmp_path / "installed"
+    pkg = package(
+        world,
+        installer_type="script",
+        interpreter="sh",
+        silent_args="install",
+        uninstall_args="remove",
+        detection={"type": "file", "path": str(marker)},
+    )
+    assert pkg.filename == "hello-rmm_1.0-1.sh"
+    script = tmp_path / pkg.filename
+    script.write_text(f'if [ "$1" = install ]; then touch {marker}; else rm -f {marker}; fi\n')
+    env = {**os.environ, artefact_env_name(pkg.filename): str(script), "RMM_RESULT_PATH": str(tmp_path / "r.json")}
+
+    def steps(action):
+        r = deploy(world, pkg, action=action)
+        assert r.status_code == 201, r.content
+        return kind.render(DeploymentJob.objects.get(pk=r.json()["jobs"][0]["id"]))
+
+    install, detect = steps("install")
+    assert install.privileged and install.artefacts[0].sha256 == pkg.hash and install.interpreter == "sh"
+    subprocess.run(["sh", "-c", install.content], check=True, env=env)
+    subprocess.run(["sh", "-c", detect.content], check=True, env=env)
+    assert json.loads((tmp_path / "r.json").read_text())["installed"] is True
+
+    remove, detect = steps("uninstall")
+    assert remove.artefacts[0].sha256 == pkg.hash and "remove" in remove.content
+    subprocess.run(["sh", "-c", remove.content], check=True, env=env)
+    subprocess.run(["sh", "-c", detect.content], check=True, env=env)
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "installed": False,
+        "version": "",
+        "wanted": "",
+        "expect": "absent",
+    }
+
+
+def test_each_detection_read_becomes_the_assets_installed_software_with_its_evidence(world, caller, other_site):
+    pkg = package(world)
+    url = f"/api/v1/assets/{world['agent'].asset_id}/software/"
+    job = DeploymentJob.objects.get(pk=deploy(world, pkg).json()["jobs"][0]["id"])
+    run(world, None)  # the install exits 0: that says nothing of what is installed
+    assert world["psa"].get(url).json()["results"] == []
+    run(world, {"installed": True, "version": "1.0-1", "wanted": "1.0-1", "expect": "installed"})
+    read = RmmEvidence.objects.filter(related_id=job.pk).order_by("history_sequence").last()
+    [row] = world["psa"].get(url).json()["results"]
+    assert row["name"] == "hello-rmm" and row["installed"] is True and row["version"] == "1.0-1"
+    assert row["package"]["id"] == str(pkg.pk) and row["package"]["revision"] == pkg.revision
+    assert row["deployment_job"] == str(job.pk) and row["evidence"] == str(read.pk) and row["read_at"]
+
+    # The rollback's read replaces it: one row per package name, its newest read.
+    r = deploy(world, pkg, action="uninstall")
+    removal = r.json()["jobs"][0]["id"]
+    run(world, None)
+    run(world, {"installed": False, "version": "", "wanted": "", "expect": "absent"})
+    [row] = world["psa"].get(url).json()["results"]
+    assert row["installed"] is False and row["version"] == "" and row["deployment_job"] == removal
+    assert row["evidence"] == str(RmmEvidence.objects.filter(related_id=removal).order_by("history_sequence").last().pk)
+    assert world["psa"].get(url + "?installed=true").json()["results"] == []
+    assert world["psa"].get(url + "?installed=false").json()["count"] == 1
+
+    # An asset outside the caller's sites is one that does not exist.
+    assert caller("elsewhere", "psa", sites=[other_site]).get(url).status_code == 404
+
+
+def test_a_failed_detection_read_is_recorded_as_what_it_found(world):
+    job = DeploymentJob.objects.get(pk=deploy(world, package(world)).json()["jobs"][0]["id"])
+    run(world, None)
+    run(world, {"installed": True, "version": "0.9-3", "wanted": "1.0-1", "expect": "installed"})
+    job.refresh_from_db()
+    [row] = world["psa"].get(f"/api/v1/assets/{world['agent'].asset_id}/software/").json()["results"]
+    assert job.status == "failed" and row["installed"] is True and row["version"] == "0.9-3"

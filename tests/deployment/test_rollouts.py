@@ -9,6 +9,7 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from deployment import services as deployment
@@ -106,6 +107,15 @@ def test_a_failing_detection_on_the_canary_halts_the_rollout_and_only_an_approve
     with django_capture_on_commit_callbacks(execute=True):
         engine.sweep(timezone.now() + timedelta(minutes=11))
     assert issued(batch) == 1
+
+    # The console shows the rollout on the engine's batch page, ring by ring, with why it halted.
+    console = Client()
+    console.force_login(world["tech"].user)
+    page = console.get(f"/console/batches/{batch}/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "deployment" in text and "halted" in text and "past the threshold of 0 %" in text
+    assert "Rings released</dt><dd>1 of 4" in text and "<td>canary</td><td>1</td>" in text
 
     # Resuming needs an approver who did not request it; the PSA that asked may not.
     resume = f"/api/v1/batches/{batch}/resume/"
