@@ -1,4 +1,6 @@
 import os
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,22 @@ def browser():
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def deb(tmp_path):
+    """A .deb (dpkg-deb) of a package no real one is named, version 1.0-1: its name and path; it is
+    purged afterwards (the deployment tests install it as root)."""
+    name = f"rmm-e2e-hello-{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/share" / name).mkdir(parents=True)
+    (root / "usr/share" / name / "hello").write_text("hello from a deployment\n")
+    (root / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: RMM tests <tests@example.invalid>\n"
+        "Description: a package built by the RMM's deployment test\n"
+    )
+    out = tmp_path / f"{name}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)], check=True, capture_output=True)
+    yield name, out
+    subprocess.run(["dpkg", "--purge", name], capture_output=True)

@@ -28,24 +28,6 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture
-def deb(tmp_path):
-    """A .deb of a package no real one is named, and its purge afterwards."""
-    name = f"rmm-e2e-hello-{uuid.uuid4().hex[:8]}"
-    root = tmp_path / "pkg"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "usr/share" / name).mkdir(parents=True)
-    (root / "usr/share" / name / "hello").write_text("hello from a deployment\n")
-    (root / "DEBIAN/control").write_text(
-        f"Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: RMM tests <tests@example.invalid>\n"
-        "Description: a package built by the RMM's deployment test\n"
-    )
-    out = tmp_path / f"{name}.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)], check=True, capture_output=True)
-    yield name, out
-    subprocess.run(["dpkg", "--purge", name], capture_output=True)
-
-
 def rule(name: str) -> dict:
     return {"type": "package", "name": name, "version": "1.0-1"}
 
