@@ -131,3 +131,29 @@ def test_a_failing_detection_on_the_canary_halts_the_rollout_and_only_an_approve
     ring = DeploymentJob.objects.filter(batch_id=batch, ring=1)
     assert sorted(ring.values_list("status", flat=True)) == ["succeeded"] * 3
     assert issued(batch) == 7  # that ring done, the next one follows
+
+
+def test_the_kill_switch_stops_a_rollout_at_once(world, caller, site, django_capture_on_commit_callbacks):
+    plan = {"canary": 2, "ring_size": 3, "interval_seconds": 0, "failure_threshold_percent": 50}
+    body = {
+        "package": str(world["package"].pk),
+        "assets": [str(agent.asset_id) for agent in world["agents"]],
+        "psa_task_id": str(world["task"].pk),
+        "plan": plan,
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        batch = world["psa"].post("/api/v1/deployments/", body, format="json").json()["batch"]
+    assert run_round(world, django_capture_on_commit_callbacks, INSTALLED) == 2  # the canary installs
+    admin = caller("root", "admin")
+    with django_capture_on_commit_callbacks(execute=True):
+        r = admin.post("/api/v1/kill-switches/", {"scope": "site", "target": site.name, "reason": "bad build"})
+    assert r.status_code == 201, r.content
+
+    # The canary's detection reads, due next, are never issued; nothing else is ever released.
+    assert run_round(world, django_capture_on_commit_callbacks, INSTALLED) == 0
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.sweep(timezone.now() + timedelta(minutes=11))
+    assert issued(batch) == 2
+    jobs = DeploymentJob.objects.filter(batch_id=batch)
+    assert set(jobs.values_list("status", flat=True)) == {"aborted"}
+    assert world["psa"].get(f"/api/v1/batches/{batch}/").json()["status"] == "aborted"
