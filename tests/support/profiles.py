@@ -26,11 +26,13 @@ def approved_key(
     approve: bool = True,
     read: str = LINE_READ,
     parameters: tuple[str, ...] = ("path", "key"),
+    set_content: str = LINE_SET,
 ) -> ConfigKey:
     """A key with parameters ``path`` and ``key`` (or ``parameters``), its scripts approved (the
-    read script ``read``), and itself approved unless ``approve`` is false."""
+    read script ``read``, the set script ``set_content``), and itself approved unless ``approve``
+    is false."""
     read = approved_script(author, approver, name=f"{name}.read", content=read)
-    write = approved_script(author, approver, name=f"{name}.set", content=LINE_SET) if settable else None
+    write = approved_script(author, approver, name=f"{name}.set", content=set_content) if settable else None
     key = profiles.create_config_key(
         author,
         name=name,
