@@ -8,7 +8,7 @@ class ProfilesConfig(AppConfig):
 
     def ready(self):
         from evidence import types
-        from profiles import artefact, audits, kind  # noqa: F401 - kind registers the "profile_audit" job kind
+        from profiles import artefact, audits, enforcement, kind  # noqa: F401 - kind registers the job kinds
         from rmm.artefacts import registry as artefacts
         from rmm.outbox import services as outbox
 
@@ -16,6 +16,10 @@ class ProfilesConfig(AppConfig):
         types.register(audits.AUDIT_RESULT, "What a configuration audit read on an asset and each item's verdict")
         types.register(
             audits.DRIFT_REPORT, "Items of a profile whose compliance changed on an asset, found by an audit"
+        )
+        types.register(
+            enforcement.ENFORCEMENT_RESULT,
+            "An enforcement of a drifted item: the value before, the set script run, and the fresh read after",
         )
         outbox.register(audits.DRIFT_DETECTED, "An audit found items of a profile that no longer comply on an asset")
         outbox.register(audits.DRIFT_RESOLVED, "An audit found drifted items of a profile complying again")

@@ -23,6 +23,10 @@ from profiles.models import Comparison, ConfigurationItem, ObservationState, Val
 from rmm.core.text import display_text
 
 FORMAT = "rmm.profile_audit/1"
+ENFORCE_FORMAT = "rmm.profile_enforce/1"
+SET_TIMEOUT_SECONDS = 600  # an enforcement's set script (a package install may take a while)
+# the set script's environment beside its parameters: from the instruction's signed arguments
+SET_ENV = 'export RMM_COMPARISON="$2" RMM_DESIRED_VALUE="$4"; '
 ABSENT_EXIT = 3  # the read-script convention: the thing is absent
 ITEM_TIMEOUT_SECONDS = 30  # each read script, where the endpoint has `timeout`
 # Each value (and its stderr) is cut at this many bytes, fewer when there are many items, so that
@@ -63,23 +67,19 @@ def param_env_name(name: str) -> str:
 # --- rendering, one renderer per platform ---------------------------------------------------------
 
 
-def render_linux(items: list[ConfigurationItem]) -> Rendered:
-    """One POSIX sh script that runs each item's approved read script with its ``RMM_PARAM_*``
-    environment (in a subshell of its own, stdin /dev/null), captures stdout, stderr and the exit
-    code, and writes the document: to ``$RMM_RESULT_PATH`` when the agent gives one (protocol 2's
-    structured result), else to stdout. Every value is base64 in the document, so no byte a read
-    script prints can break the JSON; parameters and scripts are single-quoted for the shell."""
-    cap, stderr_cap = caps(len(items))
-    scripts: dict[str, int] = {}  # read script id -> its file number
-    lines = [
+def _prologue(title: str, cap: int, stderr_cap: int) -> list[str]:
+    """The start of every profile script: a private work folder removed at exit, ``$limit`` (the
+    read's timeout where the endpoint has ``timeout``) and ``emit ID CODE``, which appends one
+    entry of the document from the last run's output (``$dir/out``, ``$dir/err``)."""
+    return [
         "#!/bin/sh",
-        f"# Configuration audit: {len(items)} item(s), read only (docs/profiles.md).",
+        f"# {title} (docs/profiles.md).",
         "set -u",
         "umask 077",
         # relative: the run-as account may not reach its work directory by its absolute path
         'dir=$(mktemp -d ./audit.XXXXXX) || { echo "audit: no work folder" >&2; exit 70; }',
         "trap 'rm -rf \"$dir\"' EXIT",
-        f'limit=""; if command -v timeout >/dev/null 2>&1; then limit="timeout {ITEM_TIMEOUT_SECONDS}"; fi',
+        _limit("limit", ITEM_TIMEOUT_SECONDS),
         "b64() { base64 | tr -d '\\n'; }",
         "size() { wc -c < \"$1\" | tr -d ' '; }",
         'sep=""',
@@ -90,26 +90,54 @@ def render_linux(items: list[ConfigurationItem]) -> Rendered:
         "  sep=,",
         "}",
     ]
+
+
+def _limit(name: str, seconds: int) -> str:
+    return f'{name}=""; if command -v timeout >/dev/null 2>&1; then {name}="timeout {seconds}"; fi'
+
+
+def _script_file(script, number: int) -> str:
+    """The approved script's exact content, written once as ``$dir/s<number>``."""
+    return f"printf '%s' {shlex.quote(script.content)} > \"$dir/s{number}\""
+
+
+def _run(item: ConfigurationItem, script, number: int, *, limit: str = "$limit", env: str = "") -> str:
+    """Run one script for one item in a subshell of its own, its parameters exported as
+    ``RMM_PARAM_<NAME>`` (single-quoted: no value is ever run), stdin /dev/null, its stdout and
+    stderr kept for ``emit``."""
+    exports = "".join(
+        f"export {param_env_name(name)}={shlex.quote(value)}; " for name, value in sorted(item.parameters.items())
+    )
+    interpreter = INTERPRETERS.get(script.language, script.language)
+    return f'( {exports}{env}exec {limit} {interpreter} "$dir/s{number}" ) </dev/null >"$dir/out" 2>"$dir/err"'
+
+
+def _finish() -> list[str]:
+    return [
+        "printf ']}\\n' >> \"$dir/doc\"",
+        'if [ -n "${RMM_RESULT_PATH:-}" ]; then cat "$dir/doc" > "$RMM_RESULT_PATH"; else cat "$dir/doc"; fi',
+    ]
+
+
+def render_linux(items: list[ConfigurationItem]) -> Rendered:
+    """One POSIX sh script that runs each item's approved read script with its ``RMM_PARAM_*``
+    environment (in a subshell of its own, stdin /dev/null), captures stdout, stderr and the exit
+    code, and writes the document: to ``$RMM_RESULT_PATH`` when the agent gives one (protocol 2's
+    structured result), else to stdout. Every value is base64 in the document, so no byte a read
+    script prints can break the JSON; parameters and scripts are single-quoted for the shell."""
+    cap, stderr_cap = caps(len(items))
+    scripts: dict[str, int] = {}  # read script id -> its file number
+    lines = _prologue(f"Configuration audit: {len(items)} item(s), read only", cap, stderr_cap)
     for item in items:
         script = item.config_key.read_script
         if str(script.pk) not in scripts:
             scripts[str(script.pk)] = len(scripts)
-            lines.append(f"printf '%s' {shlex.quote(script.content)} > \"$dir/s{scripts[str(script.pk)]}\"")
+            lines.append(_script_file(script, scripts[str(script.pk)]))
     lines.append(f'printf \'{{"format":"{FORMAT}","items":[\' > "$dir/doc"')
     for item in items:
         script = item.config_key.read_script
-        exports = "".join(
-            f"export {param_env_name(name)}={shlex.quote(value)}; " for name, value in sorted(item.parameters.items())
-        )
-        interpreter = INTERPRETERS.get(script.language, script.language)
-        lines.append(
-            f'( {exports}exec $limit {interpreter} "$dir/s{scripts[str(script.pk)]}" ) '
-            f'</dev/null >"$dir/out" 2>"$dir/err"; emit {item.pk} $?'
-        )
-    lines += [
-        "printf ']}\\n' >> \"$dir/doc\"",
-        'if [ -n "${RMM_RESULT_PATH:-}" ]; then cat "$dir/doc" > "$RMM_RESULT_PATH"; else cat "$dir/doc"; fi',
-    ]
+        lines.append(f"{_run(item, script, scripts[str(script.pk)])}; emit {item.pk} $?")
+    lines += _finish()
     return Rendered(
         interpreter="sh",
         content="\n".join(lines) + "\n",
@@ -120,8 +148,45 @@ def render_linux(items: list[ConfigurationItem]) -> Rendered:
     )
 
 
+def enforcement_arguments(item: ConfigurationItem) -> list[str]:
+    """The enforcement instruction's arguments (signed with it): the item, its comparison, its
+    key's value type and its desired value. The script hands the comparison and the desired value
+    to the set script; the server judges the re-read by them (:func:`judge_enforcement`)."""
+    return [str(item.pk), item.comparison, item.config_key.value_type, item.desired_value]
+
+
+def render_enforcement_linux(item: ConfigurationItem) -> Rendered:
+    """One POSIX sh script for one item: its key's approved set script with the item's
+    ``RMM_PARAM_*``, ``RMM_COMPARISON`` and ``RMM_DESIRED_VALUE`` (from the signed arguments,
+    :func:`enforcement_arguments`), then its read script afresh, each kept as in an audit. The
+    document is an audit document of the one item with the set script's run beside it::
+
+        {"format": "rmm.profile_enforce/1", "set": [{"item": "set", ...}], "items": [{"item": <id>, ...}]}
+    """
+    key = item.config_key
+    cap, stderr_cap = caps(1)
+    lines = _prologue(f"Configuration enforcement: {key.name}, its set script then a fresh read", cap, stderr_cap)
+    lines += [
+        _limit("setlimit", SET_TIMEOUT_SECONDS),
+        _script_file(key.set_script, 0),
+        _script_file(key.read_script, 1),
+        f'printf \'{{"format":"{ENFORCE_FORMAT}","set":[\' > "$dir/doc"',
+        f"{_run(item, key.set_script, 0, limit='$setlimit', env=SET_ENV)}; emit set $?",
+        'printf \'],"items":[\' >> "$dir/doc"; sep=""',
+        f"{_run(item, key.read_script, 1)}; emit {item.pk} $?",
+        *_finish(),
+    ]
+    return Rendered(
+        interpreter="sh",
+        content="\n".join(lines) + "\n",
+        timeout_seconds=60 + SET_TIMEOUT_SECONDS + ITEM_TIMEOUT_SECONDS,
+        privileged=key.set_script.privileged or key.read_script.privileged,
+    )
+
+
 # platform -> renderer; a PowerShell renderer for windows keys plugs in here
 RENDERERS: dict[str, Callable[[list[ConfigurationItem]], Rendered]] = {"linux": render_linux}
+ENFORCEMENT_RENDERERS: dict[str, Callable[[ConfigurationItem], Rendered]] = {"linux": render_enforcement_linux}
 
 
 def platform_of(items: list[ConfigurationItem]) -> str:
@@ -167,9 +232,9 @@ def _int(value, where: str) -> int:
     return value
 
 
-def parse(result: dict) -> dict[str, Reading]:
-    """The readings by item id, from the result's structured document or else its stdout (an agent
-    without structured results). Raises :class:`AuditOutputError` when neither is one."""
+def _document(result: dict, fmt: str) -> dict:
+    """The result's structured document, or else its stdout read as JSON (an agent without
+    structured results), when it is a ``fmt`` document."""
     document = result.get("structured")
     if document is None:
         stdout = result.get("stdout") or b""
@@ -177,23 +242,42 @@ def parse(result: dict) -> dict[str, Reading]:
             document = json.loads(stdout)
         except (ValueError, UnicodeDecodeError) as exc:
             truncated = " (its output was truncated)" if result.get("stdout_truncated") else ""
-            raise AuditOutputError(f"the output is not an audit document{truncated}") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise AuditOutputError(f"the output is not a {FORMAT} document")
-    entries = document.get("items")
+            raise AuditOutputError(
+                f"the output is not {'an audit' if fmt == FORMAT else 'an enforcement'} document{truncated}"
+            ) from exc
+    if not isinstance(document, dict) or document.get("format") != fmt:
+        raise AuditOutputError(f"the output is not a {fmt} document")
+    return document
+
+
+def _readings(document: dict, name: str) -> dict[str, Reading]:
+    entries = document.get(name)
     if not isinstance(entries, list):
-        raise AuditOutputError("the document has no item list")
+        raise AuditOutputError(f"the document has no {'item' if name == 'items' else name} list")
     readings = {}
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("item"), str):
-            raise AuditOutputError(f"items[{n}] names no item")
+            raise AuditOutputError(f"{name}[{n}] names no item")
         readings[entry["item"]] = Reading(
-            exit_code=_int(entry.get("exit_code"), f"items[{n}].exit_code"),
-            stdout=_b64(entry.get("stdout"), f"items[{n}].stdout"),
-            stdout_bytes=_int(entry.get("stdout_bytes"), f"items[{n}].stdout_bytes"),
-            stderr=_b64(entry.get("stderr", ""), f"items[{n}].stderr"),
+            exit_code=_int(entry.get("exit_code"), f"{name}[{n}].exit_code"),
+            stdout=_b64(entry.get("stdout"), f"{name}[{n}].stdout"),
+            stdout_bytes=_int(entry.get("stdout_bytes"), f"{name}[{n}].stdout_bytes"),
+            stderr=_b64(entry.get("stderr", ""), f"{name}[{n}].stderr"),
         )
     return readings
+
+
+def parse(result: dict) -> dict[str, Reading]:
+    """The readings by item id, from the result's structured document or else its stdout (an agent
+    without structured results). Raises :class:`AuditOutputError` when neither is one."""
+    return _readings(_document(result, FORMAT), "items")
+
+
+def parse_enforcement(result: dict) -> tuple[Reading | None, dict[str, Reading]]:
+    """An enforcement's document: (the set script's run, None when it is missing; the re-read's
+    readings by item id). Raises :class:`AuditOutputError` when the output is no such document."""
+    document = _document(result, ENFORCE_FORMAT)
+    return _readings(document, "set").get("set"), _readings(document, "items")
 
 
 # --- comparing ------------------------------------------------------------------------------------
@@ -271,3 +355,44 @@ def compare(comparison: str, value_type: str, desired: str, reading: Reading | N
         return _error(held, shown)
     state = ObservationState.COMPLIANT if held else ObservationState.NON_COMPLIANT
     return Verdict(state, shown, f"{comparison} {desired!r}")
+
+
+# --- an enforcement's outcome ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enforced:
+    """What an enforcement's instruction did: the set script's run (None when the output has none)
+    and the re-read's verdict, and why the enforcement failed ("" when the re-read complies and the
+    set script exited 0)."""
+
+    set_run: Reading | None
+    readings: dict[str, Reading]
+    verdict: Verdict
+    failure: str
+
+
+def enforcement_outcome(arguments: list[str], result: dict) -> Enforced:
+    """Judge an enforcement by its re-read, never by the set script's exit code alone: the item
+    complies only when the fresh read says so. ``arguments`` are the instruction's signed ones
+    (:func:`enforcement_arguments`), so the judgement needs nothing from the endpoint but its
+    readings."""
+    item_id, comparison, value_type, desired = arguments
+    try:
+        set_run, readings = parse_enforcement(result)
+    except AuditOutputError as exc:
+        return Enforced(None, {}, _error(str(exc)), str(exc))
+    verdict = compare(comparison, value_type, desired, readings.get(item_id), value_cap(1))
+    if set_run is None:
+        failure = "the set script's run is missing from the output"
+    elif set_run.exit_code != 0:
+        stderr = set_run.stderr.decode("utf-8", "replace").strip()
+        failure = f"the set script exited {set_run.exit_code}" + (f": {stderr[:300]}" if stderr else "")
+    elif verdict.state != ObservationState.COMPLIANT:
+        shown = "absent" if verdict.observed_value is None else repr(verdict.observed_value[:100])
+        failure = (
+            f"the set script exited 0 but the re-read is {verdict.state}: {shown} ({verdict.reason or comparison})"
+        )
+    else:
+        failure = ""
+    return Enforced(set_run, readings, verdict, failure)

@@ -214,6 +214,56 @@ class ConfigurationAuditJob(JobBase):
         return f"audit of {self.assignment.profile.name} on {self.asset}"
 
 
+class ConfigurationEnforcementJob(JobBase):
+    """One enforcement of one drifted enforce-mode item on one asset (job kind ``profile_enforce``,
+    :mod:`profiles.kind`): its key's set script with the item's parameters and desired value, then
+    a fresh read in the same instruction. Created from an audit that found the item non-compliant,
+    on the assignment's PSA task and under the assignment's approval (:mod:`profiles.enforcement`).
+    The item is compliant again only when the re-read says so."""
+
+    assignment = models.ForeignKey(AssetConfigurationProfile, on_delete=models.PROTECT, related_name="enforcement_jobs")
+    profile_revision = models.ForeignKey(ConfigurationProfileRevision, on_delete=models.PROTECT, related_name="+")
+    item = models.ForeignKey(ConfigurationItem, on_delete=models.PROTECT, related_name="enforcement_jobs")
+    asset = models.ForeignKey(
+        "inventory.Asset", on_delete=models.PROTECT, related_name="configuration_enforcement_jobs"
+    )
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="+")
+    audit_job = models.ForeignKey(
+        ConfigurationAuditJob,
+        on_delete=models.PROTECT,
+        related_name="enforcement_jobs",
+        help_text="The audit that found the drift.",
+    )
+    # the before value: the observation that triggered it, as it was then
+    before_value = models.TextField(null=True, blank=True)
+    before_state = models.CharField(max_length=20)
+    before_observed_at = models.DateTimeField()
+    before_evidence = models.ForeignKey(
+        "evidence.RmmEvidence",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The audit's evidence record that read the before value.",
+    )
+    # the after value: what the re-read found ("" and null until it reported)
+    after_value = models.TextField(null=True, blank=True)
+    after_state = models.CharField(max_length=20, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(JobBase.Meta):
+        db_table = "configuration_enforcement_jobs"
+        ordering = ["-created_at"]
+        indexes = [
+            *job_indexes("enforce_job"),
+            models.Index(fields=["asset", "item", "status"], name="enforce_job_item_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"enforcement of {self.item} on {self.asset}"
+
+
 class ObservationState(models.TextChoices):
     COMPLIANT = "compliant"
     NON_COMPLIANT = "non_compliant"
@@ -240,20 +290,32 @@ class ConfigurationObservation(models.Model):
     known_state = models.CharField(max_length=20, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     reason = models.TextField(blank=True, help_text="Why the state is an error, or what was compared.")
-    audit_job = models.ForeignKey(ConfigurationAuditJob, on_delete=models.PROTECT, related_name="+")
+    # the job that read it: an audit, or an enforcement's re-read (exactly one)
+    audit_job = models.ForeignKey(
+        ConfigurationAuditJob, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    enforcement_job = models.ForeignKey(
+        ConfigurationEnforcementJob, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     evidence = models.ForeignKey(
         "evidence.RmmEvidence",
         on_delete=models.SET_NULL,  # a retention run may delete evidence; the observation stays
         null=True,
         blank=True,
         related_name="+",
-        help_text="The audit's evidence record (its instruction's result).",
+        help_text="The evidence record of the instruction that read it (an audit's or an enforcement's).",
     )
 
     class Meta:
         db_table = "configuration_observations"
         ordering = ["asset", "item"]
-        constraints = [models.UniqueConstraint(fields=["asset", "item"], name="observation_asset_item")]
+        constraints = [
+            models.UniqueConstraint(fields=["asset", "item"], name="observation_asset_item"),
+            models.CheckConstraint(
+                condition=models.Q(audit_job__isnull=True) ^ models.Q(enforcement_job__isnull=True),
+                name="observation_read_by_one_job",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.item} on {self.asset_id}: {self.state}"
@@ -273,7 +335,13 @@ class ConfigurationDriftEvent(models.Model):
     to_state = models.CharField(max_length=20, choices=ObservationState.choices)
     observed_value = models.TextField(null=True, blank=True)
     detected_at = models.DateTimeField()
-    audit_job = models.ForeignKey(ConfigurationAuditJob, on_delete=models.PROTECT, related_name="+")
+    # the job whose read found the change: an audit, or an enforcement's re-read (exactly one)
+    audit_job = models.ForeignKey(
+        ConfigurationAuditJob, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    enforcement_job = models.ForeignKey(
+        ConfigurationEnforcementJob, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     evidence = models.ForeignKey(
         "evidence.RmmEvidence",
         on_delete=models.SET_NULL,
@@ -287,6 +355,12 @@ class ConfigurationDriftEvent(models.Model):
         db_table = "configuration_drift_events"
         ordering = ["-detected_at"]
         indexes = [models.Index(fields=["asset", "detected_at"], name="drift_asset_time_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(audit_job__isnull=True) ^ models.Q(enforcement_job__isnull=True),
+                name="drift_found_by_one_job",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.item} on {self.asset_id}: {self.from_state or 'unread'} → {self.to_state}"

@@ -164,6 +164,7 @@ class DriftEventSerializer(serializers.ModelSerializer):
             "observed_value",
             "detected_at",
             "audit_job",
+            "enforcement_job",
             "evidence",
         ]
         read_only_fields = fields
@@ -176,11 +177,12 @@ class DriftEventFilter(django_filters.FilterSet):
     profile = django_filters.UUIDFilter(field_name="profile_id")
     item = django_filters.UUIDFilter(field_name="item_id")
     audit_job = django_filters.UUIDFilter(field_name="audit_job_id")
+    enforcement_job = django_filters.UUIDFilter(field_name="enforcement_job_id")
     to_state = django_filters.ChoiceFilter(choices=ObservationState.choices)
 
     class Meta:
         model = ConfigurationDriftEvent
-        fields = ["asset", "profile", "item", "to_state", "audit_job"]
+        fields = ["asset", "profile", "item", "to_state", "audit_job", "enforcement_job"]
 
 
 class DriftEventViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):

@@ -3,12 +3,13 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from profiles.api import audits
+from profiles.api import audits, enforcement
 
 router = SimpleRouter()  # the API root stays rmm/urls.py's
 # audits, observations and drift
 router.register("audit-jobs", audits.AuditJobViewSet, basename="audit-job")
 router.register("drift-events", audits.DriftEventViewSet, basename="drift-event")
+router.register("enforcement-jobs", enforcement.EnforcementJobViewSet, basename="enforcement-job")
 
 urlpatterns = [
     path("profile-assignments/<uuid:pk>/audit/", audits.AuditView.as_view(), name="profile-assignment-audit"),

@@ -58,6 +58,17 @@ class InstructionSpec:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """A second person's decision that already covers the jobs being created (a profile
+    assignment approved for enforcement covers each enforcement job it makes): they queue without
+    an approval each. ``covers`` says which decision, for the history."""
+
+    by: Any  # the approver (a user); never the jobs' requester (Law 8), or the approval counts for nothing
+    at: Any  # when it was decided
+    covers: str
+
+
+@dataclass(frozen=True)
 class NewJob:
     """What a kind makes of the caller's parameters, the same for each asset's job."""
 
@@ -70,6 +81,9 @@ class NewJob:
     names: dict[str, str] = field(default_factory=dict)
     # more of the kind's fields for the job.created event
     created: dict[str, Any] = field(default_factory=dict)
+    # a decision already made by a second person that covers these jobs: they are created
+    # decided (decided_by, decided_at) and queued, past both approval gates
+    approved: Approval | None = None
 
 
 def signed_instruction(inst) -> dict:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tests.e2e.flows import (
     run_job,
     tokens,
     upload_package,
+    wait_for,
 )
 from tests.e2e.server import ROOT, Server
 from tests.patching import documents
@@ -104,6 +106,44 @@ def seed_audit(server, w) -> dict:
     return {"assignment": assignment, "job": job, "drift": drift["id"]}
 
 
+def seed_enforcement(server, w) -> str:
+    """A profile whose one enforce-mode item reads a file that does not exist, assigned by the
+    technician and approved by an approver; its audit's drift makes an enforcement job (by the
+    task cluster), left queued: its id."""
+    path = f"/tmp/rmm-fuzz-absent-{uuid.uuid4().hex}"
+    item = {"config_key": "linux.file_mode", "parameters": {"path": path}, "comparison": "equals"}
+    item.update(desired_value="600", enforcement_mode="enforce")
+    body = {"name": "fuzz-enforce", "profile_type": "hardening", "items": [item]}
+    r = server.request("POST", "/api/v1/profiles/", body, w["tech"])
+    assert r.status == 201, r.body
+    r = server.request(
+        "POST",
+        "/api/v1/profile-assignments/",
+        {"profile": r.json()["id"], "asset": w["asset"], "psa_task_id": w["task"]},
+        w["tech"],
+    )
+    assert r.status == 201 and r.json()["status"] == "awaiting_approval", r.body
+    assignment = r.json()["id"]
+    [boss] = tokens(server, {"fuzz-boss": "approver"})
+    r = server.request("POST", f"/api/v1/profile-assignments/{assignment}/approve/", None, boss)
+    assert r.status == 200, r.body
+    r = server.request("POST", f"/api/v1/profile-assignments/{assignment}/audit/", None, w["psa"])
+    assert r.status == 202, r.body
+    [job] = r.json()["jobs"]
+    for _ in range(3):  # one instruction at a time per asset
+        agent_once(server, w)
+        if server.request("GET", f"/api/v1/audit-jobs/{job}/", token=w["psa"]).json()["status"] == "succeeded":
+            break
+    found = wait_for(
+        lambda: server.request("GET", f"/api/v1/enforcement-jobs/?assignment={assignment}", token=w["psa"]).json()[
+            "results"
+        ],
+        30,
+        "the enforcement job",
+    )
+    return found[0]["id"]
+
+
 def seed_world(server) -> dict:
     """Real objects of every kind the API serves, made through its public doors."""
     w = make_world(server)
@@ -143,6 +183,7 @@ def seed_world(server) -> dict:
     )
     assert assignment.status == 201, assignment.body
     audit = seed_audit(server, w)
+    enforcement = seed_enforcement(server, w)
     pending_package = upload_package(server, w["tech"], "fuzz-pending", b"pending bytes")
     package = upload_package(
         server, w["tech"], "fuzz-deployed", b"deployed bytes", detection={"type": "file", "path": "/x"}
@@ -189,6 +230,7 @@ def seed_world(server) -> dict:
             "/api/v1/profiles/": [profile],
             "/api/v1/profile-assignments/": [assignment.json()["id"], audit["assignment"]],
             "/api/v1/audit-jobs/": [audit["job"]],
+            "/api/v1/enforcement-jobs/": [enforcement],
             "/api/v1/drift-events/": [audit["drift"]],
             "/api/v1/packages/": [pending_package["id"], package["id"]],
             "/api/v1/deployment-jobs/": [deployment],

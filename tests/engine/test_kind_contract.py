@@ -24,7 +24,7 @@ from rmm.history.models import HistoryEvent
 from rmm_agent.results import make_result
 from tests.helpers import approved_authority, make_agent
 from tests.stepkind.jobs import create_step_job
-from tests.support.kind_examples import EXAMPLES, World
+from tests.support.kind_examples import EXAMPLES, World, stdout_of
 
 KINDS = sorted(kind.name for kind in registry.all_kinds())
 
@@ -51,7 +51,7 @@ def lease(w, now=None):
 
 
 def report(w, inst, *, exit_code=0, outcome="completed"):
-    body = make_result(str(inst.pk), outcome, exit_code=exit_code, stdout=f"step {inst.step}\n")
+    body = make_result(str(inst.pk), outcome, exit_code=exit_code, stdout=stdout_of(inst, f"step {inst.step}\n"))
     return engine.ingest_result(w.agent, body)
 
 
@@ -291,7 +291,7 @@ def test_one_step_jobs_taken_in_together_end_and_have_evidence_as_one_at_a_time(
     leased = [lease(one) for one in worlds]
     assert [[inst.job_id for inst in insts] for insts in leased] == [[job.pk] for job in jobs]
     reports = [
-        (one.agent, make_result(str(inst.pk), "completed", exit_code=int(n == 1), stdout=f"job {n}\n"))
+        (one.agent, make_result(str(inst.pk), "completed", exit_code=int(n == 1), stdout=stdout_of(inst, f"job {n}\n")))
         for n, (one, [inst]) in enumerate(zip(worlds, leased, strict=True))
     ]
     assert engine.ingest_results(reports) == [(201, {"status": "accepted"})] * 3

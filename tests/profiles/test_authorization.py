@@ -118,6 +118,16 @@ ROWS = [
     api("GET", "/api/v1/drift-events/{drift_event}/", 200, 404, hidden=("drift_event",)),
     api("GET", "/api/v1/audit-jobs/", 200, shows=(("audit_job", IN),)),
     api("GET", "/api/v1/audit-jobs/{audit_job}/", 200, 404, hidden=("audit_job",)),
+    # --- enforcement jobs: per site, like jobs (the one in the world is alpha's)
+    api("GET", "/api/v1/enforcement-jobs/", 200, shows=(("enforcement_job", IN),)),
+    api(
+        "GET",
+        "/api/v1/enforcement-jobs/?assignment={assignment}",
+        200,
+        shows=(("enforcement_job", IN),),
+        hidden=("assignment",),
+    ),
+    api("GET", "/api/v1/enforcement-jobs/{enforcement_job}/", 200, 404, hidden=("enforcement_job",)),
     # --- admin (read-only)
     page("GET", "/admin/profiles/configkey/", only(STAFF, 200, 302), shows=(("config_key_pending", callers(STAFF)),)),
     page("GET", "/admin/profiles/configurationprofile/{profile}/change/", only(STAFF, 200, 302)),

@@ -57,7 +57,7 @@ from rmm.inventory import services as inventory
 from rmm.outbox import services as outbox
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, otp_login, report
-from tests.support.profiles import approved_key, audited
+from tests.support.profiles import approved_key, audited, enforcement_row
 
 # --- who ---------------------------------------------------------------------------------------
 
@@ -240,6 +240,7 @@ def build_world(storage: str) -> World:
     leased = heartbeat(agent_auth)["instructions"]
     assert report(agent_auth, json.loads(leased[0]["payload"])["instruction_id"], exit_code=1).status_code == 201
     audit_ids = audited(psa, assignment, agent_auth)  # the assignment's audit and its drift
+    audit_ids["enforcement_job"] = enforcement_row(assignment, audit_ids["audit_job"], author, boss)
     hold = evidence.place_hold(root, site_ref="alpha", reason="matrix hold")
     access_services.issue_token(author, name="a third party's")
     token_other = ApiToken.objects.get(user=author, name="a third party's")

@@ -5,16 +5,20 @@ A new job kind adds its example here; the contract test fails for a registered k
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import NamedTemporaryFile
 from typing import Any
 
+from django.utils import timezone
+
 from deployment import services as deployment
 from profiles import services as profiles
-from profiles.models import AssetConfigurationProfile
+from profiles.models import AssetConfigurationProfile, ConfigurationAuditJob, ConfigurationObservation
 from rmm.artefacts import services as artefacts
 from rmm.engine import services as engine
 from rmm.inventory import services as inventory
@@ -145,10 +149,106 @@ class AuditExample:
         )
 
 
+class EnforcementExample:
+    """An enforcement is one step (the set script, then a fresh read) on one drifted item, under an
+    assignment a second person approved; with ``requires_approval`` the approval is the
+    requester's own, which covers nothing, and the site wants a second person for the PSA's
+    self-authorized jobs. The contract's agent reports an enforcement document whose re-read
+    complies (:meth:`stdout`)."""
+
+    steps = (1,)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        if profiles.usable_key("contract.settable") is None:
+            approved_key(
+                w.tech, w.boss, name="contract.settable", parameters=("value",), read='echo "$RMM_PARAM_VALUE"\n'
+            )
+        profile = profiles.create_profile(
+            w.tech,
+            name=f"contract-{uuid.uuid4().hex[:8]}",
+            profile_type="contract",
+            items=[
+                {
+                    "config_key": "contract.settable",
+                    "parameters": {"value": "a"},
+                    "desired_value": "b",
+                    "comparison": "equals",
+                    "enforcement_mode": "enforce",
+                }
+            ],
+        )
+        revision = profile.current_revision
+        assignment = AssetConfigurationProfile.objects.create(
+            profile=profile,
+            asset=w.agent.asset,
+            psa_task=w.task,
+            status="active",
+            requested_by=w.psa,
+            approved_revision=revision,
+            decided_by=w.psa if requires_approval else w.boss,
+            decided_at=timezone.now(),
+        )
+        if requires_approval:
+            inventory.set_site_policy("cli:rmm_site_policy", w.site, allow_self_authorized_jobs=False)
+        audit = ConfigurationAuditJob.objects.create(
+            assignment=assignment,
+            profile_revision=revision,
+            asset=w.agent.asset,
+            psa_task=w.task,
+            site=w.site,
+            status="succeeded",
+            requested_by=w.psa,
+        )
+        observation = ConfigurationObservation.objects.create(
+            asset=w.agent.asset,
+            item=revision.items.get(),
+            profile_revision=revision,
+            observed_value="a",
+            observed_at=timezone.now(),
+            compliant=False,
+            state="non_compliant",
+            known_state="non_compliant",
+            exit_code=0,
+            audit_job=audit,
+        )
+        return engine.create_job(
+            w.psa,
+            "profile_enforce",
+            asset_id=w.agent.asset_id,
+            psa_task_id=w.task.pk,
+            assignment_id=assignment.pk,
+            observation_id=observation.pk,
+        )
+
+    @staticmethod
+    def stdout(inst) -> str:
+        """What the endpoint prints: the set script ran, and the re-read finds the desired value."""
+        item, _, _, desired = inst.arguments
+        entry = {
+            "exit_code": 0,
+            "stdout_bytes": len(desired) + 1,
+            "stdout": base64.b64encode(f"{desired}\n".encode()).decode(),
+        }
+        return json.dumps(
+            {
+                "format": "rmm.profile_enforce/1",
+                "set": [{"item": "set", "exit_code": 0, "stdout_bytes": 0, "stdout": ""}],
+                "items": [{"item": item, **entry}],
+            }
+        )
+
+
+def stdout_of(inst, default: str) -> str:
+    """What the contract's agent prints for an instruction: its kind's example says, or ``default``."""
+    example = EXAMPLES.get(inst.job_kind)
+    return example.stdout(inst) if hasattr(example, "stdout") else default
+
+
 EXAMPLES = {
     "script": ScriptExample(),
     "step": StepExample(),
     "agent_update": UpdateExample(),
     "deployment": DeploymentExample(),
     "profile_audit": AuditExample(),
+    "profile_enforce": EnforcementExample(),
 }

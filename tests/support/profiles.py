@@ -26,11 +26,13 @@ def approved_key(
     approve: bool = True,
     read: str = LINE_READ,
     parameters: tuple[str, ...] = ("path", "key"),
+    set_content: str = LINE_SET,
 ) -> ConfigKey:
     """A key with parameters ``path`` and ``key`` (or ``parameters``), its scripts approved (the
-    read script ``read``), and itself approved unless ``approve`` is false."""
+    read script ``read``, the set script ``set_content``), and itself approved unless ``approve``
+    is false."""
     read = approved_script(author, approver, name=f"{name}.read", content=read)
-    write = approved_script(author, approver, name=f"{name}.set", content=LINE_SET) if settable else None
+    write = approved_script(author, approver, name=f"{name}.set", content=set_content) if settable else None
     key = profiles.create_config_key(
         author,
         name=name,
@@ -75,3 +77,31 @@ def audited(psa, assignment, agent_auth) -> dict:
         "audit_job": str(job.pk),
         "drift_event": str(ConfigurationDriftEvent.objects.get(audit_job=job).pk),
     }
+
+
+def enforcement_row(assignment, audit_job_id: str, requester, approver) -> str:
+    """An enforcement job of the assignment's first item, as one that ran and failed (a row only,
+    no instruction: nothing for the world's agent to lease): its id, for the authorization matrix."""
+    from django.utils import timezone
+
+    from profiles.models import ConfigurationEnforcementJob
+
+    revision = assignment.profile.current_revision
+    job = ConfigurationEnforcementJob.objects.create(
+        assignment=assignment,
+        profile_revision=revision,
+        item=revision.items.order_by("position").first(),
+        asset_id=assignment.asset_id,
+        psa_task_id=assignment.psa_task_id,
+        site_id=assignment.asset.site_id,
+        audit_job_id=audit_job_id,
+        before_value="x",
+        before_state="non_compliant",
+        before_observed_at=timezone.now(),
+        status="failed",
+        status_reason="the set script exited 1",
+        requested_by=requester,
+        decided_by=approver,
+        decided_at=timezone.now(),
+    )
+    return str(job.pk)

@@ -86,6 +86,7 @@ def _create(
     site = task.case.site
     _refuse_if_switched(user, action, site.pk, assets, one)
     status, reason, self_written = _first_status(new, task, user, site)
+    decided = {"decided_by": new.approved.by, "decided_at": new.approved.at} if "approved_by" in self_written else {}
     jobs = [
         kind.model(
             **new.fields,
@@ -95,6 +96,7 @@ def _create(
             status=status,
             status_reason=reason,
             requested_by=user,
+            **decided,
         )
         for asset in assets
     ]
@@ -272,7 +274,14 @@ def _refuse_if_switched(user, action: str, site_id, assets: list, one: bool, *, 
 def _first_status(new: registry.NewJob, task: PsaTask, user, site) -> tuple[str, str, dict]:
     """A new job waits for an approver when its requester wrote the authority it cites and the
     site's policy wants a second person, or when the kind's artefact asks for one; else it is
-    queued."""
+    queued. A second person's decision that already covers it (``new.approved``, never the
+    requester's own: Law 8) queues it past both gates."""
+    if new.approved is not None and new.approved.by is not None and new.approved.by.pk != user.pk:
+        return (
+            JobStatus.QUEUED,
+            "",
+            {"approved_by": new.approved.by.get_username(), "approval": new.approved.covers},
+        )
     if authority_services.self_authorized(task, user, site):
         return JobStatus.AWAITING_APPROVAL, authority_services.SELF_AUTHORIZED, {"self_authorized": True}
     if new.requires_approval:
