@@ -3,8 +3,6 @@ profile's revision in one instruction; the server compares (:mod:`profiles.audit
 
 from __future__ import annotations
 
-import hashlib
-
 from profiles import auditing, audits
 from profiles.models import (
     AssetConfigurationProfile,
@@ -81,13 +79,7 @@ def evidence_document(job: ConfigurationAuditJob, inst, stored: audits.Audited |
         "authority": {"psa_task_id": task.pk, "psa_case_id": task.case_id, "psa_task_title": task.title},
         "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},
         "result": {
-            "status": inst.status,
-            "outcome": inst.outcome or inst.status,
-            "exit_code": inst.exit_code,
-            "reason": inst.reason,
-            "hash": inst.result_hash or None,
-            "stdout": display_text(stdout)[0] if stdout is not None else None,
-            "stdout_sha256": hashlib.sha256(stdout).hexdigest() if stdout is not None else None,
+            **registry.reported_result(inst, stdout),
             "stderr": display_text(result["stderr"])[0] if stored is not None else None,
             "structured": inst.structured,
             "late": late,
