@@ -304,10 +304,12 @@ def release(request: PatchJob) -> int:
 
 def release_due(request_id) -> int:
     """The schedule's call at ``scheduled_for``: a request still scheduled is released."""
-    request = PatchJob.objects.select_related("decided_by").filter(pk=request_id).first()
-    if request is None or request.status != PatchJobStatus.SCHEDULED:
+    # Claimed by a conditional update: a schedule run twice (two task workers) releases it once.
+    if not PatchJob.objects.filter(pk=request_id, status=PatchJobStatus.SCHEDULED).update(
+        status=PatchJobStatus.RELEASED
+    ):
         return 0
-    return release(request)
+    return release(PatchJob.objects.select_related("decided_by").get(pk=request_id))
 
 
 def reject(user, request: PatchJob, reason: str) -> PatchJob:
