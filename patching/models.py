@@ -1,9 +1,13 @@
-"""Seed C, patch management: the patch catalog (what fixes exist, from imported advisories) and each
-asset's patch state. Patch jobs, scans and scanner findings come in later parts of issue 16."""
+"""Seed C, patch management: the patch catalog (what fixes exist, from imported advisories and from
+what scans report), each asset's patch state, scans and patch jobs. Scanner findings come in a
+later part of issue 16."""
 
 import uuid
 
+from django.conf import settings
 from django.db import models
+
+from rmm.engine.models import JobBase, job_indexes
 
 
 class Severity(models.IntegerChoices):
@@ -24,6 +28,7 @@ class Severity(models.IntegerChoices):
 class CatalogSource(models.TextChoices):
     CSAF = "csaf", "CSAF 2.0 advisory"
     DEBIAN_TRACKER = "debian_tracker", "Debian security tracker"
+    SCAN = "scan", "Reported by a scan"
 
 
 class PatchCatalog(models.Model):
@@ -107,3 +112,106 @@ class AssetPatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.patch} on {self.asset_id}: {self.status}"
+
+
+class AssetPatchScan(models.Model):
+    """What an asset's last scan reported, as a digest: a scan that reports the same as the last
+    one writes nothing (issue 16: 10,000 assets × 2,000 packages are not rewritten every day)."""
+
+    asset = models.OneToOneField("inventory.Asset", on_delete=models.CASCADE, primary_key=True, related_name="+")
+    family = models.CharField(max_length=20, help_text="dpkg, rpm or wua: how the endpoint reports packages.")
+    vendor = models.CharField(max_length=100, help_text="The distribution (os-release ID) or microsoft.")
+    digest = models.CharField(max_length=64, help_text="sha256 of the last scan's parsed report; empty: read anew.")
+    scanned_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "asset_patch_scans"
+
+    def __str__(self) -> str:
+        return f"last scan of {self.asset_id}: {self.family} {self.vendor}"
+
+
+class PatchScanJob(JobBase):
+    """One read-only scan of one asset (job kind ``patch_scan``): what is installed and what is
+    available; the server parses the report and writes the asset's patch state."""
+
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="patch_scan_jobs")
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="patch_scan_jobs")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(JobBase.Meta):
+        db_table = "patch_scan_jobs"
+        ordering = ["-created_at"]
+        indexes = job_indexes("patch_scan")
+
+    def __str__(self) -> str:
+        return f"patch scan of {self.asset_id}"
+
+
+class RebootPolicy(models.TextChoices):
+    NEVER = "never"
+    IF_REQUIRED = "if_required"  # when the endpoint says so (/var/run/reboot-required)
+    ALWAYS = "always"
+
+
+class PatchJobStatus(models.TextChoices):
+    """The request's own decisions; once released, its status is its batch's."""
+
+    AWAITING_APPROVAL = "awaiting_approval"
+    SCHEDULED = "scheduled"  # approved, held until scheduled_for
+    REJECTED = "rejected"
+    RELEASED = "released"  # its jobs are queued: the batch's status tells the rest
+
+
+class PatchJob(models.Model):
+    """Seed C ``patch_jobs``: one request to install patches on many assets, on a PSA task's
+    authority, at ``scheduled_for``, with a reboot policy. It runs as an engine batch of one
+    :class:`PatchInstallJob` per asset, and a second person approves or rejects it whole."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Set on every request that exists: one the engine refuses is deleted with its refusal recorded.
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, null=True, related_name="patch_jobs")
+    psa_case = models.ForeignKey("authority.PsaCase", on_delete=models.PROTECT, null=True, related_name="patch_jobs")
+    site = models.ForeignKey("inventory.Site", on_delete=models.PROTECT, null=True, related_name="+")
+    scheduled_for = models.DateTimeField()
+    reboot_policy = models.CharField(max_length=20, choices=RebootPolicy.choices)
+    status = models.CharField(max_length=20, choices=PatchJobStatus.choices)
+    patches = models.ManyToManyField(PatchCatalog, blank=True, related_name="+", db_table="patch_job_patches")
+    min_severity = models.PositiveSmallIntegerField(choices=Severity.choices, null=True, blank=True)
+    batch = models.ForeignKey("engine.Batch", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "patch_jobs"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"patch job {self.pk} ({self.status})"
+
+
+class PatchInstallJob(JobBase):
+    """One asset's part of a patch job (job kind ``patch``): install the exact versions, reboot as
+    the policy and the endpoint say, then scan again; only that scan marks a patch installed."""
+
+    patch_job = models.ForeignKey(PatchJob, on_delete=models.PROTECT, related_name="jobs")
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="patch_install_jobs")
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="patch_install_jobs")
+    packages = models.JSONField(default=list, help_text="[[product, version], ...] to install.")
+    family = models.CharField(max_length=20, default="dpkg", help_text="How the asset installs: dpkg or rpm.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(JobBase.Meta):
+        db_table = "patch_install_jobs"
+        ordering = ["-created_at"]
+        indexes = job_indexes("patch_inst")
+
+    def __str__(self) -> str:
+        return f"patch install on {self.asset_id}"

@@ -5,8 +5,6 @@ fresh read in one instruction; the re-read decides (:mod:`profiles.enforcement`)
 
 from __future__ import annotations
 
-import hashlib
-
 from profiles import auditing, audits, enforcement
 from profiles.models import (
     AssetConfigurationProfile,
@@ -63,24 +61,12 @@ def prepare(*, assignment_id) -> registry.NewJob:
     )
 
 
-def _streams(result: dict | None) -> dict:
-    """The result's stdout (as text, with its sha256) and stderr; None each when nothing was reported."""
+def _result(inst, result: dict | None, late: bool) -> dict:
+    """What the evidence says of a step's result: the engine's reading, with stderr and the document."""
     stdout = result.get("stdout") if result is not None else None
     return {
-        "stdout": display_text(stdout)[0] if stdout is not None else None,
-        "stdout_sha256": hashlib.sha256(stdout).hexdigest() if stdout is not None else None,
+        **registry.reported_result(inst, stdout),
         "stderr": display_text(result["stderr"])[0] if result is not None else None,
-    }
-
-
-def _result(inst, result: dict | None, late: bool) -> dict:
-    return {
-        "status": inst.status,
-        "outcome": inst.outcome or inst.status,
-        "exit_code": inst.exit_code,
-        "reason": inst.reason,
-        "hash": inst.result_hash or None,
-        **_streams(result),
         "structured": inst.structured,
         "late": late,
     }

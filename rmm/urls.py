@@ -7,6 +7,7 @@ from rest_framework.routers import DefaultRouter
 from deployment.api.views import AssetSoftwareView, DeploymentJobViewSet, DeploymentViewSet, PackageViewSet
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
+from patching.api.jobs import PatchJobViewSet, PatchScanViewSet
 from patching.api.views import AssetPatchesView, PatchCatalogViewSet
 from profiles.api.assignments import ProfileAssignmentViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
@@ -35,6 +36,8 @@ router.register("packages", PackageViewSet, basename="package")
 router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("deployment-jobs", DeploymentJobViewSet, basename="deployment-job")
 router.register("patch-catalog", PatchCatalogViewSet, basename="patch-catalog")
+router.register("patch-scans", PatchScanViewSet, basename="patch-scan")
+router.register("patch-jobs", PatchJobViewSet, basename="patch-job")
 router.register("profile-assignments", ProfileAssignmentViewSet, basename="profile-assignment")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")

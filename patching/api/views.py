@@ -124,13 +124,14 @@ class AssetPatchSerializer(serializers.ModelSerializer):
 
 class AssetPatchFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=AssetPatchStatus.choices)
+    product = django_filters.CharFilter(field_name="patch__product", lookup_expr="iexact")
     min_severity = django_filters.ChoiceFilter(
         choices=[(name, name) for name in SEVERITY_NAMES], method="filter_min_severity"
     )
 
     class Meta:
         model = AssetPatch
-        fields = ["status", "min_severity"]
+        fields = ["status", "product", "min_severity"]
 
     def filter_min_severity(self, queryset, name, value):
         return queryset.filter(patch__severity__gte=Severity.named(value))
@@ -139,6 +140,7 @@ class AssetPatchFilter(django_filters.FilterSet):
 @extend_schema(
     parameters=[
         OpenApiParameter("status", enum=AssetPatchStatus.values),
+        OpenApiParameter("product", description="The package (the catalog entry's product), any case."),
         OpenApiParameter("min_severity", enum=SEVERITY_NAMES, description="Patches of this severity or higher."),
     ]
 )

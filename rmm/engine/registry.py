@@ -8,6 +8,7 @@ engine's (:mod:`rmm.engine.services.creating`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from django.db import models
 
 from rmm.authority import laws
+from rmm.core.text import display_text
 
 # What a failed or timed-out step means for the job's later steps (InstructionSpec.on_failure).
 STOP = "stop"  # no later step runs; the job ends with the step's status
@@ -97,6 +99,21 @@ def signed_instruction(inst) -> dict:
         "content_sha256": inst.content_sha256,
         "leased_at": inst.leased_at,
         "finished_at": inst.finished_at,
+    }
+
+
+def reported_result(inst, stdout: bytes | None) -> dict:
+    """What an evidence document says of an instruction's result: its status and outcome, exit
+    code, reason, result hash, and the stdout the agent reported (None when it reported none)
+    with the stdout's sha256."""
+    return {
+        "status": inst.status,
+        "outcome": inst.outcome or inst.status,
+        "exit_code": inst.exit_code,
+        "reason": inst.reason,
+        "hash": inst.result_hash or None,
+        "stdout": display_text(stdout)[0] if stdout is not None else None,
+        "stdout_sha256": hashlib.sha256(stdout).hexdigest() if stdout is not None else None,
     }
 
 

@@ -144,6 +144,26 @@ def seed_enforcement(server, w) -> str:
     return found[0]["id"]
 
 
+def seed_patching(server, w) -> dict:
+    """A real scan of the agent's host (read-only), a patch missing on the asset (written as a scan
+    would write it: the host may have no update), and a patch job for it awaiting approval."""
+    r = server.request("POST", "/api/v1/patch-scans/", {"assets": [w["asset"]], "psa_task_id": w["task"]}, w["psa"])
+    assert r.status == 202, r.body
+    agent_once(server, w)
+    code = (
+        "from django.utils import timezone; from patching.models import AssetPatch, PatchCatalog; "
+        "e, _ = PatchCatalog.objects.get_or_create(vendor='debian', product='zz-rmm-fuzz', patch_id='1.0-2', "
+        "defaults={'source': 'scan'}); "
+        f"AssetPatch.objects.create(asset_id={w['asset']!r}, patch=e, status='missing', detected_at=timezone.now()); "
+        "print(e.pk)"
+    )
+    patch = server.manage("shell", "--verbosity", "0", "-c", code).stdout.strip()
+    body = {"assets": [w["asset"]], "psa_task_id": w["task"], "patches": [patch], "reboot_policy": "never"}
+    r = server.request("POST", "/api/v1/patch-jobs/", body, w["psa"])
+    assert r.status == 201, r.body
+    return {"patch": patch, "job": r.json()["id"]}
+
+
 def seed_world(server) -> dict:
     """Real objects of every kind the API serves, made through its public doors."""
     w = make_world(server)
@@ -201,6 +221,7 @@ def seed_world(server) -> dict:
     r = server.request("POST", "/api/v1/patch-catalog/import/", documents.redhat(), w["admin"])
     assert r.status == 201, r.body
     catalog = [e["id"] for e in server.request("GET", "/api/v1/patch-catalog/", token=w["admin"]).json()["results"]]
+    patches = seed_patching(server, w)
     hook_body = {"url": "http://127.0.0.1:9/fuzz", "event_types": ["job.finished"], "sites": [w["site"]]}
     hook = server.request("POST", "/api/v1/webhooks/", hook_body, w["admin"]).json()
     ping = server.request("POST", f"/api/v1/webhooks/{hook['id']}/ping/", None, w["admin"]).json()
@@ -234,7 +255,8 @@ def seed_world(server) -> dict:
             "/api/v1/drift-events/": [audit["drift"]],
             "/api/v1/packages/": [pending_package["id"], package["id"]],
             "/api/v1/deployment-jobs/": [deployment],
-            "/api/v1/patch-catalog/": catalog,
+            "/api/v1/patch-catalog/": [*catalog, patches["patch"]],
+            "/api/v1/patch-jobs/": [patches["job"]],
             "/api/v1/webhooks/": [hook["id"]],
             "/api/v1/webhook-deliveries/": [ping["id"]],
         },
@@ -254,6 +276,8 @@ def seed_world(server) -> dict:
             "audit_job": [audit["job"]],
             "profile": [profile],
             "package": [package["id"]],
+            "patches": [[patches["patch"]]],
+            "reboot_policy": ["never", "if_required"],
             "url": [hook_body["url"]],
             "event_types": [hook_body["event_types"]],
             "sites": [hook_body["sites"]],

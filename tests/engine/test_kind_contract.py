@@ -101,7 +101,9 @@ def test_create_and_render_issue_the_first_step_only(w, kind_name):
     assert fresh(job).status == "queued"
     [inst] = instructions(job)
     assert inst.step == 0 and json.loads(inst.payload)["step"] == 0
-    assert actions(job) == ["job.created"]
+    # a kind whose jobs always wait for a second person (a patch installs as root) was approved
+    approved = ["job.queued"] if getattr(example, "always_approved", False) else []
+    assert actions(job) == ["job.created", *approved]
 
 
 @pytest.mark.parametrize("kind_name", KINDS)
@@ -281,7 +283,7 @@ def test_a_multi_step_result_costs_a_constant_number_of_queries(w, site):
     assert middle_result_queries() == alone
 
 
-@pytest.mark.parametrize("kind_name", KINDS)
+@pytest.mark.parametrize("kind_name", [name for name in KINDS if 1 in EXAMPLES[name].steps])  # one-step jobs
 def test_one_step_jobs_taken_in_together_end_and_have_evidence_as_one_at_a_time(w, kind_name):
     """Results that arrive together (the agent tier's collector) are taken in together, through
     the kind's store_results or its store_result for each: the same statuses, history and

@@ -5,15 +5,19 @@ admins and the scanner) and an asset's patches (per site), for every role, in-si
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from patching import services
-from patching.models import AssetPatch, PatchCatalog
+from patching.models import AssetPatch, PatchCatalog, PatchJob
+from rmm.authority.models import PsaTask
 from tests.patching import documents
 from tests.support.authorization import (
+    APPROVE,
     EVERYONE,
     IMPORT_ADVISORIES,
     IN,
+    REQUEST_JOBS,
     STAFF,
     Row,
     World,
@@ -42,6 +46,33 @@ ROWS = [
     ),
     # --- an asset's patches: its site's callers only; others cannot tell it from a missing asset
     api("GET", "/api/v1/assets/{asset}/patches/", 200, 404, shows=(("asset_patch", IN),), hidden=("asset",)),
+    # --- scans and patch jobs: jobs of a site, like script jobs
+    api(
+        "POST",
+        "/api/v1/patch-scans/",
+        only(REQUEST_JOBS, 400, 403),
+        body={"assets": ["{asset}"], "psa_task_id": "{task}"},
+        label="agent without structured results",
+    ),
+    api(
+        "POST",
+        "/api/v1/patch-jobs/",
+        only(REQUEST_JOBS, 400, 403),
+        body={"assets": ["{asset}"], "psa_task_id": "{task}", "patches": ["{patch}"], "scheduled_for": "2020-01-01"},
+        label="scheduled in the past",
+    ),
+    api("GET", "/api/v1/patch-jobs/", 200, shows=(("patch_job", IN),)),
+    api("GET", "/api/v1/patch-jobs/{patch_job}/", 200, 404, hidden=("patch_job",)),
+    # A patch installs as root: the matrix's approvers lack the privileged approval permission.
+    api("POST", "/api/v1/patch-jobs/{patch_job}/approve/", 403, 404, hidden=("patch_job",), label="needs it"),
+    api(
+        "POST",
+        "/api/v1/patch-jobs/{patch_job}/reject/",
+        only(APPROVE, 200, 403),
+        404,
+        body={"reason": "not now"},
+        hidden=("patch_job",),
+    ),
     # --- admin (read-only)
     page("GET", "/admin/patching/patchcatalog/", only(STAFF, 200, 302), shows=(("patch", callers(STAFF)),)),
     page("GET", "/admin/patching/patchcatalog/{patch}/change/", only(STAFF, 200, 302)),
@@ -58,7 +89,18 @@ def patch_world(matrix_world, django_db_blocker):
         found = AssetPatch.objects.create(
             asset_id=matrix_world.ids["asset"], patch=entry, status="missing", detected_at=timezone.now()
         )
-    matrix_world.ids.update(patch=str(entry.pk), asset_patch=str(found.pk))
+        # A patch job awaiting its decision, requested by the world's PSA account (a third party).
+        task = PsaTask.objects.select_related("case").get(pk=matrix_world.ids["task"])
+        request = PatchJob.objects.create(
+            psa_task=task,
+            psa_case=task.case,
+            site_id=task.case.site_id,
+            scheduled_for=timezone.now(),
+            reboot_policy="never",
+            status="awaiting_approval",
+            requested_by=get_user_model().objects.get(username="w-psa"),
+        )
+    matrix_world.ids.update(patch=str(entry.pk), asset_patch=str(found.pk), patch_job=str(request.pk))
     return matrix_world
 
 

@@ -244,11 +244,55 @@ def stdout_of(inst, default: str) -> str:
     return example.stdout(inst) if hasattr(example, "stdout") else default
 
 
+class PatchScanExample:
+    """A scan is one read-only step, to an agent that returns structured results."""
+
+    steps = (1,)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        Agent.objects.filter(pk=w.agent.pk).update(capabilities="structured_result", protocol=2)
+        w.agent.refresh_from_db()
+        if requires_approval:  # a scan asks for none of its own: the PSA requesting on its own authority does
+            inventory.set_site_policy("cli:rmm_site_policy", w.site, allow_self_authorized_jobs=False)
+        return engine.create_job(w.psa, "patch_scan", asset_id=w.agent.asset_id, psa_task_id=w.task.pk)
+
+
+class PatchExample:
+    """One asset's part of a patch job: install, then the re-scan. Its jobs always wait for a
+    second person (they install as root): without requires_approval the example approves it."""
+
+    steps = (2,)
+    always_approved = True
+
+    def make(self, w: World, *, steps: int = 2, fail_step: int | None = None, requires_approval: bool = False):
+        from patching.models import PatchJob
+
+        Agent.objects.filter(pk=w.agent.pk).update(capabilities="structured_result", protocol=2)
+        w.agent.refresh_from_db()
+        request = PatchJob.objects.create(
+            psa_task=w.task,
+            psa_case_id=w.task.case_id,
+            site=w.site,
+            scheduled_for=timezone.now(),
+            reboot_policy="never",
+            status="released",
+            requested_by=w.psa,
+        )
+        job = engine.create_job(w.psa, "patch", asset_id=w.agent.asset_id, psa_task_id=w.task.pk, patch_job=request)
+        type(job).objects.filter(pk=job.pk).update(packages=[["contract-pkg", "2.0"]])
+        job = type(job).objects.get(pk=job.pk)
+        if not requires_approval:
+            engine.approve_job(job, w.boss)
+        return type(job).objects.get(pk=job.pk)
+
+
 EXAMPLES = {
     "script": ScriptExample(),
     "step": StepExample(),
     "agent_update": UpdateExample(),
     "deployment": DeploymentExample(),
+    "patch_scan": PatchScanExample(),
+    "patch": PatchExample(),
     "profile_audit": AuditExample(),
     "profile_enforce": EnforcementExample(),
 }
