@@ -86,6 +86,36 @@ def signed_instruction(inst) -> dict:
     }
 
 
+def job_document(job, kind: str) -> dict:
+    """What an evidence document says of a job whose model stamps ``started_at`` and
+    ``completed_at`` (deployment, containment)."""
+    return {
+        "kind": kind,
+        "id": job.pk,
+        "status": job.status,
+        "status_reason": job.status_reason,
+        "requested_by": job.requested_by.get_username(),
+        "created_at": job.created_at,
+        "executed_at": job.started_at,
+        "completed_at": job.completed_at,
+    }
+
+
+def step_result(inst, result: dict, late: bool) -> dict:
+    """What an evidence document says of one step's result: its status, the agent's report (its
+    hash, stdout and structured document) and whether it came after the instruction ended."""
+    return {
+        "status": inst.status,
+        "outcome": inst.outcome or inst.status,
+        "exit_code": inst.exit_code,
+        "reason": inst.reason,
+        "hash": inst.result_hash or None,
+        "stdout": result.get("stdout", b"").decode("utf-8", "replace") if result else None,
+        "structured": inst.structured,
+        "late": late,
+    }
+
+
 def task_authority(job) -> dict:
     """The authority of a job created on a PSA task (every kind's: its model has ``psa_task``)."""
     return {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id}
