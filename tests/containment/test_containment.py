@@ -12,6 +12,7 @@ import subprocess
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from containment import kind
@@ -114,6 +115,20 @@ def test_an_isolate_runs_at_once_is_read_back_as_contained_and_proven_and_a_seco
     again = ask(world)
     assert again.status_code == 200 and again.json()["id"] == str(job.pk)
     assert ContainmentJob.objects.count() == 1  # no second rule set
+
+
+def test_the_console_shows_the_asset_as_contained_in_those_words(world, django_capture_on_commit_callbacks):
+    client = Client()
+    client.force_login(world["psa"].user)
+    with django_capture_on_commit_callbacks(execute=True):
+        ask(world)
+        run(world, None)
+        run(world, state(True, "contained"))
+    page = client.get(f"/console/assets/{world['asset']}/").content.decode()
+    assert '<dd data-field="containment">contained</dd>' in page
+    assert '<strong id="asset-containment">contained</strong>' in page  # the Containment panel
+    listed = client.get("/console/assets/").content.decode()
+    assert '<strong class="contained" data-field="containment">contained</strong>' in listed
 
 
 def test_an_isolate_while_one_is_under_way_answers_with_it(world):
