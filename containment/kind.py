@@ -242,7 +242,7 @@ def evidence_document(job: ContainmentJob, inst, stored, result: dict, late: boo
         "server_endpoints": job.server_endpoints,
         "dns": job.dns,
         "step": "change" if inst.step == 0 else "state",
-        "state": stored,
+        "state": stored["state"] if stored else None,
         "instruction": registry.signed_instruction(inst),
         "authority": {"psa_task_id": task.pk, "psa_case_id": task.case_id},
         "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},

@@ -119,10 +119,10 @@ def server_endpoints(user, asset: Asset) -> tuple[list[list], bool]:
     return found, dns
 
 
-def record_state(job: ContainmentJob, inst, result: dict) -> str | None:
+def record_state(job: ContainmentJob, inst, result: dict) -> dict | None:
     """The agent's state read (the job's last step): the asset's ``containment`` as it reported it,
-    in the history. Actual state, written from the agent's report only (Law 2). None for the
-    change step, and for a read that says nothing usable."""
+    in the history, as ``{"state": …, "was": …}``. Actual state, written from the agent's report
+    only (Law 2). None for the change step, and for a read that says nothing usable."""
     document = result.get("structured") if inst.step == 1 else None
     if not isinstance(document, dict) or not isinstance(document.get("contained"), bool):
         return None
@@ -146,12 +146,14 @@ def record_state(job: ContainmentJob, inst, result: dict) -> str | None:
             "table_present": document.get("table_present"),
         },
     )
-    return state
+    return {"state": state, "was": before}
 
 
-def state_recorded(job: ContainmentJob, state: str, record) -> None:
-    """Once the read's evidence exists: the outbox tells the PSA and every subscriber."""
-    outbox.emit(CHANGED, job, site_id=job.site_id, data=changed_event(job, state, record.pk))
+def state_recorded(job: ContainmentJob, read: dict, record) -> None:
+    """Once the read's evidence exists: the outbox tells the PSA and every subscriber, when the
+    asset's containment changed (a read that finds what was already recorded tells nobody)."""
+    if read["state"] != read["was"]:
+        outbox.emit(CHANGED, job, site_id=job.site_id, data=changed_event(job, read["state"], record.pk))
 
 
 def changed_event(job: ContainmentJob, state: str, evidence_id) -> dict:

@@ -173,6 +173,7 @@ def test_a_state_read_that_does_not_show_the_wanted_state_fails_the_job(world, d
     done = ContainmentJob.objects.get(pk=second["id"])
     assert done.status == "failed" and done.status_reason.endswith("state read: not contained")
     assert Asset.objects.get(pk=world["asset"]).containment == "none"
+    assert not Event.objects.filter(type="containment.changed").exists()  # nothing changed
 
 
 def test_state_reads_taken_in_together_set_each_asset(world, site, django_capture_on_commit_callbacks):
