@@ -19,10 +19,12 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-# Debian's nginx and systemd-analyze for the deployment tests (deploy/; installed as root only).
+# Debian's nginx and systemd-analyze for the deployment tests (deploy/), nftables for the containment
+# test (installed as root only).
 install: $(STAMP) node_modules/.installed
 	@sh scripts/ensure-deb.sh /usr/sbin/nginx nginx "the deployment tests (deploy/nginx)"
 	@sh scripts/ensure-deb.sh /usr/bin/systemd-analyze systemd "the deployment tests (deploy/systemd)"
+	@sh scripts/ensure-deb.sh /usr/sbin/nft nftables "the containment test"
 
 run: install
 	$(BIN)/python manage.py rmm_run

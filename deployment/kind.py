@@ -267,16 +267,7 @@ def evidence_document(job: DeploymentJob, inst, stored, result: dict, late: bool
     package, task = job.package, job.psa_task
     return {
         "evidence_type": DEPLOYMENT_RESULT,
-        "job": {
-            "kind": "deployment",
-            "id": job.pk,
-            "status": job.status,
-            "status_reason": job.status_reason,
-            "requested_by": job.requested_by.get_username(),
-            "created_at": job.created_at,
-            "executed_at": job.started_at,
-            "completed_at": job.completed_at,
-        },
+        "job": registry.job_document(job, "deployment"),
         "package": {
             "id": package.pk,
             "name": package.name,
@@ -296,16 +287,7 @@ def evidence_document(job: DeploymentJob, inst, stored, result: dict, late: bool
         "instruction": registry.signed_instruction(inst),
         "authority": {"psa_task_id": task.pk, "psa_case_id": task.case_id},
         "asset": {"id": job.asset_id, "hostname": job.asset.hostname, "site": job.site.name},
-        "result": {
-            "status": inst.status,
-            "outcome": inst.outcome or inst.status,
-            "exit_code": inst.exit_code,
-            "reason": inst.reason,
-            "hash": inst.result_hash or None,
-            "stdout": result.get("stdout", b"").decode("utf-8", "replace") if result else None,
-            "structured": inst.structured,
-            "late": late,
-        },
+        "result": registry.step_result(inst, result, late),
     }
 
 

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "profiles",
     "deployment",
     "patching",
+    "containment",
     "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]
@@ -354,6 +355,8 @@ SPECTACULAR_SETTINGS = {
         "ApprovalStatusEnum": "rmm.artefacts.states.ApprovalStatus",
         "JobStatusEnum": "rmm.engine.states.JobStatus",
         "ComparisonEnum": "profiles.models.Comparison",
+        "ContainmentActionEnum": "containment.models.ContainmentAction",
+        "DeploymentActionEnum": "deployment.models.DeploymentAction",
     },
 }
 
@@ -426,6 +429,12 @@ RMM_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("RMM_WEBHOOK_TIMEOUT_SECONDS"
 # allowed (by default only with RMM_DEBUG); a rotated secret keeps signing for this many hours.
 RMM_WEBHOOK_ALLOW_PRIVATE = env_bool("RMM_WEBHOOK_ALLOW_PRIVATE", DEBUG)
 RMM_WEBHOOK_SECRET_OVERLAP_HOURS = float(os.environ.get("RMM_WEBHOOK_SECRET_OVERLAP_HOURS", "24"))
+# EDR containment (docs/integrations.md#edr-containment): how agents reach this server (host:port,
+# comma-separated), the only place a contained endpoint may still reach; an isolate runs at once, a
+# release waits for a second person unless these say otherwise.
+RMM_CONTAINMENT_SERVER = env_list("RMM_CONTAINMENT_SERVER", "")
+RMM_CONTAINMENT_ISOLATE_NEEDS_APPROVAL = env_bool("RMM_CONTAINMENT_ISOLATE_NEEDS_APPROVAL", False)
+RMM_CONTAINMENT_RELEASE_NEEDS_APPROVAL = env_bool("RMM_CONTAINMENT_RELEASE_NEEDS_APPROVAL", True)
 # Retry-After (seconds) of a 503 answered while a dependency is down (docs/operations.md).
 RMM_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("RMM_UNAVAILABLE_RETRY_AFTER", "5"))
 # Run background tasks inline instead of through the cluster (tests, single-process tools).

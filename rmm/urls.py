@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+from containment.api.views import ContainmentViewSet
 from deployment.api.views import AssetSoftwareView, DeploymentJobViewSet, DeploymentViewSet, PackageViewSet
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
@@ -47,6 +48,7 @@ router.register("batches", BatchViewSet, basename="batch")
 router.register("tokens", ApiTokenViewSet, basename="api-token")
 router.register("webhooks", WebhookViewSet, basename="webhook")
 router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
+router.register("containment", ContainmentViewSet, basename="containment")
 
 handler500 = "rmm.core.dependencies.server_error"  # a dependency that is down answers 503, not 500
 # A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.

@@ -34,6 +34,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "import_advisories": frozenset({"admin", "scanner"}),
     # webhook subscriptions (docs/integrations.md), within the sites one may see
     "manage_integrations": frozenset({"admin"}),
+    # an EDR's isolate or release of an endpoint's network (docs/integrations.md#edr-containment)
+    "request_containment": frozenset({"admin", "edr"}),
     "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"

@@ -117,6 +117,28 @@ def reported_result(inst, stdout: bytes | None) -> dict:
     }
 
 
+def job_document(job, kind: str) -> dict:
+    """What an evidence document says of a job whose model stamps ``started_at`` and
+    ``completed_at`` (deployment, containment)."""
+    return {
+        "kind": kind,
+        "id": job.pk,
+        "status": job.status,
+        "status_reason": job.status_reason,
+        "requested_by": job.requested_by.get_username(),
+        "created_at": job.created_at,
+        "executed_at": job.started_at,
+        "completed_at": job.completed_at,
+    }
+
+
+def step_result(inst, result: dict, late: bool) -> dict:
+    """What an evidence document says of one step's result: the agent's report (its status, hash,
+    stdout and structured document) and whether it came after the instruction ended."""
+    stdout = result.get("stdout", b"") if result else None
+    return {**reported_result(inst, stdout), "structured": inst.structured, "late": late}
+
+
 def task_authority(job) -> dict:
     """The authority of a job created on a PSA task (every kind's: its model has ``psa_task``)."""
     return {"psa_case_id": job.psa_task.case_id, "psa_task_id": job.psa_task_id}

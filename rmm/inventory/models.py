@@ -38,6 +38,9 @@ class Asset(models.Model):
     retired_at = models.DateTimeField(null=True, blank=True)
     retired_by = models.CharField(max_length=200, blank=True)
     retired_reason = models.TextField(blank=True)
+    # Network containment as the endpoint last reported it (an EDR's isolate or release, read back
+    # by the containment job's state step; containment/): none, contained or released.
+    containment = models.CharField(max_length=10, default="none", editable=False)
 
     class Meta:
         ordering = ["hostname"]

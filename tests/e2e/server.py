@@ -36,10 +36,11 @@ class Server:
     ssl_context: ssl.SSLContext | None = None  # for an https url: the CA it trusts
     enroll_args: tuple[str, ...] = ()  # the agent's own enrollment options, e.g. its --ca-file
 
-    def __init__(self, tmp: Path, extra_env: dict | None = None):
+    def __init__(self, tmp: Path, extra_env: dict | None = None, host: str = "127.0.0.1"):
         self.tmp = tmp
+        self.host = host  # the address daphne listens on (a test's veth address: tests/e2e/test_containment.py)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
         self.env.update(
             DJANGO_SETTINGS_MODULE="rmm.settings",
@@ -100,7 +101,7 @@ class Server:
             command = [sys.executable, "manage.py", "rmm_run", "--port", str(self.port)]
         else:
             self.manage("migrate", "--noinput")
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "rmm.asgi:application"]
+            command = [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "rmm.asgi:application"]
         self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if not product:
             self.start_cluster()

@@ -54,7 +54,8 @@ def fuzz_server(tmp_path_factory):
     # Without Redis (the ORM broker, on its own database): its task cluster must not take the tasks
     # of the run's other servers from the one Redis queue, nor they its.
     # Webhooks the fuzzing makes point at 127.0.0.1 (allowed here) and are refused at once there.
-    env = {"REDIS_URL": "", "RMM_WEBHOOK_ALLOW_PRIVATE": "1"}
+    # Containment jobs the fuzzing asks for are never run: no agent runs after the seeding.
+    env = {"REDIS_URL": "", "RMM_WEBHOOK_ALLOW_PRIVATE": "1", "RMM_CONTAINMENT_SERVER": "127.0.0.1:9"}
     server = Server(tmp_path_factory.mktemp("fuzz"), env).start()
     try:
         yield server, seed_world(server)
@@ -225,6 +226,11 @@ def seed_world(server) -> dict:
     hook_body = {"url": "http://127.0.0.1:9/fuzz", "event_types": ["job.finished"], "sites": [w["site"]]}
     hook = server.request("POST", "/api/v1/webhooks/", hook_body, w["admin"]).json()
     ping = server.request("POST", f"/api/v1/webhooks/{hook['id']}/ping/", None, w["admin"]).json()
+    # Last: the agent never runs again, so this isolation is never carried out on the test's host.
+    contain = {"asset": w["asset"], "action": "isolate", "reason": "fuzz", "psa_task_id": w["task"]}
+    r = server.request("POST", "/api/v1/containment/", contain, w["admin"])
+    assert r.status == 201, r.body
+    containment = r.json()["id"]
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -259,6 +265,7 @@ def seed_world(server) -> dict:
             "/api/v1/patch-jobs/": [patches["job"]],
             "/api/v1/webhooks/": [hook["id"]],
             "/api/v1/webhook-deliveries/": [ping["id"]],
+            "/api/v1/containment/": [containment],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],

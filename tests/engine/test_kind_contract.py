@@ -283,7 +283,8 @@ def test_a_multi_step_result_costs_a_constant_number_of_queries(w, site):
     assert middle_result_queries() == alone
 
 
-@pytest.mark.parametrize("kind_name", [name for name in KINDS if 1 in EXAMPLES[name].steps])  # one-step jobs
+# Kinds that can render one step (containment always renders two: its own test takes its reads in together).
+@pytest.mark.parametrize("kind_name", [name for name in KINDS if 1 in EXAMPLES[name].steps])
 def test_one_step_jobs_taken_in_together_end_and_have_evidence_as_one_at_a_time(w, kind_name):
     """Results that arrive together (the agent tier's collector) are taken in together, through
     the kind's store_results or its store_result for each: the same statuses, history and

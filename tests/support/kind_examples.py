@@ -286,11 +286,35 @@ class PatchExample:
         return type(job).objects.get(pk=job.pk)
 
 
+class ContainmentExample:
+    """Two steps always (the change, the state read), to an agent that returns structured results;
+    an isolate asks no approver of its own, so the PSA requesting on its own authority does."""
+
+    steps = (2,)
+
+    def make(self, w: World, *, steps: int = 2, fail_step: int | None = None, requires_approval: bool = False):
+        Agent.objects.filter(pk=w.agent.pk).update(capabilities="structured_result", protocol=2)
+        w.agent.refresh_from_db()
+        if requires_approval:
+            inventory.set_site_policy("cli:rmm_site_policy", w.site, allow_self_authorized_jobs=False)
+        return engine.create_job(
+            w.psa,
+            "containment",
+            asset_id=w.agent.asset_id,
+            psa_task_id=w.task.pk,
+            action="isolate",
+            reason="contract",
+            server_endpoints=[["192.0.2.10", 443]],
+            dns=False,
+        )
+
+
 EXAMPLES = {
     "script": ScriptExample(),
     "step": StepExample(),
     "agent_update": UpdateExample(),
     "deployment": DeploymentExample(),
+    "containment": ContainmentExample(),
     "patch_scan": PatchScanExample(),
     "patch": PatchExample(),
     "profile_audit": AuditExample(),

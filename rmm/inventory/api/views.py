@@ -37,6 +37,11 @@ class AssetSerializer(serializers.ModelSerializer):
     site = serializers.CharField(source="site.name", read_only=True)
     agent = serializers.SerializerMethodField()
     facts = serializers.SerializerMethodField()
+    containment = serializers.ChoiceField(
+        choices=["none", "contained", "released"],
+        read_only=True,
+        help_text="Network containment as the endpoint last reported it (POST /api/v1/containment/).",
+    )
 
     class Meta:
         model = Asset
@@ -52,6 +57,7 @@ class AssetSerializer(serializers.ModelSerializer):
             "retired_at",
             "retired_by",
             "retired_reason",
+            "containment",
         ]
 
     @extend_schema_field(AssetAgent)
