@@ -163,6 +163,8 @@ def seed_world(server) -> dict:
     hook_body = {"url": "http://127.0.0.1:9/fuzz", "event_types": ["job.finished"], "sites": [w["site"]]}
     hook = server.request("POST", "/api/v1/webhooks/", hook_body, w["admin"]).json()
     ping = server.request("POST", f"/api/v1/webhooks/{hook['id']}/ping/", None, w["admin"]).json()
+    siem_body = {"kind": "syslog", "address": "127.0.0.1:9", "format": "cef", "sites": [w["site"]]}
+    siem = server.request("POST", "/api/v1/siem-destinations/", siem_body, w["admin"]).json()
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -195,6 +197,7 @@ def seed_world(server) -> dict:
             "/api/v1/patch-catalog/": catalog,
             "/api/v1/webhooks/": [hook["id"]],
             "/api/v1/webhook-deliveries/": [ping["id"]],
+            "/api/v1/siem-destinations/": [siem["id"]],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -215,6 +218,9 @@ def seed_world(server) -> dict:
             "url": [hook_body["url"]],
             "event_types": [hook_body["event_types"]],
             "sites": [hook_body["sites"]],
+            "kind": [siem_body["kind"], "http"],
+            "address": [siem_body["address"], "http://127.0.0.1:9"],
+            "shape": ["splunk_hec", "elastic_bulk"],
         },
     }
     return w
