@@ -13,6 +13,7 @@ appear later behind a cursor. One worker ships a destination at a time (a lease 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -111,14 +112,14 @@ def _checked(kind, address, fmt, tls, shape, token, ca_certificate) -> tuple[str
     reason = transport.refusal(kind, address, tls)
     if reason:
         raise InvalidInput(reason, field="address")
+    if token and not all(33 <= ord(ch) <= 126 for ch in token):
+        raise InvalidInput("Must be printable ASCII without spaces.", field="token")
     if ca_certificate:
         if not tls:
             raise InvalidInput("A CA certificate is for TLS; set tls.", field="ca_certificate")
-        import ssl
-
         try:
             ssl.create_default_context(cadata=ca_certificate)
-        except (ssl.SSLError, ValueError) as exc:
+        except (ssl.SSLError, ValueError, TypeError) as exc:
             raise InvalidInput(f"Not a PEM CA certificate: {exc}", field="ca_certificate") from None
     return address, tls, shape or ""
 

@@ -62,7 +62,7 @@ def tls_context(destination: Destination) -> ssl.SSLContext:
     """Verifies the collector's certificate and name: against its CA when it has one, else the system's."""
     try:
         return ssl.create_default_context(cadata=destination.ca_certificate or None)
-    except (ssl.SSLError, ValueError) as exc:
+    except (ssl.SSLError, ValueError, TypeError) as exc:
         raise DeliveryError(f"the CA certificate is not usable: {exc}") from exc
 
 

@@ -204,6 +204,8 @@ def test_syslog_over_tls_with_the_destinations_ca(root, world, collectors, tmp_p
         ({"kind": "http", "address": "http://127.0.0.1:8088", "shape": "splunk_hec"}, "token"),
         ({"kind": "syslog", "address": "127.0.0.1:6514", "tls": True, "ca_certificate": "nope"}, "ca_certificate"),
         ({"kind": "syslog", "address": "127.0.0.1:514", "ca_certificate": "x"}, "ca_certificate"),
+        ({"kind": "syslog", "address": "127.0.0.1:6514", "tls": True, "ca_certificate": "\u00e9"}, "ca_certificate"),
+        ({"kind": "http", "address": "http://127.0.0.1:8088", "shape": "splunk_hec", "token": "a\nb"}, "token"),
         ({"kind": "syslog", "address": "127.0.0.1:514", "sites": ["nowhere"]}, "sites"),
     ],
     ids=[
@@ -221,6 +223,8 @@ def test_syslog_over_tls_with_the_destinations_ca(root, world, collectors, tmp_p
         "hec-without-token",
         "bad-ca",
         "ca-without-tls",
+        "ca-not-ascii",
+        "token-with-newline",
         "unknown-site",
     ],
 )
