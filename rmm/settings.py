@@ -429,8 +429,9 @@ RMM_WEBHOOK_ALLOW_PRIVATE = env_bool("RMM_WEBHOOK_ALLOW_PRIVATE", DEBUG)
 RMM_WEBHOOK_SECRET_OVERLAP_HOURS = float(os.environ.get("RMM_WEBHOOK_SECRET_OVERLAP_HOURS", "24"))
 # The SIEM feed (rmm/siem, docs/integrations.md#the-siem-feed): the HOSTNAME of its syslog records
 # (default: this machine's), one attempt's timeout, events per batch, the first retry's wait (it
-# doubles, up to five minutes), and how long the task cluster's minute task follows the history,
-# looking every RMM_SIEM_POLL_SECONDS.
+# doubles, up to five minutes), how long the task cluster's minute task follows the history,
+# looking every RMM_SIEM_POLL_SECONDS, and how long one destination is shipped (by `rmm_siem ship`)
+# before the next gets its turn.
 RMM_SIEM_HOSTNAME = os.environ.get("RMM_SIEM_HOSTNAME", "")
 RMM_SIEM_TIMEOUT_SECONDS = float(os.environ.get("RMM_SIEM_TIMEOUT_SECONDS", "10"))
 RMM_SIEM_BATCH = int(os.environ.get("RMM_SIEM_BATCH", "500"))

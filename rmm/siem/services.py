@@ -257,7 +257,9 @@ def ship(destination_id, *, budget_seconds: float | None = None, now: datetime |
     budget = settings.RMM_SIEM_SHIP_SECONDS if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
     try:
-        destination = Destination.objects.get(pk=destination_id)
+        destination = Destination.objects.filter(pk=destination_id).first()
+        if destination is None:  # deleted meanwhile
+            return done
         site_ids = list(destination.sites.values_list("pk", flat=True))
         while True:
             events, cursor = _next_events(destination, site_ids, settings.RMM_SIEM_BATCH)
