@@ -27,6 +27,7 @@ class DestinationSerializer(serializers.ModelSerializer):
     lag = serializers.SerializerMethodField(help_text="History events after `position`.")
     lag_seconds = serializers.SerializerMethodField(help_text="The age of the oldest of them; 0 when caught up.")
     has_token = serializers.SerializerMethodField()
+    shape = serializers.CharField(read_only=True, help_text="http: `splunk_hec` or `elastic_bulk`; syslog: empty.")
 
     class Meta:
         model = Destination
