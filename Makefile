@@ -20,9 +20,10 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 # Debian's nginx and systemd-analyze for the deployment tests (deploy/), nftables for the containment
-# test (installed as root only).
+# test and rsyslog for the SIEM feed's test (installed as root only).
 install: $(STAMP) node_modules/.installed
 	@sh scripts/ensure-deb.sh /usr/sbin/nginx nginx "the deployment tests (deploy/nginx)"
+	@sh scripts/ensure-deb.sh /usr/sbin/rsyslogd rsyslog "the SIEM feed test"
 	@sh scripts/ensure-deb.sh /usr/bin/systemd-analyze systemd "the deployment tests (deploy/systemd)"
 	@sh scripts/ensure-deb.sh /usr/sbin/nft nftables "the containment test"
 

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "rmm.keys",
     "rmm.history",
     "rmm.outbox",
+    "rmm.siem",
     "rmm.inventory",
     "rmm.access",
     "rmm.authority",
@@ -435,6 +436,19 @@ RMM_WEBHOOK_SECRET_OVERLAP_HOURS = float(os.environ.get("RMM_WEBHOOK_SECRET_OVER
 RMM_CONTAINMENT_SERVER = env_list("RMM_CONTAINMENT_SERVER", "")
 RMM_CONTAINMENT_ISOLATE_NEEDS_APPROVAL = env_bool("RMM_CONTAINMENT_ISOLATE_NEEDS_APPROVAL", False)
 RMM_CONTAINMENT_RELEASE_NEEDS_APPROVAL = env_bool("RMM_CONTAINMENT_RELEASE_NEEDS_APPROVAL", True)
+
+# The SIEM feed (rmm/siem, docs/integrations.md#the-siem-feed): the HOSTNAME of its syslog records
+# (default: this machine's), one attempt's timeout, events per batch, the first retry's wait (it
+# doubles, up to five minutes), how long the task cluster's minute task follows the history,
+# looking every RMM_SIEM_POLL_SECONDS, and how long one destination is shipped (by `rmm_siem ship`)
+# before the next gets its turn.
+RMM_SIEM_HOSTNAME = os.environ.get("RMM_SIEM_HOSTNAME", "")
+RMM_SIEM_TIMEOUT_SECONDS = float(os.environ.get("RMM_SIEM_TIMEOUT_SECONDS", "10"))
+RMM_SIEM_BATCH = int(os.environ.get("RMM_SIEM_BATCH", "500"))
+RMM_SIEM_RETRY_BASE_SECONDS = float(os.environ.get("RMM_SIEM_RETRY_BASE_SECONDS", "5"))
+RMM_SIEM_FOLLOW_SECONDS = float(os.environ.get("RMM_SIEM_FOLLOW_SECONDS", "50"))
+RMM_SIEM_POLL_SECONDS = float(os.environ.get("RMM_SIEM_POLL_SECONDS", "1"))
+RMM_SIEM_SHIP_SECONDS = float(os.environ.get("RMM_SIEM_SHIP_SECONDS", "20"))
 # Retry-After (seconds) of a 503 answered while a dependency is down (docs/operations.md).
 RMM_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("RMM_UNAVAILABLE_RETRY_AFTER", "5"))
 # Run background tasks inline instead of through the cluster (tests, single-process tools).

@@ -21,6 +21,7 @@ from rmm.engine import agent_views
 from rmm.engine.api.views import BatchViewSet, JobViewSet, KillSwitchViewSet
 from rmm.inventory.api.views import AgentViewSet, AssetViewSet, SiteViewSet
 from rmm.outbox.api import WebhookDeliveryViewSet, WebhookViewSet
+from rmm.siem.api import DestinationViewSet
 from rmm.updates import views as update_views
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
 
@@ -49,6 +50,7 @@ router.register("tokens", ApiTokenViewSet, basename="api-token")
 router.register("webhooks", WebhookViewSet, basename="webhook")
 router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 router.register("containment", ContainmentViewSet, basename="containment")
+router.register("siem-destinations", DestinationViewSet, basename="siem-destination")
 
 handler500 = "rmm.core.dependencies.server_error"  # a dependency that is down answers 503, not 500
 # A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.

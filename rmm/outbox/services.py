@@ -425,10 +425,17 @@ def visible_webhooks(user) -> QuerySet[Endpoint]:
     to sites the caller may see, each of them (an unrestricted one hears every site). The PSA's
     endpoint is the settings', not the API's."""
     found = Endpoint.objects.exclude(name=PSA_ENDPOINT).prefetch_related("sites").order_by("-created_at")
+    return within_sites(user, found)
+
+
+def within_sites(user, found: QuerySet) -> QuerySet:
+    """Of integrations restricted by a ``sites`` relation (webhooks, SIEM destinations), those a
+    caller may see: all with every site; otherwise those restricted to sites that are all the
+    caller's (an unrestricted one hears every site)."""
     if access.sees_all_sites(user):
         return found
     hidden = Site.objects.exclude(pk__in=access.visible_sites(user).values("pk"))
-    with_sites = Endpoint.objects.filter(sites__isnull=False).values("pk")
+    with_sites = found.model.objects.filter(sites__isnull=False).values("pk")
     return found.filter(pk__in=with_sites).exclude(sites__in=hidden)
 
 
@@ -447,13 +454,14 @@ def deliveries_of(endpoint: Endpoint) -> QuerySet[Delivery]:
     )
 
 
-def _site_list(user, names) -> list[Site]:
-    """The named sites, each one the caller may see; none named: every site, which needs them all."""
+def site_list(user, names, what: str = "webhook", action: str = "webhook.sites") -> list[Site]:
+    """The named sites, each one the caller may see; none named: every site, which needs them all
+    (refused as ``refused.<action>``)."""
     names = list(dict.fromkeys(names or []))
     if not names:
         if not access.sees_all_sites(user):
-            history.record_refusal(user, "webhook.sites", reason="every site needs access to every site")
-            raise Forbidden("A webhook for every site needs access to every site; name your sites.")
+            history.record_refusal(user, action, reason="every site needs access to every site")
+            raise Forbidden(f"A {what} for every site needs access to every site; name your sites.")
         return []
     visible = {site.name: site for site in access.visible_sites(user).filter(name__in=names)}
     for name in names:
@@ -497,7 +505,7 @@ def create_webhook(
 ) -> tuple[Endpoint, str]:
     """A new subscription and its secret, which is returned this once and shown never again."""
     require_manager(user, "create")
-    url, event_types, site_rows = _checked_url(url), _checked_types(event_types), _site_list(user, sites)
+    url, event_types, site_rows = _checked_url(url), _checked_types(event_types), site_list(user, sites)
     name = (name or "").strip() or f"webhook-{uuid.uuid4().hex[:12]}"
     if name == PSA_ENDPOINT or Endpoint.objects.filter(name=name).exists():
         raise InvalidInput("An endpoint of that name exists already.", field="name")
@@ -522,7 +530,7 @@ def update_webhook(user, endpoint: Endpoint, **changes) -> Endpoint:
         fields["event_types"] = _checked_types(changes["event_types"])
     if "enabled" in changes:
         fields["enabled"] = bool(changes["enabled"])
-    site_rows = _site_list(user, changes["sites"]) if "sites" in changes else list(endpoint.sites.all())
+    site_rows = site_list(user, changes["sites"]) if "sites" in changes else list(endpoint.sites.all())
     with transaction.atomic():
         Endpoint.objects.filter(pk=endpoint.pk).update(**fields)
         if "sites" in changes:

@@ -231,6 +231,8 @@ def seed_world(server) -> dict:
     r = server.request("POST", "/api/v1/containment/", contain, w["admin"])
     assert r.status == 201, r.body
     containment = r.json()["id"]
+    siem_body = {"kind": "syslog", "address": "127.0.0.1:9", "format": "cef", "sites": [w["site"]]}
+    siem = server.request("POST", "/api/v1/siem-destinations/", siem_body, w["admin"]).json()
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
     sites = server.request("GET", "/api/v1/sites/", token=w["admin"]).json()["results"]
     spare = [
@@ -266,6 +268,7 @@ def seed_world(server) -> dict:
             "/api/v1/webhooks/": [hook["id"]],
             "/api/v1/webhook-deliveries/": [ping["id"]],
             "/api/v1/containment/": [containment],
+            "/api/v1/siem-destinations/": [siem["id"]],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -288,6 +291,9 @@ def seed_world(server) -> dict:
             "url": [hook_body["url"]],
             "event_types": [hook_body["event_types"]],
             "sites": [hook_body["sites"]],
+            "kind": [siem_body["kind"], "http"],
+            "address": [siem_body["address"], "http://127.0.0.1:9"],
+            "shape": ["splunk_hec", "elastic_bulk"],
         },
     }
     return w

@@ -169,6 +169,7 @@ LAYERS = [
             "rmm.keys.models",
             "rmm.keys.store",
             "rmm.outbox.models",
+            "rmm.siem.models",
             "rmm.authority.models",
             "rmm.engine.models",
             "rmm.engine.states",
@@ -184,7 +185,7 @@ LAYERS = [
         ["rmm.access", "rmm.keys", "rmm.outbox", "rmm.authority.laws", "rmm.engine.events", "rmm.engine.agent_limits"],
     ),
     ("engine", ["rmm.engine", "rmm.inventory"]),  # an agent's presence and revocation end its work
-    ("above the engine", ["rmm.authority", "rmm.artefacts", "rmm.signin", "rmm.updates"]),
+    ("above the engine", ["rmm.authority", "rmm.artefacts", "rmm.signin", "rmm.updates", "rmm.siem"]),
     ("console", ["rmm.console"]),
 ]
 SURFACES = {"admin", "api", "views", "agent_views", "urls", "consumers", "routing", "apps", "management", "tasks"}

@@ -55,6 +55,7 @@ from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from rmm.outbox import services as outbox
+from rmm.siem import services as siem
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, otp_login, report
 from tests.support.profiles import approved_key, audited, enforcement_row
@@ -246,6 +247,7 @@ def build_world(storage: str) -> World:
     token_other = ApiToken.objects.get(user=author, name="a third party's")
     webhook, _ = outbox.create_webhook(root, url="http://127.0.0.1:9/matrix", event_types=["*"], sites=["alpha"])
     webhook_delivery = outbox.ping(root, webhook)
+    siem_destination = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["alpha"])
 
     world = World(
         ids={
@@ -278,6 +280,7 @@ def build_world(storage: str) -> World:
             **audit_ids,
             "webhook": str(webhook.pk),
             "webhook_delivery": str(webhook_delivery.pk),
+            "siem_destination": str(siem_destination.pk),
         },
         jobs=[str(job_done.pk), str(job_waiting.pk), str(batch_job.pk)],
         storage=storage,

@@ -1,0 +1,7 @@
+"""The SIEM feed's work in the task cluster (django-q2), scheduled every minute."""
+
+from rmm.siem import services
+
+
+def follow() -> int:
+    return services.follow()
