@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console agent-deb
+.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,6 +94,11 @@ ASSETS ?= 100000
 JOBS ?= 1000000
 bench-console: install
 	$(BIN)/python -m bench.console_bench --assets $(ASSETS) --jobs $(JOBS) $(BENCH_ARGS)
+
+# Many agents fetching one deployment artefact at once (docs/performance.md), on 127.0.0.1's PostgreSQL,
+# e.g. BENCH_ARGS="--agents 200 --mib 5".
+bench-download: install
+	$(BIN)/python -m bench.download_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules

@@ -49,15 +49,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) of one process."""
+def status_mib(pid: int, field: str) -> float:
+    """One memory figure of a process from /proc (``VmHWM``: its peak resident memory, ``VmRSS``:
+    resident now), in MiB; 0 once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    return status_mib(pid, "VmHWM")
 
 
 def tree(pid: int) -> list[int]:

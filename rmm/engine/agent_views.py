@@ -444,8 +444,11 @@ def _output(request: HttpRequest) -> JsonResponse:
         return response
 
 
-# What one read of an artefact's blob hands to the event loop while it is streamed.
-ARTEFACT_CHUNK = 256 * 1024
+# What one read of an artefact's blob hands to the event loop while it is streamed: each stream
+# holds about one read and one in its socket's buffer, so this times the streams at once is the
+# worker's memory for them (64 KiB: Django's own chunk; at 256 KiB, 300 streams took 2.5 times the
+# memory for the same CPU: docs/performance.md, Artefact downloads).
+ARTEFACT_CHUNK = 64 * 1024
 
 
 @require_GET
