@@ -23,11 +23,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from deployment.models import DeploymentJob, InstalledSoftware, InstallerType, SoftwarePackage
+from rmm.access import roles as access
 from rmm.artefacts import services as artefacts
 from rmm.core import blobs
-from rmm.core.errors import InvalidInput
+from rmm.core.errors import InvalidInput, NotFound
 from rmm.engine import services as engine
 from rmm.history import services as history
+from rmm.inventory.models import Asset
 from rmm.outbox import addresses
 
 BLOB_FOLDER = "packages"
@@ -273,7 +275,16 @@ def create_deployments(
 ) -> list:
     """One approved package on many assets (the listed ones, or every asset of a site), one
     deployment job each, in one batch released by its ``plan`` (canary, rings, failure threshold:
-    the engine's batches halt themselves past it). The engine applies every law."""
+    the engine's batches halt themselves past it). The engine applies every law. A rollout over
+    an asset the caller may not see (another site's, or none) is 404, as if it did not exist, and
+    recorded: nothing is created."""
+    if asset_ids:
+        wanted = {str(asset_id) for asset_id in asset_ids}
+        seen = Asset.objects.filter(pk__in=wanted, site__in=access.visible_sites(user)).count()
+        if seen != len(wanted):
+            reason = f"{len(wanted) - seen} of the assets do not exist or are outside your sites"
+            history.record_refusal(user, "deployment.create", None, reason=reason, payload={"package": str(package_id)})
+            raise NotFound(f"{len(wanted) - seen} of the assets do not exist.", field="assets")
     return engine.create_jobs(
         user,
         "deployment",
@@ -313,6 +324,16 @@ def record_detection(job: DeploymentJob, inst, result: dict) -> InstalledSoftwar
         update_fields=["package", "installed", "version", "read_at", "deployment_job", "evidence"],
     )
     return row
+
+
+ASSET_PANEL_ROWS = 20
+
+
+def installed_on(asset, user) -> list[InstalledSoftware]:
+    """The console's installed-software panel on an asset's page (the page has checked the user
+    may see the asset): its rows by name, one query."""
+    rows = InstalledSoftware.objects.filter(asset=asset).select_related("package").order_by("name")
+    return list(rows[:ASSET_PANEL_ROWS])
 
 
 def detection_evidence(job: DeploymentJob, stored: InstalledSoftware | None, record) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from deployment import kind
@@ -147,8 +148,10 @@ def test_a_pending_package_no_authority_and_an_asset_elsewhere_are_refused_and_r
         {"package": str(approved.pk), "assets": [str(world["agent"].asset_id)], "psa_task_id": str(world["task"].pk)},
         format="json",
     )
-    # As for a script batch: an asset outside the caller's sites is one that does not exist.
-    assert r.status_code == 400 and r.json() == {"assets": ["1 of the assets do not exist."]}
+    # An asset outside the caller's sites is one that does not exist: 404, recorded.
+    assert r.status_code == 404 and r.json() == {"assets": ["1 of the assets do not exist."]}
+    refusal = HistoryEvent.objects.filter(action="refused.deployment.create").latest("sequence")
+    assert "outside your sites" in refusal.payload["reason"]
     assert not DeploymentJob.objects.exists()
 
 
@@ -377,6 +380,12 @@ def test_each_detection_read_becomes_the_assets_installed_software_with_its_evid
     assert row["name"] == "hello-rmm" and row["installed"] is True and row["version"] == "1.0-1"
     assert row["package"]["id"] == str(pkg.pk) and row["package"]["revision"] == pkg.revision
     assert row["deployment_job"] == str(job.pk) and row["evidence"] == str(read.pk) and row["read_at"]
+    console = Client()
+    console.force_login(world["tech"].user)
+    page = console.get(f"/console/assets/{world['agent'].asset_id}/").content.decode()
+    panel = page[page.index('id="asset-software"') :]
+    assert "<td>hello-rmm</td><td>installed</td><td>1.0-1</td>" in panel
+    assert f"/api/v1/evidence/{read.pk}/content/" in panel
 
     # The rollback's read replaces it: one row per package name, its newest read.
     r = deploy(world, pkg, action="uninstall")
