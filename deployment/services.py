@@ -278,6 +278,7 @@ def create_deployments(
     the engine's batches halt themselves past it). The engine applies every law. A rollout over
     an asset the caller may not see (another site's, or none) is 404, as if it did not exist, and
     recorded: nothing is created."""
+    engine.require_role(user, "request_jobs", "deployment.create")
     if asset_ids:
         wanted = {str(asset_id) for asset_id in asset_ids}
         seen = Asset.objects.filter(pk__in=wanted, site__in=access.visible_sites(user)).count()

@@ -18,6 +18,7 @@ from tests.support.authorization import (
     MANAGE_AUTHORITY,
     MANAGE_INTEGRATIONS,
     MANAGE_LEGAL_HOLDS,
+    REQUEST_CONTAINMENT,
     REQUEST_JOBS,
     ROLES,
     STAFF,
@@ -76,6 +77,7 @@ def test_role_groups_match_access():
         "import_advisories": IMPORT_ADVISORIES,
         "manage_access": MANAGE_ACCESS,
         "manage_integrations": MANAGE_INTEGRATIONS,
+        "request_containment": REQUEST_CONTAINMENT,
         "view": ROLES,
         "view_evidence": ROLES,
     }

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.authorization import Row, World, api, check, ids, only
-
-CONTAIN = ("admin", "edr")
+from tests.support.authorization import REQUEST_CONTAINMENT, Row, World, api, check, ids, only
 
 ROWS = [
     api("GET", "/api/v1/containment/", 200),
@@ -15,8 +13,8 @@ ROWS = [
     api(
         "POST",
         "/api/v1/containment/",
-        only(CONTAIN, 409, 403),
-        only(CONTAIN, 404, 403),
+        only(REQUEST_CONTAINMENT, 409, 403),
+        only(REQUEST_CONTAINMENT, 404, 403),
         body={"asset": "{asset}", "action": "release", "reason": "EDR alert", "psa_task_id": "{task}"},
         hidden=("asset",),
         label="release without an isolation",

@@ -40,12 +40,15 @@ ROWS = [
         "POST",
         "/api/v1/deployments/",
         only(REQUEST_JOBS, 400, 403),
+        only(REQUEST_JOBS, 404, 403),  # another site's asset is one that does not exist
         body={"package": "{package_pending}", "assets": ["{asset}"], "psa_task_id": "{task}"},
         hidden=("asset", "task"),
         label="package not approved",
     ),
     api("GET", "/api/v1/deployment-jobs/", 200),
     api("GET", "/api/v1/deployment-jobs/{new_id}/", 404, label="no such job"),
+    # --- an asset's installed software: its site's callers only; others cannot tell it from a missing asset
+    api("GET", "/api/v1/assets/{asset}/software/", 200, 404, hidden=("asset",)),
     page("GET", "/admin/deployment/softwarepackage/", only(STAFF, 200, 302)),
     page("GET", "/admin/deployment/softwarepackage/{package_pending}/change/", only(STAFF, 200, 302)),
 ]

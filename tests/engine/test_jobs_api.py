@@ -74,7 +74,7 @@ def test_filters(world):
 @pytest.mark.parametrize(
     "query, field",
     [
-        ({"kind": "patch"}, "kind"),
+        ({"kind": "no-such-kind"}, "kind"),
         ({"status": "done"}, "status"),
         ({"asset": "x"}, "asset"),
         ({"psa_case": "1"}, "psa_case"),

@@ -19,9 +19,9 @@ from tests.support.evidence import World, download, record_item, run_export, unp
 @pytest.fixture
 def patch_type():
     """A type as a patching app would register it in its AppConfig.ready."""
-    types.register("patch_result", "What a patch job installed")
-    yield "patch_result"
-    types._types.pop("patch_result")
+    types.register("vendor_attestation", "A vendor's signed statement")
+    yield "vendor_attestation"
+    types._types.pop("vendor_attestation")
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ def compliance(caller, site):
 
 def test_an_unregistered_type_is_refused_and_nothing_is_recorded(world):
     before = RmmEvidence.objects.count()
-    with pytest.raises(InvalidInput, match="Unknown evidence type 'patch_result'"):
-        record_item(world.asset, world.task, evidence_type="patch_result")
+    with pytest.raises(InvalidInput, match="Unknown evidence type 'vendor_attestation'"):
+        record_item(world.asset, world.task, evidence_type="vendor_attestation")
     assert RmmEvidence.objects.count() == before
 
 
@@ -62,9 +62,13 @@ def test_the_schema_lists_the_registered_types(compliance, patch_type):
         "agent_update_result",
         "deployment_result",
         "configuration_audit",
+        "containment_state",
         "drift_report",
+        "enforcement_result",
         "history_anchor",
         "patch_result",
+        "patch_scan_result",
+        "vendor_attestation",
         "script_result",
         "step_result",
     }
@@ -73,8 +77,12 @@ def test_the_schema_lists_the_registered_types(compliance, patch_type):
         "agent_update_result",
         "deployment_result",
         "configuration_audit",
+        "containment_state",
         "drift_report",
+        "enforcement_result",
         "patch_result",
+        "patch_scan_result",
+        "vendor_attestation",
         "script_result",
         "step_result",
     }

@@ -424,7 +424,9 @@ def test_only_creating_a_script_version_accepts_content(world):
             for media in (op.get("requestBody") or {}).get("content", {}).values():
                 if _schema_properties(doc, media.get("schema", {})) & FREE_TEXT:
                     takers.add((method.upper(), path))
-    assert takers == {("POST", "/api/v1/scripts/")}
+    # Both create code that a second person approves before it runs: a script version, and a
+    # package (whose interpreter, sh or powershell, says what runs a script package).
+    assert takers == {("POST", "/api/v1/scripts/"), ("POST", "/api/v1/packages/")}
 
 
 def test_a_job_names_a_script_version_and_extra_text_is_ignored(world):
