@@ -15,7 +15,7 @@ from rmm.access import roles as access
 from rmm.artefacts.api import decision_actions
 from rmm.artefacts.states import ApprovalStatus
 from rmm.core.api import SiteScopedMixin
-from rmm.core.api_schema import RETIRED_TARGET
+from rmm.core.api_schema import RETIRED_TARGET, refusal
 from rmm.core.errors import InvalidInput
 from rmm.engine import services as engine
 from rmm.engine.api.views import StatusField
@@ -27,6 +27,9 @@ class PackageSerializer(serializers.ModelSerializer):
     status = serializers.ChoiceField(source="approval_status", choices=ApprovalStatus.choices, read_only=True)
     author = serializers.CharField(source="author.username", read_only=True)
     decided_by = serializers.CharField(source="decided_by.username", allow_null=True, read_only=True)
+    interpreter = serializers.CharField(
+        read_only=True, help_text="A script package's interpreter (sh or powershell); empty for the other types."
+    )
 
     class Meta:
         model = SoftwarePackage
@@ -310,7 +313,13 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     serializer_class = DeploymentRequestSerializer
 
-    @extend_schema(responses={201: DeploymentAnswer, 409: RETIRED_TARGET})
+    @extend_schema(
+        responses={
+            201: DeploymentAnswer,
+            404: refusal("An asset named is not one of your sites' (or does not exist); the field names it."),
+            409: RETIRED_TARGET,
+        }
+    )
     def create(self, request):
         given = self.get_serializer(data=request.data)
         given.is_valid(raise_exception=True)

@@ -43,6 +43,7 @@ class PatchSerializer(serializers.ModelSerializer):
 
 class PatchCatalogSerializer(PatchSerializer):
     cves = serializers.SlugRelatedField(slug_field="cve", many=True, read_only=True, help_text="The CVEs it fixes.")
+    url = serializers.CharField(read_only=True, help_text="The advisory's address; empty for what a scan reported.")
 
     class Meta(PatchSerializer.Meta):
         fields = [
