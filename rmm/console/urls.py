@@ -1,7 +1,17 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from rmm.console import asset_page, asset_picker, dashboard, enroll_page, kill_switch_page, people, person_page, views
+from rmm.console import (
+    asset_page,
+    asset_picker,
+    dashboard,
+    enroll_page,
+    integrations,
+    kill_switch_page,
+    people,
+    person_page,
+    views,
+)
 
 app_name = "console"
 urlpatterns = [
@@ -36,6 +46,12 @@ urlpatterns = [
     path("console/kill-switches/", kill_switch_page.kill_switch_page, name="kill-switches"),
     path("console/tokens/", views.token_page, name="tokens"),
     path("console/tokens/<uuid:token_id>/revoke/", views.token_revoke, name="token-revoke"),
+    path("console/webhooks/", integrations.webhook_list, name="webhooks"),
+    path("console/webhooks/<uuid:webhook_id>/", integrations.webhook_detail, name="webhook"),
+    path("console/webhooks/<uuid:webhook_id>/ping/", integrations.webhook_ping, name="webhook-ping"),
+    path("console/webhooks/<uuid:webhook_id>/rotate-secret/", integrations.webhook_rotate, name="webhook-rotate"),
+    path("console/webhook-deliveries/<uuid:delivery_id>/replay/", integrations.delivery_replay, name="delivery-replay"),
+    path("console/siem/", integrations.siem_list, name="siem"),
     path("console/kill-switches/banner/", views.kill_banner, name="kill-banner"),
     path("console/kill-switches/<uuid:switch_id>/release/", views.kill_switch_release, name="kill-switch-release"),
 ]

@@ -1,5 +1,5 @@
-"""Law 7, the console's pages: the dashboard, jobs, batches, kill switches, people, agent enrollment
-and a person's own tokens, for every role, in-site and out-of-site (harness:
+"""Law 7, the console's pages: the dashboard, jobs, batches, kill switches, people, agent enrollment,
+integrations (webhooks, SIEM destinations) and a person's own tokens, for every role, in-site and out-of-site (harness:
 tests/support/authorization.py)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from rmm.access.models import ApiToken
 from rmm.engine.models import KillSwitch
 from rmm.inventory.models import Asset, EnrollmentToken
+from rmm.outbox.models import Delivery, Endpoint
 from tests.support.authorization import (
     APPROVE,
     ENGAGE_KILL_SWITCH,
@@ -18,6 +19,7 @@ from tests.support.authorization import (
     IN,
     MANAGE_ACCESS,
     MANAGE_AGENTS,
+    MANAGE_INTEGRATIONS,
     Row,
     World,
     callers,
@@ -71,6 +73,21 @@ def _site_switch(w) -> bool:
 def _switch_released(w) -> bool:
     return KillSwitch.objects.filter(pk=w.ids["switch"], released_at__isnull=False).exists()
 
+
+def _webhook_made(w) -> bool:
+    return Endpoint.objects.filter(name="matrix-hook").exists()
+
+
+def _webhook_pinged(w) -> bool:
+    return Delivery.objects.filter(endpoint_id=w.ids["webhook"]).count() > 1
+
+
+def _webhook_rotated(w) -> bool:
+    return Endpoint.objects.filter(pk=w.ids["webhook"]).exclude(previous_secret="").exists()
+
+
+WEBHOOK = "/console/webhooks/{webhook}/"
+INTEGRATORS_IN = callers(MANAGE_INTEGRATIONS, "in")
 
 ROWS = [
     # --- console
@@ -188,6 +205,50 @@ ROWS = [
         effect=(_switch_released, callers(APPROVE, "in")),
     ),
     page("GET", "/console/kill-switches/{switch}/release/", 405, label="GET"),
+    # Integrations: admins, within the webhook's (and destination's) sites; the world's webhook hears alpha
+    page("GET", "/console/webhooks/", only(MANAGE_INTEGRATIONS, 200, 403), shows=(("webhook", INTEGRATORS_IN),)),
+    page(
+        "POST",
+        "/console/webhooks/",
+        only(MANAGE_INTEGRATIONS, 200, 403),
+        only(MANAGE_INTEGRATIONS, 400, 403),
+        body={
+            "url": "http://127.0.0.1:9/matrix-new",
+            "event_types": ["job.finished"],
+            "sites": ["alpha"],
+            "name": "matrix-hook",
+        },
+        effect=(_webhook_made, INTEGRATORS_IN),
+    ),  # fmt: skip
+    page("GET", WEBHOOK, only(MANAGE_INTEGRATIONS, 200, 403), only(MANAGE_INTEGRATIONS, 404, 403), hidden=("webhook",)),
+    page(
+        "POST",
+        WEBHOOK + "ping/",
+        only(MANAGE_INTEGRATIONS, 302, 403),
+        only(MANAGE_INTEGRATIONS, 404, 403),
+        body={},
+        hidden=("webhook",),
+        effect=(_webhook_pinged, INTEGRATORS_IN),
+    ),
+    page(
+        "POST",
+        WEBHOOK + "rotate-secret/",
+        only(MANAGE_INTEGRATIONS, 200, 403),
+        only(MANAGE_INTEGRATIONS, 404, 403),
+        body={"overlap_hours": "1"},
+        hidden=("webhook",),
+        effect=(_webhook_rotated, INTEGRATORS_IN),
+    ),
+    # the world's one delivery is still pending: a replay is a conflict
+    page(
+        "POST",
+        "/console/webhook-deliveries/{webhook_delivery}/replay/",
+        only(MANAGE_INTEGRATIONS, 409, 403),
+        only(MANAGE_INTEGRATIONS, 404, 403),
+        body={},
+        hidden=("webhook_delivery",),
+    ),
+    page("GET", "/console/siem/", only(MANAGE_INTEGRATIONS, 200, 403), shows=(("siem_destination", INTEGRATORS_IN),)),
     # A person's own tokens: anyone signed in (admins and approvers past their second factor)
     page("GET", "/console/tokens/", 200, shows=(("token_other", frozenset()),)),
     page("POST", "/console/tokens/", 200, body={"name": "console matrix"}, effect=(_console_token, EVERYONE)),

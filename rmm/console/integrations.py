@@ -1,0 +1,274 @@
+"""The console's integrations pages (docs/integrations.md), for admins within their sites, as the
+API: webhook subscriptions (make one and see its secret once, a test ping, rotate its secret with
+an overlap, its deliveries with every attempt, replay one) and SIEM destinations with their
+delivery state and lag. Every action is the outbox's or the feed's service; a role that may not
+manage integrations gets 403 (recorded by the service), a webhook outside the admin's sites 404."""
+
+from __future__ import annotations
+
+import django_filters
+import django_tables2 as tables
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from rmm.access import roles as access
+from rmm.console import forms as console_forms
+from rmm.console import lists
+from rmm.core.errors import Forbidden, ServiceError
+from rmm.outbox import services as outbox
+from rmm.outbox.models import Endpoint
+from rmm.siem import services as siem
+from rmm.siem.models import Destination
+
+EVERY_TYPE = "*"
+
+
+def _manager(user, require, action: str, obj=None) -> None:
+    """The service's own check (a refusal is recorded), as the console's 403 page."""
+    try:
+        require(user, action, obj)
+    except Forbidden as exc:
+        raise PermissionDenied(exc.detail) from None
+
+
+# --- webhooks -------------------------------------------------------------------------------------
+
+
+class WebhookForm(forms.Form):
+    url = forms.CharField(label="URL", max_length=2000, help_text="http(s); not this server, nor a link-local address.")
+    event_types = forms.MultipleChoiceField(
+        label="Event types",
+        choices=[],
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one event type."},
+    )
+    sites = forms.MultipleChoiceField(
+        label="Sites",
+        choices=[],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None chosen: every site, and events of none (needs every site).",
+    )
+    name = forms.CharField(label="Name", max_length=100, required=False, help_text="Left empty: generated.")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        types = sorted(outbox.event_types().items())
+        self.fields["event_types"].choices = [(EVERY_TYPE, "* (every type)")] + [
+            (name, f"{name}: {kind.description}") for name, kind in types
+        ]
+        self.fields["sites"].choices = [
+            (name, name) for name in access.visible_sites(user).values_list("name", flat=True)
+        ]
+
+
+class WebhookTable(lists.ListTable):
+    name = tables.TemplateColumn(
+        "<a href=\"{% url 'console:webhook' record.pk %}\">{{ record.name }}</a>", verbose_name="Name"
+    )
+    url = tables.Column(verbose_name="URL")
+    event_types = tables.Column(verbose_name="Event types", orderable=False)
+    sites = tables.Column(verbose_name="Sites", empty_values=(), orderable=False)
+    enabled = tables.BooleanColumn(verbose_name="Enabled", yesno="yes,no")
+    created_at = tables.DateTimeColumn(verbose_name="Made", format="Y-m-d H:i")
+
+    class Meta(lists.ListTable.Meta):
+        order_by = "-created_at"
+        row_attrs = {"data-webhook": lambda record: record.pk}
+        empty_text = "No webhooks."
+
+    def render_event_types(self, value) -> str:
+        return ", ".join(value)
+
+    def render_sites(self, record: Endpoint) -> str:
+        return ", ".join(sorted(site.name for site in record.sites.all())) or "every site"
+
+
+class WebhookFilter(django_filters.FilterSet):
+    enabled = django_filters.BooleanFilter(label="Enabled")
+
+    class Meta:
+        model = Endpoint
+        fields = ["enabled"]
+
+
+@login_required
+@never_cache
+def webhook_list(request):
+    """The webhooks the admin may see, and a form that makes one: its secret is shown on the page
+    that answers, this once."""
+    _manager(request.user, outbox.require_manager, "list")
+    form = WebhookForm(request.POST or None, user=request.user)
+    context = {"nav": "integrations", "form": form, "secret": None}
+    status = 200
+    if request.method == "POST":
+        made, status = console_forms.submit(
+            form,
+            lambda data: outbox.create_webhook(
+                request.user, url=data["url"], event_types=data["event_types"], sites=data["sites"], name=data["name"]
+            ),
+        )
+        if made is not None:
+            endpoint, secret = made
+            context.update(secret=secret, made=endpoint, form=WebhookForm(user=request.user))
+    filterset = WebhookFilter(request.GET, queryset=outbox.visible_webhooks(request.user))
+    response = lists.list_page(request, WebhookTable, filterset, "console/webhooks.html", context)
+    if status != 200:
+        response.status_code = status
+    return response
+
+
+def _webhook(request, webhook_id, action: str) -> Endpoint:
+    _manager(request.user, outbox.require_manager, action)
+    endpoint = outbox.visible_webhooks(request.user).filter(pk=webhook_id).first()
+    if endpoint is None:
+        raise Http404
+    return endpoint
+
+
+class RotateForm(forms.Form):
+    overlap_hours = forms.FloatField(
+        label="Overlap (hours)",
+        initial=24,
+        help_text="How long the old secret still signs beside the new one; 0 stops it at once (a leaked secret).",
+    )
+
+
+class DeliveryTable(lists.ListTable):
+    created_at = tables.DateTimeColumn(verbose_name="Made", format="Y-m-d H:i:s")
+    event_id = tables.Column(verbose_name="Event id (webhook-id)", accessor="event__message_id", orderable=False)
+    event_type = tables.Column(verbose_name="Type", accessor="event__type")
+    status = tables.Column(verbose_name="Status")
+    attempts = lists.CellColumn(
+        template_name="console/delivery_attempts.html", verbose_name="Attempts", orderable=False, empty_values=()
+    )
+    replay = lists.CellColumn(
+        template_name="console/delivery_replay.html", verbose_name="", orderable=False, empty_values=()
+    )
+
+    class Meta(lists.ListTable.Meta):
+        order_by = "-created_at"
+        row_attrs = {"data-delivery": lambda record: record.pk}
+        empty_text = "No deliveries yet."
+
+    def render_status(self, record) -> str:
+        return record.status  # the API's word, not its label
+
+
+def _webhook_page(request, endpoint: Endpoint, *, secret: str = "", rotate: RotateForm | None = None, status=200):
+    table = DeliveryTable(outbox.deliveries_of(endpoint))
+    lists.paginate(request, table)
+    context = {
+        "nav": "integrations",
+        "webhook": endpoint,
+        "sites": sorted(site.name for site in endpoint.sites.all()),
+        "table": table,
+        "secret": secret,
+        "rotate": rotate or RotateForm(),
+    }
+    return render(request, "console/webhook.html", context, status=status)
+
+
+@login_required
+@never_cache
+def webhook_detail(request, webhook_id):
+    """A webhook, its actions and its deliveries (newest first, each with every attempt)."""
+    return _webhook_page(request, _webhook(request, webhook_id, "retrieve"))
+
+
+@login_required
+@require_POST
+def webhook_ping(request, webhook_id):
+    endpoint = _webhook(request, webhook_id, "ping")
+    try:
+        delivery = outbox.ping(request.user, endpoint)
+    except ServiceError as exc:
+        messages.error(request, exc.detail)
+        return _webhook_page(request, endpoint, status=exc.status_code)
+    messages.success(request, f"Test event {delivery.event.message_id} queued for {endpoint.name}.")
+    return redirect("console:webhook", webhook_id=endpoint.pk)
+
+
+@login_required
+@require_POST
+@never_cache
+def webhook_rotate(request, webhook_id):
+    """The new secret is on the page that answers, this once (no redirect: a reload must not show it)."""
+    endpoint = _webhook(request, webhook_id, "rotate_secret")
+    form = RotateForm(request.POST)
+    made, status = console_forms.submit(
+        form, lambda data: outbox.rotate_secret(request.user, endpoint, data["overlap_hours"])
+    )
+    if made is None:
+        return _webhook_page(request, endpoint, rotate=form, status=status)
+    endpoint, secret = made
+    return _webhook_page(request, endpoint, secret=secret)
+
+
+@login_required
+@require_POST
+def delivery_replay(request, delivery_id):
+    _manager(request.user, outbox.require_manager, "replay")
+    delivery = outbox.visible_deliveries(request.user).filter(pk=delivery_id).first()
+    if delivery is None:
+        raise Http404
+    try:
+        outbox.replay_delivery(request.user, delivery)
+    except ServiceError as exc:
+        messages.error(request, exc.detail)
+        return _webhook_page(request, delivery.endpoint, status=exc.status_code)
+    messages.success(request, f"{delivery.event.message_id} is sent again, with the same id and body.")
+    return redirect("console:webhook", webhook_id=delivery.endpoint_id)
+
+
+# --- SIEM destinations ----------------------------------------------------------------------------
+
+
+class DestinationTable(lists.ListTable):
+    name = tables.Column(verbose_name="Name")
+    kind = tables.Column(verbose_name="Kind")
+    address = tables.Column(verbose_name="Address")
+    format = tables.Column(verbose_name="Format")
+    sites = tables.Column(verbose_name="Sites", empty_values=(), orderable=False)
+    state = lists.CellColumn(
+        template_name="console/siem_state.html", verbose_name="State", orderable=False, empty_values=()
+    )
+    position = tables.Column(verbose_name="Position", accessor="cursor")
+    lag = lists.CellColumn(template_name="console/siem_lag.html", verbose_name="Lag", orderable=False, empty_values=())
+    delivered_at = tables.DateTimeColumn(verbose_name="Last delivered", format="Y-m-d H:i:s", default="never")
+
+    class Meta(lists.ListTable.Meta):
+        order_by = "-created_at"
+        row_attrs = {"data-destination": lambda record: record.pk}
+        empty_text = "No SIEM destinations."
+
+    def render_sites(self, record: Destination) -> str:
+        return ", ".join(sorted(site.name for site in record.sites.all())) or "every site"
+
+    def prepare_page(self, records: list) -> None:
+        """Each destination's state and lag behind the history (two queries for the page)."""
+        lags = siem.lags(records)
+        for record in records:
+            record.state = siem.state(record)
+            record.lag = lags[record.pk]
+
+
+class DestinationFilter(django_filters.FilterSet):
+    class Meta:
+        model = Destination
+        fields = ["kind", "enabled"]
+
+
+@login_required
+@never_cache
+def siem_list(request):
+    """The SIEM destinations the admin may see, each with its delivery state and lag."""
+    _manager(request.user, siem.require_manager, "list")
+    filterset = DestinationFilter(request.GET, queryset=siem.visible_destinations(request.user))
+    return lists.list_page(request, DestinationTable, filterset, "console/siem.html", {"nav": "integrations"})

@@ -1,0 +1,184 @@
+"""The console's integrations pages (issue 19, part 4): an admin makes a webhook and sees its secret
+once, pings it, rotates its secret with an overlap, reads its deliveries with every attempt and
+replays one, all against a real receiver on 127.0.0.1; SIEM destinations show their delivery state
+and lag. Other roles get 403 (recorded) and an admin of other sites 404, and nothing changes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.test import Client
+
+from rmm.access import services as access_services
+from rmm.history.models import HistoryEvent
+from rmm.history.services import append
+from rmm.outbox import services as outbox
+from rmm.outbox.models import Delivery, Endpoint
+from rmm.siem import services as siem
+from tests.helpers import otp_login
+from tests.outbox.receivers import Receiver
+from tests.outbox.test_webhooks import drain, verifies
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def receiver():
+    made = Receiver(fail_first=1)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def live(settings):
+    settings.RMM_TASKS_SYNC = True
+    settings.RMM_PSA_WEBHOOK_URL = ""
+    settings.RMM_WEBHOOK_ALLOW_PRIVATE = True
+
+
+def admin_of(name: str, site) -> Client:
+    user = access_services.ensure_user_with_role(name, "admin")
+    access_services.grant_site(user, site)
+    return otp_login(Client(), user)
+
+
+@pytest.fixture
+def admin(site):
+    return admin_of("boss", site)
+
+
+def shown(response) -> str:
+    return response.content.decode()
+
+
+def secret_on(page: str) -> str:
+    found = re.findall(r"<code>(whsec_[A-Za-z0-9+/=]+)</code>", page)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_an_admin_makes_pings_rotates_and_replays_a_webhook_on_the_console(
+    admin, site, receiver, live, django_capture_on_commit_callbacks
+):
+    assert 'href="/console/webhooks/"' in shown(admin.get("/console/"))  # the navigation offers it
+    response = admin.post(
+        "/console/webhooks/", {"url": receiver.url, "event_types": ["webhook.ping"], "sites": ["alpha"], "name": "hook"}
+    )
+    assert response.status_code == 200, shown(response)
+    page = shown(response)
+    secret = secret_on(page)
+    endpoint = Endpoint.objects.get(name="hook")
+    assert endpoint.secret == secret and f'data-webhook="{endpoint.pk}"' in page
+    detail = f"/console/webhooks/{endpoint.pk}/"
+    page = shown(admin.get(detail))
+    assert secret not in page and "whsec_" not in page  # shown once
+    assert '<dd data-field="sites">alpha</dd>' in page and "No deliveries yet." in page
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin.post(detail + "ping/")
+    assert response.status_code == 302 and response["Location"] == detail
+    page = shown(admin.get(detail))
+    delivery = Delivery.objects.get(endpoint=endpoint)
+    assert f"Test event {delivery.event.message_id} queued for hook." in page
+    # the receiver failed the first call: the page shows that attempt, and the retry to come
+    assert re.search(r'data-attempt="1">[^<]*HTTP 503, \d+ ms, HTTP 503', page), page
+    drain()
+    page = shown(admin.get(detail))
+    assert re.search(r'data-attempt="2">[^<]*HTTP 204', page) and ">delivered<" in page
+    assert verifies(secret, receiver.accepted[0])
+
+    response = admin.post(detail + "rotate-secret/", {"overlap_hours": "2"})
+    assert response.status_code == 200
+    page = shown(response)
+    rotated = secret_on(page)
+    assert rotated != secret and "The old one signs beside it until" in page
+    assert "whsec_" not in shown(admin.get(detail))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin.post(f"/console/webhook-deliveries/{delivery.pk}/replay/")
+    assert response["Location"] == detail
+    assert "is sent again, with the same id and body." in shown(admin.get(detail))
+    replayed = receiver.accepted[-1]
+    assert len(receiver.accepted) == 2 and replayed["raw"] == receiver.accepted[0]["raw"]
+    assert replayed["headers"]["webhook-id"] == delivery.event.message_id
+    assert verifies(secret, replayed) and verifies(rotated, replayed)  # both sign during the overlap
+    assert re.search(r'data-attempt="3">[^<]*HTTP 204', shown(admin.get(detail)))
+
+
+def test_bad_input_is_named_beside_its_field_and_makes_nothing(admin, live):
+    response = admin.post("/console/webhooks/", {"url": "http://169.254.169.254/", "event_types": ["job.finished"]})
+    assert response.status_code == 400
+    page = shown(response)
+    assert "Nothing was made: fix what is marked below." in page and "whsec_" not in page
+    response = admin.post(
+        "/console/webhooks/", {"url": "http://127.0.0.1:9/", "event_types": ["job.finished", "no.such"]}
+    )
+    assert response.status_code == 400 and "Select a valid choice. no.such is not one of" in shown(response)
+    # an admin of one site may not make a webhook for every site: the 403 page, recorded
+    response = admin.post("/console/webhooks/", {"url": "http://127.0.0.1:9/", "event_types": ["job.finished"]})
+    assert response.status_code == 403
+    assert HistoryEvent.objects.filter(action="refused.webhook.sites").count() == 1
+    assert not Endpoint.objects.exists()
+
+
+def test_a_rotation_with_a_bad_overlap_and_a_replay_while_pending_change_nothing(admin, site, live, caller):
+    endpoint, secret = outbox.create_webhook(caller("root", "admin").user, url="http://127.0.0.1:9/", event_types=["*"])
+    endpoint.sites.set([site])
+    response = admin.post(f"/console/webhooks/{endpoint.pk}/rotate-secret/", {"overlap_hours": "9999"})
+    assert response.status_code == 400 and "Must be between 0 and 720 hours." in shown(response)
+    delivery = outbox.ping(caller("root", "admin").user, endpoint)
+    response = admin.post(f"/console/webhook-deliveries/{delivery.pk}/replay/")
+    assert response.status_code == 409 and "The delivery is still pending: it is being sent." in shown(response)
+    endpoint.refresh_from_db()
+    assert endpoint.secret == secret and not endpoint.previous_secret
+    assert not HistoryEvent.objects.filter(action="outbox.delivery_replayed").exists()
+
+
+def test_other_roles_get_403_and_admins_of_other_sites_404_and_nothing_changes(site, other_site, caller, live):
+    root = caller("root", "admin").user
+    endpoint, secret = outbox.create_webhook(root, url="http://127.0.0.1:9/", event_types=["*"], sites=["alpha"])
+    delivery = outbox.ping(root, endpoint)
+    tech = access_services.ensure_user_with_role("tess", "technician")
+    access_services.grant_site(tech, site)
+    technician = Client()
+    technician.force_login(tech)
+    stranger = admin_of("beta-boss", other_site)
+    calls = [
+        ("get", "/console/webhooks/", None),
+        ("post", "/console/webhooks/", {"url": "http://127.0.0.1:9/x", "event_types": ["*"], "sites": ["alpha"]}),
+        ("get", f"/console/webhooks/{endpoint.pk}/", None),
+        ("post", f"/console/webhooks/{endpoint.pk}/ping/", {}),
+        ("post", f"/console/webhooks/{endpoint.pk}/rotate-secret/", {"overlap_hours": "1"}),
+        ("post", f"/console/webhook-deliveries/{delivery.pk}/replay/", {}),
+        ("get", "/console/siem/", None),
+    ]
+    before = HistoryEvent.objects.filter(action__startswith="refused.").count()
+    for method, path, body in calls:
+        response = getattr(technician, method)(path, body) if body is not None else technician.get(path)
+        assert response.status_code == 403, path
+    assert HistoryEvent.objects.filter(action__startswith="refused.").count() == before + len(calls)
+    assert 'href="/console/webhooks/"' not in shown(technician.get("/console/"))
+    for method, path, body in calls[2:6]:
+        response = getattr(stranger, method)(path, body) if body is not None else stranger.get(path)
+        assert response.status_code == 404, path
+    assert endpoint.name not in shown(stranger.get("/console/webhooks/"))
+    endpoint.refresh_from_db()
+    assert endpoint.secret == secret and Endpoint.objects.count() == 1
+    assert Delivery.objects.count() == 1 and Delivery.objects.get().status == "pending"
+
+
+def test_siem_destinations_show_their_state_and_lag(admin, site, other_site, caller, live):
+    root = caller("root", "admin").user
+    mine = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["alpha"], name="alpha-siem")
+    siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["beta"], name="beta-siem")
+    for n in range(3):
+        append("system", "console.test", mine, site_id=site.pk, payload={"n": n})
+    page = shown(admin.get("/console/siem/"))
+    assert f'data-destination="{mine.pk}"' in page and "beta-siem" not in page
+    assert '<span data-field="state" class="">new</span>' in page
+    assert re.search(r'data-field="lag">\d+ events</span>, <span data-field="lag-seconds">[\d.]+ s</span> behind', page)
+    siem.ship(mine.pk, budget_seconds=1)  # nothing listens on port 9: the feed fails and keeps its place
+    page = shown(admin.get("/console/siem/"))
+    assert '<span data-field="state" class="offline">failing</span>' in page
+    assert "ConnectionRefusedError" in page
