@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
@@ -19,12 +21,13 @@ from containment import kind
 from containment.models import ContainmentJob
 from evidence.models import RmmEvidence
 from evidence.services import read_blob
+from rmm.access import services as access_services
 from rmm.engine import services as engine
 from rmm.history.models import HistoryEvent
-from rmm.inventory.models import Agent, Asset
+from rmm.inventory.models import Agent, Asset, Site
 from rmm.outbox.models import Event
 from rmm_agent.results import make_result
-from tests.helpers import approved_authority, make_agent
+from tests.helpers import approved_authority, make_agent, otp_login
 
 SERVER = "192.0.2.10:8443"
 
@@ -117,18 +120,57 @@ def test_an_isolate_runs_at_once_is_read_back_as_contained_and_proven_and_a_seco
     assert ContainmentJob.objects.count() == 1  # no second rule set
 
 
-def test_the_console_shows_the_asset_as_contained_in_those_words(world, django_capture_on_commit_callbacks):
+def test_the_console_shows_the_asset_as_none_contained_then_released_in_those_words(
+    world, caller, django_capture_on_commit_callbacks
+):
     client = Client()
     client.force_login(world["psa"].user)
+    asset_page = f"/console/assets/{world['asset']}/"
+    page = client.get(asset_page).content.decode()
+    assert '<dd data-field="containment">none</dd>' in page
+    assert '<strong id="asset-containment">none</strong>' in page and 'id="asset-containment-jobs"' not in page
     with django_capture_on_commit_callbacks(execute=True):
         ask(world)
         run(world, None)
         run(world, state(True, "contained"))
-    page = client.get(f"/console/assets/{world['asset']}/").content.decode()
+    page = client.get(asset_page).content.decode()
     assert '<dd data-field="containment">contained</dd>' in page
-    assert '<strong id="asset-containment">contained</strong>' in page  # the Containment panel
+    assert '<strong id="asset-containment">contained</strong> (reaches only the RMM server)' in page  # the panel
+    assert re.search(r"<td>isolate</td><td>edr</td><td>succeeded</td><td>beaconing to a C2 host</td>", page)
     listed = client.get("/console/assets/").content.decode()
     assert '<strong class="contained" data-field="containment">contained</strong>' in listed
+    release = ContainmentJob.objects.get(pk=ask(world, "release", reason="host reimaged").json()["id"])
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.approve_job(release, caller("boss", "approver").user)
+        run(world, None)
+        run(world, state(False, "released"))
+    page = client.get(asset_page).content.decode()
+    assert '<dd data-field="containment">released</dd>' in page
+    assert '<strong id="asset-containment">released</strong>' in page
+    assert re.search(
+        r"<td>release</td><td>edr</td><td>succeeded</td><td>host reimaged</td>.*<td>isolate</td>", page, re.S
+    )
+    listed = client.get("/console/assets/").content.decode()
+    assert 'data-field="containment"' not in listed  # only "contained" is called out in the list
+
+
+def test_the_admin_lists_containment_jobs_of_the_callers_sites_only(world, other_site):
+    job = ask(world).json()
+    mine, stranger = Client(), Client()
+    otp_login(mine, access_services.ensure_user_with_role("alpha-approver", "approver"))
+    access_services.grant_site(get_user_model().objects.get(username="alpha-approver"), Site.objects.get(name="alpha"))
+    beta = access_services.ensure_user_with_role("beta-approver", "approver")
+    access_services.grant_site(beta, other_site)
+    otp_login(stranger, beta)
+    listed = mine.get("/admin/containment/containmentjob/")
+    assert (
+        listed.status_code == 200
+        and f"/admin/containment/containmentjob/{job['id']}/change/" in listed.content.decode()
+    )
+    page = mine.get(f"/admin/containment/containmentjob/{job['id']}/change/").content.decode()
+    assert "beaconing to a C2 host" in page and 'name="_save"' not in page  # read-only
+    assert job["id"] not in stranger.get("/admin/containment/containmentjob/").content.decode()
+    assert stranger.get(f"/admin/containment/containmentjob/{job['id']}/change/").status_code == 302  # not found
 
 
 def test_an_isolate_while_one_is_under_way_answers_with_it(world):
