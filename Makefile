@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download agent-deb
+.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download bench-integrations agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -99,6 +99,12 @@ bench-console: install
 # e.g. BENCH_ARGS="--agents 200 --mib 5".
 bench-download: install
 	$(BIN)/python -m bench.download_bench $(BENCH_ARGS)
+
+# Integrations (docs/performance.md): events a second through the outbox to a receiver on 127.0.0.1
+# (signed, verified), and the SIEM feed's lag at 333 heartbeats a second. Needs PostgreSQL and
+# Redis on 127.0.0.1 (DATABASE_URL's server, REDIS_URL's database), e.g. BENCH_ARGS="--events 5000".
+bench-integrations: install
+	$(BIN)/python -m bench.integrations_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules
