@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
     def __init__(self, fail_first: int = 0, redirect_to: str = ""):
-        self.calls: list[dict] = []  # every request, answered or not: {"headers", "raw", "status"}
+        self.calls: list[dict] = []  # every request, answered or not: {"headers", "raw", "status", "at"}
         self.fail_first = fail_first
         self.redirect_to = redirect_to
         receiver = self
@@ -19,6 +20,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's naming
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                at = time.time()
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 if receiver.redirect_to:
                     status = 307
@@ -26,7 +28,7 @@ class Receiver:
                     status = 503
                 else:
                     status = 204
-                receiver.calls.append({"headers": headers, "raw": raw, "status": status})
+                receiver.calls.append({"headers": headers, "raw": raw, "status": status, "at": at})
                 self.send_response(status)
                 if status == 307:
                     self.send_header("Location", receiver.redirect_to)
