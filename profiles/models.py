@@ -364,3 +364,17 @@ class ConfigurationDriftEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item} on {self.asset_id}: {self.from_state or 'unread'} → {self.to_state}"
+
+
+class ProfileAuditSchedule(models.Model):
+    """The scheduled audits' one cursor (:mod:`profiles.scheduling`): audits whose slot fell up to
+    ``dispatched_until`` were dispatched."""
+
+    name = models.CharField(max_length=40, primary_key=True)
+    dispatched_until = models.DateTimeField()
+
+    class Meta:
+        db_table = "profile_audit_schedule"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dispatched_until:%Y-%m-%d %H:%M:%S}"
