@@ -309,6 +309,8 @@ class ConfigurationObservation(models.Model):
     class Meta:
         db_table = "configuration_observations"
         ordering = ["asset", "item"]
+        # the compliance summary counts readings per (revision, asset) from this index alone
+        indexes = [models.Index(fields=["profile_revision", "asset", "state"], name="observation_rev_asset_state")]
         constraints = [
             models.UniqueConstraint(fields=["asset", "item"], name="observation_asset_item"),
             models.CheckConstraint(

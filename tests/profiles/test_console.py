@@ -7,10 +7,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from profiles import audits
+from profiles import audits, compliance
+from rmm.access import roles as access
 from rmm.engine import services as engine
 from rmm_agent.results import make_result
 from tests.helpers import approved_authority, make_agent
@@ -84,6 +87,14 @@ def test_fleet_compliance_per_profile_and_site_of_the_callers_sites(w, caller):
     assert "100.0 %" in filtered and "50.0 %" not in filtered
     refused = session(alpha_only).get(f"/console/compliance/?site={w.other_site.pk}")
     assert refused.status_code == 400 and "100.0 %" not in refused.content.decode()
+    # the summary is one query, whatever the fleet
+    sites = access.visible_sites(alpha_only.user)
+    with CaptureQueriesContext(connection) as seen:
+        rows = compliance.summary(sites, profile=w.profile)
+    assert len(seen) == 1, [q["sql"] for q in seen.captured_queries]
+    assert [(r["site_name"], r["observed"], r["compliant_count"], r["non_compliant_count"]) for r in rows] == [
+        ("alpha", 2, 1, 1)
+    ]
 
 
 def test_an_assets_items_desired_beside_actual_with_the_drift_timeline(w, caller):
