@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download bench-integrations agent-deb
+.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download bench-integrations bench-profiles agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -105,6 +105,12 @@ bench-download: install
 # Redis on 127.0.0.1 (DATABASE_URL's server, REDIS_URL's database), e.g. BENCH_ARGS="--events 5000".
 bench-integrations: install
 	$(BIN)/python -m bench.integrations_bench $(BENCH_ARGS)
+
+# Configuration audits at fleet scale (docs/performance.md): one 50-item audit result per asset taken in,
+# then the compliance summary over them all, on 127.0.0.1's PostgreSQL, e.g. BENCH_ARGS="--ingest 1000".
+PROFILE_ASSETS ?= 10000
+bench-profiles: install
+	$(BIN)/python -m bench.profiles_bench --assets $(PROFILE_ASSETS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules

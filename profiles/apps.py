@@ -8,8 +8,9 @@ class ProfilesConfig(AppConfig):
 
     def ready(self):
         from evidence import types
-        from profiles import artefact, audits, enforcement, kind  # noqa: F401 - kind registers the job kinds
+        from profiles import artefact, audits, compliance, enforcement, kind  # noqa: F401 - kind: the job kinds
         from rmm.artefacts import registry as artefacts
+        from rmm.console import panels
         from rmm.outbox import services as outbox
 
         artefacts.register(artefact.CONFIG_KEY)
@@ -23,3 +24,6 @@ class ProfilesConfig(AppConfig):
         )
         outbox.register(audits.DRIFT_DETECTED, "An audit found items of a profile that no longer comply on an asset")
         outbox.register(audits.DRIFT_RESOLVED, "An audit found drifted items of a profile complying again")
+        panels.register_asset_panel(
+            panels.AssetPanel("Configuration compliance", "profiles/asset_panel.html", compliance.asset_items)
+        )

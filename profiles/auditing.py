@@ -184,8 +184,93 @@ def render_enforcement_linux(item: ConfigurationItem) -> Rendered:
     )
 
 
-# platform -> renderer; a PowerShell renderer for windows keys plugs in here
-RENDERERS: dict[str, Callable[[list[ConfigurationItem]], Rendered]] = {"linux": render_linux}
+def _ps_text(value: str) -> str:
+    """A PowerShell expression for ``value``: base64 decoded as UTF-8, so that no quote (PowerShell
+    takes the typographic ones for quotes too), ``$`` or backtick in it is ever read as code."""
+    encoded = base64.b64encode(value.encode()).decode()
+    return f"[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('{encoded}'))"
+
+
+# Windows PowerShell: one read per child process, its environment its parameters alone, stdin
+# closed, stdout and stderr kept as bytes, killed after the item's timeout (exit 124, as `timeout`).
+_PS_PROLOGUE = """$ErrorActionPreference = 'Stop'
+$dir = Join-Path (Get-Location).ProviderPath ('audit.' + [guid]::NewGuid().ToString('N'))
+New-Item -ItemType Directory -Path $dir | Out-Null
+$entries = New-Object System.Collections.Generic.List[string]
+function Head([byte[]]$bytes, [int]$cap) {
+  if ($bytes.Length -le $cap) { return ,$bytes }
+  return ,$bytes[0..($cap - 1)]
+}
+function Invoke-Read([string]$item, [string]$file, [hashtable]$params) {
+  $psi = New-Object System.Diagnostics.ProcessStartInfo
+  $psi.FileName = Join-Path $PSHOME 'powershell.exe'
+  $psi.Arguments = '-NoProfile -NonInteractive -ExecutionPolicy Bypass -File "' + $file + '"'
+  $psi.UseShellExecute = $false
+  $psi.RedirectStandardInput = $true; $psi.RedirectStandardOutput = $true; $psi.RedirectStandardError = $true
+  foreach ($name in $params.Keys) { $psi.EnvironmentVariables[$name] = $params[$name] }
+  $code = 0; $out = New-Object IO.MemoryStream; $err = New-Object IO.MemoryStream
+  try {
+    $p = [System.Diagnostics.Process]::Start($psi)
+    $p.StandardInput.Close()
+    $reads = $p.StandardOutput.BaseStream.CopyToAsync($out), $p.StandardError.BaseStream.CopyToAsync($err)
+    if ($p.WaitForExit(__LIMIT__)) { $code = $p.ExitCode } else { $p.Kill(); $code = 124 }
+    [void][Threading.Tasks.Task]::WaitAll($reads, 5000)
+  } catch { $code = 127; $bytes = [Text.Encoding]::UTF8.GetBytes("$_"); $err.Write($bytes, 0, $bytes.Length) }
+  $o = $out.ToArray(); $e = $err.ToArray()
+  $stdout = [Convert]::ToBase64String((Head $o __CAP__))
+  $stderr = [Convert]::ToBase64String((Head $e __ERRCAP__))
+  $entries.Add('{"item":"' + $item + '","exit_code":' + $code + ',"stdout_bytes":' + $o.Length + `
+    ',"stdout":"' + $stdout + '","stderr":"' + $stderr + '"}')
+}"""
+
+_PS_FINISH = """  $doc = '{"format":"__FORMAT__","items":[' + ($entries -join ',') + ']}'
+  if ($env:RMM_RESULT_PATH) { [IO.File]::WriteAllText($env:RMM_RESULT_PATH, $doc) }
+  else { [Console]::Out.Write($doc + "`n") }
+} finally {
+  Remove-Item -LiteralPath $dir -Recurse -Force -ErrorAction SilentlyContinue
+}"""
+
+
+def render_windows(items: list[ConfigurationItem]) -> Rendered:
+    """One Windows PowerShell script that writes each distinct approved read script once into a
+    private folder under the work directory and runs it for each item in a child ``powershell.exe``
+    whose environment carries the item's ``RMM_PARAM_*`` (every value and script base64 in the
+    text), with the same document, caps and exit codes as :func:`render_linux`."""
+    cap, stderr_cap = caps(len(items))
+    scripts: dict[str, int] = {}
+    lines = [
+        f"# Configuration audit: {len(items)} item(s), read only (docs/profiles.md).",
+        _PS_PROLOGUE.replace("__LIMIT__", str(ITEM_TIMEOUT_SECONDS * 1000))
+        .replace("__CAP__", str(cap))
+        .replace("__ERRCAP__", str(stderr_cap)),
+        "try {",
+    ]
+    for item in items:
+        script = item.config_key.read_script
+        if str(script.pk) not in scripts:
+            scripts[str(script.pk)] = len(scripts)
+            encoded = base64.b64encode(script.content.encode()).decode()
+            lines.append(
+                f"  [IO.File]::WriteAllBytes((Join-Path $dir 's{scripts[str(script.pk)]}.ps1'), "
+                f"[Convert]::FromBase64String('{encoded}'))"
+            )
+    for item in items:
+        script = item.config_key.read_script
+        params = "; ".join(
+            f"'{param_env_name(name)}' = {_ps_text(value)}" for name, value in sorted(item.parameters.items())
+        )
+        lines.append(f"  Invoke-Read '{item.pk}' (Join-Path $dir 's{scripts[str(script.pk)]}.ps1') @{{ {params} }}")
+    lines.append(_PS_FINISH.replace("__FORMAT__", FORMAT))
+    return Rendered(
+        interpreter="powershell",
+        content="\n".join(lines) + "\n",
+        timeout_seconds=min(3600, 60 + ITEM_TIMEOUT_SECONDS * len(items)),
+        privileged=any(item.config_key.read_script.privileged for item in items),
+    )
+
+
+# platform -> renderer (windows: audits only; its enforcement renderer is not written yet)
+RENDERERS: dict[str, Callable[[list[ConfigurationItem]], Rendered]] = {"linux": render_linux, "windows": render_windows}
 ENFORCEMENT_RENDERERS: dict[str, Callable[[ConfigurationItem], Rendered]] = {"linux": render_enforcement_linux}
 
 

@@ -309,6 +309,8 @@ class ConfigurationObservation(models.Model):
     class Meta:
         db_table = "configuration_observations"
         ordering = ["asset", "item"]
+        # the compliance summary counts readings per (revision, asset) from this index alone
+        indexes = [models.Index(fields=["profile_revision", "asset", "state"], name="observation_rev_asset_state")]
         constraints = [
             models.UniqueConstraint(fields=["asset", "item"], name="observation_asset_item"),
             models.CheckConstraint(
@@ -364,3 +366,17 @@ class ConfigurationDriftEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item} on {self.asset_id}: {self.from_state or 'unread'} → {self.to_state}"
+
+
+class ProfileAuditSchedule(models.Model):
+    """The scheduled audits' one cursor (:mod:`profiles.scheduling`): audits whose slot fell up to
+    ``dispatched_until`` were dispatched."""
+
+    name = models.CharField(max_length=40, primary_key=True)
+    dispatched_until = models.DateTimeField()
+
+    class Meta:
+        db_table = "profile_audit_schedule"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dispatched_until:%Y-%m-%d %H:%M:%S}"

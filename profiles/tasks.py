@@ -14,3 +14,10 @@ def enforce_drift(audit_job_id: str) -> int:
     from profiles import enforcement
 
     return len(enforcement.enforce_drift(audit_job_id))
+
+
+def dispatch_scheduled_audits() -> int:
+    """Create the audits that fell due since the last tick (every minute)."""
+    from profiles import scheduling
+
+    return len(scheduling.dispatch_due())

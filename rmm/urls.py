@@ -92,6 +92,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/scripts/", include("scripting.urls")),
+    path("console/compliance/", include("profiles.urls")),
     path("console/evidence/", include("evidence.urls")),
     path("console/authority/", include("rmm.authority.urls")),
     path("", include("rmm.console.urls")),

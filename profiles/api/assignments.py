@@ -2,6 +2,8 @@
 decision, changes and withdrawal (docs/profiles.md, Assignments). Per site: an assignment of a
 site the caller may not see answers 404."""
 
+from datetime import datetime
+
 import django_filters
 from django.db.models import Q
 from drf_spectacular.utils import extend_schema
@@ -10,6 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from profiles import assignments as services
+from profiles import scheduling
 from profiles.models import AssetConfigurationProfile, AssignmentStatus
 from rmm.access import roles as access
 from rmm.core.api import SiteScopedMixin, reason_of
@@ -34,6 +37,15 @@ class AssignmentSerializer(serializers.ModelSerializer):
     enforcement_approved = serializers.SerializerMethodField(
         help_text="Drift on enforce-mode items may be enforced: active, and the current revision approved."
     )
+    schedule_state = serializers.SerializerMethodField(
+        help_text="`scheduled`: audited on its interval; `stopped`: no more scheduled audits."
+    )
+    schedule_stopped_reason = serializers.SerializerMethodField(
+        help_text='Why the schedule stopped (e.g. "authority withdrawn: the PSA task expired"); "" while scheduled.'
+    )
+    next_audit_at = serializers.SerializerMethodField(
+        help_text="When the schedule next audits the asset (an asset's assignment; None for a site's or once stopped)."
+    )
     requested_by = serializers.CharField(source="requested_by.username", read_only=True)
     decided_by = serializers.CharField(source="decided_by.username", read_only=True, allow_null=True)
 
@@ -52,6 +64,9 @@ class AssignmentSerializer(serializers.ModelSerializer):
             "approved_revision",
             "enforcement_approved",
             "audit_interval_seconds",
+            "schedule_state",
+            "schedule_stopped_reason",
+            "next_audit_at",
             "requested_by",
             "decided_by",
             "decided_at",
@@ -62,6 +77,15 @@ class AssignmentSerializer(serializers.ModelSerializer):
 
     def get_enforcement_approved(self, assignment) -> bool:
         return services.enforcement_approved(assignment)
+
+    def get_schedule_state(self, assignment) -> str:
+        return scheduling.schedule_state(assignment)[0]
+
+    def get_schedule_stopped_reason(self, assignment) -> str:
+        return scheduling.schedule_state(assignment)[1]
+
+    def get_next_audit_at(self, assignment) -> datetime | None:
+        return scheduling.next_audit_at(assignment, assignment.asset_id) if assignment.asset_id else None
 
 
 class AssignmentCreateSerializer(serializers.Serializer):

@@ -28,7 +28,11 @@ NAMES = {
     "linux.sysctl",
     "linux.systemd_unit_enabled",
     "linux.package",
+    "windows.registry_value",
+    "windows.service_start_type",
+    "windows.security_policy",
 }
+PRIVILEGED_READS = {"windows.security_policy"}  # secedit /export needs an administrator
 
 
 @pytest.fixture
@@ -43,15 +47,16 @@ def load(author="tech") -> str:
 
 
 def test_the_builtin_keys_arrive_pending_and_a_second_run_makes_nothing(people):
-    assert load() == "6 new key version(s), 12 new script version(s), pending approval.\n"
+    assert load() == "9 new key version(s), 18 new script version(s), pending approval.\n"
     keys = ConfigKey.objects.all()
     assert {k.name for k in keys} == NAMES
     assert {k.approval_status for k in keys} == {"pending"}
     assert {s.approval_status for s in Script.objects.all()} == {"pending"}
     # Set scripts change the endpoint as root: approving them needs the privileged tier.
-    assert all(k.set_script.privileged and not k.read_script.privileged for k in keys)
+    assert all(k.set_script.privileged for k in keys)
+    assert {k.name for k in keys if k.read_script.privileged} == PRIVILEGED_READS
     assert load() == "0 new key version(s), 0 new script version(s), pending approval.\n"
-    assert ConfigKey.objects.count() == 6 and Script.objects.count() == 12
+    assert ConfigKey.objects.count() == 9 and Script.objects.count() == 18
 
 
 def test_a_changed_script_file_makes_a_new_script_and_key_version_whose_hash_covers_it(people, tmp_path):
@@ -128,7 +133,7 @@ def test_the_approval_queue_lists_pending_keys_with_their_scripts(people):
     page = client.get("/admin/approvals/", {"kind": "config_key"})
     assert page.status_code == 200
     body = page.content.decode()
-    assert body.count('data-kind="config_key"') == 6
+    assert body.count('data-kind="config_key"') == 9
     key = ConfigKey.objects.get(name="linux.file_line")
     assert "Config key linux.file_line v1" in body and key.content_sha256 in body
     assert "RMM_PARAM_PATH" in body  # the scripts' text, which the key's hash covers

@@ -1,0 +1,136 @@
+"""The console's compliance pages as a person sees them: fleet compliance per profile and site (%
+compliant), an asset's items with desired and actual side by side and each item's drift timeline,
+and the audits waiting or running; each of the caller's sites only."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from profiles import audits, compliance
+from rmm.access import roles as access
+from rmm.engine import services as engine
+from rmm_agent.results import make_result
+from tests.helpers import approved_authority, make_agent
+from tests.profiles.test_audits import ECHO_READ, assign, document, items_of, profile_of
+from tests.support.profiles import approved_key
+
+
+@pytest.fixture
+def w(caller, site, other_site):
+    psa, tech, boss = caller("psa", "psa"), caller("tech", "technician"), caller("boss", "approver")
+    approved_key(tech.user, boss.user, name="test.echo", read=ECHO_READ, parameters=("value",))
+    alpha_agent, _ = make_agent(site, "web-01")
+    beta_agent, _ = make_agent(other_site, "db-01")
+    w = SimpleNamespace(
+        site=site,
+        other_site=other_site,
+        psa=psa,
+        tech=tech,
+        boss=boss,
+        agent=alpha_agent,
+        beta_agent=beta_agent,
+        task=approved_authority(site, psa.user),
+        beta_task=approved_authority(other_site, psa.user),
+    )
+    w.profile = profile_of(w, 2, name="ssh-baseline")
+    w.alpha = assign(w, w.profile, asset=alpha_agent.asset)
+    w.beta = assign(w, w.profile, site=other_site)
+    w.beta.psa_task = w.beta_task
+    w.beta.save(update_fields=["psa_task"])
+    return w
+
+
+def run_audit(w, assignment, agent, values: dict):
+    [job] = audits.request_audit(w.psa.user, assignment.pk)
+    [inst] = engine.lease(agent, 4, timezone.now())
+    assert (
+        engine.ingest_result(agent, make_result(str(inst.pk), "completed", exit_code=0, stdout=document(values)))[0]
+        == 201
+    )
+    return job
+
+
+def session(caller):
+    client = Client()
+    client.force_login(caller.user)
+    return client
+
+
+def section(html: str, marker: str) -> str:
+    return html[html.index(marker) :]
+
+
+def test_fleet_compliance_per_profile_and_site_of_the_callers_sites(w, caller):
+    first, second = items_of(w.profile)
+    run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
+    run_audit(w, w.beta, w.beta_agent, {first: (0, b"value-0\n"), second: (0, b"value-1\n")})
+    page = session(w.tech).get("/console/compliance/").content.decode()
+    table = section(page, 'id="fleet-compliance"')
+    rows = table.split("<tr")[2:]
+    assert len(rows) == 2
+    alpha_row = next(row for row in rows if f'data-site="{w.site.pk}"' in row)
+    assert "ssh-baseline" in alpha_row and "alpha" in alpha_row and "50.0 %" in alpha_row
+    beta_row = next(row for row in rows if f'data-site="{w.other_site.pk}"' in row)
+    assert "100.0 %" in beta_row
+    # one site's technician sees that site's row alone
+    alpha_only = caller("alpha-tech", "technician", sites=[w.site])
+    table = section(session(alpha_only).get("/console/compliance/").content.decode(), 'id="fleet-compliance"')
+    assert "50.0 %" in table and "100.0 %" not in table and f'data-site="{w.other_site.pk}"' not in table
+    # the site filter, and a site the caller may not see is no choice (400, no rows)
+    filtered = session(w.tech).get(f"/console/compliance/?site={w.other_site.pk}").content.decode()
+    assert "100.0 %" in filtered and "50.0 %" not in filtered
+    refused = session(alpha_only).get(f"/console/compliance/?site={w.other_site.pk}")
+    assert refused.status_code == 400 and "100.0 %" not in refused.content.decode()
+    # the summary is one query, whatever the fleet
+    sites = access.visible_sites(alpha_only.user)
+    with CaptureQueriesContext(connection) as seen:
+        rows = compliance.summary(sites, profile=w.profile)
+    assert len(seen) == 1, [q["sql"] for q in seen.captured_queries]
+    assert [(r["site_name"], r["observed"], r["compliant_count"], r["non_compliant_count"]) for r in rows] == [
+        ("alpha", 2, 1, 1)
+    ]
+
+
+def test_an_assets_items_desired_beside_actual_with_the_drift_timeline(w, caller):
+    first, second = items_of(w.profile)
+    url = f"/console/assets/{w.agent.asset_id}/"
+    panel = section(session(w.tech).get(url).content.decode(), 'aria-label="Configuration compliance"')
+    assert "not read yet" in panel and "equals value-0" in panel
+    run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
+    run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"value-1\n")})
+    run_audit(w, w.alpha, w.agent, {first: (3, b""), second: (0, b"value-1\n")})
+    panel = section(session(w.tech).get(url).content.decode(), 'id="asset-compliance"')
+    rows = {row.split('"')[0]: row.split("</tr>")[0] for row in panel.split('data-item="')[1:]}
+    one, two = rows[str(first.pk)], rows[str(second.pk)]
+    assert "equals value-0" in one and "<em>absent or unread</em>" in one and ">non_compliant<" in one
+    assert "unread →" not in one  # compliant at its first reading: no drift then
+    assert "equals value-1" in two and ">value-1<" in two and ">compliant<" in two
+    timeline = section(two, 'data-field="timeline"')
+    assert timeline.index("non_compliant → compliant (value-1)") < timeline.index("unread → non_compliant (drifted)")
+    assert section(one, 'data-field="timeline"').count("</li>") == 1 and "compliant → non_compliant" in one
+    # another site's technician cannot open the page at all
+    beta_only = caller("beta-tech", "technician", sites=[w.other_site])
+    assert session(beta_only).get(url).status_code == 404
+
+
+def test_running_audits_of_the_callers_sites(w, caller):
+    [queued] = audits.request_audit(w.psa.user, w.alpha.pk)
+    page = session(w.tech).get("/console/compliance/audits/").content.decode()
+    table = section(page, 'id="running-audits"')
+    assert f'data-job-id="{queued.pk}"' in table and "web-01" in table and "ssh-baseline" in table
+    assert f"/console/jobs/profile_audit/{queued.pk}/" in table and ">queued<" in table
+    beta_only = caller("beta-tech", "technician", sites=[w.other_site])
+    table = section(session(beta_only).get("/console/compliance/audits/").content.decode(), 'id="running-audits"')
+    assert str(queued.pk) not in table and "No audit is waiting or running on your sites." in table
+    [inst] = engine.lease(w.agent, 4, timezone.now())
+    first, second = items_of(w.profile)
+    body = make_result(str(inst.pk), "completed", exit_code=0, stdout=document({first: (0, b"x"), second: (0, b"y")}))
+    assert engine.ingest_result(w.agent, body)[0] == 201
+    table = section(session(w.tech).get("/console/compliance/audits/").content.decode(), 'id="running-audits"')
+    assert str(queued.pk) not in table

@@ -1,0 +1,141 @@
+"""The built-in Windows keys (registry value, service start type, local security policy through
+secedit): no Windows host runs here, so they are tested by what the server renders for them and
+by how it reads the document their audit writes (samples of it, as the rendered script writes
+them: one line per value, "`n"-terminated, base64 in the document)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from profiles import auditing
+from profiles import services as profiles
+from profiles.models import ConfigKey, ObservationState
+from rmm.artefacts import services as artefacts
+from scripting.models import Script
+from tests.support.profiles import grant_privileged_approval
+
+HOSTILE = 'it\'s ‘quoted’ $(Remove-Item C:\\) `n "x"'
+
+
+@pytest.fixture
+def windows(caller):
+    tech, boss = caller("tech", "technician").user, caller("boss", "approver").user
+    grant_privileged_approval(boss)
+    profiles.load_builtin_keys(tech)
+    for script in Script.objects.filter(name__startswith="config_key.windows."):
+        artefacts.decide(script, boss, approve=True)
+    for key in ConfigKey.objects.filter(platform="windows"):
+        artefacts.decide(key, boss, approve=True)
+    return tech
+
+
+def profile_items(tech, *keys: str):
+    specs = {
+        "windows.registry_value": {
+            "parameters": {"path": "HKLM:\\SOFTWARE\\Policies\\Microsoft\\Windows\\WindowsUpdate\\AU", "name": HOSTILE},
+            "desired_value": "1",
+        },
+        "windows.service_start_type": {"parameters": {"name": "RemoteRegistry"}, "desired_value": "Disabled"},
+        "windows.security_policy": {
+            "parameters": {"section": "System Access", "setting": "MinimumPasswordLength"},
+            "desired_value": "14",
+        },
+    }
+    profile = profiles.create_profile(
+        tech,
+        name="windows-baseline",
+        profile_type="hardening",
+        items=[{"config_key": key, "comparison": "equals", **specs[key]} for key in keys],
+    )
+    return list(profile.current_revision.items.select_related("config_key__read_script").order_by("position"))
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_one_powershell_instruction_reads_every_item_with_no_value_read_as_code(windows):
+    items = profile_items(windows, "windows.registry_value", "windows.service_start_type", "windows.security_policy")
+    rendered = auditing.render(items)
+    assert rendered.interpreter == "powershell"
+    assert rendered.privileged is True  # secedit /export needs an administrator
+    assert rendered.timeout_seconds == 60 + 30 * 3
+    text = rendered.content
+    # each approved read script once, exactly its content, base64
+    for item in items:
+        assert text.count(b64(item.config_key.read_script.content)) == 1
+    # each item run once with its parameters as its child's environment, never as text
+    for item in items:
+        assert text.count(f"Invoke-Read '{item.pk}' ") == 1
+    assert HOSTILE not in text and "Remove-Item C:" not in text and b64(HOSTILE) in text
+    assert f"'RMM_PARAM_NAME' = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('{b64(HOSTILE)}'))" in text
+    assert b64("System Access") in text and b64("MinimumPasswordLength") in text
+    # the document, its caps, the timeout per read, removed when it ends
+    assert '{"format":"rmm.profile_audit/1","items":[' in text and "$env:RMM_RESULT_PATH" in text
+    cap, stderr_cap = auditing.caps(3)
+    assert f"(Head $o {cap})" in text and f"(Head $e {stderr_cap})" in text
+    assert "$p.WaitForExit(30000)" in text and "$code = 124" in text
+    assert "Remove-Item -LiteralPath $dir -Recurse -Force" in text
+
+
+def test_reads_that_need_no_administrator_run_unprivileged_and_platforms_do_not_mix(windows):
+    items = profile_items(windows, "windows.registry_value", "windows.service_start_type")
+    assert auditing.render(items).privileged is False
+    items[1].config_key.platform = "linux"
+    with pytest.raises(ValueError, match="the profile mixes platforms: linux, windows"):
+        auditing.render(items)
+
+
+def sample(items, reads: list[tuple[int, bytes, bytes]]) -> dict:
+    """The document the rendered script writes to RMM_RESULT_PATH for these reads."""
+    entries = [
+        {
+            "item": str(item.pk),
+            "exit_code": code,
+            "stdout_bytes": len(out),
+            "stdout": base64.b64encode(out).decode(),
+            "stderr": base64.b64encode(err).decode(),
+        }
+        for item, (code, out, err) in zip(items, reads, strict=True)
+    ]
+    return {"structured": {"format": "rmm.profile_audit/1", "items": entries}}
+
+
+def verdicts(items, result: dict) -> list[tuple[str, str | None]]:
+    readings = auditing.parse(result)
+    found = [
+        auditing.compare(item.comparison, item.config_key.value_type, item.desired_value, readings.get(str(item.pk)))
+        for item in items
+    ]
+    return [(verdict.state, verdict.observed_value) for verdict in found]
+
+
+def test_the_documents_windows_reads_write_are_compared_on_the_server(windows):
+    items = profile_items(windows, "windows.registry_value", "windows.service_start_type", "windows.security_policy")
+    complying = sample(items, [(0, b"1\n", b""), (0, b"Disabled\n", b""), (0, b"14\n", b"")])
+    assert verdicts(items, complying) == [("compliant", "1"), ("compliant", "Disabled"), ("compliant", "14")]
+    drifted = sample(items, [(3, b"", b""), (0, b"Manual\n", b""), (0, b"7\n", b"")])
+    assert verdicts(items, drifted) == [
+        (ObservationState.NON_COMPLIANT, None),  # no such value: absent
+        (ObservationState.NON_COMPLIANT, "Manual"),
+        (ObservationState.NON_COMPLIANT, "7"),
+    ]
+    failed = sample(
+        items,
+        [
+            (2, b"", b"path and name are required"),
+            (124, b"", b""),
+            (4, b"", b"secedit /export failed: Access is denied."),
+        ],
+    )
+    states = verdicts(items, failed)
+    assert [state for state, _ in states] == [ObservationState.ERROR] * 3
+    readings = auditing.parse(failed)
+    reason = auditing.compare("equals", "string", "14", readings[str(items[2].pk)]).reason
+    assert "4" in reason and "Access is denied" in reason
+    # the same document on stdout (an agent without a result path) reads the same
+    stdout = json.dumps(failed["structured"]).encode() + b"\n"
+    assert auditing.parse({"stdout": stdout}).keys() == readings.keys()
