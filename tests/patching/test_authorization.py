@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from patching import services
-from patching.models import AssetPatch, PatchCatalog, PatchJob
+from patching.models import AssetPatch, PatchCatalog, PatchJob, PatchScanSchedule
 from rmm.authority.models import PsaTask
 from tests.patching import documents
 from tests.support.authorization import (
@@ -73,6 +73,25 @@ ROWS = [
         body={"reason": "not now"},
         hidden=("patch_job",),
     ),
+    # --- scan schedules: a site's, like its jobs (nothing created: the interval is too short)
+    api(
+        "POST",
+        "/api/v1/patch-scan-schedules/",
+        only(REQUEST_JOBS, 400, 403),
+        body={"site": "alpha", "psa_task_id": "{task}", "interval_seconds": 60},
+        label="interval too short",
+    ),
+    api("GET", "/api/v1/patch-scan-schedules/", 200, shows=(("scan_schedule", IN),)),
+    api("GET", "/api/v1/patch-scan-schedules/{scan_schedule}/", 200, 404, hidden=("scan_schedule",)),
+    api(
+        "POST",
+        "/api/v1/patch-scan-schedules/{scan_schedule}/stop/",
+        only(REQUEST_JOBS, 400, 403),
+        404,
+        body={},
+        hidden=("scan_schedule",),
+        label="without a reason",
+    ),
     # --- admin (read-only)
     page("GET", "/admin/patching/patchcatalog/", only(STAFF, 200, 302), shows=(("patch", callers(STAFF)),)),
     page("GET", "/admin/patching/patchcatalog/{patch}/change/", only(STAFF, 200, 302)),
@@ -100,7 +119,17 @@ def patch_world(matrix_world, django_db_blocker):
             status="awaiting_approval",
             requested_by=get_user_model().objects.get(username="w-psa"),
         )
-    matrix_world.ids.update(patch=str(entry.pk), asset_patch=str(found.pk), patch_job=str(request.pk))
+        schedule = PatchScanSchedule.objects.create(
+            site_id=task.case.site_id,
+            psa_task=task,
+            interval_seconds=86400,
+            created_by=request.requested_by,
+            created_at=timezone.now(),
+            dispatched_until=timezone.now(),
+        )
+    matrix_world.ids.update(
+        patch=str(entry.pk), asset_patch=str(found.pk), patch_job=str(request.pk), scan_schedule=str(schedule.pk)
+    )
     return matrix_world
 
 
