@@ -11,6 +11,7 @@ from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHold
 from patching.api.jobs import PatchJobViewSet, PatchScanViewSet
 from patching.api.schedules import PatchScanScheduleViewSet
 from patching.api.views import AssetPatchesView, PatchCatalogViewSet
+from patching.api.windows import MaintenanceWindowViewSet
 from profiles.api.assignments import ProfileAssignmentViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
 from rmm.access.api import ApiTokenViewSet
@@ -42,6 +43,7 @@ router.register("patch-catalog", PatchCatalogViewSet, basename="patch-catalog")
 router.register("patch-scans", PatchScanViewSet, basename="patch-scan")
 router.register("patch-jobs", PatchJobViewSet, basename="patch-job")
 router.register("patch-scan-schedules", PatchScanScheduleViewSet, basename="patch-scan-schedule")
+router.register("maintenance-windows", MaintenanceWindowViewSet, basename="maintenance-window")
 router.register("profile-assignments", ProfileAssignmentViewSet, basename="profile-assignment")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from patching import services
-from patching.models import AssetPatch, PatchCatalog, PatchJob, PatchScanSchedule
+from patching.models import AssetPatch, MaintenanceWindow, PatchCatalog, PatchJob, PatchScanSchedule
 from rmm.authority.models import PsaTask
 from tests.patching import documents
 from tests.support.authorization import (
@@ -92,6 +92,17 @@ ROWS = [
         hidden=("scan_schedule",),
         label="without a reason",
     ),
+    # --- maintenance windows: a site's
+    api(
+        "POST",
+        "/api/v1/maintenance-windows/",
+        only(REQUEST_JOBS, 201, 403),
+        only(REQUEST_JOBS, 400, 403),
+        body={"site": "alpha", "days": ["sat"], "start": "22:00", "duration_minutes": 60, "timezone": "UTC"},
+    ),
+    api("GET", "/api/v1/maintenance-windows/", 200, shows=(("window", IN),)),
+    api("GET", "/api/v1/maintenance-windows/{window}/", 200, 404, hidden=("window",)),
+    api("DELETE", "/api/v1/maintenance-windows/{window}/", only(REQUEST_JOBS, 204, 403), 404, hidden=("window",)),
     # --- admin (read-only)
     page("GET", "/admin/patching/patchcatalog/", only(STAFF, 200, 302), shows=(("patch", callers(STAFF)),)),
     page("GET", "/admin/patching/patchcatalog/{patch}/change/", only(STAFF, 200, 302)),
@@ -127,8 +138,20 @@ def patch_world(matrix_world, django_db_blocker):
             created_at=timezone.now(),
             dispatched_until=timezone.now(),
         )
+        window = MaintenanceWindow.objects.create(
+            site_id=task.case.site_id,
+            days=[5],
+            start="22:00",
+            duration_minutes=60,
+            timezone="UTC",
+            created_by=request.requested_by,
+        )
     matrix_world.ids.update(
-        patch=str(entry.pk), asset_patch=str(found.pk), patch_job=str(request.pk), scan_schedule=str(schedule.pk)
+        patch=str(entry.pk),
+        asset_patch=str(found.pk),
+        patch_job=str(request.pk),
+        scan_schedule=str(schedule.pk),
+        window=str(window.pk),
     )
     return matrix_world
 
