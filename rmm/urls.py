@@ -10,7 +10,7 @@ from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
 from patching.api.jobs import PatchJobViewSet, PatchScanViewSet
 from patching.api.schedules import PatchScanScheduleViewSet
-from patching.api.views import AssetPatchesView, PatchCatalogViewSet
+from patching.api.views import AssetPatchesView, PatchCatalogViewSet, PatchComplianceView
 from patching.api.windows import MaintenanceWindowViewSet
 from profiles.api.assignments import ProfileAssignmentViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
@@ -79,6 +79,7 @@ urlpatterns = [
     ),
     path("api/v1/evidence/signing-key/", evidence_views.signing_key, name="evidence-signing-key"),
     path("api/v1/assets/<uuid:asset_id>/patches/", AssetPatchesView.as_view(), name="asset-patches"),
+    path("api/v1/patch-compliance/", PatchComplianceView.as_view(), name="patch-compliance"),
     path("api/v1/assets/<uuid:asset_id>/software/", AssetSoftwareView.as_view(), name="asset-software"),
     path("api/v1/", include("profiles.api.urls")),
     path("api/v1/", include(router.urls)),
@@ -96,6 +97,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/scripts/", include("scripting.urls")),
+    path("console/patching/", include("patching.urls")),
     path("console/evidence/", include("evidence.urls")),
     path("console/authority/", include("rmm.authority.urls")),
     path("", include("rmm.console.urls")),

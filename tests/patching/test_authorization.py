@@ -103,6 +103,10 @@ ROWS = [
     api("GET", "/api/v1/maintenance-windows/", 200, shows=(("window", IN),)),
     api("GET", "/api/v1/maintenance-windows/{window}/", 200, 404, hidden=("window",)),
     api("DELETE", "/api/v1/maintenance-windows/{window}/", only(REQUEST_JOBS, 204, 403), 404, hidden=("window",)),
+    # --- fleet compliance and the console's pages: the caller's sites only
+    api("GET", "/api/v1/patch-compliance/", 200),
+    page("GET", "/console/patching/compliance/", 200, shows=(("patch_job", IN),)),
+    page("GET", "/console/patching/jobs/{patch_job}/", 200, 404, hidden=("patch_job",)),
     # --- admin (read-only)
     page("GET", "/admin/patching/patchcatalog/", only(STAFF, 200, 302), shows=(("patch", callers(STAFF)),)),
     page("GET", "/admin/patching/patchcatalog/{patch}/change/", only(STAFF, 200, 302)),
