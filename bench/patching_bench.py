@@ -43,23 +43,11 @@ def versions(packages: int, day: int) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def document(packages: int, day: int) -> dict:
-    """A Debian scan's document (patching.scans.FORMAT), as the script writes it."""
-    from patching import scans
+    """A Debian scan's document (patching.scans.FORMAT), as the script writes it (the tests' maker)."""
+    from tests.patching.scanning import dpkg_document
 
     installed, available = versions(packages, day)
-    return {
-        "format": scans.FORMAT,
-        "family": "dpkg",
-        "os_id": "debian",
-        "os_version": "12",
-        "wanted": [],
-        "installed": [f"{name} {version} installed" for name, version in installed.items()],
-        "available": [
-            f"Inst {name} [{installed[name]}] ({version} Debian:12/stable-security [amd64])"
-            for name, version in available.items()
-        ],
-        "advisories": [],
-    }
+    return dpkg_document(installed, available)
 
 
 def main(argv: list[str] | None = None) -> None:
