@@ -112,7 +112,7 @@ def _seed(others: list, first_asset) -> float:
             "CROSS JOIN asset_patch_scans s WHERE s.asset_id = %s",
             [first_asset],
         )
-        for table in ("asset_patches", "asset_patch_scans", "patch_catalog"):
+        for table in ("asset_patches", "asset_patch_scans", "patch_catalog", "inventory_asset", "inventory_site"):
             cursor.execute(f"ANALYZE {table}")
     return time.perf_counter() - started
 
