@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download bench-integrations bench-profiles agent-deb
+.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download bench-integrations bench-profiles bench-patching agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -111,6 +111,11 @@ bench-integrations: install
 PROFILE_ASSETS ?= 10000
 bench-profiles: install
 	$(BIN)/python -m bench.profiles_bench --assets $(PROFILE_ASSETS) $(BENCH_ARGS)
+
+# Scan intake and fleet patch compliance (docs/performance.md): 10,000 assets × 2,000 packages by
+# default on a scratch PostgreSQL database, e.g. BENCH_ARGS="--assets 2000 --sample 100".
+bench-patching: install
+	$(BIN)/python -m bench.patching_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules

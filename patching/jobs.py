@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from patching import windows
 from patching.kind import PATCH_KIND, SCAN_KIND
 from patching.models import (
     AssetPatch,
@@ -229,7 +230,8 @@ def approve(user, request: PatchJob) -> PatchJob:
     ``scheduled_for`` by the task cluster."""
     _decide(user, request, "patch_job.approve")
     now = timezone.now()
-    due = request.scheduled_for <= now
+    at = windows.next_release(request.site_id, max(request.scheduled_for, now))
+    due = at <= now
     with transaction.atomic():
         _claim(user, request, PatchJobStatus.RELEASED if due else PatchJobStatus.SCHEDULED, now, "patch_job.approve")
         history.append(
@@ -240,21 +242,33 @@ def approve(user, request: PatchJob) -> PatchJob:
             payload={"scheduled_for": request.scheduled_for.isoformat(), "released": due},
         )
         if not due:
-            transaction.on_commit(lambda: _schedule(request), robust=True)
+            if at > request.scheduled_for:
+                _hold(request, at)
+            transaction.on_commit(lambda: _schedule(request, at), robust=True)
     if due:
         release(request)
     return request
 
 
-def _schedule(request: PatchJob) -> None:
+def _hold(request: PatchJob, until: datetime) -> None:
+    """Due, but the site's maintenance window is closed: held until it opens, and said so."""
+    reason = f"held until the maintenance window opens at {until.isoformat()}"
+    PatchJob.objects.filter(pk=request.pk).update(held_until=until, status_reason=reason)
+    request.held_until, request.status_reason = until, reason
+    history.append("system", "patch_job.held", request, site_id=request.site_id, payload={"until": until.isoformat()})
+
+
+def _schedule(request: PatchJob, at: datetime) -> None:
     from django_q.models import Schedule
 
-    Schedule.objects.create(
+    Schedule.objects.update_or_create(
         name=f"patch job {request.pk}",
-        func="patching.tasks.release_patch_job",
-        args=repr(str(request.pk)),
-        schedule_type=Schedule.ONCE,
-        next_run=request.scheduled_for,
+        defaults={
+            "func": "patching.tasks.release_patch_job",
+            "args": repr(str(request.pk)),
+            "schedule_type": Schedule.ONCE,
+            "next_run": at,
+        },
     )
 
 
@@ -302,11 +316,23 @@ def release(request: PatchJob) -> int:
     return len(queued)
 
 
-def release_due(request_id) -> int:
-    """The schedule's call at ``scheduled_for``: a request still scheduled is released."""
+def release_due(request_id, now: datetime | None = None) -> int:
+    """The schedule's call at ``scheduled_for`` (or when the maintenance window opens): a request
+    still scheduled is released if its site's window is open now, else held until it opens."""
+    now = now or timezone.now()
+    request = PatchJob.objects.filter(pk=request_id, status=PatchJobStatus.SCHEDULED).first()
+    if request is None:
+        return 0
+    at = windows.next_release(request.site_id, max(request.scheduled_for, now))
+    if at > now:
+        with transaction.atomic():
+            if at != request.held_until and at > request.scheduled_for:
+                _hold(request, at)
+            transaction.on_commit(lambda: _schedule(request, at), robust=True)
+        return 0
     # Claimed by a conditional update: a schedule run twice (two task workers) releases it once.
     if not PatchJob.objects.filter(pk=request_id, status=PatchJobStatus.SCHEDULED).update(
-        status=PatchJobStatus.RELEASED
+        status=PatchJobStatus.RELEASED, held_until=None
     ):
         return 0
     return release(PatchJob.objects.select_related("decided_by").get(pk=request_id))

@@ -187,6 +187,9 @@ class PatchJob(models.Model):
     )
     decided_at = models.DateTimeField(null=True, blank=True)
     status_reason = models.TextField(blank=True)
+    held_until = models.DateTimeField(
+        null=True, blank=True, help_text="Approved and due, held until the site's maintenance window opens then."
+    )
 
     class Meta:
         db_table = "patch_jobs"
@@ -215,3 +218,59 @@ class PatchInstallJob(JobBase):
 
     def __str__(self) -> str:
         return f"patch install on {self.asset_id}"
+
+
+class ScanScheduleStatus(models.TextChoices):
+    ACTIVE = "active"
+    STOPPED = "stopped"  # by a person, its authority ending, or a kill switch: status_reason says which
+
+
+class PatchScanSchedule(models.Model):
+    """Scans of a site's assets every ``interval_seconds`` under a standing PSA task (the
+    monitoring agreement). Each asset has its own moment in the interval, so a site's assets are
+    not all scanned at once; the dispatcher (``patching.schedules``) moves ``dispatched_until``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    site = models.ForeignKey("inventory.Site", on_delete=models.PROTECT, related_name="+")
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="patch_scan_schedules")
+    interval_seconds = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=ScanScheduleStatus.choices, default=ScanScheduleStatus.ACTIVE)
+    status_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField()
+    dispatched_until = models.DateTimeField(help_text="Every asset's moment up to this time has been scanned.")
+    scans_dispatched = models.PositiveIntegerField(default=0)
+    stopped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "patch_scan_schedules"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status"], name="patch_scan_schedules_status")]
+
+    def __str__(self) -> str:
+        return f"scan schedule of {self.site_id} every {self.interval_seconds} s ({self.status})"
+
+
+class MaintenanceWindow(models.Model):
+    """When a site's patch jobs may start: on ``days`` (0 Monday … 6 Sunday) from ``start`` for
+    ``duration_minutes``, in the site's ``timezone`` (so a window follows its daylight saving time).
+    A site with no window takes patch jobs at any time; with several, whenever one is open."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    site = models.ForeignKey("inventory.Site", on_delete=models.PROTECT, related_name="maintenance_windows")
+    days = models.JSONField(help_text="Weekdays, 0 Monday … 6 Sunday.")
+    start = models.TimeField()
+    duration_minutes = models.PositiveIntegerField()
+    timezone = models.CharField(max_length=64, help_text="An IANA time zone, e.g. Europe/Berlin.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "maintenance_windows"
+        ordering = ["site", "start"]
+
+    def __str__(self) -> str:
+        return f"window of {self.site_id}: days {self.days} at {self.start} for {self.duration_minutes} min"

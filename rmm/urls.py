@@ -9,7 +9,9 @@ from deployment.api.views import AssetSoftwareView, DeploymentJobViewSet, Deploy
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
 from patching.api.jobs import PatchJobViewSet, PatchScanViewSet
-from patching.api.views import AssetPatchesView, PatchCatalogViewSet
+from patching.api.schedules import PatchScanScheduleViewSet
+from patching.api.views import AssetPatchesView, PatchCatalogViewSet, PatchComplianceView
+from patching.api.windows import MaintenanceWindowViewSet
 from profiles.api.assignments import ProfileAssignmentViewSet
 from profiles.api.views import ConfigKeyViewSet, ProfileViewSet
 from rmm.access.api import ApiTokenViewSet
@@ -40,6 +42,8 @@ router.register("deployment-jobs", DeploymentJobViewSet, basename="deployment-jo
 router.register("patch-catalog", PatchCatalogViewSet, basename="patch-catalog")
 router.register("patch-scans", PatchScanViewSet, basename="patch-scan")
 router.register("patch-jobs", PatchJobViewSet, basename="patch-job")
+router.register("patch-scan-schedules", PatchScanScheduleViewSet, basename="patch-scan-schedule")
+router.register("maintenance-windows", MaintenanceWindowViewSet, basename="maintenance-window")
 router.register("profile-assignments", ProfileAssignmentViewSet, basename="profile-assignment")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")
@@ -75,6 +79,7 @@ urlpatterns = [
     ),
     path("api/v1/evidence/signing-key/", evidence_views.signing_key, name="evidence-signing-key"),
     path("api/v1/assets/<uuid:asset_id>/patches/", AssetPatchesView.as_view(), name="asset-patches"),
+    path("api/v1/patch-compliance/", PatchComplianceView.as_view(), name="patch-compliance"),
     path("api/v1/assets/<uuid:asset_id>/software/", AssetSoftwareView.as_view(), name="asset-software"),
     path("api/v1/", include("profiles.api.urls")),
     path("api/v1/", include(router.urls)),
@@ -93,6 +98,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/scripts/", include("scripting.urls")),
     path("console/compliance/", include("profiles.urls")),
+    path("console/patching/", include("patching.urls")),
     path("console/evidence/", include("evidence.urls")),
     path("console/authority/", include("rmm.authority.urls")),
     path("", include("rmm.console.urls")),

@@ -130,6 +130,7 @@ class PatchJobSerializer(serializers.ModelSerializer):
             "psa_case_id",
             "site",
             "scheduled_for",
+            "held_until",
             "reboot_policy",
             "patches",
             "min_severity",

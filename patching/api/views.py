@@ -10,7 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from patching import services
+from patching import selectors, services
 from patching.models import AssetPatch, AssetPatchStatus, CatalogSource, PatchCatalog, PatchCve, Severity
 from rmm.access import roles as access
 from rmm.core.api import SiteScopedMixin
@@ -169,3 +169,37 @@ class AssetPatchesView(SiteScopedMixin, generics.ListAPIView):
             raise ValidationError(patches.errors)
         page = self.paginate_queryset(patches.qs)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+
+class PatchComplianceRowSerializer(serializers.Serializer):
+    site = serializers.CharField()
+    severity = serializers.ChoiceField(choices=SEVERITY_NAMES, help_text="Patches of this severity or higher.")
+    assets = serializers.IntegerField(help_text="The site's active assets.")
+    scanned = serializers.IntegerField(help_text="Of them, those a scan has reported.")
+    fully_patched = serializers.IntegerField(help_text="Scanned, and missing no patch of this severity or higher.")
+    missing = serializers.IntegerField(help_text="Scanned, and missing (or failing, or installing) at least one.")
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("site", description="One site's rows, by name."),
+        OpenApiParameter("severity", enum=SEVERITY_NAMES, description="One severity's rows (that or higher)."),
+    ]
+)
+class PatchComplianceView(generics.GenericAPIView):
+    """Fleet patch compliance: per site you may see and per severity, how many scanned assets are
+    fully patched and how many miss a patch of that severity or higher (docs/patching.md)."""
+
+    serializer_class = PatchComplianceRowSerializer
+
+    def get(self, request):
+        severity = request.query_params.get("severity")
+        if severity is not None and severity not in SEVERITY_NAMES:
+            raise ValidationError({"severity": [f"Must be one of: {', '.join(SEVERITY_NAMES)}."]})
+        rows = selectors.compliance(
+            request.user,
+            site_name=request.query_params.get("site"),
+            severity=None if severity is None else Severity.named(severity),
+        )
+        page = self.paginate_queryset(rows)
+        return self.get_paginated_response(PatchComplianceRowSerializer(page, many=True).data)

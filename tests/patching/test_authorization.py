@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from patching import services
-from patching.models import AssetPatch, PatchCatalog, PatchJob
+from patching.models import AssetPatch, MaintenanceWindow, PatchCatalog, PatchJob, PatchScanSchedule
 from rmm.authority.models import PsaTask
 from tests.patching import documents
 from tests.support.authorization import (
@@ -73,6 +73,40 @@ ROWS = [
         body={"reason": "not now"},
         hidden=("patch_job",),
     ),
+    # --- scan schedules: a site's, like its jobs (nothing created: the interval is too short)
+    api(
+        "POST",
+        "/api/v1/patch-scan-schedules/",
+        only(REQUEST_JOBS, 400, 403),
+        body={"site": "alpha", "psa_task_id": "{task}", "interval_seconds": 60},
+        label="interval too short",
+    ),
+    api("GET", "/api/v1/patch-scan-schedules/", 200, shows=(("scan_schedule", IN),)),
+    api("GET", "/api/v1/patch-scan-schedules/{scan_schedule}/", 200, 404, hidden=("scan_schedule",)),
+    api(
+        "POST",
+        "/api/v1/patch-scan-schedules/{scan_schedule}/stop/",
+        only(REQUEST_JOBS, 400, 403),
+        404,
+        body={},
+        hidden=("scan_schedule",),
+        label="without a reason",
+    ),
+    # --- maintenance windows: a site's
+    api(
+        "POST",
+        "/api/v1/maintenance-windows/",
+        only(REQUEST_JOBS, 201, 403),
+        only(REQUEST_JOBS, 400, 403),
+        body={"site": "alpha", "days": ["sat"], "start": "22:00", "duration_minutes": 60, "timezone": "UTC"},
+    ),
+    api("GET", "/api/v1/maintenance-windows/", 200, shows=(("window", IN),)),
+    api("GET", "/api/v1/maintenance-windows/{window}/", 200, 404, hidden=("window",)),
+    api("DELETE", "/api/v1/maintenance-windows/{window}/", only(REQUEST_JOBS, 204, 403), 404, hidden=("window",)),
+    # --- fleet compliance and the console's pages: the caller's sites only
+    api("GET", "/api/v1/patch-compliance/", 200),
+    page("GET", "/console/patching/compliance/", 200, shows=(("patch_job", IN),)),
+    page("GET", "/console/patching/jobs/{patch_job}/", 200, 404, hidden=("patch_job",)),
     # --- admin (read-only)
     page("GET", "/admin/patching/patchcatalog/", only(STAFF, 200, 302), shows=(("patch", callers(STAFF)),)),
     page("GET", "/admin/patching/patchcatalog/{patch}/change/", only(STAFF, 200, 302)),
@@ -100,7 +134,29 @@ def patch_world(matrix_world, django_db_blocker):
             status="awaiting_approval",
             requested_by=get_user_model().objects.get(username="w-psa"),
         )
-    matrix_world.ids.update(patch=str(entry.pk), asset_patch=str(found.pk), patch_job=str(request.pk))
+        schedule = PatchScanSchedule.objects.create(
+            site_id=task.case.site_id,
+            psa_task=task,
+            interval_seconds=86400,
+            created_by=request.requested_by,
+            created_at=timezone.now(),
+            dispatched_until=timezone.now(),
+        )
+        window = MaintenanceWindow.objects.create(
+            site_id=task.case.site_id,
+            days=[5],
+            start="22:00",
+            duration_minutes=60,
+            timezone="UTC",
+            created_by=request.requested_by,
+        )
+    matrix_world.ids.update(
+        patch=str(entry.pk),
+        asset_patch=str(found.pk),
+        patch_job=str(request.pk),
+        scan_schedule=str(schedule.pk),
+        window=str(window.pk),
+    )
     return matrix_world
 
 

@@ -206,11 +206,12 @@ def test_a_job_scheduled_later_is_held_until_its_time(scanned, django_capture_on
     [schedule] = Schedule.objects.filter(func="patching.tasks.release_patch_job")
     assert abs((schedule.next_run - later).total_seconds()) < 1
     assert PatchInstallJob.objects.get().status == "awaiting_approval" and state(scanned, "zz-rmm-tool") == "missing"
-    from patching import tasks
+    from patching import jobs
 
-    assert tasks.release_patch_job(made["id"]) == 1
+    assert jobs.release_due(made["id"], now=later - timedelta(seconds=1)) == 0  # not before its time
+    assert jobs.release_due(made["id"], now=later) == 1
     assert PatchInstallJob.objects.get().status == "queued" and state(scanned, "zz-rmm-tool") == "installing"
-    assert tasks.release_patch_job(made["id"]) == 0  # released once
+    assert jobs.release_due(made["id"], now=later) == 0  # released once
 
 
 def test_a_rejection_decides_the_whole_request(scanned):

@@ -1,0 +1,183 @@
+"""Scheduled scans: a site's assets scanned every interval under a standing PSA task (the monitoring
+agreement). No scan without authority: when that task (or its case) expires or is withdrawn, the
+schedule stops and the history says why; an engaged kill switch on the site (or global) stops it too.
+
+One periodic dispatcher (django-q2, every minute) rather than a django-q2 schedule per asset or per
+site: 10,000 assets would be 10,000 rows of django-q2's schedule table to create, move and delete
+as assets come and go, and a schedule per site would scan all its assets at one moment. Instead
+each asset has its own moment in the interval (its id, which is random, modulo the interval), and
+each tick scans the assets whose moment fell since the schedule's ``dispatched_until``: a site's
+scans are spread evenly over the interval, and a tick missed (the cluster down) is caught up once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.db.models import F, Q
+from django.utils import timezone
+
+from patching.kind import SCAN_KIND
+from patching.models import PatchScanSchedule, ScanScheduleStatus
+from rmm.access import roles as access
+from rmm.authority.laws import site_authority_problem
+from rmm.authority.models import PsaTask
+from rmm.core.errors import Conflict, Forbidden, InvalidInput
+from rmm.engine import services as engine
+from rmm.engine.models import KillSwitch, KillSwitchScope
+from rmm.engine.services import deciding
+from rmm.history import services as history
+from rmm.inventory.models import Agent, Asset, Site
+from rmm_agent.protocol import CAPABILITY_STRUCTURED_RESULT
+
+MIN_INTERVAL = 900  # 15 minutes
+MAX_INTERVAL = 30 * 86400
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+CREATE = "patch_scan_schedule.create"
+
+
+def moment(asset_id, interval: int) -> int:
+    """The asset's second in every interval: its (random) UUID's first 8 bytes modulo the interval."""
+    return int.from_bytes(asset_id.bytes[:8], "big") % interval
+
+
+def due(asset_ids, interval: int, after: datetime, until: datetime) -> list:
+    """The assets whose moment falls in (after, until]; all of them when that spans an interval."""
+    if until - after >= timedelta(seconds=interval):
+        return list(asset_ids)
+    a, b = int((after - EPOCH).total_seconds()), int((until - EPOCH).total_seconds())
+    return [pk for pk in asset_ids if (b - moment(pk, interval)) // interval > (a - moment(pk, interval)) // interval]
+
+
+def create_schedule(user, *, site_name: str, psa_task_id, interval_seconds: int = 86400) -> PatchScanSchedule:
+    """A standing scan schedule for a site, on a PSA task that authorises work on the whole site."""
+    deciding.require_role(user, "request_jobs", CREATE)
+    site = access.visible_sites(user).filter(name=site_name or "").first()
+    if site is None:
+        raise InvalidInput("No site of that name that you may see.", field="site")
+    if not isinstance(interval_seconds, int) or not MIN_INTERVAL <= interval_seconds <= MAX_INTERVAL:
+        raise InvalidInput(f"Whole seconds from {MIN_INTERVAL} to {MAX_INTERVAL} (30 days).", field="interval_seconds")
+    task = PsaTask.objects.select_related("case").filter(pk=psa_task_id).first() if psa_task_id else None
+    problem = site_authority_problem(task, site)
+    if problem:
+        history.record_refusal(
+            user,
+            CREATE,
+            reason=f"no authority: {problem}",
+            site_id=site.pk,
+            payload={"psa_task_id": str(psa_task_id) if psa_task_id else None},
+        )
+        raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
+    if PatchScanSchedule.objects.filter(site=site, status=ScanScheduleStatus.ACTIVE).exists():
+        raise Conflict("This site has an active scan schedule: stop it first.", field="site")
+    now = timezone.now()
+    schedule = PatchScanSchedule.objects.create(
+        site=site,
+        psa_task=task,
+        interval_seconds=interval_seconds,
+        created_by=user,
+        created_at=now,
+        dispatched_until=now,
+    )
+    history.append(
+        user,
+        "patch_scan_schedule.created",
+        schedule,
+        site_id=site.pk,
+        payload={"psa_task_id": str(task.pk), "psa_case_id": str(task.case_id), "interval_seconds": interval_seconds},
+    )
+    return schedule
+
+
+def stop(actor, schedule: PatchScanSchedule, reason: str) -> PatchScanSchedule:
+    """Stop a schedule, with the reason (a person's, its authority's end, a kill switch). Of two
+    stops at once one wins; the other is a 409 (a conditional update)."""
+    if not isinstance(actor, str):
+        deciding.require_role(actor, "request_jobs", "patch_scan_schedule.stop", schedule, site_id=schedule.site_id)
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Say why the schedule stops.", field="reason")
+    now = timezone.now()
+    stopped = PatchScanSchedule.objects.filter(pk=schedule.pk, status=ScanScheduleStatus.ACTIVE).update(
+        status=ScanScheduleStatus.STOPPED,
+        status_reason=reason[:2000],
+        stopped_at=now,
+        stopped_by=None if isinstance(actor, str) else actor,
+    )
+    if not stopped:
+        raise Conflict("This schedule is stopped already.", field="status")
+    history.append(actor, "patch_scan_schedule.stopped", schedule, site_id=schedule.site_id, payload={"reason": reason})
+    schedule.refresh_from_db()
+    return schedule
+
+
+def _switch_on_site(site: Site) -> KillSwitch | None:
+    return (
+        KillSwitch.objects.filter(released_at__isnull=True)
+        .filter(Q(scope=KillSwitchScope.GLOBAL) | Q(scope=KillSwitchScope.SITE, site=site))
+        .order_by("engaged_at")
+        .first()
+    )
+
+
+def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
+    """One tick of one schedule: stop it if its authority ended or a kill switch covers its site,
+    else scan (in one engine batch) the assets whose moment has come; how many scans."""
+    problem = site_authority_problem(schedule.psa_task, schedule.site, now)
+    if problem:
+        stop("system", schedule, f"authority ended: {problem}")
+        return 0
+    switch = _switch_on_site(schedule.site)
+    if switch is not None:
+        stop("system", schedule, f"kill switch engaged on {switch.target_label}: {switch.reason}")
+        return 0
+    # Claimed by a conditional update: two task workers ticking at once scan each asset once.
+    if not PatchScanSchedule.objects.filter(pk=schedule.pk, dispatched_until=schedule.dispatched_until).update(
+        dispatched_until=now
+    ):
+        return 0
+    assets = Asset.objects.filter(site=schedule.site, retired_at__isnull=True).values_list("pk", flat=True)
+    chosen = due(list(assets), schedule.interval_seconds, schedule.dispatched_until, now)
+    if not chosen:
+        return 0
+    # An asset under its own kill switch, or whose agent cannot report a scan, is left out (the
+    # engine would refuse the whole batch for it); the history's dispatch event counts them.
+    switched = set(
+        KillSwitch.objects.filter(
+            released_at__isnull=True, scope=KillSwitchScope.ASSET, asset_id__in=chosen
+        ).values_list("asset_id", flat=True)
+    )
+    capable = {
+        asset_id
+        for asset_id, capabilities in Agent.objects.filter(asset_id__in=chosen, revoked_at__isnull=True).values_list(
+            "asset_id", "capabilities"
+        )
+        if CAPABILITY_STRUCTURED_RESULT in capabilities.split(",")
+    }
+    scanned = [pk for pk in chosen if pk in capable and pk not in switched]
+    if scanned:
+        try:
+            engine.create_jobs(schedule.created_by, SCAN_KIND, psa_task_id=schedule.psa_task_id, asset_ids=scanned)
+        except (InvalidInput, Forbidden, Conflict) as exc:  # the engine refused, and recorded why
+            stop("system", schedule, f"the engine refused its scans: {exc}")
+            return 0
+    PatchScanSchedule.objects.filter(pk=schedule.pk).update(scans_dispatched=F("scans_dispatched") + len(scanned))
+    history.append(
+        "system",
+        "patch_scan_schedule.dispatched",
+        schedule,
+        site_id=schedule.site_id,
+        payload={"scans": len(scanned), "under_kill_switch": len(switched), "incapable": len(chosen) - len(capable)},
+    )
+    return len(scanned)
+
+
+def dispatch_all(now: datetime | None = None) -> int:
+    """Every active schedule's tick (django-q2, every minute); how many scans were created."""
+    now = now or timezone.now()
+    total = 0
+    for schedule in PatchScanSchedule.objects.filter(status=ScanScheduleStatus.ACTIVE).select_related(
+        "site", "psa_task__case", "created_by"
+    ):
+        total += dispatch(schedule, now)
+    return total
