@@ -284,8 +284,13 @@ def verify(user, finding: VulnerabilityFinding, *, verified: bool, details: str 
             psa_task_id=finding.psa_task_id,
             psa_case_id=finding.psa_case_id,
             actor=user,
-            action="finding.verified" if verified else "finding.reopened",
-            payload={"finding": str(finding.pk), "verified": verified, "patch_result_evidence": len(patch_results)},
+        )
+        history.append(
+            user,
+            "finding.verified" if verified else "finding.reopened",
+            finding,
+            site_id=finding.site_id,
+            payload={"verified": verified, "evidence": str(proof.pk), "patch_result_evidence": len(patch_results)},
         )
         told = {**_about(finding), "status": new, "details": details, "evidence": _evidence_ref(proof)}
         if verified:

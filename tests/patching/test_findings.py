@@ -15,7 +15,6 @@ from evidence.models import RmmEvidence
 from evidence.services import read_blob
 from patching.models import FINDING_TRANSITIONS, FindingStatus, PatchInstallJob, VulnerabilityFinding
 from rmm.history.models import HistoryEvent
-from tests.e2e.psa import PsaReceiver
 from tests.helpers import approved_authority, make_agent
 from tests.patching.scanning import dpkg_document, run, scan
 
@@ -24,17 +23,7 @@ UPGRADES = {"zz-rmm-tool": "1.0-2", "zz-rmm-lib": "2.1-1"}
 URL = "/api/v1/vulnerability-findings/"
 
 
-@pytest.fixture
-def psa_receiver(settings):
-    psa = PsaReceiver()
-    settings.RMM_PSA_WEBHOOK_URL = psa.url
-    settings.RMM_PSA_WEBHOOK_SECRET = psa.secret
-    settings.RMM_TASKS_SYNC = True
-    yield psa
-    psa.close()
-
-
-def told(receiver: PsaReceiver, event: str) -> list[dict]:
+def told(receiver, event: str) -> list[dict]:
     return [item["body"] for item in receiver.received if item["body"]["event"] == event and item["signed"]]
 
 
@@ -153,15 +142,15 @@ def test_a_task_of_another_site_gives_no_authority_over_the_asset(scanned, other
 
 
 def test_the_round_trip_rescan_asks_the_scanner_and_its_verification_lets_the_case_close(
-    scanned, psa_receiver, django_capture_on_commit_callbacks
+    scanned, psa_webhook, django_capture_on_commit_callbacks
 ):
     made = finding(scanned).json()
     with django_capture_on_commit_callbacks(execute=True):
         request = patched(scanned)
     assert status(made["id"]) == "awaiting_verification"
     # the patch job ended, but the finding holds the case open until the scanner verifies
-    assert told(psa_receiver, "case.may_close") == []
-    [asked] = told(psa_receiver, "finding.verification_requested")
+    assert told(psa_webhook, "case.may_close") == []
+    [asked] = told(psa_webhook, "finding.verification_requested")
     assert asked["finding"] == made["id"] and asked["cve"] == "CVE-2026-12345"
     assert asked["installed_version"] == "1.0-2" and asked["patch_job"] == request["id"]
     assert asked["verify"] == f"{URL}{made['id']}/verify/"
@@ -179,7 +168,8 @@ def test_the_round_trip_rescan_asks_the_scanner_and_its_verification_lets_the_ca
     assert document["verified"] is True and document["details"] == "rescanned: not vulnerable"
     assert {item["id"] for item in document["patch_result_evidence"]} == results and len(results) == 2
     assert proof.psa_case_id == scanned["task"].case_id and str(proof.related_id) == made["id"]
-    [closing] = told(psa_receiver, "case.may_close")
+    assert HistoryEvent.objects.get(action="finding.verified").payload["evidence"] == str(proof.pk)
+    [closing] = told(psa_webhook, "case.may_close")
     assert closing["psa_case_id"] == str(scanned["task"].case_id)
     assert closing["jobs"] == {"succeeded": 2}  # the scan and the patch job
     assert closing["finding"]["finding"] == made["id"] and closing["finding"]["evidence"]["id"] == str(proof.pk)
@@ -188,27 +178,27 @@ def test_the_round_trip_rescan_asks_the_scanner_and_its_verification_lets_the_ca
 
 
 def test_a_failed_verification_reopens_the_finding_and_tells_the_psa(
-    scanned, psa_receiver, django_capture_on_commit_callbacks
+    scanned, psa_webhook, django_capture_on_commit_callbacks
 ):
     made = finding(scanned).json()
     with django_capture_on_commit_callbacks(execute=True):
         patched(scanned)
         r = verify(scanned, made["id"], verified=False)
     assert r.status_code == 200 and r.json()["status"] == "reopened"
-    [reopened] = told(psa_receiver, "finding.reopened")
+    [reopened] = told(psa_webhook, "finding.reopened")
     assert reopened["finding"] == made["id"] and reopened["details"] == "still vulnerable"
-    assert told(psa_receiver, "case.may_close") == []
+    assert told(psa_webhook, "case.may_close") == []
     [proof] = RmmEvidence.objects.filter(evidence_type="scan_verification")
     assert json.loads(read_blob(proof))["verified"] is False
     assert verify(scanned, made["id"]).status_code == 409  # reopened: awaits a fix, not a verification
 
 
-def test_a_failed_install_leaves_the_finding_open(scanned, psa_receiver, django_capture_on_commit_callbacks):
+def test_a_failed_install_leaves_the_finding_open(scanned, psa_webhook, django_capture_on_commit_callbacks):
     made = finding(scanned).json()
     with django_capture_on_commit_callbacks(execute=True):
         patched(scanned, installed=False)
     assert status(made["id"]) == "open"
-    assert told(psa_receiver, "finding.verification_requested") == []
+    assert told(psa_webhook, "finding.verification_requested") == []
 
 
 def test_a_pen_test_finding_is_verified_by_the_testers_retest_through_the_same_calls(scanned):
