@@ -149,10 +149,9 @@ def test_the_scanner_verifies_the_fix_a_patch_job_installed_and_the_case_may_clo
         assert row(patch_rows(server, w, good), good, "1.0-2")["status"] == "installed"
 
         # The re-scan asked the scanner; it checked the endpoint and verified.
-        verified = wait_for(
-            lambda: (f := finding(server, w, fixed["id"]))["status"] == "verified" and f, 60, "the verification"
-        )
-        assert scanner.answers == [200] and scanner.asked[0]["finding"] == fixed["id"]
+        assert wait_for(lambda: scanner.answers, 60, "the scanner's verification") == [200]
+        verified = finding(server, w, fixed["id"])
+        assert verified["status"] == "verified" and scanner.asked[0]["finding"] == fixed["id"]
         assert verified["patch_job"] == done["id"] and verified["installed_version"] == "1.0-2"
         assert "dpkg reports installed 1.0-2" in verified["verification_details"]
         # (the first scan's end told it too, before any finding held the case open)
