@@ -12,14 +12,15 @@
    next step waits until the agent is back. A failed install still runs the re-scan
    (``on_failure=continue``) and the job ends failed;
 1. the re-scan, unprivileged, carrying the versions it is judged against: only this scan marks a
-   patch installed (or failed), never the install's exit code.
+   patch installed (or failed), never the install's exit code, and asks the scanner to verify the
+   findings of the asset whose fix it shows (:mod:`patching.findings`).
 """
 
 from __future__ import annotations
 
 import shlex
 
-from patching import intake, scans
+from patching import findings, intake, scans
 from patching.models import PatchInstallJob, PatchScanJob, RebootPolicy
 from rmm.engine import registry
 from rmm.engine.states import JobStatus
@@ -72,7 +73,11 @@ def _ingest(job, inst, result: dict, *, after_job: bool):
     except scans.ScanError:
         return None
     wanted = {tuple(pair) for pair in scan.wanted} if after_job else None
-    return intake.ingest(job.asset_id, scan, inst.finished_at or job.created_at, job_wanted=wanted)
+    now = inst.finished_at or job.created_at
+    stored = intake.ingest(job.asset_id, scan, now, job_wanted=wanted)
+    if after_job:  # the findings whose fix the patch job's re-scan shows await verification
+        findings.fixes_installed(job, scan, now)
+    return stored
 
 
 # --- patch_scan ----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Seed C, patch management: the patch catalog (what fixes exist, from imported advisories and from
-what scans report), each asset's patch state, scans and patch jobs. Scanner findings come in a
-later part of issue 16."""
+what scans report), each asset's patch state, scans, patch jobs and the scanner's findings that
+patch jobs fix and the scanner verifies."""
 
 import uuid
 
@@ -274,3 +274,74 @@ class MaintenanceWindow(models.Model):
 
     def __str__(self) -> str:
         return f"window of {self.site_id}: days {self.days} at {self.start} for {self.duration_minutes} min"
+class FindingSource(models.TextChoices):
+    SCANNER = "scanner"
+    PENTEST = "pentest"  # the seed's "Pen Testing gains remediation feedback": the retest verifies
+
+
+class FindingStatus(models.TextChoices):
+    OPEN = "open"
+    AWAITING_VERIFICATION = "awaiting_verification"  # a patch job's re-scan shows the fix installed
+    VERIFIED = "verified"
+    REOPENED = "reopened"  # the scanner (or the tester's retest) still finds it
+
+
+# The one table of a finding's allowed moves (patching/findings.py writes them).
+FINDING_TRANSITIONS: dict[str, frozenset[str]] = {
+    FindingStatus.OPEN: frozenset({FindingStatus.AWAITING_VERIFICATION}),
+    FindingStatus.REOPENED: frozenset({FindingStatus.AWAITING_VERIFICATION}),
+    FindingStatus.AWAITING_VERIFICATION: frozenset({FindingStatus.VERIFIED, FindingStatus.REOPENED}),
+    FindingStatus.VERIFIED: frozenset(),
+}
+
+
+def finding_moves_to(status: str) -> list[str]:
+    """The statuses a finding may leave for ``status``: a conditional update's filter."""
+    return [source for source, targets in FINDING_TRANSITIONS.items() if status in targets]
+
+
+class VulnerabilityFinding(models.Model):
+    """A scanner's (or a pen tester's) finding on one asset, on the PSA remediation task that
+    authorises its fix. A patch job's re-scan that shows the fix asks for verification; only the
+    scanner's verification makes it ``verified``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="vulnerability_findings")
+    site = models.ForeignKey("inventory.Site", on_delete=models.PROTECT, related_name="+")
+    cve = models.CharField(max_length=40)
+    product = models.CharField(max_length=200)
+    fixed_version = models.CharField(max_length=200, blank=True)
+    patch_id = models.CharField(max_length=200, blank=True, help_text="The update's id, when no version says it.")
+    severity = models.PositiveSmallIntegerField(choices=Severity.choices)
+    scanner_ref = models.CharField(max_length=200, help_text="The scanner's own id of the finding.")
+    source = models.CharField(max_length=20, choices=FindingSource.choices)
+    psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="vulnerability_findings")
+    psa_case = models.ForeignKey("authority.PsaCase", on_delete=models.PROTECT, related_name="vulnerability_findings")
+    status = models.CharField(max_length=30, choices=FindingStatus.choices, default=FindingStatus.OPEN)
+    catalog_entry = models.ForeignKey(
+        PatchCatalog, on_delete=models.PROTECT, null=True, blank=True, related_name="findings"
+    )
+    fixed_by = models.ForeignKey(
+        PatchJob, on_delete=models.PROTECT, null=True, blank=True, related_name="findings", help_text="The patch job."
+    )
+    installed_version = models.CharField(max_length=200, blank=True, help_text="What the re-scan found installed.")
+    reported_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    fix_detected_at = models.DateTimeField(null=True, blank=True)
+    verified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    verified_at = models.DateTimeField(null=True, blank=True, help_text="When the last verification came.")
+    verification_details = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "vulnerability_findings"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["asset", "status"], name="vuln_findings_asset_status"),
+            models.Index(fields=["status", "site"], name="vuln_findings_status_site"),
+            models.Index(fields=["cve"], name="vuln_findings_cve"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cve} on {self.asset_id} ({self.status})"

@@ -358,6 +358,8 @@ SPECTACULAR_SETTINGS = {
         "ComparisonEnum": "profiles.models.Comparison",
         "ContainmentActionEnum": "containment.models.ContainmentAction",
         "DeploymentActionEnum": "deployment.models.DeploymentAction",
+        "FindingSourceEnum": "patching.models.FindingSource",
+        "CatalogSourceEnum": "patching.models.CatalogSource",
     },
 }
 

@@ -8,6 +8,7 @@ from containment.api.views import ContainmentViewSet
 from deployment.api.views import AssetSoftwareView, DeploymentJobViewSet, DeploymentViewSet, PackageViewSet
 from evidence.api import views as evidence_views
 from evidence.api.views import EvidenceExportViewSet, EvidenceViewSet, LegalHoldViewSet
+from patching.api.findings import FindingViewSet
 from patching.api.jobs import PatchJobViewSet, PatchScanViewSet
 from patching.api.schedules import PatchScanScheduleViewSet
 from patching.api.views import AssetPatchesView, PatchCatalogViewSet, PatchComplianceView
@@ -44,6 +45,7 @@ router.register("patch-scans", PatchScanViewSet, basename="patch-scan")
 router.register("patch-jobs", PatchJobViewSet, basename="patch-job")
 router.register("patch-scan-schedules", PatchScanScheduleViewSet, basename="patch-scan-schedule")
 router.register("maintenance-windows", MaintenanceWindowViewSet, basename="maintenance-window")
+router.register("vulnerability-findings", FindingViewSet, basename="vulnerability-finding")
 router.register("profile-assignments", ProfileAssignmentViewSet, basename="profile-assignment")
 router.register("evidence/exports", EvidenceExportViewSet, basename="evidence-export")
 router.register("evidence/legal-holds", LegalHoldViewSet, basename="legal-hold")

@@ -32,6 +32,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "manage_access": frozenset({"admin"}),
     # the patch catalog: advisories imported through the API (docs/patching.md)
     "import_advisories": frozenset({"admin", "scanner"}),
+    # vulnerability findings: a scanner (or pen tester) reports them and verifies their fix
+    "report_findings": frozenset({"admin", "scanner"}),
     # webhook subscriptions (docs/integrations.md), within the sites one may see
     "manage_integrations": frozenset({"admin"}),
     # an EDR's isolate or release of an endpoint's network (docs/integrations.md#edr-containment)

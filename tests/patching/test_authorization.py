@@ -9,7 +9,15 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from patching import services
-from patching.models import AssetPatch, MaintenanceWindow, PatchCatalog, PatchJob, PatchScanSchedule
+from patching.models import (
+    AssetPatch,
+    MaintenanceWindow,
+    PatchCatalog,
+    PatchJob,
+    PatchScanSchedule,
+    Severity,
+    VulnerabilityFinding,
+)
 from rmm.authority.models import PsaTask
 from tests.patching import documents
 from tests.support.authorization import (
@@ -17,6 +25,7 @@ from tests.support.authorization import (
     EVERYONE,
     IMPORT_ADVISORIES,
     IN,
+    REPORT_FINDINGS,
     REQUEST_JOBS,
     STAFF,
     Row,
@@ -107,6 +116,33 @@ ROWS = [
     api("GET", "/api/v1/patch-compliance/", 200),
     page("GET", "/console/patching/compliance/", 200, shows=(("patch_job", IN),)),
     page("GET", "/console/patching/jobs/{patch_job}/", 200, 404, hidden=("patch_job",)),
+    # --- vulnerability findings: the scanner reports and verifies them, on its sites' assets
+    api(
+        "POST",
+        "/api/v1/vulnerability-findings/",
+        only(REPORT_FINDINGS, 201, 403),
+        {**dict.fromkeys(REPORT_FINDINGS, 404), "*": 403},  # the asset is not among their sites
+        body={
+            "asset": "{asset}",
+            "cve": "CVE-2026-1000",
+            "product": "SIMATIC",
+            "fixed_version": "V3.1.0",
+            "severity": "high",
+            "scanner_ref": "matrix-1",
+            "source": "scanner",
+            "psa_task_id": "{task}",
+        },
+    ),
+    api("GET", "/api/v1/vulnerability-findings/", 200, shows=(("finding", IN),)),
+    api("GET", "/api/v1/vulnerability-findings/{finding}/", 200, 404, hidden=("finding",)),
+    api(
+        "POST",
+        "/api/v1/vulnerability-findings/{finding}/verify/",
+        only(REPORT_FINDINGS, 200, 403),
+        404,
+        body={"verified": True, "details": "rescanned"},
+        hidden=("finding",),
+    ),
     # --- admin (read-only)
     page("GET", "/admin/patching/patchcatalog/", only(STAFF, 200, 302), shows=(("patch", callers(STAFF)),)),
     page("GET", "/admin/patching/patchcatalog/{patch}/change/", only(STAFF, 200, 302)),
@@ -150,12 +186,28 @@ def patch_world(matrix_world, django_db_blocker):
             timezone="UTC",
             created_by=request.requested_by,
         )
+        # A finding whose fix a re-scan showed: it awaits the scanner's verification.
+        finding = VulnerabilityFinding.objects.create(
+            asset_id=matrix_world.ids["asset"],
+            site_id=task.case.site_id,
+            cve="CVE-2026-0001",
+            product=entry.product,
+            fixed_version=entry.patch_id,
+            severity=Severity.HIGH,
+            scanner_ref="matrix-0",
+            source="scanner",
+            psa_task=task,
+            psa_case=task.case,
+            status="awaiting_verification",
+            reported_by=get_user_model().objects.get(username="w-root"),
+        )
     matrix_world.ids.update(
         patch=str(entry.pk),
         asset_patch=str(found.pk),
         patch_job=str(request.pk),
         scan_schedule=str(schedule.pk),
         window=str(window.pk),
+        finding=str(finding.pk),
     )
     return matrix_world
 

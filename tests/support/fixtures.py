@@ -80,3 +80,17 @@ def evidence_store(settings, tmp_path):
     yield store
     if store.away.exists():
         store.restore()
+
+
+@pytest.fixture
+def psa_webhook(settings):
+    """A real PSA receiver on 127.0.0.1 that the outbox tells everything (its endpoint hears every
+    event type), with deliveries sent as soon as their transaction commits."""
+    from tests.e2e.psa import PsaReceiver
+
+    psa = PsaReceiver()
+    settings.RMM_PSA_WEBHOOK_URL = psa.url
+    settings.RMM_PSA_WEBHOOK_SECRET = psa.secret
+    settings.RMM_TASKS_SYNC = True
+    yield psa
+    psa.close()

@@ -4,7 +4,7 @@ under the case has reached a final status (docs/psa-integration.md)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from django.db.models import Count
 
@@ -17,6 +17,21 @@ from rmm.outbox import services as outbox
 NOT_FINAL = sorted(set(JobStatus) - FINAL)
 
 EVENT = "case.may_close"
+
+# Work under a case that is no job (a vulnerability finding awaiting its verification) holds the
+# case open too: the app that owns it registers a check, case id -> whether some is still open.
+_open_work: list[Callable[[object], bool]] = []
+
+
+def hold_case_while(check: Callable[[object], bool]) -> None:
+    """Register ``check`` (in an AppConfig.ready): while it says so, the case is not told it may close."""
+    if check not in _open_work:
+        _open_work.append(check)
+
+
+def case_has_open_work(case_id) -> bool:
+    """Unfinished jobs of any kind, or other open work an app registered."""
+    return case_has_unfinished_jobs(case_id) or any(check(case_id) for check in _open_work)
 
 
 def _lookups() -> list:
@@ -52,19 +67,24 @@ def after_jobs_ended(kind: registry.JobKind, job_ids: Iterable) -> int:
     if not job_ids or not lookup or not outbox.heard(EVENT):
         return 0
     history.lock()
-    case_ids = set(kind.model.objects.filter(pk__in=job_ids).values_list(lookup, flat=True))
+    return tell_if_done(set(kind.model.objects.filter(pk__in=job_ids).values_list(lookup, flat=True)))
+
+
+def tell_if_done(case_ids: Iterable, extra: dict | None = None) -> int:
+    """``case.may_close`` for each of these cases with no open work left (``extra`` added to its
+    data); call inside the transaction that ended the work, under the history's lock."""
     told = []
-    for case in PsaCase.objects.filter(pk__in=case_ids).only("pk", "title", "site_id"):
-        if case_has_unfinished_jobs(case.pk):
+    for case in PsaCase.objects.filter(pk__in=set(case_ids)).only("pk", "title", "site_id"):
+        if case_has_open_work(case.pk):
             continue
         counts = jobs_of_case(case.pk)
-        if counts:
-            data = {
-                "psa_case_id": str(case.pk),
-                "title": case.title,
-                "site": str(case.site_id),
-                "jobs": dict(sorted(counts.items())),
-                "jobs_total": sum(counts.values()),
-            }
-            told.append(outbox.Emitted(EVENT, PsaCase._meta.label_lower, str(case.pk), case.site_id, data))
+        data = {
+            "psa_case_id": str(case.pk),
+            "title": case.title,
+            "site": str(case.site_id),
+            "jobs": dict(sorted(counts.items())),
+            "jobs_total": sum(counts.values()),
+            **(extra or {}),
+        }
+        told.append(outbox.Emitted(EVENT, PsaCase._meta.label_lower, str(case.pk), case.site_id, data))
     return outbox.emit_many(told)
