@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "deployment",
     "patching",
     "containment",
+    "sessions.apps.SessionsConfig",
     "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]

@@ -26,9 +26,12 @@ ARTEFACTS_SINCE = 2
 
 OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
 INTERPRETERS = ("sh", "bash", "python", "powershell")
+# The remote session action (sessions.providers.terminal): the agent relays a PTY over a websocket
+# to the server for as long as the session lasts; only to agents whose capabilities say they can.
+SESSION_ACTION = "remote_session"
 # Instructions the agent carries out itself rather than by an interpreter (rmm_agent.updater): the
 # content is the order, covered by the signature and content hash like a script.
-AGENT_ACTIONS = ("agent_update",)
+AGENT_ACTIONS = ("agent_update", SESSION_ACTION)
 # The bytes of each output stream the agent keeps; the rest is read and discarded.
 MAX_STREAM_BYTES = 1024 * 1024
 # The largest body of any agent call, as sent (encoded JSON, in bytes). The agent builds every
@@ -93,6 +96,7 @@ CAPABILITY_SELF_UPDATE = "self_update"
 # Streams what a running step prints (rmm_agent/live.py), for steps whose signed payload offers
 # it (``"live_output": true``, sent only to agents that name the capability).
 CAPABILITY_LIVE_OUTPUT = "live_output"
+CAPABILITY_REMOTE_SESSION = "remote_session"
 CAPABILITIES = (
     CAPABILITY_STRUCTURED_RESULT,
     CAPABILITY_REBOOT,

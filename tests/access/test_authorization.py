@@ -18,6 +18,7 @@ from tests.support.authorization import (
     MANAGE_AUTHORITY,
     MANAGE_INTEGRATIONS,
     MANAGE_LEGAL_HOLDS,
+    OPEN_SESSIONS,
     REQUEST_CONTAINMENT,
     REQUEST_JOBS,
     ROLES,
@@ -78,6 +79,7 @@ def test_role_groups_match_access():
         "manage_access": MANAGE_ACCESS,
         "manage_integrations": MANAGE_INTEGRATIONS,
         "request_containment": REQUEST_CONTAINMENT,
+        "open_sessions": OPEN_SESSIONS,
         "view": ROLES,
         "view_evidence": ROLES,
     }

@@ -79,6 +79,7 @@ MANAGE_ACCESS = ("admin",)
 IMPORT_ADVISORIES = ("admin", "scanner")
 MANAGE_INTEGRATIONS = ("admin",)
 REQUEST_CONTAINMENT = ("admin", "edr")
+OPEN_SESSIONS = ("admin", "technician")
 ENGAGE_KILL_SWITCH = ("admin", "technician", "approver", "psa", "edr", "scanner")
 STAFF = ("admin", "approver")  # rmm_token makes them staff: the admin and its approval queue
 

@@ -1,0 +1,48 @@
+"""Console pages of remote sessions: the list, and each session's page (its join URL), where the
+technician works in the terminal while it is live and plays the recording back once it ended."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from rmm.access import roles as access
+from rmm.core.errors import ServiceError
+from sessions import services
+from sessions.models import RemoteSession
+
+SHOWN = 100
+
+
+def _visible(user):
+    return (
+        RemoteSession.objects.filter(site__in=access.visible_sites(user))
+        .select_related("site", "asset", "initiated_by", "ended_by", "psa_task")
+        .order_by("-created_at")
+    )
+
+
+@login_required
+def session_list(request):
+    return render(request, "sessions/list.html", {"sessions": _visible(request.user)[:SHOWN], "nav": "sessions"})
+
+
+@login_required
+def session_page(request, session_id):
+    session = get_object_or_404(_visible(request.user), pk=session_id)
+    return render(
+        request,
+        "sessions/session.html",
+        {"session": session, "duration": services.duration_seconds(session), "nav": "sessions"},
+    )
+
+
+@login_required
+@require_POST
+def session_end(request, session_id):
+    session = get_object_or_404(_visible(request.user), pk=session_id)
+    try:
+        services.end_session(request.user, session)
+    except ServiceError as exc:
+        messages.error(request, exc.detail)
+    return redirect("remote-session", session_id=session.pk)
