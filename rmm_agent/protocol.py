@@ -96,6 +96,8 @@ CAPABILITY_SELF_UPDATE = "self_update"
 # Streams what a running step prints (rmm_agent/live.py), for steps whose signed payload offers
 # it (``"live_output": true``, sent only to agents that name the capability).
 CAPABILITY_LIVE_OUTPUT = "live_output"
+# Relays a remote session's PTY over a websocket (rmm_agent/session.py): only where the
+# ``websockets`` package (11 or later, its sync client) can be imported.
 CAPABILITY_REMOTE_SESSION = "remote_session"
 CAPABILITIES = (
     CAPABILITY_STRUCTURED_RESULT,
@@ -103,6 +105,7 @@ CAPABILITIES = (
     CAPABILITY_ARTEFACTS,
     CAPABILITY_SELF_UPDATE,
     CAPABILITY_LIVE_OUTPUT,
+    CAPABILITY_REMOTE_SESSION,
 )
 # Live output (docs/agent.md, Live output): at most one call per LIVE_OUTPUT_SECONDS per
 # instruction, each stream's text in it at most LIVE_CHUNK_BYTES of UTF-8; the server keeps the

@@ -20,3 +20,4 @@ class SessionsConfig(AppConfig):
         types.register(kind.SESSION_RECORDING, "A remote session's recording (asciicast v2), sealed by its sha256")
         kill_switches.register_hook(services.end_in_scope)
         outbox.register(services.ENDED, "A remote session ended (by whom or what, and why)")
+        outbox.register(services.RECORDED, "A remote session's recording was sealed as evidence (its sha256)")

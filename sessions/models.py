@@ -36,7 +36,10 @@ class RemoteSession(JobBase):
     provider = models.CharField(max_length=40)
     psa_task = models.ForeignKey("authority.PsaTask", on_delete=models.PROTECT, related_name="remote_sessions")
     privileged = models.BooleanField(default=False, help_text="The shell runs as root (always needs an approver).")
+    # started_at: its agent took its step (the engine stamps it); completed_at: the job ended
     started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    relay_opened_at = models.DateTimeField(null=True, blank=True, help_text="The agent's websocket was accepted.")
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=20, choices=EndReason.choices, blank=True)
     ended_by = models.ForeignKey(
@@ -75,3 +78,47 @@ class SessionPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"session policy of {self.site_id}"
+
+
+class RecordingChunk(models.Model):
+    """One stored piece of a session's recording, in order. ``chain`` is sha256(the previous
+    chunk's chain + this chunk's sha256), the first chunk's previous chain being the session's
+    id: a chunk missing, reordered or edited breaks every chain after it (docs/sessions.md)."""
+
+    session = models.ForeignKey(RemoteSession, on_delete=models.PROTECT, related_name="chunks")
+    index = models.PositiveIntegerField()
+    offset = models.PositiveBigIntegerField(help_text="Where it starts in the whole recording.")
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    chain = models.CharField(max_length=64)
+    blob = models.CharField(max_length=300, help_text="Its name in the blob store.")
+
+    class Meta:
+        db_table = "remote_session_recording_chunks"
+        constraints = [models.UniqueConstraint(fields=["session", "index"], name="remote_session_chunk_once")]
+        ordering = ["session", "index"]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of {self.session_id}"
+
+
+class JoinMode(models.TextChoices):
+    INTERACTIVE = "interactive"  # the technician who opened it types
+    WATCH = "watch"  # an admin watches it live
+
+
+class JoinToken(models.Model):
+    """A single-use ticket that lets one user's browser join one session's relay once."""
+
+    session = models.ForeignKey(RemoteSession, on_delete=models.CASCADE, related_name="join_tokens")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    token_hash = models.CharField(max_length=64, unique=True)
+    mode = models.CharField(max_length=12, choices=JoinMode.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "remote_session_join_tokens"
+
+    def __str__(self) -> str:
+        return f"{self.mode} join of {self.session_id}"

@@ -9,6 +9,8 @@ Every refusal is in the history; every end appends ``session.ended`` and tells t
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from datetime import datetime, timedelta
 
@@ -16,6 +18,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from evidence import services as evidence
+from evidence.models import RmmEvidence
 from rmm.access import roles as access
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from rmm.engine import services as engine
@@ -24,10 +28,11 @@ from rmm.engine.states import FINAL, JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset
 from rmm.outbox import services as outbox
-from sessions import policies, providers
-from sessions.models import EndReason, RemoteSession, SessionPolicy, SessionType
+from sessions import kind, policies, providers, recording
+from sessions.models import EndReason, JoinMode, JoinToken, RemoteSession, SessionPolicy, SessionType
 
 ENDED = "session.ended"  # the outbox event of every ended session (the PSA hears it)
+RECORDED = "session.recorded"  # its recording sealed as evidence, with the sha256
 ACTION = "remote_session.open"
 SYSTEM = "system:sessions"
 
@@ -243,3 +248,141 @@ def set_policy(user, site, **fields) -> SessionPolicy:
         policy, _ = SessionPolicy.objects.update_or_create(site=site, defaults=fields)
         history.append(user, "remote_session.policy", policy, site_id=site.pk, payload=fields)
     return policy
+
+
+# --- the built-in terminal's relay (sessions.consumers) ------------------------------------------
+
+
+def mint_join_token(user, session: RemoteSession) -> tuple[str, str]:
+    """A single-use ticket for this user's browser to join the session's relay once: the
+    technician who opened it types; an admin watches. (token, mode)"""
+    if session.initiated_by_id == user.pk and access.can(user, "open_sessions"):
+        mode = JoinMode.INTERACTIVE
+    elif access.can(user, "manage_access"):
+        mode = JoinMode.WATCH
+    else:
+        raise Forbidden("Only the technician who opened the session, or an admin, may join it.")
+    token = secrets.token_urlsafe(32)
+    JoinToken.objects.create(session=session, user=user, token_hash=_hash(token), mode=mode)
+    return token, mode
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def redeem_join_token(user, session_id, token: str) -> tuple[RemoteSession, str]:
+    """The browser's ticket, used once, by the user it was minted for, on a session that has not
+    ended: the session and the mode. Anything else is refused and recorded."""
+    action = "remote_session.join"
+    session = (
+        RemoteSession.objects.select_related("psa_task")
+        .filter(pk=session_id, site__in=access.visible_sites(user))
+        .first()
+    )
+    if session is None:
+        history.record_refusal(
+            user, action, reason="no such session in the caller's sites", payload={"session": str(session_id)}
+        )
+        raise NotFound("No such session.")
+    ticket = JoinToken.objects.filter(session=session, token_hash=_hash(token or "")).first()
+    problem = None
+    if ticket is None:
+        problem = "unknown join token"
+    elif ticket.user_id != user.pk:
+        problem = "join token of another user"
+    elif session.ended_at is not None:
+        problem = "the session has ended"
+    elif not JoinToken.objects.filter(pk=ticket.pk, used_at__isnull=True).update(used_at=timezone.now()):
+        problem = "join token used twice"
+    if problem:
+        history.record_refusal(user, action, session, reason=problem, site_id=session.site_id)
+        raise Forbidden(f"Refused: {problem}.")
+    history.append(user, "remote_session.joined", session, site_id=session.site_id, payload={"mode": ticket.mode})
+    return session, ticket.mode
+
+
+def relay_opened(agent, session_id) -> RemoteSession:
+    """The agent opened the session's websocket: only its own asset's session, whose step it
+    holds running, and only once. The session starts now (``session.started``)."""
+    action = "remote_session.relay"
+    session = RemoteSession.objects.select_related("psa_task", "site").filter(pk=session_id).first()
+    problem = None
+    if session is None or session.asset_id != agent.asset_id:
+        problem = "no such session on the agent's asset"
+    elif session.ended_at is not None:
+        problem = "the session has ended"
+    elif session.relay_opened_at is not None:
+        problem = "the session's relay is already open"
+    elif not engine.job_instructions(session).filter(agent=agent, status=JobStatus.RUNNING).exists():
+        problem = "the agent holds no running step of the session"
+    if problem:
+        history.record_refusal(
+            history.actor_of(agent),
+            action,
+            session,
+            reason=problem,
+            site_id=agent.asset.site_id,
+            payload={"session": str(session_id)},
+        )
+        raise Forbidden(f"Refused: {problem}.")
+    now = timezone.now()
+    with transaction.atomic():
+        if not RemoteSession.objects.filter(pk=session.pk, relay_opened_at__isnull=True, ended_at__isnull=True).update(
+            relay_opened_at=now, last_activity_at=now
+        ):
+            raise Conflict("The session's relay is already open, or it ended.")
+        session.relay_opened_at = session.last_activity_at = now
+        history.append(
+            history.actor_of(agent),
+            "session.started",
+            session,
+            site_id=session.site_id,
+            payload={"asset": str(session.asset_id), "privileged": session.privileged, "provider": session.provider},
+        )
+    return session
+
+
+def refuse_frame(user, session: RemoteSession) -> None:
+    """A browser's frame came after the session ended: it goes nowhere, and is recorded."""
+    history.record_refusal(
+        user, "remote_session.frame", session, reason="a frame on an ended session", site_id=session.site_id
+    )
+
+
+def touch(session_id, at: datetime) -> None:
+    """The last byte relayed either way (the idle timeout counts from it)."""
+    RemoteSession.objects.filter(pk=session_id).update(last_activity_at=at)
+
+
+def seal_recording(session: RemoteSession) -> RmmEvidence:
+    """The ended session's chunks, verified, become one recording blob whose sha256 is the
+    ``session_recording`` evidence record (its history event lists the chunks and their chain);
+    the session is marked recorded and the outbox tells the PSA (``session.recorded``)."""
+    digest, uri, size, chunks = recording.seal(session.pk)
+    with transaction.atomic():
+        row = evidence.record(
+            asset=session.asset,
+            evidence_type=kind.SESSION_RECORDING,
+            related_entity="remote_session",
+            related_id=session.pk,
+            stored=(digest, uri),
+            site_id=session.site_id,
+            psa_task_id=session.psa_task_id,
+            payload={"session": str(session.pk), "size": size, "format": "asciicast v2", "chunks": chunks},
+        )
+        RemoteSession.objects.filter(pk=session.pk).update(recorded=True, recording_uri=uri, recording_sha256=digest)
+        session.recorded, session.recording_uri, session.recording_sha256 = True, uri, digest
+        outbox.emit(
+            RECORDED,
+            session,
+            site_id=session.site_id,
+            data={
+                "psa_task_id": str(session.psa_task_id),
+                "psa_case_id": str(session.psa_task.case_id),
+                "recording_sha256": digest,
+                "evidence": str(row.pk),
+                "size": size,
+            },
+        )
+    return row

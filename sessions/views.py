@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 
 from rmm.access import roles as access
 from rmm.core.errors import ServiceError
+from rmm.engine.states import JobStatus
 from sessions import services
 from sessions.models import RemoteSession
 
@@ -30,10 +31,24 @@ def session_list(request):
 @login_required
 def session_page(request, session_id):
     session = get_object_or_404(_visible(request.user), pk=session_id)
+    relay = mode = None
+    if session.ended_at is None and session.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        try:
+            token, mode = services.mint_join_token(request.user, session)
+        except ServiceError:
+            pass  # others see the page, not the terminal
+        else:
+            relay = f"/ws/sessions/{session.pk}/?token={token}"
     return render(
         request,
         "sessions/session.html",
-        {"session": session, "duration": services.duration_seconds(session), "nav": "sessions"},
+        {
+            "session": session,
+            "duration": services.duration_seconds(session),
+            "relay": relay,
+            "mode": mode,
+            "nav": "sessions",
+        },
     )
 
 
