@@ -144,6 +144,8 @@ class AgentRelayConsumer(AsyncWebsocketConsumer):
         if self.ending is None:  # the agent hung up (the shell exited)
             self.ending = EndReason.AGENT
             await _end(self.session, EndReason.AGENT)
+        if self.ending == EndReason.RECORDING_FAILED:
+            return  # what was written stays as chunks; the history says why it ended
         try:
             await _flush(self.recorder, self.session.pk, time.time())
             await _seal(self.session)

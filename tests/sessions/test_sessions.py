@@ -19,42 +19,7 @@ from rmm.outbox.models import Event
 from rmm_agent.protocol import SESSION_ACTION
 from sessions import services
 from sessions.models import RemoteSession, SessionPolicy
-from tests.helpers import approved_authority, make_agent
-
-URL = "/api/v1/remote-sessions/"
-
-
-def online(agent, capabilities="remote_session,structured_result"):
-    Agent.objects.filter(pk=agent.pk).update(capabilities=capabilities, protocol=2, last_seen_at=timezone.now())
-
-
-@pytest.fixture
-def world(caller, site, other_site, settings):
-    settings.RMM_PSA_WEBHOOK_URL = "http://127.0.0.1:9/unused"
-    psa = caller("psa", "psa")
-    agent, _ = make_agent(site, "term-1")
-    online(agent)
-    elsewhere, _ = make_agent(other_site, "elsewhere-1")
-    online(elsewhere)
-    return {
-        "site": site,
-        "tech": caller("tech", "technician", sites=[site]),
-        "other_tech": caller("tech2", "technician", sites=[site]),
-        "approver": caller("approver", "approver", sites=[site]),
-        "admin": caller("admin", "admin"),
-        "psa": psa,
-        "agent": agent,
-        "asset": agent.asset_id,
-        "elsewhere": elsewhere.asset_id,
-        "task": approved_authority(site, psa.user),
-    }
-
-
-def open_(world, who="tech", **extra):
-    body = {"asset": str(world["asset"]), "session_type": "terminal", "provider": "terminal"}
-    body["psa_task_id"] = str(world["task"].pk)
-    body.update(extra)
-    return world[who].post(URL, body, format="json")
+from tests.sessions.helpers import URL, online, open_
 
 
 def refusals(action="remote_session.open") -> list[str]:
