@@ -26,6 +26,7 @@ ROWS = [
     page("GET", "/console/sessions/", 200),
     page("GET", "/console/sessions/{new_id}/", 404),
     page("POST", "/console/sessions/{new_id}/end/", 404, body={}),
+    page("GET", "/console/sessions/{new_id}/recording.cast", 404),
 ]
 
 
