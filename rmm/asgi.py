@@ -33,6 +33,7 @@ from rmm.core.dependencies import PROBE_PATHS, FailFastMiddleware
 from rmm.engine import agent_limits, agent_views
 from rmm.inventory import services as inventory
 from rmm_agent.protocol import MAX_BODY_BYTES
+from sessions.routing import AGENT_WEBSOCKETS, agent_websocket_urlpatterns, browser_websocket_urlpatterns
 
 AGENT_PREFIX = "/api/v1/agent/"
 CREDENTIAL_PATHS = frozenset(  # rmm/urls.py
@@ -296,10 +297,23 @@ async def http_app(scope, receive, send) -> None:
     await app(scope, receive, send)
 
 
+agent_websockets = URLRouter(agent_websocket_urlpatterns)
+browser_websockets = AllowedHostsOriginValidator(
+    AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *browser_websocket_urlpatterns]))
+)
+
+
+async def websocket_app(scope, receive, send) -> None:
+    """Browsers' websockets must come from this site (their Origin); an agent's remote-session
+    relay sends none: its consumer checks its credential instead."""
+    app = agent_websockets if scope["path"].startswith(AGENT_WEBSOCKETS) else browser_websockets
+    await app(scope, receive, send)
+
+
 tune_garbage_collector()  # last: what was made while starting is frozen
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": websocket_app,
     }
 )

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "deployment",
     "patching",
     "containment",
+    "sessions.apps.SessionsConfig",
     "rmm.updates",
     "rmm.signin",  # after django_otp's apps: its admin module takes their device admin away
 ]
@@ -229,6 +230,8 @@ STATIC_ROOT = VAR_DIR / "static"  # whitenoise serves from here after collectsta
 STATICFILES_DIRS = [
     ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
     ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist"),
+    ("vendor/xterm", BASE_DIR / "node_modules" / "@xterm" / "xterm"),
+    ("vendor/asciinema-player", BASE_DIR / "node_modules" / "asciinema-player" / "dist" / "bundle"),
 ]
 DJANGO_TABLES2_TEMPLATE = "console/table.html"
 STORAGES = {

@@ -27,6 +27,7 @@ from rmm.outbox.api import WebhookDeliveryViewSet, WebhookViewSet
 from rmm.siem.api import DestinationViewSet
 from rmm.updates import views as update_views
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
+from sessions.api.views import RemoteSessionViewSet
 
 router = DefaultRouter()
 router.register("sites", SiteViewSet, basename="site")
@@ -57,6 +58,7 @@ router.register("webhooks", WebhookViewSet, basename="webhook")
 router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 router.register("containment", ContainmentViewSet, basename="containment")
 router.register("siem-destinations", DestinationViewSet, basename="siem-destination")
+router.register("remote-sessions", RemoteSessionViewSet, basename="remote-session")
 
 handler500 = "rmm.core.dependencies.server_error"  # a dependency that is down answers 503, not 500
 # A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.
@@ -103,5 +105,6 @@ urlpatterns = [
     path("console/patching/", include("patching.urls")),
     path("console/evidence/", include("evidence.urls")),
     path("console/authority/", include("rmm.authority.urls")),
+    path("console/sessions/", include("sessions.urls")),
     path("", include("rmm.console.urls")),
 ]

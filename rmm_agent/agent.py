@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import __version__, credentials, release, updater
+from . import __version__, credentials, release, session, updater
 from .accounts import DEFAULT_RUN_AS
 from .artefacts import Fetcher
 from .client import Client, Response, TransportError, Unauthorized
@@ -30,11 +30,13 @@ from .live import LiveOutput
 from .logs import Reachability, one_line
 from .protocol import (
     CAPABILITIES,
+    CAPABILITY_REMOTE_SESSION,
     CAPABILITY_SELF_UPDATE,
     PROTOCOL_VERSION,
     REASON_BAD_SIGNATURE,
     REASON_REPLAYED,
     REASON_UNKNOWN_KEY,
+    SESSION_ACTION,
     InstructionRefused,
     canonical_json,
     facts_hash,
@@ -93,8 +95,12 @@ def _signed_field(envelope: dict, name: str) -> object:
 
 def capabilities_of(*, can_update: bool) -> list[str]:
     """What an agent can do beyond running scripts: all it knows, self-update only when it is
-    installed and holds release keys to check a release with."""
-    return [name for name in CAPABILITIES if name != CAPABILITY_SELF_UPDATE or can_update]
+    installed and holds release keys to check a release with, remote sessions only with the
+    websockets package."""
+    lacking = set() if can_update else {CAPABILITY_SELF_UPDATE}
+    if not session.available():
+        lacking.add(CAPABILITY_REMOTE_SESSION)
+    return [name for name in CAPABILITIES if name not in lacking]
 
 
 class Agent:
@@ -366,8 +372,13 @@ class Agent:
         update = payload["interpreter"] == updater.INTERPRETER
         if update:
             self.updating = instruction_id
+        target = self._execute
+        if update:
+            target = self._update
+        elif payload["interpreter"] == SESSION_ACTION:
+            target = self._session
         thread = threading.Thread(
-            target=self._update if update else self._execute,
+            target=target,
             args=(payload, abort),
             name=f"instruction-{instruction_id}",
             daemon=True,
@@ -405,6 +416,21 @@ class Agent:
             if not self.state.is_spooled(result["instruction_id"]):  # else its real result waits there
                 self.delivery.spool(result)
             self.runner.finish(result["instruction_id"])
+
+    def _session(self, payload: dict, abort: AbortSignal) -> None:
+        """Relay a remote session for as long as it lasts, then report how it ended."""
+        instruction_id = payload["instruction_id"]
+        try:
+            result = session.serve(self.client, payload, abort, self.run_as)
+        except Exception as exc:  # every leased instruction must still yield a result
+            log.exception("agent failure while relaying %s", instruction_id)
+            result = make_result(instruction_id, "error", reason=f"agent error: {exc}")
+        try:
+            self.delivery.spool(result)
+        finally:
+            with self.lock:
+                self.running.pop(instruction_id, None)
+            self.wake.set()
 
     def _execute(self, payload: dict, abort: AbortSignal) -> None:
         instruction_id = payload["instruction_id"]

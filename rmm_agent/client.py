@@ -88,6 +88,7 @@ class Client:
         self.server = server.rstrip("/")
         self.agent_id = agent_id
         self.secret = secret
+        self.ca_file = ca_file  # the websocket of a remote session pins it too
         self.timeout = timeout
         handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
         if self.server.startswith("https://"):

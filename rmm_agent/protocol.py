@@ -26,9 +26,12 @@ ARTEFACTS_SINCE = 2
 
 OUTCOMES = ("completed", "timed_out", "aborted", "refused", "error")
 INTERPRETERS = ("sh", "bash", "python", "powershell")
+# The remote session action (sessions.providers.terminal): the agent relays a PTY over a websocket
+# to the server for as long as the session lasts; only to agents whose capabilities say they can.
+SESSION_ACTION = "remote_session"
 # Instructions the agent carries out itself rather than by an interpreter (rmm_agent.updater): the
 # content is the order, covered by the signature and content hash like a script.
-AGENT_ACTIONS = ("agent_update",)
+AGENT_ACTIONS = ("agent_update", SESSION_ACTION)
 # The bytes of each output stream the agent keeps; the rest is read and discarded.
 MAX_STREAM_BYTES = 1024 * 1024
 # The largest body of any agent call, as sent (encoded JSON, in bytes). The agent builds every
@@ -93,12 +96,16 @@ CAPABILITY_SELF_UPDATE = "self_update"
 # Streams what a running step prints (rmm_agent/live.py), for steps whose signed payload offers
 # it (``"live_output": true``, sent only to agents that name the capability).
 CAPABILITY_LIVE_OUTPUT = "live_output"
+# Relays a remote session's PTY over a websocket (rmm_agent/session.py): only where the
+# ``websockets`` package (11 or later, its sync client) can be imported.
+CAPABILITY_REMOTE_SESSION = "remote_session"
 CAPABILITIES = (
     CAPABILITY_STRUCTURED_RESULT,
     CAPABILITY_REBOOT,
     CAPABILITY_ARTEFACTS,
     CAPABILITY_SELF_UPDATE,
     CAPABILITY_LIVE_OUTPUT,
+    CAPABILITY_REMOTE_SESSION,
 )
 # Live output (docs/agent.md, Live output): at most one call per LIVE_OUTPUT_SECONDS per
 # instruction, each stream's text in it at most LIVE_CHUNK_BYTES of UTF-8; the server keeps the

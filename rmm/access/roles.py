@@ -38,6 +38,8 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "manage_integrations": frozenset({"admin"}),
     # an EDR's isolate or release of an endpoint's network (docs/integrations.md#edr-containment)
     "request_containment": frozenset({"admin", "edr"}),
+    # a remote session on an asset (docs/sessions.md): a person at a terminal, never an integration
+    "open_sessions": frozenset({"admin", "technician"}),
     "engage_kill_switch": frozenset({"admin", "technician", "approver", "psa", "edr", "scanner"}),
 }
 SITE_PERMISSION = "inventory.access_site"

@@ -57,9 +57,10 @@ def test_the_script_version_is_a_registered_artefact_kind():
 
 
 def test_the_agent_needs_only_the_standard_library_and_cryptography():
+    """And websockets, for the remote-session relay alone (rmm_agent/session.py)."""
     import sys
 
-    allowed = set(sys.stdlib_module_names) | {"cryptography", "rmm_agent"}
+    allowed = set(sys.stdlib_module_names) | {"cryptography", "rmm_agent", "websockets"}
     foreign = {name for name in imported_modules(ROOT / "rmm_agent") if name.split(".")[0] not in allowed}
     assert foreign == set()
 

@@ -80,6 +80,7 @@ IMPORT_ADVISORIES = ("admin", "scanner")
 REPORT_FINDINGS = ("admin", "scanner")
 MANAGE_INTEGRATIONS = ("admin",)
 REQUEST_CONTAINMENT = ("admin", "edr")
+OPEN_SESSIONS = ("admin", "technician")
 ENGAGE_KILL_SWITCH = ("admin", "technician", "approver", "psa", "edr", "scanner")
 STAFF = ("admin", "approver")  # rmm_token makes them staff: the admin and its approval queue
 

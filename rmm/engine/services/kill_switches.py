@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from rmm.access import roles as access
@@ -90,12 +92,26 @@ def refuse_if_engaged(asset: Asset, actor, action: str, subject=None, *, under_l
 
 
 def _in_scope(switch: KillSwitch):
-    qs = Instruction.objects.all()
+    return in_scope(switch, Instruction.objects.all())
+
+
+def in_scope(switch: KillSwitch, queryset: QuerySet) -> QuerySet:
+    """The rows of ``queryset`` (a model with ``site`` and ``asset``) in the switch's scope."""
     if switch.scope == KillSwitchScope.SITE:
-        qs = qs.filter(site_id=switch.site_id)
-    elif switch.scope == KillSwitchScope.ASSET:
-        qs = qs.filter(asset_id=switch.asset_id)
-    return qs
+        return queryset.filter(site_id=switch.site_id)
+    if switch.scope == KillSwitchScope.ASSET:
+        return queryset.filter(asset_id=switch.asset_id)
+    return queryset
+
+
+# Work that acts on endpoints outside one instruction (a live remote session) registers here: each
+# hook, called with (switch, actor) once the switch is engaged, stops its work in the switch's scope.
+_HOOKS: list[Callable[[KillSwitch, Any], Any]] = []
+
+
+def register_hook(stop: Callable[[KillSwitch, Any], Any]) -> None:
+    if stop not in _HOOKS:
+        _HOOKS.append(stop)
 
 
 def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
@@ -147,6 +163,8 @@ def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
     from rmm.engine.services import batches
 
     batches.stop_in_scope(switch, user)  # batches register with the switch: none releases more
+    for stop in _HOOKS:
+        stop(switch, user)
     return switch
 
 

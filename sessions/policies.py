@@ -1,0 +1,11 @@
+"""Per-site session policy: whether sessions are allowed, whether each needs an approver, how
+long one may last and stay idle. A site without its own row has the model's defaults."""
+
+from __future__ import annotations
+
+from sessions.models import SessionPolicy
+
+
+def policy_for(site) -> SessionPolicy:
+    """The site's policy, or an unsaved one with the defaults."""
+    return SessionPolicy.objects.filter(site=site).first() or SessionPolicy(site=site)

@@ -1,0 +1,388 @@
+"""Remote sessions (docs/sessions.md): the only place that opens, decides, starts and ends them.
+
+A session is a job of the kind ``remote_session`` created by the engine, which applies Law 1
+(the PSA task covers the asset), the caller's sites, kill switches, self-authorization and the
+history to it as to every kind. This adds the session's own rules: the ``open_sessions`` role,
+the site's session policy (allowed at all, an approver, how long), an agent that is online and
+can carry the provider, and an approver who is not the requester for every privileged session.
+Every refusal is in the history; every end appends ``session.ended`` and tells the outbox."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from evidence import services as evidence
+from evidence.models import RmmEvidence
+from rmm.access import roles as access
+from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from rmm.engine import services as engine
+from rmm.engine.services import kill_switches
+from rmm.engine.states import FINAL, JobStatus
+from rmm.history import services as history
+from rmm.inventory.models import Agent, Asset
+from rmm.outbox import services as outbox
+from sessions import kind, policies, providers, recording
+from sessions.models import EndReason, JoinMode, JoinToken, RemoteSession, SessionPolicy, SessionType
+
+ENDED = "session.ended"  # the outbox event of every ended session (the PSA hears it)
+RECORDED = "session.recorded"  # its recording sealed as evidence, with the sha256
+ACTION = "remote_session.open"
+SYSTEM = "system:sessions"
+
+
+def open_session(
+    user, *, asset_id, session_type: str, provider: str, psa_task_id, privileged: bool = False
+) -> tuple[RemoteSession, str]:
+    """Open a session on one asset on a PSA task's authority: the session and its join URL.
+
+    It waits for an approver (not its requester) when it is privileged or the site's policy asks
+    for one; otherwise its provider starts at once (the terminal's agent is sent its step)."""
+    engine.require_role(user, "open_sessions", ACTION)
+    if session_type not in SessionType.values:
+        raise InvalidInput(f"Must be one of: {', '.join(SessionType.values)}.", field="session_type")
+    try:
+        carrier = providers.get(provider)
+    except LookupError:
+        raise InvalidInput(f"Must be one of: {', '.join(providers.names())}.", field="provider") from None
+    if session_type not in carrier.session_types:
+        raise InvalidInput(f"The {provider} provider carries no {session_type} session.", field="session_type")
+    asset = _asset(user, asset_id)
+    policy = policies.policy_for(asset.site)
+    if not policy.allowed:
+        _refuse(user, asset, Forbidden("This site's policy allows no remote sessions."))
+    _refuse_if_unreachable(user, asset, carrier)
+    session = engine.create_job(
+        user,
+        "remote_session",
+        asset_id=asset.pk,
+        psa_task_id=psa_task_id,
+        initiated_by=user,
+        provider=carrier.name,
+        session_type=session_type,
+        privileged=bool(privileged),
+        requires_approval=bool(privileged) or policy.approval_required,
+    )
+    return session, carrier.start(session)
+
+
+def _asset(user, asset_id) -> Asset:
+    """The asset, of a site the caller may see; any other is not found (404, recorded)."""
+    try:
+        pk = uuid.UUID(str(asset_id))
+    except ValueError:
+        raise InvalidInput("Must be an asset's id.", field="asset") from None
+    asset = Asset.objects.select_related("site").filter(pk=pk, site__in=access.visible_sites(user)).first()
+    if asset is None:
+        history.record_refusal(user, ACTION, reason="no such asset in the caller's sites", payload={"asset": str(pk)})
+        raise NotFound("No such asset.", field="asset")
+    return asset
+
+
+def _refuse_if_unreachable(user, asset: Asset, carrier) -> None:
+    """A session needs the asset's agent online now (409), and able to carry the provider."""
+    if asset.retired_at is not None:
+        _refuse(user, asset, Conflict("The asset is retired.", field="asset"))
+    agent = Agent.objects.filter(asset=asset, revoked_at__isnull=True).first()
+    capability = getattr(carrier, "capability", "")
+    if agent is None or not agent_online(agent):
+        _refuse(user, asset, Conflict("The asset's agent is offline.", field="asset"))
+    if capability and not agent.can(capability):
+        _refuse(user, asset, Conflict(f"The asset's agent cannot carry a {carrier.name} session.", field="asset"))
+
+
+def agent_online(agent: Agent, now: datetime | None = None) -> bool:
+    """Seen within RMM_AGENT_OFFLINE_SECONDS and not marked offline by the sweep."""
+    now = now or timezone.now()
+    if agent.offline_since is not None or agent.last_seen_at is None:
+        return False
+    return now - agent.last_seen_at <= timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
+
+
+def _refuse(user, asset: Asset, error: Exception, action: str = ACTION, subject=None) -> None:
+    history.record_refusal(
+        user,
+        action,
+        subject,
+        reason=error.detail.rstrip("."),
+        site_id=asset.site_id,
+        payload={"asset": str(asset.pk)},
+    )
+    raise error
+
+
+def approve(user, session: RemoteSession) -> None:
+    """A second person lets a session that awaits approval start (the engine's four eyes)."""
+    engine.approve_job(session, user)
+
+
+def reject(user, session: RemoteSession, reason: str) -> None:
+    """A second person refuses a session that awaits approval: it ends before it started."""
+    engine.reject_job(session, user, reason)
+    _close(session, EndReason.REJECTED, user, stop=False)
+
+
+def end_session(user, session: RemoteSession) -> RemoteSession:
+    """The technician who opened the session, or an admin, ends it (an admin's end says so)."""
+    action = "remote_session.end"
+    if session.initiated_by_id == user.pk and access.can(user, "open_sessions"):
+        reason = EndReason.USER
+    elif access.can(user, "manage_access"):
+        reason = EndReason.ADMIN
+    else:
+        history.record_refusal(
+            user, action, session, reason="only its technician or an admin may end a session", site_id=session.site_id
+        )
+        raise Forbidden("Only the technician who opened the session, or an admin, may end it.")
+    if session.ended_at is not None:
+        history.record_refusal(user, action, session, reason="the session has ended", site_id=session.site_id)
+        raise Conflict("The session has ended.")
+    _close(session, reason, user)
+    return session
+
+
+def end_by_system(session: RemoteSession, reason: str, actor: str = SYSTEM) -> bool:
+    """The kill switch, the session's maximum duration or idle timeout, a recording that cannot be
+    written or the agent's side closing ends it. False when it had already ended."""
+    return _close(session, reason, actor)
+
+
+def _close(session: RemoteSession, reason: str, actor, *, stop: bool = True) -> bool:
+    """End the session once (a conditional update: two enders cannot both end it), stop the
+    engine's work for it, append ``session.ended``, tell the outbox, then hang its provider up."""
+    now = timezone.now()
+    user = actor if not isinstance(actor, str) else None
+    with transaction.atomic():
+        ended = RemoteSession.objects.filter(pk=session.pk, ended_at__isnull=True).update(
+            ended_at=now, end_reason=reason, ended_by=user
+        )
+        if not ended:
+            return False
+        session.ended_at, session.end_reason, session.ended_by = now, reason, user
+        started = session.started_at
+        facts = {
+            "reason": reason,
+            "asset": str(session.asset_id),
+            "provider": session.provider,
+            "psa_task_id": str(session.psa_task_id),
+            "psa_case_id": str(session.psa_task.case_id),
+            "started_at": started.isoformat() if started else None,
+            "duration_seconds": duration_seconds(session),
+        }
+        history.append(actor, ENDED, session, site_id=session.site_id, payload=facts)
+        outbox.emit(ENDED, session, site_id=session.site_id, data=facts)
+        if stop:
+            _stop_job(session, actor, f"session ended: {reason}")
+        transaction.on_commit(lambda: providers.get(session.provider).end(session, reason))
+    return True
+
+
+def duration_seconds(session: RemoteSession, now: datetime | None = None) -> float | None:
+    """From its start to its end (or to now while live); None before it started."""
+    if session.started_at is None:
+        return None
+    return round(((session.ended_at or now or timezone.now()) - session.started_at).total_seconds(), 3)
+
+
+def _stop_job(session: RemoteSession, actor, reason: str) -> None:
+    """The session's job ends with it: waiting, it is aborted; its step queued, aborted; running,
+    its agent is told to stop at once (the relay's close usually ends it first)."""
+    current = RemoteSession.objects.get(pk=session.pk)
+    if current.status in FINAL:
+        return
+    if current.status == JobStatus.AWAITING_APPROVAL:
+        engine.transition_job(current, JobStatus.ABORTED, actor, reason=reason)
+        return
+    instructions = engine.job_instructions(current)
+    if instructions.exists():
+        engine.stop_instructions(instructions, actor, reason)
+    else:  # queued without a step (its agent had none active when it was queued)
+        engine.transition_job(current, JobStatus.ABORTED, actor, reason=reason)
+
+
+def end_in_scope(switch, actor) -> int:
+    """The kill switch's hook (registered in apps.py): every session in its scope that has not
+    ended ends now, live ones hung up at once."""
+    ended = 0
+    waiting = RemoteSession.objects.filter(ended_at__isnull=True).select_related("psa_task")
+    for session in kill_switches.in_scope(switch, waiting):
+        ended += end_by_system(session, EndReason.KILL_SWITCH, history.actor_of(actor))
+    return ended
+
+
+def end_overdue(now: datetime | None = None) -> int:
+    """Sessions past their site's maximum duration or idle timeout end (the minute's sweep and the
+    relay both call it)."""
+    now = now or timezone.now()
+    ended = 0
+    live = RemoteSession.objects.filter(ended_at__isnull=True, started_at__isnull=False).select_related(
+        "site", "psa_task"
+    )
+    for session in live:
+        policy = policies.policy_for(session.site)
+        last = session.last_activity_at or session.started_at
+        if now - session.started_at >= timedelta(seconds=policy.max_duration_seconds):
+            ended += end_by_system(session, EndReason.MAX_DURATION)
+        elif now - last >= timedelta(seconds=policy.idle_timeout_seconds):
+            ended += end_by_system(session, EndReason.IDLE)
+    return ended
+
+
+def set_policy(user, site, **fields) -> SessionPolicy:
+    """An admin sets a site's session policy (recorded with what changed)."""
+    engine.require_role(user, "manage_access", "remote_session.policy", site_id=site.pk)
+    allowed = {"allowed", "approval_required", "max_duration_seconds", "idle_timeout_seconds"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise InvalidInput(f"Unknown policy fields: {', '.join(sorted(unknown))}.", field="policy")
+    for name in ("max_duration_seconds", "idle_timeout_seconds"):
+        if name in fields and (not isinstance(fields[name], int) or fields[name] < 1):
+            raise InvalidInput("Must be a whole number of seconds, at least 1.", field=name)
+    with transaction.atomic():
+        policy, _ = SessionPolicy.objects.update_or_create(site=site, defaults=fields)
+        history.append(user, "remote_session.policy", policy, site_id=site.pk, payload=fields)
+    return policy
+
+
+# --- the built-in terminal's relay (sessions.consumers) ------------------------------------------
+
+
+def mint_join_token(user, session: RemoteSession) -> tuple[str, str]:
+    """A single-use ticket for this user's browser to join the session's relay once: the
+    technician who opened it types; an admin watches. (token, mode)"""
+    if session.initiated_by_id == user.pk and access.can(user, "open_sessions"):
+        mode = JoinMode.INTERACTIVE
+    elif access.can(user, "manage_access"):
+        mode = JoinMode.WATCH
+    else:
+        raise Forbidden("Only the technician who opened the session, or an admin, may join it.")
+    token = secrets.token_urlsafe(32)
+    JoinToken.objects.create(session=session, user=user, token_hash=_hash(token), mode=mode)
+    return token, mode
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def redeem_join_token(user, session_id, token: str) -> tuple[RemoteSession, str]:
+    """The browser's ticket, used once, by the user it was minted for, on a session that has not
+    ended: the session and the mode. Anything else is refused and recorded."""
+    action = "remote_session.join"
+    session = (
+        RemoteSession.objects.select_related("psa_task")
+        .filter(pk=session_id, site__in=access.visible_sites(user))
+        .first()
+    )
+    if session is None:
+        history.record_refusal(
+            user, action, reason="no such session in the caller's sites", payload={"session": str(session_id)}
+        )
+        raise NotFound("No such session.")
+    ticket = JoinToken.objects.filter(session=session, token_hash=_hash(token or "")).first()
+    problem = None
+    if ticket is None:
+        problem = "unknown join token"
+    elif ticket.user_id != user.pk:
+        problem = "join token of another user"
+    elif session.ended_at is not None:
+        problem = "the session has ended"
+    elif not JoinToken.objects.filter(pk=ticket.pk, used_at__isnull=True).update(used_at=timezone.now()):
+        problem = "join token used twice"
+    if problem:
+        history.record_refusal(user, action, session, reason=problem, site_id=session.site_id)
+        raise Forbidden(f"Refused: {problem}.")
+    history.append(user, "remote_session.joined", session, site_id=session.site_id, payload={"mode": ticket.mode})
+    return session, ticket.mode
+
+
+def relay_opened(agent, session_id) -> RemoteSession:
+    """The agent opened the session's websocket: only its own asset's session, whose step it
+    holds running, and only once. The session starts now (``session.started``)."""
+    action = "remote_session.relay"
+    session = RemoteSession.objects.select_related("psa_task", "site").filter(pk=session_id).first()
+    problem = None
+    if session is None or session.asset_id != agent.asset_id:
+        problem = "no such session on the agent's asset"
+    elif session.ended_at is not None:
+        problem = "the session has ended"
+    elif session.relay_opened_at is not None:
+        problem = "the session's relay is already open"
+    elif not engine.job_instructions(session).filter(agent=agent, status=JobStatus.RUNNING).exists():
+        problem = "the agent holds no running step of the session"
+    if problem:
+        history.record_refusal(
+            history.actor_of(agent),
+            action,
+            session,
+            reason=problem,
+            site_id=agent.asset.site_id,
+            payload={"session": str(session_id)},
+        )
+        raise Forbidden(f"Refused: {problem}.")
+    now = timezone.now()
+    with transaction.atomic():
+        if not RemoteSession.objects.filter(pk=session.pk, relay_opened_at__isnull=True, ended_at__isnull=True).update(
+            relay_opened_at=now, last_activity_at=now
+        ):
+            raise Conflict("The session's relay is already open, or it ended.")
+        session.relay_opened_at = session.last_activity_at = now
+        history.append(
+            history.actor_of(agent),
+            "session.started",
+            session,
+            site_id=session.site_id,
+            payload={"asset": str(session.asset_id), "privileged": session.privileged, "provider": session.provider},
+        )
+    return session
+
+
+def refuse_frame(user, session: RemoteSession) -> None:
+    """A browser's frame came after the session ended: it goes nowhere, and is recorded."""
+    history.record_refusal(
+        user, "remote_session.frame", session, reason="a frame on an ended session", site_id=session.site_id
+    )
+
+
+def touch(session_id, at: datetime) -> None:
+    """The last byte relayed either way (the idle timeout counts from it)."""
+    RemoteSession.objects.filter(pk=session_id).update(last_activity_at=at)
+
+
+def seal_recording(session: RemoteSession) -> RmmEvidence:
+    """The ended session's chunks, verified, become one recording blob whose sha256 is the
+    ``session_recording`` evidence record (its history event lists the chunks and their chain);
+    the session is marked recorded and the outbox tells the PSA (``session.recorded``)."""
+    digest, uri, size, chunks = recording.seal(session.pk)
+    with transaction.atomic():
+        row = evidence.record(
+            asset=session.asset,
+            evidence_type=kind.SESSION_RECORDING,
+            related_entity="remote_session",
+            related_id=session.pk,
+            stored=(digest, uri),
+            site_id=session.site_id,
+            psa_task_id=session.psa_task_id,
+            payload={"session": str(session.pk), "size": size, "format": "asciicast v2", "chunks": chunks},
+        )
+        RemoteSession.objects.filter(pk=session.pk).update(recorded=True, recording_uri=uri, recording_sha256=digest)
+        session.recorded, session.recording_uri, session.recording_sha256 = True, uri, digest
+        outbox.emit(
+            RECORDED,
+            session,
+            site_id=session.site_id,
+            data={
+                "psa_task_id": str(session.psa_task_id),
+                "psa_case_id": str(session.psa_task.case_id),
+                "recording_sha256": digest,
+                "evidence": str(row.pk),
+                "size": size,
+            },
+        )
+    return row

@@ -1,0 +1,258 @@
+"""The built-in terminal's relay in process (issue 18, parts 2, 3, 4 and 6): the real consumers on
+the real ASGI application and channel layer, an agent's credential on one side and a signed-in
+browser with a join token on the other. Every frame is recorded; the recording is sealed in
+chunks chained by hash; storage that cannot be written, the maximum duration and the kill switch
+end the session at once; join tokens, agents and frames that may not relay are refused and
+recorded."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings as django_settings
+from django.core.files.storage import default_storage
+from django.test import Client
+
+from evidence.models import RmmEvidence
+from rmm.engine.services import kill_switches
+from rmm.history.models import HistoryEvent
+from rmm.inventory.models import Agent
+from sessions import recording, services
+from sessions.models import RecordingChunk, RemoteSession
+from tests.helpers import heartbeat, make_agent
+from tests.sessions.helpers import online, open_
+
+
+@pytest.fixture(autouse=True)
+def _one_connection(monkeypatch):
+    """The consumers' database calls share the test's connection (and its transaction)."""
+    import channels.db
+
+    monkeypatch.setattr(channels.db, "close_old_connections", lambda: None)
+
+
+def agent_side(session_id, auth: str):
+    from channels.testing import WebsocketCommunicator
+
+    from rmm.asgi import application
+
+    return WebsocketCommunicator(
+        application, f"/ws/agent/sessions/{session_id}/", headers=[(b"authorization", auth.encode())]
+    )
+
+
+def signed_in(user) -> str:
+    """The session cookie of ``user`` signed in (made before the scenario's event loop runs)."""
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+def browser_side(session_id, cookie: str, token: str):
+    from channels.testing import WebsocketCommunicator
+
+    from rmm.asgi import application
+
+    return WebsocketCommunicator(
+        application,
+        f"/ws/sessions/{session_id}/?token={token}",
+        headers=[
+            (b"cookie", cookie.encode()),
+            (b"origin", b"http://127.0.0.1"),
+            (b"host", b"127.0.0.1"),
+        ],
+    )
+
+
+def running_session(world) -> RemoteSession:
+    """A session whose step the agent has leased (its job is running)."""
+    sid = open_(world).json()["id"]
+    assert heartbeat(world["auth"])["instructions"]
+    session = RemoteSession.objects.get(pk=sid)
+    assert session.status == "running"
+    return session
+
+
+def refusals(action: str) -> list[str]:
+    return [e.payload["reason"] for e in HistoryEvent.objects.filter(action=f"refused.{action}").order_by("sequence")]
+
+
+def ended(comm_output: dict) -> bool:
+    return comm_output["type"] == "websocket.close"
+
+
+def test_both_ways_are_relayed_recorded_and_sealed_in_a_chain_that_verifies(world, django_capture_on_commit_callbacks):
+    session = running_session(world)
+    token, mode = services.mint_join_token(world["tech"].user, session)
+    assert mode == "interactive"
+    tech = signed_in(world["tech"].user)
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+        browser = browser_side(session.pk, tech, token)
+        assert (await browser.connect())[0]
+        await browser.send_to(bytes_data=b"id -u\n")
+        typed = await agent.receive_from(timeout=5)
+        await agent.send_to(bytes_data=b"1001\r\n\xff$ ")  # not UTF-8: kept all the same
+        shown = await browser.receive_from(timeout=5)
+
+        def end():
+            with django_capture_on_commit_callbacks(execute=True):
+                services.end_session(world["tech"].user, RemoteSession.objects.get(pk=session.pk))
+
+        await sync_to_async(end)()
+        closed = (await agent.receive_output(timeout=5), await browser.receive_output(timeout=5))
+        await agent.disconnect()
+        await browser.disconnect()
+        return typed, shown, closed
+
+    typed, shown, closed = async_to_sync(scenario)()
+    assert typed == b"id -u\n" and shown == b"1001\r\n\xff$ "
+    assert ended(closed[0]) and closed[1]["text"].endswith("[session ended: user]\r\n")
+    session.refresh_from_db()
+    assert session.recorded and session.relay_opened_at and session.end_reason == "user"
+    record = RmmEvidence.objects.get(related_id=session.pk, evidence_type="session_recording")
+    assert record.hash == session.recording_sha256
+    with default_storage.open(record.storage_uri.split("/", 3)[-1], "rb") as fh:
+        cast = fh.read()
+    assert cast.count(b"\n") == 3  # the header, one frame in, one out
+    assert b'"i", "id -u\\n"' in cast and b'"o", "1001\\r\\n\\udcff$ "' in cast
+    chunks = recording.verify_chunks(session.pk)
+    assert [c["index"] for c in chunks] == list(range(len(chunks))) and sum(c["size"] for c in chunks) == len(cast)
+    assert HistoryEvent.objects.filter(action="session.started", subject_id=str(session.pk)).exists()
+
+    # a chunk edited in the store breaks the chain, and sealing refuses it, naming the chunk
+    first = RecordingChunk.objects.get(session=session, index=0)
+    path = Path(django_settings.STORAGES["default"]["OPTIONS"]["location"]) / first.blob
+    path.write_bytes(path.read_bytes().replace(b"version", b"versiOn"))
+    with pytest.raises(recording.RecordingFailed, match="chunk 0 .* does not match its sha256"):
+        recording.seal(session.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_storage_that_cannot_be_written_ends_the_session(world, flushable_append_only):
+    """Committed for real: the consumer ends the session in its own call, whose on-commit hangs up."""
+    session = running_session(world)
+    location = Path(django_settings.STORAGES["default"]["OPTIONS"]["location"])
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+        folder = location / recording.FOLDER
+        await sync_to_async(shutil.rmtree)(folder)
+        folder.write_bytes(b"")  # where the chunks go is no folder now
+        await agent.send_to(bytes_data=b"x" * (recording.CHUNK_BYTES + 1))
+        out = await agent.receive_output(timeout=5)
+        await agent.disconnect()
+        return out
+
+    assert ended(async_to_sync(scenario)())
+    session.refresh_from_db()
+    assert session.end_reason == "recording_failed" and session.ended_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_maximum_duration_ends_a_live_session(world, flushable_append_only):
+    """Committed for real, as above."""
+    services.set_policy(world["admin"].user, world["site"], max_duration_seconds=1)
+    session = running_session(world)
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+        out = await agent.receive_output(timeout=5)
+        await agent.disconnect()
+        return out
+
+    assert ended(async_to_sync(scenario)())
+    assert RemoteSession.objects.get(pk=session.pk).end_reason == "max_duration"
+
+
+def test_the_kill_switch_ends_a_live_session_within_a_second(world, django_capture_on_commit_callbacks):
+    session = running_session(world)
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+
+        def engage():
+            with django_capture_on_commit_callbacks(execute=True):
+                kill_switches.engage(world["tech"].user, scope="asset", target=str(session.asset_id), reason="incident")
+
+        began = time.monotonic()
+        await sync_to_async(engage)()
+        out = await agent.receive_output(timeout=1)
+        took = time.monotonic() - began
+        await agent.disconnect()
+        return out, took
+
+    out, took = async_to_sync(scenario)()
+    assert ended(out) and took < 1
+    assert RemoteSession.objects.get(pk=session.pk).end_reason == "kill_switch"
+
+
+def test_join_tokens_are_single_use_and_for_their_user_and_frames_after_the_end_are_refused(
+    world, django_capture_on_commit_callbacks
+):
+    session = running_session(world)
+    token, _ = services.mint_join_token(world["tech"].user, session)
+    watch, mode = services.mint_join_token(world["admin"].user, session)
+    assert mode == "watch"
+    with pytest.raises(Exception, match="Only the technician"):
+        services.mint_join_token(world["other_tech"].user, session)
+    tech, admin, other = (signed_in(world[who].user) for who in ("tech", "admin", "other_tech"))
+
+    async def scenario():
+        stolen = browser_side(session.pk, other, token)
+        assert not (await stolen.connect())[0]
+        first = browser_side(session.pk, tech, token)
+        assert (await first.connect())[0]
+        again = browser_side(session.pk, tech, token)
+        assert not (await again.connect())[0]
+        watcher = browser_side(session.pk, admin, watch)
+        assert (await watcher.connect())[0]
+
+        def end():
+            with django_capture_on_commit_callbacks(execute=True):
+                services.end_session(world["tech"].user, RemoteSession.objects.get(pk=session.pk))
+
+        await sync_to_async(end)()
+        await first.receive_output(timeout=5)  # told it ended
+        await first.send_to(bytes_data=b"rm -rf /\n")
+        refused = await first.receive_output(timeout=5)
+        await first.disconnect()
+        await watcher.disconnect()
+        return refused
+
+    assert ended(async_to_sync(scenario)())
+    assert refusals("remote_session.join") == ["join token of another user", "join token used twice"]
+    assert refusals("remote_session.frame") == ["a frame on an ended session"]
+
+
+def test_only_the_agent_holding_the_running_step_opens_the_relay_once(world, site):
+    session = running_session(world)
+    intruder, intruder_auth = make_agent(site, "term-2")
+    online(intruder)
+
+    async def scenario():
+        wrong = agent_side(session.pk, world["auth"].rsplit(":", 1)[0] + ":wrong")
+        other = agent_side(session.pk, intruder_auth)
+        first = agent_side(session.pk, world["auth"])
+        second = agent_side(session.pk, world["auth"])
+        results = [(await wrong.connect())[1], (await other.connect())[1]]
+        assert (await first.connect())[0]
+        results.append((await second.connect())[1])
+        await first.disconnect()
+        return results
+
+    assert async_to_sync(scenario)() == [4401, 4403, 4403]
+    assert refusals("remote_session.relay") == [
+        "no such session on the agent's asset",
+        "the session's relay is already open",
+    ]
+    assert Agent.objects.filter(pk=intruder.pk).exists()

@@ -1,0 +1,185 @@
+"""Remote sessions (issue 18, parts 1, 3, 5 and 6): opened on a PSA task's authority within the
+caller's sites, on an online agent, under the site's policy; privileged ones wait for an approver
+who is not the requester; ended by the technician, an admin, the kill switch, the maximum duration
+or the idle timeout, each end in the history and the outbox. Every refusal is recorded and changes
+nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from rmm.engine.models import Instruction
+from rmm.history.models import HistoryEvent
+from rmm.inventory.models import Agent
+from rmm.outbox.models import Event
+from rmm_agent.protocol import SESSION_ACTION
+from sessions import services
+from sessions.models import RemoteSession, SessionPolicy
+from tests.sessions.helpers import URL, online, open_
+
+
+def refusals(action="remote_session.open") -> list[str]:
+    return [e.payload["reason"] for e in HistoryEvent.objects.filter(action=f"refused.{action}").order_by("sequence")]
+
+
+def test_a_session_opens_on_authority_and_its_agent_is_sent_one_signed_step(world):
+    r = open_(world)
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["join_url"] == f"/console/sessions/{body['id']}/" and body["status"] == "queued"
+    shown = world["tech"].get(f"{URL}{body['id']}/").json()
+    for seed_field in ("asset", "initiated_by", "session_type", "started_at", "ended_at", "recorded"):
+        assert seed_field in shown
+    assert shown["initiated_by"] == "tech" and shown["asset"] == str(world["asset"]) and shown["recorded"] is False
+    assert shown["end_reason"] == "" and shown["recording_sha256"] == "" and shown["evidence"] == []
+    assert shown["psa_task_id"] == str(world["task"].pk) and shown["live"] is False
+    (step,) = Instruction.objects.filter(asset_id=world["asset"])
+    assert step.interpreter == SESSION_ACTION and step.privileged is False and step.signature
+    assert json.loads(step.content) == {"session": body["id"], "relay": f"/ws/agent/sessions/{body['id']}/"}
+    created = HistoryEvent.objects.get(action="job.created", subject_id=body["id"])
+    assert created.payload["kind"] == "remote_session" and created.payload["psa_task_id"] == str(world["task"].pk)
+
+
+def test_without_authority_is_refused_recorded_and_nothing_is_opened(world):
+    r = open_(world, psa_task_id=None)
+    assert r.status_code == 400 and "psa_task_id" in r.json()
+    world["task"].status = "closed"
+    world["task"].save(update_fields=["status"])
+    r = open_(world)
+    assert r.status_code == 400 and "psa_task_id" in r.json()
+    assert refusals("remote_session_job.create") == [
+        "no authority: no PSA task given",
+        "no authority: PSA task is closed, not approved",
+    ]
+    assert not RemoteSession.objects.exists() and not Instruction.objects.exists()
+
+
+def test_an_asset_outside_the_callers_sites_is_not_found_and_recorded(world):
+    r = open_(world, asset=str(world["elsewhere"]))
+    assert r.status_code == 404 and r.json() == {"asset": ["No such asset."]}
+    assert refusals() == ["no such asset in the caller's sites"]
+    assert not RemoteSession.objects.exists()
+
+
+def test_an_offline_agent_or_one_that_cannot_relay_is_a_conflict(world):
+    Agent.objects.filter(pk=world["agent"].pk).update(last_seen_at=timezone.now() - timedelta(hours=1))
+    r = open_(world)
+    assert r.status_code == 409 and r.json() == {"asset": ["The asset's agent is offline."]}
+    online(world["agent"], capabilities="structured_result")
+    r = open_(world)
+    assert r.status_code == 409 and r.json() == {"asset": ["The asset's agent cannot carry a terminal session."]}
+    assert refusals() == ["The asset's agent is offline", "The asset's agent cannot carry a terminal session"]
+    assert not RemoteSession.objects.exists()
+
+
+def test_roles_that_are_no_technician_may_not_open_one(world):
+    r = open_(world, who="psa")
+    assert r.status_code == 403
+    assert refusals() == ["role may not open sessions"]
+
+
+def test_bad_input_names_the_field(world):
+    assert "session_type" in open_(world, session_type="desktop").json()
+    r = open_(world, provider="nosuch")
+    assert r.status_code == 400 and "provider" in r.json()
+    assert not RemoteSession.objects.exists()
+
+
+def test_a_site_whose_policy_allows_no_sessions_refuses_them(world):
+    services.set_policy(world["admin"].user, world["site"], allowed=False)
+    r = open_(world)
+    assert r.status_code == 403 and "allows no remote sessions" in r.json()["detail"]
+    assert refusals() == ["This site's policy allows no remote sessions"]
+
+
+def test_a_privileged_session_waits_for_an_approver_who_is_not_its_requester(world):
+    r = open_(world, privileged=True)
+    assert r.status_code == 201 and r.json()["status"] == "awaiting_approval"
+    sid = r.json()["id"]
+    assert not Instruction.objects.exists()
+    admin_open = open_(world, who="admin", privileged=True).json()["id"]
+    # its requester may not approve it, even an admin
+    assert world["admin"].post(f"{URL}{admin_open}/approve/").status_code == 403
+    assert refusals("job.approve") == ["self-approval"]
+    r = world["approver"].post(f"{URL}{sid}/approve/")
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    (step,) = Instruction.objects.filter(job_id=sid)
+    assert step.privileged is True
+
+
+def test_a_site_policy_that_asks_for_approval_and_a_rejection_ends_the_session(world):
+    services.set_policy(world["admin"].user, world["site"], approval_required=True)
+    sid = open_(world).json()["id"]
+    assert RemoteSession.objects.get(pk=sid).status == "awaiting_approval"
+    r = world["approver"].post(f"{URL}{sid}/reject/", {"reason": "not during the audit"}, format="json")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "rejected" and body["end_reason"] == "rejected" and body["ended_at"]
+    assert world["approver"].post(f"{URL}{sid}/approve/").status_code == 409
+
+
+def test_ending_a_session_is_recorded_told_to_the_psa_and_a_second_end_is_a_conflict(world):
+    sid = open_(world).json()["id"]
+    assert world["other_tech"].post(f"{URL}{sid}/end/").status_code == 403
+    r = world["tech"].post(f"{URL}{sid}/end/")
+    assert r.status_code == 200, r.content
+    body = r.json()
+    assert body["end_reason"] == "user" and body["ended_by"] == "tech" and body["ended_at"]
+    assert body["status"] == "aborted"  # its step never ran
+    ended = HistoryEvent.objects.get(action="session.ended", subject_id=sid)
+    assert ended.payload["reason"] == "user" and ended.payload["psa_task_id"] == str(world["task"].pk)
+    told = Event.objects.get(type="session.ended", subject_id=sid)
+    assert told.data["reason"] == "user" and told.data["psa_case_id"] == str(world["task"].case_id)
+    assert world["tech"].post(f"{URL}{sid}/end/").status_code == 409
+    assert refusals("remote_session.end") == [
+        "only its technician or an admin may end a session",
+        "the session has ended",
+    ]
+
+
+def test_an_admin_ends_any_session(world):
+    sid = open_(world).json()["id"]
+    r = world["admin"].post(f"{URL}{sid}/end/")
+    assert r.status_code == 200 and r.json()["end_reason"] == "admin" and r.json()["ended_by"] == "admin"
+
+
+def test_sessions_are_listed_and_shown_per_site(world, caller, other_site):
+    sid = open_(world).json()["id"]
+    outsider = caller("outsider", "technician", sites=[other_site])
+    assert [row["id"] for row in world["tech"].get(URL).json()["results"]] == [sid]
+    assert outsider.get(URL).json()["results"] == []
+    assert outsider.get(f"{URL}{sid}/").status_code == 404
+    assert outsider.post(f"{URL}{sid}/end/").status_code == 404
+    assert RemoteSession.objects.get(pk=sid).ended_at is None
+
+
+def test_the_kill_switch_ends_sessions_in_its_scope_and_refuses_new_ones(world):
+    sid = open_(world).json()["id"]
+    RemoteSession.objects.filter(pk=sid).update(started_at=timezone.now())
+    r = world["tech"].post(
+        "/api/v1/kill-switches/", {"scope": "site", "target": "alpha", "reason": "incident"}, format="json"
+    )
+    assert r.status_code == 201, r.content
+    session = RemoteSession.objects.get(pk=sid)
+    assert session.end_reason == "kill_switch" and session.ended_at is not None
+    assert open_(world).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"), [("max_duration_seconds", "max_duration"), ("idle_timeout_seconds", "idle")]
+)
+def test_a_session_past_its_maximum_duration_or_idle_timeout_ends(world, field, reason):
+    services.set_policy(world["admin"].user, world["site"], **{field: 1})
+    sid = open_(world).json()["id"]
+    now = timezone.now()
+    RemoteSession.objects.filter(pk=sid).update(started_at=now - timedelta(seconds=2), last_activity_at=now)
+    if reason == "idle":
+        SessionPolicy.objects.filter(site=world["site"]).update(max_duration_seconds=3600)
+        RemoteSession.objects.filter(pk=sid).update(last_activity_at=now - timedelta(seconds=2))
+    assert services.end_overdue(now) == 1
+    assert RemoteSession.objects.get(pk=sid).end_reason == reason
+    assert services.end_overdue(now) == 0
