@@ -1,0 +1,157 @@
+"""The MeshCentral provider against a real MeshCentral (the npm package, started on 127.0.0.1).
+
+What cannot run here is MeshCentral's own agent (the meshagent binary a device runs, which connects
+back to the server over TLS and relays the remote desktop or terminal): so no real remote session
+takes place, the device is one MeshCentral keeps without an agent (a "local device"), and the
+recording pulled is a file placed in the folder where MeshCentral's relay writes its recordings.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.cookiejar
+import json
+import os
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sessions.providers.meshcentral import (
+    MeshCentralError,
+    MeshCentralProvider,
+    RecordingMissing,
+    RecordingNotRequired,
+    UnknownDevice,
+)
+from tests.sessions.meshcentral_server import MeshCentralServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def meshcentral(tmp_path_factory):
+    server = MeshCentralServer(tmp_path_factory.mktemp("meshcentral"), session_recording={}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker(meshcentral):
+    return MeshCentralProvider(meshcentral.url, meshcentral.username, meshcentral.password)
+
+
+def web_login(url: str, username: str, password: str) -> str | None:
+    """Log in on MeshCentral's login page as a browser does; the user id its session cookie names."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = urllib.parse.urlencode({"action": "login", "username": username, "password": password}).encode()
+    with opener.open(f"{url}/login", data=form, timeout=15):
+        pass
+    cookie = next((c.value for c in jar if c.name == "xid"), None)
+    session = json.loads(base64.b64decode(cookie + "==")) if cookie else {}
+    return session.get("userid")
+
+
+def test_meshcentral_starts_and_records_every_session(meshcentral, broker):
+    broker.require_recording()  # no refusal
+    with broker.control() as mc:
+        assert mc.serverinfo["port"] == meshcentral.port
+        assert mc.call("userinfo", answer="userinfo")["userinfo"]["_id"] == f"user//{meshcentral.username}"
+
+
+def test_the_broker_creates_the_site_group_and_the_technician(broker):
+    mesh_id = broker.ensure_device_group("site alpha", "RMM site alpha")
+    assert broker.ensure_device_group("site alpha") == mesh_id  # found again, not duplicated
+    user_id = broker.ensure_user("tech-ana", mesh_id)
+    assert broker.ensure_user("tech-ana", mesh_id) == user_id == "user//tech-ana"
+
+    with broker.control() as mc:
+        meshes = [mesh for mesh in mc.call("meshes")["meshes"] if mesh["name"] == "site alpha"]
+        users = {user["_id"]: user for user in mc.call("users")["users"]}
+    assert len(meshes) == 1 and meshes[0]["_id"] == mesh_id
+    assert meshes[0]["links"][user_id]["rights"] == 8  # remote control, nothing else
+    assert "siteadmin" not in users[user_id]  # no server rights
+    assert web_login(broker.url, "tech-ana", "tech-ana") is None  # no password anybody knows
+
+
+def test_a_login_token_opens_one_session_once(broker):
+    mesh_id = broker.ensure_device_group("site beta")
+    user_id = broker.ensure_user("tech-bo", mesh_id)
+    token = broker.mint_login_token(user_id, "rmm-session-0001", minutes=30, node_id="node//none")
+    assert token.user.startswith("~t:")
+    assert timedelta(minutes=29) < token.expires_at - datetime.now(UTC) <= timedelta(minutes=30)
+
+    watch = broker.watch_first_login(user_id, token)
+    assert web_login(broker.url, token.user, token.password) == user_id  # the technician, not the broker
+    event = watch.wait(timeout=15)
+    assert event["userid"] == user_id and event["tokenName"] == "rmm-session-0001"
+
+    # The same token a second time: on the login page and on the control websocket alike.
+    assert web_login(broker.url, token.user, token.password) is None
+    with pytest.raises(MeshCentralError, match="refused the login"):
+        broker.control(token.user, token.password)
+
+
+def test_a_token_is_revoked_at_the_session_end_even_unused(broker):
+    user_id = broker.ensure_user("tech-cy", broker.ensure_device_group("site beta"))
+    token = broker.mint_login_token(user_id, "rmm-session-0002", minutes=5, node_id="node//none")
+    broker.revoke_login_token(user_id, token)
+    assert web_login(broker.url, token.user, token.password) is None
+
+
+def test_an_asset_maps_to_the_device_of_its_name(broker):
+    with broker.control() as mc:  # a device without MeshCentral's agent, which cannot run here
+        mesh_id = mc.call("createmesh", meshname="lab devices", meshtype=3)["meshid"]
+        for name in ("web-01", "db-01", "db-01"):
+            mc.call("addlocaldevice", meshid=mesh_id, devicename=name, hostname="127.0.0.1", type=4)
+
+    device = broker.device("web-01", mesh_id)
+    assert device.name == "web-01" and device.mesh_id == mesh_id and device.node_id.startswith("node//")
+    assert broker.device("web-01").node_id == device.node_id
+
+    with pytest.raises(UnknownDevice, match="no MeshCentral devices named 'web-99'"):
+        broker.device("web-99")
+    with pytest.raises(UnknownDevice, match="2 MeshCentral devices named 'db-01'"):
+        broker.device("db-01", mesh_id)
+    other = broker.ensure_device_group("site gamma")
+    with pytest.raises(UnknownDevice, match="in device group"):
+        broker.device("web-01", other)  # another site's group does not see it
+
+
+def test_a_recording_is_pulled_in_chunks_and_hashed(meshcentral, broker):
+    """A file where MeshCentral's relay writes recordings, named as it names them: no MeshCentral
+    agent runs here, so no relay session makes one and MeshCentral's recording list stays empty."""
+    meshcentral.recordings.mkdir(exist_ok=True)
+    name = "relaysession-2026-12-07-11-00-00-tech-ana-web-01-rmmtest.mcrec"
+    content = os.urandom(1_500_000)
+    (meshcentral.recordings / name).write_bytes(content)
+
+    stream = broker.fetch_recording(name)
+    with pytest.raises(MeshCentralError, match="once all its bytes are read"):
+        _ = stream.sha256
+    chunks = list(stream)
+    assert len(chunks) > 1 and b"".join(chunks) == content
+    assert stream.sha256 == hashlib.sha256(content).hexdigest() and stream.size == len(content)
+
+    assert broker.recordings("node//none", "user//tech-ana", datetime(2026, 1, 1, tzinfo=UTC)) == []
+    with pytest.raises(RecordingMissing, match="no-such.mcrec"):
+        list(broker.fetch_recording("no-such.mcrec"))
+    with pytest.raises(RecordingMissing):
+        list(broker.fetch_recording("../meshcentral-data/config.json"))
+
+
+@pytest.mark.parametrize(
+    ("session_recording", "reason"),
+    [(None, "does not record sessions"), ({"onlySelectedUsers": True}, "records only selected sessions")],
+    ids=["off", "selected-users-only"],
+)
+def test_meshcentral_that_may_not_record_is_refused(tmp_path, session_recording, reason):
+    server = MeshCentralServer(tmp_path, session_recording=session_recording).start()
+    try:
+        with pytest.raises(RecordingNotRequired, match=reason):
+            MeshCentralProvider(server.url, server.username, server.password).require_recording()
+    finally:
+        server.stop()
