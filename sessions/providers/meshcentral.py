@@ -17,6 +17,7 @@ import hashlib
 import http.cookiejar
 import json
 import secrets
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -105,7 +106,9 @@ def _meshauth(username: str, password: str) -> str:
 class ControlSession:
     """One authenticated connection to ``/control.ashx``: JSON commands in, JSON answers and events out."""
 
-    def __init__(self, ws_url: str, username: str, password: str, timeout: float) -> None:
+    def __init__(
+        self, ws_url: str, username: str, password: str, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.timeout = timeout
         self._open = contextlib.ExitStack()  # websockets wants its connection used as a context manager
         try:
@@ -115,6 +118,7 @@ class ControlSession:
                     additional_headers={"x-meshauth": _meshauth(username, password)},
                     open_timeout=timeout,
                     max_size=None,
+                    ssl=tls,
                 )
             )
         except (OSError, WebSocketException) as exc:
@@ -201,15 +205,20 @@ class MeshCentralProvider:
 
     name = "meshcentral"
 
-    def __init__(self, url: str, username: str, password: str, *, timeout: float = 15.0) -> None:
+    def __init__(
+        self, url: str, username: str, password: str, *, ca_file: str | None = None, timeout: float = 15.0
+    ) -> None:
         self.url = url.rstrip("/")  # http(s)://host:port of MeshCentral's web server
+        # MeshCentral's own certificate authority (root-cert-public.crt in its data folder) when its
+        # certificate is the self-signed one it makes at first start.
+        self.tls = ssl.create_default_context(cafile=ca_file) if self.url.startswith("https:") else None
         self.ws_url = "ws" + self.url.removeprefix("http")
         self.username = username
         self.password = password
         self.timeout = timeout
 
     def control(self, username: str | None = None, password: str | None = None) -> ControlSession:
-        return ControlSession(self.ws_url, username or self.username, password or self.password, self.timeout)
+        return ControlSession(self.ws_url, username or self.username, password or self.password, self.timeout, self.tls)
 
     # Recording is never optional.
     def require_recording(self) -> None:
@@ -309,7 +318,7 @@ class MeshCentralProvider:
             (event["time"], event["filename"])
             for event in events
             if event.get("nodeid") == node_id
-            and event.get("userid") == user_id
+            and user_id in event.get("userids", [])
             and event.get("present")
             and datetime.fromisoformat(event["time"].replace("Z", "+00:00")) >= since
         ]
@@ -317,7 +326,10 @@ class MeshCentralProvider:
 
     def fetch_recording(self, filename: str) -> RecordingStream:
         """The recording file as a stream of bytes, through MeshCentral's own download page."""
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+            urllib.request.HTTPSHandler(context=self.tls),
+        )
         form = urllib.parse.urlencode({"action": "login", "username": self.username, "password": self.password})
         try:
             with opener.open(f"{self.url}/login", data=form.encode(), timeout=self.timeout):

@@ -1,9 +1,10 @@
-"""The MeshCentral provider against a real MeshCentral (the npm package, started on 127.0.0.1).
+"""The MeshCentral provider against a real MeshCentral (the npm package, started on 127.0.0.1 with
+HTTPS) and MeshCentral's own Linux agent from the same package: a real terminal session through
+MeshCentral's relay, recorded by MeshCentral, pulled and hashed by the broker.
 
-What cannot run here is MeshCentral's own agent (the meshagent binary a device runs, which connects
-back to the server over TLS and relays the remote desktop or terminal): so no real remote session
-takes place, the device is one MeshCentral keeps without an agent (a "local device"), and the
-recording pulled is a file placed in the folder where MeshCentral's relay writes its recordings.
+What does not run here: a browser on MeshCentral's web app (the technician's side of the relay is
+played as meshctrl.js plays it), and remote desktop (no display on this machine), so the recording
+is a terminal one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 import http.cookiejar
 import json
 import os
+import socket
+import time
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -26,7 +29,7 @@ from sessions.providers.meshcentral import (
     RecordingNotRequired,
     UnknownDevice,
 )
-from tests.sessions.meshcentral_server import MeshCentralServer
+from tests.sessions.meshcentral_server import MeshCentralServer, terminal
 
 pytestmark = pytest.mark.slow
 
@@ -38,17 +41,23 @@ def meshcentral(tmp_path_factory):
     server.stop()
 
 
+def broker_of(server: MeshCentralServer) -> MeshCentralProvider:
+    return MeshCentralProvider(server.url, server.username, server.password, ca_file=str(server.ca_file))
+
+
 @pytest.fixture
 def broker(meshcentral):
-    return MeshCentralProvider(meshcentral.url, meshcentral.username, meshcentral.password)
+    return broker_of(meshcentral)
 
 
-def web_login(url: str, username: str, password: str) -> str | None:
+def web_login(broker: MeshCentralProvider, username: str, password: str) -> str | None:
     """Log in on MeshCentral's login page as a browser does; the user id its session cookie names."""
     jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(jar), urllib.request.HTTPSHandler(context=broker.tls)
+    )
     form = urllib.parse.urlencode({"action": "login", "username": username, "password": password}).encode()
-    with opener.open(f"{url}/login", data=form, timeout=15):
+    with opener.open(f"{broker.url}/login", data=form, timeout=15):
         pass
     cookie = next((c.value for c in jar if c.name == "xid"), None)
     session = json.loads(base64.b64decode(cookie + "==")) if cookie else {}
@@ -74,7 +83,7 @@ def test_the_broker_creates_the_site_group_and_the_technician(broker):
     assert len(meshes) == 1 and meshes[0]["_id"] == mesh_id
     assert meshes[0]["links"][user_id]["rights"] == 8  # remote control, nothing else
     assert "siteadmin" not in users[user_id]  # no server rights
-    assert web_login(broker.url, "tech-ana", "tech-ana") is None  # no password anybody knows
+    assert web_login(broker, "tech-ana", "tech-ana") is None  # no password anybody knows
 
 
 def test_a_login_token_opens_one_session_once(broker):
@@ -85,12 +94,12 @@ def test_a_login_token_opens_one_session_once(broker):
     assert timedelta(minutes=29) < token.expires_at - datetime.now(UTC) <= timedelta(minutes=30)
 
     watch = broker.watch_first_login(user_id, token)
-    assert web_login(broker.url, token.user, token.password) == user_id  # the technician, not the broker
+    assert web_login(broker, token.user, token.password) == user_id  # the technician, not the broker
     event = watch.wait(timeout=15)
     assert event["userid"] == user_id and event["tokenName"] == "rmm-session-0001"
 
     # The same token a second time: on the login page and on the control websocket alike.
-    assert web_login(broker.url, token.user, token.password) is None
+    assert web_login(broker, token.user, token.password) is None
     with pytest.raises(MeshCentralError, match="refused the login"):
         broker.control(token.user, token.password)
 
@@ -99,11 +108,11 @@ def test_a_token_is_revoked_at_the_session_end_even_unused(broker):
     user_id = broker.ensure_user("tech-cy", broker.ensure_device_group("site beta"))
     token = broker.mint_login_token(user_id, "rmm-session-0002", minutes=5, node_id="node//none")
     broker.revoke_login_token(user_id, token)
-    assert web_login(broker.url, token.user, token.password) is None
+    assert web_login(broker, token.user, token.password) is None
 
 
 def test_an_asset_maps_to_the_device_of_its_name(broker):
-    with broker.control() as mc:  # a device without MeshCentral's agent, which cannot run here
+    with broker.control() as mc:  # devices MeshCentral keeps without an agent
         mesh_id = mc.call("createmesh", meshname="lab devices", meshtype=3)["meshid"]
         for name in ("web-01", "db-01", "db-01"):
             mc.call("addlocaldevice", meshid=mesh_id, devicename=name, hostname="127.0.0.1", type=4)
@@ -121,9 +130,46 @@ def test_an_asset_maps_to_the_device_of_its_name(broker):
         broker.device("web-01", other)  # another site's group does not see it
 
 
+def wait_for(read, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if found := read():
+                return found
+        except UnknownDevice:
+            pass
+        assert time.monotonic() < deadline, "MeshCentral did not show it in time"
+        time.sleep(0.5)
+
+
+def test_a_real_session_is_recorded_by_meshcentral_and_pulled(meshcentral, broker):
+    """MeshCentral's agent on this machine joins the site's group; the technician's session token opens
+    a terminal through MeshCentral's relay, which records it; the broker finds the recording by the
+    device and the technician, pulls it and hashes it."""
+    mesh_id = broker.ensure_device_group("site delta")
+    user_id = broker.ensure_user("tech-di", mesh_id)
+    meshcentral.start_agent(mesh_id)
+    device = wait_for(lambda: broker.device(socket.gethostname(), mesh_id))  # the asset's name is its host name
+    since = datetime.now(UTC) - timedelta(seconds=1)
+
+    token = broker.mint_login_token(user_id, "rmm-session-0004", minutes=10, node_id=device.node_id)
+    state, shown = terminal(broker, token.user, token.password, device.node_id, b"echo hello-$((6*7))\r", b"hello-42")
+    assert state == "cr"  # MeshCentral's word for "connected, and this session is being recorded"
+    assert b"hello-42" in shown
+
+    names = wait_for(lambda: broker.recordings(device.node_id, user_id, since))
+    assert len(names) == 1 and "tech-di" in names[0]
+    stream = broker.fetch_recording(names[0])
+    recording = b"".join(stream)
+    assert b"hello-42" in recording  # what the technician saw is in it
+    on_disk = (meshcentral.recordings / names[0]).read_bytes()
+    assert stream.sha256 == hashlib.sha256(on_disk).hexdigest() and recording == on_disk
+    assert broker.recordings(device.node_id, "user//tech-ana", since) == []  # another technician's: none
+
+
 def test_a_recording_is_pulled_in_chunks_and_hashed(meshcentral, broker):
-    """A file where MeshCentral's relay writes recordings, named as it names them: no MeshCentral
-    agent runs here, so no relay session makes one and MeshCentral's recording list stays empty."""
+    """A large file in the folder where MeshCentral's relay writes recordings, named as it names them
+    (MeshCentral lists only the recordings its relay made, so this one is fetched by name)."""
     meshcentral.recordings.mkdir(exist_ok=True)
     name = "relaysession-2026-12-07-11-00-00-tech-ana-web-01-rmmtest.mcrec"
     content = os.urandom(1_500_000)
@@ -152,6 +198,6 @@ def test_meshcentral_that_may_not_record_is_refused(tmp_path, session_recording,
     server = MeshCentralServer(tmp_path, session_recording=session_recording).start()
     try:
         with pytest.raises(RecordingNotRequired, match=reason):
-            MeshCentralProvider(server.url, server.username, server.password).require_recording()
+            broker_of(server).require_recording()
     finally:
         server.stop()
