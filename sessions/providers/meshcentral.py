@@ -180,23 +180,24 @@ class ControlSession:
         self.close()
 
 
-class FirstLoginWatch:
-    """MeshCentral accepts a login token until it expires, so single use is the broker's doing: this
-    listens to MeshCentral's events for the token's first login and revokes the token at once. The
-    web session that login opened lives on, until the token's expiry at most."""
+class LoginWatch:
+    """MeshCentral's login events of one token. MeshCentral accepts a token for any number of logins
+    until it expires or is revoked, and revoking it logs out every web session opened with it; so the
+    broker watches: the first login is the session's, a second one is the token used twice, and the
+    broker then revokes it (which ends the session)."""
 
-    def __init__(self, provider: MeshCentralProvider, user_id: str, token: LoginToken) -> None:
-        self.provider, self.user_id, self.token = provider, user_id, token
+    def __init__(self, provider: MeshCentralProvider, token: LoginToken) -> None:
+        self.token = token
         self.control = provider.control()  # subscribed from here on: no login can slip past
 
-    def wait(self, timeout: float) -> dict:
-        """MeshCentral's login event of the token (who, from where), once the token is revoked."""
-        with self.control as mc:
-            event = mc.wait_for_event(
-                lambda event: event.get("action") == "login" and event.get("tokenUser") == self.token.user, timeout
-            )
-        self.provider.revoke_login_token(self.user_id, self.token)
-        return event
+    def next_login(self, timeout: float) -> dict:
+        """The token's next login event (who, from which address and browser)."""
+        return self.control.wait_for_event(
+            lambda event: event.get("action") == "login" and event.get("tokenUser") == self.token.user, timeout
+        )
+
+    def close(self) -> None:
+        self.control.close()
 
 
 class MeshCentralProvider:
@@ -285,8 +286,8 @@ class MeshCentralProvider:
 
     def mint_login_token(self, user_id: str, session_name: str, minutes: int, node_id: str) -> LoginToken:
         """A login token of the technician's account, named after the session, that MeshCentral refuses
-        after ``minutes`` (its web session ends then too); the broker revokes it at first use
-        (:meth:`watch_first_login`) or at the session's end, whichever comes first."""
+        after ``minutes`` (the web session it opens ends then too). Revoking it at the session's end
+        logs the technician out; a second login with it is seen by :meth:`watch_logins`."""
         with self._as_user(user_id) as mc:
             token = mc.call("createLoginToken", name=session_name, expire=max(1, minutes))
         query = urllib.parse.urlencode({"gotonode": node_id})
@@ -299,14 +300,17 @@ class MeshCentralProvider:
         )
 
     def revoke_login_token(self, user_id: str, token: LoginToken) -> None:
+        """Revoke the token: MeshCentral refuses it from now on and closes the web sessions opened with it.
+        A terminal or desktop tunnel already open through its relay stays open (MeshCentral has no call
+        that closes one): the web app leaves it when its session closes, a client of its own need not."""
         with self._as_user(user_id) as mc:
             remaining = mc.call("loginTokens", remove=[token.user]).get("loginTokens", [])
         if any(doc.get("tokenUser") == token.user for doc in remaining):
             raise MeshCentralError(f"MeshCentral kept login token {token.name!r}")
 
-    def watch_first_login(self, user_id: str, token: LoginToken) -> FirstLoginWatch:
-        """Start listening for the token's first login, before its login URL is handed out."""
-        return FirstLoginWatch(self, user_id, token)
+    def watch_logins(self, token: LoginToken) -> LoginWatch:
+        """Start listening for the token's logins, before its login URL is handed out."""
+        return LoginWatch(self, token)
 
     # The recording.
     def recordings(self, node_id: str, user_id: str, since: datetime) -> list[str]:

@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,10 +141,13 @@ class MeshCentralServer:
         self.log.close()
 
 
-def terminal(provider, username: str, password: str, node_id: str, keys: bytes, until: bytes) -> tuple[str, bytes]:
+def terminal(
+    provider, username: str, password: str, node_id: str, keys: bytes, until: bytes, then=None
+) -> tuple[str, bytes, bool]:
     """A terminal session on ``node_id`` as ``username`` through MeshCentral's relay (``/meshrelay.ashx``),
     as meshctrl.js ``shell`` opens one: the relay's first word ("cr": connected and recorded, "c":
-    connected, not recorded) and what the terminal showed until ``until`` came back."""
+    connected, not recorded), what the terminal showed until ``until`` came back, and whether the
+    relay was closed by the server within 10 s of calling ``then()`` (when given)."""
     with provider.control(username, password) as mc:
         cookies = mc.call("authcookie")
         tunnel = secrets.token_hex(6)
@@ -163,5 +167,18 @@ def terminal(provider, username: str, password: str, node_id: str, keys: bytes, 
                 except TimeoutError:
                     continue
                 shown += data if isinstance(data, bytes) else data.encode()
-            relay.send(b"exit\r")
-    return state, shown
+            closed = False
+            if then is not None:
+                then()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    try:
+                        relay.recv(timeout=1)
+                    except TimeoutError:
+                        continue
+                    except ConnectionClosed:
+                        closed = True
+                        break
+            if not closed:
+                relay.send(b"exit\r")
+    return state, shown, closed
