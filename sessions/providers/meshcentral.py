@@ -269,7 +269,8 @@ class MeshCentralProvider:
 
     # One login token per session.
     def _as_user(self, user_id: str) -> ControlSession:
-        """A control connection as the technician, under a fresh random password nobody keeps."""
+        """A control connection as the technician, under a fresh random password nobody keeps (so two
+        of these for one technician at once would race: the caller serialises them)."""
         password = secrets.token_urlsafe(24)
         with self.control() as mc:
             # changeuserpass answers nothing; MeshCentral announces the change as an account event
@@ -290,7 +291,7 @@ class MeshCentralProvider:
         logs the technician out; a second login with it is seen by :meth:`watch_logins`."""
         with self._as_user(user_id) as mc:
             token = mc.call("createLoginToken", name=session_name, expire=max(1, minutes))
-        query = urllib.parse.urlencode({"gotonode": node_id})
+        query = urllib.parse.urlencode({"gotonode": node_id.split("/")[-1]})  # the web app opens the device
         return LoginToken(
             name=session_name,
             user=token["tokenUser"],

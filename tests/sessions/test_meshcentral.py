@@ -93,7 +93,7 @@ def test_a_login_token_serves_its_session_and_a_second_login_ends_it(broker):
     mesh_id = broker.ensure_device_group("site beta")
     user_id = broker.ensure_user("tech-bo", mesh_id)
     token = broker.mint_login_token(user_id, "rmm-session-0001", minutes=30, node_id="node//none")
-    assert token.user.startswith("~t:")
+    assert token.user.startswith("~t:") and token.login_url == f"{broker.url}/?gotonode=none"
     assert timedelta(minutes=29) < token.expires_at - datetime.now(UTC) <= timedelta(minutes=30)
 
     watch = broker.watch_logins(token)
