@@ -1,0 +1,354 @@
+"""MeshCentral as a remote-session provider: the broker drives a MeshCentral server through its own
+API (the control websocket ``/control.ashx`` that meshctrl.js speaks, and the ``/login`` and
+``/recordings.ashx`` pages its web app uses) and never through its database or files, so the
+same code works against a MeshCentral on another host.
+
+The broker's MeshCentral account is a full administrator (it creates device groups and users and
+reads recordings). Technicians get MeshCentral accounts whose password nobody knows: the broker
+sets a fresh random one only for the moment it needs to act as them (to mint or revoke their
+login token), so the only way in is a login token the broker minted for one session.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.cookiejar
+import json
+import secrets
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+# serverinfo.features bit that MeshCentral sets when the domain has "sessionRecording"
+# (webserver.js getDomainUserFeatures: "Server recordings enabled").
+FEATURE_SERVER_RECORDINGS = 0x08000000
+# serverinfo flags that mean only selected users, user groups or device groups are recorded.
+SELECTIVE_RECORDING_FLAGS = ("usersSessionRecording", "userGroupsSessionRecording", "devGroupSessionRecording")
+MESH_TYPE_AGENTS = 2  # a device group of devices running MeshCentral's agent
+MESH_RIGHT_REMOTE_CONTROL = 8  # remote control only: no agent console, no server files, no group admin
+MSG_CHANGED_CREDENTIALS = 75  # meshuser.js changeuserpass: "Changed account credentials"
+CHUNK = 64 * 1024
+
+
+class MeshCentralError(Exception):
+    """MeshCentral refused, answered something unexpected, or could not be reached."""
+
+
+class RecordingNotRequired(MeshCentralError):
+    """The server would let a session run unrecorded; recording is never optional, so no session starts."""
+
+
+class UnknownDevice(MeshCentralError):
+    """No MeshCentral device (or more than one) carries the asset's name."""
+
+
+class RecordingMissing(MeshCentralError):
+    """MeshCentral has no recording file for the session (it fails open when it cannot write one)."""
+
+
+@dataclass(frozen=True)
+class LoginToken:
+    """A MeshCentral login token of the technician's account, named after the one session."""
+
+    name: str
+    user: str  # "~t:..." — typed as the user name on MeshCentral's login page
+    password: str
+    expires_at: datetime
+    login_url: str
+
+
+@dataclass(frozen=True)
+class Device:
+    node_id: str
+    name: str
+    mesh_id: str
+
+
+class RecordingStream:
+    """A recording's bytes, read from MeshCentral in chunks; ``sha256`` is known once they are all read,
+    so the file is never held whole in memory."""
+
+    def __init__(self, name: str, chunks: Iterator[bytes]) -> None:
+        self.name = name
+        self._chunks = chunks
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._digest.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+        self._done = True
+
+    @property
+    def sha256(self) -> str:
+        if not self._done:
+            raise MeshCentralError("the recording's sha256 is known only once all its bytes are read")
+        return self._digest.hexdigest()
+
+
+def _meshauth(username: str, password: str) -> str:
+    """The ``x-meshauth`` header of meshctrl.js: base64 user name and password, comma separated."""
+    return ",".join(base64.b64encode(part.encode()).decode() for part in (username, password))
+
+
+class ControlSession:
+    """One authenticated connection to ``/control.ashx``: JSON commands in, JSON answers and events out."""
+
+    def __init__(
+        self, ws_url: str, username: str, password: str, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.timeout = timeout
+        self._open = contextlib.ExitStack()  # websockets wants its connection used as a context manager
+        try:
+            self.ws: ClientConnection = self._open.enter_context(
+                connect(
+                    f"{ws_url}/control.ashx",
+                    additional_headers={"x-meshauth": _meshauth(username, password)},
+                    open_timeout=timeout,
+                    max_size=None,
+                    ssl=tls,
+                )
+            )
+        except (OSError, WebSocketException) as exc:
+            raise MeshCentralError(f"cannot reach MeshCentral at {ws_url}: {exc}") from exc
+        first = self.receive()
+        if first.get("action") == "close":  # MeshCentral's refusal: {"action": "close", "cause": "noauth"}
+            self.close()
+            raise MeshCentralError(f"MeshCentral refused the login of {username!r}: {first.get('cause')}")
+        self.serverinfo = first.get("serverinfo", {}) if first.get("action") == "serverinfo" else {}
+
+    def receive(self) -> dict:
+        try:
+            return json.loads(self.ws.recv(timeout=self.timeout))
+        except TimeoutError as exc:
+            raise MeshCentralError("MeshCentral did not answer in time") from exc
+        except WebSocketException as exc:
+            raise MeshCentralError(f"MeshCentral closed the connection: {exc}") from exc
+
+    def send(self, action: str, **fields) -> None:
+        self.ws.send(json.dumps({"action": action, **fields}))
+
+    def call(self, action: str, *, answer: str | None = None, **fields) -> dict:
+        """Send a command and wait for its answer: MeshCentral tags errors with our ``responseid`` but
+        some successes only with the action's name, so either is the answer."""
+        responseid = secrets.token_hex(8)
+        self.send(action, responseid=responseid, **fields)
+        answer = answer or action
+        while True:
+            message = self.receive()
+            if message.get("responseid") == responseid or (
+                message.get("action") == answer and "responseid" not in message
+            ):
+                result = message.get("result", "ok")
+                # addmeshuser answers with a sentence per user and a count of those that failed
+                if message.get("failed", 0) if "failed" in message else result != "ok":
+                    raise MeshCentralError(f"MeshCentral refused {action}: {result}")
+                return message
+
+    def wait_for_event(self, matches, timeout: float) -> dict:
+        """The first event for which ``matches(event)`` holds, within ``timeout`` seconds."""
+        deadline = datetime.now(UTC).timestamp() + timeout
+        while (left := deadline - datetime.now(UTC).timestamp()) > 0:
+            try:
+                message = json.loads(self.ws.recv(timeout=left))
+            except TimeoutError:
+                break
+            event = message.get("event") if message.get("action") == "event" else None
+            if event and matches(event):
+                return event
+        raise MeshCentralError(f"no such MeshCentral event within {timeout} s")
+
+    def close(self) -> None:
+        self._open.close()
+
+    def __enter__(self) -> ControlSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LoginWatch:
+    """MeshCentral's login events of one token. MeshCentral accepts a token for any number of logins
+    until it expires or is revoked, and revoking it logs out every web session opened with it; so the
+    broker watches: the first login is the session's, a second one is the token used twice, and the
+    broker then revokes it (which ends the session)."""
+
+    def __init__(self, provider: MeshCentralProvider, token: LoginToken) -> None:
+        self.token = token
+        self.control = provider.control()  # subscribed from here on: no login can slip past
+
+    def next_login(self, timeout: float) -> dict:
+        """The token's next login event (who, from which address and browser)."""
+        return self.control.wait_for_event(
+            lambda event: event.get("action") == "login" and event.get("tokenUser") == self.token.user, timeout
+        )
+
+    def close(self) -> None:
+        self.control.close()
+
+
+class MeshCentralProvider:
+    """The broker's side of MeshCentral: device groups per site, users per technician, devices per
+    asset, one login token per session, and the session's recording afterwards."""
+
+    name = "meshcentral"
+
+    def __init__(
+        self, url: str, username: str, password: str, *, ca_file: str | None = None, timeout: float = 15.0
+    ) -> None:
+        self.url = url.rstrip("/")  # http(s)://host:port of MeshCentral's web server
+        # MeshCentral's own certificate authority (root-cert-public.crt in its data folder) when its
+        # certificate is the self-signed one it makes at first start.
+        self.tls = ssl.create_default_context(cafile=ca_file) if self.url.startswith("https:") else None
+        self.ws_url = "ws" + self.url.removeprefix("http")
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+
+    def control(self, username: str | None = None, password: str | None = None) -> ControlSession:
+        return ControlSession(self.ws_url, username or self.username, password or self.password, self.timeout, self.tls)
+
+    # Recording is never optional.
+    def require_recording(self) -> None:
+        """Refuse unless MeshCentral records every session of every user on every device group."""
+        with self.control() as mc:
+            info = mc.serverinfo
+        if not int(info.get("features", 0)) & FEATURE_SERVER_RECORDINGS:
+            raise RecordingNotRequired("MeshCentral does not record sessions (its domain has no sessionRecording)")
+        selective = [flag for flag in SELECTIVE_RECORDING_FLAGS if info.get(flag)]
+        if selective:
+            raise RecordingNotRequired(f"MeshCentral records only selected sessions ({', '.join(selective)})")
+
+    # Device groups, users, devices.
+    def ensure_device_group(self, name: str, description: str = "") -> str:
+        """The id of the device group named ``name`` (one per site), created if it does not exist."""
+        with self.control() as mc:
+            for mesh in mc.call("meshes").get("meshes", []):
+                if mesh.get("name") == name:
+                    return mesh["_id"]
+            return mc.call("createmesh", meshname=name, meshtype=MESH_TYPE_AGENTS, desc=description)["meshid"]
+
+    def ensure_user(self, username: str, mesh_id: str) -> str:
+        """The MeshCentral user id of a technician, created with an unknowable password if new, with
+        remote-control rights (and no others) on the site's device group."""
+        user_id = f"user//{username.lower()}"
+        with self.control() as mc:
+            users = {user["_id"] for user in mc.call("users").get("users", [])}
+            if user_id not in users:
+                mc.call("adduser", username=username, **{"pass": secrets.token_urlsafe(24)})
+            mc.call("addmeshuser", meshid=mesh_id, userids=[user_id], meshadmin=MESH_RIGHT_REMOTE_CONTROL)
+        return user_id
+
+    def device(self, asset_name: str, mesh_id: str | None = None) -> Device:
+        """The one device named after the asset (in ``mesh_id`` when given); none or several is an error."""
+        with self.control() as mc:
+            groups = mc.call("nodes", **({"meshid": mesh_id} if mesh_id else {})).get("nodes", {})
+        found = [
+            Device(node_id=node["_id"], name=node["name"], mesh_id=group)
+            for group, nodes in groups.items()
+            for node in nodes
+            if node.get("name") == asset_name
+        ]
+        if len(found) != 1:
+            where = f" in device group {mesh_id}" if mesh_id else ""
+            raise UnknownDevice(f"{len(found) or 'no'} MeshCentral devices named {asset_name!r}{where}")
+        return found[0]
+
+    # One login token per session.
+    def _as_user(self, user_id: str) -> ControlSession:
+        """A control connection as the technician, under a fresh random password nobody keeps (so two
+        of these for one technician at once would race: the caller serialises them)."""
+        password = secrets.token_urlsafe(24)
+        with self.control() as mc:
+            # changeuserpass answers nothing; MeshCentral announces the change as an account event
+            mc.send("changeuserpass", userid=user_id, removeMultiFactor=False, **{"pass": password})
+            mc.wait_for_event(
+                lambda event: (
+                    event.get("action") == "accountchange"
+                    and event.get("msgid") == MSG_CHANGED_CREDENTIALS
+                    and event.get("account", {}).get("_id") == user_id
+                ),
+                self.timeout,
+            )
+        return self.control(user_id.split("/")[-1], password)
+
+    def mint_login_token(self, user_id: str, session_name: str, minutes: int, node_id: str) -> LoginToken:
+        """A login token of the technician's account, named after the session, that MeshCentral refuses
+        after ``minutes`` (the web session it opens ends then too). Revoking it at the session's end
+        logs the technician out; a second login with it is seen by :meth:`watch_logins`."""
+        with self._as_user(user_id) as mc:
+            token = mc.call("createLoginToken", name=session_name, expire=max(1, minutes))
+        query = urllib.parse.urlencode({"gotonode": node_id.split("/")[-1]})  # the web app opens the device
+        return LoginToken(
+            name=session_name,
+            user=token["tokenUser"],
+            password=token["tokenPass"],
+            expires_at=datetime.fromtimestamp(token["expire"] / 1000, UTC),
+            login_url=f"{self.url}/?{query}",
+        )
+
+    def revoke_login_token(self, user_id: str, token: LoginToken) -> None:
+        """Revoke the token: MeshCentral refuses it from now on and closes the web sessions opened with it.
+        A terminal or desktop tunnel already open through its relay stays open (MeshCentral has no call
+        that closes one): the web app leaves it when its session closes, a client of its own need not."""
+        with self._as_user(user_id) as mc:
+            remaining = mc.call("loginTokens", remove=[token.user]).get("loginTokens", [])
+        if any(doc.get("tokenUser") == token.user for doc in remaining):
+            raise MeshCentralError(f"MeshCentral kept login token {token.name!r}")
+
+    def watch_logins(self, token: LoginToken) -> LoginWatch:
+        """Start listening for the token's logins, before its login URL is handed out."""
+        return LoginWatch(self, token)
+
+    # The recording.
+    def recordings(self, node_id: str, user_id: str, since: datetime) -> list[str]:
+        """File names of the recordings MeshCentral made of ``user_id`` on ``node_id`` since ``since``,
+        oldest first, from MeshCentral's own recording events."""
+        with self.control() as mc:
+            events = mc.call("recordings").get("events", [])
+        names = [
+            (event["time"], event["filename"])
+            for event in events
+            if event.get("nodeid") == node_id
+            and user_id in event.get("userids", [])
+            and event.get("present")
+            and datetime.fromisoformat(event["time"].replace("Z", "+00:00")) >= since
+        ]
+        return [name for _, name in sorted(names)]
+
+    def fetch_recording(self, filename: str) -> RecordingStream:
+        """The recording file as a stream of bytes, through MeshCentral's own download page."""
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+            urllib.request.HTTPSHandler(context=self.tls),
+        )
+        form = urllib.parse.urlencode({"action": "login", "username": self.username, "password": self.password})
+        try:
+            with opener.open(f"{self.url}/login", data=form.encode(), timeout=self.timeout):
+                pass  # the answer is the web app's page; what matters is the session cookie
+            query = urllib.parse.urlencode({"file": filename})
+            response = opener.open(f"{self.url}/recordings.ashx?{query}", timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise RecordingMissing(f"MeshCentral has no recording {filename!r} for the broker ({exc.code})") from exc
+        except OSError as exc:
+            raise MeshCentralError(f"cannot reach MeshCentral at {self.url}: {exc}") from exc
+
+        def chunks() -> Iterator[bytes]:
+            with response:
+                while chunk := response.read(CHUNK):
+                    yield chunk
+
+        return RecordingStream(filename, chunks())
