@@ -274,6 +274,8 @@ class MaintenanceWindow(models.Model):
 
     def __str__(self) -> str:
         return f"window of {self.site_id}: days {self.days} at {self.start} for {self.duration_minutes} min"
+
+
 class FindingSource(models.TextChoices):
     SCANNER = "scanner"
     PENTEST = "pentest"  # the seed's "Pen Testing gains remediation feedback": the retest verifies
