@@ -35,12 +35,16 @@ def render(session: RemoteSession) -> list[registry.InstructionSpec]:
 
 def evidence_document(session: RemoteSession, inst, stored, result: dict, late: bool) -> dict:
     """What the agent reported of serving the session (the recording is its own record)."""
+    task = session.psa_task
     return {
-        "kind": "remote_session",
+        "evidence_type": SESSION_STEP,
+        "job": registry.job_document(session, "remote_session"),
         "session": str(session.pk),
         "provider": session.provider,
         "privileged": session.privileged,
         "instruction": registry.signed_instruction(inst),
+        "authority": {"psa_task_id": task.pk, "psa_case_id": task.case_id},
+        "asset": {"id": session.asset_id, "hostname": session.asset.hostname, "site": session.site.name},
         "result": registry.step_result(inst, result, late),
     }
 

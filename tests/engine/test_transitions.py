@@ -39,7 +39,7 @@ def _other_table_status(value: ast.expr) -> bool:
 # Models with a status column of their own, written by their own services (a batch's status is
 # derived from its jobs', which only the one path writes; a profile assignment is no job; a patch
 # request is decided whole and an asset's patch is actual state a scan writes: neither is a job).
-OTHER_TABLES = {"Batch", "AssetConfigurationProfile", "PatchJob", "AssetPatch"}
+OTHER_TABLES = {"Batch", "AssetConfigurationProfile", "PatchJob", "AssetPatch", "VulnerabilityFinding"}
 
 
 def _on_other_table(call: ast.Call) -> bool:

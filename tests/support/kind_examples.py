@@ -309,6 +309,26 @@ class ContainmentExample:
         )
 
 
+class RemoteSessionExample:
+    """The built-in terminal: one step the agent serves by relaying a PTY; a session asks an
+    approver when privileged or when its site's policy says so, here when the contract asks."""
+
+    steps = (1,)
+
+    def make(self, w: World, *, steps: int = 1, fail_step: int | None = None, requires_approval: bool = False):
+        return engine.create_job(
+            w.psa,
+            "remote_session",
+            asset_id=w.agent.asset_id,
+            psa_task_id=w.task.pk,
+            initiated_by=w.tech,
+            provider="terminal",
+            session_type="terminal",
+            privileged=False,
+            requires_approval=requires_approval,
+        )
+
+
 EXAMPLES = {
     "script": ScriptExample(),
     "step": StepExample(),
@@ -319,4 +339,5 @@ EXAMPLES = {
     "patch": PatchExample(),
     "profile_audit": AuditExample(),
     "profile_enforce": EnforcementExample(),
+    "remote_session": RemoteSessionExample(),
 }
