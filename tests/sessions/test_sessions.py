@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from django.utils.module_loading import import_string
+from django_q.models import Schedule
 
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
@@ -183,3 +185,14 @@ def test_a_session_past_its_maximum_duration_or_idle_timeout_ends(world, field, 
     assert services.end_overdue(now) == 1
     assert RemoteSession.objects.get(pk=sid).end_reason == reason
     assert services.end_overdue(now) == 0
+
+
+def test_the_minutes_schedule_ends_a_session_whose_relay_is_gone(world):
+    """No relay timer runs for a session whose worker stopped: django-q2's schedule ends it."""
+    services.set_policy(world["admin"].user, world["site"], max_duration_seconds=60)
+    sid = open_(world).json()["id"]
+    RemoteSession.objects.filter(pk=sid).update(started_at=timezone.now() - timedelta(minutes=5))
+    schedule = Schedule.objects.get(name="sessions.end_overdue")
+    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == ("I", 1, -1)
+    assert import_string(schedule.func)() == 1
+    assert RemoteSession.objects.get(pk=sid).end_reason == "max_duration"
