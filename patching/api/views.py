@@ -186,20 +186,19 @@ class PatchComplianceRowSerializer(serializers.Serializer):
         OpenApiParameter("severity", enum=SEVERITY_NAMES, description="One severity's rows (that or higher)."),
     ]
 )
-class PatchComplianceView(generics.GenericAPIView):
+class PatchComplianceView(generics.ListAPIView):
     """Fleet patch compliance: per site you may see and per severity, how many scanned assets are
     fully patched and how many miss a patch of that severity or higher (docs/patching.md)."""
 
     serializer_class = PatchComplianceRowSerializer
+    filter_backends = []  # the rows are computed, not a queryset: site and severity are read below
 
-    def get(self, request):
-        severity = request.query_params.get("severity")
+    def get_queryset(self):
+        severity = self.request.query_params.get("severity")
         if severity is not None and severity not in SEVERITY_NAMES:
             raise ValidationError({"severity": [f"Must be one of: {', '.join(SEVERITY_NAMES)}."]})
-        rows = selectors.compliance(
-            request.user,
-            site_name=request.query_params.get("site"),
+        return selectors.compliance(
+            self.request.user,
+            site_name=self.request.query_params.get("site"),
             severity=None if severity is None else Severity.named(severity),
         )
-        page = self.paginate_queryset(rows)
-        return self.get_paginated_response(PatchComplianceRowSerializer(page, many=True).data)

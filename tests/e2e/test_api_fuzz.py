@@ -165,6 +165,22 @@ def seed_patching(server, w) -> dict:
     return {"patch": patch, "job": r.json()["id"]}
 
 
+def seed_session(server, w) -> str:
+    """A terminal session awaiting approval, made through the engine (the API would first ask the
+    agent to be online with the capability, and a session's step would hold the agent): its id.
+    Made after the agent's last run, so no agent ever relays it."""
+    code = (
+        "import uuid; from rmm.access.services import authenticate_token; from rmm.engine import services as engine; "
+        f"u, _ = authenticate_token({w['tech']!r}); "
+        f"s = engine.create_job(u, 'remote_session', asset_id=uuid.UUID({w['asset']!r}), psa_task_id={w['task']!r}, "
+        "initiated_by=u, provider='terminal', session_type='terminal', privileged=False, requires_approval=True); "
+        "print(s.pk)"
+    )
+    done = server.manage("shell", "--verbosity", "0", "-c", code, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
 def seed_world(server) -> dict:
     """Real objects of every kind the API serves, made through its public doors."""
     w = make_world(server)
@@ -231,6 +247,28 @@ def seed_world(server) -> dict:
     r = server.request("POST", "/api/v1/containment/", contain, w["admin"])
     assert r.status == 201, r.body
     containment = r.json()["id"]
+    scheduled = {"site": w["site"], "psa_task_id": w["task"], "interval_seconds": 86400}
+    r = server.request("POST", "/api/v1/patch-scan-schedules/", scheduled, w["psa"])
+    assert r.status == 201, r.body
+    scan_schedule = r.json()["id"]
+    window_body = {"site": w["site"], "days": ["sat"], "start": "22:00", "duration_minutes": 60, "timezone": "UTC"}
+    r = server.request("POST", "/api/v1/maintenance-windows/", window_body, w["psa"])
+    assert r.status == 201, r.body
+    window = r.json()["id"]
+    finding_body = {
+        "asset": w["asset"],
+        "cve": "CVE-2026-1000",
+        "product": "zz-rmm-fuzz",
+        "fixed_version": "1.0-2",
+        "severity": "high",
+        "scanner_ref": "fuzz-1",
+        "source": "scanner",
+        "psa_task_id": w["task"],
+    }
+    r = server.request("POST", "/api/v1/vulnerability-findings/", finding_body, w["admin"])
+    assert r.status == 201, r.body
+    finding = r.json()["id"]
+    session = seed_session(server, w)
     siem_body = {"kind": "syslog", "address": "127.0.0.1:9", "format": "cef", "sites": [w["site"]]}
     siem = server.request("POST", "/api/v1/siem-destinations/", siem_body, w["admin"]).json()
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
@@ -269,6 +307,10 @@ def seed_world(server) -> dict:
             "/api/v1/webhook-deliveries/": [ping["id"]],
             "/api/v1/containment/": [containment],
             "/api/v1/siem-destinations/": [siem["id"]],
+            "/api/v1/patch-scan-schedules/": [scan_schedule],
+            "/api/v1/maintenance-windows/": [window],
+            "/api/v1/vulnerability-findings/": [finding],
+            "/api/v1/remote-sessions/": [session],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],
@@ -358,7 +400,7 @@ class Run:
     def _wait(self) -> str | None:
         """What went wrong in the run, if anything."""
         try:
-            code = self.process.wait(timeout=900)
+            code = self.process.wait(timeout=1500)
         finally:
             self.process.kill()
         self.output.seek(0)
