@@ -45,6 +45,8 @@ def _why_withheld(assignment: AssetConfigurationProfile, audit: ConfigurationAud
         return f"the assignment is {assignment.status}"
     if not assignments.enforcement_approved(assignment):
         return "the assignment is not approved for the profile's current revision"
+    if assignment.decided_at is not None and audit.created_at < assignment.decided_at:
+        return "the audit was made before the assignment was approved: its drift stays reported"
     return ""
 
 
