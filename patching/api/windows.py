@@ -22,7 +22,7 @@ class WindowRequestSerializer(serializers.Serializer):
 class WindowSerializer(serializers.ModelSerializer):
     site = serializers.CharField(source="site.name")
     days = serializers.SerializerMethodField()
-    start = serializers.TimeField(format="%H:%M")
+    start = serializers.SerializerMethodField(help_text="When it opens, the site's wall clock (HH:MM).")
     created_by = serializers.CharField(source="created_by.username")
 
     class Meta:
@@ -32,6 +32,9 @@ class WindowSerializer(serializers.ModelSerializer):
 
     def get_days(self, window) -> list[str]:
         return [services.DAYS[day] for day in window.days]
+
+    def get_start(self, window) -> str:
+        return window.start.strftime("%H:%M")
 
 
 class MaintenanceWindowViewSet(
