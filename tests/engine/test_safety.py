@@ -13,6 +13,7 @@ from rmm.access import services as access_services
 from rmm.authority import services as authority
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction, KillSwitch
+from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
@@ -105,6 +106,33 @@ def test_engaging_aborts_queued_work_and_kills_running_work_in_scope(people, fle
     again = people["boss"].post(f"/api/v1/kill-switches/{switch_id}/release/", {"reason": "twice"}, format="json")
     assert again.status_code == 409
     assert new_job(people, fleet, 2).status == "queued"
+
+
+def test_a_failing_kill_switch_hook_is_recorded_and_spares_no_other_work(people, fleet, site, monkeypatch):
+    """Each app's hook (batches, live sessions, …) runs even when another one fails before it."""
+    stopped = []
+
+    def broken(switch, actor):
+        raise RuntimeError("the session relay is unreachable")
+
+    def recording(switch, actor):
+        stopped.append(switch.pk)
+
+    monkeypatch.setattr(kill_switches, "_HOOKS", list(kill_switches._HOOKS))
+    kill_switches.register_hook(broken)
+    kill_switches.register_hook(recording)
+    queued = new_job(people, fleet, 1)
+
+    r = engage(people["tech"], scope="site", target=site.name, reason="hooks drill")
+    assert r.status_code == 201, r.content
+    switch = KillSwitch.objects.get(pk=r.json()["id"])
+    assert switch.engaged
+    queued.refresh_from_db()
+    assert queued.status == "aborted"
+    assert stopped == [switch.pk]
+    [failed] = HistoryEvent.objects.filter(action="kill_switch.hook_failed")
+    assert failed.payload["hook"].endswith("broken")
+    assert "the session relay is unreachable" in failed.payload["error"]
 
 
 def test_a_lease_raced_past_the_switch_is_refused_and_recorded(people, fleet, site):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,8 @@ from rmm.engine.models import Instruction, KillSwitch, KillSwitchScope
 from rmm.history import services as history
 from rmm.inventory.models import Asset
 from rmm.outbox import services as outbox
+
+log = logging.getLogger(__name__)
 
 SCOPES = {choice.value for choice in KillSwitchScope}
 
@@ -104,8 +107,9 @@ def in_scope(switch: KillSwitch, queryset: QuerySet) -> QuerySet:
     return queryset
 
 
-# Work that acts on endpoints outside one instruction (a live remote session) registers here: each
-# hook, called with (switch, actor) once the switch is engaged, stops its work in the switch's scope.
+# Work that acts on endpoints outside one instruction (a batch's later rings, a live remote session)
+# registers here, in its AppConfig.ready: each hook, called with (switch, actor) once the switch is
+# engaged, stops its work in the switch's scope.
 _HOOKS: list[Callable[[KillSwitch, Any], Any]] = []
 
 
@@ -160,12 +164,27 @@ def engage(user, *, scope: str, target: str | None, reason: str) -> KillSwitch:
         site_id=site.pk if site else None,
         payload={"aborted_instructions": aborted},
     )
-    from rmm.engine.services import batches
-
-    batches.stop_in_scope(switch, user)  # batches register with the switch: none releases more
-    for stop in _HOOKS:
-        stop(switch, user)
+    for stop in _HOOKS:  # batches (none releases more rings), live sessions, …
+        _run_hook(stop, switch, user)
     return switch
+
+
+def _run_hook(stop: Callable[[KillSwitch, Any], Any], switch: KillSwitch, user) -> None:
+    """The switch is engaged whatever a hook does: one that fails is recorded, loudly, and the
+    others still run."""
+    name = f"{stop.__module__}.{stop.__qualname__}"
+    try:
+        with transaction.atomic():
+            stop(switch, user)
+    except Exception as exc:  # noqa: BLE001 - any failure of one app's hook must not spare the others
+        log.exception("kill switch hook %s failed", name)
+        history.append(
+            "system",
+            "kill_switch.hook_failed",
+            switch,
+            site_id=switch.site_id,
+            payload={"hook": name, "error": f"{type(exc).__name__}: {exc}"[:500]},
+        )
 
 
 def abort_in_scope(switch: KillSwitch, actor) -> int:
