@@ -97,18 +97,26 @@ def stop(actor, schedule: PatchScanSchedule, reason: str) -> PatchScanSchedule:
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("Say why the schedule stops.", field="reason")
-    now = timezone.now()
+    if not _stop(actor, schedule, reason):
+        raise Conflict("This schedule is stopped already.", field="status")
+    schedule.refresh_from_db()
+    return schedule
+
+
+def _stop(actor, schedule: PatchScanSchedule, reason: str) -> bool:
+    """Stop it if it is still active (a conditional update); False when something stopped it first,
+    which the dispatcher takes as done rather than as an error that would end its tick."""
     stopped = PatchScanSchedule.objects.filter(pk=schedule.pk, status=ScanScheduleStatus.ACTIVE).update(
         status=ScanScheduleStatus.STOPPED,
         status_reason=reason[:2000],
-        stopped_at=now,
+        stopped_at=timezone.now(),
         stopped_by=None if isinstance(actor, str) else actor,
     )
-    if not stopped:
-        raise Conflict("This schedule is stopped already.", field="status")
-    history.append(actor, "patch_scan_schedule.stopped", schedule, site_id=schedule.site_id, payload={"reason": reason})
-    schedule.refresh_from_db()
-    return schedule
+    if stopped:
+        history.append(
+            actor, "patch_scan_schedule.stopped", schedule, site_id=schedule.site_id, payload={"reason": reason}
+        )
+    return bool(stopped)
 
 
 def _switch_on_site(site: Site) -> KillSwitch | None:
@@ -125,16 +133,17 @@ def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
     else scan (in one engine batch) the assets whose moment has come; how many scans."""
     problem = site_authority_problem(schedule.psa_task, schedule.site, now)
     if problem:
-        stop("system", schedule, f"authority ended: {problem}")
+        _stop("system", schedule, f"authority ended: {problem}")
         return 0
     switch = _switch_on_site(schedule.site)
     if switch is not None:
-        stop("system", schedule, f"kill switch engaged on {switch.target_label}: {switch.reason}")
+        _stop("system", schedule, f"kill switch engaged on {switch.target_label}: {switch.reason}")
         return 0
     # Claimed by a conditional update: two task workers ticking at once scan each asset once.
-    if not PatchScanSchedule.objects.filter(pk=schedule.pk, dispatched_until=schedule.dispatched_until).update(
-        dispatched_until=now
-    ):
+    # Active still: a schedule stopped since this tick read it scans nothing.
+    if not PatchScanSchedule.objects.filter(
+        pk=schedule.pk, status=ScanScheduleStatus.ACTIVE, dispatched_until=schedule.dispatched_until
+    ).update(dispatched_until=now):
         return 0
     assets = Asset.objects.filter(site=schedule.site, retired_at__isnull=True).values_list("pk", flat=True)
     chosen = due(list(assets), schedule.interval_seconds, schedule.dispatched_until, now)
@@ -159,7 +168,7 @@ def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
         try:
             engine.create_jobs(schedule.created_by, SCAN_KIND, psa_task_id=schedule.psa_task_id, asset_ids=scanned)
         except (InvalidInput, Forbidden, Conflict) as exc:  # the engine refused, and recorded why
-            stop("system", schedule, f"the engine refused its scans: {exc}")
+            _stop("system", schedule, f"the engine refused its scans: {exc}")
             return 0
     PatchScanSchedule.objects.filter(pk=schedule.pk).update(scans_dispatched=F("scans_dispatched") + len(scanned))
     history.append(

@@ -181,3 +181,28 @@ def test_another_sites_caller_sees_no_schedule(fleet, caller, other_site):
     stopped = outsider.post(f"/api/v1/patch-scan-schedules/{schedule.pk}/stop/", {"reason": "x"}, format="json")
     assert stopped.status_code == 404
     assert HistoryEvent.objects.filter(action="refused.access").exists()
+
+
+def test_a_schedule_stopped_during_a_tick_scans_nothing(fleet):
+    """The tick read the schedule active; a person stops it before the tick claims it."""
+    read_by_the_tick = schedule_of(create(fleet))
+    r = fleet["tech"].post(
+        f"/api/v1/patch-scan-schedules/{read_by_the_tick.pk}/stop/", {"reason": "agreement ended"}, format="json"
+    )
+    assert r.status_code == 200
+    assert schedules.dispatch(read_by_the_tick, read_by_the_tick.dispatched_until + timedelta(hours=2)) == 0
+    assert scans_created() == 0
+    assert not HistoryEvent.objects.filter(action="patch_scan_schedule.dispatched").exists()
+
+
+def test_a_schedule_stopped_meanwhile_does_not_end_the_tick(fleet):
+    """The tick finds the schedule's authority gone, but a person stopped it first: the tick goes on
+    (no 409 for the system), and the person's reason stands."""
+    read_by_the_tick = schedule_of(create(fleet))
+    fleet["tech"].post(f"/api/v1/patch-scan-schedules/{read_by_the_tick.pk}/stop/", {"reason": "mine"}, format="json")
+    task = fleet["task"]
+    authority.upsert_task(fleet["psa"].user, task.pk, case_id=task.case_id, title=task.title, status="closed")
+    assert schedules.dispatch(read_by_the_tick, read_by_the_tick.dispatched_until + timedelta(hours=2)) == 0
+    shown = fleet["tech"].get(f"/api/v1/patch-scan-schedules/{read_by_the_tick.pk}/").json()
+    assert shown["status"] == "stopped" and shown["status_reason"] == "mine"
+    assert HistoryEvent.objects.filter(action="patch_scan_schedule.stopped").count() == 1
