@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -30,6 +31,7 @@ from rmm.inventory.models import Asset
 
 MIN_INTERVAL = 900  # 15 minutes
 CREATE = "patch_scan_schedule.create"
+ACTIVE_ALREADY = "This site has an active scan schedule: stop it first."
 
 
 def create_schedule(user, *, site_name: str, psa_task_id, interval_seconds: int = 86400) -> PatchScanSchedule:
@@ -51,23 +53,31 @@ def create_schedule(user, *, site_name: str, psa_task_id, interval_seconds: int 
         )
         raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
     if PatchScanSchedule.objects.filter(site=site, status=ScanScheduleStatus.ACTIVE).exists():
-        raise Conflict("This site has an active scan schedule: stop it first.", field="site")
+        raise Conflict(ACTIVE_ALREADY, field="site")
     now = timezone.now()
-    schedule = PatchScanSchedule.objects.create(
-        site=site,
-        psa_task=task,
-        interval_seconds=interval_seconds,
-        created_by=user,
-        created_at=now,
-        dispatched_until=now,
-    )
-    history.append(
-        user,
-        "patch_scan_schedule.created",
-        schedule,
-        site_id=site.pk,
-        payload={"psa_task_id": str(task.pk), "psa_case_id": str(task.case_id), "interval_seconds": interval_seconds},
-    )
+    try:
+        with transaction.atomic():  # the row and its history together, or neither
+            schedule = PatchScanSchedule.objects.create(
+                site=site,
+                psa_task=task,
+                interval_seconds=interval_seconds,
+                created_by=user,
+                created_at=now,
+                dispatched_until=now,
+            )
+            history.append(
+                user,
+                "patch_scan_schedule.created",
+                schedule,
+                site_id=site.pk,
+                payload={
+                    "psa_task_id": str(task.pk),
+                    "psa_case_id": str(task.case_id),
+                    "interval_seconds": interval_seconds,
+                },
+            )
+    except IntegrityError:  # another request made the site's active schedule meanwhile (the constraint)
+        raise Conflict(ACTIVE_ALREADY, field="site") from None
     return schedule
 
 
@@ -88,16 +98,17 @@ def stop(actor, schedule: PatchScanSchedule, reason: str) -> PatchScanSchedule:
 def _stop(actor, schedule: PatchScanSchedule, reason: str) -> bool:
     """Stop it if it is still active (a conditional update); False when something stopped it first,
     which the dispatcher takes as done rather than as an error that would end its tick."""
-    stopped = PatchScanSchedule.objects.filter(pk=schedule.pk, status=ScanScheduleStatus.ACTIVE).update(
-        status=ScanScheduleStatus.STOPPED,
-        status_reason=reason[:2000],
-        stopped_at=timezone.now(),
-        stopped_by=None if isinstance(actor, str) else actor,
-    )
-    if stopped:
-        history.append(
-            actor, "patch_scan_schedule.stopped", schedule, site_id=schedule.site_id, payload={"reason": reason}
+    with transaction.atomic():  # the stop and its history together, or neither
+        stopped = PatchScanSchedule.objects.filter(pk=schedule.pk, status=ScanScheduleStatus.ACTIVE).update(
+            status=ScanScheduleStatus.STOPPED,
+            status_reason=reason[:2000],
+            stopped_at=timezone.now(),
+            stopped_by=None if isinstance(actor, str) else actor,
         )
+        if stopped:
+            history.append(
+                actor, "patch_scan_schedule.stopped", schedule, site_id=schedule.site_id, payload={"reason": reason}
+            )
     return bool(stopped)
 
 

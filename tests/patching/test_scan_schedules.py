@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from patching import schedules
@@ -207,3 +208,24 @@ def test_a_schedule_stopped_meanwhile_does_not_end_the_tick(fleet):
     shown = fleet["tech"].get(f"/api/v1/patch-scan-schedules/{read_by_the_tick.pk}/").json()
     assert shown["status"] == "stopped" and shown["status_reason"] == "mine"
     assert HistoryEvent.objects.filter(action="patch_scan_schedule.stopped").count() == 1
+
+
+def test_the_database_holds_one_active_schedule_per_site(fleet):
+    """Two requests at once both pass the service's check; the partial unique constraint lets one
+    in (the service answers the other 409, as for a sequential second request)."""
+    first = schedule_of(create(fleet))
+    now = timezone.now()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        PatchScanSchedule.objects.create(
+            site=first.site,
+            psa_task=first.psa_task,
+            interval_seconds=HOUR,
+            created_by=first.created_by,
+            created_at=now,
+            dispatched_until=now,
+        )
+    url = f"/api/v1/patch-scan-schedules/{first.pk}/stop/"
+    assert fleet["tech"].post(url, {"reason": "replaced"}, format="json").status_code == 200
+    assert create(fleet).status_code == 201  # a stopped one does not count
+    assert PatchScanSchedule.objects.filter(site=first.site).count() == 2
+    assert HistoryEvent.objects.filter(action="patch_scan_schedule.created").count() == 2
