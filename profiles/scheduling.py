@@ -27,10 +27,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from profiles import assignments
-from profiles.audits import KIND
+from profiles.audits import AUDITABLE, KIND
 from profiles.models import (
     AssetConfigurationProfile,
-    AssignmentStatus,
     ConfigurationAuditJob,
     ProfileAuditSchedule,
 )
@@ -43,12 +42,11 @@ from rmm.inventory.models import Asset
 
 TICK = timedelta(minutes=1)
 CURSOR = "audits"
-LIVE = (AssignmentStatus.ACTIVE, AssignmentStatus.AWAITING_APPROVAL)
 
 
 def next_audit_at(assignment: AssetConfigurationProfile, asset_id, now: datetime | None = None) -> datetime | None:
     """When the schedule next audits this asset for this assignment (None once stopped)."""
-    if assignment.status not in LIVE:
+    if assignment.status not in AUDITABLE:
         return None
     interval = assignment.audit_interval_seconds
     return recurring.next_at(recurring.offset(interval, assignment.pk, asset_id), interval, now or timezone.now())
@@ -72,10 +70,12 @@ def _window(now: datetime) -> datetime | None:
 def due_pairs(now: datetime, since: datetime) -> dict[AssetConfigurationProfile, list[Asset]]:
     """The live assignments and, for each, its assets whose slot fell in (since, now] (never before
     the assignment was made or last changed)."""
-    live = list(AssetConfigurationProfile.objects.filter(status__in=LIVE).select_related("asset", "requested_by"))
+    live = list(AssetConfigurationProfile.objects.filter(status__in=AUDITABLE).select_related("asset", "requested_by"))
     site_ids = {a.site_id for a in live if a.site_id}
     by_site: dict = {}
-    for asset in Asset.objects.filter(site_id__in=site_ids, retired_at__isnull=True).order_by("hostname"):
+    # only what the schedule and the engine's checks read, unsorted: every minute, 10,000 rows
+    assets = Asset.objects.filter(site_id__in=site_ids, retired_at__isnull=True).only("id", "site_id", "retired_at")
+    for asset in assets.order_by():
         by_site.setdefault(asset.site_id, []).append(asset)
     due = {}
     for assignment in live:
@@ -145,6 +145,6 @@ def _create(assignment: AssetConfigurationProfile, assets: list[Asset]) -> list[
 
 def schedule_state(assignment: AssetConfigurationProfile) -> tuple[str, str]:
     """``scheduled`` while live, else ``stopped`` with the reason (the assignment's status reason)."""
-    if assignment.status in LIVE:
+    if assignment.status in AUDITABLE:
         return "scheduled", ""
     return "stopped", assignment.status_reason or assignment.get_status_display()

@@ -156,3 +156,12 @@ def test_an_audit_the_engine_refuses_stops_the_schedule_with_the_reason(w):
     assert refused == 1
     assert scheduling.dispatch_due(w.now + timedelta(seconds=300)) == []
     assert HistoryEvent.objects.filter(action__startswith="refused.profile_audit_job.create").count() == refused
+
+
+def test_the_minute_reads_only_the_asset_columns_it_needs(w):
+    """Every minute reads every covered asset of every live site assignment: the id, the site and
+    whether it is retired, not whole rows (docs/performance.md)."""
+    due = scheduling.due_pairs(w.now, w.now - timedelta(seconds=300))
+    assets = due[AssetConfigurationProfile.objects.get(pk=w.assignment.pk)]
+    assert {asset.pk for asset in assets} == {agent.asset_id for agent in w.agents}
+    assert all("hostname" in asset.get_deferred_fields() for asset in assets)
