@@ -249,6 +249,12 @@ class PatchScanSchedule(models.Model):
         db_table = "patch_scan_schedules"
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status"], name="patch_scan_schedules_status")]
+        constraints = [
+            # a site's assets are scanned by one schedule at a time (two requests at once: one 409)
+            models.UniqueConstraint(
+                fields=["site"], condition=models.Q(status="active"), name="patch_scan_schedules_one_active_per_site"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"scan schedule of {self.site_id} every {self.interval_seconds} s ({self.status})"

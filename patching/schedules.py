@@ -5,16 +5,17 @@ schedule stops and the history says why; an engaged kill switch on the site (or 
 One periodic dispatcher (django-q2, every minute) rather than a django-q2 schedule per asset or per
 site: 10,000 assets would be 10,000 rows of django-q2's schedule table to create, move and delete
 as assets come and go, and a schedule per site would scan all its assets at one moment. Instead
-each asset has its own moment in the interval (its id, which is random, modulo the interval), and
+each asset has its own moment in the interval (a hash of its id: rmm.engine.services.recurring), and
 each tick scans the assets whose moment fell since the schedule's ``dispatched_until``: a site's
 scans are spread evenly over the interval, and a tick missed (the cluster down) is caught up once.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from django.db.models import F, Q
+from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from patching.kind import SCAN_KIND
@@ -24,29 +25,13 @@ from rmm.authority.laws import site_authority_problem
 from rmm.authority.models import PsaTask
 from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.engine import services as engine
-from rmm.engine.models import KillSwitch, KillSwitchScope
-from rmm.engine.services import deciding
+from rmm.engine.services import deciding, kill_switches, recurring
 from rmm.history import services as history
-from rmm.inventory.models import Agent, Asset, Site
-from rmm_agent.protocol import CAPABILITY_STRUCTURED_RESULT
+from rmm.inventory.models import Asset
 
 MIN_INTERVAL = 900  # 15 minutes
-MAX_INTERVAL = 30 * 86400
-EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 CREATE = "patch_scan_schedule.create"
-
-
-def moment(asset_id, interval: int) -> int:
-    """The asset's second in every interval: its (random) UUID's first 8 bytes modulo the interval."""
-    return int.from_bytes(asset_id.bytes[:8], "big") % interval
-
-
-def due(asset_ids, interval: int, after: datetime, until: datetime) -> list:
-    """The assets whose moment falls in (after, until]; all of them when that spans an interval."""
-    if until - after >= timedelta(seconds=interval):
-        return list(asset_ids)
-    a, b = int((after - EPOCH).total_seconds()), int((until - EPOCH).total_seconds())
-    return [pk for pk in asset_ids if (b - moment(pk, interval)) // interval > (a - moment(pk, interval)) // interval]
+ACTIVE_ALREADY = "This site has an active scan schedule: stop it first."
 
 
 def create_schedule(user, *, site_name: str, psa_task_id, interval_seconds: int = 86400) -> PatchScanSchedule:
@@ -55,8 +40,7 @@ def create_schedule(user, *, site_name: str, psa_task_id, interval_seconds: int 
     site = access.visible_sites(user).filter(name=site_name or "").first()
     if site is None:
         raise InvalidInput("No site of that name that you may see.", field="site")
-    if not isinstance(interval_seconds, int) or not MIN_INTERVAL <= interval_seconds <= MAX_INTERVAL:
-        raise InvalidInput(f"Whole seconds from {MIN_INTERVAL} to {MAX_INTERVAL} (30 days).", field="interval_seconds")
+    recurring.check_interval(interval_seconds, "interval_seconds", MIN_INTERVAL)
     task = PsaTask.objects.select_related("case").filter(pk=psa_task_id).first() if psa_task_id else None
     problem = site_authority_problem(task, site)
     if problem:
@@ -69,23 +53,31 @@ def create_schedule(user, *, site_name: str, psa_task_id, interval_seconds: int 
         )
         raise InvalidInput(f"No authority: {problem}.", field="psa_task_id")
     if PatchScanSchedule.objects.filter(site=site, status=ScanScheduleStatus.ACTIVE).exists():
-        raise Conflict("This site has an active scan schedule: stop it first.", field="site")
+        raise Conflict(ACTIVE_ALREADY, field="site")
     now = timezone.now()
-    schedule = PatchScanSchedule.objects.create(
-        site=site,
-        psa_task=task,
-        interval_seconds=interval_seconds,
-        created_by=user,
-        created_at=now,
-        dispatched_until=now,
-    )
-    history.append(
-        user,
-        "patch_scan_schedule.created",
-        schedule,
-        site_id=site.pk,
-        payload={"psa_task_id": str(task.pk), "psa_case_id": str(task.case_id), "interval_seconds": interval_seconds},
-    )
+    try:
+        with transaction.atomic():  # the row and its history together, or neither
+            schedule = PatchScanSchedule.objects.create(
+                site=site,
+                psa_task=task,
+                interval_seconds=interval_seconds,
+                created_by=user,
+                created_at=now,
+                dispatched_until=now,
+            )
+            history.append(
+                user,
+                "patch_scan_schedule.created",
+                schedule,
+                site_id=site.pk,
+                payload={
+                    "psa_task_id": str(task.pk),
+                    "psa_case_id": str(task.case_id),
+                    "interval_seconds": interval_seconds,
+                },
+            )
+    except IntegrityError:  # another request made the site's active schedule meanwhile (the constraint)
+        raise Conflict(ACTIVE_ALREADY, field="site") from None
     return schedule
 
 
@@ -97,27 +89,27 @@ def stop(actor, schedule: PatchScanSchedule, reason: str) -> PatchScanSchedule:
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("Say why the schedule stops.", field="reason")
-    now = timezone.now()
-    stopped = PatchScanSchedule.objects.filter(pk=schedule.pk, status=ScanScheduleStatus.ACTIVE).update(
-        status=ScanScheduleStatus.STOPPED,
-        status_reason=reason[:2000],
-        stopped_at=now,
-        stopped_by=None if isinstance(actor, str) else actor,
-    )
-    if not stopped:
+    if not _stop(actor, schedule, reason):
         raise Conflict("This schedule is stopped already.", field="status")
-    history.append(actor, "patch_scan_schedule.stopped", schedule, site_id=schedule.site_id, payload={"reason": reason})
     schedule.refresh_from_db()
     return schedule
 
 
-def _switch_on_site(site: Site) -> KillSwitch | None:
-    return (
-        KillSwitch.objects.filter(released_at__isnull=True)
-        .filter(Q(scope=KillSwitchScope.GLOBAL) | Q(scope=KillSwitchScope.SITE, site=site))
-        .order_by("engaged_at")
-        .first()
-    )
+def _stop(actor, schedule: PatchScanSchedule, reason: str) -> bool:
+    """Stop it if it is still active (a conditional update); False when something stopped it first,
+    which the dispatcher takes as done rather than as an error that would end its tick."""
+    with transaction.atomic():  # the stop and its history together, or neither
+        stopped = PatchScanSchedule.objects.filter(pk=schedule.pk, status=ScanScheduleStatus.ACTIVE).update(
+            status=ScanScheduleStatus.STOPPED,
+            status_reason=reason[:2000],
+            stopped_at=timezone.now(),
+            stopped_by=None if isinstance(actor, str) else actor,
+        )
+        if stopped:
+            history.append(
+                actor, "patch_scan_schedule.stopped", schedule, site_id=schedule.site_id, payload={"reason": reason}
+            )
+    return bool(stopped)
 
 
 def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
@@ -125,41 +117,32 @@ def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
     else scan (in one engine batch) the assets whose moment has come; how many scans."""
     problem = site_authority_problem(schedule.psa_task, schedule.site, now)
     if problem:
-        stop("system", schedule, f"authority ended: {problem}")
+        _stop("system", schedule, f"authority ended: {problem}")
         return 0
-    switch = _switch_on_site(schedule.site)
+    switch = kill_switches.active_for(schedule.site_id, None)  # no asset: a switch on the whole site
     if switch is not None:
-        stop("system", schedule, f"kill switch engaged on {switch.target_label}: {switch.reason}")
+        _stop("system", schedule, f"kill switch engaged on {switch.target_label}: {switch.reason}")
         return 0
     # Claimed by a conditional update: two task workers ticking at once scan each asset once.
-    if not PatchScanSchedule.objects.filter(pk=schedule.pk, dispatched_until=schedule.dispatched_until).update(
-        dispatched_until=now
-    ):
+    # Active still: a schedule stopped since this tick read it scans nothing.
+    if not PatchScanSchedule.objects.filter(
+        pk=schedule.pk, status=ScanScheduleStatus.ACTIVE, dispatched_until=schedule.dispatched_until
+    ).update(dispatched_until=now):
         return 0
-    assets = Asset.objects.filter(site=schedule.site, retired_at__isnull=True).values_list("pk", flat=True)
-    chosen = due(list(assets), schedule.interval_seconds, schedule.dispatched_until, now)
+    assets = Asset.objects.filter(site=schedule.site, retired_at__isnull=True).only("id", "site_id", "retired_at")
+    interval, since = schedule.interval_seconds, schedule.dispatched_until
+    chosen = [asset for asset in assets if recurring.is_due(recurring.offset(interval, asset.pk), interval, since, now)]
     if not chosen:
         return 0
-    # An asset under its own kill switch, or whose agent cannot report a scan, is left out (the
-    # engine would refuse the whole batch for it); the history's dispatch event counts them.
-    switched = set(
-        KillSwitch.objects.filter(
-            released_at__isnull=True, scope=KillSwitchScope.ASSET, asset_id__in=chosen
-        ).values_list("asset_id", flat=True)
-    )
-    capable = {
-        asset_id
-        for asset_id, capabilities in Agent.objects.filter(asset_id__in=chosen, revoked_at__isnull=True).values_list(
-            "asset_id", "capabilities"
-        )
-        if CAPABILITY_STRUCTURED_RESULT in capabilities.split(",")
-    }
-    scanned = [pk for pk in chosen if pk in capable and pk not in switched]
+    # An asset the engine would refuse (its own kill switch, an agent that cannot report a scan)
+    # is left out (it would refuse the whole batch); the history's dispatch event counts them.
+    found = recurring.creatable(SCAN_KIND, chosen)
+    scanned = [asset.pk for asset in found.ready]
     if scanned:
         try:
             engine.create_jobs(schedule.created_by, SCAN_KIND, psa_task_id=schedule.psa_task_id, asset_ids=scanned)
         except (InvalidInput, Forbidden, Conflict) as exc:  # the engine refused, and recorded why
-            stop("system", schedule, f"the engine refused its scans: {exc}")
+            _stop("system", schedule, f"the engine refused its scans: {exc}")
             return 0
     PatchScanSchedule.objects.filter(pk=schedule.pk).update(scans_dispatched=F("scans_dispatched") + len(scanned))
     history.append(
@@ -167,7 +150,11 @@ def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
         "patch_scan_schedule.dispatched",
         schedule,
         site_id=schedule.site_id,
-        payload={"scans": len(scanned), "under_kill_switch": len(switched), "incapable": len(chosen) - len(capable)},
+        payload={
+            "scans": len(scanned),
+            "under_kill_switch": found.count(recurring.KILL_SWITCH),
+            "incapable": found.count(recurring.INCAPABLE),
+        },
     )
     return len(scanned)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.db import transaction
+
 from patching.models import MaintenanceWindow
 from rmm.access import roles as access
 from rmm.core.errors import InvalidInput
@@ -44,15 +46,16 @@ def create_window(
     if not isinstance(duration_minutes, int) or not MIN_MINUTES <= duration_minutes <= MAX_MINUTES:
         raise InvalidInput(f"Whole minutes from {MIN_MINUTES} to {MAX_MINUTES}.", field="duration_minutes")
     _zone(timezone_name)
-    window = MaintenanceWindow.objects.create(
-        site=site,
-        days=weekdays,
-        start=start,
-        duration_minutes=duration_minutes,
-        timezone=timezone_name,
-        created_by=user,
-    )
-    history.append(user, "maintenance_window.created", window, site_id=site.pk, payload=describe(window))
+    with transaction.atomic():  # the row and its history together, or neither
+        window = MaintenanceWindow.objects.create(
+            site=site,
+            days=weekdays,
+            start=start,
+            duration_minutes=duration_minutes,
+            timezone=timezone_name,
+            created_by=user,
+        )
+        history.append(user, "maintenance_window.created", window, site_id=site.pk, payload=describe(window))
     return window
 
 
@@ -60,8 +63,9 @@ def delete_window(user, window: MaintenanceWindow) -> None:
     """A window removed: a patch job held for it is released when it would have opened (or when the site's
     next window opens)."""
     deciding.require_role(user, CAPABILITY, "maintenance_window.delete", window, site_id=window.site_id)
-    history.append(user, "maintenance_window.deleted", window, site_id=window.site_id, payload=describe(window))
-    window.delete()
+    with transaction.atomic():  # "deleted" is in the history only if the row is gone
+        history.append(user, "maintenance_window.deleted", window, site_id=window.site_id, payload=describe(window))
+        window.delete()
 
 
 def describe(window: MaintenanceWindow) -> dict:

@@ -30,6 +30,7 @@ from rmm.authority import laws
 from rmm.authority.models import AuthorityStatus, PsaTask
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from rmm.engine import services as engine
+from rmm.engine.services import recurring
 from rmm.history import services as history
 from rmm.inventory.models import Asset, Site
 
@@ -64,11 +65,7 @@ def _enforces(revision_id) -> bool:
 def _interval(value) -> int:
     if value is None:
         return DEFAULT_INTERVAL
-    if isinstance(value, bool) or not isinstance(value, int) or not MIN_INTERVAL <= value <= MAX_INTERVAL:
-        raise InvalidInput(
-            f"Whole seconds from {MIN_INTERVAL} to {MAX_INTERVAL} (30 days).", field="audit_interval_seconds"
-        )
-    return value
+    return recurring.check_interval(value, "audit_interval_seconds", MIN_INTERVAL, MAX_INTERVAL)
 
 
 def _authority_problem(task: PsaTask | None, asset: Asset | None, site: Site | None, now=None) -> str | None:

@@ -11,6 +11,7 @@ from patching.models import PatchScanSchedule
 from rmm.access import roles as access
 from rmm.core.api import SiteScopedMixin
 from rmm.core.api_schema import refusal
+from rmm.engine.services import recurring
 
 
 class ScheduleRequestSerializer(serializers.Serializer):
@@ -20,7 +21,7 @@ class ScheduleRequestSerializer(serializers.Serializer):
     interval_seconds = serializers.IntegerField(
         required=False,
         default=86400,
-        help_text=f"Each asset is scanned once per interval ({services.MIN_INTERVAL} to {services.MAX_INTERVAL}).",
+        help_text=f"Each asset is scanned once per interval ({services.MIN_INTERVAL} to {recurring.MAX_INTERVAL}).",
     )
 
 

@@ -9,12 +9,13 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from patching import schedules
 from patching.models import PatchScanJob, PatchScanSchedule
 from rmm.authority import services as authority
-from rmm.engine.services import kill_switches
+from rmm.engine.services import kill_switches, recurring
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent
 from tests.helpers import approved_authority, make_agent
@@ -74,8 +75,9 @@ def test_a_schedule_scans_each_asset_once_per_interval_spread_over_it(fleet):
 def test_ten_thousand_assets_are_spread_over_the_day():
     ids = [uuid.uuid4() for _ in range(10_000)]
     start = timezone.now()
+    offsets = [recurring.offset(86400, pk) for pk in ids]
     counts = [
-        len(schedules.due(ids, 86400, start + timedelta(minutes=m), start + timedelta(minutes=m + 1)))
+        sum(recurring.is_due(o, 86400, start + timedelta(minutes=m), start + timedelta(minutes=m + 1)) for o in offsets)
         for m in range(1440)
     ]
     assert sum(counts) == 10_000  # each once
@@ -181,3 +183,49 @@ def test_another_sites_caller_sees_no_schedule(fleet, caller, other_site):
     stopped = outsider.post(f"/api/v1/patch-scan-schedules/{schedule.pk}/stop/", {"reason": "x"}, format="json")
     assert stopped.status_code == 404
     assert HistoryEvent.objects.filter(action="refused.access").exists()
+
+
+def test_a_schedule_stopped_during_a_tick_scans_nothing(fleet):
+    """The tick read the schedule active; a person stops it before the tick claims it."""
+    read_by_the_tick = schedule_of(create(fleet))
+    r = fleet["tech"].post(
+        f"/api/v1/patch-scan-schedules/{read_by_the_tick.pk}/stop/", {"reason": "agreement ended"}, format="json"
+    )
+    assert r.status_code == 200
+    assert schedules.dispatch(read_by_the_tick, read_by_the_tick.dispatched_until + timedelta(hours=2)) == 0
+    assert scans_created() == 0
+    assert not HistoryEvent.objects.filter(action="patch_scan_schedule.dispatched").exists()
+
+
+def test_a_schedule_stopped_meanwhile_does_not_end_the_tick(fleet):
+    """The tick finds the schedule's authority gone, but a person stopped it first: the tick goes on
+    (no 409 for the system), and the person's reason stands."""
+    read_by_the_tick = schedule_of(create(fleet))
+    fleet["tech"].post(f"/api/v1/patch-scan-schedules/{read_by_the_tick.pk}/stop/", {"reason": "mine"}, format="json")
+    task = fleet["task"]
+    authority.upsert_task(fleet["psa"].user, task.pk, case_id=task.case_id, title=task.title, status="closed")
+    assert schedules.dispatch(read_by_the_tick, read_by_the_tick.dispatched_until + timedelta(hours=2)) == 0
+    shown = fleet["tech"].get(f"/api/v1/patch-scan-schedules/{read_by_the_tick.pk}/").json()
+    assert shown["status"] == "stopped" and shown["status_reason"] == "mine"
+    assert HistoryEvent.objects.filter(action="patch_scan_schedule.stopped").count() == 1
+
+
+def test_the_database_holds_one_active_schedule_per_site(fleet):
+    """Two requests at once both pass the service's check; the partial unique constraint lets one
+    in (the service answers the other 409, as for a sequential second request)."""
+    first = schedule_of(create(fleet))
+    now = timezone.now()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        PatchScanSchedule.objects.create(
+            site=first.site,
+            psa_task=first.psa_task,
+            interval_seconds=HOUR,
+            created_by=first.created_by,
+            created_at=now,
+            dispatched_until=now,
+        )
+    url = f"/api/v1/patch-scan-schedules/{first.pk}/stop/"
+    assert fleet["tech"].post(url, {"reason": "replaced"}, format="json").status_code == 200
+    assert create(fleet).status_code == 201  # a stopped one does not count
+    assert PatchScanSchedule.objects.filter(site=first.site).count() == 2
+    assert HistoryEvent.objects.filter(action="patch_scan_schedule.created").count() == 2

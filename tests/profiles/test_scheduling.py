@@ -16,7 +16,7 @@ from profiles import scheduling
 from profiles import services as profiles
 from profiles.models import AssetConfigurationProfile, ConfigurationAuditJob, ProfileAuditSchedule
 from rmm.authority import services as authority
-from rmm.engine.services import kill_switches
+from rmm.engine.services import kill_switches, recurring
 from rmm.history.models import HistoryEvent
 from tests.helpers import approved_authority, make_agent
 from tests.support.profiles import approved_key
@@ -26,7 +26,7 @@ DAY = 86_400
 
 def test_ten_thousand_offsets_spread_over_the_day():
     assignment = uuid.UUID(int=15)
-    offsets = [scheduling.offset_seconds(assignment, uuid.UUID(int=n), DAY) for n in range(10_000)]
+    offsets = [recurring.offset(DAY, assignment, uuid.UUID(int=n)) for n in range(10_000)]
     assert all(0 <= offset < DAY for offset in offsets)
     assert max(Counter(offsets).values()) <= 4  # no second holds more than a handful
     per_minute = Counter(offset // 60 for offset in offsets)
@@ -34,18 +34,18 @@ def test_ten_thousand_offsets_spread_over_the_day():
     per_hour = Counter(offset // 3600 for offset in offsets)
     assert len(per_hour) == 24 and min(per_hour.values()) > 350 and max(per_hour.values()) < 490  # ~417
     # the same every time, and another assignment spreads the same assets differently
-    assert offsets[:5] == [scheduling.offset_seconds(assignment, uuid.UUID(int=n), DAY) for n in range(5)]
-    assert offsets[:5] != [scheduling.offset_seconds(uuid.UUID(int=16), uuid.UUID(int=n), DAY) for n in range(5)]
+    assert offsets[:5] == [recurring.offset(DAY, assignment, uuid.UUID(int=n)) for n in range(5)]
+    assert offsets[:5] != [recurring.offset(DAY, uuid.UUID(int=16), uuid.UUID(int=n)) for n in range(5)]
 
 
 def test_a_day_of_one_minute_ticks_makes_each_asset_due_exactly_once():
     start = timezone.now().replace(microsecond=0)
     assignment = uuid.uuid4()
-    offsets = [scheduling.offset_seconds(assignment, uuid.UUID(int=n), DAY) for n in range(2_000)]
+    offsets = [recurring.offset(DAY, assignment, uuid.UUID(int=n)) for n in range(2_000)]
     counts = Counter()
     for tick in range(DAY // 60):
         since, until = start + timedelta(minutes=tick), start + timedelta(minutes=tick + 1)
-        counts.update(n for n, offset in enumerate(offsets) if scheduling.is_due(offset, DAY, since, until))
+        counts.update(n for n, offset in enumerate(offsets) if recurring.is_due(offset, DAY, since, until))
     assert len(counts) == 2_000 and set(counts.values()) == {1}
 
 
@@ -137,5 +137,31 @@ def test_an_asset_assignment_shows_its_schedule(w):
     due = scheduling.next_audit_at(one, one.asset_id)
     assert body["next_audit_at"] == due.isoformat().replace("+00:00", "Z")
     assert timezone.now() < due <= timezone.now() + timedelta(days=1)
-    offset = scheduling.offset_seconds(one.pk, one.asset_id, DAY)
+    offset = recurring.offset(DAY, one.pk, one.asset_id)
     assert int(due.timestamp()) % DAY == offset
+
+
+def test_an_audit_the_engine_refuses_stops_the_schedule_with_the_reason(w):
+    """The requester left (deactivated): the engine refuses the scheduled audit; the assignment's
+    schedule stops saying why rather than being refused again every interval."""
+    type(w.tech.user).objects.filter(pk=w.tech.user.pk).update(is_active=False)
+    assert scheduling.dispatch_due(w.now) == []
+    assert not ConfigurationAuditJob.objects.exists()
+    w.assignment.refresh_from_db()
+    assert w.assignment.status == "stopped"
+    assert w.assignment.status_reason == "the engine refused its scheduled audit: Your role may not request jobs."
+    stopped = HistoryEvent.objects.get(action="profile_assignment.stopped")
+    assert stopped.actor == "system" and stopped.payload["reason"] == w.assignment.status_reason
+    refused = HistoryEvent.objects.filter(action__startswith="refused.profile_audit_job.create").count()
+    assert refused == 1
+    assert scheduling.dispatch_due(w.now + timedelta(seconds=300)) == []
+    assert HistoryEvent.objects.filter(action__startswith="refused.profile_audit_job.create").count() == refused
+
+
+def test_the_minute_reads_only_the_asset_columns_it_needs(w):
+    """Every minute reads every covered asset of every live site assignment: the id, the site and
+    whether it is retired, not whole rows (docs/performance.md)."""
+    due = scheduling.due_pairs(w.now, w.now - timedelta(seconds=300))
+    assets = due[AssetConfigurationProfile.objects.get(pk=w.assignment.pk)]
+    assert {asset.pk for asset in assets} == {agent.asset_id for agent in w.agents}
+    assert all("hostname" in asset.get_deferred_fields() for asset in assets)

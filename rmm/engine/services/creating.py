@@ -153,13 +153,7 @@ def _refuse_if_incapable(user, action: str, kind: registry.JobKind, assets: list
     """An agent that does not report the kind's capability is never sent its job (one query)."""
     if not kind.capability:
         return
-    capable = {
-        asset_id
-        for asset_id, capabilities in Agent.objects.filter(
-            asset_id__in=[asset.pk for asset in assets], revoked_at__isnull=True
-        ).values_list("asset_id", "capabilities")
-        if kind.capability in capabilities.split(",")
-    }
+    capable = capable_assets(kind, [asset.pk for asset in assets])
     lacking = [asset for asset in assets if asset.pk not in capable]
     if not lacking:
         return
@@ -174,6 +168,20 @@ def _refuse_if_incapable(user, action: str, kind: registry.JobKind, assets: list
     if one:
         raise InvalidInput(f"The asset's agent cannot do this: {reason}.", field="asset")
     raise InvalidInput(f"{len(lacking)} of the assets' agents cannot do this: {reason}.", field="assets")
+
+
+def capable_assets(kind: registry.JobKind, asset_ids: list) -> set:
+    """Of these assets, those whose agent (not revoked) reports the kind's capability; all of them
+    when the kind asks for none (one query, or none)."""
+    if not kind.capability:
+        return set(asset_ids)
+    return {
+        asset_id
+        for asset_id, capabilities in Agent.objects.filter(asset_id__in=asset_ids, revoked_at__isnull=True)
+        .order_by()
+        .values_list("asset_id", "capabilities")
+        if kind.capability in capabilities.split(",")
+    }
 
 
 def _refuse_if_retired(user, action: str, assets: list[Asset], one: bool, *, under_lock: bool = False) -> None:
