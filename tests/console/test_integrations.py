@@ -6,6 +6,7 @@ and lag. Other roles get 403 (recorded) and an admin of other sites 404, and not
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.test import Client
@@ -16,6 +17,7 @@ from rmm.history.services import append
 from rmm.outbox import services as outbox
 from rmm.outbox.models import Delivery, Endpoint
 from rmm.siem import services as siem
+from rmm.siem.models import Destination
 from tests.helpers import otp_login
 from tests.outbox.receivers import Receiver
 from tests.outbox.test_webhooks import drain, verifies
@@ -182,3 +184,21 @@ def test_siem_destinations_show_their_state_and_lag(admin, site, other_site, cal
     page = shown(admin.get("/console/siem/"))
     assert '<span data-field="state" class="offline">failing</span>' in page
     assert "ConnectionRefusedError" in page
+
+
+def test_a_one_site_admins_lag_counts_only_the_destinations_sites(admin, site, other_site, caller, live):
+    """Law 7: another site's history (and events of no site) is not counted, nor is its age shown."""
+    root = caller("root", "admin").user
+    mine = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["alpha"], name="alpha-siem")
+    for n in range(5):
+        append("system", "console.foreign", mine, site_id=other_site.pk, payload={"n": n})
+        append("system", "console.nowhere", mine, payload={"n": n})
+    for n in range(3):
+        append("system", "console.mine", mine, site_id=site.pk, payload={"n": n})
+    page = shown(admin.get("/console/siem/"))
+    assert re.search(r'data-field="lag">3 events</span>', page), page
+    first = HistoryEvent.objects.filter(action="console.mine").order_by("sequence").first()
+    now = first.created_at + timedelta(seconds=30)
+    assert siem.lag(Destination.objects.get(pk=mine.pk), now=now) == siem.Lag(3, 30.0)
+    listed = siem.lags(list(siem.visible_destinations(root)), now=now)
+    assert listed[mine.pk] == siem.Lag(3, 30.0)
