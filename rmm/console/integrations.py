@@ -252,7 +252,7 @@ class DestinationTable(lists.ListTable):
         return ", ".join(sorted(site.name for site in record.sites.all())) or "every site"
 
     def prepare_page(self, records: list) -> None:
-        """Each destination's state and lag behind the history (two queries for the page)."""
+        """Each destination's state and lag behind the history (at most three queries for the page)."""
         lags = siem.lags(records)
         for record in records:
             record.state = siem.state(record)
