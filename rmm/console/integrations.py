@@ -160,6 +160,11 @@ class DeliveryTable(lists.ListTable):
     def render_status(self, record) -> str:
         return record.status  # the API's word, not its label
 
+    def prepare_page(self, records: list) -> None:
+        """*Send again* where the service would send it again."""
+        for record in records:
+            record.replayable = outbox.replayable(record)
+
 
 def _webhook_page(request, endpoint: Endpoint, *, secret: str = "", rotate: RotateForm | None = None, status=200):
     table = DeliveryTable(outbox.deliveries_of(endpoint))

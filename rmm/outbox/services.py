@@ -372,13 +372,16 @@ def send_due(now: datetime | None = None, limit: int = 500) -> int:
     return len(due)
 
 
+STILL_PENDING = "The delivery is still pending: it is being sent."
+
+
 def replay(delivery: Delivery, actor) -> Delivery:
     """Send a delivery again (a dead one, or a delivered one the receiver lost), with the same id
     and body; it gets ``RMM_WEBHOOK_MAX_ATTEMPTS`` more attempts."""
     with transaction.atomic():
         locked = Delivery.objects.select_for_update().select_related("event", "endpoint").get(pk=delivery.pk)
         if locked.status == DeliveryStatus.PENDING:
-            raise OutboxError("The delivery is still pending: it is being sent.")
+            raise OutboxError(STILL_PENDING)
         # Attempts go on counting; the limit applies to the attempts after the replay.
         Delivery.objects.filter(pk=locked.pk).update(
             status=DeliveryStatus.PENDING,
@@ -588,12 +591,28 @@ def ping(user, endpoint: Endpoint) -> Delivery:
     return delivery
 
 
+def replay_refusal(delivery: Delivery) -> str | None:
+    """Why a caller may not send a subscription's delivery again (its webhook is disabled, or it is
+    being sent), or None."""
+    if not delivery.endpoint.enabled:
+        return "The webhook is disabled: enable it to replay its deliveries."
+    if delivery.status == DeliveryStatus.PENDING:
+        return STILL_PENDING
+    return None
+
+
+def replayable(delivery: Delivery) -> bool:
+    """Whether :func:`replay_delivery` would send it again: the console offers *Send again* then alone."""
+    return replay_refusal(delivery) is None
+
+
 def replay_delivery(user, delivery: Delivery) -> Delivery:
     """:func:`replay` for a caller: a subscription's delivery, sent again with the same id and body."""
     require_manager(user, "replay", delivery.endpoint)
-    if not delivery.endpoint.enabled:
-        raise Conflict("The webhook is disabled: enable it to replay its deliveries.")
-    try:
+    reason = replay_refusal(delivery)
+    if reason:
+        raise Conflict(reason)
+    try:  # the status again, under the row's lock
         return replay(delivery, user)
     except OutboxError as exc:
         raise Conflict(str(exc)) from None

@@ -202,3 +202,26 @@ def test_a_one_site_admins_lag_counts_only_the_destinations_sites(admin, site, o
     assert siem.lag(Destination.objects.get(pk=mine.pk), now=now) == siem.Lag(3, 30.0)
     listed = siem.lags(list(siem.visible_destinations(root)), now=now)
     assert listed[mine.pk] == siem.Lag(3, 30.0)
+
+
+def test_a_disabled_webhooks_delivery_offers_no_replay(admin, site, caller, live, django_capture_on_commit_callbacks):
+    """*Send again* is shown where the service would send again: not while pending, nor once the
+    webhook is disabled (the service refuses both with 409)."""
+    heard = Receiver()
+    try:
+        root = caller("root", "admin").user
+        endpoint, _ = outbox.create_webhook(root, url=heard.url, event_types=["*"], sites=["alpha"])
+        with django_capture_on_commit_callbacks(execute=True):
+            delivery = outbox.ping(root, endpoint)
+        detail = f"/console/webhooks/{endpoint.pk}/"
+        assert f'data-replay="{delivery.pk}"' in shown(admin.get(detail)) and len(heard.accepted) == 1
+        outbox.disable_webhook(root, endpoint)
+        page = shown(admin.get(detail))
+        assert ">delivered<" in page and f'data-replay="{delivery.pk}"' not in page
+        with django_capture_on_commit_callbacks(execute=True):
+            response = admin.post(f"/console/webhook-deliveries/{delivery.pk}/replay/")
+        assert response.status_code == 409
+        assert "The webhook is disabled: enable it to replay its deliveries." in shown(response)
+        assert len(heard.accepted) == 1 and Delivery.objects.get().status == "delivered"
+    finally:
+        heard.close()
