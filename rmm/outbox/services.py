@@ -43,6 +43,7 @@ from rmm.outbox.models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
 logger = logging.getLogger("rmm.outbox")
 
 PSA_ENDPOINT = "psa"
+EVERY_TYPE = "*"  # in an endpoint's event_types: it hears every type
 CLAIM_SECONDS = 120  # a delivery being sent is not sent by anyone else for this long
 RESPONSE_EXCERPT = 500
 
@@ -94,7 +95,7 @@ def psa_endpoint() -> Endpoint | None:
     if _psa is not None and _psa[:2] == (url, secret):
         return _psa[2]
     endpoint, _ = Endpoint.objects.update_or_create(
-        name=PSA_ENDPOINT, defaults={"url": url, "secret": secret, "event_types": ["*"], "enabled": True}
+        name=PSA_ENDPOINT, defaults={"url": url, "secret": secret, "event_types": [EVERY_TYPE], "enabled": True}
     )
     _psa = (url, secret, endpoint)
     return endpoint
@@ -119,7 +120,7 @@ def endpoints() -> list[Endpoint]:
 def hears(endpoint: Endpoint, event_type: str, site_id) -> bool:
     """Whether ``endpoint`` hears an event of this type and site: an endpoint restricted to sites
     hears only events of those sites, never one without a site."""
-    if event_type not in endpoint.event_types and "*" not in endpoint.event_types:
+    if event_type not in endpoint.event_types and EVERY_TYPE not in endpoint.event_types:
         return False
     if endpoint.name == PSA_ENDPOINT:
         return True
@@ -135,7 +136,7 @@ def subscribers(event_type: str, site_id=None, among: list[Endpoint] | None = No
 def heard(event_type: str) -> bool:
     """Whether any endpoint hears ``event_type`` (of any site): an event whose facts cost queries to
     gather is looked into only when someone will be told."""
-    return any(event_type in endpoint.event_types or "*" in endpoint.event_types for endpoint in endpoints())
+    return any(event_type in endpoint.event_types or EVERY_TYPE in endpoint.event_types for endpoint in endpoints())
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -442,6 +443,12 @@ def within_sites(user, found: QuerySet) -> QuerySet:
     return found.filter(pk__in=with_sites).exclude(sites__in=hidden)
 
 
+def site_names(integration) -> list[str]:
+    """The sorted names of the sites a webhook or SIEM destination is restricted to (none: every
+    site), from its prefetched ``sites``."""
+    return sorted(site.name for site in integration.sites.all())
+
+
 def visible_deliveries(user) -> QuerySet[Delivery]:
     """The deliveries of the subscriptions the caller may see."""
     return Delivery.objects.filter(endpoint__in=visible_webhooks(user).values("pk")).select_related("event", "endpoint")
@@ -478,7 +485,7 @@ def _checked_types(names) -> list[str]:
     if not names:
         raise InvalidInput("Name at least one event type.", field="event_types")
     for name in names:
-        if name != "*" and name not in _types:
+        if name != EVERY_TYPE and name not in _types:
             known = ", ".join(sorted(_types))
             raise InvalidInput(f"Not a registered event type: {name!r}; registered: {known}.", field="event_types")
     return names

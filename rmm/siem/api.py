@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rmm.core.api import SiteScopedMixin
 from rmm.core.api_schema import refusal
 from rmm.core.text import storable
+from rmm.outbox import services as outbox
 from rmm.siem import services
 from rmm.siem.models import Destination, Format, Kind, Shape
 
@@ -64,7 +65,7 @@ class DestinationSerializer(serializers.ModelSerializer):
         return self.context["lags"][destination.pk]
 
     def get_sites(self, destination: Destination) -> list[str]:
-        return sorted(site.name for site in destination.sites.all())
+        return outbox.site_names(destination)
 
     def get_state(self, destination: Destination) -> str:
         return services.state(destination)

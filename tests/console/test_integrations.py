@@ -9,9 +9,10 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory
 
 from rmm.access import services as access_services
+from rmm.console import integrations, lists
 from rmm.history.models import HistoryEvent
 from rmm.history.services import append
 from rmm.outbox import services as outbox
@@ -225,3 +226,20 @@ def test_a_disabled_webhooks_delivery_offers_no_replay(admin, site, caller, live
         assert len(heard.accepted) == 1 and Delivery.objects.get().status == "delivered"
     finally:
         heard.close()
+
+
+def test_the_shared_pieces_of_the_integrations_pages(admin, site, other_site, caller, live):
+    """One literal for every type, one sorted list of an integration's sites, and a list page that
+    answers a form's status (here a refused webhook, its list beside it)."""
+    root = caller("root", "admin").user
+    form = shown(admin.get("/console/webhooks/"))
+    assert f'value="{outbox.EVERY_TYPE}"' in form and "* (every type)" in form
+    endpoint, _ = outbox.create_webhook(root, url="http://127.0.0.1:9/", event_types=["*"], sites=["beta", "alpha"])
+    destination = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["beta", "alpha"])
+    assert outbox.site_names(endpoint) == outbox.site_names(destination) == ["alpha", "beta"]
+    request = RequestFactory().get("/console/webhooks/")
+    request.user = root
+    filterset = integrations.WebhookFilter({}, queryset=outbox.visible_webhooks(root))
+    response = lists.list_page(request, integrations.WebhookTable, filterset, "console/list.html", status=409)
+    assert response.status_code == 409 and f'data-webhook="{endpoint.pk}"' in shown(response)
+    assert "alpha, beta" in shown(response)
