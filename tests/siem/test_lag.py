@@ -70,3 +70,17 @@ def test_the_shell_lists_each_destinations_lag_in_as_many_queries_whatever_their
     many, lines = shell_list()
     assert len(lines) == 8 and "\tlag=1 (" in lines["siem-1"] and "\tlag=1 (" in lines["siem-7"]
     assert many == few, (few, many)
+
+
+def test_the_integrations_bench_samples_the_lag_as_the_service_reads_it(caller, site, other_site):
+    """bench/integrations_bench.py reads the lag through the service (a restricted destination's
+    sites alone), on any database."""
+    from bench import integrations_bench
+
+    root = caller("root", "admin")
+    made = siem.create_destination(root.user, kind="syslog", address="127.0.0.1:9", sites=["alpha"])
+    assert integrations_bench.lag_sample(str(made.pk)) == siem.Lag(0, 0.0)
+    append("system", "test.beta", other_site, site_id=other_site.pk)
+    append("system", "test.alpha", site, site_id=site.pk)
+    sampled = integrations_bench.lag_sample(str(made.pk))
+    assert sampled.events == 1 and sampled.seconds >= 0
