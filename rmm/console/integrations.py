@@ -6,6 +6,8 @@ manage integrations gets 403 (recorded by the service), a webhook outside the ad
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import django_filters
 import django_tables2 as tables
 from django import forms
@@ -22,11 +24,9 @@ from rmm.console import forms as console_forms
 from rmm.console import lists
 from rmm.core.errors import Forbidden, ServiceError
 from rmm.outbox import services as outbox
-from rmm.outbox.models import Endpoint
+from rmm.outbox.models import Delivery, Endpoint
 from rmm.siem import services as siem
 from rmm.siem.models import Destination
-
-EVERY_TYPE = "*"
 
 
 def _manager(user, require, action: str, obj=None) -> None:
@@ -35,6 +35,10 @@ def _manager(user, require, action: str, obj=None) -> None:
         require(user, action, obj)
     except Forbidden as exc:
         raise PermissionDenied(exc.detail) from None
+
+
+def _sites_text(integration) -> str:
+    return ", ".join(outbox.site_names(integration)) or "every site"
 
 
 # --- webhooks -------------------------------------------------------------------------------------
@@ -60,7 +64,7 @@ class WebhookForm(forms.Form):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         types = sorted(outbox.event_types().items())
-        self.fields["event_types"].choices = [(EVERY_TYPE, "* (every type)")] + [
+        self.fields["event_types"].choices = [(outbox.EVERY_TYPE, f"{outbox.EVERY_TYPE} (every type)")] + [
             (name, f"{name}: {kind.description}") for name, kind in types
         ]
         self.fields["sites"].choices = [
@@ -87,7 +91,7 @@ class WebhookTable(lists.ListTable):
         return ", ".join(value)
 
     def render_sites(self, record: Endpoint) -> str:
-        return ", ".join(sorted(site.name for site in record.sites.all())) or "every site"
+        return _sites_text(record)
 
 
 class WebhookFilter(django_filters.FilterSet):
@@ -118,10 +122,7 @@ def webhook_list(request):
             endpoint, secret = made
             context.update(secret=secret, made=endpoint, form=WebhookForm(user=request.user))
     filterset = WebhookFilter(request.GET, queryset=outbox.visible_webhooks(request.user))
-    response = lists.list_page(request, WebhookTable, filterset, "console/webhooks.html", context)
-    if status != 200:
-        response.status_code = status
-    return response
+    return lists.list_page(request, WebhookTable, filterset, "console/webhooks.html", context, status=status)
 
 
 def _webhook(request, webhook_id, action: str) -> Endpoint:
@@ -160,6 +161,11 @@ class DeliveryTable(lists.ListTable):
     def render_status(self, record) -> str:
         return record.status  # the API's word, not its label
 
+    def prepare_page(self, records: list) -> None:
+        """*Send again* where the service would send it again."""
+        for record in records:
+            record.replayable = outbox.replayable(record)
+
 
 def _webhook_page(request, endpoint: Endpoint, *, secret: str = "", rotate: RotateForm | None = None, status=200):
     table = DeliveryTable(outbox.deliveries_of(endpoint))
@@ -167,7 +173,7 @@ def _webhook_page(request, endpoint: Endpoint, *, secret: str = "", rotate: Rota
     context = {
         "nav": "integrations",
         "webhook": endpoint,
-        "sites": sorted(site.name for site in endpoint.sites.all()),
+        "sites": outbox.site_names(endpoint),
         "table": table,
         "secret": secret,
         "rotate": rotate or RotateForm(),
@@ -182,17 +188,28 @@ def webhook_detail(request, webhook_id):
     return _webhook_page(request, _webhook(request, webhook_id, "retrieve"))
 
 
+def _acted(request, endpoint: Endpoint, act: Callable[[], Delivery], said: Callable[[Delivery], str]):
+    """A button's action on a webhook: back to its page with what was done, or the page with the
+    service's refusal and its status."""
+    try:
+        delivery = act()
+    except ServiceError as exc:
+        messages.error(request, exc.detail)
+        return _webhook_page(request, endpoint, status=exc.status_code)
+    messages.success(request, said(delivery))
+    return redirect("console:webhook", webhook_id=endpoint.pk)
+
+
 @login_required
 @require_POST
 def webhook_ping(request, webhook_id):
     endpoint = _webhook(request, webhook_id, "ping")
-    try:
-        delivery = outbox.ping(request.user, endpoint)
-    except ServiceError as exc:
-        messages.error(request, exc.detail)
-        return _webhook_page(request, endpoint, status=exc.status_code)
-    messages.success(request, f"Test event {delivery.event.message_id} queued for {endpoint.name}.")
-    return redirect("console:webhook", webhook_id=endpoint.pk)
+    return _acted(
+        request,
+        endpoint,
+        lambda: outbox.ping(request.user, endpoint),
+        lambda delivery: f"Test event {delivery.event.message_id} queued for {endpoint.name}.",
+    )
 
 
 @login_required
@@ -218,13 +235,12 @@ def delivery_replay(request, delivery_id):
     delivery = outbox.visible_deliveries(request.user).filter(pk=delivery_id).first()
     if delivery is None:
         raise Http404
-    try:
-        outbox.replay_delivery(request.user, delivery)
-    except ServiceError as exc:
-        messages.error(request, exc.detail)
-        return _webhook_page(request, delivery.endpoint, status=exc.status_code)
-    messages.success(request, f"{delivery.event.message_id} is sent again, with the same id and body.")
-    return redirect("console:webhook", webhook_id=delivery.endpoint_id)
+    return _acted(
+        request,
+        delivery.endpoint,
+        lambda: outbox.replay_delivery(request.user, delivery),
+        lambda _: f"{delivery.event.message_id} is sent again, with the same id and body.",
+    )
 
 
 # --- SIEM destinations ----------------------------------------------------------------------------
@@ -249,10 +265,10 @@ class DestinationTable(lists.ListTable):
         empty_text = "No SIEM destinations."
 
     def render_sites(self, record: Destination) -> str:
-        return ", ".join(sorted(site.name for site in record.sites.all())) or "every site"
+        return _sites_text(record)
 
     def prepare_page(self, records: list) -> None:
-        """Each destination's state and lag behind the history (two queries for the page)."""
+        """Each destination's state and lag behind the history (at most three queries for the page)."""
         lags = siem.lags(records)
         for record in records:
             record.state = siem.state(record)

@@ -65,9 +65,11 @@ def list_page(
     per_page: int = PER_PAGE,
     lazy: bool = False,
     table_kwargs: dict | None = None,
+    status: int = 200,
 ) -> HttpResponse:
-    """The full page, or for an htmx request its list alone (``console/list.html``). A filter that
-    does not validate answers 400 with its errors beside the fields and no rows."""
+    """The full page, or for an htmx request its list alone (``console/list.html``), answered with
+    ``status`` (a form on the page that did not validate). A filter that does not validate answers
+    400 with its errors beside the fields and no rows."""
     valid = filterset.is_valid()
     table = table_class(filterset.qs if valid else [], **(table_kwargs or {}))
     _paginate(request, table, per_page, lazy)
@@ -77,5 +79,5 @@ def list_page(
         request,
         "console/list.html" if partial else template,
         {"filter": filterset, "table": table, **(context or {})},
-        status=200 if valid else 400,
+        status=status if valid else 400,
     )

@@ -128,7 +128,7 @@ class EndpointAdmin(OperatorAdmin):
 
     @admin.display(description="sites")
     def site_names(self, endpoint: Endpoint) -> str:
-        return ", ".join(sorted(site.name for site in endpoint.sites.all())) or "every site"
+        return ", ".join(services.site_names(endpoint)) or "every site"
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is not None and obj.name == services.PSA_ENDPOINT:

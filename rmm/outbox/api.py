@@ -35,7 +35,7 @@ class WebhookSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_sites(self, endpoint: Endpoint) -> list[str]:
-        return sorted(site.name for site in endpoint.sites.all())
+        return services.site_names(endpoint)
 
 
 class WebhookSecretSerializer(WebhookSerializer):

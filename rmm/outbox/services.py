@@ -43,6 +43,7 @@ from rmm.outbox.models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
 logger = logging.getLogger("rmm.outbox")
 
 PSA_ENDPOINT = "psa"
+EVERY_TYPE = "*"  # in an endpoint's event_types: it hears every type
 CLAIM_SECONDS = 120  # a delivery being sent is not sent by anyone else for this long
 RESPONSE_EXCERPT = 500
 
@@ -94,7 +95,7 @@ def psa_endpoint() -> Endpoint | None:
     if _psa is not None and _psa[:2] == (url, secret):
         return _psa[2]
     endpoint, _ = Endpoint.objects.update_or_create(
-        name=PSA_ENDPOINT, defaults={"url": url, "secret": secret, "event_types": ["*"], "enabled": True}
+        name=PSA_ENDPOINT, defaults={"url": url, "secret": secret, "event_types": [EVERY_TYPE], "enabled": True}
     )
     _psa = (url, secret, endpoint)
     return endpoint
@@ -119,7 +120,7 @@ def endpoints() -> list[Endpoint]:
 def hears(endpoint: Endpoint, event_type: str, site_id) -> bool:
     """Whether ``endpoint`` hears an event of this type and site: an endpoint restricted to sites
     hears only events of those sites, never one without a site."""
-    if event_type not in endpoint.event_types and "*" not in endpoint.event_types:
+    if event_type not in endpoint.event_types and EVERY_TYPE not in endpoint.event_types:
         return False
     if endpoint.name == PSA_ENDPOINT:
         return True
@@ -135,7 +136,7 @@ def subscribers(event_type: str, site_id=None, among: list[Endpoint] | None = No
 def heard(event_type: str) -> bool:
     """Whether any endpoint hears ``event_type`` (of any site): an event whose facts cost queries to
     gather is looked into only when someone will be told."""
-    return any(event_type in endpoint.event_types or "*" in endpoint.event_types for endpoint in endpoints())
+    return any(event_type in endpoint.event_types or EVERY_TYPE in endpoint.event_types for endpoint in endpoints())
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -372,13 +373,16 @@ def send_due(now: datetime | None = None, limit: int = 500) -> int:
     return len(due)
 
 
+STILL_PENDING = "The delivery is still pending: it is being sent."
+
+
 def replay(delivery: Delivery, actor) -> Delivery:
     """Send a delivery again (a dead one, or a delivered one the receiver lost), with the same id
     and body; it gets ``RMM_WEBHOOK_MAX_ATTEMPTS`` more attempts."""
     with transaction.atomic():
         locked = Delivery.objects.select_for_update().select_related("event", "endpoint").get(pk=delivery.pk)
         if locked.status == DeliveryStatus.PENDING:
-            raise OutboxError("The delivery is still pending: it is being sent.")
+            raise OutboxError(STILL_PENDING)
         # Attempts go on counting; the limit applies to the attempts after the replay.
         Delivery.objects.filter(pk=locked.pk).update(
             status=DeliveryStatus.PENDING,
@@ -439,6 +443,12 @@ def within_sites(user, found: QuerySet) -> QuerySet:
     return found.filter(pk__in=with_sites).exclude(sites__in=hidden)
 
 
+def site_names(integration) -> list[str]:
+    """The sorted names of the sites a webhook or SIEM destination is restricted to (none: every
+    site), from its prefetched ``sites``."""
+    return sorted(site.name for site in integration.sites.all())
+
+
 def visible_deliveries(user) -> QuerySet[Delivery]:
     """The deliveries of the subscriptions the caller may see."""
     return Delivery.objects.filter(endpoint__in=visible_webhooks(user).values("pk")).select_related("event", "endpoint")
@@ -475,7 +485,7 @@ def _checked_types(names) -> list[str]:
     if not names:
         raise InvalidInput("Name at least one event type.", field="event_types")
     for name in names:
-        if name != "*" and name not in _types:
+        if name != EVERY_TYPE and name not in _types:
             known = ", ".join(sorted(_types))
             raise InvalidInput(f"Not a registered event type: {name!r}; registered: {known}.", field="event_types")
     return names
@@ -588,12 +598,28 @@ def ping(user, endpoint: Endpoint) -> Delivery:
     return delivery
 
 
+def replay_refusal(delivery: Delivery) -> str | None:
+    """Why a caller may not send a subscription's delivery again (its webhook is disabled, or it is
+    being sent), or None."""
+    if not delivery.endpoint.enabled:
+        return "The webhook is disabled: enable it to replay its deliveries."
+    if delivery.status == DeliveryStatus.PENDING:
+        return STILL_PENDING
+    return None
+
+
+def replayable(delivery: Delivery) -> bool:
+    """Whether :func:`replay_delivery` would send it again: the console offers *Send again* then alone."""
+    return replay_refusal(delivery) is None
+
+
 def replay_delivery(user, delivery: Delivery) -> Delivery:
     """:func:`replay` for a caller: a subscription's delivery, sent again with the same id and body."""
     require_manager(user, "replay", delivery.endpoint)
-    if not delivery.endpoint.enabled:
-        raise Conflict("The webhook is disabled: enable it to replay its deliveries.")
-    try:
+    reason = replay_refusal(delivery)
+    if reason:
+        raise Conflict(reason)
+    try:  # the status again, under the row's lock
         return replay(delivery, user)
     except OutboxError as exc:
         raise Conflict(str(exc)) from None

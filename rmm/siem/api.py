@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rmm.core.api import SiteScopedMixin
 from rmm.core.api_schema import refusal
 from rmm.core.text import storable
+from rmm.outbox import services as outbox
 from rmm.siem import services
 from rmm.siem.models import Destination, Format, Kind, Shape
 
@@ -58,15 +59,13 @@ class DestinationSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def _lag(self, destination: Destination) -> services.Lag:
-        cache = self.context.setdefault("lags", {})
-        if destination.pk not in cache:
-            if "head" not in self.context:
-                self.context["head"] = services.head()
-            cache[destination.pk] = services.lag(destination, self.context["head"])
-        return cache[destination.pk]
+        """A page's lags come in its context (:func:`lag_context`); one destination's are read here."""
+        if destination.pk not in self.context.get("lags", {}):
+            self.context.update(lag_context([destination]))
+        return self.context["lags"][destination.pk]
 
     def get_sites(self, destination: Destination) -> list[str]:
-        return sorted(site.name for site in destination.sites.all())
+        return outbox.site_names(destination)
 
     def get_state(self, destination: Destination) -> str:
         return services.state(destination)
@@ -83,6 +82,12 @@ class DestinationSerializer(serializers.ModelSerializer):
 
     def get_has_token(self, destination: Destination) -> bool:
         return bool(destination.token)
+
+
+def lag_context(destinations: list[Destination]) -> dict:
+    """The history's head and each destination's lag behind it, read for a whole page at once."""
+    newest = services.head()
+    return {"head": newest, "lags": services.lags(destinations, newest)}
 
 
 def _text(**kwargs) -> serializers.CharField:
@@ -134,7 +139,8 @@ class DestinationViewSet(SiteScopedMixin, viewsets.GenericViewSet):
     @extend_schema(responses={200: DestinationSerializer(many=True), 403: NOT_ADMIN})
     def list(self, request):
         page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(DestinationSerializer(page, many=True).data)
+        data = DestinationSerializer(page, many=True, context=lag_context(page)).data
+        return self.get_paginated_response(data)
 
     @extend_schema(responses={200: DestinationSerializer, 403: NOT_ADMIN})
     def retrieve(self, request, pk=None):

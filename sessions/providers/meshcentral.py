@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import http.cookiejar
 import json
 import secrets
@@ -71,31 +70,6 @@ class Device:
     node_id: str
     name: str
     mesh_id: str
-
-
-class RecordingStream:
-    """A recording's bytes, read from MeshCentral in chunks; ``sha256`` is known once they are all read,
-    so the file is never held whole in memory."""
-
-    def __init__(self, name: str, chunks: Iterator[bytes]) -> None:
-        self.name = name
-        self._chunks = chunks
-        self._digest = hashlib.sha256()
-        self.size = 0
-        self._done = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self._digest.update(chunk)
-            self.size += len(chunk)
-            yield chunk
-        self._done = True
-
-    @property
-    def sha256(self) -> str:
-        if not self._done:
-            raise MeshCentralError("the recording's sha256 is known only once all its bytes are read")
-        return self._digest.hexdigest()
 
 
 def _meshauth(username: str, password: str) -> str:
@@ -329,8 +303,10 @@ class MeshCentralProvider:
         ]
         return [name for _, name in sorted(names)]
 
-    def fetch_recording(self, filename: str) -> RecordingStream:
-        """The recording file as a stream of bytes, through MeshCentral's own download page."""
+    def fetch_recording(self, filename: str) -> Iterator[bytes]:
+        """The recording file's bytes in chunks, as they are read from MeshCentral's own download page
+        (never whole in memory): the caller stores them through ``rmm.core.blobs.spool``, which hashes
+        them on the way."""
         opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
             urllib.request.HTTPSHandler(context=self.tls),
@@ -351,4 +327,4 @@ class MeshCentralProvider:
                 while chunk := response.read(CHUNK):
                     yield chunk
 
-        return RecordingStream(filename, chunks())
+        return chunks()

@@ -10,10 +10,14 @@ from django.db.models import ForeignKey
 from django.test import Client
 from django.urls import reverse
 
+from containment import services as containment
 from evidence import services as evidence
 from rmm.access import services as access_services
 from rmm.engine.services import kill_switches
 from rmm.inventory import services as inventory
+from rmm.inventory.models import Agent
+from rmm.outbox import services as outbox
+from rmm.siem import services as siem
 from scripting import services as scripting
 from tests.helpers import approved_authority, approved_script, make_agent, otp_login
 from tests.support.evidence import record_item
@@ -21,33 +25,58 @@ from tests.support.evidence import record_item
 FOREIGN = "zz-foreign-site"
 
 
-def _site_world(site, tech, boss, psa, script, careful, hostname):
+def _site_world(site, tech, boss, psa, edr, script, careful, hostname):
+    """A site's jobs of each kind, evidence, hold and kill switch, and its integrations: a webhook
+    with a delivery and a SIEM destination restricted to it. What was made is returned by name, its
+    ids to look for."""
     agent, _ = make_agent(site, hostname)
+    Agent.objects.filter(pk=agent.pk).update(capabilities="structured_result", protocol=2)  # can contain
     task = approved_authority(site, psa)
     scripting.create_script_job(tech, script_id=script.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
     scripting.create_script_job(tech, script_id=careful.pk, asset_id=agent.asset_id, psa_task_id=task.pk)
     record_item(agent.asset, task)
     evidence.place_hold(boss, site_ref=site.name, reason=f"hold {site.name}")
+    contained, _ = containment.request(
+        edr, asset_id=agent.asset_id, action="isolate", reason=f"isolate {hostname}", psa_task_id=task.pk
+    )
     kill_switches.engage(tech, scope="asset", target=str(agent.asset_id), reason=f"stop {hostname}")
-    return agent
+    webhook, _ = outbox.create_webhook(
+        boss, url="http://127.0.0.1:9/hook", event_types=["*"], sites=[site.name], name=f"{site.name}-hook"
+    )
+    delivery = outbox.ping(boss, webhook)
+    destination = siem.create_destination(
+        boss, kind="syslog", address="127.0.0.1:9", sites=[site.name], name=f"{site.name}-siem"
+    )
+    return {
+        "agent": agent,
+        "ids": {str(contained.pk), str(webhook.pk), str(delivery.pk), delivery.event.message_id, str(destination.pk)},
+        "webhook": webhook,
+    }
 
 
 @pytest.fixture
-def scoped(db, caller):
+def scoped(db, caller, settings):
+    settings.RMM_WEBHOOK_ALLOW_PRIVATE = True
+    settings.RMM_PSA_WEBHOOK_URL = ""
+    settings.RMM_CONTAINMENT_SERVER = ["192.0.2.10:8443"]
     mine = inventory.get_or_create_site("home-site")
     foreign = inventory.get_or_create_site(FOREIGN)
     tech, boss, psa = caller("tech", "technician"), caller("boss", "admin"), caller("psa", "psa")
+    edr = caller("edr", "edr")
     script = approved_script(tech.user, boss.user, name="hello")
     careful = approved_script(tech.user, boss.user, name="careful", requires_approval=True)
-    _site_world(mine, tech.user, boss.user, psa.user, script, careful, "home-host")
-    foreign_agent = _site_world(foreign, tech.user, boss.user, psa.user, script, careful, "zz-foreign-host")
+    people = (tech.user, boss.user, psa.user, edr.user, script, careful)
+    home = _site_world(mine, *people, "home-host")
+    elsewhere = _site_world(foreign, *people, "zz-foreign-host")
+    foreign_agent = elsewhere["agent"]
     # A staff user of one site, with every capability there and Django's view permission on every model.
     user = access_services.ensure_user_with_role("one-site", "admin")
     access_services.grant_site(user, mine)
     user.user_permissions.add(*Permission.objects.filter(codename__startswith="view_"))
     client = otp_login(Client(), user)
     forbidden = {FOREIGN, str(foreign.pk), foreign.pk.hex, "zz-foreign-host", str(foreign_agent.asset_id)}
-    return {"client": client, "forbidden": forbidden, "user": user, "foreign": foreign}
+    forbidden |= elsewhere["ids"]
+    return {"client": client, "forbidden": forbidden, "user": user, "foreign": foreign, "webhook": home["webhook"]}
 
 
 def _leaks(html: str, forbidden: set[str]) -> set[str]:
@@ -101,7 +130,9 @@ def test_a_one_site_staff_user_sees_no_other_site_in_the_admin(scoped):
 def test_a_one_site_user_sees_no_other_site_in_the_console(scoped):
     client, forbidden = scoped["client"], scoped["forbidden"]
     leaks = {}
-    for path in ["/console/", "/console/scripts/run/", "/console/kill-switches/", "/console/evidence/exports/"]:
+    pages = ["/console/", "/console/scripts/run/", "/console/kill-switches/", "/console/evidence/exports/"]
+    pages += ["/console/webhooks/", f"/console/webhooks/{scoped['webhook'].pk}/", "/console/siem/"]
+    for path in pages:
         response = client.get(path)
         assert response.status_code == 200, path
         found = _leaks(response.content.decode(), forbidden)

@@ -6,16 +6,19 @@ and lag. Other roles get 403 (recorded) and an admin of other sites 404, and not
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory
 
 from rmm.access import services as access_services
+from rmm.console import integrations, lists
 from rmm.history.models import HistoryEvent
 from rmm.history.services import append
 from rmm.outbox import services as outbox
 from rmm.outbox.models import Delivery, Endpoint
 from rmm.siem import services as siem
+from rmm.siem.models import Destination
 from tests.helpers import otp_login
 from tests.outbox.receivers import Receiver
 from tests.outbox.test_webhooks import drain, verifies
@@ -182,3 +185,61 @@ def test_siem_destinations_show_their_state_and_lag(admin, site, other_site, cal
     page = shown(admin.get("/console/siem/"))
     assert '<span data-field="state" class="offline">failing</span>' in page
     assert "ConnectionRefusedError" in page
+
+
+def test_a_one_site_admins_lag_counts_only_the_destinations_sites(admin, site, other_site, caller, live):
+    """Law 7: another site's history (and events of no site) is not counted, nor is its age shown."""
+    root = caller("root", "admin").user
+    mine = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["alpha"], name="alpha-siem")
+    for n in range(5):
+        append("system", "console.foreign", mine, site_id=other_site.pk, payload={"n": n})
+        append("system", "console.nowhere", mine, payload={"n": n})
+    for n in range(3):
+        append("system", "console.mine", mine, site_id=site.pk, payload={"n": n})
+    page = shown(admin.get("/console/siem/"))
+    assert re.search(r'data-field="lag">3 events</span>', page), page
+    first = HistoryEvent.objects.filter(action="console.mine").order_by("sequence").first()
+    now = first.created_at + timedelta(seconds=30)
+    assert siem.lag(Destination.objects.get(pk=mine.pk), now=now) == siem.Lag(3, 30.0)
+    listed = siem.lags(list(siem.visible_destinations(root)), now=now)
+    assert listed[mine.pk] == siem.Lag(3, 30.0)
+
+
+def test_a_disabled_webhooks_delivery_offers_no_replay(admin, site, caller, live, django_capture_on_commit_callbacks):
+    """*Send again* is shown where the service would send again: not while pending, nor once the
+    webhook is disabled (the service refuses both with 409)."""
+    heard = Receiver()
+    try:
+        root = caller("root", "admin").user
+        endpoint, _ = outbox.create_webhook(root, url=heard.url, event_types=["*"], sites=["alpha"])
+        with django_capture_on_commit_callbacks(execute=True):
+            delivery = outbox.ping(root, endpoint)
+        detail = f"/console/webhooks/{endpoint.pk}/"
+        assert f'data-replay="{delivery.pk}"' in shown(admin.get(detail)) and len(heard.accepted) == 1
+        outbox.disable_webhook(root, endpoint)
+        page = shown(admin.get(detail))
+        assert ">delivered<" in page and f'data-replay="{delivery.pk}"' not in page
+        with django_capture_on_commit_callbacks(execute=True):
+            response = admin.post(f"/console/webhook-deliveries/{delivery.pk}/replay/")
+        assert response.status_code == 409
+        assert "The webhook is disabled: enable it to replay its deliveries." in shown(response)
+        assert len(heard.accepted) == 1 and Delivery.objects.get().status == "delivered"
+    finally:
+        heard.close()
+
+
+def test_the_shared_pieces_of_the_integrations_pages(admin, site, other_site, caller, live):
+    """One literal for every type, one sorted list of an integration's sites, and a list page that
+    answers a form's status (here a refused webhook, its list beside it)."""
+    root = caller("root", "admin").user
+    form = shown(admin.get("/console/webhooks/"))
+    assert f'value="{outbox.EVERY_TYPE}"' in form and "* (every type)" in form
+    endpoint, _ = outbox.create_webhook(root, url="http://127.0.0.1:9/", event_types=["*"], sites=["beta", "alpha"])
+    destination = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["beta", "alpha"])
+    assert outbox.site_names(endpoint) == outbox.site_names(destination) == ["alpha", "beta"]
+    request = RequestFactory().get("/console/webhooks/")
+    request.user = root
+    filterset = integrations.WebhookFilter({}, queryset=outbox.visible_webhooks(root))
+    response = lists.list_page(request, integrations.WebhookTable, filterset, "console/list.html", status=409)
+    assert response.status_code == 409 and f'data-webhook="{endpoint.pk}"' in shown(response)
+    assert "alpha, beta" in shown(response)

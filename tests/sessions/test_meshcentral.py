@@ -24,7 +24,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from rmm.core import blobs
 from sessions.providers.meshcentral import (
+    CHUNK,
     MeshCentralError,
     MeshCentralProvider,
     RecordingMissing,
@@ -34,6 +36,8 @@ from sessions.providers.meshcentral import (
 from tests.sessions.meshcentral_server import MeshCentralServer, terminal
 
 pytestmark = pytest.mark.slow
+
+MAX_RECORDING = 64 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -185,11 +189,12 @@ def test_a_real_session_is_recorded_by_meshcentral_and_pulled(meshcentral, broke
 
     names = wait_for(lambda: broker.recordings(device.node_id, user_id, since))
     assert len(names) == 1 and "tech-di" in names[0]
-    stream = broker.fetch_recording(names[0])
-    recording = b"".join(stream)
+    spooled, digest, _ = blobs.spool(broker.fetch_recording(names[0]), max_size=MAX_RECORDING)
+    with spooled:
+        recording = spooled.read()
     assert b"hello-42" in recording  # what the technician saw is in it
     on_disk = (meshcentral.recordings / names[0]).read_bytes()
-    assert stream.sha256 == hashlib.sha256(on_disk).hexdigest() and recording == on_disk
+    assert digest == hashlib.sha256(on_disk).hexdigest() and recording == on_disk
     assert broker.recordings(device.node_id, "user//tech-ana", since) == []  # another technician's: none
 
 
@@ -202,11 +207,19 @@ def test_a_recording_is_pulled_in_chunks_and_hashed(meshcentral, broker):
     (meshcentral.recordings / name).write_bytes(content)
 
     stream = broker.fetch_recording(name)
-    with pytest.raises(MeshCentralError, match="once all its bytes are read"):
-        _ = stream.sha256
-    chunks = list(stream)
-    assert len(chunks) > 1 and b"".join(chunks) == content
-    assert stream.sha256 == hashlib.sha256(content).hexdigest() and stream.size == len(content)
+    assert iter(stream) is stream and not hasattr(stream, "sha256")  # chunks as read; the spool hashes them
+    sizes = []
+
+    def counted():
+        for chunk in stream:
+            sizes.append(len(chunk))
+            yield chunk
+
+    spooled, digest, size = blobs.spool(counted(), max_size=MAX_RECORDING)
+    with spooled:
+        assert spooled.read() == content
+    assert len(sizes) > 1 and max(sizes) <= CHUNK  # never the file whole in memory
+    assert digest == hashlib.sha256(content).hexdigest() and size == len(content)
 
     assert broker.recordings("node//none", "user//tech-ana", datetime(2026, 1, 1, tzinfo=UTC)) == []
     with pytest.raises(RecordingMissing, match="no-such.mcrec"):

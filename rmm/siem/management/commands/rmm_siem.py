@@ -18,9 +18,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, action, **options):
         if action == "list":
-            newest = services.head()
-            for d in Destination.objects.order_by("name"):
-                lag = services.lag(d, newest)
+            destinations = list(Destination.objects.prefetch_related("sites").order_by("name"))
+            lags = services.lags(destinations)
+            for d in destinations:
+                lag = lags[d.pk]
                 self.stdout.write(
                     f"{d.pk}\t{d.name}\t{d.kind}\t{d.address}\t{services.state(d)}\tposition={d.cursor}\t"
                     f"lag={lag.events} ({lag.seconds:.1f}s)\t{d.last_error[:80]}"
