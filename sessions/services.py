@@ -216,21 +216,31 @@ def end_in_scope(switch, actor) -> int:
     return ended
 
 
+def overdue_reason(session: RemoteSession, policy: SessionPolicy, now: datetime) -> str | None:
+    """The one rule the minute's sweep and the relay's timer share: ``max_duration`` counted from
+    the session's start, ``idle`` from its last recorded byte (or its start); None while it may go on."""
+    if session.started_at is None:
+        return None
+    if now - session.started_at >= timedelta(seconds=policy.max_duration_seconds):
+        return EndReason.MAX_DURATION
+    last = session.last_activity_at or session.relay_opened_at or session.started_at
+    if now - last >= timedelta(seconds=policy.idle_timeout_seconds):
+        return EndReason.IDLE
+    return None
+
+
 def end_overdue(now: datetime | None = None) -> int:
-    """Sessions past their site's maximum duration or idle timeout end (the minute's sweep and the
-    relay both call it)."""
+    """Sessions past their site's maximum duration or idle timeout end (the minute's sweep; one
+    query for the live sessions with their site's policy, whatever their number)."""
     now = now or timezone.now()
     ended = 0
     live = RemoteSession.objects.filter(ended_at__isnull=True, started_at__isnull=False).select_related(
-        "site", "psa_task"
+        "site__session_policy", "psa_task"
     )
     for session in live:
-        policy = policies.policy_for(session.site)
-        last = session.last_activity_at or session.started_at
-        if now - session.started_at >= timedelta(seconds=policy.max_duration_seconds):
-            ended += end_by_system(session, EndReason.MAX_DURATION)
-        elif now - last >= timedelta(seconds=policy.idle_timeout_seconds):
-            ended += end_by_system(session, EndReason.IDLE)
+        reason = overdue_reason(session, policies.loaded_policy(session.site), now)
+        if reason is not None:
+            ended += end_by_system(session, reason)
     return ended
 
 
@@ -351,7 +361,8 @@ def refuse_frame(user, session: RemoteSession) -> None:
 
 
 def touch(session_id, at: datetime) -> None:
-    """The last byte relayed either way (the idle timeout counts from it)."""
+    """The last byte relayed either way, as the relay records it (at most every
+    ACTIVITY_SECONDS while bytes flow): the sweep's idle timeout counts from it."""
     RemoteSession.objects.filter(pk=session_id).update(last_activity_at=at)
 
 

@@ -7,8 +7,10 @@ recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings as django_settings
 from django.core.files.storage import default_storage
 from django.test import Client
+from django.utils import timezone
 
 from evidence.models import RmmEvidence
 from rmm.engine.services import kill_switches
@@ -256,3 +259,43 @@ def test_only_the_agent_holding_the_running_step_opens_the_relay_once(world, sit
         "the session's relay is already open",
     ]
     assert Agent.objects.filter(pk=intruder.pk).exists()
+
+
+def test_a_session_in_use_stays_live_through_the_sweep_past_its_idle_limit(world):
+    """The relay records activity while bytes flow (not only when a 64 KiB chunk is written), so
+    the minute's sweep, which reads it, leaves a session in use alone."""
+    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=3)
+    session = running_session(world)
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+        for _ in range(5):  # a little output every second, for longer than the idle limit
+            await agent.send_to(bytes_data=b"$ ")
+            await asyncio.sleep(1)
+        swept = await sync_to_async(services.end_overdue)()
+        still = await agent.receive_nothing(timeout=0.1)
+        await agent.disconnect()
+        return swept, still
+
+    swept, still = async_to_sync(scenario)()
+    assert swept == 0 and still
+    assert RemoteSession.objects.get(pk=session.pk).end_reason == "agent"  # ended by the hang-up only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relays_timer_counts_the_maximum_duration_from_the_sessions_start(world, flushable_append_only):
+    """A relay that connects late (or again on another worker) does not give the session more time."""
+    services.set_policy(world["admin"].user, world["site"], max_duration_seconds=60)
+    session = running_session(world)
+    RemoteSession.objects.filter(pk=session.pk).update(started_at=timezone.now() - timedelta(minutes=2))
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+        out = await agent.receive_output(timeout=3)
+        await agent.disconnect()
+        return out
+
+    assert ended(async_to_sync(scenario)())
+    assert RemoteSession.objects.get(pk=session.pk).end_reason == "max_duration"

@@ -21,6 +21,7 @@ from rmm.outbox.models import Event
 from rmm_agent.protocol import SESSION_ACTION
 from sessions import services
 from sessions.models import RemoteSession, SessionPolicy
+from tests.helpers import approved_authority
 from tests.sessions.helpers import URL, online, open_
 
 
@@ -196,3 +197,21 @@ def test_the_minutes_schedule_ends_a_session_whose_relay_is_gone(world):
     assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == ("I", 1, -1)
     assert import_string(schedule.func)() == 1
     assert RemoteSession.objects.get(pk=sid).end_reason == "max_duration"
+
+
+def test_the_sweep_reads_every_live_sessions_policy_in_one_query(world, caller, other_site, django_assert_num_queries):
+    """A site with its own policy and one with the defaults: one query, however many sessions."""
+    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=600)
+    ids = [open_(world).json()["id"] for _ in range(2)]
+    ids.append(
+        open_(
+            world,
+            asset=str(world["elsewhere"]),
+            psa_task_id=str(approved_authority(other_site, world["psa"].user).pk),
+            who="admin",
+        ).json()["id"]
+    )
+    RemoteSession.objects.filter(pk__in=ids).update(started_at=timezone.now())
+    with django_assert_num_queries(1):
+        assert services.end_overdue() == 0
+    assert RemoteSession.objects.filter(pk__in=ids, ended_at__isnull=True).count() == 3
