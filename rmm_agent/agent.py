@@ -421,12 +421,13 @@ class Agent:
         """Relay a remote session for as long as it lasts, then report how it ended."""
         instruction_id = payload["instruction_id"]
         try:
-            result = session.serve(self.client, payload, abort, self.run_as)
+            result = session.serve(self.client, payload, abort, self.runner)
         except Exception as exc:  # every leased instruction must still yield a result
             log.exception("agent failure while relaying %s", instruction_id)
             result = make_result(instruction_id, "error", reason=f"agent error: {exc}")
         try:
             self.delivery.spool(result)
+            self.runner.finish(instruction_id)  # its record goes only once the result is safe
         finally:
             with self.lock:
                 self.running.pop(instruction_id, None)
