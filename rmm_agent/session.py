@@ -46,7 +46,8 @@ def websocket_url(server: str, path: str) -> str:
 
 def serve(client, payload: dict, abort, runner: Runner) -> dict:
     """Relay a shell until the server closes the websocket, the shell exits, or the server aborts
-    the instruction; the result says which, with the shell's exit code."""
+    the instruction: ``aborted`` then, else ``completed`` with the shell's exit code (negative:
+    the signal that ended it, the hang-up when the server closed the session)."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -74,8 +75,8 @@ def serve(client, payload: dict, abort, runner: Runner) -> dict:
         return make_result(instruction_id, "error", reason=f"could not start the session's shell: {exc}")
     finally:
         os.close(child)
-    ended = threading.Event()
-    reader = threading.Thread(target=_pty_to_socket, args=(main, socket, ended, abort), daemon=True)
+    ended, shell_closed = threading.Event(), threading.Event()
+    reader = threading.Thread(target=_pty_to_socket, args=(main, socket, ended, shell_closed, abort), daemon=True)
     reader.start()
     why = "the server closed the session"
     try:
@@ -91,20 +92,23 @@ def serve(client, payload: dict, abort, runner: Runner) -> dict:
                 break
             if isinstance(data, bytes):
                 os.write(main, data)
-        else:
+        if shell_closed.is_set():
             why = "the shell exited"
     finally:
         ended.set()
         socket.close()
-        _, contained = runner.end(shell)
+        exit_code, contained = runner.end(shell)
         reader.join(timeout=5)
         os.close(main)
     log.info("session %s ended: %s", order["session"], why)
-    return make_result(instruction_id, "completed", exit_code=0, reason=why, containment=contained)
+    if abort.is_set():
+        return make_result(instruction_id, "aborted", reason=abort.reason, containment=contained)
+    return make_result(instruction_id, "completed", exit_code=exit_code, reason=why, containment=contained)
 
 
-def _pty_to_socket(main: int, socket, ended: threading.Event, abort) -> None:
-    """The shell's output to the server until the shell's side closes or the relay ends."""
+def _pty_to_socket(main: int, socket, ended: threading.Event, shell_closed: threading.Event, abort) -> None:
+    """The shell's output to the server until the shell's side closes (``shell_closed``) or the
+    relay ends."""
     from websockets.exceptions import ConnectionClosed
 
     try:
@@ -115,8 +119,9 @@ def _pty_to_socket(main: int, socket, ended: threading.Event, abort) -> None:
             try:
                 data = os.read(main, READ)
             except OSError:  # the shell and all it started have closed the PTY
-                break
+                data = b""
             if not data:
+                shell_closed.set()
                 break
             socket.send(data)
     except ConnectionClosed:

@@ -38,8 +38,11 @@ class Relay:
     """The server's side of one session: types ``typed``, waits for ``until`` in the output, notes
     what the agent's running records and processes are then, and hangs up (or lets the shell exit)."""
 
-    def __init__(self, typed: bytes, until: bytes, running_dir: Path, hang_up: bool = True) -> None:
+    def __init__(
+        self, typed: bytes, until: bytes, running_dir: Path, hang_up: bool = True, abort: AbortSignal | None = None
+    ) -> None:
         self.typed, self.until, self.running_dir, self.hang_up = typed, until, running_dir, hang_up
+        self.abort = abort
         self.output = b""
         self.during: dict = {}
         self.server = websocket_server(self.handle, "127.0.0.1", 0)
@@ -63,6 +66,8 @@ class Relay:
         while not leftovers() and time.monotonic() < started:
             time.sleep(0.05)
         self.during = {"records": sorted(p.name for p in self.running_dir.glob("*.json")), "sleeping": leftovers()}
+        if self.abort is not None:  # the server aborts the instruction (the kill switch, an end)
+            self.abort.set("aborted by server")
         if self.hang_up:
             socket.close()
         else:
@@ -75,15 +80,17 @@ class Relay:
                     return
 
 
-def serve(tmp_path: Path, typed: bytes, until: bytes, hang_up: bool = True, abort: AbortSignal | None = None):
+def serve(tmp_path: Path, typed: bytes, until: bytes, hang_up: bool | None = True):
+    """One session relayed by a fresh runner; ``hang_up`` None: the server aborts it instead."""
+    abort = AbortSignal()
     running = tmp_path / "running"
-    relay = Relay(typed, until, running, hang_up)
+    relay = Relay(typed, until, running, bool(hang_up), abort if hang_up is None else None)
     runner = Runner(tmp_path / "work", running_dir=running, kill_grace=0.5)
     client = Client(relay.url, agent_id=AGENT_ID, secret=SECRET, allow_insecure_http=True)
     order = {"session": "s-1", "relay": "/ws/agent/sessions/s-1/"}
     payload = make_payload(json.dumps(order), interpreter="remote_session")
     try:
-        result = session.serve(client, payload, abort or AbortSignal(), runner)
+        result = session.serve(client, payload, abort, runner)
     finally:
         relay.server.shutdown()
     return payload, result, relay, runner, running
@@ -126,6 +133,16 @@ def test_a_session_an_agent_crash_left_is_ended_and_reported_by_recover(tmp_path
     assert leftovers() == []
     spawned.proc.wait()
     os.close(main)
+
+
+def test_a_shell_that_exits_reports_its_exit_code(tmp_path: Path) -> None:
+    _, result, relay, _, _ = serve(tmp_path, b"printf 'by%s\\n' e; exit 7\n", b"bye", hang_up=False)
+    assert (result["outcome"], result["exit_code"], result["reason"]) == ("completed", 7, "the shell exited")
+
+
+def test_a_session_the_server_aborts_is_reported_aborted(tmp_path: Path) -> None:
+    _, result, _, _, _ = serve(tmp_path, b"printf 'he%s\\n' re\n", b"here", hang_up=None)
+    assert (result["outcome"], result["exit_code"], result["reason"]) == ("aborted", None, "aborted by server")
 
 
 @pytest.fixture(autouse=True)
