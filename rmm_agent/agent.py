@@ -369,14 +369,10 @@ class Agent:
             self._report(make_result(instruction_id, "aborted", reason="aborted by server"))
             return
         abort = AbortSignal()
-        update = payload["interpreter"] == updater.INTERPRETER
-        if update:
+        if payload["interpreter"] == updater.INTERPRETER:
             self.updating = instruction_id
-        target = self._execute
-        if update:
-            target = self._update
-        elif payload["interpreter"] == SESSION_ACTION:
-            target = self._session
+        actions = {updater.INTERPRETER: self._update, SESSION_ACTION: self._session}
+        target = actions.get(payload["interpreter"], self._execute)
         thread = threading.Thread(
             target=target,
             args=(payload, abort),

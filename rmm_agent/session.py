@@ -10,6 +10,7 @@ PTY's output); nothing else is sent."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,8 +30,10 @@ READ = 64 * 1024
 POLL_SECONDS = 0.2  # how often the PTY reader looks at the abort signal and the socket
 
 
+@functools.cache
 def available() -> bool:
-    """Whether this Python has the websockets package's sync client (websockets 11 or later)."""
+    """Whether this Python has the websockets package's sync client (websockets 11 or later);
+    asked on every heartbeat, so a failing import is tried once per agent process."""
     try:
         import websockets.sync.client  # noqa: F401
     except ImportError:
