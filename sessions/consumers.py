@@ -64,8 +64,10 @@ def _moment(at: float) -> datetime:
 
 
 @database_sync_to_async
-def _seal(session) -> None:
-    services.seal_recording(session)
+def _flush_last(recorder: recording.Recorder, session_id) -> None:
+    """The last chunk; then the recording is sealed (services.seal_recording, a task)."""
+    recorder.flush()
+    services.relay_closed(session_id)
 
 
 class AgentRelayConsumer(AsyncWebsocketConsumer):
@@ -163,10 +165,9 @@ class AgentRelayConsumer(AsyncWebsocketConsumer):
         if self.ending == EndReason.RECORDING_FAILED:
             return  # what was written stays as chunks; the history says why it ended
         try:
-            await _flush(self.recorder, self.session.pk, time.time())
-            await _seal(self.session)
-        except Exception:
-            log.exception("session %s: its recording could not be sealed", self.session.pk)
+            await _flush_last(self.recorder, self.session.pk)
+        except recording.RecordingFailed:
+            log.exception("session %s: its last chunk could not be written", self.session.pk)
 
 
 @database_sync_to_async

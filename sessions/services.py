@@ -10,6 +10,7 @@ Every refusal is in the history; every end appends ``session.ended`` and tells t
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from evidence import services as evidence
 from evidence.models import RmmEvidence
 from rmm.access import roles as access
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from rmm.core.on_commit import enqueue_on_commit
 from rmm.engine import services as engine
 from rmm.engine.services import kill_switches
 from rmm.engine.states import FINAL, JobStatus
@@ -29,12 +31,25 @@ from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset
 from rmm.outbox import services as outbox
 from sessions import kind, policies, providers, recording
-from sessions.models import EndReason, JoinMode, JoinToken, RemoteSession, SessionPolicy, SessionType
+from sessions.models import (
+    EndReason,
+    JoinMode,
+    JoinToken,
+    RecordingChunk,
+    RemoteSession,
+    SessionPolicy,
+    SessionType,
+)
 
 ENDED = "session.ended"  # the outbox event of every ended session (the PSA hears it)
 RECORDED = "session.recorded"  # its recording sealed as evidence, with the sha256
 ACTION = "remote_session.open"
 SYSTEM = "system:sessions"
+SEAL_TASK = "sessions.tasks.seal_recording"
+SEAL_WAIT = timedelta(seconds=60)  # how long sealing waits for a live relay's last chunk
+SEAL_RETRY = timedelta(days=1)  # how long the minute's sweep tries again to seal a recording
+
+log = logging.getLogger(__name__)
 
 
 def open_session(
@@ -180,6 +195,7 @@ def _close(session: RemoteSession, reason: str, actor, *, stop: bool = True) -> 
         if stop:
             _stop_job(session, actor, f"session ended: {reason}")
         transaction.on_commit(lambda: providers.get(session.provider).end(session, reason))
+        enqueue_on_commit(SEAL_TASK, str(session.pk))
     return True
 
 
@@ -360,18 +376,42 @@ def refuse_frame(user, session: RemoteSession) -> None:
     )
 
 
+def relay_closed(session_id) -> None:
+    """The relay wrote its last chunk: the recording is sealed now (a task, on commit)."""
+    RemoteSession.objects.filter(pk=session_id, relay_closed_at__isnull=True).update(relay_closed_at=timezone.now())
+    enqueue_on_commit(SEAL_TASK, str(session_id))
+
+
 def touch(session_id, at: datetime) -> None:
     """The last byte relayed either way, as the relay records it (at most every
     ACTIVITY_SECONDS while bytes flow): the sweep's idle timeout counts from it."""
     RemoteSession.objects.filter(pk=session_id).update(last_activity_at=at)
 
 
-def seal_recording(session: RemoteSession) -> RmmEvidence:
+def seal_recording(session_id) -> RmmEvidence | None:
     """The ended session's chunks, verified, become one recording blob whose sha256 is the
     ``session_recording`` evidence record (its history event lists the chunks and their chain);
-    the session is marked recorded and the outbox tells the PSA (``session.recorded``)."""
+    the session is marked recorded and the outbox tells the PSA (``session.recorded``).
+
+    Idempotent, whoever ended the session: a sealed one answers its record; one whose recording
+    failed, or without chunks, has none; one whose relay may still write its last chunk waits
+    (up to SEAL_WAIT; the minute's sweep tries again)."""
+    session = RemoteSession.objects.select_related("asset", "psa_task").get(pk=session_id)
+    if session.recorded:
+        return _recording_evidence(session)
+    if session.ended_at is None or session.end_reason == EndReason.RECORDING_FAILED:
+        return None
+    if not RecordingChunk.objects.filter(session=session).exists():
+        return None
+    relay_writing = session.relay_opened_at is not None and session.relay_closed_at is None
+    if relay_writing and timezone.now() - session.ended_at < SEAL_WAIT:
+        return None
     digest, uri, size, chunks = recording.seal(session.pk)
     with transaction.atomic():
+        if not RemoteSession.objects.filter(pk=session.pk, recorded=False).update(
+            recorded=True, recording_uri=uri, recording_sha256=digest
+        ):
+            return _recording_evidence(session)  # sealed meanwhile by another task
         row = evidence.record(
             asset=session.asset,
             evidence_type=kind.SESSION_RECORDING,
@@ -382,7 +422,6 @@ def seal_recording(session: RemoteSession) -> RmmEvidence:
             psa_task_id=session.psa_task_id,
             payload={"session": str(session.pk), "size": size, "format": "asciicast v2", "chunks": chunks},
         )
-        RemoteSession.objects.filter(pk=session.pk).update(recorded=True, recording_uri=uri, recording_sha256=digest)
         session.recorded, session.recording_uri, session.recording_sha256 = True, uri, digest
         outbox.emit(
             RECORDED,
@@ -397,3 +436,28 @@ def seal_recording(session: RemoteSession) -> RmmEvidence:
             },
         )
     return row
+
+
+def _recording_evidence(session: RemoteSession) -> RmmEvidence | None:
+    return RmmEvidence.objects.filter(
+        related_entity="remote_session", related_id=session.pk, evidence_type=kind.SESSION_RECORDING
+    ).first()
+
+
+def seal_pending(now: datetime | None = None) -> int:
+    """The minute's retry: recordings of sessions ended within SEAL_RETRY and not sealed yet (a
+    task lost, a relay whose worker died before its last chunk). How many were sealed."""
+    now = now or timezone.now()
+    pending = (
+        RemoteSession.objects.filter(recorded=False, ended_at__gte=now - SEAL_RETRY, chunks__isnull=False)
+        .exclude(end_reason=EndReason.RECORDING_FAILED)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    sealed = 0
+    for session_id in pending:
+        try:
+            sealed += seal_recording(session_id) is not None
+        except (recording.RecordingFailed, OSError):
+            log.exception("session %s: its recording could not be sealed", session_id)
+    return sealed

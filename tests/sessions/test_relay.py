@@ -17,8 +17,11 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings as django_settings
 from django.core.files.storage import default_storage
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
+from django.utils.module_loading import import_string
+from django_q.models import Schedule
 
 from evidence.models import RmmEvidence
 from rmm.engine.services import kill_switches
@@ -88,7 +91,10 @@ def ended(comm_output: dict) -> bool:
     return comm_output["type"] == "websocket.close"
 
 
-def test_both_ways_are_relayed_recorded_and_sealed_in_a_chain_that_verifies(world, django_capture_on_commit_callbacks):
+def test_both_ways_are_relayed_recorded_and_sealed_in_a_chain_that_verifies(
+    world, django_capture_on_commit_callbacks, settings
+):
+    settings.RMM_TASKS_SYNC = True  # the seal task runs as its cause commits
     session = running_session(world)
     token, mode = services.mint_join_token(world["tech"].user, session)
     assert mode == "interactive"
@@ -107,14 +113,19 @@ def test_both_ways_are_relayed_recorded_and_sealed_in_a_chain_that_verifies(worl
         def end():
             with django_capture_on_commit_callbacks(execute=True):
                 services.end_session(world["tech"].user, RemoteSession.objects.get(pk=session.pk))
+            ended_at.append(len(connection.run_on_commit))
 
         await sync_to_async(end)()
         closed = (await agent.receive_output(timeout=5), await browser.receive_output(timeout=5))
+
         await agent.disconnect()
         await browser.disconnect()
         return typed, shown, closed
 
+    ended_at = []
     typed, shown, closed = async_to_sync(scenario)()
+    for _, callback, _ in connection.run_on_commit[ended_at[0] :]:
+        callback()  # the relay's last chunk committed: the seal task runs
     assert typed == b"id -u\n" and shown == b"1001\r\n\xff$ "
     assert ended(closed[0]) and closed[1]["text"].endswith("[session ended: user]\r\n")
     session.refresh_from_db()
@@ -299,3 +310,31 @@ def test_the_relays_timer_counts_the_maximum_duration_from_the_sessions_start(wo
 
     assert ended(async_to_sync(scenario)())
     assert RemoteSession.objects.get(pk=session.pk).end_reason == "max_duration"
+
+
+def test_a_session_the_sweep_ends_after_its_relay_died_gets_its_recording_sealed(
+    world, settings, django_capture_on_commit_callbacks
+):
+    """Its worker died mid-session: chunks were written, no relay closed. The sweep ends it, and
+    its recording is sealed as evidence once the relay's last chunk can no longer come."""
+    settings.RMM_TASKS_SYNC = True
+    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=60)
+    session = running_session(world)
+    now = timezone.now()
+    RemoteSession.objects.filter(pk=session.pk).update(relay_opened_at=now, last_activity_at=now)
+    recorder = recording.Recorder(session.pk)
+    recorder.frame("o", b"$ id -u\r\n1001\r\n")
+    recorder.flush()  # what the dead relay wrote
+    later = now + timedelta(minutes=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.end_overdue(later) == 1
+    session.refresh_from_db()
+    assert session.end_reason == "idle" and not session.recorded  # its relay's last chunk may still come
+    RemoteSession.objects.filter(pk=session.pk).update(ended_at=timezone.now() - services.SEAL_WAIT)
+    with django_capture_on_commit_callbacks(execute=True):
+        import_string(Schedule.objects.get(name="sessions.end_overdue").func)()  # the next minute's sweep
+    session.refresh_from_db()
+    record = RmmEvidence.objects.get(related_id=session.pk, evidence_type="session_recording")
+    assert session.recorded and record.hash == session.recording_sha256
+    assert services.seal_recording(session.pk) == record  # sealing again changes nothing
+    assert RmmEvidence.objects.filter(related_id=session.pk, evidence_type="session_recording").count() == 1
