@@ -47,6 +47,7 @@ ACTION = "remote_session.open"
 SYSTEM = "system:sessions"
 SEAL_TASK = "sessions.tasks.seal_recording"
 SEAL_WAIT = timedelta(seconds=60)  # how long sealing waits for a live relay's last chunk
+JOIN_TOKEN_LIFETIME = timedelta(seconds=60)  # a join token is used at once, by the page that minted it
 SEAL_RETRY = timedelta(days=1)  # how long the minute's sweep tries again to seal a recording
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,8 @@ def redeem_join_token(user, session_id, token: str) -> tuple[RemoteSession, str]
         problem = "unknown join token"
     elif ticket.user_id != user.pk:
         problem = "join token of another user"
+    elif timezone.now() - ticket.created_at > JOIN_TOKEN_LIFETIME:
+        problem = "join token expired"
     elif session.ended_at is not None:
         problem = "the session has ended"
     elif not JoinToken.objects.filter(pk=ticket.pk, used_at__isnull=True).update(used_at=timezone.now()):
@@ -442,6 +445,12 @@ def _recording_evidence(session: RemoteSession) -> RmmEvidence | None:
     return RmmEvidence.objects.filter(
         related_entity="remote_session", related_id=session.pk, evidence_type=kind.SESSION_RECORDING
     ).first()
+
+
+def forget_join_tokens(now: datetime | None = None) -> int:
+    """The minute's sweep: join tokens past their lifetime can never be redeemed; they go."""
+    deleted, _ = JoinToken.objects.filter(created_at__lt=(now or timezone.now()) - JOIN_TOKEN_LIFETIME).delete()
+    return deleted
 
 
 def seal_pending(now: datetime | None = None) -> int:

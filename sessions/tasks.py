@@ -6,9 +6,11 @@ from sessions import services
 def end_overdue() -> int:
     """Every minute: sessions past their maximum duration or idle timeout end, also those whose
     relay is gone (a worker that stopped mid-session), which no relay timer would end; and the
-    recordings of ended sessions not yet sealed are sealed (the retry of :func:`seal_recording`)."""
+    recordings of ended sessions not yet sealed are sealed (the retry of :func:`seal_recording`);
+    join tokens past their lifetime are deleted."""
     ended = services.end_overdue()
     services.seal_pending()
+    services.forget_join_tokens()
     return ended
 
 

@@ -8,6 +8,7 @@ recorded."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import time
 from datetime import timedelta
@@ -24,11 +25,12 @@ from django.utils.module_loading import import_string
 from django_q.models import Schedule
 
 from evidence.models import RmmEvidence
+from rmm.core.errors import Forbidden
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent
 from sessions import recording, services
-from sessions.models import RecordingChunk, RemoteSession
+from sessions.models import JoinToken, RecordingChunk, RemoteSession
 from tests.helpers import heartbeat, make_agent
 from tests.sessions.helpers import online, open_
 
@@ -338,3 +340,18 @@ def test_a_session_the_sweep_ends_after_its_relay_died_gets_its_recording_sealed
     assert session.recorded and record.hash == session.recording_sha256
     assert services.seal_recording(session.pk) == record  # sealing again changes nothing
     assert RmmEvidence.objects.filter(related_id=session.pk, evidence_type="session_recording").count() == 1
+
+
+def test_a_join_token_older_than_a_minute_is_refused_and_the_sweep_deletes_it(world):
+    session = running_session(world)
+    token, _ = services.mint_join_token(world["tech"].user, session)
+    fresh, _ = services.mint_join_token(world["tech"].user, session)
+    JoinToken.objects.filter(token_hash=hashlib.sha256(token.encode()).hexdigest()).update(
+        created_at=timezone.now() - timedelta(seconds=61)
+    )
+    with pytest.raises(Forbidden, match="join token expired"):
+        services.redeem_join_token(world["tech"].user, session.pk, token)
+    assert refusals("remote_session.join") == ["join token expired"]
+    import_string(Schedule.objects.get(name="sessions.end_overdue").func)()
+    assert JoinToken.objects.filter(session=session).count() == 1  # the fresh one stays
+    assert services.redeem_join_token(world["tech"].user, session.pk, fresh)[1] == "interactive"
