@@ -355,3 +355,24 @@ def test_a_join_token_older_than_a_minute_is_refused_and_the_sweep_deletes_it(wo
     import_string(Schedule.objects.get(name="sessions.end_overdue").func)()
     assert JoinToken.objects.filter(session=session).count() == 1  # the fresh one stays
     assert services.redeem_join_token(world["tech"].user, session.pk, fresh)[1] == "interactive"
+
+
+def test_the_recording_is_served_only_while_it_matches_its_sha256(world, settings):
+    """A byte flipped in the stored recording: the session page refuses it, and says so in the history."""
+    settings.RMM_TASKS_SYNC = True
+    session = running_session(world)
+    recorder = recording.Recorder(session.pk)
+    recorder.frame("o", b"$ echo hello\r\nhello\r\n")
+    recorder.flush()
+    services.end_session(world["tech"].user, session)
+    record = services.seal_recording(session.pk)
+    path = Path(django_settings.STORAGES["default"]["OPTIONS"]["location"]) / record.storage_uri.split("/", 3)[-1]
+    url = f"/console/sessions/{session.pk}/recording.cast"
+    browser = Client()
+    browser.force_login(world["tech"].user)
+    served = browser.get(url)
+    assert served.status_code == 200 and b"hello" in b"".join(served.streaming_content)
+    path.write_bytes(path.read_bytes().replace(b"hello", b"hellO", 1))
+    refused = browser.get(url)
+    assert refused.status_code == 409 and b"does not match its sha256" in refused.content
+    assert refusals("remote_session.recording") == ["the stored recording does not match its sha256"]
