@@ -385,6 +385,14 @@ def relay_closed(session_id) -> None:
     enqueue_on_commit(SEAL_TASK, str(session_id))
 
 
+def record_chunk(session_id, index: int, offset: int, size: int, sha256: str, chain: str, blob: str) -> RecordingChunk:
+    """One chunk of a session's recording, stored as ``blob``, in its place in the chain (the
+    recorder writes the blob, then this row)."""
+    return RecordingChunk.objects.create(
+        session_id=session_id, index=index, offset=offset, size=size, sha256=sha256, chain=chain, blob=blob
+    )
+
+
 def touch(session_id, at: datetime) -> None:
     """The last byte relayed either way, as the relay records it (at most every
     ACTIVITY_SECONDS while bytes flow): the sweep's idle timeout counts from it."""

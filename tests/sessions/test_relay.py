@@ -376,3 +376,18 @@ def test_the_recording_is_served_only_while_it_matches_its_sha256(world, setting
     refused = browser.get(url)
     assert refused.status_code == 409 and b"does not match its sha256" in refused.content
     assert refusals("remote_session.recording") == ["the stored recording does not match its sha256"]
+
+
+def test_a_chunk_is_recorded_by_the_service_in_its_place_in_the_chain(world):
+    """What the recorder writes goes through services.record_chunk, the one writer of chunk rows."""
+    session = running_session(world)
+    recorder = recording.Recorder(session.pk)
+    recorder.frame("o", b"first\r\n")
+    recorder.flush()
+    data = b'[0.5, "o", "second"]\n'
+    digest = hashlib.sha256(data).hexdigest()
+    name = recording.blobs.content_name(recording.FOLDER, digest, "castpart")
+    recording.blobs.put(name, data, digest, action=recording.ACTION)
+    chain = recording.link(recorder.chain, digest)
+    row = services.record_chunk(session.pk, 1, recorder.offset, len(data), digest, chain, name)
+    assert [c["index"] for c in recording.verify_chunks(session.pk)] == [0, 1] and row.chain == chain
