@@ -15,7 +15,6 @@ import secrets
 import uuid
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -102,23 +101,14 @@ def _asset(user, asset_id) -> Asset:
 
 
 def _refuse_if_unreachable(user, asset: Asset, carrier) -> None:
-    """A session needs the asset's agent online now (409), and able to carry the provider."""
-    if asset.retired_at is not None:
-        _refuse(user, asset, Conflict("The asset is retired.", field="asset"))
+    """A session needs the asset's agent online now (409), and able to carry the provider (a
+    retired asset is refused by the engine, as for every kind)."""
     agent = Agent.objects.filter(asset=asset, revoked_at__isnull=True).first()
     capability = getattr(carrier, "capability", "")
-    if agent is None or not agent_online(agent):
+    if agent is None or not agent.is_online():
         _refuse(user, asset, Conflict("The asset's agent is offline.", field="asset"))
     if capability and not agent.can(capability):
         _refuse(user, asset, Conflict(f"The asset's agent cannot carry a {carrier.name} session.", field="asset"))
-
-
-def agent_online(agent: Agent, now: datetime | None = None) -> bool:
-    """Seen within RMM_AGENT_OFFLINE_SECONDS and not marked offline by the sweep."""
-    now = now or timezone.now()
-    if agent.offline_since is not None or agent.last_seen_at is None:
-        return False
-    return now - agent.last_seen_at <= timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
 
 
 def _refuse(user, asset: Asset, error: Exception, action: str = ACTION, subject=None) -> None:

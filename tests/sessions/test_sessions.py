@@ -16,7 +16,7 @@ from django_q.models import Schedule
 
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
-from rmm.inventory.models import Agent
+from rmm.inventory.models import Agent, Asset
 from rmm.outbox.models import Event
 from rmm_agent.protocol import SESSION_ACTION
 from sessions import services
@@ -215,3 +215,16 @@ def test_the_sweep_reads_every_live_sessions_policy_in_one_query(world, caller, 
     with django_assert_num_queries(1):
         assert services.end_overdue() == 0
     assert RemoteSession.objects.filter(pk__in=ids, ended_at__isnull=True).count() == 3
+
+
+def test_an_agent_is_online_within_the_offline_cut_off_and_a_retired_asset_takes_no_session(world, settings):
+    agent = Agent.objects.get(pk=world["agent"].pk)
+    now = timezone.now()
+    cut_off = timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
+    assert agent.is_online(agent.last_seen_at + cut_off) and not agent.is_online(agent.last_seen_at + cut_off * 2)
+    agent.offline_since = now
+    assert not agent.is_online(now)
+    Asset.objects.filter(pk=world["asset"]).update(retired_at=now)
+    r = open_(world)
+    assert r.status_code == 409 and r.json() == {"asset": ["The asset is retired."]}
+    assert not RemoteSession.objects.exists()
