@@ -369,14 +369,10 @@ class Agent:
             self._report(make_result(instruction_id, "aborted", reason="aborted by server"))
             return
         abort = AbortSignal()
-        update = payload["interpreter"] == updater.INTERPRETER
-        if update:
+        if payload["interpreter"] == updater.INTERPRETER:
             self.updating = instruction_id
-        target = self._execute
-        if update:
-            target = self._update
-        elif payload["interpreter"] == SESSION_ACTION:
-            target = self._session
+        actions = {updater.INTERPRETER: self._update, SESSION_ACTION: self._session}
+        target = actions.get(payload["interpreter"], self._execute)
         thread = threading.Thread(
             target=target,
             args=(payload, abort),
@@ -421,12 +417,13 @@ class Agent:
         """Relay a remote session for as long as it lasts, then report how it ended."""
         instruction_id = payload["instruction_id"]
         try:
-            result = session.serve(self.client, payload, abort, self.run_as)
+            result = session.serve(self.client, payload, abort, self.runner)
         except Exception as exc:  # every leased instruction must still yield a result
             log.exception("agent failure while relaying %s", instruction_id)
             result = make_result(instruction_id, "error", reason=f"agent error: {exc}")
         try:
             self.delivery.spool(result)
+            self.runner.finish(instruction_id)  # its record goes only once the result is safe
         finally:
             with self.lock:
                 self.running.pop(instruction_id, None)

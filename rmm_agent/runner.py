@@ -39,6 +39,7 @@ from .artefacts import ArtefactMismatch, Fetcher, FetchFailed, FetchStopped
 from .containment import (
     ACCOUNT,
     CGROUP,
+    ENV_TAG,
     METHODS,
     PROCESS_GROUP,
     Cgroup,
@@ -171,6 +172,14 @@ class _Launch:
     deadline: float = 0.0  # monotonic: the instruction's timeout counts from before its fetches
     artefact_fds: dict[str, int] | None = None  # the script's variable -> its verified file
     workdir_fd: int | None = None
+
+
+@dataclass
+class Spawned:
+    """A program :meth:`Runner.spawn` started, held until :meth:`Runner.end`."""
+
+    proc: subprocess.Popen
+    launch: _Launch
 
 
 class Runner:
@@ -337,18 +346,10 @@ class Runner:
         def error(reason: str) -> dict:
             return make_result(instruction_id, "error", started_at=started_at, reason=reason)
 
-        account_name = drop_to_account(payload, self.run_as)
-        account: Account | None = None
-        if account_name is not None:
-            try:
-                account = lookup_account(account_name)
-            except KeyError:
-                return error(
-                    f"run_as account {account_name!r} does not exist "
-                    "(create it with: python -m rmm_agent install-account)"
-                )
-            if account.uid == 0 or account.gid == 0:
-                return error(f"run_as account {account_name!r} is privileged (uid or gid 0)")
+        try:
+            account = self.account_for(payload)
+        except ValueError as exc:
+            return error(str(exc))
 
         program = interpreter_command(payload["interpreter"], account)
         if program is None:
@@ -356,10 +357,8 @@ class Runner:
         if abort.is_set():
             return make_result(instruction_id, "aborted", started_at=started_at, reason=abort.reason)
 
-        launch = _Launch(instruction_id, account, self._method(account), since=boot_ticks())
+        launch = self._launch(instruction_id, account)
         launch.deadline = time.monotonic() + float(payload["timeout_seconds"])
-        if launch.method == CGROUP:
-            launch.cgroup = Cgroup(self.cgroup_parent / instruction_id)  # type: ignore[operator]
         try:
             proc = self._start(launch, program, payload, abort)
         except spawn.ScriptMismatch as exc:
@@ -396,13 +395,7 @@ class Runner:
         fetched = launch.artefact_fds or {}
         launch.workdir = self.work_root.make_workdir(instruction_id, account)
         launch.workdir_fd = os.open(launch.workdir, DIR_FLAGS)
-        procs_fd = None
-        if launch.cgroup is not None:
-            launch.cgroup.create()
-            launch.cgroup_created = True
-            procs_fd = launch.procs_fd = launch.cgroup.open_procs()
-        with self._lock:
-            self._active[instruction_id] = launch.since
+        self._contain(launch)
         proc = subprocess.Popen(
             [program, f"/dev/fd/{launch.script_fd}", *payload.get("arguments", [])],
             cwd=launch.workdir,
@@ -416,12 +409,97 @@ class Runner:
             start_new_session=True,
             close_fds=True,
             pass_fds=(launch.script_fd, launch.workdir_fd, *fetched.values()),
-            preexec_fn=spawn.preexec(procs_fd, account) if procs_fd is not None or account is not None else None,  # noqa: PLW1509 - syscalls only, see spawn.preexec
+            preexec_fn=self._preexec(launch),  # noqa: PLW1509 - syscalls only, see spawn.preexec
         )
+        self._started(launch, proc)
+        return proc
+
+    def account_for(self, payload: dict) -> Account | None:
+        """The account an instruction runs as (None: the agent's own); raises ValueError when
+        that account is missing or privileged (nothing may then run as root instead)."""
+        account_name = drop_to_account(payload, self.run_as)
+        if account_name is None:
+            return None
+        try:
+            account = lookup_account(account_name)
+        except KeyError:
+            raise ValueError(
+                f"run_as account {account_name!r} does not exist (create it with: python -m rmm_agent install-account)"
+            ) from None
+        if account.uid == 0 or account.gid == 0:
+            raise ValueError(f"run_as account {account_name!r} is privileged (uid or gid 0)")
+        return account
+
+    def _launch(self, instruction_id: str, account: Account | None) -> _Launch:
+        launch = _Launch(instruction_id, account, self._method(account), since=boot_ticks())
+        if launch.method == CGROUP:
+            launch.cgroup = Cgroup(self.cgroup_parent / instruction_id)  # type: ignore[operator]
+        return launch
+
+    def _contain(self, launch: _Launch) -> None:
+        """Make its cgroup (its child joins it before exec) and count it as running."""
+        if launch.cgroup is not None:
+            launch.cgroup.create()
+            launch.cgroup_created = True
+            launch.procs_fd = launch.cgroup.open_procs()
+        with self._lock:
+            self._active[launch.instruction_id] = launch.since
+
+    @staticmethod
+    def _preexec(launch: _Launch) -> Callable[[], None] | None:
+        if launch.procs_fd is None and launch.account is None:
+            return None
+        return spawn.preexec(launch.procs_fd, launch.account)
+
+    def _started(self, launch: _Launch, proc: subprocess.Popen) -> None:
         launch.leader = process_info(proc.pid)
         if launch.method == PROCESS_GROUP:
             self._save_record(launch)  # the group to kill after a restart
-        return proc
+
+    # -- a program the caller drives (a remote session's shell) -------------------------------
+
+    def spawn(self, payload: dict, account: Account | None, argv: list[str], *, stdio: int, env: dict) -> Spawned:
+        """Start ``argv`` for a verified instruction that is no script (a session's shell, on
+        ``stdio``), launched, contained and recorded like every step: its cgroup (or the
+        fallback), the RMM_INSTRUCTION_ID tag, a running record that :meth:`recover` ends after a
+        crash. The caller drives it, ends it with :meth:`end`, and calls :meth:`finish` once its
+        result is spooled. Raises OSError or SubprocessError when it cannot start."""
+        launch = self._launch(payload["instruction_id"], account)
+        try:
+            self._save_record(launch)  # before anything exists that a restart must clean up
+            self._contain(launch)
+            proc = subprocess.Popen(  # noqa: S603 - the caller's fixed program, for a signed order
+                argv,
+                stdin=stdio,
+                stdout=stdio,
+                stderr=stdio,
+                cwd="/",
+                env={**env, ENV_TAG: launch.instruction_id},
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=self._preexec(launch),  # noqa: PLW1509 - syscalls only, see spawn.preexec
+            )
+            self._started(launch, proc)
+        except BaseException:
+            self._clean_up(launch)
+            raise
+        return Spawned(proc, launch)
+
+    def end(self, spawned: Spawned) -> tuple[int, dict]:
+        """Hang up a spawned program's process group, then end everything it started and clean
+        up, as for a step: (its exit status as Popen gives it, the ``containment`` report)."""
+        proc = spawned.proc
+        if not _leader_exited(proc):  # unreaped, its pid (the group's id) cannot be reused
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGHUP)
+            hung_up = time.monotonic() + min(1.0, self.kill_grace)
+            while not _leader_exited(proc) and time.monotonic() < hung_up:
+                time.sleep(POLL_SECONDS)
+        try:
+            contained = self._end(spawned.launch, self.kill_grace)
+            return proc.wait(), contained
+        finally:
+            self._clean_up(spawned.launch)
 
     def _clean_up(self, launch: _Launch) -> None:
         """Close its descriptors, remove its cgroup and its work dir (its processes are ended)."""

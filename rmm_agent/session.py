@@ -1,6 +1,8 @@
 """A remote session's relay (the signed ``remote_session`` action, docs/sessions.md): a shell on a
 PTY, as the unprivileged account unless the instruction is privileged, relayed byte for byte over
-one outbound websocket to the server, which records it. The agent decides nothing: the server
+one outbound websocket to the server, which records it. The shell is launched, contained, recorded
+and ended by the Runner like any step (Runner.spawn): what it starts ends with the session, and a
+session an agent crash left is ended and reported by Agent.recover. The agent decides nothing: the server
 says where to connect, and ends the session by closing the websocket.
 
 Frames: binary both ways are the terminal's bytes (the server's are keystrokes, the agent's the
@@ -8,19 +10,18 @@ PTY's output); nothing else is sent."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import pty
 import select
-import signal
 import subprocess
 import threading
 
 from . import tls
-from .accounts import drop_to_account, lookup_account
 from .results import make_result
-from .spawn import preexec
+from .runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ READ = 64 * 1024
 POLL_SECONDS = 0.2  # how often the PTY reader looks at the abort signal and the socket
 
 
+@functools.cache
 def available() -> bool:
-    """Whether this Python has the websockets package's sync client (websockets 11 or later)."""
+    """Whether this Python has the websockets package's sync client (websockets 11 or later);
+    asked on every heartbeat, so a failing import is tried once per agent process."""
     try:
         import websockets.sync.client  # noqa: F401
     except ImportError:
@@ -44,16 +47,19 @@ def websocket_url(server: str, path: str) -> str:
     return f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}{path}"
 
 
-def serve(client, payload: dict, abort, run_as: str) -> dict:
+def serve(client, payload: dict, abort, runner: Runner) -> dict:
     """Relay a shell until the server closes the websocket, the shell exits, or the server aborts
-    the instruction; the result says which, with the shell's exit code."""
+    the instruction: ``aborted`` then, else ``completed`` with the shell's exit code (negative:
+    the signal that ended it, the hang-up when the server closed the session)."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     instruction_id = payload["instruction_id"]
     order = json.loads(payload["content"])
-    account_name = drop_to_account(payload, run_as)
-    account = lookup_account(account_name) if account_name else None
+    try:
+        account = runner.account_for(payload)
+    except ValueError as exc:
+        return make_result(instruction_id, "error", reason=str(exc))
     url = websocket_url(client.server, order["relay"])
     headers = {"Authorization": f"Agent {client.agent_id}:{client.secret}"}
     ssl_context = tls.context(client.ca_file) if url.startswith("wss://") else None
@@ -64,19 +70,16 @@ def serve(client, payload: dict, abort, run_as: str) -> dict:
     main, child = pty.openpty()
     home = os.path.expanduser(f"~{account.name}") if account else os.path.expanduser("~")
     env = {"TERM": "xterm-256color", "HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
-    shell = subprocess.Popen(  # noqa: S603 - a fixed program; the session is the signed order
-        [SHELL, "-i"],
-        stdin=child,
-        stdout=child,
-        stderr=child,
-        cwd="/",
-        env=env,
-        start_new_session=True,
-        preexec_fn=preexec(None, account) if account is not None else None,  # noqa: PLW1509 - syscalls only
-    )
-    os.close(child)
-    ended = threading.Event()
-    reader = threading.Thread(target=_pty_to_socket, args=(main, socket, ended, abort), daemon=True)
+    try:
+        shell = runner.spawn(payload, account, [SHELL, "-i"], stdio=child, env=env)
+    except (OSError, subprocess.SubprocessError) as exc:
+        socket.close()
+        os.close(main)
+        return make_result(instruction_id, "error", reason=f"could not start the session's shell: {exc}")
+    finally:
+        os.close(child)
+    ended, shell_closed = threading.Event(), threading.Event()
+    reader = threading.Thread(target=_pty_to_socket, args=(main, socket, ended, shell_closed, abort), daemon=True)
     reader.start()
     why = "the server closed the session"
     try:
@@ -92,20 +95,23 @@ def serve(client, payload: dict, abort, run_as: str) -> dict:
                 break
             if isinstance(data, bytes):
                 os.write(main, data)
-        else:
+        if shell_closed.is_set():
             why = "the shell exited"
     finally:
         ended.set()
         socket.close()
-        _stop(shell)
+        exit_code, contained = runner.end(shell)
         reader.join(timeout=5)
         os.close(main)
     log.info("session %s ended: %s", order["session"], why)
-    return make_result(instruction_id, "completed", exit_code=0, reason=why)
+    if abort.is_set():
+        return make_result(instruction_id, "aborted", reason=abort.reason, containment=contained)
+    return make_result(instruction_id, "completed", exit_code=exit_code, reason=why, containment=contained)
 
 
-def _pty_to_socket(main: int, socket, ended: threading.Event, abort) -> None:
-    """The shell's output to the server until the shell's side closes or the relay ends."""
+def _pty_to_socket(main: int, socket, ended: threading.Event, shell_closed: threading.Event, abort) -> None:
+    """The shell's output to the server until the shell's side closes (``shell_closed``) or the
+    relay ends."""
     from websockets.exceptions import ConnectionClosed
 
     try:
@@ -116,8 +122,9 @@ def _pty_to_socket(main: int, socket, ended: threading.Event, abort) -> None:
             try:
                 data = os.read(main, READ)
             except OSError:  # the shell and all it started have closed the PTY
-                break
+                data = b""
             if not data:
+                shell_closed.set()
                 break
             socket.send(data)
     except ConnectionClosed:
@@ -125,18 +132,3 @@ def _pty_to_socket(main: int, socket, ended: threading.Event, abort) -> None:
     finally:
         ended.set()
         socket.close()
-
-
-def _stop(shell: subprocess.Popen) -> None:
-    """Hang up the shell's whole session (SIGHUP, then SIGKILL after a second)."""
-    for sig in (signal.SIGHUP, signal.SIGKILL):
-        try:
-            os.killpg(shell.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            shell.wait(timeout=1)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    shell.wait()

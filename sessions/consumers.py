@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 REFUSED = 4403
 CHECK_SECONDS = 0.5  # how often the relay looks at the session's maximum duration and idle time
+ACTIVITY_SECONDS = 30.0  # at most how often the relay records, while bytes flow, that they do
 
 
 def _header(scope, name: bytes) -> str:
@@ -50,12 +51,23 @@ def _end(session, reason: str) -> None:
 @database_sync_to_async
 def _flush(recorder: recording.Recorder, session_id, at: float) -> None:
     recorder.flush()
-    services.touch(session_id, datetime.fromtimestamp(at, tz=UTC))
+    services.touch(session_id, _moment(at))
 
 
 @database_sync_to_async
-def _seal(session) -> None:
-    services.seal_recording(session)
+def _touch(session_id, at: float) -> None:
+    services.touch(session_id, _moment(at))
+
+
+def _moment(at: float) -> datetime:
+    return datetime.fromtimestamp(at, tz=UTC)
+
+
+@database_sync_to_async
+def _flush_last(recorder: recording.Recorder, session_id) -> None:
+    """The last chunk; then the recording is sealed (services.seal_recording, a task)."""
+    recorder.flush()
+    services.relay_closed(session_id)
 
 
 class AgentRelayConsumer(AsyncWebsocketConsumer):
@@ -73,9 +85,12 @@ class AgentRelayConsumer(AsyncWebsocketConsumer):
         if self.session is None:
             await self.close(code=4401)
             return
-        self.max_duration, self.idle_timeout = policy.max_duration_seconds, policy.idle_timeout_seconds
+        self.policy = policy
+        # recorded in the database at most this often while bytes flow: often enough that the
+        # minute's sweep, which reads it, never ends a session in use as idle
+        self.activity_every = min(ACTIVITY_SECONDS, policy.idle_timeout_seconds / 3)
         self.started = time.time()
-        self.last_activity = self.started
+        self.last_activity = self.touched = self.started
         self.recorder = recording.Recorder(self.session.pk, self.started)
         self.ending = None
         try:
@@ -89,15 +104,14 @@ class AgentRelayConsumer(AsyncWebsocketConsumer):
         self.watch = asyncio.ensure_future(self._watch())
 
     async def _watch(self):
-        """End the session at its maximum duration or idle timeout."""
+        """End the session at its maximum duration or idle timeout, by the sweep's rule
+        (services.overdue_reason) with the activity this relay saw."""
         while True:
             await asyncio.sleep(CHECK_SECONDS)
-            now = time.time()
-            if now - self.started >= self.max_duration:
-                await self._end(EndReason.MAX_DURATION)
-                return
-            if now - self.last_activity >= self.idle_timeout:
-                await self._end(EndReason.IDLE)
+            self.session.last_activity_at = _moment(self.last_activity)
+            reason = services.overdue_reason(self.session, self.policy, _moment(time.time()))
+            if reason is not None:
+                await self._end(reason)
                 return
 
     async def _end(self, reason: str):
@@ -115,6 +129,10 @@ class AgentRelayConsumer(AsyncWebsocketConsumer):
                 log.error("session %s: %s", self.session.pk, exc)
                 await self._end(EndReason.RECORDING_FAILED)
                 return False
+            self.touched = self.last_activity
+        elif self.last_activity - self.touched >= self.activity_every:
+            self.touched = self.last_activity
+            await _touch(self.session.pk, self.last_activity)
         return True
 
     async def receive(self, text_data=None, bytes_data=None):
@@ -147,10 +165,9 @@ class AgentRelayConsumer(AsyncWebsocketConsumer):
         if self.ending == EndReason.RECORDING_FAILED:
             return  # what was written stays as chunks; the history says why it ended
         try:
-            await _flush(self.recorder, self.session.pk, time.time())
-            await _seal(self.session)
-        except Exception:
-            log.exception("session %s: its recording could not be sealed", self.session.pk)
+            await _flush_last(self.recorder, self.session.pk)
+        except recording.RecordingFailed:
+            log.exception("session %s: its last chunk could not be written", self.session.pk)
 
 
 @database_sync_to_async

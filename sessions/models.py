@@ -40,6 +40,9 @@ class RemoteSession(JobBase):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     relay_opened_at = models.DateTimeField(null=True, blank=True, help_text="The agent's websocket was accepted.")
+    relay_closed_at = models.DateTimeField(
+        null=True, blank=True, help_text="The relay wrote its last chunk: the recording may be sealed."
+    )
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=20, choices=EndReason.choices, blank=True)
     ended_by = models.ForeignKey(

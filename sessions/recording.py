@@ -19,6 +19,7 @@ from django.core.files.storage import default_storage
 
 from evidence import services as evidence
 from rmm.core import blobs
+from sessions import services
 from sessions.models import RecordingChunk
 
 CHUNK_BYTES = 64 * 1024
@@ -80,15 +81,7 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - whatever the store says, the recording stopped
             raise RecordingFailed(f"chunk {self.index} could not be written: {exc}") from exc
         self.chain = link(self.chain, digest)
-        RecordingChunk.objects.create(
-            session_id=self.session_id,
-            index=self.index,
-            offset=self.offset,
-            size=len(data),
-            sha256=digest,
-            chain=self.chain,
-            blob=name,
-        )
+        services.record_chunk(self.session_id, self.index, self.offset, len(data), digest, self.chain, name)
         self.index += 1
         self.offset += len(data)
         del self.buffer[: len(data)]

@@ -14,5 +14,5 @@ def group(session_id) -> str:
 
 
 def close(session_id, reason: str) -> None:
-    """Both sides of a live session hang up; the recording is sealed by the side that records."""
+    """Both sides of a live session hang up; the agent's side writes its last chunk (sealing is a task)."""
     async_to_sync(get_channel_layer().group_send)(group(session_id), {"type": "session.close", "reason": reason})

@@ -10,11 +10,11 @@ Every refusal is in the history; every end appends ``session.ended`` and tells t
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import uuid
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,6 +22,7 @@ from evidence import services as evidence
 from evidence.models import RmmEvidence
 from rmm.access import roles as access
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from rmm.core.on_commit import enqueue_on_commit
 from rmm.engine import services as engine
 from rmm.engine.services import kill_switches
 from rmm.engine.states import FINAL, JobStatus
@@ -29,12 +30,26 @@ from rmm.history import services as history
 from rmm.inventory.models import Agent, Asset
 from rmm.outbox import services as outbox
 from sessions import kind, policies, providers, recording
-from sessions.models import EndReason, JoinMode, JoinToken, RemoteSession, SessionPolicy, SessionType
+from sessions.models import (
+    EndReason,
+    JoinMode,
+    JoinToken,
+    RecordingChunk,
+    RemoteSession,
+    SessionPolicy,
+    SessionType,
+)
 
 ENDED = "session.ended"  # the outbox event of every ended session (the PSA hears it)
 RECORDED = "session.recorded"  # its recording sealed as evidence, with the sha256
 ACTION = "remote_session.open"
 SYSTEM = "system:sessions"
+SEAL_TASK = "sessions.tasks.seal_recording"
+SEAL_WAIT = timedelta(seconds=60)  # how long sealing waits for a live relay's last chunk
+JOIN_TOKEN_LIFETIME = timedelta(seconds=60)  # a join token is used at once, by the page that minted it
+SEAL_RETRY = timedelta(days=1)  # how long the minute's sweep tries again to seal a recording
+
+log = logging.getLogger(__name__)
 
 
 def open_session(
@@ -86,23 +101,14 @@ def _asset(user, asset_id) -> Asset:
 
 
 def _refuse_if_unreachable(user, asset: Asset, carrier) -> None:
-    """A session needs the asset's agent online now (409), and able to carry the provider."""
-    if asset.retired_at is not None:
-        _refuse(user, asset, Conflict("The asset is retired.", field="asset"))
+    """A session needs the asset's agent online now (409), and able to carry the provider (a
+    retired asset is refused by the engine, as for every kind)."""
     agent = Agent.objects.filter(asset=asset, revoked_at__isnull=True).first()
     capability = getattr(carrier, "capability", "")
-    if agent is None or not agent_online(agent):
+    if agent is None or not agent.is_online():
         _refuse(user, asset, Conflict("The asset's agent is offline.", field="asset"))
     if capability and not agent.can(capability):
         _refuse(user, asset, Conflict(f"The asset's agent cannot carry a {carrier.name} session.", field="asset"))
-
-
-def agent_online(agent: Agent, now: datetime | None = None) -> bool:
-    """Seen within RMM_AGENT_OFFLINE_SECONDS and not marked offline by the sweep."""
-    now = now or timezone.now()
-    if agent.offline_since is not None or agent.last_seen_at is None:
-        return False
-    return now - agent.last_seen_at <= timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
 
 
 def _refuse(user, asset: Asset, error: Exception, action: str = ACTION, subject=None) -> None:
@@ -180,6 +186,7 @@ def _close(session: RemoteSession, reason: str, actor, *, stop: bool = True) -> 
         if stop:
             _stop_job(session, actor, f"session ended: {reason}")
         transaction.on_commit(lambda: providers.get(session.provider).end(session, reason))
+        enqueue_on_commit(SEAL_TASK, str(session.pk))
     return True
 
 
@@ -216,21 +223,31 @@ def end_in_scope(switch, actor) -> int:
     return ended
 
 
+def overdue_reason(session: RemoteSession, policy: SessionPolicy, now: datetime) -> str | None:
+    """The one rule the minute's sweep and the relay's timer share: ``max_duration`` counted from
+    the session's start, ``idle`` from its last recorded byte (or its start); None while it may go on."""
+    if session.started_at is None:
+        return None
+    if now - session.started_at >= timedelta(seconds=policy.max_duration_seconds):
+        return EndReason.MAX_DURATION
+    last = session.last_activity_at or session.relay_opened_at or session.started_at
+    if now - last >= timedelta(seconds=policy.idle_timeout_seconds):
+        return EndReason.IDLE
+    return None
+
+
 def end_overdue(now: datetime | None = None) -> int:
-    """Sessions past their site's maximum duration or idle timeout end (the minute's sweep and the
-    relay both call it)."""
+    """Sessions past their site's maximum duration or idle timeout end (the minute's sweep; one
+    query for the live sessions with their site's policy, whatever their number)."""
     now = now or timezone.now()
     ended = 0
     live = RemoteSession.objects.filter(ended_at__isnull=True, started_at__isnull=False).select_related(
-        "site", "psa_task"
+        "site__session_policy", "psa_task"
     )
     for session in live:
-        policy = policies.policy_for(session.site)
-        last = session.last_activity_at or session.started_at
-        if now - session.started_at >= timedelta(seconds=policy.max_duration_seconds):
-            ended += end_by_system(session, EndReason.MAX_DURATION)
-        elif now - last >= timedelta(seconds=policy.idle_timeout_seconds):
-            ended += end_by_system(session, EndReason.IDLE)
+        reason = overdue_reason(session, policies.loaded_policy(session.site), now)
+        if reason is not None:
+            ended += end_by_system(session, reason)
     return ended
 
 
@@ -291,6 +308,8 @@ def redeem_join_token(user, session_id, token: str) -> tuple[RemoteSession, str]
         problem = "unknown join token"
     elif ticket.user_id != user.pk:
         problem = "join token of another user"
+    elif timezone.now() - ticket.created_at > JOIN_TOKEN_LIFETIME:
+        problem = "join token expired"
     elif session.ended_at is not None:
         problem = "the session has ended"
     elif not JoinToken.objects.filter(pk=ticket.pk, used_at__isnull=True).update(used_at=timezone.now()):
@@ -350,17 +369,50 @@ def refuse_frame(user, session: RemoteSession) -> None:
     )
 
 
+def relay_closed(session_id) -> None:
+    """The relay wrote its last chunk: the recording is sealed now (a task, on commit)."""
+    RemoteSession.objects.filter(pk=session_id, relay_closed_at__isnull=True).update(relay_closed_at=timezone.now())
+    enqueue_on_commit(SEAL_TASK, str(session_id))
+
+
+def record_chunk(session_id, index: int, offset: int, size: int, sha256: str, chain: str, blob: str) -> RecordingChunk:
+    """One chunk of a session's recording, stored as ``blob``, in its place in the chain (the
+    recorder writes the blob, then this row)."""
+    return RecordingChunk.objects.create(
+        session_id=session_id, index=index, offset=offset, size=size, sha256=sha256, chain=chain, blob=blob
+    )
+
+
 def touch(session_id, at: datetime) -> None:
-    """The last byte relayed either way (the idle timeout counts from it)."""
+    """The last byte relayed either way, as the relay records it (at most every
+    ACTIVITY_SECONDS while bytes flow): the sweep's idle timeout counts from it."""
     RemoteSession.objects.filter(pk=session_id).update(last_activity_at=at)
 
 
-def seal_recording(session: RemoteSession) -> RmmEvidence:
+def seal_recording(session_id) -> RmmEvidence | None:
     """The ended session's chunks, verified, become one recording blob whose sha256 is the
     ``session_recording`` evidence record (its history event lists the chunks and their chain);
-    the session is marked recorded and the outbox tells the PSA (``session.recorded``)."""
+    the session is marked recorded and the outbox tells the PSA (``session.recorded``).
+
+    Idempotent, whoever ended the session: a sealed one answers its record; one whose recording
+    failed, or without chunks, has none; one whose relay may still write its last chunk waits
+    (up to SEAL_WAIT; the minute's sweep tries again)."""
+    session = RemoteSession.objects.select_related("asset", "psa_task").get(pk=session_id)
+    if session.recorded:
+        return _recording_evidence(session)
+    if session.ended_at is None or session.end_reason == EndReason.RECORDING_FAILED:
+        return None
+    if not RecordingChunk.objects.filter(session=session).exists():
+        return None
+    relay_writing = session.relay_opened_at is not None and session.relay_closed_at is None
+    if relay_writing and timezone.now() - session.ended_at < SEAL_WAIT:
+        return None
     digest, uri, size, chunks = recording.seal(session.pk)
     with transaction.atomic():
+        if not RemoteSession.objects.filter(pk=session.pk, recorded=False).update(
+            recorded=True, recording_uri=uri, recording_sha256=digest
+        ):
+            return _recording_evidence(session)  # sealed meanwhile by another task
         row = evidence.record(
             asset=session.asset,
             evidence_type=kind.SESSION_RECORDING,
@@ -371,7 +423,6 @@ def seal_recording(session: RemoteSession) -> RmmEvidence:
             psa_task_id=session.psa_task_id,
             payload={"session": str(session.pk), "size": size, "format": "asciicast v2", "chunks": chunks},
         )
-        RemoteSession.objects.filter(pk=session.pk).update(recorded=True, recording_uri=uri, recording_sha256=digest)
         session.recorded, session.recording_uri, session.recording_sha256 = True, uri, digest
         outbox.emit(
             RECORDED,
@@ -386,3 +437,34 @@ def seal_recording(session: RemoteSession) -> RmmEvidence:
             },
         )
     return row
+
+
+def _recording_evidence(session: RemoteSession) -> RmmEvidence | None:
+    return RmmEvidence.objects.filter(
+        related_entity="remote_session", related_id=session.pk, evidence_type=kind.SESSION_RECORDING
+    ).first()
+
+
+def forget_join_tokens(now: datetime | None = None) -> int:
+    """The minute's sweep: join tokens past their lifetime can never be redeemed; they go."""
+    deleted, _ = JoinToken.objects.filter(created_at__lt=(now or timezone.now()) - JOIN_TOKEN_LIFETIME).delete()
+    return deleted
+
+
+def seal_pending(now: datetime | None = None) -> int:
+    """The minute's retry: recordings of sessions ended within SEAL_RETRY and not sealed yet (a
+    task lost, a relay whose worker died before its last chunk). How many were sealed."""
+    now = now or timezone.now()
+    pending = (
+        RemoteSession.objects.filter(recorded=False, ended_at__gte=now - SEAL_RETRY, chunks__isnull=False)
+        .exclude(end_reason=EndReason.RECORDING_FAILED)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    sealed = 0
+    for session_id in pending:
+        try:
+            sealed += seal_recording(session_id) is not None
+        except (recording.RecordingFailed, OSError):
+            log.exception("session %s: its recording could not be sealed", session_id)
+    return sealed

@@ -1,18 +1,20 @@
 """Console pages of remote sessions: the list, and each session's page (its join URL), where the
 technician works in the terminal while it is live and plays the recording back once it ended."""
 
+import hashlib
+
 from csp.decorators import csp_update
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from evidence import services as evidence
-from evidence.models import RmmEvidence
 from rmm.access import roles as access
 from rmm.core.errors import ServiceError
 from rmm.engine.states import JobStatus
+from rmm.history import services as history
 from sessions import kind, services
 from sessions.models import RemoteSession
 
@@ -61,13 +63,26 @@ def session_page(request, session_id):
 
 @login_required
 def session_recording(request, session_id):
-    """The sealed recording (asciicast v2), streamed from the evidence store and checked on the way."""
+    """The sealed recording (asciicast v2), of the evidence the caller may read, streamed from the
+    evidence store once its bytes are checked against the record's sha256: an altered recording
+    is refused (409, recorded), never played as if it were the evidence."""
     session = get_object_or_404(_visible(request.user), pk=session_id, recorded=True)
-    record = RmmEvidence.objects.filter(
-        related_entity="remote_session", related_id=session.pk, evidence_type=kind.SESSION_RECORDING
-    ).first()
+    record = (
+        evidence.visible_evidence(request.user)
+        .filter(related_entity="remote_session", related_id=session.pk, evidence_type=kind.SESSION_RECORDING)
+        .first()
+    )
     if record is None:
         raise Http404("No recording.")
+    digest = hashlib.sha256()
+    for chunk in evidence.iter_blob(record):
+        digest.update(chunk)
+    if digest.hexdigest() != record.hash:
+        reason = "the stored recording does not match its sha256"
+        history.record_refusal(
+            request.user, "remote_session.recording", session, reason=reason, site_id=session.site_id
+        )
+        return HttpResponse(f"Refused: {reason}.", status=409, content_type="text/plain")
     return StreamingHttpResponse(evidence.iter_blob(record), content_type="application/x-asciicast")
 
 

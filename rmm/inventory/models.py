@@ -1,6 +1,9 @@
 import uuid
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Site(models.Model):
@@ -125,6 +128,12 @@ class Agent(models.Model):
     def can(self, capability: str) -> bool:
         """Whether the agent said it can do ``capability`` (rmm_agent.protocol.CAPABILITIES)."""
         return capability in self.capabilities.split(",")
+
+    def is_online(self, now: datetime | None = None) -> bool:
+        """Seen within RMM_AGENT_OFFLINE_SECONDS and not marked offline by the sweep."""
+        if self.offline_since is not None or self.last_seen_at is None:
+            return False
+        return (now or timezone.now()) - self.last_seen_at <= timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
 
 
 class RefusalWindow(models.Model):

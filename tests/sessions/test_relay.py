@@ -7,22 +7,30 @@ recorded."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings as django_settings
 from django.core.files.storage import default_storage
+from django.db import connection
 from django.test import Client
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from django_q.models import Schedule
 
 from evidence.models import RmmEvidence
+from rmm.core.errors import Forbidden
 from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent
 from sessions import recording, services
-from sessions.models import RecordingChunk, RemoteSession
+from sessions.models import JoinToken, RecordingChunk, RemoteSession
 from tests.helpers import heartbeat, make_agent
 from tests.sessions.helpers import online, open_
 
@@ -85,7 +93,10 @@ def ended(comm_output: dict) -> bool:
     return comm_output["type"] == "websocket.close"
 
 
-def test_both_ways_are_relayed_recorded_and_sealed_in_a_chain_that_verifies(world, django_capture_on_commit_callbacks):
+def test_both_ways_are_relayed_recorded_and_sealed_in_a_chain_that_verifies(
+    world, django_capture_on_commit_callbacks, settings
+):
+    settings.RMM_TASKS_SYNC = True  # the seal task runs as its cause commits
     session = running_session(world)
     token, mode = services.mint_join_token(world["tech"].user, session)
     assert mode == "interactive"
@@ -104,14 +115,19 @@ def test_both_ways_are_relayed_recorded_and_sealed_in_a_chain_that_verifies(worl
         def end():
             with django_capture_on_commit_callbacks(execute=True):
                 services.end_session(world["tech"].user, RemoteSession.objects.get(pk=session.pk))
+            ended_at.append(len(connection.run_on_commit))
 
         await sync_to_async(end)()
         closed = (await agent.receive_output(timeout=5), await browser.receive_output(timeout=5))
+
         await agent.disconnect()
         await browser.disconnect()
         return typed, shown, closed
 
+    ended_at = []
     typed, shown, closed = async_to_sync(scenario)()
+    for _, callback, _ in connection.run_on_commit[ended_at[0] :]:
+        callback()  # the relay's last chunk committed: the seal task runs
     assert typed == b"id -u\n" and shown == b"1001\r\n\xff$ "
     assert ended(closed[0]) and closed[1]["text"].endswith("[session ended: user]\r\n")
     session.refresh_from_db()
@@ -256,3 +272,122 @@ def test_only_the_agent_holding_the_running_step_opens_the_relay_once(world, sit
         "the session's relay is already open",
     ]
     assert Agent.objects.filter(pk=intruder.pk).exists()
+
+
+def test_a_session_in_use_stays_live_through_the_sweep_past_its_idle_limit(world):
+    """The relay records activity while bytes flow (not only when a 64 KiB chunk is written), so
+    the minute's sweep, which reads it, leaves a session in use alone."""
+    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=3)
+    session = running_session(world)
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+        for _ in range(5):  # a little output every second, for longer than the idle limit
+            await agent.send_to(bytes_data=b"$ ")
+            await asyncio.sleep(1)
+        swept = await sync_to_async(services.end_overdue)()
+        still = await agent.receive_nothing(timeout=0.1)
+        await agent.disconnect()
+        return swept, still
+
+    swept, still = async_to_sync(scenario)()
+    assert swept == 0 and still
+    assert RemoteSession.objects.get(pk=session.pk).end_reason == "agent"  # ended by the hang-up only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relays_timer_counts_the_maximum_duration_from_the_sessions_start(world, flushable_append_only):
+    """A relay that connects late (or again on another worker) does not give the session more time."""
+    services.set_policy(world["admin"].user, world["site"], max_duration_seconds=60)
+    session = running_session(world)
+    RemoteSession.objects.filter(pk=session.pk).update(started_at=timezone.now() - timedelta(minutes=2))
+
+    async def scenario():
+        agent = agent_side(session.pk, world["auth"])
+        assert (await agent.connect())[0]
+        out = await agent.receive_output(timeout=3)
+        await agent.disconnect()
+        return out
+
+    assert ended(async_to_sync(scenario)())
+    assert RemoteSession.objects.get(pk=session.pk).end_reason == "max_duration"
+
+
+def test_a_session_the_sweep_ends_after_its_relay_died_gets_its_recording_sealed(
+    world, settings, django_capture_on_commit_callbacks
+):
+    """Its worker died mid-session: chunks were written, no relay closed. The sweep ends it, and
+    its recording is sealed as evidence once the relay's last chunk can no longer come."""
+    settings.RMM_TASKS_SYNC = True
+    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=60)
+    session = running_session(world)
+    now = timezone.now()
+    RemoteSession.objects.filter(pk=session.pk).update(relay_opened_at=now, last_activity_at=now)
+    recorder = recording.Recorder(session.pk)
+    recorder.frame("o", b"$ id -u\r\n1001\r\n")
+    recorder.flush()  # what the dead relay wrote
+    later = now + timedelta(minutes=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.end_overdue(later) == 1
+    session.refresh_from_db()
+    assert session.end_reason == "idle" and not session.recorded  # its relay's last chunk may still come
+    RemoteSession.objects.filter(pk=session.pk).update(ended_at=timezone.now() - services.SEAL_WAIT)
+    with django_capture_on_commit_callbacks(execute=True):
+        import_string(Schedule.objects.get(name="sessions.end_overdue").func)()  # the next minute's sweep
+    session.refresh_from_db()
+    record = RmmEvidence.objects.get(related_id=session.pk, evidence_type="session_recording")
+    assert session.recorded and record.hash == session.recording_sha256
+    assert services.seal_recording(session.pk) == record  # sealing again changes nothing
+    assert RmmEvidence.objects.filter(related_id=session.pk, evidence_type="session_recording").count() == 1
+
+
+def test_a_join_token_older_than_a_minute_is_refused_and_the_sweep_deletes_it(world):
+    session = running_session(world)
+    token, _ = services.mint_join_token(world["tech"].user, session)
+    fresh, _ = services.mint_join_token(world["tech"].user, session)
+    JoinToken.objects.filter(token_hash=hashlib.sha256(token.encode()).hexdigest()).update(
+        created_at=timezone.now() - timedelta(seconds=61)
+    )
+    with pytest.raises(Forbidden, match="join token expired"):
+        services.redeem_join_token(world["tech"].user, session.pk, token)
+    assert refusals("remote_session.join") == ["join token expired"]
+    import_string(Schedule.objects.get(name="sessions.end_overdue").func)()
+    assert JoinToken.objects.filter(session=session).count() == 1  # the fresh one stays
+    assert services.redeem_join_token(world["tech"].user, session.pk, fresh)[1] == "interactive"
+
+
+def test_the_recording_is_served_only_while_it_matches_its_sha256(world, settings):
+    """A byte flipped in the stored recording: the session page refuses it, and says so in the history."""
+    settings.RMM_TASKS_SYNC = True
+    session = running_session(world)
+    recorder = recording.Recorder(session.pk)
+    recorder.frame("o", b"$ echo hello\r\nhello\r\n")
+    recorder.flush()
+    services.end_session(world["tech"].user, session)
+    record = services.seal_recording(session.pk)
+    path = Path(django_settings.STORAGES["default"]["OPTIONS"]["location"]) / record.storage_uri.split("/", 3)[-1]
+    url = f"/console/sessions/{session.pk}/recording.cast"
+    browser = Client()
+    browser.force_login(world["tech"].user)
+    served = browser.get(url)
+    assert served.status_code == 200 and b"hello" in b"".join(served.streaming_content)
+    path.write_bytes(path.read_bytes().replace(b"hello", b"hellO", 1))
+    refused = browser.get(url)
+    assert refused.status_code == 409 and b"does not match its sha256" in refused.content
+    assert refusals("remote_session.recording") == ["the stored recording does not match its sha256"]
+
+
+def test_a_chunk_is_recorded_by_the_service_in_its_place_in_the_chain(world):
+    """What the recorder writes goes through services.record_chunk, the one writer of chunk rows."""
+    session = running_session(world)
+    recorder = recording.Recorder(session.pk)
+    recorder.frame("o", b"first\r\n")
+    recorder.flush()
+    data = b'[0.5, "o", "second"]\n'
+    digest = hashlib.sha256(data).hexdigest()
+    name = recording.blobs.content_name(recording.FOLDER, digest, "castpart")
+    recording.blobs.put(name, data, digest, action=recording.ACTION)
+    chain = recording.link(recorder.chain, digest)
+    row = services.record_chunk(session.pk, 1, recorder.offset, len(data), digest, chain, name)
+    assert [c["index"] for c in recording.verify_chunks(session.pk)] == [0, 1] and row.chain == chain

@@ -16,11 +16,12 @@ from django_q.models import Schedule
 
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
-from rmm.inventory.models import Agent
+from rmm.inventory.models import Agent, Asset
 from rmm.outbox.models import Event
 from rmm_agent.protocol import SESSION_ACTION
 from sessions import services
 from sessions.models import RemoteSession, SessionPolicy
+from tests.helpers import approved_authority
 from tests.sessions.helpers import URL, online, open_
 
 
@@ -196,3 +197,34 @@ def test_the_minutes_schedule_ends_a_session_whose_relay_is_gone(world):
     assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == ("I", 1, -1)
     assert import_string(schedule.func)() == 1
     assert RemoteSession.objects.get(pk=sid).end_reason == "max_duration"
+
+
+def test_the_sweep_reads_every_live_sessions_policy_in_one_query(world, caller, other_site, django_assert_num_queries):
+    """A site with its own policy and one with the defaults: one query, however many sessions."""
+    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=600)
+    ids = [open_(world).json()["id"] for _ in range(2)]
+    ids.append(
+        open_(
+            world,
+            asset=str(world["elsewhere"]),
+            psa_task_id=str(approved_authority(other_site, world["psa"].user).pk),
+            who="admin",
+        ).json()["id"]
+    )
+    RemoteSession.objects.filter(pk__in=ids).update(started_at=timezone.now())
+    with django_assert_num_queries(1):
+        assert services.end_overdue() == 0
+    assert RemoteSession.objects.filter(pk__in=ids, ended_at__isnull=True).count() == 3
+
+
+def test_an_agent_is_online_within_the_offline_cut_off_and_a_retired_asset_takes_no_session(world, settings):
+    agent = Agent.objects.get(pk=world["agent"].pk)
+    now = timezone.now()
+    cut_off = timedelta(seconds=settings.RMM_AGENT_OFFLINE_SECONDS)
+    assert agent.is_online(agent.last_seen_at + cut_off) and not agent.is_online(agent.last_seen_at + cut_off * 2)
+    agent.offline_since = now
+    assert not agent.is_online(now)
+    Asset.objects.filter(pk=world["asset"]).update(retired_at=now)
+    r = open_(world)
+    assert r.status_code == 409 and r.json() == {"asset": ["The asset is retired."]}
+    assert not RemoteSession.objects.exists()
