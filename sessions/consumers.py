@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from rmm.core.errors import ServiceError
+from rmm.engine import agent_limits
 from rmm.inventory import services as inventory
 from sessions import policies, recording, relay, services
 from sessions.models import EndReason, JoinMode
@@ -23,6 +24,8 @@ from sessions.models import EndReason, JoinMode
 log = logging.getLogger(__name__)
 
 REFUSED = 4403
+UNKNOWN = 4401  # no agent holds that credential
+LIMITED = 4429  # too many refused credentials from this address: the agent tier's limit (docs/security.md)
 CHECK_SECONDS = 0.5  # how often the relay looks at the session's maximum duration and idle time
 ACTIVITY_SECONDS = 30.0  # at most how often the relay records, while bytes flow, that they do
 
@@ -35,10 +38,17 @@ def _header(scope, name: bytes) -> str:
 
 
 @database_sync_to_async
-def _open_relay(header: str, session_id):
+def _open_relay(scope, session_id):
+    """The agent's credential, under the same limit as its HTTP calls: an address that keeps
+    showing unknown credentials is refused before any is looked up (``agent_limits``)."""
+    header, address = _header(scope, b"authorization"), agent_limits.client_address(scope)
+    if agent_limits.retry_after(address, header):
+        return LIMITED, None
     agent = inventory.authenticate_agent(header)
     if agent is None:
-        return None, None
+        agent_limits.distrust(header)
+        agent_limits.count(address)
+        return UNKNOWN, None
     session = services.relay_opened(agent, session_id)
     return session, policies.policy_for(session.site)
 
@@ -78,13 +88,14 @@ class AgentRelayConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         session_id = self.scope["url_route"]["kwargs"]["session_id"]
         try:
-            self.session, policy = await _open_relay(_header(self.scope, b"authorization"), session_id)
+            opened, policy = await _open_relay(self.scope, session_id)
         except ServiceError:
             await self.close(code=REFUSED)
             return
-        if self.session is None:
-            await self.close(code=4401)
+        if opened in (UNKNOWN, LIMITED):
+            await self.close(code=opened)
             return
+        self.session = opened
         self.policy = policy
         # recorded in the database at most this often while bytes flow: often enough that the
         # minute's sweep, which reads it, never ends a session in use as idle

@@ -391,3 +391,20 @@ def test_a_chunk_is_recorded_by_the_service_in_its_place_in_the_chain(world):
     chain = recording.link(recorder.chain, digest)
     row = services.record_chunk(session.pk, 1, recorder.offset, len(data), digest, chain, name)
     assert [c["index"] for c in recording.verify_chunks(session.pk)] == [0, 1] and row.chain == chain
+
+
+def test_unknown_credentials_on_the_relay_count_against_the_agent_tiers_limit(world, settings):
+    """Guessing credentials over the websocket is limited like over HTTP: past the limit, the
+    address is refused before any credential is looked up, until the window ends."""
+    settings.RMM_AGENT_REFUSAL_WINDOW_SECONDS = 60
+    settings.RMM_AGENT_REFUSALS_PER_WINDOW = 3
+    session = running_session(world)
+    guess = world["auth"].rsplit(":", 1)[0] + ":guess"
+
+    async def scenario():
+        codes = []
+        for auth in [guess, guess, guess, guess]:
+            codes.append((await agent_side(session.pk, auth).connect())[1])
+        return codes
+
+    assert async_to_sync(scenario)() == [4401, 4401, 4401, 4429]
