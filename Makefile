@@ -42,11 +42,11 @@ prod-down:
 
 test: install
 	@sh scripts/ensure-chromium.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # While working: everything but the slow end-to-end tests (tests/e2e/), on both cores.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The fleet benchmark (docs/performance.md): a short profile by default, e.g.
 # `make bench FLEET=10000 DURATION=60` for the goal, SERVER=daphne for daphne workers,

@@ -81,11 +81,36 @@ def other_site(db):
     return inventory.get_or_create_site("beta")
 
 
+# End-to-end tests that install and purge packages through dpkg and apt: the machine has one dpkg
+# lock, so under xdist (`--dist loadgroup`, as `make test` runs) they share one worker.
+DPKG_TESTS = {
+    f"tests/e2e/{name}.py"
+    for name in (
+        "test_agent_deb",
+        "test_deployment",
+        "test_deployment_rollout",
+        "test_patching",
+        "test_patch_verification",
+    )
+}
+# The longest test (about a third of the suite's time) is collected first, so that it starts at
+# once on one worker while the other takes the rest, instead of starting late and ending last.
+FIRST = "tests/e2e/test_api_fuzz.py"
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    """Every end-to-end test and fault drill is slow: `make test-fast` (-m "not slow") leaves them out."""
+    """Every end-to-end test and fault drill is slow: `make test-fast` (-m "not slow") leaves them out.
+    Marks go on before the other plugins look (pytest's -m, xdist's groups); the longest test moves
+    first after pytest-django has ordered the rest."""
     for item in items:
-        if any(part in str(item.path).replace("\\", "/") for part in ("/tests/e2e/", "/tests/faults/")):
+        path = str(item.path).replace("\\", "/")
+        if any(part in path for part in ("/tests/e2e/", "/tests/faults/")):
             item.add_marker(pytest.mark.slow)
+        if any(path.endswith(name) for name in DPKG_TESTS):
+            item.add_marker(pytest.mark.xdist_group("dpkg"))
+    yield
+    items.sort(key=lambda item: not str(item.path).replace("\\", "/").endswith(FIRST))
 
 
 def pytest_terminal_summary(terminalreporter):

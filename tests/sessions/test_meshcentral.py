@@ -38,6 +38,7 @@ from tests.sessions.meshcentral_server import MeshCentralServer, terminal
 pytestmark = pytest.mark.slow
 
 MAX_RECORDING = 64 * 1024 * 1024
+LOADED_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,11 @@ def meshcentral(tmp_path_factory):
 
 
 def broker_of(server: MeshCentralServer) -> MeshCentralProvider:
-    return MeshCentralProvider(server.url, server.username, server.password, ca_file=str(server.ca_file))
+    # A minute, not the default 15 s: MeshCentral (one node process) answers slowly while the rest of the
+    # suite loads both cores.
+    return MeshCentralProvider(
+        server.url, server.username, server.password, ca_file=str(server.ca_file), timeout=LOADED_TIMEOUT
+    )
 
 
 @pytest.fixture
@@ -64,7 +69,7 @@ def web_login(broker: MeshCentralProvider, username: str, password: str) -> tupl
         urllib.request.HTTPCookieProcessor(jar), urllib.request.HTTPSHandler(context=broker.tls)
     )
     form = urllib.parse.urlencode({"action": "login", "username": username, "password": password}).encode()
-    with opener.open(f"{broker.url}/login", data=form, timeout=15):
+    with opener.open(f"{broker.url}/login", data=form, timeout=LOADED_TIMEOUT):
         pass
     cookies = {c.name: c.value for c in jar}
     session = json.loads(base64.b64decode(cookies["xid"] + "==")) if "xid" in cookies else {}
@@ -103,21 +108,21 @@ def test_a_login_token_serves_its_session_and_a_second_login_ends_it(broker):
     watch = broker.watch_logins(token)
     user, cookie = web_login(broker, token.user, token.password)
     assert user == user_id  # the technician, not the broker
-    first = watch.next_login(timeout=15)
+    first = watch.next_login(timeout=LOADED_TIMEOUT)
     assert first["userid"] == user_id and first["tokenName"] == "rmm-session-0001"
     with connect(f"{broker.ws_url}/control.ashx", additional_headers={"Cookie": cookie}, ssl=broker.tls) as web_app:
-        assert json.loads(web_app.recv(timeout=15))["action"] == "serverinfo"
+        assert json.loads(web_app.recv(timeout=LOADED_TIMEOUT))["action"] == "serverinfo"
 
         # MeshCentral itself takes the token again: single use is the broker's, which sees the second login
         assert web_login(broker, token.user, token.password)[0] == user_id
-        assert watch.next_login(timeout=15)["tokenUser"] == token.user
+        assert watch.next_login(timeout=LOADED_TIMEOUT)["tokenUser"] == token.user
         watch.close()
         broker.revoke_login_token(user_id, token)
 
         # Revoked: MeshCentral closes the web session opened with it and refuses it from now on.
         with pytest.raises(ConnectionClosed):
             while True:
-                web_app.recv(timeout=15)
+                web_app.recv(timeout=LOADED_TIMEOUT)
     assert web_login(broker, token.user, token.password)[0] is None
     with pytest.raises(MeshCentralError, match="refused the login"):
         broker.control(token.user, token.password)
