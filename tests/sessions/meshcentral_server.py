@@ -1,6 +1,7 @@
-"""A real MeshCentral (the npm package in node_modules) on 127.0.0.1: its own data folder, HTTPS with the
-certificates it makes at first start (its root certificate is the test client's trust anchor), no
-redirect or Intel AMT port, and a broker account made a full administrator with MeshCentral's own
+"""A real MeshCentral (the npm package in node_modules) on 127.0.0.1: its own data and files folders in a
+temporary folder (nothing written into the repository), HTTPS with the certificates it makes at first
+start (its root certificate is the test client's trust anchor), no redirect or Intel AMT port, and a
+broker account made a full administrator with MeshCentral's own
 command line before it starts. :meth:`start_agent` runs MeshCentral's own Linux agent (the meshagent
 binary that ships in the npm package) for a device group, and :func:`terminal` plays the technician's
 browser in a terminal session through MeshCentral's relay, as meshctrl.js ``shell`` does."""
@@ -59,6 +60,8 @@ class MeshCentralServer:
                 "mpsPort": 0,
                 "selfUpdate": False,
                 "autoBackup": False,
+                # its files folder (default: meshcentral-files beside node_modules, in the repository)
+                "filesPath": str(self.folder / "meshcentral-files"),
             },
             "domains": {"": domain},
         }
