@@ -213,6 +213,10 @@ class JobKind:
     # what each asset's agent must report it can do (rmm_agent.protocol.CAPABILITIES) for
     # the kind's job to be created on it ("": every agent runs scripts)
     capability: str = ""
+    # a job of the kind may render no step: something outside the agents carries it (a remote
+    # session through a remote-access server). It is queued without an instruction; the kind's
+    # own services move it to running and end it. False: rendering no step is a programming error
+    steps_optional: bool = False
 
 
 _KINDS: dict[str, JobKind] = {}

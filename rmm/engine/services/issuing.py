@@ -71,10 +71,13 @@ def issue_instructions_for(jobs: list, actor, *, wave_offset: int = 0) -> list[I
 
 
 def _first_steps(kind, jobs: list) -> list[tuple]:
-    """(job, its first step, 0) for each job: a job's later steps wait for the one before."""
+    """(job, its first step, 0) for each job: a job's later steps wait for the one before. A job
+    of a kind whose steps are optional that renders none has no instruction (its kind carries it)."""
     rendered = []
     for job in jobs:
         specs = kind.render(job)
+        if not specs and kind.steps_optional:
+            continue
         steps.check(specs)
         rendered.append((job, specs[0], 0))
     return rendered
