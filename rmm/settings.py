@@ -382,6 +382,14 @@ RMM_HEARTBEAT_INTERVAL = int(os.environ.get("RMM_HEARTBEAT_INTERVAL", "30"))
 # it is answered, up to one interval later, so keep this well above the interval.
 RMM_AGENT_OFFLINE_SECONDS = int(os.environ.get("RMM_AGENT_OFFLINE_SECONDS", str(5 * RMM_HEARTBEAT_INTERVAL)))
 RMM_LEASE_GRACE_SECONDS = int(os.environ.get("RMM_LEASE_GRACE_SECONDS", "60"))
+# The MeshCentral session provider (docs/sessions-meshcentral.md): registered only when its URL,
+# the broker's account and password are set; the CA file is MeshCentral's root-cert-public.crt
+# when it uses the certificate it made itself.
+RMM_MESHCENTRAL_URL = os.environ.get("RMM_MESHCENTRAL_URL", "").strip()
+RMM_MESHCENTRAL_USER = os.environ.get("RMM_MESHCENTRAL_USER", "").strip()
+RMM_MESHCENTRAL_PASSWORD = os.environ.get("RMM_MESHCENTRAL_PASSWORD", "")
+RMM_MESHCENTRAL_CA_FILE = os.environ.get("RMM_MESHCENTRAL_CA_FILE", "").strip()
+RMM_MESHCENTRAL_TIMEOUT_SECONDS = float(os.environ.get("RMM_MESHCENTRAL_TIMEOUT_SECONDS", "15"))
 # How long an endpoint may take to come back from a reboot a step asked for: meanwhile its agent
 # is rebooting (not offline); past it, the job whose next step waited ends lost.
 RMM_REBOOT_GRACE_SECONDS = int(os.environ.get("RMM_REBOOT_GRACE_SECONDS", "900"))

@@ -14,10 +14,14 @@ class SessionsConfig(AppConfig):
         from rmm.engine.services import kill_switches
         from rmm.outbox import services as outbox
         from sessions import kind, services  # kind registers the "remote_session" job kind
-        from sessions.providers import terminal  # noqa: F401  (registers the built-in provider)
+        from sessions.providers import meshcentral, terminal  # noqa: F401  (terminal registers the built-in provider)
 
+        meshcentral.configure()  # only when MeshCentral is configured
         types.register(kind.SESSION_STEP, "What an agent reported of serving a remote session")
-        types.register(kind.SESSION_RECORDING, "A remote session's recording (asciicast v2), sealed by its sha256")
+        types.register(
+            kind.SESSION_RECORDING,
+            "A remote session's recording (asciicast v2 or its provider's), sealed by its sha256",
+        )
         kill_switches.register_hook(services.end_in_scope)
         outbox.register(services.ENDED, "A remote session ended (by whom or what, and why)")
         outbox.register(services.RECORDED, "A remote session's recording was sealed as evidence (its sha256)")

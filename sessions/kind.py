@@ -1,7 +1,8 @@
 """The "remote_session" job kind: a remote session is a job whose steps are its provider's (the
 built-in terminal: one ``remote_session`` step the agent serves by relaying a PTY for as long as
-the session lasts). So authority, sites, kill switches, approval, signing and history are the
-engine's, as for every kind; the session's own rules are in sessions.services."""
+the session lasts; MeshCentral: none, the job runs from the provider's start to the session's
+end). So authority, sites, kill switches, approval, signing and history are the engine's, as for
+every kind; the session's own rules are in sessions.services."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ SESSION_RECORDING = "session_recording"  # the evidence type of a session's seal
 
 
 def prepare(
-    *, initiated_by, provider: str, session_type: str, privileged: bool, requires_approval: bool
+    *,
+    initiated_by,
+    provider: str,
+    session_type: str,
+    privileged: bool,
+    requires_approval: bool,
+    provider_fields: dict | None = None,
 ) -> registry.NewJob:
     return registry.NewJob(
         fields={
@@ -22,6 +29,7 @@ def prepare(
             "provider": provider,
             "session_type": session_type,
             "privileged": privileged,
+            **(provider_fields or {}),
         },
         requires_approval=requires_approval,
         names={"provider": provider, "session_type": session_type},
@@ -74,5 +82,6 @@ registry.register(
         card=card,
         select_related=("asset", "site", "psa_task", "initiated_by"),
         api_detail="remote-session-detail",
+        steps_optional=True,  # a provider that reaches the endpoint by its own means sends the agent nothing
     )
 )

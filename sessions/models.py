@@ -11,7 +11,8 @@ from rmm.engine.models import JobBase, job_indexes
 
 
 class SessionType(models.TextChoices):
-    TERMINAL = "terminal"
+    TERMINAL = "terminal"  # a shell (the built-in terminal)
+    REMOTE_CONTROL = "remote_control"  # a remote-access server's own app on the device (MeshCentral)
 
 
 class EndReason(models.TextChoices):
@@ -23,6 +24,7 @@ class EndReason(models.TextChoices):
     RECORDING_FAILED = "recording_failed"
     AGENT = "agent"  # the agent's side closed (the shell exited, the agent stopped)
     REJECTED = "rejected"  # an approver refused it before it started
+    PROVIDER = "provider"  # its provider could not start it (a remote-access server that refused)
 
 
 class RemoteSession(JobBase):
@@ -52,6 +54,11 @@ class RemoteSession(JobBase):
     recording_uri = models.CharField(max_length=500, blank=True, help_text="Where the recording is stored.")
     recording_sha256 = models.CharField(max_length=64, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True, help_text="The last byte relayed either way.")
+    # What a provider that reaches the endpoint by its own means keeps to end the session later
+    # (MeshCentral: the technician's user id, the device's node id, the login token's user name).
+    provider_user = models.CharField(max_length=200, blank=True)
+    provider_device = models.CharField(max_length=200, blank=True)
+    provider_token = models.CharField(max_length=200, blank=True)
 
     class Meta(JobBase.Meta):
         db_table = "remote_sessions"

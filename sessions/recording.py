@@ -14,8 +14,10 @@ import codecs
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 
 from django.core.files.storage import default_storage
+from django.db import transaction
 
 from evidence import services as evidence
 from rmm.core import blobs
@@ -74,17 +76,47 @@ class Recorder:
         if not self.buffer:
             return
         data = bytes(self.buffer)
-        digest = hashlib.sha256(data).hexdigest()
-        name = blobs.content_name(FOLDER, digest, "castpart")
-        try:
-            blobs.put(name, data, digest, action=ACTION)
-        except Exception as exc:  # noqa: BLE001 - whatever the store says, the recording stopped
-            raise RecordingFailed(f"chunk {self.index} could not be written: {exc}") from exc
-        self.chain = link(self.chain, digest)
-        services.record_chunk(self.session_id, self.index, self.offset, len(data), digest, self.chain, name)
+        chunk = put_chunk(data, self.index, self.offset, self.chain)
+        services.record_chunk(self.session_id, **chunk)
+        self.chain = chunk["chain"]
         self.index += 1
         self.offset += len(data)
         del self.buffer[: len(data)]
+
+
+def put_chunk(data: bytes, index: int, offset: int, previous_chain: str) -> dict:
+    """Store one chunk's bytes in the blob store: its row's fields (index, offset, size, sha256,
+    chain, blob) for :func:`sessions.services.record_chunk`. Raises RecordingFailed when it cannot."""
+    digest = hashlib.sha256(data).hexdigest()
+    name = blobs.content_name(FOLDER, digest, "castpart")
+    try:
+        blobs.put(name, data, digest, action=ACTION)
+    except Exception as exc:  # noqa: BLE001 - whatever the store says, the recording stopped
+        raise RecordingFailed(f"chunk {index} could not be written: {exc}") from exc
+    return {
+        "index": index,
+        "offset": offset,
+        "size": len(data),
+        "sha256": digest,
+        "chain": link(previous_chain, digest),
+        "blob": name,
+    }
+
+
+def store_fetched(session_id, pieces: Iterable[bytes]) -> None:
+    """A recording a provider made itself (MeshCentral's ``.mcrec``), as it hands it back, into the
+    same chunk chain the relay writes: each piece is stored as it comes (never the whole file in
+    memory), and the chunks' rows are recorded together once the last piece came, so a pull cut
+    short records none and is tried again whole."""
+    rows, chain, offset = [], genesis(session_id), 0
+    for data in pieces:
+        if not data:
+            continue
+        rows.append(put_chunk(data, len(rows), offset, chain))
+        chain, offset = rows[-1]["chain"], offset + len(data)
+    with transaction.atomic():
+        for row in rows:
+            services.record_chunk(session_id, **row)
 
 
 def verify_chunks(session_id) -> list[dict]:
@@ -105,9 +137,9 @@ def verify_chunks(session_id) -> list[dict]:
     return listed
 
 
-def seal(session_id) -> tuple[str, str, int, list[dict]]:
-    """The whole recording as one evidence blob, copied chunk by chunk after each verified:
-    (sha256, storage URI, size, the chunks)."""
+def seal(session_id, extension: str = "cast") -> tuple[str, str, int, list[dict]]:
+    """The whole recording as one evidence blob (named ``<sha256>.<extension>``), copied chunk by
+    chunk after each verified: (sha256, storage URI, size, the chunks)."""
     chunks = verify_chunks(session_id)
     names = list(RecordingChunk.objects.filter(session_id=session_id).order_by("index").values_list("blob", flat=True))
 
@@ -118,6 +150,6 @@ def seal(session_id) -> tuple[str, str, int, list[dict]]:
 
     spooled, digest, size = blobs.spool(pieces(), max_size=2**40)
     with spooled:
-        name = evidence.blob_name(digest, "cast")  # where every evidence blob is, by its hash
+        name = evidence.blob_name(digest, extension)  # where every evidence blob is, by its hash
         blobs.put(name, spooled, digest, action=ACTION)
     return digest, f"{blobs.store_label()}/{name}", size, chunks

@@ -15,13 +15,16 @@ import secrets
 import uuid
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from evidence import services as evidence
 from evidence.models import RmmEvidence
 from rmm.access import roles as access
-from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from rmm.authority import laws
+from rmm.authority.models import PsaTask
+from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 from rmm.core.on_commit import enqueue_on_commit
 from rmm.engine import services as engine
 from rmm.engine.services import kill_switches
@@ -73,6 +76,12 @@ def open_session(
     if not policy.allowed:
         _refuse(user, asset, Forbidden("This site's policy allows no remote sessions."))
     _refuse_if_unreachable(user, asset, carrier)
+    requires_approval = bool(privileged) or policy.approval_required
+    _refuse_if_cannot_wait(user, asset, carrier, requires_approval, psa_task_id)
+    try:
+        kept = carrier.prepare(user, asset)
+    except (Conflict, Forbidden) as error:
+        _refuse(user, asset, error)
     session = engine.create_job(
         user,
         "remote_session",
@@ -82,9 +91,14 @@ def open_session(
         provider=carrier.name,
         session_type=session_type,
         privileged=bool(privileged),
-        requires_approval=bool(privileged) or policy.approval_required,
+        requires_approval=requires_approval,
+        provider_fields=kept,
     )
-    return session, carrier.start(session)
+    try:
+        return session, carrier.start(session)
+    except ServiceError:
+        end_by_system(session, EndReason.PROVIDER)  # it exists: it ends, recorded and told
+        raise
 
 
 def _asset(user, asset_id) -> Asset:
@@ -101,14 +115,62 @@ def _asset(user, asset_id) -> Asset:
 
 
 def _refuse_if_unreachable(user, asset: Asset, carrier) -> None:
-    """A session needs the asset's agent online now (409), and able to carry the provider (a
-    retired asset is refused by the engine, as for every kind)."""
+    """A provider carried by the asset's agent needs it online now (409), and able to carry the
+    provider (a retired asset is refused by the engine, as for every kind). One that reaches the
+    endpoint by its own means checks in its ``prepare``."""
+    if not carrier.capability:
+        return
     agent = Agent.objects.filter(asset=asset, revoked_at__isnull=True).first()
-    capability = getattr(carrier, "capability", "")
     if agent is None or not agent.is_online():
         _refuse(user, asset, Conflict("The asset's agent is offline.", field="asset"))
-    if capability and not agent.can(capability):
+    if not agent.can(carrier.capability):
         _refuse(user, asset, Conflict(f"The asset's agent cannot carry a {carrier.name} session.", field="asset"))
+
+
+def _refuse_if_cannot_wait(user, asset: Asset, carrier, requires_approval: bool, psa_task_id) -> None:
+    """A provider that hands its join URL out once, as it starts, cannot start later at an
+    approver's word: a session of it that would wait (privileged, the site's policy, or a
+    requester who wrote the authority it cites) is refused before it exists."""
+    if carrier.can_wait_for_approval:
+        return
+    try:
+        task = PsaTask.objects.select_related("case").filter(pk=uuid.UUID(str(psa_task_id))).first()
+    except ValueError:
+        task = None  # the engine refuses it
+    if requires_approval or (task is not None and laws.self_authorized(task, user, asset.site)):
+        _refuse(
+            user,
+            asset,
+            Conflict(f"A {carrier.name} session starts as it opens: it cannot wait for an approver.", field="provider"),
+        )
+
+
+def provider_started(session: RemoteSession, provider_token: str) -> None:
+    """A provider that reaches the endpoint by its own means started the session: it is live from
+    now (its job runs; ``session.started``), and keeps what ends it (its remote token)."""
+    with transaction.atomic():
+        RemoteSession.objects.filter(pk=session.pk).update(provider_token=provider_token)
+        session.provider_token = provider_token
+        engine.transition_job(session, JobStatus.RUNNING, session.initiated_by)
+        history.append(
+            session.initiated_by,
+            "session.started",
+            session,
+            site_id=session.site_id,
+            payload={"asset": str(session.asset_id), "privileged": session.privileged, "provider": session.provider},
+        )
+
+
+def provider_failed(session: RemoteSession, during: str, error: Exception) -> None:
+    """A provider could not do its part (revoke a token, hand the recording back): loud, in the
+    history, never silent."""
+    history.append(
+        SYSTEM,
+        "session.provider_failed",
+        session,
+        site_id=session.site_id,
+        payload={"provider": session.provider, "during": during, "error": str(error)[:500]},
+    )
 
 
 def _refuse(user, asset: Asset, error: Exception, action: str = ACTION, subject=None) -> None:
@@ -209,7 +271,7 @@ def _stop_job(session: RemoteSession, actor, reason: str) -> None:
     instructions = engine.job_instructions(current)
     if instructions.exists():
         engine.stop_instructions(instructions, actor, reason)
-    else:  # queued without a step (its agent had none active when it was queued)
+    else:  # without a step: queued when its agent had none active, or carried by its provider alone
         engine.transition_job(current, JobStatus.ABORTED, actor, reason=reason)
 
 
@@ -230,6 +292,8 @@ def overdue_reason(session: RemoteSession, policy: SessionPolicy, now: datetime)
         return None
     if now - session.started_at >= timedelta(seconds=policy.max_duration_seconds):
         return EndReason.MAX_DURATION
+    if not providers.sees_activity(session.provider):
+        return None  # a remote-access server's session: its own idle rules apply, not ours
     last = session.last_activity_at or session.relay_opened_at or session.started_at
     if now - last >= timedelta(seconds=policy.idle_timeout_seconds):
         return EndReason.IDLE
@@ -402,12 +466,13 @@ def seal_recording(session_id) -> RmmEvidence | None:
         return _recording_evidence(session)
     if session.ended_at is None or session.end_reason == EndReason.RECORDING_FAILED:
         return None
-    if not RecordingChunk.objects.filter(session=session).exists():
+    if not RecordingChunk.objects.filter(session=session).exists() and not _fetch_recording(session):
         return None
     relay_writing = session.relay_opened_at is not None and session.relay_closed_at is None
     if relay_writing and timezone.now() - session.ended_at < SEAL_WAIT:
         return None
-    digest, uri, size, chunks = recording.seal(session.pk)
+    extension, form = providers.get(session.provider).recording_format
+    digest, uri, size, chunks = recording.seal(session.pk, extension)
     with transaction.atomic():
         if not RemoteSession.objects.filter(pk=session.pk, recorded=False).update(
             recorded=True, recording_uri=uri, recording_sha256=digest
@@ -421,7 +486,7 @@ def seal_recording(session_id) -> RmmEvidence | None:
             stored=(digest, uri),
             site_id=session.site_id,
             psa_task_id=session.psa_task_id,
-            payload={"session": str(session.pk), "size": size, "format": "asciicast v2", "chunks": chunks},
+            payload={"session": str(session.pk), "size": size, "format": form, "chunks": chunks},
         )
         session.recorded, session.recording_uri, session.recording_sha256 = True, uri, digest
         outbox.emit(
@@ -437,6 +502,26 @@ def seal_recording(session_id) -> RmmEvidence | None:
             },
         )
     return row
+
+
+def _fetch_recording(session: RemoteSession) -> bool:
+    """A provider that records itself hands its recording back; it is written into the session's
+    chunk chain (:func:`record_chunk`), to be sealed as the relay's is. False when there is none
+    (yet: MeshCentral writes it when the session's last tunnel closes; the minute's sweep tries again)."""
+    carrier = providers.get(session.provider)
+    if not carrier.records_itself:
+        return False
+    pieces = carrier.fetch_recording(session)
+    if pieces is None:
+        return False
+    try:
+        recording.store_fetched(session.pk, pieces)
+    except providers.RecordingUnavailable as exc:
+        log.info("session %s: no recording from %s yet: %s", session.pk, session.provider, exc)
+        return False
+    except IntegrityError:
+        pass  # another task stored it meanwhile: sealed from its chunks
+    return True
 
 
 def _recording_evidence(session: RemoteSession) -> RmmEvidence | None:
@@ -455,8 +540,10 @@ def seal_pending(now: datetime | None = None) -> int:
     """The minute's retry: recordings of sessions ended within SEAL_RETRY and not sealed yet (a
     task lost, a relay whose worker died before its last chunk). How many were sealed."""
     now = now or timezone.now()
+    fetching = [name for name in providers.names() if providers.get(name).records_itself]
     pending = (
-        RemoteSession.objects.filter(recorded=False, ended_at__gte=now - SEAL_RETRY, chunks__isnull=False)
+        RemoteSession.objects.filter(recorded=False, ended_at__gte=now - SEAL_RETRY)
+        .filter(Q(chunks__isnull=False) | Q(provider__in=fetching, started_at__isnull=False))
         .exclude(end_reason=EndReason.RECORDING_FAILED)
         .values_list("pk", flat=True)
         .distinct()

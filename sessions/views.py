@@ -15,7 +15,7 @@ from rmm.access import roles as access
 from rmm.core.errors import ServiceError
 from rmm.engine.states import JobStatus
 from rmm.history import services as history
-from sessions import kind, services
+from sessions import kind, providers, services
 from sessions.models import RemoteSession
 
 SHOWN = 100
@@ -41,7 +41,9 @@ def session_list(request):
 def session_page(request, session_id):
     session = get_object_or_404(_visible(request.user), pk=session_id)
     relay = mode = None
-    if session.ended_at is None and session.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+    carrier = providers.get(session.provider) if session.provider in providers.names() else None
+    relayed = carrier is not None and bool(carrier.capability)  # the built-in relay carries it
+    if relayed and session.ended_at is None and session.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         try:
             token, mode = services.mint_join_token(request.user, session)
         except ServiceError:
@@ -56,6 +58,7 @@ def session_page(request, session_id):
             "duration": services.duration_seconds(session),
             "relay": relay,
             "mode": mode,
+            "extension": carrier.recording_format[0] if carrier else "cast",  # asciinema-player plays "cast"
             "nav": "sessions",
         },
     )
@@ -63,9 +66,9 @@ def session_page(request, session_id):
 
 @login_required
 def session_recording(request, session_id):
-    """The sealed recording (asciicast v2), of the evidence the caller may read, streamed from the
-    evidence store once its bytes are checked against the record's sha256: an altered recording
-    is refused (409, recorded), never played as if it were the evidence."""
+    """The sealed recording (asciicast v2, or its provider's own format), of the evidence the caller
+    may read, streamed from the evidence store once its bytes are checked against the record's
+    sha256: an altered recording is refused (409, recorded), never played as if it were the evidence."""
     session = get_object_or_404(_visible(request.user), pk=session_id, recorded=True)
     record = (
         evidence.visible_evidence(request.user)
@@ -83,7 +86,10 @@ def session_recording(request, session_id):
             request.user, "remote_session.recording", session, reason=reason, site_id=session.site_id
         )
         return HttpResponse(f"Refused: {reason}.", status=409, content_type="text/plain")
-    return StreamingHttpResponse(evidence.iter_blob(record), content_type="application/x-asciicast")
+    cast = record.storage_uri.endswith(".cast")  # else the provider's own format (MeshCentral's .mcrec)
+    return StreamingHttpResponse(
+        evidence.iter_blob(record), content_type="application/x-asciicast" if cast else "application/octet-stream"
+    )
 
 
 @login_required

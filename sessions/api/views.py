@@ -4,6 +4,7 @@ caller may see (docs/sessions.md)."""
 from __future__ import annotations
 
 import django_filters
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -14,7 +15,7 @@ from rmm.access import roles as access
 from rmm.core.api import SiteScopedMixin, reason_of
 from rmm.core.api_schema import ReasonSerializer, refusal
 from rmm.engine.api.views import StatusField
-from sessions import providers, services
+from sessions import services
 from sessions.models import EndReason, RemoteSession, SessionType
 
 DECISION_CONFLICT = refusal("The session is not awaiting approval, or its authority is no longer approved.")
@@ -66,7 +67,7 @@ class RemoteSessionSerializer(serializers.ModelSerializer):
         return services.duration_seconds(session)
 
     def get_join_url(self, session: RemoteSession) -> str:
-        return providers.get(session.provider).start(session)
+        return reverse("remote-session", args=[session.pk])
 
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
     def get_evidence(self, session: RemoteSession) -> list[str]:
@@ -77,7 +78,11 @@ class RemoteSessionSerializer(serializers.ModelSerializer):
 class OpenSessionSerializer(serializers.Serializer):
     asset = serializers.UUIDField()
     session_type = serializers.ChoiceField(choices=SessionType.choices)
-    provider = serializers.CharField(max_length=40, default="terminal", help_text="terminal: the built-in one.")
+    provider = serializers.CharField(
+        max_length=40,
+        default="terminal",
+        help_text="terminal: the built-in one; meshcentral (session_type remote_control): when configured.",
+    )
     # Not required here on purpose: a session without authority is refused by the engine (Law 1),
     # which records the refusal; a serializer error would leave no trace.
     psa_task_id = serializers.UUIDField(required=False, allow_null=True)
@@ -124,10 +129,15 @@ class RemoteSessionViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.Re
             201: OpenedSerializer,
             403: refusal("Your role may not open sessions, the site's policy allows none, or a kill switch."),
             404: refusal("No such asset among the sites the caller may see."),
-            409: refusal("The asset's agent is offline or cannot carry the provider, or the asset is retired."),
+            409: refusal(
+                "The asset's agent is offline or cannot carry the provider, or the asset is retired; "
+                "meshcentral: MeshCentral does not record every session, has no device of the asset's name, "
+                "could not start it, or it would wait for an approver."
+            ),
         },
-        description="201: the session, and the console page that joins it (``status`` awaiting_approval: "
-        "a privileged session, or the site's policy wants an approver, who is not you).",
+        description="201: the session, and the URL that joins it: the console page (``status`` awaiting_approval: "
+        "a privileged session, or the site's policy wants an approver, who is not you); meshcentral: MeshCentral's "
+        "web app on the device, signed in with a login token of this session only.",
     )
     def create(self, request, *args, **kwargs):
         given = OpenSessionSerializer(data=request.data)

@@ -1,5 +1,5 @@
 """Session providers: who carries a remote session (sessions.providers.base)."""
 
-from sessions.providers.base import Provider, get, names, register
+from sessions.providers.base import Provider, RecordingUnavailable, get, names, register, sees_activity, unregister
 
-__all__ = ["Provider", "get", "names", "register"]
+__all__ = ["Provider", "RecordingUnavailable", "get", "names", "register", "sees_activity", "unregister"]

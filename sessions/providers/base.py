@@ -10,11 +10,31 @@ from collections.abc import Iterator
 from rmm.engine.registry import InstructionSpec
 
 
+class RecordingUnavailable(Exception):
+    """A provider that records itself has no recording to hand back (yet): the broker tries again."""
+
+
 class Provider:
     """A provider; subclasses set ``name`` and the session types they carry."""
 
     name: str = ""
     session_types: tuple[str, ...] = ()
+    # what the asset's agent must report it can do (its heartbeat's capabilities) and be online
+    # for; "": the provider reaches the endpoint by its own means
+    capability: str = ""
+    # it sees the session's bytes, so the site's idle timeout applies (the broker's relay does)
+    sees_activity: bool = False
+    # it can be started by an approver after the session waited (its join URL is the console's)
+    can_wait_for_approval: bool = True
+    # it records the session itself and hands the recording back (fetch_recording) after its end
+    records_itself: bool = False
+    # the sealed recording's file extension and format, as its evidence record names it
+    recording_format: tuple[str, str] = ("cast", "asciicast v2")
+
+    def prepare(self, user, asset) -> dict:
+        """Before the session exists: refuse (Conflict, Forbidden) what the provider cannot carry,
+        and answer the ``provider_*`` fields it keeps on the session."""
+        return {}
 
     def start(self, session) -> str:
         """Prepare the session and answer the URL the technician joins it at."""
@@ -41,6 +61,10 @@ def register(provider: Provider) -> None:
     _PROVIDERS[provider.name] = provider
 
 
+def unregister(name: str) -> None:
+    _PROVIDERS.pop(name, None)
+
+
 def get(name: str) -> Provider:
     """The provider of that name (LookupError when none is registered)."""
     try:
@@ -51,3 +75,9 @@ def get(name: str) -> Provider:
 
 def names() -> list[str]:
     return sorted(_PROVIDERS)
+
+
+def sees_activity(name: str) -> bool:
+    """Whether the provider named so sees the session's bytes (an unregistered one: assume so)."""
+    provider = _PROVIDERS.get(name)
+    return provider is None or provider.sees_activity

@@ -15,8 +15,11 @@ import base64
 import contextlib
 import http.cookiejar
 import json
+import logging
+import math
 import secrets
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,8 +27,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from django.conf import settings
+from django.core.cache import cache
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection, connect
+
+from rmm.core.errors import Conflict
+from sessions.providers.base import Provider, RecordingUnavailable, register, unregister
 
 # serverinfo.features bit that MeshCentral sets when the domain has "sessionRecording"
 # (webserver.js getDomainUserFeatures: "Server recordings enabled").
@@ -36,6 +44,8 @@ MESH_TYPE_AGENTS = 2  # a device group of devices running MeshCentral's agent
 MESH_RIGHT_REMOTE_CONTROL = 8  # remote control only: no agent console, no server files, no group admin
 MSG_CHANGED_CREDENTIALS = 75  # meshuser.js changeuserpass: "Changed account credentials"
 CHUNK = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class MeshCentralError(Exception):
@@ -274,14 +284,15 @@ class MeshCentralProvider:
             login_url=f"{self.url}/?{query}",
         )
 
-    def revoke_login_token(self, user_id: str, token: LoginToken) -> None:
-        """Revoke the token: MeshCentral refuses it from now on and closes the web sessions opened with it.
-        A terminal or desktop tunnel already open through its relay stays open (MeshCentral has no call
-        that closes one): the web app leaves it when its session closes, a client of its own need not."""
+    def revoke_login_token(self, user_id: str, token_user: str) -> None:
+        """Revoke the token (by its ``user``, "~t:..."): MeshCentral refuses it from now on and closes the
+        web sessions opened with it. A terminal or desktop tunnel already open through its relay stays
+        open (MeshCentral has no call that closes one): the web app leaves it when its session closes, a
+        client of its own need not."""
         with self._as_user(user_id) as mc:
-            remaining = mc.call("loginTokens", remove=[token.user]).get("loginTokens", [])
-        if any(doc.get("tokenUser") == token.user for doc in remaining):
-            raise MeshCentralError(f"MeshCentral kept login token {token.name!r}")
+            remaining = mc.call("loginTokens", remove=[token_user]).get("loginTokens", [])
+        if any(doc.get("tokenUser") == token_user for doc in remaining):
+            raise MeshCentralError(f"MeshCentral kept login token {token_user!r}")
 
     def watch_logins(self, token: LoginToken) -> LoginWatch:
         """Start listening for the token's logins, before its login URL is handed out."""
@@ -328,3 +339,132 @@ class MeshCentralProvider:
                     yield chunk
 
         return chunks()
+
+
+# --- the session provider: the broker's sessions carried by MeshCentral (docs/sessions-meshcentral.md) ---
+
+
+def _session_name(session) -> str:
+    return f"rmm-session-{session.pk}"
+
+
+@contextlib.contextmanager
+def _one_at_a_time(user_id: str, wait: float) -> Iterator[None]:
+    """Minting and revoking set the technician's MeshCentral password for a moment: one at a time per
+    technician, across every worker (the cache: Redis in production)."""
+    key = f"meshcentral-technician:{user_id}"
+    deadline = time.monotonic() + wait
+    while not cache.add(key, 1, timeout=int(wait) + 1):
+        if time.monotonic() > deadline:
+            raise MeshCentralError(f"another change of {user_id}'s MeshCentral credentials is still under way")
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        cache.delete(key)
+
+
+class MeshCentralSessions(Provider):
+    """The ``meshcentral`` provider: MeshCentral carries the session to the device with its own agent
+    (no RMM agent step), records it, and hands the recording back; the broker keeps the laws."""
+
+    name = "meshcentral"
+    session_types = ("remote_control",)
+    can_wait_for_approval = False  # its join URL carries the session's token, handed out once
+    records_itself = True
+    recording_format = ("mcrec", "MeshCentral recording (.mcrec)")
+
+    def __init__(self, client: MeshCentralProvider) -> None:
+        self.client = client
+
+    def prepare(self, user, asset) -> dict:
+        """Recording required, the site's device group, the technician's user (remote control only)
+        and the asset's device, or a refusal (409) before the session exists."""
+        try:
+            self.client.require_recording()
+            mesh_id = self.client.ensure_device_group(asset.site.name, f"RMM site {asset.site.name}")
+            user_id = self.client.ensure_user(user.get_username(), mesh_id)
+            device = self.client.device(asset.hostname, mesh_id)
+        except RecordingNotRequired as exc:
+            raise Conflict(f"{exc}: recording is never optional.", field="provider") from exc
+        except UnknownDevice as exc:
+            raise Conflict(f"The asset has no MeshCentral device: {exc}.", field="asset") from exc
+        except MeshCentralError as exc:
+            raise Conflict(f"MeshCentral: {exc}.", field="provider") from exc
+        return {"provider_user": user_id, "provider_device": device.node_id}
+
+    def start(self, session) -> str:
+        """A login token of the technician's for this session only, expiring with the site's maximum
+        duration; the session is live from now. The join URL opens MeshCentral's web app on the device,
+        signed in with the token (its ``user`` and ``pass`` in the URL, MeshCentral's URL sign-in)."""
+        from sessions import policies, services
+
+        minutes = math.ceil(policies.policy_for(session.site).max_duration_seconds / 60)
+        try:
+            with _one_at_a_time(session.provider_user, 4 * self.client.timeout):
+                token = self.client.mint_login_token(
+                    session.provider_user, _session_name(session), minutes, session.provider_device
+                )
+        except MeshCentralError as exc:
+            raise Conflict(f"MeshCentral could not start the session: {exc}.", field="provider") from exc
+        try:
+            services.provider_started(session, token.user)
+        except Exception:
+            self._revoke(session.provider_user, token.user)  # ended meanwhile: the token must not outlive it
+            raise
+        return f"{token.login_url}&{urllib.parse.urlencode({'user': token.user, 'pass': token.password})}"
+
+    def _revoke(self, user_id: str, token_user: str) -> None:
+        with _one_at_a_time(user_id, 4 * self.client.timeout):
+            self.client.revoke_login_token(user_id, token_user)
+
+    def end(self, session, reason: str) -> None:
+        """Revoke the session's token: MeshCentral refuses it and closes the web app's session opened
+        with it. A terminal or desktop tunnel already open stays open until its client closes it:
+        MeshCentral has no call that closes one (docs/sessions-meshcentral.md)."""
+        if not session.provider_token:
+            return  # it never started
+        try:
+            self._revoke(session.provider_user, session.provider_token)
+        except MeshCentralError as exc:
+            from sessions import services
+
+            log.exception("session %s: its MeshCentral token could not be revoked", session.pk)
+            services.provider_failed(session, "end", exc)
+
+    def fetch_recording(self, session) -> Iterator[bytes] | None:
+        """MeshCentral's recordings of the technician on the device since the session started, in
+        order, as chunks; RecordingUnavailable while there is none (MeshCentral writes a recording when
+        its tunnel closes) or MeshCentral cannot be reached."""
+        if session.started_at is None:
+            return None
+
+        def pieces() -> Iterator[bytes]:
+            try:
+                names = self.client.recordings(session.provider_device, session.provider_user, session.started_at)
+                if not names:
+                    raise RecordingMissing("MeshCentral lists no recording of the session")
+                for name in names:
+                    yield from self.client.fetch_recording(name)
+            except MeshCentralError as exc:
+                raise RecordingUnavailable(str(exc)) from exc
+
+        return pieces()
+
+
+def configure() -> MeshCentralSessions | None:
+    """Register the provider when MeshCentral is configured (RMM_MESHCENTRAL_URL, _USER, _PASSWORD);
+    otherwise there is none (the embedded default has the terminal only)."""
+    if not (settings.RMM_MESHCENTRAL_URL and settings.RMM_MESHCENTRAL_USER and settings.RMM_MESHCENTRAL_PASSWORD):
+        unregister(MeshCentralSessions.name)
+        return None
+    client = MeshCentralProvider(
+        settings.RMM_MESHCENTRAL_URL,
+        settings.RMM_MESHCENTRAL_USER,
+        settings.RMM_MESHCENTRAL_PASSWORD,
+        ca_file=settings.RMM_MESHCENTRAL_CA_FILE or None,
+        timeout=settings.RMM_MESHCENTRAL_TIMEOUT_SECONDS,
+    )
+    provider = MeshCentralSessions(client)
+    register(provider)
+    return provider

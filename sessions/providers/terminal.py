@@ -21,8 +21,8 @@ STEP_SLACK_SECONDS = 120
 class TerminalProvider(Provider):
     name = "terminal"
     session_types = ("terminal",)
-    # what the asset's agent must report it can do (its heartbeat's capabilities)
     capability = CAPABILITY_REMOTE_SESSION
+    sees_activity = True
 
     def start(self, session) -> str:
         return reverse("remote-session", args=[session.pk])

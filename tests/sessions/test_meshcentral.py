@@ -1,6 +1,8 @@
 """The MeshCentral provider against a real MeshCentral (the npm package, started on 127.0.0.1 with
 HTTPS) and MeshCentral's own Linux agent from the same package: a real terminal session through
-MeshCentral's relay, recorded by MeshCentral, pulled and hashed by the broker.
+MeshCentral's relay, recorded by MeshCentral, pulled and hashed by the broker; and the registered
+``meshcentral`` session provider through the API: opened on authority, joined with its session's
+token, ended, its recording pulled and sealed as evidence; its refusals.
 
 What does not run here: a browser on MeshCentral's web app (the technician's side of the relay is
 played as meshctrl.js plays it), and remote desktop (no display on this machine), so the recording
@@ -21,10 +23,18 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.files.storage import default_storage
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from evidence.models import RmmEvidence
 from rmm.core import blobs
+from rmm.engine.models import Instruction
+from rmm.history.models import HistoryEvent
+from rmm.outbox.models import Event
+from sessions import providers, recording
+from sessions.models import RemoteSession
+from sessions.providers import meshcentral as meshcentral_provider
 from sessions.providers.meshcentral import (
     CHUNK,
     MeshCentralError,
@@ -33,6 +43,8 @@ from sessions.providers.meshcentral import (
     RecordingNotRequired,
     UnknownDevice,
 )
+from tests.helpers import make_agent
+from tests.sessions.helpers import URL, open_
 from tests.sessions.meshcentral_server import MeshCentralServer, terminal
 
 pytestmark = pytest.mark.slow
@@ -76,6 +88,38 @@ def web_login(broker: MeshCentralProvider, username: str, password: str) -> tupl
     return session.get("userid"), "; ".join(f"{name}={value}" for name, value in cookies.items())
 
 
+def configured(settings, server: MeshCentralServer):
+    """The ``meshcentral`` session provider registered from the settings, for ``server``."""
+    settings.RMM_MESHCENTRAL_URL = server.url
+    settings.RMM_MESHCENTRAL_USER = server.username
+    settings.RMM_MESHCENTRAL_PASSWORD = server.password
+    settings.RMM_MESHCENTRAL_CA_FILE = str(server.ca_file)
+    settings.RMM_MESHCENTRAL_TIMEOUT_SECONDS = LOADED_TIMEOUT
+    return meshcentral_provider.configure()
+
+
+@pytest.fixture
+def carried(meshcentral, settings):
+    yield configured(settings, meshcentral)
+    providers.unregister("meshcentral")  # the embedded default again: the terminal only
+
+
+def url_login(broker: MeshCentralProvider, url: str) -> str | None:
+    """Open a URL as a browser does: the user id MeshCentral's session cookie names then."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(jar), urllib.request.HTTPSHandler(context=broker.tls)
+    )
+    with opener.open(url, timeout=LOADED_TIMEOUT):
+        pass
+    cookies = {c.name: c.value for c in jar}
+    return json.loads(base64.b64decode(cookies["xid"] + "==")).get("userid") if "xid" in cookies else None
+
+
+def refusals() -> list[str]:
+    return [e.payload["reason"] for e in HistoryEvent.objects.filter(action="refused.remote_session.open")]
+
+
 def test_meshcentral_starts_and_records_every_session(meshcentral, broker):
     broker.require_recording()  # no refusal
     with broker.control() as mc:
@@ -117,7 +161,7 @@ def test_a_login_token_serves_its_session_and_a_second_login_ends_it(broker):
         assert web_login(broker, token.user, token.password)[0] == user_id
         assert watch.next_login(timeout=LOADED_TIMEOUT)["tokenUser"] == token.user
         watch.close()
-        broker.revoke_login_token(user_id, token)
+        broker.revoke_login_token(user_id, token.user)
 
         # Revoked: MeshCentral closes the web session opened with it and refuses it from now on.
         with pytest.raises(ConnectionClosed):
@@ -131,7 +175,7 @@ def test_a_login_token_serves_its_session_and_a_second_login_ends_it(broker):
 def test_a_token_is_revoked_at_the_session_end_even_unused(broker):
     user_id = broker.ensure_user("tech-cy", broker.ensure_device_group("site beta"))
     token = broker.mint_login_token(user_id, "rmm-session-0002", minutes=5, node_id="node//none")
-    broker.revoke_login_token(user_id, token)
+    broker.revoke_login_token(user_id, token.user)
     assert web_login(broker, token.user, token.password)[0] is None
 
 
@@ -184,7 +228,7 @@ def test_a_real_session_is_recorded_by_meshcentral_and_pulled(meshcentral, broke
         device.node_id,
         b"echo hello-$((6*7))\r",
         b"hello-42",
-        then=lambda: broker.revoke_login_token(user_id, token),
+        then=lambda: broker.revoke_login_token(user_id, token.user),
     )
     assert state == "cr"  # MeshCentral's word for "connected, and this session is being recorded"
     assert b"hello-42" in shown
@@ -238,10 +282,107 @@ def test_a_recording_is_pulled_in_chunks_and_hashed(meshcentral, broker):
     [(None, "does not record sessions"), ({"onlySelectedUsers": True}, "records only selected sessions")],
     ids=["off", "selected-users-only"],
 )
-def test_meshcentral_that_may_not_record_is_refused(tmp_path, session_recording, reason):
+def test_meshcentral_that_may_not_record_is_refused(tmp_path, world, settings, session_recording, reason):
     server = MeshCentralServer(tmp_path, session_recording=session_recording).start()
     try:
         with pytest.raises(RecordingNotRequired, match=reason):
             broker_of(server).require_recording()
+        configured(settings, server)  # no session opens through it: recording is never optional
+        r = open_(world, session_type="remote_control", provider="meshcentral")
+        assert r.status_code == 409 and reason in r.json()["provider"][0]
+        assert refusals() == [r.json()["provider"][0].rstrip(".")]
+        assert not RemoteSession.objects.exists()
     finally:
+        providers.unregister("meshcentral")
         server.stop()
+
+
+def test_the_provider_is_registered_only_when_configured(settings):
+    settings.RMM_MESHCENTRAL_URL = ""
+    assert meshcentral_provider.configure() is None
+    assert providers.names() == ["terminal"]  # the embedded default
+
+
+def test_a_session_through_meshcentral_is_opened_joined_ended_and_its_recording_sealed(
+    world, meshcentral, broker, carried, settings, django_capture_on_commit_callbacks
+):
+    """On a PSA task's authority, on an asset named as MeshCentral's device: the broker makes the site's
+    group and the technician's user, mints a token for this session only, and the session is live (no
+    agent step). The join URL signs the technician in; the terminal through MeshCentral's relay is
+    recorded; the end revokes the token; the recording is pulled into the chunk chain and sealed."""
+    settings.RMM_TASKS_SYNC = True  # the seal task runs as the end commits
+    site = world["site"]
+    mesh_id = broker.ensure_device_group(site.name)
+    meshcentral.start_agent(mesh_id)
+    device = wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
+    agent, _ = make_agent(site, socket.gethostname())  # the asset (its RMM agent need not be online)
+
+    r = open_(world, asset=str(agent.asset_id), session_type="remote_control", provider="meshcentral")
+    assert r.status_code == 201, r.content
+    body = r.json()
+    sid = body["id"]
+    join = urllib.parse.urlsplit(body["join_url"])
+    query = dict(urllib.parse.parse_qsl(join.query))
+    assert f"{join.scheme}://{join.netloc}" == meshcentral.url and query["gotonode"] == device.node_id.split("/")[-1]
+    assert query["user"].startswith("~t:") and body["status"] == "running"
+    session = RemoteSession.objects.get(pk=sid)
+    assert session.provider_user == "user//tech" and session.provider_device == device.node_id
+    assert session.provider_token == query["user"] and session.live
+    assert not Instruction.objects.filter(job_id=sid).exists()  # MeshCentral's agent carries it, not ours
+    shown = world["tech"].get(f"{URL}{sid}/").json()
+    assert (
+        shown["live"] is True
+        and shown["provider"] == "meshcentral"
+        and shown["join_url"] == f"/console/sessions/{sid}/"
+    )
+    with broker.control() as mc:
+        mesh = next(m for m in mc.call("meshes")["meshes"] if m["_id"] == mesh_id)
+    assert mesh["links"]["user//tech"]["rights"] == 8  # remote control, nothing else
+
+    assert url_login(broker, body["join_url"]) == "user//tech"  # the join URL signs the technician in
+    state, screen, _ = terminal(
+        broker, query["user"], query["pass"], device.node_id, b"echo hello-$((6*7))\r", b"hello-42"
+    )
+    assert state == "cr" and b"hello-42" in screen  # recorded by MeshCentral
+    (name,) = wait_for(lambda: broker.recordings(device.node_id, "user//tech", session.started_at), LOADED_TIMEOUT)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        r = world["tech"].post(f"{URL}{sid}/end/")
+    assert r.status_code == 200, r.content
+    assert r.json()["end_reason"] == "user" and r.json()["status"] == "aborted"
+    assert web_login(broker, query["user"], query["pass"])[0] is None  # the token is revoked
+
+    on_disk = (meshcentral.recordings / name).read_bytes()
+    digest = hashlib.sha256(on_disk).hexdigest()
+    shown = world["tech"].get(f"{URL}{sid}/").json()
+    assert shown["recorded"] is True and shown["recording_sha256"] == digest
+    record = RmmEvidence.objects.get(related_id=sid, evidence_type="session_recording")
+    assert record.hash == digest and str(record.pk) in shown["evidence"]
+    recorded = HistoryEvent.objects.get(sequence=record.history_sequence).payload
+    assert recorded["format"] == "MeshCentral recording (.mcrec)" and recorded["size"] == len(on_disk)
+    assert record.storage_uri.endswith(f"{digest}.mcrec")
+    with default_storage.open(record.storage_uri.split("/", 3)[-1], "rb") as fh:
+        assert fh.read() == on_disk
+    chunks = recording.verify_chunks(sid)  # the same chain the built-in relay writes
+    assert sum(chunk["size"] for chunk in chunks) == len(on_disk)
+    told = Event.objects.get(type="session.recorded", subject_id=sid)
+    assert told.data["recording_sha256"] == digest and told.data["evidence"] == str(record.pk)
+    happened = [e.action for e in HistoryEvent.objects.filter(subject_id=sid).order_by("sequence")]
+    assert happened.index("session.started") < happened.index("session.ended")
+    assert "job.running" in happened
+
+
+def test_a_meshcentral_session_is_refused_without_a_device_or_when_it_would_wait(world, broker, carried, settings):
+    site = world["site"]
+    unknown, _ = make_agent(site, "no-such-device")
+    r = open_(world, asset=str(unknown.asset_id), session_type="remote_control", provider="meshcentral")
+    assert r.status_code == 409, r.content
+    assert "no MeshCentral devices named 'no-such-device'" in r.json()["asset"][0]
+    r = open_(
+        world, asset=str(unknown.asset_id), session_type="remote_control", provider="meshcentral", privileged=True
+    )
+    assert r.status_code == 409 and "cannot wait for an approver" in r.json()["provider"][0]
+    r = open_(world, asset=str(unknown.asset_id), session_type="terminal", provider="meshcentral")
+    assert r.status_code == 400 and "session_type" in r.json()
+    assert len(refusals()) == 2 and "no MeshCentral devices" in refusals()[0]
+    assert not RemoteSession.objects.exists()
