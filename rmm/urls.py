@@ -27,7 +27,7 @@ from rmm.outbox.api import WebhookDeliveryViewSet, WebhookViewSet
 from rmm.siem.api import DestinationViewSet
 from rmm.updates import views as update_views
 from scripting.api.views import ScriptJobViewSet, ScriptViewSet
-from sessions.api.views import RemoteSessionViewSet
+from sessions.api.views import RemoteSessionViewSet, SessionPolicyViewSet
 
 router = DefaultRouter()
 router.register("sites", SiteViewSet, basename="site")
@@ -59,6 +59,7 @@ router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-
 router.register("containment", ContainmentViewSet, basename="containment")
 router.register("siem-destinations", DestinationViewSet, basename="siem-destination")
 router.register("remote-sessions", RemoteSessionViewSet, basename="remote-session")
+router.register("session-policies", SessionPolicyViewSet, basename="session-policy")
 
 handler500 = "rmm.core.dependencies.server_error"  # a dependency that is down answers 503, not 500
 # A URL under /api/ that matches no route (a malformed id, say) answers the API's JSON 404.

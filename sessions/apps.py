@@ -11,11 +11,13 @@ class SessionsConfig(AppConfig):
 
     def ready(self):
         from evidence import types
+        from rmm.artefacts import registry as artefacts
         from rmm.engine.services import kill_switches
         from rmm.outbox import services as outbox
-        from sessions import kind, services  # kind registers the "remote_session" job kind
+        from sessions import artefact, kind, services  # kind registers the "remote_session" job kind
         from sessions.providers import meshcentral, terminal  # noqa: F401  (terminal registers the built-in provider)
 
+        artefacts.register(artefact.SESSION_POLICY)
         meshcentral.configure()  # only when MeshCentral is configured
         types.register(kind.SESSION_STEP, "What an agent reported of serving a remote session")
         types.register(

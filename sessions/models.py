@@ -4,9 +4,12 @@ kind ``remote_session`` (sessions.kind), so the engine applies authority, sites,
 approval to it as to every other kind; ``status`` is the job's, ``ended_at``/``end_reason`` the
 session's own."""
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 
+from rmm.artefacts.models import ArtefactVersion
 from rmm.engine.models import JobBase, job_indexes
 
 
@@ -73,10 +76,15 @@ class RemoteSession(JobBase):
         return self.started_at is not None and self.ended_at is None
 
 
-class SessionPolicy(models.Model):
-    """A site's rules for remote sessions; a site without a row has :data:`DEFAULTS`."""
+class SessionPolicy(ArtefactVersion):
+    """One immutable version of a site's rules for remote sessions (``remote_session_policies``):
+    an artefact kind (sessions/artefact.py), proposed by an admin and four-eyes approved. The
+    site's approved version with the highest ``version`` rules its new sessions and the live ones'
+    limits (:mod:`sessions.policies`); a site without one has the fields' defaults."""
 
-    site = models.OneToOneField("inventory.Site", on_delete=models.CASCADE, related_name="session_policy")
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    site = models.ForeignKey("inventory.Site", on_delete=models.PROTECT, related_name="session_policies")
+    version = models.PositiveIntegerField()
     allowed = models.BooleanField(default=True)
     approval_required = models.BooleanField(default=False)
     max_duration_seconds = models.PositiveIntegerField(default=4 * 3600)
@@ -85,9 +93,12 @@ class SessionPolicy(models.Model):
     class Meta:
         db_table = "remote_session_policies"
         verbose_name_plural = "session policies"
+        ordering = ["site", "-version"]
+        constraints = [models.UniqueConstraint(fields=["site", "version"], name="remote_session_policy_version_once")]
+        indexes = [models.Index(fields=["site", "approval_status", "version"], name="remote_session_policy_idx")]
 
     def __str__(self) -> str:
-        return f"session policy of {self.site_id}"
+        return f"{self.site.name} v{self.version}"
 
 
 class RecordingChunk(models.Model):

@@ -5,7 +5,8 @@ A session is a job of the kind ``remote_session`` created by the engine, which a
 history to it as to every kind. This adds the session's own rules: the ``open_sessions`` role,
 the site's session policy (allowed at all, an approver, how long), an agent that is online and
 can carry the provider, and an approver who is not the requester for every privileged session.
-Every refusal is in the history; every end appends ``session.ended`` and tells the outbox."""
+Every refusal is in the history; every end appends ``session.ended`` and tells the outbox. An
+admin proposes each site's policy as a new version, decided by the one artefact approval service."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from django.utils import timezone
 from evidence import services as evidence
 from evidence.models import RmmEvidence
 from rmm.access import roles as access
+from rmm.artefacts import services as artefacts
 from rmm.authority import laws
 from rmm.authority.models import PsaTask
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
@@ -305,30 +307,58 @@ def end_overdue(now: datetime | None = None) -> int:
     query for the live sessions with their site's policy, whatever their number)."""
     now = now or timezone.now()
     ended = 0
-    live = RemoteSession.objects.filter(ended_at__isnull=True, started_at__isnull=False).select_related(
-        "site__session_policy", "psa_task"
+    live = policies.with_policies(
+        RemoteSession.objects.filter(ended_at__isnull=True, started_at__isnull=False).select_related("psa_task")
     )
     for session in live:
-        reason = overdue_reason(session, policies.loaded_policy(session.site), now)
+        reason = overdue_reason(session, policies.loaded_policy(session), now)
         if reason is not None:
             ended += end_by_system(session, reason)
     return ended
 
 
-def set_policy(user, site, **fields) -> SessionPolicy:
-    """An admin sets a site's session policy (recorded with what changed)."""
-    engine.require_role(user, "manage_access", "remote_session.policy", site_id=site.pk)
-    allowed = {"allowed", "approval_required", "max_duration_seconds", "idle_timeout_seconds"}
-    unknown = set(fields) - allowed
+MAX_DURATION_LIMIT = 24 * 3600  # the longest a session may be let last (as a script's timeout)
+POLICY_ACTION = "session_policy.propose"
+
+
+def propose_policy(user, *, site: str, **fields) -> SessionPolicy:
+    """An admin proposes the next version of a site's session policy; it rules nothing until an
+    approver who is not its author approves it (rmm.artefacts.services.decide). Rules not given
+    keep their value in the policy in force (or the defaults)."""
+    engine.require_role(user, "manage_access", POLICY_ACTION)
+    target = access.visible_sites(user).filter(name=site or "").first()
+    if target is None:
+        history.record_refusal(
+            user, POLICY_ACTION, reason="no such site in the caller's sites", payload={"site": str(site)}
+        )
+        raise NotFound("No such site.", field="site")
+    unknown = set(fields) - set(policies.RULES)
     if unknown:
         raise InvalidInput(f"Unknown policy fields: {', '.join(sorted(unknown))}.", field="policy")
+    current = policies.policy_for(target)
+    rules = {rule: fields.get(rule, getattr(current, rule)) for rule in policies.RULES}
+    _check_rules(rules)
+
+    def write(number: int) -> SessionPolicy:
+        version = SessionPolicy.objects.create(site=target, version=number, author=user, **rules)
+        history.append(
+            user, "session_policy.proposed", version, site_id=target.pk, payload={"version": number, **rules}
+        )
+        return version
+
+    return artefacts.create_version(SessionPolicy, target, write, label="session policy", lineage="site")
+
+
+def _check_rules(rules: dict) -> None:
+    for name in ("allowed", "approval_required"):
+        if not isinstance(rules[name], bool):
+            raise InvalidInput("Must be true or false.", field=name)
     for name in ("max_duration_seconds", "idle_timeout_seconds"):
-        if name in fields and (not isinstance(fields[name], int) or fields[name] < 1):
-            raise InvalidInput("Must be a whole number of seconds, at least 1.", field=name)
-    with transaction.atomic():
-        policy, _ = SessionPolicy.objects.update_or_create(site=site, defaults=fields)
-        history.append(user, "remote_session.policy", policy, site_id=site.pk, payload=fields)
-    return policy
+        value = rules[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DURATION_LIMIT:
+            raise InvalidInput(f"Must be a whole number of seconds from 1 to {MAX_DURATION_LIMIT}.", field=name)
+    if rules["idle_timeout_seconds"] > rules["max_duration_seconds"]:
+        raise InvalidInput("Must not be longer than max_duration_seconds.", field="idle_timeout_seconds")
 
 
 # --- the built-in terminal's relay (sessions.consumers) ------------------------------------------

@@ -1,5 +1,5 @@
 """Artefact kinds register here: anything that must be four-eyes approved before it can run
-(script versions today; packages, config key definitions, session policies next).
+(script versions, packages, config key definitions, session policies).
 
 A domain app describes its kind once, in its AppConfig.ready; the one approval service
 (:mod:`rmm.artefacts.services`), the admin approval queue and the approve/reject API shape
@@ -53,6 +53,10 @@ class ArtefactKind:
     privileged_permission: str = ""
     # artefact -> one line of facts the queue shows above its content (language, hash, ...)
     details: Callable[[Any], str] = _nothing
+    # the foreign key naming the site a version belongs to ("" for kinds every site shares, as
+    # scripts): the queue shows and decides only versions of the caller's sites, and their
+    # history is the site's
+    site: str = ""
 
 
 _KINDS: dict[str, ArtefactKind] = {}

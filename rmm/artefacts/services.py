@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from rmm.access import roles as access
@@ -29,14 +29,22 @@ from rmm.history import services as history
 V = TypeVar("V", bound=models.Model)
 
 
-def create_version(model: type[V], name: str, write: Callable[[int], V], *, label: str, revision: str = "version") -> V:
-    """The next version of ``name``: ``write(number)`` creates it (and appends its history) in a
-    transaction; when another author took that number at once (the unique name and ``revision``
-    field), the next number is tried."""
+def create_version(
+    model: type[V],
+    name: str | models.Model,
+    write: Callable[[int], V],
+    *,
+    label: str,
+    revision: str = "version",
+    lineage: str = "name",
+) -> V:
+    """The next version of ``name`` (the value of the ``lineage`` field): ``write(number)`` creates
+    it (and appends its history) in a transaction; when another author took that number at once
+    (the unique lineage and ``revision`` fields), the next number is tried."""
     for _attempt in range(5):
         try:
             with transaction.atomic():
-                latest = model.objects.filter(name=name).aggregate(v=Max(revision))["v"] or 0
+                latest = model.objects.filter(**{lineage: name}).aggregate(v=Max(revision))["v"] or 0
                 return write(latest + 1)
         except IntegrityError:
             continue
@@ -47,13 +55,18 @@ def decide(artefact, user, *, approve: bool, reason: str = ""):
     """Approve or reject a pending version of any registered kind; the decided version."""
     kind = registry.kind_of(artefact)
     action = f"{kind.action_prefix}.{'approve' if approve else 'reject'}"
+    site_id = site_of(kind, artefact)
     if not access.can(user, "approve"):
-        history.record_refusal(user, action, artefact, reason="role may not approve")
+        history.record_refusal(user, action, artefact, reason="role may not approve", site_id=site_id)
         raise Forbidden("Your role may not approve.")
     check_four_eyes(artefact, user, author_field="author", action=action)
     if approve and kind.privileged(artefact) and not user.has_perm(kind.privileged_permission):
         history.record_refusal(
-            user, action, artefact, reason="privileged version needs the privileged-approval permission"
+            user,
+            action,
+            artefact,
+            reason="privileged version needs the privileged-approval permission",
+            site_id=site_id,
         )
         raise Forbidden(f"Approving a privileged {kind.label} needs the privileged-approval permission.")
     if not approve and not (reason or "").strip():
@@ -71,7 +84,8 @@ def decide(artefact, user, *, approve: bool, reason: str = ""):
             user,
             f"{kind.action_prefix}.{to}",
             artefact,
-            payload={"name": getattr(artefact, kind.lineage), "version": number(kind, artefact), "reason": reason},
+            site_id=site_id,
+            payload={"name": str(getattr(artefact, kind.lineage)), "version": number(kind, artefact), "reason": reason},
         )
     artefact.refresh_from_db()
     return artefact
@@ -93,9 +107,20 @@ def expire_pending(now: datetime | None = None) -> int:
                 if kind.model.objects.filter(pk=artefact.pk, approval_status=ApprovalStatus.PENDING).update(
                     approval_status=ApprovalStatus.REJECTED, decided_at=now, decision_reason=reason
                 ):
-                    history.append("system", f"{kind.action_prefix}.rejected", artefact, payload={"reason": reason})
+                    history.append(
+                        "system",
+                        f"{kind.action_prefix}.rejected",
+                        artefact,
+                        site_id=site_of(kind, artefact),
+                        payload={"reason": reason},
+                    )
                     count += 1
     return count
+
+
+def site_of(kind: ArtefactKind, artefact):
+    """The id of the site the version belongs to, or None for a kind every site shares."""
+    return getattr(artefact, f"{kind.site}_id") if kind.site else None
 
 
 def number(kind: ArtefactKind, artefact) -> int:
@@ -132,14 +157,21 @@ def diff(kind: ArtefactKind, artefact) -> str:
     )
 
 
-def pending(kind_name: str = "", created_before: datetime | None = None, limit: int = 200) -> list[dict]:
+def pending(
+    kind_name: str = "", created_before: datetime | None = None, limit: int = 200, sites: QuerySet | None = None
+) -> list[dict]:
     """Pending versions of every registered kind (or of ``kind_name``), oldest first, each with
-    its content and diff: what the approval queue shows."""
+    its content and diff: what the approval queue shows. ``sites``: the versions of a site's kind
+    are those of these sites only (the caller's, Law 7)."""
     items = []
     for kind in registry.all_kinds():
         if kind_name not in ("", kind.name):
             continue
         versions = kind.model.objects.filter(approval_status=ApprovalStatus.PENDING).select_related("author")
+        if kind.site:
+            versions = versions.select_related(kind.site)
+            if sites is not None:
+                versions = versions.filter(**{f"{kind.site}__in": sites})
         if created_before:
             versions = versions.filter(created_at__lte=created_before)
         items += [_item(kind, version) for version in versions.order_by("created_at")[:limit]]

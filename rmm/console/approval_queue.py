@@ -1,7 +1,7 @@
 """The approval queue in the admin: pending versions of every artefact kind (with their content and
-the diff from the previous approved version) and pending jobs of every job kind, filtered by kind,
-site and age, decided here with the same services as everywhere else. It knows no kind by name:
-kinds register with rmm.artefacts.registry and rmm.engine.registry."""
+the diff from the previous approved version; a site's kind, of the caller's sites) and pending jobs
+of every job kind, filtered by kind, site and age, decided here with the same services as everywhere
+else. It knows no kind by name: kinds register with rmm.artefacts.registry and rmm.engine.registry."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ AGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "72h": timedelta(h
 
 def _pending(user, kind: str, site: str, age: str) -> list[dict]:
     cutoff = timezone.now() - AGES[age] if age in AGES else None
-    items = artefacts.pending(kind, created_before=cutoff)
     sites = access.visible_sites(user)
     if site:
         sites = sites.filter(name=site)
+    items = artefacts.pending(kind, created_before=cutoff, sites=sites)
     for job_kind in registry.all_kinds():
         if kind not in ("", job_kind.name):
             continue
@@ -78,7 +78,10 @@ def _decide(request) -> None:
     reason = request.POST.get("reason", "")
     artefact_kind = next((k for k in artefact_kinds.all_kinds() if k.name == kind), None)
     if artefact_kind is not None:
-        version = artefact_kind.model.objects.filter(pk=pk).first()
+        versions = artefact_kind.model.objects.filter(pk=pk)
+        if artefact_kind.site:
+            versions = versions.filter(**{f"{artefact_kind.site}__in": access.visible_sites(request.user)})
+        version = versions.first()
         if version is None:
             raise ServiceError(f"No such {artefact_kind.label}.")
         artefacts.decide(version, request.user, approve=decision == "approve", reason=reason)

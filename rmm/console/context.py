@@ -16,14 +16,18 @@ def engaged_kill_switches(request):
 
 def pending_approvals(request):
     """The navigation's badge for those who may open the approval queue: what waits there for them
-    (versions of every artefact kind, jobs of every kind in their sites), one count per kind."""
+    (versions of every artefact kind, a site's kind's in their sites, jobs of every kind in their
+    sites), one count per kind."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not user.is_staff or not access.can(user, "view"):
         return {"pending_approvals": None}
     sites = access.visible_sites(user)
-    count = sum(
-        kind.model.objects.filter(approval_status=ApprovalStatus.PENDING).count() for kind in artefact_kinds.all_kinds()
-    )
+    count = 0
+    for kind in artefact_kinds.all_kinds():
+        versions = kind.model.objects.filter(approval_status=ApprovalStatus.PENDING)
+        if kind.site:
+            versions = versions.filter(**{f"{kind.site}__in": sites})
+        count += versions.count()
     count += sum(
         kind.model.objects.filter(status=JobStatus.AWAITING_APPROVAL, site__in=sites).count()
         for kind in registry.all_kinds()

@@ -1,5 +1,6 @@
 """``/api/v1/remote-sessions/``: open, watch, end and decide remote sessions of the sites the
-caller may see (docs/sessions.md)."""
+caller may see; ``/api/v1/session-policies/``: propose and decide versions of their policies
+(docs/sessions.md)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from rest_framework.response import Response
 
 from evidence.models import RmmEvidence
 from rmm.access import roles as access
+from rmm.artefacts.api import decision_actions
 from rmm.core.api import SiteScopedMixin, reason_of
 from rmm.core.api_schema import ReasonSerializer, refusal
 from rmm.engine.api.views import StatusField
-from sessions import services
-from sessions.models import EndReason, RemoteSession, SessionType
+from sessions import policies, services
+from sessions.models import EndReason, RemoteSession, SessionPolicy, SessionType
 
 DECISION_CONFLICT = refusal("The session is not awaiting approval, or its authority is no longer approved.")
 
@@ -181,3 +183,93 @@ class RemoteSessionViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.Re
         session = self.get_object()
         services.reject(request.user, session, reason_of(request))
         return Response(self.get_serializer(self.get_queryset().get(pk=session.pk)).data)
+
+
+class SessionPolicySerializer(serializers.ModelSerializer):
+    site = serializers.CharField(source="site.name")
+    author = serializers.CharField(source="author.username")
+    decided_by = serializers.CharField(source="decided_by.username", allow_null=True, default=None)
+    in_force = serializers.SerializerMethodField(help_text="This version rules the site's sessions now.")
+
+    class Meta:
+        model = SessionPolicy
+        fields = [
+            "id",
+            "site",
+            "version",
+            "allowed",
+            "approval_required",
+            "max_duration_seconds",
+            "idle_timeout_seconds",
+            "in_force",
+            "approval_status",
+            "author",
+            "created_at",
+            "decided_by",
+            "decided_at",
+            "decision_reason",
+        ]
+        read_only_fields = fields
+
+    def get_in_force(self, policy: SessionPolicy) -> bool:
+        in_force = self.context.setdefault("in_force", {})  # one read per site of the page
+        if policy.site_id not in in_force:
+            in_force[policy.site_id] = policies.policy_for(policy.site).pk
+        return policy.pk == in_force[policy.site_id]
+
+
+class ProposePolicySerializer(serializers.Serializer):
+    """Types only; the rules' bounds are the service's to check (400 on the field, with the reason)."""
+
+    site = serializers.CharField(max_length=200, help_text="The site's name.")
+    allowed = serializers.BooleanField(required=False, help_text="false: no session opens on the site's assets.")
+    approval_required = serializers.BooleanField(required=False, help_text="Every session waits for an approver.")
+    max_duration_seconds = serializers.IntegerField(
+        required=False, help_text=f"1 to {services.MAX_DURATION_LIMIT}; a live session ends max_duration."
+    )
+    idle_timeout_seconds = serializers.IntegerField(
+        required=False, help_text="1 to max_duration_seconds; a session idle this long ends idle."
+    )
+
+
+class SessionPolicyFilter(django_filters.FilterSet):
+    site = django_filters.CharFilter(field_name="site__name", help_text="The site's name.")
+
+    class Meta:
+        model = SessionPolicy
+        fields = ["site", "approval_status"]
+
+
+class SessionPolicyViewSet(SiteScopedMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Versions of the session policies of the sites you may see; ``POST`` (admin) proposes the
+    next version of a site's, which an approver who is not its author approves or rejects."""
+
+    serializer_class = SessionPolicySerializer
+    filterset_class = SessionPolicyFilter
+
+    def get_queryset(self):
+        return (
+            SessionPolicy.objects.filter(site__in=access.visible_sites(self.request.user))
+            .select_related("site", "author", "decided_by")
+            .order_by("site__name", "-version")
+        )
+
+    @extend_schema(
+        request=ProposePolicySerializer,
+        responses={
+            201: SessionPolicySerializer,
+            403: refusal("Only an admin may propose a session policy."),
+            404: refusal("No such site among the sites the caller may see (site)."),
+            409: refusal("Another version of this site's policy was proposed at once."),
+        },
+        description="201: the next version, pending: it rules nothing until an approver who is not you "
+        "approves it. Rules not given keep their value in the policy in force.",
+    )
+    def create(self, request, *args, **kwargs):
+        given = ProposePolicySerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        policy = services.propose_policy(request.user, **given.validated_data)
+        return Response(self.get_serializer(self.get_queryset().get(pk=policy.pk)).data, status=status.HTTP_201_CREATED)
+
+    # The one approve/reject shape of every artefact kind, on the one approval service.
+    approve, reject = decision_actions(SessionPolicySerializer)

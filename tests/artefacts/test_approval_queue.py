@@ -5,9 +5,12 @@ import pytest
 from django.test import Client
 
 from rmm.access import services as access_services
+from rmm.artefacts import services as artefacts
 from rmm.history.models import HistoryEvent
 from scripting import services as scripting
 from scripting.models import Script, ScriptJob
+from sessions import services as sessions
+from sessions.models import SessionPolicy
 from tests.helpers import approved_authority, approved_script, make_agent, otp_login
 
 
@@ -68,3 +71,25 @@ def test_deciding_from_the_queue_keeps_four_eyes(queue):
     selfish.post("/admin/approvals/", {"kind": "script_version", "id": str(mine.pk), "decision": "approve"})
     assert Script.objects.get(pk=mine.pk).approval_status == "pending"  # self-approval refused
     assert HistoryEvent.objects.filter(action="refused.script.approve", actor="user:both").exists()
+
+
+def test_the_queue_shows_a_sites_session_policy_versions_to_its_approvers_and_decides_them(queue, site, other_site):
+    """A session policy is an artefact kind of a site: its versions show their rules and the diff
+    from the policy in force, to approvers of that site only."""
+    admin = access_services.ensure_user_with_role("root", "admin")
+    access_services.grant_site(admin, None)
+    first = sessions.propose_policy(admin, site=site.name, approval_required=True)
+    artefacts.decide(first, queue["boss"].user, approve=True)
+    second = sessions.propose_policy(admin, site=site.name, allowed=False)
+    body = open_queue(queue["client"], "?kind=session_policy")
+    assert body.count('data-kind="session_policy"') == 1 and "Session policy alpha v2" in body
+    assert "allowed: false" in body and "-allowed: true" in body and "+allowed: false" in body  # the diff from v1
+    outsider = access_services.ensure_user_with_role("beta-boss", "approver")
+    access_services.grant_site(outsider, other_site)
+    elsewhere = otp_login(Client(), outsider)
+    assert 'data-kind="session_policy"' not in open_queue(elsewhere)
+    elsewhere.post("/admin/approvals/", {"kind": "session_policy", "id": str(second.pk), "decision": "approve"})
+    assert SessionPolicy.objects.get(pk=second.pk).approval_status == "pending"  # not theirs to see
+    queue["client"].post("/admin/approvals/", {"kind": "session_policy", "id": str(second.pk), "decision": "approve"})
+    assert SessionPolicy.objects.get(pk=second.pk).approval_status == "approved"
+    assert HistoryEvent.objects.get(action="session_policy.approved", subject_id=str(second.pk)).site_id == site.pk

@@ -1,11 +1,12 @@
-"""Law 7, the one approval queue in the admin (jobs and script versions), for every role, in-site and
-out-of-site (harness: tests/support/authorization.py)."""
+"""Law 7, the one approval queue in the admin (jobs, script versions and a site's session policy
+versions), for every role, in-site and out-of-site (harness: tests/support/authorization.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from scripting.models import Script, ScriptJob
+from sessions.models import SessionPolicy
 from tests.support.authorization import APPROVE, STAFF, Row, World, callers, check, ids, only, page
 
 
@@ -17,12 +18,20 @@ def _draft_approved(w) -> bool:
     return Script.objects.filter(pk=w.ids["script_draft"], approval_status="approved").exists()
 
 
+def _policy_approved(w) -> bool:
+    return SessionPolicy.objects.filter(pk=w.ids["session_policy"], approval_status="approved").exists()
+
+
 ROWS = [
     page(
         "GET",
         "/admin/approvals/",
         only(STAFF, 200, 302),
-        shows=(("job_waiting", callers(STAFF, "in")), ("script_draft", callers(STAFF))),
+        shows=(
+            ("job_waiting", callers(STAFF, "in")),
+            ("script_draft", callers(STAFF)),
+            ("session_policy", callers(STAFF, "in")),
+        ),
     ),
     page(
         "POST",
@@ -40,6 +49,15 @@ ROWS = [
         body={"kind": "script_version", "id": "{script_draft}", "decision": "approve"},
         effect=(_draft_approved, callers(APPROVE)),
         label="script version",
+    ),
+    page(
+        "POST",
+        "/admin/approvals/",
+        302,
+        body={"kind": "session_policy", "id": "{session_policy}", "decision": "approve"},
+        hidden=("session_policy",),
+        effect=(_policy_approved, callers(APPROVE, "in")),
+        label="session policy",
     ),
 ]
 

@@ -19,6 +19,7 @@ from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent, Asset
 from scripting import services as scripting
 from scripting.models import ScriptJob
+from sessions import services as sessions
 from tests.helpers import approved_authority, approved_script, make_agent, otp_login
 from tests.stepkind.jobs import create_step_job
 from tests.stepkind.models import StepJob
@@ -178,6 +179,14 @@ def test_pending_approvals_show_only_to_those_who_may_approve(world):
     body = client.get("/console/").content.decode()
     assert count(body, "approvals") == 1
     assert 'href="/admin/approvals/"' in body
+
+    # A site's artefact (a session policy version) counts for the approvers of that site only.
+    admin = access_services.ensure_user_with_role("admin-all", "admin")
+    access_services.grant_site(admin, None)
+    sessions.propose_policy(admin, site="beta", allowed=False)
+    assert count(client.get("/console/").content.decode(), "approvals") == 1
+    sessions.propose_policy(admin, site="alpha", allowed=False)
+    assert count(client.get("/console/").content.decode(), "approvals") == 2
 
 
 def test_engaged_kill_switches_are_counted_and_linked(world):

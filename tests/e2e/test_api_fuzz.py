@@ -269,6 +269,12 @@ def seed_world(server) -> dict:
     assert r.status == 201, r.body
     finding = r.json()["id"]
     session = seed_session(server, w)
+    # A pending version of the site's session policy: its author, the fuzzing's admin, may not
+    # decide it (four eyes), nor may its technician or PSA, so it stays pending.
+    policy_body = {"site": w["site"], "approval_required": True}
+    r = server.request("POST", "/api/v1/session-policies/", policy_body, w["admin"])
+    assert r.status == 201, r.body
+    session_policy = r.json()["id"]
     siem_body = {"kind": "syslog", "address": "127.0.0.1:9", "format": "cef", "sites": [w["site"]]}
     siem = server.request("POST", "/api/v1/siem-destinations/", siem_body, w["admin"]).json()
     agents = server.request("GET", "/api/v1/agents/", token=w["admin"]).json()["results"]
@@ -311,6 +317,7 @@ def seed_world(server) -> dict:
             "/api/v1/maintenance-windows/": [window],
             "/api/v1/vulnerability-findings/": [finding],
             "/api/v1/remote-sessions/": [session],
+            "/api/v1/session-policies/": [session_policy],
         },
         "fields": {
             "script": [ran["id"], gated["id"]],

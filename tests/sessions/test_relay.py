@@ -32,7 +32,7 @@ from rmm.inventory.models import Agent
 from sessions import recording, services
 from sessions.models import JoinToken, RecordingChunk, RemoteSession
 from tests.helpers import heartbeat, make_agent
-from tests.sessions.helpers import online, open_
+from tests.sessions.helpers import online, open_, set_policy
 
 
 @pytest.fixture(autouse=True)
@@ -175,7 +175,7 @@ def test_storage_that_cannot_be_written_ends_the_session(world, flushable_append
 @pytest.mark.django_db(transaction=True)
 def test_the_maximum_duration_ends_a_live_session(world, flushable_append_only):
     """Committed for real, as above."""
-    services.set_policy(world["admin"].user, world["site"], max_duration_seconds=1)
+    set_policy(world, max_duration_seconds=1, idle_timeout_seconds=1)
     session = running_session(world)
 
     async def scenario():
@@ -277,7 +277,7 @@ def test_only_the_agent_holding_the_running_step_opens_the_relay_once(world, sit
 def test_a_session_in_use_stays_live_through_the_sweep_past_its_idle_limit(world):
     """The relay records activity while bytes flow (not only when a 64 KiB chunk is written), so
     the minute's sweep, which reads it, leaves a session in use alone."""
-    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=3)
+    set_policy(world, idle_timeout_seconds=3)
     session = running_session(world)
 
     async def scenario():
@@ -299,7 +299,7 @@ def test_a_session_in_use_stays_live_through_the_sweep_past_its_idle_limit(world
 @pytest.mark.django_db(transaction=True)
 def test_the_relays_timer_counts_the_maximum_duration_from_the_sessions_start(world, flushable_append_only):
     """A relay that connects late (or again on another worker) does not give the session more time."""
-    services.set_policy(world["admin"].user, world["site"], max_duration_seconds=60)
+    set_policy(world, max_duration_seconds=60, idle_timeout_seconds=60)
     session = running_session(world)
     RemoteSession.objects.filter(pk=session.pk).update(started_at=timezone.now() - timedelta(minutes=2))
 
@@ -320,7 +320,7 @@ def test_a_session_the_sweep_ends_after_its_relay_died_gets_its_recording_sealed
     """Its worker died mid-session: chunks were written, no relay closed. The sweep ends it, and
     its recording is sealed as evidence once the relay's last chunk can no longer come."""
     settings.RMM_TASKS_SYNC = True
-    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=60)
+    set_policy(world, idle_timeout_seconds=60)
     session = running_session(world)
     now = timezone.now()
     RemoteSession.objects.filter(pk=session.pk).update(relay_opened_at=now, last_activity_at=now)

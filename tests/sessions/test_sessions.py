@@ -20,9 +20,9 @@ from rmm.inventory.models import Agent, Asset
 from rmm.outbox.models import Event
 from rmm_agent.protocol import SESSION_ACTION
 from sessions import services
-from sessions.models import RemoteSession, SessionPolicy
+from sessions.models import RemoteSession
 from tests.helpers import approved_authority
-from tests.sessions.helpers import URL, online, open_
+from tests.sessions.helpers import URL, online, open_, set_policy
 
 
 def refusals(action="remote_session.open") -> list[str]:
@@ -93,7 +93,7 @@ def test_bad_input_names_the_field(world):
 
 
 def test_a_site_whose_policy_allows_no_sessions_refuses_them(world):
-    services.set_policy(world["admin"].user, world["site"], allowed=False)
+    set_policy(world, allowed=False)
     r = open_(world)
     assert r.status_code == 403 and "allows no remote sessions" in r.json()["detail"]
     assert refusals() == ["This site's policy allows no remote sessions"]
@@ -115,7 +115,7 @@ def test_a_privileged_session_waits_for_an_approver_who_is_not_its_requester(wor
 
 
 def test_a_site_policy_that_asks_for_approval_and_a_rejection_ends_the_session(world):
-    services.set_policy(world["admin"].user, world["site"], approval_required=True)
+    set_policy(world, approval_required=True)
     sid = open_(world).json()["id"]
     assert RemoteSession.objects.get(pk=sid).status == "awaiting_approval"
     r = world["approver"].post(f"{URL}{sid}/reject/", {"reason": "not during the audit"}, format="json")
@@ -173,15 +173,15 @@ def test_the_kill_switch_ends_sessions_in_its_scope_and_refuses_new_ones(world):
 
 
 @pytest.mark.parametrize(
-    ("field", "reason"), [("max_duration_seconds", "max_duration"), ("idle_timeout_seconds", "idle")]
+    ("rules", "reason"),
+    [({"max_duration_seconds": 1, "idle_timeout_seconds": 1}, "max_duration"), ({"idle_timeout_seconds": 1}, "idle")],
 )
-def test_a_session_past_its_maximum_duration_or_idle_timeout_ends(world, field, reason):
-    services.set_policy(world["admin"].user, world["site"], **{field: 1})
+def test_a_session_past_its_maximum_duration_or_idle_timeout_ends(world, rules, reason):
+    set_policy(world, **rules)
     sid = open_(world).json()["id"]
     now = timezone.now()
     RemoteSession.objects.filter(pk=sid).update(started_at=now - timedelta(seconds=2), last_activity_at=now)
     if reason == "idle":
-        SessionPolicy.objects.filter(site=world["site"]).update(max_duration_seconds=3600)
         RemoteSession.objects.filter(pk=sid).update(last_activity_at=now - timedelta(seconds=2))
     assert services.end_overdue(now) == 1
     assert RemoteSession.objects.get(pk=sid).end_reason == reason
@@ -190,7 +190,7 @@ def test_a_session_past_its_maximum_duration_or_idle_timeout_ends(world, field, 
 
 def test_the_minutes_schedule_ends_a_session_whose_relay_is_gone(world):
     """No relay timer runs for a session whose worker stopped: django-q2's schedule ends it."""
-    services.set_policy(world["admin"].user, world["site"], max_duration_seconds=60)
+    set_policy(world, max_duration_seconds=60, idle_timeout_seconds=60)
     sid = open_(world).json()["id"]
     RemoteSession.objects.filter(pk=sid).update(started_at=timezone.now() - timedelta(minutes=5))
     schedule = Schedule.objects.get(name="sessions.end_overdue")
@@ -201,7 +201,7 @@ def test_the_minutes_schedule_ends_a_session_whose_relay_is_gone(world):
 
 def test_the_sweep_reads_every_live_sessions_policy_in_one_query(world, caller, other_site, django_assert_num_queries):
     """A site with its own policy and one with the defaults: one query, however many sessions."""
-    services.set_policy(world["admin"].user, world["site"], idle_timeout_seconds=600)
+    set_policy(world, idle_timeout_seconds=600)
     ids = [open_(world).json()["id"] for _ in range(2)]
     ids.append(
         open_(

@@ -57,6 +57,7 @@ from rmm.inventory import services as inventory
 from rmm.outbox import services as outbox
 from rmm.siem import services as siem
 from scripting import services as scripting
+from sessions import services as sessions
 from tests.helpers import approved_authority, approved_script, heartbeat, make_agent, otp_login, report
 from tests.support.profiles import approved_key, audited, enforcement_row
 
@@ -251,6 +252,7 @@ def build_world(storage: str) -> World:
     webhook, _ = outbox.create_webhook(root, url="http://127.0.0.1:9/matrix", event_types=["*"], sites=["alpha"])
     webhook_delivery = outbox.ping(root, webhook)
     siem_destination = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["alpha"])
+    session_policy = sessions.propose_policy(root, site="alpha", approval_required=True)
 
     world = World(
         ids={
@@ -284,6 +286,7 @@ def build_world(storage: str) -> World:
             "webhook": str(webhook.pk),
             "webhook_delivery": str(webhook_delivery.pk),
             "siem_destination": str(siem_destination.pk),
+            "session_policy": str(session_policy.pk),
         },
         jobs=[str(job_done.pk), str(job_waiting.pk), str(batch_job.pk)],
         storage=storage,
