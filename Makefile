@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download bench-integrations bench-profiles bench-patching agent-deb
+.PHONY: install run prod-up prod-down test test-fast lint format clean bench bench-export bench-fanout bench-intake bench-console bench-download bench-integrations bench-profiles bench-patching bench-sessions agent-deb
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -116,6 +116,12 @@ bench-profiles: install
 # default on a scratch PostgreSQL database, e.g. BENCH_ARGS="--assets 2000 --sample 100".
 bench-patching: install
 	$(BIN)/python -m bench.patching_bench $(BENCH_ARGS)
+
+# Remote sessions (docs/performance.md): terminal sessions opened through the API, each typing 1 MB that the
+# agent's side echoes back through the relay, on 127.0.0.1's PostgreSQL and REDIS_URL's Redis database
+# (flushed), e.g. BENCH_ARGS="--sessions 10 --workers 2".
+bench-sessions: install
+	$(BIN)/python -m bench.sessions_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var node_modules

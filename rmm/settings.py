@@ -293,13 +293,28 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# The channel layer's Redis connections in one process. redis-py 8 caps a pool at 100 and raises
+# "Too many connections" past it, and every websocket of the process may have a command in flight at
+# once (a relay's group_send): 100 remote sessions on one daphne (200 websockets) cut relays with
+# 1011 (docs/performance.md, Remote sessions). As many as Redis itself accepts by default.
+CHANNEL_REDIS_MAX_CONNECTIONS = 10_000
+# Messages waiting in Redis for one process, all its websockets together (channels_redis keeps one
+# queue per process); past it a group_send drops the message, logged at INFO only. channels_redis's
+# 100 dropped relayed frames at 100 sessions on one daphne. 2,000 frames of at most 64 KiB from an
+# agent (rmm_agent.session.READ) hold at most 128 MiB of Redis, for at most the layer's 60 s expiry.
+CHANNEL_REDIS_CAPACITY = 2_000
 if REDIS_URL:
     # redis-py 8 times reads out after 5 s by default, exactly when channels_redis's blocking pop
     # (5 s) returns empty: every receiver of the process then failed at random. Wait longer.
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
+            "CONFIG": {
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 15, "max_connections": CHANNEL_REDIS_MAX_CONNECTIONS}
+                ],
+                "capacity": CHANNEL_REDIS_CAPACITY,
+            },
         }
     }
     # The task list's name in Redis: deployments (or test servers) that share one Redis database

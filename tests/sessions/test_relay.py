@@ -408,3 +408,28 @@ def test_unknown_credentials_on_the_relay_count_against_the_agent_tiers_limit(wo
         return codes
 
     assert async_to_sync(scenario)() == [4401, 4401, 4401, 4429]
+
+
+def test_a_process_relays_frames_of_more_than_a_hundred_sessions_at_once_through_redis():
+    """Every relay of a daphne process may send a frame at the same moment: with Redis's channel
+    layer as configured (settings.CHANNEL_LAYERS), 150 sessions' frames sent at once all arrive.
+    Before, redis-py 8's default pool (100 connections) refused the 101st ("Too many connections"),
+    cutting its relay with 1011, and channels_redis's default capacity (100 messages waiting for a
+    process) dropped the rest silently (docs/performance.md, Remote sessions)."""
+    config = django_settings.CHANNEL_LAYERS["default"]
+    if "Redis" not in config["BACKEND"]:
+        pytest.skip("the in-memory channel layer (REDIS_URL unset) has no connections to run out of")
+    sessions = 150
+
+    async def scenario():
+        layer = import_string(config["BACKEND"])(**config["CONFIG"], prefix=f"test-{time.time_ns()}")
+        channels = [await layer.new_channel() for _ in range(sessions)]
+        for n, channel in enumerate(channels):
+            await layer.group_add(f"remote-session-{n}", channel)
+        frames = [{"type": "relay.input", "data": b"%d" % n} for n in range(sessions)]
+        await asyncio.gather(*(layer.group_send(f"remote-session-{n}", frames[n]) for n in range(sessions)))
+        received = [await asyncio.wait_for(layer.receive(channel), 10) for channel in channels]
+        await layer.flush()
+        return [message["data"] for message in received]
+
+    assert async_to_sync(scenario)() == [b"%d" % n for n in range(sessions)]
