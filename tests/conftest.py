@@ -81,17 +81,21 @@ def other_site(db):
     return inventory.get_or_create_site("beta")
 
 
-# End-to-end tests that install and purge packages through dpkg and apt: the machine has one dpkg
-# lock, so under xdist (`--dist loadgroup`, as `make test` runs) they share one worker.
-DPKG_TESTS = {
-    f"tests/e2e/{name}.py"
-    for name in (
-        "test_agent_deb",
-        "test_deployment",
-        "test_deployment_rollout",
-        "test_patching",
-        "test_patch_verification",
-    )
+# Tests that share one worker under xdist (`--dist loadgroup`, as `make test` runs): the end-to-end
+# tests that install and purge packages through dpkg and apt (the machine has one dpkg lock), and
+# the MeshCentral tests (one MeshCentral for the run instead of one per worker).
+GROUPS = {
+    "dpkg": {
+        f"tests/e2e/{name}.py"
+        for name in (
+            "test_agent_deb",
+            "test_deployment",
+            "test_deployment_rollout",
+            "test_patching",
+            "test_patch_verification",
+        )
+    },
+    "meshcentral": {"tests/sessions/test_meshcentral.py"},
 }
 # The longest test (about a third of the suite's time) is collected first, so that it starts at
 # once on one worker while the other takes the rest, instead of starting late and ending last.
@@ -107,8 +111,9 @@ def pytest_collection_modifyitems(config, items):
         path = str(item.path).replace("\\", "/")
         if any(part in path for part in ("/tests/e2e/", "/tests/faults/")):
             item.add_marker(pytest.mark.slow)
-        if any(path.endswith(name) for name in DPKG_TESTS):
-            item.add_marker(pytest.mark.xdist_group("dpkg"))
+        for group, files in GROUPS.items():
+            if any(path.endswith(name) for name in files):
+                item.add_marker(pytest.mark.xdist_group(group))
     yield
     items.sort(key=lambda item: not str(item.path).replace("\\", "/").endswith(FIRST))
 

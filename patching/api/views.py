@@ -180,6 +180,11 @@ class PatchComplianceRowSerializer(serializers.Serializer):
     missing = serializers.IntegerField(help_text="Scanned, and missing (or failing, or installing) at least one.")
 
 
+class PatchComplianceQuery(serializers.Serializer):
+    site = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    severity = serializers.ChoiceField(choices=SEVERITY_NAMES, required=False)
+
+
 @extend_schema(
     parameters=[
         OpenApiParameter("site", description="One site's rows, by name."),
@@ -194,11 +199,11 @@ class PatchComplianceView(generics.ListAPIView):
     filter_backends = []  # the rows are computed, not a queryset: site and severity are read below
 
     def get_queryset(self):
-        severity = self.request.query_params.get("severity")
-        if severity is not None and severity not in SEVERITY_NAMES:
-            raise ValidationError({"severity": [f"Must be one of: {', '.join(SEVERITY_NAMES)}."]})
+        query = PatchComplianceQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)  # 400 naming the parameter (a NUL PostgreSQL cannot compare)
+        severity = query.validated_data.get("severity")
         return selectors.compliance(
             self.request.user,
-            site_name=self.request.query_params.get("site"),
+            site_name=query.validated_data.get("site"),
             severity=None if severity is None else Severity.named(severity),
         )

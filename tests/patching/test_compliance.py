@@ -67,6 +67,9 @@ def test_compliance_per_site_and_severity(fleet):
     assert [(row["severity"], row["missing"]) for row in one["results"]] == [("high", 1)]
     bad = fleet["tech"].get("/api/v1/patch-compliance/?severity=urgent")
     assert bad.status_code == 400 and "severity" in bad.json()
+    # a NUL, which PostgreSQL cannot compare, is the caller's mistake, not a server error
+    nul = fleet["tech"].get("/api/v1/patch-compliance/?site=%00")
+    assert nul.status_code == 400 and "site" in nul.json()
 
 
 def test_compliance_is_per_site(fleet, caller, other_site):

@@ -97,11 +97,28 @@ class MeshCentralServer:
                 tls = ssl.create_default_context(cafile=self.ca_file)
                 with urllib.request.urlopen(f"{self.url}/", timeout=2, context=tls) as answer:
                     if answer.status == 200:
-                        return self
+                        break
             except OSError:
                 time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"MeshCentral did not answer on {self.url}:\n{self.output()}")
+        else:
+            self.stop()
+            raise RuntimeError(f"MeshCentral did not answer on {self.url}:\n{self.output()}")
+        # Its web page answers before it has finished starting (it prepares its agents' binaries
+        # after): on a loaded machine a login waits for that, past a test's timeout. Ready is when
+        # the broker's login is answered.
+        from sessions.providers.meshcentral import MeshCentralError, MeshCentralProvider
+
+        broker = MeshCentralProvider(self.url, self.username, self.password, ca_file=str(self.ca_file), timeout=10)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                broker.control().close()
+                return self
+            except MeshCentralError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"MeshCentral took no login on {self.url}:\n{self.output()}") from None
+                time.sleep(1)
 
     def output(self) -> str:
         return (self.folder / "meshcentral.log").read_text()
