@@ -296,7 +296,8 @@ else:
 # The channel layer's Redis connections in one process. redis-py 8 caps a pool at 100 and raises
 # "Too many connections" past it, and every websocket of the process may have a command in flight at
 # once (a relay's group_send): 100 remote sessions on one daphne (200 websockets) cut relays with
-# 1011 (docs/performance.md, Remote sessions). As many as Redis itself accepts by default.
+# 1011 (docs/performance.md, Remote sessions). Per process: Redis's own limit (maxclients, 10,000 by
+# default) is shared by every process, so it is the one to raise for many workers.
 CHANNEL_REDIS_MAX_CONNECTIONS = 10_000
 # Messages waiting in Redis for one process, all its websockets together (channels_redis keeps one
 # queue per process); past it a group_send drops the message, logged at INFO only. channels_redis's

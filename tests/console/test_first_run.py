@@ -13,11 +13,13 @@ from django.test import Client
 
 from rmm.access import roles
 from rmm.access import services as access_services
+from rmm.artefacts import services as artefacts
 from rmm.history.models import HistoryEvent
 from rmm.inventory import services as inventory
 from rmm.inventory.models import Agent
 from scripting import services as scripting
 from scripting.models import ScriptJob
+from sessions import services as sessions
 from tests.helpers import approved_authority, make_agent, otp_login
 
 pytestmark = pytest.mark.django_db
@@ -163,6 +165,9 @@ def test_the_first_run_guide_ticks_each_step_from_the_database_and_goes_once_a_j
     admin_user = get_user_model().objects.get(username="admin")
     task = approved_authority(site, admin_user, self_authorized_jobs=False)
     tess, arno = (get_user_model().objects.get(username=name) for name in ("tess", "arno"))
+    # a session policy, approved, is an artefact but no script: neither step ticks
+    artefacts.decide(sessions.propose_policy(admin_user, site="local", allowed=False), arno, approve=True)
+    assert (steps(admin)["script"], steps(admin)["approval"]) == ("no", "no")
     script = scripting.create_script(tess, name="hello", language="sh", content="echo hi\n")
     assert steps(admin) == {
         **dict.fromkeys(("people", "authority", "script"), "yes"),
