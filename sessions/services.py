@@ -28,6 +28,7 @@ from rmm.authority import laws
 from rmm.authority.models import PsaTask
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 from rmm.core.on_commit import enqueue_on_commit
+from rmm.engine import registry
 from rmm.engine import services as engine
 from rmm.engine.services import kill_switches
 from rmm.engine.states import FINAL, JobStatus
@@ -284,6 +285,29 @@ def end_in_scope(switch, actor) -> int:
     waiting = RemoteSession.objects.filter(ended_at__isnull=True).select_related("psa_task")
     for session in kill_switches.in_scope(switch, waiting):
         ended += end_by_system(session, EndReason.KILL_SWITCH, history.actor_of(actor))
+    return ended
+
+
+def _under(key: str):
+    """Sessions not yet ended, with the lookup of their PSA case or task (``key``) as the engine names it."""
+    lookup = registry.get("remote_session").authority_lookups[key]
+    return RemoteSession.objects.filter(ended_at__isnull=True), lookup
+
+
+def live_under(key: str):
+    """The withdrawal hook's query (registered in apps.py): the ids of the cases or tasks under which
+    a session has not ended, for the engine's expiry sweep."""
+    sessions, lookup = _under(key)
+    return sessions.values(lookup)
+
+
+def end_under(key: str, value, actor, reason: str) -> int:
+    """The withdrawal hook (registered in apps.py): every session under the withdrawn or expired case
+    or task that has not ended ends now (``authority``), live ones hung up, whatever their provider."""
+    sessions, lookup = _under(key)
+    ended = 0
+    for session in sessions.filter(**{lookup: value}).select_related("psa_task"):
+        ended += end_by_system(session, EndReason.AUTHORITY, history.actor_of(actor))
     return ended
 
 
