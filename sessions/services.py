@@ -250,9 +250,16 @@ def _close(session: RemoteSession, reason: str, actor, *, stop: bool = True) -> 
         outbox.emit(ENDED, session, site_id=session.site_id, data=facts)
         if stop:
             _stop_job(session, actor, f"session ended: {reason}")
-        transaction.on_commit(lambda: providers.get(session.provider).end(session, reason))
+        # robust: one provider's failure must not drop the other callbacks of the commit (the seal)
+        transaction.on_commit(lambda: _hang_up(session.pk, session.provider, reason), robust=True)
         enqueue_on_commit(SEAL_TASK, str(session.pk))
     return True
+
+
+def _hang_up(session_id, provider: str, reason: str) -> None:
+    """The provider hangs the ended session up, with the session as committed now: a token its
+    ``start`` kept meanwhile (after this end's caller read the session) is revoked too."""
+    providers.get(provider).end(RemoteSession.objects.get(pk=session_id), reason)
 
 
 def duration_seconds(session: RemoteSession, now: datetime | None = None) -> float | None:

@@ -120,14 +120,24 @@ class ControlSession:
 
     def receive(self) -> dict:
         try:
-            return json.loads(self.ws.recv(timeout=self.timeout))
+            return self._read(self.timeout)
         except TimeoutError as exc:
             raise MeshCentralError("MeshCentral did not answer in time") from exc
+
+    def _read(self, timeout: float) -> dict:
+        """One message; the connection's failures (closed, an answer that is not JSON) are MeshCentralError."""
+        try:
+            return json.loads(self.ws.recv(timeout=timeout))
         except WebSocketException as exc:
             raise MeshCentralError(f"MeshCentral closed the connection: {exc}") from exc
+        except ValueError as exc:  # json's JSONDecodeError, or a binary frame that is not UTF-8
+            raise MeshCentralError(f"MeshCentral answered something that is not JSON: {exc}") from exc
 
     def send(self, action: str, **fields) -> None:
-        self.ws.send(json.dumps({"action": action, **fields}))
+        try:
+            self.ws.send(json.dumps({"action": action, **fields}))
+        except (OSError, WebSocketException) as exc:
+            raise MeshCentralError(f"MeshCentral closed the connection: {exc}") from exc
 
     def call(self, action: str, *, answer: str | None = None, **fields) -> dict:
         """Send a command and wait for its answer: MeshCentral tags errors with our ``responseid`` but
@@ -151,7 +161,7 @@ class ControlSession:
         deadline = datetime.now(UTC).timestamp() + timeout
         while (left := deadline - datetime.now(UTC).timestamp()) > 0:
             try:
-                message = json.loads(self.ws.recv(timeout=left))
+                message = self._read(left)
             except TimeoutError:
                 break
             event = message.get("event") if message.get("action") == "event" else None
