@@ -271,3 +271,21 @@ def test_a_live_session_ends_when_its_task_expires(world):
     assert stopping.withdraw_expired_authority() == 1
     ended_for_authority(sid)
     assert stopping.withdraw_expired_authority() == 0  # nothing left under it
+
+
+def test_a_failing_withdrawal_hook_is_recorded_and_spares_the_sessions(world, monkeypatch):
+    """Each app's withdrawal hook runs even when another one fails before it; the withdrawal stands."""
+    from rmm.authority import services as authority
+    from rmm.engine.services import stopping
+
+    def broken(key, value, actor, reason):
+        raise RuntimeError("the rollout service is unreachable")
+
+    monkeypatch.setattr(stopping, "_WITHDRAWAL_HOOKS", [(lambda key: [], broken), *stopping._WITHDRAWAL_HOOKS])
+    sid = stepless_and_live(world)
+    task = world["task"]
+    authority.upsert_task(world["psa"].user, task.pk, case_id=task.case_id, title=task.title, status="closed")
+    ended_for_authority(sid)
+    (failed,) = HistoryEvent.objects.filter(action="authority.withdrawal_hook_failed")
+    assert failed.payload["hook"].endswith("broken") and "unreachable" in failed.payload["error"]
+    assert failed.payload["psa_task_id"] == str(task.pk)
