@@ -12,6 +12,7 @@ class SessionsConfig(AppConfig):
     def ready(self):
         from evidence import types
         from rmm.artefacts import registry as artefacts
+        from rmm.engine import services as engine
         from rmm.engine.services import kill_switches
         from rmm.outbox import services as outbox
         from sessions import artefact, kind, services  # kind registers the "remote_session" job kind
@@ -25,5 +26,6 @@ class SessionsConfig(AppConfig):
             "A remote session's recording (asciicast v2 or its provider's), sealed by its sha256",
         )
         kill_switches.register_hook(services.end_in_scope)
+        engine.register_withdrawal_hook(services.live_under, services.end_under)
         outbox.register(services.ENDED, "A remote session ended (by whom or what, and why)")
         outbox.register(services.RECORDED, "A remote session's recording was sealed as evidence (its sha256)")

@@ -28,6 +28,7 @@ class EndReason(models.TextChoices):
     AGENT = "agent"  # the agent's side closed (the shell exited, the agent stopped)
     REJECTED = "rejected"  # an approver refused it before it started
     PROVIDER = "provider"  # its provider could not start it (a remote-access server that refused)
+    AUTHORITY = "authority"  # its PSA task or case was withdrawn or expired (Law 1 after it opened too)
 
 
 class RemoteSession(JobBase):

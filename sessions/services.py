@@ -28,6 +28,7 @@ from rmm.authority import laws
 from rmm.authority.models import PsaTask
 from rmm.core.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 from rmm.core.on_commit import enqueue_on_commit
+from rmm.engine import registry
 from rmm.engine import services as engine
 from rmm.engine.services import kill_switches
 from rmm.engine.states import FINAL, JobStatus
@@ -249,9 +250,16 @@ def _close(session: RemoteSession, reason: str, actor, *, stop: bool = True) -> 
         outbox.emit(ENDED, session, site_id=session.site_id, data=facts)
         if stop:
             _stop_job(session, actor, f"session ended: {reason}")
-        transaction.on_commit(lambda: providers.get(session.provider).end(session, reason))
+        # robust: one provider's failure must not drop the other callbacks of the commit (the seal)
+        transaction.on_commit(lambda: _hang_up(session.pk, session.provider, reason), robust=True)
         enqueue_on_commit(SEAL_TASK, str(session.pk))
     return True
+
+
+def _hang_up(session_id, provider: str, reason: str) -> None:
+    """The provider hangs the ended session up, with the session as committed now: a token its
+    ``start`` kept meanwhile (after this end's caller read the session) is revoked too."""
+    providers.get(provider).end(RemoteSession.objects.get(pk=session_id), reason)
 
 
 def duration_seconds(session: RemoteSession, now: datetime | None = None) -> float | None:
@@ -284,6 +292,29 @@ def end_in_scope(switch, actor) -> int:
     waiting = RemoteSession.objects.filter(ended_at__isnull=True).select_related("psa_task")
     for session in kill_switches.in_scope(switch, waiting):
         ended += end_by_system(session, EndReason.KILL_SWITCH, history.actor_of(actor))
+    return ended
+
+
+def _under(key: str):
+    """Sessions not yet ended, with the lookup of their PSA case or task (``key``) as the engine names it."""
+    lookup = registry.get("remote_session").authority_lookups[key]
+    return RemoteSession.objects.filter(ended_at__isnull=True), lookup
+
+
+def live_under(key: str):
+    """The withdrawal hook's query (registered in apps.py): the ids of the cases or tasks under which
+    a session has not ended, for the engine's expiry sweep."""
+    sessions, lookup = _under(key)
+    return sessions.values(lookup)
+
+
+def end_under(key: str, value, actor, reason: str) -> int:
+    """The withdrawal hook (registered in apps.py): every session under the withdrawn or expired case
+    or task that has not ended ends now (``authority``), live ones hung up, whatever their provider."""
+    sessions, lookup = _under(key)
+    ended = 0
+    for session in sessions.filter(**{lookup: value}).select_related("psa_task"):
+        ended += end_by_system(session, EndReason.AUTHORITY, history.actor_of(actor))
     return ended
 
 

@@ -42,6 +42,7 @@ FEATURE_SERVER_RECORDINGS = 0x08000000
 SELECTIVE_RECORDING_FLAGS = ("usersSessionRecording", "userGroupsSessionRecording", "devGroupSessionRecording")
 MESH_TYPE_AGENTS = 2  # a device group of devices running MeshCentral's agent
 MESH_RIGHT_REMOTE_CONTROL = 8  # remote control only: no agent console, no server files, no group admin
+BROKER_MADE = "RMM technician (made by the broker)"  # the real name of every account the broker makes
 MSG_CHANGED_CREDENTIALS = 75  # meshuser.js changeuserpass: "Changed account credentials"
 CHUNK = 64 * 1024
 
@@ -54,6 +55,10 @@ class MeshCentralError(Exception):
 
 class RecordingNotRequired(MeshCentralError):
     """The server would let a session run unrecorded; recording is never optional, so no session starts."""
+
+
+class ForeignAccount(MeshCentralError):
+    """The MeshCentral account the broker would use for a technician is not one the broker made."""
 
 
 class UnknownDevice(MeshCentralError):
@@ -115,14 +120,24 @@ class ControlSession:
 
     def receive(self) -> dict:
         try:
-            return json.loads(self.ws.recv(timeout=self.timeout))
+            return self._read(self.timeout)
         except TimeoutError as exc:
             raise MeshCentralError("MeshCentral did not answer in time") from exc
+
+    def _read(self, timeout: float) -> dict:
+        """One message; the connection's failures (closed, an answer that is not JSON) are MeshCentralError."""
+        try:
+            return json.loads(self.ws.recv(timeout=timeout))
         except WebSocketException as exc:
             raise MeshCentralError(f"MeshCentral closed the connection: {exc}") from exc
+        except ValueError as exc:  # json's JSONDecodeError, or a binary frame that is not UTF-8
+            raise MeshCentralError(f"MeshCentral answered something that is not JSON: {exc}") from exc
 
     def send(self, action: str, **fields) -> None:
-        self.ws.send(json.dumps({"action": action, **fields}))
+        try:
+            self.ws.send(json.dumps({"action": action, **fields}))
+        except (OSError, WebSocketException) as exc:
+            raise MeshCentralError(f"MeshCentral closed the connection: {exc}") from exc
 
     def call(self, action: str, *, answer: str | None = None, **fields) -> dict:
         """Send a command and wait for its answer: MeshCentral tags errors with our ``responseid`` but
@@ -146,7 +161,7 @@ class ControlSession:
         deadline = datetime.now(UTC).timestamp() + timeout
         while (left := deadline - datetime.now(UTC).timestamp()) > 0:
             try:
-                message = json.loads(self.ws.recv(timeout=left))
+                message = self._read(left)
             except TimeoutError:
                 break
             event = message.get("event") if message.get("action") == "event" else None
@@ -225,16 +240,53 @@ class MeshCentralProvider:
                     return mesh["_id"]
             return mc.call("createmesh", meshname=name, meshtype=MESH_TYPE_AGENTS, desc=description)["meshid"]
 
-    def ensure_user(self, username: str, mesh_id: str) -> str:
-        """The MeshCentral user id of a technician, created with an unknowable password if new, with
-        remote-control rights (and no others) on the site's device group."""
-        user_id = f"user//{username.lower()}"
+    def find_device_group(self, name: str) -> str | None:
+        """The id of the device group named ``name``, or None: a lookup, nothing made."""
         with self.control() as mc:
-            users = {user["_id"] for user in mc.call("users").get("users", [])}
-            if user_id not in users:
-                mc.call("adduser", username=username, **{"pass": secrets.token_urlsafe(24)})
-            mc.call("addmeshuser", meshid=mesh_id, userids=[user_id], meshadmin=MESH_RIGHT_REMOTE_CONTROL)
+            return next((mesh["_id"] for mesh in mc.call("meshes").get("meshes", []) if mesh.get("name") == name), None)
+
+    def _user_id(self, name: str) -> str:
+        return f"user//{name.lower()}"
+
+    def check_user(self, name: str) -> str:
+        """The user id of the broker's account ``name`` for a technician, read only: refused when it
+        is the broker's own account, or exists but the broker did not make it or it has server rights
+        (the broker never takes over, resets or mints a token for an account it does not own)."""
+        user_id = self._user_id(name)
+        if user_id == self._user_id(self.username):
+            raise ForeignAccount(f"{name!r} is the broker's own MeshCentral account")
+        with self.control() as mc:
+            found = next((user for user in mc.call("users").get("users", []) if user["_id"] == user_id), None)
+        if found is not None and (found.get("siteadmin") or found.get("realname") != BROKER_MADE):
+            raise ForeignAccount(f"the MeshCentral account {name!r} exists and is not one the broker made")
         return user_id
+
+    def ensure_user(self, name: str) -> str:
+        """The user id of the broker's account ``name`` for a technician (see :meth:`check_user`),
+        created with an unknowable password and no rights if new: rights come per session and device."""
+        user_id = self.check_user(name)
+        with self.control() as mc:
+            if user_id not in {user["_id"] for user in mc.call("users").get("users", [])}:
+                mc.call(
+                    "adduser", username=name, realname=BROKER_MADE, siteadmin=0, **{"pass": secrets.token_urlsafe(24)}
+                )
+        return user_id
+
+    def grant_device(self, user_id: str, node_id: str) -> None:
+        """Remote-control rights (and no others) for the user on this one device."""
+        with self.control() as mc:
+            mc.call("adddeviceuser", nodeid=node_id, userids=[user_id], rights=MESH_RIGHT_REMOTE_CONTROL)
+
+    def revoke_device(self, user_id: str, node_id: str) -> None:
+        """The user's rights on this one device removed."""
+        with self.control() as mc:
+            mc.call("adddeviceuser", nodeid=node_id, userids=[user_id], rights=0, remove=True)
+
+    def rights_of(self, user_id: str) -> dict:
+        """What the user may reach: device groups and devices (MeshCentral's ``links``), by id."""
+        with self.control() as mc:
+            found = next((user for user in mc.call("users").get("users", []) if user["_id"] == user_id), None)
+        return dict((found or {}).get("links", {}))
 
     def device(self, asset_name: str, mesh_id: str | None = None) -> Device:
         """The one device named after the asset (in ``mesh_id`` when given); none or several is an error."""
@@ -344,6 +396,12 @@ class MeshCentralProvider:
 # --- the session provider: the broker's sessions carried by MeshCentral (docs/sessions-meshcentral.md) ---
 
 
+def account_name(user) -> str:
+    """The MeshCentral account the broker makes for an RMM user: named after its primary key, never
+    its user name (which may name an account of MeshCentral's own, or differ only in case)."""
+    return f"rmm-{user.pk}"
+
+
 def _session_name(session) -> str:
     return f"rmm-session-{session.pk}"
 
@@ -378,12 +436,17 @@ class MeshCentralSessions(Provider):
         self.client = client
 
     def prepare(self, user, asset) -> dict:
-        """Recording required, the site's device group, the technician's user (remote control only)
-        and the asset's device, or a refusal (409) before the session exists."""
+        """Lookups and checks only, before the session exists (and before the engine checked its
+        authority): recording required, the technician's account usable, the asset's device in the
+        site's device group; or a refusal (409). Nothing is made or granted here."""
         try:
             self.client.require_recording()
-            mesh_id = self.client.ensure_device_group(asset.site.name, f"RMM site {asset.site.name}")
-            user_id = self.client.ensure_user(user.get_username(), mesh_id)
+            user_id = self.client.check_user(account_name(user))
+            mesh_id = self.client.find_device_group(asset.site.name)
+            if mesh_id is None:
+                raise UnknownDevice(
+                    f"no MeshCentral devices named {asset.hostname!r}: no device group {asset.site.name!r}"
+                )
             device = self.client.device(asset.hostname, mesh_id)
         except RecordingNotRequired as exc:
             raise Conflict(f"{exc}: recording is never optional.", field="provider") from exc
@@ -394,13 +457,17 @@ class MeshCentralSessions(Provider):
         return {"provider_user": user_id, "provider_device": device.node_id}
 
     def start(self, session) -> str:
-        """A login token of the technician's for this session only, expiring with the site's maximum
-        duration; the session is live from now. The join URL opens MeshCentral's web app on the device,
-        signed in with the token (its ``user`` and ``pass`` in the URL, MeshCentral's URL sign-in)."""
+        """Once the session's job exists (the engine checked its authority and kill switches): the
+        technician's account (made if new), remote-control rights on the session's one device, and a
+        login token for this session only, expiring with the site's maximum duration; the session is
+        live from now. The join URL opens MeshCentral's web app on the device, signed in with the
+        token (its ``user`` and ``pass`` in the URL, MeshCentral's URL sign-in)."""
         from sessions import policies, services
 
         minutes = math.ceil(policies.policy_for(session.site).max_duration_seconds / 60)
         try:
+            self.client.ensure_user(session.provider_user.split("/")[-1])
+            self.client.grant_device(session.provider_user, session.provider_device)
             with _one_at_a_time(session.provider_user, 4 * self.client.timeout):
                 token = self.client.mint_login_token(
                     session.provider_user, _session_name(session), minutes, session.provider_device
@@ -419,17 +486,26 @@ class MeshCentralSessions(Provider):
             self.client.revoke_login_token(user_id, token_user)
 
     def end(self, session, reason: str) -> None:
-        """Revoke the session's token: MeshCentral refuses it and closes the web app's session opened
-        with it. A terminal or desktop tunnel already open stays open until its client closes it:
+        """Revoke the session's token (MeshCentral refuses it and closes the web app's session opened
+        with it) and the technician's rights on the device, unless another live session of theirs
+        uses it. A terminal or desktop tunnel already open stays open until its client closes it:
         MeshCentral has no call that closes one (docs/sessions-meshcentral.md)."""
-        if not session.provider_token:
-            return  # it never started
-        try:
-            self._revoke(session.provider_user, session.provider_token)
-        except MeshCentralError as exc:
-            from sessions import services
+        from sessions import services
+        from sessions.models import RemoteSession
 
-            log.exception("session %s: its MeshCentral token could not be revoked", session.pk)
+        try:
+            if session.provider_token:
+                self._revoke(session.provider_user, session.provider_token)
+            others = RemoteSession.objects.filter(
+                provider=self.name,
+                provider_user=session.provider_user,
+                provider_device=session.provider_device,
+                ended_at__isnull=True,
+            ).exclude(pk=session.pk)
+            if session.provider_user and session.provider_device and not others.exists():
+                self.client.revoke_device(session.provider_user, session.provider_device)
+        except Exception as exc:  # loud and recorded; the other end-of-session hooks still run
+            log.exception("session %s: its MeshCentral token or rights could not be revoked", session.pk)
             services.provider_failed(session, "end", exc)
 
     def fetch_recording(self, session) -> Iterator[bytes] | None:

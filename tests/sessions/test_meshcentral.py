@@ -32,7 +32,7 @@ from rmm.core import blobs
 from rmm.engine.models import Instruction
 from rmm.history.models import HistoryEvent
 from rmm.outbox.models import Event
-from sessions import providers, recording
+from sessions import providers, recording, services
 from sessions.models import RemoteSession
 from sessions.providers import meshcentral as meshcentral_provider
 from sessions.providers.meshcentral import (
@@ -130,21 +130,34 @@ def test_meshcentral_starts_and_records_every_session(meshcentral, broker):
 def test_the_broker_creates_the_site_group_and_the_technician(broker):
     mesh_id = broker.ensure_device_group("site alpha", "RMM site alpha")
     assert broker.ensure_device_group("site alpha") == mesh_id  # found again, not duplicated
-    user_id = broker.ensure_user("tech-ana", mesh_id)
-    assert broker.ensure_user("tech-ana", mesh_id) == user_id == "user//tech-ana"
+    assert broker.find_device_group("site alpha") == mesh_id and broker.find_device_group("site none") is None
+    user_id = broker.ensure_user("tech-ana")
+    assert broker.ensure_user("tech-ana") == user_id == "user//tech-ana"
 
     with broker.control() as mc:
         meshes = [mesh for mesh in mc.call("meshes")["meshes"] if mesh["name"] == "site alpha"]
         users = {user["_id"]: user for user in mc.call("users")["users"]}
     assert len(meshes) == 1 and meshes[0]["_id"] == mesh_id
-    assert meshes[0]["links"][user_id]["rights"] == 8  # remote control, nothing else
-    assert "siteadmin" not in users[user_id]  # no server rights
+    assert user_id not in meshes[0].get("links", {})  # no rights on the group: they come per session and device
+    assert not users[user_id].get("siteadmin")  # no server rights
+    assert broker.rights_of(user_id) == {}
     assert web_login(broker, "tech-ana", "tech-ana")[0] is None  # no password anybody knows
 
 
+def test_the_broker_never_uses_an_account_it_did_not_make(meshcentral, broker):
+    with pytest.raises(MeshCentralError, match="the broker's own MeshCentral account"):
+        broker.ensure_user(meshcentral.username.upper())
+    password = "Admin-" + os.urandom(8).hex()
+    with broker.control() as mc:
+        mc.call("adduser", username="someone-else", siteadmin=0, **{"pass": password})
+    with pytest.raises(MeshCentralError, match="not one the broker made"):
+        broker.ensure_user("someone-else")
+    assert web_login(broker, "someone-else", password)[0] == "user//someone-else"  # untouched
+
+
 def test_a_login_token_serves_its_session_and_a_second_login_ends_it(broker):
-    mesh_id = broker.ensure_device_group("site beta")
-    user_id = broker.ensure_user("tech-bo", mesh_id)
+    broker.ensure_device_group("site beta")
+    user_id = broker.ensure_user("tech-bo")
     token = broker.mint_login_token(user_id, "rmm-session-0001", minutes=30, node_id="node//none")
     assert token.user.startswith("~t:") and token.login_url == f"{broker.url}/?gotonode=none"
     assert timedelta(minutes=29) < token.expires_at - datetime.now(UTC) <= timedelta(minutes=30)
@@ -173,7 +186,7 @@ def test_a_login_token_serves_its_session_and_a_second_login_ends_it(broker):
 
 
 def test_a_token_is_revoked_at_the_session_end_even_unused(broker):
-    user_id = broker.ensure_user("tech-cy", broker.ensure_device_group("site beta"))
+    user_id = broker.ensure_user("tech-cy")
     token = broker.mint_login_token(user_id, "rmm-session-0002", minutes=5, node_id="node//none")
     broker.revoke_login_token(user_id, token.user)
     assert web_login(broker, token.user, token.password)[0] is None
@@ -215,9 +228,11 @@ def test_a_real_session_is_recorded_by_meshcentral_and_pulled(meshcentral, broke
     a terminal through MeshCentral's relay, which records it; the broker finds the recording by the
     device and the technician, pulls it and hashes it."""
     mesh_id = broker.ensure_device_group("site delta")
-    user_id = broker.ensure_user("tech-di", mesh_id)
+    user_id = broker.ensure_user("tech-di")
     meshcentral.start_agent(mesh_id)
     device = wait_for(lambda: broker.device(socket.gethostname(), mesh_id))  # the asset's name is its host name
+    broker.grant_device(user_id, device.node_id)
+    assert broker.rights_of(user_id) == {device.node_id: {"rights": 8}}  # remote control of this device only
     since = datetime.now(UTC) - timedelta(seconds=1)
 
     token = broker.mint_login_token(user_id, "rmm-session-0004", minutes=10, node_id=device.node_id)
@@ -316,6 +331,11 @@ def test_a_session_through_meshcentral_is_opened_joined_ended_and_its_recording_
     meshcentral.start_agent(mesh_id)
     device = wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
     agent, _ = make_agent(site, socket.gethostname())  # the asset (its RMM agent need not be online)
+    # MeshCentral's own full administrator named as the technician: the broker leaves it alone
+    password = "Admin-" + os.urandom(8).hex()
+    with broker.control() as mc:
+        mc.call("adduser", username="tech", siteadmin=0xFFFFFFFF, **{"pass": password})
+    account = f"user//rmm-{world['tech'].user.pk}"
 
     r = open_(world, asset=str(agent.asset_id), session_type="remote_control", provider="meshcentral")
     assert r.status_code == 201, r.content
@@ -326,7 +346,7 @@ def test_a_session_through_meshcentral_is_opened_joined_ended_and_its_recording_
     assert f"{join.scheme}://{join.netloc}" == meshcentral.url and query["gotonode"] == device.node_id.split("/")[-1]
     assert query["user"].startswith("~t:") and body["status"] == "running"
     session = RemoteSession.objects.get(pk=sid)
-    assert session.provider_user == "user//tech" and session.provider_device == device.node_id
+    assert session.provider_user == account and session.provider_device == device.node_id
     assert session.provider_token == query["user"] and session.live
     assert not Instruction.objects.filter(job_id=sid).exists()  # MeshCentral's agent carries it, not ours
     shown = world["tech"].get(f"{URL}{sid}/").json()
@@ -335,22 +355,24 @@ def test_a_session_through_meshcentral_is_opened_joined_ended_and_its_recording_
         and shown["provider"] == "meshcentral"
         and shown["join_url"] == f"/console/sessions/{sid}/"
     )
-    with broker.control() as mc:
-        mesh = next(m for m in mc.call("meshes")["meshes"] if m["_id"] == mesh_id)
-    assert mesh["links"]["user//tech"]["rights"] == 8  # remote control, nothing else
+    assert broker.rights_of(account) == {device.node_id: {"rights": 8}}  # remote control of this device only
 
-    assert url_login(broker, body["join_url"]) == "user//tech"  # the join URL signs the technician in
+    assert url_login(broker, body["join_url"]) == account  # the join URL signs the technician in
     state, screen, _ = terminal(
         broker, query["user"], query["pass"], device.node_id, b"echo hello-$((6*7))\r", b"hello-42"
     )
     assert state == "cr" and b"hello-42" in screen  # recorded by MeshCentral
-    (name,) = wait_for(lambda: broker.recordings(device.node_id, "user//tech", session.started_at), LOADED_TIMEOUT)
+    (name,) = wait_for(lambda: broker.recordings(device.node_id, account, session.started_at), LOADED_TIMEOUT)
 
     with django_capture_on_commit_callbacks(execute=True):
         r = world["tech"].post(f"{URL}{sid}/end/")
     assert r.status_code == 200, r.content
     assert r.json()["end_reason"] == "user" and r.json()["status"] == "aborted"
     assert web_login(broker, query["user"], query["pass"])[0] is None  # the token is revoked
+    assert broker.rights_of(account) == {}  # and the rights on the device
+    assert web_login(broker, "tech", password)[0] == "user//tech"  # MeshCentral's own account untouched
+    with broker.control("tech", password) as mc:
+        assert mc.call("loginTokens").get("loginTokens", []) == []  # and no token minted for it
 
     on_disk = (meshcentral.recordings / name).read_bytes()
     digest = hashlib.sha256(on_disk).hexdigest()
@@ -386,3 +408,76 @@ def test_a_meshcentral_session_is_refused_without_a_device_or_when_it_would_wait
     assert r.status_code == 400 and "session_type" in r.json()
     assert len(refusals()) == 2 and "no MeshCentral devices" in refusals()[0]
     assert not RemoteSession.objects.exists()
+
+
+def test_a_meshcentral_session_grants_nothing_when_refused(world, meshcentral, broker, carried):
+    """A refused open (no authority; an account of the technician's name the broker did not make)
+    makes and grants nothing in MeshCentral; the account is left as it was, and no token is minted for it."""
+    site = world["site"]
+    mesh_id = broker.ensure_device_group(site.name)
+    try:
+        broker.device(socket.gethostname(), mesh_id)
+    except UnknownDevice:  # run alone: the site's device is not there yet
+        meshcentral.start_agent(mesh_id)
+        wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
+    agent, _ = make_agent(site, socket.gethostname())
+    account = f"rmm-{world['other_tech'].user.pk}"
+
+    def users() -> dict:
+        with broker.control() as mc:
+            return {user["_id"]: user for user in mc.call("users")["users"]}
+
+    before = users()
+    r = open_(
+        world,
+        "other_tech",
+        asset=str(agent.asset_id),
+        session_type="remote_control",
+        provider="meshcentral",
+        psa_task_id="00000000-0000-0000-0000-000000000000",
+    )
+    assert r.status_code == 400 and "No authority" in r.json()["psa_task_id"][0], r.content
+    assert users() == before  # no account made, no rights granted
+
+    password = "Admin-" + os.urandom(8).hex()
+    with broker.control() as mc:
+        if f"user//{account}" in before:  # made by an earlier test's technician of the same id
+            mc.call("deleteuser", userid=f"user//{account}")
+        mc.call("adduser", username=account, siteadmin=0xFFFFFFFF, **{"pass": password})
+    try:
+        r = open_(world, "other_tech", asset=str(agent.asset_id), session_type="remote_control", provider="meshcentral")
+        assert r.status_code == 409 and "not one the broker made" in r.json()["provider"][0]
+        assert refusals()[-1] == r.json()["provider"][0].rstrip(".")
+        assert not RemoteSession.objects.exists()
+        assert web_login(broker, account, password)[0] == f"user//{account}"  # its password still works
+        with broker.control(account, password) as mc:
+            assert mc.call("loginTokens").get("loginTokens", []) == []
+        assert broker.rights_of(f"user//{account}") == {}
+    finally:
+        with broker.control() as mc:
+            mc.call("deleteuser", userid=f"user//{account}")
+
+
+def test_the_end_revokes_the_token_kept_after_the_ender_read_the_session(
+    world, meshcentral, broker, carried, django_capture_on_commit_callbacks
+):
+    """An end decided on a copy of the session read before its token was kept (a concurrent start)
+    still revokes the token: the provider hangs up the session as committed."""
+    site = world["site"]
+    mesh_id = broker.ensure_device_group(site.name)
+    try:
+        broker.device(socket.gethostname(), mesh_id)
+    except UnknownDevice:  # run alone: the site's device is not there yet
+        meshcentral.start_agent(mesh_id)
+        wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
+    agent, _ = make_agent(site, socket.gethostname())
+    r = open_(world, asset=str(agent.asset_id), session_type="remote_control", provider="meshcentral")
+    assert r.status_code == 201, r.content
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.json()["join_url"]).query))
+    stale = RemoteSession.objects.get(pk=r.json()["id"])
+    stale.provider_token = ""  # as read before start kept it
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.end_by_system(stale, "kill_switch")
+    assert web_login(broker, query["user"], query["pass"])[0] is None  # revoked all the same
+    assert broker.rights_of(stale.provider_user) == {}

@@ -228,3 +228,64 @@ def test_an_agent_is_online_within_the_offline_cut_off_and_a_retired_asset_takes
     r = open_(world)
     assert r.status_code == 409 and r.json() == {"asset": ["The asset is retired."]}
     assert not RemoteSession.objects.exists()
+
+
+def stepless_and_live(world) -> str:
+    """A session live without a step of the RMM agent's, as a provider that reaches the endpoint by
+    its own means (MeshCentral) leaves it: its job running, no instruction."""
+    sid = open_(world).json()["id"]
+    Instruction.objects.filter(job_id=sid).delete()
+    RemoteSession.objects.filter(pk=sid).update(status="running", started_at=timezone.now())
+    return sid
+
+
+def ended_for_authority(sid: str) -> None:
+    session = RemoteSession.objects.get(pk=sid)
+    assert session.end_reason == "authority" and session.ended_at is not None and session.status == "aborted"
+    ended = HistoryEvent.objects.get(action="session.ended", subject_id=sid)
+    assert ended.payload["reason"] == "authority"
+    assert Event.objects.get(type="session.ended", subject_id=sid).data["reason"] == "authority"
+
+
+@pytest.mark.parametrize("withdraw", ["task closed", "case rejected"])
+def test_withdrawing_the_authority_ends_a_live_session(world, withdraw):
+    """Law 1 after the session opened: the PSA withdraws its task or case, the session ends."""
+    from rmm.authority import services as authority
+
+    sid = stepless_and_live(world)
+    task, psa = world["task"], world["psa"].user
+    if withdraw == "task closed":
+        authority.upsert_task(psa, task.pk, case_id=task.case_id, title=task.title, status="closed")
+    else:
+        case = task.case
+        authority.upsert_case(psa, case.pk, title=case.title, status="rejected", site_name=world["site"].name)
+    ended_for_authority(sid)
+
+
+def test_a_live_session_ends_when_its_task_expires(world):
+    from rmm.authority.models import PsaTask
+    from rmm.engine.services import stopping
+
+    sid = stepless_and_live(world)
+    PsaTask.objects.filter(pk=world["task"].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert stopping.withdraw_expired_authority() == 1
+    ended_for_authority(sid)
+    assert stopping.withdraw_expired_authority() == 0  # nothing left under it
+
+
+def test_a_failing_withdrawal_hook_is_recorded_and_spares_the_sessions(world, monkeypatch):
+    """Each app's withdrawal hook runs even when another one fails before it; the withdrawal stands."""
+    from rmm.authority import services as authority
+    from rmm.engine.services import stopping
+
+    def broken(key, value, actor, reason):
+        raise RuntimeError("the rollout service is unreachable")
+
+    monkeypatch.setattr(stopping, "_WITHDRAWAL_HOOKS", [(lambda key: [], broken), *stopping._WITHDRAWAL_HOOKS])
+    sid = stepless_and_live(world)
+    task = world["task"]
+    authority.upsert_task(world["psa"].user, task.pk, case_id=task.case_id, title=task.title, status="closed")
+    ended_for_authority(sid)
+    (failed,) = HistoryEvent.objects.filter(action="authority.withdrawal_hook_failed")
+    assert failed.payload["hook"].endswith("broken") and "unreachable" in failed.payload["error"]
+    assert failed.payload["psa_task_id"] == str(task.pk)

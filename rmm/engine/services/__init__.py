@@ -37,6 +37,7 @@ from rmm.engine.services.results import ingest_result as ingest_result
 from rmm.engine.services.results import ingest_results as ingest_results
 from rmm.engine.services.stopping import abort_agent_work as abort_agent_work
 from rmm.engine.services.stopping import end_instruction as end_instruction
+from rmm.engine.services.stopping import register_withdrawal_hook as register_withdrawal_hook
 from rmm.engine.services.stopping import stop_instructions as stop_instructions
 from rmm.engine.services.stopping import sweep as sweep
 from rmm.engine.services.stopping import withdraw_authority as withdraw_authority

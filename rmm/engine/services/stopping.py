@@ -5,7 +5,9 @@ switch, a revoked agent or withdrawn or expired authority, and the minute's swee
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -122,12 +124,44 @@ def abort_agent_work(agent: Agent, actor, reason: str) -> int:
     return count
 
 
+# Work that acts on endpoints outside an instruction (a live remote session carried by its provider)
+# registers here, in its AppConfig.ready: ``live(key)`` is a ``values()`` query of the case or task
+# ids (key "psa_case_id" or "psa_task_id") under which it still runs, for the expiry sweep;
+# ``stop(key, value, actor, reason)`` ends that work under the withdrawn authority and says how many.
+_WITHDRAWAL_HOOKS: list[tuple[Callable[[str], Any], Callable[[str, Any, Any, str], int]]] = []
+
+
+def register_withdrawal_hook(live: Callable[[str], Any], stop: Callable[[str, Any, Any, str], int]) -> None:
+    if (live, stop) not in _WITHDRAWAL_HOOKS:
+        _WITHDRAWAL_HOOKS.append((live, stop))
+
+
+def _run_withdrawal_hooks(key: str, value, actor, reason: str) -> int:
+    """Every registered app stops its work too; one that fails is logged and recorded, and the
+    others still run (the withdrawal itself stands)."""
+    count = 0
+    for _, stop in _WITHDRAWAL_HOOKS:
+        name = f"{stop.__module__}.{stop.__qualname__}"
+        try:
+            with transaction.atomic():
+                count += stop(key, value, actor, reason)
+        except Exception as exc:  # noqa: BLE001 - any failure of one app's hook must not spare the others
+            logger.exception("withdrawal hook %s failed", name)
+            history.append(
+                "system",
+                "authority.withdrawal_hook_failed",
+                payload={"hook": name, key: str(value), "error": f"{type(exc).__name__}: {exc}"[:500]},
+            )
+    return count
+
+
 def withdraw_authority(actor, reason: str, *, case_id=None, task_id=None) -> int:
     """Upstream authority was withdrawn or expired: the work it covered stops (Law 1 holds after creation too).
 
     Jobs of a batch's later waves with no instruction yet end aborted first, under the history's
     lock, so that no later wave is issued on authority granted again before this ran; then the
-    instructions issued so far (including any issued just before) are stopped.
+    instructions issued so far (including any issued just before) are stopped; then the work of
+    the registered withdrawal hooks (live remote sessions, which may have no instruction).
     """
     key, value = ("psa_task_id", task_id) if task_id is not None else ("psa_case_id", case_id)
     if value is None:
@@ -143,12 +177,13 @@ def withdraw_authority(actor, reason: str, *, case_id=None, task_id=None) -> int
             ids = issuing._not_issued(kind).filter(**{lookup: value}).values_list("pk", flat=True)
             aborted += issuing._abort_unissued(kind, dict.fromkeys(ids, reason), actor)
     active = Instruction.objects.filter(status__in=[S.QUEUED, S.RUNNING], **{key: value})
-    return aborted + stop_instructions(active, actor, reason)
+    stopped = stop_instructions(active, actor, reason)
+    return aborted + stopped + _run_withdrawal_hooks(key, value, actor, reason)
 
 
 def withdraw_expired_authority(now: datetime | None = None) -> int:
-    """Stop work whose PSA case or task expired since it was queued: its instructions, and the
-    jobs of later waves that have none yet."""
+    """Stop work whose PSA case or task expired since it was queued: its instructions, the jobs of
+    later waves that have none yet, and the work of the withdrawal hooks (live remote sessions)."""
     now = now or timezone.now()
     count = 0
     for model, key, name in ((PsaCase, "psa_case_id", "case"), (PsaTask, "psa_task_id", "task")):
@@ -156,6 +191,8 @@ def withdraw_expired_authority(now: datetime | None = None) -> int:
         for kind in registry.all_kinds():
             if key in kind.authority_lookups:
                 covered |= Q(pk__in=issuing._not_issued(kind).values(kind.authority_lookups[key]))
+        for live, _ in _WITHDRAWAL_HOOKS:
+            covered |= Q(pk__in=live(key))
         for pk in list(model.objects.filter(covered, expires_at__lt=now).values_list("pk", flat=True)):
             try:
                 count += withdraw_authority("system", f"PSA {name} expired", **{f"{name}_id": pk})
