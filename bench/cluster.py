@@ -13,6 +13,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -348,3 +349,5 @@ class Cluster:
         self.log.close()
         self._pg(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
         self._redis_flush()
+        # its logs, keys and evidence blobs: of no use once its database is gone (hundreds of MB)
+        shutil.rmtree(self.tmp, ignore_errors=True)
