@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import base64
 import hashlib
-import json
 import multiprocessing
 import os
 import resource
@@ -38,7 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.cluster import Cluster, status_mib, tree
-from bench.run import SEED, Api, machine, ms
+from bench.run import SEED, Api, machine, ms, run_and_report
 from rmm_agent import keyring
 from rmm_agent.protocol import InstructionRefused, verify_instruction
 
@@ -351,16 +350,7 @@ def main() -> None:
     report: dict = {"options": vars(o), "machine": machine(), "load_average_before": os.getloadavg()}
     front = ", nginx in front" if o.proxy else ""
     print(f"starting {o.workers} uvicorn workers, daphne, qcluster{front}, database {cluster.dbname} ...", flush=True)
-    cluster.start()
-    try:
-        asyncio.run(drive(cluster, o, report))
-    finally:
-        report["load_average_after"] = os.getloadavg()
-        cluster.stop()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if o.out:
-        Path(o.out).write_text(text + "\n")
+    run_and_report(cluster, drive, o, report)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ to the workers straight, as before.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import multiprocessing
@@ -136,6 +137,21 @@ def machine_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def run_and_report(cluster: Cluster, drive, options, report: dict) -> None:
+    """Start the cluster, run ``drive(cluster, options, report)`` (a coroutine), stop the cluster
+    whatever happens, then print the report as JSON and write it to ``options.out`` if given."""
+    cluster.start()
+    try:
+        asyncio.run(drive(cluster, options, report))
+    finally:
+        report["load_average_after"] = os.getloadavg()
+        cluster.stop()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if options.out:
+        Path(options.out).write_text(text + "\n")
 
 
 def machine() -> dict:

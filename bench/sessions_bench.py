@@ -46,7 +46,6 @@ import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -55,7 +54,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.cluster import Cluster
 from bench.download_bench import Sampler
-from bench.run import SEED, Api, machine, ms
+from bench.run import SEED, Api, machine, ms, run_and_report
 from rmm_agent import keyring
 from rmm_agent.protocol import CAPABILITIES, SESSION_ACTION, InstructionRefused, verify_instruction
 from tests.e2e.flows import Session as Browser
@@ -448,16 +447,7 @@ def main() -> None:
     cluster = Cluster(workers=1, api_workers=o.workers, interval=30, agents=o.sessions, redis_url=redis, extra_env=env)
     report: dict = {"options": vars(o), "machine": machine(), "load_average_before": os.getloadavg()}
     print(f"starting 1 uvicorn worker, {o.workers} daphne, qcluster, database {cluster.dbname} ...", flush=True)
-    cluster.start()
-    try:
-        asyncio.run(drive(cluster, o, report))
-    finally:
-        report["load_average_after"] = os.getloadavg()
-        cluster.stop()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if o.out:
-        Path(o.out).write_text(text + "\n")
+    run_and_report(cluster, drive, o, report)
 
 
 if __name__ == "__main__":
