@@ -21,7 +21,6 @@ def prepare(
     session_type: str,
     privileged: bool,
     requires_approval: bool,
-    provider_fields: dict | None = None,
 ) -> registry.NewJob:
     return registry.NewJob(
         fields={
@@ -29,12 +28,20 @@ def prepare(
             "provider": provider,
             "session_type": session_type,
             "privileged": privileged,
-            **(provider_fields or {}),
         },
         requires_approval=requires_approval,
         names={"provider": provider, "session_type": session_type},
         created={"privileged": privileged},
     )
+
+
+def admit(user, assets: list, new: registry.NewJob) -> None:
+    """Once the engine's laws passed: the provider's own checks on the asset, which may ask a
+    remote-access server (so a request without authority never reaches it), and the
+    ``provider_*`` fields it keeps on the session."""
+    from sessions import services
+
+    new.fields.update(services.admit_provider(user, assets[0], new.fields["provider"]))
 
 
 def render(session: RemoteSession) -> list[registry.InstructionSpec]:
@@ -74,6 +81,7 @@ registry.register(
         name="remote_session",
         model=RemoteSession,
         prepare=prepare,
+        admit=admit,
         render=render,
         evidence_type=SESSION_STEP,
         evidence_entity="remote_session",

@@ -81,10 +81,6 @@ def open_session(
     _refuse_if_unreachable(user, asset, carrier)
     requires_approval = bool(privileged) or policy.approval_required
     _refuse_if_cannot_wait(user, asset, carrier, requires_approval, psa_task_id)
-    try:
-        kept = carrier.prepare(user, asset)
-    except (Conflict, Forbidden) as error:
-        _refuse(user, asset, error)
     session = engine.create_job(
         user,
         "remote_session",
@@ -95,13 +91,21 @@ def open_session(
         session_type=session_type,
         privileged=bool(privileged),
         requires_approval=requires_approval,
-        provider_fields=kept,
     )
     try:
         return session, carrier.start(session)
     except ServiceError:
         end_by_system(session, EndReason.PROVIDER)  # it exists: it ends, recorded and told
         raise
+
+
+def admit_provider(user, asset: Asset, provider: str) -> dict:
+    """The provider's checks before the session exists, once the engine's laws passed (its
+    kind's ``admit``): what it keeps on the session, or its refusal (409, 403), recorded."""
+    try:
+        return providers.get(provider).prepare(user, asset)
+    except (Conflict, Forbidden) as error:
+        _refuse(user, asset, error)
 
 
 def _asset(user, asset_id) -> Asset:

@@ -217,6 +217,12 @@ class JobKind:
     # session through a remote-access server). It is queued without an instruction; the kind's
     # own services move it to running and end it. False: rendering no step is a programming error
     steps_optional: bool = False
+    # (user, assets, NewJob) -> None: the kind's last check before its job rows exist, made once
+    # every law passed (role, sites, authority, kill switches), for lookups in a system outside
+    # this one (a remote-access server) that a request without authority must never reach. It
+    # refuses by raising (the kind records its refusal) or adds to the NewJob's fields. None:
+    # nothing to check
+    admit: Callable[[Any, list, NewJob], None] | None = None
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -32,8 +32,9 @@ class Provider:
     recording_format: tuple[str, str] = ("cast", "asciicast v2")
 
     def prepare(self, user, asset) -> dict:
-        """Before the session exists: refuse (Conflict, Forbidden) what the provider cannot carry,
-        and answer the ``provider_*`` fields it keeps on the session."""
+        """Before the session exists, once the engine's laws passed (authority, kill switches):
+        refuse (Conflict, Forbidden) what the provider cannot carry, and answer the ``provider_*``
+        fields it keeps on the session."""
         return {}
 
     def start(self, session) -> str:

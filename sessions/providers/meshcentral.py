@@ -436,9 +436,10 @@ class MeshCentralSessions(Provider):
         self.client = client
 
     def prepare(self, user, asset) -> dict:
-        """Lookups and checks only, before the session exists (and before the engine checked its
-        authority): recording required, the technician's account usable, the asset's device in the
-        site's device group; or a refusal (409). Nothing is made or granted here."""
+        """Lookups and checks only, before the session exists and after the engine's laws (a request
+        without authority never reaches MeshCentral): recording required, the technician's account
+        usable, the asset's device in the site's device group; or a refusal (409). Nothing is made
+        or granted here."""
         try:
             self.client.require_recording()
             user_id = self.client.check_user(account_name(user))

@@ -7,6 +7,8 @@ nothing."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from datetime import timedelta
 
 import pytest
@@ -14,13 +16,15 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.models import Schedule
 
-from rmm.engine.models import Instruction
+from rmm.engine.models import Instruction, KillSwitch
+from rmm.engine.services import kill_switches
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent, Asset
 from rmm.outbox.models import Event
 from rmm_agent.protocol import SESSION_ACTION
-from sessions import services
+from sessions import providers, services
 from sessions.models import RemoteSession
+from sessions.providers import meshcentral
 from tests.helpers import approved_authority
 from tests.sessions.helpers import URL, online, open_, set_policy
 
@@ -289,3 +293,54 @@ def test_a_failing_withdrawal_hook_is_recorded_and_spares_the_sessions(world, mo
     (failed,) = HistoryEvent.objects.filter(action="authority.withdrawal_hook_failed")
     assert failed.payload["hook"].endswith("broken") and "unreachable" in failed.payload["error"]
     assert failed.payload["psa_task_id"] == str(task.pk)
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on 127.0.0.1 that counts the connections made to it and answers none: where a
+    remote-access server would be."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_provider_is_asked_nothing_for_a_request_without_authority_or_under_a_kill_switch(world, settings, listener):
+    """The provider's checks come after the engine's laws: a request without authority, or under an
+    engaged kill switch, never reaches the remote-access server; one with authority does."""
+    port, accepted = listener
+    settings.RMM_MESHCENTRAL_URL = f"http://127.0.0.1:{port}"
+    settings.RMM_MESHCENTRAL_USER, settings.RMM_MESHCENTRAL_PASSWORD = "broker", "unused"
+    settings.RMM_MESHCENTRAL_TIMEOUT_SECONDS = 1
+    meshcentral.configure()
+    try:
+        mc = {"session_type": "remote_control", "provider": "meshcentral"}
+        r = open_(world, **mc, psa_task_id="00000000-0000-0000-0000-000000000000")
+        assert r.status_code == 400 and "No authority" in r.json()["psa_task_id"][0], r.content
+        kill_switches.engage(world["tech"].user, scope="asset", target=str(world["asset"]), reason="incident")
+        r = open_(world, **mc)
+        assert r.status_code == 403 and "kill switch is engaged" in r.json()["detail"], r.content
+        assert accepted == []
+        kill_switches.release(world["approver"].user, KillSwitch.objects.get(), "handled")
+        r = open_(world, **mc)
+        assert r.status_code == 409 and "cannot reach MeshCentral" in r.json()["provider"][0], r.content
+        assert len(accepted) >= 1
+        assert not RemoteSession.objects.exists()
+    finally:
+        providers.unregister("meshcentral")

@@ -85,6 +85,8 @@ def _create(
         raise InvalidInput(f"No authority: {told or problem}.", field="psa_task_id")
     site = task.case.site
     _refuse_if_switched(user, action, site.pk, assets, one)
+    if kind.admit is not None:
+        kind.admit(user, assets, new)
     status, reason, self_written = _first_status(new, task, user, site)
     decided = {"decided_by": new.approved.by, "decided_at": new.approved.at} if "approved_by" in self_written else {}
     jobs = [
