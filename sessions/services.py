@@ -97,6 +97,10 @@ def open_session(
     except ServiceError:
         end_by_system(session, EndReason.PROVIDER)  # it exists: it ends, recorded and told
         raise
+    except Exception as exc:  # a provider's fault it did not foresee: the same end, and a 409, never a 500
+        log.exception("the %s provider failed to start session %s", carrier.name, session.pk)
+        end_by_system(session, EndReason.PROVIDER)
+        raise Conflict(f"The {carrier.name} provider could not start the session: {exc}.", field="provider") from exc
 
 
 def admit_provider(user, asset: Asset, provider: str) -> dict:

@@ -344,3 +344,29 @@ def test_a_provider_is_asked_nothing_for_a_request_without_authority_or_under_a_
         assert not RemoteSession.objects.exists()
     finally:
         providers.unregister("meshcentral")
+
+
+class FailingProvider(providers.Provider):
+    """A provider whose start fails in a way it did not foresee (not a refusal of its own)."""
+
+    name = "failing"
+    session_types = ("remote_control",)
+    records_itself = True
+
+    def start(self, session) -> str:
+        raise RuntimeError("the remote-access server's library crashed")
+
+    def end(self, session, reason: str) -> None:
+        pass
+
+
+def test_a_provider_that_fails_to_start_ends_its_session_and_answers_409(world):
+    providers.register(FailingProvider())
+    try:
+        r = open_(world, session_type="remote_control", provider="failing")
+    finally:
+        providers.unregister("failing")
+    assert r.status_code == 409 and "library crashed" in r.json()["provider"][0], r.content
+    session = RemoteSession.objects.get()
+    assert session.ended_at is not None and session.end_reason == "provider"
+    assert HistoryEvent.objects.filter(action="session.ended", subject_id=str(session.pk)).exists()
