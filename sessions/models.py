@@ -29,6 +29,7 @@ class EndReason(models.TextChoices):
     REJECTED = "rejected"  # an approver refused it before it started
     PROVIDER = "provider"  # its provider could not start it (a remote-access server that refused)
     AUTHORITY = "authority"  # its PSA task or case was withdrawn or expired (Law 1 after it opened too)
+    CREDENTIALS_MISUSED = "credentials_misused"  # its join credentials were used again (a token's second login)
 
 
 class RemoteSession(JobBase):

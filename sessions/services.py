@@ -356,6 +356,30 @@ def end_overdue(now: datetime | None = None) -> int:
     return ended
 
 
+def end_misused() -> int:
+    """Live sessions whose join credentials were used again (a MeshCentral login token's second
+    login) end: ``session.credentials_misused`` in the history with what the provider saw, then the
+    end (reason ``credentials_misused``), which revokes the credentials. The minute's sweep; a
+    provider it cannot ask is logged and asked again the next minute."""
+    watched = [name for name in providers.names() if providers.get(name).hands_out_credentials]
+    ended = 0
+    live = RemoteSession.objects.filter(provider__in=watched, ended_at__isnull=True, started_at__isnull=False)
+    for session in live.select_related("psa_task"):
+        try:
+            seen = providers.get(session.provider).misuse(session)
+        except Exception:
+            log.exception(
+                "session %s: its provider could not be asked whether its credentials were misused", session.pk
+            )
+            continue
+        if seen is None:
+            continue
+        with transaction.atomic():
+            history.append(SYSTEM, "session.credentials_misused", session, site_id=session.site_id, payload=seen)
+            ended += end_by_system(session, EndReason.CREDENTIALS_MISUSED)
+    return ended
+
+
 MAX_DURATION_LIMIT = 24 * 3600  # the longest a session may be let last (as a script's timeout)
 POLICY_ACTION = "session_policy.propose"
 

@@ -28,6 +28,9 @@ class Provider:
     can_wait_for_approval: bool = True
     # it records the session itself and hands the recording back (fetch_recording) after its end
     records_itself: bool = False
+    # its join URL carries credentials the technician's browser uses (a login token): the minute's
+    # sweep asks ``misuse`` of its live sessions
+    hands_out_credentials: bool = False
     # the sealed recording's file extension and format, as its evidence record names it
     recording_format: tuple[str, str] = ("cast", "asciicast v2")
 
@@ -48,6 +51,12 @@ class Provider:
     def fetch_recording(self, session) -> Iterator[bytes] | None:
         """The session's recording as chunks, or None when the broker recorded it itself."""
         raise NotImplementedError
+
+    def misuse(self, session) -> dict | None:
+        """What shows a live session's join credentials misused (a login token used a second
+        time), as ``{"reason": ..., ...details}``, or None; the minute's sweep asks providers that
+        hand out such credentials (``hands_out_credentials``) and ends the session."""
+        return None
 
     def steps(self, session) -> list[InstructionSpec]:
         """What the asset's agent must run for the session (none: the provider reaches the

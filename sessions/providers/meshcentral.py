@@ -26,10 +26,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 
 from django.conf import settings
 from django.core.cache import cache
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from rmm.core.errors import Conflict
@@ -45,6 +46,7 @@ MESH_RIGHT_REMOTE_CONTROL = 8  # remote control only: no agent console, no serve
 BROKER_MADE = "RMM technician (made by the broker)"  # the real name of every account the broker makes
 MSG_CHANGED_CREDENTIALS = 75  # meshuser.js changeuserpass: "Changed account credentials"
 CHUNK = 64 * 1024
+LOGIN_EVENTS = 500  # how many of a technician's latest MeshCentral events are searched for a token's logins
 
 log = logging.getLogger(__name__)
 
@@ -100,23 +102,41 @@ class ControlSession:
     ) -> None:
         self.timeout = timeout
         self._open = contextlib.ExitStack()  # websockets wants its connection used as a context manager
-        try:
-            self.ws: ClientConnection = self._open.enter_context(
-                connect(
-                    f"{ws_url}/control.ashx",
-                    additional_headers={"x-meshauth": _meshauth(username, password)},
-                    open_timeout=timeout,
-                    max_size=None,
-                    ssl=tls,
-                )
-            )
-        except (OSError, WebSocketException) as exc:
-            raise MeshCentralError(f"cannot reach MeshCentral at {ws_url}: {exc}") from exc
+        self.ws: ClientConnection = self._connect(ws_url, username, password, tls)
         first = self.receive()
         if first.get("action") == "close":  # MeshCentral's refusal: {"action": "close", "cause": "noauth"}
             self.close()
             raise MeshCentralError(f"MeshCentral refused the login of {username!r}: {first.get('cause')}")
         self.serverinfo = first.get("serverinfo", {}) if first.get("action") == "serverinfo" else {}
+
+    def _connect(self, ws_url: str, username: str, password: str, tls: ssl.SSLContext | None) -> ClientConnection:
+        """The websocket, tried a second time after a handshake that timed out: MeshCentral 1.1.55
+        now and then leaves one upgrade unanswered until Node's headers timeout answers it 408 (a
+        minute or more), while the next connection is answered at once (seen on a loaded machine,
+        the server idle meanwhile). Any other failure is final."""
+        try:
+            return self._handshake(ws_url, username, password, tls)
+        except (TimeoutError, InvalidStatus) as exc:
+            if isinstance(exc, InvalidStatus) and exc.response.status_code != HTTPStatus.REQUEST_TIMEOUT:
+                raise MeshCentralError(f"cannot reach MeshCentral at {ws_url}: {exc}") from exc
+            log.warning("MeshCentral left a websocket handshake unanswered (%s); trying once more", exc)
+        except (OSError, WebSocketException) as exc:
+            raise MeshCentralError(f"cannot reach MeshCentral at {ws_url}: {exc}") from exc
+        try:
+            return self._handshake(ws_url, username, password, tls)
+        except (OSError, WebSocketException) as exc:
+            raise MeshCentralError(f"cannot reach MeshCentral at {ws_url}: {exc}") from exc
+
+    def _handshake(self, ws_url: str, username: str, password: str, tls: ssl.SSLContext | None) -> ClientConnection:
+        return self._open.enter_context(
+            connect(
+                f"{ws_url}/control.ashx",
+                additional_headers={"x-meshauth": _meshauth(username, password)},
+                open_timeout=self.timeout,
+                max_size=None,
+                ssl=tls,
+            )
+        )
 
     def receive(self) -> dict:
         try:
@@ -346,6 +366,13 @@ class MeshCentralProvider:
         if any(doc.get("tokenUser") == token_user for doc in remaining):
             raise MeshCentralError(f"MeshCentral kept login token {token_user!r}")
 
+    def token_logins(self, user_id: str, token_user: str) -> list[dict]:
+        """The logins MeshCentral recorded with this token (its event log of the technician's
+        account, most recent first): who, when, from which address."""
+        with self.control() as mc:
+            events = mc.call("events", userid=user_id, limit=LOGIN_EVENTS).get("events", [])
+        return [event for event in events if event.get("action") == "login" and event.get("tokenUser") == token_user]
+
     def watch_logins(self, token: LoginToken) -> LoginWatch:
         """Start listening for the token's logins, before its login URL is handed out."""
         return LoginWatch(self, token)
@@ -429,6 +456,7 @@ class MeshCentralSessions(Provider):
     name = "meshcentral"
     session_types = ("remote_control",)
     can_wait_for_approval = False  # its join URL carries the session's token, handed out once
+    hands_out_credentials = True  # MeshCentral takes a token any number of times: the sweep checks its logins
     records_itself = True
     recording_format = ("mcrec", "MeshCentral recording (.mcrec)")
 
@@ -508,6 +536,18 @@ class MeshCentralSessions(Provider):
         except Exception as exc:  # loud and recorded; the other end-of-session hooks still run
             log.exception("session %s: its MeshCentral token or rights could not be revoked", session.pk)
             services.provider_failed(session, "end", exc)
+
+    def misuse(self, session) -> dict | None:
+        """The session's token used for a second login (MeshCentral takes a token until it is
+        revoked): the logins, oldest first. Revoking it, as the session's end does, closes every web
+        session opened with it."""
+        if not session.provider_token:
+            return None
+        logins = self.client.token_logins(session.provider_user, session.provider_token)
+        if len(logins) < 2:
+            return None
+        seen = [{"at": login.get("time"), "ip": login.get("ip")} for login in reversed(logins)]
+        return {"reason": f"its login token was used for {len(logins)} logins", "logins": seen}
 
     def fetch_recording(self, session) -> Iterator[bytes] | None:
         """MeshCentral's recordings of the technician on the device since the session started, in

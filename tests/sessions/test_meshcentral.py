@@ -481,3 +481,35 @@ def test_the_end_revokes_the_token_kept_after_the_ender_read_the_session(
         assert services.end_by_system(stale, "kill_switch")
     assert web_login(broker, query["user"], query["pass"])[0] is None  # revoked all the same
     assert broker.rights_of(stale.provider_user) == {}
+
+
+def test_a_second_login_with_the_token_ends_the_session_at_the_minutes_sweep(
+    world, meshcentral, broker, carried, django_capture_on_commit_callbacks
+):
+    """MeshCentral takes a token any number of times; the broker's sweep reads its event log: one
+    login is the session's, a second one ends the session, recorded with both logins, and the
+    token is revoked."""
+    site = world["site"]
+    mesh_id = broker.ensure_device_group(site.name)
+    try:
+        broker.device(socket.gethostname(), mesh_id)
+    except UnknownDevice:  # run alone: the site's device is not there yet
+        meshcentral.start_agent(mesh_id)
+        wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
+    agent, _ = make_agent(site, socket.gethostname())
+    r = open_(world, asset=str(agent.asset_id), session_type="remote_control", provider="meshcentral")
+    assert r.status_code == 201, r.content
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.json()["join_url"]).query))
+    session = RemoteSession.objects.get(pk=r.json()["id"])
+
+    assert web_login(broker, query["user"], query["pass"])[0] == session.provider_user
+    assert services.end_misused() == 0  # the session's own login
+    assert web_login(broker, query["user"], query["pass"])[0] == session.provider_user  # MeshCentral takes it again
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.end_misused() == 1
+    session.refresh_from_db()
+    assert session.end_reason == "credentials_misused" and not session.live
+    seen = HistoryEvent.objects.get(action="session.credentials_misused", subject_id=str(session.pk)).payload
+    assert "used for 2 logins" in seen["reason"] and [login["ip"] for login in seen["logins"]] == ["127.0.0.1"] * 2
+    assert web_login(broker, query["user"], query["pass"])[0] is None  # the token is revoked
+    assert services.end_misused() == 0
