@@ -116,6 +116,18 @@ def url_login(broker: MeshCentralProvider, url: str) -> str | None:
     return json.loads(base64.b64decode(cookies["xid"] + "==")).get("userid") if "xid" in cookies else None
 
 
+def site_device(world, meshcentral: MeshCentralServer, broker: MeshCentralProvider):
+    """The asset of this machine's name in the site, with its MeshCentral device in the site's
+    group (MeshCentral's agent started for it unless an earlier test did)."""
+    mesh_id = broker.ensure_device_group(world["site"].name)
+    try:
+        broker.device(socket.gethostname(), mesh_id)
+    except UnknownDevice:  # run alone: the site's device is not there yet
+        meshcentral.start_agent(mesh_id)
+        wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
+    return make_agent(world["site"], socket.gethostname())[0]
+
+
 def refusals() -> list[str]:
     return [e.payload["reason"] for e in HistoryEvent.objects.filter(action="refused.remote_session.open")]
 
@@ -413,14 +425,7 @@ def test_a_meshcentral_session_is_refused_without_a_device_or_when_it_would_wait
 def test_a_meshcentral_session_grants_nothing_when_refused(world, meshcentral, broker, carried):
     """A refused open (no authority; an account of the technician's name the broker did not make)
     makes and grants nothing in MeshCentral; the account is left as it was, and no token is minted for it."""
-    site = world["site"]
-    mesh_id = broker.ensure_device_group(site.name)
-    try:
-        broker.device(socket.gethostname(), mesh_id)
-    except UnknownDevice:  # run alone: the site's device is not there yet
-        meshcentral.start_agent(mesh_id)
-        wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
-    agent, _ = make_agent(site, socket.gethostname())
+    agent = site_device(world, meshcentral, broker)
     account = f"rmm-{world['other_tech'].user.pk}"
 
     def users() -> dict:
@@ -463,14 +468,7 @@ def test_the_end_revokes_the_token_kept_after_the_ender_read_the_session(
 ):
     """An end decided on a copy of the session read before its token was kept (a concurrent start)
     still revokes the token: the provider hangs up the session as committed."""
-    site = world["site"]
-    mesh_id = broker.ensure_device_group(site.name)
-    try:
-        broker.device(socket.gethostname(), mesh_id)
-    except UnknownDevice:  # run alone: the site's device is not there yet
-        meshcentral.start_agent(mesh_id)
-        wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
-    agent, _ = make_agent(site, socket.gethostname())
+    agent = site_device(world, meshcentral, broker)
     r = open_(world, asset=str(agent.asset_id), session_type="remote_control", provider="meshcentral")
     assert r.status_code == 201, r.content
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.json()["join_url"]).query))
@@ -489,14 +487,7 @@ def test_a_second_login_with_the_token_ends_the_session_at_the_minutes_sweep(
     """MeshCentral takes a token any number of times; the broker's sweep reads its event log: one
     login is the session's, a second one ends the session, recorded with both logins, and the
     token is revoked."""
-    site = world["site"]
-    mesh_id = broker.ensure_device_group(site.name)
-    try:
-        broker.device(socket.gethostname(), mesh_id)
-    except UnknownDevice:  # run alone: the site's device is not there yet
-        meshcentral.start_agent(mesh_id)
-        wait_for(lambda: broker.device(socket.gethostname(), mesh_id), LOADED_TIMEOUT)
-    agent, _ = make_agent(site, socket.gethostname())
+    agent = site_device(world, meshcentral, broker)
     r = open_(world, asset=str(agent.asset_id), session_type="remote_control", provider="meshcentral")
     assert r.status_code == 201, r.content
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.json()["join_url"]).query))
