@@ -33,6 +33,7 @@ from rmm.engine import services as engine
 from rmm.engine.services import kill_switches
 from rmm.engine.states import FINAL, JobStatus
 from rmm.history import services as history
+from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent, Asset
 from rmm.outbox import services as outbox
 from sessions import kind, policies, providers, recording
@@ -54,6 +55,8 @@ SEAL_TASK = "sessions.tasks.seal_recording"
 SEAL_WAIT = timedelta(seconds=60)  # how long sealing waits for a live relay's last chunk
 JOIN_TOKEN_LIFETIME = timedelta(seconds=60)  # a join token is used at once, by the page that minted it
 SEAL_RETRY = timedelta(days=1)  # how long the minute's sweep tries again to seal a recording
+UNSEALED_LOOKBACK = timedelta(days=7)  # how long after SEAL_RETRY a session never sealed is still reported
+UNSEALED = "session.recording_unsealed"
 
 log = logging.getLogger(__name__)
 
@@ -647,4 +650,36 @@ def seal_pending(now: datetime | None = None) -> int:
             sealed += seal_recording(session_id) is not None
         except (recording.RecordingFailed, OSError):
             log.exception("session %s: its recording could not be sealed", session_id)
+    report_unsealed(now)
     return sealed
+
+
+def report_unsealed(now: datetime | None = None) -> int:
+    """Sessions that should have a recording (chunks written, or a provider that records itself
+    and started) and still had none sealed when the retry stopped (SEAL_RETRY after their end):
+    ``session.recording_unsealed`` in the history, once each, and an error in the log. How many."""
+    now = now or timezone.now()
+    fetching = [name for name in providers.names() if providers.get(name).records_itself]
+    given_up = {
+        str(session.pk): session
+        for session in RemoteSession.objects.filter(
+            recorded=False, ended_at__lt=now - SEAL_RETRY, ended_at__gte=now - SEAL_RETRY - UNSEALED_LOOKBACK
+        )
+        .filter(Q(chunks__isnull=False) | Q(provider__in=fetching, started_at__isnull=False))
+        .exclude(end_reason=EndReason.RECORDING_FAILED)
+        .only("pk", "site_id", "provider", "ended_at")
+        .distinct()
+    }
+    if not given_up:
+        return 0
+    told = set(
+        HistoryEvent.objects.filter(action=UNSEALED, subject_id__in=list(given_up)).values_list("subject_id", flat=True)
+    )
+    for session_id, session in given_up.items():
+        if session_id in told:
+            continue
+        log.error("session %s: its recording was not sealed within %s of its end", session_id, SEAL_RETRY)
+        chunks = RecordingChunk.objects.filter(session_id=session.pk).count()
+        payload = {"provider": session.provider, "ended_at": session.ended_at.isoformat(), "chunks": chunks}
+        history.append(SYSTEM, UNSEALED, session, site_id=session.site_id, payload=payload)
+    return len(given_up) - len(told)

@@ -393,6 +393,23 @@ def test_a_chunk_is_recorded_by_the_service_in_its_place_in_the_chain(world):
     assert [c["index"] for c in recording.verify_chunks(session.pk)] == [0, 1] and row.chain == chain
 
 
+def test_a_recording_still_unsealed_when_the_retry_stops_is_reported_once(world):
+    """A day after its end the sweep stops trying to seal a session's recording; one still unsealed
+    then (its chunks there, none sealed) is said in the history once, not each minute after."""
+    session = running_session(world)
+    recorder = recording.Recorder(session.pk)
+    recorder.frame("o", b"kept\r\n")
+    recorder.flush()
+    services.end_session(world["tech"].user, session)
+    session.refresh_from_db()
+    assert services.report_unsealed(session.ended_at + timedelta(hours=23)) == 0  # still being retried
+    later = session.ended_at + services.SEAL_RETRY + timedelta(minutes=1)
+    assert services.report_unsealed(later) == 1
+    assert services.report_unsealed(later + timedelta(minutes=1)) == 0
+    (told,) = HistoryEvent.objects.filter(action="session.recording_unsealed", subject_id=str(session.pk))
+    assert told.payload["chunks"] == 1 and told.payload["provider"] == "terminal" and told.site_id == session.site_id
+
+
 def test_unknown_credentials_on_the_relay_count_against_the_agent_tiers_limit(world, settings):
     """Guessing credentials over the websocket is limited like over HTTP: past the limit, the
     address is refused before any credential is looked up, until the window ends."""
