@@ -3,12 +3,12 @@ actual side by side), drift events and audit jobs; every answer restricted to th
 
 import django_filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status, viewsets
+from rest_framework import generics, serializers, status, viewsets
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from profiles import audits
+from profiles import audits, compliance
 from profiles.models import (
     ConfigurationAuditJob,
     ConfigurationDriftEvent,
@@ -250,3 +250,45 @@ class AuditJobViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
             .select_related("assignment", "profile_revision", "site", "requested_by")
             .order_by("-created_at", "id")
         )
+
+
+class ComplianceSummaryRowSerializer(serializers.Serializer):
+    profile = serializers.UUIDField(source="profile_id")
+    profile_name = serializers.CharField()
+    site = serializers.CharField(source="site_name")
+    observed = serializers.IntegerField(help_text="Readings of the profile's current revision on the site's assets.")
+    compliant = serializers.IntegerField(source="compliant_count")
+    non_compliant = serializers.IntegerField(source="non_compliant_count")
+    errors = serializers.IntegerField(source="error_count", help_text="Readings the endpoint could not make.")
+    percent = serializers.FloatField(help_text="Compliant readings, in percent of the readings.")
+
+
+class ComplianceSummaryQuery(serializers.Serializer):
+    site = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    profile = serializers.UUIDField(required=False)
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("site", description="One site's rows, by name."),
+        OpenApiParameter("profile", str, description="One profile's rows, by id."),
+    ]
+)
+class ComplianceSummaryView(generics.ListAPIView):
+    """Fleet compliance: per profile and site you may see, how many readings of the profile's
+    current revision comply, drifted or could not be made. An asset's own rows are at
+    ``/api/v1/assets/{id}/compliance/`` (docs/profiles.md)."""
+
+    serializer_class = ComplianceSummaryRowSerializer
+    filter_backends = []  # the rows are computed, not a queryset: site and profile are read below
+
+    def get_queryset(self):
+        query = ComplianceSummaryQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)  # 400 naming the parameter
+        sites = access.visible_sites(self.request.user)
+        site = None
+        if "site" in query.validated_data:
+            site = sites.filter(name=query.validated_data["site"]).first()
+            if site is None:  # another site's name is as unknown as no site's: Law 7
+                return []
+        return compliance.summary(sites, site=site, profile=query.validated_data.get("profile"))

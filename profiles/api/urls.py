@@ -14,5 +14,6 @@ router.register("enforcement-jobs", enforcement.EnforcementJobViewSet, basename=
 urlpatterns = [
     path("profile-assignments/<uuid:pk>/audit/", audits.AuditView.as_view(), name="profile-assignment-audit"),
     path("assets/<uuid:pk>/compliance/", audits.ComplianceView.as_view(), name="asset-compliance"),
+    path("compliance-summary/", audits.ComplianceSummaryView.as_view(), name="compliance-summary"),
     path("", include(router.urls)),
 ]

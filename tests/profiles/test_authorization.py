@@ -112,6 +112,7 @@ ROWS = [
         hidden=("assignment",),
     ),
     api("GET", "/api/v1/assets/{asset}/compliance/", 200, 404, hidden=("asset",)),
+    api("GET", "/api/v1/compliance-summary/", 200),
     api("GET", "/api/v1/drift-events/", 200, shows=(("drift_event", IN),)),
     api("GET", "/api/v1/drift-events/?asset={asset}", 200, shows=(("drift_event", IN),), hidden=("asset",)),
     api("GET", "/api/v1/audit-jobs/?assignment={assignment}", 200, shows=(("audit_job", IN),), hidden=("assignment",)),

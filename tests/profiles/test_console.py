@@ -97,6 +97,39 @@ def test_fleet_compliance_per_profile_and_site_of_the_callers_sites(w, caller):
     ]
 
 
+def test_the_compliance_summary_api_per_profile_and_site_of_the_callers_sites(w, caller):
+    first, second = items_of(w.profile)
+    run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
+    run_audit(w, w.beta, w.beta_agent, {first: (0, b"value-0\n"), second: (3, b"")})
+    url = "/api/v1/compliance-summary/"
+    body = w.tech.get(url).json()
+    assert body["count"] == 2
+    rows = {row["site"]: row for row in body["results"]}
+    assert rows["alpha"] == {
+        "profile": str(w.profile.pk),
+        "profile_name": "ssh-baseline",
+        "site": "alpha",
+        "observed": 2,
+        "compliant": 1,
+        "non_compliant": 1,
+        "errors": 0,
+        "percent": 50.0,
+    }
+    beta = rows[w.other_site.name]
+    assert (beta["compliant"], beta["non_compliant"] + beta["errors"], beta["percent"]) == (1, 1, 50.0)
+    assert [r["site"] for r in w.tech.get(url, {"site": "alpha"}).json()["results"]] == ["alpha"]
+    assert w.tech.get(url, {"profile": str(w.profile.pk)}).json()["count"] == 2
+    assert w.tech.get(url, {"profile": "00000000-0000-0000-0000-000000000000"}).json()["count"] == 0
+    # one site's technician: the other site's rows are not there, and its name finds nothing
+    alpha_only = caller("alpha-tech", "technician", sites=[w.site])
+    assert [r["site"] for r in alpha_only.get(url).json()["results"]] == ["alpha"]
+    assert alpha_only.get(url, {"site": w.other_site.name}).json()["count"] == 0
+    # bad parameters: 400 naming them
+    for params, field in (({"profile": "nope"}, "profile"), ({"site": "\x00"}, "site")):
+        r = w.tech.get(url, params)
+        assert r.status_code == 400 and field in r.json(), r.content
+
+
 def test_an_assets_items_desired_beside_actual_with_the_drift_timeline(w, caller):
     first, second = items_of(w.profile)
     url = f"/console/assets/{w.agent.asset_id}/"
