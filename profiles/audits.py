@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from evidence import services as evidence
-from profiles import auditing
+from profiles import auditing, counts
 from profiles.models import (
     AssetConfigurationProfile,
     AssignmentStatus,
@@ -204,6 +204,8 @@ def store_readings(job, inst, items: list[ConfigurationItem], readings: dict, pr
     ConfigurationObservation.objects.bulk_create(
         rows, update_conflicts=True, unique_fields=["asset", "item"], update_fields=OBSERVED_FIELDS
     )
+    if rows:
+        counts.recount(job.asset_id, job.profile_revision_id)
     if changes:
         _record_drift(job, inst, audited, changes, now, source)
     return audited

@@ -309,7 +309,7 @@ class ConfigurationObservation(models.Model):
     class Meta:
         db_table = "configuration_observations"
         ordering = ["asset", "item"]
-        # the compliance summary counts readings per (revision, asset) from this index alone
+        # each intake recounts its asset's readings of a revision from this index alone (profiles.counts)
         indexes = [models.Index(fields=["profile_revision", "asset", "state"], name="observation_rev_asset_state")]
         constraints = [
             models.UniqueConstraint(fields=["asset", "item"], name="observation_asset_item"),
@@ -321,6 +321,29 @@ class ConfigurationObservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item} on {self.asset_id}: {self.state}"
+
+
+class ComplianceCount(models.Model):
+    """How many readings of one profile revision on one asset comply, drifted or could not be
+    made: derived from ``configuration_observations``, recounted by every intake of readings in
+    its transaction (``profiles.compliance.recount``), so the fleet summary sums one row per asset
+    instead of counting every reading (docs/performance.md)."""
+
+    asset = models.ForeignKey("inventory.Asset", on_delete=models.PROTECT, related_name="+")
+    profile_revision = models.ForeignKey(ConfigurationProfileRevision, on_delete=models.PROTECT, related_name="+")
+    observed = models.PositiveIntegerField()
+    compliant = models.PositiveIntegerField()
+    non_compliant = models.PositiveIntegerField()
+    errors = models.PositiveIntegerField()
+
+    class Meta:
+        db_table = "configuration_compliance_counts"
+        constraints = [
+            models.UniqueConstraint(fields=["profile_revision", "asset"], name="compliance_count_revision_asset")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.compliant}/{self.observed} compliant ({self.asset_id}, {self.profile_revision_id})"
 
 
 class ConfigurationDriftEvent(models.Model):

@@ -7,6 +7,7 @@ and the API restricted to the caller's sites."""
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import subprocess
@@ -20,14 +21,16 @@ from django.utils import timezone
 
 from evidence.models import RmmEvidence
 from evidence.services import read_blob
-from profiles import audits
+from profiles import audits, compliance, counts
 from profiles import services as profiles
 from profiles.models import (
     AssetConfigurationProfile,
+    ComplianceCount,
     ConfigurationAuditJob,
     ConfigurationDriftEvent,
     ConfigurationObservation,
 )
+from rmm.access import roles as access
 from rmm.engine import services as engine
 from rmm.engine.models import Instruction
 from rmm.engine.services import kill_switches
@@ -201,6 +204,44 @@ def test_drift_is_a_change_of_compliance_with_an_event_and_history_each_not_one_
     ]
     assert HistoryEvent.objects.filter(action="profile.drift_resolved").count() == 1
     assert ConfigurationObservation.objects.count() == 2  # one row per (asset, item), updated
+
+
+def counted(profile) -> tuple:
+    """The count row of the profile's current revision on the asset, as the summary sums it."""
+    row = ComplianceCount.objects.get(profile_revision=profile.current_revision)
+    return row.observed, row.compliant, row.non_compliant, row.errors
+
+
+def test_each_intake_recounts_the_assets_readings_of_the_revision(w, caller):
+    """The count row follows every intake (compliant, drifted, an error, a late result that changes
+    nothing) and is what the observations say; the upgrade's backfill and a bulk recount agree."""
+    profile = profile_of(w, 3)
+    first, second, third = items_of(profile)
+    assignment = assign(w, profile, asset=w.agent.asset)
+    ok = {first: (0, b"value-0\n"), second: (0, b"value-1\n"), third: (0, b"value-2\n")}
+    audit(w, assignment, ok)
+    assert counted(profile) == (3, 3, 0, 0)
+    audits.request_audit(w.psa.user, assignment.pk)
+    [lost] = engine.lease(w.agent, 4, timezone.now())
+    engine.sweep(lost.lease_expires_at + timedelta(seconds=1))  # its agent went quiet: lost
+    audit(w, assignment, {**ok, first: (0, b"changed\n"), third: (2, b"")})
+    assert counted(profile) == (3, 1, 1, 1)
+    late = make_result(str(lost.pk), "completed", exit_code=0, stdout=document(ok))
+    assert engine.ingest_result(w.agent, late)[1]["status"] == "accepted_late"  # the newer readings stay
+    assert counted(profile) == (3, 1, 1, 1)
+    summary = compliance.summary(access.visible_sites(w.tech.user), profile=profile)
+    assert [(r["observed"], r["compliant_count"], r["non_compliant_count"], r["error_count"]) for r in summary] == [
+        (3, 1, 1, 1)
+    ]
+
+    ComplianceCount.objects.all().delete()
+    backfill = importlib.import_module("profiles.migrations.0009_compliance_counts").BACKFILL
+    with connection.cursor() as cursor:
+        cursor.execute(backfill)
+    assert counted(profile) == (3, 1, 1, 1)
+    ComplianceCount.objects.all().delete()
+    counts.recount()
+    assert counted(profile) == (3, 1, 1, 1)
 
 
 def test_a_first_non_compliant_reading_is_drift_from_unread(w):
