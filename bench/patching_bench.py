@@ -107,8 +107,8 @@ def _seed(others: list, first_asset) -> float:
             [first_asset],
         )
         cursor.execute(
-            "INSERT INTO asset_patch_scans (asset_id, family, vendor, digest, scanned_at) "
-            "SELECT a.id, s.family, s.vendor, s.digest, s.scanned_at FROM bench_assets a "
+            "INSERT INTO asset_patch_scans (asset_id, family, vendor, digest, scanned_at, worst_outstanding) "
+            "SELECT a.id, s.family, s.vendor, s.digest, s.scanned_at, s.worst_outstanding FROM bench_assets a "
             "CROSS JOIN asset_patch_scans s WHERE s.asset_id = %s",
             [first_asset],
         )

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from patching import worst
 from patching.models import (
     AssetPatch,
     AssetPatchScan,
@@ -95,6 +96,8 @@ def ingest(asset_id, scan: Scan, now: datetime, *, job_wanted: set[tuple[str, st
     stamp = {"digest": digest, "family": scan.family, "vendor": scan.vendor, "scanned_at": now}
     if not AssetPatchScan.objects.filter(asset_id=asset_id).update(**stamp):
         AssetPatchScan.objects.create(asset_id=asset_id, **stamp)
+    if created or changed:
+        worst.refresh(asset_id=asset_id)
     return Ingested(unchanged=False, created=len(created), changed=changed, catalog_created=entries.created)
 
 

@@ -123,6 +123,10 @@ class AssetPatchScan(models.Model):
     vendor = models.CharField(max_length=100, help_text="The distribution (os-release ID) or microsoft.")
     digest = models.CharField(max_length=64, help_text="sha256 of the last scan's parsed report; empty: read anew.")
     scanned_at = models.DateTimeField()
+    # the highest severity among its outstanding patches (null: none), kept by every writer of its
+    # rows' status or of a catalog entry's severity (patching.worst), so fleet compliance groups
+    # one row per asset instead of every outstanding patch
+    worst_outstanding = models.SmallIntegerField(null=True, blank=True, choices=Severity.choices)
 
     class Meta:
         db_table = "asset_patch_scans"

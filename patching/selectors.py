@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Q
 
-from patching.models import AssetPatch, AssetPatchScan, AssetPatchStatus, Severity
+from patching import worst
+from patching.models import AssetPatch, AssetPatchScan, Severity
 from rmm.access import roles as access
 from rmm.inventory.models import Asset
 
-# Not yet patched: what a scan found missing, an install that failed, one under way.
-OUTSTANDING = (AssetPatchStatus.MISSING, AssetPatchStatus.FAILED, AssetPatchStatus.INSTALLING)
+OUTSTANDING = worst.OUTSTANDING
 PANEL_ROWS = 50
 
 
@@ -32,7 +32,8 @@ class ComplianceRow:
 def compliance(user, *, site_name: str | None = None, severity: Severity | None = None) -> list[ComplianceRow]:
     """Per site the caller may see and per severity (that severity or higher), how many scanned
     assets are fully patched and how many miss a patch. Two queries whatever the fleet: the
-    assets per site, and each non-compliant asset's worst outstanding severity."""
+    assets per site, and the scanned assets per site and worst outstanding severity (kept on
+    each asset's scan row: :mod:`patching.worst`)."""
     sites = access.visible_sites(user)
     if site_name:
         sites = sites.filter(name=site_name)
@@ -44,21 +45,23 @@ def compliance(user, *, site_name: str | None = None, severity: Severity | None 
         .annotate(assets=Count("pk"), scanned=Count("pk", filter=Q(pk__in=scanned)))
         .order_by()
     }
-    worst: dict[str, list[int]] = {}
-    for site, level in (
-        AssetPatch.objects.filter(status__in=OUTSTANDING, asset__site__in=sites, asset__retired_at__isnull=True)
-        .values("asset_id", "asset__site__name")
-        .annotate(worst=Max("patch__severity"))
-        .values_list("asset__site__name", "worst")
+    worst_of: dict[str, list[tuple[int, int]]] = {}
+    for site, level, count in (
+        AssetPatchScan.objects.filter(
+            asset__site__in=sites, asset__retired_at__isnull=True, worst_outstanding__isnull=False
+        )
+        .values("asset__site__name", "worst_outstanding")
+        .annotate(n=Count("pk"))
+        .values_list("asset__site__name", "worst_outstanding", "n")
         .order_by()
     ):
-        worst.setdefault(site, []).append(level)
+        worst_of.setdefault(site, []).append((level, count))
     levels = [severity] if severity is not None else sorted(Severity, reverse=True)
     rows = []
     for site in sorted(totals):
         total = totals[site]
         for level in levels:
-            missing = sum(1 for found in worst.get(site, ()) if found >= level)
+            missing = sum(count for found, count in worst_of.get(site, ()) if found >= level)
             rows.append(
                 ComplianceRow(
                     site=site,

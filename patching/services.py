@@ -13,7 +13,7 @@ from typing import IO
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from patching import advisories
+from patching import advisories, worst
 from patching.advisories import Entry
 from patching.models import CatalogSource, PatchCatalog, PatchCve
 from rmm.core.errors import Conflict, InvalidInput
@@ -152,6 +152,8 @@ def _write(entries: list[Entry], counts: Counter) -> None:
             counts["unchanged"] += 1
     PatchCatalog.objects.bulk_create(new)
     PatchCatalog.objects.bulk_update(changed, [*UPDATED_FIELDS, "imported_at"])
+    if changed:  # a severity may have changed: the worst of the assets where they are outstanding
+        worst.refresh(patch_ids=[row.pk for row in changed])
     PatchCve.objects.bulk_create(links)
     counts["created"] += len(new)
     counts["updated"] += len(changed)

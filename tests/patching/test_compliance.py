@@ -11,7 +11,8 @@ import json
 import pytest
 from django.test import Client
 
-from patching import services
+from patching import services, worst
+from patching.models import AssetPatchScan
 from rmm.inventory.models import Agent
 from tests.helpers import make_agent
 from tests.patching.scanning import dpkg_document, scan
@@ -70,6 +71,26 @@ def test_compliance_per_site_and_severity(fleet):
     # a NUL, which PostgreSQL cannot compare, is the caller's mistake, not a server error
     nul = fleet["tech"].get("/api/v1/patch-compliance/?site=%00")
     assert nul.status_code == 400 and "site" in nul.json()
+
+
+def test_compliance_follows_a_later_import_and_a_later_scan(fleet):
+    """Each asset's worst outstanding severity is kept as its patches and the catalog change: an
+    import that lowers a severity, then a scan that reports everything installed."""
+
+    def missing() -> dict:
+        rows = fleet["tech"].get("/api/v1/patch-compliance/").json()["results"]
+        return {row["severity"]: row["missing"] for row in rows}
+
+    assert missing() == {"critical": 0, "high": 1, "medium": 1, "low": 1, "none": 1}
+    lowered = json.loads(json.dumps(TRACKER))
+    lowered["zz-rmm-tool"]["CVE-2026-0001"]["releases"]["bookworm"]["urgency"] = "low"
+    services.import_debian_tracker("cli:test", io.BytesIO(json.dumps(lowered).encode()), release="bookworm")
+    assert missing() == {"critical": 0, "high": 0, "medium": 0, "low": 1, "none": 1}
+    AssetPatchScan.objects.update(worst_outstanding=None)  # as before the upgrade that added it
+    assert worst.refresh() == 2  # what the upgrade runs: every scanned asset's
+    assert missing() == {"critical": 0, "high": 0, "medium": 0, "low": 1, "none": 1}
+    scan(fleet, dpkg_document(UPGRADES, {}))  # patch-1 upgraded: nothing outstanding anywhere
+    assert missing() == {"critical": 0, "high": 0, "medium": 0, "low": 0, "none": 0}
 
 
 def test_compliance_is_per_site(fleet, caller, other_site):
