@@ -378,19 +378,19 @@ class MeshCentralProvider:
         return LoginWatch(self, token)
 
     # The recording.
-    def recordings(self, node_id: str, user_id: str, since: datetime) -> list[str]:
-        """File names of the recordings MeshCentral made of ``user_id`` on ``node_id`` since ``since``,
-        oldest first, from MeshCentral's own recording events."""
+    def recordings(self, node_id: str, user_id: str, since: datetime, until: datetime | None = None) -> list[str]:
+        """File names of the recordings MeshCentral made of ``user_id`` on ``node_id`` that started
+        from ``since`` and before ``until`` (a tunnel opened after a session's end is not that
+        session's), oldest first, from MeshCentral's own recording events."""
         with self.control() as mc:
             events = mc.call("recordings").get("events", [])
-        names = [
-            (event["time"], event["filename"])
-            for event in events
-            if event.get("nodeid") == node_id
-            and user_id in event.get("userids", [])
-            and event.get("present")
-            and datetime.fromisoformat(event["time"].replace("Z", "+00:00")) >= since
-        ]
+        names = []
+        for event in events:
+            if event.get("nodeid") != node_id or user_id not in event.get("userids", []) or not event.get("present"):
+                continue
+            started = _recording_start(event)
+            if started >= since and (until is None or started < until):
+                names.append((started, event["filename"]))
         return [name for _, name in sorted(names)]
 
     def fetch_recording(self, filename: str) -> Iterator[bytes]:
@@ -418,6 +418,14 @@ class MeshCentralProvider:
                     yield chunk
 
         return chunks()
+
+
+def _recording_start(event: dict) -> datetime:
+    """When a recording's tunnel opened (its event's ``startTime``, milliseconds since the epoch), or,
+    from a MeshCentral that does not say, when the recording was finished (the event's ``time``)."""
+    if isinstance(event.get("startTime"), int | float):
+        return datetime.fromtimestamp(event["startTime"] / 1000, UTC)
+    return datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
 
 
 # --- the session provider: the broker's sessions carried by MeshCentral (docs/sessions-meshcentral.md) ---
@@ -550,15 +558,17 @@ class MeshCentralSessions(Provider):
         return {"reason": f"its login token was used for {len(logins)} logins", "logins": seen}
 
     def fetch_recording(self, session) -> Iterator[bytes] | None:
-        """MeshCentral's recordings of the technician on the device since the session started, in
-        order, as chunks; RecordingUnavailable while there is none (MeshCentral writes a recording when
-        its tunnel closes) or MeshCentral cannot be reached."""
+        """MeshCentral's recordings of the technician on the device whose tunnels opened while the
+        session lasted, in order, as chunks; RecordingUnavailable while there is none (MeshCentral
+        writes a recording when its tunnel closes) or MeshCentral cannot be reached."""
         if session.started_at is None:
             return None
 
         def pieces() -> Iterator[bytes]:
             try:
-                names = self.client.recordings(session.provider_device, session.provider_user, session.started_at)
+                names = self.client.recordings(
+                    session.provider_device, session.provider_user, session.started_at, session.ended_at
+                )
                 if not names:
                     raise RecordingMissing("MeshCentral lists no recording of the session")
                 for name in names:

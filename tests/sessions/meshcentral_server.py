@@ -25,6 +25,7 @@ from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 MESHCENTRAL = ROOT / "node_modules" / "meshcentral"
+FULL_ADMIN = 0xFFFFFFFF  # MeshCentral's siteadmin of a full administrator
 
 
 def free_port() -> int:
@@ -80,8 +81,7 @@ class MeshCentralServer:
         assert MESHCENTRAL.is_dir(), "node_modules/meshcentral is missing: run npm ci"
         self.data.mkdir(parents=True)
         (self.data / "config.json").write_text(json.dumps(self.config(), indent=2))
-        self.node("--createaccount", self.username, "--pass", self.password, "--email", "broker@example.invalid")
-        self.node("--adminaccount", self.username)
+        self.make_broker_account()
         self.log = open(self.folder / "meshcentral.log", "w")  # noqa: SIM115 - open while it runs
         self.process = subprocess.Popen(
             ["node", str(MESHCENTRAL), "--datapath", str(self.data)],
@@ -117,8 +117,44 @@ class MeshCentralServer:
             except MeshCentralError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"MeshCentral took no login on {self.url}:\n{self.output()}") from None
+                    rights = self.broker_rights()
+                    raise RuntimeError(
+                        f"MeshCentral took no login on {self.url} (the broker's rights in its database file: "
+                        f"{rights}):\n{self.output()}"
+                    ) from None
                 time.sleep(1)
+
+    def make_broker_account(self) -> None:
+        """The broker's account, a full administrator, made with MeshCentral's command line before it
+        starts. That command line now and then exits before its database write is kept (seen once in
+        CI on a loaded machine: the server then started with no users), so the account is read back
+        from the database file and the command run again while it is not there."""
+        said = ""
+        for _ in range(3):
+            if self.broker_rights() is None:
+                said += self.node(
+                    "--createaccount", self.username, "--pass", self.password, "--email", "broker@example.invalid"
+                )
+            if self.broker_rights() not in (None, FULL_ADMIN):
+                said += self.node("--adminaccount", self.username)
+            if self.broker_rights() == FULL_ADMIN:
+                return
+        raise RuntimeError(f"MeshCentral's command line made no broker account:\n{said}")
+
+    def broker_rights(self) -> int | None:
+        """The broker account's site rights as MeshCentral's database file holds them (NeDB: one JSON
+        document per line, a later line replacing an earlier one of the same id); None: no account."""
+        database = self.data / "meshcentral.db"
+        rights = None
+        if database.exists():
+            for line in database.read_text().splitlines():
+                try:
+                    document = json.loads(line)
+                except ValueError:  # a line written in part
+                    continue
+                if document.get("_id") == f"user//{self.username}":
+                    rights = None if document.get("$$deleted") else document.get("siteadmin", 0)
+        return rights
 
     def output(self) -> str:
         return (self.folder / "meshcentral.log").read_text()

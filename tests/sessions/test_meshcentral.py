@@ -272,6 +272,8 @@ def test_a_real_session_is_recorded_by_meshcentral_and_pulled(meshcentral, broke
     on_disk = (meshcentral.recordings / names[0]).read_bytes()
     assert digest == hashlib.sha256(on_disk).hexdigest() and recording == on_disk
     assert broker.recordings(device.node_id, "user//tech-ana", since) == []  # another technician's: none
+    assert broker.recordings(device.node_id, user_id, since, until=since + timedelta(milliseconds=500)) == []
+    assert broker.recordings(device.node_id, user_id, since, until=datetime.now(UTC)) == names
 
 
 def test_a_recording_is_pulled_in_chunks_and_hashed(meshcentral, broker):
