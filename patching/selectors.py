@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 from django.db.models import Count, Q
 
-from patching import worst
 from patching.models import AssetPatch, AssetPatchScan, Severity
+from patching.worst import OUTSTANDING
 from rmm.access import roles as access
 from rmm.inventory.models import Asset
 
-OUTSTANDING = worst.OUTSTANDING
 PANEL_ROWS = 50
 
 

@@ -364,7 +364,7 @@ def end_misused() -> int:
     login) end: ``session.credentials_misused`` in the history with what the provider saw, then the
     end (reason ``credentials_misused``), which revokes the credentials. The minute's sweep; a
     provider it cannot ask is logged and asked again the next minute."""
-    watched = [name for name in providers.names() if providers.get(name).hands_out_credentials]
+    watched = _providers_that("hands_out_credentials")
     ended = 0
     live = RemoteSession.objects.filter(provider__in=watched, ended_at__isnull=True, started_at__isnull=False)
     for session in live.select_related("psa_task"):
@@ -636,7 +636,7 @@ def seal_pending(now: datetime | None = None) -> int:
     """The minute's retry: recordings of sessions ended within SEAL_RETRY and not sealed yet (a
     task lost, a relay whose worker died before its last chunk). How many were sealed."""
     now = now or timezone.now()
-    fetching = [name for name in providers.names() if providers.get(name).records_itself]
+    fetching = _providers_that("records_itself")
     pending = (
         RemoteSession.objects.filter(recorded=False, ended_at__gte=now - SEAL_RETRY)
         .filter(Q(chunks__isnull=False) | Q(provider__in=fetching, started_at__isnull=False))
@@ -654,12 +654,17 @@ def seal_pending(now: datetime | None = None) -> int:
     return sealed
 
 
+def _providers_that(trait: str) -> list[str]:
+    """The names of the registered providers that have ``trait`` (a Provider flag)."""
+    return [name for name in providers.names() if getattr(providers.get(name), trait)]
+
+
 def report_unsealed(now: datetime | None = None) -> int:
     """Sessions that should have a recording (chunks written, or a provider that records itself
     and started) and still had none sealed when the retry stopped (SEAL_RETRY after their end):
     ``session.recording_unsealed`` in the history, once each, and an error in the log. How many."""
     now = now or timezone.now()
-    fetching = [name for name in providers.names() if providers.get(name).records_itself]
+    fetching = _providers_that("records_itself")
     given_up = {
         str(session.pk): session
         for session in RemoteSession.objects.filter(
