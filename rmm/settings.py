@@ -468,14 +468,15 @@ RMM_CONTAINMENT_RELEASE_NEEDS_APPROVAL = env_bool("RMM_CONTAINMENT_RELEASE_NEEDS
 
 # The SIEM feed (rmm/siem, docs/integrations.md#the-siem-feed): the HOSTNAME of its syslog records
 # (default: this machine's), one attempt's timeout, events per batch, the first retry's wait (it
-# doubles, up to five minutes), how long the task cluster's minute task follows the history,
-# looking every RMM_SIEM_POLL_SECONDS, and how long one destination is shipped (by `rmm_siem ship`)
-# before the next gets its turn.
+# doubles, up to five minutes), how long one run of the task cluster's minute task follows the
+# history at most (it hands over to the next minute's run as soon as that starts; keep it under
+# Q_CLUSTER's timeout, 300 s), looking every RMM_SIEM_POLL_SECONDS, and how long one destination is
+# shipped (by `rmm_siem ship`) before the next gets its turn.
 RMM_SIEM_HOSTNAME = os.environ.get("RMM_SIEM_HOSTNAME", "")
 RMM_SIEM_TIMEOUT_SECONDS = float(os.environ.get("RMM_SIEM_TIMEOUT_SECONDS", "10"))
 RMM_SIEM_BATCH = int(os.environ.get("RMM_SIEM_BATCH", "500"))
 RMM_SIEM_RETRY_BASE_SECONDS = float(os.environ.get("RMM_SIEM_RETRY_BASE_SECONDS", "5"))
-RMM_SIEM_FOLLOW_SECONDS = float(os.environ.get("RMM_SIEM_FOLLOW_SECONDS", "50"))
+RMM_SIEM_FOLLOW_SECONDS = float(os.environ.get("RMM_SIEM_FOLLOW_SECONDS", "240"))
 RMM_SIEM_POLL_SECONDS = float(os.environ.get("RMM_SIEM_POLL_SECONDS", "1"))
 RMM_SIEM_SHIP_SECONDS = float(os.environ.get("RMM_SIEM_SHIP_SECONDS", "20"))
 # Retry-After (seconds) of a 503 answered while a dependency is down (docs/operations.md).

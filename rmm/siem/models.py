@@ -60,3 +60,17 @@ class Destination(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Follower(models.Model):
+    """Which run of the task cluster's follow task is the newest. Each run takes the next
+    generation when it starts and stops as soon as a newer one has taken over, so consecutive runs
+    hand over without a gap (the feed is never left unfollowed between two minutes' runs) and
+    overlap for at most a poll."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    generation = models.BigIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"follow run {self.generation}"

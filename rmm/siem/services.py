@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, F, Min, Q, QuerySet
 from django.utils import timezone
 
 from rmm.access import roles as access
@@ -31,7 +31,7 @@ from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Site
 from rmm.outbox import services as outbox
 from rmm.siem import transport
-from rmm.siem.models import Destination, Format, Kind, Shape
+from rmm.siem.models import Destination, Follower, Format, Kind, Shape
 
 logger = logging.getLogger("rmm.siem")
 
@@ -365,15 +365,33 @@ def ship_due(budget_seconds: float | None = None) -> int:
     return sum(ship(pk, budget_seconds=budget_seconds).sent for pk in pks)
 
 
+def _take_over() -> int:
+    """Become the newest follow run; its generation."""
+    with transaction.atomic():
+        Follower.objects.get_or_create(pk=1)
+        Follower.objects.filter(pk=1).update(generation=F("generation") + 1, started_at=timezone.now())
+        return Follower.objects.values_list("generation", flat=True).get(pk=1)
+
+
+def _superseded(generation: int) -> bool:
+    return not Follower.objects.filter(pk=1, generation=generation).exists()
+
+
 def follow(seconds: float | None = None) -> int:
-    """Ship what is due, then look again every ``RMM_SIEM_POLL_SECONDS``, for ``seconds``
-    (``RMM_SIEM_FOLLOW_SECONDS``): the task cluster runs it every minute, so events reach the
-    SIEM within about a poll of being appended. It returns at once when there is no destination."""
+    """Ship what is due, then look again every ``RMM_SIEM_POLL_SECONDS``, until the next run of
+    this task takes over or ``seconds`` (``RMM_SIEM_FOLLOW_SECONDS``) passed. The task cluster
+    starts it every minute and each run follows longer than a minute, so a record leaves within
+    about a poll of its event being appended, whenever that is. It returns at once when there is
+    no destination."""
     seconds = settings.RMM_SIEM_FOLLOW_SECONDS if seconds is None else seconds
     deadline = time.monotonic() + seconds
-    sent = 0
+    sent, generation = 0, None
     while True:
         if not Destination.objects.filter(enabled=True).exists():
+            return sent
+        if generation is None:
+            generation = _take_over()
+        elif _superseded(generation):
             return sent
         sent += ship_due(budget_seconds=max(deadline - time.monotonic(), 0))
         if time.monotonic() + settings.RMM_SIEM_POLL_SECONDS > deadline:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from rmm.deploy.tls import certificates
@@ -292,3 +294,51 @@ def test_a_paused_destination_keeps_its_position_and_resumes_from_it(root, world
     assert root.patch(url, {"enabled": True}, format="json").json()["lag"] > 0
     ship_all()
     assert [d["sequence"] for d in elastic.elastic_documents()] == sequences_after(made["position"])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="two runs at once: SQLite's in-memory test database refuses a second connection's writes instead of waiting",
+)
+def test_each_follow_run_hands_over_to_the_next_without_a_gap(root, world, collectors, settings, flushable_append_only):
+    """The minute's run follows until the next run starts, then stops within a poll: no stretch
+    of time is left unfollowed between two runs, and two never follow together for long."""
+    import threading
+
+    settings.RMM_SIEM_POLL_SECONDS = 0.05
+    elastic = collectors()
+    made = create(root, kind="http", shape="elastic_bulk", address=elastic.url)
+    ended = {}
+
+    def run(name: str, seconds: float) -> None:
+        try:
+            siem.follow(seconds)
+        finally:
+            ended[name] = time.monotonic()
+            connection.close()
+
+    first = threading.Thread(target=run, args=("first", 60))
+    first.start()
+    world.run_job()
+    wait_until(lambda: [d["sequence"] for d in elastic.elastic_documents()] == sequences_after(made["position"]))
+    assert first.is_alive()  # it goes on following past its first delivery
+
+    second = threading.Thread(target=run, args=("second", 60))
+    started = time.monotonic()
+    second.start()
+    first.join(10)
+    assert not first.is_alive() and ended["first"] - started < 5
+    world.run_job()  # after the first run stopped: the second ships it
+    wait_until(lambda: [d["sequence"] for d in elastic.elastic_documents()] == sequences_after(made["position"]))
+    assert second.is_alive()
+    siem._take_over()  # as the next minute's run does
+    second.join(10)
+    assert not second.is_alive()
+
+
+def wait_until(check, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.05)
