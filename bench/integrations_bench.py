@@ -2,7 +2,8 @@
 production layout (bench/cluster.py: PostgreSQL, Redis, an agent-tier worker and the task cluster,
 all on 127.0.0.1):
 
-- **outbox**: ``--events`` events are emitted, one transaction each as a change emits them, for
+- **outbox**: ``--events`` events are emitted, one transaction each as a change emits them (or
+  ``--together`` per transaction: ``--together 2000`` makes a backlog at once), for
   one webhook whose receiver is a real HTTP server on 127.0.0.1 (in this process; every request's
   Standard Webhooks signature is checked); the task cluster delivers them. Events per second
   from the first emission to the last verified arrival, and each event's latency (its timestamp to
@@ -58,10 +59,11 @@ import json, time, uuid
 from django.db import transaction
 from rmm.outbox import services as outbox
 started = time.time()
-for n in range(%(events)d):
+for first in range(0, %(events)d, %(together)d):
     with transaction.atomic():
         outbox.emit_many([outbox.Emitted("agent.online", "inventory.agent", str(uuid.uuid4()), None,
-                                         {"n": n, "hostname": f"bench-{n:05d}"})])
+                                         {"n": n, "hostname": f"bench-{n:05d}"})
+                          for n in range(first, min(first + %(together)d, %(events)d))])
 print(json.dumps({"started": started, "ended": time.time()}))
 """
 
@@ -75,12 +77,12 @@ print(json.dumps({"id": str(made.pk)}))
 """
 
 
-def outbox_run(cluster: Cluster, events: int) -> dict:
+def outbox_run(cluster: Cluster, events: int, together: int) -> dict:
     """Every request's signature is checked once the run is over (the receiver only keeps them)."""
     receiver = Receiver()
     try:
         made = cluster.shell(WEBHOOK % {"password": uuid.uuid4().hex, "url": receiver.url})
-        emitted = cluster.shell(EMIT % {"events": events})
+        emitted = cluster.shell(EMIT % {"events": events, "together": together})
         deadline = time.monotonic() + 600
         while len(receiver.calls) < events and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -235,6 +237,9 @@ def siem_run(cluster: Cluster, agents: int, heartbeats: float, seconds: float, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000, help="outbox: events emitted")
+    parser.add_argument(
+        "--together", type=int, default=1, help="outbox: events per transaction (all of them: a backlog at once)"
+    )
     parser.add_argument("--agents", type=int, default=1000, help="siem: simulated agents")
     parser.add_argument("--heartbeats", type=float, default=333, help="siem: heartbeats a second")
     parser.add_argument("--seconds", type=float, default=60, help="siem: measured window")
@@ -258,7 +263,7 @@ def main() -> None:
     cluster.start()
     try:
         if args.only in ("", "outbox"):
-            result["outbox"] = outbox_run(cluster, args.events)
+            result["outbox"] = outbox_run(cluster, args.events, args.together)
             o = result["outbox"]
             print(
                 f"outbox: {o['received']}/{o['events']} events received and verified, "

@@ -455,6 +455,10 @@ RMM_PSA_WEBHOOK_SECRET = os.environ.get("RMM_PSA_WEBHOOK_SECRET", "")
 RMM_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("RMM_WEBHOOK_MAX_ATTEMPTS", "15"))
 RMM_WEBHOOK_RETRY_BASE_SECONDS = float(os.environ.get("RMM_WEBHOOK_RETRY_BASE_SECONDS", "10"))
 RMM_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("RMM_WEBHOOK_TIMEOUT_SECONDS", "15"))
+# Deliveries to one endpoint go in batches over one connection: at most RMM_WEBHOOK_BATCH at a
+# time, one task sending batch after batch for at most RMM_WEBHOOK_ROUND_SECONDS.
+RMM_WEBHOOK_BATCH = int(os.environ.get("RMM_WEBHOOK_BATCH", "100"))
+RMM_WEBHOOK_ROUND_SECONDS = float(os.environ.get("RMM_WEBHOOK_ROUND_SECONDS", "30"))
 # Webhook subscriptions (docs/integrations.md): loopback and private addresses are refused unless
 # allowed (by default only with RMM_DEBUG); a rotated secret keeps signing for this many hours.
 RMM_WEBHOOK_ALLOW_PRIVATE = env_bool("RMM_WEBHOOK_ALLOW_PRIVATE", DEBUG)

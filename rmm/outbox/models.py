@@ -82,6 +82,7 @@ class Delivery(models.Model):
     last_status_code = models.PositiveIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    claim = models.UUIDField(null=True, editable=False, help_text="The batch that is sending it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

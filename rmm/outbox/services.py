@@ -2,7 +2,8 @@
 
 :func:`emit` writes an event, and a delivery per subscribed endpoint, in the caller's transaction:
 an event exists exactly when the change that caused it committed. The task cluster sends each
-delivery once that transaction has committed (:func:`deliver`) and, if it fails, again after an
+delivery once that transaction has committed (:func:`send_endpoint`: in batches per endpoint, over
+one connection) and, if it fails, again after an
 exponential backoff with jitter (:func:`send_due`, every minute), until it is delivered or has
 used ``RMM_WEBHOOK_MAX_ATTEMPTS`` attempts and is ``dead``; a dead delivery can be replayed.
 Every attempt is kept (:class:`Attempt`). Requests are signed per the Standard Webhooks
@@ -16,8 +17,6 @@ import json
 import logging
 import random
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.core.on_commit import enqueue_on_commit
 from rmm.history import services as history
 from rmm.inventory.models import Site
-from rmm.outbox import addresses
+from rmm.outbox import addresses, transport
 from rmm.outbox.models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
 
 logger = logging.getLogger("rmm.outbox")
@@ -45,7 +44,9 @@ logger = logging.getLogger("rmm.outbox")
 PSA_ENDPOINT = "psa"
 EVERY_TYPE = "*"  # in an endpoint's event_types: it hears every type
 CLAIM_SECONDS = 120  # a delivery being sent is not sent by anyone else for this long
-RESPONSE_EXCERPT = 500
+# Answers (no answer counts as 500) after which the rest of a batch is not tried: the receiver is
+# down or asks us to slow down.
+UNAVAILABLE = {429, *range(500, 600)}
 
 
 def as_emitted(event: Event) -> dict:
@@ -213,9 +214,11 @@ def body_of(event: Event) -> bytes:
     }
     body = json.dumps(message, sort_keys=True, separators=(",", ":")).encode()
     # The first builder to store it wins; a concurrent one reads the stored body back.
-    Event.objects.filter(pk=event.pk, body__isnull=True).update(body=body)
-    event.refresh_from_db(fields=["body"])
-    return bytes(event.body)
+    if not Event.objects.filter(pk=event.pk, body__isnull=True).update(body=body):
+        event.refresh_from_db(fields=["body"])
+        return bytes(event.body)
+    event.body = body
+    return body
 
 
 def signer(secret: str) -> Webhook:
@@ -238,41 +241,99 @@ def backoff(attempts: int) -> timedelta:
 def deliver(delivery_id: str, now: datetime | None = None) -> str | None:
     """Send one delivery if it is due and nobody else is sending it; its status afterwards."""
     now = now or timezone.now()
-    claimed = Delivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now).update(
-        next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)
-    )
+    claimed = _claim(Delivery.objects.filter(pk=delivery_id), now, 1)
     if not claimed:
         return None
-    delivery = Delivery.objects.select_related("event", "endpoint").get(pk=delivery_id)
-    event, endpoint = delivery.event, delivery.endpoint
-    number = delivery.attempts + 1
-    started, clock = timezone.now(), time.monotonic()
-    status_code, error = None, ""
-    try:
-        if not endpoint.enabled:
-            raise OutboxError("the endpoint is disabled")
-        if not endpoint.secret:
-            raise OutboxError("the endpoint has no secret: nothing is sent unsigned")
-        body = body_of(event)
-        status_code = _post(endpoint, event, body, started)
-        if not 200 <= status_code < 300:
-            error = f"HTTP {status_code}"
-    except urllib.error.HTTPError as exc:
-        status_code, error = exc.code, f"HTTP {exc.code}: {_excerpt(exc)}"
-    except (urllib.error.URLError, OSError, OutboxError, ValueError) as exc:
-        error = f"{exc.__class__.__name__}: {exc}"[:2000]
-    latency = int((time.monotonic() - clock) * 1000)
-    return _record(delivery, number, started, status_code, latency, error)
+    with transport.Connection(claimed[0].endpoint.url, settings.RMM_WEBHOOK_TIMEOUT_SECONDS) as connection:
+        return _send(claimed[0].endpoint, claimed, connection).statuses[claimed[0].pk]
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is a failed attempt: following it could reach an address the URL check refused."""
+def send_endpoint(delivery_id: str, now: datetime | None = None) -> int:
+    """What the task queued for each new delivery does: send what is due for the delivery's
+    endpoint, oldest first, ``RMM_WEBHOOK_BATCH`` at a time over one connection, until nothing is
+    due, the endpoint fails, or ``RMM_WEBHOOK_ROUND_SECONDS`` passed. The tasks of deliveries sent
+    meanwhile find nothing due and return; how many were delivered."""
+    endpoint = Endpoint.objects.filter(deliveries=delivery_id).first()
+    if endpoint is None:
+        return 0
+    deadline = time.monotonic() + settings.RMM_WEBHOOK_ROUND_SECONDS
+    delivered = 0
+    with transport.Connection(endpoint.url, settings.RMM_WEBHOOK_TIMEOUT_SECONDS) as connection:
+        while time.monotonic() < deadline:
+            due = Delivery.objects.filter(endpoint=endpoint)
+            claimed = _claim(due, now or timezone.now(), settings.RMM_WEBHOOK_BATCH)
+            if not claimed:
+                break
+            sent = _send(claimed[0].endpoint, claimed, connection)
+            delivered += sum(status == DeliveryStatus.DELIVERED for status in sent.statuses.values())
+            if sent.stopped:
+                break
+    return delivered
 
-    def redirect_request(self, *args, **kwargs):
-        return None
+
+def _claim(deliveries: QuerySet[Delivery], now: datetime, limit: int) -> list[Delivery]:
+    """Up to ``limit`` of these that are due, oldest first, now being sent by this worker only
+    (until ``CLAIM_SECONDS`` from ``now``): the claim's condition is checked again row by row, so
+    two workers never claim the same one."""
+    due = deliveries.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now).order_by("next_attempt_at")
+    ids = list(due.values_list("pk", flat=True)[:limit])
+    if not ids:
+        return []
+    claim = uuid.uuid4()
+    Delivery.objects.filter(pk__in=ids, status=DeliveryStatus.PENDING, next_attempt_at__lte=now).update(
+        next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS), claim=claim
+    )
+    claimed = {d.pk: d for d in Delivery.objects.filter(pk__in=ids, claim=claim).select_related("event", "endpoint")}
+    return [claimed[pk] for pk in ids if pk in claimed]
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+@dataclass
+class _Tried:
+    delivery: Delivery
+    started: datetime
+    status_code: int | None
+    latency: int
+    error: str
+
+
+@dataclass
+class _Sent:
+    statuses: dict  # delivery id → its status afterwards
+    stopped: bool  # the endpoint failed as a whole: the rest of the batch was not tried
+
+
+def _refusal(endpoint: Endpoint) -> str:
+    """Why nothing may be sent to the endpoint now, or ""."""
+    if not endpoint.enabled:
+        return "OutboxError: the endpoint is disabled"
+    if not endpoint.secret:
+        return "OutboxError: the endpoint has no secret: nothing is sent unsigned"
+    if not endpoint.url.startswith(("https://", "http://")):
+        return "OutboxError: the endpoint's URL must be http(s)"
+    if endpoint.name != PSA_ENDPOINT:  # the PSA's URL is the operator's; a subscription's is checked again
+        reason = addresses.refusal(endpoint.url)
+        if reason:
+            return f"OutboxError: the URL is refused: {reason}"
+    return ""
+
+
+def _send(endpoint: Endpoint, deliveries: list[Delivery], connection: transport.Connection) -> _Sent:
+    """Send claimed deliveries of one endpoint in order over one connection and record every
+    attempt. An endpoint that cannot be reached, or answers 429 or 5xx, is not tried again for the
+    rest: they wait as long as the failed one, without an attempt counted."""
+    tried: list[_Tried] = []
+    rest: list[Delivery] = []
+    refusal = _refusal(endpoint)
+    if refusal:
+        tried = [_Tried(d, timezone.now(), None, 0, refusal) for d in deliveries]
+    else:
+        for n, delivery in enumerate(deliveries):
+            outcome = _post(connection, endpoint, delivery)
+            tried.append(outcome)
+            if outcome.error and (outcome.status_code or 500) in UNAVAILABLE:
+                rest = deliveries[n + 1 :]
+                break
+    return _Sent(_record(tried, rest), stopped=bool(rest or refusal))
 
 
 def signature(endpoint: Endpoint, message_id: str, at: datetime, body: bytes) -> str:
@@ -285,78 +346,109 @@ def signature(endpoint: Endpoint, message_id: str, at: datetime, body: bytes) ->
     return " ".join(signer(secret).sign(message_id, at, body) for secret in secrets)
 
 
-def _post(endpoint: Endpoint, event: Event, body: bytes, at: datetime) -> int:
-    if not endpoint.url.startswith(("https://", "http://")):
-        raise OutboxError("the endpoint's URL must be http(s)")
-    if endpoint.name != PSA_ENDPOINT:  # the PSA's URL is the operator's; a subscription's is checked again
-        reason = addresses.refusal(endpoint.url)
-        if reason:
-            raise OutboxError(f"the URL is refused: {reason}")
-    request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        endpoint.url,
-        data=body,
-        method="POST",
-        headers={
+def _post(connection: transport.Connection, endpoint: Endpoint, delivery: Delivery) -> _Tried:
+    event = delivery.event
+    started, clock = timezone.now(), time.monotonic()
+    status_code, error = None, ""
+    try:
+        body = body_of(event)
+        headers = {
             "Content-Type": "application/json",
             "User-Agent": "rmm-outbox",
             "webhook-id": event.message_id,
-            "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": signature(endpoint, event.message_id, at, body),
-        },
-    )
-    with _opener.open(request, timeout=settings.RMM_WEBHOOK_TIMEOUT_SECONDS) as response:
-        return response.status
-
-
-def _excerpt(exc: urllib.error.HTTPError) -> str:
-    try:
-        return exc.read(RESPONSE_EXCERPT).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _record(delivery: Delivery, number: int, started, status_code, latency: int, error: str) -> str:
-    """Keep the attempt and move the delivery on: delivered, due again after a backoff, or dead."""
-    with transaction.atomic():
-        Attempt.objects.create(
-            delivery=delivery,
-            number=number,
-            started_at=started,
-            status_code=status_code,
-            latency_ms=latency,
-            error=error,
-        )
-        fields = {"attempts": number, "last_status_code": status_code, "last_error": error}
-        if not error:
-            fields.update(status=DeliveryStatus.DELIVERED, delivered_at=timezone.now(), next_attempt_at=None)
-        elif number - delivery.replayed_after >= settings.RMM_WEBHOOK_MAX_ATTEMPTS:
-            fields.update(status=DeliveryStatus.DEAD, next_attempt_at=None)
-        else:
-            fields.update(next_attempt_at=timezone.now() + backoff(number))
-        Delivery.objects.filter(pk=delivery.pk).update(**fields)
-        status = fields.get("status", DeliveryStatus.PENDING)
-        payload = {
-            "event": delivery.event.message_id,
-            "type": delivery.event.type,
-            "endpoint": delivery.endpoint.name,
-            "attempt": number,
-            "http_status": status_code,
+            "webhook-timestamp": str(int(started.timestamp())),
+            "webhook-signature": signature(endpoint, event.message_id, started, body),
         }
-        if status == DeliveryStatus.DELIVERED:
-            history.append("system", "outbox.delivered", delivery, site_id=delivery.event.site_id, payload=payload)
-        elif status == DeliveryStatus.DEAD:
-            payload["error"] = error[:500]
-            history.append("system", "outbox.delivery_dead", delivery, site_id=delivery.event.site_id, payload=payload)
-    if error:
-        logger.warning(
-            "outbox: %s to %s failed (attempt %d%s): %s",
-            delivery.event.message_id,
-            delivery.endpoint.name,
-            number,
-            ", dead" if status == DeliveryStatus.DEAD else "",
-            error,
+        status_code, excerpt = connection.post(body, headers)
+        if not 200 <= status_code < 300:  # a redirect too: following it could reach a refused address
+            error = f"HTTP {status_code}: {excerpt}" if excerpt else f"HTTP {status_code}"
+    except (OSError, ValueError, transport.HTTPException) as exc:
+        error = f"{exc.__class__.__name__}: {exc}"[:2000]
+    return _Tried(delivery, started, status_code, int((time.monotonic() - clock) * 1000), error)
+
+
+def _record(tried: list[_Tried], rest: list[Delivery]) -> dict:
+    """Keep every attempt and move each delivery on (delivered, due again after a backoff, or
+    dead) in a constant number of statements, the history's events among them; the untried rest
+    waits as long as the last failed one."""
+    now = timezone.now()
+    statuses, delivered, events = {}, {}, []
+    with transaction.atomic():
+        Attempt.objects.bulk_create(
+            Attempt(
+                delivery=t.delivery,
+                number=t.delivery.attempts + 1,
+                started_at=t.started,
+                status_code=t.status_code,
+                latency_ms=t.latency,
+                error=t.error,
+            )
+            for t in tried
         )
-    return status
+        retry_at = None
+        for t in tried:
+            delivery, number = t.delivery, t.delivery.attempts + 1
+            if not t.error:
+                status = DeliveryStatus.DELIVERED
+                delivered.setdefault(t.status_code, []).append(delivery.pk)
+            elif number - delivery.replayed_after >= settings.RMM_WEBHOOK_MAX_ATTEMPTS:
+                status = DeliveryStatus.DEAD
+                _failed(delivery, number, t, status=status, next_attempt_at=None)
+            else:
+                status, retry_at = DeliveryStatus.PENDING, now + backoff(number)
+                _failed(delivery, number, t, next_attempt_at=retry_at)
+            statuses[delivery.pk] = status
+            if status != DeliveryStatus.PENDING:
+                events.append(_history_event(t, number, status))
+        for status_code, pks in delivered.items():
+            Delivery.objects.filter(pk__in=pks).update(
+                attempts=F("attempts") + 1,
+                last_status_code=status_code,
+                last_error="",
+                status=DeliveryStatus.DELIVERED,
+                delivered_at=now,
+                next_attempt_at=None,
+                claim=None,
+            )
+        if rest:
+            Delivery.objects.filter(pk__in=[d.pk for d in rest]).update(next_attempt_at=retry_at or now, claim=None)
+            statuses.update((d.pk, DeliveryStatus.PENDING) for d in rest)
+        history.append_many(events)
+    for t in tried:
+        if t.error:
+            logger.warning(
+                "outbox: %s to %s failed (attempt %d%s): %s",
+                t.delivery.event.message_id,
+                t.delivery.endpoint.name,
+                t.delivery.attempts + 1,
+                ", dead" if statuses[t.delivery.pk] == DeliveryStatus.DEAD else "",
+                t.error,
+            )
+    return statuses
+
+
+def _failed(delivery: Delivery, number: int, tried: _Tried, **fields) -> None:
+    Delivery.objects.filter(pk=delivery.pk).update(
+        attempts=number, last_status_code=tried.status_code, last_error=tried.error, claim=None, **fields
+    )
+
+
+def _history_event(tried: _Tried, number: int, status: str) -> history.Event:
+    delivery = tried.delivery
+    payload = {
+        "event": delivery.event.message_id,
+        "type": delivery.event.type,
+        "endpoint": delivery.endpoint.name,
+        "attempt": number,
+        "http_status": tried.status_code,
+    }
+    action = "outbox.delivered"
+    if status == DeliveryStatus.DEAD:
+        payload["error"] = tried.error[:500]
+        action = "outbox.delivery_dead"
+    return history.Event(
+        "system", action, delivery._meta.label_lower, str(delivery.pk), delivery.event.site_id, payload
+    )
 
 
 def send_due(now: datetime | None = None, limit: int = 500) -> int:

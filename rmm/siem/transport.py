@@ -18,7 +18,6 @@ from django.conf import settings
 
 from rmm.history.models import HistoryEvent
 from rmm.outbox import addresses
-from rmm.outbox.services import _NoRedirects
 from rmm.siem import records
 from rmm.siem.models import Destination, Kind, Shape
 
@@ -112,6 +111,13 @@ def _send_syslog(destination: Destination, frames: bytes) -> None:
                     tls.unwrap()
     except (OSError, ssl.SSLError) as exc:
         raise DeliveryError(f"syslog {host}:{port}: {exc.__class__.__name__}: {exc}") from exc
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failed attempt: following it could reach an address the check refused."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
 
 
 def _post(destination: Destination, path: str, body: bytes, content_type: str, authorization: str) -> bytes:

@@ -1,10 +1,13 @@
 """A webhook receiver for tests: a real HTTP server on 127.0.0.1 that keeps every request as it came
 (headers and raw body), answers 503 to its first ``fail_first`` calls and 204 after, or redirects
-every call to ``redirect_to``. Signatures are checked by the test, with the secret it expects."""
+every call to ``redirect_to``. It keeps connections open (HTTP/1.1) and counts them. Signatures are
+checked by the test, with the secret it expects."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,9 +18,18 @@ class Receiver:
         self.calls: list[dict] = []  # every request, answered or not: {"headers", "raw", "status", "at"}
         self.fail_first = fail_first
         self.redirect_to = redirect_to
+        self.connections = 0
+        self.sockets: list = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                receiver.connections += 1
+                receiver.sockets.append(self.request)
+                super().setup()
+
             def do_POST(self):  # noqa: N802 - http.server's naming
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 at = time.time()
@@ -32,6 +44,8 @@ class Receiver:
                 self.send_response(status)
                 if status == 307:
                     self.send_header("Location", receiver.redirect_to)
+                if status != 204:
+                    self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args):
@@ -49,6 +63,13 @@ class Receiver:
         """The event type of each accepted call, de-duplicated by ``webhook-id`` (as a receiver would)."""
         seen = {call["headers"]["webhook-id"]: json.loads(call["raw"])["type"] for call in self.accepted}
         return sorted(seen.values())
+
+    def close_connections(self) -> None:
+        """Close every open connection, as a receiver does with idle keep-alive ones."""
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.sockets = []
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -11,6 +11,8 @@ import socket
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -321,3 +323,68 @@ def test_an_admin_of_some_sites_manages_webhooks_of_those_sites_only(caller, sit
     widen = mine.patch(f"/api/v1/webhooks/{own['id']}/", {"sites": []}, format="json")
     assert widen.status_code == 403 and Endpoint.objects.get(pk=own["id"]).sites.count() == 1
     assert Endpoint.objects.count() == 3
+
+
+# --- sending in batches ---------------------------------------------------------------------------
+
+
+def pinged(root, hook: dict, times: int) -> list[Delivery]:
+    """Pings queued, their tasks not run: a backlog for the endpoint."""
+    endpoint = Endpoint.objects.get(pk=hook["id"])
+    for _ in range(times):
+        outbox.ping(root.user, endpoint)
+    return list(Delivery.objects.filter(endpoint=endpoint).order_by("next_attempt_at"))
+
+
+def test_a_backlog_goes_out_oldest_first_in_batches_over_one_connection(root, site, receivers, settings):
+    settings.RMM_WEBHOOK_BATCH = 4
+    receiver = receivers()
+    hook = subscribe(root, receiver.url, [ENGAGED])
+    backlog = pinged(root, hook, 10)
+    with CaptureQueriesContext(connection) as queries:
+        assert outbox.send_endpoint(str(backlog[-1].pk)) == 10  # one task sends them all
+    assert [call["headers"]["webhook-id"] for call in receiver.calls] == [d.event.message_id for d in backlog]
+    assert receiver.connections == 1
+    for delivery in backlog:
+        delivery.refresh_from_db()
+        assert delivery.status == "delivered" and delivery.attempts == 1 and delivery.last_status_code == 204
+        assert list(delivery.attempt_log.values_list("number", "status_code")) == [(1, 204)]
+    delivered = HistoryEvent.objects.filter(action="outbox.delivered").order_by("sequence")
+    assert [e.subject_id for e in delivered] == [str(d.pk) for d in backlog]
+    assert verify_chain().ok
+    # Three batches: each a constant number of statements, and one to store each event's body.
+    assert len(queries.captured_queries) <= 3 * 13 + 10  # one at a time took 13 each: 130
+    assert outbox.send_endpoint(str(backlog[0].pk)) == 0  # the other deliveries' tasks find nothing due
+
+
+def test_a_receiver_that_answers_503_is_not_tried_again_for_the_rest_of_the_batch(root, site, receivers):
+    receiver = receivers(fail_first=1)
+    hook = subscribe(root, receiver.url, [ENGAGED])
+    backlog = pinged(root, hook, 3)
+    assert outbox.send_endpoint(str(backlog[0].pk)) == 0
+    assert len(receiver.calls) == 1
+    first, *rest = backlog
+    first.refresh_from_db()
+    assert first.attempts == 1 and first.last_status_code == 503 and first.status == "pending"
+    for delivery in rest:
+        delivery.refresh_from_db()
+        assert delivery.attempts == 0 and delivery.status == "pending" and not delivery.attempt_log.exists()
+        assert delivery.next_attempt_at == first.next_attempt_at  # they wait as long as the failed one
+    assert outbox.send_endpoint(str(first.pk)) == 0  # not due yet
+    assert outbox.send_endpoint(str(first.pk), now=timezone.now() + timedelta(hours=1)) == 3
+    assert [call["status"] for call in receiver.calls] == [503, 204, 204, 204]
+
+
+def test_a_receiver_that_drops_an_idle_connection_gets_the_next_delivery_on_a_new_one(root, site, receivers):
+    receiver = receivers()
+    hook = subscribe(root, receiver.url, [ENGAGED])
+    backlog = pinged(root, hook, 2)
+    endpoint = Endpoint.objects.get(pk=hook["id"])
+    from rmm.outbox import transport
+
+    with transport.Connection(endpoint.url, 5) as kept:
+        assert kept.post(b"{}", {"Content-Type": "application/json"})[0] == 204
+        receiver.close_connections()
+        assert kept.post(b"{}", {"Content-Type": "application/json"})[0] == 204
+    assert receiver.connections == 2
+    assert outbox.send_endpoint(str(backlog[0].pk)) == 2
