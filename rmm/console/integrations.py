@@ -258,6 +258,9 @@ class DestinationTable(lists.ListTable):
     position = tables.Column(verbose_name="Position", accessor="cursor")
     lag = lists.CellColumn(template_name="console/siem_lag.html", verbose_name="Lag", orderable=False, empty_values=())
     delivered_at = tables.DateTimeColumn(verbose_name="Last delivered", format="Y-m-d H:i:s", default="never")
+    actions = lists.CellColumn(
+        template_name="console/siem_actions.html", verbose_name="", orderable=False, empty_values=()
+    )
 
     class Meta(lists.ListTable.Meta):
         order_by = "-created_at"
@@ -283,8 +286,55 @@ class DestinationFilter(django_filters.FilterSet):
 
 @login_required
 @never_cache
-def siem_list(request):
-    """The SIEM destinations the admin may see, each with its delivery state and lag."""
+def siem_list(request, status: int = 200):
+    """The SIEM destinations the admin may see, each with its delivery state and lag, to pause,
+    resume or delete."""
     _manager(request.user, siem.require_manager, "list")
     filterset = DestinationFilter(request.GET, queryset=siem.visible_destinations(request.user))
-    return lists.list_page(request, DestinationTable, filterset, "console/siem.html", {"nav": "integrations"})
+    context = {"nav": "integrations"}
+    return lists.list_page(request, DestinationTable, filterset, "console/siem.html", context, status=status)
+
+
+def _destination(request, destination_id, action: str) -> Destination:
+    _manager(request.user, siem.require_manager, action)
+    destination = siem.visible_destinations(request.user).filter(pk=destination_id).first()
+    if destination is None:
+        raise Http404
+    return destination
+
+
+@login_required
+@require_POST
+def siem_pause(request, destination_id, resume: bool):
+    """Pause a destination (it keeps its position) or resume it from there; a refusal shows on the
+    list with its status."""
+    destination = _destination(request, destination_id, "partial_update")
+    try:
+        siem.set_enabled(request.user, destination, resume)
+    except ServiceError as exc:
+        messages.error(request, exc.detail)
+        return siem_list(request, status=exc.status_code)
+    done = "resumed from" if resume else "paused at"
+    messages.success(request, f"{destination.name} is {done} position {destination.cursor}.")
+    return redirect("console:siem")
+
+
+class DeleteForm(forms.Form):
+    confirm = forms.BooleanField(
+        label="Delete it: nothing more is sent to it",
+        error_messages={"required": "Tick the box to confirm."},
+    )
+
+
+@login_required
+@never_cache
+def siem_delete(request, destination_id):
+    """The confirmation (GET) and the deletion (POST): the history keeps that it existed."""
+    destination = _destination(request, destination_id, "destroy")
+    form = DeleteForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        siem.delete_destination(request.user, destination)
+        messages.success(request, f"{destination.name} is deleted: nothing more is sent to it.")
+        return redirect("console:siem")
+    context = {"nav": "integrations", "destination": destination, "form": form}
+    return render(request, "console/siem_delete.html", context, status=400 if form.is_bound else 200)

@@ -52,6 +52,9 @@ urlpatterns = [
     path("console/webhooks/<uuid:webhook_id>/rotate-secret/", integrations.webhook_rotate, name="webhook-rotate"),
     path("console/webhook-deliveries/<uuid:delivery_id>/replay/", integrations.delivery_replay, name="delivery-replay"),
     path("console/siem/", integrations.siem_list, name="siem"),
+    path("console/siem/<uuid:destination_id>/pause/", integrations.siem_pause, {"resume": False}, name="siem-pause"),
+    path("console/siem/<uuid:destination_id>/resume/", integrations.siem_pause, {"resume": True}, name="siem-resume"),
+    path("console/siem/<uuid:destination_id>/delete/", integrations.siem_delete, name="siem-delete"),
     path("console/kill-switches/banner/", views.kill_banner, name="kill-banner"),
     path("console/kill-switches/<uuid:switch_id>/release/", views.kill_switch_release, name="kill-switch-release"),
 ]

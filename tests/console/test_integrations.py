@@ -243,3 +243,43 @@ def test_the_shared_pieces_of_the_integrations_pages(admin, site, other_site, ca
     response = lists.list_page(request, integrations.WebhookTable, filterset, "console/list.html", status=409)
     assert response.status_code == 409 and f'data-webhook="{endpoint.pk}"' in shown(response)
     assert "alpha, beta" in shown(response)
+
+
+def test_an_admin_pauses_resumes_and_deletes_a_siem_destination_on_the_console(admin, site, caller, live):
+    root = caller("root", "admin").user
+    made = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["alpha"], name="alpha-siem")
+    base = f"/console/siem/{made.pk}"
+    assert f'data-pause="{made.pk}"' in shown(admin.get("/console/siem/"))
+
+    response = admin.post(f"{base}/pause/")
+    assert response.status_code == 302 and not Destination.objects.get(pk=made.pk).enabled
+    page = shown(admin.get("/console/siem/"))
+    assert "alpha-siem is paused at position" in page and f'data-resume="{made.pk}"' in page
+    again = admin.post(f"{base}/pause/")
+    assert again.status_code == 409 and "The destination is disabled already." in shown(again)
+    assert admin.post(f"{base}/resume/").status_code == 302 and Destination.objects.get(pk=made.pk).enabled
+
+    assert "stops the feed to it at position" in shown(admin.get(f"{base}/delete/"))
+    unticked = admin.post(f"{base}/delete/", {})
+    assert unticked.status_code == 400 and "Tick the box to confirm." in shown(unticked)
+    assert Destination.objects.filter(pk=made.pk).exists()
+    assert admin.post(f"{base}/delete/", {"confirm": "on"}).status_code == 302
+    assert not Destination.objects.filter(pk=made.pk).exists()
+    actions = HistoryEvent.objects.filter(subject_id=str(made.pk)).order_by("sequence").values_list("action", flat=True)
+    assert list(actions)[-3:] == ["siem.destination_disabled", "siem.destination_enabled", "siem.destination_deleted"]
+
+
+def test_other_roles_get_403_and_admins_of_other_sites_404_on_a_siem_destination(site, other_site, caller, live):
+    root = caller("root", "admin").user
+    made = siem.create_destination(root, kind="syslog", address="127.0.0.1:9", sites=["alpha"], name="alpha-siem")
+    tech = access_services.ensure_user_with_role("tess", "technician")
+    access_services.grant_site(tech, site)
+    technician = Client()
+    technician.force_login(tech)
+    stranger = admin_of("beta-boss", other_site)
+    for action, body in (("pause", {}), ("resume", {}), ("delete", {"confirm": "on"})):
+        assert technician.post(f"/console/siem/{made.pk}/{action}/", body).status_code == 403
+        assert stranger.post(f"/console/siem/{made.pk}/{action}/", body).status_code == 404
+    assert technician.get(f"/console/siem/{made.pk}/delete/").status_code == 403
+    made.refresh_from_db()
+    assert made.enabled and Destination.objects.count() == 1
