@@ -17,6 +17,7 @@ class PatchingConfig(AppConfig):
         types.register(kind.PATCH_RESULT, "A patch job's install and re-scan on one asset")
         types.register(findings.SCAN_VERIFICATION, "A scanner's verification (or a pen tester's retest) of a fix")
         outbox.register(findings.VERIFICATION_REQUESTED, "A patch job's re-scan shows a finding's fix: verify it")
+        outbox.register(findings.PATCH_VERIFIED, "The scanner verified a finding's fix: the patch is proven")
         outbox.register(findings.REOPENED, "A finding's verification failed: the finding is open again")
         cases.hold_case_while(findings.case_has_unverified_findings)
         panels.register_asset_panel(panels.AssetPanel("Patches", "patching/asset_panel.html", selectors.asset_panel))

@@ -43,6 +43,7 @@ from rmm.outbox import services as outbox
 CAPABILITY = "report_findings"
 VERIFICATION_REQUESTED = "finding.verification_requested"  # outbound events (apps.py registers them)
 REOPENED = "finding.reopened"
+PATCH_VERIFIED = "patch.verified"
 SCAN_VERIFICATION = "scan_verification"  # evidence type
 CVE = re.compile(r"^CVE-\d{4}-\d{4,19}$")
 MAX_TEXT = 200
@@ -294,6 +295,7 @@ def verify(user, finding: VulnerabilityFinding, *, verified: bool, details: str 
         )
         told = {**_about(finding), "status": new, "details": details, "evidence": _evidence_ref(proof)}
         if verified:
+            outbox.emit(PATCH_VERIFIED, finding, site_id=finding.site_id, data=told)
             cases.tell_if_done([finding.psa_case_id], {"finding": told})
         else:
             outbox.emit(REOPENED, finding, site_id=finding.site_id, data=told)

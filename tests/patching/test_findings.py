@@ -169,6 +169,9 @@ def test_the_round_trip_rescan_asks_the_scanner_and_its_verification_lets_the_ca
     assert {item["id"] for item in document["patch_result_evidence"]} == results and len(results) == 2
     assert proof.psa_case_id == scanned["task"].case_id and str(proof.related_id) == made["id"]
     assert HistoryEvent.objects.get(action="finding.verified").payload["evidence"] == str(proof.pk)
+    [proven] = told(psa_webhook, "patch.verified")
+    assert proven["finding"] == made["id"] and proven["status"] == "verified"
+    assert proven["evidence"]["id"] == str(proof.pk) and proven["details"] == "rescanned: not vulnerable"
     [closing] = told(psa_webhook, "case.may_close")
     assert closing["psa_case_id"] == str(scanned["task"].case_id)
     assert closing["jobs"] == {"succeeded": 2}  # the scan and the patch job
@@ -187,7 +190,7 @@ def test_a_failed_verification_reopens_the_finding_and_tells_the_psa(
     assert r.status_code == 200 and r.json()["status"] == "reopened"
     [reopened] = told(psa_webhook, "finding.reopened")
     assert reopened["finding"] == made["id"] and reopened["details"] == "still vulnerable"
-    assert told(psa_webhook, "case.may_close") == []
+    assert told(psa_webhook, "case.may_close") == [] and told(psa_webhook, "patch.verified") == []
     [proof] = RmmEvidence.objects.filter(evidence_type="scan_verification")
     assert json.loads(read_blob(proof))["verified"] is False
     assert verify(scanned, made["id"]).status_code == 409  # reopened: awaits a fix, not a verification
