@@ -26,7 +26,7 @@ from rmm.core.errors import Forbidden, ServiceError
 from rmm.outbox import services as outbox
 from rmm.outbox.models import Delivery, Endpoint
 from rmm.siem import services as siem
-from rmm.siem.models import Destination
+from rmm.siem.models import Destination, Format, Kind, Shape
 
 
 def _manager(user, require, action: str, obj=None) -> None:
@@ -278,6 +278,45 @@ class DestinationTable(lists.ListTable):
             record.lag = lags[record.pk]
 
 
+class DestinationForm(forms.Form):
+    kind = forms.ChoiceField(
+        label="Kind", choices=Kind.choices, help_text="syslog: RFC 5424 over TCP; http: a collector."
+    )
+    address = forms.CharField(
+        label="Address", max_length=2000, help_text="syslog: host:port; http: the collector's base URL."
+    )
+    format = forms.ChoiceField(label="Format", choices=Format.choices, initial=Format.JSON)
+    tls = forms.BooleanField(label="TLS", required=False, help_text="syslog only; an https address is TLS.")
+    shape = forms.ChoiceField(
+        label="HTTP shape", choices=[("", "—"), *Shape.choices], required=False, help_text="http only."
+    )
+    token = forms.CharField(
+        label="Token", max_length=500, required=False, help_text="http only: HEC token or Elastic API key."
+    )
+    index = forms.CharField(label="Index", max_length=200, required=False, help_text="http only.")
+    ca_certificate = forms.CharField(
+        label="CA certificate (PEM)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Empty: the system's.",
+    )
+    sites = forms.MultipleChoiceField(
+        label="Sites",
+        choices=[],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None chosen: every site, and events of none (needs every site).",
+    )
+    name = forms.CharField(label="Name", max_length=100, required=False, help_text="Left empty: generated.")
+    from_start = forms.BooleanField(label="Send the whole history", required=False, help_text="Else from now on.")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["sites"].choices = [
+            (name, name) for name in access.visible_sites(user).values_list("name", flat=True)
+        ]
+
+
 class DestinationFilter(django_filters.FilterSet):
     class Meta:
         model = Destination
@@ -288,10 +327,22 @@ class DestinationFilter(django_filters.FilterSet):
 @never_cache
 def siem_list(request, status: int = 200):
     """The SIEM destinations the admin may see, each with its delivery state and lag, to pause,
-    resume or delete."""
+    resume or delete, and a form that makes one."""
     _manager(request.user, siem.require_manager, "list")
+    creating = request.method == "POST" and request.resolver_match.url_name == "siem"
+    form = DestinationForm(request.POST if creating else None, user=request.user)
+    if creating:
+        made, status = console_forms.submit(
+            form,
+            lambda data: siem.create_destination(
+                request.user, **{**data, "tls": data["tls"] or None, "shape": data["shape"] or ""}
+            ),
+        )
+        if made is not None:
+            messages.success(request, f"{made.name} is made: the feed reaches it from position {made.cursor}.")
+            return redirect("console:siem")
     filterset = DestinationFilter(request.GET, queryset=siem.visible_destinations(request.user))
-    context = {"nav": "integrations"}
+    context = {"nav": "integrations", "form": form}
     return lists.list_page(request, DestinationTable, filterset, "console/siem.html", context, status=status)
 
 

@@ -283,3 +283,21 @@ def test_other_roles_get_403_and_admins_of_other_sites_404_on_a_siem_destination
     assert technician.get(f"/console/siem/{made.pk}/delete/").status_code == 403
     made.refresh_from_db()
     assert made.enabled and Destination.objects.count() == 1
+
+
+def test_an_admin_makes_a_siem_destination_on_the_console_and_bad_input_is_marked(admin, site, other_site, live):
+    form = shown(admin.get("/console/siem/"))
+    assert 'id="destination-form"' in form and 'value="alpha"' in form and 'value="beta"' not in form
+    bad = admin.post("/console/siem/", {"kind": "syslog", "address": "not an address", "format": "json"})
+    assert bad.status_code == 400 and "Nothing was made" in shown(bad) and not Destination.objects.exists()
+    outside = admin.post("/console/siem/", {"kind": "syslog", "address": "127.0.0.1:9", "sites": ["beta"]})
+    assert outside.status_code == 400 and not Destination.objects.exists()
+    made = admin.post(
+        "/console/siem/",
+        {"kind": "syslog", "address": "127.0.0.1:9", "format": "cef", "sites": ["alpha"], "name": "alpha-siem"},
+    )
+    assert made.status_code == 302
+    destination = Destination.objects.get(name="alpha-siem")
+    assert destination.format == "cef" and not destination.tls and outbox.site_names(destination) == ["alpha"]
+    assert "alpha-siem is made" in shown(admin.get("/console/siem/"))
+    assert HistoryEvent.objects.filter(action="siem.destination_created", subject_id=str(destination.pk)).exists()
