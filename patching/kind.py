@@ -21,6 +21,7 @@ from __future__ import annotations
 import shlex
 
 from patching import findings, intake, scans
+from patching import windows as maintenance
 from patching.models import PatchInstallJob, PatchScanJob, RebootPolicy
 from rmm.engine import registry
 from rmm.engine.states import JobStatus
@@ -244,5 +245,7 @@ registry.register(
             "decided_by",
         ),
         capability=CAPABILITY_STRUCTURED_RESULT,
+        # a ring is released, and a job's install starts, only inside the site's maintenance window
+        window=lambda batch, now: maintenance.window_at(batch.site_id, now),
     )
 )
