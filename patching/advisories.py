@@ -147,15 +147,38 @@ class _Product:
     where: str  # the JSON path of its definition
 
 
-def _purl(purl: str) -> tuple[str, str] | None:
-    """(name, version) of a package URL, the epoch qualifier in front as RPM writes it
-    (``pkg:rpm/redhat/openssl@3.0.7-27.el9?arch=x86_64&epoch=1`` → ``openssl``, ``1:3.0.7-27.el9``)."""
+# A package URL's type and namespace that name a distribution's packages -> that distribution's
+# ``os-release`` id, the vendor its scans report: a Red Hat advisory's ``pkg:rpm/redhat/openssl``
+# is the ``rhel`` scan's ``openssl``, so the advisory's CVEs and severity join what the scans found.
+DISTRIBUTIONS = {
+    ("rpm", "redhat"): "rhel",
+    ("rpm", "fedora"): "fedora",
+    ("rpm", "centos"): "centos",
+    ("rpm", "almalinux"): "almalinux",
+    ("rpm", "rocky"): "rocky",
+    ("deb", "debian"): "debian",
+    ("deb", "ubuntu"): "ubuntu",
+}
+
+
+@dataclass(frozen=True)
+class _Purl:
+    name: str
+    version: str
+    distribution: str  # the os-release id of the distribution whose package it is, or ""
+
+
+def _purl(purl: str) -> _Purl | None:
+    """What a package URL names: its package, its version (the epoch qualifier in front as RPM
+    writes it) and its distribution (``pkg:rpm/redhat/openssl@3.0.7-27.el9?arch=x86_64&epoch=1``
+    → ``openssl``, ``1:3.0.7-27.el9``, ``rhel``)."""
     if not purl.startswith("pkg:"):
         return None
     rest = purl[4:].split("#", 1)[0]
     rest, _, query = rest.partition("?")
     path, _, version = rest.partition("@")
-    name = unquote(path.rstrip("/").rsplit("/", 1)[-1])
+    parts = [unquote(part) for part in path.strip("/").split("/")]
+    name = parts[-1]
     if not name:
         return None
     qualifiers = dict(part.partition("=")[::2] for part in query.split("&") if part)
@@ -163,21 +186,25 @@ def _purl(purl: str) -> tuple[str, str] | None:
     epoch = qualifiers.get("epoch", "")
     if version and epoch and epoch != "0":
         version = f"{epoch}:{version}"
-    return name, version
+    namespace = parts[1].lower() if len(parts) == 3 else ""
+    return _Purl(name, version, DISTRIBUTIONS.get((parts[0].lower(), namespace), ""))
 
 
 def _product_of(full_name: dict, where: str, context: dict) -> _Product:
     """What a full product name (a product in the tree) names: its vendor, product and version.
-    The purl of its identification helper wins (a package's name and version); else the names of
-    the branches above it (vendor, product_name or product_family, product_version)."""
+    The purl of its identification helper wins (a package's name and version, and a
+    distribution's package is that distribution's); else the names of the branches above it
+    (vendor, product_name or product_family, product_version)."""
     helper = full_name.get("product_identification_helper") or {}
     parsed = _purl(str(helper.get("purl") or ""))
+    vendor = context.get("vendor", "")
     product = context.get("product_name") or context.get("product_family") or full_name.get("name", "")
     version = context.get("product_version", "")
     if parsed is not None:
-        product, version = parsed[0], parsed[1] or version
+        product, version = parsed.name, parsed.version or version
+        vendor = parsed.distribution or vendor
     return _Product(
-        vendor=_text(context.get("vendor", ""), where, LIMITS["vendor"]),
+        vendor=_text(vendor, where, LIMITS["vendor"]),
         product=_text(product, where, LIMITS["product"]),
         version=_text(version, where, LIMITS["patch_id"]),
         where=where,

@@ -142,8 +142,6 @@ def create_patch_job(
     if reboot_policy != RebootPolicy.NEVER:
         _refuse_unable_to_reboot(user, chosen)
     families = dict(AssetPatchScan.objects.filter(asset_id__in=chosen).values_list("asset_id", "family"))
-    if any(families.get(pk) == "wua" for pk in chosen):
-        raise InvalidInput("Installing Windows updates is not built yet: scans read them.", field="assets")
     task = PsaTask.objects.filter(pk=psa_task_id).first() if psa_task_id else None
     request = PatchJob.objects.create(
         psa_task=task,

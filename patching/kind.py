@@ -7,8 +7,9 @@
 ``patch``: one asset's part of a patch job (:mod:`patching.jobs`), two steps:
 
 0. install (privileged): ``apt-get install`` (``dnf install`` on the RHEL family) of the exact
-   versions; the endpoint reboots after it when the job's reboot policy says so (``always``), or
-   when the endpoint says one is pending (``if_required``: ``/var/run/reboot-required``), and the
+   versions, or on Windows the Windows Update Agent's install of the updates by KB; the endpoint
+   reboots after it when the job's reboot policy says so (``always``), or when the endpoint says
+   one is pending (``if_required``: ``/var/run/reboot-required``, Windows' pending-reboot keys), and the
    next step waits until the agent is back. A failed install still runs the re-scan
    (``on_failure=continue``) and the job ends failed;
 1. the re-scan, unprivileged, carrying the versions it is judged against: only this scan marks a
@@ -21,10 +22,12 @@ from __future__ import annotations
 import shlex
 
 from patching import findings, intake, scans
+from patching import windows as maintenance
 from patching.models import PatchInstallJob, PatchScanJob, RebootPolicy
 from rmm.engine import registry
 from rmm.engine.states import JobStatus
 from rmm_agent.protocol import CAPABILITY_STRUCTURED_RESULT
+from rmm_agent.results import WINDOWS_REBOOT_KEYS, WINDOWS_SESSION_MANAGER
 
 SCAN_KIND = "patch_scan"
 PATCH_KIND = "patch"
@@ -41,7 +44,7 @@ def windows(asset) -> bool:
 def scan_step(asset, wanted: list[tuple[str, str]] = ()) -> registry.InstructionSpec:
     if windows(asset):
         return registry.InstructionSpec(
-            asset=asset, interpreter="powershell", content=scans.render_windows(), timeout_seconds=SCAN_TIMEOUT
+            asset=asset, interpreter="powershell", content=scans.render_windows(wanted), timeout_seconds=SCAN_TIMEOUT
         )
     return registry.InstructionSpec(
         asset=asset, interpreter="sh", content=scans.render_linux(wanted), timeout_seconds=SCAN_TIMEOUT
@@ -164,13 +167,84 @@ def install_command(family: str, packages: list[list[str]]) -> str:
     )
 
 
+# The Windows Update Agent installs the updates the job names by KB (or update id), among those
+# it offers; the document says what each install's result code was, whether the agent asked for a
+# reboot, and which of the pending-reboot keys are set (the agent's own "if_pending" reads them
+# too: docs/agent.md). It exits 1 if an update was not offered or did not install.
+WINDOWS_INSTALL = r"""$ErrorActionPreference = 'Stop'
+$wanted = @(__IDS__)
+$session = New-Object -ComObject Microsoft.Update.Session
+$offered = $session.CreateUpdateSearcher().Search('IsInstalled=0 and IsHidden=0').Updates
+$chosen = New-Object -ComObject Microsoft.Update.UpdateColl
+$notOffered = @()
+foreach ($id in $wanted) {
+  $match = $null
+  foreach ($u in $offered) {
+    $kbs = @($u.KBArticleIDs | ForEach-Object { 'KB' + $_ })
+    if ($kbs -contains $id -or [string]$u.Identity.UpdateID -eq $id) { $match = $u; break }
+  }
+  if ($null -eq $match) { $notOffered += $id; continue }
+  if (-not $match.EulaAccepted) { $match.AcceptEula() }
+  [void]$chosen.Add($match)
+}
+$results = @()
+$rebootRequired = $false
+if ($chosen.Count -gt 0) {
+  $downloader = $session.CreateUpdateDownloader()
+  $downloader.Updates = $chosen
+  [void]$downloader.Download()
+  $installer = $session.CreateUpdateInstaller()
+  $installer.Updates = $chosen
+  $outcome = $installer.Install()
+  $rebootRequired = [bool]$outcome.RebootRequired
+  for ($i = 0; $i -lt $chosen.Count; $i++) {
+    $one = $outcome.GetUpdateResult($i)
+    # 2 succeeded, 3 succeeded with errors, 4 failed, 5 aborted
+    $results += [ordered]@{
+      title = [string]$chosen.Item($i).Title; result_code = [int]$one.ResultCode; hresult = [int]$one.HResult
+    }
+  }
+}
+$pending = @()
+foreach ($key in @(__KEYS__)) { if (Test-Path $key) { $pending += $key } }
+$renames = Get-ItemProperty -Path '__SESSION_MANAGER__' -Name PendingFileRenameOperations -ErrorAction SilentlyContinue
+if ($renames) { $pending += '__SESSION_MANAGER__\PendingFileRenameOperations' }
+$doc = [ordered]@{
+  format = 'rmm-patch-install/1'; family = 'wua'; not_offered = $notOffered; results = $results
+  reboot_required = $rebootRequired; reboot_pending = $pending
+}
+[System.IO.File]::WriteAllText($env:RMM_RESULT_PATH, ($doc | ConvertTo-Json -Compress -Depth 4))
+$failed = @($results | Where-Object { $_.result_code -ne 2 -and $_.result_code -ne 3 })
+Write-Output ("installed " + ($results.Count - $failed.Count) + " of " + $wanted.Count + " updates")
+if ($notOffered.Count -gt 0 -or $failed.Count -gt 0) { exit 1 }
+"""
+
+
+def windows_install(ids: list[str]) -> str:
+    """The install step of a Windows asset's job: its updates by KB (or update id)."""
+    keys = ", ".join(scans.ps_quote(f"HKLM:\\{key}") for key in WINDOWS_REBOOT_KEYS)
+    return (
+        WINDOWS_INSTALL.replace("__IDS__", ", ".join(scans.ps_quote(i) for i in ids))
+        .replace("__KEYS__", keys)
+        .replace("__SESSION_MANAGER__", f"HKLM:\\{WINDOWS_SESSION_MANAGER}")
+    )
+
+
+def install_step(job: PatchInstallJob) -> tuple[str, str]:
+    """(interpreter, script) that installs the job's exact versions on its asset's family."""
+    if job.family == "wua":
+        return "powershell", windows_install([version for _, version in job.packages])
+    return "sh", f"set -eu\n{install_command(job.family, job.packages)}\n"
+
+
 def render_patch(job: PatchInstallJob) -> list[registry.InstructionSpec]:
     wanted = [(name, version) for name, version in job.packages]
+    interpreter, content = install_step(job)
     return [
         registry.InstructionSpec(
             asset=job.asset,
-            interpreter="sh",
-            content=f"set -eu\n{install_command(job.family, job.packages)}\n",
+            interpreter=interpreter,
+            content=content,
             timeout_seconds=3600,
             privileged=True,
             on_failure=registry.CONTINUE,
@@ -244,5 +318,7 @@ registry.register(
             "decided_by",
         ),
         capability=CAPABILITY_STRUCTURED_RESULT,
+        # a ring is released, and a job's install starts, only inside the site's maintenance window
+        window=lambda batch, now: maintenance.window_at(batch.site_id, now),
     )
 )

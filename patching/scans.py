@@ -89,24 +89,38 @@ foreach ($criteria in @('IsInstalled=1 and IsHidden=0', 'IsInstalled=0 and IsHid
 }
 $os = Get-CimInstance Win32_OperatingSystem
 $doc = [ordered]@{
-  format = '__FORMAT__'; family = 'wua'; os_id = 'windows'; os_version = [string]$os.Version
-  wanted = @(); updates = $updates
+  format = '__FORMAT__'; family = 'wua'; os_id = 'windows'; os_version = [string]$os.Version; updates = $updates
 }
-[System.IO.File]::WriteAllText($env:RMM_RESULT_PATH, ($doc | ConvertTo-Json -Compress -Depth 4))
+# wanted: the server's own JSON, as signed in this script, spliced in whole (never re-encoded)
+$json = $doc | ConvertTo-Json -Compress -Depth 4
+$json = $json.Substring(0, $json.Length - 1) + ',"wanted":' + '__WANTED__' + '}'
+[System.IO.File]::WriteAllText($env:RMM_RESULT_PATH, $json)
 Write-Output ("scanned: windows " + $os.Version + ", " + $updates.Count + " updates")
 """
+
+
+def _pairs(wanted) -> str:
+    """(package, version) pairs as JSON, ASCII only (escapes for the rest)."""
+    return json.dumps([[name, version] for name, version in wanted], separators=(",", ":"))
 
 
 def render_linux(wanted: list[tuple[str, str]] = ()) -> str:
     """The Linux scan; ``wanted`` ((package, version) pairs) is what a patch job's re-scan is
     judged against, carried in the signed script and echoed in its document."""
-    pairs = json.dumps([[name, version] for name, version in wanted], separators=(",", ":"))
     # Package names and versions are checked (PACKAGE, VERSION): no quote or backslash in them.
-    return LINUX_SCRIPT.replace("__FORMAT__", FORMAT).replace("__WANTED__", pairs)
+    return LINUX_SCRIPT.replace("__FORMAT__", FORMAT).replace("__WANTED__", _pairs(wanted))
 
 
-def render_windows() -> str:
-    return WINDOWS_SCRIPT.replace("__FORMAT__", FORMAT)
+def ps_quote(text: str) -> str:
+    """A PowerShell single-quoted string: nothing in it is special but the quote, written twice."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def render_windows(wanted: list[tuple[str, str]] = ()) -> str:
+    """The Windows scan; ``wanted`` ((update title, KB) pairs) as for :func:`render_linux`. An
+    update's title is any text: the pairs are a quoted PowerShell string, spliced into the
+    document as they were signed."""
+    return WINDOWS_SCRIPT.replace("__FORMAT__", FORMAT).replace("'__WANTED__'", ps_quote(_pairs(wanted)))
 
 
 PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")

@@ -19,13 +19,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from patching.kind import SCAN_KIND
-from patching.models import PatchScanSchedule, ScanScheduleStatus
+from patching.models import PatchInstallJob, PatchScanSchedule, ScanScheduleStatus
 from rmm.access import roles as access
 from rmm.authority.laws import site_authority_problem
 from rmm.authority.models import PsaTask
 from rmm.core.errors import Conflict, Forbidden, InvalidInput
 from rmm.engine import services as engine
 from rmm.engine.services import deciding, kill_switches, recurring
+from rmm.engine.states import JobStatus
 from rmm.history import services as history
 from rmm.inventory.models import Asset
 
@@ -135,8 +136,9 @@ def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
     if not chosen:
         return 0
     # An asset the engine would refuse (its own kill switch, an agent that cannot report a scan)
-    # is left out (it would refuse the whole batch); the history's dispatch event counts them.
-    found = recurring.creatable(SCAN_KIND, chosen)
+    # is left out (it would refuse the whole batch), as is one busy with its package manager; the
+    # history's dispatch event counts them and says why each was skipped.
+    found = recurring.creatable(SCAN_KIND, chosen, busy=_busy([asset.pk for asset in chosen]))
     scanned = [asset.pk for asset in found.ready]
     if scanned:
         try:
@@ -154,9 +156,20 @@ def dispatch(schedule: PatchScanSchedule, now: datetime) -> int:
             "scans": len(scanned),
             "under_kill_switch": found.count(recurring.KILL_SWITCH),
             "incapable": found.count(recurring.INCAPABLE),
+            "busy": found.count(recurring.BUSY),
+            "skipped": {str(pk): skip.reason for pk, skip in found.skipped.items()},
         },
     )
     return len(scanned)
+
+
+def _busy(asset_ids: list) -> dict:
+    """asset id -> why a scan now would race its package manager: a patch job released on it
+    (installing, or about to; its own re-scan follows). It is scanned at its next moment instead."""
+    installing = PatchInstallJob.objects.filter(
+        asset_id__in=asset_ids, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)
+    ).values_list("asset_id", flat=True)
+    return dict.fromkeys(installing, "a patch job is installing on it; its re-scan follows")
 
 
 def dispatch_all(now: datetime | None = None) -> int:

@@ -12,6 +12,7 @@ from django.db import transaction
 from patching.models import MaintenanceWindow
 from rmm.access import roles as access
 from rmm.core.errors import InvalidInput
+from rmm.engine import registry
 from rmm.engine.services import deciding
 from rmm.history import services as history
 
@@ -88,17 +89,27 @@ def _openings(window: MaintenanceWindow, around: datetime):
             yield opens, opens + timedelta(minutes=window.duration_minutes)
 
 
+def window_at(site_id, moment: datetime) -> registry.Window | None:
+    """The site's window open at ``moment`` (windows that overlap or touch are one), else its next
+    one; None when the site has no windows (patch jobs start at any time). The patch kind's
+    window: the engine releases a patch job's rings only inside it."""
+    spans = sorted(
+        span for window in MaintenanceWindow.objects.filter(site_id=site_id) for span in _openings(window, moment)
+    )
+    merged: list[list[datetime]] = []
+    for opens, closes in spans:
+        if merged and opens <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], closes)
+        else:
+            merged.append([opens, closes])
+    for opens, closes in merged:
+        if moment < closes:
+            return registry.Window(opens=opens, closes=closes)
+    return None
+
+
 def next_release(site_id, not_before: datetime) -> datetime:
     """The earliest moment from ``not_before`` when the site's windows let a patch job start:
     ``not_before`` itself when one is open then, or when the site has none."""
-    windows = list(MaintenanceWindow.objects.filter(site_id=site_id))
-    if not windows:
-        return not_before
-    best = None
-    for window in windows:
-        for opens, closes in _openings(window, not_before):
-            if opens <= not_before < closes:
-                return not_before
-            if opens > not_before and (best is None or opens < best):
-                best = opens
-    return best
+    window = window_at(site_id, not_before)
+    return not_before if window is None else max(window.opens, not_before)

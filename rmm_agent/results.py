@@ -25,6 +25,14 @@ from .protocol import (
 RESULT_FILE = "result.json"  # in the work dir: the structured result the script may write
 # The file whose presence says the OS wants a reboot (Debian's; a step's ``reboot: "if_pending"``).
 REBOOT_REQUIRED_PATH = "/var/run/reboot-required"
+# What says so on Windows, under HKEY_LOCAL_MACHINE: either key present (servicing, Windows
+# Update), or the Session Manager's PendingFileRenameOperations value set (files replaced at boot).
+WINDOWS_REBOOT_KEYS = (
+    r"SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending",
+    r"SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired",
+)
+WINDOWS_SESSION_MANAGER = r"SYSTEM\CurrentControlSet\Control\Session Manager"
+WINDOWS = os.name == "nt"
 
 
 def now_utc() -> datetime:
@@ -184,4 +192,22 @@ def reboot_follows(payload: dict, outcome: str, exit_code: int | None, structure
         return None
     if outcome != "completed" or exit_code != 0 or structured_error is not None:
         return False
-    return mode == "now" or os.path.exists(os.environ.get("RMM_AGENT_REBOOT_REQUIRED_PATH", REBOOT_REQUIRED_PATH))
+    return mode == "now" or reboot_pending()
+
+
+def reboot_pending() -> bool:
+    """Does the OS say a reboot is pending? On Windows its pending-reboot keys; elsewhere the file
+    ``RMM_AGENT_REBOOT_REQUIRED_PATH`` names (Debian's ``/var/run/reboot-required`` by default)."""
+    if not WINDOWS:
+        return os.path.exists(os.environ.get("RMM_AGENT_REBOOT_REQUIRED_PATH", REBOOT_REQUIRED_PATH))
+    import winreg  # Windows' standard library only
+
+    places = [(key, None) for key in WINDOWS_REBOOT_KEYS] + [(WINDOWS_SESSION_MANAGER, "PendingFileRenameOperations")]
+    for path, value in places:
+        try:
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, path) as key:
+                if value is None or winreg.QueryValueEx(key, value)[0]:
+                    return True
+        except OSError:  # no such key or value: not this one
+            continue
+    return False

@@ -82,6 +82,9 @@ class Batch(models.Model):
     ring_sizes = models.JSONField(help_text="How many jobs each ring holds, the canary first.")
     released_rings = models.PositiveIntegerField(default=0)
     ring_released_at = models.DateTimeField(null=True, blank=True)
+    held_until = models.DateTimeField(
+        null=True, blank=True, help_text="Its next ring is due, but its kind's window is closed until then."
+    )
     results = models.PositiveIntegerField(default=0, help_text="Jobs finished with a result (not aborted).")
     failed = models.PositiveIntegerField(default=0, help_text="Of them, failed, timed out or lost.")
 

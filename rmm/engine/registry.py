@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import models
@@ -86,6 +87,18 @@ class NewJob:
     # a decision already made by a second person that covers these jobs: they are created
     # decided (decided_by, decided_at) and queued, past both approval gates
     approved: Approval | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """When a batch's work may start (a site's maintenance windows): the window open at the moment
+    asked about (``opens`` at or before it), else the next one; ``closes`` None: it never closes."""
+
+    opens: datetime
+    closes: datetime | None = None
+
+    def open_at(self, moment: datetime) -> bool:
+        return self.opens <= moment and (self.closes is None or moment < self.closes)
 
 
 def signed_instruction(inst) -> dict:
@@ -223,6 +236,12 @@ class JobKind:
     # refuses by raising (the kind records its refusal) or adds to the NewJob's fields. None:
     # nothing to check
     admit: Callable[[Any, list, NewJob], None] | None = None
+    # (batch, now) -> the Window its work may start in (the window open now, or the next one), or
+    # None when it may start at any time. The engine releases a batch's ring only while it is
+    # open (closed: the batch is held until it opens, said once in the history), and a job's first
+    # step not leased when it closes is never leased (its not_after is the close): work released
+    # in one window never starts outside it. None: no window
+    window: Callable[[Any, datetime], Window | None] | None = None
 
 
 _KINDS: dict[str, JobKind] = {}

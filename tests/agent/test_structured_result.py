@@ -5,10 +5,13 @@ step's reboot: whether the result says one follows."""
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
+from rmm_agent import results
 from rmm_agent.protocol import (
     MAX_BODY_BYTES,
     MAX_STRUCTURED_BYTES,
@@ -122,3 +125,50 @@ def test_the_written_document_is_read_before_the_work_dir_goes(tmp_path: Path) -
     assert result["structured"] == [1, 2, 3]
     assert not any((tmp_path / "work").iterdir())
     assert json.loads(json.dumps(result))["structured"] == [1, 2, 3]
+
+
+class _Key:
+    def __init__(self, values: dict):
+        self.values = values
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _registry(keys: dict[str, dict]) -> types.SimpleNamespace:
+    """A stand-in for Windows' winreg over HKEY_LOCAL_MACHINE: {key path: {value name: data}}."""
+
+    def open_key(root, path):
+        if path not in keys:
+            raise FileNotFoundError(path)
+        return _Key(keys[path])
+
+    def query_value(key, name):
+        if name not in key.values:
+            raise FileNotFoundError(name)
+        return key.values[name], 7
+
+    return types.SimpleNamespace(HKEY_LOCAL_MACHINE=object(), OpenKey=open_key, QueryValueEx=query_value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "pending"),
+    [
+        ({}, False),
+        ({results.WINDOWS_SESSION_MANAGER: {}}, False),
+        ({results.WINDOWS_SESSION_MANAGER: {"PendingFileRenameOperations": []}}, False),
+        ({results.WINDOWS_REBOOT_KEYS[0]: {}}, True),
+        ({results.WINDOWS_REBOOT_KEYS[1]: {}}, True),
+        ({results.WINDOWS_SESSION_MANAGER: {"PendingFileRenameOperations": ["\\??\\C:\\x", ""]}}, True),
+    ],
+    ids=["none", "session_manager", "no_renames", "servicing", "windows_update", "renames"],
+)
+def test_on_windows_a_pending_reboot_is_what_its_pending_reboot_keys_say(monkeypatch, keys, pending) -> None:
+    monkeypatch.setattr(results, "WINDOWS", True)
+    monkeypatch.setitem(sys.modules, "winreg", _registry(keys))
+    assert results.reboot_pending() is pending
+    monkeypatch.setenv("RMM_AGENT_REBOOT_REQUIRED_PATH", "/")  # a file that exists: not what Windows reads
+    assert results.reboot_follows({"reboot": "if_pending"}, "completed", 0, None) is pending

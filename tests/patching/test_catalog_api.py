@@ -36,19 +36,23 @@ SIEMENS = ["SIMATIC S7-1200 CPU family SSA-711309", "SIMATIC S7-1500 CPU family 
 @pytest.mark.parametrize(
     "query,expected",
     [
-        ({}, RHEL + SIEMENS),  # by vendor, product, patch id
+        ({}, RHEL + SIEMENS),
         ({"cve": "CVE-2024-0727"}, ["openssl-libs 1:3.0.7-27.el9"]),
         ({"cve": "cve-2023-5678"}, RHEL),
         ({"cve": "CVE-1999-0001"}, []),
         ({"vendor": "siemens"}, SIEMENS),
         ({"product": "OpenSSL"}, ["openssl 1:3.0.7-27.el9"]),
         ({"min_severity": "high"}, ["openssl-libs 1:3.0.7-27.el9", "SIMATIC S7-1500 CPU family V3.1.0"]),
-        ({"min_severity": "medium", "vendor": "Red Hat"}, RHEL),
+        ({"min_severity": "medium", "vendor": "rhel"}, RHEL),
         ({"min_severity": "critical"}, []),
     ],
 )
 def test_the_catalog_is_searched_by_cve_vendor_product_and_severity(caller, imported, query, expected):
-    assert products(caller("tech", "technician").get(CATALOG, query)) == expected
+    found = products(caller("tech", "technician").get(CATALOG, query))
+    # ordered by vendor (rhel and Siemens: in the database's collation), product, patch id
+    assert sorted(found) == sorted(expected)
+    for vendor in (RHEL, SIEMENS):
+        assert [row for row in found if row in vendor] == [row for row in expected if row in vendor]
 
 
 def test_an_entry_shows_its_fix_and_cves(caller, imported):
@@ -57,7 +61,7 @@ def test_an_entry_shows_its_fix_and_cves(caller, imported):
     assert r.status_code == 200
     assert r.json() == {
         "id": str(entry.pk),
-        "vendor": "Red Hat",
+        "vendor": "rhel",
         "product": "openssl-libs",
         "patch_id": "1:3.0.7-27.el9",
         "severity": "high",
@@ -113,7 +117,7 @@ def test_an_asset_s_patches_show_each_patch_and_its_state(caller, site, patched)
     assert set(rows[0]) == {"id", "patch", "status", "detected_at", "installed_at"}
     assert rows[0]["patch"] == {
         "id": str(PatchCatalog.objects.get(product="openssl-libs").pk),
-        "vendor": "Red Hat",
+        "vendor": "rhel",
         "product": "openssl-libs",
         "patch_id": "1:3.0.7-27.el9",
         "severity": "high",

@@ -48,7 +48,7 @@ def test_a_red_hat_advisory_becomes_one_entry_per_fixed_package(admin):
     errata = "https://access.redhat.com/errata/RHSA-2024:2447"
     # openssl on two architectures is one fix; openssl-libs fixes both CVEs, the higher severity wins
     assert catalog() == {
-        ("Red Hat", "openssl", "1:3.0.7-27.el9"): {
+        ("rhel", "openssl", "1:3.0.7-27.el9"): {
             "fixed_version": "1:3.0.7-27.el9",
             "severity": 2,
             "cves": ["CVE-2023-5678"],
@@ -56,7 +56,7 @@ def test_a_red_hat_advisory_becomes_one_entry_per_fixed_package(admin):
             "advisory": "RHSA-2024:2447",
             "released": "2024-04-30T09:00:00+00:00",
         },
-        ("Red Hat", "openssl-libs", "1:3.0.7-27.el9"): {
+        ("rhel", "openssl-libs", "1:3.0.7-27.el9"): {
             "fixed_version": "1:3.0.7-27.el9",
             "severity": 3,
             "cves": ["CVE-2023-5678", "CVE-2024-0727"],
@@ -140,8 +140,8 @@ def test_importing_again_updates_and_never_duplicates(admin):
     assert r.json() == {"source": "csaf", "imported": 2, "created": 0, "updated": 1, "unchanged": 1}
     after = catalog()
     assert set(PatchCatalog.objects.values_list("pk", flat=True)) == ids
-    assert after[("Red Hat", "openssl", "1:3.0.7-27.el9")]["severity"] == 4
-    assert after[("Red Hat", "openssl", "1:3.0.7-27.el9")]["cves"] == ["CVE-2023-5678", "CVE-2024-9999"]
+    assert after[("rhel", "openssl", "1:3.0.7-27.el9")]["severity"] == 4
+    assert after[("rhel", "openssl", "1:3.0.7-27.el9")]["cves"] == ["CVE-2023-5678", "CVE-2024-9999"]
     assert [event["updated"] for event in imports()] == [0, 0, 1]
 
     # A CVE more and nothing else: the entry that gains it is updated.
@@ -151,7 +151,7 @@ def test_importing_again_updates_and_never_duplicates(admin):
     again["vulnerabilities"][2]["remediations"][0]["product_ids"] += libs
     r = admin.post(IMPORT, again, format="json")
     assert r.json() == {"source": "csaf", "imported": 2, "created": 0, "updated": 1, "unchanged": 1}
-    assert catalog()[("Red Hat", "openssl-libs", "1:3.0.7-27.el9")]["cves"] == [
+    assert catalog()[("rhel", "openssl-libs", "1:3.0.7-27.el9")]["cves"] == [
         "CVE-2023-5678",
         "CVE-2024-0727",
         "CVE-2024-9999",

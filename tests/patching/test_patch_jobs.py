@@ -13,14 +13,14 @@ from django.utils import timezone
 
 from evidence.models import RmmEvidence
 from evidence.services import read_blob
-from patching import kind
+from patching import kind, scans
 from patching.models import AssetPatch, PatchCatalog, PatchInstallJob, PatchJob
 from rmm.engine import services as engine
 from rmm.engine.models import Batch
 from rmm.history.models import HistoryEvent
-from rmm.inventory.models import Agent
+from rmm.inventory.models import Agent, Asset
 from tests.helpers import make_agent
-from tests.patching.scanning import dpkg_document, run, scan
+from tests.patching.scanning import dpkg_document, recorded_wua, run, scan
 
 ZZ = {"zz-rmm-tool": "1.0-1", "zz-rmm-lib": "2.0-1"}
 UPGRADES = {"zz-rmm-tool": "1.0-2", "zz-rmm-lib": "2.1-1"}
@@ -240,3 +240,62 @@ def test_another_sites_caller_cannot_see_or_decide_a_patch_job(scanned, caller, 
     stranger = caller("stranger", "approver", sites=[other_site])
     assert stranger.get(f"/api/v1/patch-jobs/{made['id']}/").status_code == 404
     assert stranger.post(f"/api/v1/patch-jobs/{made['id']}/approve/", {}, format="json").status_code == 404
+
+
+CUMULATIVE = "2024-05 Cumulative Update for Windows 11 Version 23H2 for x64-based Systems (KB5037771)"
+
+
+def wua_after_install() -> dict:
+    """The recorded Windows scan once KB5037771 is installed, as the job's re-scan reports it."""
+    document = recorded_wua()
+    for update in document["updates"]:
+        update["installed"] = update["installed"] or update["kb"] == "KB5037771"
+    return {**document, "wanted": [[CUMULATIVE, "KB5037771"]]}
+
+
+def windows_request(world, **extra):
+    """A Windows asset's scan reported KB5037771 missing: a patch job for it."""
+    Asset.objects.filter(pk=world["agent"].asset_id).update(os="Windows 11 Pro")
+    scan(world, recorded_wua())
+    update = PatchCatalog.objects.get(vendor="windows", patch_id="KB5037771")
+    body = {"assets": [str(world["agent"].asset_id)], "psa_task_id": str(world["task"].pk), **extra}
+    return world["psa"].post("/api/v1/patch-jobs/", {**body, "patches": [str(update.pk)]}, format="json"), update
+
+
+def test_a_windows_update_is_installed_through_the_update_agent_and_rescanned(world):
+    r, update = windows_request(world, reboot_policy="if_required")
+    assert r.status_code == 201, r.content
+    job = PatchInstallJob.objects.get(pk=r.json()["jobs"][0]["id"])
+    assert job.family == "wua" and job.packages == [[CUMULATIVE, "KB5037771"]]
+    install, rescan = kind.render_patch(job)
+    assert (install.interpreter, install.privileged, install.reboot) == ("powershell", True, "if_pending")
+    script = install.content
+    assert "$wanted = @('KB5037771')" in script and "CreateUpdateInstaller()" in script and "AcceptEula()" in script
+    # the endpoint's pending-reboot keys, reported in the install's document (the agent reads them too)
+    assert "'HKLM:\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update\\RebootRequired'" in script
+    assert "Component Based Servicing\\RebootPending'" in script and "PendingFileRenameOperations" in script
+    assert rescan.interpreter == "powershell" and not rescan.privileged
+    approve(world, r.json()["id"])
+    assert run(world, {"format": "rmm-patch-install/1", "results": [{"result_code": 2}]}).step == 0
+    run(world, wua_after_install())
+    job.refresh_from_db()
+    assert job.status == "succeeded"
+    row = AssetPatch.objects.get(asset_id=world["agent"].asset_id, patch=update)
+    assert row.status == "installed" and row.installed_at is not None
+
+
+def test_a_windows_update_the_rescan_does_not_report_installed_fails(world):
+    r, update = windows_request(world, reboot_policy="never")
+    approve(world, r.json()["id"])
+    run(world, None, exit_code=1)  # not offered, or the Update Agent's result code 4
+    run(world, {**recorded_wua(), "wanted": [[CUMULATIVE, "KB5037771"]]})
+    assert PatchInstallJob.objects.get().status == "failed"
+    assert AssetPatch.objects.get(asset_id=world["agent"].asset_id, patch=update).status == "failed"
+
+
+def test_the_windows_rescan_carries_any_title_as_it_was_signed():
+    wanted = [('Update for Microsoft\'s "Défender" (KB1)', "KB1")]
+    script = scans.render_windows(wanted)
+    quoted = script.split("',\"wanted\":' + ", 1)[1].split(" + '}'", 1)[0]
+    assert quoted.startswith("'") and quoted.endswith("'") and "''" in quoted
+    assert json.loads(quoted[1:-1].replace("''", "'")) == [list(pair) for pair in wanted]

@@ -13,12 +13,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from patching import schedules
-from patching.models import PatchScanJob, PatchScanSchedule
+from patching.models import PatchInstallJob, PatchScanJob, PatchScanSchedule
 from rmm.authority import services as authority
 from rmm.engine.services import kill_switches, recurring
 from rmm.history.models import HistoryEvent
 from rmm.inventory.models import Agent
 from tests.helpers import approved_authority, make_agent
+from tests.patching.scanning import dpkg_document, run, scan
+from tests.patching.test_patch_jobs import UPGRADES, ZZ, approve, request
 
 HOUR = 3600
 
@@ -229,3 +231,23 @@ def test_the_database_holds_one_active_schedule_per_site(fleet):
     assert create(fleet).status_code == 201  # a stopped one does not count
     assert PatchScanSchedule.objects.filter(site=first.site).count() == 2
     assert HistoryEvent.objects.filter(action="patch_scan_schedule.created").count() == 2
+
+
+def test_an_asset_a_patch_job_is_installing_on_is_skipped_and_the_tick_says_so(fleet):
+    scan(fleet, dpkg_document(ZZ, UPGRADES))  # the asset misses a patch
+    made = request(fleet).json()
+    assert approve(fleet, made["id"]).json()["status"] == "running"  # its install is queued
+    asset_id = fleet["agent"].asset_id
+    schedule = schedule_of(create(fleet))
+    before = set(PatchScanJob.objects.values_list("pk", flat=True))
+    schedules.dispatch_all(now=schedule.dispatched_until + timedelta(hours=2))
+    scanned = set(PatchScanJob.objects.exclude(pk__in=before).values_list("asset_id", flat=True))
+    assert len(scanned) == 8 and asset_id not in scanned  # not racing the package manager
+    event = HistoryEvent.objects.get(action="patch_scan_schedule.dispatched")
+    assert event.payload["busy"] == 1
+    assert event.payload["skipped"] == {str(asset_id): "a patch job is installing on it; its re-scan follows"}
+    run(fleet, None)  # the install, then its re-scan: the job has ended
+    run(fleet, dpkg_document({**ZZ, "zz-rmm-tool": "1.0-2"}, UPGRADES, [("zz-rmm-tool", "1.0-2")]))
+    assert PatchInstallJob.objects.get().status == "succeeded"
+    schedules.dispatch_all(now=schedule.dispatched_until + timedelta(hours=3))
+    assert PatchScanJob.objects.exclude(pk__in=before).filter(asset_id=asset_id).count() == 1  # its next moment

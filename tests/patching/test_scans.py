@@ -19,6 +19,7 @@ from evidence.services import read_blob
 from patching import intake, kind, scans
 from patching.models import AssetPatch, PatchCatalog, PatchScanJob, Severity
 from rmm.history.models import HistoryEvent
+from tests.patching import documents
 from tests.patching.scanning import (
     dpkg_document,
     recorded_dpkg,
@@ -194,3 +195,34 @@ def test_the_intake_makes_the_same_number_of_queries_whatever_the_number_of_pack
     many = _queries(large.asset_id, 1500, now)
     assert few == many, (few, many)
     assert many[0] <= 9 and many[1] <= 9
+
+
+def missing_rows(world) -> dict[str, dict]:
+    """The asset's missing patches as the API shows them, by product."""
+    rows = world["psa"].get(f"/api/v1/assets/{world['agent'].asset_id}/patches/?status=missing").json()["results"]
+    return {row["patch"]["product"]: row["patch"] for row in rows}
+
+
+def test_a_rhel_scan_joins_a_red_hat_advisory_its_cves_and_severity(world, caller):
+    scan(world, recorded_rpm())  # dnf offers openssl and openssl-libs 1:3.0.7-27.el9 (RHSA-2024:2447)
+    before = missing_rows(world)
+    assert before["openssl-libs"]["severity"] == "medium"  # dnf updateinfo's word for the advisory
+    r = caller("root", "admin").post("/api/v1/patch-catalog/import/", documents.redhat(), format="json")
+    assert r.status_code == 201, r.content
+    assert r.json()["created"] == 0 and r.json()["updated"] == 2  # the scan's entries, not new ones
+    after = missing_rows(world)
+    assert after["openssl-libs"]["id"] == before["openssl-libs"]["id"]
+    assert (after["openssl-libs"]["vendor"], after["openssl-libs"]["severity"]) == ("rhel", "high")
+    found = world["psa"].get("/api/v1/patch-catalog/", {"cve": "CVE-2024-0727"}).json()["results"]
+    assert [entry["id"] for entry in found] == [after["openssl-libs"]["id"]]
+
+
+def test_a_red_hat_advisory_imported_first_is_the_entry_a_rhel_scan_reports_missing(world, caller):
+    r = caller("root", "admin").post("/api/v1/patch-catalog/import/", documents.redhat(), format="json")
+    assert r.status_code == 201, r.content
+    imported = PatchCatalog.objects.get(product="openssl-libs")
+    scan(world, recorded_rpm())
+    row = missing_rows(world)["openssl-libs"]
+    assert row["id"] == str(imported.pk) and row["severity"] == "high"
+    assert sorted(imported.cves.values_list("cve", flat=True)) == ["CVE-2023-5678", "CVE-2024-0727"]
+    assert not PatchCatalog.objects.filter(product="openssl-libs", patch_id="1:3.0.7-27.el9", source="scan").exists()

@@ -209,6 +209,7 @@ class BatchSerializer(serializers.ModelSerializer):
             "kind",
             "status",
             "halt_reason",
+            "held_until",
             "plan",
             "site",
             "requested_by",

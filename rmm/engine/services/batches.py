@@ -150,6 +150,11 @@ def start(jobs: list, user, history_before: Iterable = ()) -> Batch:
         _mark_released(batch, len(batch.ring_sizes), now)
         issuing.queue_in_waves(jobs, user, history_before=before)
         return batch
+    window = window_of(batch, now)
+    if window is not None and not window.open_at(now):
+        history.append_many(before)
+        _held(batch, now)  # the sweep releases its canary when the window opens
+        return batch
     _mark_released(batch, 1, now)
     kind = registry.kind_of(jobs[0])
     rendered = issuing._first_steps(kind, jobs)  # one instruction per job: its first step
@@ -164,8 +169,8 @@ def _created(batch: Batch, count: int) -> dict:
 
 
 def _mark_released(batch: Batch, rings: int, now: datetime) -> None:
-    Batch.objects.filter(pk=batch.pk).update(released_rings=rings, ring_released_at=now)
-    batch.released_rings, batch.ring_released_at = rings, now
+    Batch.objects.filter(pk=batch.pk).update(released_rings=rings, ring_released_at=now, held_until=None)
+    batch.released_rings, batch.ring_released_at, batch.held_until = rings, now, None
 
 
 def _event(actor, action: str, batch: Batch, payload: dict) -> history.Event:
@@ -244,8 +249,8 @@ def _begin_if_decided(batch: Batch, actor) -> None:
     history.append(actor, f"batch.{status}", batch, site_id=batch.site_id, payload={"reason": "every job decided"})
     if status == B.RUNNING and batch.timed:
         _mark_released(batch, len(batch.ring_sizes), now)  # each issued when it was approved
-    elif status == B.RUNNING:
-        _release(batch, 0, actor, now, via="approval")
+    elif status == B.RUNNING and not _held(batch, now):
+        _release(batch, 0, actor, now, via="approval")  # held: the sweep releases it when its window opens
     _announce(batch)
 
 
@@ -271,7 +276,31 @@ def advance(batch: Batch, now: datetime, *, via: str, actor=None) -> None:
     interval = timedelta(seconds=batch.plan["interval_seconds"])
     if batch.ring_released_at and now < batch.ring_released_at + interval:
         return  # the sweep releases it once the interval has passed
+    if _held(batch, now):
+        return  # the sweep releases it once its window opens
     _release(batch, batch.released_rings, actor or batch.requested_by, now, via=via)
+
+
+def window_of(batch: Batch, now: datetime) -> registry.Window | None:
+    """The window the batch's work may start in, as its kind says (None: at any time)."""
+    kind = registry.get(batch.job_kind)
+    return kind.window(batch, now) if kind.window is not None else None
+
+
+def _held(batch: Batch, now: datetime) -> bool:
+    """Is the batch's next ring due while its kind's window is closed? Then it waits until the
+    window opens, said once per opening in the history (``batch.held``) and on the batch
+    (``held_until``); a ring released clears it."""
+    window = window_of(batch, now)
+    if window is None or window.open_at(now):
+        return False
+    if batch.held_until != window.opens:
+        Batch.objects.filter(pk=batch.pk).update(held_until=window.opens)
+        batch.held_until = window.opens
+        payload = {"ring": batch.released_rings, "until": window.opens.isoformat()}
+        history.append("system", "batch.held", batch, site_id=batch.site_id, payload=payload)
+        _announce(batch)
+    return True
 
 
 def _release(batch: Batch, ring: int, actor, now: datetime, *, via: str) -> None:

@@ -106,14 +106,16 @@ def _sign(
     ``release_base`` without ``spread`` (a batch's ring). Every asset must have an agent, and
     one that can do what each step needs (a reboot). With ``hold`` (a step after a reboot) each
     is held: released at its ``not_after``, ``hold`` later than usual, that is never, until its
-    agent comes back (:data:`HELD`)."""
+    agent comes back (:data:`HELD`). A job's first step in a batch whose kind has a window
+    (:attr:`rmm.engine.registry.JobKind.window`) is released no earlier than the window opens and
+    expires when it closes: never leased outside it."""
     keys = keyset.current()  # first: a key made now, for a new server's first signature, is valid from now
     now = timezone.now()
     release_base = release_base or now
     not_after = now + (hold or timedelta(0)) + timedelta(seconds=settings.RMM_INSTRUCTION_TTL_SECONDS)
     if hold is not None:
         release_base, spread = not_after, False
-    stamps = {"issued_at": iso_utc(now), "not_after": iso_utc(not_after)}
+    windows = _windows(kind, rendered, now)
     rows = []
     digests: dict[str, str] = {}  # a batch signs one content thousands of times: hash it once
     # Each agent's instructions are signed with the newest key it has acknowledged holding.
@@ -135,6 +137,12 @@ def _sign(
         authority = kind.authority(job)
         # a script's output is streamed by an agent that can (absent otherwise: signed as before)
         live = spec.interpreter in INTERPRETERS and CAPABILITY_LIVE_OUTPUT in capable.get(agent_id, ())
+        release_at = throttles.release_time(position, release_base) if spread else release_base
+        expires = not_after
+        window = windows.get(job.batch_id) if step == 0 and windows else None
+        if window is not None:
+            release_at = max(release_at, window.opens)
+            expires = min(expires, window.closes or expires)
         digest = digests.get(spec.content)
         if digest is None:
             digest = digests[spec.content] = hashlib.sha256(spec.content.encode()).hexdigest()
@@ -154,13 +162,13 @@ def _sign(
             psa_case_id=authority.get("psa_case_id"),
             psa_task_id=authority.get("psa_task_id"),
             issued_at=now,
-            release_at=throttles.release_time(position, release_base) if spread else release_base,
-            not_after=not_after,
+            release_at=release_at,
+            not_after=expires,
         )
         named = {}
         if spec.artefacts:  # absent otherwise: a payload without artefacts is as protocol 1 had it
-            expires = int(not_after.timestamp()) + spec.timeout_seconds
-            named["artefacts"], inst.artefacts = fetching.signed_entries(agent_id, inst.id, spec.artefacts, expires)
+            until = int(expires.timestamp()) + spec.timeout_seconds
+            named["artefacts"], inst.artefacts = fetching.signed_entries(agent_id, inst.id, spec.artefacts, until)
         inst.payload = canonical_json(
             {
                 "instruction_id": str(inst.id),
@@ -177,7 +185,8 @@ def _sign(
                 "privileged": spec.privileged,
                 "authority": {key: str(value) if value else None for key, value in sorted(authority.items())},
                 **named,
-                **stamps,
+                "issued_at": iso_utc(now),
+                "not_after": iso_utc(expires),
                 **({"reboot": spec.reboot} if spec.reboot else {}),
                 **({"live_output": True} if live else {}),
             }
@@ -190,6 +199,15 @@ def _sign(
         inst.signature = keys.sign_with(signer, inst.payload.encode())
         rows.append(inst)
     return rows
+
+
+def _windows(kind, rendered: list, now: datetime) -> dict:
+    """batch id -> the window its jobs' first steps may start in, for a kind that has windows (one
+    query, none for other kinds)."""
+    if kind.window is None:
+        return {}
+    ids = {job.batch_id for job, _, step in rendered if step == 0 and job.batch_id is not None}
+    return {pk: batches.window_of(batch, now) for pk, batch in Batch.objects.in_bulk(ids).items()}
 
 
 def _store(kind, rows: list[Instruction], actor, via: str = "", before: Iterable = ()) -> None:

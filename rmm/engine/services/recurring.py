@@ -12,7 +12,7 @@ refuse the whole batch. The engine still checks every law when the jobs are crea
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -74,13 +74,14 @@ class Creatable:
         return sum(1 for skip in self.skipped.values() if skip.why == why)
 
 
-def creatable(kind: str, assets: Iterable[Asset], busy: Iterable | None = None) -> Creatable:
+def creatable(kind: str, assets: Iterable[Asset], busy: Iterable | Mapping | None = None) -> Creatable:
     """Of these assets (rows with ``site_id`` and ``retired_at``), the ones a job of ``kind`` may be
     created for now, in their order, and the others with the reason: two queries whatever their
     number (engaged kill switches, agents' capabilities). ``busy``: asset ids still running the
-    previous one."""
+    previous one, or asset id -> why it is busy (other work there that this job must not race)."""
     assets = list(assets)
-    busy = set(busy or ())
+    if not isinstance(busy, Mapping):
+        busy = dict.fromkeys(busy or (), "its previous one is still active")
     switches = list(
         KillSwitch.objects.filter(released_at__isnull=True).select_related("site", "asset").order_by("engaged_at")
     )
@@ -97,7 +98,7 @@ def creatable(kind: str, assets: Iterable[Asset], busy: Iterable | None = None) 
         elif asset.pk not in capable:
             result.skipped[asset.pk] = Skip(INCAPABLE, incapable)
         elif asset.pk in busy:
-            result.skipped[asset.pk] = Skip(BUSY, "its previous one is still active")
+            result.skipped[asset.pk] = Skip(BUSY, busy[asset.pk])
         else:
             result.ready.append(asset)
     return result
