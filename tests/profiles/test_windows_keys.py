@@ -1,5 +1,5 @@
-"""The built-in Windows keys (registry value, service start type, local security policy through
-secedit): no Windows host runs here, so they are tested by what the server renders for them and
+"""The built-in Windows keys (registry value, service start type and running state, local security
+policy through secedit): no Windows host runs here, so they are tested by what the server renders for them and
 by how it reads the document their audit writes (samples of it, as the rendered script writes
 them: one line per value, "`n"-terminated, base64 in the document)."""
 
@@ -39,6 +39,7 @@ def profile_items(tech, *keys: str):
             "desired_value": "1",
         },
         "windows.service_start_type": {"parameters": {"name": "RemoteRegistry"}, "desired_value": "Disabled"},
+        "windows.service_status": {"parameters": {"name": "RemoteRegistry"}, "desired_value": "Stopped"},
         "windows.security_policy": {
             "parameters": {"section": "System Access", "setting": "MinimumPasswordLength"},
             "desired_value": "14",
@@ -139,3 +140,26 @@ def test_the_documents_windows_reads_write_are_compared_on_the_server(windows):
     # the same document on stdout (an agent without a result path) reads the same
     stdout = json.dumps(failed["structured"]).encode() + b"\n"
     assert auditing.parse({"stdout": stdout}).keys() == readings.keys()
+
+
+def test_a_services_running_state_is_read_beside_its_start_type_and_compared_on_the_server(windows):
+    items = profile_items(windows, "windows.service_start_type", "windows.service_status")
+    rendered = auditing.render(items)
+    assert rendered.privileged is False  # Get-Service needs no administrator
+    status = items[1].config_key
+    assert status.set_script.privileged is True and status.set_script.language == "powershell"
+    assert "Get-Service" in status.read_script.content and "$service.Status" in status.read_script.content
+    assert {"Start-Service", "Stop-Service"} <= set(status.set_script.content.split())
+    # both keys' read scripts once each, each item run once with its own script
+    for n, item in enumerate(items):
+        assert rendered.content.count(b64(item.config_key.read_script.content)) == 1
+        assert f"Invoke-Read '{item.pk}' (Join-Path $dir 's{n}.ps1')" in rendered.content
+    stopped = sample(items, [(0, b"Disabled\n", b""), (0, b"Stopped\n", b"")])
+    assert verdicts(items, stopped) == [("compliant", "Disabled"), ("compliant", "Stopped")]
+    running = sample(items, [(0, b"Manual\n", b""), (0, b"Running\n", b"")])
+    assert verdicts(items, running) == [
+        (ObservationState.NON_COMPLIANT, "Manual"),
+        (ObservationState.NON_COMPLIANT, "Running"),
+    ]
+    gone = sample(items, [(3, b"", b""), (3, b"", b"")])
+    assert verdicts(items, gone) == [(ObservationState.NON_COMPLIANT, None)] * 2  # no such service: absent
