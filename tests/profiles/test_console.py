@@ -12,7 +12,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from profiles import audits, compliance
+from profiles import assignments, audits, compliance
+from profiles.models import AssetConfigurationProfile
 from rmm.access import roles as access
 from rmm.engine import services as engine
 from rmm_agent.results import make_result
@@ -95,6 +96,29 @@ def test_fleet_compliance_per_profile_and_site_of_the_callers_sites(w, caller):
     assert [(r["site_name"], r["observed"], r["compliant_count"], r["non_compliant_count"]) for r in rows] == [
         ("alpha", 2, 1, 1)
     ]
+
+
+def test_the_summary_counts_only_assets_a_live_assignment_still_covers(w):
+    first, second = items_of(w.profile)
+    run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
+    run_audit(w, w.beta, w.beta_agent, {first: (0, b"value-0\n"), second: (0, b"value-1\n")})
+
+    def counted() -> dict[str, tuple[int, float]]:
+        rows = w.tech.get("/api/v1/compliance-summary/").json()["results"]
+        return {row["site"]: (row["observed"], row["percent"]) for row in rows}
+
+    assert counted() == {"alpha": (2, 50.0), "beta": (2, 100.0)}
+    # the asset's assignment withdrawn: its old readings are no longer the fleet's compliance
+    assignments.withdraw_assignment(w.tech.user, w.alpha)
+    assert counted() == {"beta": (2, 100.0)}
+    # the profile assigned to the asset's site instead: the asset is covered again
+    assign(w, w.profile, site=w.site)
+    assert counted() == {"alpha": (2, 50.0), "beta": (2, 100.0)}
+    # a site's assignment stopped (its authority went): likewise not counted
+    AssetConfigurationProfile.objects.filter(pk=w.beta.pk).update(status="stopped")
+    assert counted() == {"alpha": (2, 50.0)}
+    AssetConfigurationProfile.objects.filter(pk=w.beta.pk).update(status="awaiting_approval")
+    assert counted() == {"alpha": (2, 50.0), "beta": (2, 100.0)}  # audited while it waits: live
 
 
 def test_the_compliance_summary_api_per_profile_and_site_of_the_callers_sites(w, caller):
