@@ -1,17 +1,21 @@
 """Compliance read from observations (actual state) against each profile's current revision: the
-fleet summary per profile and site, and an asset's items with desired and actual side by side and
-each item's drift timeline. Reading only; the caller's sites bound every answer (Law 7)."""
+fleet summary per profile and site, an asset's items with desired and actual side by side and each
+item's drift timeline, and assignments with their status, why, their newest and next audit.
+Reading only; the caller's sites bound every answer (Law 7)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db import connection
+from django.db.models import OuterRef, QuerySet, Subquery
 
-from profiles import audits
+from profiles import audits, scheduling
 from profiles.models import (
     AssetConfigurationProfile,
     ComplianceCount,
+    ConfigurationAuditJob,
     ConfigurationDriftEvent,
     ConfigurationItem,
     ConfigurationObservation,
@@ -89,10 +93,10 @@ class ItemRow:
     timeline: list[ConfigurationDriftEvent] = field(default_factory=list)
 
 
-def asset_items(asset, user=None) -> list[ItemRow]:
+def asset_items(asset) -> list[ItemRow]:
     """The items of every live profile assigned to the asset (directly or through its site) at the
     profile's current revision, each with its newest reading and its last drift events, newest
-    first (the asset page's panel: four queries whatever the number of items)."""
+    first (four queries whatever the number of items)."""
     assigned = audits.assigned_to(asset).filter(status__in=audits.AUDITABLE)
     items = list(
         ConfigurationItem.objects.filter(revision_id__in=assigned.values("profile__current_revision"))
@@ -109,3 +113,61 @@ def asset_items(asset, user=None) -> list[ItemRow]:
         if len(timeline) < TIMELINE:
             timeline.append(event)
     return list(rows.values())
+
+
+def with_newest_audit(assignments: QuerySet, asset=None) -> QuerySet:
+    """The assignments, each with the id of its newest audit (on ``asset`` when given) as
+    ``newest_audit_id``: read through the audit jobs' (assignment, created_at) index."""
+    newest = ConfigurationAuditJob.objects.filter(assignment=OuterRef("pk"))
+    if asset is not None:
+        newest = newest.filter(asset=asset)
+    return assignments.annotate(newest_audit_id=Subquery(newest.order_by("-created_at").values("pk")[:1]))
+
+
+@dataclass
+class AssignmentRow:
+    """An assignment as the console shows it: its status and why (``status_reason``: a stopped
+    one's schedule says why it stopped), its newest audit, and when the schedule audits next (None
+    once it is not live, or for a site's assignment listed for the whole site, whose assets each
+    have their own slot)."""
+
+    assignment: AssetConfigurationProfile
+    newest_audit: ConfigurationAuditJob | None
+    next_audit_at: datetime | None
+
+    @property
+    def live(self) -> bool:
+        return self.assignment.status in audits.AUDITABLE
+
+
+def assignment_rows(assignments: list[AssetConfigurationProfile], asset=None) -> list[AssignmentRow]:
+    """Rows of assignments read :func:`with_newest_audit`: their newest audits in one query, and
+    each one's next audit of ``asset`` (or of its own asset)."""
+    audit_ids = [assignment.newest_audit_id for assignment in assignments if assignment.newest_audit_id]
+    newest = ConfigurationAuditJob.objects.in_bulk(audit_ids)
+    rows = []
+    for assignment in assignments:
+        target = asset.pk if asset is not None else assignment.asset_id
+        upcoming = scheduling.next_audit_at(assignment, target) if target else None
+        rows.append(AssignmentRow(assignment, newest.get(assignment.newest_audit_id), upcoming))
+    return rows
+
+
+@dataclass
+class AssetPanel:
+    """The asset page's compliance panel: every assignment that covers the asset, whatever its
+    status, and the items of the live ones."""
+
+    assignments: list[AssignmentRow]
+    items: list[ItemRow]
+
+
+def asset_panel(asset, user=None) -> AssetPanel:
+    """What the asset page's panel shows (a constant number of queries): the assignments of the
+    asset and of its site, live ones first, each with its status, why, its newest audit of this
+    asset and the next; and the live ones' items, desired beside actual."""
+    covering = with_newest_audit(audits.assigned_to(asset), asset).select_related("profile", "site")
+    ordered = sorted(
+        covering, key=lambda assignment: (assignment.status not in audits.AUDITABLE, assignment.profile.name)
+    )
+    return AssetPanel(assignment_rows(ordered, asset), asset_items(asset))

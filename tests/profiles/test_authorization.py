@@ -130,7 +130,7 @@ ROWS = [
     ),
     api("GET", "/api/v1/enforcement-jobs/{enforcement_job}/", 200, 404, hidden=("enforcement_job",)),
     # --- console: each caller's sites only (the world's audit read alpha's asset)
-    page("GET", "/console/compliance/", 200, shows=(("site", IN),)),
+    page("GET", "/console/compliance/", 200, shows=(("site", IN), ("assignment", IN), ("assignment_waiting", IN))),
     page("GET", "/console/compliance/audits/", 200),
     # --- admin (read-only)
     page("GET", "/admin/profiles/configkey/", only(STAFF, 200, 302), shows=(("config_key_pending", callers(STAFF)),)),

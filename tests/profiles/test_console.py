@@ -12,9 +12,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from profiles import assignments, audits, compliance
+from profiles import assignments, audits, compliance, scheduling
 from profiles.models import AssetConfigurationProfile
 from rmm.access import roles as access
+from rmm.authority import services as authority
 from rmm.engine import services as engine
 from rmm_agent.results import make_result
 from tests.helpers import approved_authority, make_agent
@@ -72,7 +73,7 @@ def test_fleet_compliance_per_profile_and_site_of_the_callers_sites(w, caller):
     run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
     run_audit(w, w.beta, w.beta_agent, {first: (0, b"value-0\n"), second: (0, b"value-1\n")})
     page = session(w.tech).get("/console/compliance/").content.decode()
-    table = section(page, 'id="fleet-compliance"')
+    table = section(page, 'id="fleet-compliance"').split("</table>")[0]
     rows = table.split("<tr")[2:]
     assert len(rows) == 2
     alpha_row = next(row for row in rows if f'data-site="{w.site.pk}"' in row)
@@ -191,3 +192,63 @@ def test_running_audits_of_the_callers_sites(w, caller):
     assert engine.ingest_result(w.agent, body)[0] == 201
     table = section(session(w.tech).get("/console/compliance/audits/").content.decode(), 'id="running-audits"')
     assert str(queued.pk) not in table
+
+
+def rows_of(table: str) -> dict[str, str]:
+    """A table's rows by their ``data-assignment``."""
+    return {row.split('"')[0]: row.split("</tr>")[0] for row in table.split('data-assignment="')[1:]}
+
+
+def test_an_assets_panel_shows_every_assignment_with_its_status_and_why_it_stopped(w, caller):
+    firewall = profile_of(w, 1, name="firewall")
+    closing = approved_authority(w.site, w.psa.user)
+    stopping = assignments.create_assignment(
+        w.tech.user, profile_id=firewall.pk, site_id=w.site.pk, psa_task_id=closing.pk
+    )
+    first, second = items_of(w.profile)
+    job = run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"value-1\n")})
+    # the site's assignment loses its authority: the minute's sweep stops it, with the reason
+    authority.upsert_task(w.psa.user, closing.pk, case_id=closing.case_id, title="done", status="closed")
+    assert assignments.stop_unauthorised_assignments() == 1
+    url = f"/console/assets/{w.agent.asset_id}/"
+    panel = section(session(w.tech).get(url).content.decode(), 'aria-label="Configuration compliance"')
+    table = section(panel, 'id="asset-assignments"').split("</table>")[0]
+    rows = rows_of(table)
+    assert list(rows) == [str(w.alpha.pk), str(stopping.pk)]  # live ones first
+    live, stopped = rows[str(w.alpha.pk)], rows[str(stopping.pk)]
+    assert "ssh-baseline" in live and "this asset" in live and ">active<" in live
+    assert f'href="/console/jobs/profile_audit/{job.pk}/"' in live and "succeeded" in live
+    assert f"{scheduling.next_audit_at(w.alpha, w.agent.asset_id):%Y-%m-%d %H:%M}" in live
+    assert "firewall" in stopped and "its site, alpha" in stopped and 'data-status="stopped"' in stopped
+    assert '<span class="muted" data-field="reason">authority withdrawn: PSA task is closed, not approved</span>' in (
+        stopped
+    )
+    assert "never" in stopped and "none: its schedule stopped" in stopped
+    # the stopped profile's items are not shown as if they were still measured
+    assert str(firewall.current_revision.items.get().pk) not in panel and str(first.pk) in panel
+    # a constant number of queries, whatever the items and assignments
+    with CaptureQueriesContext(connection) as seen:
+        compliance.asset_panel(w.agent.asset, w.tech.user)
+    assert len(seen) == 5, [q["sql"] for q in seen.captured_queries]
+
+
+def test_the_fleet_page_lists_the_sites_assignments_with_status_why_and_audits(w, caller):
+    first, second = items_of(w.profile)
+    job = run_audit(w, w.beta, w.beta_agent, {first: (0, b"value-0\n"), second: (0, b"value-1\n")})
+    assignments.withdraw_assignment(w.tech.user, w.alpha, "moved to another baseline")
+    page = session(w.tech).get("/console/compliance/").content.decode()
+    rows = rows_of(section(page, 'id="profile-assignments"'))
+    assert set(rows) == {str(w.alpha.pk), str(w.beta.pk)}
+    alpha, beta = rows[str(w.alpha.pk)], rows[str(w.beta.pk)]
+    assert 'data-status="stopped"' in alpha and "web-01" in alpha
+    assert '<span class="muted" data-field="reason">withdrawn by tech: moved to another baseline</span>' in alpha
+    assert "never" in alpha and "none: its schedule stopped" in alpha
+    assert 'data-status="active"' in beta and "site beta (each of its assets)" in beta
+    assert f'href="/console/jobs/profile_audit/{job.pk}/"' in beta and "each asset in its own slot" in beta
+    # each caller's sites only, and the page's filters choose them too
+    alpha_only = caller("alpha-tech", "technician", sites=[w.site])
+    assert set(
+        rows_of(section(session(alpha_only).get("/console/compliance/").content.decode(), 'id="profile-assignments"'))
+    ) == {str(w.alpha.pk)}
+    filtered = session(w.tech).get(f"/console/compliance/?site={w.other_site.pk}").content.decode()
+    assert set(rows_of(section(filtered, 'id="profile-assignments"'))) == {str(w.beta.pk)}
