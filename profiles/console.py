@@ -1,22 +1,32 @@
 """The console's compliance pages: the fleet's compliance per profile and site with the sites'
 assignments (status, why, newest and next audit), and the audits running now (each of the caller's
 sites only); an asset's assignments and items are a panel on its page
-(:func:`profiles.compliance.asset_panel`, registered in ``apps.py``)."""
+(:func:`profiles.compliance.asset_panel`, registered in ``apps.py``). Audits are asked for here
+through the same service as the API's."""
 
 from __future__ import annotations
 
+import uuid
+
 import django_filters
 import django_tables2 as tables
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
+from django.http import Http404
+from django.middleware.csrf import get_token
+from django.shortcuts import redirect
+from django.template.loader import get_template
 from django.utils.html import format_html
 from django.utils.timezone import localtime
+from django.views.decorators.http import require_POST
 
 from profiles import audits, compliance
 from profiles.models import ConfigurationAuditJob, ConfigurationObservation, ConfigurationProfile
 from rmm.access import roles as access
 from rmm.console import lists
 from rmm.console.lists import ListTable
+from rmm.core.errors import NotFound, ServiceError
 from rmm.engine.states import ACTIVE, JobStatus, status_word
 
 
@@ -73,6 +83,7 @@ class AssignmentTable(ListTable):
     status = tables.Column(verbose_name="Status")
     newest_audit = tables.Column(verbose_name="Last audit", empty_values=(), orderable=False)
     next_audit = tables.Column(verbose_name="Next audit", empty_values=(), orderable=False)
+    action = tables.Column(verbose_name="", empty_values=(), orderable=False)
 
     class Meta(ListTable.Meta):
         attrs = {"class": "list", "id": "profile-assignments"}
@@ -115,6 +126,12 @@ class AssignmentTable(ListTable):
             return f"each asset in its own slot of every {record.audit_interval_seconds} s"
         return f"{localtime(row.next_audit_at):%Y-%m-%d %H:%M:%S}"
 
+    def render_action(self, record):
+        if not self.rows[record.pk].live or not access.can(self.request.user, "request_jobs"):
+            return ""
+        form = get_template("profiles/audit_form.html")
+        return form.render({"assignment": record, "csrf_token": get_token(self.request)})
+
 
 def _assignments(request, filterset: ComplianceFilter):
     """The assignments of the caller's sites that the page's filters choose (none when they do not
@@ -139,6 +156,27 @@ def fleet_compliance(request):
     lists.paginate(request, assignments)
     context = {"nav": "compliance", "assignments": assignments, "below_table": "profiles/assignments.html"}
     return lists.list_page(request, ComplianceTable, filterset, "profiles/compliance.html", context)
+
+
+@login_required
+@require_POST
+def audit_assignment(request, assignment_id):
+    """Audit an assignment now, through the service ``POST /api/v1/profile-assignments/{id}/audit/``
+    calls: its refusals (role, authority, kill switch, a stopped assignment) are told as a message
+    on the page it came from; another site's assignment is not found (404), as through the API."""
+    try:  # from an asset's panel, back to it; else to the fleet's page
+        back = redirect("console:asset", asset_id=uuid.UUID(request.POST.get("asset", "")))
+    except ValueError:
+        back = redirect("profiles:compliance")
+    try:
+        jobs = audits.request_audit(request.user, assignment_id)
+    except NotFound as exc:
+        raise Http404 from exc
+    except ServiceError as exc:
+        messages.error(request, f"Not audited: {exc.detail}")
+        return back
+    messages.success(request, f"Audit requested: {len(jobs)} job(s), {status_word(jobs[0].status)}.")
+    return back
 
 
 class AuditFilter(django_filters.FilterSet):

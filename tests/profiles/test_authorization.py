@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from profiles.models import ConfigurationAuditJob
 from tests.support.authorization import (
     APPROVE,
     AUTHOR_SCRIPTS,
@@ -21,6 +22,11 @@ from tests.support.authorization import (
     only,
     page,
 )
+
+
+def _audited_again(w) -> bool:
+    return ConfigurationAuditJob.objects.filter(assignment_id=w.ids["assignment"]).count() > 1
+
 
 ITEM = {"config_key": "matrix.line", "parameters": {"path": "/etc/x", "key": "K"}, "comparison": "equals"}
 
@@ -132,6 +138,15 @@ ROWS = [
     # --- console: each caller's sites only (the world's audit read alpha's asset)
     page("GET", "/console/compliance/", 200, shows=(("site", IN), ("assignment", IN), ("assignment_waiting", IN))),
     page("GET", "/console/compliance/audits/", 200),
+    # the console's audit action: the API's service; a role that may not is told so on the page
+    page(
+        "POST",
+        "/console/compliance/assignments/{assignment}/audit/",
+        302,
+        404,
+        hidden=("assignment",),
+        effect=(_audited_again, callers(REQUEST_JOBS, "in")),
+    ),
     # --- admin (read-only)
     page("GET", "/admin/profiles/configkey/", only(STAFF, 200, 302), shows=(("config_key_pending", callers(STAFF)),)),
     page("GET", "/admin/profiles/configurationprofile/{profile}/change/", only(STAFF, 200, 302)),

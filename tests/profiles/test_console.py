@@ -4,6 +4,7 @@ and the audits waiting or running; each of the caller's sites only."""
 
 from __future__ import annotations
 
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -13,10 +14,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from profiles import assignments, audits, compliance, scheduling
-from profiles.models import AssetConfigurationProfile
+from profiles.models import AssetConfigurationProfile, ConfigurationAuditJob
 from rmm.access import roles as access
 from rmm.authority import services as authority
 from rmm.engine import services as engine
+from rmm.engine.services import kill_switches
+from rmm.history.models import HistoryEvent
 from rmm_agent.results import make_result
 from tests.helpers import approved_authority, make_agent
 from tests.profiles.test_audits import ECHO_READ, assign, document, items_of, profile_of
@@ -219,17 +222,21 @@ def test_an_assets_panel_shows_every_assignment_with_its_status_and_why_it_stopp
     assert "ssh-baseline" in live and "this asset" in live and ">active<" in live
     assert f'href="/console/jobs/profile_audit/{job.pk}/"' in live and "succeeded" in live
     assert f"{scheduling.next_audit_at(w.alpha, w.agent.asset_id):%Y-%m-%d %H:%M}" in live
+    assert f'action="/console/compliance/assignments/{w.alpha.pk}/audit/"' in live and "Audit now" in live
     assert "firewall" in stopped and "its site, alpha" in stopped and 'data-status="stopped"' in stopped
     assert '<span class="muted" data-field="reason">authority withdrawn: PSA task is closed, not approved</span>' in (
         stopped
     )
-    assert "never" in stopped and "none: its schedule stopped" in stopped
+    assert "never" in stopped and "none: its schedule stopped" in stopped and "<form" not in stopped
     # the stopped profile's items are not shown as if they were still measured
     assert str(firewall.current_revision.items.get().pk) not in panel and str(first.pk) in panel
     # a constant number of queries, whatever the items and assignments
     with CaptureQueriesContext(connection) as seen:
         compliance.asset_panel(w.agent.asset, w.tech.user)
     assert len(seen) == 5, [q["sql"] for q in seen.captured_queries]
+    # a role that may not ask for audits is offered no button
+    watcher = caller("watcher", "compliance", sites=[w.site])
+    assert "<form" not in section(session(watcher).get(url).content.decode(), 'id="asset-assignments"')
 
 
 def test_the_fleet_page_lists_the_sites_assignments_with_status_why_and_audits(w, caller):
@@ -242,9 +249,10 @@ def test_the_fleet_page_lists_the_sites_assignments_with_status_why_and_audits(w
     alpha, beta = rows[str(w.alpha.pk)], rows[str(w.beta.pk)]
     assert 'data-status="stopped"' in alpha and "web-01" in alpha
     assert '<span class="muted" data-field="reason">withdrawn by tech: moved to another baseline</span>' in alpha
-    assert "never" in alpha and "none: its schedule stopped" in alpha
+    assert "never" in alpha and "none: its schedule stopped" in alpha and "<form" not in alpha
     assert 'data-status="active"' in beta and "site beta (each of its assets)" in beta
     assert f'href="/console/jobs/profile_audit/{job.pk}/"' in beta and "each asset in its own slot" in beta
+    assert f'action="/console/compliance/assignments/{w.beta.pk}/audit/"' in beta and "Audit its site" in beta
     # each caller's sites only, and the page's filters choose them too
     alpha_only = caller("alpha-tech", "technician", sites=[w.site])
     assert set(
@@ -252,3 +260,55 @@ def test_the_fleet_page_lists_the_sites_assignments_with_status_why_and_audits(w
     ) == {str(w.alpha.pk)}
     filtered = session(w.tech).get(f"/console/compliance/?site={w.other_site.pk}").content.decode()
     assert set(rows_of(section(filtered, 'id="profile-assignments"'))) == {str(w.beta.pk)}
+
+
+def post_audit(client, assignment, **data):
+    response = client.post(f"/console/compliance/assignments/{assignment.pk}/audit/", data, follow=True)
+    return response.status_code, response.content.decode()
+
+
+def test_auditing_from_the_console_uses_the_apis_service_and_tells_its_refusals(w, caller):
+    url = f"/console/assets/{w.agent.asset_id}/"
+    # the panel's own form, with its CSRF token, as a browser posts it
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(w.tech.user)
+    form = section(section(browser.get(url).content.decode(), f'data-assignment="{w.alpha.pk}"'), "<form")
+    token = form.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    response = browser.post(
+        f"/console/compliance/assignments/{w.alpha.pk}/audit/",
+        {"csrfmiddlewaretoken": token, "asset": str(w.agent.asset_id)},
+    )
+    assert (response.status_code, response["Location"]) == (302, url)
+    [job] = ConfigurationAuditJob.objects.filter(assignment=w.alpha)
+    assert job.requested_by == w.tech.user and job.status == "queued"
+    assert "Audit requested: 1 job(s), queued." in browser.get(url).content.decode()
+    # from the fleet page, a site's assignment: one job per asset of the site, back to that page
+    response = session(w.tech).post(f"/console/compliance/assignments/{w.beta.pk}/audit/")
+    assert (response.status_code, response["Location"]) == (302, "/console/compliance/")
+    assert ConfigurationAuditJob.objects.filter(assignment=w.beta).count() == 1
+
+    def refused(client, assignment, why: str) -> None:
+        before = ConfigurationAuditJob.objects.count()
+        status, page = post_audit(client, assignment, asset=str(w.agent.asset_id))
+        assert status == 200 and f"Not audited: {why}" in page, page[page.find("messages") :][:400]
+        assert ConfigurationAuditJob.objects.count() == before
+
+    # a role that may not request jobs: refused, recorded
+    watcher = caller("watcher", "compliance", sites=[w.site])
+    refused(session(watcher), w.alpha, "Your role may not request jobs.")
+    assert HistoryEvent.objects.filter(action="refused.profile_audit_job.create", actor="user:watcher").exists()
+    # a kill switch on the asset
+    switch = kill_switches.engage(w.psa.user, scope="asset", target=str(w.agent.asset_id), reason="incident")
+    refused(session(w.tech), w.alpha, "A kill switch is engaged on asset web-01: incident")
+    kill_switches.release(w.boss.user, switch, "over")
+    # no authority: the task closed (before the minute's sweep stops the assignment)
+    authority.upsert_task(w.psa.user, w.task.pk, case_id=w.task.case_id, title="done", status="closed")
+    refused(session(w.tech), w.alpha, "No authority: ")
+    # a stopped assignment
+    assignments.stop_unauthorised_assignments()
+    refused(session(w.tech), w.alpha, "The assignment is stopped: it is audited no more.")
+    # another site's assignment is as missing as one that does not exist; GET does nothing
+    beta_only = caller("beta-tech", "technician", sites=[w.other_site])
+    assert post_audit(session(beta_only), w.alpha)[0] == 404
+    assert session(w.tech).post(f"/console/compliance/assignments/{uuid.uuid4()}/audit/").status_code == 404
+    assert session(w.tech).get(f"/console/compliance/assignments/{w.beta.pk}/audit/").status_code == 405
