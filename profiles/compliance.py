@@ -26,11 +26,15 @@ from rmm.inventory.models import Asset, Site
 TIMELINE = 10  # drift events shown per item on an asset's page
 
 
-def summary(sites, *, site=None, profile=None) -> list[dict]:
-    """One row per (profile, site) of ``sites``: readings of the profile's current revision there
-    on assets a live assignment of the profile still covers (its own or its site's: a withdrawn or
-    stopped one's old readings are not compliance), how many comply, do not, or could not be read,
-    and the percentage compliant (of the readings). Items not read yet on an asset are not counted.
+SUMMARY_BY = ("site", "asset")  # what the fleet summary's rows are per, beside the profile
+
+
+def summary(sites, *, site=None, profile=None, by: str = "site") -> list[dict]:
+    """One row per (profile, site) of ``sites``, or per (profile, asset) with ``by="asset"``:
+    readings of the profile's current revision there on assets a live assignment of the profile
+    still covers (its own or its site's: a withdrawn or stopped one's old readings are not
+    compliance), how many comply, do not, or could not be read, and the percentage compliant (of
+    the readings). Items not read yet on an asset are not counted.
 
     One query over the count rows (one per asset and revision, kept by every intake of readings:
     :mod:`profiles.counts`), summed per profile and site: for 10,000 assets × 50 items it reads
@@ -47,11 +51,12 @@ def summary(sites, *, site=None, profile=None) -> list[dict]:
     live = ", ".join(["%s"] * len(audits.AUDITABLE))
     params.extend([*audits.AUDITABLE, *audits.AUDITABLE])
     assignments = AssetConfigurationProfile._meta.db_table
+    per_asset = ", a.hostname, a.id" if by == "asset" else ""
     # only table names are interpolated; every value is a parameter. A live assignment of the
     # profile covers the asset (its own, or its site's): two probes of the assignments' indexes.
     query = f"""
-        SELECT p.id, p.name, a.site_id, s.name, SUM(cc.observed), SUM(cc.compliant), SUM(cc.non_compliant),
-            SUM(cc.errors)
+        SELECT p.id, p.name, a.site_id, s.name{per_asset}, SUM(cc.observed), SUM(cc.compliant),
+            SUM(cc.non_compliant), SUM(cc.errors)
         FROM {ComplianceCount._meta.db_table} cc
         JOIN {ConfigurationProfile._meta.db_table} p ON p.current_revision_id = cc.profile_revision_id
         JOIN {Asset._meta.db_table} a ON a.id = cc.asset_id
@@ -61,15 +66,16 @@ def summary(sites, *, site=None, profile=None) -> list[dict]:
                     WHERE l.asset_id = a.id AND l.profile_id = p.id AND l.status IN ({live}))
                 OR EXISTS (SELECT 1 FROM {assignments} l
                     WHERE l.site_id = a.site_id AND l.profile_id = p.id AND l.status IN ({live})))
-        GROUP BY p.id, p.name, a.site_id, s.name
-        ORDER BY p.name, s.name
+        GROUP BY p.id, p.name, a.site_id, s.name{per_asset}
+        ORDER BY p.name, s.name{per_asset}
     """  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(query, params)
         found = cursor.fetchall()
     uuid_of = ConfigurationProfile._meta.pk.to_python
-    return [
-        {
+    rows = []
+    for profile_id, profile_name, site_id, site_name, *asset, observed, compliant, non_compliant, errors in found:
+        row = {
             "profile_id": uuid_of(profile_id),
             "profile_name": profile_name,
             "site_id": uuid_of(site_id),
@@ -80,8 +86,10 @@ def summary(sites, *, site=None, profile=None) -> list[dict]:
             "error_count": int(errors),
             "percent": 100.0 * int(compliant) / int(observed),
         }
-        for profile_id, profile_name, site_id, site_name, observed, compliant, non_compliant, errors in found
-    ]
+        if asset:
+            row["hostname"], row["asset_id"] = asset[0], uuid_of(asset[1])
+        rows.append(row)
+    return rows
 
 
 @dataclass

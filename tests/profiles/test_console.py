@@ -4,9 +4,11 @@ and the audits waiting or running; each of the caller's sites only."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from types import SimpleNamespace
 
+import jsonschema
 import pytest
 from django.db import connection
 from django.test import Client
@@ -156,6 +158,61 @@ def test_the_compliance_summary_api_per_profile_and_site_of_the_callers_sites(w,
     for params, field in (({"profile": "nope"}, "profile"), ({"site": "\x00"}, "site")):
         r = w.tech.get(url, params)
         assert r.status_code == 400 and field in r.json(), r.content
+
+
+def test_the_compliance_summary_api_per_asset(w, caller):
+    first, second = items_of(w.profile)
+    run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
+    run_audit(w, w.beta, w.beta_agent, {first: (0, b"value-0\n"), second: (3, b"")})
+    url = "/api/v1/compliance-summary/"
+    body = w.tech.get(url, {"by": "asset"}).json()
+    assert body["count"] == 2
+    rows = {row["hostname"]: row for row in body["results"]}
+    assert rows["web-01"] == {
+        "profile": str(w.profile.pk),
+        "profile_name": "ssh-baseline",
+        "site": "alpha",
+        "asset": str(w.agent.asset_id),
+        "hostname": "web-01",
+        "observed": 2,
+        "compliant": 1,
+        "non_compliant": 1,
+        "errors": 0,
+        "percent": 50.0,
+    }
+    assert (rows["db-01"]["asset"], rows["db-01"]["site"]) == (str(w.beta_agent.asset_id), "beta")
+    # the site and profile filters, pages, and each caller's sites alone
+    assert [r["hostname"] for r in w.tech.get(url, {"by": "asset", "site": "beta"}).json()["results"]] == ["db-01"]
+    assert w.tech.get(url, {"by": "asset", "profile": str(w.profile.pk)}).json()["count"] == 2
+    page = w.tech.get(url, {"by": "asset", "limit": 1}).json()
+    assert page["count"] == 2 and len(page["results"]) == 1 and page["next"]
+    alpha_only = caller("alpha-tech", "technician", sites=[w.site])
+    assert [r["hostname"] for r in alpha_only.get(url, {"by": "asset"}).json()["results"]] == ["web-01"]
+    # a withdrawn assignment's asset is no longer counted, as per site
+    assignments.withdraw_assignment(w.tech.user, w.alpha)
+    assert [r["hostname"] for r in w.tech.get(url, {"by": "asset"}).json()["results"]] == ["db-01"]
+    # by=site is the default and its rows are as before; anything else is 400 naming by
+    assert "asset" not in w.tech.get(url, {"by": "site"}).json()["results"][0]
+    for value in ("profile", "ASSET", "\x00"):
+        r = w.tech.get(url, {"by": value})
+        assert r.status_code == 400 and list(r.json()) == ["by"], r.content
+
+
+def test_the_summary_rows_each_answer_exactly_one_of_the_schemas_shapes(w):
+    """The operation's rows are a ``oneOf`` of a site's and an asset's: each row must be one."""
+    first, second = items_of(w.profile)
+    run_audit(w, w.alpha, w.agent, {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
+    schema = json.loads(w.tech.get("/api/schema/", {"format": "json"}).content)
+    shapes = schema["components"]["schemas"]
+    [row] = w.tech.get("/api/v1/compliance-summary/").json()["results"]
+    [asset_row] = w.tech.get("/api/v1/compliance-summary/", {"by": "asset"}).json()["results"]
+    for answer, shape in ((row, "ComplianceSummarySiteRow"), (asset_row, "ComplianceSummaryAssetRow")):
+        matching = [
+            ref["$ref"].rsplit("/", 1)[1]
+            for ref in shapes["ComplianceSummaryRow"]["oneOf"]
+            if jsonschema.Draft4Validator(shapes[ref["$ref"].rsplit("/", 1)[1]]).is_valid(answer)
+        ]
+        assert matching == [shape]
 
 
 def test_an_assets_items_desired_beside_actual_with_the_drift_timeline(w, caller):
