@@ -25,5 +25,5 @@ class ProfilesConfig(AppConfig):
         outbox.register(audits.DRIFT_DETECTED, "An audit found items of a profile that no longer comply on an asset")
         outbox.register(audits.DRIFT_RESOLVED, "An audit found drifted items of a profile complying again")
         panels.register_asset_panel(
-            panels.AssetPanel("Configuration compliance", "profiles/asset_panel.html", compliance.asset_items)
+            panels.AssetPanel("Configuration compliance", "profiles/asset_panel.html", compliance.asset_panel)
         )

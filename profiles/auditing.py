@@ -191,8 +191,9 @@ def _ps_text(value: str) -> str:
     return f"[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('{encoded}'))"
 
 
-# Windows PowerShell: one read per child process, its environment its parameters alone, stdin
-# closed, stdout and stderr kept as bytes, killed after the item's timeout (exit 124, as `timeout`).
+# Windows PowerShell: one script per child process, its environment its parameters alone, stdin
+# closed, stdout and stderr kept as bytes, killed after its limit (exit 124, as `timeout`), its
+# entry added to a list of the document.
 _PS_PROLOGUE = """$ErrorActionPreference = 'Stop'
 $dir = Join-Path (Get-Location).ProviderPath ('audit.' + [guid]::NewGuid().ToString('N'))
 New-Item -ItemType Directory -Path $dir | Out-Null
@@ -201,7 +202,7 @@ function Head([byte[]]$bytes, [int]$cap) {
   if ($bytes.Length -le $cap) { return ,$bytes }
   return ,$bytes[0..($cap - 1)]
 }
-function Invoke-Read([string]$item, [string]$file, [hashtable]$params) {
+function Invoke-Script($into, [string]$item, [string]$file, [hashtable]$params, [int]$limit) {
   $psi = New-Object System.Diagnostics.ProcessStartInfo
   $psi.FileName = Join-Path $PSHOME 'powershell.exe'
   $psi.Arguments = '-NoProfile -NonInteractive -ExecutionPolicy Bypass -File "' + $file + '"'
@@ -213,22 +214,57 @@ function Invoke-Read([string]$item, [string]$file, [hashtable]$params) {
     $p = [System.Diagnostics.Process]::Start($psi)
     $p.StandardInput.Close()
     $reads = $p.StandardOutput.BaseStream.CopyToAsync($out), $p.StandardError.BaseStream.CopyToAsync($err)
-    if ($p.WaitForExit(__LIMIT__)) { $code = $p.ExitCode } else { $p.Kill(); $code = 124 }
+    if ($p.WaitForExit($limit)) { $code = $p.ExitCode } else { $p.Kill(); $code = 124 }
     [void][Threading.Tasks.Task]::WaitAll($reads, 5000)
   } catch { $code = 127; $bytes = [Text.Encoding]::UTF8.GetBytes("$_"); $err.Write($bytes, 0, $bytes.Length) }
   $o = $out.ToArray(); $e = $err.ToArray()
   $stdout = [Convert]::ToBase64String((Head $o __CAP__))
   $stderr = [Convert]::ToBase64String((Head $e __ERRCAP__))
-  $entries.Add('{"item":"' + $item + '","exit_code":' + $code + ',"stdout_bytes":' + $o.Length + `
+  $into.Add('{"item":"' + $item + '","exit_code":' + $code + ',"stdout_bytes":' + $o.Length + `
     ',"stdout":"' + $stdout + '","stderr":"' + $stderr + '"}')
 }"""
 
-_PS_FINISH = """  $doc = '{"format":"__FORMAT__","items":[' + ($entries -join ',') + ']}'
+_PS_FINISH = """  $doc = __DOCUMENT__
   if ($env:RMM_RESULT_PATH) { [IO.File]::WriteAllText($env:RMM_RESULT_PATH, $doc) }
   else { [Console]::Out.Write($doc + "`n") }
 } finally {
   Remove-Item -LiteralPath $dir -Recurse -Force -ErrorAction SilentlyContinue
 }"""
+
+
+def _ps_script(title: str, cap: int, stderr_cap: int, body: list[str], document: str) -> str:
+    """A Windows PowerShell profile script: the prologue (``Invoke-Script`` with these caps), ``body``
+    run in a ``try`` whose ``finally`` removes the work folder, then ``document`` (a PowerShell
+    expression of the JSON text, from the lists the body filled) written as the result."""
+    lines = [
+        f"# {title} (docs/profiles.md).",
+        _PS_PROLOGUE.replace("__CAP__", str(cap)).replace("__ERRCAP__", str(stderr_cap)),
+        "try {",
+        *body,
+        _PS_FINISH.replace("__DOCUMENT__", document),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ps_script_file(script, number: int) -> str:
+    """The approved script's exact content, written once as ``$dir/s<number>.ps1`` (base64 in the text)."""
+    encoded = base64.b64encode(script.content.encode()).decode()
+    return f"  [IO.File]::WriteAllBytes((Join-Path $dir 's{number}.ps1'), [Convert]::FromBase64String('{encoded}'))"
+
+
+def _ps_params(item: ConfigurationItem, **extra: str) -> str:
+    """The child's environment: the item's ``RMM_PARAM_*`` and ``extra``, each value base64 in the text."""
+    env = {param_env_name(name): value for name, value in item.parameters.items()} | extra
+    return "@{ " + "; ".join(f"'{name}' = {_ps_text(value)}" for name, value in sorted(env.items())) + " }"
+
+
+def _ps_run(into: str, entry: str, number: int, params: str, seconds: int) -> str:
+    return f"  Invoke-Script {into} '{entry}' (Join-Path $dir 's{number}.ps1') {params} {seconds * 1000}"
+
+
+def _ps_joined(name: str) -> str:
+    """Inside a single-quoted PowerShell string: the entries of list ``$name``, joined by commas."""
+    return f"' + (${name} -join ',') + '"
 
 
 def render_windows(items: list[ConfigurationItem]) -> Rendered:
@@ -238,40 +274,55 @@ def render_windows(items: list[ConfigurationItem]) -> Rendered:
     text), with the same document, caps and exit codes as :func:`render_linux`."""
     cap, stderr_cap = caps(len(items))
     scripts: dict[str, int] = {}
-    lines = [
-        f"# Configuration audit: {len(items)} item(s), read only (docs/profiles.md).",
-        _PS_PROLOGUE.replace("__LIMIT__", str(ITEM_TIMEOUT_SECONDS * 1000))
-        .replace("__CAP__", str(cap))
-        .replace("__ERRCAP__", str(stderr_cap)),
-        "try {",
-    ]
+    body = []
     for item in items:
         script = item.config_key.read_script
         if str(script.pk) not in scripts:
             scripts[str(script.pk)] = len(scripts)
-            encoded = base64.b64encode(script.content.encode()).decode()
-            lines.append(
-                f"  [IO.File]::WriteAllBytes((Join-Path $dir 's{scripts[str(script.pk)]}.ps1'), "
-                f"[Convert]::FromBase64String('{encoded}'))"
-            )
+            body.append(_ps_script_file(script, scripts[str(script.pk)]))
     for item in items:
-        script = item.config_key.read_script
-        params = "; ".join(
-            f"'{param_env_name(name)}' = {_ps_text(value)}" for name, value in sorted(item.parameters.items())
-        )
-        lines.append(f"  Invoke-Read '{item.pk}' (Join-Path $dir 's{scripts[str(script.pk)]}.ps1') @{{ {params} }}")
-    lines.append(_PS_FINISH.replace("__FORMAT__", FORMAT))
+        number = scripts[str(item.config_key.read_script.pk)]
+        body.append(_ps_run("$entries", str(item.pk), number, _ps_params(item), ITEM_TIMEOUT_SECONDS))
+    document = f"""'{{"format":"{FORMAT}","items":[{_ps_joined("entries")}]}}'"""
     return Rendered(
         interpreter="powershell",
-        content="\n".join(lines) + "\n",
+        content=_ps_script(f"Configuration audit: {len(items)} item(s), read only", cap, stderr_cap, body, document),
         timeout_seconds=min(3600, 60 + ITEM_TIMEOUT_SECONDS * len(items)),
         privileged=any(item.config_key.read_script.privileged for item in items),
     )
 
 
-# platform -> renderer (windows: audits only; its enforcement renderer is not written yet)
+def render_enforcement_windows(item: ConfigurationItem) -> Rendered:
+    """One Windows PowerShell script for one item, as :func:`render_enforcement_linux` for sh: its
+    key's approved set script in a child ``powershell.exe`` with the item's ``RMM_PARAM_*``,
+    ``RMM_COMPARISON`` and ``RMM_DESIRED_VALUE`` (base64 in the text, as the signed arguments say
+    them), then its read script afresh, each kept as in an audit, in the same document."""
+    key = item.config_key
+    cap, stderr_cap = caps(1)
+    set_env = _ps_params(item, RMM_COMPARISON=item.comparison, RMM_DESIRED_VALUE=item.desired_value)
+    body = [
+        "  $sets = New-Object System.Collections.Generic.List[string]",
+        _ps_script_file(key.set_script, 0),
+        _ps_script_file(key.read_script, 1),
+        _ps_run("$sets", "set", 0, set_env, SET_TIMEOUT_SECONDS),
+        _ps_run("$entries", str(item.pk), 1, _ps_params(item), ITEM_TIMEOUT_SECONDS),
+    ]
+    document = f"""'{{"format":"{ENFORCE_FORMAT}","set":[{_ps_joined("sets")}],"items":[{_ps_joined("entries")}]}}'"""
+    title = f"Configuration enforcement: {key.name}, its set script then a fresh read"
+    return Rendered(
+        interpreter="powershell",
+        content=_ps_script(title, cap, stderr_cap, body, document),
+        timeout_seconds=60 + SET_TIMEOUT_SECONDS + ITEM_TIMEOUT_SECONDS,
+        privileged=key.set_script.privileged or key.read_script.privileged,
+    )
+
+
+# platform -> renderer
 RENDERERS: dict[str, Callable[[list[ConfigurationItem]], Rendered]] = {"linux": render_linux, "windows": render_windows}
-ENFORCEMENT_RENDERERS: dict[str, Callable[[ConfigurationItem], Rendered]] = {"linux": render_enforcement_linux}
+ENFORCEMENT_RENDERERS: dict[str, Callable[[ConfigurationItem], Rendered]] = {
+    "linux": render_enforcement_linux,
+    "windows": render_enforcement_windows,
+}
 
 
 def platform_of(items: list[ConfigurationItem]) -> str:

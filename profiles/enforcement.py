@@ -136,8 +136,6 @@ def prepare(*, assignment_id, observation_id) -> registry.NewJob:
         raise InvalidInput("The item is in audit mode: its drift is reported, never enforced.", field="item")
     if item.config_key.set_script_id is None:
         raise InvalidInput(f"The key {item.config_key.name} has no set script.", field="item")
-    if item.config_key.platform not in auditing.ENFORCEMENT_RENDERERS:
-        raise InvalidInput(f"No enforcement renderer for {item.config_key.platform} keys yet.", field="item")
     if observation.state != ObservationState.NON_COMPLIANT:
         raise Conflict(f"The item is {observation.state} on the asset: nothing to enforce.", field="observation")
     revision = observation.profile_revision

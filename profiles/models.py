@@ -207,8 +207,12 @@ class ConfigurationAuditJob(JobBase):
     class Meta(JobBase.Meta):
         db_table = "configuration_audit_jobs"
         ordering = ["-created_at"]
-        # JobBase's indexes, named short enough for every database
-        indexes = job_indexes("audit_job")
+        indexes = [
+            # JobBase's indexes, named short enough for every database
+            *job_indexes("audit_job"),
+            # an assignment's newest audit (the console's assignment lists)
+            models.Index(fields=["assignment", "created_at"], name="audit_job_assign_time_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"audit of {self.assignment.profile.name} on {self.asset}"

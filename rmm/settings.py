@@ -375,6 +375,7 @@ SPECTACULAR_SETTINGS = {
         "ApprovalStatusEnum": "rmm.artefacts.states.ApprovalStatus",
         "JobStatusEnum": "rmm.engine.states.JobStatus",
         "ComparisonEnum": "profiles.models.Comparison",
+        "ObservationStateEnum": "profiles.models.ObservationState",
         "ContainmentActionEnum": "containment.models.ContainmentAction",
         "DeploymentActionEnum": "deployment.models.DeploymentAction",
         "FindingSourceEnum": "patching.models.FindingSource",

@@ -2,7 +2,8 @@
 actual side by side), drift events and audit jobs; every answer restricted to the caller's sites."""
 
 import django_filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status, viewsets
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
@@ -138,6 +139,81 @@ class ComplianceView(GenericAPIView):
         return self.get_paginated_response(rows.data)
 
 
+class ObservationSerializer(serializers.ModelSerializer):
+    hostname = serializers.CharField(source="asset.hostname")
+    profile = serializers.UUIDField(source="profile_revision.profile_id")
+    profile_name = serializers.CharField(source="profile_revision.profile.name")
+    profile_revision = serializers.IntegerField(source="profile_revision.revision")
+    config_key = serializers.CharField(source="item.config_key.name")
+    parameters = serializers.DictField(source="item.parameters", child=serializers.CharField())
+    comparison = serializers.CharField(source="item.comparison")
+    desired_value = serializers.CharField(source="item.desired_value")
+    enforcement_mode = serializers.CharField(source="item.enforcement_mode")
+
+    class Meta:
+        model = ConfigurationObservation
+        fields = [
+            "id",
+            "asset",
+            "hostname",
+            "profile",
+            "profile_name",
+            "profile_revision",
+            "item",
+            "config_key",
+            "parameters",
+            "comparison",
+            "desired_value",
+            "enforcement_mode",
+            "observed_value",
+            "compliant",
+            "state",
+            "reason",
+            "exit_code",
+            "observed_at",
+            "audit_job",
+            "enforcement_job",
+            "evidence",
+        ]
+        read_only_fields = fields
+
+
+class ObservationFilter(django_filters.FilterSet):
+    # Plain UUIDs: a choice filter would tell apart ids that do not exist and those of other sites.
+    asset = django_filters.UUIDFilter(field_name="asset_id")
+    profile = django_filters.UUIDFilter(field_name="profile_revision__profile_id")
+    item = django_filters.UUIDFilter(field_name="item_id")
+    config_key = django_filters.CharFilter(field_name="item__config_key__name", help_text="A key's name.")
+    compliant = django_filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false")],
+        method="filter_compliant",
+        help_text="Readings that failed (state error) are neither.",
+    )
+    state = django_filters.ChoiceFilter(choices=ObservationState.choices)
+
+    class Meta:
+        model = ConfigurationObservation
+        fields = ["asset", "profile", "item", "config_key", "compliant", "state"]
+
+    def filter_compliant(self, queryset, name, value):
+        return queryset.filter(compliant=value == "true")
+
+
+class ObservationViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
+    """Actual state: the newest reading of each item on each asset of your sites (by an audit or an
+    enforcement's re-read), items of earlier revisions included, each naming its revision."""
+
+    serializer_class = ObservationSerializer
+    filterset_class = ObservationFilter
+
+    def get_queryset(self):
+        return (
+            ConfigurationObservation.objects.filter(asset__site__in=access.visible_sites(self.request.user))
+            .select_related("asset", "item__config_key", "profile_revision__profile")
+            .order_by("asset_id", "item_id")
+        )
+
+
 class DriftEventSerializer(serializers.ModelSerializer):
     config_key = serializers.CharField(source="item.config_key.name")
     desired_value = serializers.CharField(source="item.desired_value")
@@ -252,7 +328,7 @@ class AuditJobViewSet(SiteScopedMixin, viewsets.ReadOnlyModelViewSet):
         )
 
 
-class ComplianceSummaryRowSerializer(serializers.Serializer):
+class ComplianceSummarySiteRowSerializer(serializers.Serializer):
     profile = serializers.UUIDField(source="profile_id")
     profile_name = serializers.CharField()
     site = serializers.CharField(source="site_name")
@@ -263,32 +339,73 @@ class ComplianceSummaryRowSerializer(serializers.Serializer):
     percent = serializers.FloatField(help_text="Compliant readings, in percent of the readings.")
 
 
+class ComplianceSummaryAssetRowSerializer(ComplianceSummarySiteRowSerializer):
+    """A row of ``by=asset``: the profile on one asset."""
+
+    asset = serializers.UUIDField(source="asset_id")
+    hostname = serializers.CharField()
+
+
+class ClosedSummaryRows(OpenApiSerializerExtension):
+    """The summary's rows carry exactly their fields (``additionalProperties: false``), so that a
+    row answers exactly one of the ``oneOf`` of its operation: a site's row or an asset's."""
+
+    target_class = ComplianceSummarySiteRowSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
+
+
 class ComplianceSummaryQuery(serializers.Serializer):
     site = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     profile = serializers.UUIDField(required=False)
+    by = serializers.ChoiceField(choices=compliance.SUMMARY_BY, required=False, default="site")
 
 
 @extend_schema(
     parameters=[
         OpenApiParameter("site", description="One site's rows, by name."),
         OpenApiParameter("profile", str, description="One profile's rows, by id."),
-    ]
+        OpenApiParameter(
+            "by",
+            enum=compliance.SUMMARY_BY,
+            description="`site` (the default): a row per profile and site; `asset`: a row per profile and asset.",
+        ),
+    ],
+    responses=PolymorphicProxySerializer(
+        component_name="ComplianceSummaryRow",
+        serializers=[ComplianceSummarySiteRowSerializer, ComplianceSummaryAssetRowSerializer],
+        resource_type_field_name=None,
+        many=True,
+    ),
 )
 class ComplianceSummaryView(generics.ListAPIView):
-    """Fleet compliance: per profile and site you may see, how many readings of the profile's
-    current revision comply, drifted or could not be made. An asset's own rows are at
+    """Fleet compliance: per profile and site you may see (or per profile and asset, ``by=asset``),
+    how many readings of the profile's current revision comply, drifted or could not be made, on
+    assets a live assignment still covers. An asset's own items are at
     ``/api/v1/assets/{id}/compliance/`` (docs/profiles.md)."""
 
-    serializer_class = ComplianceSummaryRowSerializer
-    filter_backends = []  # the rows are computed, not a queryset: site and profile are read below
+    serializer_class = ComplianceSummarySiteRowSerializer
+    filter_backends = []  # the rows are computed, not a queryset: site, profile and by are read below
 
-    def get_queryset(self):
+    def _query(self) -> dict:
         query = ComplianceSummaryQuery(data=self.request.query_params)
         query.is_valid(raise_exception=True)  # 400 naming the parameter
+        return query.validated_data
+
+    def get_serializer_class(self):
+        if self._query()["by"] == "asset":
+            return ComplianceSummaryAssetRowSerializer
+        return ComplianceSummarySiteRowSerializer
+
+    def get_queryset(self):
+        query = self._query()
         sites = access.visible_sites(self.request.user)
         site = None
-        if "site" in query.validated_data:
-            site = sites.filter(name=query.validated_data["site"]).first()
+        if "site" in query:
+            site = sites.filter(name=query["site"]).first()
             if site is None:  # another site's name is as unknown as no site's: Law 7
                 return []
-        return compliance.summary(sites, site=site, profile=query.validated_data.get("profile"))
+        return compliance.summary(sites, site=site, profile=query.get("profile"), by=query["by"])

@@ -8,6 +8,7 @@ from profiles.api import audits, enforcement
 router = SimpleRouter()  # the API root stays rmm/urls.py's
 # audits, observations and drift
 router.register("audit-jobs", audits.AuditJobViewSet, basename="audit-job")
+router.register("configuration-observations", audits.ObservationViewSet, basename="configuration-observation")
 router.register("drift-events", audits.DriftEventViewSet, basename="drift-event")
 router.register("enforcement-jobs", enforcement.EnforcementJobViewSet, basename="enforcement-job")
 

@@ -1,12 +1,12 @@
 import django_filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from profiles import services
-from profiles.models import Comparison, ConfigKey, ConfigurationProfile, EnforcementMode
+from profiles.models import Comparison, ConfigKey, ConfigurationItem, ConfigurationProfile, EnforcementMode
 from rmm.artefacts.api import decision_actions
 from rmm.artefacts.states import ApprovalStatus
 
@@ -168,6 +168,32 @@ def valid(serializer) -> dict:
     return serializer.validated_data
 
 
+class ProfileItemSerializer(serializers.ModelSerializer):
+    revision = serializers.IntegerField(source="revision.revision", help_text="The profile revision it belongs to.")
+    config_key = serializers.CharField(source="config_key.name")
+    config_key_version = serializers.IntegerField(source="config_key.version")
+    parameters = serializers.DictField(child=serializers.CharField(), help_text="The key's parameters by name.")
+
+    class Meta:
+        model = ConfigurationItem
+        fields = [
+            "id",
+            "revision",
+            "position",
+            "config_key",
+            "config_key_version",
+            "parameters",
+            "desired_value",
+            "comparison",
+            "enforcement_mode",
+        ]
+        read_only_fields = fields
+
+
+class ProfileItemsQuery(serializers.Serializer):
+    revision = serializers.IntegerField(required=False, min_value=1)
+
+
 class ProfileViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Configuration profiles (desired state) with their current revision's items."""
 
@@ -193,3 +219,20 @@ class ProfileViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         items = valid(ProfileRevisionSerializer(data=request.data))["items"]
         services.revise_profile(request.user, profile, items=items)
         return self._answer(profile, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("revision", int, description="This revision's items (default: the current one).")],
+        responses={200: ProfileItemSerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def items(self, request, pk=None):
+        """The items of the profile's current revision, or of ``revision``, in order (paginated)."""
+        profile = self.get_object()
+        query = valid(ProfileItemsQuery(data=request.query_params))
+        current = profile.current_revision.revision
+        revision = profile.revisions.filter(revision=query.get("revision", current)).first()
+        if revision is None:
+            raise ValidationError({"revision": [f"This profile's revisions are 1 to {current}."]})
+        items = revision.items.select_related("revision", "config_key").order_by("position")
+        page = self.paginate_queryset(items)
+        return self.get_paginated_response(ProfileItemSerializer(page, many=True).data)

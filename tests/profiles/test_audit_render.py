@@ -14,6 +14,7 @@ import pytest
 
 from profiles import auditing, services
 from profiles.auditing import AuditOutputError, Reading, compare
+from profiles.models import Platform
 from rmm_agent.protocol import MAX_STRUCTURED_BYTES, canonical_json, structured_problem
 from tests.support.profiles import approved_key
 
@@ -164,6 +165,10 @@ def test_a_privileged_read_script_makes_the_instruction_privileged(key, caller):
     items = items_of(caller("tech", "technician").user, one=("value", "x"))
     items[0].config_key.read_script.privileged = True
     assert auditing.render(items).privileged is True
+
+
+def test_every_platform_has_an_audit_and_an_enforcement_renderer():
+    assert set(auditing.RENDERERS) == set(auditing.ENFORCEMENT_RENDERERS) == set(Platform.values)
 
 
 def test_a_platform_without_a_renderer_is_refused(key, caller):

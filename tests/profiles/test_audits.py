@@ -367,6 +367,65 @@ def test_the_compliance_of_an_asset_shows_desired_and_actual_side_by_side(w):
     )
 
 
+def test_observations_of_the_callers_sites_filtered_by_asset_profile_key_and_compliance(w, caller):
+    profile, other = profile_of(w, 2), profile_of(w, 1, name="numbers")
+    first, second = items_of(profile)
+    job = audit(w, assign(w, profile, asset=w.agent.asset), {first: (0, b"value-0\n"), second: (0, b"drifted\n")})
+    beta_agent, _ = make_agent(w.other_site, "db-01")
+    w.task = approved_authority(w.other_site, w.psa.user)
+    audit(w, assign(w, other, asset=beta_agent.asset), {items_of(other)[0]: (2, b"")}, agent=beta_agent)
+    url = "/api/v1/configuration-observations/"
+    body = w.tech.get(url).json()
+    assert body["count"] == 3
+    row = next(r for r in body["results"] if r["item"] == str(second.pk))
+    evidence_id = str(RmmEvidence.objects.get(related_id=job.pk, evidence_type="configuration_audit").pk)
+    assert row == {
+        "id": row["id"],
+        "asset": str(w.agent.asset_id),
+        "hostname": "web-01",
+        "profile": str(profile.pk),
+        "profile_name": "baseline",
+        "profile_revision": 1,
+        "item": str(second.pk),
+        "config_key": "test.echo",
+        "parameters": {"value": "p"},
+        "comparison": "equals",
+        "desired_value": "value-1",
+        "enforcement_mode": "audit",
+        "observed_value": "drifted",
+        "compliant": False,
+        "state": "non_compliant",
+        "reason": "equals 'value-1'",
+        "exit_code": 0,
+        "observed_at": row["observed_at"],
+        "audit_job": str(job.pk),
+        "enforcement_job": None,
+        "evidence": evidence_id,
+    }
+    assert w.tech.get(f"{url}{row['id']}/").json() == row
+
+    def items(**params) -> list[str]:
+        return sorted(r["item"] for r in w.tech.get(url, params).json()["results"])
+
+    assert items(asset=str(w.agent.asset_id)) == sorted([str(first.pk), str(second.pk)])
+    assert items(profile=str(other.pk)) == [str(items_of(other)[0].pk)]
+    assert items(compliant="true") == [str(first.pk)] and items(compliant="false") == [str(second.pk)]
+    assert items(state="error") == [str(items_of(other)[0].pk)]  # neither compliant nor not
+    assert len(items(config_key="test.echo")) == 3 and items(config_key="test.number") == []
+    page = w.tech.get(url, {"limit": 1}).json()
+    assert page["count"] == 3 and len(page["results"]) == 1 and page["next"]
+    # one site's technician: its site's readings alone; another site's reading is not found
+    alpha_only = caller("alpha-tech", "technician", sites=[w.site])
+    assert alpha_only.get(url).json()["count"] == 2
+    beta_row = ConfigurationObservation.objects.get(asset=beta_agent.asset)
+    assert alpha_only.get(f"{url}{beta_row.pk}/").status_code == 404
+    assert alpha_only.get(url, {"asset": str(beta_agent.asset_id)}).json()["count"] == 0
+    # bad filters: 400 naming them
+    for params in ({"compliant": "maybe"}, {"asset": "nope"}, {"state": "fine"}, {"profile": "1"}):
+        r = w.tech.get(url, params)
+        assert r.status_code == 400 and list(r.json()) == list(params), r.content
+
+
 def test_another_sites_assignment_asset_drift_and_audit_job_answer_404(w, caller):
     outsider = caller("outsider", "technician", sites=[w.other_site])
     profile = profile_of(w, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from profiles.models import ConfigurationAuditJob
 from tests.support.authorization import (
     APPROVE,
     AUTHOR_SCRIPTS,
@@ -21,6 +22,11 @@ from tests.support.authorization import (
     only,
     page,
 )
+
+
+def _audited_again(w) -> bool:
+    return ConfigurationAuditJob.objects.filter(assignment_id=w.ids["assignment"]).count() > 1
+
 
 ITEM = {"config_key": "matrix.line", "parameters": {"path": "/etc/x", "key": "K"}, "comparison": "equals"}
 
@@ -48,6 +54,8 @@ ROWS = [
         label="key not approved",
     ),
     api("POST", "/api/v1/profiles/{profile}/revisions/", only(AUTHOR_SCRIPTS, 201, 403), body={"items": [ITEM]}),
+    api("GET", "/api/v1/profiles/{profile}/items/", 200),
+    api("GET", "/api/v1/profiles/{profile}/items/?revision=1", 200),
     # --- assignments: per site (alpha); out-of-site callers cannot tell them from missing ones
     api("GET", "/api/v1/profile-assignments/", 200, shows=(("assignment", IN), ("assignment_waiting", IN))),
     api("GET", "/api/v1/profile-assignments/{assignment}/", 200, 404, hidden=("assignment",)),
@@ -113,6 +121,16 @@ ROWS = [
     ),
     api("GET", "/api/v1/assets/{asset}/compliance/", 200, 404, hidden=("asset",)),
     api("GET", "/api/v1/compliance-summary/", 200),
+    api("GET", "/api/v1/compliance-summary/?by=asset", 200, shows=(("asset", IN),)),
+    api("GET", "/api/v1/configuration-observations/", 200, shows=(("observation", IN),)),
+    api(
+        "GET",
+        "/api/v1/configuration-observations/?asset={asset}",
+        200,
+        shows=(("observation", IN),),
+        hidden=("asset",),
+    ),
+    api("GET", "/api/v1/configuration-observations/{observation}/", 200, 404, hidden=("observation",)),
     api("GET", "/api/v1/drift-events/", 200, shows=(("drift_event", IN),)),
     api("GET", "/api/v1/drift-events/?asset={asset}", 200, shows=(("drift_event", IN),), hidden=("asset",)),
     api("GET", "/api/v1/audit-jobs/?assignment={assignment}", 200, shows=(("audit_job", IN),), hidden=("assignment",)),
@@ -130,8 +148,17 @@ ROWS = [
     ),
     api("GET", "/api/v1/enforcement-jobs/{enforcement_job}/", 200, 404, hidden=("enforcement_job",)),
     # --- console: each caller's sites only (the world's audit read alpha's asset)
-    page("GET", "/console/compliance/", 200, shows=(("site", IN),)),
+    page("GET", "/console/compliance/", 200, shows=(("site", IN), ("assignment", IN), ("assignment_waiting", IN))),
     page("GET", "/console/compliance/audits/", 200),
+    # the console's audit action: the API's service; a role that may not is told so on the page
+    page(
+        "POST",
+        "/console/compliance/assignments/{assignment}/audit/",
+        302,
+        404,
+        hidden=("assignment",),
+        effect=(_audited_again, callers(REQUEST_JOBS, "in")),
+    ),
     # --- admin (read-only)
     page("GET", "/admin/profiles/configkey/", only(STAFF, 200, 302), shows=(("config_key_pending", callers(STAFF)),)),
     page("GET", "/admin/profiles/configurationprofile/{profile}/change/", only(STAFF, 200, 302)),

@@ -115,3 +115,64 @@ def test_systemd_unit_enablement_or_absent():
         pytest.skip("systemctl lists no unit files here")
     unit, state = listed[0], listed[1]
     assert read("systemd_unit_enabled", unit=unit) == (0, f"{state}\n")
+
+
+SYSTEMCTL = """#!/bin/sh
+# A stand-in systemctl: one file per known unit under UNITS holding its active state.
+echo "$*" >> UNITS.log
+for unit; do :; done
+file="UNITS/$unit"
+case $1 in
+  show) if [ -f "$file" ]; then echo loaded; else echo not-found; fi ;;
+  is-active) state=$(cat "$file" 2>/dev/null || echo inactive); echo "$state"; [ "$state" = active ] ;;
+  start) [ -f "$file" ] || { echo "Unit $unit not found." >&2; exit 5; }; echo active > "$file" ;;
+  stop) [ -f "$file" ] || { echo "Unit $unit not found." >&2; exit 5; }; echo inactive > "$file" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+@pytest.fixture
+def systemctl(tmp_path, monkeypatch):
+    """A stand-in ``systemctl`` first on PATH; its units' states are files in the folder returned."""
+    units, bin_dir = tmp_path / "units", tmp_path / "bin"
+    units.mkdir()
+    bin_dir.mkdir()
+    stub = bin_dir / "systemctl"
+    stub.write_text(SYSTEMCTL.replace("UNITS", str(units)))
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return units
+
+
+def test_systemd_unit_active_reads_starts_and_stops_and_an_unknown_unit_is_absent(systemctl):
+    (systemctl / "ssh.service").write_text("inactive\n")
+    assert read("systemd_unit_active", unit="ssh.service") == (0, "inactive\n")  # is-active exits 3 for it
+    assert run("systemd_unit_active", "set", "active", unit="ssh.service")[0] == 0
+    assert read("systemd_unit_active", unit="ssh.service") == (0, "active\n")
+    assert run("systemd_unit_active", "set", "inactive", unit="ssh.service")[0] == 0
+    assert read("systemd_unit_active", unit="ssh.service") == (0, "inactive\n")
+    # is-active says "inactive" for a unit that does not exist: its load state tells it absent
+    assert read("systemd_unit_active", unit="nope.service") == (ABSENT, "")
+    assert read("systemd_unit_active", unit="")[0] == 2
+    # only equals names a state to set; nothing else is asked of systemctl then
+    calls = (systemctl.parent / "units.log").read_text()
+    assert run("systemd_unit_active", "set", "active", "not_equals", unit="ssh.service")[0] == 2
+    assert run("systemd_unit_active", "set", "reloading", unit="ssh.service")[0] == 1
+    assert (systemctl.parent / "units.log").read_text() == calls
+    assert "start -- ssh.service" in calls and "stop -- ssh.service" in calls
+
+
+@pytest.mark.skipif(
+    shutil.which("systemctl") is None or Path("/run/systemd/system").exists(), reason="systemd runs here"
+)
+def test_systemd_unit_active_without_a_running_systemd_is_an_error_not_absent():
+    code, out = read("systemd_unit_active", unit="ssh.service")
+    assert (code, out) == (4, "")
+
+
+@pytest.mark.skipif(not Path("/run/systemd/system").exists(), reason="systemd does not run here")
+def test_systemd_unit_active_state_or_absent():
+    assert read("systemd_unit_active", unit="no-such-unit-rmm.service") == (ABSENT, "")
+    state = subprocess.run(["systemctl", "is-active", "--", "systemd-journald.service"], capture_output=True, text=True)
+    assert read("systemd_unit_active", unit="systemd-journald.service") == (0, state.stdout)

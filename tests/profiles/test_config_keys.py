@@ -27,9 +27,11 @@ NAMES = {
     "linux.file_owner",
     "linux.sysctl",
     "linux.systemd_unit_enabled",
+    "linux.systemd_unit_active",
     "linux.package",
     "windows.registry_value",
     "windows.service_start_type",
+    "windows.service_status",
     "windows.security_policy",
 }
 PRIVILEGED_READS = {"windows.security_policy"}  # secedit /export needs an administrator
@@ -47,7 +49,7 @@ def load(author="tech") -> str:
 
 
 def test_the_builtin_keys_arrive_pending_and_a_second_run_makes_nothing(people):
-    assert load() == "9 new key version(s), 18 new script version(s), pending approval.\n"
+    assert load() == "11 new key version(s), 22 new script version(s), pending approval.\n"
     keys = ConfigKey.objects.all()
     assert {k.name for k in keys} == NAMES
     assert {k.approval_status for k in keys} == {"pending"}
@@ -56,7 +58,7 @@ def test_the_builtin_keys_arrive_pending_and_a_second_run_makes_nothing(people):
     assert all(k.set_script.privileged for k in keys)
     assert {k.name for k in keys if k.read_script.privileged} == PRIVILEGED_READS
     assert load() == "0 new key version(s), 0 new script version(s), pending approval.\n"
-    assert ConfigKey.objects.count() == 9 and Script.objects.count() == 18
+    assert ConfigKey.objects.count() == 11 and Script.objects.count() == 22
 
 
 def test_a_changed_script_file_makes_a_new_script_and_key_version_whose_hash_covers_it(people, tmp_path):
@@ -133,7 +135,7 @@ def test_the_approval_queue_lists_pending_keys_with_their_scripts(people):
     page = client.get("/admin/approvals/", {"kind": "config_key"})
     assert page.status_code == 200
     body = page.content.decode()
-    assert body.count('data-kind="config_key"') == 9
+    assert body.count('data-kind="config_key"') == len(NAMES)
     key = ConfigKey.objects.get(name="linux.file_line")
     assert "Config key linux.file_line v1" in body and key.content_sha256 in body
     assert "RMM_PARAM_PATH" in body  # the scripts' text, which the key's hash covers

@@ -235,3 +235,35 @@ def test_listing_profiles_and_keys_costs_the_same_queries_for_one_or_many(people
         assert people["tech"].post("/api/v1/profiles/", body(item(), item(), name=f"p{n}"), format="json")
     approved_key(people["tech"].user, people["boss"].user, name="test.more")
     assert (cost("/api/v1/profiles/"), cost("/api/v1/config-keys/")) == one
+
+
+def test_a_profiles_items_of_its_current_revision_or_of_any_revision(people, keys):
+    tech = people["tech"]
+    profile = tech.post("/api/v1/profiles/", body(item(), item(desired_value="yes")), format="json").json()
+    revised = [item(desired_value="prohibit-password")]
+    assert (
+        tech.post(f"/api/v1/profiles/{profile['id']}/revisions/", {"items": revised}, format="json").status_code == 201
+    )
+    url = f"/api/v1/profiles/{profile['id']}/items/"
+    current = people["psa"].get(url).json()  # every role reads profiles
+    assert current["count"] == 1
+    [row] = current["results"]
+    assert row == {
+        "id": row["id"],
+        "revision": 2,
+        "position": 0,
+        "config_key": "test.line",
+        "config_key_version": 1,
+        "parameters": {"path": "/etc/ssh/sshd_config", "key": "PermitRootLogin"},
+        "desired_value": "prohibit-password",
+        "comparison": "equals",
+        "enforcement_mode": "audit",
+    }
+    first = people["psa"].get(url, {"revision": 1, "limit": 1}).json()
+    assert first["count"] == 2 and first["next"] and [r["desired_value"] for r in first["results"]] == ["no"]
+    assert [r["position"] for r in people["psa"].get(url, {"revision": 1}).json()["results"]] == [0, 1]
+    # a revision it does not have, or that is no number: 400 naming it; another profile: 404
+    for value in ("3", "0", "x"):
+        r = people["psa"].get(url, {"revision": value})
+        assert r.status_code == 400 and list(r.json()) == ["revision"], r.content
+    assert people["psa"].get("/api/v1/profiles/00000000-0000-0000-0000-000000000000/items/").status_code == 404

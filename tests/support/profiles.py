@@ -56,12 +56,12 @@ def grant_privileged_approval(user) -> None:
 def audited(psa, assignment, agent_auth) -> dict:
     """One audit of ``assignment`` (of the agent's asset), leased and reported by the agent with
     every item present ("x"), so the world holds an audit job, observations and a drift event (the
-    authorization matrix's world): their ids by placeholder."""
+    authorization matrix's world): their ids by placeholder (``observation``: the first item's)."""
     import base64
     import json
 
     from profiles import audits
-    from profiles.models import ConfigurationDriftEvent
+    from profiles.models import ConfigurationDriftEvent, ConfigurationObservation
     from tests.helpers import heartbeat, report
 
     profile = assignment.profile
@@ -76,6 +76,7 @@ def audited(psa, assignment, agent_auth) -> dict:
     return {
         "audit_job": str(job.pk),
         "drift_event": str(ConfigurationDriftEvent.objects.get(audit_job=job).pk),
+        "observation": str(ConfigurationObservation.objects.filter(audit_job=job).order_by("item__position")[0].pk),
     }
 
 
