@@ -90,7 +90,8 @@ def seed_profiles(server, w) -> tuple[list[str], str]:
 
 def seed_audit(server, w) -> dict:
     """A profile whose one item the agent's host does not meet (a mode no file has), assigned to
-    the world's asset and audited by the agent: the assignment, the audit job and its drift event."""
+    the world's asset and audited by the agent: the assignment, the audit job, its drift event and
+    its observation."""
     item = {"config_key": "linux.file_mode", "parameters": {"path": "/etc/hostname"}, "comparison": "equals"}
     body = {"name": "fuzz-audit", "profile_type": "hardening", "items": [{**item, "desired_value": "7777"}]}
     r = server.request("POST", "/api/v1/profiles/", body, w["tech"])
@@ -104,7 +105,9 @@ def seed_audit(server, w) -> dict:
         if server.request("GET", f"/api/v1/audit-jobs/{job}/", token=w["psa"]).json()["status"] == "succeeded":
             break
     [drift] = server.request("GET", f"/api/v1/drift-events/?audit_job={job}", token=w["psa"]).json()["results"]
-    return {"assignment": assignment, "job": job, "drift": drift["id"]}
+    observations = server.request("GET", f"/api/v1/configuration-observations/?item={drift['item']}", token=w["psa"])
+    [observation] = observations.json()["results"]
+    return {"assignment": assignment, "job": job, "drift": drift["id"], "observation": observation["id"]}
 
 
 def seed_enforcement(server, w) -> str:
@@ -305,6 +308,7 @@ def seed_world(server) -> dict:
             "/api/v1/audit-jobs/": [audit["job"]],
             "/api/v1/enforcement-jobs/": [enforcement],
             "/api/v1/drift-events/": [audit["drift"]],
+            "/api/v1/configuration-observations/": [audit["observation"]],
             "/api/v1/packages/": [pending_package["id"], package["id"]],
             "/api/v1/deployment-jobs/": [deployment],
             "/api/v1/patch-catalog/": [*catalog, patches["patch"]],
