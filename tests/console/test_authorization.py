@@ -12,6 +12,7 @@ from rmm.access.models import ApiToken
 from rmm.engine.models import KillSwitch
 from rmm.inventory.models import Asset, EnrollmentToken
 from rmm.outbox.models import Delivery, Endpoint
+from rmm.siem.models import Destination
 from tests.support.authorization import (
     APPROVE,
     ENGAGE_KILL_SWITCH,
@@ -86,7 +87,20 @@ def _webhook_rotated(w) -> bool:
     return Endpoint.objects.filter(pk=w.ids["webhook"]).exclude(previous_secret="").exists()
 
 
+def _destination_made(w) -> bool:
+    return Destination.objects.filter(name="matrix-siem").exists()
+
+
+def _destination_paused(w) -> bool:
+    return Destination.objects.filter(pk=w.ids["siem_destination"], enabled=False).exists()
+
+
+def _destination_deleted(w) -> bool:
+    return not Destination.objects.filter(pk=w.ids["siem_destination"]).exists()
+
+
 WEBHOOK = "/console/webhooks/{webhook}/"
+DESTINATION = "/console/siem/{siem_destination}/"
 INTEGRATORS_IN = callers(MANAGE_INTEGRATIONS, "in")
 
 ROWS = [
@@ -249,6 +263,48 @@ ROWS = [
         hidden=("webhook_delivery",),
     ),
     page("GET", "/console/siem/", only(MANAGE_INTEGRATIONS, 200, 403), shows=(("siem_destination", INTEGRATORS_IN),)),
+    page(
+        "POST",
+        "/console/siem/",
+        only(MANAGE_INTEGRATIONS, 302, 403),
+        only(MANAGE_INTEGRATIONS, 400, 403),
+        body={"kind": "syslog", "address": "127.0.0.1:9", "format": "json", "sites": ["alpha"], "name": "matrix-siem"},
+        effect=(_destination_made, INTEGRATORS_IN),
+    ),
+    page(
+        "POST",
+        DESTINATION + "pause/",
+        only(MANAGE_INTEGRATIONS, 302, 403),
+        only(MANAGE_INTEGRATIONS, 404, 403),
+        body={},
+        hidden=("siem_destination",),
+        effect=(_destination_paused, INTEGRATORS_IN),
+    ),
+    # the world's destination is enabled: resuming it is a conflict
+    page(
+        "POST",
+        DESTINATION + "resume/",
+        only(MANAGE_INTEGRATIONS, 409, 403),
+        only(MANAGE_INTEGRATIONS, 404, 403),
+        body={},
+        hidden=("siem_destination",),
+    ),
+    page(
+        "GET",
+        DESTINATION + "delete/",
+        only(MANAGE_INTEGRATIONS, 200, 403),
+        only(MANAGE_INTEGRATIONS, 404, 403),
+        hidden=("siem_destination",),
+    ),
+    page(
+        "POST",
+        DESTINATION + "delete/",
+        only(MANAGE_INTEGRATIONS, 302, 403),
+        only(MANAGE_INTEGRATIONS, 404, 403),
+        body={"confirm": "on"},
+        hidden=("siem_destination",),
+        effect=(_destination_deleted, INTEGRATORS_IN),
+    ),
     # A person's own tokens: anyone signed in (admins and approvers past their second factor)
     page("GET", "/console/tokens/", 200, shows=(("token_other", frozenset()),)),
     page("POST", "/console/tokens/", 200, body={"name": "console matrix"}, effect=(_console_token, EVERYONE)),
