@@ -30,7 +30,7 @@ from http import HTTPStatus
 
 from django.conf import settings
 from django.core.cache import cache
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from rmm.core.errors import Conflict
@@ -110,13 +110,21 @@ class ControlSession:
         self.serverinfo = first.get("serverinfo", {}) if first.get("action") == "serverinfo" else {}
 
     def _connect(self, ws_url: str, username: str, password: str, tls: ssl.SSLContext | None) -> ClientConnection:
-        """The websocket, tried a second time after a handshake that timed out: MeshCentral 1.1.55
-        now and then leaves one upgrade unanswered until Node's headers timeout answers it 408 (a
-        minute or more), while the next connection is answered at once (seen on a loaded machine,
-        the server idle meanwhile). Any other failure is final."""
+        """The websocket, tried a second time after a handshake that timed out or was cut off:
+        MeshCentral 1.1.55 now and then leaves one upgrade unanswered until Node's headers timeout
+        answers it 408 (a minute or more), or closes the connection before answering (seen on a
+        loaded machine), while the next connection is answered at once. A refusal (another status,
+        a connection refused) is final."""
         try:
             return self._handshake(ws_url, username, password, tls)
-        except (TimeoutError, InvalidStatus) as exc:
+        except (
+            TimeoutError,
+            InvalidStatus,
+            InvalidMessage,
+            ConnectionClosed,
+            ssl.SSLEOFError,
+            ConnectionResetError,
+        ) as exc:
             if isinstance(exc, InvalidStatus) and exc.response.status_code != HTTPStatus.REQUEST_TIMEOUT:
                 raise MeshCentralError(f"cannot reach MeshCentral at {ws_url}: {exc}") from exc
             log.warning("MeshCentral left a websocket handshake unanswered (%s); trying once more", exc)

@@ -1,9 +1,10 @@
 """The broker's connection to MeshCentral's control websocket against a websocket server on
-127.0.0.1 that answers as MeshCentral did when it left a handshake unanswered (HTTP 408): one more
-connection is made, and only for that; any other refusal is final."""
+127.0.0.1 that answers as MeshCentral did when it left a handshake unanswered (HTTP 408) or cut it
+off: one more connection is made, and only for those; any other refusal is final."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from http import HTTPStatus
 
@@ -12,17 +13,23 @@ from websockets.sync.server import serve
 
 from sessions.providers.meshcentral import MeshCentralError, MeshCentralProvider
 
+CUT = 0
+
 
 @pytest.fixture
 def server():
     """A websocket server whose next answers to the upgrade are the statuses queued in ``answers``
-    (101: MeshCentral's first message, its serverinfo), counting the upgrades it saw."""
+    (101: MeshCentral's first message, its serverinfo; ``CUT``: the connection closed unanswered),
+    counting the upgrades it saw."""
     answers: list[int] = []
     seen: list[int] = []
 
     def process_request(connection, request):
         status = answers.pop(0) if answers else HTTPStatus.SWITCHING_PROTOCOLS
         seen.append(status)
+        if status == CUT:
+            connection.socket.shutdown(socket.SHUT_RDWR)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "")
         if status != HTTPStatus.SWITCHING_PROTOCOLS:
             return connection.respond(status, "")
         return None
@@ -59,3 +66,15 @@ def test_two_unanswered_handshakes_or_another_refusal_are_final(server):
     with pytest.raises(MeshCentralError, match="HTTP 403"):
         broker.control()
     assert seen[2:] == [HTTPStatus.FORBIDDEN]
+
+
+def test_a_handshake_cut_off_is_tried_once_more(server):
+    broker, answers, seen = server
+    answers.append(CUT)
+    with broker.control() as mc:
+        assert mc.serverinfo == {"domain": ""}
+    assert seen == [CUT, HTTPStatus.SWITCHING_PROTOCOLS]
+    answers.extend([CUT, CUT])
+    with pytest.raises(MeshCentralError, match="cannot reach MeshCentral"):
+        broker.control()
+    assert seen[2:] == [CUT, CUT]
