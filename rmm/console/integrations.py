@@ -125,12 +125,18 @@ def webhook_list(request):
     return lists.list_page(request, WebhookTable, filterset, "console/webhooks.html", context, status=status)
 
 
-def _webhook(request, webhook_id, action: str) -> Endpoint:
-    _manager(request.user, outbox.require_manager, action)
-    endpoint = outbox.visible_webhooks(request.user).filter(pk=webhook_id).first()
-    if endpoint is None:
+def _visible(request, require, visible, pk, action: str):
+    """The integration ``pk`` among those the admin may see, after the service's own check of the
+    action (403, recorded); 404 outside the admin's sites."""
+    _manager(request.user, require, action)
+    found = visible(request.user).filter(pk=pk).first()
+    if found is None:
         raise Http404
-    return endpoint
+    return found
+
+
+def _webhook(request, webhook_id, action: str) -> Endpoint:
+    return _visible(request, outbox.require_manager, outbox.visible_webhooks, webhook_id, action)
 
 
 class RotateForm(forms.Form):
@@ -347,11 +353,7 @@ def siem_list(request, status: int = 200):
 
 
 def _destination(request, destination_id, action: str) -> Destination:
-    _manager(request.user, siem.require_manager, action)
-    destination = siem.visible_destinations(request.user).filter(pk=destination_id).first()
-    if destination is None:
-        raise Http404
-    return destination
+    return _visible(request, siem.require_manager, siem.visible_destinations, destination_id, action)
 
 
 @login_required
